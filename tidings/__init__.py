@@ -1,0 +1,57 @@
+"""tidings: an event backbone for Python services and AI agents.
+
+A service announces facts (``task.created``); any number of independent groups react,
+each at its own pace. The log is one SQLite file by default (``sqlite:///./tidings.db``)
+and the same code runs on other transports by changing the URL.
+"""
+
+from tidings.app import DEFAULT_URL, Subscriber, Tidings
+from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode
+from tidings.context import Context, correlation_scope, current_scope
+from tidings.envelope import Event, new_id
+from tidings.errors import (
+    ConfigError,
+    DecodeError,
+    EventError,
+    EventTooLarge,
+    GroupBusy,
+    HandlerError,
+    InvalidEventType,
+    TidingsError,
+    TopicNotFound,
+    TransportError,
+    UnknownEventType,
+)
+from tidings.transport import Transport
+from tidings.transports import open_transport
+from tidings.worker import Worker
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_URL",
+    "ConfigError",
+    "Context",
+    "DecodeError",
+    "Event",
+    "EventError",
+    "EventTooLarge",
+    "GroupBusy",
+    "HandlerError",
+    "InvalidEventType",
+    "Subscriber",
+    "Tidings",
+    "TidingsError",
+    "TopicNotFound",
+    "Transport",
+    "TransportError",
+    "UnknownEventType",
+    "Worker",
+    "correlation_scope",
+    "current_scope",
+    "decode",
+    "encode",
+    "new_id",
+    "open_transport",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,297 @@
+"""The application object: payload contracts, subscribers, publishing, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from tidings.codec import DEFAULT_MAX_EVENT_BYTES, encode
+from tidings.context import current_scope
+from tidings.contracts import Registry
+from tidings.envelope import Event, new_id, validate_type
+from tidings.errors import ConfigError
+from tidings.transport import StartFrom, Transport, check_topic_name
+from tidings.transports import open_transport
+
+__all__ = ["DEFAULT_URL", "Subscriber", "Tidings"]
+
+DEFAULT_URL = "sqlite:///./tidings.db"
+
+H = TypeVar("H", bound=Callable[..., Any])
+M = TypeVar("M", bound=type[BaseModel])
+
+
+def default_url() -> str:
+    return os.environ.get("TIDINGS_URL") or DEFAULT_URL
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """A handler bound to a topic, a group and a set of event types."""
+
+    topic: str
+    group: str
+    handler: Callable[..., Any]
+    types: frozenset[str] | None  # None: every type
+    start_from: StartFrom
+    is_async: bool
+    takes_context: bool
+
+    @property
+    def name(self) -> str:
+        return getattr(self.handler, "__qualname__", repr(self.handler))
+
+    def wants(self, event_type: str) -> bool:
+        return self.types is None or event_type in self.types
+
+
+class Tidings:
+    """One service's connection to the event log.
+
+    ``url`` defaults to ``$TIDINGS_URL``, then ``sqlite:///./tidings.db``; ``service``
+    becomes the CloudEvents ``source`` of everything it publishes.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        service: str,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        transport: Transport | None = None,
+    ) -> None:
+        if not service or not isinstance(service, str):
+            raise ConfigError("Tidings(service=...) needs the name of this service, e.g. 'taskapi'")
+        if max_event_bytes < 1024:
+            raise ConfigError(f"max_event_bytes must be at least 1024, got {max_event_bytes}")
+        self.url = url or (transport.url if transport else default_url())
+        self.service = service
+        self.max_event_bytes = max_event_bytes
+        self.transport = transport or open_transport(self.url)
+        self.registry = Registry()
+        self.subscribers: list[Subscriber] = []
+        self._topics: dict[str, dict[str, Any]] = {}
+        self._started = 0
+
+    # -- declarations -------------------------------------------------------
+
+    def event(self, type: str, version: int = 1, *, subject: str | None = None) -> Callable[[M], M]:
+        """Class decorator: register a pydantic model as the payload of ``type``/``version``.
+
+        ``subject`` names a field whose value becomes the event's subject (and so its
+        partition key) when none is passed to :meth:`publish`.
+        """
+        return self.registry.decorator(type, version, subject=subject)
+
+    def topic(
+        self,
+        name: str,
+        *,
+        partitions: int | None = None,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> None:
+        """Declare a topic's settings; it is created with them on start if missing."""
+        check_topic_name(name)
+        self._topics[name] = {
+            "partitions": partitions,
+            "retention_ms": retention_ms,
+            "retention_bytes": retention_bytes,
+        }
+
+    def subscriber(
+        self,
+        topic: str,
+        *,
+        group: str,
+        types: Iterable[str] | None = None,
+        start_from: StartFrom = "earliest",
+    ) -> Callable[[H], H]:
+        """Decorator: run the handler for events of ``types`` on ``topic`` in ``group``.
+
+        The handler takes the payload (its registered model, or the raw JSON data) and,
+        optionally, a :class:`~tidings.context.Context`. It may be sync or async.
+        """
+        check_topic_name(topic)
+        if not group:
+            raise ConfigError("subscriber(group=...) needs a group name, e.g. group='email'")
+        if start_from not in ("earliest", "latest"):
+            raise ConfigError(f"start_from must be 'earliest' or 'latest', got {start_from!r}")
+        wanted = None if types is None else frozenset(validate_type(t) for t in types)
+
+        def wrap(handler: H) -> H:
+            params = [
+                p
+                for p in inspect.signature(handler).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            if not 1 <= len(params) <= 2:
+                raise ConfigError(
+                    f"handler {handler.__qualname__} must take (payload) or (payload, ctx), "
+                    f"it takes {len(params)} positional parameters"
+                )
+            for other in self.subscribers:
+                if other.group == group and other.start_from != start_from:
+                    raise ConfigError(
+                        f"group {group!r} has subscribers with start_from "
+                        f"{other.start_from!r} and {start_from!r}; a group starts in one place"
+                    )
+            self.subscribers.append(
+                Subscriber(
+                    topic=topic,
+                    group=group,
+                    handler=handler,
+                    types=wanted,
+                    start_from=start_from,
+                    is_async=inspect.iscoroutinefunction(handler),
+                    takes_context=len(params) == 2,
+                )
+            )
+            return handler
+
+        return wrap
+
+    def groups(self) -> list[str]:
+        return sorted({s.group for s in self.subscribers})
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._started += 1
+        if self._started == 1:
+            await self.transport.start()
+            for name, settings in self._topics.items():
+                await self.transport.create_topic(name, **settings)
+
+    async def close(self) -> None:
+        self._started = max(self._started - 1, 0)
+        if self._started == 0:
+            await self.transport.close()
+
+    async def __aenter__(self) -> Tidings:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def lifespan(self, _asgi_app: Any = None) -> AsyncIterator[None]:
+        """FastAPI/Starlette lifespan: ``FastAPI(lifespan=events.lifespan)``."""
+        async with self:
+            yield
+
+    # -- publishing -----------------------------------------------------------
+
+    def build(
+        self,
+        payload: Any,
+        *,
+        type: str | None = None,
+        version: int | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        time: datetime | None = None,
+        traceparent: str | None = None,
+        extensions: dict[str, Any] | None = None,
+    ) -> Event:
+        """The event :meth:`publish` would send, without sending it."""
+        schema = None
+        if isinstance(payload, BaseModel):
+            contract = self.registry.for_model(payload.__class__)
+            if type is not None and type != contract.type:
+                raise ConfigError(
+                    f"{payload.__class__.__name__} is registered as {contract.type}, not {type}"
+                )
+            type, version, schema = contract.type, contract.version, contract.schema_uri
+            if subject is None:
+                subject = contract.subject_of(payload)
+        elif type is None:
+            raise ConfigError(
+                "publishing a plain value needs type=..., e.g. type='task.created'; or "
+                "register a pydantic model with @app.event"
+            )
+        scope = current_scope()
+        event_id = new_id()
+        if correlation_id is None:
+            correlation_id = scope.correlationid if scope else event_id
+        if causation_id is None and scope is not None:
+            causation_id = scope.causationid
+        kwargs: dict[str, Any] = {}
+        if time is not None:
+            kwargs["time"] = time
+        return Event(
+            type=type,
+            source=self.service,
+            data=payload,
+            id=event_id,
+            subject=subject,
+            dataschema=schema,
+            dataversion=version,
+            correlationid=correlation_id,
+            causationid=causation_id,
+            traceparent=traceparent,
+            partitionkey=key if key != subject else None,
+            extensions=extensions or {},
+            **kwargs,
+        )
+
+    async def publish(self, topic: str, payload: Any, **options: Any) -> Event:
+        """Publish one event durably; return it (with its id) once the log has it.
+
+        ``payload`` is a registered pydantic model, or any JSON value with ``type=``.
+        Options: ``subject``, ``key`` (partition key, default the subject),
+        ``correlation_id``, ``causation_id``, ``time``, ``traceparent``, ``version``,
+        ``extensions``.
+        """
+        event = payload if isinstance(payload, Event) else self.build(payload, **options)
+        await self.publish_events(topic, [event])
+        return event
+
+    async def publish_many(
+        self, topic: str, payloads: Iterable[Any], **options: Any
+    ) -> list[Event]:
+        """Publish several events in one append (one transaction where the log has them)."""
+        events = [p if isinstance(p, Event) else self.build(p, **options) for p in payloads]
+        await self.publish_events(topic, events)
+        return events
+
+    async def publish_events(self, topic: str, events: Sequence[Event]) -> None:
+        """Append ready-made events (e.g. from :meth:`build`) to ``topic``."""
+        if not events:
+            return
+        if not self._started:
+            raise ConfigError(
+                "this Tidings app is not started: use 'async with app:' (or the FastAPI "
+                "lifespan app.lifespan) before publishing"
+            )
+        limit = self.max_event_bytes
+        records = [(e.key, encode(e, limit)) for e in events]
+        await self.transport.append(topic, records)
+
+    # -- running ----------------------------------------------------------------
+
+    async def run(
+        self, groups: Sequence[str] | None = None, *, stop: asyncio.Event | None = None
+    ) -> None:
+        """Run this app's subscribers until ``stop`` is set (see :class:`Worker`)."""
+        from tidings.worker import Worker
+
+        async with self:
+            await Worker(self, groups).run(stop)

@@ -1,0 +1,113 @@
+"""What a handler gets besides its payload, and the causal scope of publishes.
+
+While a handler runs, or while an HTTP request is served inside
+:func:`correlation_scope`, every event published inherits the scope's
+``correlationid`` and takes the scope's ``causationid``, whatever API publishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tidings.envelope import Event, new_id
+
+if TYPE_CHECKING:
+    from tidings.app import Tidings
+
+__all__ = ["Context", "Scope", "correlation_scope", "current_scope"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    correlationid: str
+    causationid: str | None
+
+
+_scope: ContextVar[Scope | None] = ContextVar("tidings_scope", default=None)
+
+
+def current_scope() -> Scope | None:
+    """The causal scope publishes happen in now, if any."""
+    return _scope.get()
+
+
+@contextmanager
+def correlation_scope(
+    correlation_id: str | None = None, causation_id: str | None = None
+) -> Iterator[Scope]:
+    """Publish everything inside under one correlation id (new if not given)."""
+    scope = Scope(correlation_id or new_id(), causation_id)
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
+
+
+class Context:
+    """The handled event and where it came from; publishes inherit its causality."""
+
+    __slots__ = ("_app", "_loop", "attempt", "event", "group", "offset", "partition", "topic")
+
+    def __init__(
+        self,
+        app: Tidings,
+        event: Event,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        group: str,
+        attempt: int = 1,
+    ) -> None:
+        self._app = app
+        self._loop = asyncio.get_running_loop()
+        self.event = event
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.group = group
+        self.attempt = attempt
+
+    @property
+    def id(self) -> str:
+        return self.event.id
+
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+    @property
+    def subject(self) -> str | None:
+        return self.event.subject
+
+    @property
+    def correlationid(self) -> str:
+        return self.event.correlationid or self.event.id
+
+    def scope(self) -> Scope:
+        return Scope(self.correlationid, self.event.id)
+
+    async def publish(self, topic: str, payload: Any, **options: Any) -> Event:
+        """Publish as a consequence of the handled event (sets correlation and causation)."""
+        options.setdefault("correlation_id", self.correlationid)
+        options.setdefault("causation_id", self.event.id)
+        return await self._app.publish(topic, payload, **options)
+
+    def publish_sync(self, topic: str, payload: Any, **options: Any) -> Event:
+        """:meth:`publish` for synchronous handlers (they run in a worker thread)."""
+        future = asyncio.run_coroutine_threadsafe(
+            self.publish(topic, payload, **options), self._loop
+        )
+        return future.result()
+
+    def __repr__(self) -> str:
+        return (
+            f"Context({self.event.type} {self.event.id} {self.topic}[{self.partition}]"
+            f"@{self.offset} group={self.group} attempt={self.attempt})"
+        )

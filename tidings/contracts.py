@@ -1,0 +1,123 @@
+"""Payload contracts: pydantic models registered per (event type, version)."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from tidings.envelope import validate_type
+from tidings.errors import ConfigError, DecodeError, UnknownEventType
+
+__all__ = ["Contract", "Registry"]
+
+M = TypeVar("M", bound=type[BaseModel])
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """One registered payload model."""
+
+    type: str
+    version: int
+    model: builtins.type[BaseModel]
+    subject: str | None = None  # the payload field whose value is the event's subject
+
+    @property
+    def schema_uri(self) -> str:
+        return f"urn:tidings:schema:{self.type}:{self.version}"
+
+    def subject_of(self, payload: BaseModel) -> str | None:
+        if self.subject is None:
+            return None
+        value = getattr(payload, self.subject)
+        return None if value is None else str(value)
+
+
+class Registry:
+    """Which model carries which (type, version), and back."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, int], Contract] = {}
+        self._by_model: dict[type[BaseModel], Contract] = {}
+
+    def register(
+        self, model: type[BaseModel], type: str, version: int = 1, *, subject: str | None = None
+    ) -> Contract:
+        validate_type(type)
+        if not (isinstance(model, builtins.type) and issubclass(model, BaseModel)):
+            raise ConfigError(f"{model!r} is not a pydantic model class")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(f"{type}: version must be an integer >= 1, got {version!r}")
+        if subject is not None and subject not in model.model_fields:
+            raise ConfigError(
+                f"{model.__name__} has no field {subject!r} to use as the subject; "
+                f"fields: {', '.join(model.model_fields)}"
+            )
+        contract = Contract(type, version, model, subject)
+        existing = self._by_key.get((type, version))
+        if existing is not None and existing.model is not model:
+            raise ConfigError(
+                f"{type} version {version} is already registered to "
+                f"{existing.model.__name__}; register {model.__name__} as version "
+                f"{self.latest_version(type) + 1}"
+            )
+        self._by_key[(type, version)] = contract
+        self._by_model[model] = contract
+        return contract
+
+    def decorator(
+        self, type: str, version: int = 1, *, subject: str | None = None
+    ) -> Callable[[M], M]:
+        def wrap(model: M) -> M:
+            self.register(model, type, version, subject=subject)
+            return model
+
+        return wrap
+
+    def for_model(self, model: type[BaseModel]) -> Contract:
+        try:
+            return self._by_model[model]
+        except KeyError:
+            raise ConfigError(
+                f"{model.__name__} is not registered as an event payload; decorate it with "
+                "@app.event('domain.action') or pass type=... to publish"
+            ) from None
+
+    def lookup(self, type: str, version: int | None) -> Contract | None:
+        if version is None:
+            version = self.latest_version(type) if self.knows(type) else 1
+        return self._by_key.get((type, version))
+
+    def knows(self, type: str) -> bool:
+        return any(t == type for t, _ in self._by_key)
+
+    def latest_version(self, type: str) -> int:
+        return max((v for t, v in self._by_key if t == type), default=0)
+
+    def contracts(self) -> list[Contract]:
+        return sorted(self._by_key.values(), key=lambda c: (c.type, c.version))
+
+    def decode_payload(self, type: str, version: int | None, data: Any) -> Any:
+        """The typed payload of an event: its model if registered, else the raw data."""
+        contract = self.lookup(type, version)
+        if contract is None:
+            if self.knows(type):
+                raise UnknownEventType(
+                    f"{type} version {version} has no registered model (known versions: "
+                    f"{sorted(v for t, v in self._by_key if t == type)})"
+                )
+            return data
+        try:
+            return contract.model.model_validate(data)
+        except ValidationError as exc:
+            raise DecodeError(
+                f"payload of {type} v{contract.version} does not match "
+                f"{contract.model.__name__}: {exc.error_count()} error(s): "
+                + "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()
+                )
+            ) from None

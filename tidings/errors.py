@@ -1,0 +1,77 @@
+"""The one error hierarchy of tidings.
+
+Native errors (sqlite3, Kafka, NATS) are translated into these at the transport
+boundary, so user code catches tidings errors only::
+
+    TidingsError
+    ├── ConfigError            a URL, option or registration is wrong
+    ├── EventError             an event cannot be built, encoded or decoded
+    │   ├── InvalidEventType   the type is not lower-case ``domain.action``
+    │   ├── EventTooLarge      the encoded event is over the configured limit
+    │   ├── DecodeError        bytes are not a valid tidings/CloudEvents event
+    │   └── UnknownEventType   no payload model is registered for (type, version)
+    ├── TransportError         the log engine failed or refused
+    │   ├── TopicNotFound      the topic does not exist
+    │   └── GroupBusy          an operation needs a group without live members
+    └── HandlerError           raised by a handler; wraps the original exception
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DecodeError",
+    "EventError",
+    "EventTooLarge",
+    "GroupBusy",
+    "HandlerError",
+    "InvalidEventType",
+    "TidingsError",
+    "TopicNotFound",
+    "TransportError",
+    "UnknownEventType",
+]
+
+
+class TidingsError(Exception):
+    """Base of every error tidings raises on purpose."""
+
+
+class ConfigError(TidingsError, ValueError):
+    """A URL, option or registration is wrong; the message names it and a fix."""
+
+
+class EventError(TidingsError, ValueError):
+    """An event cannot be built, encoded or decoded."""
+
+
+class InvalidEventType(EventError):
+    """An event type is not lower-case ``domain.action``."""
+
+
+class EventTooLarge(EventError):
+    """The encoded event is larger than the configured limit."""
+
+
+class DecodeError(EventError):
+    """Bytes that are not a valid event. Carries the reason for a dead letter."""
+
+
+class UnknownEventType(EventError):
+    """No payload model is registered for an event's (type, version)."""
+
+
+class TransportError(TidingsError):
+    """The log engine failed or refused an operation."""
+
+
+class TopicNotFound(TransportError, LookupError):
+    """The named topic does not exist."""
+
+
+class GroupBusy(TransportError):
+    """The operation needs a group with no live members."""
+
+
+class HandlerError(TidingsError):
+    """A handler raised; ``__cause__`` is the original exception."""

@@ -1,0 +1,269 @@
+"""The transport protocol: the whole of what tidings asks of a log engine.
+
+A transport stores opaque records (a partition key and the encoded event) in topics
+of N partitions, and lets consumer groups read them. Everything else (codec,
+handlers, retries, dead letters, inbox, tracing) lives above this module and works
+the same on every transport. Implementations import this module, never the other way
+round. ``tidings.testing`` holds the conformance suite that defines "implements".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tidings.errors import ConfigError
+
+__all__ = [
+    "Capabilities",
+    "Consumer",
+    "GroupInfo",
+    "GroupPartition",
+    "MemberInfo",
+    "PartitionInfo",
+    "Record",
+    "RevokeCallback",
+    "StartFrom",
+    "TopicInfo",
+    "TopicPartition",
+    "Transport",
+    "check_topic_name",
+]
+
+StartFrom = Literal["earliest", "latest"]
+TopicPartition = tuple[str, int]
+RevokeCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def check_topic_name(topic: str) -> str:
+    """Return ``topic`` if it is a valid name on every transport, else raise ConfigError."""
+    if not isinstance(topic, str) or _TOPIC_RE.fullmatch(topic) is None:
+        raise ConfigError(
+            f"topic name {topic!r} is not valid: use 1 to 249 letters, digits, '.', '_' "
+            "or '-', for example 'task-events'"
+        )
+    return topic
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored record as read back. ``timestamp`` is the append time in ms."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: str | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    partition: int
+    start: int  # first offset still stored (retention moves it)
+    end: int  # the offset the next record will get
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    name: str
+    partitions: tuple[PartitionInfo, ...]
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
+
+    @property
+    def events(self) -> int:
+        return sum(p.end - p.start for p in self.partitions)
+
+    @property
+    def size(self) -> int:
+        return sum(p.bytes for p in self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    member: str
+    host: str
+    pid: int
+    partitions: tuple[TopicPartition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPartition:
+    """One row of ``tidings groups``: where a group stands in one partition."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int | None  # None: the group has not started on this partition
+    end: int
+    start: int = 0
+    member: str | None = None
+
+    @property
+    def lag(self) -> int:
+        base = self.start if self.committed is None else max(self.committed, self.start)
+        return max(self.end - base, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    group: str
+    partitions: tuple[GroupPartition, ...]
+    members: tuple[MemberInfo, ...] = ()
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport guarantees; the conformance suite reads it."""
+
+    persistent: bool
+    multi_process: bool  # several processes can share a group
+    seek_by_time: bool = True
+    ordered_per_key: bool = True
+    extra: Mapping[str, bool] = field(default_factory=dict)
+
+
+class Consumer(ABC):
+    """One member of a consumer group, reading the partitions assigned to it.
+
+    Partitions are shared among a group's members by the transport; when one is taken
+    away, the ``on_revoke`` callback given at creation runs first, so that the owner can
+    finish and commit in-flight records before another member starts on them.
+    """
+
+    member: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Join the group; return once the first assignment is known (maybe empty)."""
+
+    @abstractmethod
+    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+        """Records from assigned partitions, in offset order per partition.
+
+        Waits at most ``timeout`` seconds for the first record, returning promptly when
+        one is appended. Never returns a record twice unless :meth:`seek` or a
+        reassignment rewinds the position to before it.
+        """
+
+    @abstractmethod
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record, durably, that the group has finished everything below each offset.
+
+        The offset is the next one to read. A commit for a partition this member no
+        longer owns is ignored (fenced), so a slow former owner cannot move the group
+        backwards or forwards behind the new owner's back.
+        """
+
+    @abstractmethod
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member owns now."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Leave the group and hand the partitions back at once (no lease wait)."""
+
+
+class Transport(ABC):
+    """A log engine: topics of partitions, appends, consumer groups, offsets.
+
+    Every method may be called concurrently from one event loop. Native errors are
+    raised as :class:`tidings.errors.TransportError`.
+    """
+
+    url: str
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect or open storage. Idempotent."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush acknowledged work and release resources. Idempotent."""
+
+    @abstractmethod
+    async def create_topic(
+        self,
+        topic: str,
+        partitions: int | None = None,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> TopicInfo:
+        """Create ``topic`` if missing (default partition count of the URL); return it.
+
+        An existing topic is returned as it is; its partition count never changes here,
+        since that would move keys to other partitions.
+        """
+
+    @abstractmethod
+    async def append(
+        self, topic: str, records: Sequence[tuple[str | None, bytes]]
+    ) -> list[tuple[int, int]]:
+        """Append ``(key, value)`` records durably; return each one's (partition, offset).
+
+        Records of one key go to one partition (``tidings.partitioning``), in the order
+        given. When this returns, the records survive a crash of this process (and, on
+        a transport configured for it, a power loss). The topic is created if missing.
+        """
+
+    @abstractmethod
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        start_from: StartFrom = "earliest",
+        on_revoke: RevokeCallback | None = None,
+    ) -> Consumer:
+        """A new member of ``group`` for ``topics``.
+
+        A group that has never committed on a partition starts there at ``start_from``.
+        """
+
+    @abstractmethod
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
+        """Up to ``limit`` records of one partition from ``offset``, outside any group."""
+
+    @abstractmethod
+    async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        """Per partition, the first offset appended at or after ``timestamp_ms``
+        (the end offset when there is none)."""
+
+    @abstractmethod
+    async def topics(self) -> list[TopicInfo]:
+        """Every topic with its partitions' start and end offsets and sizes."""
+
+    @abstractmethod
+    async def groups(self) -> list[GroupInfo]:
+        """Every group with committed offsets, end offsets and live members."""
+
+    @abstractmethod
+    async def set_offsets(
+        self, group: str, topic: str, offsets: Mapping[int, int], *, force: bool = False
+    ) -> None:
+        """Move ``group``'s committed offsets (a seek or reset).
+
+        Refuses with GroupBusy while the group has live members, unless ``force``.
+        """
+
+    async def wait_for_appends(self, timeout: float) -> None:
+        """Return when something may have been appended, or after ``timeout``.
+
+        Used by followers of a topic outside a group (``tail --follow``). The default
+        sleeps; transports with a wake-up signal override it.
+        """
+        await asyncio.sleep(timeout)

@@ -1,0 +1,34 @@
+"""Transport adapters, one per module, chosen by the URL's scheme."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from tidings.errors import ConfigError
+from tidings.transport import Transport
+
+__all__ = ["open_transport"]
+
+_SCHEMES = ("memory", "sqlite")
+
+
+def open_transport(url: str) -> Transport:
+    """A transport for ``url`` (not yet started)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from tidings.transports.memory import MemoryTransport
+
+        return MemoryTransport(url)
+    if scheme == "sqlite":
+        from tidings.transports.sqlite import SQLiteTransport
+
+        return SQLiteTransport(url)
+    if scheme in ("kafka", "nats"):
+        raise ConfigError(
+            f"the {scheme}:// transport is not part of this release yet; "
+            f"use one of {', '.join(s + '://' for s in _SCHEMES)}"
+        )
+    raise ConfigError(
+        f"unknown transport URL {url!r}: the scheme must be one of "
+        f"{', '.join(s + '://' for s in _SCHEMES)}, e.g. sqlite:///./tidings.db"
+    )

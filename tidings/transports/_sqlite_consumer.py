@@ -1,0 +1,280 @@
+"""A member of a consumer group on the SQLite log: partition leases and fetching.
+
+Several processes share a group by leasing partitions. Each member heartbeats every
+third of the lease time: it renews its leases, removes members and leases that have
+expired (a SIGKILLed worker's), and takes or hands back partitions until it holds its
+fair share, ``ceil(partitions / live members)``. Before handing a partition back it
+lets its owner (the worker) finish and commit what it has in flight. A commit is
+accepted only from the member holding the lease, so a former owner that wakes up late
+can never move the group's offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from tidings.transport import Consumer, Record, RevokeCallback, StartFrom, TopicPartition
+
+if TYPE_CHECKING:
+    from tidings.transports.sqlite import SQLiteTransport
+
+__all__ = ["SQLiteConsumer"]
+
+log = logging.getLogger("tidings.sqlite")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SQLiteConsumer(Consumer):
+    def __init__(
+        self,
+        transport: SQLiteTransport,
+        group: str,
+        topics: list[str],
+        start_from: StartFrom,
+        on_revoke: RevokeCallback | None,
+    ) -> None:
+        if not group:
+            raise ValueError("a consumer group needs a non-empty name")
+        self.t = transport
+        self.group = group
+        self.topics = topics
+        self.start_from = start_from
+        self.on_revoke = on_revoke
+        self.member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._owned: frozenset[TopicPartition] = frozenset()
+        self._position: dict[TopicPartition, int] = {}
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._rebalance_lock = asyncio.Lock()
+        self._rr = 0
+        self._closed = False
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self._owned
+
+    async def start(self) -> None:
+        for topic in self.topics:
+            await self.t.create_topic(topic)
+        await self._heartbeat()
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.t.lease_ms / 3000
+        while not self._closed:
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat()
+            except Exception:  # a busy database must not end membership for good
+                log.exception("heartbeat of %s in group %s failed", self.member, self.group)
+
+    async def _heartbeat(self) -> None:
+        async with self._rebalance_lock:
+            if self._closed:
+                return
+            ids = {t: self.t._topic_ids[t] for t in self.topics}
+            held, excess = await self.t._write(lambda c: self._heartbeat_tx(c, ids))
+            names = {tid: name for name, (tid, _) in ids.items()}
+            now_held = frozenset((names[tid], p) for tid, p in held)
+            lost = self._owned - now_held
+            if lost:
+                log.warning(
+                    "member %s lost %d partition(s) of group %s (lease expired or reset)",
+                    self.member,
+                    len(lost),
+                    self.group,
+                )
+                self._owned = self._owned - lost
+                await self._revoked(lost)
+            gained = now_held - self._owned
+            if gained:
+                await self._load_positions(gained)
+                self._owned = now_held
+            if excess:
+                give = frozenset((names[tid], p) for tid, p in excess)
+                self._owned = self._owned - give  # fetch stops here; commits still count
+                await self._revoked(give)
+                await self.t._write(lambda c: self._release_tx(c, excess))
+                self.t._notify()  # another member of this process may take them now
+
+    async def _revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        if self.on_revoke is not None:
+            await self.on_revoke(partitions)
+        for tp in partitions:
+            self._position.pop(tp, None)
+
+    def _heartbeat_tx(
+        self, conn: sqlite3.Connection, ids: dict[str, tuple[int, int]]
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        now = _now_ms()
+        expires = now + self.t.lease_ms
+        g, me = self.group, self.member
+        conn.execute(
+            "INSERT INTO members(grp, member, host, pid, expires_ms) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(grp, member) DO UPDATE SET expires_ms=excluded.expires_ms",
+            (g, me, socket.gethostname(), os.getpid(), expires),
+        )
+        conn.execute("DELETE FROM members WHERE grp=? AND expires_ms < ?", (g, now))
+        conn.execute("DELETE FROM leases WHERE grp=? AND expires_ms < ?", (g, now))
+        conn.execute("UPDATE leases SET expires_ms=? WHERE grp=? AND member=?", (expires, g, me))
+        all_parts = [(tid, p) for tid, count in ids.values() for p in range(count)]
+        leased = dict(
+            ((tid, p), m)
+            for tid, p, m in conn.execute(
+                "SELECT topic_id, partition, member FROM leases WHERE grp=?", (g,)
+            )
+        )
+        held = [tp for tp in all_parts if leased.get(tp) == me]
+        live = conn.execute("SELECT count(*) FROM members WHERE grp=?", (g,)).fetchone()[0]
+        target = math.ceil(len(all_parts) / max(live, 1))
+        if len(held) < target:
+            # Spread claims: start at a place that depends on the member, so that two
+            # members joining at once do not reach for the same partitions first.
+            free = [tp for tp in all_parts if tp not in leased]
+            if free:
+                shift = hash(me) % len(free)
+                free = free[shift:] + free[:shift]
+            for tid, p in free[: target - len(held)]:
+                conn.execute(
+                    "INSERT INTO leases(grp, topic_id, partition, member, expires_ms)"
+                    " VALUES (?,?,?,?,?)",
+                    (g, tid, p, me, expires),
+                )
+                column = "start_offset" if self.start_from == "earliest" else "next_offset"
+                conn.execute(
+                    "INSERT OR IGNORE INTO group_offsets(grp, topic_id, partition, offset,"
+                    f" updated_ms) SELECT ?, ?, ?, {column}, ? FROM partitions"
+                    " WHERE topic_id=? AND partition=?",
+                    (g, tid, p, now, tid, p),
+                )
+                held.append((tid, p))
+        excess = held[target:] if len(held) > target else []
+        return held, excess
+
+    def _release_tx(self, conn: sqlite3.Connection, parts: list[tuple[int, int]]) -> None:
+        conn.executemany(
+            "DELETE FROM leases WHERE grp=? AND topic_id=? AND partition=? AND member=?",
+            [(self.group, tid, p, self.member) for tid, p in parts],
+        )
+
+    async def _load_positions(self, parts: frozenset[TopicPartition]) -> None:
+        wanted = [(self.t._topic_ids[t][0], t, p) for t, p in parts]
+
+        def job(conn: sqlite3.Connection) -> dict[TopicPartition, int]:
+            out = {}
+            for tid, topic, p in wanted:
+                row = conn.execute(
+                    "SELECT offset FROM group_offsets WHERE grp=? AND topic_id=? AND partition=?",
+                    (self.group, tid, p),
+                ).fetchone()
+                out[(topic, p)] = int(row[0]) if row else 0
+            return out
+
+        self._position.update(await self.t._read(job))
+
+    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+        deadline = time.monotonic() + timeout
+        self.t._ensure_watcher()
+        while True:
+            wake = self.t._wake
+            records = await self._fetch_once(max_records)
+            if records:
+                return records
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            await self.t.wait_for_appends(remaining)
+            if not wake.is_set() and time.monotonic() >= deadline:
+                return []
+
+    async def _fetch_once(self, max_records: int) -> list[Record]:
+        owned = sorted(self._owned)
+        if not owned:
+            return []
+        self._rr = (self._rr + 1) % len(owned)
+        owned = owned[self._rr :] + owned[: self._rr]
+        positions = [(tp, self._position[tp]) for tp in owned if tp in self._position]
+        per = max(1, max_records // len(positions)) if positions else 0
+        ids = self.t._topic_ids
+
+        def job(conn: sqlite3.Connection) -> list[Record]:
+            out: list[Record] = []
+            for (topic, p), pos in positions:
+                limit = min(per, max_records - len(out))
+                if limit <= 0:
+                    break
+                out.extend(
+                    Record(topic, p, o, ts, k, v)
+                    for o, ts, k, v in conn.execute(
+                        "SELECT offset, ts, key, value FROM events WHERE topic_id=?"
+                        " AND partition=? AND offset >= ? ORDER BY offset LIMIT ?",
+                        (ids[topic][0], p, pos, limit),
+                    )
+                )
+            return out
+
+        records = await self.t._read(job)
+        if not records:
+            return []
+        # A rebalance may have run while we read: keep only what is still ours, and
+        # only from the position we read at.
+        expected = dict(positions)
+        kept = []
+        for r in records:
+            tp = (r.topic, r.partition)
+            if tp in self._owned and self._position.get(tp) == expected[tp]:
+                kept.append(r)
+        for r in kept:
+            self._position[(r.topic, r.partition)] = r.offset + 1
+        return kept
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        ids = self.t._topic_ids
+        rows = [
+            (self.group, ids[t][0], p, off, _now_ms(), self.group, ids[t][0], p, self.member)
+            for (t, p), off in offsets.items()
+        ]
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO group_offsets(grp, topic_id, partition, offset, updated_ms)"
+                " SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM leases WHERE grp=?"
+                " AND topic_id=? AND partition=? AND member=?)"
+                " ON CONFLICT(grp, topic_id, partition) DO UPDATE"
+                " SET offset=excluded.offset, updated_ms=excluded.updated_ms",
+                rows,
+            )
+
+        await self.t._write(job)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        g, me = self.group, self.member
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM leases WHERE grp=? AND member=?", (g, me))
+            conn.execute("DELETE FROM members WHERE grp=? AND member=?", (g, me))
+
+        async with self._rebalance_lock:
+            self._owned = frozenset()
+            await self.t._write(job)
+        self.t._notify()

@@ -1,0 +1,333 @@
+"""The worker: runs an app's subscribers, one consumer per group.
+
+Within a group, each partition is handled in order by its own task, and partitions
+run concurrently. At most ``max_in_flight`` fetched events wait or run at once per
+group (backpressure: the worker stops fetching until handlers catch up). Offsets are
+committed after handling, in batches every ``commit_interval`` seconds, when a
+partition is handed to another member, and on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tidings.codec import decode
+from tidings.context import Context, _scope
+from tidings.errors import ConfigError, EventError
+from tidings.transport import Consumer, Record, TopicPartition
+
+if TYPE_CHECKING:
+    from tidings.app import Subscriber, Tidings
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("tidings.worker")
+
+
+@dataclass
+class WorkerStats:
+    handled: int = 0
+    failed_attempts: int = 0
+    skipped: int = 0  # events no subscriber of the group wants
+    undecodable: int = 0
+
+
+@dataclass
+class _Lane:
+    """One partition's queue of fetched records and the task that works through it."""
+
+    queue: deque[Record] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    done: int | None = None  # next offset to commit
+    committed: int | None = None
+
+
+class _GroupRunner:
+    def __init__(self, worker: Worker, group: str, subscribers: list[Subscriber]) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.group = group
+        self.subscribers = subscribers
+        self.by_topic: dict[str, list[Subscriber]] = {}
+        for s in subscribers:
+            self.by_topic.setdefault(s.topic, []).append(s)
+        self.lanes: dict[TopicPartition, _Lane] = {}
+        self.in_flight = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.stopping = False
+        self.stopped = asyncio.Event()
+        self.consumer: Consumer = self.app.transport.consumer(
+            group,
+            sorted(self.by_topic),
+            start_from=subscribers[0].start_from,
+            on_revoke=self._on_revoke,
+        )
+
+    # -- the fetch loop -------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.consumer.start()
+        committer = asyncio.get_running_loop().create_task(self._commit_loop())
+        try:
+            while not self.stopping:
+                await self.room.wait()
+                if self.stopping:
+                    break
+                want = min(self.worker.fetch_max, self.worker.max_in_flight - self.in_flight)
+                records = await self.consumer.fetch(want, timeout=0.25)
+                for record in records:
+                    tp = (record.topic, record.partition)
+                    lane = self.lanes.get(tp)
+                    if lane is None:
+                        lane = self.lanes[tp] = _Lane()
+                    lane.queue.append(record)
+                    self.in_flight += 1
+                    if lane.task is None or lane.task.done():
+                        lane.task = asyncio.get_running_loop().create_task(self._drain(tp, lane))
+                if self.in_flight >= self.worker.max_in_flight:
+                    self.room.clear()
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            await self._finish(set(self.lanes), self.worker.shutdown_timeout)
+            await self.consumer.close()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.stopped.set()
+        self.room.set()
+
+    # -- handling ---------------------------------------------------------------
+
+    async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
+        while lane.queue and not self.stopping:
+            record = lane.queue[0]
+            await self._handle(record)
+            if lane.queue and lane.queue[0] is record:  # not dropped by a revoke meanwhile
+                lane.queue.popleft()
+                lane.done = record.offset + 1
+                self._release(1)
+
+    def _release(self, count: int) -> None:
+        self.in_flight -= count
+        if self.in_flight < self.worker.max_in_flight:
+            self.room.set()
+
+    async def _handle(self, record: Record) -> None:
+        stats = self.worker.stats
+        try:
+            event = decode(record.value, self.app.max_event_bytes)
+        except EventError as exc:
+            # Until dead letters exist, an undecodable record is reported and passed:
+            # retrying cannot make it decodable, and it must not block the partition.
+            stats.undecodable += 1
+            log.error(
+                "group %s: %s[%d]@%d cannot be decoded, skipped: %s",
+                self.group,
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+            return
+        wanted = [s for s in self.by_topic.get(record.topic, ()) if s.wants(event.type)]
+        if not wanted:
+            stats.skipped += 1
+            return
+        for sub in wanted:
+            attempt = 1
+            while True:
+                try:
+                    await self._call(sub, event, record, attempt)
+                    break
+                except Exception as exc:
+                    stats.failed_attempts += 1
+                    delay = min(self.worker.retry_max_delay, 0.1 * 2 ** (attempt - 1))
+                    delay *= random.uniform(0.5, 1.0)
+                    log.error(
+                        "group %s: handler %s failed on %s %s (%s[%d]@%d, attempt %d): %r;"
+                        " retrying in %.2fs",
+                        self.group,
+                        sub.name,
+                        event.type,
+                        event.id,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        attempt,
+                        exc,
+                        delay,
+                        exc_info=attempt == 1,
+                    )
+                    attempt += 1
+                    await self._sleep_unless_stopping(delay)
+                    if self.stopping:
+                        # Leave the event uncommitted: it shows as lag and is handled
+                        # again by whoever runs the group next.
+                        raise asyncio.CancelledError from exc
+        stats.handled += 1
+
+    async def _call(self, sub: Subscriber, event: Any, record: Record, attempt: int) -> None:
+        payload = self.app.registry.decode_payload(event.type, event.dataversion, event.data)
+        ctx = Context(
+            self.app,
+            event,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            group=self.group,
+            attempt=attempt,
+        )
+        args = (payload, ctx) if sub.takes_context else (payload,)
+        token = _scope.set(ctx.scope())
+        try:
+            if sub.is_async:
+                await sub.handler(*args)
+            else:
+                await asyncio.to_thread(sub.handler, *args)
+        finally:
+            _scope.reset(token)
+
+    async def _sleep_unless_stopping(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopped.wait(), delay)
+
+    # -- commits, revocation, shutdown ------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.worker.commit_interval)
+            try:
+                await self.commit()
+            except Exception:
+                log.exception("group %s: commit failed; will retry", self.group)
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        offsets = {
+            tp: lane.done
+            for tp, lane in self.lanes.items()
+            if lane.done is not None
+            and lane.done != lane.committed
+            and (only is None or tp in only)
+        }
+        if not offsets:
+            return
+        await self.consumer.commit(offsets)
+        for tp, offset in offsets.items():
+            self.lanes[tp].committed = offset
+
+    async def _finish(self, tps: set[TopicPartition], timeout: float) -> None:
+        """Drop what waits in these lanes, let running handlers end, commit."""
+        tasks = []
+        for tp in tps:
+            lane = self.lanes.get(tp)
+            if lane is None:
+                continue
+            if lane.queue:
+                running = lane.queue.popleft() if lane.task and not lane.task.done() else None
+                self._release(len(lane.queue))
+                lane.queue.clear()
+                if running is not None:
+                    lane.queue.append(running)  # the one being handled stays until done
+            if lane.task is not None and not lane.task.done():
+                tasks.append(lane.task)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                log.warning(
+                    "group %s: a handler did not finish in %.0fs; cancelled", self.group, timeout
+                )
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        try:
+            await self.commit(tps)
+        except Exception:
+            log.exception("group %s: final commit failed", self.group)
+        for tp in tps:
+            lane = self.lanes.pop(tp, None)
+            if lane is not None and lane.queue:
+                self._release(len(lane.queue))
+
+    async def _on_revoke(self, tps: frozenset[TopicPartition]) -> None:
+        await self._finish(set(tps), self.worker.revoke_timeout)
+
+
+class Worker:
+    """Runs the subscribers of ``app`` (all groups, or the ones named)."""
+
+    def __init__(
+        self,
+        app: Tidings,
+        groups: Sequence[str] | None = None,
+        *,
+        max_in_flight: int = 1000,
+        fetch_max: int = 500,
+        commit_interval: float = 0.05,
+        shutdown_timeout: float = 30.0,
+        revoke_timeout: float = 10.0,
+        retry_max_delay: float = 30.0,
+    ) -> None:
+        if max_in_flight < 1 or fetch_max < 1:
+            raise ConfigError("max_in_flight and fetch_max must be >= 1")
+        self.app = app
+        known = app.groups()
+        if not known:
+            raise ConfigError(f"app {app.service!r} has no subscribers to run")
+        chosen = list(groups) if groups else known
+        unknown = [g for g in chosen if g not in known]
+        if unknown:
+            raise ConfigError(
+                f"unknown group(s) {', '.join(unknown)}; this app has: {', '.join(known)}"
+            )
+        self.groups = chosen
+        self.max_in_flight = max_in_flight
+        self.fetch_max = fetch_max
+        self.commit_interval = commit_interval
+        self.shutdown_timeout = shutdown_timeout
+        self.revoke_timeout = revoke_timeout
+        self.retry_max_delay = retry_max_delay
+        self.stats = WorkerStats()
+        self._runners: list[_GroupRunner] = []
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or the task is cancelled), then drain and commit."""
+        self._runners = [
+            _GroupRunner(self, g, [s for s in self.app.subscribers if s.group == g])
+            for g in self.groups
+        ]
+        tasks = [asyncio.get_running_loop().create_task(r.run()) for r in self._runners]
+        stopper = asyncio.get_running_loop().create_task((stop or asyncio.Event()).wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task in done and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self.stop()
+            stopper.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("a group runner ended with an error: %r", result)
+
+    def stop(self) -> None:
+        for runner in self._runners:
+            runner.stop()
+
+    def install_signal_handlers(self, stop: asyncio.Event) -> None:
+        """SIGTERM and SIGINT set ``stop``: in-flight work finishes and is committed."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
