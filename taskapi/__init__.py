@@ -1,0 +1,1 @@
+"""taskapi: the reference system (a FastAPI Task API and five fan-out services)."""
