@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -44,6 +45,8 @@ from tidings.transport import (
 from tidings.transports._wakeup import FileWatcher
 
 __all__ = ["SQLiteTransport"]
+
+log = logging.getLogger("tidings.sqlite")
 
 T = TypeVar("T")
 
@@ -163,6 +166,7 @@ class SQLiteTransport(Transport):
         self._wake = asyncio.Event()
         self._watcher: FileWatcher | None = None
         self._last_retention = 0.0
+        self._retention: asyncio.Task[None] | None = None
         self.retention_interval = 30.0
         self._started = False
 
@@ -207,6 +211,8 @@ class SQLiteTransport(Transport):
         if not self._started:
             return
         self._started = False
+        if self._retention is not None:
+            await asyncio.gather(self._retention, return_exceptions=True)
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         if self._watcher is not None:
@@ -443,9 +449,16 @@ class SQLiteTransport(Transport):
 
         result = await self._write(job)
         if time.monotonic() - self._last_retention > self.retention_interval:
+            # In the background: the publish that happens to trigger it must not wait.
             self._last_retention = time.monotonic()
-            await self.enforce_retention()
+            self._retention = asyncio.get_running_loop().create_task(self._retain_quietly())
         return result
+
+    async def _retain_quietly(self) -> None:
+        try:
+            await self.enforce_retention()
+        except Exception:
+            log.exception("enforcing retention on %s failed; will try again", self.url)
 
     async def enforce_retention(self) -> int:
         """Delete records past their topic's age or size limit; return how many."""
