@@ -64,9 +64,10 @@ class Context:
         offset: int,
         group: str,
         attempt: int = 1,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._app = app
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self.event = event
         self.topic = topic
         self.partition = partition

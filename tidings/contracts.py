@@ -112,7 +112,7 @@ class Registry:
                 )
             return data
         try:
-            return contract.model.model_validate(data)
+            return contract.model.__pydantic_validator__.validate_python(data)
         except ValidationError as exc:
             raise DecodeError(
                 f"payload of {type} v{contract.version} does not match "

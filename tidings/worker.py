@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tidings.codec import decode
-from tidings.context import Context, _scope
+from tidings.context import Context, Scope, _scope
+from tidings.envelope import Event
 from tidings.errors import ConfigError, EventError
 from tidings.transport import Consumer, Record, TopicPartition
 
@@ -59,7 +60,9 @@ class _GroupRunner:
         self.by_topic: dict[str, list[Subscriber]] = {}
         for s in subscribers:
             self.by_topic.setdefault(s.topic, []).append(s)
+        self.routes: dict[tuple[str, str], list[Subscriber]] = {}
         self.lanes: dict[TopicPartition, _Lane] = {}
+        self.loop = asyncio.get_running_loop()
         self.in_flight = 0
         self.room = asyncio.Event()
         self.room.set()
@@ -123,32 +126,46 @@ class _GroupRunner:
         if self.in_flight < self.worker.max_in_flight:
             self.room.set()
 
+    def _poison(self, record: Record, reason: EventError) -> None:
+        # Until dead letters exist, an event that cannot be decoded is reported and
+        # passed: retrying cannot fix it, and it must not block its partition.
+        self.worker.stats.undecodable += 1
+        log.error(
+            "group %s: %s[%d]@%d cannot be decoded, skipped: %s",
+            self.group, record.topic, record.partition, record.offset, reason,
+        )  # fmt: skip
+
+    def _route(self, topic: str, event_type: str) -> list[Subscriber]:
+        key = (topic, event_type)
+        route = self.routes.get(key)
+        if route is None:
+            route = [s for s in self.by_topic.get(topic, ()) if s.wants(event_type)]
+            self.routes[key] = route
+        return route
+
     async def _handle(self, record: Record) -> None:
         stats = self.worker.stats
         try:
-            event = decode(record.value, self.app.max_event_bytes)
+            event = self.worker.decoded(record)
         except EventError as exc:
-            # Until dead letters exist, an undecodable record is reported and passed:
-            # retrying cannot make it decodable, and it must not block the partition.
-            stats.undecodable += 1
-            log.error(
-                "group %s: %s[%d]@%d cannot be decoded, skipped: %s",
-                self.group,
-                record.topic,
-                record.partition,
-                record.offset,
-                exc,
-            )
+            self._poison(record, exc)
             return
-        wanted = [s for s in self.by_topic.get(record.topic, ()) if s.wants(event.type)]
+        wanted = self._route(record.topic, event.type)
         if not wanted:
             stats.skipped += 1
             return
+        registry = self.app.registry
         for sub in wanted:
             attempt = 1
             while True:
                 try:
-                    await self._call(sub, event, record, attempt)
+                    # Built afresh for each attempt: a handler may have changed it.
+                    payload = registry.decode_payload(event.type, event.dataversion, event.data)
+                except EventError as exc:
+                    self._poison(record, exc)
+                    return
+                try:
+                    await self._call(sub, payload, event, record, attempt)
                     break
                 except Exception as exc:
                     stats.failed_attempts += 1
@@ -157,18 +174,10 @@ class _GroupRunner:
                     log.error(
                         "group %s: handler %s failed on %s %s (%s[%d]@%d, attempt %d): %r;"
                         " retrying in %.2fs",
-                        self.group,
-                        sub.name,
-                        event.type,
-                        event.id,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        attempt,
-                        exc,
-                        delay,
+                        self.group, sub.name, event.type, event.id, record.topic,
+                        record.partition, record.offset, attempt, exc, delay,
                         exc_info=attempt == 1,
-                    )
+                    )  # fmt: skip
                     attempt += 1
                     await self._sleep_unless_stopping(delay)
                     if self.stopping:
@@ -177,8 +186,9 @@ class _GroupRunner:
                         raise asyncio.CancelledError from exc
         stats.handled += 1
 
-    async def _call(self, sub: Subscriber, event: Any, record: Record, attempt: int) -> None:
-        payload = self.app.registry.decode_payload(event.type, event.dataversion, event.data)
+    async def _call(
+        self, sub: Subscriber, payload: Any, event: Event, record: Record, attempt: int
+    ) -> None:
         ctx = Context(
             self.app,
             event,
@@ -187,13 +197,17 @@ class _GroupRunner:
             offset=record.offset,
             group=self.group,
             attempt=attempt,
+            loop=self.loop,
         )
-        args = (payload, ctx) if sub.takes_context else (payload,)
-        token = _scope.set(ctx.scope())
+        token = _scope.set(Scope(event.correlationid or event.id, event.id))
         try:
             if sub.is_async:
-                await sub.handler(*args)
+                if sub.takes_context:
+                    await sub.handler(payload, ctx)
+                else:
+                    await sub.handler(payload)
             else:
+                args = (payload, ctx) if sub.takes_context else (payload,)
                 await asyncio.to_thread(sub.handler, *args)
         finally:
             _scope.reset(token)
@@ -300,6 +314,24 @@ class Worker:
         self.retry_max_delay = retry_max_delay
         self.stats = WorkerStats()
         self._runners: list[_GroupRunner] = []
+        # Groups of one worker read the same records at about the same time: decode
+        # each once. Events are immutable, so sharing them is safe; payload models are
+        # built per handler call and never shared.
+        self._decoded: dict[tuple[str, int, int], Event] = {}
+        self._decoded_max = 4 * max_in_flight
+
+    def decoded(self, record: Record) -> Event:
+        """The event in ``record`` (raises EventError if it cannot be decoded)."""
+        key = (record.topic, record.partition, record.offset)
+        event = self._decoded.get(key)
+        if event is None:
+            event = decode(record.value, self.app.max_event_bytes)
+            if len(self.groups) > 1:
+                cache = self._decoded
+                cache[key] = event
+                if len(cache) > self._decoded_max:
+                    del cache[next(iter(cache))]
+        return event
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or the task is cancelled), then drain and commit."""

@@ -21,7 +21,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tidings.transport import Consumer, Record, RevokeCallback, StartFrom, TopicPartition
 
@@ -208,25 +208,31 @@ class SQLiteConsumer(Consumer):
         per = max(1, max_records // len(positions)) if positions else 0
         ids = self.t._topic_ids
 
-        def job(conn: sqlite3.Connection) -> list[Record]:
-            out: list[Record] = []
-            for (topic, p), pos in positions:
-                limit = min(per, max_records - len(out))
+        def job(conn: sqlite3.Connection) -> list[tuple[TopicPartition, list[Any]]]:
+            # Rows only: Python objects are built on the loop's thread, so that this
+            # thread holds the GIL as little as possible.
+            out = []
+            room = max_records
+            for tp, pos in positions:
+                limit = min(per, room)
                 if limit <= 0:
                     break
-                out.extend(
-                    Record(topic, p, o, ts, k, v)
-                    for o, ts, k, v in conn.execute(
-                        "SELECT offset, ts, key, value FROM events WHERE topic_id=?"
-                        " AND partition=? AND offset >= ? ORDER BY offset LIMIT ?",
-                        (ids[topic][0], p, pos, limit),
-                    )
-                )
+                rows = conn.execute(
+                    "SELECT offset, ts, key, value FROM events WHERE topic_id=?"
+                    " AND partition=? AND offset >= ? ORDER BY offset LIMIT ?",
+                    (ids[tp[0]][0], tp[1], pos, limit),
+                ).fetchall()
+                if rows:
+                    out.append((tp, rows))
+                    room -= len(rows)
             return out
 
-        records = await self.t._read(job)
-        if not records:
+        batches = await self.t._read(job)
+        if not batches:
             return []
+        records = [
+            Record(topic, p, o, ts, k, v) for (topic, p), rows in batches for o, ts, k, v in rows
+        ]
         # A rebalance may have run while we read: keep only what is still ours, and
         # only from the position we read at.
         expected = dict(positions)
