@@ -12,6 +12,7 @@ boundary, so user code catches tidings errors only::
     │   └── UnknownEventType   no payload model is registered for (type, version)
     ├── TransportError         the log engine failed or refused
     │   ├── TopicNotFound      the topic does not exist
+    │   ├── GroupNotFound      the group has neither committed offsets nor members
     │   └── GroupBusy          an operation needs a group without live members
     └── HandlerError           raised by a handler; wraps the original exception
 """
@@ -24,6 +25,7 @@ __all__ = [
     "EventError",
     "EventTooLarge",
     "GroupBusy",
+    "GroupNotFound",
     "HandlerError",
     "InvalidEventType",
     "TidingsError",
@@ -67,6 +69,10 @@ class TransportError(TidingsError):
 
 class TopicNotFound(TransportError, LookupError):
     """The named topic does not exist."""
+
+
+class GroupNotFound(TransportError, LookupError):
+    """The named consumer group has neither committed offsets nor live members."""
 
 
 class GroupBusy(TransportError):

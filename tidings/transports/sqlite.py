@@ -210,11 +210,12 @@ class SQLiteTransport(Transport):
     async def close(self) -> None:
         if not self._started:
             return
-        self._started = False
+        # Let background writes end while the transport still accepts them.
         if self._retention is not None:
             await asyncio.gather(self._retention, return_exceptions=True)
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        self._started = False
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None

@@ -1,0 +1,419 @@
+"""The real ``tidings`` command in subprocesses, against a SQLite file: its output,
+its exit codes, and one-line errors for bad input to every command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tidings import Tidings
+from tidings.admin import GROUP_JSON_KEYS, group_rows, topic_rows
+from tidings.codec import decode
+from tidings.transport import Consumer
+
+
+@pytest.fixture
+def url(sqlite_url: str) -> str:
+    return sqlite_url + "?partitions=2"
+
+
+@pytest.fixture
+async def log(url: str) -> AsyncIterator[Tidings]:
+    """The test's own connection to the log the CLI works on, seeded with topic
+    ``tasks`` (3 events) and group ``mailer`` (committed 1 behind the end, no members)."""
+    async with Tidings(url, service="seed") as app:
+        for i, subject in enumerate(["t-1", "t-2", "t-1"]):
+            await app.publish("tasks", {"n": i}, type="task.created", subject=subject)
+            await asyncio.sleep(0.003)
+        consumer = app.transport.consumer("mailer", ["tasks"])
+        await consumer.start()
+        ends = await _ends(app)
+        await consumer.commit({("tasks", p): max(end - 1, 0) for p, end in ends.items()})
+        await consumer.close()
+        yield app
+
+
+async def _ends(app: Tidings, topic: str = "tasks") -> dict[int, int]:
+    for info in await topic_rows(app.transport):
+        if info.name == topic:
+            return {p.partition: p.end for p in info.partitions}
+    return {}
+
+
+async def _count(app: Tidings, topic: str = "tasks") -> int:
+    return sum((await _ends(app, topic)).values())
+
+
+def tidings(
+    *args: str, url: str | None, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tidings", *args]
+    if url is not None:
+        command += ["--url", url]
+    env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
+    return subprocess.run(
+        command,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=30,
+        check=False,
+    )
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int, says: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tidings: error: ")
+    assert says in lines[0]
+    assert result.stdout == ""
+
+
+async def live_member(app: Tidings, group: str = "mailer") -> Consumer:
+    consumer = app.transport.consumer(group, ["tasks"])
+    await consumer.start()
+    return consumer
+
+
+# -- topics and groups ------------------------------------------------------------
+
+
+async def test_topics_prints_a_table_and_json(log: Tidings, url: str) -> None:
+    table = tidings("topics", url=url)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split()[:4] == ["TOPIC", "PARTITIONS", "EVENTS", "SIZE"]
+    ends = await _ends(log)
+    assert row.split()[:3] == ["tasks", "2", "3"]
+    assert row.split()[-1] == f"{ends[0]},{ends[1]}"
+
+    (doc,) = json.loads(tidings("topics", "--json", url=url).stdout)
+    assert doc["topic"] == "tasks"
+    assert doc["events"] == 3
+    assert [p["end"] for p in doc["partitions"]] == [ends[0], ends[1]]
+    assert doc["bytes"] == sum(p["bytes"] for p in doc["partitions"]) > 0
+
+
+async def test_groups_json_has_exactly_the_documented_keys(log: Tidings, url: str) -> None:
+    result = tidings("groups", "--json", url=url)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    ends = await _ends(log)
+    assert [tuple(row) for row in rows] == [GROUP_JSON_KEYS] * 2
+    assert rows == [
+        {
+            "group": "mailer",
+            "topic": "tasks",
+            "partition": p,
+            "committed": max(ends[p] - 1, 0),
+            "end": ends[p],
+            "lag": ends[p] - max(ends[p] - 1, 0),
+        }
+        for p in (0, 1)
+    ]
+
+
+async def test_groups_table_shows_lag_and_the_live_member_of_each_partition(
+    log: Tidings, url: str
+) -> None:
+    consumer = await live_member(log, "sms")
+    try:
+        result = tidings("groups", "sms", url=url)
+    finally:
+        await consumer.close()
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"]
+    ends = await _ends(log)
+    assert [row.split() for row in rows] == [
+        ["sms", "tasks", str(p), "0", str(ends[p]), str(ends[p]), consumer.member] for p in (0, 1)
+    ]
+
+
+async def test_groups_of_an_unknown_group_is_an_error(log: Tidings, url: str) -> None:
+    result = tidings("groups", "mailr", url=url)
+    assert_one_error_line(result, 1, "group 'mailr' does not exist")
+    assert "known groups: mailer" in result.stderr
+
+
+# -- publish ------------------------------------------------------------------------
+
+
+async def test_publish_one_event_prints_its_id(log: Tidings, url: str) -> None:
+    result = tidings(
+        "publish", "tasks", "task.assigned", "--data", '{"to": "ann"}',
+        "--subject", "t-9", "--correlation-id", "req-1", url=url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (event_id,) = result.stdout.split()
+    assert await _count(log) == 4
+    tail = tidings("tail", "tasks", "--json", "--type", "task.assigned", url=url)
+    (line,) = tail.stdout.splitlines()
+    event = decode(line.encode())
+    assert (event.id, event.source, event.type, event.data) == (
+        event_id,
+        "tidings-cli",
+        "task.assigned",
+        {"to": "ann"},
+    )
+    assert (event.subject, event.correlationid) == ("t-9", "req-1")
+
+
+async def test_publish_reads_json_lines_from_stdin_as_one_batch(log: Tidings, url: str) -> None:
+    stdin = (
+        '{"type": "task.updated", "data": {"n": 10}, "subject": "t-1"}\n'
+        "\n"
+        '{"type": "task.updated", "data": {"n": 11}}\n'
+        '{"type": "task.deleted", "data": null, "correlationid": "own"}\n'
+    )
+    result = tidings(
+        "publish", "tasks", "--json", "--correlation-id", "batch", url=url, stdin=stdin
+    )
+    assert result.returncode == 0, result.stderr
+    published = json.loads(result.stdout)
+    assert [(p["type"], p["subject"]) for p in published] == [
+        ("task.updated", "t-1"),
+        ("task.updated", None),
+        ("task.deleted", None),
+    ]
+    assert await _count(log) == 6
+    lines = tidings("tail", "tasks", "--json", "--from", "1m", url=url).stdout.splitlines()
+    events = {e.id: e for e in (decode(line.encode()) for line in lines)}
+    assert [events[p["id"]].correlationid for p in published] == ["batch", "batch", "own"]
+
+
+async def test_tail_json_can_be_published_again_unchanged(log: Tidings, url: str) -> None:
+    lines = tidings("tail", "tasks", "--json", url=url).stdout
+    result = tidings("publish", "copy", "--create", url=url, stdin=lines)
+    assert result.returncode == 0, result.stderr
+    copied = tidings("tail", "copy", "--json", url=url).stdout
+    assert sorted(orjson.loads(x)["id"] for x in copied.splitlines()) == sorted(
+        orjson.loads(x)["id"] for x in lines.splitlines()
+    )
+    assert {orjson.loads(x)["source"] for x in copied.splitlines()} == {"seed"}
+
+
+async def test_a_successful_publish_writes_nothing_to_stderr(log: Tidings, url: str) -> None:
+    result = tidings("publish", "tasks", "task.created", "--data", "1", url=url)
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+# -- tail -------------------------------------------------------------------------
+
+
+async def test_tail_prints_one_readable_line_per_event_filtered(log: Tidings, url: str) -> None:
+    result = tidings("tail", "tasks", url=url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[-1] for line in lines] == ['{"n":0}', '{"n":1}', '{"n":2}']
+    when, event_type, subject, event_id, position, _ = lines[0].split()
+    assert datetime.fromisoformat(when).tzinfo is not None
+    assert (event_type, subject) == ("task.created", "t-1")
+    assert len(event_id) == 36
+    assert position.split("@")[1] == "0"
+
+    only = tidings("tail", "tasks", "--subject", "t-1", "--limit", "1", url=url)
+    assert [line.split()[-1] for line in only.stdout.splitlines()] == ['{"n":0}']
+    none = tidings("tail", "tasks", "--type", "task.deleted", url=url)
+    assert (none.returncode, none.stdout) == (0, "")
+
+
+async def test_tail_from_a_time_shows_only_later_events(log: Tidings, url: str) -> None:
+    await asyncio.sleep(0.02)
+    cut = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    await log.publish("tasks", {"n": 3}, type="task.completed", subject="t-2")
+    result = tidings("tail", "tasks", "--from", cut, url=url)
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["task.completed"]
+    latest = tidings("tail", "tasks", "--from", "latest", url=url)
+    assert (latest.returncode, latest.stdout) == (0, "")
+
+
+async def test_tail_warns_about_undecodable_records_and_goes_on(log: Tidings, url: str) -> None:
+    ((partition, offset),) = await log.transport.append("tasks", [("t-1", b"\xff junk")])
+    result = tidings("tail", "tasks", "--json", url=url)
+    assert result.returncode == 0
+    assert len(result.stdout.splitlines()) == 3
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith(f"tidings: warning: tasks {partition}@{offset} cannot be decoded")
+
+
+async def test_tail_follow_prints_new_events_until_sigterm(log: Tidings, url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tidings", "tail", "tasks", "--follow", "--from", "earliest",
+        "--json", "--url", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        for _ in range(3):  # what was there: it is running
+            await asyncio.wait_for(proc.stdout.readline(), 10)
+        new = await log.publish("tasks", {"n": 99}, type="task.completed")
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert orjson.loads(line)["id"] == new.id
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await proc.stderr.read() == b""
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+# -- offsets reset ------------------------------------------------------------------
+
+
+async def test_offsets_reset_prints_old_and_new_per_partition(log: Tidings, url: str) -> None:
+    ends = await _ends(log)
+    result = tidings("offsets", "reset", "mailer", "--to", "earliest", url=url)
+    assert result.returncode == 0, result.stderr
+    title, header, *rows = result.stdout.splitlines()
+    assert title == "group 'mailer': reset to earliest"
+    assert header.split() == ["TOPIC", "PARTITION", "OLD", "->", "NEW"]
+    assert [row.split() for row in rows] == [
+        ["tasks", str(p), str(max(ends[p] - 1, 0)), "->", "0"] for p in (0, 1)
+    ]
+    assert {r.committed for r in await group_rows(log.transport, "mailer")} == {0}
+
+    moved = tidings(
+        "offsets", "reset", "mailer", "--topic", "tasks", "--to", "2", "--json", url=url
+    )
+    assert json.loads(moved.stdout) == [
+        {"group": "mailer", "topic": "tasks", "partition": p, "old": 0, "new": min(2, ends[p])}
+        for p in (0, 1)
+    ]
+
+
+async def test_offsets_reset_is_refused_while_workers_run_unless_forced(
+    log: Tidings, url: str
+) -> None:
+    before = {r.partition: r.committed for r in await group_rows(log.transport, "mailer")}
+    consumer = await live_member(log)
+    try:
+        refused = tidings("offsets", "reset", "mailer", "--to", "latest", url=url)
+        assert_one_error_line(refused, 1, "group 'mailer' has 1 live member(s)")
+        assert "--force" in refused.stderr
+        after = {r.partition: r.committed for r in await group_rows(log.transport, "mailer")}
+        assert after == before
+        forced = tidings("offsets", "reset", "mailer", "--to", "latest", "--force", url=url)
+        assert forced.returncode == 0, forced.stderr
+    finally:
+        await consumer.close()
+    ends = await _ends(log)
+    assert {r.partition: r.committed for r in await group_rows(log.transport, "mailer")} == ends
+
+
+# -- bad input ----------------------------------------------------------------------
+
+TOO_BIG = '{"type": "task.created", "data": "' + "x" * (1024 * 1024) + '"}'
+GOOD = '{"type": "task.created", "data": {"n": 1}}'
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code", "says"),
+    [
+        (["topics", "extra"], None, 2, "unrecognized arguments: extra"),
+        (["groups", "nope"], None, 1, "group 'nope' does not exist"),
+        (["publish"], None, 2, "the following arguments are required: TOPIC"),
+        (["publish", "tasks", "task.created"], None, 2, "TYPE needs --data JSON"),
+        (["publish", "tasks", "--data", "{}"], None, 2, "--data needs TYPE"),
+        (["publish", "tasks", "task.created", "--data", "{x"], None, 2, "--data is not valid JSON"),
+        (["publish", "tasks", "Task", "--data", "1"], None, 1, "'Task' is not lower-case"),
+        (
+            ["publish", "nope", "task.created", "--data", "1"],
+            None,
+            1,
+            "topic 'nope' does not exist",
+        ),
+        (["publish", "no pe", "task.created", "--data", "1"], None, 2, "'no pe' is not valid"),
+        (["publish", "tasks"], f"{GOOD}\n{GOOD}\n{{x}}\n", 1, "stdin line 3: not valid JSON"),
+        (["publish", "tasks"], f'{GOOD}\n{{"type": "Bad", "data": 1}}\n', 1, "line 2: event type"),
+        (["publish", "tasks"], f"{GOOD}\n{TOO_BIG}\n", 1, "stdin line 2: event task.created"),
+        (["publish", "tasks"], f'{{"type": "a.b", "dat": 1}}\n{GOOD}', 1, "line 1: unknown key"),
+        (["publish", "tasks"], "\n\n", 2, "no events on stdin"),
+        (["tail"], None, 2, "the following arguments are required: TOPIC"),
+        (["tail", "nope"], None, 1, "topic 'nope' does not exist"),
+        (["tail", "tasks", "--from", "yesterday"], None, 2, "--from 'yesterday' is not valid"),
+        (["tail", "tasks", "--from", "10"], None, 2, "--from '10' is a bare number"),
+        (["tail", "tasks", "--limit", "0"], None, 2, "expected a whole number >= 1, got '0'"),
+        (["tail", "tasks", "--type", "Created"], None, 2, "--type: event type 'Created'"),
+        (["offsets"], None, 2, "the following arguments are required: ACTION"),
+        (["offsets", "reset"], None, 2, "the following arguments are required: GROUP, --to"),
+        (["offsets", "reset", "mailer"], None, 2, "required: --to"),
+        (["offsets", "reset", "mailer", "--to", "soon"], None, 2, "--to 'soon' is not valid"),
+        (["offsets", "reset", "nope", "--to", "earliest"], None, 1, "group 'nope' does not exist"),
+        (
+            ["offsets", "reset", "mailer", "--topic", "nope", "--to", "0"],
+            None,
+            1,
+            "topic 'nope' does not exist",
+        ),
+    ],
+)
+async def test_bad_input_is_one_error_line_and_changes_nothing(
+    log: Tidings, url: str, args: list[str], stdin: str | None, code: int, says: str
+) -> None:
+    committed = await group_rows(log.transport)
+    # 'tidings offsets' alone takes no options: --url belongs to its action.
+    result = tidings(*args, url=None if args == ["offsets"] else url, stdin=stdin)
+    assert_one_error_line(result, code, says)
+    assert [t.name for t in await topic_rows(log.transport)] == ["tasks"]
+    assert await _count(log) == 3  # a rejected batch appends nothing
+    assert await group_rows(log.transport) == committed
+
+
+COMMANDS = [
+    ["topics"],
+    ["groups"],
+    ["publish", "tasks", "task.created", "--data", "1"],
+    ["tail", "tasks"],
+    ["offsets", "reset", "mailer", "--to", "earliest"],
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
+def test_every_command_refuses_an_unknown_url_scheme(args: list[str]) -> None:
+    result = tidings(*args, url="postgres://db/events")
+    assert_one_error_line(result, 2, "unknown transport URL 'postgres://db/events'")
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
+def test_every_command_refuses_a_missing_folder_without_creating_it(
+    args: list[str], tmp_path: Path
+) -> None:
+    result = tidings(*args, url=f"sqlite:///{tmp_path}/missing/events.db")
+    assert_one_error_line(result, 2, f"the folder '{tmp_path}/missing' of the SQLite log")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_the_url_defaults_to_tidings_url_then_the_local_file(tmp_path: Path) -> None:
+    assert tidings("topics", url=None, cwd=tmp_path).stdout == (
+        "no topics in sqlite:///./tidings.db\n"
+    )
+    assert (tmp_path / "tidings.db").exists()
+    env_url = f"sqlite:///{tmp_path}/other.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "topics"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TIDINGS_URL": env_url},
+        cwd=tmp_path,
+        timeout=30,
+        check=False,
+    )
+    assert result.stdout == f"no topics in {env_url}\n"

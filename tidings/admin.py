@@ -1,0 +1,499 @@
+"""Operating a log: the library behind ``tidings topics|groups|publish|tail|offsets``.
+
+Each function takes a started transport (or, to publish, a started Tidings app) and
+returns data; ``tidings.admin_cli`` only parses arguments and prints. A position in a
+topic is ``earliest``, ``latest``, a time (ISO-8601, UTC unless it has an offset, or an
+age such as ``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``) or, for offset resets, an
+offset that applies to every partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import deque
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode, from_dict
+from tidings.envelope import Event, validate_type
+from tidings.errors import (
+    ConfigError,
+    DecodeError,
+    EventError,
+    GroupBusy,
+    GroupNotFound,
+    TopicNotFound,
+)
+from tidings.transport import (
+    GroupInfo,
+    GroupPartition,
+    Record,
+    TopicInfo,
+    Transport,
+    check_topic_name,
+)
+
+if TYPE_CHECKING:
+    from tidings.app import Tidings
+
+__all__ = [
+    "CLI_SOURCE",
+    "GROUP_JSON_KEYS",
+    "OffsetChange",
+    "Position",
+    "TailEntry",
+    "TailFilter",
+    "build_event",
+    "check_publish_topic",
+    "describe_group",
+    "group_row_json",
+    "group_rows",
+    "parse_position",
+    "parse_publish_lines",
+    "parse_time",
+    "publish",
+    "reset_offsets",
+    "resolve_start",
+    "tail",
+    "topic_info",
+    "topic_json",
+    "topic_rows",
+]
+
+CLI_SOURCE = "tidings-cli"
+GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag")
+# The short form of a line on stdin; any other key is a typo, not an extension.
+SHORT_FORM_KEYS = frozenset({"type", "data", "subject", "correlationid"})
+
+Position = Literal["earliest", "latest"] | datetime | int
+
+
+# -- positions ------------------------------------------------------------------
+
+_AGE_RE = re.compile(r"(?:[0-9]+[smhdw])+")
+_AGE_PART_RE = re.compile(r"([0-9]+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIME_HINT = "ISO-8601 such as 2026-11-22T10:00:00Z, or an age such as 30s, 10m, 2h, 1d"
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """``text`` as an aware datetime: ISO-8601 (UTC unless it carries an offset), or an
+    age before ``now`` (``30s``, ``10m``, ``2h``, ``1d``, ``1w``, ``1h30m``)."""
+    s = text.strip()
+    try:
+        if _AGE_RE.fullmatch(s):
+            age = sum(int(n) * _UNIT_SECONDS[u] for n, u in _AGE_PART_RE.findall(s))
+            return now - timedelta(seconds=age)
+        parsed = datetime.fromisoformat(s)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{text!r} is not a time: write {_TIME_HINT}") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def parse_position(
+    text: str, now: datetime, *, offsets: bool = False, name: str = "position"
+) -> Position:
+    """``earliest``, ``latest``, a time (see :func:`parse_time`) or, with ``offsets``,
+    an offset; ConfigError naming ``name`` and what it accepts otherwise."""
+    s = text.strip()
+    if s in ("earliest", "latest"):
+        return "earliest" if s == "earliest" else "latest"
+    accepted = (
+        "earliest, latest, " + ("an OFFSET, " if offsets else "") + f"or a time: {_TIME_HINT}"
+    )
+    if s.isascii() and s.isdigit():
+        if offsets:
+            return int(s)
+        raise ConfigError(
+            f"{name} {text!r} is a bare number; it takes {accepted} (an age needs a unit)"
+        )
+    try:
+        return parse_time(s, now)
+    except ConfigError:
+        raise ConfigError(f"{name} {text!r} is not valid; it takes {accepted}") from None
+
+
+async def topic_info(transport: Transport, topic: str) -> TopicInfo:
+    """The topic's partitions and offsets; TopicNotFound if it does not exist."""
+    for info in await transport.topics():
+        if info.name == topic:
+            return info
+    raise TopicNotFound(f"topic {topic!r} does not exist in {transport.url}; see 'tidings topics'")
+
+
+async def resolve_start(transport: Transport, topic: str, position: Position) -> dict[int, int]:
+    """Per partition of ``topic``, the offset ``position`` names, within what is stored."""
+    info = await topic_info(transport, topic)
+    if isinstance(position, datetime):
+        ms = int(position.timestamp() * 1000)
+        found = await transport.offsets_for_time(topic, ms)
+        return {
+            p.partition: _clamp(found.get(p.partition, p.end), p.start, p.end)
+            for p in info.partitions
+        }
+    if position == "earliest":
+        return {p.partition: p.start for p in info.partitions}
+    if position == "latest":
+        return {p.partition: p.end for p in info.partitions}
+    return {p.partition: _clamp(position, p.start, p.end) for p in info.partitions}
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return min(max(value, low), high)
+
+
+# -- topics and groups ------------------------------------------------------------
+
+
+async def topic_rows(transport: Transport) -> list[TopicInfo]:
+    """Every topic with its partitions' start and end offsets and sizes, by name."""
+    return sorted(await transport.topics(), key=lambda t: t.name)
+
+
+def topic_json(info: TopicInfo) -> dict[str, Any]:
+    return {
+        "topic": info.name,
+        "events": info.events,
+        "bytes": info.size,
+        "retention_ms": info.retention_ms,
+        "retention_bytes": info.retention_bytes,
+        "partitions": [
+            {"partition": p.partition, "start": p.start, "end": p.end, "bytes": p.bytes}
+            for p in info.partitions
+        ],
+    }
+
+
+async def describe_group(transport: Transport, group: str) -> GroupInfo:
+    """One group's partitions and live members; GroupNotFound if it has neither
+    committed offsets nor live members."""
+    infos = await transport.groups()
+    for info in infos:
+        if info.group == group:
+            return info
+    known = ", ".join(i.group for i in infos) or "none yet"
+    raise GroupNotFound(
+        f"group {group!r} does not exist in {transport.url} (no committed offsets, no live "
+        f"members); known groups: {known}"
+    )
+
+
+async def group_rows(transport: Transport, group: str | None = None) -> list[GroupPartition]:
+    """Per group, topic and partition: committed and end offset, lag, owning member."""
+    infos = [await describe_group(transport, group)] if group else await transport.groups()
+    rows = [row for info in infos for row in info.partitions]
+    return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
+
+
+def group_row_json(row: GroupPartition) -> dict[str, Any]:
+    """The documented JSON of one row: exactly :data:`GROUP_JSON_KEYS`."""
+    return {
+        "group": row.group,
+        "topic": row.topic,
+        "partition": row.partition,
+        "committed": row.committed,
+        "end": row.end,
+        "lag": row.lag,
+    }
+
+
+# -- publish ----------------------------------------------------------------------
+
+
+def build_event(
+    app: Tidings,
+    event_type: str,
+    data: Any,
+    *,
+    subject: str | None = None,
+    correlation_id: str | None = None,
+) -> Event:
+    """An event from the app's service, checked against the app's size limit."""
+    validate_type(event_type)
+    event = app.build(data, type=event_type, subject=subject, correlation_id=correlation_id)
+    encode(event, app.max_event_bytes)  # EventTooLarge now, not half-way through a batch
+    return event
+
+
+def parse_publish_lines(
+    lines: Iterable[str | bytes],
+    app: Tidings,
+    *,
+    subject: str | None = None,
+    correlation_id: str | None = None,
+) -> list[Event]:
+    """Events from JSON lines, every one validated; blank lines are skipped.
+
+    A line with ``specversion`` is a CloudEvents structured-mode event, published as it
+    is (its id, source and time kept: ``tidings tail --json`` output can be fed back).
+    Any other line is ``{"type": ..., "data": ...}`` with optional ``subject`` and
+    ``correlationid`` (defaulting to ``subject``/``correlation_id`` here), and becomes an
+    event of the app's service. An error names the line.
+    """
+    events = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(_event_from_line(line, app, subject, correlation_id))
+        except (EventError, ConfigError) as exc:
+            raise type(exc)(f"stdin line {number}: {exc}") from None
+    if not events:
+        raise ConfigError(
+            'no events on stdin: write one JSON object per line, e.g. {"type": '
+            '"task.created", "data": {"id": 1}}, or give TYPE and --data'
+        )
+    return events
+
+
+def _event_from_line(
+    line: str | bytes, app: Tidings, subject: str | None, correlation_id: str | None
+) -> Event:
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(doc, dict):
+        raise DecodeError(f"expected a JSON object, got {type(doc).__name__}")
+    event_type = doc.get("type")
+    if isinstance(event_type, str):
+        validate_type(event_type)  # its own message, for either form
+    if "specversion" in doc:
+        event = from_dict(doc)
+        encode(event, app.max_event_bytes)
+        return event
+    unknown = sorted(set(doc) - SHORT_FORM_KEYS)
+    if unknown:
+        raise DecodeError(
+            f"unknown key(s) {', '.join(unknown)}: a line is a CloudEvents event (with "
+            "specversion) or has type, data and optionally subject and correlationid"
+        )
+    missing = [k for k in ("type", "data") if k not in doc]
+    if missing:
+        raise DecodeError(
+            f"missing {' and '.join(repr(k) for k in missing)}; write e.g. "
+            '{"type": "task.created", "data": {"id": 1}} (data may be null)'
+        )
+    for name in ("type", "subject", "correlationid"):
+        if name in doc and not isinstance(doc[name], str):
+            raise DecodeError(f"{name!r} must be a string, got {doc[name]!r:.80}")
+    return build_event(
+        app,
+        doc["type"],
+        doc["data"],
+        subject=doc.get("subject", subject),
+        correlation_id=doc.get("correlationid", correlation_id),
+    )
+
+
+async def check_publish_topic(transport: Transport, topic: str, *, create: bool = False) -> None:
+    """ConfigError for an invalid name; TopicNotFound for a missing topic unless
+    ``create``: a typo must not quietly start a new topic."""
+    check_topic_name(topic)
+    if not create:
+        try:
+            await topic_info(transport, topic)
+        except TopicNotFound as exc:
+            raise TopicNotFound(f"{exc}, or publish with --create to create it") from None
+
+
+async def publish(app: Tidings, topic: str, events: list[Event], *, create: bool = False) -> None:
+    """Append ``events`` to ``topic`` in one batch (see :func:`check_publish_topic`)."""
+    await check_publish_topic(app.transport, topic, create=create)
+    await app.publish_events(topic, events)
+
+
+# -- tail ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TailFilter:
+    """Which events :func:`tail` yields; ``None`` matches anything."""
+
+    types: frozenset[str] | None = None
+    subject: str | None = None
+    correlation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for t in self.types or ():
+            validate_type(t)  # a misspelt type would otherwise quietly match nothing
+
+    def matches(self, event: Event) -> bool:
+        return (
+            (self.types is None or event.type in self.types)
+            and (self.subject is None or event.subject == self.subject)
+            and (self.correlation_id is None or event.correlationid == self.correlation_id)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TailEntry:
+    """One record seen by :func:`tail`: its event, or why it cannot be decoded."""
+
+    record: Record
+    event: Event | None
+    error: str | None = None
+
+
+async def tail(
+    transport: Transport,
+    topic: str,
+    start: Mapping[int, int] | None = None,
+    *,
+    where: TailFilter | None = None,
+    limit: int | None = None,
+    follow: bool = False,
+    stop: asyncio.Event | None = None,
+    page: int = 500,
+    poll: float = 1.0,
+) -> AsyncGenerator[TailEntry, None]:
+    """The records of every partition of ``topic`` from ``start`` (default: earliest),
+    outside any group, in append order (timestamp, then partition and offset).
+
+    Yields matching events, and every undecodable record (with ``error``; those do not
+    count towards ``limit``). Without ``follow`` it ends at the end offsets it found on
+    starting; with it, it waits for new records until ``stop`` is set.
+    """
+    info = await topic_info(transport, topic)
+    where = where or TailFilter()
+    positions = {p.partition: p.start for p in info.partitions}
+    positions.update(start or {})
+    ends = None if follow else {p.partition: p.end for p in info.partitions}
+    matched = 0
+    while True:
+        async with contextlib.aclosing(_merged(transport, topic, positions, ends, page)) as records:
+            async for record in records:
+                if stop is not None and stop.is_set():
+                    return
+                entry = _decoded(record)
+                if entry.event is not None and not where.matches(entry.event):
+                    continue
+                yield entry
+                if entry.event is not None:
+                    matched += 1
+                    if limit is not None and matched >= limit:
+                        return
+        if not follow:
+            return
+        await _wait_for_appends(transport, poll, stop)
+        if stop is not None and stop.is_set():
+            return
+
+
+def _decoded(record: Record) -> TailEntry:
+    try:
+        # The producer may have allowed larger events than the default: read what is there.
+        event = decode(record.value, max(len(record.value), DEFAULT_MAX_EVENT_BYTES))
+    except DecodeError as exc:
+        return TailEntry(record, None, str(exc))
+    return TailEntry(record, event)
+
+
+async def _merged(
+    transport: Transport,
+    topic: str,
+    positions: dict[int, int],
+    ends: Mapping[int, int] | None,
+    page: int,
+) -> AsyncGenerator[Record, None]:
+    """A k-way merge of the partitions by append time, reading ``page`` records at a
+    time; ``positions`` moves past what was read. Ends when every partition is read up
+    to ``ends`` (or, without ends, to what is stored now)."""
+    buffers: dict[int, deque[Record]] = {p: deque() for p in positions}
+    live = set(positions)
+    while True:
+        for p in sorted(live):
+            if not buffers[p]:
+                want = page if ends is None else min(page, ends[p] - positions[p])
+                records = await transport.read(topic, p, positions[p], want) if want > 0 else []
+                if ends is not None:
+                    records = [r for r in records if r.offset < ends[p]]
+                if not records:
+                    live.discard(p)
+                    continue
+                buffers[p].extend(records)
+                positions[p] = records[-1].offset + 1
+        if not live:
+            return
+        first = min(live, key=lambda q: (buffers[q][0].timestamp, q))
+        yield buffers[first].popleft()
+
+
+async def _wait_for_appends(
+    transport: Transport, timeout: float, stop: asyncio.Event | None
+) -> None:
+    if stop is None:
+        await transport.wait_for_appends(timeout)
+        return
+    waiter = asyncio.ensure_future(transport.wait_for_appends(timeout))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, stopper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# -- offsets ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetChange:
+    group: str
+    topic: str
+    partition: int
+    old: int | None  # None: the group had not started on this partition
+    new: int
+
+
+async def reset_offsets(
+    transport: Transport,
+    group: str,
+    to: Position,
+    *,
+    topic: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> list[OffsetChange]:
+    """Move ``group``'s committed offsets on ``topic`` (default: every topic it has) to
+    ``to``; return the changes, old to new, per partition.
+
+    Refuses with GroupBusy while the group has live members, unless ``force`` (they
+    drop what they hold and start again from the new offsets). ``dry_run`` changes
+    nothing. GroupNotFound for a group with neither offsets nor members.
+    """
+    info = await describe_group(transport, group)
+    if topic is not None:
+        topics = [topic]
+    else:
+        topics = sorted({row.topic for row in info.partitions})
+        if not topics:
+            raise ConfigError(f"group {group!r} has no topics yet; name one with --topic")
+    if info.members and not force and not dry_run:
+        # Checked for every topic before moving any, so that a refusal changes nothing;
+        # set_offsets checks again, against a member joining meanwhile.
+        raise GroupBusy(
+            f"group {group!r} has {len(info.members)} live member(s) "
+            f"({', '.join(m.member for m in info.members)}); stop its workers first, or "
+            "pass --force (they will start again from the new offsets)"
+        )
+    committed = {(row.topic, row.partition): row.committed for row in info.partitions}
+    plan: dict[str, dict[int, int]] = {}
+    for name in topics:
+        plan[name] = await resolve_start(transport, name, to)
+    if not dry_run:
+        for name, offsets in plan.items():
+            await transport.set_offsets(group, name, offsets, force=force)
+    return [
+        OffsetChange(group, name, p, committed.get((name, p)), new)
+        for name, offsets in plan.items()
+        for p, new in sorted(offsets.items())
+    ]
