@@ -54,6 +54,15 @@ class Subscriber:
         return self.types is None or event_type in self.types
 
 
+def _is_async(handler: Callable[..., Any]) -> bool:
+    """Whether calling ``handler`` gives a coroutine (functions, and objects whose
+    ``__call__`` is async)."""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method, not callable()
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
 class Tidings:
     """One service's connection to the event log.
 
@@ -152,7 +161,7 @@ class Tidings:
                     handler=handler,
                     types=wanted,
                     start_from=start_from,
-                    is_async=inspect.iscoroutinefunction(handler),
+                    is_async=_is_async(handler),
                     takes_context=len(params) == 2,
                 )
             )

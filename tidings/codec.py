@@ -184,8 +184,8 @@ def from_dict(doc: dict[str, Any]) -> Event:
     version = doc.get("dataversion")
     if version is not None:
         # Some producers write extension values as strings (CloudEvents allows it).
-        if isinstance(version, str) and version.isdigit():
-            version = int(version)
+        if isinstance(version, str) and version.isascii() and version.isdecimal():
+            version = int(version[:12]) if len(version) <= 12 else -1
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise DecodeError(
                 f"attribute 'dataversion' must be a positive integer, got {version!r:.80}"

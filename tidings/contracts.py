@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from tidings.envelope import validate_type
@@ -110,6 +111,11 @@ class Registry:
                     f"{type} version {version} has no registered model (known versions: "
                     f"{sorted(v for t, v in self._by_key if t == type)})"
                 )
+            if isinstance(data, dict | list):
+                # A copy of its own for each handler call: the event (and its data) is
+                # shared by every group and attempt, and handlers may change what
+                # they are given. A JSON round trip is the quickest deep copy of JSON.
+                return orjson.loads(orjson.dumps(data))
             return data
         try:
             return contract.model.__pydantic_validator__.validate_python(data)

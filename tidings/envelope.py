@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tidings.errors import InvalidEventType
+from tidings.errors import EventError, InvalidEventType
 
 __all__ = ["SPECVERSION", "Event", "new_id", "validate_type"]
 
@@ -29,7 +29,7 @@ _valid_types: set[str] = set()  # types seen valid: a set lookup instead of a re
 
 def validate_type(event_type: str) -> str:
     """Return ``event_type`` if it is lower-case ``domain.action``, else raise."""
-    if event_type in _valid_types:
+    if type(event_type) is str and event_type in _valid_types:
         return event_type
     if not isinstance(event_type, str) or _TYPE_RE.fullmatch(event_type) is None:
         raise InvalidEventType(
@@ -79,6 +79,9 @@ _FIELDS = (
     "dataschema", "dataversion", "correlationid", "causationid", "traceparent",
     "partitionkey", "extensions",
 )  # fmt: skip
+
+
+_FIELDS_SET = frozenset(_FIELDS) - {"extensions"}
 
 
 class Event:
@@ -135,11 +138,22 @@ class Event:
                 f"event time {time.isoformat()} has no time zone: pass an aware "
                 "datetime, e.g. datetime.now(UTC)"
             )
+        if id is None:
+            id = new_id()
+        elif not id or not isinstance(id, str):
+            raise ValueError(f"event id must be a non-empty string, got {id!r}")
+        if extensions:
+            clash = _FIELDS_SET & extensions.keys() | {"data_base64"} & extensions.keys()
+            if clash:
+                raise EventError(
+                    f"extension name(s) {', '.join(sorted(clash))} are CloudEvents "
+                    "attributes; pass them as arguments, or choose another name"
+                )
         put = object.__setattr__
         put(self, "type", validate_type(type))
         put(self, "source", source)
         put(self, "data", data)
-        put(self, "id", id or new_id())
+        put(self, "id", id)
         put(self, "time", time)
         put(self, "subject", subject)
         put(self, "specversion", specversion)

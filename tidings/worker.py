@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import signal
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.codec import decode
 from tidings.context import Context, Scope, _scope
 from tidings.envelope import Event
-from tidings.errors import ConfigError, EventError
+from tidings.errors import ConfigError, DecodeError, EventError
 from tidings.transport import Consumer, Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class _GroupRunner:
         self.room.set()
         self.stopping = False
         self.stopped = asyncio.Event()
+        self.fetching: asyncio.Future[list[Record]] | None = None
         self.consumer: Consumer = self.app.transport.consumer(
             group,
             sorted(self.by_topic),
@@ -86,7 +88,13 @@ class _GroupRunner:
                 if self.stopping:
                     break
                 want = min(self.worker.fetch_max, self.worker.max_in_flight - self.in_flight)
-                records = await self.consumer.fetch(want, timeout=0.25)
+                self.fetching = asyncio.ensure_future(self.consumer.fetch(want, timeout=0.25))
+                try:
+                    records = await self.fetching
+                except asyncio.CancelledError:
+                    if self.stopping:  # stop() interrupts a waiting fetch
+                        break
+                    raise
                 for record in records:
                     tp = (record.topic, record.partition)
                     lane = self.lanes.get(tp)
@@ -109,6 +117,8 @@ class _GroupRunner:
         self.stopping = True
         self.stopped.set()
         self.room.set()
+        if self.fetching is not None and not self.fetching.done():
+            self.fetching.cancel()
 
     # -- handling ---------------------------------------------------------------
 
@@ -149,6 +159,9 @@ class _GroupRunner:
             event = self.worker.decoded(record)
         except EventError as exc:
             self._poison(record, exc)
+            return
+        except Exception as exc:  # a codec bug must not stall the partition for good
+            self._poison(record, DecodeError(f"the codec failed: {exc!r}"))
             return
         wanted = self._route(record.topic, event.type)
         if not wanted:
@@ -208,7 +221,9 @@ class _GroupRunner:
                     await sub.handler(payload)
             else:
                 args = (payload, ctx) if sub.takes_context else (payload,)
-                await asyncio.to_thread(sub.handler, *args)
+                result = await asyncio.to_thread(sub.handler, *args)
+                if inspect.isawaitable(result):  # an async callable we could not tell
+                    await result
         finally:
             _scope.reset(token)
 

@@ -1,0 +1,573 @@
+"""The worker: handler kinds, ordering, backpressure, retries, shutdown, poison records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from tidings import ConfigError, Context, Tidings, Worker
+from tidings.partitioning import partition_for
+from tidings.transport import GroupPartition, Record
+
+TOPIC = "task-events"
+
+
+class TaskCreated(BaseModel):
+    task_id: str
+    seq: int = 0
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not met in {timeout}s: {what}")
+        await asyncio.sleep(0.005)
+
+
+def make_app(partitions: int = 4) -> Tidings:
+    app = Tidings(f"memory://?partitions={partitions}", service="test")
+    app.event("task.created", subject="task_id")(TaskCreated)
+    return app
+
+
+@asynccontextmanager
+async def running(app: Tidings, **options: Any) -> AsyncIterator[Worker]:
+    options.setdefault("commit_interval", 0.01)
+    options.setdefault("retry_max_delay", 0.02)
+    worker = Worker(app, **options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        # A handler task that died leaves an "exception never retrieved" for the garbage
+        # collector; collect it here, not while pytest formats a failure (CPython 3.11.7
+        # then fails with "AST constructor recursion depth mismatch": cpython gh-106905,
+        # pytest-dev/pytest#10763).
+        gc.collect()
+
+
+async def group_rows(app: Tidings, group: str) -> list[GroupPartition]:
+    for info in await app.transport.groups():
+        if info.group == group:
+            return list(info.partitions)
+    return []
+
+
+async def lag(app: Tidings, group: str) -> int:
+    return sum(row.lag for row in await group_rows(app, group))
+
+
+async def wait_for_lag(app: Tidings, group: str, expected: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (current := await lag(app, group)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"lag of {group} is {current}, expected {expected}")
+        await asyncio.sleep(0.01)
+
+
+async def the_runner(worker: Worker) -> Any:
+    """The worker's only group runner, once ``run`` has made it."""
+    await eventually(lambda: bool(worker._runners), what="worker started")
+    (runner,) = worker._runners
+    return runner
+
+
+def keys_in_distinct_partitions(count: int, partitions: int) -> list[str]:
+    """``count`` keys that hash to ``count`` different partitions."""
+    chosen: dict[int, str] = {}
+    i = 0
+    while len(chosen) < count:
+        key = f"k{i}"
+        chosen.setdefault(partition_for(key, partitions), key)
+        i += 1
+    return list(chosen.values())
+
+
+# -- construction ----------------------------------------------------------------
+
+
+def test_worker_needs_subscribers_and_known_groups() -> None:
+    app = make_app()
+    with pytest.raises(ConfigError, match="no subscribers"):
+        Worker(app)
+
+    @app.subscriber(TOPIC, group="email")
+    def handle(payload: Any) -> None:
+        pass
+
+    with pytest.raises(ConfigError, match=r"unknown group.*sms.*this app has: email"):
+        Worker(app, ["sms"])
+    with pytest.raises(ConfigError, match="max_in_flight"):
+        Worker(app, max_in_flight=0)
+
+
+# -- handlers ---------------------------------------------------------------------
+
+
+async def test_async_handler_receives_the_typed_model_and_its_context() -> None:
+    app = make_app()
+    seen: list[tuple[Any, Context]] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated, ctx: Context) -> None:
+        seen.append((payload, ctx))
+
+    async with app, running(app):
+        event = await app.publish(TOPIC, TaskCreated(task_id="t1", seq=7))
+        await eventually(lambda: len(seen) == 1)
+    payload, ctx = seen[0]
+    assert type(payload) is TaskCreated
+    assert payload == TaskCreated(task_id="t1", seq=7)
+    assert ctx.event == event.with_(data={"task_id": "t1", "seq": 7})
+    assert (ctx.id, ctx.type, ctx.subject, ctx.group) == (event.id, "task.created", "t1", "g")
+    assert ctx.topic == TOPIC
+    assert ctx.partition == partition_for("t1", 4)
+    assert ctx.offset == 0
+    assert ctx.attempt == 1
+
+
+async def test_sync_handler_runs_in_a_thread_and_receives_the_typed_model() -> None:
+    app = make_app()
+    seen: list[tuple[Any, int]] = []
+    loop_thread = threading.get_ident()
+
+    @app.subscriber(TOPIC, group="g")
+    def handle(payload: TaskCreated) -> None:
+        time.sleep(0.01)  # blocking is fine here: not on the event loop
+        seen.append((payload, threading.get_ident()))
+
+    async with app, running(app) as worker:
+        await app.publish_many(TOPIC, [TaskCreated(task_id=f"t{i}") for i in range(3)])
+        await eventually(lambda: len(seen) == 3)
+    assert all(type(p) is TaskCreated for p, _ in seen)
+    assert sorted(p.task_id for p, _ in seen) == ["t0", "t1", "t2"]
+    assert all(thread != loop_thread for _, thread in seen)
+    assert worker.stats.handled == 3
+
+
+async def test_unregistered_types_reach_the_handler_as_raw_json() -> None:
+    app = make_app()
+    seen: list[Any] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: Any) -> None:
+        seen.append(payload)
+
+    async with app, running(app):
+        await app.publish(TOPIC, {"free": ["form"]}, type="note.added")
+        await eventually(lambda: len(seen) == 1)
+    assert seen == [{"free": ["form"]}]
+
+
+async def test_events_of_types_not_subscribed_are_skipped_and_committed() -> None:
+    app = make_app()
+    seen: list[str] = []
+
+    @app.subscriber(TOPIC, group="g", types=["task.created"])
+    async def handle(payload: TaskCreated) -> None:
+        seen.append(payload.task_id)
+
+    async with app:
+        await app.publish(TOPIC, {"x": 1}, type="task.deleted", subject="t1")
+        await app.publish(TOPIC, {"x": 2}, type="task.updated", subject="t2")
+        await app.publish(TOPIC, TaskCreated(task_id="t1"))
+        async with running(app) as worker:
+            await eventually(lambda: seen == ["t1"])
+            await wait_for_lag(app, "g", 0)
+    assert worker.stats.skipped == 2
+    assert worker.stats.handled == 1
+    rows = await group_rows(app, "g")
+    assert sum(row.committed or 0 for row in rows) == 3
+
+
+async def test_each_group_gets_every_event() -> None:
+    app = make_app()
+    got: dict[str, list[str]] = {"a": [], "b": []}
+
+    @app.subscriber(TOPIC, group="a")
+    async def in_a(payload: TaskCreated) -> None:
+        got["a"].append(payload.task_id)
+
+    @app.subscriber(TOPIC, group="b")
+    def in_b(payload: TaskCreated) -> None:
+        got["b"].append(payload.task_id)
+
+    async with app, running(app):
+        await app.publish_many(TOPIC, [TaskCreated(task_id=f"t{i}") for i in range(10)])
+        await eventually(lambda: len(got["a"]) == len(got["b"]) == 10)
+    assert sorted(got["a"]) == sorted(got["b"]) == sorted(f"t{i}" for i in range(10))
+
+
+async def test_only_the_named_groups_run() -> None:
+    app = make_app()
+    got: list[str] = []
+
+    @app.subscriber(TOPIC, group="a")
+    async def in_a(payload: TaskCreated) -> None:
+        got.append("a")
+
+    @app.subscriber(TOPIC, group="b")
+    async def in_b(payload: TaskCreated) -> None:
+        got.append("b")
+
+    async with app, running(app, groups=["b"]):
+        await app.publish(TOPIC, TaskCreated(task_id="t"))
+        await eventually(lambda: got == ["b"])
+        await asyncio.sleep(0.05)
+    assert got == ["b"]
+
+
+# -- order and concurrency ---------------------------------------------------------
+
+
+async def test_order_is_kept_per_partition_while_partitions_run_concurrently() -> None:
+    app = make_app(partitions=8)
+    keys = keys_in_distinct_partitions(6, 8)
+    seen: dict[str, list[int]] = {k: [] for k in keys}
+    running_now = 0
+    most_at_once = 0
+    per_partition_now: dict[int, int] = {}
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated, ctx: Context) -> None:
+        nonlocal running_now, most_at_once
+        running_now += 1
+        per_partition_now[ctx.partition] = per_partition_now.get(ctx.partition, 0) + 1
+        assert per_partition_now[ctx.partition] == 1, "two handlers in one partition"
+        most_at_once = max(most_at_once, running_now)
+        await asyncio.sleep(random.uniform(0, 0.004))
+        seen[payload.task_id].append(payload.seq)
+        per_partition_now[ctx.partition] -= 1
+        running_now -= 1
+
+    async with app:
+        # Interleaved across keys, in several appends, so fetches mix partitions.
+        for chunk in range(5):
+            await app.publish_many(
+                TOPIC,
+                [TaskCreated(task_id=k, seq=chunk * 10 + i) for i in range(10) for k in keys],
+            )
+        async with running(app) as worker:
+            await eventually(lambda: sum(map(len, seen.values())) == 300, timeout=10)
+    for key in keys:
+        assert seen[key] == list(range(50)), key
+    assert most_at_once >= 3  # partitions really ran side by side
+    assert worker.stats.failed_attempts == 0
+
+
+# -- backpressure -------------------------------------------------------------------
+
+
+async def test_never_more_than_max_in_flight_events_fetched_and_unfinished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    max_in_flight = 3
+    app = make_app(partitions=16)
+    keys = keys_in_distinct_partitions(8, 16)
+    gate = asyncio.Event()
+    started: list[str] = []
+    finished = 0
+    fetched = 0
+    worst = 0
+
+    make_consumer = app.transport.consumer
+
+    def counting_consumer(*args: Any, **kwargs: Any) -> Any:
+        consumer = make_consumer(*args, **kwargs)
+        fetch = consumer.fetch
+
+        async def counting_fetch(max_records: int, timeout: float) -> list[Record]:
+            nonlocal fetched, worst
+            records = await fetch(max_records, timeout)
+            fetched += len(records)
+            worst = max(worst, fetched - finished)
+            return records
+
+        consumer.fetch = counting_fetch  # type: ignore[method-assign]
+        return consumer
+
+    monkeypatch.setattr(app.transport, "consumer", counting_consumer)
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        nonlocal finished
+        started.append(payload.task_id)
+        await gate.wait()
+        finished += 1
+
+    async with app:
+        await app.publish_many(
+            TOPIC, [TaskCreated(task_id=k, seq=n) for n in range(3) for k in keys]
+        )
+        async with running(app, max_in_flight=max_in_flight, fetch_max=100) as worker:
+            try:
+                runner = await the_runner(worker)
+                await eventually(lambda: len(started) == max_in_flight)
+                await asyncio.sleep(0.3)  # a fetch loop ignoring the limit would fetch more
+                assert len(started) == max_in_flight
+                assert runner.in_flight == max_in_flight
+                assert fetched == max_in_flight
+                assert await lag(app, "g") == 24
+            finally:
+                gate.set()
+            await eventually(lambda: finished == 24)
+            await wait_for_lag(app, "g", 0)
+    assert worst <= max_in_flight
+    assert fetched == 24
+    assert runner.in_flight == 0
+
+
+async def test_in_flight_limit_holds_with_one_slow_partition() -> None:
+    app = make_app(partitions=4)
+    gate = asyncio.Event()
+    started = 0
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        nonlocal started
+        started += 1
+        await gate.wait()
+
+    async with app:
+        await app.publish_many(TOPIC, [TaskCreated(task_id="same", seq=i) for i in range(10)])
+        async with running(app, max_in_flight=5) as worker:
+            try:
+                runner = await the_runner(worker)
+                await eventually(lambda: runner.in_flight == 5)
+                await asyncio.sleep(0.2)
+                assert runner.in_flight == 5  # fetched and queued, not more
+                assert started == 1  # one partition: one at a time
+            finally:
+                gate.set()
+            await wait_for_lag(app, "g", 0)
+
+
+# -- failures and retries ---------------------------------------------------------------
+
+
+async def test_a_failing_handler_leaves_the_event_uncommitted_and_retries_until_it_succeeds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app()
+    failing = True
+    attempts: list[int] = []
+    done: list[str] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated, ctx: Context) -> None:
+        if payload.task_id == "bad":
+            attempts.append(ctx.attempt)
+            if failing:
+                raise RuntimeError("smtp is down")
+        done.append(payload.task_id)
+
+    async with app:
+        bad = await app.publish(TOPIC, TaskCreated(task_id="bad"))
+        bad_partition = partition_for("bad", 4)
+        other = next(
+            k for k in (f"o{i}" for i in range(100)) if partition_for(k, 4) != bad_partition
+        )
+        await app.publish(TOPIC, TaskCreated(task_id=other))
+        worker = Worker(app, commit_interval=0.01, retry_max_delay=0.02)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await eventually(lambda: len(attempts) >= 3 and other in done)
+            # Still running, the event still pending and visible as lag.
+            assert not task.done()
+            rows = {row.partition: row for row in await group_rows(app, "g")}
+            assert rows[bad_partition].lag == 1
+            assert rows[bad_partition].committed in (None, 0)
+            await wait_for_lag(app, "g", 1)  # the other partition moved on
+            assert "bad" not in done
+            failing = False
+            await eventually(lambda: "bad" in done)
+            await wait_for_lag(app, "g", 0)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
+    assert attempts == list(range(1, len(attempts) + 1))
+    assert worker.stats.failed_attempts == len(attempts) - 1
+    assert worker.stats.handled == 2
+    assert bad.id in caplog.text
+    assert "smtp is down" in caplog.text
+
+
+async def test_a_handler_exception_does_not_stop_later_events_of_other_groups() -> None:
+    app = make_app()
+    healthy: list[str] = []
+
+    @app.subscriber(TOPIC, group="broken")
+    async def broken(payload: TaskCreated) -> None:
+        raise ValueError("always")
+
+    @app.subscriber(TOPIC, group="healthy")
+    async def fine(payload: TaskCreated) -> None:
+        healthy.append(payload.task_id)
+
+    async with app, running(app) as worker:
+        await app.publish_many(TOPIC, [TaskCreated(task_id=f"t{i}") for i in range(5)])
+        await eventually(lambda: len(healthy) == 5)
+        await eventually(lambda: worker.stats.failed_attempts >= 5)
+        assert await lag(app, "broken") == 5
+    assert await lag(app, "healthy") == 0
+
+
+async def test_a_handler_changing_a_raw_payload_does_not_change_it_for_other_groups() -> None:
+    app = make_app()
+    a_done = asyncio.Event()
+    b_saw: list[Any] = []
+
+    @app.subscriber(TOPIC, group="a")
+    async def in_a(payload: Any) -> None:
+        payload["seen_by"] = "a"
+        payload["items"].append("from a")
+        a_done.set()
+
+    @app.subscriber(TOPIC, group="b")
+    async def in_b(payload: Any) -> None:
+        await a_done.wait()
+        b_saw.append(payload)
+
+    async with app, running(app):
+        await app.publish(TOPIC, {"items": []}, type="note.added", subject="n")
+        await eventually(lambda: len(b_saw) == 1)
+    assert b_saw == [{"items": []}]
+
+
+# -- shutdown ------------------------------------------------------------------------------
+
+
+async def test_stop_lets_the_running_handler_finish_and_commits_it() -> None:
+    app = make_app()
+    gate = asyncio.Event()
+    started: list[int] = []
+    finished: list[int] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        started.append(payload.seq)
+        await gate.wait()
+        finished.append(payload.seq)
+
+    async with app:
+        await app.publish_many(TOPIC, [TaskCreated(task_id="k", seq=i) for i in range(3)])
+        worker = Worker(app, commit_interval=60)  # only the final commit can commit
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await eventually(lambda: started == [0])
+        stop.set()
+        # Longer than the worker's fetch timeout (0.25 s): by now it is shutting down.
+        await asyncio.sleep(0.5)
+        assert not task.done()  # waiting for the handler, not abandoning it
+        assert started == [0]
+        gate.set()
+        await asyncio.wait_for(task, 5)
+        assert finished == [0]
+        (row,) = [r for r in await group_rows(app, "g") if r.partition == partition_for("k", 4)]
+        assert row.committed == 1  # the finished one, not the two never started
+        assert row.lag == 2
+
+        # The next run picks up exactly where this one stopped.
+        async with running(app):
+            await eventually(lambda: finished == [0, 1, 2])
+            await wait_for_lag(app, "g", 0)
+
+
+async def test_stop_during_retries_leaves_the_event_for_the_next_run() -> None:
+    app = make_app()
+    fail = True
+    handled: list[str] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        if fail:
+            raise RuntimeError("down")
+        handled.append(payload.task_id)
+
+    async with app:
+        await app.publish(TOPIC, TaskCreated(task_id="t"))
+        async with running(app, retry_max_delay=5.0) as worker:
+            await eventually(lambda: worker.stats.failed_attempts >= 2)
+            started = time.monotonic()
+        assert time.monotonic() - started < 2.0  # stop cuts the backoff short
+        assert await lag(app, "g") == 1
+        fail = False
+        async with running(app):
+            await eventually(lambda: handled == ["t"])
+            await wait_for_lag(app, "g", 0)
+
+
+# -- poison records -------------------------------------------------------------------------
+
+
+async def test_an_undecodable_record_does_not_block_its_partition() -> None:
+    app = make_app()
+    seen: list[str] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        seen.append(payload.task_id)
+
+    async with app:
+        await app.transport.append(TOPIC, [("k", b"\xff\xfe not json at all")])
+        await app.transport.append(TOPIC, [("k", b'{"specversion":"1.0"}')])
+        await app.publish(TOPIC, TaskCreated(task_id="k"))
+        async with running(app) as worker:
+            await eventually(lambda: seen == ["k"])
+            await wait_for_lag(app, "g", 0)
+    assert worker.stats.undecodable == 2
+    assert worker.stats.handled == 1
+
+
+async def test_a_record_the_codec_chokes_on_does_not_block_its_partition() -> None:
+    app = make_app()
+    seen: list[str] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        seen.append(payload.task_id)
+
+    poison = orjson.dumps(
+        {"specversion": "1.0", "id": "x", "source": "s", "type": "task.created", "dataversion": "²"}
+    )
+    async with app:
+        await app.transport.append(TOPIC, [("k", poison)])
+        await app.publish(TOPIC, TaskCreated(task_id="k"))
+        async with running(app) as worker:
+            with contextlib.suppress(AssertionError):
+                await eventually(lambda: seen == ["k"], timeout=1)
+    assert seen == ["k"]
+    assert worker.stats.undecodable == 1
+
+
+async def test_a_payload_that_does_not_match_its_model_does_not_block_its_partition() -> None:
+    app = make_app()
+    seen: list[str] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        seen.append(payload.task_id)
+
+    async with app:
+        await app.publish(TOPIC, {"wrong": "shape"}, type="task.created", subject="k")
+        await app.publish(TOPIC, TaskCreated(task_id="k"))
+        async with running(app) as worker:
+            await eventually(lambda: seen == ["k"], timeout=2)
+            await wait_for_lag(app, "g", 0)
+        assert worker.stats.undecodable == 1
