@@ -26,14 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
+from tidings.errors import ConfigError, TopicNotFound, TransportError
 from tidings.partitioning import partition_for
 from tidings.transport import (
     Capabilities,
     Consumer,
     GroupInfo,
-    GroupPartition,
-    MemberInfo,
     PartitionInfo,
     Record,
     RevokeCallback,
@@ -42,6 +40,14 @@ from tidings.transport import (
     Transport,
     check_topic_name,
 )
+from tidings.transports._sqlite_sql import (
+    SCHEMA,
+    describe_groups,
+    now_ms,
+    offsets_for_time,
+    retain,
+    set_group_offsets,
+)
 from tidings.transports._wakeup import FileWatcher
 
 __all__ = ["SQLiteTransport"]
@@ -49,63 +55,6 @@ __all__ = ["SQLiteTransport"]
 log = logging.getLogger("tidings.sqlite")
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS topics (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    partitions INTEGER NOT NULL,
-    retention_ms INTEGER,
-    retention_bytes INTEGER,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS partitions (
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    start_offset INTEGER NOT NULL DEFAULT 0,
-    next_offset INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0,
-    last_ts INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (topic_id, partition)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    key TEXT,
-    value BLOB NOT NULL,
-    PRIMARY KEY (topic_id, partition, offset)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS group_offsets (
-    grp TEXT NOT NULL,
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic_id, partition)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS members (
-    grp TEXT NOT NULL,
-    member TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL,
-    PRIMARY KEY (grp, member)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS leases (
-    grp TEXT NOT NULL,
-    topic_id INTEGER NOT NULL,
-    partition INTEGER NOT NULL,
-    member TEXT NOT NULL,
-    expires_ms INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic_id, partition)
-) WITHOUT ROWID;
-"""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -205,7 +154,7 @@ class SQLiteTransport(Transport):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="tidings-sqlite-reader")
         self._started = True
-        await self._write(lambda conn: conn.executescript(_SCHEMA) and None, begin=False)
+        await self._write(lambda conn: conn.executescript(SCHEMA) and None, begin=False)
 
     async def close(self) -> None:
         if not self._started:
@@ -464,59 +413,7 @@ class SQLiteTransport(Transport):
     async def enforce_retention(self) -> int:
         """Delete records past their topic's age or size limit; return how many."""
 
-        def job(conn: sqlite3.Connection) -> int:
-            removed = 0
-            limits = conn.execute(
-                "SELECT id, retention_ms, retention_bytes FROM topics"
-                " WHERE retention_ms IS NOT NULL OR retention_bytes IS NOT NULL"
-            ).fetchall()
-            for tid, max_age, max_bytes in limits:
-                parts = conn.execute(
-                    "SELECT partition, start_offset, next_offset, bytes FROM partitions"
-                    " WHERE topic_id=?",
-                    (tid,),
-                ).fetchall()
-                for p, start, end, size in parts:
-                    cut = start
-                    if max_age is not None:
-                        row = conn.execute(
-                            "SELECT min(offset) FROM events WHERE topic_id=? AND partition=?"
-                            " AND ts >= ?",
-                            (tid, p, now_ms() - max_age),
-                        ).fetchone()
-                        cut = max(cut, end if row[0] is None else row[0])
-                    freed = 0
-                    if cut > start:
-                        freed = conn.execute(
-                            "SELECT coalesce(sum(length(value)), 0) FROM events"
-                            " WHERE topic_id=? AND partition=? AND offset < ?",
-                            (tid, p, cut),
-                        ).fetchone()[0]
-                    if max_bytes is not None and size - freed > max_bytes:
-                        surplus = size - freed - max_bytes
-                        for off, length in conn.execute(
-                            "SELECT offset, length(value) FROM events WHERE topic_id=?"
-                            " AND partition=? AND offset >= ? ORDER BY offset",
-                            (tid, p, cut),
-                        ):
-                            if surplus <= 0:
-                                break
-                            surplus -= length
-                            freed += length
-                            cut = off + 1
-                    if cut > start:
-                        removed += conn.execute(
-                            "DELETE FROM events WHERE topic_id=? AND partition=? AND offset < ?",
-                            (tid, p, cut),
-                        ).rowcount
-                        conn.execute(
-                            "UPDATE partitions SET start_offset=?, bytes=bytes-?"
-                            " WHERE topic_id=? AND partition=?",
-                            (cut, freed, tid, p),
-                        )
-            return removed
-
-        return await self._write(job)
+        return await self._write(retain)
 
     # -- reading outside groups -----------------------------------------------
 
@@ -536,32 +433,7 @@ class SQLiteTransport(Transport):
     async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         tid, count = await self._ids(topic)
 
-        def job(conn: sqlite3.Connection) -> dict[int, int]:
-            out = {}
-            for p in range(count):
-                start, end = conn.execute(
-                    "SELECT start_offset, next_offset FROM partitions"
-                    " WHERE topic_id=? AND partition=?",
-                    (tid, p),
-                ).fetchone()
-                # Timestamps rise with offsets within a partition (append keeps them
-                # monotonic), so a binary search over the primary key finds the spot.
-                lo, hi = start, end
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    row = conn.execute(
-                        "SELECT ts FROM events WHERE topic_id=? AND partition=? AND offset>=?"
-                        " ORDER BY offset LIMIT 1",
-                        (tid, p, mid),
-                    ).fetchone()
-                    if row is None or row[0] >= timestamp_ms:
-                        hi = mid
-                    else:
-                        lo = mid + 1
-                out[p] = lo
-            return out
-
-        return await self._read(job)
+        return await self._read(lambda c: offsets_for_time(c, tid, count, timestamp_ms))
 
     # -- groups ---------------------------------------------------------------
 
@@ -580,68 +452,7 @@ class SQLiteTransport(Transport):
         return SQLiteConsumer(self, group, list(topics), start_from, on_revoke)
 
     async def groups(self) -> list[GroupInfo]:
-        def job(conn: sqlite3.Connection) -> list[GroupInfo]:
-            now = now_ms()
-            names = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT grp FROM group_offsets UNION SELECT grp FROM members"
-                    " WHERE expires_ms >= ? ORDER BY 1",
-                    (now,),
-                )
-            ]
-            topic_names = dict(conn.execute("SELECT id, name FROM topics").fetchall())
-            out = []
-            for group in names:
-                owners = {
-                    (tid, p): m
-                    for tid, p, m in conn.execute(
-                        "SELECT l.topic_id, l.partition, l.member FROM leases l JOIN members m"
-                        " ON m.grp = l.grp AND m.member = l.member"
-                        " WHERE l.grp=? AND l.expires_ms >= ? AND m.expires_ms >= ?",
-                        (group, now, now),
-                    )
-                }
-                rows = conn.execute(
-                    "SELECT p.topic_id, p.partition, o.offset, p.next_offset, p.start_offset"
-                    " FROM partitions p LEFT JOIN group_offsets o"
-                    " ON o.grp=? AND o.topic_id=p.topic_id AND o.partition=p.partition"
-                    " WHERE p.topic_id IN (SELECT topic_id FROM group_offsets WHERE grp=?"
-                    "   UNION SELECT topic_id FROM leases WHERE grp=?)"
-                    " ORDER BY p.topic_id, p.partition",
-                    (group, group, group),
-                ).fetchall()
-                parts = tuple(
-                    GroupPartition(
-                        group, topic_names[tid], p, committed, end, start, owners.get((tid, p))
-                    )
-                    for tid, p, committed, end, start in rows
-                )
-                members = tuple(
-                    MemberInfo(
-                        m,
-                        host,
-                        pid,
-                        tuple(
-                            sorted(
-                                (topic_names[tid], p) for (tid, p), o in owners.items() if o == m
-                            )
-                        ),
-                    )
-                    for m, host, pid in conn.execute(
-                        "SELECT member, host, pid FROM members WHERE grp=? AND expires_ms >= ?"
-                        " ORDER BY member",
-                        (group, now),
-                    )
-                )
-                out.append(
-                    GroupInfo(
-                        group, tuple(sorted(parts, key=lambda r: (r.topic, r.partition))), members
-                    )
-                )
-            return out
-
-        return await self._read(job)
+        return await self._read(describe_groups)
 
     async def set_offsets(
         self, group: str, topic: str, offsets: Mapping[int, int], *, force: bool = False
@@ -651,34 +462,7 @@ class SQLiteTransport(Transport):
         if bad:
             raise ConfigError(f"topic {topic!r} has partitions 0..{count - 1}, not {bad}")
 
-        def job(conn: sqlite3.Connection) -> None:
-            now = now_ms()
-            live = conn.execute(
-                "SELECT count(*) FROM members WHERE grp=? AND expires_ms >= ?", (group, now)
-            ).fetchone()[0]
-            if live and not force:
-                raise GroupBusy(
-                    f"group {group!r} has {live} live member(s); stop its workers first, "
-                    "or pass --force (they will reload the new offsets)"
-                )
-            for p, offset in offsets.items():
-                start, end = conn.execute(
-                    "SELECT start_offset, next_offset FROM partitions"
-                    " WHERE topic_id=? AND partition=?",
-                    (tid, p),
-                ).fetchone()
-                conn.execute(
-                    "INSERT INTO group_offsets(grp, topic_id, partition, offset, updated_ms)"
-                    " VALUES (?,?,?,?,?) ON CONFLICT(grp, topic_id, partition)"
-                    " DO UPDATE SET offset=excluded.offset, updated_ms=excluded.updated_ms",
-                    (group, tid, p, min(max(offset, start), end), now),
-                )
-            # Live members lose these leases, so they drop what they hold in memory,
-            # reclaim, and start again from the new offsets; their stale commits are
-            # fenced in the meantime.
-            conn.execute("DELETE FROM leases WHERE grp=? AND topic_id=?", (group, tid))
-
-        await self._write(job)
+        await self._write(lambda c: set_group_offsets(c, group, tid, offsets, force))
 
 
 def _translate(exc: BaseException) -> BaseException:
