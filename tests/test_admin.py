@@ -13,8 +13,6 @@ import pytest
 from tidings import GroupNotFound, Tidings
 from tidings.admin import (
     GROUP_JSON_KEYS,
-    TailEntry,
-    TailFilter,
     describe_group,
     group_row_json,
     group_rows,
@@ -24,7 +22,6 @@ from tidings.admin import (
     publish,
     reset_offsets,
     resolve_start,
-    tail,
     topic_json,
     topic_rows,
 )
@@ -38,6 +35,7 @@ from tidings.errors import (
     InvalidEventType,
     TopicNotFound,
 )
+from tidings.tail import TailEntry, TailFilter, tail
 from tidings.testing import eventually
 from tidings.transport import Consumer, Transport
 

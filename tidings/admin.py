@@ -9,18 +9,15 @@ offset that applies to every partition.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
-from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode, from_dict
+from tidings.codec import encode, from_dict
 from tidings.envelope import Event, validate_type
 from tidings.errors import (
     ConfigError,
@@ -33,7 +30,6 @@ from tidings.errors import (
 from tidings.transport import (
     GroupInfo,
     GroupPartition,
-    Record,
     TopicInfo,
     Transport,
     check_topic_name,
@@ -47,8 +43,6 @@ __all__ = [
     "GROUP_JSON_KEYS",
     "OffsetChange",
     "Position",
-    "TailEntry",
-    "TailFilter",
     "build_event",
     "check_publish_topic",
     "describe_group",
@@ -60,7 +54,6 @@ __all__ = [
     "publish",
     "reset_offsets",
     "resolve_start",
-    "tail",
     "topic_info",
     "topic_json",
     "topic_rows",
@@ -307,139 +300,6 @@ async def publish(app: Tidings, topic: str, events: list[Event], *, create: bool
     """Append ``events`` to ``topic`` in one batch (see :func:`check_publish_topic`)."""
     await check_publish_topic(app.transport, topic, create=create)
     await app.publish_events(topic, events)
-
-
-# -- tail ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TailFilter:
-    """Which events :func:`tail` yields; ``None`` matches anything."""
-
-    types: frozenset[str] | None = None
-    subject: str | None = None
-    correlation_id: str | None = None
-
-    def __post_init__(self) -> None:
-        for t in self.types or ():
-            validate_type(t)  # a misspelt type would otherwise quietly match nothing
-
-    def matches(self, event: Event) -> bool:
-        return (
-            (self.types is None or event.type in self.types)
-            and (self.subject is None or event.subject == self.subject)
-            and (self.correlation_id is None or event.correlationid == self.correlation_id)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class TailEntry:
-    """One record seen by :func:`tail`: its event, or why it cannot be decoded."""
-
-    record: Record
-    event: Event | None
-    error: str | None = None
-
-
-async def tail(
-    transport: Transport,
-    topic: str,
-    start: Mapping[int, int] | None = None,
-    *,
-    where: TailFilter | None = None,
-    limit: int | None = None,
-    follow: bool = False,
-    stop: asyncio.Event | None = None,
-    page: int = 500,
-    poll: float = 1.0,
-) -> AsyncGenerator[TailEntry, None]:
-    """The records of every partition of ``topic`` from ``start`` (default: earliest),
-    outside any group, in append order (timestamp, then partition and offset).
-
-    Yields matching events, and every undecodable record (with ``error``; those do not
-    count towards ``limit``). Without ``follow`` it ends at the end offsets it found on
-    starting; with it, it waits for new records until ``stop`` is set.
-    """
-    info = await topic_info(transport, topic)
-    where = where or TailFilter()
-    positions = {p.partition: p.start for p in info.partitions}
-    positions.update(start or {})
-    ends = None if follow else {p.partition: p.end for p in info.partitions}
-    matched = 0
-    while True:
-        async with contextlib.aclosing(_merged(transport, topic, positions, ends, page)) as records:
-            async for record in records:
-                if stop is not None and stop.is_set():
-                    return
-                entry = _decoded(record)
-                if entry.event is not None and not where.matches(entry.event):
-                    continue
-                yield entry
-                if entry.event is not None:
-                    matched += 1
-                    if limit is not None and matched >= limit:
-                        return
-        if not follow:
-            return
-        await _wait_for_appends(transport, poll, stop)
-        if stop is not None and stop.is_set():
-            return
-
-
-def _decoded(record: Record) -> TailEntry:
-    try:
-        # The producer may have allowed larger events than the default: read what is there.
-        event = decode(record.value, max(len(record.value), DEFAULT_MAX_EVENT_BYTES))
-    except DecodeError as exc:
-        return TailEntry(record, None, str(exc))
-    return TailEntry(record, event)
-
-
-async def _merged(
-    transport: Transport,
-    topic: str,
-    positions: dict[int, int],
-    ends: Mapping[int, int] | None,
-    page: int,
-) -> AsyncGenerator[Record, None]:
-    """A k-way merge of the partitions by append time, reading ``page`` records at a
-    time; ``positions`` moves past what was read. Ends when every partition is read up
-    to ``ends`` (or, without ends, to what is stored now)."""
-    buffers: dict[int, deque[Record]] = {p: deque() for p in positions}
-    live = set(positions)
-    while True:
-        for p in sorted(live):
-            if not buffers[p]:
-                want = page if ends is None else min(page, ends[p] - positions[p])
-                records = await transport.read(topic, p, positions[p], want) if want > 0 else []
-                if ends is not None:
-                    records = [r for r in records if r.offset < ends[p]]
-                if not records:
-                    live.discard(p)
-                    continue
-                buffers[p].extend(records)
-                positions[p] = records[-1].offset + 1
-        if not live:
-            return
-        first = min(live, key=lambda q: (buffers[q][0].timestamp, q))
-        yield buffers[first].popleft()
-
-
-async def _wait_for_appends(
-    transport: Transport, timeout: float, stop: asyncio.Event | None
-) -> None:
-    if stop is None:
-        await transport.wait_for_appends(timeout)
-        return
-    waiter = asyncio.ensure_future(transport.wait_for_appends(timeout))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (waiter, stopper):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 # -- offsets ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from tidings import admin
+from tidings import admin, tail
 from tidings.app import Tidings
 from tidings.errors import ConfigError, InvalidEventType
 
@@ -299,7 +299,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
     default = "latest" if args.follow else "earliest"
     position = admin.parse_position(args.start or default, now, name="--from")
     try:
-        where = admin.TailFilter(
+        where = tail.TailFilter(
             frozenset(args.type) if args.type else None, args.subject, args.correlation_id
         )
     except InvalidEventType as exc:
@@ -312,7 +312,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
     try:
         async with _opened(args.url) as app:
             start = await admin.resolve_start(app.transport, args.topic, position)
-            entries = admin.tail(
+            entries = tail.tail(
                 app.transport,
                 args.topic,
                 start,
@@ -331,7 +331,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_entry(entry: admin.TailEntry, as_json: bool, *, flush: bool) -> None:
+def _print_entry(entry: tail.TailEntry, as_json: bool, *, flush: bool) -> None:
     r = entry.record
     if entry.event is None:
         print(

@@ -361,6 +361,17 @@ class TransportConformance:
         again = await self._member(transport, consumers, "g")
         assert len(await drain(again, 30)) == 30
 
+    async def test_a_forced_reset_moves_a_live_member_too(
+        self, transport: Transport, consumers: list[Consumer]
+    ) -> None:
+        await transport.create_topic("t", 1)
+        await transport.append("t", [("k", f"v{i}".encode()) for i in range(5)])
+        c = await self._member(transport, consumers, "g")
+        await c.commit(_positions(await drain(c, 5)))
+        await transport.set_offsets("g", "t", {0: 2}, force=True)
+        again = await drain(c, 3)  # without leaving the group
+        assert [r.value for r in again] == [b"v2", b"v3", b"v4"]
+
     async def test_reset_offsets_of_a_stopped_group_replays_from_there(
         self, transport: Transport, consumers: list[Consumer]
     ) -> None:

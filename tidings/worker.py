@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect
 import logging
 import random
 import signal
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -221,7 +224,8 @@ class _GroupRunner:
                     await sub.handler(payload)
             else:
                 args = (payload, ctx) if sub.takes_context else (payload,)
-                result = await asyncio.to_thread(sub.handler, *args)
+                call = functools.partial(contextvars.copy_context().run, sub.handler, *args)
+                result = await self.loop.run_in_executor(self.worker.threads, call)
                 if inspect.isawaitable(result):  # an async callable we could not tell
                     await result
         finally:
@@ -253,7 +257,9 @@ class _GroupRunner:
             return
         await self.consumer.commit(offsets)
         for tp, offset in offsets.items():
-            self.lanes[tp].committed = offset
+            lane = self.lanes.get(tp)  # a revocation may have removed it meanwhile
+            if lane is not None:
+                lane.committed = offset
 
     async def _finish(self, tps: set[TopicPartition], timeout: float) -> None:
         """Drop what waits in these lanes, let running handlers end, commit."""
@@ -307,6 +313,7 @@ class Worker:
         shutdown_timeout: float = 30.0,
         revoke_timeout: float = 10.0,
         retry_max_delay: float = 30.0,
+        sync_threads: int = 32,
     ) -> None:
         if max_in_flight < 1 or fetch_max < 1:
             raise ConfigError("max_in_flight and fetch_max must be >= 1")
@@ -327,6 +334,10 @@ class Worker:
         self.shutdown_timeout = shutdown_timeout
         self.revoke_timeout = revoke_timeout
         self.retry_max_delay = retry_max_delay
+        # Synchronous handlers run here: their own pool, sized for I/O-bound work (mail,
+        # webhooks), so that partitions are not limited to asyncio's default few threads.
+        self.sync_threads = sync_threads
+        self.threads: ThreadPoolExecutor | None = None
         self.stats = WorkerStats()
         self._runners: list[_GroupRunner] = []
         # Groups of one worker read the same records at about the same time: decode
@@ -354,6 +365,8 @@ class Worker:
             _GroupRunner(self, g, [s for s in self.app.subscribers if s.group == g])
             for g in self.groups
         ]
+        if any(not s.is_async for s in self.app.subscribers if s.group in self.groups):
+            self.threads = ThreadPoolExecutor(self.sync_threads, "tidings-handler")
         tasks = [asyncio.get_running_loop().create_task(r.run()) for r in self._runners]
         stopper = asyncio.get_running_loop().create_task((stop or asyncio.Event()).wait())
         try:
@@ -368,6 +381,9 @@ class Worker:
             for result in results:
                 if isinstance(result, Exception):
                     log.error("a group runner ended with an error: %r", result)
+            if self.threads is not None:
+                self.threads.shutdown(wait=False, cancel_futures=True)
+                self.threads = None
 
     def stop(self) -> None:
         for runner in self._runners:

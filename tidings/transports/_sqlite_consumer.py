@@ -72,22 +72,45 @@ class SQLiteConsumer(Consumer):
 
     async def _heartbeat_loop(self) -> None:
         interval = self.t.lease_ms / 3000
-        while not self._closed:
-            await asyncio.sleep(interval)
-            try:
-                await self._heartbeat()
-            except Exception:  # a busy database must not end membership for good
-                log.exception("heartbeat of %s in group %s failed", self.member, self.group)
+        beat: asyncio.Task[None] | None = None
+        try:
+            while not self._closed:
+                await asyncio.sleep(interval)
+                try:
+                    if beat is None or beat.done():
+                        beat = asyncio.get_running_loop().create_task(self._heartbeat())
+                        await asyncio.wait({beat}, timeout=interval)
+                        if beat.done():
+                            beat.result()  # raise what it raised, to log it below
+                    else:
+                        # A rebalance is waiting for handlers to finish: keep every lease
+                        # (the ones being drained too) alive meanwhile, or they would
+                        # expire and another member would start on the same events.
+                        await self.t._write(self._renew_tx)
+                except Exception:  # a busy database must not end membership for good
+                    log.exception("heartbeat of %s in group %s failed", self.member, self.group)
+        finally:
+            if beat is not None and not beat.done():
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await beat
+
+    def _renew_tx(self, conn: sqlite3.Connection) -> None:
+        expires = _now_ms() + self.t.lease_ms
+        args = (expires, self.group, self.member)
+        conn.execute("UPDATE members SET expires_ms=? WHERE grp=? AND member=?", args)
+        conn.execute("UPDATE leases SET expires_ms=? WHERE grp=? AND member=?", args)
 
     async def _heartbeat(self) -> None:
         async with self._rebalance_lock:
             if self._closed:
                 return
             ids = {t: self.t._topic_ids[t] for t in self.topics}
-            held, excess = await self.t._write(lambda c: self._heartbeat_tx(c, ids))
+            kept, claimed, excess = await self.t._write(lambda c: self._heartbeat_tx(c, ids))
             names = {tid: name for name, (tid, _) in ids.items()}
-            now_held = frozenset((names[tid], p) for tid, p in held)
-            lost = self._owned - now_held
+            # Lost: owned here, but the lease was gone (expired, or removed by an offset
+            # reset) even if this very heartbeat claimed it again.
+            lost = self._owned - frozenset((names[tid], p) for tid, p in kept)
             if lost:
                 log.warning(
                     "member %s lost %d partition(s) of group %s (lease expired or reset)",
@@ -97,10 +120,10 @@ class SQLiteConsumer(Consumer):
                 )
                 self._owned = self._owned - lost
                 await self._revoked(lost)
-            gained = now_held - self._owned
+            gained = frozenset((names[tid], p) for tid, p in claimed)
             if gained:
                 await self._load_positions(gained)
-                self._owned = now_held
+                self._owned = self._owned | gained
             if excess:
                 give = frozenset((names[tid], p) for tid, p in excess)
                 self._owned = self._owned - give  # fetch stops here; commits still count
@@ -116,7 +139,8 @@ class SQLiteConsumer(Consumer):
 
     def _heartbeat_tx(
         self, conn: sqlite3.Connection, ids: dict[str, tuple[int, int]]
-    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
+        """Renew, clean up, claim up to the fair share; return (kept, claimed, excess)."""
         now = _now_ms()
         expires = now + self.t.lease_ms
         g, me = self.group, self.member
@@ -136,6 +160,8 @@ class SQLiteConsumer(Consumer):
             )
         )
         held = [tp for tp in all_parts if leased.get(tp) == me]
+        kept = list(held)
+        claimed: list[tuple[int, int]] = []
         live = conn.execute("SELECT count(*) FROM members WHERE grp=?", (g,)).fetchone()[0]
         target = math.ceil(len(all_parts) / max(live, 1))
         if len(held) < target:
@@ -159,8 +185,9 @@ class SQLiteConsumer(Consumer):
                     (g, tid, p, now, tid, p),
                 )
                 held.append((tid, p))
+                claimed.append((tid, p))
         excess = held[target:] if len(held) > target else []
-        return held, excess
+        return kept, claimed, excess
 
     def _release_tx(self, conn: sqlite3.Connection, parts: list[tuple[int, int]]) -> None:
         conn.executemany(
