@@ -31,7 +31,7 @@ from tidings.errors import GroupBusy, TopicNotFound
 from tidings.transport import Consumer, Record, TopicPartition, Transport
 from tidings.transports import open_transport
 
-__all__ = ["TransportConformance", "eventually"]
+__all__ = ["TransportConformance", "drain", "eventually"]
 
 
 async def eventually(
