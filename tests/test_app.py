@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,10 +22,10 @@ from tidings import (
     EventTooLarge,
     InvalidEventType,
     Tidings,
-    Worker,
     correlation_scope,
     decode,
 )
+from tidings.testing import running
 from tidings.transport import Transport
 from tidings.transports.memory import MemoryTransport
 
@@ -51,23 +50,6 @@ async def stored(transport: Transport, topic: str = TOPIC) -> list[Event]:
             records = await transport.read(topic, p.partition, p.start, p.end - p.start)
             out.extend(decode(r.value) for r in records)
     return out
-
-
-@asynccontextmanager
-async def running(app: Tidings, **options: Any) -> AsyncIterator[Worker]:
-    worker = Worker(app, commit_interval=0.01, **options)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        # A handler task that died leaves an "exception never retrieved" for the garbage
-        # collector; collect it here, not while pytest formats a failure (CPython 3.11.7
-        # then fails with "AST constructor recursion depth mismatch": cpython gh-106905,
-        # pytest-dev/pytest#10763).
-        gc.collect()
 
 
 def make_app(**options: Any) -> Tidings:

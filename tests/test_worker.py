@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,6 +16,7 @@ from pydantic import BaseModel
 
 from tidings import ConfigError, Context, Tidings, Worker
 from tidings.partitioning import partition_for
+from tidings.testing import running
 from tidings.transport import GroupPartition, Record
 
 TOPIC = "task-events"
@@ -40,25 +39,6 @@ def make_app(partitions: int = 4) -> Tidings:
     app = Tidings(f"memory://?partitions={partitions}", service="test")
     app.event("task.created", subject="task_id")(TaskCreated)
     return app
-
-
-@asynccontextmanager
-async def running(app: Tidings, **options: Any) -> AsyncIterator[Worker]:
-    options.setdefault("commit_interval", 0.01)
-    options.setdefault("retry_max_delay", 0.02)
-    worker = Worker(app, **options)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        # A handler task that died leaves an "exception never retrieved" for the garbage
-        # collector; collect it here, not while pytest formats a failure (CPython 3.11.7
-        # then fails with "AST constructor recursion depth mismatch": cpython gh-106905,
-        # pytest-dev/pytest#10763).
-        gc.collect()
 
 
 async def group_rows(app: Tidings, group: str) -> list[GroupPartition]:

@@ -21,17 +21,23 @@ transport is not asked to survive a reopen).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tidings.errors import GroupBusy, TopicNotFound
 from tidings.transport import Consumer, Record, TopicPartition, Transport
 from tidings.transports import open_transport
+from tidings.worker import Worker
 
-__all__ = ["TransportConformance", "drain", "eventually"]
+if TYPE_CHECKING:
+    from tidings.app import Tidings
+
+__all__ = ["TransportConformance", "drain", "eventually", "running"]
 
 
 async def eventually(
@@ -51,6 +57,33 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout}s")
         await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def running(app: Tidings, **options: Any) -> AsyncIterator[Worker]:
+    """Run ``app``'s subscribers in the background while the block runs::
+
+        async with app, running(app) as worker:
+            await app.publish(...)
+            await eventually(lambda: handled)
+
+    Options go to :class:`~tidings.worker.Worker`; commits are frequent and retries
+    quick by default, to keep tests fast. On exit the worker stops and commits.
+    """
+    options.setdefault("commit_interval", 0.01)
+    options.setdefault("retry_max_delay", 0.02)
+    worker = Worker(app, **options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        # A handler task that died leaves an "exception never retrieved" for the garbage
+        # collector; collect it here, not while pytest formats a failure (CPython 3.11.7
+        # then fails with "AST constructor recursion depth mismatch": cpython gh-106905).
+        gc.collect()
 
 
 async def drain(consumer: Consumer, count: int, timeout: float = 10.0) -> list[Record]:

@@ -10,7 +10,10 @@ round. ``tidings.testing`` holds the conformance suite that defines "implements"
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ __all__ = [
     "TopicPartition",
     "Transport",
     "check_topic_name",
+    "new_member_id",
 ]
 
 StartFrom = Literal["earliest", "latest"]
@@ -133,6 +137,11 @@ class Capabilities:
     seek_by_time: bool = True
     ordered_per_key: bool = True
     extra: Mapping[str, bool] = field(default_factory=dict)
+
+
+def new_member_id() -> str:
+    """A consumer-group member name that says where it runs: host, pid, random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class Consumer(ABC):

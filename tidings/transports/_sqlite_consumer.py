@@ -19,11 +19,17 @@ import os
 import socket
 import sqlite3
 import time
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tidings.transport import Consumer, Record, RevokeCallback, StartFrom, TopicPartition
+from tidings.transport import (
+    Consumer,
+    Record,
+    RevokeCallback,
+    StartFrom,
+    TopicPartition,
+    new_member_id,
+)
 
 if TYPE_CHECKING:
     from tidings.transports.sqlite import SQLiteTransport
@@ -53,7 +59,7 @@ class SQLiteConsumer(Consumer):
         self.topics = topics
         self.start_from = start_from
         self.on_revoke = on_revoke
-        self.member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.member = new_member_id()
         self._owned: frozenset[TopicPartition] = frozenset()
         self._position: dict[TopicPartition, int] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None

@@ -14,7 +14,6 @@ import contextlib
 import os
 import socket
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +34,7 @@ from tidings.transport import (
     TopicPartition,
     Transport,
     check_topic_name,
+    new_member_id,
 )
 
 __all__ = ["MemoryTransport"]
@@ -279,7 +279,7 @@ class MemoryConsumer(Consumer):
         self.topics = topics
         self.start_from = start_from
         self.on_revoke = on_revoke
-        self.member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.member = new_member_id()
         self._owned: frozenset[TopicPartition] = frozenset()
         self._paused: frozenset[TopicPartition] = frozenset()
         self._position: dict[TopicPartition, int] = {}
