@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import logging
 import os
@@ -71,6 +72,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
     )
     stop = asyncio.Event()
     async with app:
+        # Start-up objects (modules, the app) live as long as the process: move them
+        # out of the collector's sight, so full collections stay short (they were
+        # 10-18 ms pauses in the latency benchmark).
+        gc.collect()
+        gc.freeze()
         worker.install_signal_handlers(stop)
         logging.getLogger("tidings").info(
             "running group(s) %s of %s on %s", ", ".join(worker.groups), args.app, app.url

@@ -44,6 +44,7 @@ class Registry:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, int], Contract] = {}
         self._by_model: dict[type[BaseModel], Contract] = {}
+        self._latest: dict[str, Contract] = {}  # type -> its highest registered version
 
     def register(
         self, model: type[BaseModel], type: str, version: int = 1, *, subject: str | None = None
@@ -68,6 +69,9 @@ class Registry:
             )
         self._by_key[(type, version)] = contract
         self._by_model[model] = contract
+        latest = self._latest.get(type)
+        if latest is None or version > latest.version:
+            self._latest[type] = contract
         return contract
 
     def decorator(
@@ -90,14 +94,15 @@ class Registry:
 
     def lookup(self, type: str, version: int | None) -> Contract | None:
         if version is None:
-            version = self.latest_version(type) if self.knows(type) else 1
+            return self._latest.get(type)
         return self._by_key.get((type, version))
 
     def knows(self, type: str) -> bool:
-        return any(t == type for t, _ in self._by_key)
+        return type in self._latest
 
     def latest_version(self, type: str) -> int:
-        return max((v for t, v in self._by_key if t == type), default=0)
+        latest = self._latest.get(type)
+        return 0 if latest is None else latest.version
 
     def contracts(self) -> list[Contract]:
         return sorted(self._by_key.values(), key=lambda c: (c.type, c.version))

@@ -8,10 +8,12 @@ embedded log, on Kafka with any Java or librdkafka producer, and on NATS.
 from __future__ import annotations
 
 import itertools
+import struct
 from functools import lru_cache
 
 __all__ = ["murmur2", "partition_for"]
 
+_WORDS = struct.Struct("<I")
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -21,8 +23,7 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = (0x9747B28C ^ length) & _MASK
     end4 = length & ~3
-    for i in range(0, end4, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
+    for (k,) in _WORDS.iter_unpack(data[:end4]):
         k = (k * _M) & _MASK
         k ^= k >> 24
         k = (k * _M) & _MASK

@@ -205,25 +205,27 @@ class _GroupRunner:
     async def _call(
         self, sub: Subscriber, payload: Any, event: Event, record: Record, attempt: int
     ) -> None:
-        ctx = Context(
-            self.app,
-            event,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            group=self.group,
-            attempt=attempt,
-            loop=self.loop,
-        )
+        ctx = None
+        if sub.takes_context:
+            ctx = Context(
+                self.app,
+                event,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                group=self.group,
+                attempt=attempt,
+                loop=self.loop,
+            )
         token = _scope.set(Scope(event.correlationid or event.id, event.id))
         try:
             if sub.is_async:
-                if sub.takes_context:
+                if ctx is not None:
                     await sub.handler(payload, ctx)
                 else:
                     await sub.handler(payload)
             else:
-                args = (payload, ctx) if sub.takes_context else (payload,)
+                args = (payload, ctx) if ctx is not None else (payload,)
                 call = functools.partial(contextvars.copy_context().run, sub.handler, *args)
                 result = await self.loop.run_in_executor(self.worker.threads, call)
                 if inspect.isawaitable(result):  # an async callable we could not tell

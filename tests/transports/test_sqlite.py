@@ -79,9 +79,9 @@ async def test_concurrent_publishes_share_transactions(
     batches: list[int] = []
     original = log._run_jobs
 
-    def counting(jobs):  # type: ignore[no-untyped-def]
+    def counting(jobs, durable):  # type: ignore[no-untyped-def]
         batches.append(len(jobs))
-        return original(jobs)
+        return original(jobs, durable)
 
     monkeypatch.setattr(log, "_run_jobs", counting)
     await asyncio.gather(*(log.append("t", [(f"k{i}", b"v")]) for i in range(200)))
@@ -237,3 +237,65 @@ def test_the_log_is_readable_with_plain_sqlite(db_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("SELECT value FROM events").fetchall() == [(b"hello",)]
+
+
+async def test_bookkeeping_commits_without_fsync_and_appends_with_it(
+    log: SQLiteTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await log.create_topic("t", 1)
+    log.retention_interval = float("inf")
+    seen: list[bool] = []
+    original = log._run_jobs
+
+    def recording(jobs, durable):  # type: ignore[no-untyped-def]
+        seen.append(durable)
+        return original(jobs, durable)
+
+    monkeypatch.setattr(log, "_run_jobs", recording)
+    c = log.consumer("g", ["t"])
+    await c.start()
+    try:
+        assert seen[-1] is False  # the joining heartbeat is bookkeeping
+        seen.clear()
+        await log.append("t", [("k", b"x")])
+        await c.commit({("t", 0): 1})
+        assert seen == [True, False]
+        await asyncio.gather(log.append("t", [("k", b"y")]), c.commit({("t", 0): 2}))
+        assert seen[-1] is True  # one durable job makes the whole transaction durable
+    finally:
+        await c.close()
+
+
+async def test_an_append_waits_for_another_processes_write_lock(db_path: Path) -> None:
+    t = SQLiteTransport(f"sqlite:///{db_path}?busy_timeout=5")
+    await t.start()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        await t.create_topic("t", 1)
+        other.execute("BEGIN IMMEDIATE")
+        append = asyncio.create_task(t.append("t", [("k", b"x")]))
+        await asyncio.sleep(0.1)
+        assert not append.done()
+        other.execute("COMMIT")
+        started = time.monotonic()
+        assert await append == [(0, 0)]
+        assert time.monotonic() - started < 0.05  # taken within a few ms of the release
+    finally:
+        other.close()
+        await t.close()
+
+
+async def test_a_write_lock_held_past_busy_timeout_is_a_clear_error(db_path: Path) -> None:
+    t = SQLiteTransport(f"sqlite:///{db_path}?busy_timeout=0.2")
+    await t.start()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        await t.create_topic("t", 1)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(TransportError, match="locked by another process"):
+            await t.append("t", [("k", b"x")])
+        other.execute("ROLLBACK")
+        assert await t.append("t", [("k", b"x")]) == [(0, 0)]  # nothing was half-written
+    finally:
+        other.close()
+        await t.close()

@@ -92,7 +92,7 @@ class SQLiteConsumer(Consumer):
                         # A rebalance is waiting for handlers to finish: keep every lease
                         # (the ones being drained too) alive meanwhile, or they would
                         # expire and another member would start on the same events.
-                        await self.t._write(self._renew_tx)
+                        await self.t._write(self._renew_tx, durable=False)
                 except Exception:  # a busy database must not end membership for good
                     log.exception("heartbeat of %s in group %s failed", self.member, self.group)
         finally:
@@ -112,7 +112,9 @@ class SQLiteConsumer(Consumer):
             if self._closed:
                 return
             ids = {t: self.t._topic_ids[t] for t in self.topics}
-            kept, claimed, excess = await self.t._write(lambda c: self._heartbeat_tx(c, ids))
+            kept, claimed, excess = await self.t._write(
+                lambda c: self._heartbeat_tx(c, ids), durable=False
+            )
             names = {tid: name for name, (tid, _) in ids.items()}
             # Lost: owned here, but the lease was gone (expired, or removed by an offset
             # reset) even if this very heartbeat claimed it again.
@@ -134,7 +136,7 @@ class SQLiteConsumer(Consumer):
                 give = frozenset((names[tid], p) for tid, p in excess)
                 self._owned = self._owned - give  # fetch stops here; commits still count
                 await self._revoked(give)
-                await self.t._write(lambda c: self._release_tx(c, excess))
+                await self.t._write(lambda c: self._release_tx(c, excess), durable=False)
                 self.t._notify()  # another member of this process may take them now
 
     async def _revoked(self, partitions: frozenset[TopicPartition]) -> None:
@@ -297,7 +299,7 @@ class SQLiteConsumer(Consumer):
                 rows,
             )
 
-        await self.t._write(job)
+        await self.t._write(job, durable=False)
 
     async def close(self) -> None:
         if self._closed:
@@ -315,5 +317,5 @@ class SQLiteConsumer(Consumer):
 
         async with self._rebalance_lock:
             self._owned = frozenset()
-            await self.t._write(job)
+            await self.t._write(job, durable=False)
         self.t._notify()
