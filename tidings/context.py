@@ -11,8 +11,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tidings.envelope import Event, new_id
 
@@ -22,8 +21,9 @@ if TYPE_CHECKING:
 __all__ = ["Context", "Scope", "correlation_scope", "current_scope"]
 
 
-@dataclass(frozen=True, slots=True)
-class Scope:
+class Scope(NamedTuple):
+    """The causality publishes inherit (a tuple: one is made per handled event)."""
+
     correlationid: str
     causationid: str | None
 

@@ -170,36 +170,41 @@ class _GroupRunner:
         if not wanted:
             stats.skipped += 1
             return
-        registry = self.app.registry
-        for sub in wanted:
-            attempt = 1
-            while True:
-                try:
-                    # Built afresh for each attempt: a handler may have changed it.
-                    payload = registry.decode_payload(event.type, event.dataversion, event.data)
-                except EventError as exc:
-                    self._poison(record, exc)
-                    return
-                try:
-                    await self._call(sub, payload, event, record, attempt)
-                    break
-                except Exception as exc:
-                    stats.failed_attempts += 1
-                    delay = min(self.worker.retry_max_delay, 0.1 * 2 ** (attempt - 1))
-                    delay *= random.uniform(0.5, 1.0)
-                    log.error(
-                        "group %s: handler %s failed on %s %s (%s[%d]@%d, attempt %d): %r;"
-                        " retrying in %.2fs",
-                        self.group, sub.name, event.type, event.id, record.topic,
-                        record.partition, record.offset, attempt, exc, delay,
-                        exc_info=attempt == 1,
-                    )  # fmt: skip
-                    attempt += 1
-                    await self._sleep_unless_stopping(delay)
-                    if self.stopping:
-                        # Leave the event uncommitted: it shows as lag and is handled
-                        # again by whoever runs the group next.
-                        raise asyncio.CancelledError from exc
+        # Everything a handler publishes is caused by this event (correlation kept).
+        token = _scope.set(Scope(event.correlationid or event.id, event.id))
+        try:
+            registry = self.app.registry
+            for sub in wanted:
+                attempt = 1
+                while True:
+                    try:
+                        # Built afresh for each attempt: a handler may have changed it.
+                        payload = registry.decode_payload(event.type, event.dataversion, event.data)
+                    except EventError as exc:
+                        self._poison(record, exc)
+                        return
+                    try:
+                        await self._call(sub, payload, event, record, attempt)
+                        break
+                    except Exception as exc:
+                        stats.failed_attempts += 1
+                        delay = min(self.worker.retry_max_delay, 0.1 * 2 ** (attempt - 1))
+                        delay *= random.uniform(0.5, 1.0)
+                        log.error(
+                            "group %s: handler %s failed on %s %s (%s[%d]@%d, attempt %d): %r;"
+                            " retrying in %.2fs",
+                            self.group, sub.name, event.type, event.id, record.topic,
+                            record.partition, record.offset, attempt, exc, delay,
+                            exc_info=attempt == 1,
+                        )  # fmt: skip
+                        attempt += 1
+                        await self._sleep_unless_stopping(delay)
+                        if self.stopping:
+                            # Leave the event uncommitted: it shows as lag and is handled
+                            # again by whoever runs the group next.
+                            raise asyncio.CancelledError from exc
+        finally:
+            _scope.reset(token)
         stats.handled += 1
 
     async def _call(
@@ -217,21 +222,17 @@ class _GroupRunner:
                 attempt=attempt,
                 loop=self.loop,
             )
-        token = _scope.set(Scope(event.correlationid or event.id, event.id))
-        try:
-            if sub.is_async:
-                if ctx is not None:
-                    await sub.handler(payload, ctx)
-                else:
-                    await sub.handler(payload)
+        if sub.is_async:
+            if ctx is not None:
+                await sub.handler(payload, ctx)
             else:
-                args = (payload, ctx) if ctx is not None else (payload,)
-                call = functools.partial(contextvars.copy_context().run, sub.handler, *args)
-                result = await self.loop.run_in_executor(self.worker.threads, call)
-                if inspect.isawaitable(result):  # an async callable we could not tell
-                    await result
-        finally:
-            _scope.reset(token)
+                await sub.handler(payload)
+        else:
+            args = (payload, ctx) if ctx is not None else (payload,)
+            call = functools.partial(contextvars.copy_context().run, sub.handler, *args)
+            result = await self.loop.run_in_executor(self.worker.threads, call)
+            if inspect.isawaitable(result):  # an async callable we could not tell
+                await result
 
     async def _sleep_unless_stopping(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -355,10 +356,9 @@ class Worker:
         if event is None:
             event = decode(record.value, self.app.max_event_bytes)
             if len(self.groups) > 1:
-                cache = self._decoded
-                cache[key] = event
-                if len(cache) > self._decoded_max:
-                    del cache[next(iter(cache))]
+                if len(self._decoded) >= self._decoded_max:
+                    self._decoded.clear()  # cheaper than evicting one by one
+                self._decoded[key] = event
         return event
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -20,7 +20,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tidings.transport import (
     Consumer,
@@ -30,6 +30,7 @@ from tidings.transport import (
     TopicPartition,
     new_member_id,
 )
+from tidings.transports._sqlite_sql import translate_error
 
 if TYPE_CHECKING:
     from tidings.transports.sqlite import SQLiteTransport
@@ -223,7 +224,10 @@ class SQLiteConsumer(Consumer):
         self.t._ensure_watcher()
         while True:
             wake = self.t._wake
-            records = await self._fetch_once(max_records)
+            try:
+                records = self._fetch_once(max_records)
+            except sqlite3.Error as exc:
+                raise translate_error(exc) from exc
             if records:
                 return records
             remaining = deadline - time.monotonic()
@@ -233,7 +237,7 @@ class SQLiteConsumer(Consumer):
             if not wake.is_set() and time.monotonic() >= deadline:
                 return []
 
-    async def _fetch_once(self, max_records: int) -> list[Record]:
+    def _fetch_once(self, max_records: int) -> list[Record]:
         owned = sorted(self._owned)
         if not owned:
             return []
@@ -243,42 +247,24 @@ class SQLiteConsumer(Consumer):
         per = max(1, max_records // len(positions)) if positions else 0
         ids = self.t._topic_ids
 
-        def job(conn: sqlite3.Connection) -> list[tuple[TopicPartition, list[Any]]]:
-            # Rows only: Python objects are built on the loop's thread, so that this
-            # thread holds the GIL as little as possible.
-            out = []
-            room = max_records
-            for tp, pos in positions:
-                limit = min(per, room)
-                if limit <= 0:
-                    break
-                rows = conn.execute(
-                    "SELECT offset, ts, key, value FROM events WHERE topic_id=?"
-                    " AND partition=? AND offset >= ? ORDER BY offset LIMIT ?",
-                    (ids[tp[0]][0], tp[1], pos, limit),
-                ).fetchall()
-                if rows:
-                    out.append((tp, rows))
-                    room -= len(rows)
-            return out
-
-        batches = await self.t._read(job)
-        if not batches:
-            return []
-        records = [
-            Record(topic, p, o, ts, k, v) for (topic, p), rows in batches for o, ts, k, v in rows
-        ]
-        # A rebalance may have run while we read: keep only what is still ours, and
-        # only from the position we read at.
-        expected = dict(positions)
-        kept = []
-        for r in records:
-            tp = (r.topic, r.partition)
-            if tp in self._owned and self._position.get(tp) == expected[tp]:
-                kept.append(r)
-        for r in kept:
-            self._position[(r.topic, r.partition)] = r.offset + 1
-        return kept
+        conn = self.t._connect_inline()
+        out: list[Record] = []
+        room = max_records
+        # On the loop's thread, with no await: no rebalance can run in between.
+        for (topic, p), pos in positions:
+            limit = min(per, room)
+            if limit <= 0:
+                break
+            rows = conn.execute(
+                "SELECT offset, ts, key, value FROM events WHERE topic_id=?"
+                " AND partition=? AND offset >= ? ORDER BY offset LIMIT ?",
+                (ids[topic][0], p, pos, limit),
+            ).fetchall()
+            if rows:
+                out += [Record(topic, p, o, ts, k, v) for o, ts, k, v in rows]
+                self._position[(topic, p)] = rows[-1][0] + 1
+                room -= len(rows)
+        return out
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:

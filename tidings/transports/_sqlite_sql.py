@@ -10,7 +10,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 
-from tidings.errors import GroupBusy
+from tidings.errors import GroupBusy, TransportError
 from tidings.transport import GroupInfo, GroupPartition, MemberInfo
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "offsets_for_time",
     "retain",
     "set_group_offsets",
+    "translate_error",
 ]
 
 SCHEMA = """
@@ -243,3 +244,14 @@ def set_group_offsets(
     # reclaim, and start again from the new offsets; their stale commits are
     # fenced in the meantime.
     conn.execute("DELETE FROM leases WHERE grp=? AND topic_id=?", (group, tid))
+
+
+def translate_error(exc: BaseException) -> BaseException:
+    """The TransportError for a native sqlite3 error (other errors pass through)."""
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return TransportError(
+            f"the SQLite log is locked by another process for longer than busy_timeout: {exc}"
+        )
+    if isinstance(exc, sqlite3.Error):
+        return TransportError(f"SQLite log error: {exc}")
+    return exc

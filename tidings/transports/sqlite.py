@@ -47,6 +47,7 @@ from tidings.transports._sqlite_sql import (
     offsets_for_time,
     retain,
     set_group_offsets,
+    translate_error,
 )
 from tidings.transports._wakeup import FileWatcher
 
@@ -216,7 +217,7 @@ class SQLiteTransport(Transport):
                     self._writer, self._run_jobs, [job for job, _, _ in jobs], durable
                 )
             except BaseException as exc:  # the commit itself failed: every job failed
-                err = _translate(exc)
+                err = translate_error(exc)
                 for _, fut, _ in jobs:
                     if not fut.done():
                         fut.set_exception(err)
@@ -251,7 +252,7 @@ class SQLiteTransport(Transport):
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((False, _translate(exc)))
+                    results.append((False, translate_error(exc)))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -288,7 +289,18 @@ class SQLiteTransport(Transport):
         try:
             return await loop.run_in_executor(self._readers, lambda: job(self._connect()))
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        """A connection for short, bounded reads on the event loop's own thread.
+
+        For the consumer's fetch: in a reader thread, sqlite3 gives up and takes back
+        the GIL for every row, and each take-back waits for the busy loop thread's
+        switch interval (5 ms); a few hundred rows read here cost well under a
+        millisecond instead. See docs/decisions/0002-fetch-on-the-event-loop.md.
+        """
+        self._require_started()
+        return self._connect()
 
     def _notify(self) -> None:
         old, self._wake = self._wake, asyncio.Event()
@@ -500,13 +512,3 @@ class SQLiteTransport(Transport):
             raise ConfigError(f"topic {topic!r} has partitions 0..{count - 1}, not {bad}")
 
         await self._write(lambda c: set_group_offsets(c, group, tid, offsets, force))
-
-
-def _translate(exc: BaseException) -> BaseException:
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        return TransportError(
-            f"the SQLite log is locked by another process for longer than busy_timeout: {exc}"
-        )
-    if isinstance(exc, sqlite3.Error):
-        return TransportError(f"SQLite log error: {exc}")
-    return exc
