@@ -402,11 +402,16 @@ def test_every_command_refuses_a_missing_folder_without_creating_it(
 
 
 def test_the_url_defaults_to_tidings_url_then_the_local_file(tmp_path: Path) -> None:
-    assert tidings("topics", url=None, cwd=tmp_path).stdout == (
-        "no topics in sqlite:///./tidings.db\n"
+    created = tidings(
+        "publish", "tasks", "task.created", "--data", "1", "--create", url=None, cwd=tmp_path
     )
+    assert created.returncode == 0, created.stderr
     assert (tmp_path / "tidings.db").exists()
+    listed = tidings("topics", url=None, cwd=tmp_path).stdout
+    assert listed.startswith("TOPIC")
+    assert "tasks" in listed
     env_url = f"sqlite:///{tmp_path}/other.db"
+    (tmp_path / "other.db").touch()  # an empty file is an empty log
     result = subprocess.run(
         [sys.executable, "-m", "tidings", "topics"],
         capture_output=True,
@@ -417,3 +422,12 @@ def test_the_url_defaults_to_tidings_url_then_the_local_file(tmp_path: Path) -> 
         check=False,
     )
     assert result.stdout == f"no topics in {env_url}\n"
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
+def test_operating_commands_do_not_create_a_log_at_a_mistyped_path(
+    args: list[str], tmp_path: Path
+) -> None:
+    result = tidings(*args, url=f"sqlite:///{tmp_path}/evnets.db")
+    assert_one_error_line(result, 2, "there is no event log at")
+    assert not (tmp_path / "evnets.db").exists()

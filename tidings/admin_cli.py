@@ -21,6 +21,7 @@ import orjson
 from tidings import admin, tail
 from tidings.app import Tidings
 from tidings.errors import ConfigError, InvalidEventType
+from tidings.transports import open_transport
 
 __all__ = ["add_commands"]
 
@@ -166,8 +167,10 @@ def _positive_int(text: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _opened(url: str) -> AsyncIterator[Tidings]:
-    async with Tidings(url, service=admin.CLI_SOURCE) as app:
+async def _opened(url: str, *, create: bool = False) -> AsyncIterator[Tidings]:
+    """The log at ``url``; only a publish that may create topics may create it."""
+    transport = open_transport(url, create=create)
+    async with Tidings(url, service=admin.CLI_SOURCE, transport=transport) as app:
         yield app
 
 
@@ -264,7 +267,7 @@ async def cmd_publish(args: argparse.Namespace) -> int:
                 f"--data is not valid JSON ({exc.msg} at column {exc.colno}); "
                 """e.g. --data '{"id": 1}'"""
             ) from None
-    async with _opened(args.url) as app:
+    async with _opened(args.url, create=args.create) as app:
         await admin.check_publish_topic(app.transport, args.topic, create=args.create)
         if args.type is not None:
             events = [

@@ -12,8 +12,12 @@ __all__ = ["open_transport"]
 _SCHEMES = ("memory", "sqlite")
 
 
-def open_transport(url: str) -> Transport:
-    """A transport for ``url`` (not yet started)."""
+def open_transport(url: str, *, create: bool = True) -> Transport:
+    """A transport for ``url`` (not yet started).
+
+    ``create=False``: refuse to start on a log that does not exist yet, instead of
+    making an empty one (operating commands pointed at a mistyped path).
+    """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from tidings.transports.memory import MemoryTransport
@@ -22,7 +26,7 @@ def open_transport(url: str) -> Transport:
     if scheme == "sqlite":
         from tidings.transports.sqlite import SQLiteTransport
 
-        return SQLiteTransport(url)
+        return SQLiteTransport(url, create=create)
     if scheme in ("kafka", "nats"):
         raise ConfigError(
             f"the {scheme}:// transport is not part of this release yet; "

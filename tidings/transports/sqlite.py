@@ -92,8 +92,9 @@ def _number(query: dict[str, str], name: str, default: float, url: str) -> float
 class SQLiteTransport(Transport):
     capabilities = Capabilities(persistent=True, multi_process=True)
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
+        self.create = create
         self.path, query = _parse_url(url)
         self.default_partitions = int(_number(query, "partitions", 8, url))
         self.synchronous = query.get("synchronous", "FULL").upper()
@@ -151,6 +152,11 @@ class SQLiteTransport(Transport):
         if not os.path.isdir(folder):
             raise ConfigError(
                 f"the folder {folder!r} of the SQLite log does not exist; create it first"
+            )
+        if not self.create and not os.path.exists(self.path):
+            raise ConfigError(
+                f"there is no event log at {self.path!r} ({self.url}); check the URL "
+                "(publishing to a topic creates the log)"
             )
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="tidings-sqlite-reader")
