@@ -431,3 +431,9 @@ def test_operating_commands_do_not_create_a_log_at_a_mistyped_path(
     result = tidings(*args, url=f"sqlite:///{tmp_path}/evnets.db")
     assert_one_error_line(result, 2, "there is no event log at")
     assert not (tmp_path / "evnets.db").exists()
+
+
+def test_help_names_the_default_url() -> None:
+    result = tidings("groups", "--help", url=None)
+    assert result.returncode == 0
+    assert "sqlite:///./tidings.db" in " ".join(result.stdout.split())

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from tidings.app import Tidings, default_url
+from tidings.app import DEFAULT_URL, Tidings, default_url
 from tidings.errors import ConfigError, TidingsError
 
 __all__ = ["main"]
@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--url", default=None, help="transport URL (default: $TIDINGS_URL or %(default)s)"
+        "--url", default=None, help=f"transport URL (default: $TIDINGS_URL, else {DEFAULT_URL})"
     )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
