@@ -299,3 +299,38 @@ async def test_a_write_lock_held_past_busy_timeout_is_a_clear_error(db_path: Pat
     finally:
         other.close()
         await t.close()
+
+
+async def test_a_failed_append_gives_its_offsets_back_within_a_group_commit(
+    log: SQLiteTransport,
+) -> None:
+    await log.create_topic("t", 1)
+    unbindable = {"not": "bytes"}  # sqlite3 cannot store it: the append fails in the writer
+    results = await asyncio.gather(
+        log.append("t", [("k", b"a")]),
+        log.append("t", [("k", unbindable)]),  # type: ignore[list-item]
+        log.append("t", [("k", b"b")]),
+        return_exceptions=True,
+    )
+    assert results[0] == [(0, 0)]
+    assert isinstance(results[1], TransportError)
+    assert results[2] == [(0, 1)]  # no hole where the failed append was
+    [info] = await log.topics()
+    assert (info.partitions[0].end, info.size) == (2, 2)
+    assert await log.append("t", [("k", b"c")]) == [(0, 2)]
+
+
+async def test_other_writes_in_a_group_commit_see_the_appends_before_them(
+    log: SQLiteTransport,
+) -> None:
+    await log.create_topic("t", 1)
+
+    def end_offset(conn: sqlite3.Connection) -> int:
+        return int(
+            conn.execute("SELECT next_offset FROM partitions WHERE partition=0").fetchone()[0]
+        )
+
+    results = await asyncio.gather(
+        log.append("t", [("k", b"a"), ("k", b"b")]), log._write(end_offset)
+    )
+    assert results[1] == 2
