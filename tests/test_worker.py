@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from tidings import ConfigError, Context, Tidings, Worker
+from tidings.middleware import Retry, default_middleware
 from tidings.partitioning import partition_for
 from tidings.testing import running
 from tidings.transport import GroupPartition, Record
@@ -363,7 +364,11 @@ async def test_a_failing_handler_leaves_the_event_uncommitted_and_retries_until_
             k for k in (f"o{i}" for i in range(100)) if partition_for(k, 4) != bad_partition
         )
         await app.publish(TOPIC, TaskCreated(task_id=other))
-        worker = Worker(app, commit_interval=0.01, retry_max_delay=0.02)
+        worker = Worker(
+            app,
+            commit_interval=0.01,
+            middleware=default_middleware(Retry(base_delay=0.01, max_delay=0.02)),
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
         try:
@@ -482,7 +487,8 @@ async def test_stop_during_retries_leaves_the_event_for_the_next_run() -> None:
 
     async with app:
         await app.publish(TOPIC, TaskCreated(task_id="t"))
-        async with running(app, retry_max_delay=5.0) as worker:
+        slow = default_middleware(Retry(base_delay=5.0, max_delay=5.0))
+        async with running(app, middleware=slow) as worker:
             await eventually(lambda: worker.stats.failed_attempts >= 2)
             started = time.monotonic()
         assert time.monotonic() - started < 2.0  # stop cuts the backoff short

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tidings.errors import GroupBusy, TopicNotFound
+from tidings.middleware import Retry, default_middleware
 from tidings.transport import Consumer, Record, TopicPartition, Transport
 from tidings.transports import open_transport
 from tidings.worker import Worker
@@ -68,10 +69,11 @@ async def running(app: Tidings, **options: Any) -> AsyncIterator[Worker]:
             await eventually(lambda: handled)
 
     Options go to :class:`~tidings.worker.Worker`; commits are frequent and retries
-    quick by default, to keep tests fast. On exit the worker stops and commits.
+    quick (at most 20 ms apart) by default, to keep tests fast. On exit the worker
+    stops and commits.
     """
     options.setdefault("commit_interval", 0.01)
-    options.setdefault("retry_max_delay", 0.02)
+    options.setdefault("middleware", default_middleware(Retry(base_delay=0.01, max_delay=0.02)))
     worker = Worker(app, **options)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))

@@ -15,34 +15,29 @@ import contextvars
 import functools
 import inspect
 import logging
-import random
 import signal
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tidings.codec import decode
 from tidings.context import Context, Scope, _scope
 from tidings.envelope import Event
 from tidings.errors import ConfigError, DecodeError, EventError
+from tidings.middleware import Delivery, Middleware, Stats, compose, default_middleware
+from tidings.middleware.poison import report_poison
 from tidings.transport import Consumer, Record, TopicPartition
 
 if TYPE_CHECKING:
     from tidings.app import Subscriber, Tidings
 
-__all__ = ["Worker", "WorkerStats"]
+__all__ = ["Worker"]
 
 log = logging.getLogger("tidings.worker")
 
-
-@dataclass
-class WorkerStats:
-    handled: int = 0
-    failed_attempts: int = 0
-    skipped: int = 0  # events no subscriber of the group wants
-    undecodable: int = 0
+UNHANDLED_PAUSE = 1.0  # seconds before an event whose handling raised is tried again
 
 
 @dataclass
@@ -65,6 +60,7 @@ class _GroupRunner:
         for s in subscribers:
             self.by_topic.setdefault(s.topic, []).append(s)
         self.routes: dict[tuple[str, str], list[Subscriber]] = {}
+        self.chain = compose(worker.middleware, self._call)
         self.lanes: dict[TopicPartition, _Lane] = {}
         self.loop = asyncio.get_running_loop()
         self.in_flight = 0
@@ -128,7 +124,20 @@ class _GroupRunner:
     async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
         while lane.queue and not self.stopping:
             record = lane.queue[0]
-            await self._handle(record)
+            try:
+                await self._handle(record)
+            except Exception:
+                # An error that got past the middleware (a custom list without Retry,
+                # or a middleware bug): the event is not handled, so it stays first in
+                # its lane and uncommitted, and is tried again after a pause.
+                log.exception(
+                    "group %s: %s[%d]@%d was not handled; trying again in %.0fs",
+                    self.group, record.topic, record.partition, record.offset,
+                    UNHANDLED_PAUSE,
+                )  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+                continue
             if lane.queue and lane.queue[0] is record:  # not dropped by a revoke meanwhile
                 lane.queue.popleft()
                 lane.done = record.offset + 1
@@ -138,15 +147,6 @@ class _GroupRunner:
         self.in_flight -= count
         if self.in_flight < self.worker.max_in_flight:
             self.room.set()
-
-    def _poison(self, record: Record, reason: EventError) -> None:
-        # Until dead letters exist, an event that cannot be decoded is reported and
-        # passed: retrying cannot fix it, and it must not block its partition.
-        self.worker.stats.undecodable += 1
-        log.error(
-            "group %s: %s[%d]@%d cannot be decoded, skipped: %s",
-            self.group, record.topic, record.partition, record.offset, reason,
-        )  # fmt: skip
 
     def _route(self, topic: str, event_type: str) -> list[Subscriber]:
         key = (topic, event_type)
@@ -161,10 +161,10 @@ class _GroupRunner:
         try:
             event = self.worker.decoded(record)
         except EventError as exc:
-            self._poison(record, exc)
+            report_poison(self.group, record, exc, stats)
             return
         except Exception as exc:  # a codec bug must not stall the partition for good
-            self._poison(record, DecodeError(f"the codec failed: {exc!r}"))
+            report_poison(self.group, record, DecodeError(f"the codec failed: {exc!r}"), stats)
             return
         wanted = self._route(record.topic, event.type)
         if not wanted:
@@ -173,43 +173,17 @@ class _GroupRunner:
         # Everything a handler publishes is caused by this event (correlation kept).
         token = _scope.set(Scope(event.correlationid or event.id, event.id))
         try:
-            registry = self.app.registry
             for sub in wanted:
-                attempt = 1
-                while True:
-                    try:
-                        # Built afresh for each attempt: a handler may have changed it.
-                        payload = registry.decode_payload(event.type, event.dataversion, event.data)
-                    except EventError as exc:
-                        self._poison(record, exc)
-                        return
-                    try:
-                        await self._call(sub, payload, event, record, attempt)
-                        break
-                    except Exception as exc:
-                        stats.failed_attempts += 1
-                        delay = min(self.worker.retry_max_delay, 0.1 * 2 ** (attempt - 1))
-                        delay *= random.uniform(0.5, 1.0)
-                        log.error(
-                            "group %s: handler %s failed on %s %s (%s[%d]@%d, attempt %d): %r;"
-                            " retrying in %.2fs",
-                            self.group, sub.name, event.type, event.id, record.topic,
-                            record.partition, record.offset, attempt, exc, delay,
-                            exc_info=attempt == 1,
-                        )  # fmt: skip
-                        attempt += 1
-                        await self._sleep_unless_stopping(delay)
-                        if self.stopping:
-                            # Leave the event uncommitted: it shows as lag and is handled
-                            # again by whoever runs the group next.
-                            raise asyncio.CancelledError from exc
+                await self.chain(Delivery(sub, event, record, self.group, stats, self.stopped))
         finally:
             _scope.reset(token)
         stats.handled += 1
 
-    async def _call(
-        self, sub: Subscriber, payload: Any, event: Event, record: Record, attempt: int
-    ) -> None:
+    async def _call(self, delivery: Delivery) -> None:
+        """The innermost step: the typed payload, the context, the handler."""
+        sub, event, record = delivery.subscriber, delivery.event, delivery.record
+        # Built afresh for each attempt: a handler may have changed the last one.
+        payload = self.app.registry.decode_payload(event.type, event.dataversion, event.data)
         ctx = None
         if sub.takes_context:
             ctx = Context(
@@ -219,7 +193,7 @@ class _GroupRunner:
                 partition=record.partition,
                 offset=record.offset,
                 group=self.group,
-                attempt=attempt,
+                attempt=delivery.attempt,
                 loop=self.loop,
             )
         if sub.is_async:
@@ -233,10 +207,6 @@ class _GroupRunner:
             result = await self.loop.run_in_executor(self.worker.threads, call)
             if inspect.isawaitable(result):  # an async callable we could not tell
                 await result
-
-    async def _sleep_unless_stopping(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopped.wait(), delay)
 
     # -- commits, revocation, shutdown ------------------------------------------
 
@@ -315,7 +285,7 @@ class Worker:
         commit_interval: float = 0.05,
         shutdown_timeout: float = 30.0,
         revoke_timeout: float = 10.0,
-        retry_max_delay: float = 30.0,
+        middleware: Sequence[Middleware] | None = None,
         sync_threads: int = 32,
     ) -> None:
         if max_in_flight < 1 or fetch_max < 1:
@@ -336,12 +306,13 @@ class Worker:
         self.commit_interval = commit_interval
         self.shutdown_timeout = shutdown_timeout
         self.revoke_timeout = revoke_timeout
-        self.retry_max_delay = retry_max_delay
+        # Around every handler call, outermost first (see tidings.middleware).
+        self.middleware = list(default_middleware() if middleware is None else middleware)
         # Synchronous handlers run here: their own pool, sized for I/O-bound work (mail,
         # webhooks), so that partitions are not limited to asyncio's default few threads.
         self.sync_threads = sync_threads
         self.threads: ThreadPoolExecutor | None = None
-        self.stats = WorkerStats()
+        self.stats = Stats()
         self._runners: list[_GroupRunner] = []
         # Groups of one worker read the same records at about the same time: decode
         # each once. Events are immutable, so sharing them is safe; payload models are

@@ -1,0 +1,29 @@
+"""Middleware: what happens around every handler call, written once for every transport.
+
+A worker runs each handler call through a list of middleware, outermost first. The
+default list is :func:`default_middleware`; pass your own to ``Worker(middleware=...)``,
+e.g. ``[*default_middleware(), Timed()]``.
+"""
+
+from __future__ import annotations
+
+from tidings.middleware.base import Delivery, Middleware, Next, Stats, compose
+from tidings.middleware.poison import SkipPoison, report_poison
+from tidings.middleware.retry import Retry
+
+__all__ = [
+    "Delivery",
+    "Middleware",
+    "Next",
+    "Retry",
+    "SkipPoison",
+    "Stats",
+    "compose",
+    "default_middleware",
+    "report_poison",
+]
+
+
+def default_middleware(retry: Retry | None = None) -> list[Middleware]:
+    """Undecodable payloads reported and passed; failing handlers retried in place."""
+    return [SkipPoison(), retry or Retry()]

@@ -1,0 +1,80 @@
+"""What a middleware is: a wrapper around one handler call, the same on every transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tidings.envelope import Event
+from tidings.transport import Record
+
+if TYPE_CHECKING:
+    from tidings.app import Subscriber
+
+__all__ = ["Delivery", "Middleware", "Next", "Stats", "compose"]
+
+
+@dataclass
+class Stats:
+    """What a worker did, counted by the worker and its middleware."""
+
+    handled: int = 0
+    failed_attempts: int = 0
+    skipped: int = 0  # events no subscriber of the group wants
+    undecodable: int = 0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One event on its way to one subscriber of a group.
+
+    ``attempt`` counts calls of this handler for this event (1 for the first);
+    ``stopping`` is set when the worker shuts down, so that long waits can end.
+    """
+
+    subscriber: Subscriber
+    event: Event
+    record: Record
+    group: str
+    stats: Stats
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    attempt: int = 1
+
+
+Next = Callable[[Delivery], Awaitable[None]]
+
+
+class Middleware:
+    """Wraps every handler call of a worker. Override :meth:`handle`::
+
+        class Timed(Middleware):
+            async def handle(self, delivery, call_next):
+                started = time.perf_counter()
+                try:
+                    await call_next(delivery)
+                finally:
+                    record(delivery.subscriber.name, time.perf_counter() - started)
+
+    Returning normally means "handled": the event's offset may then be committed.
+    Raising means "not handled": the worker leaves the event uncommitted.
+    """
+
+    async def handle(self, delivery: Delivery, call_next: Next) -> None:
+        await call_next(delivery)
+
+
+def compose(middleware: Sequence[Middleware], innermost: Next) -> Next:
+    """One callable: ``middleware[0]`` outermost, ``innermost`` (the handler) last."""
+    call = innermost
+    for layer in reversed(middleware):
+        call = _bind(layer, call)
+    return call
+
+
+def _bind(layer: Middleware, call_next: Next) -> Next:
+    async def call(delivery: Delivery) -> None:
+        await layer.handle(delivery, call_next)
+
+    return call
