@@ -437,3 +437,14 @@ def test_help_names_the_default_url() -> None:
     result = tidings("groups", "--help", url=None)
     assert result.returncode == 0
     assert "sqlite:///./tidings.db" in " ".join(result.stdout.split())
+
+
+def test_run_refuses_a_url_that_the_app_would_ignore(tmp_path: Path) -> None:
+    (tmp_path / "fixed_app.py").write_text(
+        "from tidings import Tidings\n"
+        f"app = Tidings('sqlite:///{tmp_path}/fixed.db', service='s')\n"
+        "@app.subscriber('t', group='g')\n"
+        "async def h(data): pass\n"
+    )
+    result = tidings("run", "fixed_app:app", url=f"sqlite:///{tmp_path}/other.db", cwd=tmp_path)
+    assert_one_error_line(result, 2, "cannot apply")

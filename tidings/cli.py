@@ -64,6 +64,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if args.url:
         os.environ["TIDINGS_URL"] = args.url  # before the app's module is imported
     app = load_app(args.app)
+    if args.url_given and app.url != args.url:
+        raise UsageError(
+            f"{args.app} was built with the URL {app.url!r}, so --url {args.url!r} cannot "
+            "apply; build it with Tidings(service=...) (the URL then comes from --url or "
+            "$TIDINGS_URL), or drop --url"
+        )
     worker = Worker(
         app,
         args.group or None,
@@ -125,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.url_given = getattr(args, "url", None) is not None
         if getattr(args, "url", None) is None:
             args.url = default_url()
         func: Command = args.func
