@@ -624,3 +624,23 @@ async def test_endpoints_without_the_lifespan_cannot_publish() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.post("/publish")
     assert "lifespan" in response.json()["error"]
+
+
+async def test_extension_names_must_be_cloudevents_attribute_names() -> None:
+    app = Tidings("memory://", service="s")
+    with pytest.raises(ConfigError, match="tenantid"):
+        app.build({}, type="thing.happened", extensions={"Tenant-ID": "x"})
+    event = app.build({}, type="thing.happened", extensions={"tenantid": "x"})
+    assert event.extensions == {"tenantid": "x"}
+
+
+async def test_a_model_cannot_be_published_as_another_version() -> None:
+    app = Tidings("memory://", service="s")
+
+    @app.event("thing.happened", version=2)
+    class ThingV2(BaseModel):
+        n: int
+
+    with pytest.raises(ConfigError, match=r"version 2 of thing\.happened, not 1"):
+        app.build(ThingV2(n=1), version=1)
+    assert app.build(ThingV2(n=1), version=2).dataversion == 2

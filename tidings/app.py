@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tidings.transports import open_transport
 __all__ = ["DEFAULT_URL", "Subscriber", "Tidings"]
 
 DEFAULT_URL = "sqlite:///./tidings.db"
+_EXTENSION_RE = re.compile(r"[a-z0-9]{1,20}")
 
 H = TypeVar("H", bound=Callable[..., Any])
 M = TypeVar("M", bound=type[BaseModel])
@@ -228,6 +230,11 @@ class Tidings:
                 raise ConfigError(
                     f"{payload.__class__.__name__} is registered as {contract.type}, not {type}"
                 )
+            if version is not None and version != contract.version:
+                raise ConfigError(
+                    f"{payload.__class__.__name__} is version {contract.version} of "
+                    f"{contract.type}, not {version}; publish the model of that version"
+                )
             type, version, schema = contract.type, contract.version, contract.schema_uri
             if subject is None:
                 subject = contract.subject_of(payload)
@@ -242,9 +249,13 @@ class Tidings:
             correlation_id = scope.correlationid if scope else event_id
         if causation_id is None and scope is not None:
             causation_id = scope.causationid
-        kwargs: dict[str, Any] = {}
-        if time is not None:
-            kwargs["time"] = time
+        if extensions:
+            bad = [name for name in extensions if _EXTENSION_RE.fullmatch(name) is None]
+            if bad:
+                raise ConfigError(
+                    f"extension name(s) {bad} are not valid CloudEvents attribute names: "
+                    "use 1 to 20 lower-case letters or digits, e.g. 'tenantid'"
+                )
         return Event(
             type=type,
             source=self.service,
@@ -257,8 +268,8 @@ class Tidings:
             causationid=causation_id,
             traceparent=traceparent,
             partitionkey=key if key != subject else None,
-            extensions=extensions or {},
-            **kwargs,
+            extensions=extensions,
+            time=time,
         )
 
     async def publish(self, topic: str, payload: Any, **options: Any) -> Event:
