@@ -14,7 +14,6 @@ boundary, so user code catches tidings errors only::
     │   ├── TopicNotFound      the topic does not exist
     │   ├── GroupNotFound      the group has neither committed offsets nor members
     │   └── GroupBusy          an operation needs a group without live members
-    └── HandlerError           raised by a handler; wraps the original exception
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ __all__ = [
     "EventTooLarge",
     "GroupBusy",
     "GroupNotFound",
-    "HandlerError",
     "InvalidEventType",
     "TidingsError",
     "TopicNotFound",
@@ -77,7 +75,3 @@ class GroupNotFound(TransportError, LookupError):
 
 class GroupBusy(TransportError):
     """The operation needs a group with no live members."""
-
-
-class HandlerError(TidingsError):
-    """A handler raised; ``__cause__`` is the original exception."""
