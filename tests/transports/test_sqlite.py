@@ -279,7 +279,7 @@ async def test_an_append_waits_for_another_processes_write_lock(db_path: Path) -
         other.execute("COMMIT")
         started = time.monotonic()
         assert await append == [(0, 0)]
-        assert time.monotonic() - started < 0.05  # taken within a few ms of the release
+        assert time.monotonic() - started < 0.5  # taken soon after the release
     finally:
         other.close()
         await t.close()
