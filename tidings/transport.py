@@ -16,7 +16,7 @@ import socket
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from tidings.errors import ConfigError
@@ -137,9 +137,8 @@ class Capabilities:
 
     persistent: bool
     multi_process: bool  # several processes can share a group
-    seek_by_time: bool = True
-    ordered_per_key: bool = True
-    extra: Mapping[str, bool] = field(default_factory=dict)
+    seek_by_time: bool = True  # offsets_for_time is supported
+    ordered_per_key: bool = True  # one key's records are read back in append order
 
 
 def new_member_id() -> str:
