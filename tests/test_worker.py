@@ -14,7 +14,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from tidings import ConfigError, Context, Tidings, Worker
+from tidings import ConfigError, Context, Tidings, TransportError, Worker
 from tidings.middleware import Retry, default_middleware
 from tidings.partitioning import partition_for
 from tidings.testing import running
@@ -557,3 +557,34 @@ async def test_a_payload_that_does_not_match_its_model_does_not_block_its_partit
             await eventually(lambda: seen == ["k"], timeout=2)
             await wait_for_lag(app, "g", 0)
         assert worker.stats.undecodable == 1
+
+
+async def test_a_failing_fetch_is_tried_again_and_the_worker_goes_on() -> None:
+    app = make_app()
+    seen: list[str] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        seen.append(payload.task_id)
+
+    original = app.transport.consumer
+    failures = [TransportError("the log went away for a moment")]
+
+    def flaky_consumer(*args: Any, **kwargs: Any) -> Any:
+        consumer = original(*args, **kwargs)
+        real_fetch = consumer.fetch
+
+        async def fetch(max_records: int, timeout: float) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real_fetch(max_records, timeout)
+
+        consumer.fetch = fetch  # type: ignore[method-assign]
+        return consumer
+
+    app.transport.consumer = flaky_consumer  # type: ignore[method-assign]
+    async with app:
+        await app.publish(TOPIC, TaskCreated(task_id="k"))
+        async with running(app):
+            await eventually(lambda: seen == ["k"], timeout=10)
+    assert not failures

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from tidings.codec import decode
 from tidings.context import Context, Scope, _scope
 from tidings.envelope import Event
-from tidings.errors import ConfigError, DecodeError, EventError
+from tidings.errors import ConfigError, DecodeError, EventError, TransportError
 from tidings.middleware import Delivery, Middleware, Stats, compose, default_middleware
 from tidings.middleware.poison import report_poison
 from tidings.transport import Consumer, Record, TopicPartition
@@ -37,7 +37,7 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("tidings.worker")
 
-UNHANDLED_PAUSE = 1.0  # seconds before an event whose handling raised is tried again
+UNHANDLED_PAUSE = 1.0  # seconds before a failed handling or fetch is tried again
 
 
 @dataclass
@@ -94,6 +94,16 @@ class _GroupRunner:
                     if self.stopping:  # stop() interrupts a waiting fetch
                         break
                     raise
+                except TransportError:
+                    # The log may come back (a restarting broker, a locked file): keep
+                    # the group and what is in flight, and try again shortly.
+                    log.exception(
+                        "group %s: fetching failed; trying again in %.0fs",
+                        self.group, UNHANDLED_PAUSE,
+                    )  # fmt: skip
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+                    continue
                 for record in records:
                     tp = (record.topic, record.partition)
                     lane = self.lanes.get(tp)
