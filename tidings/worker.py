@@ -68,6 +68,7 @@ class _GroupRunner:
         self.room.set()
         self.stopping = False
         self.stopped = asyncio.Event()
+        self.handled = asyncio.Event()  # set when an offset is ready to be committed
         self.fetching: asyncio.Future[list[Record]] | None = None
         self.consumer: Consumer = self.app.transport.consumer(
             group,
@@ -151,6 +152,7 @@ class _GroupRunner:
             if lane.queue and lane.queue[0] is record:  # not dropped by a revoke meanwhile
                 lane.queue.popleft()
                 lane.done = record.offset + 1
+                self.handled.set()
                 self._release(1)
 
     def _release(self, count: int) -> None:
@@ -222,10 +224,13 @@ class _GroupRunner:
 
     async def _commit_loop(self) -> None:
         while True:
+            await self.handled.wait()  # an idle group does not wake up to commit nothing
             await asyncio.sleep(self.worker.commit_interval)
+            self.handled.clear()
             try:
                 await self.commit()
             except Exception:
+                self.handled.set()  # try again at the next interval
                 log.exception("group %s: commit failed; will retry", self.group)
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
