@@ -77,13 +77,14 @@ async def test_concurrent_publishes_share_transactions(
     await log.create_topic("t", 4)
     log.retention_interval = float("inf")  # count appends only
     batches: list[int] = []
-    original = log._run_jobs
+    assert log._writer is not None
+    original = log._writer._run_jobs
 
     def counting(jobs, durable):  # type: ignore[no-untyped-def]
         batches.append(len(jobs))
         return original(jobs, durable)
 
-    monkeypatch.setattr(log, "_run_jobs", counting)
+    monkeypatch.setattr(log._writer, "_run_jobs", counting)
     await asyncio.gather(*(log.append("t", [(f"k{i}", b"v")]) for i in range(200)))
     assert sum(batches) == 200
     assert len(batches) < 50, f"200 appends took {len(batches)} transactions"
@@ -245,13 +246,14 @@ async def test_bookkeeping_commits_without_fsync_and_appends_with_it(
     await log.create_topic("t", 1)
     log.retention_interval = float("inf")
     seen: list[bool] = []
-    original = log._run_jobs
+    assert log._writer is not None
+    original = log._writer._run_jobs
 
     def recording(jobs, durable):  # type: ignore[no-untyped-def]
         seen.append(durable)
         return original(jobs, durable)
 
-    monkeypatch.setattr(log, "_run_jobs", recording)
+    monkeypatch.setattr(log._writer, "_run_jobs", recording)
     c = log.consumer("g", ["t"])
     await c.start()
     try:

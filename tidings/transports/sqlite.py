@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tidings.errors import ConfigError, TopicNotFound, TransportError
@@ -49,6 +49,7 @@ from tidings.transports._sqlite_sql import (
     set_group_offsets,
     translate_error,
 )
+from tidings.transports._sqlite_writer import GroupCommitWriter
 from tidings.transports._wakeup import FileWatcher
 
 __all__ = ["SQLiteTransport"]
@@ -105,13 +106,11 @@ class SQLiteTransport(Transport):
             )
         self.lease_ms = int(_number(query, "lease", 10, url) * 1000)
         self.busy_timeout = _number(query, "busy_timeout", 30, url)
-        self._writer: ThreadPoolExecutor | None = None
+        self._writer: GroupCommitWriter | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._conn_lock = threading.Lock()
-        self._jobs: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._topic_ids: dict[str, tuple[int, int]] = {}  # name -> (id, partitions)
         self._topic_names: dict[int, str] = {}
         self._wake = asyncio.Event()
@@ -158,10 +157,12 @@ class SQLiteTransport(Transport):
                 f"there is no event log at {self.path!r} ({self.url}); check the URL "
                 "(publishing to a topic creates the log)"
             )
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-writer")
+        self._writer = GroupCommitWriter(
+            self._connect, self.synchronous, self.busy_timeout, self._notify
+        )
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="tidings-sqlite-reader")
         self._started = True
-        await self._write(lambda conn: conn.executescript(SCHEMA) and None, begin=False)
+        await self._writer.run_alone(lambda conn: conn.executescript(SCHEMA) and None)
 
     async def close(self) -> None:
         if not self._started:
@@ -169,15 +170,16 @@ class SQLiteTransport(Transport):
         # Let background writes end while the transport still accepts them.
         if self._retention is not None:
             await asyncio.gather(self._retention, return_exceptions=True)
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        if self._writer is not None:
+            await self._writer.drain()
         self._started = False
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
-        for pool in (self._writer, self._readers):
-            if pool is not None:
-                pool.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.shutdown()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         with self._conn_lock:
             for conn in self._connections:
                 conn.close()
@@ -191,139 +193,12 @@ class SQLiteTransport(Transport):
                 "await transport.start() first"
             )
 
-    async def _write(
-        self, job: Callable[[sqlite3.Connection], T], *, begin: bool = True, durable: bool = True
-    ) -> T:
-        """Run ``job`` in the next group-committed write transaction.
-
-        ``durable=False`` is for bookkeeping whose loss on a power cut only costs a
-        redelivery (offset commits, heartbeats, retention): a transaction made only of
-        such jobs commits without waiting for an fsync; the next durable commit
-        fsyncs the WAL, and so them too.
-        """
+    async def _write(self, job: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``job`` in the next group-committed write transaction (see
+        :class:`GroupCommitWriter`)."""
         self._require_started()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        if not begin:  # schema set-up: runs alone, outside a transaction
-            assert self._writer is not None
-            return await loop.run_in_executor(self._writer, lambda: job(self._connect()))
-        self._jobs.append((job, fut, durable))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush())
-        return await fut
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self._writer is not None
-        while self._jobs:
-            jobs, self._jobs = self._jobs, []
-            durable = any(d for _, _, d in jobs)
-            try:
-                results = await loop.run_in_executor(
-                    self._writer, self._run_jobs, [job for job, _, _ in jobs], durable
-                )
-            except BaseException as exc:  # the commit itself failed: every job failed
-                err = translate_error(exc)
-                for _, fut, _ in jobs:
-                    if not fut.done():
-                        fut.set_exception(err)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for (_, fut, _), (ok, value) in zip(jobs, results, strict=True):
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
-            self._notify()
-
-    def _run_jobs(
-        self, jobs: list[Callable[[sqlite3.Connection], Any]], durable: bool
-    ) -> list[tuple[bool, Any]]:
-        conn = self._connect()
-        level = self.synchronous if durable else "NORMAL"
-        if getattr(self._local, "synchronous", None) != level:
-            conn.execute(f"PRAGMA synchronous={level}")
-            self._local.synchronous = level
-        self._begin(conn)
-        self._local.heads = {}
-        results: list[tuple[bool, Any]] = []
-        try:
-            for job in jobs:
-                if not getattr(job, "appends", False):
-                    self._store_heads(conn)  # other jobs read the partitions table
-                conn.execute("SAVEPOINT job")
-                try:
-                    results.append((True, job(conn)))
-                    conn.execute("RELEASE job")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((False, translate_error(exc)))
-            self._store_heads(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return results
-
-    # The partitions' next offsets, read once per transaction and written back once
-    # before it commits: appends in one group commit then cost one INSERT each.
-    # {topic id: {partition: [next offset, last timestamp, bytes added]}}
-
-    def _heads(self, conn: sqlite3.Connection, tid: int) -> dict[int, list[int]]:
-        cache: dict[int, dict[int, list[int]]] = self._local.heads
-        heads = cache.get(tid)
-        if heads is None:
-            heads = cache[tid] = {
-                p: [nxt, ts, 0]
-                for p, nxt, ts in conn.execute(
-                    "SELECT partition, next_offset, last_ts FROM partitions WHERE topic_id=?",
-                    (tid,),
-                )
-            }
-        return heads
-
-    def _store_heads(self, conn: sqlite3.Connection) -> None:
-        cache: dict[int, dict[int, list[int]]] = self._local.heads
-        if not cache:
-            return
-        conn.executemany(
-            "UPDATE partitions SET next_offset=?, last_ts=?, bytes=bytes+?"
-            " WHERE topic_id=? AND partition=?",
-            [
-                (h[0], h[1], h[2], tid, p)
-                for tid, heads in cache.items()
-                for p, h in heads.items()
-                if h[2]
-            ],
-        )
-        cache.clear()
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, waiting for another process's write in short steps.
-
-        SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries, which puts
-        milliseconds on the publish tail whenever a worker in another process commits
-        offsets; polling every 0.1 ms (doubling to 2 ms) takes the lock when it is free.
-        """
-        if not getattr(self._local, "own_busy_loop", False):
-            conn.execute("PRAGMA busy_timeout=0")
-            self._local.own_busy_loop = True
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.0001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
+        return await self._writer.write(job, durable=durable)
 
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         self._require_started()
@@ -460,7 +335,8 @@ class SQLiteTransport(Transport):
         placed = [(partition_for(key, count), key, value) for key, value in records]
 
         def job(conn: sqlite3.Connection) -> list[tuple[int, int]]:
-            heads = self._heads(conn, tid)
+            assert self._writer is not None
+            heads = self._writer.heads(conn, tid)
             before = {p: h[:] for p, h in heads.items()}
             now = now_ms()
             rows = []
