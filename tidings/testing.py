@@ -32,7 +32,7 @@ try:
 except ImportError as exc:  # pytest is a test dependency, not one of tidings'
     raise ImportError("tidings.testing needs pytest: pip install pytest (or tidings[dev])") from exc
 
-from tidings.errors import GroupBusy, TopicNotFound
+from tidings.errors import ConfigError, GroupBusy, TopicNotFound
 from tidings.middleware import Retry, default_middleware
 from tidings.transport import Consumer, Record, TopicPartition, Transport
 from tidings.transports import open_transport
@@ -283,6 +283,14 @@ class TransportConformance:
         await transport.append("t", [("k", b"new")])
         [record] = await drain(c, 1)
         assert record.value == b"new"
+
+    async def test_a_consumer_needs_a_group_name_and_valid_topics(
+        self, transport: Transport
+    ) -> None:
+        with pytest.raises(ConfigError, match="group needs a non-empty name"):
+            transport.consumer("", ["t"])
+        with pytest.raises(ConfigError, match="topic name"):
+            transport.consumer("g", ["no spaces allowed"])
 
     async def test_fetch_wakes_promptly_on_append(
         self, transport: Transport, consumers: list[Consumer]

@@ -154,7 +154,22 @@ class Consumer(ABC):
     finish and commit in-flight records before another member starts on them.
     """
 
-    member: str
+    def __init__(
+        self,
+        group: str,
+        topics: Sequence[str],
+        start_from: StartFrom,
+        on_revoke: RevokeCallback | None,
+    ) -> None:
+        if not group or not isinstance(group, str):
+            raise ConfigError("a consumer group needs a non-empty name, e.g. 'email'")
+        for topic in topics:
+            check_topic_name(topic)
+        self.group = group
+        self.topics = list(topics)
+        self.start_from = start_from
+        self.on_revoke = on_revoke
+        self.member = new_member_id()
 
     @abstractmethod
     async def start(self) -> None:

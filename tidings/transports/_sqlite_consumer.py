@@ -28,7 +28,6 @@ from tidings.transport import (
     RevokeCallback,
     StartFrom,
     TopicPartition,
-    new_member_id,
 )
 from tidings.transports._sqlite_sql import translate_error
 
@@ -53,14 +52,8 @@ class SQLiteConsumer(Consumer):
         start_from: StartFrom,
         on_revoke: RevokeCallback | None,
     ) -> None:
-        if not group:
-            raise ValueError("a consumer group needs a non-empty name")
+        super().__init__(group, topics, start_from, on_revoke)
         self.t = transport
-        self.group = group
-        self.topics = topics
-        self.start_from = start_from
-        self.on_revoke = on_revoke
-        self.member = new_member_id()
         self._owned: frozenset[TopicPartition] = frozenset()
         self._position: dict[TopicPartition, int] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None

@@ -34,7 +34,6 @@ from tidings.transport import (
     TopicPartition,
     Transport,
     check_topic_name,
-    new_member_id,
 )
 
 __all__ = ["MemoryTransport"]
@@ -274,12 +273,8 @@ class MemoryConsumer(Consumer):
         start_from: StartFrom,
         on_revoke: RevokeCallback | None,
     ) -> None:
+        super().__init__(group, topics, start_from, on_revoke)
         self.transport = transport
-        self.group = group
-        self.topics = topics
-        self.start_from = start_from
-        self.on_revoke = on_revoke
-        self.member = new_member_id()
         self._owned: frozenset[TopicPartition] = frozenset()
         self._paused: frozenset[TopicPartition] = frozenset()
         self._position: dict[TopicPartition, int] = {}

@@ -410,8 +410,6 @@ class SQLiteTransport(Transport):
     ) -> Consumer:
         from tidings.transports._sqlite_consumer import SQLiteConsumer
 
-        for topic in topics:
-            check_topic_name(topic)
         return SQLiteConsumer(self, group, list(topics), start_from, on_revoke)
 
     async def groups(self) -> list[GroupInfo]:
