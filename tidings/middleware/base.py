@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -69,12 +70,6 @@ def compose(middleware: Sequence[Middleware], innermost: Next) -> Next:
     """One callable: ``middleware[0]`` outermost, ``innermost`` (the handler) last."""
     call = innermost
     for layer in reversed(middleware):
-        call = _bind(layer, call)
-    return call
-
-
-def _bind(layer: Middleware, call_next: Next) -> Next:
-    async def call(delivery: Delivery) -> None:
-        await layer.handle(delivery, call_next)
-
+        # A partial, not a wrapping coroutine: one frame less per layer per event.
+        call = functools.partial(layer.handle, call_next=call)
     return call
