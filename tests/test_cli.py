@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -448,3 +449,46 @@ def test_run_refuses_a_url_that_the_app_would_ignore(tmp_path: Path) -> None:
     )
     result = tidings("run", "fixed_app:app", url=f"sqlite:///{tmp_path}/other.db", cwd=tmp_path)
     assert_one_error_line(result, 2, "cannot apply")
+
+
+def _run_stuck_worker(tmp_path: Path, url: str) -> tuple[int, str, float]:
+    """A worker whose sync handler never returns gets SIGTERM; its exit, its log, and
+    how long it took to leave."""
+    (tmp_path / "stuck_app.py").write_text(
+        "import threading\n"
+        "from tidings import Tidings\n"
+        "app = Tidings(service='s')\n"
+        "@app.subscriber('t', group='g')\n"
+        "def h(data):\n"
+        "    print('started', flush=True)\n"
+        "    threading.Event().wait()  # never returns\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "run", "stuck_app:app", "--url", url,
+         "--shutdown-timeout", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        return proc.returncode, err, time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+async def test_run_leaves_a_stuck_sync_handler_after_the_shutdown_timeout(
+    log: Tidings, url: str, tmp_path: Path
+) -> None:
+    await log.publish("t", {"n": 1}, type="thing.happened")
+    code, err, took = await asyncio.to_thread(_run_stuck_worker, tmp_path, url)
+    assert code == 1, err
+    assert "did not finish within --shutdown-timeout" in err
+    assert took < 10
+    [group] = [g for g in await log.transport.groups() if g.group == "g"]
+    assert group.lag == 1  # the event stays for the next run

@@ -88,11 +88,25 @@ async def cmd_run(args: argparse.Namespace) -> int:
             "running group(s) %s of %s on %s", ", ".join(worker.groups), args.app, app.url
         )
         await worker.run(stop)
-    logging.getLogger("tidings").info(
+    log = logging.getLogger("tidings")
+    log.info(
         "stopped: %d handled, %d failed attempts",
         worker.stats.handled,
         worker.stats.failed_attempts,
     )
+    if worker.stats.abandoned:
+        log.error(
+            "%d handler(s) did not finish within --shutdown-timeout %.0fs; their events "
+            "stay uncommitted and will be handled again",
+            worker.stats.abandoned,
+            args.shutdown_timeout,
+        )
+        # A synchronous handler stuck in its thread would keep the interpreter from
+        # exiting (it joins executor threads): the offsets are committed, leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     return 0
 
 

@@ -120,7 +120,8 @@ class _GroupRunner:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
-            await self._finish(set(self.lanes), self.worker.shutdown_timeout)
+            stuck = await self._finish(set(self.lanes), self.worker.shutdown_timeout)
+            self.worker.stats.abandoned += stuck
             await self.consumer.close()
 
     def stop(self) -> None:
@@ -249,8 +250,9 @@ class _GroupRunner:
             if lane is not None:
                 lane.committed = offset
 
-    async def _finish(self, tps: set[TopicPartition], timeout: float) -> None:
-        """Drop what waits in these lanes, let running handlers end, commit."""
+    async def _finish(self, tps: set[TopicPartition], timeout: float) -> int:
+        """Drop what waits in these lanes, let running handlers end, commit; return how
+        many handlers were still running after ``timeout`` (and were cancelled)."""
         tasks = []
         for tp in tps:
             lane = self.lanes.get(tp)
@@ -264,6 +266,7 @@ class _GroupRunner:
                     lane.queue.append(running)  # the one being handled stays until done
             if lane.task is not None and not lane.task.done():
                 tasks.append(lane.task)
+        pending: set[asyncio.Task[None]] = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
@@ -282,6 +285,7 @@ class _GroupRunner:
             lane = self.lanes.pop(tp, None)
             if lane is not None and lane.queue:
                 self._release(len(lane.queue))
+        return len(pending)
 
     async def _on_revoke(self, tps: frozenset[TopicPartition]) -> None:
         await self._finish(set(tps), self.worker.revoke_timeout)

@@ -25,6 +25,7 @@ class Stats:
     failed_attempts: int = 0
     skipped: int = 0  # events no subscriber of the group wants
     undecodable: int = 0
+    abandoned: int = 0  # handlers still running when the worker had to stop without them
 
 
 @dataclass(slots=True)
