@@ -1,0 +1,110 @@
+"""The envelope codec against the JSON libraries (decision 0001)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from bench._common import (
+    EVENT_TYPE,
+    Figure,
+    log,
+    payload,
+    per_call_us,
+)
+from bench._setup import Config, Workdir
+from tidings import Tidings
+from tidings.codec import decode, encode
+
+# -- micro: the envelope codec ---------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+async def fig_codec(cfg: Config, work: Workdir) -> list[Figure]:
+
+    from tidings.codec import from_dict, to_dict
+
+    app = Tidings("memory://", service="taskapi")
+    event = app.build(payload(1), type=EVENT_TYPE, subject="task-00000001")
+    raw = encode(event)
+    doc = json.loads(raw)
+
+    def stdlib_encode() -> bytes:
+        return json.dumps(to_dict(event), separators=(",", ":"), default=_json_default).encode()
+
+    def stdlib_decode() -> Any:
+        return from_dict(json.loads(raw))
+
+    fns: dict[str, Callable[[], Any]] = {
+        "encode": lambda: encode(event),
+        "decode": lambda: decode(raw),
+        "stdlib_encode": stdlib_encode,
+        "stdlib_decode": stdlib_decode,
+        # The JSON libraries alone on the same envelope as a plain dict (decision 0001).
+        "json_encode": lambda: json.dumps(doc, separators=(",", ":")).encode(),
+        "json_decode": lambda: json.loads(raw),
+        "orjson_encode": lambda: orjson.dumps(doc),
+        "orjson_decode": lambda: orjson.loads(raw),
+    }
+    try:
+        import msgspec
+
+        encoder, decoder = msgspec.json.Encoder(), msgspec.json.Decoder()
+        fns["msgspec_encode"] = lambda: encoder.encode(doc)
+        fns["msgspec_decode"] = lambda: decoder.decode(raw)
+    except ImportError:
+        log("  msgspec is not installed: left out of the library comparison")
+    us = per_call_us(fns, cfg.micro_number, cfg.micro_repeat)
+    enc, dec, enc_json, dec_json = (
+        us["encode"], us["decode"], us["stdlib_encode"], us["stdlib_decode"]
+    )  # fmt: skip
+    size = {"envelope_bytes": len(raw)}
+    figures = [
+        Figure(
+            "codec_encode",
+            enc,
+            "us/event",
+            enc_json,
+            "the same codec on stdlib json",
+            ("ratio", "<=", 1),
+            {**size, "what": "tidings.codec.encode(Event) -> bytes"},
+        ),
+        Figure(
+            "codec_decode",
+            dec,
+            "us/event",
+            dec_json,
+            "the same codec on stdlib json",
+            ("ratio", "<=", 1),
+            {**size, "what": "tidings.codec.decode(bytes) -> Event (validated)"},
+        ),
+    ]
+    libs = [name for name in ("json", "orjson", "msgspec") if f"{name}_encode" in us]
+    times = {name: (us[f"{name}_encode"], us[f"{name}_decode"]) for name in libs}
+    for op, k in (("encode", 0), ("decode", 1)):
+        for name, pair in times.items():
+            figures.append(
+                Figure(
+                    f"lib_{op}_{name}",
+                    pair[k],
+                    "us/envelope",
+                    times["json"][k],
+                    "stdlib json",
+                    None,
+                    size if name == "json" else {},
+                )
+            )
+    log(
+        "  "
+        + ", ".join(f"{name} {e:.2f}/{d:.2f} us" for name, (e, d) in times.items())
+        + f"; tidings codec {enc:.2f}/{dec:.2f} us (encode/decode)"
+    )
+    return figures
