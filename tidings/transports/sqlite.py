@@ -218,7 +218,13 @@ class SQLiteTransport(Transport):
         millisecond instead. See docs/decisions/0002-fetch-on-the-event-loop.md.
         """
         self._require_started()
-        return self._connect()
+        conn = self._connect()
+        if not getattr(self._local, "inline", False):
+            # Never hold the loop for long: a read that finds the file busy (rare in WAL
+            # mode) fails after 1 s, and the worker tries again a moment later.
+            conn.execute("PRAGMA busy_timeout=1000")
+            self._local.inline = True
+        return conn
 
     def _notify(self) -> None:
         old, self._wake = self._wake, asyncio.Event()
