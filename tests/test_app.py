@@ -644,3 +644,9 @@ async def test_a_model_cannot_be_published_as_another_version() -> None:
     with pytest.raises(ConfigError, match=r"version 2 of thing\.happened, not 1"):
         app.build(ThingV2(n=1), version=1)
     assert app.build(ThingV2(n=1), version=2).dataversion == 2
+
+
+def test_a_service_name_with_spaces_is_refused() -> None:
+    with pytest.raises(ConfigError, match="without spaces"):
+        Tidings("memory://", service="task api")
+    assert Tidings("memory://", service="/services/task-api").service == "/services/task-api"

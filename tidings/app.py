@@ -82,6 +82,12 @@ class Tidings:
     ) -> None:
         if not service or not isinstance(service, str):
             raise ConfigError("Tidings(service=...) needs the name of this service, e.g. 'taskapi'")
+        if any(c.isspace() or not c.isprintable() for c in service):
+            # It becomes the CloudEvents source, a URI reference: no spaces.
+            raise ConfigError(
+                f"Tidings(service={service!r}): use a name without spaces, e.g. 'task-api' "
+                "or a URI such as '/services/task-api'"
+            )
         if max_event_bytes < 1024:
             raise ConfigError(f"max_event_bytes must be at least 1024, got {max_event_bytes}")
         self.url = url or (transport.url if transport else default_url())
