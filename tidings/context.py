@@ -91,9 +91,6 @@ class Context:
     def correlationid(self) -> str:
         return self.event.correlationid or self.event.id
 
-    def scope(self) -> Scope:
-        return Scope(self.correlationid, self.event.id)
-
     async def publish(self, topic: str, payload: Any, **options: Any) -> Event:
         """Publish as a consequence of the handled event (sets correlation and causation)."""
         options.setdefault("correlation_id", self.correlationid)

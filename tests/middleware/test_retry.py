@@ -3,7 +3,6 @@ and ended by a stopping worker."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
@@ -97,4 +96,3 @@ async def test_stopping_ends_a_long_wait_and_leaves_the_event_uncommitted() -> N
         assert time.monotonic() - started < 5  # not the 60 s wait
         [group] = await app.transport.groups()
         assert group.lag == 1
-    await asyncio.sleep(0)

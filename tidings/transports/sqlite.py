@@ -112,7 +112,6 @@ class SQLiteTransport(Transport):
         self._connections: list[sqlite3.Connection] = []
         self._conn_lock = threading.Lock()
         self._topic_ids: dict[str, tuple[int, int]] = {}  # name -> (id, partitions)
-        self._topic_names: dict[int, str] = {}
         self._wake = asyncio.Event()
         self._watcher: FileWatcher | None = None
         self._last_retention = 0.0
@@ -287,12 +286,8 @@ class SQLiteTransport(Transport):
         ids = await self._write(
             lambda c: self._topic_in_tx(c, topic, partitions, retention_ms, retention_bytes)
         )
-        self._remember(topic, ids)
-        return await self._read(lambda c: self._topic_info(c, topic))
-
-    def _remember(self, topic: str, ids: tuple[int, int]) -> None:
         self._topic_ids[topic] = ids
-        self._topic_names[ids[0]] = topic
+        return await self._read(lambda c: self._topic_info(c, topic))
 
     async def _ids(self, topic: str) -> tuple[int, int]:
         ids = self._topic_ids.get(topic)
@@ -307,7 +302,7 @@ class SQLiteTransport(Transport):
                     f"topic {topic!r} does not exist in {self.url}; see 'tidings topics'"
                 )
             ids = (int(row[0]), int(row[1]))
-            self._remember(topic, ids)
+            self._topic_ids[topic] = ids
         return ids
 
     def _topic_info(self, conn: sqlite3.Connection, topic: str) -> TopicInfo:
