@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -20,10 +20,11 @@ from tidings.context import current_scope
 from tidings.contracts import Registry
 from tidings.envelope import Event, new_id, validate_type
 from tidings.errors import ConfigError
-from tidings.transport import StartFrom, Transport, check_topic_name
+from tidings.middleware.retry import Retry
+from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
 from tidings.transports import open_transport
 
-__all__ = ["DEFAULT_URL", "Subscriber", "Tidings"]
+__all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
 
 DEFAULT_URL = "sqlite:///./tidings.db"
 _EXTENSION_RE = re.compile(r"[a-z0-9]{1,20}")
@@ -47,6 +48,8 @@ class Subscriber:
     start_from: StartFrom
     is_async: bool
     takes_context: bool
+    retry: Retry | None = None  # None: the worker's Retry middleware's own policy
+    inbox: Any = None  # a tidings.inbox.Inbox: handled event ids, kept per group
 
     @property
     def name(self) -> str:
@@ -54,6 +57,27 @@ class Subscriber:
 
     def wants(self, event_type: str) -> bool:
         return self.types is None or event_type in self.types
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSettings:
+    """How a group treats its dead letters (see :meth:`Tidings.group`).
+
+    ``sequenced``: while an event is dead-lettered, later events with the same
+    partition key are parked behind it, in order, instead of being handled (per-key
+    order then survives the failure and its replay). Default: move on.
+    """
+
+    sequenced: bool = False
+
+
+class Component(Protocol):
+    """Something that runs beside the worker in ``tidings run`` (an outbox relay, the
+    delayed-event scheduler): it works until ``stop`` is set."""
+
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None: ...
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:
@@ -97,6 +121,8 @@ class Tidings:
         self.registry = Registry()
         self.subscribers: list[Subscriber] = []
         self._topics: dict[str, dict[str, Any]] = {}
+        self._groups: dict[str, GroupSettings] = {}
+        self.components: list[Component] = []
         self._started = 0
 
     # -- declarations -------------------------------------------------------
@@ -125,6 +151,18 @@ class Tidings:
             "retention_bytes": retention_bytes,
         }
 
+    def group(self, name: str, *, sequenced: bool = False) -> None:
+        """Settings of group ``name``; see :class:`GroupSettings`."""
+        check_group_name(name)
+        self._groups[name] = GroupSettings(sequenced=sequenced)
+
+    def group_settings(self, name: str) -> GroupSettings:
+        return self._groups.get(name) or GroupSettings()
+
+    def add_component(self, component: Component) -> None:
+        """Run ``component`` beside the worker in ``tidings run`` and :meth:`run`."""
+        self.components.append(component)
+
     def subscriber(
         self,
         topic: str,
@@ -132,15 +170,22 @@ class Tidings:
         group: str,
         types: Iterable[str] | None = None,
         start_from: StartFrom = "earliest",
+        retry: Retry | None = None,
+        inbox: Any = None,
     ) -> Callable[[H], H]:
         """Decorator: run the handler for events of ``types`` on ``topic`` in ``group``.
 
         The handler takes the payload (its registered model, or the raw JSON data) and,
         optionally, a :class:`~tidings.context.Context`. It may be sync or async.
+        ``retry`` is this handler's retry policy (default: the worker's); ``inbox`` a
+        :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect.
         """
         check_topic_name(topic)
         if not group:
             raise ConfigError("subscriber(group=...) needs a group name, e.g. group='email'")
+        check_group_name(group)
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError(f"subscriber(retry=...) takes a tidings.Retry, got {retry!r}")
         if start_from not in ("earliest", "latest"):
             raise ConfigError(f"start_from must be 'earliest' or 'latest', got {start_from!r}")
         wanted = None if types is None else frozenset(validate_type(t) for t in types)
@@ -171,6 +216,8 @@ class Tidings:
                     start_from=start_from,
                     is_async=_is_async(handler),
                     takes_context=len(params) == 2,
+                    retry=retry,
+                    inbox=inbox,
                 )
             )
             return handler

@@ -52,7 +52,17 @@ def correlation_scope(
 class Context:
     """The handled event and where it came from; publishes inherit its causality."""
 
-    __slots__ = ("_app", "_loop", "attempt", "event", "group", "offset", "partition", "topic")
+    __slots__ = (
+        "_app",
+        "_loop",
+        "attempt",
+        "event",
+        "group",
+        "offset",
+        "partition",
+        "session",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -65,6 +75,7 @@ class Context:
         group: str,
         attempt: int = 1,
         loop: asyncio.AbstractEventLoop | None = None,
+        session: Any = None,
     ) -> None:
         self._app = app
         self._loop = loop or asyncio.get_running_loop()
@@ -74,6 +85,9 @@ class Context:
         self.offset = offset
         self.group = group
         self.attempt = attempt
+        # With an inbox on a database: the SQLAlchemy session whose transaction holds
+        # the inbox mark; what the handler writes through it commits with the mark.
+        self.session = session
 
     @property
     def id(self) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "TopicInfo",
     "TopicPartition",
     "Transport",
+    "check_group_name",
     "check_topic_name",
     "new_member_id",
 ]
@@ -53,6 +54,25 @@ def check_topic_name(topic: str) -> str:
             "or '-', for example 'task-events'"
         )
     return topic
+
+
+def check_group_name(group: str) -> str:
+    """Return ``group`` if it is a valid group name, else raise ConfigError.
+
+    A group owns the topics ``<group>.dlq`` (its dead letters) and ``<group>.retry``
+    (replayed dead letters), so its name follows the topic rules, without dots.
+    """
+    if (
+        not isinstance(group, str)
+        or _TOPIC_RE.fullmatch(group) is None
+        or "." in group
+        or len(group) > 240
+    ):
+        raise ConfigError(
+            f"group name {group!r} is not valid: use 1 to 240 letters, digits, '_' or '-' "
+            "(no dots), for example 'email'"
+        )
+    return group
 
 
 class Record(NamedTuple):

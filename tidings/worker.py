@@ -202,12 +202,13 @@ class _GroupRunner:
             ctx = Context(
                 self.app,
                 event,
-                topic=record.topic,
+                topic=delivery.topic,
                 partition=record.partition,
                 offset=record.offset,
                 group=self.group,
                 attempt=delivery.attempt,
                 loop=self.loop,
+                session=delivery.session,
             )
         if sub.is_async:
             if ctx is not None:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tidings.envelope import Event
 from tidings.transport import Record
@@ -25,6 +25,9 @@ class Stats:
     failed_attempts: int = 0
     skipped: int = 0  # events no subscriber of the group wants
     undecodable: int = 0
+    dead_lettered: int = 0  # events written to their group's dead-letter topic
+    parked: int = 0  # of which, parked behind an earlier dead letter of their key
+    duplicates: int = 0  # redelivered events an inbox had already seen
     abandoned: int = 0  # handlers still running when the worker had to stop without them
 
 
@@ -33,7 +36,11 @@ class Delivery:
     """One event on its way to one subscriber of a group.
 
     ``attempt`` counts calls of this handler for this event (1 for the first);
-    ``stopping`` is set when the worker shuts down, so that long waits can end.
+    ``stopping`` is set when the worker shuts down, so that long waits can end;
+    ``topic`` is where the event was published (``record.topic`` differs for a
+    replayed dead letter, read from the group's retry topic); ``session`` is what
+    the handler sees as ``ctx.session`` (set by the inbox middleware); the failure
+    fields are filled in by :class:`~tidings.middleware.Retry`.
     """
 
     subscriber: Subscriber
@@ -43,6 +50,15 @@ class Delivery:
     stats: Stats
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     attempt: int = 1
+    topic: str = ""
+    session: Any = None
+    first_failure: float | None = None  # Unix time of the first failed attempt
+    last_failure: float | None = None
+    error: BaseException | None = None  # the last attempt's exception
+
+    def __post_init__(self) -> None:
+        if not self.topic:
+            self.topic = self.record.topic
 
 
 Next = Callable[[Delivery], Awaitable[None]]
