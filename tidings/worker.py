@@ -24,9 +24,17 @@ from typing import TYPE_CHECKING
 
 from tidings.codec import decode
 from tidings.context import Context, Scope, _scope
+from tidings.dead_letters import DeadLetter, DeadLetterQueue, Parked
 from tidings.envelope import Event
 from tidings.errors import ConfigError, DecodeError, EventError, TransportError
-from tidings.middleware import Delivery, Middleware, Stats, compose, default_middleware
+from tidings.middleware import (
+    DeadLetters,
+    Delivery,
+    Middleware,
+    Stats,
+    compose,
+    default_middleware,
+)
 from tidings.middleware.poison import report_poison
 from tidings.transport import Consumer, Record, TopicPartition
 
@@ -61,6 +69,15 @@ class _GroupRunner:
             self.by_topic.setdefault(s.topic, []).append(s)
         self.routes: dict[tuple[str, str], list[Subscriber]] = {}
         self.chain = compose(worker.middleware, self._call)
+        self.dlq = DeadLetterQueue(
+            self.app.transport, group, sequenced=self.app.group_settings(group).sequenced
+        )
+        # Without the DeadLetters middleware nothing is dead-lettered (poison is logged
+        # and passed, failures block), but replays are still read and handled.
+        self.dead_letters = (
+            self.dlq if any(isinstance(m, DeadLetters) for m in worker.middleware) else None
+        )
+        self.seen_assignment: frozenset[TopicPartition] = frozenset()
         self.lanes: dict[TopicPartition, _Lane] = {}
         self.loop = asyncio.get_running_loop()
         self.in_flight = 0
@@ -72,7 +89,7 @@ class _GroupRunner:
         self.fetching: asyncio.Future[list[Record]] | None = None
         self.consumer: Consumer = self.app.transport.consumer(
             group,
-            sorted(self.by_topic),
+            [*sorted(self.by_topic), self.dlq.retry_topic],
             start_from=subscribers[0].start_from,
             on_revoke=self._on_revoke,
         )
@@ -80,6 +97,8 @@ class _GroupRunner:
     # -- the fetch loop -------------------------------------------------------
 
     async def run(self) -> None:
+        await self.dlq.start()
+        await self._read_retry_topic_from_start()
         await self.consumer.start()
         committer = asyncio.get_running_loop().create_task(self._commit_loop())
         try:
@@ -105,6 +124,10 @@ class _GroupRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
                     continue
+                if self.dlq.sequenced and self.consumer.assignment() != self.seen_assignment:
+                    # Partitions changed hands: learn what the previous owner parked.
+                    self.seen_assignment = self.consumer.assignment()
+                    await self.dlq.log.refresh()
                 for record in records:
                     tp = (record.topic, record.partition)
                     lane = self.lanes.get(tp)
@@ -171,26 +194,100 @@ class _GroupRunner:
 
     async def _handle(self, record: Record) -> None:
         stats = self.worker.stats
+        replay: DeadLetter | None = None
+        if record.topic == self.dlq.retry_topic:
+            try:
+                replay = DeadLetter.from_bytes(record.value)
+            except DecodeError as exc:
+                await self._poison(record, exc, None)
+                return
+            await self.dlq.log.refresh()
+            if self.dlq.log.state(replay.entry) in ("resolved", "purged"):
+                stats.skipped += 1  # a replay sent twice: handled the first time
+                return
+            record = replay.original()
         try:
             event = self.worker.decoded(record)
         except EventError as exc:
-            report_poison(self.group, record, exc, stats)
+            await self._poison(record, exc, replay)
             return
         except Exception as exc:  # a codec bug must not stall the partition for good
-            report_poison(self.group, record, DecodeError(f"the codec failed: {exc!r}"), stats)
+            await self._poison(record, DecodeError(f"the codec failed: {exc!r}"), replay)
             return
+        replay_of = replay.entry if replay is not None else None
+        if self.dlq.sequenced and self.dead_letters is not None:
+            blocker = await self._blocker(record, replay_of)
+            if blocker is not None:
+                await self.dlq.write(
+                    record, Parked(blocker), reason="parked", stopping=self.stopped,
+                    event_id=event.id, event_type=event.type,
+                    correlationid=event.correlationid or event.id,
+                    parked_behind=blocker.entry, replay_of=replay_of,
+                )  # fmt: skip
+                stats.parked += 1
+                stats.dead_lettered += 1
+                await self._resolved(replay_of)
+                return
         wanted = self._route(record.topic, event.type)
+        if replay is not None and replay.handler is not None:
+            # A replay is for the handler that failed, not its neighbours in the group.
+            wanted = [s for s in wanted if s.name == replay.handler] or wanted
         if not wanted:
             stats.skipped += 1
+            await self._resolved(replay_of)
             return
         # Everything a handler publishes is caused by this event (correlation kept).
         token = _scope.set(Scope(event.correlationid or event.id, event.id))
         try:
             for sub in wanted:
-                await self.chain(Delivery(sub, event, record, self.group, stats, self.stopped))
+                await self.chain(
+                    Delivery(
+                        sub, event, record, self.group, stats, self.stopped,
+                        dead_letters=self.dead_letters, replay_of=replay_of,
+                    )
+                )  # fmt: skip
         finally:
             _scope.reset(token)
+        await self._resolved(replay_of)
         stats.handled += 1
+
+    async def _poison(self, record: Record, error: EventError, replay: DeadLetter | None) -> None:
+        """A record that cannot be decoded: dead-lettered at once, never retried."""
+        if self.dead_letters is None:
+            report_poison(self.group, record, error, self.worker.stats)
+            return
+        replay_of = replay.entry if replay is not None else None
+        await self.dlq.write(
+            record, error, reason="poison", stopping=self.stopped, replay_of=replay_of
+        )
+        self.worker.stats.undecodable += 1
+        self.worker.stats.dead_lettered += 1
+        await self._resolved(replay_of)
+
+    async def _resolved(self, replay_of: str | None) -> None:
+        if replay_of is not None:
+            await self.dlq.mark("resolved", [replay_of], self.stopped)
+
+    async def _blocker(self, record: Record, replay_of: str | None) -> DeadLetter | None:
+        """In a sequenced group: the dead letter this record must wait behind."""
+        if (record.topic, record.key) not in self.dlq.log.by_key:
+            return None  # the common case: nothing of this key is dead-lettered
+        await self.dlq.log.refresh()  # another process may have replayed or purged it
+        return self.dlq.log.blocker(record.topic, record.key, record.offset, replay_of)
+
+    async def _read_retry_topic_from_start(self) -> None:
+        """A group that starts at ``latest`` must still read replays sent before its
+        first run: give it committed offsets at the start of its retry topic."""
+        if self.subscribers[0].start_from != "latest":
+            return
+        topic = self.dlq.retry_topic
+        for info in await self.app.transport.groups():
+            if info.group == self.group and any(p.topic == topic for p in info.partitions):
+                return
+        for topic_info in await self.app.transport.topics():
+            if topic_info.name == topic:
+                offsets = {p.partition: p.start for p in topic_info.partitions}
+                await self.app.transport.set_offsets(self.group, topic, offsets, force=True)
 
     async def _call(self, delivery: Delivery) -> None:
         """The innermost step: the typed payload, the context, the handler."""
@@ -202,7 +299,7 @@ class _GroupRunner:
             ctx = Context(
                 self.app,
                 event,
-                topic=delivery.topic,
+                topic=record.topic,
                 partition=record.partition,
                 offset=record.offset,
                 group=self.group,

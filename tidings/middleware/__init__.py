@@ -8,13 +8,16 @@ e.g. ``[*default_middleware(), Timed()]``.
 from __future__ import annotations
 
 from tidings.middleware.base import Delivery, Middleware, Next, Stats, compose
+from tidings.middleware.dead_letters import DeadLetters
 from tidings.middleware.poison import SkipPoison, report_poison
-from tidings.middleware.retry import Retry
+from tidings.middleware.retry import RetriesExhausted, Retry
 
 __all__ = [
+    "DeadLetters",
     "Delivery",
     "Middleware",
     "Next",
+    "RetriesExhausted",
     "Retry",
     "SkipPoison",
     "Stats",
@@ -25,5 +28,6 @@ __all__ = [
 
 
 def default_middleware(retry: Retry | None = None) -> list[Middleware]:
-    """Undecodable payloads reported and passed; failing handlers retried in place."""
-    return [SkipPoison(), retry or Retry()]
+    """Failing handlers retried in place (``retry``, default :class:`Retry`), then
+    dead-lettered with bad payloads; handlers with an inbox deduplicated inside."""
+    return [DeadLetters(), retry or Retry()]

@@ -13,6 +13,7 @@ from tidings.transport import Record
 
 if TYPE_CHECKING:
     from tidings.app import Subscriber
+    from tidings.dead_letters import DeadLetterQueue
 
 __all__ = ["Delivery", "Middleware", "Next", "Stats", "compose"]
 
@@ -36,11 +37,13 @@ class Delivery:
     """One event on its way to one subscriber of a group.
 
     ``attempt`` counts calls of this handler for this event (1 for the first);
-    ``stopping`` is set when the worker shuts down, so that long waits can end;
-    ``topic`` is where the event was published (``record.topic`` differs for a
-    replayed dead letter, read from the group's retry topic); ``session`` is what
-    the handler sees as ``ctx.session`` (set by the inbox middleware); the failure
-    fields are filled in by :class:`~tidings.middleware.Retry`.
+    ``stopping`` is set when the worker shuts down, so that long waits can end.
+    ``record`` is where the event was published, even for a replayed dead letter
+    (read from the group's retry topic; ``replay_of`` then names its dead-letter
+    entry). ``session`` is what the handler sees as ``ctx.session`` (set by the
+    inbox middleware); the failure fields are filled in by
+    :class:`~tidings.middleware.Retry`; ``dead_letters`` is the group's dead-letter
+    queue, for :class:`~tidings.middleware.DeadLetters`.
     """
 
     subscriber: Subscriber
@@ -50,15 +53,12 @@ class Delivery:
     stats: Stats
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     attempt: int = 1
-    topic: str = ""
+    dead_letters: DeadLetterQueue | None = None
+    replay_of: str | None = None
     session: Any = None
     first_failure: float | None = None  # Unix time of the first failed attempt
     last_failure: float | None = None
     error: BaseException | None = None  # the last attempt's exception
-
-    def __post_init__(self) -> None:
-        if not self.topic:
-            self.topic = self.record.topic
 
 
 Next = Callable[[Delivery], Awaitable[None]]

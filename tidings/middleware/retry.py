@@ -4,35 +4,79 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from tidings.errors import ConfigError, EventError
+from tidings.errors import ConfigError, EventError, TidingsError
 from tidings.middleware.base import Delivery, Middleware, Next
 
-__all__ = ["Retry"]
+__all__ = ["RetriesExhausted", "Retry"]
 
 log = logging.getLogger("tidings.worker")
+
+ExceptionTypes = tuple[type[BaseException], ...]
+
+
+class RetriesExhausted(TidingsError):
+    """A handler failed and its retry policy gave up (``__cause__`` is the last error).
+
+    Raised by :class:`Retry` for the dead-letter middleware outside it.
+    """
+
+    def __init__(self, delivery: Delivery, error: BaseException, *, retryable: bool) -> None:
+        self.attempts = delivery.attempt
+        self.error = error
+        self.retryable = retryable
+        why = f"after {self.attempts} attempt(s)" if retryable else "(not retryable)"
+        super().__init__(
+            f"handler {delivery.subscriber.name} gave up on {delivery.event.type} "
+            f"{delivery.event.id} {why}: {error!r}"
+        )
 
 
 @dataclass(frozen=True)
 class Retry(Middleware):
-    """Call the handler again until it succeeds, waiting longer each time.
+    """Call the handler again until it succeeds or the policy gives up.
 
-    The event's partition waits meanwhile, so per-key order holds and the event
-    shows as lag. The n-th wait is ``min(max_delay, base_delay * 2**(n-1))``, times a
-    random factor in ``[1 - jitter, 1]`` so that many failing workers do not retry in
-    step. An EventError (a payload that cannot be decoded) is never retried: trying
-    again cannot fix it. When the worker stops, the wait ends and the event stays
-    uncommitted for whoever runs the group next.
+    The event's partition waits meanwhile, so per-key order holds and the event shows
+    as lag. The n-th wait is ``min(max_delay, base_delay * 2**(n-1))``, times a random
+    factor in ``[1 - jitter, 1]`` so that many failing workers do not retry in step.
+
+    - ``max_attempts``: calls in all (None: retry forever). With the defaults, ten
+      attempts span about a minute (0.1 s doubling, capped at 30 s).
+    - ``retry_on``: the exceptions worth retrying; ``never``: exceptions that go to the
+      dead letters after the first failure even if they match ``retry_on``.
+    - ``on_exhausted``: called (sync or async) with the delivery and the last error
+      when the policy gives up, before the event is dead-lettered.
+
+    An EventError (a payload that cannot be decoded) is never retried: trying again
+    cannot fix it. When the worker stops, the wait ends and the event stays
+    uncommitted for whoever runs the group next. Used as a middleware, the policy of a
+    subscriber that has its own (``@app.subscriber(..., retry=Retry(...))``) applies
+    instead of this one's.
     """
 
+    max_attempts: int | None = 10
     base_delay: float = 0.1
     max_delay: float = 30.0
     jitter: float = 0.5
+    retry_on: ExceptionTypes = (Exception,)
+    never: ExceptionTypes = ()
+    on_exhausted: Callable[[Delivery, BaseException], Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.max_attempts is not None and (
+            not isinstance(self.max_attempts, int) or self.max_attempts < 1
+        ):
+            raise ConfigError(
+                f"Retry(max_attempts=...) must be an int >= 1 or None (forever), "
+                f"got {self.max_attempts!r}"
+            )
         if self.base_delay <= 0:
             raise ConfigError(f"Retry(base_delay=...) must be > 0, got {self.base_delay}")
         if self.max_delay < self.base_delay:
@@ -42,13 +86,27 @@ class Retry(Middleware):
             )
         if not 0 <= self.jitter <= 1:
             raise ConfigError(f"Retry(jitter=...) must be between 0 and 1, got {self.jitter}")
+        for name in ("retry_on", "never"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in value
+            ):
+                raise ConfigError(
+                    f"Retry({name}=...) takes a tuple of exception classes, e.g. "
+                    f"(TimeoutError, ConnectionError), got {value!r}"
+                )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt``."""
         base: float = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 60))
         return base * random.uniform(1 - self.jitter, 1)
 
+    def retries(self, error: BaseException) -> bool:
+        """Whether ``error`` is worth another attempt under this policy."""
+        return isinstance(error, self.retry_on) and not isinstance(error, self.never)
+
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
+        policy = delivery.subscriber.retry or self
         while True:
             try:
                 await call_next(delivery)
@@ -56,8 +114,19 @@ class Retry(Middleware):
             except EventError:
                 raise
             except Exception as exc:
+                now = time.time()
+                if delivery.first_failure is None:
+                    delivery.first_failure = now
+                delivery.last_failure = now
+                delivery.error = exc
                 delivery.stats.failed_attempts += 1
-                wait = self.delay(delivery.attempt)
+                retryable = policy.retries(exc)
+                if not retryable or (
+                    policy.max_attempts is not None and delivery.attempt >= policy.max_attempts
+                ):
+                    await policy._exhausted(delivery, exc)
+                    raise RetriesExhausted(delivery, exc, retryable=retryable) from exc
+                wait = policy.delay(delivery.attempt)
                 event, record = delivery.event, delivery.record
                 log.error(
                     "group %s: handler %s failed on %s %s (%s[%d]@%d, attempt %d): %r;"
@@ -71,3 +140,14 @@ class Retry(Middleware):
                 if delivery.stopping.is_set():
                     raise asyncio.CancelledError from exc
                 delivery.attempt += 1
+
+    async def _exhausted(self, delivery: Delivery, error: BaseException) -> None:
+        if self.on_exhausted is None:
+            return
+        try:
+            result = self.on_exhausted(delivery, error)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            # A broken hook must not keep the event from its dead letter.
+            log.exception("group %s: the on_exhausted hook failed", delivery.group)

@@ -154,41 +154,47 @@ class SQLiteConsumer(Consumer):
         conn.execute("DELETE FROM members WHERE grp=? AND expires_ms < ?", (g, now))
         conn.execute("DELETE FROM leases WHERE grp=? AND expires_ms < ?", (g, now))
         conn.execute("UPDATE leases SET expires_ms=? WHERE grp=? AND member=?", (expires, g, me))
-        all_parts = [(tid, p) for tid, count in ids.values() for p in range(count)]
         leased = dict(
             ((tid, p), m)
             for tid, p, m in conn.execute(
                 "SELECT topic_id, partition, member FROM leases WHERE grp=?", (g,)
             )
         )
-        held = [tp for tp in all_parts if leased.get(tp) == me]
-        kept = list(held)
-        claimed: list[tuple[int, int]] = []
         live = conn.execute("SELECT count(*) FROM members WHERE grp=?", (g,)).fetchone()[0]
-        target = math.ceil(len(all_parts) / max(live, 1))
-        if len(held) < target:
-            # Spread claims: start at a place that depends on the member, so that two
-            # members joining at once do not reach for the same partitions first.
-            free = [tp for tp in all_parts if tp not in leased]
-            if free:
-                shift = hash(me) % len(free)
-                free = free[shift:] + free[:shift]
-            for tid, p in free[: target - len(held)]:
-                conn.execute(
-                    "INSERT INTO leases(grp, topic_id, partition, member, expires_ms)"
-                    " VALUES (?,?,?,?,?)",
-                    (g, tid, p, me, expires),
-                )
-                column = "start_offset" if self.start_from == "earliest" else "next_offset"
-                conn.execute(
-                    "INSERT OR IGNORE INTO group_offsets(grp, topic_id, partition, offset,"
-                    f" updated_ms) SELECT ?, ?, ?, {column}, ? FROM partitions"
-                    " WHERE topic_id=? AND partition=?",
-                    (g, tid, p, now, tid, p),
-                )
-                held.append((tid, p))
-                claimed.append((tid, p))
-        excess = held[target:] if len(held) > target else []
+        kept: list[tuple[int, int]] = []
+        claimed: list[tuple[int, int]] = []
+        excess: list[tuple[int, int]] = []
+        column = "start_offset" if self.start_from == "earliest" else "next_offset"
+        # A fair share of each topic (as Kafka's range assignor does), not of all the
+        # partitions together: a group also reads its small retry topic, and a member
+        # holding only that one would have nothing to do.
+        for tid, count in ids.values():
+            parts = [(tid, p) for p in range(count)]
+            held = [tp for tp in parts if leased.get(tp) == me]
+            kept.extend(held)
+            target = math.ceil(count / max(live, 1))
+            if len(held) < target:
+                # Spread claims: start at a place that depends on the member, so that
+                # two members joining at once do not reach for the same partitions.
+                free = [tp for tp in parts if tp not in leased]
+                if free:
+                    shift = hash(me) % len(free)
+                    free = free[shift:] + free[:shift]
+                for tp in free[: target - len(held)]:
+                    conn.execute(
+                        "INSERT INTO leases(grp, topic_id, partition, member, expires_ms)"
+                        " VALUES (?,?,?,?,?)",
+                        (g, *tp, me, expires),
+                    )
+                    conn.execute(
+                        "INSERT OR IGNORE INTO group_offsets(grp, topic_id, partition, offset,"
+                        f" updated_ms) SELECT ?, ?, ?, {column}, ? FROM partitions"
+                        " WHERE topic_id=? AND partition=?",
+                        (g, *tp, now, *tp),
+                    )
+                    held.append(tp)
+                    claimed.append(tp)
+            excess.extend(held[target:])
         return kept, claimed, excess
 
     def _release_tx(self, conn: sqlite3.Connection, parts: list[tuple[int, int]]) -> None:
