@@ -187,14 +187,15 @@ def test_group_json_has_exactly_the_documented_keys() -> None:
     from tidings.transport import GroupPartition
 
     row = GroupPartition("g", "t", 3, 5, 9, member="m-1")
-    assert tuple(group_row_json(row)) == GROUP_JSON_KEYS
-    assert group_row_json(row) == {
+    assert tuple(group_row_json(row, 2)) == GROUP_JSON_KEYS
+    assert group_row_json(row, 2) == {
         "group": "g",
         "topic": "t",
         "partition": 3,
         "committed": 5,
         "end": 9,
         "lag": 4,
+        "dlq": 2,
     }
 
 

@@ -122,6 +122,7 @@ async def test_groups_json_has_exactly_the_documented_keys(log: Tidings, url: st
             "committed": max(ends[p] - 1, 0),
             "end": ends[p],
             "lag": ends[p] - max(ends[p] - 1, 0),
+            "dlq": 0,
         }
         for p in (0, 1)
     ]
@@ -137,10 +138,13 @@ async def test_groups_table_shows_lag_and_the_live_member_of_each_partition(
         await consumer.close()
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"]
+    assert header.split() == [
+        "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "DLQ", "MEMBER"
+    ]  # fmt: skip
     ends = await _ends(log)
     assert [row.split() for row in rows] == [
-        ["sms", "tasks", str(p), "0", str(ends[p]), str(ends[p]), consumer.member] for p in (0, 1)
+        ["sms", "tasks", str(p), "0", str(ends[p]), str(ends[p]), "0", consumer.member]
+        for p in (0, 1)
     ]
 
 

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 CLI_SOURCE = "tidings-cli"
-GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag")
+GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag", "dlq")
 # The short form of a line on stdin; any other key is a typo, not an extension.
 SHORT_FORM_KEYS = frozenset({"type", "data", "subject", "correlationid"})
 
@@ -184,8 +184,9 @@ async def group_rows(transport: Transport, group: str | None = None) -> list[Gro
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
 
 
-def group_row_json(row: GroupPartition) -> dict[str, Any]:
-    """The documented JSON of one row: exactly :data:`GROUP_JSON_KEYS`."""
+def group_row_json(row: GroupPartition, dlq: int) -> dict[str, Any]:
+    """The documented JSON of one row: exactly :data:`GROUP_JSON_KEYS` (``dlq``: the
+    dead letters of the row's group waiting for an operator)."""
     return {
         "group": row.group,
         "topic": row.topic,
@@ -193,6 +194,7 @@ def group_row_json(row: GroupPartition) -> dict[str, Any]:
         "committed": row.committed,
         "end": row.end,
         "lag": row.lag,
+        "dlq": dlq,
     }
 
 

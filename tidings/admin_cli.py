@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from tidings import admin, tail
+from tidings import admin, dead_letters, tail
 from tidings.app import Tidings
 from tidings.errors import ConfigError, InvalidEventType
 from tidings.transports import open_transport
@@ -80,7 +80,8 @@ def add_commands(sub: Any, common: Common) -> None:
         "groups",
         help="list consumer groups: committed offsets, lag, members",
         description="Per group, topic and partition: committed offset, end offset, lag and "
-        "the live member that owns the partition. --json prints a list of objects with "
+        "the live member that owns the partition, and the group's dead letters waiting "
+        "(DLQ; see 'tidings dlq'). --json prints a list of objects with "
         f"the keys {', '.join(admin.GROUP_JSON_KEYS)}.",
     )
     p.add_argument("group", nargs="?", metavar="GROUP", help="show only this group")
@@ -233,16 +234,26 @@ async def cmd_topics(args: argparse.Namespace) -> int:
 async def cmd_groups(args: argparse.Namespace) -> int:
     async with _opened(args.url) as app:
         rows = await admin.group_rows(app.transport, args.group)
+        dlq = await dead_letters.depths(app.transport, {r.group for r in rows})
     if args.json:
-        _print_json([admin.group_row_json(r) for r in rows])
+        _print_json([admin.group_row_json(r, dlq[r.group]) for r in rows])
     elif not rows:
         print(f"no groups in {args.url}")
     else:
         print(
             _table(
-                ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"),
+                ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "DLQ", "MEMBER"),
                 [
-                    (r.group, r.topic, r.partition, r.committed, r.end, r.lag, r.member)
+                    (
+                        r.group,
+                        r.topic,
+                        r.partition,
+                        r.committed,
+                        r.end,
+                        r.lag,
+                        dlq[r.group],
+                        r.member,
+                    )
                     for r in rows
                 ],
             )

@@ -131,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_run)
 
-    from tidings import admin_cli
+    from tidings import admin_cli, dlq_cli
 
     admin_cli.add_commands(sub, _common)
+    dlq_cli.add_commands(sub, _common)
     return parser
 
 

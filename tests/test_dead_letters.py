@@ -1,0 +1,591 @@
+"""Retry policies and dead letters on a real SQLite log: what is kept, that the
+partition moves on, replay to one group only, sequenced parking, purge, the filters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from tidings import Tidings
+from tidings.codec import encode
+from tidings.dead_letters import (
+    DeadLetter,
+    DeadLetterLog,
+    Filter,
+    depths,
+    dlq_topic,
+    open_log,
+    purge,
+    replay,
+)
+from tidings.errors import ConfigError, TopicNotFound, TransportError
+from tidings.middleware import Delivery, Retry, default_middleware
+from tidings.partitioning import partition_for
+from tidings.testing import eventually, running
+
+FAST = {"base_delay": 0.005, "max_delay": 0.01}
+
+
+class Task(BaseModel):
+    task_id: str
+    n: int = 0
+
+
+def make_app(url: str) -> Tidings:
+    app = Tidings(url, service="test")
+    app.event("task.created", subject="task_id")(Task)
+    return app
+
+
+@pytest.fixture
+def url(sqlite_url: str) -> str:
+    return sqlite_url + "?partitions=4"
+
+
+async def entries(app: Tidings, group: str, *, everything: bool = False) -> list[DeadLetter]:
+    log = await open_log(app.transport, group)
+    return [e for e, _ in log.listing(include_resolved=everything)]
+
+
+async def wait_dead(app: Tidings, group: str, count: int) -> list[DeadLetter]:
+    found: list[DeadLetter] = []
+
+    async def enough() -> bool:
+        nonlocal found
+        try:
+            found = await entries(app, group)
+        except TopicNotFound:
+            return False
+        return len(found) >= count
+
+    await eventually(enough, what=f"{count} dead letter(s) in {group}")
+    return found
+
+
+# -- retry policy ----------------------------------------------------------------------
+
+
+async def test_a_handler_that_keeps_failing_is_dead_lettered_with_everything_needed(
+    url: str,
+) -> None:
+    app = make_app(url)
+    attempts: list[int] = []
+    handled: list[int] = []
+
+    @app.subscriber("tasks", group="mail", retry=Retry(max_attempts=3, **FAST))
+    async def send(task: Task, ctx: Any) -> None:
+        if task.n == 0:
+            attempts.append(ctx.attempt)
+            raise TimeoutError(f"smtp timed out for {task.task_id}")
+        handled.append(task.n)
+
+    async with app, running(app) as worker:
+        first = await app.publish("tasks", Task(task_id="t-1", n=0), correlation_id="req-7")
+        await app.publish("tasks", Task(task_id="t-1", n=1))  # same key: must not be stuck
+        (dead,) = await wait_dead(app, "mail", 1)
+        await eventually(lambda: handled == [1], what="the next event of the key")
+        (record,) = await app.transport.read("tasks", partition_for("t-1", 4), 0, 1)
+        assert await depths(app.transport, ["mail", "other"]) == {"mail": 1, "other": 0}
+    assert attempts == [1, 2, 3]
+    assert worker.stats.dead_lettered == 1
+    assert worker.stats.failed_attempts == 3
+    # The original bytes, byte for byte, and where they were.
+    assert dead.value == record.value == encode(first)
+    assert (dead.topic, dead.partition, dead.offset) == ("tasks", record.partition, 0)
+    assert dead.timestamp == record.timestamp
+    assert dead.key == "t-1"
+    assert (dead.event_id, dead.type, dead.correlationid) == (first.id, "task.created", "req-7")
+    assert dead.group == "mail"
+    assert dead.reason == "failed"
+    assert dead.handler == send.__qualname__
+    assert dead.error_type == "TimeoutError"
+    assert dead.error_message == "smtp timed out for t-1"
+    assert dead.traceback is not None
+    assert "in send" in dead.traceback
+    assert "TimeoutError: smtp timed out" in dead.traceback
+    assert dead.attempts == 3
+    assert dead.first_failure <= dead.last_failure <= dead.dead_at <= time.time()
+    assert dead.last_failure - dead.first_failure > 0  # two back-off waits between
+
+
+async def test_errors_the_policy_never_retries_go_to_the_dead_letters_at_once(url: str) -> None:
+    app = make_app(url)
+    calls: list[str] = []
+    policy = Retry(max_attempts=5, never=(ValueError,), retry_on=(OSError, ValueError), **FAST)
+
+    @app.subscriber("tasks", group="g", retry=policy)
+    async def handler(task: Task) -> None:
+        calls.append(task.task_id)
+        if task.task_id == "bad":
+            raise ValueError("no such user")  # in retry_on, but also in never
+        if task.task_id == "typo":
+            raise KeyError("not in retry_on")
+        raise ConnectionResetError("retried, then given up")  # an OSError
+
+    async with app, running(app):
+        await app.publish_many(
+            "tasks", [Task(task_id="bad"), Task(task_id="typo"), Task(task_id="flaky")]
+        )
+        dead = await wait_dead(app, "g", 3)
+    by_id = {d.key: d for d in dead}
+    assert by_id["bad"].attempts == 1
+    assert by_id["bad"].error_type == "ValueError"
+    assert by_id["typo"].attempts == 1
+    assert by_id["typo"].error_type == "KeyError"
+    assert by_id["flaky"].attempts == 5
+    assert by_id["flaky"].error_type == "ConnectionResetError"
+    assert sorted(calls) == sorted(["bad", "typo", *["flaky"] * 5])
+
+
+async def test_the_on_exhausted_hook_sees_the_delivery_and_a_broken_hook_changes_nothing(
+    url: str,
+) -> None:
+    app = make_app(url)
+    seen: list[tuple[str, int, str]] = []
+
+    async def hook(delivery: Delivery, error: BaseException) -> None:
+        seen.append((delivery.event.subject or "", delivery.attempt, repr(error)))
+
+    def broken(delivery: Delivery, error: BaseException) -> None:
+        raise RuntimeError("the hook itself fails")
+
+    @app.subscriber("tasks", group="a", retry=Retry(max_attempts=2, on_exhausted=hook, **FAST))
+    async def a(task: Task) -> None:
+        raise OSError("down")
+
+    @app.subscriber("tasks", group="b", retry=Retry(max_attempts=1, on_exhausted=broken))
+    def b(task: Task) -> None:  # a sync handler, in a thread
+        raise OSError("down too")
+
+    async with app, running(app):
+        await app.publish("tasks", Task(task_id="t-1"))
+        await wait_dead(app, "a", 1)
+        await wait_dead(app, "b", 1)
+    assert seen == [("t-1", 2, "OSError('down')")]
+
+
+def test_retry_policies_with_impossible_settings_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"max_attempts=\.\.\.\) must be an int >= 1"):
+        Retry(max_attempts=0)
+    with pytest.raises(ConfigError, match=r"never=\.\.\.\) takes a tuple of exception classes"):
+        Retry(never=ValueError)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"retry_on=\.\.\.\) takes a tuple"):
+        Retry(retry_on=("TimeoutError",))  # type: ignore[arg-type]
+    app = Tidings("memory://", service="t")
+    with pytest.raises(ConfigError, match=r"takes a tidings\.Retry"):
+        app.subscriber("t", group="g", retry={"max_attempts": 3})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"group name 'mail\.dlq' is not valid.*no dots"):
+        app.subscriber("t", group="mail.dlq")
+
+
+async def test_retry_forever_keeps_the_partition_waiting(url: str) -> None:
+    app = make_app(url)
+    failures = 0
+
+    @app.subscriber("tasks", group="g", retry=Retry(max_attempts=None, **FAST))
+    async def handler(task: Task) -> None:
+        nonlocal failures
+        failures += 1
+        raise OSError("down")
+
+    async with app, running(app) as worker:
+        await app.publish("tasks", Task(task_id="t"))
+        await eventually(lambda: failures > 30, what="many attempts")
+        assert worker.stats.dead_lettered == 0
+
+
+# -- poison ----------------------------------------------------------------------------
+
+
+async def test_poison_goes_to_the_dead_letters_at_once_with_its_reason(url: str) -> None:
+    app = Tidings(url, service="test", max_event_bytes=4096)
+    app.event("task.created", subject="task_id")(Task)
+
+    @app.event("task.created", version=2, subject="task_id")
+    class TaskV2(BaseModel):
+        task_id: str
+        title: str
+
+    handled: list[str] = []
+
+    @app.subscriber("tasks", group="g")
+    async def handler(task: Any) -> None:
+        handled.append(task.task_id)
+
+    good = app.build(Task(task_id="k"))
+    future = app.build({"task_id": "k"}, type="task.created", version=3)
+    mismatch = app.build({"task_id": "k", "n": "many"}, type="task.created", version=1)
+    big = Tidings(url, service="test").build(
+        {"task_id": "k", "pad": "x" * 5000}, type="task.created", version=1
+    )
+    raw = [
+        b"{not json",
+        b'{"specversion": "1.0", "id": "\xff\xfe", "source": "s", "type": "a.b"}',
+        encode(future),
+        encode(mismatch),
+        encode(big),
+        b'{"specversion": "1.0", "source": "s", "type": "a.b"}',  # no id
+        encode(good),
+    ]
+    async with app:
+        await app.transport.append("tasks", [("k", value) for value in raw])
+        async with running(app) as worker:
+            dead = await wait_dead(app, "g", 6)
+            await eventually(lambda: handled == ["k"], what="the good event after the poison")
+    assert [d.reason for d in dead] == ["poison"] * 6
+    assert [d.value for d in dead] == raw[:6]
+    assert [d.attempts for d in dead] == [1] * 6
+    reasons = [f"{d.error_type}: {d.error_message}" for d in dead]
+    assert "JSON" in reasons[0]
+    assert "UTF-8" in reasons[1]
+    assert "version 3" in reasons[2]
+    assert "task.created" in reasons[2]
+    assert "n:" in reasons[3]  # the field that failed validation
+    assert "bytes; the limit is 4,096" in reasons[4]
+    assert "id" in reasons[5]
+    assert dead[0].event_id is None  # nothing could be read from it
+    assert dead[3].event_id == mismatch.id
+    assert dead[3].handler == handler.__qualname__
+    assert worker.stats.undecodable == 6
+
+
+# -- replay ----------------------------------------------------------------------------
+
+
+async def test_replay_reaches_only_that_group_keeps_ids_and_is_safe_twice(url: str) -> None:
+    app = make_app(url)
+    broken = True
+    mail: list[tuple[str, str | None]] = []
+    audit: list[str] = []
+
+    @app.subscriber("tasks", group="mail", retry=Retry(max_attempts=1))
+    async def send(task: Task, ctx: Any) -> None:
+        if broken:
+            raise OSError("smtp down")
+        mail.append((ctx.event.id, ctx.correlationid))
+
+    @app.subscriber("tasks", group="audit")
+    async def record(task: Task, ctx: Any) -> None:
+        audit.append(ctx.event.id)
+
+    async with app, running(app) as worker:
+        events = await app.publish_many(
+            "tasks", [Task(task_id=f"t-{i}") for i in range(5)], correlation_id="req-1"
+        )
+        await wait_dead(app, "mail", 5)
+        await eventually(lambda: len(audit) == 5, what="audit")
+        broken = False
+        assert await replay(app.transport, "mail", Filter()) == 5
+        await eventually(lambda: len(mail) == 5, what="the replayed mail")
+        assert await replay(app.transport, "mail", Filter()) == 0  # nothing left to replay
+        await asyncio.sleep(0.3)
+        log = await open_log(app.transport, "mail")
+        await eventually(lambda: log.depth() == 0)
+    assert sorted(mail) == sorted((e.id, "req-1") for e in events)
+    assert len(audit) == 5  # the other group saw each event once, never the replay
+    assert worker.stats.dead_lettered == 5
+    states = {s for _, s in log.listing(include_resolved=True)}
+    assert states == {"resolved"}
+
+
+async def test_a_replay_sent_twice_is_handled_once(url: str) -> None:
+    """A replay interrupted between sending and marking sends its entries again."""
+    app = make_app(url)
+    broken = True
+    handled: list[str] = []
+
+    @app.subscriber("tasks", group="mail", retry=Retry(max_attempts=1))
+    async def send(task: Task) -> None:
+        if broken:
+            raise OSError("down")
+        handled.append(task.task_id)
+
+    async with app:
+        async with running(app):
+            await app.publish("tasks", Task(task_id="t-1"))
+            (dead,) = await wait_dead(app, "mail", 1)
+        broken = False
+        # The replay's first step twice, as a crash before its mark would leave it.
+        for _ in range(2):
+            await app.transport.append("mail.retry", [(dead.key, dead.encode())])
+        async with running(app) as worker:
+            await eventually(lambda: handled == ["t-1"])
+            await eventually(lambda: worker.stats.skipped == 1, what="the second copy skipped")
+    assert handled == ["t-1"]
+
+
+async def test_a_replay_that_fails_again_is_a_new_dead_letter(url: str) -> None:
+    app = make_app(url)
+
+    @app.subscriber("tasks", group="g", retry=Retry(max_attempts=2, **FAST))
+    async def handler(task: Task) -> None:
+        raise OSError("still down")
+
+    async with app, running(app):
+        await app.publish("tasks", Task(task_id="t-1"))
+        (first,) = await wait_dead(app, "g", 1)
+        await replay(app.transport, "g", Filter())
+
+        async def replaced() -> bool:
+            current = await entries(app, "g")
+            return len(current) == 1 and current[0].entry != first.entry
+
+        await eventually(replaced, what="a new entry for the failed replay")
+        (second,) = await entries(app, "g")
+    assert second.replay_of == first.entry
+    assert second.value == first.value
+    assert second.offset == first.offset
+    assert second.attempts == 2
+
+
+async def test_a_group_starting_at_latest_still_reads_replays_sent_while_it_was_down(
+    url: str,
+) -> None:
+    app = make_app(url)
+    broken = True
+    handled: list[str] = []
+
+    @app.subscriber("tasks", group="late", start_from="latest", retry=Retry(max_attempts=1))
+    async def handler(task: Task) -> None:
+        if broken:
+            raise OSError("down")
+        handled.append(task.task_id)
+
+    async with app:
+        async with running(app):
+            await asyncio.sleep(0.2)  # joined at the end of the topic
+            await app.publish("tasks", Task(task_id="t-1"))
+            await wait_dead(app, "late", 1)
+        broken = False
+        await replay(app.transport, "late", Filter())
+        async with running(app):
+            await eventually(lambda: handled == ["t-1"])
+
+
+# -- sequenced groups ------------------------------------------------------------------
+
+
+async def test_a_sequenced_group_parks_a_key_behind_its_dead_letter_and_replays_in_order(
+    url: str,
+) -> None:
+    app = make_app(url)
+    app.group("ledger", sequenced=True)
+    failing = {"a-0"}
+    order: list[str] = []
+
+    @app.subscriber("tasks", group="ledger", retry=Retry(max_attempts=2, **FAST))
+    async def post(task: Task) -> None:
+        name = f"{task.task_id}-{task.n}"
+        if name in failing:
+            raise OSError(f"cannot post {name}")
+        order.append(name)
+
+    async with app, running(app) as worker:
+        await app.publish_many(
+            "tasks",
+            [Task(task_id=k, n=i) for i in range(3) for k in ("a", "b")],
+        )
+        dead = await wait_dead(app, "ledger", 3)
+        await eventually(lambda: [o for o in order if o[0] == "b"] == ["b-0", "b-1", "b-2"])
+        assert [o for o in order if o[0] == "a"] == []  # the whole key waits
+        assert [(d.reason, d.key) for d in dead] == [
+            ("failed", "a"),
+            ("parked", "a"),
+            ("parked", "a"),
+        ]
+        assert dead[1].parked_behind == dead[0].entry == dead[2].parked_behind
+        assert worker.stats.parked == 2
+        assert "parked behind dead letter" in dead[1].error_message
+
+        # While parked, a new event of the key is parked too, even after the replay
+        # started failing again: the first one fails on replay, so all stay in order.
+        await replay(app.transport, "ledger", Filter(ids=frozenset({dead[0].entry})))
+
+        async def reparked() -> bool:
+            return {e.entry for e in await entries(app, "ledger")}.isdisjoint(
+                {dead[0].entry}
+            ) and len(await entries(app, "ledger")) == 3
+
+        await eventually(reparked, what="the failed replay taking its place")
+        await app.publish("tasks", Task(task_id="a", n=3))
+        await wait_dead(app, "ledger", 4)
+        assert order.count("a-1") == 0
+
+        failing.clear()
+        assert await replay(app.transport, "ledger", Filter()) == 4
+        await eventually(lambda: [o for o in order if o[0] == "a"] == ["a-0", "a-1", "a-2", "a-3"])
+        await app.publish("tasks", Task(task_id="a", n=4))
+        await eventually(lambda: order[-1] == "a-4", what="the key unparked")
+        log = await open_log(app.transport, "ledger")
+    assert log.depth() == 0
+
+
+async def test_replaying_a_later_entry_alone_parks_it_again_behind_the_earlier_one(
+    url: str,
+) -> None:
+    app = make_app(url)
+    app.group("ledger", sequenced=True)
+    order: list[int] = []
+
+    @app.subscriber("tasks", group="ledger", retry=Retry(max_attempts=1))
+    async def post(task: Task) -> None:
+        if task.n == 0:
+            raise OSError("no")
+        order.append(task.n)
+
+    async with app, running(app):
+        await app.publish_many("tasks", [Task(task_id="a", n=i) for i in range(3)])
+        dead = await wait_dead(app, "ledger", 3)
+        await replay(app.transport, "ledger", Filter(ids=frozenset({dead[2].event_id or ""})))
+        await asyncio.sleep(0.5)
+
+        async def still_three() -> bool:
+            current = await entries(app, "ledger")
+            return len(current) == 3 and dead[2].entry not in {e.entry for e in current}
+
+        await eventually(still_three, what="the lone replay parked again")
+    assert order == []
+
+
+# -- purge, filters, depth -------------------------------------------------------------
+
+
+async def test_purge_drops_only_the_matching_entries(url: str) -> None:
+    app = make_app(url)
+
+    @app.subscriber("tasks", group="g", retry=Retry(max_attempts=1))
+    async def handler(task: Task) -> None:
+        raise (OSError if task.n % 2 else TimeoutError)("no")
+
+    async with app, running(app):
+        await app.publish_many("tasks", [Task(task_id=f"t-{i}", n=i) for i in range(6)])
+        await wait_dead(app, "g", 6)
+        assert await purge(app.transport, "g", Filter(error_types=frozenset({"TimeoutError"}))) == 3
+        remaining = await entries(app, "g")
+        assert {d.error_type for d in remaining} == {"OSError"}
+        assert await depths(app.transport, ["g"]) == {"g": 3}
+        assert (
+            await replay(app.transport, "g", Filter(error_types=frozenset({"TimeoutError"}))) == 0
+        )
+
+
+def entry(**changes: Any) -> DeadLetter:
+    base: dict[str, Any] = {
+        "entry": "e-1", "group": "g", "reason": "failed", "topic": "t", "partition": 0,
+        "offset": 0, "timestamp": 0, "key": None, "value": b"x", "error_type": "builtins.X",
+        "error_message": "m", "traceback": None, "attempts": 1, "first_failure": 100.0,
+        "last_failure": 100.0, "dead_at": 100.0, "event_id": "ev-1", "type": "a.b",
+    }  # fmt: skip
+    base.update(changes)
+    return DeadLetter(**base)
+
+
+def test_filters_match_type_error_type_time_and_ids() -> None:
+    e = entry(error_type="smtplib.SMTPException", type="task.created", dead_at=200.0)
+    assert Filter()(e)
+    assert Filter(types=frozenset({"task.created"}))(e)
+    assert not Filter(types=frozenset({"task.deleted"}))(e)
+    assert Filter(error_types=frozenset({"SMTPException"}))(e)  # the short name works
+    assert Filter(error_types=frozenset({"smtplib.SMTPException"}))(e)
+    assert not Filter(error_types=frozenset({"TimeoutError"}))(e)
+    assert Filter(since=200.0, until=200.0)(e)
+    assert not Filter(since=201.0)(e)
+    assert not Filter(until=199.0)(e)
+    assert Filter(ids=frozenset({"e-1"}))(e)
+    assert Filter(ids=frozenset({"ev-1"}))(e)
+    assert not Filter(ids=frozenset({"e-2"}))(e)
+
+
+def test_an_entry_survives_its_json_form_and_a_broken_one_is_a_decode_error() -> None:
+    from tidings.errors import DecodeError
+
+    e = entry(value=bytes(range(256)), key="k", traceback="tb")
+    assert DeadLetter.from_bytes(e.encode()) == e
+    doc = e.to_json()
+    assert base64.b64decode(doc["value"]) == bytes(range(256))
+    for broken in (b"[]", b"{", b'{"kind": "entry"}', b'{"kind": "mark"}'):
+        with pytest.raises(DecodeError, match="not a dead-letter entry"):
+            DeadLetter.from_bytes(broken)
+
+
+async def test_foreign_records_in_a_dead_letter_topic_are_ignored(url: str) -> None:
+    app = make_app(url)
+    async with app:
+        await app.transport.create_topic("g.dlq")
+        await app.transport.append("g.dlq", [(None, b"hello"), (None, entry().encode())])
+        log = DeadLetterLog(app.transport, "g")
+        await log.refresh()
+        assert [e.entry for e, _ in log.listing()] == ["e-1"]
+
+
+async def test_a_group_without_dead_letters_is_named_in_the_error(url: str) -> None:
+    app = make_app(url)
+    async with app:
+        await app.transport.create_topic("mail.dlq")
+        with pytest.raises(TopicNotFound, match=r"'maill' has no dead-letter topic.*: mail$"):
+            await open_log(app.transport, "maill")
+        assert dlq_topic("mail") == "mail.dlq"
+
+
+async def test_a_dead_letter_is_written_once_the_log_is_back(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(url)
+    handled: list[int] = []
+
+    @app.subscriber("tasks", group="g", retry=Retry(max_attempts=1))
+    async def handler(task: Task) -> None:
+        if task.n == 0:
+            raise OSError("no")
+        handled.append(task.n)
+
+    failures = 2
+    real_append = app.transport.append
+
+    async def flaky(topic: str, records: Any) -> Any:
+        nonlocal failures
+        if topic == "g.dlq" and failures:
+            failures -= 1
+            raise TransportError("disk I/O error")
+        return await real_append(topic, records)
+
+    monkeypatch.setattr("tidings.dead_letters.WRITE_RETRY", 0.05)
+    async with app:
+        monkeypatch.setattr(app.transport, "append", flaky)
+        async with running(app):
+            await app.publish_many("tasks", [Task(task_id="k", n=0), Task(task_id="k", n=1)])
+            (dead,) = await wait_dead(app, "g", 1)
+            await eventually(lambda: handled == [1])
+    assert failures == 0
+    assert dead.attempts == 1
+
+
+async def test_without_the_dead_letter_middleware_a_failure_blocks_its_partition(
+    url: str,
+) -> None:
+    app = make_app(url)
+    calls = 0
+
+    @app.subscriber("tasks", group="g", retry=Retry(max_attempts=1))
+    async def handler(task: Task) -> None:
+        nonlocal calls
+        calls += 1
+        raise OSError("no")
+
+    async with app, running(app, middleware=[Retry()]) as worker:
+        await app.publish("tasks", Task(task_id="k"))
+        await eventually(lambda: calls >= 2, timeout=5, what="tried again after the pause")
+        assert worker.stats.dead_lettered == 0
+
+
+async def test_default_middleware_dead_letters_outside_retry() -> None:
+    from tidings.middleware import DeadLetters
+
+    layers = default_middleware()
+    assert isinstance(layers[0], DeadLetters)
+    assert isinstance(layers[1], Retry)

@@ -1,0 +1,202 @@
+"""``tidings dlq`` and the DLQ column of ``tidings groups``, as real subprocesses
+against a SQLite log that a real worker filled with dead letters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from tests.test_cli import assert_one_error_line, tidings
+from tidings import Tidings
+from tidings.dead_letters import open_log
+from tidings.middleware import Retry
+from tidings.testing import eventually, running
+
+
+class Note(BaseModel):
+    note_id: str
+    n: int
+
+
+@pytest.fixture
+def url(sqlite_url: str) -> str:
+    return sqlite_url + "?partitions=2"
+
+
+@pytest.fixture
+async def app(url: str) -> AsyncIterator[Tidings]:
+    """Group ``mail`` dead-lettered 4 notes (n=0..3: TimeoutError for even n, OSError
+    for odd n); group ``audit`` handled them all. Nothing runs afterwards."""
+    app = Tidings(url, service="seed")
+    app.event("note.added", subject="note_id")(Note)
+    handled: list[str] = []
+
+    @app.subscriber("notes", group="mail", retry=Retry(max_attempts=1))
+    async def send(note: Note) -> None:
+        raise (TimeoutError if note.n % 2 == 0 else OSError)(f"note {note.n} failed")
+
+    @app.subscriber("notes", group="audit")
+    async def record(note: Note) -> None:
+        handled.append(note.note_id)
+
+    async with app:
+        async with running(app):
+            await app.publish_many(
+                "notes", [Note(note_id=f"n-{i}", n=i) for i in range(4)], correlation_id="req"
+            )
+
+            async def dead() -> bool:
+                try:
+                    return (await open_log(app.transport, "mail")).depth() == 4
+                except Exception:
+                    return False
+
+            await eventually(dead, what="4 dead letters")
+            await eventually(lambda: len(handled) == 4)
+        yield app
+
+
+def rows(result: Any) -> list[dict[str, Any]]:
+    assert result.returncode == 0, result.stderr
+    value = json.loads(result.stdout)
+    assert isinstance(value, list)
+    return value
+
+
+async def test_groups_shows_each_groups_dead_letter_depth(app: Tidings, url: str) -> None:
+    table = tidings("groups", url=url)
+    assert table.returncode == 0, table.stderr
+    header, *lines = table.stdout.splitlines()
+    assert header.split()[6] == "DLQ"
+    depth = {line.split()[0]: line.split()[6] for line in lines}
+    assert depth == {"audit": "0", "mail": "4"}
+    assert {(r["group"], r["dlq"]) for r in rows(tidings("groups", "--json", url=url))} == {
+        ("audit", 0),
+        ("mail", 4),
+    }
+
+
+async def test_list_filters_by_type_error_type_time_and_id(app: Tidings, url: str) -> None:
+    every = rows(tidings("dlq", "list", "mail", "--json", url=url))
+    assert len(every) == 4
+    assert {r["state"] for r in every} == {"dead"}
+    assert "value" not in every[0]
+    assert "traceback" not in every[0]
+    timeouts = rows(
+        tidings("dlq", "list", "mail", "--error-type", "TimeoutError", "--json", url=url)
+    )
+    assert sorted(r["key"] for r in timeouts) == ["n-0", "n-2"]
+    assert rows(tidings("dlq", "list", "mail", "--type", "note.deleted", "--json", url=url)) == []
+    assert len(rows(tidings("dlq", "list", "mail", "--since", "1h", "--json", url=url))) == 4
+    assert rows(tidings("dlq", "list", "mail", "--until", "1h", "--json", url=url)) == []
+    one = every[1]
+    by_event = rows(tidings("dlq", "list", "mail", "--id", one["event_id"], "--json", url=url))
+    assert [r["entry"] for r in by_event] == [one["entry"]]
+
+    table = tidings("dlq", "list", "mail", url=url)
+    assert table.returncode == 0, table.stderr
+    header, *lines, summary = table.stdout.splitlines()
+    assert header.split()[:4] == ["ENTRY", "DEAD", "AT", "STATE"]
+    assert len(lines) == 4
+    assert summary == "4 dead letter(s) waiting in group mail"
+
+
+async def test_show_prints_the_error_the_traceback_and_the_original_event(
+    app: Tidings, url: str
+) -> None:
+    first = rows(tidings("dlq", "list", "mail", "--json", url=url))[0]
+    shown = tidings("dlq", "show", "mail", first["event_id"], url=url)
+    assert shown.returncode == 0, shown.stderr
+    assert f"entry:          {first['entry']}" in shown.stdout
+    assert "Traceback (most recent call last)" in shown.stdout
+    assert '"type": "note.added"' in shown.stdout
+    doc = json.loads(tidings("dlq", "show", "mail", first["entry"], "--json", url=url).stdout)
+    assert doc["event"]["id"] == first["event_id"]
+    assert doc["correlationid"] == "req"
+    missing = tidings("dlq", "show", "mail", "nope", url=url)
+    assert_one_error_line(missing, 1, "no dead letter 'nope' in group mail")
+
+
+async def test_replay_then_replay_again_sends_each_entry_once(app: Tidings, url: str) -> None:
+    dry = tidings("dlq", "replay", "mail", "--error-type", "OSError", "--dry-run", url=url)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[-1] == "2 dead letter(s) would be replayed to group mail"
+    first = tidings("dlq", "replay", "mail", "--error-type", "OSError", url=url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "replayed 2 dead letter(s) to group mail (through mail.retry)"
+    again = tidings("dlq", "replay", "mail", "--error-type", "OSError", "--json", url=url)
+    assert json.loads(again.stdout) == {"group": "mail", "replayed": 0}
+    states = {
+        r["key"]: r["state"]
+        for r in rows(tidings("dlq", "list", "mail", "--all", "--json", url=url))
+    }
+    assert states == {"n-0": "dead", "n-1": "replayed", "n-2": "dead", "n-3": "replayed"}
+    retry = [info for info in await app.transport.topics() if info.name == "mail.retry"]
+    assert retry[0].events == 2
+    # The replay went to mail's own topic: audit's lag did not move.
+    groups = rows(tidings("groups", "audit", "--json", url=url))
+    assert all(r["lag"] == 0 for r in groups)
+
+
+async def test_a_large_replay_shows_a_progress_bar(url: str) -> None:
+    app = Tidings(url, service="seed")
+
+    @app.subscriber("bulk", group="slow", retry=Retry(max_attempts=1))
+    async def fail(data: Any) -> None:
+        raise OSError("no")
+
+    async with app, running(app):
+        await app.publish_many("bulk", list(range(150)), type="bulk.item")
+
+        async def dead() -> bool:
+            try:
+                return (await open_log(app.transport, "slow")).depth() == 150
+            except Exception:
+                return False
+
+        await eventually(dead, what="150 dead letters")
+    result = tidings("dlq", "replay", "slow", url=url)
+    assert result.returncode == 0, result.stderr
+    assert "replaying [" in result.stderr
+    assert "150/150" in result.stderr
+    assert result.stdout.startswith("replayed 150 dead letter(s)")
+
+
+async def test_purge_asks_first_and_does_nothing_without_a_yes(app: Tidings, url: str) -> None:
+    refused = tidings("dlq", "purge", "mail", "--type", "note.added", url=url, stdin="n\n")
+    assert refused.returncode == 1
+    assert "purge 4 dead letter(s) of group mail?" in refused.stdout
+    assert refused.stdout.rstrip().endswith("nothing purged")
+    unanswered = tidings("dlq", "purge", "mail", url=url, stdin="")
+    assert unanswered.returncode == 1
+    assert "(no answer; pass --yes)" in unanswered.stdout
+    assert len(rows(tidings("dlq", "list", "mail", "--json", url=url))) == 4
+
+    asked = tidings("dlq", "purge", "mail", "--error-type", "OSError", url=url, stdin="y\n")
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.splitlines()[-1].endswith("purged 2 dead letter(s) of group mail")
+    forced = tidings("dlq", "purge", "mail", "--yes", "--json", url=url)
+    assert json.loads(forced.stdout) == {"group": "mail", "purged": 2}
+    assert rows(tidings("dlq", "list", "mail", "--json", url=url)) == []
+    nothing = tidings("dlq", "purge", "mail", "--yes", url=url)
+    assert nothing.stdout.strip() == "no dead letters in group mail match; nothing purged"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (("dlq", "list", "mial"), 1, "group 'mial' has no dead-letter topic"),
+        (("dlq", "list", "mail", "--since", "yesterday"), 2, "'yesterday' is not a time"),
+        (("dlq", "list", "mail", "--since", "1h", "--until", "2h"), 2, "is after --until"),
+        (("dlq", "frobnicate", "mail"), 2, "invalid choice: 'frobnicate'"),
+        (("dlq", "replay"), 2, "the following arguments are required: GROUP"),
+    ],
+)
+async def test_bad_dlq_commands_say_what_was_wrong(
+    app: Tidings, url: str, args: tuple[str, ...], code: int, says: str
+) -> None:
+    assert_one_error_line(tidings(*args, url=url), code, says)
