@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from tidings import Tidings
+from tidings.admin import group_rows
 from tidings.codec import encode
 from tidings.dead_letters import (
     DeadLetter,
@@ -589,3 +590,34 @@ async def test_default_middleware_dead_letters_outside_retry() -> None:
     layers = default_middleware()
     assert isinstance(layers[0], DeadLetters)
     assert isinstance(layers[1], Retry)
+
+
+async def test_an_event_dead_lettered_by_a_run_that_did_not_commit_is_not_kept_twice(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that crashes after writing a dead letter and before committing meets
+    the event again: the next run must not write a second entry for it."""
+    from tidings.transports._sqlite_consumer import SQLiteConsumer
+
+    app = make_app(url)
+
+    @app.subscriber("tasks", group="g", retry=Retry(max_attempts=1))
+    async def handler(task: Task) -> None:
+        raise OSError("no")
+
+    async def no_commit(self: Any, offsets: Any) -> None:
+        return None
+
+    async with app:
+        with monkeypatch.context() as patch:
+            patch.setattr(SQLiteConsumer, "commit", no_commit)
+            async with running(app):
+                await app.publish("tasks", Task(task_id="k"))
+                (first,) = await wait_dead(app, "g", 1)
+        lag = sum(r.lag for r in await group_rows(app.transport, "g") if r.topic == "tasks")
+        assert lag == 1  # as after a crash: handled, not committed
+        async with running(app) as worker:
+            await eventually(lambda: worker.stats.dead_lettered == 1, what="met again")
+        assert [e.entry for e in await entries(app, "g", everything=True)] == [first.entry]
+        lag = sum(r.lag for r in await group_rows(app.transport, "g") if r.topic == "tasks")
+        assert lag == 0

@@ -216,6 +216,8 @@ class DeadLetterLog:
     states: dict[str, State] = field(default_factory=dict)
     # (original topic, key) -> unresolved entry ids of that key, for sequenced groups
     by_key: dict[tuple[str, str | None], set[str]] = field(default_factory=dict)
+    # (topic, partition, offset, handler) -> the latest entry for that event and handler
+    by_position: dict[tuple[str, int, int, str | None], str] = field(default_factory=dict)
     _positions: dict[int, int] = field(default_factory=dict)
     _partitions: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -251,9 +253,7 @@ class DeadLetterLog:
             kind = doc.get("kind") if isinstance(doc, dict) else None
             if kind == "entry":
                 entry = DeadLetter.from_json(doc, partition=record.partition, offset=record.offset)
-                self.entries[entry.entry] = entry
-                self.states.setdefault(entry.entry, "dead")
-                self._index(entry.entry)
+                self.add(entry)
             elif kind == "mark":
                 state = doc["state"]
                 for entry_id in doc["entries"]:
@@ -265,6 +265,23 @@ class DeadLetterLog:
                 "%s[%d]@%d is not a dead-letter record, ignored: %r",
                 record.topic, record.partition, record.offset, exc,
             )  # fmt: skip
+
+    def add(self, entry: DeadLetter) -> None:
+        self.entries[entry.entry] = entry
+        self.states.setdefault(entry.entry, "dead")
+        self.by_position[(entry.topic, entry.partition, entry.offset, entry.handler)] = entry.entry
+        self._index(entry.entry)
+
+    def waiting_for(
+        self, topic: str, partition: int, offset: int, handler: str | None
+    ) -> DeadLetter | None:
+        """The entry still ``dead`` for this event and handler, if there is one: a
+        worker that crashed after writing it and before committing meets the event
+        again, and must not dead-letter it twice."""
+        entry_id = self.by_position.get((topic, partition, offset, handler))
+        if entry_id is None or self.states.get(entry_id) != "dead":
+            return None
+        return self.entries[entry_id]
 
     def set_state(self, entry_id: str, state: State) -> None:
         current = self.states.get(entry_id)
@@ -361,6 +378,14 @@ class DeadLetterQueue:
             event_id, event_type = delivery.event.id, delivery.event.type
             correlationid = delivery.event.correlationid or delivery.event.id
             replay_of = delivery.replay_of
+        known = self.log.waiting_for(record.topic, record.partition, record.offset, handler)
+        if known is not None and known.reason == reason:
+            log.warning(
+                "group %s: %s[%d]@%d is already dead-lettered as %s (a previous run stopped "
+                "before committing); not written again",
+                self.group, record.topic, record.partition, record.offset, known.entry,
+            )  # fmt: skip
+            return known
         trace = None
         if reason != "parked":
             trace = "".join(traceback.format_exception(cause))[-TRACEBACK_LIMIT:]
@@ -390,8 +415,7 @@ class DeadLetterQueue:
         )
         placed = await self._append([(record.key, entry.encode())], stopping)
         entry = replace(entry, dlq_partition=placed[0][0], dlq_offset=placed[0][1])
-        self.log.entries[entry.entry] = entry
-        self.log.set_state(entry.entry, "dead")
+        self.log.add(entry)
         log.error(
             "group %s: %s[%d]@%d (%s %s) dead-lettered (%s) as %s: %s",
             self.group, record.topic, record.partition, record.offset, event_type, event_id,

@@ -124,8 +124,9 @@ class _GroupRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
                     continue
-                if self.dlq.sequenced and self.consumer.assignment() != self.seen_assignment:
-                    # Partitions changed hands: learn what the previous owner parked.
+                if self.consumer.assignment() != self.seen_assignment:
+                    # Partitions changed hands: learn what their previous owner
+                    # dead-lettered (and, in a sequenced group, parked).
                     self.seen_assignment = self.consumer.assignment()
                     await self.dlq.log.refresh()
                 for record in records:
