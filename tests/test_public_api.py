@@ -33,6 +33,8 @@ PUBLIC = ERRORS | {
     "correlation_scope",
     "current_scope",
     "DEFAULT_URL",
+    # reliability
+    "Retry",
     # the envelope and its codec
     "Event",
     "new_id",

@@ -9,6 +9,7 @@ from tidings.app import DEFAULT_URL, Subscriber, Tidings
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode
 from tidings.context import Context, correlation_scope, current_scope
 from tidings.envelope import Event, new_id
+from tidings.middleware import Retry
 from tidings.errors import (
     ConfigError,
     DecodeError,
@@ -38,6 +39,7 @@ __all__ = [
     "GroupBusy",
     "GroupNotFound",
     "InvalidEventType",
+    "Retry",
     "Subscriber",
     "Tidings",
     "TidingsError",
