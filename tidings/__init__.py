@@ -9,7 +9,6 @@ from tidings.app import DEFAULT_URL, Subscriber, Tidings
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode
 from tidings.context import Context, correlation_scope, current_scope
 from tidings.envelope import Event, new_id
-from tidings.middleware import Retry
 from tidings.errors import (
     ConfigError,
     DecodeError,
@@ -23,6 +22,7 @@ from tidings.errors import (
     TransportError,
     UnknownEventType,
 )
+from tidings.middleware import Retry
 from tidings.transport import Transport
 from tidings.transports import open_transport
 from tidings.worker import Worker

@@ -379,7 +379,9 @@ class DeadLetterQueue:
             correlationid = delivery.event.correlationid or delivery.event.id
             replay_of = delivery.replay_of
         known = self.log.waiting_for(record.topic, record.partition, record.offset, handler)
-        if known is not None and known.reason == reason:
+        # (The entry being replayed is not a duplicate of its own failure: its state may
+        # still read "dead" here, as the replay marks entries after sending them.)
+        if known is not None and known.reason == reason and known.entry != replay_of:
             log.warning(
                 "group %s: %s[%d]@%d is already dead-lettered as %s (a previous run stopped "
                 "before committing); not written again",
