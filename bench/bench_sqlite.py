@@ -42,7 +42,9 @@ from bench._common import (
 from bench._setup import Config, Workdir
 from bench.fig_codec import fig_codec
 from bench.fig_e2e import fig_end_to_end, fig_litequeue
+from bench.fig_inbox import fig_inbox
 from bench.fig_latency import fig_latency
+from bench.fig_outbox import fig_outbox
 from bench.fig_publish import fig_publish_batched, fig_publish_concurrent
 
 # -- the run ---------------------------------------------------------------------------
@@ -54,6 +56,8 @@ BENCHES: dict[str, Callable[[Config, Workdir], Awaitable[list[Figure]]]] = {
     "litequeue": fig_litequeue,
     "latency": fig_latency,
     "codec": fig_codec,
+    "inbox": fig_inbox,
+    "outbox": fig_outbox,
 }
 
 

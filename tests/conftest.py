@@ -29,19 +29,27 @@ IN_CI = os.environ.get("CI") == "true"
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private PostgreSQL 16 (PyPI ``pgserver``) for the whole session; its base URL."""
+def pg_server() -> Iterator[str]:
+    """A private PostgreSQL 16 (PyPI ``pgserver``) for the whole session; its base URL.
+
+    Its data lives outside pytest's temporary root: pytest prunes old session folders
+    and resets their modes, which would pull the files from under a running server.
+    """
+    import shutil
+    import tempfile
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
         import pgserver
 
-        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+        data = tempfile.mkdtemp(prefix="tidings-pg-")
+        server = pgserver.get_server(data, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

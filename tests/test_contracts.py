@@ -6,7 +6,13 @@ import pytest
 from pydantic import BaseModel
 
 from tidings.contracts import Contract, Registry
-from tidings.errors import ConfigError, DecodeError, InvalidEventType, UnknownEventType
+from tidings.errors import (
+    ConfigError,
+    DecodeError,
+    InvalidEventType,
+    UnknownEventType,
+    UnsupportedVersion,
+)
 
 
 class TaskCreated(BaseModel):
@@ -200,8 +206,8 @@ def test_unknown_version_of_a_known_type_is_unknown_event_type(registry: Registr
     with pytest.raises(UnknownEventType) as info:
         registry.decode_payload("task.created", 7, {"task_id": "a", "title": "b"})
     message = str(info.value)
-    assert "task.created version 7" in message
-    assert "[1, 2]" in message
+    assert "version 7 of task.created" in message
+    assert "versions 1..2" in message
 
 
 def test_contracts_are_listed_by_type_then_version(registry: Registry) -> None:
@@ -213,3 +219,18 @@ def test_contracts_are_listed_by_type_then_version(registry: Registry) -> None:
         ("task.created", 2),
         ("task.deleted", 1),
     ]
+
+
+def test_versions_lists_a_types_registered_versions(registry: Registry) -> None:
+    registry.register(TaskCreatedV2, "task.created", 3)
+    registry.register(TaskCreated, "task.created", 1)
+    assert registry.versions("task.created") == [1, 3]
+    assert registry.versions("task.deleted") == []
+
+
+def test_a_version_newer_than_the_only_one_is_unsupported_version(registry: Registry) -> None:
+    registry.register(TaskCreated, "task.created", 1)
+    with pytest.raises(UnsupportedVersion, match=r"newer than this service knows \(version 1\)"):
+        registry.decode_payload("task.created", 2, {"task_id": "a", "title": "b"})
+    with pytest.raises(UnsupportedVersion, match=r"registers version 1; .* or publish version 1"):
+        registry.check_publish("task.created", 2)

@@ -35,6 +35,8 @@ PUBLIC = ERRORS | {
     "DEFAULT_URL",
     # reliability
     "Retry",
+    "Inbox",
+    "Outbox",
     # the envelope and its codec
     "Event",
     "new_id",

@@ -5,6 +5,8 @@ each at its own pace. The log is one SQLite file by default (``sqlite:///./tidin
 and the same code runs on other transports by changing the URL.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from tidings.app import DEFAULT_URL, Subscriber, Tidings
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode
 from tidings.context import Context, correlation_scope, current_scope
@@ -22,6 +24,7 @@ from tidings.errors import (
     TransportError,
     UnknownEventType,
 )
+from tidings.inbox import Inbox
 from tidings.middleware import Retry
 from tidings.transport import Transport
 from tidings.transports import open_transport
@@ -38,7 +41,9 @@ __all__ = [
     "EventTooLarge",
     "GroupBusy",
     "GroupNotFound",
+    "Inbox",
     "InvalidEventType",
+    "Outbox",
     "Retry",
     "Subscriber",
     "Tidings",
@@ -57,3 +62,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from tidings.outbox import Outbox
+
+
+def __getattr__(name: str) -> Any:
+    # The outbox needs SQLAlchemy, slow to import: loaded on first use, so that
+    # 'import tidings' (every CLI command, every worker) does not pay for it.
+    if name == "Outbox":
+        from tidings.outbox import Outbox
+
+        return Outbox
+    raise AttributeError(f"module 'tidings' has no attribute {name!r}")

@@ -9,9 +9,9 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,6 +24,9 @@ from tidings.middleware.retry import Retry
 from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
 from tidings.transports import open_transport
 
+if TYPE_CHECKING:
+    from tidings.outbox import Outbox
+
 __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
 
 DEFAULT_URL = "sqlite:///./tidings.db"
@@ -31,6 +34,59 @@ _EXTENSION_RE = re.compile(r"[a-z0-9]{1,20}")
 
 H = TypeVar("H", bound=Callable[..., Any])
 M = TypeVar("M", bound=type[BaseModel])
+
+
+SCHEDULER_TABLE = "tidings_scheduled"
+_memory_schedulers: dict[str, str] = {}
+
+
+def _default_scheduler_db(url: str) -> str | None:
+    """Where delayed events wait by default: in the SQLite log's own file; for
+    ``memory://``, in a temporary SQLite file removed at exit (shared by name, like
+    the log; a file rather than ``:memory:``, whose one connection the relay's and
+    the publisher's threads would have to share)."""
+    scheme, _, rest = url.partition("://")
+    if scheme == "sqlite":
+        return "sqlite://" + rest.partition("?")[0]
+    if scheme == "memory":
+        name = rest.partition("?")[0]
+        path = _memory_schedulers.get(name) if name else None
+        if path is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            folder = tempfile.mkdtemp(prefix="tidings-scheduler-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            path = os.path.join(folder, "scheduled.db")
+            if name:
+                _memory_schedulers[name] = path
+        return f"sqlite:///{path}"
+    return None
+
+
+def _due(delay: float | timedelta | None, deliver_at: datetime | None) -> datetime | None:
+    """The aware UTC time an event is due, from ``delay`` or ``deliver_at``."""
+    if delay is not None and deliver_at is not None:
+        raise ConfigError("pass delay=... or deliver_at=..., not both")
+    if delay is not None:
+        if isinstance(delay, timedelta):
+            delay = delay.total_seconds()
+        if not isinstance(delay, int | float) or delay < 0 or delay != delay:
+            raise ConfigError(
+                f"delay must be seconds >= 0 or a timedelta, got {delay!r}, e.g. delay=60"
+            )
+        return datetime.now(UTC) + timedelta(seconds=delay)
+    if deliver_at is not None:
+        if not isinstance(deliver_at, datetime):
+            raise ConfigError(f"deliver_at must be a datetime, got {deliver_at!r}")
+        if deliver_at.tzinfo is None:
+            raise ConfigError(
+                f"deliver_at {deliver_at.isoformat()} has no time zone: pass an aware "
+                "datetime, e.g. datetime.now(UTC) + timedelta(hours=1)"
+            )
+        return deliver_at.astimezone(UTC)
+    return None
 
 
 def default_url() -> str:
@@ -93,7 +149,9 @@ class Tidings:
     """One service's connection to the event log.
 
     ``url`` defaults to ``$TIDINGS_URL``, then ``sqlite:///./tidings.db``; ``service``
-    becomes the CloudEvents ``source`` of everything it publishes.
+    becomes the CloudEvents ``source`` of everything it publishes. ``scheduler`` is the
+    database where delayed events wait (a SQLAlchemy URL or Engine); default
+    ``$TIDINGS_SCHEDULER_URL``, else, on the SQLite log, a table in the log's own file.
     """
 
     def __init__(
@@ -103,6 +161,7 @@ class Tidings:
         service: str,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         transport: Transport | None = None,
+        scheduler: Any = None,
     ) -> None:
         if not service or not isinstance(service, str):
             raise ConfigError("Tidings(service=...) needs the name of this service, e.g. 'taskapi'")
@@ -123,6 +182,9 @@ class Tidings:
         self._topics: dict[str, dict[str, Any]] = {}
         self._groups: dict[str, GroupSettings] = {}
         self.components: list[Component] = []
+        self._scheduler_db = scheduler
+        self._scheduler: Outbox | None = None
+        self._scheduler_ready = False
         self._started = 0
 
     # -- declarations -------------------------------------------------------
@@ -296,6 +358,8 @@ class Tidings:
                 "publishing a plain value needs type=..., e.g. type='task.created'; or "
                 "register a pydantic model with @app.event"
             )
+        else:
+            self.registry.check_publish(type, version)
         scope = current_scope()
         event_id = new_id()
         if correlation_id is None:
@@ -325,27 +389,45 @@ class Tidings:
             time=time,
         )
 
-    async def publish(self, topic: str, payload: Any, **options: Any) -> Event:
+    async def publish(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        delay: float | timedelta | None = None,
+        deliver_at: datetime | None = None,
+        **options: Any,
+    ) -> Event:
         """Publish one event durably; return it (with its id) once the log has it.
 
         ``payload`` is a registered pydantic model, or any JSON value with ``type=``.
         Options: ``subject``, ``key`` (partition key, default the subject),
         ``correlation_id``, ``causation_id``, ``time``, ``traceparent``, ``version``,
-        ``extensions``.
+        ``extensions``. ``delay`` (seconds or a timedelta) or ``deliver_at`` (an aware
+        datetime) publish it later: it waits, durably, in the scheduler table, and is
+        appended once due by whichever worker runs the scheduler (``tidings run``).
         """
         event = payload if isinstance(payload, Event) else self.build(payload, **options)
-        await self.publish_events(topic, [event])
+        await self.publish_events(topic, [event], deliver_at=_due(delay, deliver_at))
         return event
 
     async def publish_many(
-        self, topic: str, payloads: Iterable[Any], **options: Any
+        self,
+        topic: str,
+        payloads: Iterable[Any],
+        *,
+        delay: float | timedelta | None = None,
+        deliver_at: datetime | None = None,
+        **options: Any,
     ) -> list[Event]:
         """Publish several events in one append (one transaction where the log has them)."""
         events = [p if isinstance(p, Event) else self.build(p, **options) for p in payloads]
-        await self.publish_events(topic, events)
+        await self.publish_events(topic, events, deliver_at=_due(delay, deliver_at))
         return events
 
-    async def publish_events(self, topic: str, events: Sequence[Event]) -> None:
+    async def publish_events(
+        self, topic: str, events: Sequence[Event], *, deliver_at: datetime | None = None
+    ) -> None:
         """Append ready-made events (e.g. from :meth:`build`) to ``topic``."""
         if not events:
             return
@@ -356,7 +438,69 @@ class Tidings:
             )
         limit = self.max_event_bytes
         records = [(e.key, encode(e, limit)) for e in events]
+        if deliver_at is not None and deliver_at > datetime.now(UTC):
+            check_topic_name(topic)
+            await self._schedule(topic, events, deliver_at)
+            return
         await self.transport.append(topic, records)
+
+    # -- delayed events ---------------------------------------------------------------
+
+    @property
+    def scheduler(self) -> Outbox | None:
+        """The outbox table where delayed events wait (``tidings_scheduled``), or None
+        if this transport has no default and none was configured."""
+        if self._scheduler is None:
+            from tidings.outbox import Outbox
+
+            db = (
+                self._scheduler_db
+                or os.environ.get("TIDINGS_SCHEDULER_URL")
+                or _default_scheduler_db(self.transport.url)
+            )
+            if db is None:
+                return None
+            self._scheduler = Outbox(self, db, table=SCHEDULER_TABLE)
+        return self._scheduler
+
+    def scheduler_relay(self) -> Component | None:
+        """The component that appends delayed events once due (run by workers)."""
+        scheduler = self.scheduler
+        return scheduler.relay(poll_interval=0.05, lease=5.0) if scheduler else None
+
+    async def _schedule(self, topic: str, events: Sequence[Event], when: datetime) -> None:
+        scheduler = self.scheduler
+        if scheduler is None:
+            raise ConfigError(
+                f"delayed events on {self.transport.url} need a scheduler database: "
+                "Tidings(..., scheduler='postgresql+psycopg://...') or "
+                "$TIDINGS_SCHEDULER_URL (any SQLAlchemy URL)"
+            )
+        if not self._scheduler_ready:
+            from tidings.outbox import OutboxError
+
+            try:
+                await scheduler.create_table_async()
+            except OutboxError:
+                # A relay created it at the same moment ("already exists"); a second
+                # look finds it, or raises the real problem.
+                await scheduler.create_table_async()
+            self._scheduler_ready = True
+        import sqlalchemy as sa
+
+        engine = scheduler.engine
+        if isinstance(engine, sa.Engine):
+
+            def insert() -> None:
+                with engine.begin() as conn:
+                    for event in events:
+                        scheduler.add(conn, event, topic=topic, deliver_at=when)
+
+            await asyncio.to_thread(insert)
+        else:
+            async with engine.begin() as conn:
+                for event in events:
+                    await scheduler.add_async(conn, event, topic=topic, deliver_at=when)
 
     # -- running ----------------------------------------------------------------
 

@@ -131,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_run)
 
-    from tidings import admin_cli, dlq_cli
+    from tidings import admin_cli, dlq_cli, outbox_cli
 
     admin_cli.add_commands(sub, _common)
     dlq_cli.add_commands(sub, _common)
+    outbox_cli.add_commands(sub, _common)
     return parser
 
 

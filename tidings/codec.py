@@ -1,22 +1,35 @@
 """Structured-mode CloudEvents JSON: :class:`~tidings.envelope.Event` <-> bytes.
 
-``encode`` enforces the size limit; ``decode`` turns any bad input into a
-:class:`~tidings.errors.DecodeError` whose message is the reason (it becomes the
-dead-letter reason), and never raises anything else.
+``encode`` enforces the size limit and refuses, with an :class:`~tidings.errors.EventError`
+naming the attribute or the payload field, anything a consumer could not decode.
+``decode`` turns any bad input into a :class:`~tidings.errors.DecodeError` whose message
+is the reason (it becomes the dead-letter reason), and never raises anything else:
+input over the size limit is a :class:`~tidings.errors.RecordTooLarge`, which is both a
+``DecodeError`` and an ``EventTooLarge``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+import dataclasses
+import enum
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any, cast
 
 import orjson
 from pydantic import BaseModel
 
 from tidings.envelope import SPECVERSION, Event, validate_type
-from tidings.errors import DecodeError, EventError, EventTooLarge, InvalidEventType
+from tidings.errors import (
+    DecodeError,
+    EventError,
+    EventTooLarge,
+    InvalidEventType,
+    RecordTooLarge,
+)
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "decode", "encode", "to_dict"]
 
@@ -61,31 +74,66 @@ def _default(value: Any) -> Any:
 
 
 def to_dict(event: Event) -> dict[str, Any]:
-    """The event as a CloudEvents structured-mode JSON object (data left as is)."""
+    """The event as a CloudEvents structured-mode JSON object (data left as is).
+
+    Raises :class:`~tidings.errors.EventError` naming the attribute if one has a value
+    that :func:`decode` would refuse (a subject that is not a string, a dataversion
+    below 1, ...): such an event would only ever be a dead letter.
+    """
+    source, when = event.source, event.time
+    if type(source) is not str or not source or event.specversion != SPECVERSION:
+        _check_required(event)
+    if when.tzinfo is not UTC:
+        _check_offset(event, when)
     doc: dict[str, Any] = {
         "specversion": event.specversion,
         "id": event.id,
-        "source": event.source,
+        "source": source,
         "type": event.type,
-        "time": event.time,
+        "time": when,
     }
     # Spelled out rather than looped over getattr: this runs for every event published.
-    if event.subject is not None:
-        doc["subject"] = event.subject
-    if event.datacontenttype is not None:
-        doc["datacontenttype"] = event.datacontenttype
-    if event.dataschema is not None:
-        doc["dataschema"] = event.dataschema
-    if event.correlationid is not None:
-        doc["correlationid"] = event.correlationid
-    if event.causationid is not None:
-        doc["causationid"] = event.causationid
-    if event.traceparent is not None:
-        doc["traceparent"] = event.traceparent
-    if event.partitionkey is not None:
-        doc["partitionkey"] = event.partitionkey
-    if event.dataversion is not None:
-        doc["dataversion"] = event.dataversion
+    # Each string attribute's type is checked where it is set (a type() test is cheap).
+    value = event.subject
+    if value is not None:
+        if type(value) is not str:
+            _need_str(event, "subject", value)
+        doc["subject"] = value
+    value = event.datacontenttype
+    if value is not None:
+        if type(value) is not str:
+            _need_str(event, "datacontenttype", value)
+        doc["datacontenttype"] = value
+    value = event.dataschema
+    if value is not None:
+        if type(value) is not str:
+            _need_str(event, "dataschema", value)
+        doc["dataschema"] = value
+    value = event.correlationid
+    if value is not None:
+        if type(value) is not str:
+            _need_str(event, "correlationid", value)
+        doc["correlationid"] = value
+    value = event.causationid
+    if value is not None:
+        if type(value) is not str:
+            _need_str(event, "causationid", value)
+        doc["causationid"] = value
+    value = event.traceparent
+    if value is not None:
+        if type(value) is not str:
+            _need_str(event, "traceparent", value)
+        doc["traceparent"] = value
+    value = event.partitionkey
+    if value is not None:
+        if type(value) is not str:
+            _need_str(event, "partitionkey", value)
+        doc["partitionkey"] = value
+    version = event.dataversion
+    if version is not None:
+        if type(version) is not int or version < 1:
+            _need_version(event, version)
+        doc["dataversion"] = version
     if event.extensions:
         doc.update(event.extensions)
     data = event.data
@@ -105,10 +153,13 @@ def encode(event: Event, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes:
         raw = orjson.dumps(
             to_dict(event), default=_default, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
         )
-    except TypeError as exc:  # orjson.JSONEncodeError subclasses TypeError
+    except EventError:
+        raise  # an attribute refused by to_dict, with its own message
+    except (TypeError, ValueError) as exc:
+        # orjson.JSONEncodeError subclasses TypeError; pydantic's
+        # PydanticSerializationError (a model field it cannot write) is a ValueError.
         raise EventError(
-            f"event {event.type} ({event.id}) cannot be encoded as JSON: {exc}; "
-            "payloads must be pydantic models, JSON values or bytes"
+            f"event {event.type} ({event.id}) cannot be encoded as JSON: {_unencodable(event, exc)}"
         ) from None
     if len(raw) > max_bytes:
         raise EventTooLarge(
@@ -122,11 +173,15 @@ def encode(event: Event, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes:
 def decode(raw: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Event:
     """Decode one structured-mode JSON event; raise DecodeError with the reason."""
     if len(raw) > max_bytes:
-        raise DecodeError(f"event is {len(raw):,} bytes; the limit is {max_bytes:,}")
+        raise RecordTooLarge(
+            f"event is {len(raw):,} bytes; the limit is {max_bytes:,}: its producer allows "
+            "larger events than this service; give this service a max_event_bytes of at "
+            f"least {len(raw):,} to read it"
+        )
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"not valid UTF-8 JSON: {exc}") from None
+        raise DecodeError(_not_json(raw, exc)) from None
     if not isinstance(doc, dict):
         raise DecodeError(f"expected a JSON object, got {type(doc).__name__}")
     return from_dict(doc)
@@ -136,7 +191,10 @@ def _req_str(doc: dict[str, Any], name: str) -> str:
     value = doc.get(name)
     if not isinstance(value, str) or not value:
         if value is None:
-            raise DecodeError(f"required attribute {name!r} is missing")
+            raise DecodeError(
+                f"required attribute {name!r} is missing (every CloudEvents event has "
+                "specversion, id, source and type)"
+            )
         raise DecodeError(f"attribute {name!r} must be a non-empty string, got {value!r:.80}")
     return value
 
@@ -154,11 +212,14 @@ def from_dict(doc: dict[str, Any]) -> Event:
         for name in ("specversion", "id", "source", "type"):
             _req_str(doc, name)  # raises with the precise reason
     if specversion != SPECVERSION:
-        raise DecodeError(f"specversion {specversion!r} is not supported (only {SPECVERSION!r})")
+        raise DecodeError(
+            f"specversion {specversion!r:.40} is not supported (only {SPECVERSION!r}: "
+            "CloudEvents 1.0 structured-mode JSON)"
+        )
     try:
         validate_type(cast(str, event_type))
     except InvalidEventType as exc:
-        raise DecodeError(str(exc)) from None
+        raise DecodeError(f"attribute 'type': {exc}") from None
     kwargs: dict[str, Any] = {}
     for name in _OPTIONAL_STR:
         value = get(name)
@@ -180,6 +241,14 @@ def from_dict(doc: dict[str, Any]) -> Event:
             raise DecodeError(f"attribute 'time' is not RFC 3339: {raw_time!r:.80}") from None
         if parsed.tzinfo is None:
             raise DecodeError(f"attribute 'time' has no time zone offset: {raw_time!r:.80}")
+        if parsed.tzinfo is not UTC:
+            offset = cast(timedelta, parsed.utcoffset())
+            if offset.seconds % 60 or offset.microseconds:
+                # Python reads "+01:00:30"; RFC 3339 (and the encoder) has whole minutes.
+                raise DecodeError(
+                    f"attribute 'time' has a UTC offset with seconds: {raw_time!r:.80}; "
+                    "RFC 3339 offsets are +hh:mm"
+                )
         kwargs["time"] = parsed
     version = doc.get("dataversion")
     if version is not None:
@@ -211,3 +280,187 @@ def from_dict(doc: dict[str, Any]) -> Event:
         specversion=cast(str, specversion),
         **kwargs,
     )
+
+
+# -- reasons -----------------------------------------------------------------------
+
+
+def _not_json(raw: bytes | bytearray | memoryview, exc: orjson.JSONDecodeError) -> str:
+    """Why ``raw`` is not JSON: bad UTF-8 named by its byte, else orjson's position."""
+    data = bytes(raw)
+    if not data:
+        return "not valid UTF-8 JSON: the input is empty (0 bytes)"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"not valid UTF-8 JSON: the bytes are not UTF-8 (byte {data[bad.start]:#04x} at "
+            f"offset {bad.start}: {bad.reason}); events must be UTF-8 encoded JSON"
+        )
+    return f"not valid UTF-8 JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+
+
+_PUBLISH_OPTION = {
+    "partitionkey": "key",
+    "correlationid": "correlation_id",
+    "causationid": "causation_id",
+    "dataversion": "version",
+    "subject": "subject",
+    "traceparent": "traceparent",
+}
+
+
+def _attr(event: Event, name: str) -> str:
+    option = _PUBLISH_OPTION.get(name)
+    hint = f" (publish option {option}=)" if option else ""
+    return f"event {event.type} ({event.id}): attribute {name!r}{hint}"
+
+
+def _got(value: Any) -> str:
+    """``value`` and its type for a message (a repr that fails is not fatal)."""
+    try:
+        shown = f"{value!r:.80}"
+    except Exception:  # a huge int (past the digit limit), or a __repr__ that raises
+        shown = "<no repr>"
+    return f"{shown} ({type(value).__name__})"
+
+
+def _need_str(event: Event, name: str, value: Any) -> None:
+    if isinstance(value, str):
+        return  # a str subclass (e.g. a StrEnum member) is written as its string
+    raise EventError(
+        f"{_attr(event, name)} must be a string, got {_got(value)}; pass str(value) if "
+        "that is what you mean"
+    )
+
+
+def _need_version(event: Event, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return  # an int subclass (e.g. an IntEnum member) is written as its number
+    raise EventError(f"{_attr(event, 'dataversion')} must be an integer >= 1, got {_got(value)}")
+
+
+def _check_required(event: Event) -> None:
+    source = event.source
+    if not isinstance(source, str) or not source:
+        raise EventError(
+            f"{_attr(event, 'source')} must be a non-empty string (the producing service, "
+            f"e.g. 'taskapi'), got {_got(source)}"
+        )
+    if event.specversion != SPECVERSION:
+        raise EventError(
+            f"{_attr(event, 'specversion')} is {event.specversion!r:.40}; tidings writes "
+            f"CloudEvents {SPECVERSION!r} only"
+        )
+
+
+def _check_offset(event: Event, when: datetime) -> None:
+    offset = when.utcoffset()
+    if offset is not None and (offset.seconds % 60 or offset.microseconds):
+        raise EventError(
+            f"{_attr(event, 'time')} has the UTC offset {offset}, with seconds, which RFC "
+            "3339 cannot write (offsets are whole minutes): pass time.astimezone(UTC)"
+        )
+
+
+# orjson refuses containers nested deeper than this; the envelope is the first level.
+_MAX_LEVEL = 254
+_BYTES_HINT = (
+    "bytes are carried only as the whole payload (data_base64); inside a JSON payload, "
+    "base64-encode them into a string"
+)
+_HINTS: dict[type, str] = {
+    set: "use a list",
+    frozenset: "use a list",
+    Decimal: "use a float, a string, or a pydantic model with a Decimal field",
+    bytes: _BYTES_HINT,
+    bytearray: _BYTES_HINT,
+    memoryview: _BYTES_HINT,
+}
+
+
+def _unencodable(event: Event, exc: Exception) -> str:
+    """The reason an event cannot be written: the first value at fault, by its path.
+
+    Runs only after the encoder failed, so it may be slow; it mirrors what orjson
+    writes, and falls back to orjson's own message if it finds nothing.
+    """
+    for name, value in event.extensions.items():
+        if not isinstance(name, str):
+            return f"extension name {_got(name)} is not a string"
+        found = _find(value, f"extension {name!r}", 2)
+        if found:
+            return found
+    data = event.data
+    if not isinstance(data, bytes | bytearray | memoryview):
+        found = _find(data, "data", 2)
+        if found:
+            return found
+    return f"{exc}; payloads must be pydantic models, JSON values or bytes"
+
+
+def _at(path: str) -> str:
+    """``path`` for a message: a deep one keeps its start and its end."""
+    return path if len(path) <= 100 else f"{path[:40]}...{path[-50:]}"
+
+
+def _find(value: Any, path: str, level: int) -> str | None:
+    """The first value under ``path`` that orjson cannot write, as a reason; else None."""
+    kind = type(value)
+    if value is None or kind is bool or kind is float or isinstance(value, orjson.Fragment):
+        return None  # (NaN and infinities are written as null, as JSON has neither)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as bad:
+            return (
+                f"{_at(path)} is a string with the lone surrogate {value[bad.start]!r} at index "
+                f"{bad.start}, which UTF-8 cannot carry"
+            )
+        return None
+    if isinstance(value, int):  # bool is handled above
+        if -(2**63) <= value < 2**64:
+            return None
+        return (
+            f"{_at(path)} is an integer of {value.bit_length()} bits, outside the 64-bit "
+            "range that JSON readers accept; send it as a string"
+        )
+    if isinstance(value, dict | list) or kind is tuple:
+        if level > _MAX_LEVEL:
+            return (
+                f"{_at(path)} is nested more than {_MAX_LEVEL - 1} levels deep (or contains "
+                "itself); JSON encoders stop there"
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"{_at(path)} has the key {_got(key)}; JSON object keys must be strings"
+                found = _find(item, f"{path}.{key}", level + 1)
+                if found:
+                    return found
+        else:
+            for index, item in enumerate(value):
+                found = _find(item, f"{path}[{index}]", level + 1)
+                if found:
+                    return found
+        return None
+    if isinstance(value, BaseModel):
+        try:
+            value.__pydantic_serializer__.to_json(value)
+        except Exception as bad:  # PydanticSerializationError, or a serializer's own
+            return f"{_at(path)} ({kind.__name__}) cannot be written by pydantic: {bad}"
+        return None
+    if isinstance(value, time) and value.tzinfo is not None:
+        return f"{_at(path)} is a time of day with a time zone, which JSON cannot carry"
+    if isinstance(value, datetime | date | time | uuid.UUID):
+        return None
+    if isinstance(value, enum.Enum):
+        return _find(value.value, path, level)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            found = _find(getattr(value, field.name, None), f"{path}.{field.name}", level + 1)
+            if found:
+                return found
+        return None
+    hint = _HINTS.get(kind, "use a pydantic model, a JSON value or a datetime")
+    return f"{_at(path)} is {_got(value)}, which JSON cannot carry: {hint}"

@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from tidings.envelope import validate_type
-from tidings.errors import ConfigError, DecodeError, UnknownEventType
+from tidings.errors import ConfigError, DecodeError, UnknownEventType, UnsupportedVersion
 
 __all__ = ["Contract", "Registry"]
 
@@ -107,15 +107,53 @@ class Registry:
     def contracts(self) -> list[Contract]:
         return sorted(self._by_key.values(), key=lambda c: (c.type, c.version))
 
+    def versions(self, type: str) -> list[int]:
+        """The registered versions of ``type``, lowest first (empty if unknown)."""
+        return sorted(v for t, v in self._by_key if t == type)
+
+    def check_publish(self, type: str, version: int | None) -> None:
+        """Refuse to publish a plain value as a version of ``type`` that this registry
+        lacks: a consumer with the same contracts could only dead-letter it.
+
+        Types with no registered model are not checked (any version goes), nor is a
+        value published without a version (consumers read it with the latest model).
+        """
+        validate_type(type)
+        if version is None:
+            return
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(
+                f"{type}: version must be an integer >= 1, got {version!r:.40} "
+                f"({builtins.type(version).__name__})"
+            )
+        if (type, version) in self._by_key or not self.knows(type):
+            return
+        known = self.versions(type)
+        if version > known[-1]:
+            raise UnsupportedVersion(
+                f"cannot publish version {version} of {type}: this service registers "
+                f"{_span(known)}; register its model first with @app.event({type!r}, "
+                f"version={version}), or publish version {known[-1]}"
+            )
+        raise UnknownEventType(
+            f"cannot publish version {version} of {type}: this service registers "
+            f"{_span(known)}, not {version}; register its model with "
+            f"@app.event({type!r}, version={version}), or publish a registered version"
+        )
+
     def decode_payload(self, type: str, version: int | None, data: Any) -> Any:
-        """The typed payload of an event: its model if registered, else the raw data."""
+        """The typed payload of an event: its model if registered, else the raw data.
+
+        An event of a type with no registered model gives its data as it is (a copy),
+        for subscribers that take every type. A registered type at a version with no
+        model raises :class:`UnknownEventType` (:class:`UnsupportedVersion` if the
+        version is newer than every registered one); a payload that does not match its
+        model raises :class:`DecodeError` naming the fields.
+        """
         contract = self.lookup(type, version)
         if contract is None:
             if self.knows(type):
-                raise UnknownEventType(
-                    f"{type} version {version} has no registered model (known versions: "
-                    f"{sorted(v for t, v in self._by_key if t == type)})"
-                )
+                raise self._unknown_version(type, version)
             if isinstance(data, dict | list):
                 # A copy of its own for each handler call: the event (and its data) is
                 # shared by every group and attempt, and handlers may change what
@@ -125,10 +163,40 @@ class Registry:
         try:
             return contract.model.__pydantic_validator__.validate_python(data)
         except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            shown = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+                for e in errors[:_MAX_SHOWN]
+            )
+            if len(errors) > _MAX_SHOWN:
+                shown += f"; and {len(errors) - _MAX_SHOWN} more"
             raise DecodeError(
                 f"payload of {type} v{contract.version} does not match "
-                f"{contract.model.__name__}: {exc.error_count()} error(s): "
-                + "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()
-                )
+                f"{contract.model.__name__}: {len(errors)} error(s): {shown}"
             ) from None
+
+    def _unknown_version(self, type: str, version: int | None) -> UnknownEventType:
+        known = self.versions(type)
+        if version is not None and version > known[-1]:
+            return UnsupportedVersion(
+                f"version {version} of {type} is newer than this service knows "
+                f"({_span(known)}); deploy the new model (@app.event({type!r}, "
+                f"version={version})) to this service, then replay the dead letter"
+            )
+        return UnknownEventType(
+            f"version {version} of {type} is not registered in this service (it knows "
+            f"{_span(known)}); register its model (@app.event({type!r}, "
+            f"version={version})) in this service, then replay the dead letter"
+        )
+
+
+_MAX_SHOWN = 10  # validation errors spelled out in a DecodeError (a dead-letter reason)
+
+
+def _span(versions: list[int]) -> str:
+    """``versions 1..3`` for a run, ``versions 1, 3`` otherwise, ``version 1`` alone."""
+    if len(versions) == 1:
+        return f"version {versions[0]}"
+    if versions == list(range(versions[0], versions[-1] + 1)):
+        return f"versions {versions[0]}..{versions[-1]}"
+    return "versions " + ", ".join(map(str, versions))

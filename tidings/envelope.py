@@ -7,6 +7,7 @@ are kept in :attr:`Event.extensions` and written back unchanged.
 
 from __future__ import annotations
 
+import builtins
 import random
 import re
 import threading
@@ -133,15 +134,20 @@ class Event:
     ) -> None:
         if time is None:
             time = datetime.now(UTC)
+        elif not isinstance(time, datetime):
+            raise EventError(
+                f"event time must be a datetime, got {time!r:.80} "
+                f"({builtins.type(time).__name__}): pass e.g. datetime.now(UTC)"
+            )
         elif time.tzinfo is None:
-            raise ValueError(
+            raise EventError(
                 f"event time {time.isoformat()} has no time zone: pass an aware "
                 "datetime, e.g. datetime.now(UTC)"
             )
         if id is None:
             id = new_id()
         elif not id or not isinstance(id, str):
-            raise ValueError(f"event id must be a non-empty string, got {id!r}")
+            raise EventError(f"event id must be a non-empty string, got {id!r:.80}")
         if extensions:
             clash = _FIELDS_SET & extensions.keys() | {"data_base64"} & extensions.keys()
             if clash:

@@ -14,6 +14,11 @@ boundary, so user code catches tidings errors only::
     │   ├── TopicNotFound      the topic does not exist
     │   ├── GroupNotFound      the group has neither committed offsets nor members
     │   └── GroupBusy          an operation needs a group without live members
+
+Two refinements are importable from ``tidings.errors`` only (catch their parents):
+:class:`RecordTooLarge` (bytes to decode over the limit: an ``EventTooLarge`` and a
+``DecodeError``) and :class:`UnsupportedVersion` (an ``UnknownEventType`` whose
+``dataversion`` is newer than every registered model of its type).
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ __all__ = [
     "GroupBusy",
     "GroupNotFound",
     "InvalidEventType",
+    "RecordTooLarge",
     "TidingsError",
     "TopicNotFound",
     "TransportError",
     "UnknownEventType",
+    "UnsupportedVersion",
 ]
 
 
@@ -57,8 +64,21 @@ class DecodeError(EventError):
     """Bytes that are not a valid event. Carries the reason for a dead letter."""
 
 
+class RecordTooLarge(EventTooLarge, DecodeError):
+    """Bytes handed to :func:`~tidings.codec.decode` are over its size limit.
+
+    Both an :class:`EventTooLarge` (what is wrong) and a :class:`DecodeError` (what
+    ``decode`` raises, so ``except DecodeError`` still catches every decode failure).
+    """
+
+
 class UnknownEventType(EventError):
     """No payload model is registered for an event's (type, version)."""
+
+
+class UnsupportedVersion(UnknownEventType):
+    """An event's ``dataversion`` is newer than every model registered for its type:
+    the producer runs a newer contract than this service knows."""
 
 
 class TransportError(TidingsError):

@@ -39,7 +39,7 @@ from tidings.middleware.poison import report_poison
 from tidings.transport import Consumer, Record, TopicPartition
 
 if TYPE_CHECKING:
-    from tidings.app import Subscriber, Tidings
+    from tidings.app import Component, Subscriber, Tidings
 
 __all__ = ["Worker"]
 
@@ -405,6 +405,7 @@ class Worker:
         revoke_timeout: float = 10.0,
         middleware: Sequence[Middleware] | None = None,
         sync_threads: int = 32,
+        components: bool = True,
     ) -> None:
         if max_in_flight < 1 or fetch_max < 1:
             raise ConfigError("max_in_flight and fetch_max must be >= 1")
@@ -431,7 +432,16 @@ class Worker:
         self.sync_threads = sync_threads
         self.threads: ThreadPoolExecutor | None = None
         self.stats = Stats()
+        # Beside the groups: the app's components (outbox relays) and the relay of
+        # delayed events, each guarded by a lease, so any number of workers may run them.
+        self.components: list[Component] = []
+        if components:
+            self.components = list(app.components)
+            relay = app.scheduler_relay()
+            if relay is not None:
+                self.components.append(relay)
         self._runners: list[_GroupRunner] = []
+        self._stop_components = asyncio.Event()
         # Groups of one worker read the same records at about the same time: decode
         # each once. Events are immutable, so sharing them is safe; payload models are
         # built per handler call and never shared.
@@ -458,8 +468,11 @@ class Worker:
         ]
         if any(not s.is_async for s in self.app.subscribers if s.group in self.groups):
             self.threads = ThreadPoolExecutor(self.sync_threads, "tidings-handler")
-        tasks = [asyncio.get_running_loop().create_task(r.run()) for r in self._runners]
-        stopper = asyncio.get_running_loop().create_task((stop or asyncio.Event()).wait())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(r.run()) for r in self._runners]
+        self._stop_components = asyncio.Event()
+        helpers = [loop.create_task(c.run(self._stop_components)) for c in self.components]
+        stopper = loop.create_task((stop or asyncio.Event()).wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
@@ -468,10 +481,10 @@ class Worker:
         finally:
             self.stop()
             stopper.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            results = await asyncio.gather(*tasks, *helpers, return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
-                    log.error("a group runner ended with an error: %r", result)
+                    log.error("a group runner or component ended with an error: %r", result)
             if self.threads is not None:
                 self.threads.shutdown(wait=False, cancel_futures=True)
                 self.threads = None
@@ -479,6 +492,7 @@ class Worker:
     def stop(self) -> None:
         for runner in self._runners:
             runner.stop()
+        self._stop_components.set()
 
     def install_signal_handlers(self, stop: asyncio.Event) -> None:
         """SIGTERM and SIGINT set ``stop``: in-flight work finishes and is committed."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from tidings.middleware.base import Delivery, Middleware, Next, Stats, compose
 from tidings.middleware.dead_letters import DeadLetters
+from tidings.middleware.inbox import InboxMiddleware
 from tidings.middleware.poison import SkipPoison, report_poison
 from tidings.middleware.retry import RetriesExhausted, Retry
 
 __all__ = [
     "DeadLetters",
     "Delivery",
+    "InboxMiddleware",
     "Middleware",
     "Next",
     "RetriesExhausted",
@@ -30,4 +32,4 @@ __all__ = [
 def default_middleware(retry: Retry | None = None) -> list[Middleware]:
     """Failing handlers retried in place (``retry``, default :class:`Retry`), then
     dead-lettered with bad payloads; handlers with an inbox deduplicated inside."""
-    return [DeadLetters(), retry or Retry()]
+    return [DeadLetters(), retry or Retry(), InboxMiddleware()]

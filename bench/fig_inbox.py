@@ -1,0 +1,225 @@
+"""The inbox on the hot path: handled events/s with an inbox on SQLite against plain
+handling, measured in the same run on the same log.
+
+Every run pre-publishes the events to a fresh SQLite log, starts a Worker and times it
+from its start to the completion of the n-th delivery (counted by an outermost
+middleware, so that an inbox's commit is inside the time). The inbox's marks go to
+another SQLite file, opened from a URL (WAL, ``synchronous=FULL``: one fsync per
+handled event, as an application database would). Variants:
+
+- ``ids``: a handler without a database (the inbox as a durable store of ids);
+- ``session``: a handler that writes one row through ``ctx.session``, committed with
+  the mark;
+
+each with an ``async def`` handler (AsyncSession, aiosqlite) and a plain ``def``
+handler (Session, run in threads). The baseline is the same handler without an inbox,
+through the same middleware list. ``inbox_passthrough`` is plain handling with the
+InboxMiddleware in the chain against a chain without it: the cost for subscribers that
+have no inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench._common import EVENT_TYPE, TOPIC, Deadline, Figure, cpu_probe, log, median, payload
+from bench._setup import LOOP_SECONDS, Config, Workdir, new_app
+from tidings import Context, Worker
+from tidings.inbox import Inbox
+from tidings.middleware import Delivery, Middleware, Next, default_middleware
+from tidings.middleware.inbox import InboxMiddleware
+
+_rows = sa.MetaData()
+_sent = sa.Table(
+    "sent",
+    _rows,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String, nullable=False),
+)
+
+
+class _Finish(Middleware):
+    """Outermost: calls ``done()`` when the n-th delivery has completed."""
+
+    def __init__(self, n: int, done: Callable[[], None]) -> None:
+        self.left = n
+        self.done = done
+
+    async def handle(self, delivery: Delivery, call_next: Next) -> None:
+        await call_next(delivery)
+        self.left -= 1
+        if self.left == 0:
+            self.done()
+
+
+def _chain(with_inbox_middleware: bool) -> list[Middleware]:
+    chain = default_middleware()
+    has = any(isinstance(m, InboxMiddleware) for m in chain)
+    if with_inbox_middleware and not has:
+        chain.append(InboxMiddleware())  # innermost, inside Retry
+    if not with_inbox_middleware and has:
+        chain = [m for m in chain if not isinstance(m, InboxMiddleware)]
+    return chain
+
+
+def _handler(mode: str, sync: bool) -> Callable[..., Any]:
+    if mode == "ids":
+        if sync:
+
+            def handle_ids(data: Any) -> None:
+                pass
+
+            return handle_ids
+
+        async def handle_ids_async(data: Any) -> None:
+            pass
+
+        return handle_ids_async
+    if sync:
+
+        def handle_session(data: Any, ctx: Context) -> None:
+            if ctx.session is not None:
+                ctx.session.execute(_sent.insert().values(event_id=ctx.id))
+
+        return handle_session
+
+    async def handle_session_async(data: Any, ctx: Context) -> None:
+        if ctx.session is not None:
+            await ctx.session.execute(_sent.insert().values(event_id=ctx.id))
+
+    return handle_session_async
+
+
+async def inbox_run(
+    folder: str,
+    n: int,
+    synchronous: str,
+    *,
+    mode: str,
+    sync: bool,
+    inbox: bool,
+    chain_has_inbox: bool = True,
+    timeout: float = LOOP_SECONDS,
+    db_url: str | None = None,
+) -> float:
+    """Handled events/s of one group over ``n`` pre-published events. ``db_url``: the
+    inbox's database (default: a SQLite file in ``folder``)."""
+    app = new_app(os.path.join(folder, "events.db"), synchronous)
+    db_url = db_url or f"sqlite:///{os.path.join(folder, 'app.db')}"
+    box = Inbox(db_url) if inbox else None
+    if mode == "session":
+        engine = sa.create_engine(db_url)
+        _rows.create_all(engine)
+        engine.dispose()
+    if box is not None:
+        box.create_table()
+    app.subscriber(TOPIC, group="g", inbox=box)(_handler(mode, sync))
+    finished = asyncio.Event()
+    deadline = Deadline(timeout)
+    try:
+        async with app:
+            for i in range(0, n, 1000):
+                if deadline.over():
+                    raise RuntimeError(f"publishing {n} events took over {timeout} s")
+                chunk = [payload(k) for k in range(i, min(i + 1000, n))]
+                await app.publish_many(TOPIC, chunk, type=EVENT_TYPE)
+            worker = Worker(app, middleware=[_Finish(n, finished.set), *_chain(chain_has_inbox)])
+            stop = asyncio.Event()
+            start = time.perf_counter()
+            running = asyncio.get_running_loop().create_task(worker.run(stop))
+            try:
+                await asyncio.wait_for(finished.wait(), timeout)
+                seconds = time.perf_counter() - start
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, 60)
+    finally:
+        if box is not None:
+            await box.close()
+    if inbox and worker.stats.duplicates:
+        raise RuntimeError(f"{worker.stats.duplicates} duplicates in a run without any")
+    return n / seconds
+
+
+async def fig_inbox(cfg: Config, work: Workdir) -> list[Figure]:
+    n = 2000 if cfg.quick else 5000
+    rounds = cfg.e2e_rounds
+    variants = [("ids", False), ("ids", True), ("session", False), ("session", True)]
+    got: dict[tuple[str, bool, bool], list[float]] = {}
+    passthrough: list[float] = []
+    no_middleware: list[float] = []
+    probes = []
+    for r in range(rounds):
+        for mode, sync in variants:
+            for inbox in (False, True):  # interleaved: a busy spell hits both alike
+                with work.folder(f"inbox-{mode}-{sync}-{inbox}") as d:
+                    rate = await inbox_run(d, n, cfg.synchronous, mode=mode, sync=sync, inbox=inbox)
+                got.setdefault((mode, sync, inbox), []).append(rate)
+        with work.folder("inbox-passthrough") as d:
+            passthrough.append(
+                await inbox_run(d, n, cfg.synchronous, mode="ids", sync=False, inbox=False)
+            )
+        with work.folder("inbox-no-middleware") as d:
+            bare = await inbox_run(
+                d, n, cfg.synchronous, mode="ids", sync=False, inbox=False, chain_has_inbox=False
+            )
+            no_middleware.append(bare)
+        probes.append(round(cpu_probe(), 1))
+        log(
+            f"  round {r + 1}: "
+            + "; ".join(
+                f"{mode} {'def' if sync else 'async'} {got[(mode, sync, True)][-1]:,.0f}/s "
+                f"(plain {got[(mode, sync, False)][-1]:,.0f}/s)"
+                for mode, sync in variants
+            )
+            + f"; plain without InboxMiddleware {no_middleware[-1]:,.0f}/s"
+        )
+    common = {
+        "events": n,
+        "rounds": rounds,
+        "log_synchronous": cfg.synchronous,
+        "inbox": "SQLite file from a URL: WAL, synchronous=FULL, one transaction per event",
+        "cpu_probe_ns": probes,
+    }
+    what = {
+        "ids": "handler without a database: the inbox as a durable id store",
+        "session": "handler writes one row through ctx.session, committed with the mark",
+    }
+    figures = []
+    for mode, sync in variants:
+        name = f"inbox_{mode}_{'def' if sync else 'async'}"
+        figures.append(
+            Figure(
+                name,
+                median(got[(mode, sync, True)]),
+                "events/s",
+                median(got[(mode, sync, False)]),
+                "the same handler without an inbox, same middleware",
+                None,
+                {
+                    **common,
+                    "handler": what[mode],
+                    "session": "Session in threads" if sync else "AsyncSession (aiosqlite)",
+                    "rounds_inbox": [round(x) for x in got[(mode, sync, True)]],
+                    "rounds_plain": [round(x) for x in got[(mode, sync, False)]],
+                },
+            )
+        )
+    figures.append(
+        Figure(
+            "inbox_passthrough",
+            median(passthrough),
+            "events/s",
+            median(no_middleware),
+            "plain handling without InboxMiddleware in the chain",
+            None,
+            {**common, "what": "a subscriber without inbox=, InboxMiddleware in the chain"},
+        )
+    )
+    return figures

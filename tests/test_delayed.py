@@ -1,0 +1,156 @@
+"""Delayed events: ``publish(..., delay=...)`` / ``deliver_at=...`` wait in the scheduler
+table and are appended once due, no earlier and promptly after, across restarts."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from tidings import Tidings
+from tidings.errors import ConfigError, EventTooLarge
+from tidings.testing import eventually, running
+from tidings.transports.memory import MemoryTransport
+
+
+class Reminder(BaseModel):
+    task_id: str
+    n: int = 0
+
+
+def make_app(url: str, **options: Any) -> Tidings:
+    app = Tidings(url, service="test", **options)
+    app.event("task.reminder_due", subject="task_id")(Reminder)
+    return app
+
+
+async def count(app: Tidings, topic: str) -> int:
+    return sum(i.events for i in await app.transport.topics() if i.name == topic)
+
+
+async def test_a_delayed_event_arrives_no_earlier_than_asked_and_promptly_after(
+    sqlite_url: str,
+) -> None:
+    app = make_app(sqlite_url)
+    seen: list[tuple[float, str]] = []
+
+    @app.subscriber("reminders", group="push")
+    async def push(reminder: Reminder, ctx: Any) -> None:
+        seen.append((time.time(), ctx.event.id))
+
+    async with app, running(app):
+        asked = time.time()
+        event = await app.publish("reminders", Reminder(task_id="t-1"), delay=0.6)
+        await eventually(lambda: len(seen) == 1, timeout=5)
+    ((at, event_id),) = seen
+    assert event_id == event.id
+    assert at - asked >= 0.6
+    assert at - asked < 0.6 + 0.5  # the relay polls every 50 ms; the worker fetches at once
+
+
+async def test_delayed_events_wait_durably_and_are_sent_by_a_later_worker(
+    sqlite_url: str,
+) -> None:
+    """The publisher and the worker are different app objects (think: processes)."""
+    publisher = make_app(sqlite_url)
+    due = datetime.now(UTC) + timedelta(seconds=0.5)
+    async with publisher:
+        sent = await publisher.publish_many(
+            "reminders", [Reminder(task_id="t-1", n=i) for i in range(3)], deliver_at=due
+        )
+        await publisher.publish("reminders", Reminder(task_id="t-2"), delay=3600)
+        assert await count(publisher, "reminders") == 0
+        status = await publisher.scheduler.status()  # type: ignore[union-attr]
+        assert status.pending == 4
+
+    worker_app = make_app(sqlite_url)
+    got: list[Any] = []
+
+    @worker_app.subscriber("reminders", group="push")
+    async def push(reminder: Reminder, ctx: Any) -> None:
+        got.append((reminder.n, ctx.event.id))
+
+    async with worker_app, running(worker_app):
+        await eventually(lambda: len(got) == 3, timeout=5)
+        assert datetime.now(UTC) >= due
+        assert got == [(i, e.id) for i, e in enumerate(sent)]  # one key, in order
+        status = await worker_app.scheduler.status()  # type: ignore[union-attr]
+        assert status.pending == 1  # the one due in an hour still waits
+
+
+async def test_a_time_in_the_past_publishes_at_once(sqlite_url: str) -> None:
+    app = make_app(sqlite_url)
+    async with app:
+        await app.publish(
+            "reminders", Reminder(task_id="t"), deliver_at=datetime(2020, 1, 1, tzinfo=UTC)
+        )
+        await app.publish("reminders", Reminder(task_id="t"), delay=0)
+        assert await count(app, "reminders") == 2
+
+
+@pytest.mark.parametrize("where", ["memory", "postgresql"])
+async def test_delayed_events_on_memory_and_on_a_postgresql_scheduler(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    scheduler = request.getfixturevalue("pg_url") if where == "postgresql" else None
+    app = make_app("memory://", scheduler=scheduler)
+    got: list[int] = []
+
+    @app.subscriber("reminders", group="push")
+    async def push(reminder: Reminder) -> None:
+        got.append(reminder.n)
+
+    async with app, running(app):
+        await app.publish_many(
+            "reminders", [Reminder(task_id="k", n=i) for i in range(5)], delay=0.2
+        )
+        await eventually(lambda: got == [0, 1, 2, 3, 4], timeout=5)
+    await app.scheduler.dispose()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"delay": 5, "deliver_at": datetime.now(UTC)}, "not both"),
+        ({"delay": -1}, "delay must be seconds >= 0"),
+        ({"delay": "soon"}, "delay must be seconds >= 0"),
+        ({"deliver_at": datetime(2030, 1, 1)}, "has no time zone"),
+        ({"deliver_at": "2030-01-01T00:00:00Z"}, "deliver_at must be a datetime"),
+    ],
+)
+async def test_bad_delays_are_refused_and_nothing_is_scheduled(
+    sqlite_url: str, options: dict[str, Any], says: str
+) -> None:
+    app = make_app(sqlite_url)
+    async with app:
+        with pytest.raises(ConfigError, match=says):
+            await app.publish("reminders", Reminder(task_id="t"), **options)
+        assert await count(app, "reminders") == 0
+
+
+async def test_an_oversized_delayed_event_is_refused_before_it_is_scheduled(
+    sqlite_url: str,
+) -> None:
+    app = make_app(sqlite_url, max_event_bytes=1024)
+    async with app:
+        with pytest.raises(EventTooLarge):
+            await app.publish("reminders", {"pad": "x" * 2000}, type="task.reminder_due", delay=1)
+        await app.publish("reminders", Reminder(task_id="t"), delay=60)
+        status = await app.scheduler.status()  # type: ignore[union-attr]
+        assert status.pending == 1  # only the good one
+
+
+async def test_a_transport_without_a_scheduler_says_how_to_configure_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TIDINGS_SCHEDULER_URL", raising=False)
+    transport = MemoryTransport("memory://")
+    transport.url = "kafka://127.0.0.1:9092"  # a transport with no default scheduler
+    app = make_app("kafka://127.0.0.1:9092", transport=transport)
+    assert app.scheduler is None
+    async with app:
+        with pytest.raises(ConfigError, match=r"need a scheduler database.*TIDINGS_SCHEDULER_URL"):
+            await app.publish("reminders", Reminder(task_id="t"), delay=10)
