@@ -787,3 +787,25 @@ def test_repr_hides_the_password() -> None:
     inbox = Inbox("postgresql+psycopg://app:secret@db/app")
     assert "secret" not in repr(inbox)
     assert "tidings_inbox" in repr(inbox)
+
+
+async def test_two_handlers_sharing_an_inbox_key_are_refused_when_declared(
+    tmp_path: Path, closing: list[Any]
+) -> None:
+    from tidings import Tidings
+
+    inbox = Inbox(f"sqlite:///{tmp_path / 'ids.db'}")
+    closing.append(inbox)
+    app = Tidings("memory://", service="t")
+
+    def make() -> Callable[..., Any]:
+        async def handler(payload: Any) -> None: ...
+
+        return handler
+
+    app.subscriber("t", group="g", inbox=inbox)(make())
+    with pytest.raises(ConfigError, match="share the inbox key"):
+        app.subscriber("t", group="g", inbox=inbox)(make())
+    app.subscriber("t", group="h", inbox=inbox)(make())  # another group, another key
+    with pytest.raises(ConfigError, match=r"inbox=\.\.\.\) takes a tidings\.Inbox"):
+        app.subscriber("t", group="g", inbox="sqlite:///x.db")(make())

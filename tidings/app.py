@@ -269,19 +269,23 @@ class Tidings:
                         f"group {group!r} has subscribers with start_from "
                         f"{other.start_from!r} and {start_from!r}; a group starts in one place"
                     )
-            self.subscribers.append(
-                Subscriber(
-                    topic=topic,
-                    group=group,
-                    handler=handler,
-                    types=wanted,
-                    start_from=start_from,
-                    is_async=_is_async(handler),
-                    takes_context=len(params) == 2,
-                    retry=retry,
-                    inbox=inbox,
-                )
+            subscriber = Subscriber(
+                topic=topic,
+                group=group,
+                handler=handler,
+                types=wanted,
+                start_from=start_from,
+                is_async=_is_async(handler),
+                takes_context=len(params) == 2,
+                retry=retry,
+                inbox=inbox,
             )
+            if inbox is not None:
+                claim = getattr(inbox, "claim", None)
+                if claim is None:
+                    raise ConfigError(f"subscriber(inbox=...) takes a tidings.Inbox, got {inbox!r}")
+                claim(subscriber)
+            self.subscribers.append(subscriber)
             return handler
 
         return wrap

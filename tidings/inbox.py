@@ -570,7 +570,9 @@ class Inbox:
 
     # -- the middleware's part ---------------------------------------------------
 
-    def _plan(self, subscriber: Subscriber) -> _Plan:
+    def claim(self, subscriber: Subscriber) -> str:
+        """Reserve ``subscriber``'s key (``@app.subscriber`` calls this, so that two
+        handlers sharing one are refused at start-up, not at their first event)."""
         consumer = self.key(subscriber)
         owner = self._owners.setdefault(consumer, subscriber.handler)
         if owner is not subscriber.handler:
@@ -579,6 +581,10 @@ class Inbox:
                 f"{consumer!r} ({owner!r} and {subscriber.handler!r}): they would skip each "
                 "other's events; give them different names"
             )
+        return consumer
+
+    def _plan(self, subscriber: Subscriber) -> _Plan:
+        consumer = self.claim(subscriber)
         session: _Side | None = None
         placeholder: _NoSession | None = None
         if subscriber.takes_context:  # without a context, a handler has no session
