@@ -496,3 +496,41 @@ async def test_run_leaves_a_stuck_sync_handler_after_the_shutdown_timeout(
     assert took < 10
     [group] = [g for g in await log.transport.groups() if g.group == "g"]
     assert group.lag == 1  # the event stays for the next run
+
+
+async def test_publish_with_a_delay_schedules_the_event_until_a_worker_relays_it(
+    log: Tidings, url: str
+) -> None:
+    from tidings.testing import eventually
+
+    before = await _count(log)
+    result = tidings(
+        "publish", "tasks", "task.assigned", "--data", "{}", "--delay", "1s", url=url
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (event_id,) = result.stdout.split()
+    assert await _count(log) == before  # waiting in the scheduler table, not in the log
+    relay = log.scheduler_relay()
+    assert relay is not None
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(
+            lambda: _has(log, event_id), timeout=10, what="the delayed event in the log"
+        )
+    finally:
+        stop.set()
+        await task
+    bad = tidings("publish", "tasks", "task.assigned", "--data", "{}", "--delay", "soon", url=url)
+    assert_one_error_line(bad, 2, "--delay 'soon' is not a duration")
+
+
+async def _has(app: Tidings, event_id: str) -> bool:
+    for info in await topic_rows(app.transport):
+        if info.name != "tasks":
+            continue
+        for p in info.partitions:
+            for record in await app.transport.read("tasks", p.partition, p.start, 1000):
+                if decode(record.value).id == event_id:
+                    return True
+    return False

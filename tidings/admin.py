@@ -48,6 +48,7 @@ __all__ = [
     "describe_group",
     "group_row_json",
     "group_rows",
+    "parse_age",
     "parse_position",
     "parse_publish_lines",
     "parse_time",
@@ -298,10 +299,26 @@ async def check_publish_topic(transport: Transport, topic: str, *, create: bool 
             raise TopicNotFound(f"{exc}, or publish with --create to create it") from None
 
 
-async def publish(app: Tidings, topic: str, events: list[Event], *, create: bool = False) -> None:
-    """Append ``events`` to ``topic`` in one batch (see :func:`check_publish_topic`)."""
+async def publish(
+    app: Tidings,
+    topic: str,
+    events: list[Event],
+    *,
+    create: bool = False,
+    deliver_at: datetime | None = None,
+) -> None:
+    """Append ``events`` to ``topic`` in one batch (see :func:`check_publish_topic`),
+    or, with ``deliver_at``, schedule them for then."""
     await check_publish_topic(app.transport, topic, create=create)
-    await app.publish_events(topic, events)
+    await app.publish_events(topic, events, deliver_at=deliver_at)
+
+
+def parse_age(text: str, name: str = "--delay") -> timedelta:
+    """An age such as ``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``; ConfigError otherwise."""
+    s = text.strip()
+    if not _AGE_RE.fullmatch(s):
+        raise ConfigError(f"{name} {text!r} is not a duration: write e.g. 30s, 10m, 2h, 1d, 1h30m")
+    return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in _AGE_PART_RE.findall(s)))
 
 
 # -- offsets ---------------------------------------------------------------------

@@ -104,6 +104,12 @@ def add_commands(sub: Any, common: Common) -> None:
         "--correlation-id", metavar="C", help="the correlation id (default: the event's id)"
     )
     p.add_argument("--create", action="store_true", help="create the topic if it is missing")
+    p.add_argument(
+        "--delay",
+        metavar="AGE",
+        help="deliver no earlier than this from now (30s, 10m, 2h, 1d): the events wait in "
+        "the scheduler table until a worker's relay appends them",
+    )
     common(p)
     p.set_defaults(func=cmd_publish)
 
@@ -269,6 +275,7 @@ async def cmd_publish(args: argparse.Namespace) -> int:
             "TYPE needs --data JSON (--data null for none); or give neither and write "
             "events to stdin, one JSON object per line"
         )
+    deliver_at = datetime.now(UTC) + admin.parse_age(args.delay) if args.delay else None
     data: Any = None
     if args.data is not None:
         try:
@@ -299,7 +306,7 @@ async def cmd_publish(args: argparse.Namespace) -> int:
             events = admin.parse_publish_lines(
                 sys.stdin.buffer, app, subject=args.subject, correlation_id=args.correlation_id
             )
-        await admin.publish(app, args.topic, events, create=args.create)
+        await admin.publish(app, args.topic, events, create=args.create, deliver_at=deliver_at)
     if args.json:
         _print_json([{"id": e.id, "type": e.type, "subject": e.subject} for e in events])
     else:
