@@ -48,7 +48,7 @@ async def test_a_delayed_event_arrives_no_earlier_than_asked_and_promptly_after(
     ((at, event_id),) = seen
     assert event_id == event.id
     assert at - asked >= 0.6
-    assert at - asked < 0.6 + 0.5  # the relay polls every 50 ms; the worker fetches at once
+    assert at - asked < 0.6 + 1.0  # the relay polls every 50 ms; the worker fetches at once
 
 
 async def test_delayed_events_wait_durably_and_are_sent_by_a_later_worker(
