@@ -39,6 +39,7 @@ import orjson
 
 from tidings.envelope import new_id
 from tidings.errors import DecodeError, TidingsError, TopicNotFound, TransportError
+from tidings.middleware.retry import RetriesExhausted
 from tidings.transport import Record, Transport
 
 if TYPE_CHECKING:
@@ -366,7 +367,7 @@ class DeadLetterQueue:
         """Append one entry for ``record`` (the original), retrying while the log is
         down; once this returns, the event may be committed."""
         now = time.time()
-        cause = error.error if isinstance(error, _exhausted_type()) else error
+        cause = error.error if isinstance(error, RetriesExhausted) else error
         attempts = 1
         first = last = now
         handler = None
@@ -450,12 +451,6 @@ class DeadLetterQueue:
                 raise asyncio.CancelledError from None
 
 
-def _exhausted_type() -> type[Any]:
-    from tidings.middleware.retry import RetriesExhausted
-
-    return RetriesExhausted
-
-
 # -- operating: list, replay, purge (the library behind ``tidings dlq``) ----------
 
 
@@ -496,12 +491,6 @@ async def open_log(transport: Transport, group: str) -> DeadLetterLog:
     dead = DeadLetterLog(transport, group)
     await dead.refresh()
     return dead
-
-
-def select(
-    dead: DeadLetterLog, where: Filter, *, include_resolved: bool = False
-) -> list[DeadLetter]:
-    return [e for e, _ in dead.listing(include_resolved=include_resolved) if where(e)]
 
 
 async def replay(
