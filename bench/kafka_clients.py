@@ -809,6 +809,22 @@ async def produce_feature_records(client: Client, topic: str) -> tuple[int, dict
     return mid, ends
 
 
+async def _two_members(c1: Any, c2: Any, events: list[str]) -> dict[str, Any]:
+    """Fetch on both members until they share the partitions between them (or 40 s
+    pass); then which partitions each holds, and what member 1's callbacks saw."""
+    deadline = Deadline(40)
+    while not deadline.over():
+        await asyncio.gather(c1.fetch(0.2), c2.fetch(0.2))
+        a1, a2 = c1.assignment(), c2.assignment()
+        if a1 and a2 and not a1 & a2 and len(a1 | a2) == PARTITIONS:
+            break
+    return {
+        "member1": sorted(p for _, p in c1.assignment()),
+        "member2": sorted(p for _, p in c2.assignment()),
+        "member1_callbacks": events,
+    }
+
+
 async def features_confluent(bootstrap: str) -> dict[str, Any]:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import OffsetSpec
@@ -932,17 +948,7 @@ async def features_confluent(bootstrap: str) -> dict[str, Any]:
             events.append("-- second member joins --")
             c2 = await client.consumer(group, topic, conf=coop)
             assert isinstance(c2, ConfluentConsumer)
-            deadline = Deadline(40)
-            while not deadline.over():
-                await asyncio.gather(c1.fetch(0.2), c2.fetch(0.2))
-                a1, a2 = c1.assignment(), c2.assignment()
-                if a1 and a2 and not a1 & a2 and len(a1 | a2) == PARTITIONS:
-                    break
-            return {
-                "member1": sorted(p for _, p in c1.assignment()),
-                "member2": sorted(p for _, p in c2.assignment()),
-                "member1_callbacks": events,
-            }
+            return await _two_members(c1, c2, events)
 
         await attempt(res, "cooperative_sticky_two_members", cooperative)
     finally:
@@ -1048,17 +1054,7 @@ async def features_aiokafka(bootstrap: str) -> dict[str, Any]:
             c2x = await client.consumer(group, topic, partition_assignment_strategy=strategy)
             assert isinstance(c2x, AiokafkaConsumer)
             c2 = c2x
-            deadline = Deadline(40)
-            while not deadline.over():
-                await asyncio.gather(c1.fetch(0.2), c2x.fetch(0.2))
-                a1, a2 = c1.assignment(), c2x.assignment()
-                if a1 and a2 and not a1 & a2 and len(a1 | a2) == PARTITIONS:
-                    break
-            return {
-                "member1": sorted(p for _, p in c1.assignment()),
-                "member2": sorted(p for _, p in c2x.assignment()),
-                "member1_callbacks": events,
-            }
+            return await _two_members(c1, c2x, events)
 
         await attempt(res, "sticky_two_members", rebalance)
     finally:
