@@ -1,0 +1,63 @@
+"""The five services of the reference system, each its own consumer group and process.
+
+Each module has ``build(settings, stack) -> Tidings``: an app with that service's
+subscribers (one group, named after the service), whose resources (HTTP clients,
+files) are closed by ``stack``. :func:`serve` runs one of them until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from typing import Protocol
+
+from taskapi.events import register
+from taskapi.settings import Settings
+from tidings import ConfigError, Inbox, Retry, Tidings, Worker
+
+__all__ = ["SERVICES", "base_app", "build", "inbox", "retry_policy", "serve"]
+
+SERVICES = ("email", "slack", "push", "audit", "reminders")
+
+
+class _Module(Protocol):
+    def build(self, settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings: ...
+
+
+def base_app(name: str, settings: Settings) -> Tidings:
+    """A Tidings app for service ``name`` with the task events registered."""
+    return register(Tidings(settings.tidings_url, service=f"taskapi-{name}"))
+
+
+def retry_policy(settings: Settings) -> Retry:
+    """The services' retry policy: exhausted, the event goes to ``<group>.dlq``."""
+    return Retry(
+        max_attempts=settings.retry_attempts,
+        base_delay=settings.retry_base_delay,
+        max_delay=max(settings.retry_max_delay, settings.retry_base_delay),
+    )
+
+
+def inbox(name: str, settings: Settings) -> Inbox:
+    """The service's inbox, in its own SQLite file under the data folder."""
+    return Inbox(settings.state_db(name))
+
+
+def build(name: str, settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
+    if name not in SERVICES:
+        raise ConfigError(f"unknown service {name!r}; the services are: {', '.join(SERVICES)}")
+    module: _Module = importlib.import_module(f"taskapi.services.{name}")
+    return module.build(settings.ensure(), stack)
+
+
+async def serve(name: str, settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run service ``name`` until ``stop`` is set, or SIGTERM/SIGINT if none is given."""
+    async with contextlib.AsyncExitStack() as stack:
+        app = build(name, settings, stack)
+        async with app:
+            worker = Worker(app)
+            if stop is None:
+                stop = asyncio.Event()
+                worker.install_signal_handlers(stop)
+            await worker.run(stop)

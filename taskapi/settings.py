@@ -1,0 +1,137 @@
+"""Where each part of the reference system finds the others: one frozen record, read
+from ``TASKAPI_*`` environment variables under a data folder.
+
+Every process of the system (the API, each service, the sinks, the demo) is started
+with the same data folder and environment, so they agree on the log, the databases and
+the sinks' addresses without a configuration file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from tidings import ConfigError
+
+__all__ = ["Settings"]
+
+DEFAULT_DATA = "taskapi-data"
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"${name} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"${name} must be >= 0 seconds, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"${name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"${name} must be >= 1, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The system's configuration (see :meth:`from_env` for the variables)."""
+
+    data: Path
+    tidings_url: str
+    db_url: str
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    mail_from: str = "tasks@taskapi.local"
+    mail_domain: str = "example.com"
+    slack_webhook_url: str = "http://127.0.0.1:8026/slack"
+    push_gateway_url: str = "http://127.0.0.1:8026/push"
+    reminder_lead: timedelta = timedelta(hours=1)
+    retry_attempts: int = 5
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    http_timeout: float = 10.0
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data / "audit"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data / "mail"
+
+    @property
+    def webhook_log(self) -> Path:
+        return self.data / "webhooks.jsonl"
+
+    @property
+    def devices_file(self) -> Path:
+        return self.data / "devices.json"
+
+    def state_db(self, service: str) -> str:
+        """The SQLite database of one service's own state (inbox marks, timers)."""
+        return f"sqlite:///{self.data / f'{service}.db'}"
+
+    def address(self, assignee: str) -> str:
+        """The mail address of an assignee (``alice`` -> ``alice@<mail_domain>``)."""
+        return assignee if "@" in assignee else f"{assignee}@{self.mail_domain}"
+
+    @classmethod
+    def from_env(
+        cls, data: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Read the settings.
+
+        ``TASKAPI_DATA`` (or ``data``): the folder for everything local (default
+        ``./taskapi-data``). ``TIDINGS_URL``: the log (default the SQLite file
+        ``<data>/events.db``). ``TASKAPI_DB``: the API's database, a SQLAlchemy URL
+        (default ``<data>/tasks.db``; PostgreSQL with ``postgresql+psycopg://...``).
+        ``TASKAPI_SMTP`` (``host:port``), ``TASKAPI_MAIL_FROM``, ``TASKAPI_MAIL_DOMAIN``,
+        ``TASKAPI_SLACK_WEBHOOK``, ``TASKAPI_PUSH_GATEWAY``: the sinks.
+        ``TASKAPI_REMINDER_LEAD``: seconds before the due date that a reminder fires.
+        ``TASKAPI_RETRY_ATTEMPTS``, ``TASKAPI_RETRY_DELAY``, ``TASKAPI_RETRY_MAX_DELAY``:
+        each service's retry policy before a dead letter.
+        """
+        env = os.environ if env is None else env
+        folder = Path(data if data is not None else env.get("TASKAPI_DATA") or DEFAULT_DATA)
+        folder = folder.absolute()
+        smtp = env.get("TASKAPI_SMTP", "127.0.0.1:8025")
+        host, sep, port = smtp.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"$TASKAPI_SMTP must be host:port, e.g. 127.0.0.1:8025; got {smtp!r}")
+        return cls(
+            data=folder,
+            tidings_url=env.get("TIDINGS_URL") or f"sqlite:///{folder / 'events.db'}",
+            db_url=env.get("TASKAPI_DB") or f"sqlite:///{folder / 'tasks.db'}",
+            smtp_host=host,
+            smtp_port=int(port),
+            mail_from=env.get("TASKAPI_MAIL_FROM", cls.mail_from),
+            mail_domain=env.get("TASKAPI_MAIL_DOMAIN", cls.mail_domain),
+            slack_webhook_url=env.get("TASKAPI_SLACK_WEBHOOK", cls.slack_webhook_url),
+            push_gateway_url=env.get("TASKAPI_PUSH_GATEWAY", cls.push_gateway_url),
+            reminder_lead=timedelta(seconds=_seconds(env, "TASKAPI_REMINDER_LEAD", 3600)),
+            retry_attempts=_int(env, "TASKAPI_RETRY_ATTEMPTS", cls.retry_attempts),
+            retry_base_delay=_seconds(env, "TASKAPI_RETRY_DELAY", cls.retry_base_delay) or 0.01,
+            retry_max_delay=_seconds(env, "TASKAPI_RETRY_MAX_DELAY", cls.retry_max_delay),
+            http_timeout=_seconds(env, "TASKAPI_HTTP_TIMEOUT", cls.http_timeout),
+        )
+
+    def ensure(self) -> Settings:
+        """Create the data folders; return self."""
+        for folder in (self.data, self.audit_dir, self.mail_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
