@@ -1,116 +1,203 @@
-"""``taskapi demo``: task events fanned out to five independent groups.
+"""``taskapi demo``: the whole reference system on the embedded log, with local sinks.
 
-This is the first slice of the reference system: the Task API's events on the
-embedded log, each of the five services in its own consumer group. The FastAPI app,
-the outbox and the real sinks (SMTP, webhooks, audit files, reminders) come with the
-taskapi issue; until then each service prints what it would do.
+It starts the sinks (SMTP to a folder, a webhook receiver), the Task API with its
+outbox relay and the five services, each its own process; seeds a few tasks through
+the API; prints where to look; then prints every effect as it happens until Ctrl-C,
+which stops everything cleanly. ``--exit-when-done`` stops once the seeded tasks'
+effects are all in and every group has caught up (for CI and for the curious).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import json
+import signal
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
+import httpx
 
-from tidings import Context, Tidings, Worker, correlation_scope
+from taskapi.effects import Effect, Effects
+from taskapi.events import register
+from taskapi.services import SERVICES
+from taskapi.system import StartFailed, System
+from tidings import Tidings
 
-TOPIC = "task-events"
+__all__ = ["main", "seed"]
 
-
-class TaskCreated(BaseModel):
-    task_id: str
-    title: str
-    assignee: str | None = None
-    due: datetime | None = None
-
-
-class TaskCompleted(BaseModel):
-    task_id: str
-    completed_by: str
+DEVICES = {"alice": "device-alice-7f3a", "bob": "device-bob-19c2", "carol": "device-carol-88d1"}
 
 
-def build_app(url: str) -> Tidings:
-    app = Tidings(url, service="taskapi")
-    app.topic(TOPIC, partitions=4)
-    app.event("task.created", subject="task_id")(TaskCreated)
-    app.event("task.completed", subject="task_id")(TaskCompleted)
+def seed(api: str, lead: float) -> list[tuple[str, str, int]]:
+    """Create, change, complete and delete a few tasks; return (what, correlation id,
+    events caused) per request."""
+    now = datetime.now(UTC)
+    done: list[tuple[str, str, int]] = []
+    with httpx.Client(base_url=api, timeout=30) as http:
 
-    def say(service: str, ctx: Context, text: str) -> None:
-        print(f"  [{service:<9}] {text}  (event {ctx.id[:13]}…, partition {ctx.partition})")
+        def call(what: str, method: str, path: str, events: int, body: Any = None) -> Any:
+            response = http.request(method, path, json=body)
+            response.raise_for_status()
+            done.append((what, response.headers["x-correlation-id"], events))
+            return response.json() if response.content else None
 
-    @app.subscriber(TOPIC, group="email", types=["task.created", "task.completed"])
-    async def email(event: TaskCreated | TaskCompleted, ctx: Context) -> None:
-        if isinstance(event, TaskCreated):
-            say("email", ctx, f"mail to {event.assignee}: new task {event.title!r}")
-        else:
-            say("email", ctx, f"mail: task {event.task_id} completed by {event.completed_by}")
-
-    @app.subscriber(TOPIC, group="slack", types=["task.created", "task.completed"])
-    async def slack(event: TaskCreated | TaskCompleted, ctx: Context) -> None:
-        say("slack", ctx, f"post to #tasks: {ctx.type} {event.task_id}")
-
-    @app.subscriber(TOPIC, group="push", types=["task.created"])
-    async def push(event: TaskCreated, ctx: Context) -> None:
-        say("push", ctx, f"push to {event.assignee}'s phone: {event.title!r}")
-
-    @app.subscriber(TOPIC, group="audit")
-    async def audit(event: BaseModel, ctx: Context) -> None:
-        say("audit", ctx, f"append {ctx.type} (correlation {ctx.correlationid[:13]}…)")
-
-    @app.subscriber(TOPIC, group="reminders", types=["task.created"])
-    async def reminders(event: TaskCreated, ctx: Context) -> None:
-        when = event.due.isoformat() if event.due else "no due date"
-        say("reminders", ctx, f"schedule reminder for {event.task_id}: {when}")
-
-    return app
-
-
-async def demo(url: str, tasks: int, timeout: float) -> int:
-    app = build_app(url)
-    async with app:
-        print(f"tidings log: {url}")
-        print(f"publishing {tasks} tasks (created, then completed) to topic {TOPIC!r}\n")
-        for i in range(tasks):
-            task_id = f"task-{i + 1}"
-            with correlation_scope():
-                await app.publish(
-                    TOPIC,
-                    TaskCreated(
-                        task_id=task_id,
-                        title=f"Write report {i + 1}",
-                        assignee="alice@example.com",
-                        due=datetime.now(UTC) + timedelta(days=1),
-                    ),
-                )
-                await app.publish(TOPIC, TaskCompleted(task_id=task_id, completed_by="alice"))
-        worker = Worker(app)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(worker.run(stop))
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)
-            groups = await app.transport.groups()
-            if len(groups) == 5 and all(g.lag == 0 for g in groups):
-                break
-        stop.set()
-        await runner
-        print("\nwhere each group stands (the same as `tidings groups --url " + url + "`):")
-        for g in await app.transport.groups():
-            print(f"  {g.group:<10} lag {g.lag}")
-        lagging = [g.group for g in await app.transport.groups() if g.lag]
-    return 1 if lagging else 0
+        report = call(
+            "create 'Write the quarterly report' for alice, reminder in ~20 s",
+            "POST",
+            "/tasks",
+            1,
+            {
+                "title": "Write the quarterly report",
+                "assignee": "alice",
+                "priority": "high",
+                "due": (now + timedelta(seconds=lead + 20)).isoformat(),
+            },
+        )
+        review = call(
+            "create 'Review pull request #42' for bob",
+            "POST",
+            "/tasks",
+            1,
+            {
+                "title": "Review pull request #42",
+                "assignee": "bob",
+                "due": (now + timedelta(days=1)).isoformat(),
+            },
+        )
+        lunch = call(
+            "create 'Order team lunch'", "POST", "/tasks", 1, {"title": "Order team lunch"}
+        )
+        call(
+            "assign 'Order team lunch' to carol",
+            "PATCH",
+            f"/tasks/{lunch['id']}",
+            2,
+            {"assignee": "carol"},
+        )
+        call("complete 'Review pull request #42'", "POST", f"/tasks/{review['id']}/complete", 1)
+        idea = call("create 'Old idea'", "POST", "/tasks", 1, {"title": "Old idea"})
+        call("delete 'Old idea'", "DELETE", f"/tasks/{idea['id']}", 1)
+        del report
+    return done
 
 
-def run_demo(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="taskapi demo")
-    parser.add_argument("--data", default="demo-data", help="folder for the log (%(default)s)")
-    parser.add_argument("--tasks", type=int, default=3, help="tasks to create (%(default)s)")
-    parser.add_argument("--timeout", type=float, default=30.0)
+async def _ensure_log(url: str) -> None:
+    # Create the log and the topic once, before several processes open it at once.
+    async with register(Tidings(url, service="taskapi-demo")):
+        pass
+
+
+async def _group_lags(url: str) -> dict[str, int]:
+    async with Tidings(url, service="taskapi-demo") as app:
+        return {g.group: g.lag for g in await app.transport.groups() if g.group in SERVICES}
+
+
+def _print_effect(effect: Effect) -> None:
+    at = datetime.fromtimestamp(effect.at, UTC).strftime("%H:%M:%S.%f")[:-3]
+    corr = (effect.correlation_id or "-")[-12:]
+    print(f"  {at}  {effect.service:<9} {effect.summary}  [correlation …{corr}]", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taskapi demo", description=__doc__)
+    parser.add_argument("--data", default="taskapi-data", help="the data folder (%(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="the API's port (%(default)s)")
+    parser.add_argument("--smtp-port", type=int, default=8025, help="SMTP sink (%(default)s)")
+    parser.add_argument("--http-port", type=int, default=8026, help="webhooks (%(default)s)")
+    parser.add_argument(
+        "--lead", type=float, default=60.0, help="seconds a reminder fires before the due date"
+    )
+    parser.add_argument(
+        "--exit-when-done", action="store_true", help="stop once every seeded effect is in"
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="for --exit-when-done")
     args = parser.parse_args(argv)
-    os.makedirs(args.data, exist_ok=True)
-    url = os.environ.get("TIDINGS_URL") or f"sqlite:///{os.path.join(args.data, 'tidings.db')}"
-    return asyncio.run(demo(url, args.tasks, args.timeout))
+
+    data = Path(args.data).absolute()
+    data.mkdir(parents=True, exist_ok=True)
+    devices = data / "devices.json"
+    if not devices.exists():
+        devices.write_text(json.dumps(DEVICES, indent=2) + "\n")
+    system = System(
+        data,
+        api_port=args.port,
+        smtp_port=args.smtp_port,
+        http_port=args.http_port,
+        env={"TASKAPI_REMINDER_LEAD": str(args.lead)},
+    )
+    settings = system.settings.ensure()
+    asyncio.run(_ensure_log(settings.tidings_url))
+    # Ctrl-C reaches the whole process group; the parts stop themselves, and we wait.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        print(f"starting the Task API system in {data} ...", flush=True)
+        system.start_all()
+        requests = seed(system.api_url, args.lead)
+        _where(system, requests)
+        return _follow(system, requests, args.exit_when_done, args.timeout)
+    except StartFailed as exc:
+        print(f"taskapi demo: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        codes = system.stop_all()
+        stuck = {name: code for name, code in codes.items() if code not in (0, None)}
+        print("stopped" + (f"; exit codes {stuck}" if stuck else " cleanly"), flush=True)
+
+
+def _where(system: System, requests: list[tuple[str, str, int]]) -> None:
+    s = system.settings
+    rel = Path(s.data.name)
+    print(f"\nseeded through the API ({len(requests)} requests):")
+    for what, correlation, _ in requests:
+        print(f"  {what:<66} correlation {correlation}")
+    print(
+        f"""
+where to look:
+  API docs       {system.api_url}/docs
+  mail folder    {rel}/mail/          (one .eml per mail; index.jsonl lists them)
+  webhook log    {rel}/webhooks.jsonl  (what Slack and the push gateway received)
+  audit files    {rel}/audit/         (check: taskapi audit verify --data {rel})
+  reminders      taskapi reminders --data {rel}
+  groups         tidings groups --url {s.tidings_url}
+  dead letters   tidings dlq list slack --url {s.tidings_url}
+  process logs   {rel}/logs/
+
+try:  curl -s -X POST {system.api_url}/tasks -H 'content-type: application/json' \\
+        -d '{{"title": "Try tidings", "assignee": "alice"}}'
+
+effects as they happen (Ctrl-C stops everything):""",
+        flush=True,
+    )
+
+
+def _follow(
+    system: System, requests: list[tuple[str, str, int]], exit_when_done: bool, timeout: float
+) -> int:
+    effects = Effects(system.settings)
+    expected_events = sum(n for _, _, n in requests)
+    deadline = time.monotonic() + timeout
+    while True:
+        for effect in effects.poll():
+            _print_effect(effect)
+        dead = [p.name for p in system.parts.values() if not p.running]
+        if dead:
+            print(f"taskapi demo: {', '.join(dead)} stopped unexpectedly; see {system.data}/logs/")
+            return 1
+        if exit_when_done and len(effects.of("audit")) >= expected_events:
+            lags = asyncio.run(_group_lags(system.settings.tidings_url))
+            if len(lags) == len(SERVICES) and not any(lags.values()):
+                print("\nevery group has caught up:")
+                for group in SERVICES:
+                    print(f"  {group:<10} lag {lags[group]}  effects {len(effects.of(group))}")
+                return 0
+        if exit_when_done and time.monotonic() > deadline:
+            print(f"taskapi demo: the effects were not all in after {timeout:.0f}s")
+            return 1
+        time.sleep(0.2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+from collections.abc import Callable
 from typing import Protocol
 
 from taskapi.events import register
@@ -51,8 +52,16 @@ def build(name: str, settings: Settings, stack: contextlib.AsyncExitStack) -> Ti
     return module.build(settings.ensure(), stack)
 
 
-async def serve(name: str, settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run service ``name`` until ``stop`` is set, or SIGTERM/SIGINT if none is given."""
+async def serve(
+    name: str,
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Tidings], None] | None = None,
+) -> None:
+    """Run service ``name`` until ``stop`` is set, or SIGTERM/SIGINT if none is given.
+
+    ``on_ready`` is called once the app is connected to the log, before handling.
+    """
     async with contextlib.AsyncExitStack() as stack:
         app = build(name, settings, stack)
         async with app:
@@ -60,4 +69,6 @@ async def serve(name: str, settings: Settings, stop: asyncio.Event | None = None
             if stop is None:
                 stop = asyncio.Event()
                 worker.install_signal_handlers(stop)
+            if on_ready is not None:
+                on_ready(app)
             await worker.run(stop)

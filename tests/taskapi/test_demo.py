@@ -1,31 +1,45 @@
-"""The README's first command runs `taskapi demo`: it fans task events out to five
-groups on the embedded log and ends with every group caught up."""
+"""The README's first command runs `taskapi demo`: the whole system on the embedded log,
+seeded through the API, every effect in and every group caught up."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-def test_the_demo_fans_out_to_five_groups_and_catches_up(tmp_path: Path) -> None:
+pytestmark = pytest.mark.integration
+
+
+def test_the_demo_seeds_tasks_and_every_service_catches_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
+    ports = ["--port", "0", "--smtp-port", "0", "--http-port", "0"]
     result = subprocess.run(
-        [sys.executable, "-m", "taskapi", "demo", "--data", str(tmp_path), "--tasks", "2"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+        [sys.executable, "-m", "taskapi", "demo", "--data", str(tmp_path), *ports,
+         "--exit-when-done", "--timeout", "90"],
+        capture_output=True, text=True, env=env, timeout=180, check=False,
+    )  # fmt: skip
     out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "where to look:" in out
+    assert "/docs" in out
     for group in ("email", "slack", "push", "audit", "reminders"):
-        assert f"{group:<10} lag 0" in out
-    assert out.count("[audit    ]") == 4  # every event: 2 created + 2 completed
-    assert out.count("[push     ]") == 2  # created only
-    assert (tmp_path / "tidings.db").exists()
+        assert f"  {group:<10} lag 0" in out
+    assert "stopped cleanly" in out
+    # Seeded: 4 created, 1 updated+assigned, 1 completed, 1 deleted = 8 events.
+    assert out.count(" audit ") >= 8
+    index = (tmp_path / "mail" / "index.jsonl").read_text().splitlines()
+    mails = {(json.loads(line)["rcpt_tos"][0], json.loads(line)["subject"]) for line in index}
+    assert {
+        ("alice@example.com", "New task: Write the quarterly report"),
+        ("bob@example.com", "New task: Review pull request #42"),
+        ("carol@example.com", "Assigned to you: Order team lunch"),
+        ("bob@example.com", "Completed: Review pull request #42"),
+    } <= mails
+    assert (tmp_path / "events.db").exists()
 
 
 def test_the_taskapi_command_explains_its_usage() -> None:
@@ -33,4 +47,15 @@ def test_the_taskapi_command_explains_its_usage() -> None:
         [sys.executable, "-m", "taskapi"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 2
-    assert "usage: taskapi demo" in result.stderr
+    assert "usage: taskapi COMMAND" in result.stderr
+    assert "service NAME" in result.stderr
+
+
+def test_an_unknown_service_is_refused_with_the_list(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "taskapi", "service", "fax", "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "invalid choice: 'fax'" in result.stderr
+    assert "email" in result.stderr
