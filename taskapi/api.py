@@ -17,7 +17,7 @@ import contextlib
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 import uvicorn
@@ -28,6 +28,8 @@ from pydantic import BaseModel
 from taskapi.api_models import ASSIGNEE_PATTERN, Detail, TaskCreate, TaskList, TaskOut, TaskPatch
 from taskapi.db import Status, create_schema, make_engine
 from taskapi.events import TOPIC, register
+from taskapi.net import ListenError, Server, listen
+from taskapi.net import port as port_number
 from taskapi.settings import Settings
 from taskapi.tasks import TaskIsCompleted, TaskNotFound, TaskStore
 from tidings import ConfigError, Tidings
@@ -194,10 +196,8 @@ def _routes(app: FastAPI, store: TaskStore) -> None:
 # -- the command ---------------------------------------------------------------------
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server that announces its address once it listens, and leaves the
-    signals to :func:`_serve` (after a graceful stop uvicorn re-raises SIGTERM/SIGINT
-    under the previous handlers, which would end the process by the signal, not 0)."""
+class _Server(Server):
+    """Announces its address once it listens."""
 
     def __init__(self, config: uvicorn.Config, url: str) -> None:
         super().__init__(config)
@@ -207,33 +207,6 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.started:  # startup done: tables, log, relay; the socket listens
             print(f"Task API on {self.url} (docs: {self.url}/docs)", flush=True)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {text}")
-    return port
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (port 0: any free port). Bound here rather than
-    by uvicorn, which answers a busy port with a logged traceback and sys.exit."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # As uvicorn does: a restart may bind while old connections are in TIME_WAIT.
-        # A port another socket listens on still refuses the bind.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 async def _serve(server: uvicorn.Server, sock: socket.socket) -> int:
@@ -263,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--data", help="the data folder (default $TASKAPI_DATA or ./taskapi-data)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=_port, default=8000, help="port (0: any free one)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free one)")
     parser.add_argument(
         "--no-relay",
         action="store_true",
@@ -276,13 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     host: str = args.host
     try:
         settings = Settings.from_env(args.data).ensure()
-        sock = _listen(host, args.port)
-    except ConfigError as exc:
+        sock = listen(host, args.port)
+    except (ConfigError, ListenError) as exc:
         print(f"taskapi api: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        print(f"taskapi api: cannot listen on {host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     with sock:
         port = sock.getsockname()[1]

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import errno
 import itertools
 import json
 import os
@@ -23,7 +22,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from taskapi.net import ListenError, Server, listen
+from taskapi.net import port as port_number
 from taskapi.settings import Settings
 from tidings import ConfigError
 
@@ -218,31 +219,11 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-class _Server(uvicorn.Server):
-    # run_sinks owns SIGTERM/SIGINT; uvicorn's own capture would re-raise the signal
-    # after shutdown and kill the process instead of exiting 0.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 def _listen(port: int, option: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((HOST, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise SinkError(
-                f"port {port} on {HOST} is already in use (are the sinks already running?); "
-                f"stop what holds it or choose another port with {option} N (0 = any free port)"
-            ) from None
-        reason = exc.strerror or exc
-        raise SinkError(f"cannot listen on {HOST}:{port} ({reason}); try {option} 0") from None
-    sock.setblocking(False)
-    return sock
+        return listen(HOST, port, option)
+    except ListenError as exc:
+        raise SinkError(str(exc)) from None
 
 
 async def run_sinks(
@@ -286,13 +267,14 @@ async def run_sinks(
         access_log=False,
         timeout_graceful_shutdown=3,
     )
-    server = _Server(config)
+    server = Server(config)
     serving = asyncio.create_task(server.serve(sockets=[http_sock]))
     own_signals = stop is None
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.create_task(stop.wait())
     try:
         for _ in range(1000):  # at most ~10 s for uvicorn to start
             if server.started or serving.done():
@@ -306,12 +288,11 @@ async def run_sinks(
             f"records in {settings.webhook_log}",
             flush=True,
         )
-        stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({stopping, serving}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
         if not stop.is_set():
             raise SinkError("the webhook receiver stopped unexpectedly; see the messages above")
     finally:
+        stopping.cancel()
         server.should_exit = True
         smtp.close()
         for session in list(sessions):  # idle SMTP clients must not hold up the exit
@@ -331,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="taskapi sinks", description="Run the local SMTP sink and webhook receiver."
     )
     parser.add_argument("--data", help="the data folder (default $TASKAPI_DATA or ./taskapi-data)")
-    parser.add_argument("--smtp-port", type=_port, help="default: the port of $TASKAPI_SMTP")
-    parser.add_argument("--http-port", type=_port, help="default: the port of the Slack URL")
+    parser.add_argument("--smtp-port", type=port_number, help="default: the port of $TASKAPI_SMTP")
+    parser.add_argument("--http-port", type=port_number, help="default: the port of the Slack URL")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(args.data).ensure()
@@ -341,12 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskapi sinks: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0 = any free port), got {text!r}")
-    return int(text)
 
 
 if __name__ == "__main__":

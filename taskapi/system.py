@@ -186,10 +186,12 @@ class System:
             part.process.wait()
 
     def stop_all(self) -> dict[str, int | None]:
-        """Stop the services first (they drain and commit), then the API, then the sinks."""
-        order = [n for n in self.parts if n not in ("api", "sinks")] + ["api", "sinks"]
-        for name in order:  # signal all at once: they drain in parallel
-            part = self.parts.get(name)
-            if part is not None:
-                part.terminate()
-        return {name: self.stop(name) for name in order if name in self.parts}
+        """Stop the services and the API (signalled together, they drain in parallel),
+        then the sinks, which may be receiving their last effects until then."""
+        first = [n for n in self.parts if n != "sinks"]
+        for name in first:
+            self.parts[name].terminate()
+        codes = {name: self.stop(name) for name in first}
+        if "sinks" in self.parts:
+            codes["sinks"] = self.stop("sinks")
+        return codes

@@ -352,6 +352,9 @@ class Outbox:
         cols = (t.c.seq, t.c.topic, t.c.key, t.c.payload)
         self._immediate = sa.select(*cols, t.c.created_at).where(t.c.deliver_at.is_(None))
         self._delayed = sa.select(*cols, t.c.deliver_at)
+        # Relays of this outbox running in this process: a commit that added rows
+        # wakes them at once instead of leaving the rows to their next poll.
+        self._relays: set[OutboxRelay] = set()
 
     def __repr__(self) -> str:
         return f"Outbox({self.table.name!r} in {self.url})"
@@ -396,6 +399,7 @@ class Outbox:
             )
         event, row = self._row(payload, topic, key, deliver_at, options)
         session.execute(self._insert, row)
+        self._wake_after_commit(session)
         return event
 
     async def add_async(
@@ -416,7 +420,21 @@ class Outbox:
             )
         event, row = self._row(payload, topic, key, deliver_at, options)
         await session.execute(self._insert, row)
+        self._wake_after_commit(getattr(session, "sync_session", None))
         return event
+
+    def _wake_after_commit(self, session: Any) -> None:
+        """Once ``session`` commits, wake this process's relays of this outbox (an ORM
+        session only; rows added through a Connection wait for the next poll)."""
+        if not self._relays or not hasattr(session, "info"):
+            return
+        if not session.info.get(_LISTENING):
+            # Listening for the session's life: a listener cannot remove itself while
+            # the event runs, and an idle one costs a dict lookup per commit.
+            session.info[_LISTENING] = True
+            sa.event.listen(session, "after_commit", _wake_relays)
+            sa.event.listen(session, "after_rollback", _forget_wake)
+        session.info.setdefault(_WAKE, set()).add(self)
 
     def _row(
         self,
@@ -658,6 +676,20 @@ class Outbox:
             await engine.dispose()
 
 
+_WAKE = "tidings_outbox_wake"  # session.info: the outboxes its transaction added to
+_LISTENING = "tidings_outbox_listening"  # session.info: the listeners are in place
+
+
+def _wake_relays(session: Any) -> None:
+    for outbox in session.info.pop(_WAKE, ()):
+        for relay in list(outbox._relays):
+            relay.wake()
+
+
+def _forget_wake(session: Any) -> None:
+    session.info.pop(_WAKE, None)
+
+
 class OutboxRelay:
     """Moves committed outbox rows to the log (see the module docstring for what it
     guarantees). A component: ``app.add_component(outbox.relay())``, or run alone by
@@ -665,7 +697,9 @@ class OutboxRelay:
 
     The loop: hold the lease (take it, or renew it every ``lease / 3``), read up to
     ``batch`` due rows, append each run of one topic to the log, delete those rows;
-    loop at once after a full batch, else wait ``poll_interval``. Any error (the log,
+    loop at once after a full batch, else wait ``poll_interval``, or less when a
+    session in this process commits rows it added (:meth:`Outbox.add` arranges
+    that, so a relay beside the API relays each commit at once). Any error (the log,
     the database) is logged and the pass tried again after a backoff (0.1 s doubling
     to 5 s); nothing is deleted before its append succeeded, so nothing is lost and
     the order holds. Without the lease it looks again every ``min(lease / 4, 1)`` s.
@@ -698,14 +732,35 @@ class OutboxRelay:
         self._ready = False
         self._db: _Db | None = None
         self._seen_holder: str | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._loop_of_run: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Look for rows now rather than at the next poll (from any thread)."""
+        loop, wakeup = self._loop_of_run, self._wakeup
+        if loop is None or wakeup is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wakeup.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(wakeup.set)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; then release the lease, so that a standby takes
         over at once."""
+        self._loop_of_run = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self.outbox._relays.add(self)
         async with self.outbox.app:
             try:
                 await self._loop(stop)
             finally:
+                self.outbox._relays.discard(self)
                 await self.close()
                 await self.outbox.dispose()
 
@@ -733,7 +788,22 @@ class OutboxRelay:
             if not self.holding:
                 await _sleep(stop, min(self.lease / 4, 1.0))
             elif moved < self.batch:
-                await _sleep(stop, self.poll_interval)
+                await self._idle(stop)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait ``poll_interval``, less if woken or stopped."""
+        wakeup = self._wakeup
+        if wakeup is None:
+            await _sleep(stop, self.poll_interval)
+            return
+        if not wakeup.is_set():
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wakeup.wait())]
+            try:
+                await asyncio.wait(waits, timeout=self.poll_interval, return_when="FIRST_COMPLETED")
+            finally:
+                for w in waits:
+                    w.cancel()
+        wakeup.clear()
 
     async def relay_once(self) -> int:
         """One pass: hold the lease, then move up to ``batch`` due rows to the log.

@@ -3,6 +3,10 @@
 Each request carries the event's correlation id and, as ``Idempotency-Key``, the
 event's id: a receiver that honours it drops the one repeat that at-least-once
 delivery allows (a crash between the POST and the inbox mark).
+
+The client is aiohttp: on this path it costs 0.18 ms of CPU per POST against 1.2 ms
+for httpx's AsyncClient (docs/decisions/0006-taskapi-http-client.md), and every
+service shares the machine with the others.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 from taskapi.settings import Settings
 from tidings import Context
@@ -27,24 +32,31 @@ class WebhookRejected(Exception):
     help, so the event goes to the dead letters at once."""
 
 
-def client(settings: Settings, stack: contextlib.AsyncExitStack) -> httpx.AsyncClient:
+def client(settings: Settings, stack: contextlib.AsyncExitStack) -> aiohttp.ClientSession:
     """An HTTP client for the service's lifetime, closed by ``stack``."""
-    http = httpx.AsyncClient(timeout=settings.http_timeout)
-    stack.push_async_callback(http.aclose)
+    timeout = aiohttp.ClientTimeout(total=settings.http_timeout)
+    http = aiohttp.ClientSession(timeout=timeout, json_serialize=_json)
+    stack.push_async_callback(http.close)
     return http
 
 
-async def post_json(http: httpx.AsyncClient, url: str, body: Any, ctx: Context) -> None:
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def post_json(http: aiohttp.ClientSession, url: str, body: Any, ctx: Context) -> None:
     """POST ``body`` as JSON to ``url``; raise unless the answer is 2xx."""
     headers = {"X-Correlation-ID": ctx.correlationid, "Idempotency-Key": ctx.id}
     try:
-        response = await http.post(url, json=body, headers=headers)
-    except httpx.HTTPError as exc:
+        async with http.post(url, json=body, headers=headers) as response:
+            if 200 <= response.status < 300:
+                await response.read()
+                return
+            status = response.status
+            text = (await response.text(errors="replace"))[:200]
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise WebhookFailed(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
-    if response.is_success:
-        return
-    text = response.text[:200]
-    message = f"POST {url} answered {response.status_code}: {text}"
-    if response.status_code >= 500 or response.status_code in (408, 429):
+    message = f"POST {url} answered {status}: {text}"
+    if status >= 500 or status in (408, 429):
         raise WebhookFailed(message)
     raise WebhookRejected(message)

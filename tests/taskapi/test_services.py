@@ -3,21 +3,25 @@ device lookup and settings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 
 from taskapi.events import ReminderDue, TaskAssigned, TaskCompleted, TaskCreated
 from taskapi.services import build
-from taskapi.services.webhook import WebhookFailed, WebhookRejected, post_json
-from taskapi.services.email import compose
+from taskapi.services.email import Mailer, MailRejected, compose
 from taskapi.services.push import Devices, notification
 from taskapi.services.slack import message
+from taskapi.services.webhook import WebhookFailed, WebhookRejected, client, post_json
 from taskapi.settings import Settings
 from tidings import ConfigError
 
@@ -76,8 +80,6 @@ def test_devices_are_read_again_when_the_file_changes(tmp_path: Path) -> None:
     path.write_text(json.dumps({"alice": "a-1"}))
     assert devices.token("alice") == "a-1"
     path.write_text(json.dumps({"alice": "a-2", "bob": "b-1"}))
-    import os
-
     os.utime(path, (1, 1))  # a different mtime, whatever the clock's resolution
     assert (devices.token("alice"), devices.token("bob")) == ("a-2", "b-1")
     path.write_text("[1, 2]")
@@ -97,32 +99,61 @@ def test_the_push_notification_names_the_task_and_the_device() -> None:
     }
 
 
+@pytest.fixture
+async def endpoint() -> AsyncIterator[tuple[str, list[web.Request], list[int]]]:
+    """A real HTTP server on 127.0.0.1 answering each POST with the status set in
+    ``statuses[0]``; it records the requests."""
+    seen: list[web.Request] = []
+    statuses = [200]
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request)
+        await request.read()
+        return web.Response(status=statuses[0], text="nope")
+
+    app = web.Application()
+    app.router.add_post("/hook", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", seen, statuses
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize(
     ("status", "error"),
     [(500, WebhookFailed), (503, WebhookFailed), (429, WebhookFailed), (408, WebhookFailed),
      (400, WebhookRejected), (404, WebhookRejected)],
 )  # fmt: skip
-async def test_webhook_answers_are_retried_or_refused_by_status(status: int, error: type) -> None:
-    seen: list[httpx.Request] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(status, text="nope")
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+async def test_webhook_answers_are_retried_or_refused_by_status(
+    endpoint, settings, status: int, error: type
+) -> None:
+    url, seen, statuses = endpoint
+    statuses[0] = status
+    async with contextlib.AsyncExitStack() as stack:
+        http = client(settings, stack)
         with pytest.raises(error, match=f"answered {status}: nope"):
-            await post_json(http, "http://hook/x", {"a": 1}, ctx())
-    assert seen[0].headers["idempotency-key"] == "ev-1"
-    assert seen[0].headers["x-correlation-id"] == "corr-1"
+            await post_json(http, url, {"a": 1}, ctx())
+        statuses[0] = 200
+        await post_json(http, url, {"a": 2}, ctx())
+    assert seen[0].headers["Idempotency-Key"] == "ev-1"
+    assert seen[0].headers["X-Correlation-ID"] == "corr-1"
+    assert seen[0].headers["Content-Type"] == "application/json"
+    assert len(seen) == 2
 
 
-async def test_an_unreachable_webhook_is_worth_retrying() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused")
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
-        with pytest.raises(WebhookFailed, match="ConnectError"):
-            await post_json(http, "http://hook/x", {}, ctx())
+async def test_an_unreachable_webhook_is_worth_retrying(settings) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    async with contextlib.AsyncExitStack() as stack:
+        http = client(settings, stack)
+        with pytest.raises(WebhookFailed, match="ClientConnectorError"):
+            await post_json(http, f"http://127.0.0.1:{port}/hook", {}, ctx())
 
 
 @pytest.mark.parametrize(
@@ -138,8 +169,104 @@ def test_bad_settings_say_which_variable_is_wrong(tmp_path: Path, env, message: 
 
 
 async def test_an_unknown_service_name_lists_the_services(settings) -> None:
-    import contextlib
-
     async with contextlib.AsyncExitStack() as stack:
         with pytest.raises(ConfigError, match="email, slack, push, audit, reminders"):
             build("fax", settings, stack)
+
+
+class _Recorder:
+    """An aiosmtpd handler: records mails and sessions; answers RCPT with ``rcpt``."""
+
+    def __init__(self) -> None:
+        self.mails: list[bytes] = []
+        self.sessions = 0
+        self.rcpt = "250 OK"
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.rcpt.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return self.rcpt
+
+    async def handle_DATA(self, server, session, envelope):
+        self.mails.append(envelope.original_content or b"")
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp_server(tmp_path: Path):
+    from aiosmtpd.controller import Controller
+
+    recorder = _Recorder()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    controllers = []
+
+    def start() -> None:
+        controller = Controller(recorder, hostname="127.0.0.1", port=port)
+        controller.start()
+        controllers.append(controller)
+
+    start()
+    settings = Settings.from_env(tmp_path, env={"TASKAPI_SMTP": f"127.0.0.1:{port}"})
+    yield recorder, settings, start, controllers
+    for controller in controllers:
+        with contextlib.suppress(Exception):
+            controller.stop()
+
+
+def _mail(n: int) -> Any:
+    event = TaskCreated(task_id=f"t{n}", title=f"Task {n}", assignee="alice", created_at=NOW)
+    return compose(event, Settings.from_env("/tmp", env={}), ctx())
+
+
+def test_the_mailer_keeps_its_connection_and_replaces_a_stale_one(smtp_server) -> None:
+    recorder, settings, start, controllers = smtp_server
+    mailer = Mailer(settings)
+    try:
+        for n in range(3):
+            mailer.send(_mail(n))
+        assert (len(recorder.mails), recorder.sessions) == (3, 1)
+        controllers[-1].stop()  # the server goes away and comes back: the kept session is dead
+        start()
+        mailer.send(_mail(3))
+        assert (len(recorder.mails), recorder.sessions) == (4, 2)
+        assert b"Subject: New task: Task 3" in recorder.mails[-1]
+    finally:
+        mailer.close()
+
+
+def test_a_permanent_smtp_refusal_is_not_worth_retrying_but_a_transient_one_is(
+    smtp_server,
+) -> None:
+    import smtplib
+
+    recorder, settings, _, _ = smtp_server
+    mailer = Mailer(settings)
+    try:
+        recorder.rcpt = "550 5.1.1 no such mailbox"
+        with pytest.raises(MailRejected, match="refused every recipient"):
+            mailer.send(_mail(1))
+        recorder.rcpt = "451 4.3.0 try again later"
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as transient:
+            mailer.send(_mail(2))
+        assert not isinstance(transient.value, MailRejected)
+        recorder.rcpt = "250 OK"
+        mailer.send(_mail(3))  # the same session, still usable
+        assert (len(recorder.mails), recorder.sessions) == (1, 1)
+    finally:
+        mailer.close()
+
+
+def test_a_mail_server_that_is_down_is_worth_retrying(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    mailer = Mailer(Settings.from_env(tmp_path, env={"TASKAPI_SMTP": f"127.0.0.1:{port}"}))
+    with pytest.raises(ConnectionRefusedError):
+        mailer.send(_mail(1))
