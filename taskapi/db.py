@@ -8,18 +8,19 @@ events that report its change commit in one transaction.
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from taskapi.events import Priority
 from tidings import ConfigError, new_id
+from tidings.outbox import UTCDateTime
 
 __all__ = [
     "PRIORITIES",
@@ -43,31 +44,6 @@ _URL_FORMS = (
 )
 # An execution option read by the SQLite "begin" listener below.
 _BEGIN = "taskapi_sqlite_begin"
-
-
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """An aware datetime stored in UTC, read back aware on every database.
-
-    PostgreSQL has ``timestamptz``. SQLite has no time type and SQLAlchemy drops the
-    zone, so values are converted to UTC before they are written: the fixed-width text
-    then sorts in time order and reads back as UTC.
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"{value.isoformat()} has no time zone; store aware datetimes")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):

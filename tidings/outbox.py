@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
     from tidings.app import Tidings
 
-__all__ = ["Outbox", "OutboxError", "OutboxRelay", "OutboxStatus"]
+__all__ = ["Outbox", "OutboxError", "OutboxRelay", "OutboxStatus", "UTCDateTime"]
 
 log = logging.getLogger("tidings.outbox")
 
@@ -91,8 +91,9 @@ class OutboxError(TidingsError):
 # -- the tables ---------------------------------------------------------------------
 
 
-class _UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """An aware UTC datetime on every database.
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A column type for aware UTC datetimes on every database (the outbox's own
+    columns use it; so may the tables written beside it).
 
     PostgreSQL stores ``timestamptz``. SQLite has no time type: SQLAlchemy writes a
     fixed-width text and drops the zone, so values are converted to UTC first; the
@@ -134,8 +135,8 @@ def _tables(metadata: sa.MetaData, name: str, lease_name: str) -> tuple[sa.Table
         sa.Column("key", sa.Text, nullable=True),
         sa.Column("event_id", sa.String(64), nullable=False),
         sa.Column("payload", sa.LargeBinary, nullable=False),
-        sa.Column("created_at", _UTCDateTime, nullable=False),
-        sa.Column("deliver_at", _UTCDateTime, nullable=True),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("deliver_at", UTCDateTime, nullable=True),
         sa.UniqueConstraint("event_id", name=f"{name}_event_id_key"),
         # (deliver_at, seq): "deliver_at IS NULL ORDER BY seq" and
         # "deliver_at <= now ORDER BY deliver_at, seq" both read it in order.
@@ -426,7 +427,7 @@ class Outbox:
     def _wake_after_commit(self, session: Any) -> None:
         """Once ``session`` commits, wake this process's relays of this outbox (an ORM
         session only; rows added through a Connection wait for the next poll)."""
-        if not self._relays or not hasattr(session, "info"):
+        if not self._relays or not isinstance(session, _orm_session()):
             return
         if not session.info.get(_LISTENING):
             # Listening for the session's life: a listener cannot remove itself while
@@ -636,10 +637,10 @@ class Outbox:
         pending = conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
         due = conn.execute(sa.select(sa.func.count()).select_from(t).where(is_due)).scalar_one()
         oldest = conn.execute(
-            sa.select(sa.type_coerce(sa.func.min(due_at), _UTCDateTime)).where(is_due)
+            sa.select(sa.type_coerce(sa.func.min(due_at), UTCDateTime)).where(is_due)
         ).scalar()
         nxt = conn.execute(
-            sa.select(sa.type_coerce(sa.func.min(t.c.deliver_at), _UTCDateTime)).where(
+            sa.select(sa.type_coerce(sa.func.min(t.c.deliver_at), UTCDateTime)).where(
                 t.c.deliver_at > now
             )
         ).scalar()
@@ -674,6 +675,13 @@ class Outbox:
             engine.dispose()
         else:
             await engine.dispose()
+
+
+@functools.cache
+def _orm_session() -> type[Any]:
+    from sqlalchemy.orm import Session
+
+    return Session
 
 
 _WAKE = "tidings_outbox_wake"  # session.info: the outboxes its transaction added to

@@ -592,6 +592,36 @@ async def test_run_stops_promptly_and_releases(app: Tidings, outbox: Outbox) -> 
     assert relay.name == "outbox-relay:tidings_outbox"
 
 
+async def test_a_commit_in_the_relays_process_wakes_it_before_its_next_poll(
+    app: Tidings, outbox: Outbox, engine: sa.Engine
+) -> None:
+    stop = asyncio.Event()
+    relay = outbox.relay(poll_interval=30)  # only a wake-up can relay within the test
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: relay.holding, what="holding")
+        await asyncio.sleep(0.2)  # the first (empty) pass is over: the relay is idle
+
+        def commit(n: int, *, rollback: bool = False) -> None:
+            with Session(engine) as session:
+                with session.begin():
+                    outbox.add(session, TaskCreated(task_id=f"w-{n}", n=n))
+                    if rollback:
+                        session.rollback()
+                with session.begin():  # a later commit on the same session adds nothing
+                    pass
+
+        await asyncio.to_thread(commit, 1)
+        await eventually(lambda: relay.relayed == 1, timeout=5, what="the woken relay")
+        await asyncio.to_thread(commit, 2, rollback=True)
+        await asyncio.to_thread(commit, 3)  # from another thread, as a FastAPI endpoint
+        await eventually(lambda: relay.relayed == 2, timeout=5, what="the second wake-up")
+    finally:
+        stop.set()
+        await task
+    assert not outbox._relays  # a stopped relay is not woken any more
+
+
 # -- bad input ---------------------------------------------------------------------------
 
 

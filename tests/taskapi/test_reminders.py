@@ -169,3 +169,17 @@ async def test_the_service_fires_reminders_on_time_and_after_a_restart(tmp_path:
         stop.set()
         await service
     assert [e.data["task_id"] for e in probe.of("task.reminder_due")] == ["soon", "after-restart"]
+
+
+def test_the_reminders_command_lists_pending_reminders(tmp_path: Path, capsys) -> None:
+    from taskapi.__main__ import main
+
+    assert main(["reminders", "--data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "no pending reminders\n"
+    engine = make_engine(Settings.from_env(tmp_path, env={}).state_db("reminders"))
+    metadata.create_all(engine)
+    due = datetime(2999, 1, 2, 3, 4, 5, tzinfo=UTC)
+    apply(engine, created("t-7", due=due))
+    engine.dispose()
+    assert main(["reminders", "--data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "2999-01-02 02:54:05 UTC  task t-7  Report\n"
