@@ -40,9 +40,12 @@ def retry_policy(settings: Settings) -> Retry:
     )
 
 
-def inbox(name: str, settings: Settings) -> Inbox:
-    """The service's inbox, in its own SQLite file under the data folder."""
-    return Inbox(settings.state_db(name))
+def inbox(name: str, settings: Settings, stack: contextlib.AsyncExitStack) -> Inbox:
+    """The service's inbox, in its own SQLite file under the data folder, closed by
+    ``stack`` (its engines and its sweeper) when the service stops."""
+    box = Inbox(settings.state_db(name))
+    stack.push_async_callback(box.close)
+    return box
 
 
 def build(name: str, settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:

@@ -38,8 +38,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     audit = AuditLog(settings.audit_dir)
     # The inbox keeps a replayed or redelivered event from being audited twice; the
     # log's own recent ids cover a crash between an append and the inbox's mark.
-    box = inbox("audit", settings)
-    stack.push_async_callback(box.close)
+    box = inbox("audit", settings, stack)
 
     @app.subscriber(
         TOPIC,

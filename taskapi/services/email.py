@@ -150,7 +150,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
         group="email",
         types=["task.created", "task.assigned", "task.completed", "task.reminder_due"],
         retry=policy,
-        inbox=inbox("email", settings),
+        inbox=inbox("email", settings, stack),
     )
     def email(event: Notice, ctx: Context) -> None:
         mail = compose(event, settings, ctx)

@@ -79,7 +79,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
         group="push",
         types=["task.assigned", "task.reminder_due"],
         retry=policy,
-        inbox=inbox("push", settings),
+        inbox=inbox("push", settings, stack),
     )
     async def push(event: TaskAssigned | ReminderDue, ctx: Context) -> None:
         if event.assignee is None:

@@ -185,6 +185,8 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     outbox = Outbox(app, engine, topic=TOPIC, table="reminders_outbox")
     outbox.create_table()
     lead = settings.reminder_lead
+    box = Inbox(engine)
+    stack.push_async_callback(box.close)
 
     # A plain def with a sync Session: SQLite's sync driver, the timer change and the
     # inbox mark in one transaction.
@@ -193,7 +195,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
         group="reminders",
         types=["task.created", "task.updated", "task.completed", "task.deleted"],
         retry=retry_policy(settings),
-        inbox=Inbox(engine),
+        inbox=box,
     )
     def reminders(event: Change, ctx: Context) -> None:
         on_change(ctx.session, event, lead, ctx)

@@ -54,7 +54,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
         group="slack",
         types=["task.created", "task.completed"],
         retry=policy,
-        inbox=inbox("slack", settings),
+        inbox=inbox("slack", settings, stack),
     )
     async def post_to_slack(event: TaskCreated | TaskCompleted, ctx: Context) -> None:
         await post_json(http, settings.slack_webhook_url, message(event, ctx), ctx)
