@@ -131,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     settings = system.settings.ensure()
     asyncio.run(_ensure_log(settings.tidings_url))
-    # Ctrl-C reaches the whole process group; the parts stop themselves, and we wait.
+    # Ctrl-C (and SIGTERM) end the loop below; the parts, in sessions of their own, are
+    # then stopped in order by stop_all(). Set explicitly: a shell may start a
+    # background job with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         print(f"starting the Task API system in {data} ...", flush=True)

@@ -141,8 +141,16 @@ class System:
         part = Part(name, argv, self.data / "logs" / f"{name}.log")
         start = part.log.stat().st_size if part.log.exists() else 0
         with part.log.open("ab") as out:
+            # A session of its own: Ctrl-C in a terminal reaches only the launcher, which
+            # then stops the parts in order (services before the sinks they talk to),
+            # each with exactly one SIGTERM.
             part.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.data
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.data,
+                start_new_session=True,
             )
         self.parts[name] = part
         return part, start

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,33 @@ def test_an_unknown_service_is_refused_with_the_list(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "invalid choice: 'fax'" in result.stderr
     assert "email" in result.stderr
+
+
+def test_ctrl_c_stops_every_part_cleanly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
+    ports = ["--port", "0", "--smtp-port", "0", "--http-port", "0"]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "taskapi", "demo", "--data", str(tmp_path), *ports],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        for line in demo.stdout:  # the demo prints as it goes; stop reading once it runs
+            lines.append(line)
+            if line.startswith("effects as they happen") or time.monotonic() > deadline:
+                break
+        assert any(line.startswith("effects as they happen") for line in lines), "".join(lines)
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        rest, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, "".join(lines) + rest
+    assert "stopped cleanly" in rest
+    logs = tmp_path / "logs"
+    assert sorted(p.stem for p in logs.glob("*.log")) == sorted(
+        ["api", "sinks", "email", "slack", "push", "audit", "reminders"]
+    )
