@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from taskapi.effects import Effect, Effects
+from taskapi.events import PARTITIONS
 from taskapi.system import System
 
 pytestmark = pytest.mark.integration
@@ -270,6 +271,31 @@ def test_a_failing_slack_webhook_is_retried_then_dead_lettered_while_others_carr
         "the replayed post",
     )
     no_duplicates(effects)
+
+
+def test_a_killed_email_service_loses_no_mail_and_repeats_at_most_its_in_flight_ones(
+    system: System, api: httpx.Client, effects: Effects
+) -> None:
+    for i in range(40):
+        request(api, "POST", "/tasks", f"crash-{i}", {"title": f"Crash {i}", "assignee": "bob"})
+        if i == 20:
+            system.kill("email")  # SIGKILL: mails sent but not yet marked are sent again
+    system.start_service("email")
+
+    def mails() -> Counter[str]:
+        return Counter(
+            e.correlation_id or ""
+            for e in effects.of("email")
+            if (e.correlation_id or "").startswith("crash-")
+        )
+
+    wait(effects, lambda: len(mails()) == 40, "a mail for each of the 40 tasks")
+    time.sleep(0.5)
+    effects.poll()
+    repeated = sum(n - 1 for n in mails().values())
+    # At most one mail per partition was between its SMTP send and its inbox mark (a
+    # partition's next event starts once the mark is committed). Runs here gave 4.
+    assert repeated <= PARTITIONS, mails()
 
 
 def test_tampering_with_an_audit_line_is_detected(system: System, tmp_path: Path) -> None:
