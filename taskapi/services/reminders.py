@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from taskapi.db import make_engine
+from taskapi.db import make_engine, writer
 from taskapi.events import (
     TOPIC,
     ReminderDue,
@@ -127,13 +127,23 @@ class Clock:
 
     def __init__(self, engine: Engine, outbox: Outbox, *, batch: int = 500) -> None:
         self.engine = engine
+        self._writer = writer(engine)
         self.outbox = outbox
         self.batch = batch
+        self._any_due = (
+            sa.select(timers.c.task_id).where(timers.c.remind_at <= sa.bindparam("now")).limit(1)
+        )
 
     def fire_due(self, now: float | None = None) -> int:
         """Fire the reminders due at ``now``; return how many."""
         now = time.time() if now is None else now
-        with Session(self.engine) as session, session.begin():
+        # A plain read first: most polls find nothing, and need not take the write lock.
+        with self.engine.connect() as conn:
+            if conn.execute(self._any_due, {"now": now}).first() is None:
+                return 0
+        # IMMEDIATE on SQLite: the write lock is taken before the rows are read, so no
+        # handler's commit can slip in between and fail this transaction on upgrade.
+        with Session(self._writer) as session, session.begin():
             rows = (
                 session.execute(
                     sa.select(timers)
