@@ -13,38 +13,36 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from tidings import ConfigError
 
 __all__ = ["Settings"]
 
 DEFAULT_DATA = "taskapi-data"
+T = TypeVar("T", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: T, least: T, what: str) -> T:
+    """``$name`` as the type of ``default`` (``what`` describes it), at least ``least``."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = type(default)(raw)
+    except ValueError:
+        raise ConfigError(f"${name} must be {what}, got {raw!r}") from None
+    if value < least:
+        raise ConfigError(f"${name} must be >= {least}, got {raw!r}")
+    return value
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"${name} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"${name} must be >= 0 seconds, got {raw!r}")
-    return value
+    return _number(env, name, float(default), 0.0, "a number of seconds")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"${name} must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise ConfigError(f"${name} must be >= 1, got {raw!r}")
-    return value
+    return _number(env, name, default, 1, "a whole number")
 
 
 @dataclass(frozen=True)
