@@ -517,7 +517,19 @@ class Outbox:
             db.close()
 
     def _create(self, conn: Connection) -> None:
-        self.metadata.create_all(conn, tables=[self.table, self.lease_table])
+        tables = [self.table, self.lease_table]
+        if conn.dialect.name == "sqlite":
+            # IF NOT EXISTS, not create_all()'s look-then-create: a relay and the app
+            # (or two processes) creating the tables at once must not fail on each
+            # other's table. Not on PostgreSQL: CREATE INDEX IF NOT EXISTS locks the
+            # table before it looks, and would wait behind any open transaction that
+            # added a row; there the check comes first.
+            for table in tables:
+                conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+                for index in table.indexes:
+                    conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+        else:
+            self.metadata.create_all(conn, tables=tables)
         lease = self.lease_table
         name = self.table.name
         if conn.execute(sa.select(lease.c.name).where(lease.c.name == name)).first() is None:
