@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session
 
 from tidings.codec import encode
 from tidings.envelope import Event
@@ -67,7 +68,6 @@ from tidings.transport import check_topic_name, new_member_id
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-    from sqlalchemy.orm import Session
 
     from tidings.app import Tidings
 
@@ -427,7 +427,7 @@ class Outbox:
     def _wake_after_commit(self, session: Any) -> None:
         """Once ``session`` commits, wake this process's relays of this outbox (an ORM
         session only; rows added through a Connection wait for the next poll)."""
-        if not self._relays or not isinstance(session, _orm_session()):
+        if not self._relays or not isinstance(session, Session):
             return
         if not session.info.get(_LISTENING):
             # Listening for the session's life: a listener cannot remove itself while
@@ -689,13 +689,6 @@ class Outbox:
             await engine.dispose()
 
 
-@functools.cache
-def _orm_session() -> type[Any]:
-    from sqlalchemy.orm import Session
-
-    return Session
-
-
 _WAKE = "tidings_outbox_wake"  # session.info: the outboxes its transaction added to
 _LISTENING = "tidings_outbox_listening"  # session.info: the listeners are in place
 
@@ -758,16 +751,8 @@ class OutboxRelay:
     def wake(self) -> None:
         """Look for rows now rather than at the next poll (from any thread)."""
         loop, wakeup = self._loop_of_run, self._wakeup
-        if loop is None or wakeup is None or loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            wakeup.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        if loop is not None and wakeup is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(wakeup.set)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -811,11 +796,9 @@ class OutboxRelay:
                 await self._idle(stop)
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        """Wait ``poll_interval``, less if woken or stopped."""
+        """Wait ``poll_interval``, less if woken or stopped (only :meth:`run` idles)."""
         wakeup = self._wakeup
-        if wakeup is None:
-            await _sleep(stop, self.poll_interval)
-            return
+        assert wakeup is not None  # set by run()
         if not wakeup.is_set():
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wakeup.wait())]
             try:
