@@ -1,0 +1,149 @@
+"""The CloudEvents Kafka binding (binary and structured mode) at the transport's edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from tidings.codec import decode, encode, to_dict
+from tidings.envelope import Event
+from tidings.errors import DecodeError
+from tidings.transports.kafka_wire import from_kafka, to_kafka
+
+
+def _events() -> list[Event]:
+    return [
+        Event(type="task.created", source="//api", data={"id": 1, "title": "é"}),
+        Event(
+            type="task.created",
+            source="//api",
+            data=[1, "two", None],
+            subject="s",
+            dataversion=3,
+            correlationid="c",
+            causationid="d",
+            traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            partitionkey="task-1",
+            dataschema="https://example.com/s.json",
+            extensions={"tenant": "acme"},
+        ),
+        Event(type="task.deleted", source="//api"),  # no data
+        Event(type="task.deleted", source="//api", datacontenttype=None, data="x"),
+        Event(type="blob.stored", source="//s", data=b"\x00\xff", datacontenttype="image/png"),
+        # Not representable in binary mode without loss: written structured instead.
+        Event(type="blob.stored", source="//s", data=b"\x00\xff"),  # bytes "as JSON"
+        Event(type="note.added", source="//s", data="hi", datacontenttype="text/plain"),
+        Event(type="note.added", source="//s", data=1, extensions={"count": 2, "ok": True}),
+    ]
+
+
+def _same(a: Event, b: Event) -> bool:
+    return orjson.dumps(to_dict(a)) == orjson.dumps(to_dict(b))
+
+
+@pytest.mark.parametrize("fmt", ["binary", "structured"])
+@pytest.mark.parametrize("event", _events(), ids=lambda e: e.type)
+def test_every_event_round_trips_in_both_modes(event: Event, fmt: str) -> None:
+    raw = encode(event)
+    value, headers = to_kafka(raw, fmt)
+    # Against decode(raw), not event: the codec itself fills defaults in on decode.
+    assert _same(decode(from_kafka(value, headers)), decode(raw))
+
+
+def test_binary_mode_puts_attributes_in_headers_and_data_in_the_value() -> None:
+    event = Event(type="task.created", source="//api", data={"a": 1}, dataversion=2)
+    value, headers = to_kafka(encode(event))
+    h = dict(headers)
+    assert h["ce_specversion"] == b"1.0"
+    assert h["ce_type"] == b"task.created"
+    assert h["ce_id"] == event.id.encode()
+    assert h["ce_dataversion"] == b"2"
+    assert h["content-type"] == b"application/json"
+    assert "ce_time" in h
+    assert value == b'{"a":1}'
+
+
+def test_binary_bytes_data_is_the_raw_value() -> None:
+    event = Event(type="blob.stored", source="//s", data=b"\x00\xff", datacontenttype="image/png")
+    value, headers = to_kafka(encode(event))
+    assert value == b"\x00\xff"
+    assert dict(headers)["content-type"] == b"image/png"
+
+
+def test_structured_mode_keeps_the_document_as_the_value() -> None:
+    raw = encode(Event(type="task.created", source="//api", data={"a": 1}))
+    value, headers = to_kafka(raw, "structured")
+    assert value == raw
+    assert headers == [("content-type", b"application/cloudevents+json")]
+
+
+def test_a_record_without_ce_headers_is_read_as_structured() -> None:
+    raw = encode(Event(type="task.created", source="//api"))
+    assert from_kafka(raw, None) == raw
+    assert from_kafka(raw, [("other", b"x")]) == raw
+    assert from_kafka(None, None) == b""
+
+
+def test_values_that_are_not_events_are_stored_as_given() -> None:
+    assert to_kafka(b"not json") == (
+        b"not json",
+        [("content-type", b"application/cloudevents+json")],
+    )
+    assert to_kafka(b"[1]")[0] == b"[1]"
+
+
+def test_a_foreign_binary_record_is_read() -> None:
+    # As the CloudEvents SDKs' Kafka binding writes it.
+    headers: list[tuple[str, Any]] = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"1"),
+        ("ce_source", b"//other"),
+        ("ce_type", b"order.placed"),
+        ("ce_time", b"2024-01-02T03:04:05Z"),
+        ("content-type", b"application/json; charset=utf-8"),
+        ("traceparent-unrelated", b"ignored"),
+    ]
+    event = decode(from_kafka(b'{"n": 1}', headers))
+    assert (event.type, event.source, event.id, event.data) == (
+        "order.placed",
+        "//other",
+        "1",
+        {"n": 1},
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "value", "reason"),
+    [
+        ([("ce_specversion", b"1.0"), ("ce_id", b"\xff")], b"{}", "header 'ce_id' is not UTF-8"),
+        ([("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_id", b"2")], b"{}", "repeated"),
+        ([("ce_specversion", b"1.0"), ("ce_data", b"x")], b"{}", "reserved"),
+    ],
+)
+def test_bad_headers_become_a_record_decode_rejects(
+    headers: list[tuple[str, bytes]], value: bytes, reason: str
+) -> None:
+    raw = from_kafka(value, headers)
+    with pytest.raises(DecodeError):
+        decode(raw)
+    kept = orjson.loads(raw)
+    assert reason in kept["kafka_binary_mode_error"]
+    assert kept["value_base64"] == "e30="  # the original value, for the dead letter
+
+
+def test_binary_data_that_is_not_json_is_a_decode_error() -> None:
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"1"),
+        ("ce_source", b"//s"),
+        ("ce_type", b"a.b"),
+        ("content-type", b"application/json"),
+    ]
+    with pytest.raises(DecodeError):
+        decode(from_kafka(b"{not json", headers))
+    with pytest.raises(DecodeError):
+        decode(from_kafka(b"", headers))
+    with pytest.raises(DecodeError, match="required attribute 'id'"):
+        decode(from_kafka(b"{}", [("ce_specversion", b"1.0")]))

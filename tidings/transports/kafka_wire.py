@@ -1,0 +1,128 @@
+"""The CloudEvents Kafka protocol binding, at the edge of the Kafka transport.
+
+Above the transport an event is structured-mode JSON bytes (``tidings.codec.encode``).
+On Kafka it is written in one of two modes:
+
+- **binary** (the default): attributes in ``ce_<name>`` headers (UTF-8 strings),
+  ``datacontenttype`` in the ``content-type`` header, the data alone in the value;
+- **structured**: the JSON document as the value, ``content-type:
+  application/cloudevents+json``.
+
+Reading accepts both, whatever the transport writes: a record with a ``ce_specversion``
+header is binary, any other is structured. Conversion never raises: an event binary mode
+cannot carry without loss (non-string extensions, bytes data declared as JSON, ...) is
+written structured, and a binary record with bad headers is read as a JSON document that
+``tidings.codec.decode`` rejects with a DecodeError, keeping the headers and the value
+for the dead letter.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+__all__ = ["STRUCTURED_CONTENT_TYPE", "from_kafka", "to_kafka"]
+
+Headers = list[tuple[str, bytes]]
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+_STRUCTURED: Headers = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+# Written first on read, in CloudEvents' order; other headers follow as they came.
+_ORDER = ("specversion", "id", "source", "type", "time")
+_RESERVED = frozenset({"data", "data_base64", "datacontenttype"})
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return True  # CloudEvents: no datacontenttype means JSON data
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("application/json", "text/json") or media.endswith("+json")
+
+
+def to_kafka(value: bytes, fmt: str = "binary") -> tuple[bytes | None, Headers]:
+    """The Kafka (value, headers) of one encoded event in ``fmt`` (binary|structured)."""
+    if fmt != "binary":
+        return value, list(_STRUCTURED)
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("specversion"), str):
+        return value, list(_STRUCTURED)  # not an event: stored as given
+    content_type = doc.get("datacontenttype")
+    if content_type is not None and not isinstance(content_type, str):
+        return value, list(_STRUCTURED)
+    headers: Headers = []
+    for name, attr in doc.items():
+        if name in _RESERVED:
+            continue
+        if isinstance(attr, str):
+            headers.append(("ce_" + name, attr.encode()))
+        elif name == "dataversion" and type(attr) is int:
+            headers.append(("ce_dataversion", str(attr).encode()))  # decode reads it back
+        else:
+            return value, list(_STRUCTURED)  # a typed extension: binary mode would lose it
+    if content_type is not None:
+        headers.append(("content-type", content_type.encode()))
+    if "data_base64" in doc:
+        b64 = doc["data_base64"]
+        # Bytes declared (or defaulted) as JSON would read back as JSON data.
+        if _is_json(content_type) or not isinstance(b64, str):
+            return value, list(_STRUCTURED)
+        try:
+            return base64.b64decode(b64, validate=True), headers
+        except ValueError:
+            return value, list(_STRUCTURED)
+    if "data" in doc:
+        if not _is_json(content_type):
+            return value, list(_STRUCTURED)  # e.g. a JSON string declared text/plain
+        return orjson.dumps(doc["data"]), headers
+    return None, headers
+
+
+def _bad(reason: str, value: bytes | None, headers: Sequence[tuple[str, Any]]) -> bytes:
+    # No specversion: decode refuses it with a DecodeError; the rest is for a human.
+    return orjson.dumps(
+        {
+            "kafka_binary_mode_error": reason,
+            "headers": [[k, base64.b64encode(bytes(v or b"")).decode()] for k, v in headers],
+            "value_base64": None if value is None else base64.b64encode(value).decode(),
+        }
+    )
+
+
+def from_kafka(value: bytes | None, headers: Sequence[tuple[str, Any]] | None) -> bytes:
+    """The structured-mode JSON bytes of a Kafka record written in either mode."""
+    if not headers or not any(k == "ce_specversion" for k, _ in headers):
+        return value if value is not None else b""
+    attrs: dict[str, str] = {}
+    content_type: str | None = None
+    for name, raw in headers:
+        key = name.lower()
+        if key != "content-type" and not key.startswith("ce_"):
+            continue
+        try:
+            text = bytes(raw or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return _bad(f"header {name!r} is not UTF-8", value, headers)
+        if key == "content-type":
+            content_type = text
+            continue
+        attr = key[3:]
+        if not attr or attr in _RESERVED or attr in attrs:
+            return _bad(f"header {name!r} is repeated, empty or reserved", value, headers)
+        attrs[attr] = text
+    doc: dict[str, Any] = {name: attrs.pop(name) for name in _ORDER if name in attrs}
+    doc.update(attrs)
+    if content_type is not None:
+        doc["datacontenttype"] = content_type
+    if value is not None:
+        if _is_json(content_type):
+            # Spliced unparsed: invalid JSON data makes the whole document invalid,
+            # which decode reports, rather than a second parse on every record.
+            doc["data"] = orjson.Fragment(value)
+        else:
+            doc["data_base64"] = base64.b64encode(value).decode("ascii")
+    return orjson.dumps(doc)
