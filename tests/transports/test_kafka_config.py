@@ -115,3 +115,23 @@ def test_config_is_frozen() -> None:
     cfg = KafkaConfig(bootstrap=("h:9092",))
     with pytest.raises(AttributeError):
         cfg.partitions = 2  # type: ignore[misc]
+
+
+def test_open_transport_knows_kafka_and_hides_the_password() -> None:
+    from tidings.transports import open_transport
+
+    t = open_transport("kafka://u:secret@127.0.0.1:1?partitions=2")
+    assert type(t).__name__ == "KafkaTransport"
+    assert "secret" not in t.url
+    with pytest.raises(ConfigError, match="partitons"):
+        open_transport("kafka://h?partitons=2")
+
+
+async def test_a_missing_client_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from tidings.transports.kafka import KafkaTransport
+
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)
+    with pytest.raises(ConfigError, match=r"install `tidings\[kafka\]`"):
+        await KafkaTransport("kafka://127.0.0.1:1").start()

@@ -9,7 +9,7 @@ from tidings.transport import Transport
 
 __all__ = ["open_transport"]
 
-_SCHEMES = ("memory", "sqlite")
+_SCHEMES = ("memory", "sqlite", "kafka")
 
 
 def open_transport(url: str, *, create: bool = True) -> Transport:
@@ -27,7 +27,11 @@ def open_transport(url: str, *, create: bool = True) -> Transport:
         from tidings.transports.sqlite import SQLiteTransport
 
         return SQLiteTransport(url, create=create)
-    if scheme in ("kafka", "nats"):
+    if scheme == "kafka":
+        from tidings.transports.kafka import KafkaTransport
+
+        return KafkaTransport(url)
+    if scheme == "nats":
         raise ConfigError(
             f"the {scheme}:// transport is not part of this release yet; "
             f"use one of {', '.join(s + '://' for s in _SCHEMES)}"

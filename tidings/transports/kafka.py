@@ -1,0 +1,431 @@
+"""``kafka://host:port[,host:port][?options]``: Apache Kafka (or a compatible broker)
+through confluent-kafka (librdkafka), driven by our own threads (decision 0005).
+
+- appends: one idempotent producer; its delivery reports, handled by a poll thread,
+  resolve asyncio futures with ``call_soon_threadsafe``; the partition is chosen by
+  ``tidings.partitioning`` (Kafka's murmur2), so a key lands where it would on the other
+  transports and with Kafka's Java producer;
+- groups: :class:`~tidings.transports._kafka_consumer.KafkaConsumer`, cooperative-sticky;
+- admin (topics, offsets, groups): ``AdminClient`` calls waited for in threads;
+- records on the wire follow the CloudEvents Kafka binding (``kafka_wire``).
+
+URL options: see :mod:`tidings.transports.kafka_config`; differences of the test broker
+(Tansu) from Apache Kafka: docs/kafka.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
+from tidings.partitioning import partition_for
+from tidings.transport import (
+    Capabilities,
+    Consumer,
+    GroupInfo,
+    GroupPartition,
+    MemberInfo,
+    PartitionInfo,
+    Record,
+    RevokeCallback,
+    StartFrom,
+    TopicInfo,
+    Transport,
+    check_topic_name,
+)
+from tidings.transports._kafka_consumer import KafkaConsumer, to_record
+from tidings.transports.kafka_config import parse_kafka_url
+from tidings.transports.kafka_wire import to_kafka
+
+__all__ = ["KafkaTransport"]
+
+T = TypeVar("T")
+TIMEOUT = 30.0  # seconds for one admin request
+
+
+def _require_client() -> None:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "the kafka:// transport needs confluent-kafka: install `tidings[kafka]`"
+        ) from None
+
+
+class KafkaTransport(Transport):
+    # seek_by_time: ListOffsets by timestamp; multi_process: groups span processes.
+    capabilities = Capabilities(persistent=True, multi_process=True)
+
+    def __init__(self, url: str) -> None:
+        self.config = parse_kafka_url(url)
+        self.url = self.config.redacted_url()
+        self._producer: Any = None
+        self._admin: Any = None
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._counts: dict[str, int] = {}  # partition counts never shrink: safe to cache
+        self._live: weakref.WeakSet[KafkaConsumer] = weakref.WeakSet()
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        _require_client()
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient
+
+        self._admin = AdminClient(self.config.admin())
+        self._producer = Producer(self.config.producer())
+        self._stop.clear()
+        self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        # Delivery reports are served here; each resolves its future on the loop.
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def close(self) -> None:
+        if self._producer is None:
+            return
+        for consumer in list(self._live):
+            await consumer.close()
+        await asyncio.to_thread(self._producer.flush, TIMEOUT)
+        self._stop.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join, 5)
+        self._producer = self._admin = self._poller = None
+
+    async def _call(self, fn: Callable[[], T], what: str) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except (TransportError, ConfigError):
+            raise
+        except Exception as exc:
+            raise _translate(exc, what) from exc
+
+    def _started(self) -> Any:
+        if self._admin is None:
+            raise TransportError(f"{self.url}: the transport is not started (await start())")
+        return self._admin
+
+    # -- topics -----------------------------------------------------------------------
+
+    async def create_topic(
+        self,
+        topic: str,
+        partitions: int | None = None,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> TopicInfo:
+        check_topic_name(topic)
+        admin = self._started()
+        count = partitions or self.config.partitions
+        if count < 1:
+            raise ConfigError(f"topic {topic!r}: partitions must be >= 1, got {count}")
+        if topic not in self._counts:
+            from confluent_kafka import KafkaError
+
+            config = {}
+            if retention_ms is not None:
+                config["retention.ms"] = str(retention_ms)
+            if retention_bytes is not None:
+                config["retention.bytes"] = str(retention_bytes)
+            new = _rd_admin().NewTopic(topic, count, self.config.replication_factor, config=config)
+
+            def create() -> None:
+                try:
+                    admin.create_topics([new], operation_timeout=TIMEOUT)[topic].result(TIMEOUT)
+                except Exception as exc:
+                    err = exc.args[0] if exc.args else None
+                    if not (
+                        isinstance(err, KafkaError)
+                        and err.code() == KafkaError.TOPIC_ALREADY_EXISTS
+                    ):
+                        raise
+
+            await self._call(create, f"create topic {topic!r}")
+        [info] = await self._infos([topic])
+        return info
+
+    async def _partition_count(self, topic: str) -> int:
+        count = self._counts.get(topic)
+        if count is None:
+            meta = await self._call(
+                lambda: self._started().list_topics(timeout=TIMEOUT), "list topics"
+            )
+            found = meta.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                raise TopicNotFound(f"topic {topic!r} does not exist on {self.url}")
+            count = self._counts[topic] = len(found.partitions)
+        return count
+
+    async def _offsets(self, topic: str, count: int, spec: Any) -> dict[int, int]:
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        admin = self._started()
+        request = {RdTopicPartition(topic, p): spec for p in range(count)}
+
+        def run() -> dict[int, int]:
+            futures = admin.list_offsets(request, request_timeout=TIMEOUT)
+            return {tp.partition: f.result(TIMEOUT).offset for tp, f in futures.items()}
+
+        return await self._call(run, f"list offsets of {topic!r}")
+
+    async def _ends(self, topic: str, count: int) -> dict[int, int]:
+        return await self._offsets(topic, count, _rd_admin().OffsetSpec.latest())
+
+    async def _infos(self, names: Sequence[str]) -> list[TopicInfo]:
+        out = []
+        for name in names:
+            count = await self._partition_count(name)
+            starts = await self._offsets(name, count, _rd_admin().OffsetSpec.earliest())
+            ends = await self._ends(name, count)
+            # bytes: Kafka's admin API has no per-partition size in confluent-kafka
+            # (DescribeLogDirs is missing there): reported as 0, see docs/kafka.md.
+            parts = tuple(PartitionInfo(p, starts[p], ends[p], 0) for p in range(count))
+            out.append(TopicInfo(name, parts))
+        return out
+
+    async def topics(self) -> list[TopicInfo]:
+        meta = await self._call(lambda: self._started().list_topics(timeout=TIMEOUT), "list topics")
+        names = sorted(t for t in meta.topics if not t.startswith("__"))
+        return await self._infos(names)
+
+    # -- appends and reads -----------------------------------------------------------
+
+    async def append(
+        self, topic: str, records: Sequence[tuple[str | None, bytes]]
+    ) -> list[tuple[int, int]]:
+        if self._producer is None:
+            self._started()
+        try:
+            count = await self._partition_count(topic)
+        except TopicNotFound:
+            count = len((await self.create_topic(topic)).partitions)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[tuple[int, int]]] = []
+        fmt = self.config.format
+        for key, value in records:
+            future: asyncio.Future[tuple[int, int]] = loop.create_future()
+            kafka_value, headers = to_kafka(value, fmt)
+            self._produce(
+                topic,
+                kafka_value,
+                None if key is None else key.encode(),
+                partition_for(key, count),
+                headers,
+                _on_delivery(loop, future),
+            )
+            futures.append(future)
+        return list(await asyncio.gather(*futures))
+
+    def _produce(
+        self, topic: str, value: Any, key: Any, partition: int, headers: Any, cb: Any
+    ) -> None:
+        for _ in range(1000):  # a full local queue drains as the poll thread delivers
+            try:
+                self._producer.produce(
+                    topic, value, key, partition=partition, headers=headers, on_delivery=cb
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.01)
+        raise TransportError(f"the Kafka producer's queue stayed full for topic {topic!r}")
+
+    async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
+        count = await self._partition_count(topic)
+        if not 0 <= partition < count:
+            raise ConfigError(f"topic {topic!r} has partitions 0..{count - 1}, not {partition}")
+        if limit <= 0:
+            return []
+        conf = self.config.reader()
+
+        def run() -> list[Any]:
+            from confluent_kafka import Consumer as RdConsumer
+            from confluent_kafka import KafkaError
+            from confluent_kafka import TopicPartition as RdTopicPartition
+
+            c = RdConsumer(conf)
+            try:
+                c.assign([RdTopicPartition(topic, partition, offset)])
+                out: list[Any] = []
+                for _ in range(100):  # at most ~10 s
+                    for m in c.consume(limit - len(out), 0.1):
+                        if m.error() is None:
+                            out.append(m)
+                        elif m.error().code() == KafkaError._PARTITION_EOF:  # type: ignore[union-attr]
+                            return out
+                    if len(out) >= limit:
+                        return out
+                return out
+            finally:
+                c.close()
+
+        return [to_record(m) for m in await self._call(run, f"read {topic}[{partition}]")]
+
+    async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        count = await self._partition_count(topic)
+        found = await self._offsets(
+            topic, count, _rd_admin().OffsetSpec.for_timestamp(timestamp_ms)
+        )
+        if all(o >= 0 for o in found.values()):
+            return found
+        ends = await self._ends(topic, count)  # -1: nothing that late, so the end
+        return {p: o if o >= 0 else ends[p] for p, o in found.items()}
+
+    # -- groups -------------------------------------------------------------------------
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        *,
+        start_from: StartFrom = "earliest",
+        on_revoke: RevokeCallback | None = None,
+    ) -> Consumer:
+        return KafkaConsumer(self, group, topics, start_from, on_revoke)
+
+    async def groups(self) -> list[GroupInfo]:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        admin = self._started()
+        listing = await self._call(
+            lambda: admin.list_consumer_groups(request_timeout=TIMEOUT).result(TIMEOUT),
+            "list groups",
+        )
+        out = []
+        for group in sorted(g.group_id for g in listing.valid):
+            request = [ConsumerGroupTopicPartitions(group)]
+            offsets: Any = await self._call(
+                functools.partial(_result, admin.list_consumer_group_offsets(request), group),
+                f"offsets of group {group!r}",
+            )
+            described: Any = await self._call(
+                functools.partial(_result, admin.describe_consumer_groups([group]), group),
+                f"describe group {group!r}",
+            )
+            members, owner = self._members(described)
+            committed = {(tp.topic, tp.partition): tp.offset for tp in offsets.topic_partitions}
+            rows = []
+            for topic in sorted({t for t, _ in committed} | {t for t, _ in owner}):
+                try:
+                    count = await self._partition_count(topic)
+                except TopicNotFound:
+                    continue
+                ends = await self._ends(topic, count)
+                for p in range(count):
+                    c = committed.get((topic, p))
+                    rows.append(
+                        GroupPartition(
+                            group,
+                            topic,
+                            p,
+                            c if c is not None and c >= 0 else None,
+                            ends[p],
+                            member=owner.get((topic, p)),
+                        )
+                    )
+            out.append(GroupInfo(group, tuple(rows), members))
+        return out
+
+    def _members(self, described: Any) -> tuple[tuple[MemberInfo, ...], dict[tuple[str, int], str]]:
+        prefix = self.config.client_id + "-"
+        members, owner = [], {}
+        for m in described.members:
+            # KafkaConsumer sets client.id to "<client_id>-<member>" so that it shows here.
+            name = m.client_id[len(prefix) :] if m.client_id.startswith(prefix) else m.member_id
+            tps = tuple(
+                (tp.topic, tp.partition)
+                for tp in (m.assignment.topic_partitions if m.assignment else [])
+            )
+            owner.update(dict.fromkeys(tps, name))
+            pid = name.rsplit("-", 2)[-2] if name.count("-") >= 2 else "0"
+            members.append(MemberInfo(name, m.host, int(pid) if pid.isdecimal() else 0, tps))
+        return tuple(members), owner
+
+    async def set_offsets(
+        self, group: str, topic: str, offsets: Mapping[int, int], *, force: bool = False
+    ) -> None:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        admin = self._started()
+        local = [c for c in self._live if c.group == group and not c.closed]
+        if local and not force:
+            raise GroupBusy(f"group {group!r} has live members; stop them or pass force")
+        # Apache Kafka refuses to alter the offsets of a group with members, so live
+        # members of this process move their own partitions: seek, then commit.
+        remaining = dict(offsets)
+        for c in local:
+            mine = {p: o for p, o in offsets.items() if (topic, p) in c.assignment()}
+            if mine:
+                c.seek_soon(topic, mine)
+                await c.commit({(topic, p): o for p, o in mine.items()})
+                for p in mine:
+                    remaining.pop(p, None)
+        if not remaining:
+            return
+        request = [
+            ConsumerGroupTopicPartitions(
+                group, [RdTopicPartition(topic, p, o) for p, o in remaining.items()]
+            )
+        ]
+        await self._call(
+            lambda: admin.alter_consumer_group_offsets(request)[group].result(TIMEOUT),
+            f"set offsets of group {group!r}",
+        )
+
+
+def _rd_admin() -> Any:
+    # confluent_kafka.admin's stubs do not export everything it has (NewTopic, OffsetSpec).
+    return importlib.import_module("confluent_kafka.admin")
+
+
+def _result(futures: Mapping[str, Any], key: str) -> Any:
+    return futures[key].result(TIMEOUT)
+
+
+def _on_delivery(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[tuple[int, int]]
+) -> Callable[[Any, Any], None]:
+    def done(err: Any, msg: Any) -> None:  # on the poll thread
+        if err is not None:
+            exc = TransportError(f"append to {msg.topic()!r} failed: {err.str()}")
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, (msg.partition(), msg.offset()), None)
+
+    return done
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _translate(exc: Exception, what: str) -> TransportError:
+    from confluent_kafka import KafkaError
+
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError) and err.code() in (
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+    ):
+        return TopicNotFound(f"{what}: {err.str()}")
+    if isinstance(err, KafkaError):
+        return TransportError(f"{what}: {err.str()}")
+    return TransportError(f"{what}: {exc}")
