@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,13 @@ def tansu(tansu_binary: str) -> Iterator[str]:
     One per test, not per session: the conformance suite names its topics and groups
     "t" and "g" in every test, and Tansu (memory storage) starts in well under a second.
     """
-    binary = tansu_binary
+    with run_tansu(tansu_binary) as address:
+        yield address
+
+
+@contextmanager
+def run_tansu(binary: str) -> Iterator[str]:
+    """Start a Tansu broker on a free 127.0.0.1 port; yield ``host:port``; stop it."""
     port = _free_port()
     url = f"tcp://{HOST}:{port}"
     log = Path(tempfile.mkdtemp(prefix="tidings-tansu-")) / "tansu.log"

@@ -1,18 +1,32 @@
 """One Kafka consumer-group member: a ``confluent_kafka.Consumer`` on its own thread.
 
-``poll`` and the rebalance callbacks run on that thread; ``on_revoke`` is bridged to
-the event loop and waited for there, so the owner finishes and commits before librdkafka
-gives the partitions up. Commits run on another thread (librdkafka commits are
-thread-safe), so that a commit inside ``on_revoke`` does not wait for the blocked poll.
+The thread polls all the time, not only while someone fetches: librdkafka runs the
+rebalance callbacks inside ``poll``, so a member whose worker is busy in a slow handler
+must still answer a rebalance (and stay within ``max.poll.interval.ms``). Polled
+messages go into a bounded buffer that :meth:`KafkaConsumer.fetch` takes from; when it
+is full the thread pauses its partitions (librdkafka resumes them from the position
+after the last message it returned, so nothing is skipped) and keeps polling for the
+callbacks alone.
+
+Every call into the librdkafka consumer is made on that thread. Commits are requests it
+serves between polls: a commit made from another thread while this one polls in a loop
+waited forever in confluent-kafka 2.16 (measured; a 1 ms pause between polls let it
+through). ``on_revoke`` is bridged to the event loop and waited for on the polling
+thread, which serves commit requests meanwhile, so the owner finishes and commits
+before librdkafka gives the partitions up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
 import threading
-from collections.abc import Awaitable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from tidings.errors import TransportError
@@ -26,8 +40,10 @@ __all__ = ["KafkaConsumer"]
 
 log = logging.getLogger("tidings.kafka")
 
-JOIN_TIMEOUT = 120.0  # a librdkafka join takes ~23 s on Tansu; seconds on Apache Kafka
+JOIN_TIMEOUT = 60.0  # seconds for the first assignment (docs/kafka.md: Tansu's joins)
 REVOKE_TIMEOUT = 60.0  # how long on_revoke may hold a rebalance
+BUFFER = 2000  # messages polled ahead of fetch before the partitions are paused
+POLL = 0.02  # seconds one poll may block: how long a commit request may wait to be served
 
 
 def to_record(msg: Any) -> Record:
@@ -57,41 +73,163 @@ class KafkaConsumer(Consumer):
     ) -> None:
         super().__init__(group, topics, start_from, on_revoke)
         self._transport = transport
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-{group}")
         self._consumer: Any = None
+        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._assigned: frozenset[TopicPartition] = frozenset()
-        self._assigned_once = threading.Event()
-        self._pending: list[Any] = []  # messages polled while waiting for the join
+        self._joined: asyncio.Future[None] | None = None
+        self._arrived: asyncio.Event | None = None  # set when the buffer gains messages
+        self._buffer: deque[Any] = deque()
         self._seeks: dict[TopicPartition, int] = {}  # forced resets, applied before a poll
         self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._accepting = True  # False once the polling thread serves no more requests
+        self._stop = threading.Event()
+        self._closed_down: asyncio.Future[None] | None = None
+        self._error: TransportError | None = None  # the polling thread's end, if it failed
         self.closed = False
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._thread, fn, *args)
-        except TransportError:
-            raise
-        except Exception as exc:  # KafkaException and friends, translated here
-            raise TransportError(f"Kafka consumer of group {self.group!r}: {exc}") from exc
+    # -- the polling thread ------------------------------------------------------------
 
-    # -- rebalance callbacks (consumer thread) -----------------------------------------
+    def _main(self, conf: dict[str, Any]) -> None:
+        from confluent_kafka import Consumer as RdConsumer
+
+        paused: set[TopicPartition] = set()
+        try:
+            self._consumer = RdConsumer(conf)
+            self._consumer.subscribe(
+                list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )  # fmt: skip
+            while not self._stop.is_set():
+                self._serve()
+                self._apply_seeks()
+                paused = self._flow(paused)
+                self._poll()
+        except BaseException as exc:  # reported to start and fetch on the loop
+            log.exception("Kafka consumer of group %r stopped", self.group)
+            self._to_loop(self._fail, exc)
+        finally:
+            self._close_sync()
+
+    def _serve(self, wait: float = 0.0) -> None:
+        """Run the requests (commits) waiting for this thread; wait a little for one."""
+        try:
+            fn, future = self._requests.get(timeout=wait) if wait else self._requests.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # handed to whoever asked
+                    future.set_exception(exc)
+            try:
+                fn, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the polling thread (where every consumer call is made)."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if not self._accepting:
+                raise TransportError(f"consumer of group {self.group!r} is closed")
+            self._requests.put((fn, future))
+        return await asyncio.wrap_future(future)
+
+    def _poll(self) -> None:
+        # poll for the first message (returns as soon as one arrives), then take what
+        # is queued without waiting: consume(n, timeout) alone would wait for n.
+        first = self._consumer.poll(POLL)
+        if first is None:
+            return
+        msgs = [first, *self._consumer.consume(BUFFER, 0)]
+        good = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.fatal():
+                raise TransportError(f"group {self.group!r}: {err.str()}")
+            else:
+                log.warning("group %r: %s", self.group, err.str())
+        if good:
+            with self._lock:
+                owned = self._assigned
+                self._buffer.extend(m for m in good if (m.topic(), m.partition()) in owned)
+            self._to_loop(self._wake)
+
+    def _flow(self, paused: set[TopicPartition]) -> set[TopicPartition]:
+        """Pause every owned partition while the buffer is full; resume below half."""
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        size = len(self._buffer)
+        owned = self._assigned
+        if size >= BUFFER:
+            more = owned - paused
+            if more:
+                self._consumer.pause([RdTopicPartition(t, p) for t, p in more])
+            return paused | more
+        if paused and size < BUFFER // 2:
+            back = paused & owned
+            if back:
+                self._consumer.resume([RdTopicPartition(t, p) for t, p in back])
+            return set()
+        return paused & owned
+
+    def _apply_seeks(self) -> None:
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        with self._lock:
+            seeks, self._seeks = self._seeks, {}
+            if seeks:
+                self._drop(frozenset(seeks))
+        for (topic, partition), offset in seeks.items():
+            if (topic, partition) in self._assigned:
+                self._consumer.seek(RdTopicPartition(topic, partition, offset))
+
+    def _drop(self, gone: frozenset[TopicPartition]) -> None:
+        # Called with the lock held: buffered messages of partitions no longer read here.
+        kept = [m for m in self._buffer if (m.topic(), m.partition()) not in gone]
+        self._buffer.clear()
+        self._buffer.extend(kept)
+
+    def _close_sync(self) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.close()  # leaves the group; on_revoke runs for what is owned
+        except Exception:
+            log.exception("closing the Kafka consumer of group %r failed", self.group)
+        finally:
+            self._assigned = frozenset()
+            with self._lock:
+                self._accepting = False
+            self._serve()  # whatever came in before the door closed
+            self._to_loop(self._settle_closed)
+
+    # -- rebalance callbacks (polling thread) ----------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         added = frozenset((tp.topic, tp.partition) for tp in partitions)
         self._assigned = self._assigned | added
-        self._assigned_once.set()
+        self._to_loop(self._settle_joined)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         gone = frozenset((tp.topic, tp.partition) for tp in partitions)
         with self._lock:
-            self._pending = [m for m in self._pending if (m.topic(), m.partition()) not in gone]
+            self._drop(gone)
         if gone and self.on_revoke is not None and self._loop is not None:
             future = asyncio.run_coroutine_threadsafe(_wrap(self.on_revoke(gone)), self._loop)
+            deadline = time.monotonic() + REVOKE_TIMEOUT
+            while not future.done() and time.monotonic() < deadline:
+                self._serve(wait=0.01)  # the owner's commits, made while it lets go
             try:
-                future.result(REVOKE_TIMEOUT)
+                future.result(0)
             except Exception:
+                future.cancel()
                 log.exception("on_revoke of group %r failed; giving %s up", self.group, gone)
         self._assigned = self._assigned - gone
 
@@ -99,78 +237,89 @@ class KafkaConsumer(Consumer):
         # Already someone else's: commits would be refused, so on_revoke is not called.
         gone = frozenset((tp.topic, tp.partition) for tp in partitions)
         with self._lock:
-            self._pending = [m for m in self._pending if (m.topic(), m.partition()) not in gone]
+            self._drop(gone)
         self._assigned = self._assigned - gone
+
+    # -- hand-offs to the event loop ---------------------------------------------------
+
+    def _to_loop(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _wake(self) -> None:
+        if self._arrived is not None:
+            self._arrived.set()
+
+    def _settle_joined(self) -> None:
+        if self._joined is not None and not self._joined.done():
+            self._joined.set_result(None)
+
+    def _settle_closed(self) -> None:
+        if self._closed_down is not None and not self._closed_down.done():
+            self._closed_down.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        error = (
+            exc
+            if isinstance(exc, TransportError)
+            else TransportError(f"Kafka consumer of group {self.group!r}: {exc}")
+        )
+        self._error = error
+        if self._joined is not None and not self._joined.done():
+            self._joined.set_exception(error)
+        self._wake()
 
     # -- the protocol --------------------------------------------------------------------
 
     async def start(self) -> None:
         """Join the group; return once the first assignment is known (maybe empty)."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         for topic in self.topics:  # subscribing to a missing topic is an error in Kafka
             await self._transport.create_topic(topic)
         conf = self._transport.config.consumer(self.group, self.start_from)
         conf["client.id"] = f"{conf['client.id']}-{self.member}"  # groups() shows it
-        await self._run(self._start_sync, conf)
+        self._joined = loop.create_future()
+        self._closed_down = loop.create_future()
+        self._arrived = asyncio.Event()
+        self._thread = threading.Thread(
+            target=self._main, args=(conf,), name=f"kafka-{self.group}", daemon=True
+        )
+        self._thread.start()
         self._transport._live.add(self)
-
-    def _start_sync(self, conf: dict[str, Any]) -> None:
-        from confluent_kafka import Consumer as RdConsumer
-
-        self._consumer = RdConsumer(conf)
-        self._consumer.subscribe(
-            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )  # fmt: skip
-        deadline = JOIN_TIMEOUT
-        while not self._assigned_once.is_set() and deadline > 0:
-            msg = self._consumer.poll(0.1)
-            deadline -= 0.1
-            if msg is not None and not msg.error():
-                self._pending.append(msg)
-        if not self._assigned_once.is_set():
-            raise TransportError(f"group {self.group!r}: no assignment after {JOIN_TIMEOUT} s")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._joined), JOIN_TIMEOUT)
+        except TimeoutError:
+            await self.close()
+            raise TransportError(
+                f"group {self.group!r}: no assignment from {self._transport.url} after "
+                f"{JOIN_TIMEOUT:.0f} s; is the broker reachable and the group coordinator up?"
+            ) from None
+        except TransportError:
+            await self.close()
+            raise
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        if self._consumer is None or self.closed:
+        if self._thread is None or self.closed or self._arrived is None:
             raise TransportError(f"consumer of group {self.group!r} is not started or closed")
-        msgs: list[Any] = await self._run(self._fetch_sync, max_records, timeout)
-        return [to_record(m) for m in msgs]
-
-    def _fetch_sync(self, max_records: int, timeout: float) -> list[Any]:
-        from confluent_kafka import TopicPartition as RdTopicPartition
-
-        with self._lock:
-            seeks, self._seeks = self._seeks, {}
-        for (topic, partition), offset in seeks.items():
-            if (topic, partition) in self._assigned:
-                self._consumer.seek(RdTopicPartition(topic, partition, offset))
-        with self._lock:
-            if seeks:
-                self._pending = [
-                    m for m in self._pending if (m.topic(), m.partition()) not in seeks
-                ]
-            if self._pending:
-                out, self._pending = self._pending[:max_records], self._pending[max_records:]
-                return out
-        # poll for the first record (returns as soon as one arrives), then take what is
-        # queued without waiting: consume(n, timeout) alone would wait for n or timeout.
-        first = self._consumer.poll(timeout)
-        if first is None:
-            return []
-        msgs = [first]
-        if max_records > 1:
-            msgs += self._consumer.consume(max_records - 1, 0)
-        out = []
-        for m in msgs:
-            err = m.error()
-            if err is None:
-                out.append(m)
-            elif err.fatal():
-                raise TransportError(f"group {self.group!r}: {err.str()}")
-            else:
-                log.warning("group %r: %s", self.group, err.str())
-        return out
+        deadline = time.monotonic() + timeout
+        while True:
+            self._arrived.clear()
+            if self._error is not None:
+                raise self._error
+            with self._lock:
+                if self._buffer:
+                    n = min(max_records, len(self._buffer))
+                    msgs = [self._buffer.popleft() for _ in range(n)]
+                    return [to_record(m) for m in msgs]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return []
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit synchronously; offsets of partitions not owned now are dropped (fenced)."""
@@ -180,9 +329,11 @@ class KafkaConsumer(Consumer):
         tps = [RdTopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in owned]
         if not tps or self._consumer is None:
             return
+        consumer = self._consumer
         try:
-            # Not on the consumer thread: it may be blocked in on_revoke, awaiting this.
-            await asyncio.to_thread(self._consumer.commit, offsets=tps, asynchronous=False)
+            await self._call(lambda: consumer.commit(offsets=tps, asynchronous=False))
+        except TransportError:
+            raise
         except Exception as exc:
             if self._fenced(exc):
                 log.info("group %r: commit refused, partitions moved on: %s", self.group, exc)
@@ -205,9 +356,10 @@ class KafkaConsumer(Consumer):
         return self._assigned
 
     def seek_soon(self, topic: str, offsets: Mapping[int, int]) -> None:
-        """Move owned partitions of ``topic`` before the next fetch (a forced reset)."""
+        """Move owned partitions of ``topic`` before the next poll (a forced reset)."""
         with self._lock:
             self._seeks.update({(topic, p): o for p, o in offsets.items()})
+            self._drop(frozenset((topic, p) for p in offsets))
 
     async def close(self) -> None:
         """Leave the group (on_revoke runs for what is owned); commit nothing."""
@@ -215,9 +367,11 @@ class KafkaConsumer(Consumer):
             return
         self.closed = True
         self._transport._live.discard(self)
-        try:
-            if self._consumer is not None:
-                await self._run(self._consumer.close)
-        finally:
-            self._assigned = frozenset()
-            self._thread.shutdown(wait=False)
+        self._stop.set()
+        if self._closed_down is not None and self._thread is not None:
+            # The thread's last act is consumer.close(), whose on_revoke needs this loop.
+            await self._closed_down
+            await asyncio.to_thread(self._thread.join, 5)
+        with self._lock:
+            self._buffer.clear()
+        self._assigned = frozenset()

@@ -141,6 +141,8 @@ class KafkaConfig:
             "auto.offset.reset": start_from,
             "fetch.wait.max.ms": self.fetch_wait_ms,
             "session.timeout.ms": self.session_timeout_ms,
+            # librdkafka's default heartbeat (3 s) must stay below the session timeout.
+            "heartbeat.interval.ms": min(3000, max(100, self.session_timeout_ms // 3)),
             "enable.partition.eof": False,
         }
 
