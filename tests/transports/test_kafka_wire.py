@@ -48,8 +48,35 @@ def _same(a: Event, b: Event) -> bool:
 def test_every_event_round_trips_in_both_modes(event: Event, fmt: str) -> None:
     raw = encode(event)
     value, headers = to_kafka(raw, fmt)
+    # The transport gives back the bytes it was given, in either mode.
+    assert from_kafka(value, headers) == raw
     # Against decode(raw), not event: the codec itself fills defaults in on decode.
     assert _same(decode(from_kafka(value, headers)), decode(raw))
+
+
+def test_the_usual_event_goes_binary_and_comes_back_byte_for_byte() -> None:
+    # dataversion is a JSON number, and datacontenttype sits among the attributes:
+    # binary mode must rebuild both where they were.
+    event = Event(
+        type="task.created",
+        source="//api",
+        data={"title": "é", "n": 1.5},
+        subject="s",
+        datacontenttype="application/json",
+        correlationid="c",
+        dataversion=3,
+    )
+    raw = encode(event)
+    value, headers = to_kafka(raw)
+    assert ("content-type", b"application/json") in headers  # binary mode
+    assert from_kafka(value, headers) == raw
+
+
+def test_json_that_binary_mode_would_respell_is_written_structured() -> None:
+    raw = b'{"specversion": "1.0", "id": "1", "source": "//s", "type": "a.b", "data": {}}'
+    value, headers = to_kafka(raw)
+    assert (value, headers) == (raw, [("content-type", b"application/cloudevents+json")])
+    assert from_kafka(value, headers) == raw
 
 
 def test_binary_mode_puts_attributes_in_headers_and_data_in_the_value() -> None:

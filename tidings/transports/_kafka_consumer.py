@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from tidings.errors import TransportError
+from tidings.errors import ConfigError, TransportError
 from tidings.transport import Consumer, Record, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports.kafka_wire import from_kafka
 
@@ -88,7 +88,9 @@ class KafkaConsumer(Consumer):
         self._accepting = True  # False once the polling thread serves no more requests
         self._stop = threading.Event()
         self._closed_down: asyncio.Future[None] | None = None
-        self._error: TransportError | None = None  # the polling thread's end, if it failed
+        self._error: TransportError | ConfigError | None = (
+            None  # the polling thread's end, if it failed
+        )
         self.closed = False
 
     # -- the polling thread ------------------------------------------------------------
@@ -98,7 +100,12 @@ class KafkaConsumer(Consumer):
 
         paused: set[TopicPartition] = set()
         try:
-            self._consumer = RdConsumer(conf)
+            try:
+                self._consumer = RdConsumer(conf)
+            except Exception as exc:
+                from tidings.transports.kafka import refused_settings
+
+                raise refused_settings(exc, "consumer") from None
             self._consumer.subscribe(
                 list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
@@ -263,7 +270,7 @@ class KafkaConsumer(Consumer):
     def _fail(self, exc: BaseException) -> None:
         error = (
             exc
-            if isinstance(exc, TransportError)
+            if isinstance(exc, TransportError | ConfigError)
             else TransportError(f"Kafka consumer of group {self.group!r}: {exc}")
         )
         self._error = error
@@ -296,7 +303,7 @@ class KafkaConsumer(Consumer):
                 f"group {self.group!r}: no assignment from {self._transport.url} after "
                 f"{JOIN_TIMEOUT:.0f} s; is the broker reachable and the group coordinator up?"
             ) from None
-        except TransportError:
+        except (TransportError, ConfigError):
             await self.close()
             raise
 

@@ -81,8 +81,11 @@ class KafkaTransport(Transport):
         from confluent_kafka import Producer
         from confluent_kafka.admin import AdminClient
 
-        self._admin = AdminClient(self.config.admin())
-        self._producer = Producer(self.config.producer())
+        try:
+            self._admin = AdminClient(self.config.admin())
+            self._producer = Producer(self.config.producer())
+        except Exception as exc:
+            raise refused_settings(exc, "producer") from None
         self._stop.clear()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
         self._poller.start()
@@ -352,6 +355,30 @@ class KafkaTransport(Transport):
             members.append(MemberInfo(name, m.host, int(pid) if pid.isdecimal() else 0, tps))
         return tuple(members), owner
 
+    async def _check_no_other_members(self, group: str, local: int, force: bool) -> None:
+        """GroupBusy if members in other processes hold ``group``: Apache Kafka refuses to
+        move the offsets of a group with members, and only this process's can be moved
+        by hand. The group's state is asked, not its member list, which Tansu leaves
+        empty (docs/kafka.md)."""
+        admin = self._started()
+        described: Any = await self._call(
+            functools.partial(_result, admin.describe_consumer_groups([group]), group),
+            f"describe group {group!r}",
+        )
+        others = len(described.members) - local
+        busy = described.state in _busy_states() and (others > 0 or local == 0)
+        if busy:
+            how = (
+                "--force moves only members in this process: stop the others first"
+                if force
+                else "stop its workers first"
+            )
+            raise GroupBusy(
+                f"group {group!r} has live members in other processes (Kafka group state "
+                f"{described.state.name}); Kafka refuses to move the offsets of a group "
+                f"with members: {how}"
+            )
+
     async def set_offsets(
         self, group: str, topic: str, offsets: Mapping[int, int], *, force: bool = False
     ) -> None:
@@ -362,6 +389,7 @@ class KafkaTransport(Transport):
         local = [c for c in self._live if c.group == group and not c.closed]
         if local and not force:
             raise GroupBusy(f"group {group!r} has live members; stop them or pass force")
+        await self._check_no_other_members(group, len(local), force)
         # Apache Kafka refuses to alter the offsets of a group with members, so live
         # members of this process move their own partitions: seek, then commit.
         remaining = dict(offsets)
@@ -383,6 +411,31 @@ class KafkaTransport(Transport):
             lambda: admin.alter_consumer_group_offsets(request)[group].result(TIMEOUT),
             f"set offsets of group {group!r}",
         )
+
+
+def _busy_states() -> frozenset[Any]:
+    from confluent_kafka import ConsumerGroupState
+
+    return frozenset(
+        {
+            ConsumerGroupState.STABLE,
+            ConsumerGroupState.PREPARING_REBALANCING,
+            ConsumerGroupState.COMPLETING_REBALANCING,
+        }
+    )
+
+
+def refused_settings(exc: Exception, client: str) -> Exception:
+    """librdkafka refusing a setting (``producer.x=...`` in the URL) as a ConfigError."""
+    from confluent_kafka import KafkaError
+
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG:
+        return ConfigError(
+            f"librdkafka refused the {client} settings of the kafka:// URL: {err.str()}; "
+            f"check the {client}.<property> options against librdkafka's CONFIGURATION.md"
+        )
+    return exc
 
 
 def _rd_admin() -> Any:

@@ -30,6 +30,23 @@ ACKS = ("all", "-1", "1")
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 FORMATS = ("binary", "structured")
 DEFAULT_PORT = 9092
+# ``producer.<name>=`` / ``consumer.<name>=`` pass a librdkafka property through, except
+# these, which carry tidings' guarantees (ordering, commits after handling, identity).
+_OWNED = frozenset(
+    {
+        "bootstrap.servers",
+        "group.id",
+        "enable.idempotence",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "partition.assignment.strategy",
+        "auto.offset.reset",
+        "enable.partition.eof",
+        "partitioner",
+        "on_delivery",
+        "error_cb",
+    }
+)
 _OPTIONS = frozenset(
     {
         "security_protocol",
@@ -75,6 +92,9 @@ class KafkaConfig:
     # data arrives, so this only costs idle round trips; Tansu waits it out every time.
     fetch_wait_ms: int = 100
     session_timeout_ms: int = 45_000
+    # librdkafka properties passed through as given (``producer.<name>=value``).
+    producer_extra: tuple[tuple[str, str], ...] = ()
+    consumer_extra: tuple[tuple[str, str], ...] = ()
 
     @property
     def idempotent(self) -> bool:
@@ -92,6 +112,8 @@ class KafkaConfig:
             for name in sorted(_OPTIONS - {"sasl_username", "sasl_password"})
             if getattr(self, name) != getattr(defaults, name)
         ]
+        query += [f"producer.{k}={v}" for k, v in self.producer_extra]
+        query += [f"consumer.{k}={v}" for k, v in self.consumer_extra]
         return f"kafka://{user}{','.join(self.bootstrap)}" + (
             "?" + "&".join(query) if query else ""
         )
@@ -127,6 +149,7 @@ class KafkaConfig:
             "enable.idempotence": self.idempotent,
             "compression.type": self.compression,
             "linger.ms": self.linger_ms,
+            **dict(self.producer_extra),
         }
 
     def consumer(self, group: str, start_from: str) -> dict[str, Any]:
@@ -144,6 +167,7 @@ class KafkaConfig:
             # librdkafka's default heartbeat (3 s) must stay below the session timeout.
             "heartbeat.interval.ms": min(3000, max(100, self.session_timeout_ms // 3)),
             "enable.partition.eof": False,
+            **dict(self.consumer_extra),
         }
 
     def reader(self) -> dict[str, Any]:
@@ -228,11 +252,16 @@ def parse_kafka_url(url: str) -> KafkaConfig:
     except ValueError:
         raise ConfigError(f"the query of {shown!r} is not name=value&...; e.g. {EXAMPLE}") from None
     query = {k: v[-1] for k, v in raw.items()}
+    extra = {
+        "producer": _passthrough(query, "producer"),
+        "consumer": _passthrough(query, "consumer"),
+    }
     unknown = set(query) - _OPTIONS
     if unknown:
         raise ConfigError(
             f"unknown option(s) {', '.join(sorted(unknown))} in the kafka:// URL; "
-            f"known: {', '.join(sorted(_OPTIONS))}; e.g. {EXAMPLE}"
+            f"known: {', '.join(sorted(_OPTIONS))}, and producer.<librdkafka property> or "
+            f"consumer.<librdkafka property>; e.g. {EXAMPLE}"
         )
     user, password = query.get("sasl_username"), query.get("sasl_password")
     if userinfo:
@@ -254,8 +283,29 @@ def parse_kafka_url(url: str) -> KafkaConfig:
         else "binary",
         fetch_wait_ms=_int(query, "fetch_wait_ms", 100, 0),
         session_timeout_ms=_int(query, "session_timeout_ms", 45_000, 1000),
+        producer_extra=extra["producer"],
+        consumer_extra=extra["consumer"],
     )
     return _security(cfg, query)
+
+
+def _passthrough(query: dict[str, str], client: str) -> tuple[tuple[str, str], ...]:
+    """Take the ``<client>.<property>`` options out of ``query``, checked."""
+    out = []
+    for option in sorted(k for k in query if k.startswith(client + ".")):
+        name, value = option[len(client) + 1 :], query.pop(option)
+        if not name:
+            raise _fail(option, value, "names no librdkafka property", f"{client}.linger.ms=10")
+        if name in _OWNED:
+            raise _fail(
+                option,
+                value,
+                "sets a property tidings owns (it carries ordering, commits after handling "
+                "or the client's identity); remove it",
+                f"{client}.socket.keepalive.enable=true",
+            )
+        out.append((name, value))
+    return tuple(out)
 
 
 def _security(cfg: KafkaConfig, query: dict[str, str]) -> KafkaConfig:

@@ -9,11 +9,13 @@ On Kafka it is written in one of two modes:
   application/cloudevents+json``.
 
 Reading accepts both, whatever the transport writes: a record with a ``ce_specversion``
-header is binary, any other is structured. Conversion never raises: an event binary mode
-cannot carry without loss (non-string extensions, bytes data declared as JSON, ...) is
-written structured, and a binary record with bad headers is read as a JSON document that
-``tidings.codec.decode`` rejects with a DecodeError, keeping the headers and the value
-for the dead letter.
+header is binary, any other is structured. The transport hands back the bytes it was
+given, so binary mode is used only when reading the record rebuilds them exactly
+(attributes in the document's order, ``dataversion`` as a number): anything else (other
+JSON spacing, non-string extensions, bytes data declared as JSON, ...) is written
+structured. Conversion never raises: a binary record with bad headers is read as a
+JSON document that ``tidings.codec.decode`` rejects with a DecodeError, keeping the
+headers and the value for the dead letter.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ __all__ = ["STRUCTURED_CONTENT_TYPE", "from_kafka", "to_kafka"]
 Headers = list[tuple[str, bytes]]
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 _STRUCTURED: Headers = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
-# Written first on read, in CloudEvents' order; other headers follow as they came.
-_ORDER = ("specversion", "id", "source", "type", "time")
 _RESERVED = frozenset({"data", "data_base64", "datacontenttype"})
 
 
@@ -44,18 +44,29 @@ def _is_json(content_type: str | None) -> bool:
 def to_kafka(value: bytes, fmt: str = "binary") -> tuple[bytes | None, Headers]:
     """The Kafka (value, headers) of one encoded event in ``fmt`` (binary|structured)."""
     if fmt != "binary":
-        return value, list(_STRUCTURED)
+        return value, _STRUCTURED
+    kafka_value, headers = _binary(value)
+    if headers is not _STRUCTURED and from_kafka(kafka_value, headers) != value:
+        return value, _STRUCTURED  # binary mode would not give these bytes back
+    return kafka_value, list(headers)
+
+
+def _binary(value: bytes) -> tuple[bytes | None, Headers]:
+    # Binary mode's value and headers; (value, _STRUCTURED) where it cannot carry it.
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError:
         doc = None
     if not isinstance(doc, dict) or not isinstance(doc.get("specversion"), str):
-        return value, list(_STRUCTURED)  # not an event: stored as given
+        return value, _STRUCTURED  # not an event: stored as given
     content_type = doc.get("datacontenttype")
     if content_type is not None and not isinstance(content_type, str):
-        return value, list(_STRUCTURED)
+        return value, _STRUCTURED
     headers: Headers = []
     for name, attr in doc.items():
+        if name == "datacontenttype":
+            headers.append(("content-type", attr.encode()))  # in place: order is kept
+            continue
         if name in _RESERVED:
             continue
         if isinstance(attr, str):
@@ -63,21 +74,19 @@ def to_kafka(value: bytes, fmt: str = "binary") -> tuple[bytes | None, Headers]:
         elif name == "dataversion" and type(attr) is int:
             headers.append(("ce_dataversion", str(attr).encode()))  # decode reads it back
         else:
-            return value, list(_STRUCTURED)  # a typed extension: binary mode would lose it
-    if content_type is not None:
-        headers.append(("content-type", content_type.encode()))
+            return value, _STRUCTURED  # a typed extension: binary mode would lose it
     if "data_base64" in doc:
         b64 = doc["data_base64"]
         # Bytes declared (or defaulted) as JSON would read back as JSON data.
         if _is_json(content_type) or not isinstance(b64, str):
-            return value, list(_STRUCTURED)
+            return value, _STRUCTURED
         try:
             return base64.b64decode(b64, validate=True), headers
         except ValueError:
-            return value, list(_STRUCTURED)
+            return value, _STRUCTURED
     if "data" in doc:
         if not _is_json(content_type):
-            return value, list(_STRUCTURED)  # e.g. a JSON string declared text/plain
+            return value, _STRUCTURED  # e.g. a JSON string declared text/plain
         return orjson.dumps(doc["data"]), headers
     return None, headers
 
@@ -93,11 +102,15 @@ def _bad(reason: str, value: bytes | None, headers: Sequence[tuple[str, Any]]) -
     )
 
 
+def _canonical_int(text: str) -> bool:
+    return text.isascii() and text.isdecimal() and (text == "0" or not text.startswith("0"))
+
+
 def from_kafka(value: bytes | None, headers: Sequence[tuple[str, Any]] | None) -> bytes:
     """The structured-mode JSON bytes of a Kafka record written in either mode."""
     if not headers or not any(k == "ce_specversion" for k, _ in headers):
         return value if value is not None else b""
-    attrs: dict[str, str] = {}
+    doc: dict[str, Any] = {}
     content_type: str | None = None
     for name, raw in headers:
         key = name.lower()
@@ -108,16 +121,15 @@ def from_kafka(value: bytes | None, headers: Sequence[tuple[str, Any]] | None) -
         except UnicodeDecodeError:
             return _bad(f"header {name!r} is not UTF-8", value, headers)
         if key == "content-type":
-            content_type = text
+            if content_type is not None:
+                return _bad("header 'content-type' is repeated", value, headers)
+            doc["datacontenttype"] = content_type = text
             continue
         attr = key[3:]
-        if not attr or attr in _RESERVED or attr in attrs:
+        if not attr or attr in _RESERVED or attr in doc:
             return _bad(f"header {name!r} is repeated, empty or reserved", value, headers)
-        attrs[attr] = text
-    doc: dict[str, Any] = {name: attrs.pop(name) for name in _ORDER if name in attrs}
-    doc.update(attrs)
-    if content_type is not None:
-        doc["datacontenttype"] = content_type
+        # tidings writes dataversion as a JSON number; decode reads either form.
+        doc[attr] = int(text) if attr == "dataversion" and _canonical_int(text) else text
     if value is not None:
         if _is_json(content_type):
             # Spliced unparsed: invalid JSON data makes the whole document invalid,
