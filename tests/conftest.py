@@ -56,9 +56,9 @@ def kafka_url(tansu: str) -> str:
 LOGS = ["sqlite", pytest.param("kafka", marks=pytest.mark.integration)]
 
 
-def log_url(request: pytest.FixtureRequest, partitions: int) -> str:
-    """For a fixture parametrized with ``LOGS``: a fresh log of that kind."""
-    if request.param == "kafka":
+def log_url(request: pytest.FixtureRequest, partitions: int, kind: str | None = None) -> str:
+    """A fresh log of ``kind`` (default: the fixture's parameter, one of ``LOGS``)."""
+    if (kind or request.param) == "kafka":
         return str(request.getfixturevalue("kafka_url")) + f"&partitions={partitions}"
     return str(request.getfixturevalue("sqlite_url")) + f"?partitions={partitions}"
 

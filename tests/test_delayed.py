@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,12 +101,19 @@ async def test_a_time_in_the_past_publishes_at_once(sqlite_url: str) -> None:
         assert await count(app, "reminders") == 2
 
 
-@pytest.mark.parametrize("where", ["memory", "postgresql"])
-async def test_delayed_events_on_memory_and_on_a_postgresql_scheduler(
-    where: str, request: pytest.FixtureRequest
+@pytest.mark.parametrize(
+    "where", ["memory", "postgresql", pytest.param("kafka", marks=pytest.mark.integration)]
+)
+async def test_delayed_events_on_memory_kafka_and_a_postgresql_scheduler(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    scheduler = request.getfixturevalue("pg_url") if where == "postgresql" else None
-    app = make_app("memory://", scheduler=scheduler)
+    url, scheduler = "memory://", None
+    if where == "postgresql":
+        scheduler = request.getfixturevalue("pg_url")
+    if where == "kafka":  # the scheduler table lives in a database beside Kafka
+        url = request.getfixturevalue("kafka_url")
+        scheduler = f"sqlite:///{tmp_path / 'scheduler.db'}"
+    app = make_app(url, scheduler=scheduler)
     got: list[int] = []
 
     @app.subscriber("reminders", group="push")

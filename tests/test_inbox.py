@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.conftest import LOGS, log_url
 from tidings import ConfigError, Context, Event, Tidings
 from tidings.app import Subscriber
 from tidings.inbox import SWEEP_BATCH, Inbox
@@ -43,6 +44,9 @@ def middleware() -> list[Any]:
 
 
 # -- fixtures -------------------------------------------------------------------------
+
+# The inbox works the same on every log: these tests run on Kafka (Tansu) too.
+ON_EVERY_LOG = pytest.mark.parametrize("app", LOGS, indirect=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -76,8 +80,10 @@ async def closing() -> AsyncIterator[list[Any]]:
 
 
 @pytest.fixture
-async def app(sqlite_url: str) -> AsyncIterator[Tidings]:
-    tidings = Tidings(sqlite_url, service="test")
+async def app(request: pytest.FixtureRequest) -> AsyncIterator[Tidings]:
+    """An app on a SQLite log; on Kafka too for tests marked with ``ON_EVERY_LOG``."""
+    kind = getattr(request, "param", "sqlite")
+    tidings = Tidings(log_url(request, PARTITIONS, kind), service="test")
     tidings.topic(TOPIC, partitions=PARTITIONS)
     async with tidings:
         yield tidings
@@ -123,6 +129,7 @@ def subscribe_writer(
 # -- through a worker -----------------------------------------------------------------
 
 
+@ON_EVERY_LOG
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_an_event_published_twice_has_one_effect(
     app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], kind: str
@@ -142,6 +149,7 @@ async def test_an_event_published_twice_has_one_effect(
     assert len(mark_rows(engine, inbox)) == 20
 
 
+@ON_EVERY_LOG
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_redelivery_after_a_restart_has_no_second_effect(
     app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], kind: str
@@ -165,6 +173,7 @@ async def test_a_redelivery_after_a_restart_has_no_second_effect(
     assert len(effect_rows(engine)) == 30
 
 
+@ON_EVERY_LOG
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_failing_attempt_is_rolled_back_and_the_retry_succeeds_once(
     app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], kind: str

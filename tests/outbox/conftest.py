@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tests.conftest import LOGS, log_url
 from tidings import Event, Tidings
 from tidings.codec import decode
 from tidings.outbox import Outbox
@@ -42,9 +43,14 @@ def async_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql+psycopg_async://", 1)
 
 
+# The relay works the same on every log: tests marked with this run on Kafka (Tansu) too.
+ON_EVERY_LOG = pytest.mark.parametrize("app", LOGS, indirect=True)
+
+
 @pytest.fixture
-def app(sqlite_url: str) -> Tidings:
-    app = Tidings(sqlite_url + "?partitions=4", service="task-api")
+def app(request: pytest.FixtureRequest) -> Tidings:
+    """The app whose log the relay appends to: a SQLite file, or Kafka where marked."""
+    app = Tidings(log_url(request, 4, getattr(request, "param", "sqlite")), service="task-api")
     app.event("task.created", subject="task_id")(TaskCreated)
     return app
 

@@ -21,7 +21,15 @@ from tidings import ConfigError, Event, EventTooLarge, Tidings, TransportError
 from tidings.outbox import Outbox, OutboxError
 from tidings.testing import eventually
 
-from .conftest import TOPIC, TaskCreated, Unregistered, async_url, by_key, log_events
+from .conftest import (
+    ON_EVERY_LOG,
+    TOPIC,
+    TaskCreated,
+    Unregistered,
+    async_url,
+    by_key,
+    log_events,
+)
 
 
 async def relay_all(outbox: Outbox, **options: float) -> int:
@@ -44,6 +52,7 @@ def pending(outbox: Outbox, engine: sa.Engine) -> int:
 # -- committed, rolled back ----------------------------------------------------------
 
 
+@ON_EVERY_LOG
 async def test_committed_events_are_relayed_and_deleted(
     app: Tidings, outbox: Outbox, engine: sa.Engine
 ) -> None:
@@ -179,6 +188,7 @@ async def test_an_async_url_makes_an_async_engine(app: Tidings, db_url: str) -> 
 # -- order ------------------------------------------------------------------------------
 
 
+@ON_EVERY_LOG
 async def test_order_per_key_over_many_rows_and_passes(
     app: Tidings, outbox: Outbox, engine: sa.Engine
 ) -> None:
@@ -317,6 +327,7 @@ async def test_pg_transactions_serialised_by_a_row_lock_keep_their_order(
 # -- delayed events -------------------------------------------------------------------
 
 
+@ON_EVERY_LOG
 async def test_delayed_event_waits_for_its_time_without_blocking_others(
     app: Tidings, outbox: Outbox, engine: sa.Engine
 ) -> None:
@@ -464,6 +475,7 @@ async def test_a_relay_that_lost_its_lease_appends_nothing(
 # -- failures ------------------------------------------------------------------------------
 
 
+@ON_EVERY_LOG
 async def test_transport_errors_are_retried_without_loss_or_reordering(
     app: Tidings,
     outbox: Outbox,

@@ -19,6 +19,7 @@ import asyncio
 import functools
 import importlib
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -47,6 +48,7 @@ __all__ = ["KafkaTransport"]
 
 T = TypeVar("T")
 TIMEOUT = 30.0  # seconds for one admin request
+READ_TIMEOUT = 10.0  # seconds one read may take to reach its limit or the partition's end
 
 
 def _require_client() -> None:
@@ -71,6 +73,10 @@ class KafkaTransport(Transport):
         self._stop = threading.Event()
         self._counts: dict[str, int] = {}  # partition counts never shrink: safe to cache
         self._live: weakref.WeakSet[KafkaConsumer] = weakref.WeakSet()
+        # read() outside any group: one assign-only consumer, kept (creating one per read
+        # cost ~0.1 s), used by one thread at a time.
+        self._reader: Any = None
+        self._reading = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -101,10 +107,17 @@ class KafkaTransport(Transport):
         for consumer in list(self._live):
             await consumer.close()
         await asyncio.to_thread(self._producer.flush, TIMEOUT)
+        await asyncio.to_thread(self._close_reader)
         self._stop.set()
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join, 5)
         self._producer = self._admin = self._poller = None
+
+    def _close_reader(self) -> None:
+        with self._reading:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     async def _call(self, fn: Callable[[], T], what: str) -> T:
         try:
@@ -250,28 +263,35 @@ class KafkaTransport(Transport):
             raise ConfigError(f"topic {topic!r} has partitions 0..{count - 1}, not {partition}")
         if limit <= 0:
             return []
-        conf = self.config.reader()
 
         def run() -> list[Any]:
-            from confluent_kafka import Consumer as RdConsumer
             from confluent_kafka import KafkaError
             from confluent_kafka import TopicPartition as RdTopicPartition
 
-            c = RdConsumer(conf)
-            try:
-                c.assign([RdTopicPartition(topic, partition, offset)])
+            with self._reading:  # one read at a time on the one reader
+                if self._reader is None:
+                    from confluent_kafka import Consumer as RdConsumer
+
+                    self._reader = RdConsumer(self.config.reader())
+                reader = self._reader
+                reader.assign([RdTopicPartition(topic, partition, offset)])
                 out: list[Any] = []
-                for _ in range(100):  # at most ~10 s
-                    for m in c.consume(limit - len(out), 0.1):
-                        if m.error() is None:
-                            out.append(m)
-                        elif m.error().code() == KafkaError._PARTITION_EOF:  # type: ignore[union-attr]
+                deadline = time.monotonic() + READ_TIMEOUT
+                while len(out) < limit and time.monotonic() < deadline:
+                    for m in reader.consume(limit - len(out), 0.05):
+                        if m.topic() != topic or m.partition() != partition:
+                            continue  # left over from an earlier read
+                        err = m.error()
+                        if err is None:
+                            # after the last one taken (compacted or expired offsets
+                            # leave gaps; stale messages of an earlier read come before)
+                            if m.offset() >= (out[-1].offset() + 1 if out else offset):
+                                out.append(m)
+                        elif err.code() == KafkaError._PARTITION_EOF:
                             return out
-                    if len(out) >= limit:
-                        return out
+                        else:
+                            raise TransportError(f"read {topic}[{partition}]: {err.str()}")
                 return out
-            finally:
-                c.close()
 
         return [to_record(m) for m in await self._call(run, f"read {topic}[{partition}]")]
 

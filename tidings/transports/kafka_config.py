@@ -178,6 +178,7 @@ class KafkaConfig:
             "enable.auto.commit": False,
             "fetch.wait.max.ms": self.fetch_wait_ms,
             "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",  # an offset the log no longer has: its start
         }
 
     def admin(self) -> dict[str, Any]:
