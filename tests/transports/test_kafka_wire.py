@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tidings.codec import decode, encode, to_dict
 from tidings.envelope import Event
@@ -174,3 +176,28 @@ def test_binary_data_that_is_not_json_is_a_decode_error() -> None:
         decode(from_kafka(b"", headers))
     with pytest.raises(DecodeError, match="required attribute 'id'"):
         decode(from_kafka(b"{}", [("ce_specversion", b"1.0")]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    extensions=st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9]{0,5}", fullmatch=True).filter(
+            lambda k: k not in {"data", "id", "type", "source", "time", "specversion"}
+        ),
+        st.one_of(st.text(max_size=8), st.integers(-(2**53), 2**53), st.booleans()),
+        max_size=3,
+    ),
+    data=st.one_of(
+        st.none(),
+        st.text(max_size=8),
+        st.dictionaries(st.text(max_size=3), st.integers(-(2**53), 2**53)),
+    ),
+    subject=st.one_of(st.none(), st.text(max_size=8)),
+)
+def test_every_encoded_event_comes_back_byte_for_byte_through_binary_mode(
+    extensions: dict[str, Any], data: Any, subject: str | None
+) -> None:
+    event = Event(type="a.b", source="//s", subject=subject, data=data, extensions=extensions)
+    raw = encode(event)
+    value, headers = to_kafka(raw)
+    assert from_kafka(value, headers) == raw
