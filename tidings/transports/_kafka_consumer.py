@@ -64,6 +64,104 @@ async def _wrap(awaitable: Awaitable[None]) -> None:
 
 
 class KafkaConsumer(Consumer):
+    """A member of a tidings group on Kafka: one librdkafka group member per topic.
+
+    librdkafka's cooperative-sticky assignor balances the *number* of partitions over
+    all the topics a member subscribes to, not topic by topic: a worker joining a group
+    that reads ``tasks`` and its retry topic was given the 8 idle retry partitions and
+    none of ``tasks`` (tests/transports/test_kafka_processes.py). With one member per
+    topic, each topic is shared among exactly the members that read it, evenly.
+    """
+
+    def __init__(
+        self,
+        transport: KafkaTransport,
+        group: str,
+        topics: Sequence[str],
+        start_from: StartFrom,
+        on_revoke: RevokeCallback | None,
+    ) -> None:
+        super().__init__(group, topics, start_from, on_revoke)
+        self._transport = transport
+        self._members = [_Member(transport, group, [t], start_from, on_revoke) for t in topics]
+        self._arrived: asyncio.Event | None = None
+        self._turn = 0  # which member's records a fetch takes first
+        self.closed = False
+
+    async def start(self) -> None:
+        """Join the group (every member); return once each assignment is known."""
+        self._arrived = asyncio.Event()
+        for m in self._members:
+            m.member, m._arrived = self.member, self._arrived
+        self._transport._live.add(self)
+        started = await asyncio.gather(*(m.start() for m in self._members), return_exceptions=True)
+        failed = [r for r in started if isinstance(r, BaseException)]
+        if failed:
+            await self.close()
+            raise failed[0]
+
+    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
+        if self._arrived is None or self.closed:
+            raise TransportError(f"consumer of group {self.group!r} is not started or closed")
+        deadline = time.monotonic() + timeout
+        while True:
+            self._arrived.clear()
+            out: list[Any] = []
+            count = len(self._members)
+            self._turn = (self._turn + 1) % count
+            for i in range(count):
+                member = self._members[(self._turn + i) % count]
+                if member._error is not None:
+                    raise member._error
+                out += member.take(max_records - len(out))
+                if len(out) >= max_records:
+                    break
+            if out:
+                return [to_record(m) for m in out]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return []
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit synchronously; offsets of partitions not owned now are dropped (fenced)."""
+        await asyncio.gather(
+            *(
+                m.commit({tp: o for tp, o in offsets.items() if tp[0] == m.topics[0]})
+                for m in self._members
+                if any(tp[0] == m.topics[0] for tp in offsets)
+            )
+        )
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset().union(*(m.assignment() for m in self._members))
+
+    @property
+    def kafka_members(self) -> int:
+        """How many librdkafka group members this is (one per topic)."""
+        return len(self._members)
+
+    def seek_soon(self, topic: str, offsets: Mapping[int, int]) -> None:
+        """Move owned partitions of ``topic`` before the next poll (a forced reset)."""
+        for m in self._members:
+            if m.topics[0] == topic:
+                m.seek_soon(topic, offsets)
+
+    async def close(self) -> None:
+        """Leave the group (on_revoke runs for what is owned); commit nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        self._transport._live.discard(self)
+        await asyncio.gather(*(m.close() for m in self._members))
+
+
+class _Member(Consumer):
+    """One librdkafka group member, of one topic, on its own polling thread."""
+
     def __init__(
         self,
         transport: KafkaTransport,
@@ -271,12 +369,12 @@ class KafkaConsumer(Consumer):
         conf["client.id"] = f"{conf['client.id']}-{self.member}"  # groups() shows it
         self._joined = loop.create_future()
         self._closed_down = loop.create_future()
-        self._arrived = asyncio.Event()
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
         self._thread = threading.Thread(
             target=self._main, args=(conf,), name=f"kafka-{self.group}", daemon=True
         )
         self._thread.start()
-        self._transport._live.add(self)
         try:
             await asyncio.wait_for(asyncio.shield(self._joined), JOIN_TIMEOUT)
         except TimeoutError:
@@ -289,26 +387,14 @@ class KafkaConsumer(Consumer):
             await self.close()
             raise
 
+    def take(self, max_records: int) -> list[Any]:
+        """Up to ``max_records`` polled messages, oldest first (not waiting)."""
+        with self._lock:
+            n = min(max_records, len(self._buffer))
+            return [self._buffer.popleft() for _ in range(n)]
+
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        if self._thread is None or self.closed or self._arrived is None:
-            raise TransportError(f"consumer of group {self.group!r} is not started or closed")
-        deadline = time.monotonic() + timeout
-        while True:
-            self._arrived.clear()
-            if self._error is not None:
-                raise self._error
-            with self._lock:
-                n = min(max_records, len(self._buffer))
-                msgs = [self._buffer.popleft() for _ in range(n)]
-            if msgs:
-                return [to_record(m) for m in msgs]  # outside the lock the poller needs
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return []
+        raise NotImplementedError("a member's messages are fetched by its KafkaConsumer")
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit synchronously; offsets of partitions not owned now are dropped (fenced)."""
@@ -355,7 +441,6 @@ class KafkaConsumer(Consumer):
         if self.closed:
             return
         self.closed = True
-        self._transport._live.discard(self)
         self._stop.set()
         if self._closed_down is not None and self._thread is not None:
             # The thread's last act is consumer.close(), whose on_revoke needs this loop.

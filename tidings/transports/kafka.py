@@ -362,17 +362,24 @@ class KafkaTransport(Transport):
 
     def _members(self, described: Any) -> tuple[tuple[MemberInfo, ...], dict[tuple[str, int], str]]:
         prefix = self.config.client_id + "-"
-        members, owner = [], {}
+        found: dict[str, tuple[str, list[tuple[str, int]]]] = {}
+        owner = {}
         for m in described.members:
-            # KafkaConsumer sets client.id to "<client_id>-<member>" so that it shows here.
+            # KafkaConsumer sets client.id to "<client_id>-<member>" so that it shows here;
+            # its Kafka members (one per topic) are one tidings member.
             name = m.client_id[len(prefix) :] if m.client_id.startswith(prefix) else m.member_id
-            tps = tuple(
+            tps = [
                 (tp.topic, tp.partition)
                 for tp in (m.assignment.topic_partitions if m.assignment else [])
-            )
+            ]
             owner.update(dict.fromkeys(tps, name))
+            found.setdefault(name, (m.host, []))[1].extend(tps)
+        members = []
+        for name, (host, tps) in found.items():
             pid = name.rsplit("-", 2)[-2] if name.count("-") >= 2 else "0"
-            members.append(MemberInfo(name, m.host, int(pid) if pid.isdecimal() else 0, tps))
+            members.append(
+                MemberInfo(name, host, int(pid) if pid.isdecimal() else 0, tuple(sorted(tps)))
+            )
         return tuple(members), owner
 
     async def _check_no_other_members(self, group: str, local: int, force: bool) -> None:
@@ -409,7 +416,7 @@ class KafkaTransport(Transport):
         local = [c for c in self._live if c.group == group and not c.closed]
         if local and not force:
             raise GroupBusy(f"group {group!r} has live members; stop them or pass force")
-        await self._check_no_other_members(group, len(local), force)
+        await self._check_no_other_members(group, sum(c.kafka_members for c in local), force)
         # Apache Kafka refuses to alter the offsets of a group with members, so live
         # members of this process move their own partitions: seek, then commit.
         remaining = dict(offsets)

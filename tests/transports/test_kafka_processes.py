@@ -1,0 +1,468 @@
+"""Worker processes in one consumer group on a Kafka broker (Tansu), through rebalances.
+
+Each test runs ``python -m tidings run tests.transports.apps.recorder:app`` processes
+against a fresh Tansu broker, publishes a bounded stream from the test process, and
+compares what each process handled (one line per event, written unbuffered before the
+handler returns, see ``apps/recorder.py``) with what the broker says (committed and end
+offsets). Tansu reports no group members (docs/kafka.md, difference 3), so who owns a
+partition is read from the record files, never from ``groups()``.
+
+Every wait polls against a deadline, and every process is stopped by its PID when the
+test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tidings import Tidings
+from tidings.partitioning import partition_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.transports.apps.recorder:app"
+TOPIC = "proc-events"  # apps/recorder.py subscribes to it
+GROUP = "g1"
+PARTITIONS = 8
+LIMIT = 2000  # events in a stream, at most
+BATCH, PACE = 10, 0.1  # the stream: 10 events every 0.1 s (~95/s, 2000 in ~21 s)
+COMMIT_INTERVAL = 0.05  # the worker's default
+DEADLINE = 30.0
+# A new worker has joined (and, unless the join bug below bites, works) this long after
+# its start: ~1.5 s to start Python and tidings, a join of ~1 s on Tansu (docs/kafka.md,
+# difference 4) and the second round of a cooperative rebalance.
+JOIN_GRACE = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line of a record file: an event a process began or finished handling."""
+
+    kind: str
+    partition: int
+    offset: int
+    id: str
+    key: str
+    seq: int
+    pid: int
+    t: int  # CLOCK_MONOTONIC ns, comparable across processes on one machine
+
+    @classmethod
+    def parse(cls, text: str) -> Line:
+        kind, _group, part, off, event_id, key, seq, pid, t = text.split()
+        return cls(kind, int(part), int(off), event_id, key, int(seq), int(pid), int(t))
+
+
+def two_keys_per_partition() -> list[str]:
+    """16 keys, two landing in each of the 8 partitions, so every partition is busy."""
+    keys: dict[int, list[str]] = defaultdict(list)
+    for name in (f"key-{i}" for i in range(10_000)):
+        part = partition_for(name, PARTITIONS)
+        if len(keys[part]) < 2:
+            keys[part].append(name)
+        if sum(map(len, keys.values())) == 2 * PARTITIONS:
+            return [k for p in sorted(keys) for k in keys[p]]
+    raise AssertionError("no two keys for every partition")
+
+
+class Cluster:
+    """Worker processes in one group on one Tansu broker; a publisher in this process."""
+
+    def __init__(self, tmp_path: Path, url: str) -> None:
+        self.dir = tmp_path
+        self.out = tmp_path / "handled"
+        self.out.mkdir()
+        self.url = url
+        self.app = Tidings(url, service="proc-test")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, Path] = {}
+        self.signalled: set[int] = set()  # pids we stopped on purpose
+        self.keys = two_keys_per_partition()
+        self.next_seq: Counter[str] = Counter()
+        self.published: list[str] = []
+
+    # -- processes ----------------------------------------------------------------
+
+    def start(self) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "RECORDER_OUT": str(self.out),
+            "RECORDER_GROUPS": GROUP,
+            "RECORDER_SLEEP": "~0.004",  # partitions interleave within a process
+            "TIDINGS_LOG_LEVEL": "INFO",
+        }
+        env.pop("TIDINGS_URL", None)
+        env.pop("TIDINGS_SCHEDULER_URL", None)
+        cmd = [sys.executable, "-m", "tidings", "run", APP, "--url", self.url]
+        log = self.dir / f"worker-{len(self.procs)}.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        self.logs[proc.pid] = log
+        return proc
+
+    def send(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        self.signalled.add(proc.pid)
+        os.kill(proc.pid, sig)
+
+    def report(self) -> str:
+        return "\n".join(
+            f"--- worker pid {p.pid} (exit {p.poll()}):\n"
+            f"{self.logs[p.pid].read_text(errors='replace')[-3000:]}"
+            for p in self.procs
+        )
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.pid not in self.signalled and proc.poll() is not None:
+                pytest.fail(f"worker {proc.pid} exited on its own\n{self.report()}")
+
+    async def wait_exit(self, proc: subprocess.Popen[bytes], timeout: float = DEADLINE) -> int:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker {proc.pid} still runs {timeout:.0f}s after a signal")
+            await asyncio.sleep(0.02)
+        assert proc.returncode is not None
+        return proc.returncode
+
+    def shutdown(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            proc.wait(timeout=10)
+
+    # -- the stream and the records -----------------------------------------------
+
+    async def stream(self, stop: asyncio.Event) -> None:
+        """Publish BATCH events every PACE seconds, round the keys, until ``stop`` or LIMIT."""
+        i = 0
+        while not stop.is_set() and len(self.published) < LIMIT:
+            events = []
+            for _ in range(BATCH):
+                key = self.keys[i % len(self.keys)]
+                i += 1
+                seq = self.next_seq[key]
+                self.next_seq[key] += 1
+                events.append(
+                    self.app.build({"key": key, "seq": seq}, type="test.happened", subject=key)
+                )
+            await self.app.publish_events(TOPIC, events)
+            self.published += [e.id for e in events]
+            await asyncio.sleep(PACE)
+
+    def lines(self, kind: str = "done") -> list[Line]:
+        """Every line of ``kind``, each process's in the order it wrote them."""
+        out = []
+        for path in sorted(self.out.glob("handled-*.txt")):
+            text = path.read_text()
+            # Only whole lines: a writer may be half-way through its last one.
+            for raw in text[: text.rfind("\n") + 1].splitlines():
+                line = Line.parse(raw)
+                if line.kind == kind:
+                    out.append(line)
+        return out
+
+    def handled_by(self, proc: subprocess.Popen[bytes], since: int = 0) -> int:
+        return sum(1 for x in self.lines() if x.pid == proc.pid and x.t > since)
+
+    def busiest(self, procs: Iterable[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        """The process that handled the most in the last second (it owns partitions)."""
+        since = time.monotonic_ns() - 1_000_000_000
+        return max(procs, key=lambda p: self.handled_by(p, since))
+
+    async def positions(self) -> dict[int, tuple[int | None, int]]:
+        """partition -> (the group's committed offset, the end offset) in TOPIC."""
+        for info in await self.app.transport.groups():
+            if info.group == GROUP:
+                return {
+                    p.partition: (p.committed, p.end) for p in info.partitions if p.topic == TOPIC
+                }
+        return {}
+
+    async def caught_up(self) -> bool:
+        positions = await self.positions()
+        total = sum(end for _, end in positions.values())
+        return (
+            len(positions) == PARTITIONS
+            and total == len(self.published)
+            and all(committed == end for committed, end in positions.values())
+        )
+
+
+async def until(
+    cluster: Cluster,
+    what: str,
+    check: Callable[[], Awaitable[bool] | bool],
+    timeout: float = DEADLINE,
+) -> float:
+    """Poll ``check`` until it is true; return the seconds it took. Fails at the deadline."""
+    start = time.monotonic()
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        cluster.check_alive()
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{cluster.report()}")
+        await asyncio.sleep(0.05)
+
+
+def by_partition(lines: Iterable[Line]) -> dict[int, list[Line]]:
+    out: dict[int, list[Line]] = defaultdict(list)
+    for line in sorted(lines, key=lambda x: x.t):
+        out[line.partition].append(line)
+    return out
+
+
+def check_order_per_process(lines: list[Line]) -> None:
+    """In each process's own log, offsets rise per partition and seqs rise per key."""
+    last_offset: dict[tuple[int, int], int] = {}
+    last_seq: dict[tuple[int, str], int] = {}
+    for x in lines:  # file order within a process
+        prev = last_offset.get((x.pid, x.partition), -1)
+        assert x.offset > prev, f"pid {x.pid} partition {x.partition}: {x.offset} after {prev}"
+        last_offset[(x.pid, x.partition)] = x.offset
+        prev_seq = last_seq.get((x.pid, x.key), -1)
+        assert x.seq > prev_seq, f"pid {x.pid} key {x.key}: seq {x.seq} after {prev_seq}"
+        last_seq[(x.pid, x.key)] = x.seq
+
+
+def check_nothing_lost(cluster: Cluster, lines: list[Line], ends: dict[int, int]) -> None:
+    ids = set(cluster.published)
+    handled = {x.id for x in lines}
+    assert handled == ids, f"{len(ids - handled)} events lost, {len(handled - ids)} unknown"
+    for part, plines in by_partition(lines).items():
+        assert {x.offset for x in plines} == set(range(ends[part])), f"partition {part}"
+    for key, count in cluster.next_seq.items():
+        assert {x.seq for x in lines if x.key == key} == set(range(count)), key
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, kafka_url: str) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, f"{kafka_url}&partitions={PARTITIONS}")
+    await c.app.start()
+    await c.app.transport.create_topic(TOPIC, PARTITIONS)
+    try:
+        yield c
+    finally:
+        c.shutdown()
+        await c.app.close()
+
+
+# -- the tests ------------------------------------------------------------------------
+
+
+async def test_sigkilled_worker_loses_nothing_and_duplicates_only_its_uncommitted_tail(
+    cluster: Cluster,
+) -> None:
+    a = cluster.start()
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(cluster.stream(stop))
+    try:
+        await until(cluster, "the first worker at work", lambda: cluster.handled_by(a) >= 150)
+        # Rebalance 1: a second member joins. Whether it takes a share of TOPIC is the
+        # next test's question; A owns partitions of TOPIC either way, and is killed.
+        b = cluster.start()
+        spawned = time.monotonic()
+        await until(
+            cluster,
+            "the second worker at work (or JOIN_GRACE passed)",
+            lambda: cluster.handled_by(b) >= 50 or time.monotonic() - spawned > JOIN_GRACE,
+        )
+        b_before_kill = cluster.handled_by(b)
+        # Rebalance 2: A is SIGKILLed; its partitions move once the broker expels it
+        # (the session timeout, 2 s in the test URL). A replacement starts at once, as
+        # a supervisor would start one.
+        assert not publisher.done(), "the stream ended before the kill: slow the pace"
+        killed_at = time.monotonic_ns()
+        cluster.send(a, signal.SIGKILL)
+        assert await cluster.wait_exit(a) == -signal.SIGKILL
+        # A is dead and its partitions not yet reassigned: what the broker has for them
+        # is A's last commit, where its successors must resume.
+        committed_at_kill = {p: n or 0 for p, (n, _) in (await cluster.positions()).items()}
+        read_at = time.monotonic_ns()
+        published_at_kill = len(cluster.published)
+        c = cluster.start()
+
+        def taken_over() -> bool:
+            fresh = {x.partition for x in cluster.lines() if x.pid != a.pid and x.t > read_at}
+            return len(fresh) == PARTITIONS
+
+        takeover = await until(cluster, "survivors working in every partition", taken_over)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(publisher, DEADLINE)
+    await until(cluster, "every event handled and committed", cluster.caught_up)
+
+    lines = cluster.lines()
+    ends = {p: end for p, (_, end) in (await cluster.positions()).items()}
+    check_order_per_process(lines)
+    check_nothing_lost(cluster, lines, ends)
+    assert published_at_kill < len(cluster.published), "killed after the stream ended"
+
+    # Per partition: A's partitions at the kill are those whose last line before it is
+    # A's. Their successors resumed exactly at A's last commit, so the duplicates are
+    # A's handled-but-uncommitted tail there, handled within a few commit intervals of
+    # the kill (we allow 1 s: 20 intervals). Nothing else is handled twice: not at the
+    # graceful hand-overs of the joins.
+    window = 20 * COMMIT_INTERVAL * 1e9
+    duplicates: dict[int, list[int]] = {}
+    oldest = 0  # ns before the kill that the oldest duplicate was handled by A
+    for part, plines in by_partition(lines).items():
+        before = [x for x in plines if x.t < killed_at]
+        if not before or before[-1].pid != a.pid:
+            continue
+        mine = [x.offset for x in plines if x.pid == a.pid]
+        after = [x for x in plines if x.pid != a.pid and x.t > killed_at]
+        resumed = min((x.offset for x in after), default=ends[part])
+        assert resumed == committed_at_kill[part], (
+            f"partition {part}: A committed {committed_at_kill[part]}, its successor "
+            f"resumed at {resumed}"
+        )
+        assert all(x.t > read_at for x in after), f"partition {part} moved before the read"
+        tail = [x for x in plines if x.pid == a.pid and x.offset >= resumed]
+        assert [x.offset for x in tail] == list(range(resumed, mine[-1] + 1)), part
+        assert all(x.t >= killed_at - window for x in tail), (
+            f"partition {part}: A had not committed what it handled "
+            f"{(killed_at - min(x.t for x in tail)) / 1e9:.2f}s before the kill"
+        )
+        duplicates[part] = [x.offset for x in tail]
+        oldest = max([oldest, *(killed_at - x.t for x in tail)])
+    assert duplicates, "A owned no partition of the topic when it was killed"
+    expected = {(p, o) for p, offs in duplicates.items() for o in offs}
+    counts = Counter((x.partition, x.offset) for x in lines)
+    twice = {po for po, n in counts.items() if n > 1}
+    assert twice == expected, f"handled twice, not in A's uncommitted tail: {twice - expected}"
+    assert max(counts.values()) <= 2
+    assert all(n == 1 for n in Counter((x.id, x.pid) for x in lines).values())
+    print(
+        f"\nSIGKILL after {published_at_kill} of {len(cluster.published)} events; "
+        f"B had handled {b_before_kill} before it; survivors in every partition "
+        f"{takeover:.2f}s after; A's partitions at the kill: {sorted(duplicates)}; "
+        f"{len(twice)} handled twice (per partition "
+        f"{ {p: len(o) for p, o in sorted(duplicates.items())} }, the oldest handled "
+        f"{oldest / 1e6:.0f} ms before the kill); the replacement handled "
+        f"{cluster.handled_by(c)}"
+    )
+
+
+async def test_a_worker_joining_a_busy_group_takes_a_share_of_its_topic(
+    cluster: Cluster,
+) -> None:
+    a = cluster.start()
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(cluster.stream(stop))
+    try:
+        await until(cluster, "the first worker at work", lambda: cluster.handled_by(a) >= 150)
+        b = cluster.start()
+        spawned = time.monotonic()
+        # Bounded at twice the grace: a join that works needs well under JOIN_GRACE.
+        await until(
+            cluster,
+            "the second worker at work, or twice the join grace",
+            lambda: cluster.handled_by(b) >= 50 or time.monotonic() - spawned > 2 * JOIN_GRACE,
+        )
+        waited = time.monotonic() - spawned
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(publisher, DEADLINE)
+    await until(cluster, "every event handled and committed", cluster.caught_up)
+
+    # The join is a graceful hand-over: nothing lost, nothing handled twice.
+    lines = cluster.lines()
+    ends = {p: end for p, (_, end) in (await cluster.positions()).items()}
+    check_order_per_process(lines)
+    check_nothing_lost(cluster, lines, ends)
+    twice = [i for i, n in Counter(x.id for x in lines).items() if n > 1]
+    assert not twice, f"{len(twice)} events handled twice in a graceful rebalance"
+    # ... and the newcomer shares the work. Each group also reads its retry topic
+    # (g1.retry, 8 partitions): a cooperative-sticky assignment balances the 16 by
+    # count, which a newcomer holding all 8 idle retry partitions satisfies.
+    mine = {x.partition for x in lines if x.pid == b.pid}
+    assert mine, (
+        f"the worker that joined handled none of {TOPIC!r} in {waited:.0f}s while the "
+        f"first handled {cluster.handled_by(a)} events: it was given none of its partitions"
+    )
+    assert len(mine) >= PARTITIONS // 2 - 1, f"the newcomer got only partitions {sorted(mine)}"
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="open: in ~1 of 4 runs on Tansu the survivor is never given the leaver's "
+    "partitions after a graceful exit (docs/kafka.md, 'Open')",
+)
+async def test_sigterm_hands_partitions_over_with_no_duplicates_and_nothing_lost(
+    cluster: Cluster,
+) -> None:
+    # One after the other (started at the same instant, one worker sometimes got
+    # nothing at all); the hand-over after the exit still fails now and then (xfail).
+    first = cluster.start()
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(cluster.stream(stop))
+    try:
+        await until(cluster, "the first worker at work", lambda: cluster.handled_by(first) > 0)
+        second = cluster.start()
+        await until(cluster, "the second worker at work", lambda: cluster.handled_by(second) > 0)
+        pair = (first, second)
+        leaver = cluster.busiest(pair)
+        (survivor,) = (p for p in pair if p is not leaver)
+        assert not publisher.done(), "the stream ended before the SIGTERM: slow the pace"
+        cluster.send(leaver, signal.SIGTERM)
+        assert await cluster.wait_exit(leaver) == 0, cluster.report()
+        exited_at = time.monotonic_ns()
+        published_at_exit = len(cluster.published)
+
+        def taken_over() -> bool:
+            fresh = {
+                x.partition for x in cluster.lines() if x.pid == survivor.pid and x.t > exited_at
+            }
+            return len(fresh) == PARTITIONS
+
+        takeover = await until(cluster, "the survivor working in every partition", taken_over)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(publisher, DEADLINE)
+    await until(cluster, "every event handled and committed", cluster.caught_up)
+
+    lines = cluster.lines()
+    ends = {p: end for p, (_, end) in (await cluster.positions()).items()}
+    check_order_per_process(lines)
+    check_nothing_lost(cluster, lines, ends)
+    assert published_at_exit < len(cluster.published), "stopped after the stream ended"
+    twice = [i for i, n in Counter(x.id for x in lines).items() if n > 1]
+    assert not twice, f"{len(twice)} events handled twice after a graceful SIGTERM"
+    began = {x.id for x in cluster.lines("begin") if x.pid == leaver.pid}
+    assert began == {x.id for x in lines if x.pid == leaver.pid}, "a handler was cut off"
+    handed = []
+    for part, plines in by_partition(lines).items():
+        old = [x for x in plines if x.pid == leaver.pid]
+        new = [x for x in plines if x.pid == survivor.pid and x.t > old[-1].t] if old else []
+        if old and new:  # handed over: the survivor went on right after the leaver's last
+            handed.append(part)
+            assert new[0].offset == old[-1].offset + 1, part
+    assert handed, "no partition changed hands at the SIGTERM"
+    print(
+        f"\nSIGTERM after {published_at_exit} of {len(cluster.published)} events; the "
+        f"survivor in every partition {takeover:.2f}s after the exit; handed over: "
+        f"{sorted(handed)}; 0 handled twice"
+    )
