@@ -21,11 +21,11 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.transports.apps.records import Line, by_partition
 from tidings import Tidings
 from tidings.partitioning import partition_for
 
@@ -44,25 +44,6 @@ DEADLINE = 30.0
 # its start: ~1.5 s to start Python and tidings, a join of ~1 s on Tansu (docs/kafka.md,
 # difference 4) and the second round of a cooperative rebalance.
 JOIN_GRACE = 6.0
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One line of a record file: an event a process began or finished handling."""
-
-    kind: str
-    partition: int
-    offset: int
-    id: str
-    key: str
-    seq: int
-    pid: int
-    t: int  # CLOCK_MONOTONIC ns, comparable across processes on one machine
-
-    @classmethod
-    def parse(cls, text: str) -> Line:
-        kind, _group, part, off, event_id, key, seq, pid, t = text.split()
-        return cls(kind, int(part), int(off), event_id, key, int(seq), int(pid), int(t))
 
 
 def two_keys_per_partition() -> list[str]:
@@ -222,13 +203,6 @@ async def until(
         if time.monotonic() - start > timeout:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{cluster.report()}")
         await asyncio.sleep(0.05)
-
-
-def by_partition(lines: Iterable[Line]) -> dict[int, list[Line]]:
-    out: dict[int, list[Line]] = defaultdict(list)
-    for line in sorted(lines, key=lambda x: x.t):
-        out[line.partition].append(line)
-    return out
 
 
 def check_order_per_process(lines: list[Line]) -> None:

@@ -23,12 +23,12 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests.transports.apps.records import Line, by_partition
 from tidings import Tidings
 from tidings.partitioning import partition_for
 from tidings.transport import GroupInfo
@@ -42,26 +42,6 @@ PARTITIONS = 8
 LEASE = 2.0  # seconds; members heartbeat every LEASE / 3
 COMMIT_INTERVAL = 0.05  # the worker's default
 DEADLINE = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One line of a record file: an event a process began or finished handling."""
-
-    kind: str
-    group: str
-    partition: int
-    offset: int
-    id: str
-    key: str
-    seq: int
-    pid: int
-    t: int  # CLOCK_MONOTONIC ns, comparable across processes on one machine
-
-    @classmethod
-    def parse(cls, text: str) -> Line:
-        kind, group, part, off, event_id, key, seq, pid, t = text.split()
-        return cls(kind, group, int(part), int(off), event_id, key, int(seq), int(pid), int(t))
 
 
 class Keys:
@@ -251,13 +231,6 @@ async def stream(
         ids += await cluster.publish(keys.take(50))
         await asyncio.sleep(pause)
     return ids
-
-
-def by_partition(lines: Iterable[Line]) -> dict[int, list[Line]]:
-    out: dict[int, list[Line]] = defaultdict(list)
-    for line in sorted(lines, key=lambda x: x.t):
-        out[line.partition].append(line)
-    return out
 
 
 def offsets(lines: Iterable[Line]) -> list[int]:
