@@ -14,10 +14,8 @@ test ends, whatever happened.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -25,14 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.transports.apps.records import Line, by_partition
+from tests.transports.worker_processes import Line, WorkerProcesses, by_partition
+from tests.transports.worker_processes import until as until_within
 from tidings import Tidings
 from tidings.partitioning import partition_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.transports.apps.recorder:app"
 TOPIC = "proc-events"  # apps/recorder.py subscribes to it
 GROUP = "g1"
 PARTITIONS = 8
@@ -58,18 +55,12 @@ def two_keys_per_partition() -> list[str]:
     raise AssertionError("no two keys for every partition")
 
 
-class Cluster:
+class Cluster(WorkerProcesses):
     """Worker processes in one group on one Tansu broker; a publisher in this process."""
 
     def __init__(self, tmp_path: Path, url: str) -> None:
-        self.dir = tmp_path
-        self.out = tmp_path / "handled"
-        self.out.mkdir()
-        self.url = url
+        super().__init__(tmp_path, url)
         self.app = Tidings(url, service="proc-test")
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: dict[int, Path] = {}
-        self.signalled: set[int] = set()  # pids we stopped on purpose
         self.keys = two_keys_per_partition()
         self.next_seq: Counter[str] = Counter()
         self.published: list[str] = []
@@ -77,55 +68,8 @@ class Cluster:
     # -- processes ----------------------------------------------------------------
 
     def start(self) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "RECORDER_OUT": str(self.out),
-            "RECORDER_GROUPS": GROUP,
-            "RECORDER_SLEEP": "~0.004",  # partitions interleave within a process
-            "TIDINGS_LOG_LEVEL": "INFO",
-        }
-        env.pop("TIDINGS_URL", None)
-        env.pop("TIDINGS_SCHEDULER_URL", None)
-        cmd = [sys.executable, "-m", "tidings", "run", APP, "--url", self.url]
-        log = self.dir / f"worker-{len(self.procs)}.log"
-        with log.open("wb") as sink:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        self.logs[proc.pid] = log
-        return proc
-
-    def send(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        self.signalled.add(proc.pid)
-        os.kill(proc.pid, sig)
-
-    def report(self) -> str:
-        return "\n".join(
-            f"--- worker pid {p.pid} (exit {p.poll()}):\n"
-            f"{self.logs[p.pid].read_text(errors='replace')[-3000:]}"
-            for p in self.procs
-        )
-
-    def check_alive(self) -> None:
-        for proc in self.procs:
-            if proc.pid not in self.signalled and proc.poll() is not None:
-                pytest.fail(f"worker {proc.pid} exited on its own\n{self.report()}")
-
-    async def wait_exit(self, proc: subprocess.Popen[bytes], timeout: float = DEADLINE) -> int:
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker {proc.pid} still runs {timeout:.0f}s after a signal")
-            await asyncio.sleep(0.02)
-        assert proc.returncode is not None
-        return proc.returncode
-
-    def shutdown(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            proc.wait(timeout=10)
+        # A random handler time of up to 4 ms: partitions interleave within a process.
+        return self.spawn({"RECORDER_GROUPS": GROUP, "RECORDER_SLEEP": "~0.004"})
 
     # -- the stream and the records -----------------------------------------------
 
@@ -145,21 +89,6 @@ class Cluster:
             await self.app.publish_events(TOPIC, events)
             self.published += [e.id for e in events]
             await asyncio.sleep(PACE)
-
-    def lines(self, kind: str = "done") -> list[Line]:
-        """Every line of ``kind``, each process's in the order it wrote them."""
-        out = []
-        for path in sorted(self.out.glob("handled-*.txt")):
-            text = path.read_text()
-            # Only whole lines: a writer may be half-way through its last one.
-            for raw in text[: text.rfind("\n") + 1].splitlines():
-                line = Line.parse(raw)
-                if line.kind == kind:
-                    out.append(line)
-        return out
-
-    def handled_by(self, proc: subprocess.Popen[bytes], since: int = 0) -> int:
-        return sum(1 for x in self.lines() if x.pid == proc.pid and x.t > since)
 
     def busiest(self, procs: Iterable[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
         """The process that handled the most in the last second (it owns partitions)."""
@@ -191,18 +120,7 @@ async def until(
     check: Callable[[], Awaitable[bool] | bool],
     timeout: float = DEADLINE,
 ) -> float:
-    """Poll ``check`` until it is true; return the seconds it took. Fails at the deadline."""
-    start = time.monotonic()
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        cluster.check_alive()
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{cluster.report()}")
-        await asyncio.sleep(0.05)
+    return await until_within(cluster, what, check, timeout)
 
 
 def check_order_per_process(lines: list[Line]) -> None:

@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,15 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.transports.apps.records import Line, by_partition
+from tests.transports.worker_processes import Line, WorkerProcesses, by_partition
+from tests.transports.worker_processes import until as until_within
 from tidings import Tidings
 from tidings.partitioning import partition_for
 from tidings.transport import GroupInfo
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.transports.apps.recorder:app"
 TOPIC = "proc-events"  # apps/recorder.py subscribes to it
 PARTITIONS = 8
 LEASE = 2.0  # seconds; members heartbeat every LEASE / 3
@@ -61,19 +58,13 @@ class Keys:
         return out
 
 
-class Cluster:
+class Cluster(WorkerProcesses):
     """Worker processes on one SQLite log, and a publisher in the test process."""
 
     def __init__(self, tmp_path: Path, lease: float = LEASE) -> None:
-        self.dir = tmp_path
-        self.out = tmp_path / "handled"
-        self.out.mkdir()
         db = tmp_path / "events.db"
-        self.url = f"sqlite:///{db}?lease={lease:g}&partitions={PARTITIONS}"
+        super().__init__(tmp_path, f"sqlite:///{db}?lease={lease:g}&partitions={PARTITIONS}")
         self.app = Tidings(self.url, service="proc-test")
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: dict[int, Path] = {}
-        self.signalled: set[int] = set()  # pids we stopped on purpose
 
     # -- processes --------------------------------------------------------------
 
@@ -87,58 +78,12 @@ class Cluster:
         sync: bool = False,
     ) -> subprocess.Popen[bytes]:
         env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "RECORDER_OUT": str(self.out),
             "RECORDER_GROUPS": groups,
             "RECORDER_SLEEP": sleep,
             "RECORDER_SLOW_SHARE": str(slow_share),
             "RECORDER_SYNC": "1" if sync else "0",
-            "TIDINGS_LOG_LEVEL": "INFO",
         }
-        env.pop("TIDINGS_URL", None)
-        cmd = [sys.executable, "-m", "tidings", "run", APP, "--url", self.url]
-        if group is not None:
-            cmd += ["--group", group]
-        log = self.dir / f"worker-{len(self.procs)}.log"
-        with log.open("wb") as sink:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        self.logs[proc.pid] = log
-        return proc
-
-    def send(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        self.signalled.add(proc.pid)
-        proc.send_signal(sig)  # os.kill(proc.pid, sig) on POSIX
-
-    def log(self, proc: subprocess.Popen[bytes]) -> str:
-        return self.logs[proc.pid].read_text(errors="replace")
-
-    def report(self) -> str:
-        return "\n".join(
-            f"--- worker pid {p.pid} (exit {p.poll()}):\n{self.log(p)[-3000:]}" for p in self.procs
-        )
-
-    def check_alive(self) -> None:
-        for proc in self.procs:
-            if proc.pid not in self.signalled and proc.poll() is not None:
-                pytest.fail(f"worker {proc.pid} exited on its own\n{self.report()}")
-
-    async def wait_exit(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker {proc.pid} still runs {timeout}s after a signal")
-            await asyncio.sleep(0.02)
-        assert proc.returncode is not None
-        return proc.returncode
-
-    def shutdown(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            proc.wait(timeout=10)
+        return self.spawn(env, ["--group", group] if group is not None else [])
 
     # -- the log and the records ------------------------------------------------
 
@@ -183,23 +128,9 @@ class Cluster:
         assert info is not None
         return {p.partition: p.committed or 0 for p in info.partitions}
 
-    def lines(self, kind: str = "done") -> list[Line]:
-        out = []
-        for path in self.out.glob("handled-*.txt"):
-            text = path.read_text()
-            # Only whole lines: a writer may be half-way through its last one.
-            for raw in text[: text.rfind("\n") + 1].splitlines():
-                line = Line.parse(raw)
-                if line.kind == kind:
-                    out.append(line)
-        return out
-
     def begun(self) -> Counter[str]:
         """How many times each event id was begun, in any process."""
         return Counter(line.id for line in self.lines("begin"))
-
-    def handled_by(self, proc: subprocess.Popen[bytes]) -> int:
-        return sum(1 for line in self.lines() if line.pid == proc.pid)
 
 
 async def until(
@@ -208,18 +139,7 @@ async def until(
     check: Callable[[], Awaitable[bool] | bool],
     timeout: float = DEADLINE,
 ) -> float:
-    """Poll ``check`` until it is true; return the seconds it took. Fails at the deadline."""
-    start = time.monotonic()
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        cluster.check_alive()
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{cluster.report()}")
-        await asyncio.sleep(0.05)
+    return await until_within(cluster, what, check, timeout)
 
 
 async def stream(
