@@ -225,10 +225,13 @@ async def test_sigkilled_worker_loses_nothing_and_duplicates_only_its_uncommitte
         mine = [x.offset for x in plines if x.pid == a.pid]
         after = [x for x in plines if x.pid != a.pid and x.t > killed_at]
         resumed = min((x.offset for x in after), default=ends[part])
-        assert resumed == committed_at_kill[part], (
+        # At A's last commit; or just after it, when a commit A sent before it died
+        # reached the broker after our read: then A had handled what lies between.
+        assert resumed >= committed_at_kill[part], (
             f"partition {part}: A committed {committed_at_kill[part]}, its successor "
             f"resumed at {resumed}"
         )
+        assert set(range(committed_at_kill[part], resumed)) <= set(mine), part
         assert all(x.t > read_at for x in after), f"partition {part} moved before the read"
         tail = [x for x in plines if x.pid == a.pid and x.offset >= resumed]
         assert [x.offset for x in tail] == list(range(resumed, mine[-1] + 1)), part
@@ -297,16 +300,10 @@ async def test_a_worker_joining_a_busy_group_takes_a_share_of_its_topic(
     assert len(mine) >= PARTITIONS // 2 - 1, f"the newcomer got only partitions {sorted(mine)}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: in ~1 of 4 runs on Tansu the survivor is never given the leaver's "
-    "partitions after a graceful exit (docs/kafka.md, 'Open')",
-)
 async def test_sigterm_hands_partitions_over_with_no_duplicates_and_nothing_lost(
     cluster: Cluster,
 ) -> None:
-    # One after the other (started at the same instant, one worker sometimes got
-    # nothing at all); the hand-over after the exit still fails now and then (xfail).
+    # One after the other, as a group is scaled out (docs/kafka.md, "Open").
     first = cluster.start()
     stop = asyncio.Event()
     publisher = asyncio.create_task(cluster.stream(stop))

@@ -94,11 +94,12 @@ class KafkaConsumer(Consumer):
         for m in self._members:
             m.member, m._arrived = self.member, self._arrived
         self._transport._live.add(self)
-        started = await asyncio.gather(*(m.start() for m in self._members), return_exceptions=True)
-        failed = [r for r in started if isinstance(r, BaseException)]
-        if failed:
+        try:
+            for m in self._members:  # one at a time: each join is one rebalance
+                await m.start()
+        except BaseException:
             await self.close()
-            raise failed[0]
+            raise
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
         if self._arrived is None or self.closed:
@@ -156,7 +157,8 @@ class KafkaConsumer(Consumer):
             return
         self.closed = True
         self._transport._live.discard(self)
-        await asyncio.gather(*(m.close() for m in self._members))
+        for m in self._members:
+            await m.close()
 
 
 class _Member(Consumer):
