@@ -147,3 +147,15 @@ async def test_a_consumer_property_librdkafka_refuses_is_a_config_error_at_start
         assert consumer.assignment() == frozenset()
     finally:
         await transport.close()
+
+
+async def test_a_topic_of_zero_partitions_is_refused_not_given_the_default(
+    kafka_url: str,
+) -> None:
+    transport = open_transport(kafka_url)
+    await transport.start()
+    try:
+        with pytest.raises(ConfigError, match="partitions must be >= 1, got 0"):
+            await transport.create_topic("t", 0)
+    finally:
+        await transport.close()

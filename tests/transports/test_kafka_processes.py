@@ -18,13 +18,12 @@ import signal
 import subprocess
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
-from tests.transports.worker_processes import Line, WorkerProcesses, by_partition
-from tests.transports.worker_processes import until as until_within
+from tests.transports.worker_processes import Line, WorkerProcesses, by_partition, until
 from tidings import Tidings
 from tidings.partitioning import partition_for
 
@@ -57,6 +56,8 @@ def two_keys_per_partition() -> list[str]:
 
 class Cluster(WorkerProcesses):
     """Worker processes in one group on one Tansu broker; a publisher in this process."""
+
+    deadline = DEADLINE
 
     def __init__(self, tmp_path: Path, url: str) -> None:
         super().__init__(tmp_path, url)
@@ -112,15 +113,6 @@ class Cluster(WorkerProcesses):
             and total == len(self.published)
             and all(committed == end for committed, end in positions.values())
         )
-
-
-async def until(
-    cluster: Cluster,
-    what: str,
-    check: Callable[[], Awaitable[bool] | bool],
-    timeout: float = DEADLINE,
-) -> float:
-    return await until_within(cluster, what, check, timeout)
 
 
 def check_order_per_process(lines: list[Line]) -> None:

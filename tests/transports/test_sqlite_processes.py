@@ -20,14 +20,13 @@ import signal
 import subprocess
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.transports.worker_processes import Line, WorkerProcesses, by_partition
-from tests.transports.worker_processes import until as until_within
+from tests.transports.worker_processes import Line, WorkerProcesses, by_partition, until
 from tidings import Tidings
 from tidings.partitioning import partition_for
 from tidings.transport import GroupInfo
@@ -60,6 +59,8 @@ class Keys:
 
 class Cluster(WorkerProcesses):
     """Worker processes on one SQLite log, and a publisher in the test process."""
+
+    deadline = DEADLINE
 
     def __init__(self, tmp_path: Path, lease: float = LEASE) -> None:
         db = tmp_path / "events.db"
@@ -131,15 +132,6 @@ class Cluster(WorkerProcesses):
     def begun(self) -> Counter[str]:
         """How many times each event id was begun, in any process."""
         return Counter(line.id for line in self.lines("begin"))
-
-
-async def until(
-    cluster: Cluster,
-    what: str,
-    check: Callable[[], Awaitable[bool] | bool],
-    timeout: float = DEADLINE,
-) -> float:
-    return await until_within(cluster, what, check, timeout)
 
 
 async def stream(

@@ -51,6 +51,8 @@ def by_partition(lines: Iterable[Line]) -> dict[int, list[Line]]:
 class WorkerProcesses:
     """Recorder workers on one log (``url``), their logs, and their record files."""
 
+    deadline = 30.0  # seconds :func:`until` waits by default
+
     def __init__(self, tmp_path: Path, url: str) -> None:
         self.dir = tmp_path
         self.out = tmp_path / "handled"
@@ -133,9 +135,11 @@ async def until(
     workers: WorkerProcesses,
     what: str,
     check: Callable[[], Awaitable[bool] | bool],
-    timeout: float,
+    timeout: float | None = None,
 ) -> float:
-    """Poll ``check`` until it is true; return the seconds it took. Fails at the deadline."""
+    """Poll ``check`` until it is true; return the seconds it took. Fails after
+    ``timeout`` (default: the workers' ``deadline``)."""
+    timeout = workers.deadline if timeout is None else timeout
     start = time.monotonic()
     while True:
         result = check()

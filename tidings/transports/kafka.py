@@ -144,7 +144,7 @@ class KafkaTransport(Transport):
     ) -> TopicInfo:
         check_topic_name(topic)
         admin = self._started()
-        count = partitions or self.config.partitions
+        count = self.config.partitions if partitions is None else partitions
         if count < 1:
             raise ConfigError(f"topic {topic!r}: partitions must be >= 1, got {count}")
         if topic not in self._counts:
