@@ -53,13 +53,45 @@ def kafka_url(tansu: str) -> str:
     return f"kafka://{tansu}?{KAFKA_TEST_OPTIONS}&{ONE_RECORD_BATCHES}"
 
 
-LOGS = ["sqlite", pytest.param("kafka", marks=pytest.mark.integration)]
+@pytest.fixture(scope="session")
+def nats_binary() -> str:
+    from tests.transports.nats_server import nats_server_binary
+
+    return nats_server_binary()
+
+
+@pytest.fixture
+def nats_server(nats_binary: str) -> Iterator[str]:
+    """``host:port`` of a fresh nats-server with JetStream for one test."""
+    from tests.transports.nats_server import run_nats
+
+    with run_nats(nats_binary) as address:
+        yield address
+
+
+NATS_TEST_OPTIONS = "lease=2s"
+
+
+@pytest.fixture
+def nats_url(nats_server: str) -> str:
+    """A ``nats://`` URL of a fresh server, set for tests: 2 s leases, so that a
+    member that is gone without a word is replaced within about 2 s."""
+    return f"nats://{nats_server}?{NATS_TEST_OPTIONS}"
+
+
+LOGS = [
+    "sqlite",
+    pytest.param("kafka", marks=pytest.mark.integration),
+    pytest.param("nats", marks=pytest.mark.integration),
+]
 
 
 def log_url(request: pytest.FixtureRequest, partitions: int, kind: str | None = None) -> str:
     """A fresh log of ``kind`` (default: the fixture's parameter, one of ``LOGS``)."""
     if (kind or request.param) == "kafka":
         return str(request.getfixturevalue("kafka_url")) + f"&partitions={partitions}"
+    if (kind or request.param) == "nats":
+        return str(request.getfixturevalue("nats_url")) + f"&partitions={partitions}"
     return str(request.getfixturevalue("sqlite_url")) + f"?partitions={partitions}"
 
 

@@ -139,10 +139,13 @@ async def test_an_event_published_twice_has_one_effect(
     calls: list[str] = []
     subscribe_writer(app, inbox, kind, calls)
     events = [app.build({"n": i}, type="task.created", subject=f"t{i}") for i in range(20)]
+    # NATS drops a repeated publish itself (Nats-Msg-Id, within the stream's duplicate
+    # window): the inbox sees the repeats only where the log stores them.
+    stored = 20 if app.transport.url.startswith("nats://") else 40
     async with running(app, middleware=middleware()) as worker:
         await app.publish_events(TOPIC, [e for event in events for e in (event, event)])
-        await eventually(lambda: worker.stats.handled == 40, what="40 deliveries")
-    assert worker.stats.duplicates == 20
+        await eventually(lambda: worker.stats.handled == stored, what=f"{stored} deliveries")
+    assert worker.stats.duplicates == stored - 20
     assert sorted(calls) == sorted(e.id for e in events)
     rows = effect_rows(engine)
     assert sorted(event_id for event_id, _ in rows) == sorted(e.id for e in events)

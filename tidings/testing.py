@@ -188,7 +188,12 @@ class TransportConformance:
         for partition, offset in placed:
             by_partition.setdefault(partition, []).append(offset)
         for offsets in by_partition.values():
-            assert offsets == list(range(len(offsets)))
+            if transport.capabilities.dense_offsets:
+                assert offsets == list(range(len(offsets)))
+            else:  # growing in append order, numbered with the other partitions
+                assert offsets == sorted(set(offsets))
+        if not transport.capabilities.dense_offsets:
+            assert sorted(o for _, o in placed) == list(range(100))
 
     async def test_one_key_goes_to_one_partition_in_order(self, transport: Transport) -> None:
         if not transport.capabilities.ordered_per_key:
@@ -229,7 +234,8 @@ class TransportConformance:
         await self._fill(transport, 40)
         [info] = [t for t in await transport.topics() if t.name == "t"]
         assert info.events == 40
-        assert sum(p.end for p in info.partitions) == 40
+        if transport.capabilities.dense_offsets:
+            assert sum(p.end for p in info.partitions) == 40
         assert info.size == sum(len(f"v{i}") for i in range(40))
 
     async def test_unknown_topic_is_reported(self, transport: Transport) -> None:
@@ -405,9 +411,12 @@ class TransportConformance:
         records = await drain(c, 60)
         await c.commit(_positions(records[:20]))
         [info] = [g for g in await transport.groups() if g.group == "g"]
-        assert sum(p.end for p in info.partitions) == 60
-        assert info.lag == 60 - sum(p.committed or 0 for p in info.partitions)
-        assert info.lag >= 40
+        if transport.capabilities.dense_offsets:
+            assert sum(p.end for p in info.partitions) == 60
+            assert info.lag == 60 - sum(p.committed or 0 for p in info.partitions)
+            assert info.lag >= 40
+        else:  # the transport counts what is left: 20 of 60 were committed
+            assert info.lag == 40
         assert [m.member for m in info.members] == [c.member]
         assert {p.member for p in info.partitions} == {c.member}
 

@@ -94,8 +94,15 @@ class Record(NamedTuple):
 class PartitionInfo:
     partition: int
     start: int  # first offset still stored (retention moves it)
-    end: int  # the offset the next record will get
+    end: int  # no record of the partition has an offset at or past this one yet
     bytes: int
+    # How many records the partition holds, where offsets are not dense (NATS: one
+    # sequence per stream, shared by its partitions); None: ``end - start``.
+    count: int | None = None
+
+    @property
+    def events(self) -> int:
+        return self.end - self.start if self.count is None else self.count
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +114,7 @@ class TopicInfo:
 
     @property
     def events(self) -> int:
-        return sum(p.end - p.start for p in self.partitions)
+        return sum(p.events for p in self.partitions)
 
     @property
     def size(self) -> int:
@@ -133,9 +140,14 @@ class GroupPartition:
     end: int
     start: int = 0
     member: str | None = None
+    # Records still to handle, as the transport counts them where offsets are not dense
+    # (NATS: the consumer's pending plus ack-pending); None: from the offsets.
+    pending: int | None = None
 
     @property
     def lag(self) -> int:
+        if self.pending is not None:
+            return self.pending
         base = self.start if self.committed is None else max(self.committed, self.start)
         return max(self.end - base, 0)
 
@@ -159,6 +171,9 @@ class Capabilities:
     multi_process: bool  # several processes can share a group
     seek_by_time: bool = True  # offsets_for_time is supported
     ordered_per_key: bool = True  # one key's records are read back in append order
+    # A partition's offsets are consecutive (0, 1, 2, ...). Where they are not (NATS
+    # numbers a whole stream), they still grow in append order within a partition.
+    dense_offsets: bool = True
 
 
 def new_member_id() -> str:

@@ -9,7 +9,7 @@ from tidings.transport import Transport
 
 __all__ = ["open_transport"]
 
-_SCHEMES = ("memory", "sqlite", "kafka")
+_SCHEMES = ("memory", "sqlite", "kafka", "nats")
 
 
 def open_transport(url: str, *, create: bool = True) -> Transport:
@@ -32,10 +32,9 @@ def open_transport(url: str, *, create: bool = True) -> Transport:
 
         return KafkaTransport(url)
     if scheme == "nats":
-        raise ConfigError(
-            f"the {scheme}:// transport is not part of this release yet; "
-            f"use one of {', '.join(s + '://' for s in _SCHEMES)}"
-        )
+        from tidings.transports.nats import NatsTransport
+
+        return NatsTransport(url)
     raise ConfigError(
         f"unknown transport URL {url!r}: the scheme must be one of "
         f"{', '.join(s + '://' for s in _SCHEMES)}, e.g. sqlite:///./tidings.db"

