@@ -138,3 +138,50 @@ class NatsCluster:
             if proc is not None:
                 _stop(proc)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class NatsServer:
+    """One nats-server on a free 127.0.0.1 port, configured by the test: JetStream on
+    (its store synced on every write, so a SIGKILL loses nothing it acknowledged) or off,
+    plus ``conf`` lines (an ``authorization`` block, say). It can be SIGKILLed and
+    started again on the same port and store; ``stop`` ends it by its PID and removes
+    its folder."""
+
+    def __init__(self, binary: str, *, jetstream: bool = True, conf: str = "") -> None:
+        self.binary = binary
+        self.folder = Path(tempfile.mkdtemp(prefix="tidings-nats-one-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        store = f'jetstream {{ store_dir: "{self.folder / "js"}", sync_interval: always }}\n'
+        (self.folder / "server.conf").write_text(
+            f'listen: "{HOST}:{self.port}"\n' + (store if jetstream else "") + conf
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def start(self) -> None:
+        log = self.folder / "server.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [self.binary, "-c", str(self.folder / "server.conf")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.proc = proc
+        _wait_listening(proc, self.port, log, 20)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _stop(proc)
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -3,11 +3,17 @@ and what is particular to JetStream (docs/nats.md)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import pytest
 
 from tidings.partitioning import partition_for
 from tidings.testing import TransportConformance
 from tidings.transport import Transport
+from tidings.transports import open_transport
+from tidings.transports._nats_consumer import NatsConsumer, _Partition
+from tidings.transports.nats import KEY_HEADER
 
 pytestmark = pytest.mark.integration
 
@@ -28,3 +34,106 @@ class TestNatsTransport(TransportConformance):
         ]
         assert info.size > sum(len(f"v{i}") for i in range(40))
         assert {p.end for p in info.partitions} == {40}  # the stream's last sequence
+
+
+# -- deliveries: what a member does with each message of a pull ------------------------
+
+
+class _Msg:
+    """A JetStream message as nats-py hands it to the member's pull subscription."""
+
+    def __init__(self, sseq: int, cseq: int, data: bytes = b"x") -> None:
+        self.reply = f"$JS.ACK.t.g-0.1.{sseq}.{cseq}.{1_700_000_000_000_000_000 + sseq}.0"
+        self.data = data
+        self.headers = {KEY_HEADER: "k"}
+
+
+@pytest.fixture
+async def member(nats_url: str) -> AsyncIterator[tuple[NatsConsumer, _Partition, list[str]]]:
+    """A started member owning partition 0 of ``t``, fed messages by hand; the acks it
+    sends again are recorded instead of sent."""
+    transport = open_transport(nats_url + "&partitions=1")
+    await transport.start()
+    consumer = transport.consumer("g", ["t"])
+    assert isinstance(consumer, NatsConsumer)
+    await consumer.start()
+    part = consumer._parts[("t", 0)]
+    acked: list[str] = []
+    resyncs: list[int] = []
+
+    async def ack_again(reply: str) -> None:
+        acked.append(reply)
+
+    async def resync(p: _Partition) -> None:
+        resyncs.append(p.partition)
+
+    consumer._ack_again = ack_again  # type: ignore[method-assign]
+    consumer._resync = resync  # type: ignore[method-assign]
+    part.sub = object()  # deliveries are accepted; no pull is sent from here on
+    part.remaining = 10**6
+    try:
+        yield consumer, part, acked
+    finally:
+        part.sub = None
+        await consumer.close()
+        await transport.close()
+
+
+async def test_deliveries_become_records_in_offset_order(member) -> None:
+    consumer, part, _ = member
+    for sseq, cseq in ((1, 1), (3, 2), (4, 3)):
+        consumer._deliver(part, _Msg(sseq, cseq))
+    records = await consumer.fetch(10, timeout=0.1)
+    assert [(r.offset, r.key) for r in records] == [(0, "k"), (2, "k"), (3, "k")]
+    assert records[0].timestamp == 1_700_000_000_000
+
+
+async def test_a_redelivery_of_a_committed_event_is_acknowledged_again_not_handled(
+    member,
+) -> None:
+    consumer, part, acked = member
+    consumer._deliver(part, _Msg(1, 1))
+    consumer._deliver(part, _Msg(2, 2))
+    assert len(await consumer.fetch(10, timeout=0.1)) == 2
+    part.acks.clear()  # as after a commit whose acks the server never got
+    late = _Msg(1, 3)  # ack_wait ran out: the server sends sequence 1 again
+    consumer._deliver(part, late)
+    await asyncio.sleep(0)
+    assert acked == [late.reply]
+    assert await consumer.fetch(10, timeout=0.1) == []
+
+
+async def test_a_redelivery_of_a_held_event_only_renews_its_ack_subject(member) -> None:
+    consumer, part, acked = member
+    consumer._deliver(part, _Msg(1, 1))
+    again = _Msg(1, 2)
+    consumer._deliver(part, again)
+    assert [r.offset for r in await consumer.fetch(10, timeout=0.1)] == [0]
+    assert part.acks[0][0] == again.reply
+    assert acked == []
+
+
+async def test_a_gap_in_delivery_sequences_resyncs_instead_of_skipping_ahead(member) -> None:
+    consumer, part, _ = member
+    consumer._deliver(part, _Msg(1, 1))
+    consumer._deliver(part, _Msg(5, 3))  # delivery 2 was lost on the way
+    await asyncio.sleep(0)
+    assert part.resync
+    consumer._deliver(part, _Msg(6, 4))  # sent before the reset: dropped
+    assert [r.offset for r in await consumer.fetch(10, timeout=0.1)] == [0]
+    # After the reset, deliveries restart at 1 from the ack floor: the held event only
+    # renews its subject, the lost ones come in order.
+    for sseq, cseq in ((1, 1), (3, 2), (5, 3), (6, 4)):
+        consumer._deliver(part, _Msg(sseq, cseq))
+    assert not part.resync
+    assert [r.offset for r in await consumer.fetch(10, timeout=0.1)] == [2, 4, 5]
+
+
+async def test_a_forced_reset_voids_what_the_member_held(member) -> None:
+    consumer, part, _ = member
+    for sseq, cseq in ((1, 1), (2, 2), (3, 3)):
+        consumer._deliver(part, _Msg(sseq, cseq))
+    # An operator reset the group to offset 0 while this member held 0..2.
+    consumer._deliver(part, _Msg(1, 1))
+    assert list(part.acks) == [0]
+    assert [r.offset for r in await consumer.fetch(10, timeout=0.1)] == [0]

@@ -72,6 +72,7 @@ class _Partition:
         "partition",
         "pull_at",
         "remaining",
+        "resync",
         "stream",
         "sub",
         "topic",
@@ -91,6 +92,7 @@ class _Partition:
         self.last_cseq = 0
         self.next = 0  # the offset after the last one delivered
         self.remaining = 0  # messages the outstanding pull request may still bring
+        self.resync = False  # a reset after lost deliveries is on its way
         self.pull_at = 0.0
 
 
@@ -344,18 +346,36 @@ class NatsConsumer(Consumer):
             return  # dropped: stays pending for the next owner
         sseq, cseq, ns = _ack_fields(msg.reply)
         part.remaining -= 1
-        if cseq <= part.last_cseq:
-            # Consumer sequences restart only when the consumer was reset (a forced
-            # offset reset): what was delivered before is void.
+        if part.resync:
+            if cseq != 1:
+                return  # sent before this member's reset: it comes again after it
+            part.resync = False
+        elif cseq == 1 and part.last_cseq:
+            # Delivery sequences restart only at a reset, and this member asked for
+            # none: the group's offsets were reset under it (forced). What it holds
+            # is void; it starts again where the reset put the consumer.
             part.buffer.clear()
             part.acks.clear()
+            part.next = 0
+        elif part.last_cseq and cseq != part.last_cseq + 1:
+            # Deliveries were lost on the way (a server or a route went down): going on
+            # would hand later events over before the lost ones. Start again at the ack
+            # floor; what comes again and is held here is recognised below.
+            part.resync = True
+            asyncio.get_running_loop().create_task(self._resync(part))
+            return
         part.last_cseq = cseq
         offset = sseq - 1
-        part.next = max(part.next, sseq)
         now = time.monotonic()
-        if offset in part.acks:  # redelivered while held: keep the newest ack subject
+        if offset in part.acks:  # delivered again while held: keep the newest ack subject
             part.acks[offset] = [msg.reply, now]
             return
+        if sseq <= part.next:
+            # Handled and committed here, but the acknowledgment was lost: ack it again
+            # instead of handling it twice, out of order.
+            asyncio.get_running_loop().create_task(self._ack_again(msg.reply))
+            return
+        part.next = sseq
         part.acks[offset] = [msg.reply, now]
         key = headers.get(KEY_HEADER) if headers else None
         part.buffer.append(
@@ -371,6 +391,28 @@ class NatsConsumer(Consumer):
         self._wake.set()
         if part.remaining <= 0:
             asyncio.get_running_loop().create_task(self._pull(part))
+
+    async def _resync(self, part: _Partition) -> None:
+        log.warning(
+            "member %s: deliveries of %s[%d] were lost on the way; resuming at the ack floor",
+            self.member,
+            part.topic,
+            part.partition,
+        )
+        while part.sub is not None:  # until it works, or the partition is gone
+            try:
+                await self.t.reset_consumer(part.topic, part.consumer, 0)
+                break
+            except TransportError as exc:
+                log.warning("member %s: reset of %s failed: %s", self.member, part.consumer, exc)
+                await asyncio.sleep(1.0)
+        part.remaining = 0
+        part.last_cseq = 0
+        await self._pull(part)
+
+    async def _ack_again(self, reply: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.t.connected().publish(reply, b"+ACK")
 
     def _mark_in_progress(self) -> None:
         """Tell the server that events held longer than half of ack_wait are still

@@ -392,12 +392,28 @@ class NatsTransport(Transport):
                 META_PARTITIONS: str(partitions or settings.partitions),
             },
         }
+        return await self._create_stream(config)
+
+    async def _create_stream(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Create a stream (or find it made meanwhile by another) and wait until it has
+        a leader: a replicated stream answers nothing before its first election."""
+        stream = config["name"]
         try:
-            return await self.api(f"STREAM.CREATE.{stream}", config)
+            info = await self.api(f"STREAM.CREATE.{stream}", config)
         except NatsApiError as exc:
-            if exc.err_code == _ERR_STREAM_NAME_IN_USE:  # created meanwhile by another
-                return await self.stream_info(stream)
-            raise
+            if exc.err_code != _ERR_STREAM_NAME_IN_USE:  # not created meanwhile by another
+                raise
+            info = await self.stream_info(stream)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while "cluster" in info and not info["cluster"].get("leader"):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TransportError(
+                    f"{self.url}: stream {stream!r} has no leader {TIMEOUT:g}s after its "
+                    "creation; are enough JetStream servers up for its replicas?"
+                )
+            await asyncio.sleep(0.1)
+            info = await self.stream_info(stream)
+        return info
 
     def _stream_partitions(self, topic: str, info: Mapping[str, Any]) -> int:
         meta = info.get("config", {}).get("metadata") or {}
@@ -618,11 +634,7 @@ class NatsTransport(Transport):
             "deny_delete": True,
             "allow_msg_ttl": True,
         }
-        try:
-            await self.api(f"STREAM.CREATE.{GROUPS_STREAM}", config)
-        except NatsApiError as exc:
-            if exc.err_code != _ERR_STREAM_NAME_IN_USE:
-                raise
+        await self._create_stream(config)
         self._groups_ready = True
 
     async def group_entries(self, group: str | None = None) -> dict[str, tuple[int, bytes | None]]:
