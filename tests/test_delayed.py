@@ -171,3 +171,32 @@ async def test_a_transport_without_a_scheduler_says_how_to_configure_one(
     async with app:
         with pytest.raises(ConfigError, match=r"need a scheduler database.*TIDINGS_SCHEDULER_URL"):
             await app.publish("reminders", Reminder(task_id="t"), delay=10)
+
+
+@pytest.mark.integration
+async def test_on_nats_delayed_events_wait_in_the_stream_with_no_scheduler_database(
+    nats_url: str,
+) -> None:
+    """NATS holds a delayed event itself (a message schedule in the topic's stream):
+    no scheduler table, no relay; the event waits durably across the publisher's exit."""
+    publisher = make_app(nats_url)
+    async with publisher:
+        assert publisher.scheduler is None
+        asked = time.time()
+        early = await publisher.publish("reminders", Reminder(task_id="t-1", n=1), delay=1.2)
+        late = await publisher.publish("reminders", Reminder(task_id="t-1", n=2), delay=2.5)
+        assert await count(publisher, "reminders") == 0  # nothing in any partition yet
+    worker_app = make_app(nats_url)
+    seen: list[tuple[float, str, int]] = []
+
+    @worker_app.subscriber("reminders", group="push")
+    async def push(reminder: Reminder, ctx: Any) -> None:
+        seen.append((time.time(), ctx.event.id, reminder.n))
+
+    async with worker_app, running(worker_app):
+        await eventually(lambda: len(seen) == 2, timeout=10)
+    assert [(event_id, n) for _, event_id, n in seen] == [(early.id, 1), (late.id, 2)]
+    for (at, _, _), delay in zip(seen, (1.2, 2.5), strict=True):
+        assert delay <= at - asked < delay + 1.5
+    async with worker_app:
+        assert await count(worker_app, "reminders") == 2

@@ -444,6 +444,11 @@ class Tidings:
         records = [(e.key, encode(e, limit)) for e in events]
         if deliver_at is not None and deliver_at > datetime.now(UTC):
             check_topic_name(topic)
+            if self._scheduler_configured() is None and (
+                self.transport.capabilities.scheduled_appends
+            ):
+                await self.transport.append_at(topic, records, int(deliver_at.timestamp() * 1000))
+                return
             await self._schedule(topic, events, deliver_at)
             return
         await self.transport.append(topic, records)
@@ -453,19 +458,22 @@ class Tidings:
     @property
     def scheduler(self) -> Outbox | None:
         """The outbox table where delayed events wait (``tidings_scheduled``), or None
-        if this transport has no default and none was configured."""
+        if none was configured and this transport has no default, or holds delayed
+        events itself (NATS: message schedules)."""
         if self._scheduler is None:
             from tidings.outbox import Outbox
 
-            db = (
-                self._scheduler_db
-                or os.environ.get("TIDINGS_SCHEDULER_URL")
-                or _default_scheduler_db(self.transport.url)
-            )
+            db = self._scheduler_configured()
+            if db is None and not self.transport.capabilities.scheduled_appends:
+                db = _default_scheduler_db(self.transport.url)
             if db is None:
                 return None
             self._scheduler = Outbox(self, db, table=SCHEDULER_TABLE)
         return self._scheduler
+
+    def _scheduler_configured(self) -> Any:
+        """The scheduler database given to this app or in $TIDINGS_SCHEDULER_URL."""
+        return self._scheduler_db or os.environ.get("TIDINGS_SCHEDULER_URL")
 
     def scheduler_relay(self) -> Component | None:
         """The component that appends delayed events once due (run by workers)."""

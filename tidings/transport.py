@@ -174,6 +174,9 @@ class Capabilities:
     # A partition's offsets are consecutive (0, 1, 2, ...). Where they are not (NATS
     # numbers a whole stream), they still grow in append order within a partition.
     dense_offsets: bool = True
+    # append_at() holds records in the log until they are due (NATS message schedules);
+    # elsewhere delayed events wait in a scheduler table (tidings.outbox).
+    scheduled_appends: bool = False
 
 
 def new_member_id() -> str:
@@ -320,6 +323,14 @@ class Transport(ABC):
 
         Refuses with GroupBusy while the group has live members, unless ``force``.
         """
+
+    async def append_at(
+        self, topic: str, records: Sequence[tuple[str | None, bytes]], due_ms: int
+    ) -> None:
+        """Store ``records`` durably now, to be appended to ``topic`` at ``due_ms`` (ms
+        since the epoch), each as :meth:`append` would. Only where
+        ``capabilities.scheduled_appends``."""
+        raise ConfigError(f"{self.url}: this transport cannot hold records until they are due")
 
     async def wait_for_appends(self, timeout: float) -> None:
         """Return when something may have been appended, or after ``timeout``.

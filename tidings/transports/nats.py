@@ -146,14 +146,16 @@ def record_value(data: bytes, headers: Mapping[str, str] | None) -> bytes:
 
 
 class NatsTransport(Transport):
-    capabilities = Capabilities(persistent=True, multi_process=True, dense_offsets=False)
+    capabilities = Capabilities(
+        persistent=True, multi_process=True, dense_offsets=False, scheduled_appends=True
+    )
 
     def __init__(self, url: str) -> None:
         self.config: NatsConfig = parse_nats_url(url)
         self.url = self.config.redacted_url()
         if self.config.streams.storage == "memory":
             self.capabilities = Capabilities(
-                persistent=False, multi_process=True, dense_offsets=False
+                persistent=False, multi_process=True, dense_offsets=False, scheduled_appends=True
             )
         self.nc: Any = None
         self.js: Any = None
@@ -387,6 +389,7 @@ class NatsTransport(Transport):
             "discard": "old",
             "duplicate_window": int(settings.duplicate_window * 1e9),
             "allow_direct": True,
+            "allow_msg_schedules": True,  # append_at
             "metadata": {
                 META_TOPIC: topic,
                 META_PARTITIONS: str(partitions or settings.partitions),
@@ -518,6 +521,22 @@ class NatsTransport(Transport):
     async def append(
         self, topic: str, records: Sequence[tuple[str | None, bytes]]
     ) -> list[tuple[int, int]]:
+        seqs = await self._publish(topic, records, None)
+        return [(p, seq - 1) for p, seq in seqs]
+
+    async def append_at(
+        self, topic: str, records: Sequence[tuple[str | None, bytes]], due_ms: int
+    ) -> None:
+        """Each record waits in the topic's stream as a message schedule (subject
+        ``<stream>.sched.<id>``, outside every partition) that the server turns into the
+        record at ``due_ms``, with the second's precision of ``@at``."""
+        await self._publish(topic, records, due_ms)
+
+    async def _publish(
+        self, topic: str, records: Sequence[tuple[str | None, bytes]], due_ms: int | None
+    ) -> list[tuple[int, int]]:
+        """Publish ``records`` (now, or scheduled for ``due_ms``); wait for every
+        acknowledgment; return each one's (partition, stream sequence)."""
         if not records:
             return []
         nc = self.connected()
@@ -530,18 +549,23 @@ class NatsTransport(Transport):
             for key, value in records:
                 partition = partition_for(key, count)
                 ident, kind = event_identity(value)
+                subject = f"{stream}.{partition}.{kind or '_'}"
                 headers = {"Content-Type": STRUCTURED_CONTENT_TYPE}
-                if ident is not None:
-                    headers["Nats-Msg-Id"] = ident
                 if key is not None:
                     headers[KEY_HEADER] = key
+                if due_ms is not None:
+                    headers["Nats-Schedule"] = "@at " + rfc3339(due_ms)
+                    headers["Nats-Schedule-Target"] = subject
+                    subject = f"{stream}.sched.{nc._nuid.next().decode()}"
+                    if ident is not None:
+                        headers["Nats-Msg-Id"] = "scheduled:" + ident
+                elif ident is not None:
+                    headers["Nats-Msg-Id"] = ident
                 reply = prefix + str(next(self._ack_ids))
                 future: asyncio.Future[Any] = loop.create_future()
                 self._acks[reply] = future
                 placed.append((partition, future))
-                await nc.publish(
-                    f"{stream}.{partition}.{kind or '_'}", value, reply=reply, headers=headers
-                )
+                await nc.publish(subject, value, reply=reply, headers=headers)
         except Exception as exc:
             self._forget(placed)
             if isinstance(exc, TransportError):
@@ -556,7 +580,10 @@ class NatsTransport(Transport):
                 f"acknowledged in {TIMEOUT:g}s; appending them again is safe (deduplicated "
                 "by event id)"
             )
-        return [(p, f.result() - 1) for p, f in placed]
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        if failed:
+            raise failed[0]  # type: ignore[misc]
+        return [(p, f.result()) for p, f in placed]
 
     def _forget(self, placed: list[tuple[int, asyncio.Future[Any]]]) -> None:
         gone = {id(f) for _, f in placed}
