@@ -441,12 +441,13 @@ class Tidings:
                 "lifespan app.lifespan) before publishing"
             )
         limit = self.max_event_bytes
-        records = [(e.key, encode(e, limit)) for e in events]
         if deliver_at is not None and deliver_at > datetime.now(UTC):
+            for e in events:
+                encode(e, limit)  # refused now, not when it is due
             check_topic_name(topic)
             await self._schedule(topic, events, deliver_at)
             return
-        await self.transport.append(topic, records)
+        await self.transport.append_events(topic, events, limit)
 
     # -- delayed events ---------------------------------------------------------------
 
