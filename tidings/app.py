@@ -441,8 +441,8 @@ class Tidings:
                 "lifespan app.lifespan) before publishing"
             )
         limit = self.max_event_bytes
-        records = [(e.key, encode(e, limit)) for e in events]
         if deliver_at is not None and deliver_at > datetime.now(UTC):
+            records = [(e.key, encode(e, limit)) for e in events]  # refused now, not when due
             check_topic_name(topic)
             if self._scheduler_configured() is None and (
                 self.transport.capabilities.scheduled_appends
@@ -451,7 +451,7 @@ class Tidings:
                 return
             await self._schedule(topic, events, deliver_at)
             return
-        await self.transport.append(topic, records)
+        await self.transport.append_events(topic, events, limit)
 
     # -- delayed events ---------------------------------------------------------------
 

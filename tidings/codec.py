@@ -31,7 +31,7 @@ from tidings.errors import (
     RecordTooLarge,
 )
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "decode", "encode", "to_dict"]
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "decode", "encode", "encode_value", "to_dict"]
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -147,12 +147,19 @@ def to_dict(event: Event) -> dict[str, Any]:
     return doc
 
 
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def encode_value(value: Any) -> bytes:
+    """One value of :func:`to_dict`'s document (the data, the time) as :func:`encode`
+    writes it there, byte for byte. Raises TypeError or ValueError if it cannot."""
+    return orjson.dumps(value, default=_default, option=_OPTIONS)
+
+
 def encode(event: Event, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> bytes:
     """Encode ``event`` as one JSON document; raise EventTooLarge over ``max_bytes``."""
     try:
-        raw = orjson.dumps(
-            to_dict(event), default=_default, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
-        )
+        raw = orjson.dumps(to_dict(event), default=_default, option=_OPTIONS)
     except EventError:
         raise  # an attribute refused by to_dict, with its own message
     except (TypeError, ValueError) as exc:

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from tidings.codec import encode
+from tidings.envelope import Event
 from tidings.errors import ConfigError
 
 __all__ = [
@@ -283,6 +285,18 @@ class Transport(ABC):
         given. When this returns, the records survive a crash of this process (and, on
         a transport configured for it, a power loss). The topic is created if missing.
         """
+
+    async def append_events(
+        self, topic: str, events: Sequence[Event], max_bytes: int
+    ) -> list[tuple[int, int]]:
+        """Append ``events`` as :meth:`append` appends ``(event.key, encode(event,
+        max_bytes))`` for each: the same records read back, the same EventError (for any
+        event) before anything is appended.
+
+        The default does exactly that; a transport that writes events in a form of its
+        own (Kafka's binary mode) overrides it to skip the structured JSON in between.
+        """
+        return await self.append(topic, [(e.key, encode(e, max_bytes)) for e in events])
 
     @abstractmethod
     def consumer(

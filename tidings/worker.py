@@ -68,7 +68,11 @@ class _GroupRunner:
         for s in subscribers:
             self.by_topic.setdefault(s.topic, []).append(s)
         self.routes: dict[tuple[str, str], list[Subscriber]] = {}
-        self.chain = compose(worker.middleware, self._call)
+        # Each subscriber's own chain, without the middleware that do nothing for it.
+        self.chains = {
+            id(s): compose([m for m in worker.middleware if m.wraps(s)], self._call)
+            for s in subscribers
+        }
         self.dlq = DeadLetterQueue(
             self.app.transport, group, sequenced=self.app.group_settings(group).sequenced
         )
@@ -236,13 +240,14 @@ class _GroupRunner:
             wanted = [s for s in wanted if s.name == replay.handler] or wanted
         if not wanted:
             stats.skipped += 1
-            await self._resolved(replay_of)
+            if replay_of is not None:
+                await self._resolved(replay_of)
             return
         # Everything a handler publishes is caused by this event (correlation kept).
         token = _scope.set(Scope(event.correlationid or event.id, event.id))
         try:
             for sub in wanted:
-                await self.chain(
+                await self.chains[id(sub)](
                     Delivery(
                         sub, event, record, self.group, stats, self.stopped,
                         dead_letters=self.dead_letters, replay_of=replay_of,
@@ -250,7 +255,8 @@ class _GroupRunner:
                 )  # fmt: skip
         finally:
             _scope.reset(token)
-        await self._resolved(replay_of)
+        if replay_of is not None:
+            await self._resolved(replay_of)
         stats.handled += 1
 
     async def _poison(self, record: Record, error: EventError, replay: DeadLetter | None) -> None:

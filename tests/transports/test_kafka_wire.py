@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.codec import decode, encode, to_dict
+from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode, to_dict
 from tidings.envelope import Event
-from tidings.errors import DecodeError
-from tidings.transports.kafka_wire import from_kafka, to_kafka
+from tidings.errors import DecodeError, EventError, EventTooLarge
+from tidings.transports.kafka_wire import _structured, event_to_kafka, from_kafka, to_kafka
 
 
 def _events() -> list[Event]:
@@ -201,3 +201,67 @@ def test_every_encoded_event_comes_back_byte_for_byte_through_binary_mode(
     raw = encode(event)
     value, headers = to_kafka(raw)
     assert from_kafka(value, headers) == raw
+    # The shortcuts agree with the long ways: an event straight to its record, and a
+    # record put together from its bytes (the general path builds it with orjson).
+    direct, direct_headers = event_to_kafka(event, DEFAULT_MAX_EVENT_BYTES)
+    assert (direct, _pairs(direct_headers)) == (value, headers)
+    if any(name == "ce_specversion" for name, _ in headers):  # binary mode was taken
+        assert _structured(value, headers) == raw
+
+
+def _pairs(headers: Any) -> list[tuple[str, bytes]]:
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+@pytest.mark.parametrize("fmt", ["binary", "structured"])
+@pytest.mark.parametrize("event", _events(), ids=lambda e: e.type)
+def test_an_event_converted_directly_is_the_record_of_its_encoding(event: Event, fmt: str) -> None:
+    value, headers = event_to_kafka(event, DEFAULT_MAX_EVENT_BYTES, fmt)
+    assert (value, _pairs(headers)) == to_kafka(encode(event), fmt)
+
+
+@pytest.mark.parametrize("limit", [1024, 2040, 2060, 2100, 4096])
+def test_an_event_converted_directly_meets_the_size_limit_as_encode_does(limit: int) -> None:
+    event = Event(type="a.b", source="//s", data={"x": "y" * 2000}, subject='"\\x01' * 5)
+    try:
+        expected: Any = to_kafka(encode(event, limit))
+    except EventTooLarge:
+        expected = EventTooLarge
+    try:
+        value, headers = event_to_kafka(event, limit)
+        got: Any = (value, _pairs(headers))
+    except EventTooLarge:
+        got = EventTooLarge
+    assert got == expected
+
+
+def test_an_event_encode_refuses_is_refused_the_same_way_directly() -> None:
+    bad = Event(type="a.b", source="//s", correlationid="\ud800")  # a lone surrogate
+    with pytest.raises(EventError) as direct:
+        event_to_kafka(bad, DEFAULT_MAX_EVENT_BYTES)
+    with pytest.raises(EventError) as encoded:
+        encode(bad)
+    assert str(direct.value) == str(encoded.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "headers"),
+    [
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_id", b"2")]),  # repeated
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_id", b"\xff")]),  # not UTF-8
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_dataversion", b"007")]),
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_dataversion", b"0")]),
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_subject", b'say "hi"\n')]),  # escaped
+        (b"abc", [("ce_specversion", b"1.0"), ("content-type", b"text/plain")]),
+        (b"[1]", [("ce_specversion", b"1.0"), ("content-type", b"application/x+json")]),
+        (None, [("ce_specversion", b"1.0"), ("ce_source", None)]),
+        (None, [("ce_specversion", b"1.0"), ("ce_source", b"s")]),  # no data
+        (b"{}", [("ce_specversion", b"1.0"), ("CE_TENANT", b"t"), ("traceparent", b"x")]),
+    ],
+)
+def test_a_binary_record_reads_the_same_however_it_is_put_together(
+    value: bytes | None, headers: list[tuple[str, Any]]
+) -> None:
+    # from_kafka puts the usual record together from its bytes; the general path with
+    # orjson. Both must give the same document (or the same error document).
+    assert from_kafka(value, headers) == _structured(value, headers)

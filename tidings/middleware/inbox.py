@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tidings.errors import ConfigError
 from tidings.middleware.base import Delivery, Middleware, Next
+
+if TYPE_CHECKING:
+    from tidings.app import Subscriber
 
 __all__ = ["InboxMiddleware"]
 
@@ -31,6 +36,9 @@ class InboxMiddleware(Middleware):
                 f"got {inbox!r}"
             )
         await handle(delivery, call_next)
+
+    def wraps(self, subscriber: Subscriber) -> bool:
+        return subscriber.inbox is not None  # the others pass straight through
 
     def __repr__(self) -> str:
         return "InboxMiddleware()"

@@ -47,6 +47,9 @@ BUFFER = 2000  # messages polled ahead of fetch; beyond it, one per poll at most
 POLL = 0.02  # seconds one poll may block: how long a commit request may wait to be served
 
 
+SHARED = 20_000  # records kept for the transport's other groups (then forgotten at once)
+
+
 def to_record(msg: Any) -> Record:
     key = msg.key()
     return Record(
@@ -57,6 +60,34 @@ def to_record(msg: Any) -> Record:
         key.decode("utf-8", "replace") if key is not None else None,
         from_kafka(msg.value(), msg.headers()),
     )
+
+
+def to_records(
+    msgs: list[Any], owned: frozenset[TopicPartition], shared: dict[Any, Record] | None
+) -> list[Record]:
+    """The Records of polled messages of partitions still ``owned``.
+
+    With ``shared`` (several groups read through one transport), a record converted for
+    one group is reused by the others: they read the same records at about the same
+    time, and the conversion (``from_kafka``) is most of what reading costs here. Keyed
+    by position and timestamp, since a topic deleted and created again reuses offsets.
+    """
+    out = []
+    for m in msgs:
+        topic, partition = m.topic(), m.partition()
+        if (topic, partition) not in owned:
+            continue  # revoked since it was polled
+        if shared is None:
+            out.append(to_record(m))
+            continue
+        place = (topic, partition, m.offset(), m.timestamp()[1])
+        record = shared.get(place)
+        if record is None:
+            if len(shared) >= SHARED:
+                shared.clear()  # cheaper than evicting one by one
+            record = shared[place] = to_record(m)
+        out.append(record)
+    return out
 
 
 async def _wrap(awaitable: Awaitable[None]) -> None:
@@ -118,7 +149,9 @@ class KafkaConsumer(Consumer):
                 if len(out) >= max_records:
                     break
             if out:
-                return [to_record(m) for m in out]
+                transport = self._transport
+                shared = transport._shared if len(transport._live) > 1 else None
+                return to_records(out, self.assignment(), shared)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -254,19 +287,20 @@ class _Member(Consumer):
             return
         room = BUFFER - len(self._buffer)
         msgs = [first, *self._consumer.consume(room, 0)] if room > 0 else [first]
-        good = []
-        for m in msgs:
-            err = m.error()
-            if err is None:
-                good.append(m)
-            elif err.fatal():
-                raise TransportError(f"group {self.group!r}: {err.str()}")
-            else:
+        # As little Python per message as can be here: this thread competes with the
+        # event loop for the GIL. Partitions revoked meanwhile are left out by fetch.
+        good = [m for m in msgs if m.error() is None]
+        if len(good) != len(msgs):
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    continue
+                if err.fatal():
+                    raise TransportError(f"group {self.group!r}: {err.str()}")
                 log.warning("group %r: %s", self.group, err.str())
         if good:
             with self._lock:
-                owned = self._assigned
-                self._buffer.extend(m for m in good if (m.topic(), m.partition()) in owned)
+                self._buffer.extend(good)
             self._to_loop(self._wake)
 
     def _apply_seeks(self) -> None:
@@ -392,8 +426,12 @@ class _Member(Consumer):
     def take(self, max_records: int) -> list[Any]:
         """Up to ``max_records`` polled messages, oldest first (not waiting)."""
         with self._lock:
-            n = min(max_records, len(self._buffer))
-            return [self._buffer.popleft() for _ in range(n)]
+            buffer = self._buffer
+            if max_records >= len(buffer):
+                out = list(buffer)
+                buffer.clear()
+                return out
+            return [buffer.popleft() for _ in range(max_records)]
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
         raise NotImplementedError("a member's messages are fetched by its KafkaConsumer")

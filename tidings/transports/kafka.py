@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import itertools
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from tidings.envelope import Event
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
 from tidings.partitioning import partition_for
 from tidings.transport import (
@@ -42,7 +44,7 @@ from tidings.transport import (
 )
 from tidings.transports._kafka_consumer import KafkaConsumer, to_record
 from tidings.transports.kafka_config import parse_kafka_url
-from tidings.transports.kafka_wire import to_kafka
+from tidings.transports.kafka_wire import HeaderMap, Headers, event_to_kafka, to_kafka
 
 __all__ = ["KafkaTransport"]
 
@@ -73,6 +75,7 @@ class KafkaTransport(Transport):
         self._stop = threading.Event()
         self._counts: dict[str, int] = {}  # partition counts never shrink: safe to cache
         self._live: weakref.WeakSet[KafkaConsumer] = weakref.WeakSet()
+        self._shared: dict[Any, Record] = {}  # records converted for one group, for the others
         # read() outside any group: one assign-only consumer, kept (creating one per read
         # cost ~0.1 s), used by one thread at a time.
         self._reader: Any = None
@@ -221,40 +224,56 @@ class KafkaTransport(Transport):
     async def append(
         self, topic: str, records: Sequence[tuple[str | None, bytes]]
     ) -> list[tuple[int, int]]:
+        fmt = self.config.format
+        return await self._send(topic, [(key, to_kafka(value, fmt)) for key, value in records])
+
+    async def append_events(
+        self, topic: str, events: Sequence[Event], max_bytes: int
+    ) -> list[tuple[int, int]]:
+        # Binary mode from the events themselves (kafka_wire.event_to_kafka): the same
+        # records append(encode(...)) writes, without the structured JSON in between.
+        fmt = self.config.format
+        return await self._send(topic, [(e.key, event_to_kafka(e, max_bytes, fmt)) for e in events])
+
+    async def _send(
+        self,
+        topic: str,
+        records: Sequence[tuple[str | None, tuple[bytes | None, Headers | HeaderMap]]],
+    ) -> list[tuple[int, int]]:
         if self._producer is None:
             self._started()
         try:
             count = await self._partition_count(topic)
         except TopicNotFound:
             count = len((await self.create_topic(topic)).partitions)
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[tuple[int, int]]] = []
-        fmt = self.config.format
-        for key, value in records:
-            future: asyncio.Future[tuple[int, int]] = loop.create_future()
-            kafka_value, headers = to_kafka(value, fmt)
-            self._produce(
-                topic,
-                kafka_value,
-                None if key is None else key.encode(),
-                partition_for(key, count),
-                headers,
-                _on_delivery(loop, future),
-            )
-            futures.append(future)
-        return list(await asyncio.gather(*futures))
+        if not records:
+            return []
+        acks = _Acks(asyncio.get_running_loop(), topic, len(records))
+        produce, report = self._producer.produce, acks.report
+        for i, (key, (value, headers)) in enumerate(records):
+            raw_key = None if key is None else key.encode()
+            partition = partition_for(key, count)
+            done = functools.partial(report, i)
+            try:  # produce only queues; a full queue is the rare case
+                produce(
+                    topic, value, raw_key, partition=partition, headers=headers, on_delivery=done
+                )
+            except BufferError:
+                self._produce_when_room(topic, value, raw_key, partition, headers, done)
+        return await acks.future
 
-    def _produce(
+    def _produce_when_room(
         self, topic: str, value: Any, key: Any, partition: int, headers: Any, cb: Any
     ) -> None:
         for _ in range(1000):  # a full local queue drains as the poll thread delivers
+            self._producer.poll(0.01)
             try:
                 self._producer.produce(
                     topic, value, key, partition=partition, headers=headers, on_delivery=cb
                 )
                 return
             except BufferError:
-                self._producer.poll(0.01)
+                pass
         raise TransportError(f"the Kafka producer's queue stayed full for topic {topic!r}")
 
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
@@ -474,17 +493,30 @@ def _result(futures: Mapping[str, Any], key: str) -> Any:
     return futures[key].result(TIMEOUT)
 
 
-def _on_delivery(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[tuple[int, int]]
-) -> Callable[[Any, Any], None]:
-    def done(err: Any, msg: Any) -> None:  # on the poll thread
-        if err is not None:
-            exc = TransportError(f"append to {msg.topic()!r} failed: {err.str()}")
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, (msg.partition(), msg.offset()), None)
+class _Acks:
+    """The delivery reports of one append, awaited as one future: settled on the loop
+    once every record is acknowledged (with their (partition, offset) in the order
+    given), or at the first failure. Reports arrive on whichever thread polls the
+    producer; the loop is woken once per append, not once per record."""
 
-    return done
+    __slots__ = ("_count", "future", "loop", "placed", "topic", "total")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, topic: str, total: int) -> None:
+        self.loop = loop
+        self.topic = topic
+        self.total = total
+        self.future: asyncio.Future[list[tuple[int, int]]] = loop.create_future()
+        self.placed: list[tuple[int, int]] = [(-1, -1)] * total
+        self._count = itertools.count(1)  # next() is atomic: reports may come from two threads
+
+    def report(self, index: int, err: Any, msg: Any) -> None:  # on a polling thread
+        if err is not None:
+            exc = TransportError(f"append to {self.topic!r} failed: {err.str()}")
+            self.loop.call_soon_threadsafe(_settle, self.future, None, exc)
+            return
+        self.placed[index] = (msg.partition(), msg.offset())
+        if next(self._count) == self.total:
+            self.loop.call_soon_threadsafe(_settle, self.future, self.placed, None)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

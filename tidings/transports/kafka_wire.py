@@ -21,14 +21,19 @@ headers and the value for the dead letter.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-__all__ = ["STRUCTURED_CONTENT_TYPE", "from_binary", "from_kafka", "to_kafka"]
+from tidings.codec import encode, encode_value, to_dict
+from tidings.envelope import Event
+
+__all__ = ["STRUCTURED_CONTENT_TYPE", "event_to_kafka", "from_binary", "from_kafka", "to_kafka"]
 
 Headers = list[tuple[str, bytes]]
+HeaderMap = dict[str, bytes]
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 _STRUCTURED: Headers = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
 _RESERVED = frozenset({"data", "data_base64", "datacontenttype"})
@@ -52,6 +57,72 @@ def to_kafka(value: bytes, fmt: str = "binary") -> tuple[bytes | None, Headers]:
     if headers is not _STRUCTURED and from_kafka(kafka_value, headers) != value:
         return value, _STRUCTURED  # binary mode would not give these bytes back
     return kafka_value, list(headers)
+
+
+def event_to_kafka(
+    event: Event, max_bytes: int, fmt: str = "binary"
+) -> tuple[bytes | None, Headers | HeaderMap]:
+    """What ``to_kafka(encode(event, max_bytes), fmt)`` gives, with the same errors;
+    the headers maybe as a dict (in order), which ``Producer.produce`` takes too.
+
+    The usual event (string attributes, JSON data) goes to binary mode straight from
+    its attributes, without writing the structured document and parsing it back; any
+    other takes that way.
+    """
+    if fmt == "binary":
+        try:
+            fast = _event_binary(event, max_bytes)
+        except (TypeError, ValueError):  # refused: encode says why, in its own words
+            fast = None
+        if fast is not None:
+            return fast
+    return to_kafka(encode(event, max_bytes), fmt)
+
+
+_NAMES = (
+    "specversion", "id", "source", "type", "time", "subject", "dataschema",
+    "correlationid", "causationid", "traceparent", "partitionkey", "dataversion",
+)  # fmt: skip
+_HEADER = {name: "ce_" + name for name in _NAMES} | {"datacontenttype": "content-type"}
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")  # read back lower-cased, as CloudEvents names are
+_JSON = "application/json"
+
+
+def _event_binary(event: Event, max_bytes: int) -> tuple[bytes | None, HeaderMap] | None:
+    # The headers in to_dict's order, as from_kafka reads them back into encode's
+    # bytes: strings as they are, the time as encode writes it, dataversion as its
+    # digits; None where that would not hold, or when the event may be over the limit.
+    # A dict rather than a list of pairs: a dict of strings and bytes is not tracked by
+    # the garbage collector, ten tuples per event are (and made it run often).
+    doc = to_dict(event)  # checks the attributes, as encode does
+    data = doc.pop("data", None)
+    content_type = doc.get("datacontenttype")
+    if "data_base64" in doc or (content_type not in (_JSON, None) and not _is_json(content_type)):
+        return None
+    value = None if data is None else encode_value(data)
+    headers: HeaderMap = {}
+    text = 0
+    for name, attr in doc.items():
+        header = _HEADER.get(name)
+        if header is None:
+            if _EXTENSION_NAME.fullmatch(name) is None:
+                return None
+            header = "ce_" + name
+        if type(attr) is str:
+            raw = attr.encode()
+        elif name == "time":
+            raw = encode_value(attr)[1:-1]
+        elif name == "dataversion" and type(attr) is int:
+            raw = str(attr).encode()
+        else:
+            return None
+        headers[header] = raw
+        text += len(name) + len(raw)
+    # An upper bound of encode's length (a byte is at most 6 once escaped in JSON),
+    # exact only on the general path, which is taken near the limit.
+    if (2 if value is None else len(value) + 10) + 6 * (text + len(headers)) > max_bytes:
+        return None
+    return value, headers
 
 
 _DATA = b',"data":'
@@ -78,6 +149,8 @@ def _binary_fast(value: bytes) -> tuple[bytes, Headers] | None:
         return None
     headers: Headers = []
     for name, attr in attrs.items():
+        if name not in _HEADER and _EXTENSION_NAME.fullmatch(name) is None:
+            return None  # read back lower-cased: the general path decides
         if type(attr) is str:
             key = "content-type" if name == "datacontenttype" else "ce_" + name
             headers.append((key, attr.encode()))
@@ -149,8 +222,21 @@ def _raw(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value or b"")
 
 
+_MEMBER = {  # a header -> the start of its member in the document
+    header: b'"' + name.encode() + b'":"'
+    for name, header in _HEADER.items()
+    if name != "dataversion"
+}
+_ESCAPED = re.compile(rb'[\x00-\x1f"\\]')  # what orjson escapes in a string; the rest is as is
+
+
 def from_kafka(value: bytes | None, headers: Sequence[tuple[str, Any]] | None) -> bytes:
     """The structured-mode JSON bytes of a Kafka record written in either mode."""
+    if not headers:
+        return value if value is not None else b""
+    fast = _structured_fast(value, headers)
+    if fast is not None:
+        return fast
     return from_binary(value, headers, "ce_")
 
 
@@ -163,6 +249,51 @@ def from_binary(
     marker = prefix + "specversion"
     if not headers or not any(k.lower() == marker for k, _ in headers):
         return value if value is not None else b""
+    return _structured(value, headers, prefix)
+
+
+def _structured_fast(value: bytes | None, headers: Sequence[tuple[str, Any]]) -> bytes | None:
+    # The usual binary record, as tidings writes it: known attribute headers only, each
+    # once, values that need no escaping in JSON, JSON data. The document is put
+    # together from the bytes as they are, as orjson writes it (tests/transports/
+    # test_kafka_wire.py compares the two); None: the general path decides.
+    parts: list[bytes] = [b"{"]
+    texts: list[bytes] = []
+    content_type: bytes | None = None
+    for name, raw in headers:
+        member = _MEMBER.get(name)
+        if type(raw) is not bytes:
+            return None
+        if member is not None:
+            parts += (member, raw, b'",')
+            texts.append(raw)
+            if name == "content-type":
+                content_type = raw
+        elif name == "ce_dataversion" and raw.isdigit() and raw[:1] != b"0":
+            parts += (b'"dataversion":', raw, b",")
+        else:
+            return None
+    names = {name for name, _ in headers}
+    if len(names) != len(headers) or "ce_specversion" not in names:
+        return None
+    joined = b"".join(texts)
+    if _ESCAPED.search(joined) is not None:
+        return None
+    try:
+        joined.decode()
+    except UnicodeDecodeError:
+        return None
+    if value is None:
+        parts[-1] = parts[-1][:-1]  # no data: no comma after the last attribute
+        parts.append(b"}")
+        return b"".join(parts)
+    if content_type not in (None, b"application/json") and not _is_json(content_type.decode()):
+        return None
+    parts += (b'"data":', value, b"}")
+    return b"".join(parts)
+
+
+def _structured(value: bytes | None, headers: Sequence[tuple[str, Any]], prefix: str) -> bytes:
     doc: dict[str, Any] = {}
     content_type: str | None = None
     for name, raw in headers:
