@@ -293,7 +293,9 @@ def _structured_fast(value: bytes | None, headers: Sequence[tuple[str, Any]]) ->
     return b"".join(parts)
 
 
-def _structured(value: bytes | None, headers: Sequence[tuple[str, Any]], prefix: str) -> bytes:
+def _structured(
+    value: bytes | None, headers: Sequence[tuple[str, Any]], prefix: str = "ce_"
+) -> bytes:
     doc: dict[str, Any] = {}
     content_type: str | None = None
     for name, raw in headers:
