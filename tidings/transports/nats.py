@@ -199,13 +199,36 @@ class NatsTransport(Transport):
                 options["tls"] = self._tls_context()
                 if cfg.tls_hostname:
                     options["tls_hostname"] = cfg.tls_hostname
+            last: list[Exception] = []  # the latest error, and the latest refusal
+            refused: list[Exception] = []
+
+            async def on_error(exc: Exception) -> None:
+                last[:] = [exc]
+                if "authorization violation" in str(exc).lower():  # a plain nats Error
+                    refused[:] = [exc]
+                await self._on_error(exc)
+
+            options["error_cb"] = on_error
+            # nats-py retries a first connection forever when it may reconnect later
+            # (max_reconnect_attempts=-1): bound it, then give the last refusal.
+            nc = nats.NATS()
+            within = cfg.connect_timeout * len(cfg.servers) + 1
             try:
-                nc = await nats.connect(**options)
+                await asyncio.wait_for(nc.connect(**options), within)
             except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                if refused:
+                    raise TransportError(
+                        f"{self.url}: the server refused the credentials ({refused[0]}); check "
+                        "the URL's user:password, token, creds or nkey"
+                    ) from refused[0]
+                cause = last[0] if last else exc
                 raise TransportError(
-                    f"{self.url}: cannot connect to NATS ({type(exc).__name__}: {exc}); is "
-                    "nats-server running with JetStream (-js) at that address?"
-                ) from exc
+                    f"{self.url}: cannot connect to NATS within {within:g}s "
+                    f"({type(cause).__name__}: {cause}); is nats-server running with "
+                    "JetStream (-js) at that address?"
+                ) from cause
             self._check_server(nc)
             self.nc, self.js = nc, nc.jetstream(timeout=TIMEOUT)
             try:
@@ -377,6 +400,8 @@ class NatsTransport(Transport):
         stream = stream_name(topic)
         max_age = settings.max_age if retention_ms is None else retention_ms / 1000
         max_bytes = settings.max_bytes if retention_bytes is None else retention_bytes
+        # nats-server refuses a duplicate window longer than the stream keeps messages.
+        window = min(settings.duplicate_window, max_age) if max_age else settings.duplicate_window
         config = {
             "name": stream,
             "subjects": [f"{stream}.*.>"],
@@ -387,7 +412,7 @@ class NatsTransport(Transport):
             "max_bytes": max_bytes or -1,
             "max_msgs": -1,
             "discard": "old",
-            "duplicate_window": int(settings.duplicate_window * 1e9),
+            "duplicate_window": int(window * 1e9),
             "allow_direct": True,
             "allow_msg_schedules": True,  # append_at
             "metadata": {

@@ -115,23 +115,22 @@ class NatsConfig:
         """The URL this config stands for, without secrets."""
         user = ""
         if self.user is not None:
-            user = quote(self.user, safe="") + (":***" if self.password else "") + "@"
+            user = quote(self.user, safe="") + (":***" if self.password is not None else "") + "@"
         elif self.token is not None:
             user = "***@"
         defaults = NatsConfig(servers=self.servers)
         query = [
-            f"{name}={getattr(self, name)}"
+            f"{name}={quote(str(getattr(self, name)), safe='/:')}"
             for name in sorted(_OPTIONS - {"token", "user", "password", *_STREAM_OPTIONS})
             if getattr(self, name) != getattr(defaults, name)
         ]
-        query += _stream_query("", self.streams)
+        query += _stream_query("", self.streams, StreamSettings())
         for topic, settings in self.topics:
-            query += _stream_query(f"topic.{topic}.", settings)
+            query += _stream_query(f"topic.{topic}.", settings, self.streams)
         return f"nats://{user}{','.join(self.servers)}" + ("?" + "&".join(query) if query else "")
 
 
-def _stream_query(prefix: str, settings: StreamSettings) -> list[str]:
-    defaults = StreamSettings()
+def _stream_query(prefix: str, settings: StreamSettings, defaults: StreamSettings) -> list[str]:
     return [
         f"{prefix}{name}={getattr(settings, name)}"
         for name in _STREAM_OPTIONS
@@ -206,7 +205,12 @@ def _hosts(hostlist: str, shown: str) -> tuple[str, ...]:
     hosts: list[str] = []
     for item in hostlist.split(","):
         host, port = item.strip(), str(DEFAULT_PORT)
-        if ":" in host:
+        if host.startswith("[") and "]" in host:
+            end = host.index("]") + 1
+            host, rest = host[:end], host[end:]
+            if rest:
+                port = rest[1:] if rest.startswith(":") else "x"
+        elif ":" in host:
             host, _, port = host.rpartition(":")
         if not host or not port.isdecimal() or not 0 < int(port) < 65536:
             raise ConfigError(
@@ -227,11 +231,15 @@ def _file(query: dict[str, str], option: str, example: str) -> str | None:
 
 def parse_nats_url(url: str) -> NatsConfig:
     """Parse and validate a ``nats://`` URL; raise ConfigError naming what is wrong."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"not a valid NATS URL ({exc}); e.g. {EXAMPLE}") from None
     if parts.scheme != "nats":
-        raise ConfigError(f"not a NATS URL: {url!r}; e.g. {EXAMPLE}")
+        raise ConfigError(f"not a NATS URL (its scheme is {parts.scheme!r}); e.g. {EXAMPLE}")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     shown = url.replace(userinfo, "***") if userinfo else url
+    shown = re.sub(r"([?&](?:password|token)=)[^&#]*", r"\1***", shown)
     if not hostlist:
         raise ConfigError(f"the NATS URL {shown!r} names no server; e.g. {EXAMPLE}")
     if parts.path not in ("", "/"):
@@ -263,7 +271,12 @@ def parse_nats_url(url: str) -> NatsConfig:
         )
     streams = _stream_settings(query, "", StreamSettings())
     topics = tuple(
-        (topic, _stream_settings(options, "", streams))
+        (
+            topic,
+            _stream_settings(
+                {f"topic.{topic}.{k}": v for k, v in options.items()}, f"topic.{topic}.", streams
+            ),
+        )
         for topic, options in sorted(per_topic.items())
     )
     user, password, token = query.get("user"), query.get("password"), query.get("token")
@@ -313,7 +326,8 @@ def _check(cfg: NatsConfig) -> NatsConfig:
     if len(ways) > 1:
         raise ConfigError(
             f"the nats:// URL gives {' and '.join(ways)}: choose one way to authenticate "
-            "(creds=, nkey=, token= or user:password@)"
+            "(creds=, nkey=, token= or user:password@); e.g. nats://app:secret@127.0.0.1:4222 "
+            "or nats://127.0.0.1:4222?creds=/etc/nats/app.creds"
         )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise ConfigError(
@@ -322,9 +336,9 @@ def _check(cfg: NatsConfig) -> NatsConfig:
         )
     if any(v is not None for v in (cfg.tls_ca, cfg.tls_cert, cfg.tls_hostname)):
         cfg = replace(cfg, tls=True)
-    if cfg.ack_wait <= cfg.lease / 3:
+    if cfg.ack_wait <= cfg.lease * 2 / 3:
         raise ConfigError(
-            f"ack_wait={cfg.ack_wait:g}s must be longer than a third of lease={cfg.lease:g}s: "
+            f"ack_wait={cfg.ack_wait:g}s must be longer than two thirds of lease={cfg.lease:g}s: "
             "a member's heartbeat marks slow events as in progress before the server would "
             "redeliver them; e.g. ack_wait=30s&lease=10s"
         )
