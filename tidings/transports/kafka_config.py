@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from tidings.errors import ConfigError
+from tidings.transports._broker_url import split_broker_url
 
 __all__ = ["KafkaConfig", "parse_kafka_url"]
 
@@ -212,47 +213,18 @@ def _choice(query: dict[str, str], name: str, default: str, allowed: tuple[str, 
     raise _fail(name, raw, f"must be one of {', '.join(allowed)}", f"{name}={allowed[0]}")
 
 
-def _hosts(hostlist: str, url: str) -> tuple[str, ...]:
-    hosts: list[str] = []
-    for item in hostlist.split(","):
-        host, port = item.strip(), str(DEFAULT_PORT)
-        if host.startswith("["):  # [::1]:9092
-            end = host.find("]")
-            rest = host[end + 1 :]
-            if end < 0 or (rest and not rest.startswith(":")):
-                raise ConfigError(
-                    f"broker address {item!r} in {url!r} is not valid; e.g. {EXAMPLE}"
-                )
-            host, port = host[: end + 1], rest[1:] or port
-        elif ":" in host:
-            host, _, port = host.rpartition(":")
-        if not host or not port.isdecimal() or not 0 < int(port) < 65536:
-            raise ConfigError(
-                f"broker address {item!r} in {url!r} is not host:port; e.g. {EXAMPLE}"
-            )
-        hosts.append(f"{host}:{int(port)}")
-    return tuple(hosts)
-
-
 def parse_kafka_url(url: str) -> KafkaConfig:
     """Parse and validate a ``kafka://`` URL; raise ConfigError naming what is wrong."""
-    parts = urlsplit(url)
-    if parts.scheme != "kafka":
-        raise ConfigError(f"not a Kafka URL: {url!r}; e.g. {EXAMPLE}")
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    shown = url.replace(userinfo, "***") if userinfo else url
-    if not hostlist:
-        raise ConfigError(f"the Kafka URL {shown!r} names no broker; e.g. {EXAMPLE}")
-    if parts.path not in ("", "/"):
-        raise ConfigError(
-            f"the Kafka URL {shown!r} has a path {parts.path!r}; options go in the query, "
-            f"e.g. {EXAMPLE}"
-        )
-    try:
-        raw = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise ConfigError(f"the query of {shown!r} is not name=value&...; e.g. {EXAMPLE}") from None
-    query = {k: v[-1] for k, v in raw.items()}
+    parts = split_broker_url(
+        url,
+        scheme="kafka",
+        label="Kafka",
+        server="broker",
+        default_port=DEFAULT_PORT,
+        example=EXAMPLE,
+        secrets=("sasl_password",),
+    )
+    userinfo, query = parts.userinfo, dict(parts.query)
     extra = {
         "producer": _passthrough(query, "producer"),
         "consumer": _passthrough(query, "consumer"),
@@ -270,7 +242,7 @@ def parse_kafka_url(url: str) -> KafkaConfig:
         user = unquote(name) or user
         password = unquote(secret) if colon else password
     cfg = KafkaConfig(
-        bootstrap=_hosts(hostlist, shown),
+        bootstrap=parts.hosts,
         sasl_username=user,
         sasl_password=password,
         client_id=query.get("client_id") or "tidings",

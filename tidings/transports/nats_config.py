@@ -27,9 +27,10 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 from tidings.errors import ConfigError
+from tidings.transports._broker_url import split_broker_url
 
 __all__ = ["NatsConfig", "StreamSettings", "parse_duration", "parse_nats_url"]
 
@@ -201,25 +202,6 @@ def _stream_settings(query: dict[str, str], prefix: str, base: StreamSettings) -
     )
 
 
-def _hosts(hostlist: str, shown: str) -> tuple[str, ...]:
-    hosts: list[str] = []
-    for item in hostlist.split(","):
-        host, port = item.strip(), str(DEFAULT_PORT)
-        if host.startswith("[") and "]" in host:
-            end = host.index("]") + 1
-            host, rest = host[:end], host[end:]
-            if rest:
-                port = rest[1:] if rest.startswith(":") else "x"
-        elif ":" in host:
-            host, _, port = host.rpartition(":")
-        if not host or not port.isdecimal() or not 0 < int(port) < 65536:
-            raise ConfigError(
-                f"server address {item!r} in {shown!r} is not host:port; e.g. {EXAMPLE}"
-            )
-        hosts.append(f"{host}:{int(port)}")
-    return tuple(hosts)
-
-
 def _file(query: dict[str, str], option: str, example: str) -> str | None:
     value = query.get(option)
     if value is None:
@@ -231,27 +213,16 @@ def _file(query: dict[str, str], option: str, example: str) -> str | None:
 
 def parse_nats_url(url: str) -> NatsConfig:
     """Parse and validate a ``nats://`` URL; raise ConfigError naming what is wrong."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise ConfigError(f"not a valid NATS URL ({exc}); e.g. {EXAMPLE}") from None
-    if parts.scheme != "nats":
-        raise ConfigError(f"not a NATS URL (its scheme is {parts.scheme!r}); e.g. {EXAMPLE}")
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    shown = url.replace(userinfo, "***") if userinfo else url
-    shown = re.sub(r"([?&](?:password|token)=)[^&#]*", r"\1***", shown)
-    if not hostlist:
-        raise ConfigError(f"the NATS URL {shown!r} names no server; e.g. {EXAMPLE}")
-    if parts.path not in ("", "/"):
-        raise ConfigError(
-            f"the NATS URL {shown!r} has a path {parts.path!r}; options go in the query, "
-            f"e.g. {EXAMPLE}"
-        )
-    try:
-        raw = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise ConfigError(f"the query of {shown!r} is not name=value&...; e.g. {EXAMPLE}") from None
-    query = {k: v[-1] for k, v in raw.items()}
+    parts = split_broker_url(
+        url,
+        scheme="nats",
+        label="NATS",
+        server="server",
+        default_port=DEFAULT_PORT,
+        example=EXAMPLE,
+        secrets=("password", "token"),
+    )
+    userinfo, query = parts.userinfo, dict(parts.query)
     per_topic: dict[str, dict[str, str]] = {}
     for option in [k for k in query if k.startswith("topic.")]:
         topic, _, name = option[len("topic.") :].rpartition(".")
@@ -290,7 +261,7 @@ def parse_nats_url(url: str) -> NatsConfig:
     if tls_raw is not None and tls_raw.lower() not in ("true", "false", "1", "0"):
         raise _fail("tls", tls_raw, "must be true or false", "tls=true")
     cfg = NatsConfig(
-        servers=_hosts(hostlist, shown),
+        servers=parts.hosts,
         streams=streams,
         topics=topics,
         lease=_seconds(query.get("lease"), "lease", 10.0),
