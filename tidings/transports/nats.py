@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from tidings.codec import encode
+from tidings.envelope import Event
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
 from tidings.partitioning import partition_for
 from tidings.transport import (
@@ -546,7 +548,16 @@ class NatsTransport(Transport):
     async def append(
         self, topic: str, records: Sequence[tuple[str | None, bytes]]
     ) -> list[tuple[int, int]]:
-        seqs = await self._publish(topic, records, None)
+        items = [(key, value, *event_identity(value)) for key, value in records]
+        seqs = await self._publish(topic, items, None)
+        return [(p, seq - 1) for p, seq in seqs]
+
+    async def append_events(
+        self, topic: str, events: Sequence[Event], max_bytes: int
+    ) -> list[tuple[int, int]]:
+        # The id and the type are at hand: no need to read them back from the JSON.
+        items = [(e.key, encode(e, max_bytes), e.id, e.type) for e in events]
+        seqs = await self._publish(topic, items, None)
         return [(p, seq - 1) for p, seq in seqs]
 
     async def append_at(
@@ -555,13 +566,18 @@ class NatsTransport(Transport):
         """Each record waits in the topic's stream as a message schedule (subject
         ``<stream>.sched.<id>``, outside every partition) that the server turns into the
         record at ``due_ms``, with the second's precision of ``@at``."""
-        await self._publish(topic, records, due_ms)
+        items = [(key, value, *event_identity(value)) for key, value in records]
+        await self._publish(topic, items, due_ms)
 
     async def _publish(
-        self, topic: str, records: Sequence[tuple[str | None, bytes]], due_ms: int | None
+        self,
+        topic: str,
+        records: Sequence[tuple[str | None, bytes, str | None, str | None]],
+        due_ms: int | None,
     ) -> list[tuple[int, int]]:
-        """Publish ``records`` (now, or scheduled for ``due_ms``); wait for every
-        acknowledgment; return each one's (partition, stream sequence)."""
+        """Publish ``records`` (key, value, event id, event type), now or scheduled for
+        ``due_ms``; wait for every acknowledgment; return each one's (partition, stream
+        sequence)."""
         if not records:
             return []
         nc = self.connected()
@@ -571,9 +587,8 @@ class NatsTransport(Transport):
         placed: list[tuple[int, asyncio.Future[Any]]] = []
         prefix = self._ack_prefix + "."
         try:
-            for key, value in records:
+            for key, value, ident, kind in records:
                 partition = partition_for(key, count)
-                ident, kind = event_identity(value)
                 subject = f"{stream}.{partition}.{kind or '_'}"
                 headers = {"Content-Type": STRUCTURED_CONTENT_TYPE}
                 if key is not None:
