@@ -201,13 +201,19 @@ class NatsTransport(Transport):
                 options["tls"] = self._tls_context()
                 if cfg.tls_hostname:
                     options["tls_hostname"] = cfg.tls_hostname
-            last: list[Exception] = []  # the latest error, and the latest refusal
+            self._check_nkey_file()
+            last: list[Exception] = []  # the latest error, refusal and TLS failure
             refused: list[Exception] = []
+            tls_failed: list[Exception] = []
 
             async def on_error(exc: Exception) -> None:
                 last[:] = [exc]
                 if "authorization violation" in str(exc).lower():  # a plain nats Error
                     refused[:] = [exc]
+                elif isinstance(exc, ssl.SSLError):
+                    # kept: a refused client certificate also shows as resets and broken
+                    # pipes, whichever of them came last
+                    tls_failed[:] = [exc]
                 await self._on_error(exc)
 
             options["error_cb"] = on_error
@@ -225,6 +231,13 @@ class NatsTransport(Transport):
                         f"{self.url}: the server refused the credentials ({refused[0]}); check "
                         "the URL's user:password, token, creds or nkey"
                     ) from refused[0]
+                if tls_failed:
+                    raise TransportError(
+                        f"{self.url}: the TLS handshake failed ({tls_failed[0]}); check the "
+                        "URL's tls_ca (the CA that signed the server's certificate), "
+                        "tls_hostname (a name that certificate holds) and tls_cert/tls_key (a "
+                        "client certificate the server trusts, if it asks for one)"
+                    ) from tls_failed[0]
                 cause = last[0] if last else exc
                 raise TransportError(
                     f"{self.url}: cannot connect to NATS within {within:g}s "
@@ -244,6 +257,27 @@ class NatsTransport(Transport):
                 ) from exc
             self._ack_prefix = nc.new_inbox()
             self._ack_sub = await nc.subscribe(self._ack_prefix + ".*", cb=self._on_pub_ack)
+
+    def _check_nkey_file(self) -> None:
+        """An nkey file that holds no seed is the URL's mistake: say so, naming it,
+        rather than fail the connection as if no server were there."""
+        path = self.config.nkey
+        if path is None:
+            return
+        try:
+            import nkeys  # type: ignore[import-untyped]
+        except ImportError:
+            raise ConfigError(
+                f"option nkey={path!r} needs the nkeys package: pip install 'nats-py[nkeys]'"
+            ) from None
+        try:
+            with open(path, "rb") as f:
+                nkeys.from_seed(bytearray(f.read().strip())).wipe()
+        except (OSError, ValueError, nkeys.NkeysError) as exc:
+            raise ConfigError(
+                f"option nkey={path!r} in the nats:// URL: the file holds no nkey seed "
+                f"({exc}); e.g. a user seed (SU...) made by `nsc` or `nk -gen user`"
+            ) from None
 
     def _tls_context(self) -> ssl.SSLContext:
         cfg = self.config
