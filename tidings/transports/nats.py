@@ -206,6 +206,10 @@ class NatsTransport(Transport):
             refused: list[Exception] = []
             tls_failed: list[Exception] = []
 
+            # With one server, a refusal is final: stop trying at once. With several,
+            # another may let us in.
+            settled = asyncio.Event()
+
             async def on_error(exc: Exception) -> None:
                 last[:] = [exc]
                 if "authorization violation" in str(exc).lower():  # a plain nats Error
@@ -214,6 +218,8 @@ class NatsTransport(Transport):
                     # kept: a refused client certificate also shows as resets and broken
                     # pipes, whichever of them came last
                     tls_failed[:] = [exc]
+                if (refused or tls_failed) and len(cfg.servers) == 1:
+                    settled.set()
                 await self._on_error(exc)
 
             options["error_cb"] = on_error
@@ -221,8 +227,19 @@ class NatsTransport(Transport):
             # (max_reconnect_attempts=-1): bound it, then give the last refusal.
             nc = nats.NATS()
             within = cfg.connect_timeout * len(cfg.servers) + 1
+            connecting = asyncio.ensure_future(nc.connect(**options))
+            refusal = asyncio.ensure_future(settled.wait())
             try:
-                await asyncio.wait_for(nc.connect(**options), within)
+                await asyncio.wait(
+                    [connecting, refusal], timeout=within, return_when=asyncio.FIRST_COMPLETED
+                )
+                refusal.cancel()
+                if not connecting.done():
+                    connecting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await connecting
+                    raise TimeoutError
+                connecting.result()
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await nc.close()
