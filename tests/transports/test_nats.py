@@ -137,3 +137,60 @@ async def test_a_forced_reset_voids_what_the_member_held(member) -> None:
     consumer._deliver(part, _Msg(1, 1))
     assert list(part.acks) == [0]
     assert [r.offset for r in await consumer.fetch(10, timeout=0.1)] == [0]
+
+
+async def test_stream_settings_come_from_the_url_and_per_topic_options(nats_server: str) -> None:
+    url = (
+        f"nats://{nats_server}?partitions=3&storage=memory&max_age=1h&duplicate_window=30s"
+        "&topic.audit.storage=file&topic.audit.max_age=30d&topic.audit.max_bytes=1MB"
+        "&topic.audit.partitions=2"
+    )
+    transport = open_transport(url)
+    await transport.start()
+    try:
+        assert not transport.capabilities.persistent  # memory storage by default
+        await transport.create_topic("events")
+        await transport.create_topic("audit")
+        await transport.create_topic("short", retention_ms=60_000, retention_bytes=4096)
+        info = {t.name: t for t in await transport.topics()}
+        configs = {
+            name: (await transport.stream_info(name))["config"]  # type: ignore[attr-defined]
+            for name in ("events", "audit", "short")
+        }
+    finally:
+        await transport.close()
+    assert len(info["events"].partitions) == 3
+    assert len(info["audit"].partitions) == 2
+    assert configs["events"]["storage"] == "memory"
+    assert configs["events"]["max_age"] == 3600 * 10**9
+    assert configs["events"]["duplicate_window"] == 30 * 10**9
+    assert configs["audit"]["storage"] == "file"
+    assert configs["audit"]["max_age"] == 30 * 86400 * 10**9
+    assert configs["audit"]["max_bytes"] == 1 << 20
+    assert (info["audit"].retention_ms, info["audit"].retention_bytes) == (30 * 86_400_000, 1 << 20)
+    assert configs["short"]["max_age"] == 60 * 10**9
+    assert configs["short"]["max_bytes"] == 4096
+    assert configs["short"]["duplicate_window"] <= configs["short"]["max_age"]
+    assert configs["events"]["subjects"] == ["events.*.>"]
+
+
+async def test_a_dotted_topic_is_a_stream_with_a_tilde_and_subjects_by_type(
+    nats_url: str,
+) -> None:
+    transport = open_transport(nats_url + "&partitions=2")
+    events = [
+        (f"k{i}", b'{"specversion":"1.0","id":"e%d","type":"task.created","source":"s"}' % i)
+        for i in range(4)
+    ]
+    await transport.start()
+    try:
+        placed = await transport.append("email.dlq", events)
+        assert "email.dlq" in [t.name for t in await transport.topics()]
+        stream = await transport.stream_info("email~dlq", "email~dlq.*.>")  # type: ignore[attr-defined]
+        again = await transport.append("email.dlq", events[:1])  # the same event id
+    finally:
+        await transport.close()
+    subjects = stream["state"]["subjects"]
+    assert set(subjects) <= {"email~dlq.0.task.created", "email~dlq.1.task.created"}
+    assert sum(subjects.values()) == 4
+    assert again == placed[:1]  # deduplicated: the original's position
