@@ -151,6 +151,27 @@ def record_value(data: bytes, headers: Mapping[str, str] | None) -> bytes:
     return from_binary(data, list(headers.items()), "ce-")
 
 
+class _Pending:
+    """The acknowledgments one append waits for: one future for all its records."""
+
+    __slots__ = ("error", "future", "left", "seqs")
+
+    def __init__(self, count: int, future: asyncio.Future[None]) -> None:
+        self.seqs = [0] * count
+        self.left = count
+        self.future = future
+        self.error: Exception | None = None
+
+    def answer(self, index: int, seq: int | None, error: Exception | None) -> None:
+        if seq is not None:
+            self.seqs[index] = seq
+        elif self.error is None:
+            self.error = error
+        self.left -= 1
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
 class NatsTransport(Transport):
     capabilities = Capabilities(
         persistent=True, multi_process=True, dense_offsets=False, scheduled_appends=True
@@ -166,7 +187,7 @@ class NatsTransport(Transport):
         self.nc: Any = None
         self.js: Any = None
         self._partitions: dict[str, int] = {}  # topic -> partitions; they never change
-        self._acks: dict[str, asyncio.Future[Any]] = {}
+        self._acks: dict[str, tuple[_Pending, int]] = {}  # reply subject -> (append, index)
         self._ack_prefix = ""
         self._ack_ids = itertools.count()
         self._ack_sub: Any = None
@@ -336,9 +357,9 @@ class NatsTransport(Transport):
         for consumer in list(self._live):
             await consumer.close()
         nc, self.nc, self.js = self.nc, None, None
-        for future in self._acks.values():
-            if not future.done():
-                future.set_exception(TransportError(f"{self.url}: closed while publishing"))
+        for pending, _ in self._acks.values():
+            if not pending.future.done():
+                pending.future.set_exception(TransportError(f"{self.url}: closed while publishing"))
         self._acks.clear()
         with contextlib.suppress(Exception):
             await nc.flush(TIMEOUT)
@@ -581,24 +602,26 @@ class NatsTransport(Transport):
     # -- appends and reads ------------------------------------------------------------
 
     async def _on_pub_ack(self, msg: Any) -> None:
-        future = self._acks.pop(msg.subject, None)
-        if future is None or future.done():
+        waiting = self._acks.pop(msg.subject, None)
+        if waiting is None:
             return
+        pending, index = waiting
         if msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(TransportError(f"{self.url}: no stream answered the publish"))
+            error = TransportError(f"{self.url}: no stream answered the publish")
+            pending.answer(index, None, error)
             return
         try:
             answer = orjson.loads(msg.data)
         except orjson.JSONDecodeError:
-            future.set_exception(TransportError(f"{self.url}: bad publish answer {msg.data!r}"))
+            error = TransportError(f"{self.url}: bad publish answer {msg.data!r}")
+            pending.answer(index, None, error)
             return
-        error = answer.get("error")
-        if error:
-            future.set_exception(
-                TransportError(f"{self.url}: publish refused: {error.get('description', error)}")
-            )
+        refused = answer.get("error")
+        if refused:
+            why = refused.get("description", refused)
+            pending.answer(index, None, TransportError(f"{self.url}: publish refused: {why}"))
         else:
-            future.set_result(int(answer["seq"]))
+            pending.answer(index, int(answer["seq"]), None)
 
     async def append(
         self, topic: str, records: Sequence[tuple[str | None, bytes]]
@@ -638,11 +661,13 @@ class NatsTransport(Transport):
         nc = self.connected()
         count = await self._ensure_topic(topic)
         stream = stream_name(topic)
-        loop = asyncio.get_running_loop()
-        placed: list[tuple[int, asyncio.Future[Any]]] = []
+        pending = _Pending(len(records), asyncio.get_running_loop().create_future())
+        partitions: list[int] = []
+        replies: list[str] = []
         prefix = self._ack_prefix + "."
+        acks, ids = self._acks, self._ack_ids
         try:
-            for key, value, ident, kind in records:
+            for index, (key, value, ident, kind) in enumerate(records):
                 partition = partition_for(key, count)
                 subject = f"{stream}.{partition}.{kind or '_'}"
                 headers = {"Content-Type": STRUCTURED_CONTENT_TYPE}
@@ -656,39 +681,36 @@ class NatsTransport(Transport):
                         headers["Nats-Msg-Id"] = "scheduled:" + ident
                 elif ident is not None:
                     headers["Nats-Msg-Id"] = ident
-                reply = prefix + str(next(self._ack_ids))
-                future: asyncio.Future[Any] = loop.create_future()
-                self._acks[reply] = future
-                placed.append((partition, future))
+                reply = prefix + str(next(ids))
+                acks[reply] = (pending, index)
+                replies.append(reply)
+                partitions.append(partition)
                 await nc.publish(subject, value, reply=reply, headers=headers)
         except Exception as exc:
-            self._forget(placed)
+            self._forget(replies, pending)
             if isinstance(exc, TransportError):
                 raise
             raise TransportError(f"{self.url}: publish to {topic!r} failed: {exc}") from exc
-        futures = [f for _, f in placed]
-        _, pending = await asyncio.wait(futures, timeout=TIMEOUT)
-        if pending:
-            self._forget(placed)
+        try:
+            await asyncio.wait_for(asyncio.shield(pending.future), TIMEOUT)
+        except TimeoutError:
+            self._forget(replies, pending)
             raise TransportError(
-                f"{self.url}: {len(pending)} of {len(records)} records to {topic!r} were not "
+                f"{self.url}: {pending.left} of {len(records)} records to {topic!r} were not "
                 f"acknowledged in {TIMEOUT:g}s; appending them again is safe (deduplicated "
                 "by event id)"
-            )
-        failed = [f.exception() for f in futures if f.exception() is not None]
-        if failed:
-            raise failed[0]  # type: ignore[misc]
-        return [(p, f.result()) for p, f in placed]
+            ) from None
+        if pending.error is not None:
+            raise pending.error
+        return list(zip(partitions, pending.seqs, strict=True))
 
-    def _forget(self, placed: list[tuple[int, asyncio.Future[Any]]]) -> None:
-        gone = {id(f) for _, f in placed}
-        for reply in [r for r, f in self._acks.items() if id(f) in gone]:
-            del self._acks[reply]
-        for _, f in placed:
-            if f.done() and not f.cancelled():
-                f.exception()  # retrieved: no "never retrieved" warning
-            else:
-                f.cancel()
+    def _forget(self, replies: list[str], pending: _Pending) -> None:
+        for reply in replies:
+            self._acks.pop(reply, None)
+        if not pending.future.done():
+            pending.future.cancel()
+        elif not pending.future.cancelled():
+            pending.future.exception()  # retrieved: no "never retrieved" warning
 
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:
         count = await self._partitions_of(topic)
