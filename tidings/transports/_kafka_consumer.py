@@ -100,7 +100,7 @@ class KafkaConsumer(Consumer):
     librdkafka's cooperative-sticky assignor balances the *number* of partitions over
     all the topics a member subscribes to, not topic by topic: a worker joining a group
     that reads ``tasks`` and its retry topic was given the 8 idle retry partitions and
-    none of ``tasks`` (tests/transports/test_kafka_processes.py). With one member per
+    none of ``tasks`` (tests/transports/test_broker_processes.py). With one member per
     topic, each topic is shared among exactly the members that read it, evenly.
     """
 
