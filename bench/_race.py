@@ -290,3 +290,35 @@ def report(
         print(f"measurements that broke (see stderr): {', '.join(res.broken)}")
         return 1
     return 0
+
+
+Measured = tuple[list[Figure], Results, dict[str, Any], Race]
+
+
+def main(
+    prog: str,
+    doc: str | None,
+    argv: list[str] | None,
+    run: Callable[[Config, bool], Awaitable[Measured]],
+    heading: Callable[[Config, dict[str, Any], float, tuple[float, float]], list[str]],
+) -> int:
+    """A benchmark's command line: parse ``--quick`` / ``--profile``, ``run`` it, then
+    :func:`report` with the ``heading`` lines (from the config, the versions found, the
+    seconds it took and the load average before and after)."""
+    import argparse
+    import asyncio
+    import time
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--quick", action="store_true", help="5,000 events, one round")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile tidings' measurements (loop thread)"
+    )
+    args = parser.parse_args(argv)
+    cfg = Config.make(args.quick)
+    load_before = round(os.getloadavg()[0], 2)
+    started = time.perf_counter()
+    figs, res, info, race = asyncio.run(run(cfg, args.profile))
+    elapsed = time.perf_counter() - started
+    load = (load_before, round(os.getloadavg()[0], 2))
+    return report(race, figs, res, heading(cfg, info, elapsed, load), load)

@@ -26,8 +26,6 @@ if a measurement broke. Every loop is bounded by a count and a deadline.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import cProfile
 import importlib.metadata
 import json
@@ -37,7 +35,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
 from bench._common import Figure, cpu_probe, log
@@ -55,8 +52,10 @@ from bench._race import (
     Results,
     figures,
     print_profile,
-    report,
     run_round,
+)
+from bench._race import (
+    main as race_main,
 )
 from tidings.transports.kafka_config import parse_kafka_url
 
@@ -174,20 +173,11 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
     return figures(race, res, common, probe_before), res, info, race
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_kafka", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="5,000 events, one round")
-    parser.add_argument(
-        "--profile", action="store_true", help="cProfile tidings' measurements (loop thread)"
-    )
-    args = parser.parse_args(argv)
-    cfg = Config.make(args.quick)
-    load_before = round(os.getloadavg()[0], 2)
-    started = time.perf_counter()
-    figs, res, info, race = asyncio.run(run(cfg, args.profile))
-    elapsed = time.perf_counter() - started
-    load_after = round(os.getloadavg()[0], 2)
-    heading = [
+def heading(
+    cfg: Config, info: dict[str, Any], elapsed: float, load: tuple[float, float]
+) -> list[str]:
+    load_before, load_after = load
+    return [
         f"tidings Kafka benchmark ({'quick' if cfg.quick else 'full'} run, {elapsed:.0f} s): "
         f"Tansu {info['tansu']}, {info['nproc']} CPUs, Python {info['python']}, "
         f"confluent-kafka {info['confluent-kafka']}, aiokafka {info['aiokafka']}, "
@@ -197,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         "FastStream publishes with acks=all WITHOUT idempotence (aiokafka's idempotent "
         "producer fails on Tansu); tidings and raw are idempotent.",
     ]
-    return report(race, figs, res, heading, (load_before, load_after))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return race_main("python -m bench.bench_kafka", __doc__, argv, run, heading)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,6 @@ if a measurement broke. Every loop is bounded by a count and a deadline.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import cProfile
 import importlib.metadata
 import json
@@ -39,7 +37,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from typing import Any
 
 from bench._common import Figure, cpu_probe, log
@@ -60,8 +57,10 @@ from bench._race import (
     Results,
     figures,
     print_profile,
-    report,
     run_round,
+)
+from bench._race import (
+    main as race_main,
 )
 from tests.transports.nats_server import nats_server_binary, run_nats
 from tidings.transports._nats_consumer import PULL_EXPIRES
@@ -208,20 +207,11 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
     return figures(race, res, common, probe_before), res, info, race
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_nats", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="5,000 events, one round")
-    parser.add_argument(
-        "--profile", action="store_true", help="cProfile tidings' measurements (loop thread)"
-    )
-    args = parser.parse_args(argv)
-    cfg = Config.make(args.quick)
-    load_before = round(os.getloadavg()[0], 2)
-    started = time.perf_counter()
-    figs, res, info, race = asyncio.run(run(cfg, args.profile))
-    elapsed = time.perf_counter() - started
-    load_after = round(os.getloadavg()[0], 2)
-    heading = [
+def heading(
+    cfg: Config, info: dict[str, Any], elapsed: float, load: tuple[float, float]
+) -> list[str]:
+    load_before, load_after = load
+    return [
         f"tidings NATS benchmark ({'quick' if cfg.quick else 'full'} run, {elapsed:.0f} s): "
         f"nats-server {info['nats-server']} (JetStream, file storage), {info['nproc']} CPUs, "
         f"Python {info['python']}, nats-py {info['nats-py']}, FastStream "
@@ -231,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         "and raw send the same messages (CloudEvents JSON, Nats-Msg-Id); FastStream sends "
         "its own JSON without a message id.",
     ]
-    return report(race, figs, res, heading, (load_before, load_after))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return race_main("python -m bench.bench_nats", __doc__, argv, run, heading)
 
 
 if __name__ == "__main__":
