@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -71,8 +73,19 @@ _encoder.event(EVENT_TYPE, subject="task_id")(Ticked)
 
 def envelope(body: Ticked) -> bytes:
     """The structured-mode CloudEvents JSON tidings writes for ``body`` (a fresh id):
-    what the raw clients send, built before their clock starts."""
+    what the ``raw_prebuilt`` contestants send, built before their clock starts."""
     return encode(_encoder.build(body))
+
+
+SCHEMA = f"urn:tidings:schema:{EVENT_TYPE}:1"  # the dataschema tidings writes
+
+
+def by_hand() -> tuple[str, str]:
+    """A new event id and the time now, as an application using a raw client makes
+    them for each event it sends, inside its clock: the raw contestants make records
+    of tidings' shape themselves (these, and constants for the other attributes), so
+    that they send as much and pay, as their users would, for making it."""
+    return str(uuid.uuid4()), datetime.now(UTC).isoformat()
 
 
 class Tally:

@@ -6,9 +6,15 @@
   (``KafkaConfig.producer()``/``consumer()``), driven from asyncio as in
   ``bench/kafka_clients.py``: ``produce()`` on the loop and a poll thread for delivery
   reports; the consumer on its own thread, a commit after each fetched batch. It sends
-  the very bytes tidings sends (each event's envelope encoded before the clock starts,
-  in binary mode: data as the value, ``ce_*`` headers) and validates the value into
-  the same pydantic model before calling its handler.
+  records of the shape tidings sends (binary mode: the model's JSON as the value, the
+  CloudEvents attributes as ``ce_*`` headers), built by hand inside its clock as its
+  users would (``bench._contest.by_hand``; librdkafka's murmur2 partitioner, tidings'
+  partitioning); its consumer reads each record's ``ce_type`` (what it must know to
+  route) and validates the value into the same pydantic model before calling its
+  handler.
+- ``raw_prebuilt`` (informational): the same client sending tidings' very records,
+  built before the clock starts, and a consumer that reads no header: what the client
+  alone can do, the baseline of the runs before 2026-12 (docs/benchmarks.md).
 - ``faststream``: ``faststream.kafka.KafkaBroker`` (aiokafka), as its documentation
   shows it: pydantic model messages, ``@broker.subscriber(..., ack_policy=AckPolicy.ACK)``
   (commit after the handler returns), ``broker.publish``. aiokafka's idempotent
@@ -33,11 +39,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench._contest import (
+    EVENT_TYPE,
     PARTITIONS,
+    SCHEMA,
     Contestant,
     Tally,
     Ticked,
     batch_handler,
+    by_hand,
     envelope,
     handler,
 )
@@ -63,6 +72,32 @@ def kafka_record(body: Ticked) -> tuple[bytes, bytes, list[tuple[str, bytes]], i
     value, headers = to_kafka(envelope(body), "binary")
     assert value is not None  # binary mode: the data
     return body.task_id.encode(), value, headers, partition_for(body.task_id, PARTITIONS)
+
+
+UNASSIGNED = -1  # confluent-kafka: no partition given, the producer's partitioner picks
+TYPE = EVENT_TYPE.encode()
+SOURCE = b"bench"
+DATASCHEMA = SCHEMA.encode()
+
+
+def hand_record(body: Ticked) -> tuple[bytes, bytes, list[tuple[str, bytes]], int]:
+    """(key, value, headers, partition) of ``body`` in binary mode, made as a user of
+    the raw client makes it: the model's JSON, a header per CloudEvents attribute."""
+    ident, now = by_hand()
+    ident_bytes, key = ident.encode(), body.task_id.encode()
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", ident_bytes),
+        ("ce_source", SOURCE),
+        ("ce_type", TYPE),
+        ("ce_time", now.encode()),
+        ("ce_subject", key),
+        ("content-type", b"application/json"),
+        ("ce_dataschema", DATASCHEMA),
+        ("ce_correlationid", ident_bytes),
+        ("ce_dataversion", b"1"),
+    ]
+    return key, body.model_dump_json().encode(), headers, UNASSIGNED
 
 
 class RawConsumer:
@@ -108,15 +143,21 @@ class RawConsumer:
 class RawContestant(Contestant):
     name = "raw"
 
-    def __init__(self, config: KafkaConfig) -> None:
+    def __init__(self, config: KafkaConfig, *, prebuilt: bool = False) -> None:
         self.config = config
         self.producer: Any = None  # a kafka_clients.ConfluentProducer
+        # prebuilt: tidings' records made before the clock, no header read (informational)
+        self.prebuilt = prebuilt
+        if prebuilt:
+            self.name = "raw_prebuilt"
 
     @contextlib.asynccontextmanager
     async def session(
         self, topic: str, groups: Sequence[str], tally: Tally | None
     ) -> AsyncIterator[list[asyncio.Task[Any]]]:
-        self.producer = kafka_clients.ConfluentProducer(self.config.producer())
+        # Partitioned by librdkafka (murmur2, as tidings partitions) where not given.
+        conf = {**self.config.producer(), "partitioner": "murmur2_random"}
+        self.producer = kafka_clients.ConfluentProducer(conf)
         consumers: list[RawConsumer] = []
         tasks: list[asyncio.Task[Any]] = []
         stop = asyncio.Event()
@@ -126,7 +167,8 @@ class RawContestant(Contestant):
                 consumer = RawConsumer(self.config.consumer(group, "earliest"), topic)
                 consumers.append(consumer)
                 await consumer.start()
-                tasks.append(asyncio.ensure_future(self._consume(consumer, group, tally, stop)))
+                consume = self._consume(consumer, group, tally, stop, routed=not self.prebuilt)
+                tasks.append(asyncio.ensure_future(consume))
             yield tasks
         finally:
             stop.set()
@@ -139,7 +181,7 @@ class RawContestant(Contestant):
 
     @staticmethod
     async def _consume(
-        consumer: RawConsumer, group: str, tally: Tally, stop: asyncio.Event
+        consumer: RawConsumer, group: str, tally: Tally, stop: asyncio.Event, *, routed: bool
     ) -> None:
         handle = handler(tally, group)
         while not stop.is_set():
@@ -148,25 +190,28 @@ class RawContestant(Contestant):
                 continue
             offsets: dict[tuple[str, int], int] = {}
             for m in msgs:
-                await handle(Ticked.model_validate_json(m.value()))
+                # routed: the event type decides which handler runs, as in any consumer
+                # of more than one type (here all are of the one type it handles)
+                if not routed or dict(m.headers() or ()).get("ce_type") == TYPE:
+                    await handle(Ticked.model_validate_json(m.value()))
                 offsets[(m.topic(), m.partition())] = m.offset() + 1
             await consumer.commit(offsets)
 
     def prepare(self, events: list[Ticked]) -> Any:
-        return [kafka_record(e) for e in events]
+        return [kafka_record(e) for e in events] if self.prebuilt else events
 
     async def send_chunk(self, topic: str, chunk: Any) -> None:
         assert self.producer is not None
+        send = self.producer.send
+        records = chunk if self.prebuilt else map(hand_record, chunk)
         waits = [
-            await self.producer.send(topic, key, value, partition, headers)
-            for key, value, headers, partition in chunk
+            await send(topic, key, value, partition, headers)
+            for key, value, headers, partition in records
         ]
         await asyncio.gather(*waits)
 
     async def send_one(self, topic: str, body: Ticked) -> None:
-        assert self.producer is not None
-        key, value, headers, partition = kafka_record(body)
-        await (await self.producer.send(topic, key, value, partition, headers))
+        await self.send_chunk(topic, self.prepare([body]))
 
 
 # -- FastStream ------------------------------------------------------------------------

@@ -5,13 +5,19 @@ and the streams they all use.
   same ``NatsConfig`` (``parse_nats_url``). Publishing is what ``js.publish`` does,
   pipelined: each message published with a reply inbox (one wildcard subscription for
   the acknowledgments) and a ``Nats-Msg-Id`` header, the acknowledgments of a chunk
-  awaited together. It sends the very bytes and headers tidings sends (each event's
-  envelope encoded before the clock starts). Consuming: one durable pull consumer per
+  awaited together. It sends messages of the shape tidings sends (structured mode: the
+  CloudEvents attributes and the model's data in one JSON document; the same headers),
+  built by hand inside its clock as its users would (``bench._contest.by_hand``,
+  ``orjson``; tidings' partitioning of subjects). Consuming: one durable pull consumer per
   partition, ``<group>-<partition>``, created with the transport's settings (explicit
   ack, ``ack_wait``, ``max_ack_pending``, ``max_deliver``), pulled as the transport
   pulls (``fetch_batch`` messages a request, 5 s expiry, the next request when one is
   used up or ends), each message acked on its own after its handler; the handler gets
-  the JSON body decoded (orjson) and its ``data`` validated into the pydantic model.
+  the JSON body decoded (orjson), its ``type`` read (to route) and its ``data``
+  validated into the pydantic model.
+- ``raw_prebuilt`` (informational): the same client sending tidings' very messages,
+  built before the clock starts, and not reading the type: what the client alone can
+  do, the baseline of the runs before 2026-12 (docs/benchmarks.md).
 - ``faststream``: ``faststream.nats.NatsBroker`` with a ``JStream`` naming the same
   stream (``declare=False``: every contestant's stream is made by ``stream_config``),
   as its documentation recommends for throughput (and its own warnings recommend as
@@ -37,11 +43,13 @@ import orjson
 from bench._contest import (
     EVENT_TYPE,
     PARTITIONS,
+    SCHEMA,
     STOP_SECONDS,
     Contestant,
     Tally,
     Ticked,
     batch_handler,
+    by_hand,
     envelope,
     handler,
 )
@@ -167,6 +175,31 @@ def nats_message(body: Ticked) -> tuple[str, bytes, dict[str, str]]:
     return subject_tail(body.task_id), value, headers
 
 
+def hand_message(body: Ticked) -> tuple[str, bytes, dict[str, str]]:
+    """(subject after ``<stream>.``, value, headers) of ``body`` in structured mode,
+    made as a user of the raw client makes it: one JSON document (orjson)."""
+    ident, now = by_hand()
+    doc = {
+        "specversion": "1.0",
+        "id": ident,
+        "source": "bench",
+        "type": EVENT_TYPE,
+        "time": now,
+        "subject": body.task_id,
+        "datacontenttype": "application/json",
+        "dataschema": SCHEMA,
+        "correlationid": ident,
+        "dataversion": 1,
+        "data": body.model_dump(),
+    }
+    headers = {
+        "Content-Type": STRUCTURED_CONTENT_TYPE,
+        "Nats-Msg-Id": ident,
+        KEY_HEADER: body.task_id,
+    }
+    return subject_tail(body.task_id), orjson.dumps(doc), headers
+
+
 class RawPull:
     """One group partition's durable pull consumer, pulled as the transport pulls:
     ``batch`` messages a request, the next request once those came or the request
@@ -209,10 +242,14 @@ class RawPull:
 class RawContestant(Contestant):
     name = "raw"
 
-    def __init__(self, address: str, config: NatsConfig) -> None:
+    def __init__(self, address: str, config: NatsConfig, *, prebuilt: bool = False) -> None:
         self.address = address
         self.config = config
         self.publisher: Publisher | None = None
+        # prebuilt: tidings' messages made before the clock, no type read (informational)
+        self.prebuilt = prebuilt
+        if prebuilt:
+            self.name = "raw_prebuilt"
 
     @contextlib.asynccontextmanager
     async def session(
@@ -232,7 +269,11 @@ class RawContestant(Contestant):
                 handle = handler(tally, group)
 
                 async def decode(msg: Any, handle: Any = handle) -> None:
-                    await handle(Ticked.model_validate(orjson.loads(msg.data)["data"]))
+                    doc = orjson.loads(msg.data)
+                    # the type decides which handler runs, as in any consumer of more
+                    # than one type (here all are of the one type it handles)
+                    if self.prebuilt or doc["type"] == EVENT_TYPE:
+                        await handle(Ticked.model_validate(doc["data"]))
 
                 for p in range(PARTITIONS):
                     conf = consumer_config(stream, group, p, self.config)
@@ -250,16 +291,17 @@ class RawContestant(Contestant):
             await nc.close()
 
     def prepare(self, events: list[Ticked]) -> Any:
-        return [nats_message(body) for body in events]
+        return [nats_message(body) for body in events] if self.prebuilt else events
 
     async def send_chunk(self, topic: str, chunk: Any) -> None:
         assert self.publisher is not None
         send, prefix = self.publisher.send, stream_name(topic) + "."
-        waits = [await send(prefix + tail, value, headers) for tail, value, headers in chunk]
+        messages = chunk if self.prebuilt else map(hand_message, chunk)
+        waits = [await send(prefix + tail, value, headers) for tail, value, headers in messages]
         await asyncio.wait_for(asyncio.gather(*waits), TIMEOUT)
 
     async def send_one(self, topic: str, body: Ticked) -> None:
-        await self.send_chunk(topic, [nats_message(body)])
+        await self.send_chunk(topic, self.prepare([body]))
 
 
 # -- FastStream ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The rounds and the figures of a transport benchmark (``bench_kafka``, ``bench_nats``):
 three contestants (tidings, the raw client, FastStream) take turns at going first on
-one broker; informational extras (FastStream variants) run the e2e figures last.
+one broker; informational extras (FastStream variants, the raw client with prebuilt
+records) run the e2e figures (and, some, the publish figure) last.
 
 A script gives a :class:`Race` (how topics are named and created, what each baseline
 is), runs :func:`run_round` per round, builds :func:`figures` and prints them with
@@ -63,12 +64,20 @@ class Race:
     """What differs between transports: topics are ``<prefix>-<kind>-<who>-<round>``,
     created by ``create_topic(name)`` before each measurement; ``baselines`` says what
     ``raw`` and ``faststream`` are; ``extras`` (name -> label) are informational
-    contestants measured on the e2e figures only, after the others."""
+    contestants measured on the e2e figures, after the others; those in ``publishers``
+    on the publish figure too."""
 
     prefix: str
     create_topic: Callable[[str], Awaitable[Any]]
     baselines: Mapping[str, str]
     extras: Mapping[str, str] = field(default_factory=dict)
+    publishers: frozenset[str] = frozenset()
+
+    def measures(self, who: str, figure: str) -> bool:
+        """Whether contestant ``who`` is measured on ``figure``."""
+        if who not in self.extras:
+            return True
+        return figure.startswith("e2e") or (figure == "publish" and who in self.publishers)
 
 
 class Results:
@@ -128,8 +137,8 @@ async def run_round(
         return name
 
     for who in names:
-        if who in race.extras:
-            continue  # a FastStream subscriber option: the publish side is faststream's
+        if not race.measures(who, "publish"):
+            continue  # e.g. a FastStream subscriber option: the publish side is faststream's
         c = contestants[who]
         t = await topic("pub", who)
         prof = profiler if who == "tidings" else None
@@ -152,7 +161,7 @@ async def run_round(
                 res.add(figure, who, got)
                 log(f"  {figure} {who}: {got:,.0f} events/s per group")
     for who in names:
-        if who in race.extras:
+        if not race.measures(who, "latency"):
             continue
         c = contestants[who]
         t = await topic("lat", who)
@@ -188,7 +197,7 @@ def figures(race: Race, res: Results, common: dict[str, Any], probe_before: floa
     out = []
     for name in (*THROUGHPUT, *LATENCY):
         for base in ("raw", "faststream", *race.extras):
-            if base in race.extras and not name.startswith("e2e"):
+            if not race.measures(base, name):
                 continue
             target: tuple[str, str, float] | None = None
             if name in THROUGHPUT and base == "raw":
@@ -234,12 +243,17 @@ def contestant_table(race: Race, res: Results) -> str:
             (name, UNITS[name], fmt(ours), fmt(raw), fmt(fs), _ratio(ours, raw), _ratio(ours, fs))
         )
     for extra, label in race.extras.items():
-        for name in ("e2e_one_group", "e2e_three_groups"):
+        for name in THROUGHPUT:
+            if not race.measures(extra, name):
+                continue
             other = res.med(name, extra)
             ours = res.med(name, "tidings")
+            raw_like = extra.startswith("raw")  # in the raw client's columns
             rows.append(
-                (f"{name} ({label})", UNITS[name], fmt(ours), "-", fmt(other), "-",
-                 _ratio(ours, other))
+                (f"{name} ({label})", UNITS[name], fmt(ours),
+                 fmt(other) if raw_like else "-", "-" if raw_like else fmt(other),
+                 _ratio(ours, other) if raw_like else "-",
+                 "-" if raw_like else _ratio(ours, other))
             )  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []

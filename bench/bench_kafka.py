@@ -62,7 +62,8 @@ from tidings.transports.kafka_config import parse_kafka_url
 FETCH_WAIT_MS = 10  # Tansu answers a waiting fetch only when this runs out
 SESSION_TIMEOUT_MS = 2000  # Tansu completes a join after half of it
 BASELINES = {
-    "raw": "confluent-kafka with the transport's settings, same run",
+    "raw": "confluent-kafka with the transport's settings, records made in its clock, same run",
+    "raw_prebuilt": "confluent-kafka, tidings' records made before the clock, informational",
     "faststream": "FastStream KafkaBroker (aiokafka, acks=all, no idempotence), same run",
     "faststream_batch": "FastStream batch subscriber (commit per batch), informational",
 }
@@ -121,6 +122,7 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
             contestants: dict[str, Contestant] = {
                 "tidings": tidings,
                 "raw": RawContestant(config),
+                "raw_prebuilt": RawContestant(config, prebuilt=True),
                 "faststream": FastStreamContestant(bootstrap, SESSION_TIMEOUT_MS, heartbeat),
                 "faststream_batch": FastStreamContestant(
                     bootstrap, SESSION_TIMEOUT_MS, heartbeat, batch=True
@@ -132,7 +134,11 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
                 await admin.create_topic(name, PARTITIONS)
 
             race = Race(
-                "bk", create_topic, BASELINES, {"faststream_batch": "FastStream batch=True"}
+                "bk",
+                create_topic,
+                BASELINES,
+                {"faststream_batch": "FastStream batch=True", "raw_prebuilt": "raw, prebuilt"},
+                publishers=frozenset({"raw_prebuilt"}),
             )
             for r in range(cfg.rounds):
                 await run_round(cfg, r, race, contestants, res, profiler)

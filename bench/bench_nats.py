@@ -68,7 +68,9 @@ from tidings.transports.nats import TIMEOUT, NatsTransport, stream_name
 from tidings.transports.nats_config import NatsConfig, parse_nats_url
 
 BASELINES = {
-    "raw": "nats-py with the transport's stream and consumer settings, same run",
+    "raw": "nats-py with the transport's stream and consumer settings, messages made in "
+    "its clock, same run",
+    "raw_prebuilt": "nats-py, tidings' messages made before the clock, informational",
     "faststream": "FastStream NatsBroker, pull subscriber (a durable per group), same run",
     "faststream_batch": "FastStream batch pull subscriber (a list per call), informational",
     "faststream_push": "FastStream push subscriber (its default), informational",
@@ -76,6 +78,7 @@ BASELINES = {
 EXTRAS = {
     "faststream_batch": "FastStream PullSub(batch=True)",
     "faststream_push": "FastStream push",
+    "raw_prebuilt": "raw, prebuilt",
 }
 # Server-assigned or per-name fields, left out when configurations are compared.
 _OWN_FIELDS = {"name", "durable_name", "subjects", "filter_subject", "metadata", "created"}
@@ -154,11 +157,12 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
             contestants: dict[str, Contestant] = {
                 "tidings": tidings,
                 "raw": RawContestant(address, config),
+                "raw_prebuilt": RawContestant(address, config, prebuilt=True),
                 "faststream": FastStreamContestant(address, config),
                 "faststream_batch": FastStreamContestant(address, config, variant="batch"),
                 "faststream_push": FastStreamContestant(address, config, variant="push"),
             }
-            race = Race("bn", create_topic, BASELINES, EXTRAS)
+            race = Race("bn", create_topic, BASELINES, EXTRAS, frozenset({"raw_prebuilt"}))
             for r in range(cfg.rounds):
                 await run_round(cfg, r, race, contestants, res, profiler)
         finally:
