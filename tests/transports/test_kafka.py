@@ -9,6 +9,7 @@ difference itself, which fails (and says so) once Tansu behaves like Apache Kafk
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -158,4 +159,92 @@ async def test_a_topic_of_zero_partitions_is_refused_not_given_the_default(
         with pytest.raises(ConfigError, match="partitions must be >= 1, got 0"):
             await transport.create_topic("t", 0)
     finally:
+        await transport.close()
+
+
+# -- Tansu difference 6: a leader that leaves mid-rebalance strands its group ----------
+
+
+async def _leader_leaves_mid_rebalance(
+    kafka_url: str, monkeypatch: pytest.MonkeyPatch | None
+) -> tuple[KafkaTransport, list[Consumer], asyncio.Future[None]]:
+    """A group of A (its leader: the first to join) and B on 4 partitions; C joins, and A
+    closes while the rebalance C began is under way. Returns the transport, [B, C] and
+    C's start. With ``monkeypatch``, A leaves at once, without waiting for the group to
+    be Stable as ``KafkaConsumer.close`` does."""
+    transport = open_transport(kafka_url + "&partitions=4")
+    assert isinstance(transport, KafkaTransport)
+    await transport.start()
+    await transport.create_topic("t", 4)
+    a, b, c = (transport.consumer("g", ["t"]) for _ in range(3))
+    await a.start()
+    await b.start()
+    await eventually(
+        lambda: len(a.assignment()) == len(b.assignment()) == 2, what="A and B share t"
+    )
+    joining = asyncio.ensure_future(c.start())
+
+    async def rebalancing() -> bool:
+        from confluent_kafka import ConsumerGroupState
+
+        admin = transport._started()
+        described = await asyncio.to_thread(
+            lambda: admin.describe_consumer_groups(["g"])["g"].result(10)
+        )
+        return described.state != ConsumerGroupState.STABLE
+
+    await eventually(rebalancing, what="C's join to begin a rebalance")
+    if monkeypatch is not None:
+
+        async def at_once(group: str, timeout: float) -> bool:
+            return False
+
+        monkeypatch.setattr(transport, "settled", at_once)
+    await a.close()
+    return transport, [b, c], joining
+
+
+async def test_a_member_leaving_mid_rebalance_waits_for_it_so_the_others_take_over(
+    kafka_url: str,
+) -> None:
+    # KafkaConsumer.close waits for the group to be Stable before each member leaves:
+    # then the group goes on without A on Tansu too, and B and C hold all of t.
+    transport, (b, c), joining = await _leader_leaves_mid_rebalance(kafka_url, None)
+    try:
+        await asyncio.wait_for(joining, 15)
+        everything = {("t", p) for p in range(4)}
+        await eventually(
+            lambda: (
+                b.assignment() | c.assignment() == everything
+                and not b.assignment() & c.assignment()
+            ),
+            timeout=15,
+            what="B and C holding every partition of t",
+        )
+    finally:
+        joining.cancel()
+        for consumer in (b, c):
+            await consumer.close()
+        await transport.close()
+
+
+async def test_tansu_strands_a_group_whose_leader_leaves_mid_rebalance(
+    kafka_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tansu 0.6.0 removes a member that leaves during a rebalance, but keeps it as the
+    # group's leader: the others' JoinGroup answers name it, their SyncGroup waits for
+    # its assignment and is answered REBALANCE_IN_PROGRESS, again and again. (Apache
+    # Kafka elects another leader.) So C never gets a first assignment and B never
+    # gets A's partitions.
+    transport, (b, c), joining = await _leader_leaves_mid_rebalance(kafka_url, monkeypatch)
+    try:
+        done, _ = await asyncio.wait([joining], timeout=8)
+        assert not done, FIXED
+        assert len(b.assignment()) == 2, FIXED
+    finally:
+        joining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joining
+        for consumer in (b, c):
+            await consumer.close()
         await transport.close()

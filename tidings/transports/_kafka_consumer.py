@@ -43,6 +43,7 @@ log = logging.getLogger("tidings.kafka")
 
 JOIN_TIMEOUT = 60.0  # seconds for the first assignment (docs/kafka.md: Tansu's joins)
 REVOKE_TIMEOUT = 60.0  # how long on_revoke may hold a rebalance
+SETTLE_TIMEOUT = 10.0  # how long a leaving member waits for its group to be Stable
 BUFFER = 2000  # messages polled ahead of fetch; beyond it, one per poll at most
 POLL = 0.02  # seconds one poll may block: how long a commit request may wait to be served
 
@@ -185,12 +186,22 @@ class KafkaConsumer(Consumer):
                 m.seek_soon(topic, offsets)
 
     async def close(self) -> None:
-        """Leave the group (on_revoke runs for what is owned); commit nothing."""
+        """Leave the group (on_revoke runs for what is owned); commit nothing.
+
+        The members leave one at a time, each once the group is Stable (at most
+        ``SETTLE_TIMEOUT`` each): on Tansu, a member that leaves while it leads a
+        rebalance under way (one that another member's join or leave began, or the
+        second round of a cooperative one) leaves the group waiting for it forever, and
+        the members left are never given its partitions (docs/kafka.md, difference 6).
+        Each leave begins a rebalance of its own, so the next member waits for it too.
+        """
         if self.closed:
             return
         self.closed = True
         self._transport._live.discard(self)
         for m in self._members:
+            if m.joined:
+                await self._transport.settled(self.group, SETTLE_TIMEOUT)
             await m.close()
 
 
@@ -469,6 +480,18 @@ class _Member(Consumer):
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assigned
+
+    @property
+    def joined(self) -> bool:
+        """Whether this member joined its group (its first assignment came) and is open."""
+        j = self._joined
+        return (
+            not self.closed
+            and j is not None
+            and j.done()
+            and not j.cancelled()
+            and j.exception() is None
+        )
 
     def seek_soon(self, topic: str, offsets: Mapping[int, int]) -> None:
         """Move owned partitions of ``topic`` before the next poll (a forced reset)."""

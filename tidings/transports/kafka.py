@@ -19,6 +19,7 @@ import asyncio
 import functools
 import importlib
 import itertools
+import logging
 import threading
 import time
 import weakref
@@ -49,8 +50,10 @@ from tidings.transports.kafka_wire import HeaderMap, Headers, event_to_kafka, to
 __all__ = ["KafkaTransport"]
 
 T = TypeVar("T")
+log = logging.getLogger("tidings.kafka")
 TIMEOUT = 30.0  # seconds for one admin request
 READ_TIMEOUT = 10.0  # seconds one read may take to reach its limit or the partition's end
+SETTLE_POLL = 0.05  # seconds between two looks at a group's state while waiting for Stable
 
 
 def _require_client() -> None:
@@ -424,6 +427,37 @@ class KafkaTransport(Transport):
                 f"{described.state.name}); Kafka refuses to move the offsets of a group "
                 f"with members: {how}"
             )
+
+    async def settled(self, group: str, timeout: float) -> bool:
+        """Wait until ``group`` is Stable (or Empty): no rebalance under way. False if it
+        was not within ``timeout`` seconds, or its state could not be asked; never raises.
+
+        A member about to leave waits for this (``KafkaConsumer.close``): Tansu 0.6.0
+        keeps a group's leader when that member leaves in the middle of a rebalance, so
+        the group waits for it forever and nobody is given its partitions (docs/kafka.md,
+        difference 6). Apache Kafka elects another leader; there this costs at most the
+        end of the rebalance under way.
+        """
+        from confluent_kafka import ConsumerGroupState
+
+        admin = self._admin
+        if admin is None:
+            return False
+        settled = (ConsumerGroupState.STABLE, ConsumerGroupState.EMPTY)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                futures = admin.describe_consumer_groups([group], request_timeout=remaining)
+                described: Any = await asyncio.to_thread(futures[group].result, remaining)
+            except Exception as exc:  # shutting down: do not wait on a broker that is gone
+                log.info("group %r: its state could not be asked (%s); leaving anyway", group, exc)
+                return False
+            if described.state in settled:
+                return True
+            await asyncio.sleep(min(SETTLE_POLL, max(0.0, deadline - time.monotonic())))
 
     async def set_offsets(
         self, group: str, topic: str, offsets: Mapping[int, int], *, force: bool = False
