@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +25,7 @@ from bench._common import Deadline, log
 from tidings import Tidings, Worker
 from tidings.codec import encode
 from tidings.partitioning import partition_for
+from tidings.worker import tune_gc
 
 EVENT_TYPE = "bench.ticked"
 PARTITIONS = 8
@@ -189,7 +191,8 @@ class Contestant:
 class TidingsContestant(Contestant):
     """A ``Tidings(url)`` app as a user writes one, on any transport: a registered
     pydantic model (``subject="task_id"``), ``publish_many``/``publish``, one ``async
-    def`` handler per group run by a ``Worker`` with its defaults."""
+    def`` handler per group run by a ``Worker`` with its defaults, in a process set up
+    as ``tidings run`` sets up its own (``tune_gc``) while the Worker runs."""
 
     name = "tidings"
 
@@ -214,10 +217,16 @@ class TidingsContestant(Contestant):
                     yield []
                     return
                 stop = asyncio.Event()
+                # The process as `tidings run` sets it up (tune_gc), for this
+                # contestant's turn only: the others run with Python's defaults, as
+                # their own runners leave them.
+                thresholds = tune_gc()
                 task = asyncio.get_running_loop().create_task(Worker(app).run(stop))
                 try:
                     yield [task]
                 finally:
+                    gc.unfreeze()
+                    gc.set_threshold(*thresholds)
                     stop.set()
                     try:
                         await asyncio.wait_for(task, STOP_SECONDS)

@@ -592,3 +592,30 @@ async def test_a_failing_fetch_is_tried_again_and_the_worker_goes_on() -> None:
         async with running(app):
             await eventually(lambda: seen == ["k"], timeout=10)
     assert not failures
+
+
+def test_tune_gc_freezes_start_up_objects_and_collects_young_ones_less_often() -> None:
+    import gc
+    import weakref
+
+    from tidings.worker import YOUNG_COLLECTION_EVERY, tune_gc
+
+    class Node:
+        link: Any = None
+
+    before = gc.get_threshold()
+    start_up = [Node()]  # alive now, as a worker's modules and app are
+    cycle = Node()
+    cycle.link = cycle  # garbage that only the collector frees
+    gone = weakref.ref(cycle)
+    del cycle
+    assert gone() is not None
+    try:
+        assert tune_gc() == before
+        assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, before[1], before[2])
+        assert gone() is None, "collected first: frozen garbage would never be freed"
+        assert not any(o is start_up for o in gc.get_objects()), "not frozen"
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert any(o is start_up for o in gc.get_objects())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import importlib
 import logging
 import os
@@ -59,7 +58,7 @@ def load_app(spec: str) -> Tidings:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from tidings.worker import Worker
+    from tidings.worker import Worker, tune_gc
 
     if args.url:
         os.environ["TIDINGS_URL"] = args.url  # before the app's module is imported
@@ -78,11 +77,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     )
     stop = asyncio.Event()
     async with app:
-        # Start-up objects (modules, the app) live as long as the process: move them
-        # out of the collector's sight, so full collections stay short (they were
-        # 10-18 ms pauses in the latency benchmark).
-        gc.collect()
-        gc.freeze()
+        tune_gc()  # this process is the worker's
         worker.install_signal_handlers(stop)
         logging.getLogger("tidings").info(
             "running group(s) %s of %s on %s", ", ".join(worker.groups), args.app, app.url

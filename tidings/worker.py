@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import gc
 import inspect
 import logging
 import signal
@@ -41,9 +42,36 @@ from tidings.transport import Consumer, Record, TopicPartition
 if TYPE_CHECKING:
     from tidings.app import Component, Subscriber, Tidings
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "tune_gc"]
 
 log = logging.getLogger("tidings.worker")
+
+# Allocations of container objects between two young collections, instead of Python's
+# 700: see tune_gc.
+YOUNG_COLLECTION_EVERY = 10_000
+
+
+def tune_gc() -> tuple[int, int, int]:
+    """Set up the garbage collector of a worker process once its app has started, as
+    ``tidings run`` does; return the thresholds it replaced.
+
+    A full collection, then ``gc.freeze()``: start-up objects (modules, the app) live as
+    long as the process, so full collections no longer go through them (they were
+    10-18 ms pauses in the latency benchmark). Then a young collection every 10,000
+    allocations instead of 700: a worker keeps thousands of events in flight (fetched,
+    queued per partition, waiting for their commit), and a young collection goes
+    through all those that are still young; measured with three groups on NATS, the
+    collector took 1.0 s of a 13 s run (0.2 s for the raw client) and full collections
+    paused up to 87 ms; with this, throughput rose about 10% (docs/benchmarks.md). The
+    older generations keep their thresholds. Call it once per process, from the code
+    that owns the process (an application embedding a Worker decides for itself).
+    """
+    before = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, before[1], before[2])
+    return before
+
 
 UNHANDLED_PAUSE = 1.0  # seconds before a failed handling or fetch is tried again
 

@@ -87,8 +87,10 @@ class _Partition:
         self.sub: Any = None
         self.buffer: deque[Record] = deque()
         # Delivered and not yet acknowledged, in delivery (= offset) order:
-        # offset -> [ack subject, monotonic time of delivery or last in-progress mark].
-        self.acks: dict[int, list[Any]] = {}
+        # offset -> (ack subject, monotonic time of delivery or last in-progress mark);
+        # tuples, which the garbage collector stops tracking, not lists, which it keeps
+        # going through while they wait for their commit.
+        self.acks: dict[int, tuple[str, float]] = {}
         self.last_cseq = 0
         self.next = 0  # the offset after the last one delivered
         self.remaining = 0  # messages the outstanding pull request may still bring
@@ -379,7 +381,7 @@ class NatsConsumer(Consumer):
         offset = sseq - 1
         now = time.monotonic()
         if offset in part.acks:  # delivered again while held: keep the newest ack subject
-            part.acks[offset] = [msg.reply, now]
+            part.acks[offset] = (msg.reply, now)
             return
         if sseq <= part.next:
             # Handled and committed here, but the acknowledgment was lost: ack it again
@@ -387,7 +389,7 @@ class NatsConsumer(Consumer):
             asyncio.get_running_loop().create_task(self._ack_again(msg.reply))
             return
         part.next = sseq
-        part.acks[offset] = [msg.reply, now]
+        part.acks[offset] = (msg.reply, now)
         key = headers.get(KEY_HEADER) if headers else None
         part.buffer.append(
             Record(
@@ -431,10 +433,11 @@ class NatsConsumer(Consumer):
         limit = time.monotonic() - self.t.config.ack_wait / 2
         nc = self.t.connected()
         for part in self._parts.values():
-            for entry in part.acks.values():
-                if entry[1] < limit:
-                    entry[1] = time.monotonic()
-                    asyncio.get_running_loop().create_task(nc.publish(entry[0], b"+WPI"))
+            acks = part.acks
+            for offset, (reply, since) in acks.items():
+                if since < limit:
+                    acks[offset] = (reply, time.monotonic())  # a value replaced, not a key
+                    asyncio.get_running_loop().create_task(nc.publish(reply, b"+WPI"))
 
     def _repull_stalled(self) -> None:
         # A pull request lost with a server (a cluster node restarting) never answers.

@@ -273,7 +273,7 @@ def _structured_fast(value: bytes | None, headers: Sequence[tuple[str, Any]]) ->
             parts += (b'"dataversion":', raw, b",")
         else:
             return None
-    names = {name for name, _ in headers}
+    names = dict(headers)  # built in C: a header given twice is one key
     if len(names) != len(headers) or "ce_specversion" not in names:
         return None
     joined = b"".join(texts)
