@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from tidings.errors import ConfigError
 from tidings.testing import TransportConformance, _positions, drain, eventually
 from tidings.transport import Consumer, Transport
 from tidings.transports import open_transport
+from tidings.transports._kafka_consumer import KafkaConsumer
 from tidings.transports.kafka import KafkaTransport
 
 pytestmark = pytest.mark.integration
@@ -246,5 +248,81 @@ async def test_tansu_strands_a_group_whose_leader_leaves_mid_rebalance(
         with contextlib.suppress(asyncio.CancelledError):
             await joining
         for consumer in (b, c):
+            await consumer.close()
+        await transport.close()
+
+
+# -- a commit refused for a stale generation is committed again, not forgotten ---------
+
+
+class _RefusesCommitsOnce:
+    """A librdkafka consumer whose next commit the broker refuses with
+    ILLEGAL_GENERATION, as Tansu did to a survivor's commit while another member left."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self.refused = 0
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        from confluent_kafka import KafkaError, KafkaException
+
+        if not self.refused:
+            self.refused += 1
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+        return self._consumer.commit(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+async def test_a_refused_commit_of_owned_partitions_is_made_once_the_group_settles(
+    kafka_url: str,
+) -> None:
+    # A member commits what it handled of both partitions; the broker refuses it for a
+    # stale generation (the member still owns them). Nothing commits them again in the
+    # worker (it recorded the offsets as committed), so the transport must: at the end
+    # of the rebalance B's join begins (for the partition A keeps) and when A gives the
+    # other one to B. Dropping the refused commit left the group's offsets at the last
+    # accepted commit, and whoever read the partitions next handled the records again.
+    transport = open_transport(kafka_url + "&partitions=2")
+    assert isinstance(transport, KafkaTransport)
+    await transport.start()
+    await transport.create_topic("t", 2)
+    await transport.append("t", [(f"k{i % 4}", f"v{i}".encode()) for i in range(20)])
+    a = transport.consumer("g", ["t"])
+    b = transport.consumer("g", ["t"])
+    try:
+        await a.start()
+        records = await drain(a, 20)
+        handled = _positions(records)
+        assert len(handled) == 2, "the keys landed in one partition only"
+        first = {tp: min(r.offset for r in records if (r.topic, r.partition) == tp) + 1
+                 for tp in handled}  # fmt: skip
+        await a.commit(first)  # accepted
+        assert isinstance(a, KafkaConsumer)
+        member = a._members[0]
+        refusing = _RefusesCommitsOnce(member._consumer)
+        member._consumer = refusing
+        await a.commit(handled)  # refused: the group stays at `first`
+        assert refusing.refused == 1
+
+        async def committed() -> dict[tuple[str, int], int | None]:
+            [info] = [g for g in await transport.groups() if g.group == "g"]
+            return {(p.topic, p.partition): p.committed for p in info.partitions}
+
+        assert await committed() == first
+        await b.start()
+        await eventually(
+            lambda: len(a.assignment()) == len(b.assignment()) == 1, what="A and B share t"
+        )
+
+        async def saved() -> bool:
+            return await committed() == handled
+
+        await eventually(saved, timeout=10, what="the refused offsets committed")
+        # B resumes where A's handling ended: nothing of A's is read a second time.
+        assert await b.fetch(100, timeout=1.0) == []
+    finally:
+        for consumer in (a, b):
             await consumer.close()
         await transport.close()

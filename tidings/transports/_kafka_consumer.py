@@ -44,6 +44,7 @@ log = logging.getLogger("tidings.kafka")
 JOIN_TIMEOUT = 60.0  # seconds for the first assignment (docs/kafka.md: Tansu's joins)
 REVOKE_TIMEOUT = 60.0  # how long on_revoke may hold a rebalance
 SETTLE_TIMEOUT = 10.0  # how long a leaving member waits for its group to be Stable
+SAVE_TIMEOUT = 10.0  # seconds to ask a partition's committed offset in a rebalance callback
 BUFFER = 2000  # messages polled ahead of fetch; beyond it, one per poll at most
 POLL = 0.02  # seconds one poll may block: how long a commit request may wait to be served
 
@@ -226,6 +227,11 @@ class _Member(Consumer):
         self._arrived: asyncio.Event | None = None  # set when the buffer gains messages
         self._buffer: deque[Any] = deque()
         self._seeks: dict[TopicPartition, int] = {}  # forced resets, applied before a poll
+        # Polling thread only: handled offsets the broker has not taken (a commit refused
+        # for a stale generation, or made while a lost partition was away), to commit
+        # once the group has settled; and partitions lost, which may come back.
+        self._unsaved: dict[TopicPartition, int] = {}
+        self._lost: frozenset[TopicPartition] = frozenset()
         self._lock = threading.Lock()
         self._requests: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
             queue.SimpleQueue()
@@ -322,6 +328,7 @@ class _Member(Consumer):
             if seeks:
                 self._drop(frozenset(seeks))
         for (topic, partition), offset in seeks.items():
+            self._unsaved.pop((topic, partition), None)  # a forced reset overrides it
             if (topic, partition) in self._assigned:
                 self._consumer.seek(RdTopicPartition(topic, partition, offset))
 
@@ -349,6 +356,11 @@ class _Member(Consumer):
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         added = frozenset((tp.topic, tp.partition) for tp in partitions)
         self._assigned = self._assigned | added
+        self._lost = self._lost - added
+        # The rebalance is over (this runs at the end of each one, even with nothing
+        # added): commit what was refused meanwhile, before the added partitions'
+        # committed offsets are fetched, so that no handled record is read again.
+        self._save(self._assigned, check=added)
         self._to_loop(self._settle_joined)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -365,14 +377,42 @@ class _Member(Consumer):
             except Exception:
                 future.cancel()
                 log.exception("on_revoke of group %r failed; giving %s up", self.group, gone)
+        self._save(gone)  # refused before, and nothing new since: the owner did not commit
+        self._unsaved = {tp: o for tp, o in self._unsaved.items() if tp not in gone}
         self._assigned = self._assigned - gone
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
-        # Already someone else's: commits would be refused, so on_revoke is not called.
+        # Maybe someone else's already: commits would be refused, so on_revoke is not
+        # called. What is handled of them meanwhile is kept (``_unsaved``) in case they
+        # come back to this member.
         gone = frozenset((tp.topic, tp.partition) for tp in partitions)
         with self._lock:
             self._drop(gone)
+        self._lost = self._lost | gone
         self._assigned = self._assigned - gone
+
+    def _save(
+        self, tps: frozenset[TopicPartition], check: frozenset[TopicPartition] = frozenset()
+    ) -> None:
+        """Commit the unsaved offsets of ``tps`` (polling thread); those of ``check``
+        (partitions just assigned, possibly owned by another member meanwhile) only
+        where they are ahead of the group's committed offset. What fails stays unsaved."""
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        want = {tp: o for tp, o in self._unsaved.items() if tp in tps}
+        if not want or self._consumer is None:
+            return
+        try:
+            ask = [RdTopicPartition(t, p) for (t, p) in want if (t, p) in check]
+            for c in self._consumer.committed(ask, timeout=SAVE_TIMEOUT) if ask else []:
+                tp = (c.topic, c.partition)
+                if c.error is None and c.offset >= want[tp]:
+                    del want[tp]  # the group is there already, or further on
+                    self._unsaved.pop(tp, None)
+            if want:
+                self._commit_sync(want)
+        except Exception as exc:
+            log.info("group %r: unsaved offsets %s not committed yet: %s", self.group, want, exc)
 
     # -- hand-offs to the event loop ---------------------------------------------------
 
@@ -448,23 +488,58 @@ class _Member(Consumer):
         raise NotImplementedError("a member's messages are fetched by its KafkaConsumer")
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit synchronously; offsets of partitions not owned now are dropped (fenced)."""
-        from confluent_kafka import TopicPartition as RdTopicPartition
+        """Commit synchronously; offsets of partitions not owned now are dropped (fenced).
 
-        owned = self._assigned
-        tps = [RdTopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in owned]
-        if not tps or self._consumer is None:
+        A commit the broker refuses for a stale generation (or a rebalance under way)
+        while this member still owns the partitions is not forgotten: the offsets are
+        committed again with the next commit, at the end of the rebalance (``_save`` in
+        ``_on_assign``) or when the partitions are revoked. Dropping it left the group's
+        offset behind what was handled, and the records from there were read and handled
+        again when the partitions came back (docs/kafka.md, "Open").
+        """
+        if self._consumer is None:
             return
-        consumer = self._consumer
+        if not any(tp in self._assigned or tp in self._lost for tp in offsets):
+            return
+        await self._call(lambda: self._commit_owned(offsets))
+
+    def _commit_owned(self, offsets: Mapping[TopicPartition, int]) -> None:
+        # Polling thread. Offsets of a lost partition are kept, not committed: it may
+        # come back (``_on_assign``); those of any other partition not owned are dropped.
+        owned = self._assigned
+        for tp, o in offsets.items():
+            if tp in self._lost and tp not in owned:
+                self._unsaved[tp] = o
+        want = {tp: o for tp, o in self._unsaved.items() if tp in owned}
+        want.update({tp: o for tp, o in offsets.items() if tp in owned})
+        if not want:
+            return
+        self._unsaved.update(want)  # until the broker has taken them
         try:
-            await self._call(lambda: consumer.commit(offsets=tps, asynchronous=False))
-        except TransportError:
-            raise
+            self._commit_sync(want)
         except Exception as exc:
             if self._fenced(exc):
-                log.info("group %r: commit refused, partitions moved on: %s", self.group, exc)
+                log.info(
+                    "group %r: commit refused (%s); kept to commit again once the group "
+                    "has settled",
+                    self.group, exc,
+                )  # fmt: skip
                 return
             raise TransportError(f"group {self.group!r}: commit failed: {exc}") from exc
+
+    def _commit_sync(self, want: Mapping[TopicPartition, int]) -> None:
+        """Commit ``want`` (polling thread); forget what the broker took."""
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        tps = [RdTopicPartition(t, p, o) for (t, p), o in want.items()]
+        result = self._consumer.commit(offsets=tps, asynchronous=False)
+        for c in result or []:
+            tp = (c.topic, c.partition)
+            if c.error is None:
+                if self._unsaved.get(tp) == want.get(tp):
+                    self._unsaved.pop(tp, None)
+            else:
+                log.info("group %r: commit of %s refused: %s; kept", self.group, tp, c.error)
 
     @staticmethod
     def _fenced(exc: Exception) -> bool:
@@ -476,6 +551,7 @@ class _Member(Consumer):
             KafkaError.UNKNOWN_MEMBER_ID,
             KafkaError.REBALANCE_IN_PROGRESS,
             KafkaError._STATE,
+            KafkaError._ASSIGNMENT_LOST,
         )
 
     def assignment(self) -> frozenset[TopicPartition]:
