@@ -120,6 +120,8 @@ class NatsConsumer(Consumer):
         self.t = transport
         self._parts: dict[TopicPartition, _Partition] = {}
         self._owned: frozenset[TopicPartition] = frozenset()
+        self._order: list[_Partition] = []  # _owned_parts(), for the _owned it was made of
+        self._order_of: frozenset[TopicPartition] | None = None
         self._leases: dict[TopicPartition, int] = {}  # lease key sequence, for CAS
         self._counts: dict[str, int] = {}
         self._known_members: set[str] = set()
@@ -464,15 +466,29 @@ class NatsConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed:
                 return []
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a
+            # task of its own, and a delivery reached the worker three loop turns after
+            # _deliver instead of one (a turn is where other work cuts in).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+
+    def _owned_parts(self) -> list[_Partition]:
+        """The owned partitions being pulled, in order; recomputed only when the
+        assignment changes (``_owned`` is replaced, never changed in place)."""
+        owned = self._owned
+        if self._order_of is not owned:
+            self._order = [self._parts[tp] for tp in sorted(owned) if tp in self._parts]
+            self._order_of = owned
+        return self._order
 
     def _take_buffered(self, max_records: int) -> list[Record]:
-        parts = [self._parts[tp] for tp in sorted(self._owned) if tp in self._parts]
+        parts = self._owned_parts()
         if not parts:
             return []
         self._rr = (self._rr + 1) % len(parts)
-        parts = parts[self._rr :] + parts[: self._rr]
+        if self._rr:
+            parts = parts[self._rr :] + parts[: self._rr]
         out: list[Record] = []
         per = max(1, max_records // len(parts))
         for part in parts:
