@@ -157,8 +157,9 @@ class KafkaConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+            try:  # asyncio.timeout: wait_for would wrap the wait in a task (3.11)
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
             except TimeoutError:
                 return []
 
