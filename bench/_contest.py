@@ -185,6 +185,36 @@ class Contestant:
         raise NotImplementedError
 
 
+class RawContestant(Contestant):
+    """The raw client's contestant: each record made by hand on the clock
+    (``by_hand``, ``hand_made``), as its users make theirs; or, ``prebuilt``
+    (informational), tidings' own records made before the clock (``tidings_made``)
+    and a consumer that reads nothing but the payload."""
+
+    name = "raw"
+
+    def __init__(self, *, prebuilt: bool = False) -> None:
+        self.prebuilt = prebuilt
+        if prebuilt:
+            self.name = "raw_prebuilt"
+
+    def hand_made(self, body: Ticked) -> Any:
+        raise NotImplementedError
+
+    def tidings_made(self, body: Ticked) -> Any:
+        raise NotImplementedError
+
+    def prepare(self, events: list[Ticked]) -> Any:
+        return [self.tidings_made(e) for e in events] if self.prebuilt else events
+
+    def records(self, chunk: Any) -> Any:
+        """The records of a prepared chunk: made now, unless they were made before."""
+        return chunk if self.prebuilt else map(self.hand_made, chunk)
+
+    async def send_one(self, topic: str, body: Ticked) -> None:
+        await self.send_chunk(topic, self.prepare([body]))
+
+
 # -- tidings -------------------------------------------------------------------------
 
 

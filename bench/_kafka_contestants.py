@@ -50,6 +50,9 @@ from bench._contest import (
     envelope,
     handler,
 )
+from bench._contest import (
+    RawContestant as RawClient,
+)
 from tidings.partitioning import partition_for
 from tidings.transports.kafka_config import KafkaConfig
 from tidings.transports.kafka_wire import to_kafka
@@ -140,16 +143,14 @@ class RawConsumer:
         self.pool.shutdown(wait=True)
 
 
-class RawContestant(Contestant):
-    name = "raw"
-
+class RawContestant(RawClient):
     def __init__(self, config: KafkaConfig, *, prebuilt: bool = False) -> None:
+        super().__init__(prebuilt=prebuilt)
         self.config = config
         self.producer: Any = None  # a kafka_clients.ConfluentProducer
-        # prebuilt: tidings' records made before the clock, no header read (informational)
-        self.prebuilt = prebuilt
-        if prebuilt:
-            self.name = "raw_prebuilt"
+
+    hand_made = staticmethod(hand_record)
+    tidings_made = staticmethod(kafka_record)
 
     @contextlib.asynccontextmanager
     async def session(
@@ -197,21 +198,14 @@ class RawContestant(Contestant):
                 offsets[(m.topic(), m.partition())] = m.offset() + 1
             await consumer.commit(offsets)
 
-    def prepare(self, events: list[Ticked]) -> Any:
-        return [kafka_record(e) for e in events] if self.prebuilt else events
-
     async def send_chunk(self, topic: str, chunk: Any) -> None:
         assert self.producer is not None
         send = self.producer.send
-        records = chunk if self.prebuilt else map(hand_record, chunk)
         waits = [
             await send(topic, key, value, partition, headers)
-            for key, value, headers, partition in records
+            for key, value, headers, partition in self.records(chunk)
         ]
         await asyncio.gather(*waits)
-
-    async def send_one(self, topic: str, body: Ticked) -> None:
-        await self.send_chunk(topic, self.prepare([body]))
 
 
 # -- FastStream ------------------------------------------------------------------------

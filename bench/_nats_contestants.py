@@ -53,6 +53,9 @@ from bench._contest import (
     envelope,
     handler,
 )
+from bench._contest import (
+    RawContestant as RawClient,
+)
 from tidings.partitioning import partition_for
 from tidings.transports._nats_consumer import PULL_EXPIRES
 from tidings.transports.kafka_wire import STRUCTURED_CONTENT_TYPE
@@ -239,17 +242,15 @@ class RawPull:
                 await self.sub.unsubscribe()
 
 
-class RawContestant(Contestant):
-    name = "raw"
-
+class RawContestant(RawClient):
     def __init__(self, address: str, config: NatsConfig, *, prebuilt: bool = False) -> None:
+        super().__init__(prebuilt=prebuilt)
         self.address = address
         self.config = config
         self.publisher: Publisher | None = None
-        # prebuilt: tidings' messages made before the clock, no type read (informational)
-        self.prebuilt = prebuilt
-        if prebuilt:
-            self.name = "raw_prebuilt"
+
+    hand_made = staticmethod(hand_message)
+    tidings_made = staticmethod(nats_message)
 
     @contextlib.asynccontextmanager
     async def session(
@@ -290,18 +291,12 @@ class RawContestant(Contestant):
                 await asyncio.wait_for(nc.drain(), STOP_SECONDS)
             await nc.close()
 
-    def prepare(self, events: list[Ticked]) -> Any:
-        return [nats_message(body) for body in events] if self.prebuilt else events
-
     async def send_chunk(self, topic: str, chunk: Any) -> None:
         assert self.publisher is not None
         send, prefix = self.publisher.send, stream_name(topic) + "."
-        messages = chunk if self.prebuilt else map(hand_message, chunk)
+        messages = self.records(chunk)
         waits = [await send(prefix + tail, value, headers) for tail, value, headers in messages]
         await asyncio.wait_for(asyncio.gather(*waits), TIMEOUT)
-
-    async def send_one(self, topic: str, body: Ticked) -> None:
-        await self.send_chunk(topic, self.prepare([body]))
 
 
 # -- FastStream ------------------------------------------------------------------------
