@@ -17,6 +17,7 @@ test ends, whatever happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -118,6 +119,28 @@ class Cluster(WorkerProcesses):
             and all(lag == 0 for _, lag in positions.values())
         )
 
+    @contextlib.asynccontextmanager
+    async def streaming(self) -> AsyncIterator[asyncio.Task[None]]:
+        """Publish the stream while the body runs (yields its task); then end it and
+        wait until every event is handled and committed."""
+        stop = asyncio.Event()
+        publisher = asyncio.create_task(self.stream(stop))
+        try:
+            yield publisher
+        finally:
+            stop.set()
+            await asyncio.wait_for(publisher, DEADLINE)
+        await until(self, "every event handled and committed", self.caught_up)
+
+    async def checked(self) -> tuple[list[Line], dict[int, list[int]]]:
+        """Every process's lines and the offsets stored, once checked: order per
+        process, nothing lost."""
+        lines = self.lines()
+        stored = await self.stored()
+        check_order_per_process(lines)
+        check_nothing_lost(self, lines, stored)
+        return lines, stored
+
     async def stored(self) -> dict[int, list[int]]:
         """partition -> the offsets stored in TOPIC, read back from the broker."""
         out: dict[int, list[int]] = {}
@@ -177,9 +200,7 @@ async def test_sigkilled_worker_loses_nothing_and_duplicates_only_its_uncommitte
     cluster: Cluster,
 ) -> None:
     a = cluster.start()
-    stop = asyncio.Event()
-    publisher = asyncio.create_task(cluster.stream(stop))
-    try:
+    async with cluster.streaming() as publisher:
         await until(cluster, "the first worker at work", lambda: cluster.handled_by(a) >= 150)
         # Rebalance 1: a second member joins. Whether it takes a share of TOPIC is the
         # next test's question; A owns partitions of TOPIC either way, and is killed.
@@ -211,15 +232,8 @@ async def test_sigkilled_worker_loses_nothing_and_duplicates_only_its_uncommitte
 
         takeover = await until(cluster, "survivors working in every partition", taken_over)
         await asyncio.sleep(0.5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(publisher, DEADLINE)
-    await until(cluster, "every event handled and committed", cluster.caught_up)
 
-    lines = cluster.lines()
-    stored = await cluster.stored()
-    check_order_per_process(lines)
-    check_nothing_lost(cluster, lines, stored)
+    lines, stored = await cluster.checked()
     assert published_at_kill < len(cluster.published), "killed after the stream ended"
 
     # Per partition: A's partitions at the kill are those whose last line before it is
@@ -276,9 +290,7 @@ async def test_a_worker_joining_a_busy_group_takes_a_share_of_its_topic(
     cluster: Cluster,
 ) -> None:
     a = cluster.start()
-    stop = asyncio.Event()
-    publisher = asyncio.create_task(cluster.stream(stop))
-    try:
+    async with cluster.streaming():
         await until(cluster, "the first worker at work", lambda: cluster.handled_by(a) >= 150)
         b = cluster.start()
         spawned = time.monotonic()
@@ -290,15 +302,9 @@ async def test_a_worker_joining_a_busy_group_takes_a_share_of_its_topic(
         )
         waited = time.monotonic() - spawned
         await asyncio.sleep(0.5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(publisher, DEADLINE)
-    await until(cluster, "every event handled and committed", cluster.caught_up)
 
     # The join is a graceful hand-over: nothing lost, nothing handled twice.
-    lines = cluster.lines()
-    check_order_per_process(lines)
-    check_nothing_lost(cluster, lines, await cluster.stored())
+    lines, _ = await cluster.checked()
     twice = [i for i, n in Counter(x.id for x in lines).items() if n > 1]
     assert not twice, f"{len(twice)} events handled twice in a graceful rebalance"
     # ... and the newcomer shares the work. Each group also reads its retry topic
@@ -323,9 +329,7 @@ async def test_sigterm_hands_partitions_over_with_no_duplicates_and_nothing_lost
     # for the group to be Stable before each of its members leaves (docs/kafka.md,
     # difference 6), or the survivor would never be given its partitions.
     first = cluster.start()
-    stop = asyncio.Event()
-    publisher = asyncio.create_task(cluster.stream(stop))
-    try:
+    async with cluster.streaming() as publisher:
         await until(cluster, "the first worker at work", lambda: cluster.handled_by(first) > 0)
         second = cluster.start()
         await until(cluster, "the second worker at work", lambda: cluster.handled_by(second) > 0)
@@ -346,15 +350,8 @@ async def test_sigterm_hands_partitions_over_with_no_duplicates_and_nothing_lost
 
         takeover = await until(cluster, "the survivor working in every partition", taken_over)
         await asyncio.sleep(0.5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(publisher, DEADLINE)
-    await until(cluster, "every event handled and committed", cluster.caught_up)
 
-    lines = cluster.lines()
-    stored = await cluster.stored()
-    check_order_per_process(lines)
-    check_nothing_lost(cluster, lines, stored)
+    lines, stored = await cluster.checked()
     assert published_at_exit < len(cluster.published), "stopped after the stream ended"
     twice = [i for i, n in Counter(x.id for x in lines).items() if n > 1]
     assert not twice, f"{len(twice)} events handled twice after a graceful SIGTERM"
