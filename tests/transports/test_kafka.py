@@ -189,11 +189,8 @@ async def _leader_leaves_mid_rebalance(
     async def rebalancing() -> bool:
         from confluent_kafka import ConsumerGroupState
 
-        admin = transport._started()
-        described = await asyncio.to_thread(
-            lambda: admin.describe_consumer_groups(["g"])["g"].result(10)
-        )
-        return described.state != ConsumerGroupState.STABLE
+        described = await transport._describe("g", 10)
+        return bool(described.state != ConsumerGroupState.STABLE)
 
     await eventually(rebalancing, what="C's join to begin a rebalance")
     if monkeypatch is not None:

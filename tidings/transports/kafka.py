@@ -354,10 +354,7 @@ class KafkaTransport(Transport):
                 functools.partial(_result, admin.list_consumer_group_offsets(request), group),
                 f"offsets of group {group!r}",
             )
-            described: Any = await self._call(
-                functools.partial(_result, admin.describe_consumer_groups([group]), group),
-                f"describe group {group!r}",
-            )
+            described = await self._describe(group)
             members, owner = self._members(described)
             committed = {(tp.topic, tp.partition): tp.offset for tp in offsets.topic_partitions}
             rows = []
@@ -409,11 +406,7 @@ class KafkaTransport(Transport):
         move the offsets of a group with members, and only this process's can be moved
         by hand. The group's state is asked, not its member list, which Tansu leaves
         empty (docs/kafka.md)."""
-        admin = self._started()
-        described: Any = await self._call(
-            functools.partial(_result, admin.describe_consumer_groups([group]), group),
-            f"describe group {group!r}",
-        )
+        described = await self._describe(group)
         others = len(described.members) - local
         busy = described.state in _busy_states() and (others > 0 or local == 0)
         if busy:
@@ -428,6 +421,16 @@ class KafkaTransport(Transport):
                 f"with members: {how}"
             )
 
+    async def _describe(self, group: str, timeout: float = TIMEOUT) -> Any:
+        """The broker's description of ``group``: its state and members."""
+        admin = self._started()
+        return await self._call(
+            lambda: admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(
+                timeout
+            ),
+            f"describe group {group!r}",
+        )
+
     async def settled(self, group: str, timeout: float) -> bool:
         """Wait until ``group`` is Stable (or Empty): no rebalance under way. False if it
         was not within ``timeout`` seconds, or its state could not be asked; never raises.
@@ -440,8 +443,7 @@ class KafkaTransport(Transport):
         """
         from confluent_kafka import ConsumerGroupState
 
-        admin = self._admin
-        if admin is None:
+        if self._admin is None:
             return False
         settled = (ConsumerGroupState.STABLE, ConsumerGroupState.EMPTY)
         deadline = time.monotonic() + timeout
@@ -450,8 +452,7 @@ class KafkaTransport(Transport):
             if remaining <= 0:
                 return False
             try:
-                futures = admin.describe_consumer_groups([group], request_timeout=remaining)
-                described: Any = await asyncio.to_thread(futures[group].result, remaining)
+                described = await self._describe(group, remaining)
             except Exception as exc:  # shutting down: do not wait on a broker that is gone
                 log.info("group %r: its state could not be asked (%s); leaving anyway", group, exc)
                 return False
