@@ -215,9 +215,16 @@ class FastStreamContestant(Contestant):
     name = "faststream"
 
     def __init__(
-        self, bootstrap: str, session_timeout_ms: int, heartbeat_ms: int, *, batch: bool = False
+        self,
+        bootstrap: str,
+        session_timeout_ms: int,
+        heartbeat_ms: int,
+        linger_ms: int,
+        *,
+        batch: bool = False,
     ) -> None:
         self.bootstrap = bootstrap
+        self.linger_ms = linger_ms  # tidings' own, for the same batching delay
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_ms = heartbeat_ms
         self.broker: Any = None
@@ -238,7 +245,7 @@ class FastStreamContestant(Contestant):
             self.bootstrap,
             acks="all",
             enable_idempotence=False,  # aiokafka's InitProducerId fails on Tansu
-            linger_ms=5,  # as tidings' default linger_ms
+            linger_ms=self.linger_ms,
             logger=None,  # no log line per message (neither of the others writes one)
         )
         for group in groups:

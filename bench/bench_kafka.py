@@ -123,9 +123,11 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
                 "tidings": tidings,
                 "raw": RawContestant(config),
                 "raw_prebuilt": RawContestant(config, prebuilt=True),
-                "faststream": FastStreamContestant(bootstrap, SESSION_TIMEOUT_MS, heartbeat),
+                "faststream": FastStreamContestant(
+                    bootstrap, SESSION_TIMEOUT_MS, heartbeat, config.linger_ms
+                ),
                 "faststream_batch": FastStreamContestant(
-                    bootstrap, SESSION_TIMEOUT_MS, heartbeat, batch=True
+                    bootstrap, SESSION_TIMEOUT_MS, heartbeat, config.linger_ms, batch=True
                 ),
             }
             admin = kafka_clients.Confluent(bootstrap)
@@ -163,8 +165,9 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
         "heartbeat_ms": heartbeat,
         "linger_ms": config.linger_ms,
         "producers": {
-            "tidings, raw": "acks=all, idempotent (librdkafka), linger 5 ms",
-            "faststream": "acks=all, not idempotent (aiokafka's fails on Tansu), linger 5 ms",
+            "tidings, raw": f"acks=all, idempotent (librdkafka), linger {config.linger_ms} ms",
+            "faststream": "acks=all, not idempotent (aiokafka's fails on Tansu), "
+            f"linger {config.linger_ms} ms",
         },
         "latency": {
             "rate": cfg.latency_rate,

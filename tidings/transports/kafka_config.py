@@ -85,7 +85,10 @@ class KafkaConfig:
     client_id: str = "tidings"
     acks: str = "all"
     compression: str = "none"
-    linger_ms: int = 5
+    # Kafka's and librdkafka's default is 5 ms. At tens of events per second per
+    # partition, each record then waits out the whole of it; 2 ms cut the publish ->
+    # handler p50 by about 2 ms and cost no throughput (decision 0009).
+    linger_ms: int = 2
     partitions: int = 8  # for topics this transport creates
     replication_factor: int = -1  # -1: the broker's default.replication.factor
     format: Format = "binary"
@@ -248,7 +251,7 @@ def parse_kafka_url(url: str) -> KafkaConfig:
         client_id=query.get("client_id") or "tidings",
         acks=_choice(query, "acks", "all", ACKS).replace("-1", "all"),
         compression=_choice(query, "compression", "none", COMPRESSIONS),
-        linger_ms=_int(query, "linger_ms", 5, 0),
+        linger_ms=_int(query, "linger_ms", 2, 0),
         partitions=_int(query, "partitions", 8, 1),
         replication_factor=_int(query, "replication_factor", -1, 1),
         format="structured"
