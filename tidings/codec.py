@@ -22,7 +22,7 @@ from typing import Any, cast
 import orjson
 from pydantic import BaseModel
 
-from tidings.envelope import SPECVERSION, Event, validate_type
+from tidings.envelope import SPECVERSION, Event, checked_event, validate_type
 from tidings.errors import (
     DecodeError,
     EventError,
@@ -227,37 +227,47 @@ def from_dict(doc: dict[str, Any]) -> Event:
         validate_type(cast(str, event_type))
     except InvalidEventType as exc:
         raise DecodeError(f"attribute 'type': {exc}") from None
-    kwargs: dict[str, Any] = {}
-    for name in _OPTIONAL_STR:
-        value = get(name)
-        if value is not None:
-            if type(value) is not str:
-                raise DecodeError(f"attribute {name!r} must be a string, got {value!r:.80}")
-            kwargs[name] = value
+    subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key = (
+        get("subject"), get("datacontenttype"), get("dataschema"), get("correlationid"),
+        get("causationid"), get("traceparent"), get("partitionkey"),
+    )  # fmt: skip
+    for value in (
+        subject,
+        datacontenttype,
+        dataschema,
+        correlationid,
+        causationid,
+        traceparent,
+        key,
+    ):
+        if value is not None and type(value) is not str:
+            for name in _OPTIONAL_STR:  # the first wrong one, by name
+                wrong = get(name)
+                if wrong is not None and type(wrong) is not str:
+                    raise DecodeError(f"attribute {name!r} must be a string, got {wrong!r:.80}")
     raw_time = get("time")
     if raw_time is None:
         # CloudEvents makes time optional; a missing time reads as "unknown", kept
         # as the epoch so that it is visibly not a real time.
-        kwargs["time"] = _EPOCH
+        when = _EPOCH
     else:
         if not isinstance(raw_time, str):
             raise DecodeError(f"attribute 'time' must be an RFC 3339 string, got {raw_time!r:.80}")
         try:
-            parsed = datetime.fromisoformat(raw_time)
+            when = datetime.fromisoformat(raw_time)
         except ValueError:
             raise DecodeError(f"attribute 'time' is not RFC 3339: {raw_time!r:.80}") from None
-        if parsed.tzinfo is None:
+        if when.tzinfo is None:
             raise DecodeError(f"attribute 'time' has no time zone offset: {raw_time!r:.80}")
-        if parsed.tzinfo is not UTC:
-            offset = cast(timedelta, parsed.utcoffset())
+        if when.tzinfo is not UTC:
+            offset = cast(timedelta, when.utcoffset())
             if offset.seconds % 60 or offset.microseconds:
                 # Python reads "+01:00:30"; RFC 3339 (and the encoder) has whole minutes.
                 raise DecodeError(
                     f"attribute 'time' has a UTC offset with seconds: {raw_time!r:.80}; "
                     "RFC 3339 offsets are +hh:mm"
                 )
-        kwargs["time"] = parsed
-    version = doc.get("dataversion")
+    version = get("dataversion")
     if version is not None:
         # Some producers write extension values as strings (CloudEvents allows it).
         if isinstance(version, str) and version.isascii() and version.isdecimal():
@@ -266,27 +276,25 @@ def from_dict(doc: dict[str, Any]) -> Event:
             raise DecodeError(
                 f"attribute 'dataversion' must be a positive integer, got {version!r:.80}"
             )
-        kwargs["dataversion"] = version
+    data: Any
     if "data_base64" in doc:
         b64 = doc["data_base64"]
         if not isinstance(b64, str):
             raise DecodeError("attribute 'data_base64' must be a base64 string")
         try:
-            kwargs["data"] = base64.b64decode(b64, validate=True)
+            data = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
             raise DecodeError("attribute 'data_base64' is not valid base64") from None
     else:
-        kwargs["data"] = doc.get("data")
-    if doc.keys() - _KNOWN:
-        kwargs["extensions"] = {k: v for k, v in doc.items() if k not in _KNOWN}
-    # Checked above (the fast test or _req_str); cast for the type checker only.
-    return Event(
-        type=cast(str, event_type),
-        source=cast(str, source),
-        id=cast(str, event_id),
-        specversion=cast(str, specversion),
-        **kwargs,
-    )
+        data = get("data")
+    # Extension names cannot clash with the attributes: those are all in _KNOWN.
+    extensions = {} if _KNOWN.issuperset(doc) else {k: v for k, v in doc.items() if k not in _KNOWN}
+    # Everything Event.__init__ checks is checked above.
+    return checked_event(
+        cast(str, event_type), cast(str, source), data, cast(str, event_id), when, subject,
+        cast(str, specversion), datacontenttype,
+        dataschema, version, correlationid, causationid, traceparent, key, extensions,
+    )  # fmt: skip
 
 
 # -- reasons -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ __all__ = ["SPECVERSION", "Event", "new_id", "validate_type"]
 
 SPECVERSION = "1.0"
 
+_JSON = "application/json"  # the default content type
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 
 
@@ -121,7 +122,7 @@ class Event:
         time: datetime | None = None,
         subject: str | None = None,
         specversion: str = SPECVERSION,
-        datacontenttype: str | None = "application/json",
+        datacontenttype: str | None = _JSON,
         dataschema: str | None = None,
         dataversion: int | None = None,
         correlationid: str | None = None,
@@ -213,6 +214,45 @@ class Event:
     _set_datacontenttype, _set_dataschema, _set_dataversion, _set_correlationid,
     _set_causationid, _set_traceparent, _set_partitionkey, _set_extensions,
 ) = (Event.__dict__[name].__set__ for name in _FIELDS)  # fmt: skip
+
+
+def checked_event(
+    type: str,
+    source: str,
+    data: Any,
+    id: str,
+    time: datetime,
+    subject: str | None,
+    specversion: str,
+    datacontenttype: str | None,
+    dataschema: str | None,
+    dataversion: int | None,
+    correlationid: str | None,
+    causationid: str | None,
+    traceparent: str | None,
+    partitionkey: str | None,
+    extensions: Mapping[str, Any],
+) -> Event:
+    """An Event from attributes its caller has checked as ``Event.__init__`` does (the
+    decoder, for every delivered event: a third of the cost of the keyword call); a
+    ``datacontenttype`` of None reads as ``application/json``, as when it is absent."""
+    event = Event.__new__(Event)
+    _set_type(event, type)
+    _set_source(event, source)
+    _set_data(event, data)
+    _set_id(event, id)
+    _set_time(event, time)
+    _set_subject(event, subject)
+    _set_specversion(event, specversion)
+    _set_datacontenttype(event, _JSON if datacontenttype is None else datacontenttype)
+    _set_dataschema(event, dataschema)
+    _set_dataversion(event, dataversion)
+    _set_correlationid(event, correlationid)
+    _set_causationid(event, causationid)
+    _set_traceparent(event, traceparent)
+    _set_partitionkey(event, partitionkey)
+    _set_extensions(event, extensions)
+    return event
 
 
 def _rebuild(attrs: dict[str, Any]) -> Event:
