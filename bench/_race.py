@@ -16,7 +16,7 @@ import os
 import pstats
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -313,7 +313,7 @@ def main(
     prog: str,
     doc: str | None,
     argv: list[str] | None,
-    run: Callable[[Config, bool], Awaitable[Measured]],
+    run: Callable[[Config, bool], Coroutine[Any, Any, Measured]],
     heading: Callable[[Config, dict[str, Any], float, tuple[float, float]], list[str]],
 ) -> int:
     """A benchmark's command line: parse ``--quick`` / ``--profile``, ``run`` it, then

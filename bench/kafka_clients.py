@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from bench._common import (
     PARTITIONS,
@@ -58,6 +58,7 @@ from bench._common import (
 )
 from bench._setup import encoded_events
 from tidings.partitioning import partition_for
+from tidings.transports.kafka import _rd_admin
 
 HOST = "127.0.0.1"
 KEYS = 200
@@ -253,8 +254,13 @@ class ConfluentProducer(Producer):
             self.loop.call_soon_threadsafe(settle, err, msg)
 
         self.p.produce(
-            topic, value, key, partition=partition, headers=headers, on_delivery=on_delivery
-        )
+            topic,
+            value,
+            key,
+            partition=partition,
+            headers=cast(Any, headers),
+            on_delivery=on_delivery,
+        )  # list[tuple[str, bytes]]: the stubs ask list[tuple[str, str | bytes | None]]
         return fut
 
     async def close(self) -> None:
@@ -402,9 +408,9 @@ class Confluent(Client):
         return self._admin
 
     async def create_topic(self, topic: str, partitions: int) -> None:
-        from confluent_kafka.admin import NewTopic
+        new_topic = _rd_admin().NewTopic
 
-        futures = self.admin().create_topics([NewTopic(topic, partitions, 1)])
+        futures = self.admin().create_topics([new_topic(topic, partitions, 1)])
         await asyncio.to_thread(futures[topic].result, 30)
 
     async def producer(self) -> Producer:
@@ -827,7 +833,8 @@ async def _two_members(c1: Any, c2: Any, events: list[str]) -> dict[str, Any]:
 
 async def features_confluent(bootstrap: str) -> dict[str, Any]:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import OffsetSpec
+
+    OffsetSpec = _rd_admin().OffsetSpec
 
     client = Confluent(bootstrap)
     res: dict[str, Any] = {"client": "confluent"}
@@ -946,8 +953,9 @@ async def features_confluent(bootstrap: str) -> dict[str, Any]:
         async def cooperative() -> Any:
             nonlocal c2
             events.append("-- second member joins --")
-            c2 = await client.consumer(group, topic, conf=coop)
-            assert isinstance(c2, ConfluentConsumer)
+            c2x = await client.consumer(group, topic, conf=coop)
+            assert isinstance(c2x, ConfluentConsumer)
+            c2 = c2x
             return await _two_members(c1, c2, events)
 
         await attempt(res, "cooperative_sticky_two_members", cooperative)
