@@ -12,7 +12,7 @@ from tidings.partitioning import partition_for
 from tidings.testing import TransportConformance
 from tidings.transport import Transport
 from tidings.transports import open_transport
-from tidings.transports._nats_consumer import NatsConsumer, _Partition
+from tidings.transports._nats_consumer import NatsConsumer, _ack_fields, _Partition
 from tidings.transports.nats import KEY_HEADER
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,20 @@ class TestNatsTransport(TransportConformance):
 
 
 # -- deliveries: what a member does with each message of a pull ------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.S_t.g-0.3.41.40.1700000000000000041.7",
+        # with a JetStream domain and an account hash before the stream, and a token after
+        "$JS.ACK.hub.ACCHASH.S_t.g-0.3.41.40.1700000000000000041.7.x9Zq",
+    ],
+)
+def test_the_stream_sequence_delivery_and_time_are_read_from_either_ack_subject(
+    reply: str,
+) -> None:
+    assert _ack_fields(reply) == (41, 40, 1_700_000_000_000_000_041)
 
 
 class _Msg:
