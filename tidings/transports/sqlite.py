@@ -239,11 +239,8 @@ class SQLiteTransport(Transport):
         self._ensure_watcher()
         wake = self._wake
         recheck = FileWatcher.POLL_INTERVAL if self._watcher and self._watcher.polling else 0.5
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in a task
-        # of its own, a loop turn more between an append and its fetch (as on NATS).
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(timeout, recheck)):
-                await wake.wait()
+            await asyncio.wait_for(wake.wait(), min(timeout, recheck))
 
     # -- topics ---------------------------------------------------------------
 
