@@ -58,7 +58,6 @@ from bench._common import (
 )
 from bench._setup import encoded_events
 from tidings.partitioning import partition_for
-from tidings.transports.kafka import _rd_admin
 
 HOST = "127.0.0.1"
 KEYS = 200
@@ -408,9 +407,9 @@ class Confluent(Client):
         return self._admin
 
     async def create_topic(self, topic: str, partitions: int) -> None:
-        new_topic = _rd_admin().NewTopic
+        from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-        futures = self.admin().create_topics([new_topic(topic, partitions, 1)])
+        futures = self.admin().create_topics([NewTopic(topic, partitions, 1)])
         await asyncio.to_thread(futures[topic].result, 30)
 
     async def producer(self) -> Producer:
@@ -833,8 +832,7 @@ async def _two_members(c1: Any, c2: Any, events: list[str]) -> dict[str, Any]:
 
 async def features_confluent(bootstrap: str) -> dict[str, Any]:
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-
-    OffsetSpec = _rd_admin().OffsetSpec
+    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
     client = Confluent(bootstrap)
     res: dict[str, Any] = {"client": "confluent"}
@@ -907,7 +905,7 @@ async def features_confluent(bootstrap: str) -> dict[str, Any]:
 
         async def list_offsets() -> Any:
             admin = client.admin()
-            req = {TopicPartition(topic, p): OffsetSpec.latest() for p in sorted(ends)}
+            req = {TopicPartition(topic, p): OffsetSpec.latest() for p in sorted(ends)}  # type: ignore[no-untyped-call]
             futs = admin.list_offsets(req)
             out = {}
             for tp, f in futs.items():

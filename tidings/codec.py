@@ -231,20 +231,11 @@ def from_dict(doc: dict[str, Any]) -> Event:
         get("subject"), get("datacontenttype"), get("dataschema"), get("correlationid"),
         get("causationid"), get("traceparent"), get("partitionkey"),
     )  # fmt: skip
-    for value in (
-        subject,
-        datacontenttype,
-        dataschema,
-        correlationid,
-        causationid,
-        traceparent,
-        key,
-    ):
+    optional = (subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key)
+    for value in optional:
         if value is not None and type(value) is not str:
-            for name in _OPTIONAL_STR:  # the first wrong one, by name
-                wrong = get(name)
-                if wrong is not None and type(wrong) is not str:
-                    raise DecodeError(f"attribute {name!r} must be a string, got {wrong!r:.80}")
+            name = _OPTIONAL_STR[optional.index(value)]  # the others are None or strings
+            raise DecodeError(f"attribute {name!r} must be a string, got {value!r:.80}")
     raw_time = get("time")
     if raw_time is None:
         # CloudEvents makes time optional; a missing time reads as "unknown", kept
