@@ -19,6 +19,7 @@ from tidings.middleware import Retry, default_middleware
 from tidings.partitioning import partition_for
 from tidings.testing import running
 from tidings.transport import GroupPartition, Record
+from tidings.transports.memory import MemoryConsumer
 
 TOPIC = "task-events"
 
@@ -619,3 +620,57 @@ def test_tune_gc_freezes_start_up_objects_and_collects_young_ones_less_often() -
         gc.unfreeze()
         gc.set_threshold(*before)
     assert any(o is start_up for o in gc.get_objects())
+
+
+async def test_records_fetched_just_before_a_revocation_are_not_handled_after_it() -> None:
+    """A revocation that runs in the loop turn after a fetch returned: the fetched
+    records must be in their lanes by then, so that the revocation drops them (the one
+    already started finishes and is committed). Records handled after the revocation
+    would be handled by the partition's next owner too."""
+    app = make_app(partitions=1)
+    handled: list[int] = []
+    revoked = asyncio.Event()
+    after_revoke: list[int] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: TaskCreated) -> None:
+        handled.append(payload.seq)
+        if revoked.is_set():
+            after_revoke.append(payload.seq)
+
+    original = app.transport.consumer
+
+    def revoking_consumer(*args: Any, **kwargs: Any) -> Any:
+        consumer = original(*args, **kwargs)
+        assert isinstance(consumer, MemoryConsumer)
+        real_fetch = consumer.fetch
+
+        async def revoke(lost: frozenset[tuple[str, int]]) -> None:
+            await consumer.revoke(lost)  # as a rebalance does: on_revoke, then let go
+            revoked.set()
+
+        async def fetch(max_records: int, timeout: float) -> Any:
+            records = await real_fetch(max_records, timeout)
+            if any(r.topic == TOPIC for r in records) and not revoked.is_set():
+                # Scheduled before the fetch returns: it runs in the very next turn.
+                asyncio.get_running_loop().create_task(revoke(consumer.assignment()))
+            return records
+
+        consumer.fetch = fetch  # type: ignore[method-assign]
+        return consumer
+
+    app.transport.consumer = revoking_consumer  # type: ignore[method-assign]
+    async with app:
+        await app.publish_many(TOPIC, [TaskCreated(task_id="k", seq=i) for i in range(10)])
+        worker = Worker(app)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(revoked.wait(), 5)
+        await asyncio.sleep(0.3)  # longer than a fetch: anything left would run now
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        (row,) = [r for r in await group_rows(app, "g") if r.topic == TOPIC]
+    assert after_revoke == []
+    # What was handled is what was committed: the next owner starts right after it.
+    assert row.committed == len(handled)
+    assert handled == list(range(len(handled)))

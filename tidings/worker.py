@@ -118,7 +118,7 @@ class _GroupRunner:
         self.stopping = False
         self.stopped = asyncio.Event()
         self.handled = asyncio.Event()  # set when an offset is ready to be committed
-        self.fetching: asyncio.Future[list[Record]] | None = None
+        self.fetching: asyncio.Future[bool] | None = None
         self.consumer: Consumer = self.app.transport.consumer(
             group,
             [*sorted(self.by_topic), self.dlq.retry_topic],
@@ -140,9 +140,9 @@ class _GroupRunner:
                 if self.stopping:
                     break
                 want = min(self.worker.fetch_max, self.worker.max_in_flight - self.in_flight)
-                self.fetching = asyncio.ensure_future(self.consumer.fetch(want, timeout=0.25))
+                self.fetching = asyncio.ensure_future(self._fetch_into_lanes(want))
                 try:
-                    records = await self.fetching
+                    changed = await self.fetching
                 except asyncio.CancelledError:
                     if self.stopping:  # stop() interrupts a waiting fetch
                         break
@@ -157,22 +157,14 @@ class _GroupRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
                     continue
-                if self.consumer.assignment() != self.seen_assignment:
+                if changed:
                     # Partitions changed hands: learn what their previous owner
-                    # dead-lettered (and, in a sequenced group, parked).
-                    self.seen_assignment = self.consumer.assignment()
+                    # dead-lettered (and, in a sequenced group, parked) before their
+                    # records are handled; the lanes wait, filled but not started.
                     await self.dlq.log.refresh()
-                for record in records:
-                    tp = (record.topic, record.partition)
-                    lane = self.lanes.get(tp)
-                    if lane is None:
-                        lane = self.lanes[tp] = _Lane()
-                    lane.queue.append(record)
-                    self.in_flight += 1
-                    if lane.task is None or lane.task.done():
-                        lane.task = asyncio.get_running_loop().create_task(self._drain(tp, lane))
-                if self.in_flight >= self.worker.max_in_flight:
-                    self.room.clear()
+                    for tp, lane in self.lanes.items():
+                        if lane.queue and (lane.task is None or lane.task.done()):
+                            lane.task = self.loop.create_task(self._drain(tp, lane))
         finally:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -180,6 +172,35 @@ class _GroupRunner:
             stuck = await self._finish(set(self.lanes), self.worker.shutdown_timeout)
             self.worker.stats.abandoned += stuck
             await self.consumer.close()
+
+    async def _fetch_into_lanes(self, want: int) -> bool:
+        """Fetch, and put the records in their lanes in the step the fetch returns in;
+        return whether the assignment changed (the new records' lanes are then not
+        started: ``run`` starts them once it has learnt the dead letters).
+
+        In the same step, because a revocation that runs after it finds the records in
+        their lanes and drops them. With a loop turn in between (``run`` awaiting the
+        fetch's task), the revocation could run first, and the records of a partition
+        given up would be handled here while its next owner handled them too.
+        """
+        records = await self.consumer.fetch(want, timeout=0.25)
+        assignment = self.consumer.assignment()
+        changed = assignment != self.seen_assignment
+        if changed:
+            self.seen_assignment = assignment
+        lanes = self.lanes
+        for record in records:
+            tp = (record.topic, record.partition)
+            lane = lanes.get(tp)
+            if lane is None:
+                lane = lanes[tp] = _Lane()
+            lane.queue.append(record)
+            if not changed and (lane.task is None or lane.task.done()):
+                lane.task = self.loop.create_task(self._drain(tp, lane))
+        self.in_flight += len(records)
+        if self.in_flight >= self.worker.max_in_flight:
+            self.room.clear()
+        return changed
 
     def stop(self) -> None:
         self.stopping = True
