@@ -500,9 +500,11 @@ class NatsConsumer(Consumer):
             if room <= 0:
                 break
             buffer = part.buffer
-            while buffer and room > 0:
-                out.append(buffer.popleft())
-                room -= 1
+            if len(buffer) <= room:
+                out += buffer
+                buffer.clear()
+            else:
+                out += [buffer.popleft() for _ in range(room)]
             if part.remaining <= 0 and len(buffer) < self.t.config.fetch_batch:
                 asyncio.get_running_loop().create_task(self._pull(part))
         return out
