@@ -23,8 +23,10 @@ from tidings import (
     InvalidEventType,
     Tidings,
     correlation_scope,
+    current_scope,
     decode,
 )
+from tidings.context import Scope
 from tidings.testing import running
 from tidings.transport import Transport
 from tidings.transports.memory import MemoryTransport
@@ -358,6 +360,22 @@ async def test_a_sync_handler_publishes_with_causality_through_publish_sync() ->
         await eventually(lambda: len(seen) == 1)
     assert seen[0].correlationid == origin.id  # the origin had no scope: its own id
     assert seen[0].causationid == origin.id
+
+
+async def test_current_scope_inside_a_handler_is_the_handled_events() -> None:
+    app = make_app()
+    scopes: list[Scope | None] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: Any) -> None:
+        scopes.append(current_scope())
+
+    async with app, running(app):
+        with correlation_scope("req-9"):
+            origin = await app.publish(TOPIC, {}, type="task.opened", subject="t")
+        await eventually(lambda: len(scopes) == 1)
+    assert scopes == [Scope("req-9", origin.id)]
+    assert current_scope() is None  # nothing leaks out of the handler
 
 
 async def test_a_chain_of_handlers_keeps_one_correlation_and_links_each_cause() -> None:

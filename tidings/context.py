@@ -28,12 +28,17 @@ class Scope(NamedTuple):
     causationid: str | None
 
 
-_scope: ContextVar[Scope | None] = ContextVar("tidings_scope", default=None)
+# A Scope, or the Event being handled: the worker sets the event itself (no tuple per
+# handled event and group; its scope is made here, only when a handler publishes).
+_scope: ContextVar[Scope | Event | None] = ContextVar("tidings_scope", default=None)
 
 
 def current_scope() -> Scope | None:
     """The causal scope publishes happen in now, if any."""
-    return _scope.get()
+    value = _scope.get()
+    if isinstance(value, Event):
+        return Scope(value.correlationid or value.id, value.id)
+    return value
 
 
 @contextmanager

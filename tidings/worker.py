@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tidings.codec import decode
-from tidings.context import Context, Scope, _scope
+from tidings.context import Context, _scope
 from tidings.dead_letters import DeadLetter, DeadLetterQueue, Parked
 from tidings.envelope import Event
 from tidings.errors import ConfigError, DecodeError, EventError, TransportError
@@ -316,8 +316,9 @@ class _GroupRunner:
             if replay_of is not None:
                 await self._resolved(replay_of)
             return
-        # Everything a handler publishes is caused by this event (correlation kept).
-        token = _scope.set(Scope(event.correlationid or event.id, event.id))
+        # Everything a handler publishes is caused by this event (correlation kept);
+        # the event itself is the scope (current_scope makes the Scope when asked).
+        token = _scope.set(event)
         try:
             for sub, chain in wanted:
                 await chain(

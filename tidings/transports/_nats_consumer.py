@@ -102,13 +102,13 @@ def _ack_fields(reply: str) -> tuple[int, int, int]:
     """(stream sequence, consumer sequence, timestamp ns) from a JetStream ack subject:
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``, or the
     form with a domain and an account hash before the stream (12 tokens)."""
-    # The last four tokens of the 9-token form split off alone: 0.82 -> 0.59 us a
-    # delivery, measured alone, against splitting all nine.
-    head, sseq, cseq, ns, _ = reply.rsplit(".", 4)
-    if head.count(".") != 4:  # the 12-token form
-        tokens = reply.split(".")
-        sseq, cseq, ns = tokens[7], tokens[8], tokens[9]
-    return int(sseq), int(cseq), int(ns)
+    # One split of the whole subject: 0.56 us against 1.00 for splitting the last four
+    # tokens off (rsplit) and counting the dots left, measured alone on the subjects of
+    # the benchmark's consumers (stream and consumer names of 30-40 characters).
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[6]), int(tokens[7])
+    return int(tokens[7]), int(tokens[8]), int(tokens[9])
 
 
 class NatsConsumer(Consumer):
