@@ -221,7 +221,10 @@ class Consumer(ABC):
 
         Waits at most ``timeout`` seconds for the first record, returning promptly when
         one is appended. Never returns a record twice unless :meth:`seek` or a
-        reassignment rewinds the position to before it.
+        reassignment rewinds the position to before it. Only records of partitions
+        still assigned when it returns, taken with no await after that check: the
+        worker puts them in their lanes in that same step, so that a revocation never
+        misses them (``_GroupRunner._fetch_into_lanes``).
         """
 
     @abstractmethod
