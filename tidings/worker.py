@@ -126,7 +126,7 @@ class _GroupRunner:
         self.fetching: asyncio.Future[bool] | None = None
         self.consumer: Consumer = self.app.transport.consumer(
             group,
-            [*sorted(self.by_topic), self.dlq.retry_topic],
+            [*sorted(self.by_topic), self.retry_topic],
             start_from=subscribers[0].start_from,
             on_revoke=self._on_revoke,
         )
@@ -193,22 +193,12 @@ class _GroupRunner:
         changed = assignment != self.seen_assignment
         if changed:
             self.seen_assignment = assignment
-        lanes = self.lanes
-        lane: _Lane | None = None
-        tp: TopicPartition = ("", -1)
-        queue: deque[Record] = deque()
         for record in records:
-            # Transports return a partition's records together: one lane lookup each.
-            if record.partition != tp[1] or record.topic != tp[0]:
-                if lane is not None:
-                    self._start(tp, lane, changed)
-                tp = (record.topic, record.partition)
-                lane = lanes.get(tp)
-                if lane is None:
-                    lane = lanes[tp] = _Lane()
-                queue = lane.queue
-            queue.append(record)
-        if lane is not None:
+            tp = (record.topic, record.partition)
+            lane = self.lanes.get(tp)
+            if lane is None:
+                lane = self.lanes[tp] = _Lane()
+            lane.queue.append(record)
             self._start(tp, lane, changed)
         self.in_flight += len(records)
         if self.in_flight >= self.worker.max_in_flight:
@@ -250,9 +240,7 @@ class _GroupRunner:
                 lane.queue.popleft()
                 lane.done = record.offset + 1
                 self.handled.set()
-                self.in_flight -= 1
-                if self.in_flight == self.worker.max_in_flight - 1:
-                    self.room.set()  # one below the limit: fetching may go on
+                self._release(1)
 
     def _release(self, count: int) -> None:
         self.in_flight -= count
@@ -260,13 +248,11 @@ class _GroupRunner:
             self.room.set()
 
     def _route(self, topic: str, event_type: str) -> list[tuple[Subscriber, Next]]:
-        key = (topic, event_type)
-        route = self.routes.get(key)
-        if route is None:
-            route = [
-                (s, self.chains[id(s)]) for s in self.by_topic.get(topic, ()) if s.wants(event_type)
-            ]
-            self.routes[key] = route
+        """The subscribers that want ``event_type`` on ``topic``, with their chains;
+        made on the first such event, kept in ``routes``."""
+        subscribers = self.by_topic.get(topic, ())
+        route = [(s, self.chains[id(s)]) for s in subscribers if s.wants(event_type)]
+        self.routes[(topic, event_type)] = route
         return route
 
     async def _handle(self, record: Record) -> None:
@@ -362,7 +348,7 @@ class _GroupRunner:
         first run: give it committed offsets at the start of its retry topic."""
         if self.subscribers[0].start_from != "latest":
             return
-        topic = self.dlq.retry_topic
+        topic = self.retry_topic
         for info in await self.app.transport.groups():
             if info.group == self.group and any(p.topic == topic for p in info.partitions):
                 return
@@ -534,12 +520,11 @@ class Worker:
         # each once. Events are immutable, so sharing them is safe; payload models are
         # built per handler call and never shared.
         self._decoded: dict[tuple[str, int, int], Event] = {}
-        self._share = len(self.groups) > 1
         self._decoded_max = 4 * max_in_flight
 
     def decoded(self, record: Record) -> Event:
         """The event in ``record`` (raises EventError if it cannot be decoded)."""
-        if not self._share:
+        if len(self.groups) == 1:  # nobody to share the event with
             return decode(record.value, self.app.max_event_bytes)
         key = (record.topic, record.partition, record.offset)
         event = self._decoded.get(key)

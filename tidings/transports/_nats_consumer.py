@@ -106,9 +106,8 @@ def _ack_fields(reply: str) -> tuple[int, int, int]:
     # tokens off (rsplit) and counting the dots left, measured alone on the subjects of
     # the benchmark's consumers (stream and consumer names of 30-40 characters).
     tokens = reply.split(".")
-    if len(tokens) == 9:
-        return int(tokens[5]), int(tokens[6]), int(tokens[7])
-    return int(tokens[7]), int(tokens[8]), int(tokens[9])
+    base = 5 if len(tokens) == 9 else 7
+    return int(tokens[base]), int(tokens[base + 1]), int(tokens[base + 2])
 
 
 class NatsConsumer(Consumer):
