@@ -303,6 +303,45 @@ async def test_a_write_lock_held_past_busy_timeout_is_a_clear_error(db_path: Pat
         await t.close()
 
 
+async def test_a_fresh_log_opens_while_another_process_writes_to_it(db_path: Path) -> None:
+    # Before it is in WAL mode, SQLite answers the switch to WAL with "database is
+    # locked" at once, without waiting busy_timeout, while another connection writes:
+    # as when the Task API's services open one fresh log together (seen once in CI).
+    other = sqlite3.connect(db_path, isolation_level=None)
+    t = SQLiteTransport(f"sqlite:///{db_path}?busy_timeout=5")
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        start = asyncio.create_task(t.start())
+        await asyncio.sleep(0.2)
+        assert not start.done()
+        other.execute("COMMIT")
+        await start
+        assert sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert await t.append("t", [("k", b"x")]) == [(0, 0)]
+    finally:
+        other.close()
+        await t.close()
+
+
+async def test_a_fresh_log_locked_past_busy_timeout_is_a_clear_error(db_path: Path) -> None:
+    other = sqlite3.connect(db_path, isolation_level=None)
+    t = SQLiteTransport(f"sqlite:///{db_path}?busy_timeout=0.2")
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(TransportError, match=r"locked by another process for 0.2 s"):
+            await t.start()
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        await t.close()
+    t = SQLiteTransport(f"sqlite:///{db_path}")
+    await t.start()  # nothing was left half-done
+    try:
+        assert await t.append("t", [("k", b"x")]) == [(0, 0)]
+    finally:
+        await t.close()
+
+
 async def test_a_failed_append_gives_its_offsets_back_within_a_group_commit(
     log: SQLiteTransport,
 ) -> None:

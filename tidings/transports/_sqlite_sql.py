@@ -246,9 +246,18 @@ def set_group_offsets(
     conn.execute("DELETE FROM leases WHERE grp=? AND topic_id=?", (group, tid))
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (SQLITE_BUSY, or one of its
+    extended codes such as SQLITE_BUSY_RECOVERY)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+    )
+
+
 def translate_error(exc: BaseException) -> BaseException:
     """The TransportError for a native sqlite3 error (other errors pass through)."""
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+    if is_busy(exc):
         return TransportError(
             f"the SQLite log is locked by another process for longer than busy_timeout: {exc}"
         )

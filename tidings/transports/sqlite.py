@@ -43,6 +43,7 @@ from tidings.transport import (
 from tidings.transports._sqlite_sql import (
     SCHEMA,
     describe_groups,
+    is_busy,
     now_ms,
     offsets_for_time,
     retain,
@@ -134,14 +135,40 @@ class SQLiteTransport(Transport):
                     check_same_thread=False,
                     timeout=self.busy_timeout,
                 )
-                conn.execute("PRAGMA journal_mode=WAL")
+                self._use_wal(conn)
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
             except sqlite3.Error as exc:
+                if is_busy(exc):
+                    raise TransportError(
+                        f"cannot open the SQLite log at {self.path!r}: it was locked by "
+                        f"another process for {self.busy_timeout:g} s (busy_timeout); "
+                        "let that process finish, or raise busy_timeout in the URL"
+                    ) from exc
                 raise TransportError(f"cannot open the SQLite log at {self.path!r}: {exc}") from exc
             self._local.conn = conn
             with self._conn_lock:
                 self._connections.append(conn)
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the log in WAL mode (a no-op once it is), trying again for busy_timeout.
+
+        A log not yet in WAL mode answers the switch with SQLITE_BUSY at once, without
+        waiting busy_timeout, while another connection writes to it: the switch would
+        upgrade a read lock, which SQLite refuses to wait for (it could deadlock). That
+        happens when several processes open one fresh log together.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     async def start(self) -> None:
         if self._started:
