@@ -54,6 +54,7 @@ log = logging.getLogger("tidings.kafka")
 TIMEOUT = 30.0  # seconds for one admin request
 READ_TIMEOUT = 10.0  # seconds one read may take to reach its limit or the partition's end
 SETTLE_POLL = 0.05  # seconds between two looks at a group's state while waiting for Stable
+SETTLE_QUIET = 0.25  # seconds a group must stay Stable before a member leaves it
 
 
 def _require_client() -> None:
@@ -432,14 +433,17 @@ class KafkaTransport(Transport):
         )
 
     async def settled(self, group: str, timeout: float) -> bool:
-        """Wait until ``group`` is Stable (or Empty): no rebalance under way. False if it
-        was not within ``timeout`` seconds, or its state could not be asked; never raises.
+        """Wait until ``group`` has been Stable (or Empty) for ``SETTLE_QUIET`` seconds:
+        no rebalance under way. False if it was not within ``timeout`` seconds, or its
+        state could not be asked; never raises.
 
         A member about to leave waits for this (``KafkaConsumer.close``): Tansu 0.6.0
         keeps a group's leader when that member leaves in the middle of a rebalance, so
         the group waits for it forever and nobody is given its partitions (docs/kafka.md,
         difference 6). Apache Kafka elects another leader; there this costs at most the
-        end of the rebalance under way.
+        end of the rebalance under way. One look at Stable is not enough: between the
+        two rounds of a cooperative rebalance the group is Stable for a moment, until
+        the members that gave partitions up join again.
         """
         from confluent_kafka import ConsumerGroupState
 
@@ -447,8 +451,10 @@ class KafkaTransport(Transport):
             return False
         settled = (ConsumerGroupState.STABLE, ConsumerGroupState.EMPTY)
         deadline = time.monotonic() + timeout
+        since: float | None = None  # when the run of Stable looks began
         while True:
-            remaining = deadline - time.monotonic()
+            asked = time.monotonic()
+            remaining = deadline - asked
             if remaining <= 0:
                 return False
             try:
@@ -456,7 +462,11 @@ class KafkaTransport(Transport):
             except Exception as exc:  # shutting down: do not wait on a broker that is gone
                 log.info("group %r: its state could not be asked (%s); leaving anyway", group, exc)
                 return False
-            if described.state in settled:
+            if described.state not in settled:
+                since = None
+            elif since is None:
+                since = asked
+            elif asked - since >= SETTLE_QUIET:
                 return True
             await asyncio.sleep(min(SETTLE_POLL, max(0.0, deadline - time.monotonic())))
 
