@@ -287,22 +287,6 @@ async def test_an_append_waits_for_another_processes_write_lock(db_path: Path) -
         await t.close()
 
 
-async def test_a_write_lock_held_past_busy_timeout_is_a_clear_error(db_path: Path) -> None:
-    t = SQLiteTransport(f"sqlite:///{db_path}?busy_timeout=0.2")
-    await t.start()
-    other = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        await t.create_topic("t", 1)
-        other.execute("BEGIN IMMEDIATE")
-        with pytest.raises(TransportError, match="locked by another process"):
-            await t.append("t", [("k", b"x")])
-        other.execute("ROLLBACK")
-        assert await t.append("t", [("k", b"x")]) == [(0, 0)]  # nothing was half-written
-    finally:
-        other.close()
-        await t.close()
-
-
 async def test_a_fresh_log_opens_while_another_process_writes_to_it(db_path: Path) -> None:
     # Before it is in WAL mode, SQLite answers the switch to WAL with "database is
     # locked" at once, without waiting busy_timeout, while another connection writes:
@@ -323,22 +307,27 @@ async def test_a_fresh_log_opens_while_another_process_writes_to_it(db_path: Pat
         await t.close()
 
 
-async def test_a_fresh_log_locked_past_busy_timeout_is_a_clear_error(db_path: Path) -> None:
-    other = sqlite3.connect(db_path, isolation_level=None)
+@pytest.mark.parametrize("when", ["start", "append"])
+async def test_a_write_lock_held_past_busy_timeout_is_a_clear_error(
+    db_path: Path, when: str
+) -> None:
+    # At start, on a fresh log: the switch to WAL (see above); at an append: BEGIN.
     t = SQLiteTransport(f"sqlite:///{db_path}?busy_timeout=0.2")
+    other = sqlite3.connect(db_path, isolation_level=None)
     try:
-        other.execute("BEGIN IMMEDIATE")
-        with pytest.raises(TransportError, match=r"locked by another process for 0.2 s"):
+        if when == "append":
             await t.start()
+            await t.create_topic("t", 1)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(
+            TransportError, match="locked by another process for longer than busy_timeout"
+        ):
+            await (t.start() if when == "start" else t.append("t", [("k", b"x")]))
         other.execute("ROLLBACK")
-    finally:
-        other.close()
-        await t.close()
-    t = SQLiteTransport(f"sqlite:///{db_path}")
-    await t.start()  # nothing was left half-done
-    try:
+        await t.start()  # again, if it failed: nothing was left half-done
         assert await t.append("t", [("k", b"x")]) == [(0, 0)]
     finally:
+        other.close()
         await t.close()
 
 

@@ -255,11 +255,35 @@ def is_busy(exc: BaseException) -> bool:
     )
 
 
+def execute_when_free(
+    conn: sqlite3.Connection, sql: str, timeout: float, pause: float, longest: float
+) -> None:
+    """Execute ``sql``, trying again while SQLite answers SQLITE_BUSY, for at most
+    ``timeout`` seconds: pauses of ``pause`` seconds, doubling up to ``longest``.
+
+    For the statements SQLite's own busy handler does not serve well: BEGIN IMMEDIATE,
+    whose handler sleeps 1, 2, 5, 10... ms (``GroupCommitWriter``), and the switch to
+    WAL, answered SQLITE_BUSY at once, without the handler, on a fresh log that
+    another connection writes to (``SQLiteTransport``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, longest)
+
+
 def translate_error(exc: BaseException) -> BaseException:
     """The TransportError for a native sqlite3 error (other errors pass through)."""
     if is_busy(exc):
         return TransportError(
-            f"the SQLite log is locked by another process for longer than busy_timeout: {exc}"
+            "the SQLite log is locked by another process for longer than busy_timeout "
+            f"({exc}); let that process finish, or raise busy_timeout in the URL"
         )
     if isinstance(exc, sqlite3.Error):
         return TransportError(f"SQLite log error: {exc}")

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tidings.transports._sqlite_sql import translate_error
+from tidings.transports._sqlite_sql import execute_when_free, translate_error
 
 __all__ = ["GroupCommitWriter"]
 
@@ -172,14 +171,4 @@ class GroupCommitWriter:
         if not self._own_busy_loop:
             conn.execute("PRAGMA busy_timeout=0")
             self._own_busy_loop = True
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.0001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
+        execute_when_free(conn, "BEGIN IMMEDIATE", self.busy_timeout, 0.0001, 0.002)

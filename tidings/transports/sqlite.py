@@ -43,6 +43,7 @@ from tidings.transport import (
 from tidings.transports._sqlite_sql import (
     SCHEMA,
     describe_groups,
+    execute_when_free,
     is_busy,
     now_ms,
     offsets_for_time,
@@ -135,40 +136,25 @@ class SQLiteTransport(Transport):
                     check_same_thread=False,
                     timeout=self.busy_timeout,
                 )
-                self._use_wal(conn)
+                # A no-op once the log is in WAL mode. A fresh log answers the switch
+                # SQLITE_BUSY at once, without waiting busy_timeout, while another
+                # connection writes to it (SQLite will not wait to upgrade a read lock:
+                # it could deadlock), as when several processes open it together.
+                execute_when_free(conn, "PRAGMA journal_mode=WAL", self.busy_timeout, 0.001, 0.05)
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
             except sqlite3.Error as exc:
                 if is_busy(exc):
                     raise TransportError(
-                        f"cannot open the SQLite log at {self.path!r}: it was locked by "
-                        f"another process for {self.busy_timeout:g} s (busy_timeout); "
-                        "let that process finish, or raise busy_timeout in the URL"
+                        f"cannot open the SQLite log at {self.path!r}: it is locked by "
+                        "another process for longer than busy_timeout "
+                        f"({self.busy_timeout:g} s); let that process finish, or raise "
+                        "busy_timeout in the URL"
                     ) from exc
                 raise TransportError(f"cannot open the SQLite log at {self.path!r}: {exc}") from exc
             self._local.conn = conn
             with self._conn_lock:
                 self._connections.append(conn)
         return conn
-
-    def _use_wal(self, conn: sqlite3.Connection) -> None:
-        """Put the log in WAL mode (a no-op once it is), trying again for busy_timeout.
-
-        A log not yet in WAL mode answers the switch with SQLITE_BUSY at once, without
-        waiting busy_timeout, while another connection writes to it: the switch would
-        upgrade a read lock, which SQLite refuses to wait for (it could deadlock). That
-        happens when several processes open one fresh log together.
-        """
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.001
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if not is_busy(exc) or time.monotonic() + pause > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
 
     async def start(self) -> None:
         if self._started:
@@ -188,7 +174,11 @@ class SQLiteTransport(Transport):
         )
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="tidings-sqlite-reader")
         self._started = True
-        await self._writer.run_alone(lambda conn: conn.executescript(SCHEMA) and None)
+        try:
+            await self._writer.run_alone(lambda conn: conn.executescript(SCHEMA) and None)
+        except BaseException:
+            await self.close()  # so that start() can be tried again
+            raise
 
     async def close(self) -> None:
         if not self._started:
