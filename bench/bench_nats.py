@@ -62,7 +62,7 @@ from bench._race import (
 from bench._race import (
     main as race_main,
 )
-from tests.transports.nats_server import nats_server_binary, run_nats
+from devservers.nats import nats_server_binary, run_nats
 from tidings.transports._nats_consumer import PULL_EXPIRES
 from tidings.transports.nats import TIMEOUT, NatsTransport, stream_name
 from tidings.transports.nats_config import NatsConfig, parse_nats_url

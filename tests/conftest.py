@@ -21,7 +21,7 @@ def sqlite_url(db_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def tansu_binary() -> str:
-    from tests.transports.kafka_broker import tansu_binary
+    from devservers.tansu import tansu_binary
 
     return tansu_binary()
 
@@ -33,7 +33,7 @@ def tansu(tansu_binary: str) -> Iterator[str]:
     One per test: tests name their topics and groups alike, and Tansu starts in well
     under a second.
     """
-    from tests.transports.kafka_broker import run_tansu
+    from devservers.tansu import run_tansu
 
     with run_tansu(tansu_binary) as address:
         yield address
@@ -55,7 +55,7 @@ def kafka_url(tansu: str) -> str:
 
 @pytest.fixture(scope="session")
 def nats_binary() -> str:
-    from tests.transports.nats_server import nats_server_binary
+    from devservers.nats import nats_server_binary
 
     return nats_server_binary()
 
@@ -63,7 +63,7 @@ def nats_binary() -> str:
 @pytest.fixture
 def nats_server(nats_binary: str) -> Iterator[str]:
     """``host:port`` of a fresh nats-server with JetStream for one test."""
-    from tests.transports.nats_server import run_nats
+    from devservers.nats import run_nats
 
     with run_nats(nats_binary) as address:
         yield address

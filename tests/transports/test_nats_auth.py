@@ -26,7 +26,7 @@ import nkeys  # type: ignore[import-untyped]
 import orjson
 import pytest
 
-from tests.transports.nats_server import NatsServer
+from devservers.nats import NatsServer
 from tidings.errors import ConfigError, TransportError
 from tidings.transports.nats import NatsTransport
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.transports.nats_server import NatsCluster
+from devservers.nats import NatsCluster
 from tidings import Context, Tidings
 from tidings.errors import TransportError
 from tidings.inbox import Inbox

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 import tidings.transports.nats as nats_transport
-from tests.transports.nats_server import NatsServer, free_port
+from devservers.nats import NatsServer, free_port
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
 from tidings.testing import drain, eventually
 from tidings.transports.nats import NatsTransport

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.transports.local_servers import HOST, free_port, stop, wait_listening
+from devservers._process import HOST, free_port, launch, stop
 
 __all__ = ["HOST", "NatsCluster", "NatsServer", "free_port", "nats_server_binary", "run_nats"]
 
@@ -40,16 +40,8 @@ def run_nats(binary: str, *, sync_always: bool = False) -> Iterator[str]:
         + (", sync_interval: always" if sync_always else "")
         + " }\n"
     )
-    log = folder / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "-c", str(conf)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    proc = launch([binary, "-c", str(conf)], port, folder / "server.log", "nats-server")
     try:
-        wait_listening(proc, port, log, 20, "nats-server")
         yield f"{HOST}:{port}"
     finally:
         stop(proc)
@@ -84,15 +76,8 @@ class NatsCluster:
         return ",".join(f"{HOST}:{p}" for p in self.ports)
 
     def start(self, i: int) -> None:
-        log = self.folder / f"n{i}.log"
-        with log.open("ab") as out:
-            self.procs[i] = subprocess.Popen(
-                [self.binary, "-c", str(self.folder / f"n{i}.conf")],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        wait_listening(self.procs[i], self.ports[i], log, 20, "nats-server")  # type: ignore[arg-type]
+        conf, log = self.folder / f"n{i}.conf", self.folder / f"n{i}.log"
+        self.procs[i] = launch([self.binary, "-c", str(conf)], self.ports[i], log, "nats-server")
 
     def kill(self, i: int) -> None:
         proc = self.procs[i]
@@ -130,16 +115,8 @@ class NatsServer:
         return f"{HOST}:{self.port}"
 
     def start(self) -> None:
-        log = self.folder / "server.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [self.binary, "-c", str(self.folder / "server.conf")],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        self.proc = proc
-        wait_listening(proc, self.port, log, 20, "nats-server")
+        conf, log = self.folder / "server.conf", self.folder / "server.log"
+        self.proc = launch([self.binary, "-c", str(conf)], self.port, log, "nats-server")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush."""

