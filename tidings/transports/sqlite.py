@@ -143,6 +143,8 @@ class SQLiteTransport(Transport):
                 execute_when_free(conn, "PRAGMA journal_mode=WAL", self.busy_timeout, 0.001, 0.05)
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
             except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
                 if is_busy(exc):
                     raise TransportError(
                         f"cannot open the SQLite log at {self.path!r}: it is locked by "
