@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -320,6 +322,50 @@ async def test_a_failing_handler_without_a_session_leaves_no_mark_and_no_connect
     assert len(mark_rows(engine, inbox)) == 1
     await inbox.close()
     assert engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_new_sqlite_inbox_waits_for_another_processes_write(
+    tmp_path: Path, kind: str
+) -> None:
+    # SQLite answers the switch of a new file to WAL "database is locked" at once, not
+    # after its busy timeout, while another connection writes (tidings/_sqlite.py): as
+    # when the processes of one service open a new inbox file together.
+    path = tmp_path / "inbox.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+    inbox = Inbox(f"sqlite:///{path}" if kind == "sync" else f"sqlite+aiosqlite:///{path}")
+    try:
+        started = time.monotonic()
+        if kind == "sync":
+            await asyncio.to_thread(inbox.create_table)
+        else:
+            await inbox.create_table_async()
+        assert time.monotonic() - started >= 0.25  # it waited for the lock
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        release.cancel()
+        other.close()
+        await inbox.close()
+
+
+async def test_a_new_sqlite_inbox_locked_past_its_timeout_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tidings.inbox.SQLITE_TIMEOUT", 0.2)
+    path = tmp_path / "inbox.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    inbox = Inbox(f"sqlite+aiosqlite:///{path}")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            await inbox.create_table_async()
+        other.execute("ROLLBACK")
+        await inbox.create_table_async()  # nothing was left half-done
+    finally:
+        other.close()
+        await inbox.close()
 
 
 async def test_a_mark_that_cannot_be_written_fails_the_delivery_for_retry(

@@ -76,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -84,6 +85,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tidings._sqlite import use_wal
 from tidings.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -109,6 +111,7 @@ SWEEP_MIN_INTERVAL = 1.0
 # Threads for the database work of sync engines. Each partition being handled needs
 # at most one at a time; the pool grows only as far as they are used.
 THREADS = 64
+SQLITE_TIMEOUT = 30.0  # seconds an inbox of its own SQLite file waits for another's lock
 # The mark statements are plain SQL on the driver's connection (a fifth of the cost of
 # a Core statement through a Session); placeholders by the driver's paramstyle.
 _PLACEHOLDERS = {
@@ -410,7 +413,7 @@ class Inbox:
         if url.get_backend_name() == "sqlite":
             # One writer at a time: wait for the lock rather than fail, and let every
             # partition hold a connection (overflow connections close when returned).
-            options = {"connect_args": {"timeout": 30}, "max_overflow": -1}
+            options = {"connect_args": {"timeout": SQLITE_TIMEOUT}, "max_overflow": -1}
         what = "async" if is_async else "sync"
         try:
             engine: Any = (create_async_engine if is_async else sa.create_engine)(url, **options)
@@ -446,7 +449,7 @@ class Inbox:
             raise ConfigError(
                 "this Inbox has only an async engine: use 'await inbox.create_table_async()'"
             )
-        _create(side.engine, self.table)
+        _create(side.engine, self.table, side.owned)
         self._ready = True
 
     async def create_table_async(self) -> None:
@@ -463,8 +466,10 @@ class Inbox:
 
     async def _create_table(self, side: _Side) -> None:
         if not side.is_async:
-            await self._thread(_create, side.engine, self.table)
+            await self._thread(_create, side.engine, self.table, side.owned)
             return
+        if side.owned:
+            await self._thread(_use_wal_first, side.engine)
         for attempt in (1, 2):
             try:
                 async with side.engine.begin() as conn:
@@ -927,7 +932,23 @@ def _create_on(conn: Any, table: sa.Table) -> None:
         conn.execute(CreateIndex(index, if_not_exists=True))
 
 
-def _create(engine: Engine, table: sa.Table) -> None:
+def _use_wal_first(engine: Any) -> None:
+    """Put an inbox's own SQLite file in WAL mode before its engine connects: the
+    switch each connection makes (``_sqlite_pragmas``) fails at once, without waiting,
+    while another process writes to a new file (tidings/_sqlite.py); this one waits."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    conn = sqlite3.connect(url.database, timeout=SQLITE_TIMEOUT)
+    try:
+        use_wal(conn, SQLITE_TIMEOUT)
+    finally:
+        conn.close()
+
+
+def _create(engine: Engine, table: sa.Table, owned: bool) -> None:
+    if owned:
+        _use_wal_first(engine)
     for attempt in (1, 2):
         try:
             with engine.begin() as conn:

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 
+from tidings._sqlite import is_busy
 from tidings.errors import GroupBusy, TransportError
 from tidings.transport import GroupInfo, GroupPartition, MemberInfo
 
@@ -244,38 +245,6 @@ def set_group_offsets(
     # reclaim, and start again from the new offsets; their stale commits are
     # fenced in the meantime.
     conn.execute("DELETE FROM leases WHERE grp=? AND topic_id=?", (group, tid))
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite's "database is locked" (SQLITE_BUSY, or one of its
-    extended codes such as SQLITE_BUSY_RECOVERY)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (
-        isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
-    )
-
-
-def execute_when_free(
-    conn: sqlite3.Connection, sql: str, timeout: float, pause: float, longest: float
-) -> None:
-    """Execute ``sql``, trying again while SQLite answers SQLITE_BUSY, for at most
-    ``timeout`` seconds: pauses of ``pause`` seconds, doubling up to ``longest``.
-
-    For the statements SQLite's own busy handler does not serve well: BEGIN IMMEDIATE,
-    whose handler sleeps 1, 2, 5, 10... ms (``GroupCommitWriter``), and the switch to
-    WAL, answered SQLITE_BUSY at once, without the handler, on a fresh log that
-    another connection writes to (``SQLiteTransport``).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn.execute(sql)
-            return
-        except sqlite3.OperationalError as exc:
-            if not is_busy(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, longest)
 
 
 def translate_error(exc: BaseException) -> BaseException:

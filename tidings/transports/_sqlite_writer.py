@@ -14,7 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tidings.transports._sqlite_sql import execute_when_free, translate_error
+from tidings._sqlite import execute_when_free
+from tidings.transports._sqlite_sql import translate_error
 
 __all__ = ["GroupCommitWriter"]
 

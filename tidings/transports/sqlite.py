@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tidings._sqlite import is_busy, use_wal
 from tidings.errors import ConfigError, TopicNotFound, TransportError
 from tidings.partitioning import partition_for
 from tidings.transport import (
@@ -43,8 +44,6 @@ from tidings.transport import (
 from tidings.transports._sqlite_sql import (
     SCHEMA,
     describe_groups,
-    execute_when_free,
-    is_busy,
     now_ms,
     offsets_for_time,
     retain,
@@ -136,11 +135,7 @@ class SQLiteTransport(Transport):
                     check_same_thread=False,
                     timeout=self.busy_timeout,
                 )
-                # A no-op once the log is in WAL mode. A fresh log answers the switch
-                # SQLITE_BUSY at once, without waiting busy_timeout, while another
-                # connection writes to it (SQLite will not wait to upgrade a read lock:
-                # it could deadlock), as when several processes open it together.
-                execute_when_free(conn, "PRAGMA journal_mode=WAL", self.busy_timeout, 0.001, 0.05)
+                use_wal(conn, self.busy_timeout)  # processes may open a new log together
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
             except sqlite3.Error as exc:
                 if conn is not None:
