@@ -62,3 +62,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: no shutdown, no flush."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)

@@ -4,9 +4,7 @@ tests/conftest.py; the cluster test drives ``NatsCluster`` itself."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from devservers._process import HOST, free_port, launch, stop
+from devservers._process import HOST, free_port, kill, launch, stop
 
 __all__ = ["HOST", "NatsCluster", "NatsServer", "free_port", "nats_server_binary", "run_nats"]
 
@@ -80,11 +78,9 @@ class NatsCluster:
         self.procs[i] = launch([self.binary, "-c", str(conf)], self.ports[i], log, "nats-server")
 
     def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        self.procs[i] = None
+        proc, self.procs[i] = self.procs[i], None
+        if proc is not None:
+            kill(proc)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -121,9 +117,8 @@ class NatsServer:
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        if proc is not None:
+            kill(proc)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -30,12 +31,13 @@ def run_tansu(binary: str) -> Iterator[str]:
     """Start a Tansu broker on a free 127.0.0.1 port; yield ``host:port``; stop it."""
     port = free_port()
     url = f"tcp://{HOST}:{port}"
-    log = Path(tempfile.mkdtemp(prefix="tidings-tansu-")) / "tansu.log"
+    folder = Path(tempfile.mkdtemp(prefix="tidings-tansu-"))
     proc = launch(
         [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
-        port, log, "tansu",
+        port, folder / "tansu.log", "tansu",
     )  # fmt: skip
     try:
         yield f"{HOST}:{port}"
     finally:
         stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)  # a broker that did not start keeps its log

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any
 
 __all__ = ["execute_when_free", "is_busy", "use_wal"]
 
@@ -26,13 +25,15 @@ def is_busy(exc: BaseException) -> bool:
     )
 
 
-def execute_when_free(conn: Any, sql: str, timeout: float, pause: float, longest: float) -> None:
+def execute_when_free(
+    conn: sqlite3.Connection, sql: str, timeout: float, pause: float, longest: float
+) -> None:
     """Execute ``sql``, trying again while SQLite answers SQLITE_BUSY, for at most
     ``timeout`` seconds: pauses of ``pause`` seconds, doubling up to ``longest``.
 
-    ``conn``: a sqlite3 connection or cursor. For the statements SQLite's own busy
-    handler does not serve: the switch to WAL (``use_wal``), and BEGIN IMMEDIATE in the
-    log's group-commit writer, whose handler would sleep 1, 2, 5, 10... ms.
+    For the statements SQLite's own busy handler does not serve: the switch to WAL
+    (``use_wal``), and BEGIN IMMEDIATE in the log's group-commit writer, whose handler
+    would sleep 1, 2, 5, 10... ms.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -46,7 +47,7 @@ def execute_when_free(conn: Any, sql: str, timeout: float, pause: float, longest
         pause = min(pause * 2, longest)
 
 
-def use_wal(conn: Any, timeout: float) -> None:
-    """Put the file of ``conn`` (a sqlite3 connection or cursor) in WAL mode, waiting
+def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the file of ``conn`` in WAL mode, waiting
     up to ``timeout`` seconds for other connections' writes; a no-op once it is."""
     execute_when_free(conn, "PRAGMA journal_mode=WAL", timeout, 0.001, 0.05)

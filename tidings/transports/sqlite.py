@@ -140,14 +140,10 @@ class SQLiteTransport(Transport):
             except sqlite3.Error as exc:
                 if conn is not None:
                     conn.close()
-                if is_busy(exc):
-                    raise TransportError(
-                        f"cannot open the SQLite log at {self.path!r}: it is locked by "
-                        "another process for longer than busy_timeout "
-                        f"({self.busy_timeout:g} s); let that process finish, or raise "
-                        "busy_timeout in the URL"
-                    ) from exc
-                raise TransportError(f"cannot open the SQLite log at {self.path!r}: {exc}") from exc
+                reason = translate_error(exc) if is_busy(exc) else exc  # says what to do
+                raise TransportError(
+                    f"cannot open the SQLite log at {self.path!r}: {reason}"
+                ) from exc
             self._local.conn = conn
             with self._conn_lock:
                 self._connections.append(conn)
