@@ -66,7 +66,7 @@ async def member(
     consumer = transport.consumer(group, [topic])
     await consumer.start()
     if commit:
-        await consumer.commit({(topic, p): offset for p, offset in commit.items()})
+        await consumer.commit(consumer.at({(topic, p): offset for p, offset in commit.items()}))
     return consumer
 
 
@@ -401,7 +401,7 @@ async def test_reset_moves_every_topic_of_the_group_and_returns_old_and_new(
     consumer = app.transport.consumer("g", ["a", "b"])
     await consumer.start()
     ends = {(r.topic, r.partition): r.end for r in await group_rows(app.transport, "g")}
-    await consumer.commit(ends)
+    await consumer.commit(consumer.at(ends))
     await consumer.close()
 
     changes = await reset_offsets(app.transport, "g", "earliest")

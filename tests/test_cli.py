@@ -48,7 +48,7 @@ async def log(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Asyn
         await consumer.start()
         await drain(consumer, 3)
         nexts = await _nexts(app)
-        await consumer.commit({("tasks", p): max(n - 1, 0) for p, n in nexts.items()})
+        await consumer.commit(consumer.at({("tasks", p): max(n - 1, 0) for p, n in nexts.items()}))
         await consumer.close()
         yield app
 

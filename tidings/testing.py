@@ -34,7 +34,7 @@ except ImportError as exc:  # pytest is a test dependency, not one of tidings'
 
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound
 from tidings.middleware import Retry, default_middleware
-from tidings.transport import Consumer, Record, TopicPartition, Transport
+from tidings.transport import Consumer, Record, TopicPartition, Transport, positions
 from tidings.transports import open_transport
 from tidings.worker import Worker
 
@@ -114,13 +114,6 @@ async def drain(consumer: Consumer, count: int, timeout: float = 10.0) -> list[R
         if remaining <= 0:
             raise AssertionError(f"fetched {len(out)} of {count} records within {timeout}s")
         out += await consumer.fetch(count - len(out), timeout=min(remaining, 1.0))
-    return out
-
-
-def _positions(records: list[Record]) -> dict[TopicPartition, int]:
-    out: dict[TopicPartition, int] = {}
-    for r in records:
-        out[(r.topic, r.partition)] = max(out.get((r.topic, r.partition), 0), r.offset + 1)
     return out
 
 
@@ -278,7 +271,7 @@ class TransportConformance:
         first = await self._member(transport, consumers, "g")
         got = await drain(first, 100)
         done = got[:40]
-        await first.commit(_positions(done))
+        await first.commit(positions(done))
         await first.close()
         second = await self._member(transport, consumers, "g")
         rest = await drain(second, 60)
@@ -372,7 +365,7 @@ class TransportConformance:
         async def on_revoke(tps: frozenset[TopicPartition]) -> None:
             revoked.append(tps)
             mine = [r for r in got if (r.topic, r.partition) in tps]
-            await holder["a"].commit(_positions(mine))
+            await holder["a"].commit(positions(mine))
 
         a = await self._member(transport, consumers, "g", on_revoke=on_revoke)
         holder["a"] = a
@@ -392,7 +385,7 @@ class TransportConformance:
         b = await self._member(transport, consumers, "g")
         await eventually(lambda: self._balanced([a, b], self.partitions), what="a balanced group")
         lost = b.assignment()
-        late = {tp: off for tp, off in _positions(records).items() if tp in lost}
+        late = {tp: off for tp, off in positions(records).items() if tp in lost}
         await a.commit(late)  # a no longer owns these: the commit must not count
         rows = {
             (p.topic, p.partition): p.committed
@@ -409,7 +402,7 @@ class TransportConformance:
         await self._fill(transport, 60)
         c = await self._member(transport, consumers, "g")
         records = await drain(c, 60)
-        await c.commit(_positions(records[:20]))
+        await c.commit(positions(records[:20]))
         [info] = [g for g in await transport.groups() if g.group == "g"]
         if transport.capabilities.dense_offsets:
             assert sum(p.end for p in info.partitions) == 60
@@ -440,7 +433,7 @@ class TransportConformance:
         await transport.create_topic("t", 1)
         await transport.append("t", [("k", f"v{i}".encode()) for i in range(5)])
         c = await self._member(transport, consumers, "g")
-        await c.commit(_positions(await drain(c, 5)))
+        await c.commit(positions(await drain(c, 5)))
         await transport.set_offsets("g", "t", {0: 2}, force=True)
         again = await drain(c, 3)  # without leaving the group
         assert [r.value for r in again] == [b"v2", b"v3", b"v4"]
@@ -451,7 +444,7 @@ class TransportConformance:
         await transport.create_topic("t", 1)
         await transport.append("t", [("k", f"v{i}".encode()) for i in range(10)])
         c = await self._member(transport, consumers, "g")
-        await c.commit(_positions(await drain(c, 10)))
+        await c.commit(positions(await drain(c, 10)))
         await c.close()
         consumers.remove(c)
         await transport.set_offsets("g", "t", {0: 7})
@@ -470,7 +463,7 @@ class TransportConformance:
         c = first.consumer("g", ["t"])
         await c.start()
         records = await drain(c, 25)
-        await c.commit(_positions(records[:10]))
+        await c.commit(positions(records[:10]))
         await c.close()
         await first.close()
 

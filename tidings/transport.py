@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import socket
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,12 +25,16 @@ from tidings.envelope import Event
 from tidings.errors import ConfigError
 
 __all__ = [
+    "FOREVER",
     "Capabilities",
+    "Clock",
     "Consumer",
+    "FaultHook",
     "GroupInfo",
     "GroupPartition",
     "MemberInfo",
     "PartitionInfo",
+    "Position",
     "Record",
     "RevokeCallback",
     "StartFrom",
@@ -39,11 +44,18 @@ __all__ = [
     "check_group_name",
     "check_topic_name",
     "new_member_id",
+    "positions",
 ]
 
 StartFrom = Literal["earliest", "latest"]
 TopicPartition = tuple[str, int]
 RevokeCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+# Called by a transport at its named fault points ("heartbeat", "lease", ...) when set:
+# tidings.testing's FaultyTransport raises or delays there.
+FaultHook = Callable[[str], Awaitable[None]]
+
+# retention_ms / retention_bytes of create_topic: never expire (dead letters, replays).
+FOREVER = -1
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -80,6 +92,10 @@ def check_group_name(group: str) -> str:
 class Record(NamedTuple):
     """One stored record as read back. ``timestamp`` is the append time in ms.
 
+    ``generation`` is the lease generation of the partition the record was fetched
+    under (0 outside a group): a commit carries it, and the transport refuses a commit
+    whose generation is no longer the partition's current one (fencing).
+
     A named tuple rather than a frozen dataclass: one is built per record per group
     fetched, and a tuple costs a seventh of the dataclass's ``__init__``.
     """
@@ -90,6 +106,41 @@ class Record(NamedTuple):
     timestamp: int
     key: str | None
     value: bytes
+    generation: int = 0
+
+
+class Position(NamedTuple):
+    """What a commit records for one partition: the next offset to read, and the lease
+    generation the records below it were fetched under."""
+
+    offset: int
+    generation: int
+
+
+def positions(records: Sequence[Record]) -> dict[TopicPartition, Position]:
+    """The positions to commit once ``records`` (in fetch order) are all handled."""
+    out: dict[TopicPartition, Position] = {}
+    for r in records:
+        tp = (r.topic, r.partition)
+        known = out.get(tp)
+        if known is None or r.offset + 1 > known.offset:
+            out[tp] = Position(r.offset + 1, r.generation)
+    return out
+
+
+class Clock:
+    """Time as a transport judges it: wall time stamps records, monotonic time judges
+    leases (a wall-clock step must never expire or prolong one). Tests replace it
+    (``tidings.testing.SteppedClock``) to step either without waiting."""
+
+    def time_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+SYSTEM_CLOCK = Clock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +196,9 @@ class GroupPartition:
     # Records still to handle, as the transport counts them where offsets are not dense
     # (NATS: the consumer's pending plus ack-pending); None: from the offsets.
     pending: int | None = None
+    # Records retention removed before the group read them (counted where the
+    # transport removes them itself; elsewhere, what lies below the log's start now).
+    lost: int = 0
 
     @property
     def lag(self) -> int:
@@ -228,17 +282,34 @@ class Consumer(ABC):
         """
 
     @abstractmethod
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         """Record, durably, that the group has finished everything below each offset.
 
-        The offset is the next one to read. A commit for a partition this member no
-        longer owns is ignored (fenced), so a slow former owner cannot move the group
-        backwards or forwards behind the new owner's back.
+        The offset is the next one to read. A position whose generation is not the
+        partition's current lease generation held by this member is ignored (fenced):
+        a former owner, or this member after its lease was lost, expired, or reset by
+        ``set_offsets(force=True)``, can never move the group's offset, backwards or
+        forwards, behind the current owner's back, even if it holds the partition again.
         """
 
     @abstractmethod
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this member owns now."""
+
+    @abstractmethod
+    def generation(self, tp: TopicPartition) -> int | None:
+        """The lease generation under which this member owns ``tp`` now (None: not
+        owned). For positions set without reading (an offset reset by a live member);
+        handled records carry their own, which is what a worker commits."""
+
+    def at(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, Position]:
+        """``offsets`` as positions under the generations held now (see :meth:`generation`);
+        partitions not owned get generation -1, which every transport refuses."""
+        out = {}
+        for tp, offset in offsets.items():
+            generation = self.generation(tp)
+            out[tp] = Position(offset, -1 if generation is None else generation)
+        return out
 
     @abstractmethod
     async def close(self) -> None:
@@ -254,6 +325,8 @@ class Transport(ABC):
 
     url: str
     capabilities: Capabilities
+    clock: Clock = SYSTEM_CLOCK
+    fault_hook: FaultHook | None = None
 
     @abstractmethod
     async def start(self) -> None:
@@ -275,7 +348,8 @@ class Transport(ABC):
         """Create ``topic`` if missing (default partition count of the URL); return it.
 
         An existing topic is returned as it is; its partition count never changes here,
-        since that would move keys to other partitions.
+        since that would move keys to other partitions. Retention ``None`` is the
+        transport's default; :data:`FOREVER` keeps every record (dead letters, replays).
         """
 
     @abstractmethod

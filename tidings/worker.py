@@ -38,7 +38,7 @@ from tidings.middleware import (
     default_middleware,
 )
 from tidings.middleware.poison import report_poison
-from tidings.transport import Consumer, Record, TopicPartition
+from tidings.transport import Consumer, Position, Record, TopicPartition
 
 if TYPE_CHECKING:
     from tidings.app import Component, Subscriber, Tidings
@@ -84,6 +84,7 @@ class _Lane:
     queue: deque[Record] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
     done: int | None = None  # next offset to commit
+    generation: int = 0  # the lease generation of the record handled last
     committed: int | None = None
 
 
@@ -239,6 +240,7 @@ class _GroupRunner:
             if lane.queue and lane.queue[0] is record:  # not dropped by a revoke meanwhile
                 lane.queue.popleft()
                 lane.done = record.offset + 1
+                lane.generation = record.generation
                 self.handled.set()
                 self._release(1)
 
@@ -405,7 +407,7 @@ class _GroupRunner:
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         offsets = {
-            tp: lane.done
+            tp: Position(lane.done, lane.generation)
             for tp, lane in self.lanes.items()
             if lane.done is not None
             and lane.done != lane.committed
@@ -414,10 +416,10 @@ class _GroupRunner:
         if not offsets:
             return
         await self.consumer.commit(offsets)
-        for tp, offset in offsets.items():
+        for tp, position in offsets.items():
             lane = self.lanes.get(tp)  # a revocation may have removed it meanwhile
             if lane is not None:
-                lane.committed = offset
+                lane.committed = position.offset
 
     async def _finish(self, tps: set[TopicPartition], timeout: float) -> int:
         """Drop what waits in these lanes, let running handlers end, commit; return how

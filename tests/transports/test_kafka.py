@@ -17,8 +17,9 @@ import pytest
 
 from tests.conftest import KAFKA_TEST_OPTIONS
 from tidings.errors import ConfigError
-from tidings.testing import TransportConformance, _positions, drain, eventually
+from tidings.testing import TransportConformance, drain, eventually
 from tidings.transport import Consumer, Transport
+from tidings.transport import positions as _positions
 from tidings.transports import open_transport
 from tidings.transports._kafka_consumer import KafkaConsumer
 from tidings.transports.kafka import SETTLE_QUIET, KafkaTransport
@@ -326,7 +327,7 @@ async def test_a_refused_commit_of_owned_partitions_is_made_once_the_group_settl
         assert len(handled) == 2, "the keys landed in one partition only"
         first = {tp: min(r.offset for r in records if (r.topic, r.partition) == tp) + 1
                  for tp in handled}  # fmt: skip
-        await a.commit(first)  # accepted
+        await a.commit(a.at(first))  # accepted
         assert isinstance(a, KafkaConsumer)
         member = a._members[0]
         refusing = _RefusesCommitsOnce(member._consumer)

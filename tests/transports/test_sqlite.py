@@ -260,9 +260,9 @@ async def test_bookkeeping_commits_without_fsync_and_appends_with_it(
         assert seen[-1] is False  # the joining heartbeat is bookkeeping
         seen.clear()
         await log.append("t", [("k", b"x")])
-        await c.commit({("t", 0): 1})
+        await c.commit(c.at({("t", 0): 1}))
         assert seen == [True, False]
-        await asyncio.gather(log.append("t", [("k", b"y")]), c.commit({("t", 0): 2}))
+        await asyncio.gather(log.append("t", [("k", b"y")]), c.commit(c.at({("t", 0): 2})))
         assert seen[-1] is True  # one durable job makes the whole transaction durable
     finally:
         await c.close()

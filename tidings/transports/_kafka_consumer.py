@@ -31,7 +31,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from tidings.errors import ConfigError, TransportError
-from tidings.transport import Consumer, Record, RevokeCallback, StartFrom, TopicPartition
+from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports.kafka_wire import from_kafka
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ class KafkaConsumer(Consumer):
             except TimeoutError:
                 return []
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         """Commit synchronously; offsets of partitions not owned now are dropped (fenced)."""
         await asyncio.gather(
             *(
@@ -175,6 +175,12 @@ class KafkaConsumer(Consumer):
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset().union(*(m.assignment() for m in self._members))
+
+    def generation(self, tp: TopicPartition) -> int | None:
+        for m in self._members:
+            if tp[0] == m.topics[0]:
+                return m.generation(tp)
+        return None
 
     @property
     def kafka_members(self) -> int:
@@ -488,7 +494,7 @@ class _Member(Consumer):
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
         raise NotImplementedError("a member's messages are fetched by its KafkaConsumer")
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         """Commit synchronously; offsets of partitions not owned now are dropped (fenced).
 
         A commit the broker refuses for a stale generation (or a rebalance under way)
@@ -502,7 +508,8 @@ class _Member(Consumer):
             return
         if not any(tp in self._assigned or tp in self._lost for tp in offsets):
             return
-        await self._call(lambda: self._commit_owned(offsets))
+        plain = {tp: position.offset for tp, position in offsets.items()}
+        await self._call(lambda: self._commit_owned(plain))
 
     def _commit_owned(self, offsets: Mapping[TopicPartition, int]) -> None:
         # Polling thread. Offsets of a lost partition are kept, not committed: it may
@@ -557,6 +564,9 @@ class _Member(Consumer):
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assigned
+
+    def generation(self, tp: TopicPartition) -> int | None:
+        return 0 if tp in self._assigned else None  # fenced by the broker's own generation
 
     @property
     def joined(self) -> bool:

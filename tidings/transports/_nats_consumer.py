@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tidings.errors import TransportError
-from tidings.transport import Consumer, Record, RevokeCallback, StartFrom, TopicPartition
+from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports.nats import (
     GROUPS_PREFIX,
     KEY_HEADER,
@@ -139,6 +139,9 @@ class NatsConsumer(Consumer):
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._owned
+
+    def generation(self, tp: TopicPartition) -> int | None:
+        return 0 if tp in self._owned else None
 
     # -- membership -------------------------------------------------------------------
 
@@ -508,10 +511,10 @@ class NatsConsumer(Consumer):
                 asyncio.get_running_loop().create_task(self._pull(part))
         return out
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         nc = self.t.connected()
         last: list[str] = []
-        for tp, offset in offsets.items():
+        for tp, (offset, _generation) in offsets.items():
             part = self._parts.get(tp)
             if part is None or tp not in self._leases:
                 continue  # not owned (any more): fenced

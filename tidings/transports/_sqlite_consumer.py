@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from tidings.transport import (
     Consumer,
+    Position,
     Record,
     RevokeCallback,
     StartFrom,
@@ -63,6 +64,9 @@ class SQLiteConsumer(Consumer):
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._owned
+
+    def generation(self, tp: TopicPartition) -> int | None:
+        return 0 if tp in self._owned else None
 
     async def start(self) -> None:
         for topic in self.topics:
@@ -265,13 +269,13 @@ class SQLiteConsumer(Consumer):
                 room -= len(rows)
         return out
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         if not offsets:
             return
         ids = self.t._topic_ids
         rows = [
             (self.group, ids[t][0], p, off, _now_ms(), self.group, ids[t][0], p, self.member)
-            for (t, p), off in offsets.items()
+            for (t, p), (off, _generation) in offsets.items()
         ]
 
         def job(conn: sqlite3.Connection) -> None:

@@ -36,6 +36,7 @@ from tidings.transport import (
     GroupPartition,
     MemberInfo,
     PartitionInfo,
+    Position,
     Record,
     RevokeCallback,
     StartFrom,
@@ -488,7 +489,7 @@ class KafkaTransport(Transport):
             mine = {p: o for p, o in offsets.items() if (topic, p) in c.assignment()}
             if mine:
                 c.seek_soon(topic, mine)
-                await c.commit({(topic, p): o for p, o in mine.items()})
+                await c.commit({(topic, p): Position(o, 0) for p, o in mine.items()})
                 for p in mine:
                     remaining.pop(p, None)
         if not remaining:

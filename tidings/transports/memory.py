@@ -27,6 +27,7 @@ from tidings.transport import (
     GroupPartition,
     MemberInfo,
     PartitionInfo,
+    Position,
     Record,
     RevokeCallback,
     StartFrom,
@@ -64,6 +65,9 @@ class _Store:
     def __init__(self) -> None:
         self.topics: dict[str, _Topic] = {}
         self.offsets: dict[tuple[str, str, int], int] = {}
+        # (group, topic, partition) -> lease generation: raised by every assignment and
+        # forced reset, so a commit made under an older one is refused.
+        self.generations: dict[tuple[str, str, int], int] = {}
         self.members: dict[str, dict[str, MemoryConsumer]] = {}
         self.rebalance_locks: dict[str, asyncio.Lock] = {}
         self.wake = asyncio.Event()
@@ -230,11 +234,19 @@ class MemoryTransport(Transport):
                 f"group {group!r} has live members; stop its workers first or pass force"
             )
         t = self._topic(topic)
+        moved = frozenset((topic, partition) for partition in offsets)
+        # Live owners let go first (their lanes are dropped, their commits fenced by the
+        # new generation), then take the partitions again from the new offsets.
+        for c in list(self._store.members.get(group, {}).values()):
+            owned = c.assignment() & moved
+            if owned:
+                await c.revoke(owned)
         for partition, offset in offsets.items():
             p = t.partitions[partition]
-            self._store.offsets[(group, topic, partition)] = min(max(offset, p.start), p.end)
-        for c in self._store.members.get(group, {}).values():
-            c.reload_positions()
+            key = (group, topic, partition)
+            self._store.offsets[key] = min(max(offset, p.start), p.end)
+            self._store.generations[key] = self._store.generations.get(key, 0) + 1
+        await self._rebalance(group)
 
     async def wait_for_appends(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -278,6 +290,7 @@ class MemoryConsumer(Consumer):
         self._owned: frozenset[TopicPartition] = frozenset()
         self._paused: frozenset[TopicPartition] = frozenset()
         self._position: dict[TopicPartition, int] = {}
+        self._generation: dict[TopicPartition, int] = {}
         self._rr = 0
 
     async def start(self) -> None:
@@ -286,6 +299,9 @@ class MemoryConsumer(Consumer):
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._owned
+
+    def generation(self, tp: TopicPartition) -> int | None:
+        return self._generation.get(tp) if tp in self._owned else None
 
     async def revoke(self, lost: frozenset[TopicPartition]) -> None:
         self._paused |= lost  # fetch stops here; commits still count until handed over
@@ -306,13 +322,9 @@ class MemoryConsumer(Consumer):
                 p = store.topics[topic].partitions[partition]
                 store.offsets[key] = p.start if self.start_from == "earliest" else p.end
             self._position[(topic, partition)] = store.offsets[key]
+            store.generations[key] = generation = store.generations.get(key, 0) + 1
+            self._generation[(topic, partition)] = generation
         self._owned = owned
-
-    def reload_positions(self) -> None:
-        for topic, partition in self._owned:
-            self._position[(topic, partition)] = self.transport._store.offsets[
-                (self.group, topic, partition)
-            ]
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
         deadline = time.monotonic() + timeout
@@ -342,17 +354,19 @@ class MemoryConsumer(Consumer):
             first = pos - p.start
             batch = p.records[first : first + min(per, max_records - len(out))]
             if batch:
-                out.extend(batch)
+                generation = self._generation[tp]
+                out.extend(r._replace(generation=generation) for r in batch)
                 self._position[tp] = batch[-1].offset + 1
             if len(out) >= max_records:
                 break
         return out
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         store = self.transport._store
-        for (topic, partition), offset in offsets.items():
-            if (topic, partition) in self._owned:
-                store.offsets[(self.group, topic, partition)] = offset
+        for (topic, partition), (offset, generation) in offsets.items():
+            key = (self.group, topic, partition)
+            if (topic, partition) in self._owned and store.generations.get(key) == generation:
+                store.offsets[key] = offset
 
     async def close(self) -> None:
         members = self.transport._store.members.get(self.group, {})
