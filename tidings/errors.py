@@ -15,22 +15,28 @@ boundary, so user code catches tidings errors only::
     │   ├── GroupNotFound      the group has neither committed offsets nor members
     │   └── GroupBusy          an operation needs a group without live members
 
-Two refinements are importable from ``tidings.errors`` only (catch their parents):
-:class:`RecordTooLarge` (bytes to decode over the limit: an ``EventTooLarge`` and a
-``DecodeError``) and :class:`UnsupportedVersion` (an ``UnknownEventType`` whose
-``dataversion`` is newer than every registered model of its type).
+Importable from ``tidings.errors`` only (catch their parents):
+
+- :class:`RecordTooLarge`: bytes to decode over the limit (an ``EventTooLarge`` and a
+  ``DecodeError``);
+- :class:`UnsupportedVersion`: an ``UnknownEventType`` whose ``dataversion`` is newer
+  than every registered model of its type;
+- :class:`RecordRejected`: a ``TransportError``, the log refused a record for good;
+- :class:`ConsumerDead`: a ``TransportError``, a consumer cannot go on.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConsumerDead",
     "DecodeError",
     "EventError",
     "EventTooLarge",
     "GroupBusy",
     "GroupNotFound",
     "InvalidEventType",
+    "RecordRejected",
     "RecordTooLarge",
     "TidingsError",
     "TopicNotFound",
@@ -95,3 +101,13 @@ class GroupNotFound(TransportError, LookupError):
 
 class GroupBusy(TransportError):
     """The operation needs a group with no live members."""
+
+
+class RecordRejected(TransportError):
+    """The log refused a record for good (e.g. larger than the broker accepts);
+    sending it again fails the same way."""
+
+
+class ConsumerDead(TransportError):
+    """A consumer cannot go on (its client's thread died); the worker ends with this
+    error so that its supervisor sees it."""
