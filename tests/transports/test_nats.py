@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tidings.partitioning import partition_for
-from tidings.testing import TransportConformance
+from tidings.testing import TransportConformance, eventually
 from tidings.transport import Transport
 from tidings.transports import open_transport
 from tidings.transports._nats_consumer import NatsConsumer, _ack_fields, _Partition
@@ -143,14 +143,22 @@ async def test_a_gap_in_delivery_sequences_resyncs_instead_of_skipping_ahead(mem
     assert [r.offset for r in await consumer.fetch(10, timeout=0.1)] == [2, 4, 5]
 
 
-async def test_a_forced_reset_voids_what_the_member_held(member) -> None:
+async def test_a_reset_under_the_member_fences_it_and_it_claims_again(member) -> None:
     consumer, part, _ = member
     for sseq, cseq in ((1, 1), (2, 2), (3, 3)):
         consumer._deliver(part, _Msg(sseq, cseq))
-    # An operator reset the group to offset 0 while this member held 0..2.
+    held = await consumer.fetch(10, timeout=0.1)
+    old = consumer.generation(("t", 0))
+    assert old is not None
+    assert {r.generation for r in held} == {old}
+    # The group was reset to offset 0 under this member (not by set_offsets, which
+    # takes the lease first): what it held is void, and so are its positions.
     consumer._deliver(part, _Msg(1, 1))
-    assert list(part.acks) == [0]
-    assert [r.offset for r in await consumer.fetch(10, timeout=0.1)] == [0]
+    assert consumer.generation(("t", 0)) is None
+    assert await consumer.fetch(10, timeout=0.05) == []
+    # It claims the partition again, under a new generation.
+    await eventually(lambda: consumer.generation(("t", 0)) is not None, what="a new claim")
+    assert consumer.generation(("t", 0)) > old  # type: ignore[operator]
 
 
 async def test_stream_settings_come_from_the_url_and_per_topic_options(nats_server: str) -> None:

@@ -46,6 +46,7 @@ from tidings.transports.nats import (
     KEY_HEADER,
     consumer_name,
     record_value,
+    reset_marker,
     stream_name,
 )
 
@@ -66,6 +67,7 @@ class _Partition:
         "acks",
         "buffer",
         "consumer",
+        "generation",
         "inbox",
         "last_cseq",
         "next",
@@ -78,9 +80,10 @@ class _Partition:
         "topic",
     )
 
-    def __init__(self, topic: str, partition: int, group: str) -> None:
+    def __init__(self, topic: str, partition: int, group: str, generation: int) -> None:
         self.topic = topic
         self.partition = partition
+        self.generation = generation  # the lease generation its records are fetched under
         self.stream = stream_name(topic)
         self.consumer = consumer_name(group, partition)
         self.inbox = ""
@@ -126,6 +129,16 @@ class NatsConsumer(Consumer):
         self._order: list[_Partition] = []  # _owned_parts(), for the _owned it was made of
         self._order_of: frozenset[TopicPartition] | None = None
         self._leases: dict[TopicPartition, int] = {}  # lease key sequence, for CAS
+        # The lease generation of each held partition: the sequence of the bucket write
+        # that claimed it (sequences only grow, so a claim always gets a new one).
+        self._gens: dict[TopicPartition, int] = {}
+        # Monotonic time (the transport's clock) when the last successful renewal of
+        # each held lease was sent; a lease length after it, the member fences itself.
+        self._renewed: dict[TopicPartition, float] = {}
+        self._fence_at = math.inf  # min(_renewed) + lease: when to look again
+        # Other members' lease keys as this member saw them: key -> (sequence, when it
+        # was first seen). A lease unchanged for a lease length of this clock is expired.
+        self._seen: dict[str, tuple[int, float]] = {}
         self._counts: dict[str, int] = {}
         self._known_members: set[str] = set()
         self._wake = asyncio.Event()
@@ -134,6 +147,7 @@ class NatsConsumer(Consumer):
         self._task: asyncio.Task[None] | None = None
         self._watch: Any = None
         self._rr = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._started = False
 
@@ -141,7 +155,92 @@ class NatsConsumer(Consumer):
         return self._owned
 
     def generation(self, tp: TopicPartition) -> int | None:
-        return 0 if tp in self._owned else None
+        part = self._parts.get(tp)
+        if part is None or tp not in self._owned or not self._fresh(tp):
+            return None
+        return part.generation
+
+    # -- fencing ----------------------------------------------------------------------
+
+    async def _fault(self, point: str) -> None:
+        hook = self.t.fault_hook
+        if hook is not None:
+            await hook(point)
+
+    def _fresh(self, tp: TopicPartition) -> bool:
+        """Whether this member may still act on ``tp``: it holds the lease, and renewed
+        it less than a lease length ago by its own monotonic clock."""
+        renewed = self._renewed.get(tp)
+        return (
+            tp in self._leases
+            and renewed is not None
+            and self.t.clock.monotonic() - renewed < self.t.config.lease
+        )
+
+    def _renew(self, tp: TopicPartition, seq: int, sent: float) -> None:
+        self._leases[tp] = seq
+        self._renewed[tp] = sent
+        self._fence_at = min(self._renewed.values()) + self.t.config.lease
+
+    def _forget_lease(self, tp: TopicPartition) -> int | None:
+        self._owned = self._owned - {tp}
+        self._gens.pop(tp, None)
+        self._renewed.pop(tp, None)
+        self._fence_at = (
+            min(self._renewed.values()) + self.t.config.lease if self._renewed else math.inf
+        )
+        return self._leases.pop(tp, None)
+
+    def _fence_expired(self) -> None:
+        """Fence the partitions whose renewals have failed for a lease length (finding 8
+        of issue 15): from now on nothing of them is handed out or acknowledged, and
+        the worker is told (``on_revoke``) so that it drops their lanes; the commits it
+        makes there are refused, since another member may own them by now."""
+        if self.t.clock.monotonic() < self._fence_at:
+            return
+        expired = frozenset(tp for tp in self._renewed if not self._fresh(tp))
+        if expired:
+            self._lose_now(expired, "its lease renewals failed for a lease length")
+
+    def _lose_now(self, tps: frozenset[TopicPartition], why: str, release: bool = False) -> None:
+        """Fence ``tps`` at once (no await), then drop them and run ``on_revoke`` in a
+        task; with ``release``, delete their lease keys after it (to claim them again
+        under a new generation)."""
+        log.warning(
+            "member %s lost %d partition(s) of group %s (%s): %s",
+            self.member,
+            len(tps),
+            self.group,
+            why,
+            ", ".join(f"{t}[{p}]" for t, p in sorted(tps)),
+        )
+        keys = {}
+        for tp in tps:
+            seq = self._forget_lease(tp)
+            if seq is not None:
+                keys[self._lease_key(tp)] = seq
+        task = asyncio.get_running_loop().create_task(self._lost(tps, keys if release else None))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _lost(
+        self, tps: frozenset[TopicPartition], release: dict[str, int] | None = None
+    ) -> None:
+        try:
+            await self._drop(tps)
+            for tp in tps:
+                self._parts.pop(tp, None)
+            if self.on_revoke is not None:
+                await self.on_revoke(tps)
+            for key, seq in (release or {}).items():
+                with contextlib.suppress(TransportError):
+                    await self.t.put_entry(
+                        key, b"", ttl=self.t.config.lease, expect=seq, delete=True
+                    )
+        except Exception:
+            log.exception("member %s: dropping lost partitions failed", self.member)
+        finally:
+            self._kick.set()  # claim again what is free
 
     # -- membership -------------------------------------------------------------------
 
@@ -165,7 +264,7 @@ class NatsConsumer(Consumer):
         deleted = bool(msg.headers) and msg.headers.get("KV-Operation") in ("DEL", "PURGE")
         joined_or_left = kind == "m" and rest != self.member
         if (joined_or_left and (deleted or rest not in self._known_members)) or (
-            kind == "l" and deleted
+            kind == "l" and (deleted or msg.data[:1] == b"{")  # released, or a forced reset
         ):
             self._kick.set()
 
@@ -183,6 +282,7 @@ class NatsConsumer(Consumer):
                 raise
             except Exception:  # a broken connection must not end membership for good
                 log.exception("heartbeat of %s in group %s failed", self.member, self.group)
+            self._fence_expired()
 
     async def _heartbeat(self) -> None:
         async with self._lock:
@@ -194,84 +294,142 @@ class NatsConsumer(Consumer):
 
     async def _beat(self) -> None:
         t, g, me, lease = self.t, self.group, self.member, self.t.config.lease
+        clock = t.clock
         value = orjson.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+
+        async def member() -> int | None:
+            await self._fault("heartbeat")
+            return await t.put_entry(f"{g}.m.{me}", value, ttl=lease)
+
+        async def renew(tp: TopicPartition, seq: int) -> int | None:
+            await self._fault("lease")
+            return await t.put_entry(self._lease_key(tp), me.encode(), expect=seq)
+
         # Renew the member key and what this member holds all at once: one at a time,
         # each round trip waits its turn on a busy event loop, and a heartbeat of one
         # member with 8 partitions took 1 s under load (11 s profiled: past the lease).
-        # A failed compare-and-set means the partition was lost.
-        owned = sorted(self._owned)
+        # A failed compare-and-set means the partition was lost. A renewal counts from
+        # when it was sent, and only with the member key's: the key's time to live is
+        # how a forced reset (and `tidings groups`) tells a live holder from a gone one.
+        owned = sorted(self._leases)
+        sent = clock.monotonic()
         answers = await asyncio.gather(
-            t.put_entry(f"{g}.m.{me}", value, ttl=lease),
-            *(
-                t.put_entry(self._lease_key(tp), me.encode(), ttl=lease, expect=self._leases[tp])
-                for tp in owned
-            ),
-            return_exceptions=True,
+            member(), *(renew(tp, self._leases[tp]) for tp in owned), return_exceptions=True
         )
+        alive = not isinstance(answers[0], BaseException)
         lost = set()
         for tp, seq in zip(owned, answers[1:], strict=True):
+            if tp not in self._leases:
+                continue  # fenced meanwhile
             if seq is None:
                 lost.add(tp)
             elif isinstance(seq, int):
-                self._leases[tp] = seq
+                if alive:
+                    self._renew(tp, seq, sent)
+                else:
+                    self._leases[tp] = seq
+        # Act on what was lost before anything else, failures included: a member must
+        # not go on acknowledging partitions another one may own now.
+        if lost:
+            self._lose_now(frozenset(lost), "its lease was taken: expired, or an offset reset")
+        self._fence_expired()
         failed = [a for a in answers if isinstance(a, BaseException)]
         if failed:
             raise failed[0]
-        if lost:
-            log.warning(
-                "member %s lost %d partition(s) of group %s (its lease expired)",
-                me,
-                len(lost),
-                g,
-            )
-            await self._drop(frozenset(lost))
-            if self.on_revoke is not None:
-                await self.on_revoke(frozenset(lost))
         entries = await t.group_entries(g)
         members = {
             k[len(g) + 3 :] for k, (_, v) in entries.items() if k.startswith(f"{g}.m.") and v
         }
         members.add(me)
         self._known_members = members
+        now = clock.monotonic()
         leased: set[TopicPartition] = set()
-        last_seq: dict[TopicPartition, int] = {}  # a released lease's delete marker
-        for key, (seq, holder) in entries.items():
-            if key.startswith(f"{g}.l."):
-                topic, _, p = key[len(g) + 3 :].rpartition(".")
-                if holder is None:
-                    last_seq[(topic, int(p))] = seq
-                else:
-                    leased.add((topic, int(p)))
+        expect: dict[TopicPartition, int] = {}  # what a claim must name: free or expired
+        seen: dict[str, tuple[int, float]] = {}
+        stale: set[TopicPartition] = set()
+        for key, (seq, held) in entries.items():
+            if not key.startswith(f"{g}.l."):
+                continue
+            topic, _, p = key[len(g) + 3 :].rpartition(".")
+            tp = (topic, int(p))
+            if held is None:
+                expect[tp] = seq  # released: its delete marker
+                continue
+            if tp in self._leases:
+                continue  # this member's
+            marker = reset_marker(held)
+            if (
+                marker is not None
+                and marker.get("member") == me
+                and not marker.get("fenced")
+                and not self._fresh(tp)
+            ):
+                # A forced reset took this member's lease; it has dropped the partition
+                # (and on_revoke ran): tell the reset it may go on.
+                done = orjson.dumps({**marker, "fenced": True})
+                with contextlib.suppress(TransportError):
+                    if await t.put_entry(key, done, expect=seq) is not None:
+                        continue
+            # Expired when unchanged for a lease length of this member's own monotonic
+            # clock (finding 9 of issue 15): no wall clock, no time to live on the server.
+            first = self._seen.get(key)
+            if first is None or first[0] != seq:
+                first = (seq, now)
+            seen[key] = first
+            if now - first[1] >= lease:
+                expect[tp] = seq
+                stale.add(tp)
+            else:
+                leased.add(tp)
+        self._seen = seen
         gained: list[TopicPartition] = []
         excess: list[TopicPartition] = []
-        for topic, count in self._counts.items():
-            parts = [(topic, p) for p in range(count)]
-            held = [tp for tp in parts if tp in self._owned]
-            target = math.ceil(count / len(members))
-            if len(held) < target:
-                # Claims start at a place that depends on the member, so that members
-                # joining at once do not all reach for the same partitions.
-                free = [tp for tp in parts if tp not in leased]
-                if free:
-                    shift = hash(me) % len(free)
-                    free = free[shift:] + free[:shift]
-                for tp in free:
-                    if len(held) >= target:
-                        break
-                    seq = await t.put_entry(
-                        self._lease_key(tp), me.encode(), ttl=lease, expect=last_seq.get(tp, 0)
-                    )
-                    if seq is not None:
-                        self._leases[tp] = seq
-                        held.append(tp)
+        try:
+            for topic, count in self._counts.items():
+                parts = [(topic, p) for p in range(count)]
+                held_now = [tp for tp in parts if tp in self._owned]
+                target = math.ceil(count / len(members))
+                if len(held_now) < target:
+                    # Claims start at a place that depends on the member, so that members
+                    # joining at once do not all reach for the same partitions.
+                    free = [tp for tp in parts if tp not in leased and tp not in self._leases]
+                    if free:
+                        shift = hash(me) % len(free)
+                        free = free[shift:] + free[:shift]
+                    for tp in free:
+                        if len(held_now) >= target:
+                            break
+                        await self._fault("lease")
+                        sent = clock.monotonic()
+                        seq = await t.put_entry(
+                            self._lease_key(tp), me.encode(), expect=expect.get(tp, 0)
+                        )
+                        if seq is None:
+                            continue
+                        if tp in stale:
+                            log.warning(
+                                "member %s took %s[%d] of group %s over: its lease was not "
+                                "renewed for %gs",
+                                me,
+                                tp[0],
+                                tp[1],
+                                g,
+                                lease,
+                            )
+                        self._gens[tp] = seq
+                        self._renew(tp, seq, sent)
+                        held_now.append(tp)
                         gained.append(tp)
-            excess.extend(held[target:])
-        for tp in gained:
-            try:
-                await self._take(tp)
-            except Exception:
-                log.exception("member %s could not take %s over", me, tp)
-                await self._release([tp])
+                excess.extend(held_now[target:])
+        finally:
+            # What was claimed is started, or released (a claim that fails half-way
+            # must not leave leases renewed and never read).
+            for tp in gained:
+                try:
+                    await self._take(tp)
+                except Exception:
+                    log.exception("member %s could not take %s over", me, tp)
+                    await self._release([tp])
         if excess:
             give = frozenset(excess)
             await self._drop(give)  # fetch stops here; commits still count
@@ -287,7 +445,7 @@ class NatsConsumer(Consumer):
         owner's unacknowledged tail, then ask for messages."""
         topic, partition = tp
         info = await self.t.ensure_consumer(self.group, topic, partition, self.start_from)
-        part = _Partition(topic, partition, self.group)
+        part = _Partition(topic, partition, self.group, self._gens[tp])
         if int(info.get("num_ack_pending", 0)) or int(info.get("num_redelivered", 0)):
             await self.t.reset_consumer(topic, part.consumer, 0)
         nc = self.t.connected()
@@ -326,8 +484,7 @@ class NatsConsumer(Consumer):
     async def _release(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
             self._parts.pop(tp, None)
-            seq = self._leases.pop(tp, None)
-            self._owned = self._owned - {tp}
+            seq = self._forget_lease(tp)
             if seq is not None:
                 with contextlib.suppress(TransportError):
                     await self.t.put_entry(
@@ -373,11 +530,16 @@ class NatsConsumer(Consumer):
             part.resync = False
         elif cseq == 1 and part.last_cseq:
             # Delivery sequences restart only at a reset, and this member asked for
-            # none: the group's offsets were reset under it (forced). What it holds
-            # is void; it starts again where the reset put the consumer.
+            # none: the group's offsets were reset under it without taking its lease
+            # first (a forced reset does). What it holds is void, and so are the
+            # positions its worker would commit: it gives the partition up at once
+            # (fenced), and claims it again under a new generation.
+            tp = (part.topic, part.partition)
+            if tp in self._leases:
+                self._lose_now(frozenset({tp}), "the group's offsets were reset", release=True)
             part.buffer.clear()
             part.acks.clear()
-            part.next = 0
+            return
         elif part.last_cseq and cseq != part.last_cseq + 1:
             # Deliveries were lost on the way (a server or a route went down): going on
             # would hand later events over before the lost ones. Start again at the ack
@@ -407,6 +569,7 @@ class NatsConsumer(Consumer):
                 ns // 1_000_000,
                 key,
                 record_value(msg.data, headers),
+                part.generation,
             )
         )
         self._wake.set()
@@ -489,6 +652,8 @@ class NatsConsumer(Consumer):
         return self._order
 
     def _take_buffered(self, max_records: int) -> list[Record]:
+        if self.t.clock.monotonic() >= self._fence_at:
+            self._fence_expired()
         parts = self._owned_parts()
         if not parts:
             return []
@@ -514,10 +679,13 @@ class NatsConsumer(Consumer):
     async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         nc = self.t.connected()
         last: list[str] = []
-        for tp, (offset, _generation) in offsets.items():
+        self._fence_expired()
+        for tp, (offset, generation) in offsets.items():
             part = self._parts.get(tp)
-            if part is None or tp not in self._leases:
-                continue  # not owned (any more): fenced
+            if part is None or generation != part.generation or not self._fresh(tp):
+                # Not held (any more), held under another generation than the records'
+                # (lost and claimed again, or reset), or not renewed for a lease: fenced.
+                continue
             if offset > part.next:
                 # Past what was delivered here (a position set without reading): the
                 # consumer restarts there, which acknowledges everything below it.
@@ -557,10 +725,11 @@ class NatsConsumer(Consumer):
             return
         self._closed = True
         self._kick.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in [self._task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.t.nc is None:
             return
         async with self._lock:

@@ -29,6 +29,7 @@ import itertools
 import logging
 import re
 import ssl
+import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from tidings.envelope import Event
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
 from tidings.partitioning import partition_for
 from tidings.transport import (
+    FOREVER,
     Capabilities,
     Consumer,
     GroupInfo,
@@ -151,16 +153,44 @@ def record_value(data: bytes, headers: Mapping[str, str] | None) -> bytes:
     return from_binary(data, list(headers.items()), "ce-")
 
 
-class _Pending:
-    """The acknowledgments one append waits for: one future for all its records."""
+def lease_holder(value: bytes | None) -> str | None:
+    """The member holding a lease key of the groups bucket, from its value: None when
+    it is free (deleted) or taken by a forced offset reset (a JSON reset marker)."""
+    if not value or value[:1] == b"{":
+        return None
+    return value.decode()
 
-    __slots__ = ("error", "future", "left", "seqs")
+
+def reset_marker(value: bytes | None) -> dict[str, Any] | None:
+    """The reset marker a lease key holds while a forced offset reset runs, else None:
+    ``{"reset": <token>, "member": <former holder or null>, "fenced": <bool>}``."""
+    if not value or value[:1] != b"{":
+        return None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        doc = orjson.loads(value)
+        if isinstance(doc, dict) and "reset" in doc:
+            return doc
+    return None
+
+
+class _Pending:
+    """The acknowledgments one append waits for: one future for all its records.
+
+    Records of one key are published one after the other (``follow``: the index of the
+    next record of the same key, sent once this one is stored), so that a failed
+    publish never leaves a later event of its key stored before it (finding 10 of
+    issue 15); records of different keys are pipelined."""
+
+    __slots__ = ("error", "follow", "future", "left", "messages", "seqs")
 
     def __init__(self, count: int, future: asyncio.Future[None]) -> None:
         self.seqs = [0] * count
         self.left = count
         self.future = future
         self.error: Exception | None = None
+        self.follow: dict[int, int] = {}
+        # per record: (subject, payload, headers, reply subject)
+        self.messages: list[tuple[str, bytes, dict[str, str], str]] = []
 
     def answer(self, index: int, seq: int | None, error: Exception | None) -> None:
         if seq is not None:
@@ -414,7 +444,15 @@ class NatsTransport(Transport):
                         TransportError(f"{self.url}: direct get on {stream} failed: {why}")
                     )
 
-        sub = await nc.subscribe(inbox, cb=take)
+        # Every failure is a TransportError, the client's own included (a closed or
+        # reconnecting connection): callers such as the worker's dead-letter refresh
+        # treat those as transient (a stream without a leader, finding 6 of issue 15).
+        try:
+            sub = await nc.subscribe(inbox, cb=take)
+        except Exception as exc:
+            raise TransportError(
+                f"{self.url}: direct get on {stream} failed ({type(exc).__name__}: {exc})"
+            ) from exc
         try:
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", orjson.dumps(request), reply=inbox)
             await asyncio.wait_for(done, TIMEOUT)
@@ -422,8 +460,15 @@ class NatsTransport(Transport):
             raise TransportError(
                 f"{self.url}: direct get on {stream} got no answer in {TIMEOUT:g}s"
             ) from None
+        except TransportError:
+            raise
+        except Exception as exc:
+            raise TransportError(
+                f"{self.url}: direct get on {stream} failed ({type(exc).__name__}: {exc})"
+            ) from exc
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         return got
 
     async def stream_info(self, stream: str, subjects: str | None = None) -> dict[str, Any]:
@@ -476,8 +521,13 @@ class NatsTransport(Transport):
     ) -> dict[str, Any]:
         settings: StreamSettings = self.config.stream(topic)
         stream = stream_name(topic)
-        max_age = settings.max_age if retention_ms is None else retention_ms / 1000
-        max_bytes = settings.max_bytes if retention_bytes is None else retention_bytes
+        # FOREVER (dead letters, retries): never expire, whatever the URL sets for all.
+        max_age: float | None = settings.max_age
+        if retention_ms is not None:
+            max_age = None if retention_ms == FOREVER else retention_ms / 1000
+        max_bytes = settings.max_bytes
+        if retention_bytes is not None:
+            max_bytes = None if retention_bytes == FOREVER else retention_bytes
         # nats-server refuses a duplicate window longer than the stream keeps messages.
         window = min(settings.duplicate_window, max_age) if max_age else settings.duplicate_window
         config = {
@@ -608,20 +658,25 @@ class NatsTransport(Transport):
         pending, index = waiting
         if msg.headers and msg.headers.get("Status") == "503":
             error = TransportError(f"{self.url}: no stream answered the publish")
-            pending.answer(index, None, error)
+            self._answer(pending, index, None, error)
             return
         try:
             answer = orjson.loads(msg.data)
         except orjson.JSONDecodeError:
             error = TransportError(f"{self.url}: bad publish answer {msg.data!r}")
-            pending.answer(index, None, error)
+            self._answer(pending, index, None, error)
             return
         refused = answer.get("error")
         if refused:
             why = refused.get("description", refused)
-            pending.answer(index, None, TransportError(f"{self.url}: publish refused: {why}"))
+            self._answer(
+                pending, index, None, TransportError(f"{self.url}: publish refused: {why}")
+            )
         else:
-            pending.answer(index, int(answer["seq"]), None)
+            self._answer(pending, index, int(answer["seq"]), None)
+        nxt = pending.follow.pop(index, None)
+        if nxt is not None and not pending.future.done():
+            await self._send(pending, nxt)
 
     async def append(
         self, topic: str, records: Sequence[tuple[str | None, bytes]]
@@ -666,26 +721,41 @@ class NatsTransport(Transport):
         replies: list[str] = []
         prefix = self._ack_prefix + "."
         acks, ids = self._acks, self._ack_ids
+        messages, follow = pending.messages, pending.follow
+        first: list[int] = []  # the first record of each key (and every keyless one)
+        last_of: dict[str, int] = {}
+        for index, (key, value, ident, kind) in enumerate(records):
+            partition = partition_for(key, count)
+            subject = f"{stream}.{partition}.{kind or '_'}"
+            headers = {"Content-Type": STRUCTURED_CONTENT_TYPE}
+            if key is not None:
+                headers[KEY_HEADER] = key
+                before = last_of.get(key)
+                if before is None:
+                    first.append(index)
+                else:
+                    follow[before] = index  # sent once ``before`` is stored
+                last_of[key] = index
+            else:
+                first.append(index)
+            if due_ms is not None:
+                headers["Nats-Schedule"] = "@at " + rfc3339(due_ms)
+                headers["Nats-Schedule-Target"] = subject
+                subject = f"{stream}.sched.{nc._nuid.next().decode()}"
+                if ident is not None:
+                    headers["Nats-Msg-Id"] = "scheduled:" + ident
+            elif ident is not None:
+                headers["Nats-Msg-Id"] = ident
+            reply = prefix + str(next(ids))
+            acks[reply] = (pending, index)
+            replies.append(reply)
+            partitions.append(partition)
+            messages.append((subject, value, headers, reply))
         try:
-            for index, (key, value, ident, kind) in enumerate(records):
-                partition = partition_for(key, count)
-                subject = f"{stream}.{partition}.{kind or '_'}"
-                headers = {"Content-Type": STRUCTURED_CONTENT_TYPE}
-                if key is not None:
-                    headers[KEY_HEADER] = key
-                if due_ms is not None:
-                    headers["Nats-Schedule"] = "@at " + rfc3339(due_ms)
-                    headers["Nats-Schedule-Target"] = subject
-                    subject = f"{stream}.sched.{nc._nuid.next().decode()}"
-                    if ident is not None:
-                        headers["Nats-Msg-Id"] = "scheduled:" + ident
-                elif ident is not None:
-                    headers["Nats-Msg-Id"] = ident
-                reply = prefix + str(next(ids))
-                acks[reply] = (pending, index)
-                replies.append(reply)
-                partitions.append(partition)
-                await nc.publish(subject, value, reply=reply, headers=headers)
+            for index in first:
+                await nc.publish(
+                    *messages[index][:2], reply=messages[index][3], headers=messages[index][2]
+                )
         except Exception as exc:
             self._forget(replies, pending)
             if isinstance(exc, TransportError):
@@ -709,6 +779,41 @@ class NatsTransport(Transport):
         if pending.error is not None:
             raise pending.error
         return list(zip(partitions, pending.seqs, strict=True))
+
+    def _answer(
+        self, pending: _Pending, index: int, seq: int | None, error: Exception | None
+    ) -> None:
+        """Record one record's answer; a failure also fails the later records of its key,
+        which were held back and are never sent (the caller appends them again, in
+        order, after the failed one)."""
+        pending.answer(index, seq, error)
+        if error is None:
+            return
+        nxt = pending.follow.pop(index, None)
+        while nxt is not None:
+            self._acks.pop(pending.messages[nxt][3], None)
+            pending.answer(
+                nxt,
+                None,
+                TransportError(
+                    f"{self.url}: not published: an earlier event of its key was not stored"
+                ),
+            )
+            nxt = pending.follow.pop(nxt, None)
+
+    async def _send(self, pending: _Pending, index: int) -> None:
+        """Publish a record held back behind an earlier one of its key, now stored."""
+        subject, value, headers, reply = pending.messages[index]
+        try:
+            await self.connected().publish(subject, value, reply=reply, headers=headers)
+        except Exception as exc:
+            self._acks.pop(reply, None)
+            error = (
+                exc
+                if isinstance(exc, TransportError)
+                else TransportError(f"{self.url}: publish failed: {exc}")
+            )
+            self._answer(pending, index, None, error)
 
     def _forget(self, replies: list[str], pending: _Pending) -> None:
         for reply in replies:
@@ -806,12 +911,18 @@ class NatsTransport(Transport):
         return out
 
     async def put_entry(
-        self, key: str, value: bytes, *, ttl: float, expect: int | None = None, delete: bool = False
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ttl: float | None = None,
+        expect: int | None = None,
+        delete: bool = False,
     ) -> int | None:
-        """Put (or delete) a groups-bucket key with a time to live; with ``expect``, only
-        if the key's last sequence is that one (0: absent). Its new sequence, or None
-        when ``expect`` did not match."""
-        headers = {"Nats-TTL": f"{max(1, round(ttl))}s"}
+        """Put (or delete) a groups-bucket key, with a time to live if ``ttl``; with
+        ``expect``, only if the key's last sequence is that one (0: absent). Its new
+        sequence, or None when ``expect`` did not match."""
+        headers = {} if ttl is None else {"Nats-TTL": f"{max(1, round(ttl))}s"}
         if expect is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expect)
         if delete:
@@ -897,7 +1008,12 @@ class NatsTransport(Transport):
                     members.setdefault(name, {})[rest] = orjson.loads(value)
             elif kind == "l":
                 held_topic, _, held_p = rest.rpartition(".")
-                owners[(name, held_topic, int(held_p))] = value.decode()
+                holder = lease_holder(value)
+                if holder is not None:
+                    owners[(name, held_topic, int(held_p))] = holder
+        # A lease key outlives a member that died (it expires by its observers' clocks,
+        # not on the server): a partition's member is its holder while that one is live.
+        owners = {k: m for k, m in owners.items() if m in members.get(k[0], {})}
         for info in await self._streams():
             meta = info.get("config", {}).get("metadata") or {}
             topic = meta.get(META_TOPIC)
@@ -972,8 +1088,81 @@ class NatsTransport(Transport):
                 f"group {group!r} has {len(live)} live member(s); stop its workers first, "
                 "or force the change"
             )
-        for p, offset in sorted(offsets.items()):
+        for p in offsets:
             if not 0 <= p < count:
                 raise ConfigError(f"topic {topic!r} has no partition {p} (it has {count})")
-            await self.ensure_consumer(group, topic, p, "earliest")
-            await self.reset_consumer(topic, consumer_name(group, p), max(offset, 0) + 1)
+        markers = await self._take_leases(group, topic, sorted(offsets)) if force else {}
+        try:
+            for p, offset in sorted(offsets.items()):
+                await self.ensure_consumer(group, topic, p, "earliest")
+                await self.reset_consumer(topic, consumer_name(group, p), max(offset, 0) + 1)
+        finally:
+            for key, (seq, _) in markers.items():  # the members claim them again at once
+                with contextlib.suppress(TransportError):
+                    await self.put_entry(key, b"", ttl=self.config.lease, expect=seq, delete=True)
+
+    async def _take_leases(
+        self, group: str, topic: str, partitions: list[int]
+    ) -> dict[str, tuple[int, bytes]]:
+        """Fence live members before a forced reset (finding 2 of issue 15): put a reset
+        marker in each partition's lease key, which no member claims, and wait until
+        each live former holder has let go (dropped the partition, its worker's lanes
+        and their commits; it says so in the marker), or a lease length has passed
+        since the marker was put (it cannot renew: it fenced itself). Without this, a
+        live member's acks of what it held before the reset would move the group again.
+        Returns each marker's key, sequence and value, to delete once the consumers are
+        reset; members then claim the partitions under a new lease generation."""
+        await self.ensure_groups_bucket()
+        token = uuid.uuid4().hex
+        entries = await self.group_entries(group)
+        live = {
+            k[len(group) + 3 :]
+            for k, (_, v) in entries.items()
+            if k.startswith(f"{group}.m.") and v is not None
+        }
+        markers: dict[str, tuple[int, bytes]] = {}
+        waiting: set[str] = set()
+        for p in partitions:
+            key = f"{group}.l.{topic}.{p}"
+            for _ in range(100):
+                seq, value = entries.get(key, (0, None))
+                held = reset_marker(value)
+                holder = held.get("member") if held is not None else lease_holder(value)
+                marker = orjson.dumps({"reset": token, "member": holder, "fenced": False})
+                put = await self.put_entry(key, marker, expect=seq)
+                if put is not None:
+                    markers[key] = (put, marker)
+                    if holder in live:
+                        waiting.add(key)
+                    break
+                entries = await self.group_entries(group)  # changed meanwhile: again
+            else:
+                raise TransportError(
+                    f"{self.url}: the lease of {topic}[{p}] in group {group!r} kept changing; "
+                    "try the reset again"
+                )
+        since = self.clock.monotonic()
+        while waiting and self.clock.monotonic() - since < self.config.lease:
+            await asyncio.sleep(0.02)
+            entries = await self.group_entries(group)
+            for key in list(waiting):
+                seq, value = entries.get(key, (0, None))
+                doc = reset_marker(value)
+                if doc is not None and doc.get("reset") == token and doc.get("fenced"):
+                    waiting.discard(key)
+        # Put each marker again, so that no member judges one expired (unchanged for a
+        # lease of its own clock) while the consumers are reset.
+        entries = await self.group_entries(group)
+        for key in list(markers):
+            seq, value = entries.get(key, (0, None))
+            doc = reset_marker(value)
+            if doc is None or doc.get("reset") != token:
+                raise TransportError(
+                    f"{self.url}: a member took {key!r} during the forced reset (it waited "
+                    "past a lease); try the reset again"
+                )
+            put = await self.put_entry(key, value or b"", expect=seq)
+            if put is None:
+                raise TransportError(f"{self.url}: {key!r} changed during the reset; try again")
+            markers[key] = (put, value or b"")
+        return markers
