@@ -35,9 +35,13 @@ What the relay guarantees (the reasoning is in ``docs/decisions/0004-outbox.md``
 - **Delayed events** (``deliver_at``) are published once due, by due time; they do
   not hold back other rows. In a catch-up (the relay was down), a pass interleaves
   due delayed rows with immediate ones by time.
-- **One active relay per table**, by a lease row renewed every third of its length;
-  another relay waits and takes over when the lease runs out (its holder died) or is
-  released (its holder stopped).
+- **One active relay per table**, by a lease row renewed every third of its length.
+  Every renewal changes the row (a counter). Another relay waits and takes over when
+  the row is released (its holder stopped), or when it has seen the row unchanged for
+  a lease length of its own monotonic clock (its holder died or cannot reach the
+  database). A holder whose renewals have failed for two thirds of its lease, counted
+  from when it sent the last one that succeeded, stops relaying. No wall clock takes
+  part: a clock step neither ends a live relay's lease nor prolongs a dead one's.
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ import heapq
 import itertools
 import logging
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,7 +67,7 @@ from sqlalchemy.orm import Session
 from tidings.codec import encode
 from tidings.envelope import Event
 from tidings.errors import ConfigError, TidingsError
-from tidings.transport import check_topic_name, new_member_id
+from tidings.transport import SYSTEM_CLOCK, Clock, check_topic_name, new_member_id
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -148,11 +151,26 @@ def _tables(metadata: sa.MetaData, name: str, lease_name: str) -> tuple[sa.Table
         metadata,
         sa.Column("name", sa.String(255), primary_key=True),
         sa.Column("holder", sa.String(255), nullable=True),
-        # Seconds since the epoch by the database's clock on PostgreSQL (relays on
-        # several hosts must agree on it), by this host's on SQLite (one host).
+        # The holder's own idea of when its lease ends, in seconds since the epoch by
+        # the database's clock on PostgreSQL, by this host's on SQLite. Shown by
+        # `tidings outbox status` and honoured by relays of tidings before the renewal
+        # counter; a relay never judges expiry by it (a wall clock can step).
         sa.Column("expires_at", sa.Double, nullable=False),
+        *_lease_columns(),
     )
     return outbox, lease
+
+
+def _lease_columns() -> list[sa.Column[Any]]:
+    """The lease columns added after the first release (:meth:`Outbox._create` adds
+    them to a lease table that lacks them)."""
+    return [
+        # Changed by every renewal, take-over and release: a standby that has seen it
+        # unchanged for a lease length of its own monotonic time may take the lease.
+        sa.Column("renewals", sa.BigInteger, nullable=False, server_default="0"),
+        # The holder's lease length in seconds: a standby with a shorter one waits this.
+        sa.Column("lease_s", sa.Double, nullable=True),
+    ]
 
 
 # -- engines --------------------------------------------------------------------------
@@ -257,14 +275,34 @@ def _reason(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {text[0] if text else ''}"
 
 
-def _clock(conn: Connection) -> float:
-    """Seconds since the epoch for lease times: the server's clock on PostgreSQL, where
-    relays may run on several hosts; this host's elsewhere (SQLite is one host's file)."""
+def _wall(conn: Connection, clock: Clock) -> Any:
+    """Seconds since the epoch, for the lease's ``expires_at`` (shown, never judged by):
+    the server's clock on PostgreSQL, where relays may run on several hosts (an SQL
+    expression); ``clock``'s elsewhere (SQLite is one host's file)."""
     if conn.dialect.name == "postgresql":
-        return float(
-            conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one()
-        )
-    return time.time()
+        return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Double)
+    return clock.time_ms() / 1000
+
+
+def _wall_now(conn: Connection, clock: Clock) -> float:
+    now = _wall(conn, clock)
+    return float(now if isinstance(now, float) else conn.execute(sa.select(now)).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    """The lease row as a relay read it. Two reads are the same lease state when
+    ``holder``, ``renewals`` and ``expires_at`` are (a relay of an older tidings renews
+    ``expires_at`` only)."""
+
+    holder: str | None
+    renewals: int
+    lease: float | None  # the holder's lease length (None: written by an older relay)
+    expires_at: float
+
+    @property
+    def state(self) -> tuple[str | None, int, float]:
+        return (self.holder, self.renewals, self.expires_at)
 
 
 # -- the outbox -------------------------------------------------------------------------
@@ -280,9 +318,15 @@ class OutboxStatus:
     scheduled: int  # of which delayed to a later time
     oldest_due: datetime | None  # when the oldest due row became due (added, or deliver_at)
     next_scheduled: datetime | None  # the earliest deliver_at still in the future
-    holder: str | None  # the relay holding the lease, if its lease runs
-    lease_expires_in: float | None  # seconds left on that lease
+    holder: str | None  # the relay named in the lease row (None: released, or never held)
+    # The holder's own view, by the wall clock (the database's on PostgreSQL): seconds
+    # left on the lease it last renewed; negative when overdue (the holder stopped
+    # renewing, or the clock stepped). Standbys do not judge by it: they take over
+    # once they have seen ``lease_renewals`` unchanged for a lease length.
+    lease_expires_in: float | None
     now: datetime
+    lease_renewals: int | None = None  # changes with every renewal: a live holder's moves
+    lease: float | None = None  # the holder's lease length in seconds, if it wrote it
 
     @property
     def oldest_age(self) -> float | None:
@@ -306,6 +350,8 @@ class OutboxStatus:
             "lease_expires_in_s": (
                 None if self.lease_expires_in is None else round(self.lease_expires_in, 3)
             ),
+            "lease_renewals": self.lease_renewals,
+            "lease_s": self.lease,
         }
 
 
@@ -530,12 +576,13 @@ class Outbox:
                     conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
         else:
             self.metadata.create_all(conn, tables=tables)
+        self._add_lease_columns(conn)
         lease = self.lease_table
         name = self.table.name
         if conn.execute(sa.select(lease.c.name).where(lease.c.name == name)).first() is None:
             # Two processes starting at once may both get here: the second insert does
             # nothing (both databases have ON CONFLICT DO NOTHING).
-            values = {"name": name, "holder": None, "expires_at": 0.0}
+            values = {"name": name, "holder": None, "expires_at": 0.0, "renewals": 0}
             dialect = conn.dialect.name
             if dialect == "postgresql":
                 from sqlalchemy.dialects import postgresql
@@ -548,6 +595,34 @@ class Outbox:
             else:
                 conn.execute(sa.insert(lease).values(values))
 
+    def _add_lease_columns(self, conn: Connection) -> None:
+        """Add the columns of :func:`_lease_columns` to a lease table made by an older
+        tidings (its relays keep working beside the new ones: they renew ``expires_at``,
+        which a standby watches too, and honour the ``expires_at`` the new ones write)."""
+        lease = self.lease_table
+        have = {c["name"] for c in sa.inspect(conn).get_columns(lease.name)}
+        for column in _lease_columns():
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=conn.dialect)
+            spec = f"{column.name} {kind}"
+            if not column.nullable:
+                spec += f" NOT NULL DEFAULT {column.server_default.arg}"  # type: ignore[union-attr]
+            table = conn.dialect.identifier_preparer.quote(lease.name)
+            if conn.dialect.name == "postgresql":
+                # Looked for first: ALTER TABLE locks the table even when the column is
+                # there. IF NOT EXISTS: another process may be adding it right now.
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {spec}"))
+                continue
+            try:
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {spec}"))
+            except sa.exc.OperationalError as exc:
+                # SQLite has no IF NOT EXISTS here: another process added it first.
+                if "duplicate column" not in str(exc):
+                    raise
+        if len(have) < len(lease.columns):
+            log.info("%r: added the lease columns %s", self, sorted(set(lease.c.keys()) - have))
+
     # -- relaying -----------------------------------------------------------------------
 
     def relay(
@@ -557,15 +632,23 @@ class Outbox:
         poll_interval: float = 0.05,
         lease: float = 10.0,
         holder: str | None = None,
+        clock: Clock | None = None,
     ) -> OutboxRelay:
         """A relay for this outbox: a component for :meth:`Tidings.add_component`.
 
         ``batch``: rows per pass (one append, one delete); ``poll_interval``: seconds
         between looks when idle; ``lease``: seconds a relay holds the table without
-        renewing (a standby takes over that long after the holder died).
+        renewing (a standby takes over once it has seen no renewal for that long).
+        ``clock``: whose ``monotonic()`` times the lease (default: the app's
+        transport's clock, the system's unless a test replaced it).
         """
         return OutboxRelay(
-            self, batch=batch, poll_interval=poll_interval, lease=lease, holder=holder
+            self,
+            batch=batch,
+            poll_interval=poll_interval,
+            lease=lease,
+            holder=holder,
+            clock=clock,
         )
 
     def _due(self, conn: Connection, limit: int) -> list[_Row]:
@@ -591,37 +674,62 @@ class Outbox:
     def _forget(self, conn: Connection, seqs: list[int]) -> None:
         conn.execute(self._delete, {"seqs": seqs})
 
-    def _acquire(self, conn: Connection, holder: str, seconds: float) -> str | None:
-        """Take or renew the lease for ``holder``; return the holder after (``holder``
-        itself when it got it)."""
+    def _acquire(
+        self,
+        conn: Connection,
+        holder: str,
+        seconds: float,
+        clock: Clock,
+        take: _Lease | None = None,
+    ) -> _Lease | None:
+        """Renew the lease for ``holder``, or take it if it is free, or if it is still
+        in the state ``take`` (which the caller has seen unchanged for long enough).
+        Return None when ``holder`` has it now, else the row as read."""
         lease = self.lease_table
         name = self.table.name
-        now = _clock(conn)
-        got = conn.execute(
-            sa.update(lease)
-            .where(
-                lease.c.name == name,
-                sa.or_(
-                    lease.c.holder == holder,
-                    lease.c.holder.is_(None),
-                    lease.c.expires_at < now,
+        ours = sa.or_(lease.c.holder == holder, lease.c.holder.is_(None))
+        if take is not None:
+            ours = sa.or_(
+                ours,
+                sa.and_(
+                    lease.c.holder == take.holder,
+                    lease.c.renewals == take.renewals,
+                    lease.c.expires_at == take.expires_at,
                 ),
             )
-            .values(holder=holder, expires_at=now + seconds)
+        got = conn.execute(
+            sa.update(lease)
+            .where(lease.c.name == name, ours)
+            .values(
+                holder=holder,
+                renewals=lease.c.renewals + 1,
+                lease_s=seconds,
+                expires_at=_wall(conn, clock) + seconds,
+            )
         )
         if got.rowcount == 1:
-            return holder
-        current = conn.execute(sa.select(lease.c.holder).where(lease.c.name == name)).scalar()
-        if current is None:  # the lease row is gone: someone dropped it; make it again
+            return None
+        row = conn.execute(
+            sa.select(lease.c.holder, lease.c.renewals, lease.c.lease_s, lease.c.expires_at).where(
+                lease.c.name == name
+            )
+        ).first()
+        if row is None:  # the lease row is gone: someone dropped it; make it again
             self._create(conn)
-        return str(current) if current is not None else None
+            return _Lease(None, 0, None, 0.0)
+        return _Lease(
+            None if row[0] is None else str(row[0]),
+            int(row[1]),
+            None if row[2] is None else float(row[2]),
+            float(row[3]),
+        )
 
     def _release(self, conn: Connection, holder: str) -> None:
         lease = self.lease_table
         conn.execute(
             sa.update(lease)
             .where(lease.c.name == self.table.name, lease.c.holder == holder)
-            .values(holder=None, expires_at=0.0)
+            .values(holder=None, renewals=lease.c.renewals + 1, expires_at=0.0)
         )
 
     # -- status ---------------------------------------------------------------------------
@@ -656,15 +764,20 @@ class Outbox:
                 t.c.deliver_at > now
             )
         ).scalar()
-        holder, expires_in = None, None
+        holder, expires_in, renewals, length = None, None, None, None
         if sa.inspect(conn).has_table(lease.name):
-            row = conn.execute(
-                sa.select(lease.c.holder, lease.c.expires_at).where(lease.c.name == t.name)
-            ).first()
+            have = {c["name"] for c in sa.inspect(conn).get_columns(lease.name)}
+            cols = [lease.c.holder, lease.c.expires_at]
+            cols += [c for c in (lease.c.renewals, lease.c.lease_s) if c.name in have]
+            row = conn.execute(sa.select(*cols).where(lease.c.name == t.name)).first()
+            if row is not None and len(row) > 2:  # an older tidings' table has no counter
+                renewals = int(row[2])
             if row is not None and row[0] is not None:
-                left = float(row[1]) - _clock(conn)
-                if left > 0:
-                    holder, expires_in = str(row[0]), left
+                holder = str(row[0])
+                clock = getattr(self.app.transport, "clock", SYSTEM_CLOCK)
+                expires_in = float(row[1]) - _wall_now(conn, clock)
+                if len(row) > 2 and row[3] is not None:
+                    length = float(row[3])
         return OutboxStatus(
             table=t.name,
             pending=int(pending),
@@ -675,6 +788,8 @@ class Outbox:
             holder=holder,
             lease_expires_in=expires_in,
             now=now,
+            lease_renewals=renewals,
+            lease=length,
         )
 
     async def dispose(self) -> None:
@@ -716,6 +831,16 @@ class OutboxRelay:
     the database) is logged and the pass tried again after a backoff (0.1 s doubling
     to 5 s); nothing is deleted before its append succeeded, so nothing is lost and
     the order holds. Without the lease it looks again every ``min(lease / 4, 1)`` s.
+
+    The lease is timed by ``clock.monotonic()`` only. An append starts only under a
+    renewal sent less than ``lease / 3`` ago, or one that succeeded within two thirds
+    of the lease of being sent. A standby takes over once it has seen the lease row
+    unchanged for a lease length (the longer of its own and the holder's) since it
+    first saw it so; a released row at once. A holder whose renewals have failed for
+    two thirds of its lease, counted from the sending of the last one that succeeded,
+    is fenced: :attr:`holding` turns False, and it relays nothing until it holds the
+    lease again. The third left over is the margin for an append in flight and for
+    the two processes' clocks running at slightly different rates.
     """
 
     def __init__(
@@ -726,6 +851,7 @@ class OutboxRelay:
         poll_interval: float = 0.05,
         lease: float = 10.0,
         holder: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
             raise ConfigError(f"relay batch must be 1 to {MAX_BATCH}, got {batch!r}")
@@ -741,12 +867,31 @@ class OutboxRelay:
         self.name = f"outbox-relay:{outbox.table.name}"
         self.holding = False
         self.relayed = 0  # events appended by this relay (a re-append counts again)
-        self._renewed = 0.0  # monotonic time the held lease was last renewed from
+        self._clock = clock
+        # Monotonic time at which the last renewal that succeeded was sent.
+        self._renewed = 0.0
         self._ready = False
         self._db: _Db | None = None
-        self._seen_holder: str | None = None
+        # The lease row as last read while another relay held it (or None held it),
+        # and the monotonic time just after the read that first found it so.
+        self._seen: _Lease | None = None
+        self._seen_at = 0.0
         self._wakeup: asyncio.Event | None = None
         self._loop_of_run: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def clock(self) -> Clock:
+        """Whose ``monotonic()`` times the lease: the one given, else the app's
+        transport's (looked up on each use, so a test may replace it later)."""
+        if self._clock is not None:
+            return self._clock
+        return getattr(self.outbox.app.transport, "clock", SYSTEM_CLOCK)
+
+    @property
+    def fence(self) -> float:
+        """Seconds after sending its last renewal that succeeded at which a holder
+        stops trusting its lease: two thirds of it (see the class docstring)."""
+        return self.lease * 2 / 3
 
     def wake(self) -> None:
         """Look for rows now rather than at the next poll (from any thread)."""
@@ -828,8 +973,8 @@ class OutboxRelay:
         transport = self.outbox.app.transport
         for topic, run in itertools.groupby(rows, key=lambda r: r[1]):
             chunk = list(run)
-            # A lease renewed less than lease/3 ago has 2/3 of its length to go: a
-            # standby cannot have taken over; appending now keeps one writer.
+            # Under a renewal sent less than lease/3 ago (or, after a slow renewal,
+            # 2/3 ago): a standby cannot take over for a third of the lease at least.
             if not await self._hold():
                 break
             await transport.append(topic, [(r[2], r[3]) for r in chunk])
@@ -839,29 +984,79 @@ class OutboxRelay:
         return moved
 
     async def _hold(self) -> bool:
-        started = time.monotonic()
-        if self.holding and started - self._renewed < self.lease / 3:
+        """Whether an append may start now under this relay's lease: renew it if it
+        was last renewed ``lease / 3`` ago or more, or try to take it."""
+        clock = self.clock
+        sent = clock.monotonic()
+        if self.holding and sent - self._renewed < self.lease / 3:
             return True
+        seen = self._seen
+        take = None
+        if seen is not None and seen.holder is not None:
+            waited = sent - self._seen_at
+            if waited >= max(self.lease, seen.lease or 0.0):
+                take = seen
         assert self._db is not None
-        now_holder = await self._db.tx(
-            lambda conn: self.outbox._acquire(conn, self.holder, self.lease)
-        )
-        got = now_holder == self.holder
-        if got:
-            if not self.holding:
-                log.info("%s: %s holds the lease; relaying", self.name, self.holder)
-            self._renewed = started
-        elif self.holding:
-            log.warning("%s: lost the lease to %s; standing by", self.name, now_holder)
-        elif now_holder != self._seen_holder:
-            log.info(
-                "%s: %s holds the lease; standing by until it is released or runs out",
-                self.name,
-                now_holder,
+        try:
+            row = await self._db.tx(
+                functools.partial(
+                    self.outbox._acquire,
+                    holder=self.holder,
+                    seconds=self.lease,
+                    clock=clock,
+                    take=take,
+                )
             )
-        self._seen_holder = now_holder
-        self.holding = got
-        return got
+        except BaseException:
+            self._fence_if_overdue()
+            raise
+        after = clock.monotonic()
+        if row is None:
+            if take is not None:
+                log.warning(
+                    "%s: %s took over the lease from %s, which it saw unchanged for %.1fs",
+                    self.name,
+                    self.holder,
+                    take.holder,
+                    sent - self._seen_at,
+                )
+            elif not self.holding:
+                log.info("%s: %s holds the lease; relaying", self.name, self.holder)
+            self._renewed = sent
+            self._seen = None
+            self.holding = True
+            # A renewal slower than the fence leaves less than a third of the lease.
+            return after - sent < self.fence
+        if self.holding:
+            log.warning("%s: lost the lease to %s; standing by", self.name, row.holder)
+        elif row.holder != (seen.holder if seen is not None else None):
+            log.info(
+                "%s: %s holds the lease; standing by until it is released, or unchanged for %.1fs",
+                self.name,
+                row.holder,
+                max(self.lease, row.lease or 0.0),
+            )
+        if seen is None or row.state != seen.state:
+            self._seen, self._seen_at = row, after
+        self.holding = False
+        return False
+
+    def _fence_if_overdue(self) -> None:
+        """After a renewal failed: stop holding once the fence has passed."""
+        if not self.holding:
+            return
+        overdue = self.clock.monotonic() - self._renewed
+        if overdue >= self.fence:
+            self.holding = False
+            self._seen = None
+            log.warning(
+                "%s: no renewal of the lease has succeeded for %.1fs (the fence is %.1fs "
+                "of a %.1fs lease): relaying nothing until the lease is held again",
+                self.name,
+                overdue,
+                self.fence,
+                self.lease,
+            )
 
     async def close(self, *, release: bool = True) -> None:
         """Release the lease (unless ``release=False``: leave it to run out, as a relay

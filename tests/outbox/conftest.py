@@ -1,8 +1,10 @@
 """Fixtures of the outbox tests: the outbox's database on SQLite and on a real
-PostgreSQL, the tidings log (a SQLite file), and helpers that read the log back."""
+PostgreSQL, the tidings log (a SQLite file), helpers that read the log back, and
+clocks that tests step without waiting."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from tests.conftest import LOGS, log_url
 from tidings import Event, Tidings
 from tidings.codec import decode
 from tidings.outbox import Outbox
+from tidings.transport import Clock
 
 TOPIC = "task-events"
 
@@ -96,3 +99,73 @@ def by_key(events: list[Event]) -> dict[str | None, list[Any]]:
     for e in events:
         out.setdefault(e.key, []).append(e.data)
     return out
+
+
+# -- clocks -----------------------------------------------------------------------------
+
+
+class StepClock(Clock):
+    """A relay's clock in a test: wall time is this process's (which :class:`WallClock`
+    steps); monotonic time stands still until the test advances it, so a relay sees
+    exactly the lease time the test says, however slow the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def time_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0, "monotonic time does not go back"
+        self.now += seconds
+
+
+class WallClock:
+    """Steps the wall clock, as an NTP step or an operator would, for every reader the
+    outbox could have: ``time.time()`` and ``time.time_ns()`` in this process (so the
+    system clock of the app's transport and of a :class:`StepClock` too), and the
+    PostgreSQL server's ``clock_timestamp()`` on connections of :attr:`engine` (a
+    function of that name in ``public``, which their search path puts before
+    ``pg_catalog``, reading the step from a table). Monotonic time does not move."""
+
+    def __init__(self, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.offset = 0.0
+        self.postgresql = db_url.startswith("postgresql")
+        real, real_ns = time.time, time.time_ns
+        monkeypatch.setattr(time, "time", lambda: real() + self.offset)
+        monkeypatch.setattr(time, "time_ns", lambda: real_ns() + round(self.offset * 1e9))
+        if not self.postgresql:
+            self.engine = sa.create_engine(db_url)
+            return
+        setup = sa.create_engine(db_url)
+        with setup.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE wall_step (seconds double precision NOT NULL)"))
+            conn.execute(sa.text("INSERT INTO wall_step VALUES (0)"))
+            conn.execute(
+                sa.text(
+                    "CREATE FUNCTION public.clock_timestamp() RETURNS timestamptz "
+                    "LANGUAGE sql VOLATILE AS $$ SELECT pg_catalog.clock_timestamp() "
+                    "+ make_interval(secs => (SELECT seconds FROM public.wall_step)) $$"
+                )
+            )
+        setup.dispose()
+        self.engine = sa.create_engine(
+            db_url, connect_args={"options": "-c search_path=public,pg_catalog"}
+        )
+
+    def step(self, seconds: float) -> None:
+        self.offset += seconds
+        if self.postgresql:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE wall_step SET seconds = :s"), {"s": self.offset})
+
+
+@pytest.fixture
+def wall(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[WallClock]:
+    """The wall clock of the outbox's database and of this process, to step."""
+    wall = WallClock(db_url, monkeypatch)
+    yield wall
+    wall.engine.dispose()
