@@ -32,9 +32,13 @@ Move the events committed to an outbox table (in the database --db) to the log
 key, at least once (the event id is the dedupe key), and delayed events once due.
 
 One relay per outbox table is active: it holds a lease in the table <TABLE>_lease and
-renews it every third of --lease. A second relay started on the same table stands by
-and takes over when the first stops (at once: it releases the lease) or dies (when
-its lease runs out). The tables are created if missing.
+renews it every third of --lease; every renewal changes the row. A second relay
+started on the same table stands by and takes over when the first stops (at once: it
+releases the lease) or dies (once it has seen the row unchanged for a lease length,
+timed by its own monotonic clock: a wall-clock step changes nothing). A relay whose
+renewals have failed for two thirds of --lease stops relaying until it holds the
+lease again. The tables are created if missing (and a lease table made by an older
+tidings gets its new columns).
 
 'tidings run' runs the relays that an app declared (app.add_component(outbox.relay()));
 this command is for a relay of its own, e.g. beside a web service that has no worker.
@@ -43,7 +47,10 @@ this command is for a relay of its own, e.g. beside a web service that has no wo
 _STATUS_HELP = """\
 Print an outbox table's backlog: events pending (due now, and scheduled for later),
 how long the oldest due event has waited (how far behind the relay is), the next
-scheduled time, and the relay that holds the lease.
+scheduled time, and the relay that holds the lease: the time left on it as the holder
+wrote it at its last renewal, read by the wall clock (the database server's on
+PostgreSQL), and its renewal count. A live holder's count moves between two looks;
+standbys judge by that count, not by the wall clock.
 """
 
 
@@ -80,7 +87,7 @@ def add_commands(sub: Any, common: Common) -> None:
         type=_positive_float,
         default=10.0,
         metavar="S",
-        help="seconds a stand-by waits after the active relay died (10)",
+        help="seconds a stand-by waits, without seeing a renewal, before it takes over (10)",
     )
     common(p)
     p.set_defaults(func=cmd_relay)
@@ -169,7 +176,18 @@ def _status_text(s: OutboxStatus) -> str:
     if s.holder is None:
         relay = "none (no relay holds the lease)"
     else:
-        relay = f"{s.holder} (lease renewed, {_seconds(s.lease_expires_in or 0.0)} left)"
+        left = s.lease_expires_in or 0.0
+        count = "" if s.lease_renewals is None else f", renewal {s.lease_renewals}"
+        if left > 0:
+            relay = f"{s.holder} (lease renewed, {_seconds(left)} left{count})"
+        else:
+            # Overdue by the wall clock: the holder died or froze, or a clock stepped.
+            # Standbys go by the renewal count, which a live holder moves.
+            relay = (
+                f"{s.holder} (lease overdue by {_seconds(-left)} by the wall clock{count}: "
+                "its relay may be dead; a standby takes over once it has seen no renewal "
+                "for a lease length)"
+            )
     rows = (("pending", pending), ("oldest due", oldest), ("relay", relay))
     return "\n".join(f"{name:<11}{value}" for name, value in rows)
 

@@ -173,13 +173,44 @@ def test_status_prints_the_backlog_and_the_holder(
     assert "pending    3 (2 due, 1 scheduled, next at 20" in out
     assert "s ago" in out
     assert "relay      host-1-abc (lease renewed, " in out
+    assert ", renewal 0)" in out
     code, out, _ = tidings("outbox", "status", "--db", db_url, "--json", capsys=capsys)
     doc = json.loads(out)
     assert (doc["pending"], doc["due"], doc["scheduled"]) == (3, 2, 1)
     assert doc["holder"] == "host-1-abc"
     assert 0 < doc["lease_expires_in_s"] <= 8
+    assert (doc["lease_renewals"], doc["lease_s"]) == (0, None)
     assert doc["oldest_age_s"] >= 0
     assert doc["table"] == "tidings_outbox"
+
+
+def test_status_shows_an_overdue_holder_as_such(
+    app: Tidings,
+    outbox: Outbox,
+    engine: sa.Engine,
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A holder that stopped renewing a minute ago: still named (only a standby that
+    watched the row for a lease length may take it), and shown overdue."""
+    relay = outbox.relay(lease=10.0, holder="host-2-def")
+
+    async def hold_and_die() -> None:
+        async with app:
+            assert await relay.relay_once() == 0
+            await relay.close(release=False)
+
+    asyncio.run(hold_and_die())
+    with engine.begin() as conn:
+        lease = outbox.lease_table
+        conn.execute(sa.update(lease).values(expires_at=lease.c.expires_at - 70))
+    code, out, _ = tidings("outbox", "status", "--db", db_url, capsys=capsys)
+    assert code == 0
+    assert "relay      host-2-def (lease overdue by 1.0 min by the wall clock, renewal 1: " in out
+    code, out, _ = tidings("outbox", "status", "--db", db_url, "--json", capsys=capsys)
+    doc = json.loads(out)
+    assert (doc["holder"], doc["lease_renewals"], doc["lease_s"]) == ("host-2-def", 1, 10.0)
+    assert -61 < doc["lease_expires_in_s"] <= -60
 
 
 def time_in(seconds: float) -> datetime:
