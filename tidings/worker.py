@@ -27,7 +27,7 @@ from tidings.codec import decode
 from tidings.context import Context, _scope
 from tidings.dead_letters import DeadLetter, DeadLetterQueue, Parked
 from tidings.envelope import Event
-from tidings.errors import ConfigError, DecodeError, EventError, TransportError
+from tidings.errors import ConfigError, ConsumerDead, DecodeError, EventError, TransportError
 from tidings.middleware import (
     DeadLetters,
     Delivery,
@@ -153,6 +153,8 @@ class _GroupRunner:
                     if self.stopping:  # stop() interrupts a waiting fetch
                         break
                     raise
+                except ConsumerDead:
+                    raise  # nothing to wait for: the worker ends, non-zero, with the cause
                 except TransportError:
                     # The log may come back (a restarting broker, a locked file): keep
                     # the group and what is in flight, and try again shortly.
@@ -167,7 +169,8 @@ class _GroupRunner:
                     # Partitions changed hands: learn what their previous owner
                     # dead-lettered (and, in a sequenced group, parked) before their
                     # records are handled; the lanes wait, filled but not started.
-                    await self.dlq.log.refresh()
+                    if not await self._learn_dead_letters():
+                        break
                     for tp, lane in self.lanes.items():
                         if lane.queue:
                             self._start(tp, lane, False)
@@ -178,6 +181,23 @@ class _GroupRunner:
             stuck = await self._finish(set(self.lanes), self.worker.shutdown_timeout)
             self.worker.stats.abandoned += stuck
             await self.consumer.close()
+
+    async def _learn_dead_letters(self) -> bool:
+        """Read the group's dead letters up to now, trying again while the log fails
+        (on NATS, a stream without a leader for a moment); False if stopped first."""
+        while True:
+            try:
+                await self.dlq.log.refresh()
+                return True
+            except TransportError:
+                log.exception(
+                    "group %s: reading the dead letters failed; trying again in %.0fs",
+                    self.group, UNHANDLED_PAUSE,
+                )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+            if self.stopping:
+                return False
 
     async def _fetch_into_lanes(self, want: int) -> bool:
         """Fetch, and put the records in their lanes in the step the fetch returns in;

@@ -1,12 +1,21 @@
 """A member of a consumer group on the SQLite log: partition leases and fetching.
 
 Several processes share a group by leasing partitions. Each member heartbeats every
-third of the lease time: it renews its leases, removes members and leases that have
-expired (a SIGKILLed worker's), and takes or hands back partitions until it holds its
-fair share, ``ceil(partitions / live members)``. Before handing a partition back it
-lets its owner (the worker) finish and commit what it has in flight. A commit is
-accepted only from the member holding the lease, so a former owner that wakes up late
-can never move the group's offset.
+third of the lease time: it bumps its member row's ``beat``, removes members whose
+beat has not moved for a lease length, and takes or hands back partitions until it
+holds its fair share, ``ceil(partitions / live members)``. Before handing a partition
+back it lets its owner (the worker) finish and commit what it has in flight.
+
+Time: expiry is judged by each observer's own monotonic clock (a member is dead when
+*this* process has seen its beat unchanged for a lease length), never by comparing
+wall-clock stamps written by another process, so a wall-clock step neither expires a
+live member nor keeps a dead one alive. The ``expires_ms`` columns are a wall-clock
+hint for ``tidings groups`` only. A member whose own renewals have failed for most of
+a lease length fences itself: it hands out nothing more and gives its partitions up.
+
+Fencing: every claim of a partition raises its generation (so does a forced offset
+reset); records carry the generation they were fetched under, and a commit counts only
+while the committing member holds the partition's lease *with that generation*.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ import math
 import os
 import socket
 import sqlite3
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from tidings.transport import (
@@ -35,13 +45,44 @@ from tidings.transports._sqlite_sql import translate_error
 if TYPE_CHECKING:
     from tidings.transports.sqlite import SQLiteTransport
 
-__all__ = ["SQLiteConsumer"]
+__all__ = ["FENCE_AFTER", "LeaseWatch", "SQLiteConsumer"]
 
 log = logging.getLogger("tidings.sqlite")
 
+# A member stops handing out records once its renewals have failed for this share of
+# the lease: another member can judge it dead only after a whole lease length of *its*
+# monotonic time since it last saw the beat move, which is later than this.
+FENCE_AFTER = 0.75
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+Claim = tuple[int, int, int, int]  # topic id, partition, generation, committed offset
+
+
+class LeaseWatch:
+    """Which members are alive, as this process's monotonic clock sees their beats.
+
+    A member is expired when its beat has been seen unchanged for ``lease`` seconds;
+    a beat never seen before starts the count. Shared by the members and the retention
+    of one transport (thread-safe: the writer thread asks).
+    """
+
+    def __init__(self, monotonic: Callable[[], float], lease: float) -> None:
+        self.monotonic = monotonic  # the transport's clock, which tests may replace
+        self.lease = lease
+        self._seen: dict[tuple[str, str], tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def expired(self, group: str, member: str, beat: int) -> bool:
+        now = self.monotonic()
+        with self._lock:
+            seen = self._seen.get((group, member))
+            if seen is None or seen[0] != beat:
+                self._seen[(group, member)] = (beat, now)
+                return False
+            return now - seen[1] >= self.lease
+
+    def forget(self, group: str, member: str) -> None:
+        with self._lock:
+            self._seen.pop((group, member), None)
 
 
 class SQLiteConsumer(Consumer):
@@ -57,22 +98,37 @@ class SQLiteConsumer(Consumer):
         self.t = transport
         self._owned: frozenset[TopicPartition] = frozenset()
         self._position: dict[TopicPartition, int] = {}
+        self._generation: dict[TopicPartition, int] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._rebalance_lock = asyncio.Lock()
         self._rr = 0
         self._closed = False
+        # Monotonic time at which the last renewal that succeeded was sent.
+        self._renewed_at = transport.clock.monotonic()
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._owned
 
     def generation(self, tp: TopicPartition) -> int | None:
-        return 0 if tp in self._owned else None
+        return self._generation.get(tp) if tp in self._owned else None
 
     async def start(self) -> None:
         for topic in self.topics:
             await self.t.create_topic(topic)
         await self._heartbeat()
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    # -- membership -------------------------------------------------------------
+
+    async def _fault(self, point: str) -> None:
+        if self.t.fault_hook is not None:
+            await self.t.fault_hook(point)
+
+    def _lease_lapsed(self) -> bool:
+        """Whether this member's renewals have failed for long enough that another
+        member may soon take its partitions."""
+        elapsed = self.t.clock.monotonic() - self._renewed_at
+        return elapsed >= FENCE_AFTER * self.t.lease_ms / 1000
 
     async def _heartbeat_loop(self) -> None:
         interval = self.t.lease_ms / 3000
@@ -87,35 +143,72 @@ class SQLiteConsumer(Consumer):
                         if beat.done():
                             beat.result()  # raise what it raised, to log it below
                     else:
-                        # A rebalance is waiting for handlers to finish: keep every lease
-                        # (the ones being drained too) alive meanwhile, or they would
-                        # expire and another member would start on the same events.
-                        await self.t._write(self._renew_tx, durable=False)
+                        # A rebalance is waiting for handlers to finish: keep the member
+                        # (and so every lease, the ones being drained too) alive, or
+                        # another member would start on the same events.
+                        await self._renew()
                 except Exception:  # a busy database must not end membership for good
                     log.exception("heartbeat of %s in group %s failed", self.member, self.group)
+                if self._owned and self._lease_lapsed():
+                    self._fence_self()
         finally:
             if beat is not None and not beat.done():
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await beat
 
-    def _renew_tx(self, conn: sqlite3.Connection) -> None:
-        expires = _now_ms() + self.t.lease_ms
+    def _fence_self(self) -> None:
+        """Give every partition up at once: renewals failed for most of a lease."""
+        lost = self._owned
+        log.error(
+            "member %s of group %s could not renew its leases for %.1fs; it gives up "
+            "%d partition(s) until it can",
+            self.member, self.group, self.t.clock.monotonic() - self._renewed_at, len(lost),
+        )  # fmt: skip
+        self._owned = frozenset()  # fetch hands out nothing of them from now on
+        for tp in lost:
+            self._position.pop(tp, None)
+            self._generation.pop(tp, None)
+        if self.on_revoke is not None:
+            # The worker drops their lanes; its commits of them count only if nobody
+            # has claimed them since (their lease generation is still this member's).
+            task = asyncio.ensure_future(self.on_revoke(lost))
+            task.add_done_callback(_log_failure)
+
+    async def _renew(self) -> None:
+        await self._fault("heartbeat")
+        sent = self.t.clock.monotonic()
+        expires = self.t.clock.time_ms() + self.t.lease_ms
         args = (expires, self.group, self.member)
-        conn.execute("UPDATE members SET expires_ms=? WHERE grp=? AND member=?", args)
-        conn.execute("UPDATE leases SET expires_ms=? WHERE grp=? AND member=?", args)
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE members SET beat=beat+1, expires_ms=? WHERE grp=? AND member=?", args
+            )
+
+        await self.t._write(job, durable=False)
+        self._renewed_at = sent
 
     async def _heartbeat(self) -> None:
         async with self._rebalance_lock:
             if self._closed:
                 return
+            await self._fault("heartbeat")
             ids = {t: self.t._topic_ids[t] for t in self.topics}
+            believed = {
+                (ids[t][0], p): self._generation[(t, p)]
+                for t, p in self._owned
+                if (t, p) in self._generation
+            }
+            sent = self.t.clock.monotonic()
             kept, claimed, excess = await self.t._write(
-                lambda c: self._heartbeat_tx(c, ids), durable=False
+                lambda c: self._heartbeat_tx(c, ids, believed), durable=False
             )
+            self._renewed_at = sent
             names = {tid: name for name, (tid, _) in ids.items()}
-            # Lost: owned here, but the lease was gone (expired, or removed by an offset
-            # reset) even if this very heartbeat claimed it again.
+            # Lost: owned here, but the lease is gone or has another generation
+            # (expired, or removed by an offset reset), even if this very heartbeat
+            # claimed it again.
             lost = self._owned - frozenset((names[tid], p) for tid, p in kept)
             if lost:
                 log.warning(
@@ -126,49 +219,78 @@ class SQLiteConsumer(Consumer):
                 )
                 self._owned = self._owned - lost
                 await self._revoked(lost)
-            gained = frozenset((names[tid], p) for tid, p in claimed)
-            if gained:
-                await self._load_positions(gained)
-                self._owned = self._owned | gained
+            for tid, p, generation, offset in claimed:
+                tp = (names[tid], p)
+                self._position[tp] = offset
+                self._generation[tp] = generation
+            self._owned = self._owned | frozenset((names[tid], p) for tid, p, _, _ in claimed)
             if excess:
                 give = frozenset((names[tid], p) for tid, p in excess)
                 self._owned = self._owned - give  # fetch stops here; commits still count
                 await self._revoked(give)
+                await self._fault("lease")
+                # If this fails, the next heartbeat hands them back: a lease held
+                # here that this member does not believe it holds is released.
                 await self.t._write(lambda c: self._release_tx(c, excess), durable=False)
                 self.t._notify()  # another member of this process may take them now
 
     async def _revoked(self, partitions: frozenset[TopicPartition]) -> None:
-        if self.on_revoke is not None:
-            await self.on_revoke(partitions)
-        for tp in partitions:
-            self._position.pop(tp, None)
+        try:
+            if self.on_revoke is not None:
+                await self.on_revoke(partitions)
+        finally:
+            for tp in partitions:
+                self._position.pop(tp, None)
+                self._generation.pop(tp, None)
 
     def _heartbeat_tx(
-        self, conn: sqlite3.Connection, ids: dict[str, tuple[int, int]]
-    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
-        """Renew, clean up, claim up to the fair share; return (kept, claimed, excess)."""
-        now = _now_ms()
-        expires = now + self.t.lease_ms
+        self,
+        conn: sqlite3.Connection,
+        ids: dict[str, tuple[int, int]],
+        believed: dict[tuple[int, int], int],
+    ) -> tuple[list[tuple[int, int]], list[Claim], list[tuple[int, int]]]:
+        """Beat, remove expired members, hand back leases this member does not know it
+        holds, claim up to the fair share; return (kept, claimed, excess)."""
+        watch = self.t.leases
         g, me = self.group, self.member
         conn.execute(
-            "INSERT INTO members(grp, member, host, pid, expires_ms) VALUES (?,?,?,?,?)"
-            " ON CONFLICT(grp, member) DO UPDATE SET expires_ms=excluded.expires_ms",
-            (g, me, socket.gethostname(), os.getpid(), expires),
+            "INSERT INTO members(grp, member, host, pid, expires_ms, beat) VALUES (?,?,?,?,?,0)"
+            " ON CONFLICT(grp, member) DO UPDATE SET expires_ms=excluded.expires_ms,"
+            " beat=beat+1",
+            (g, me, socket.gethostname(), os.getpid(), self.t.clock.time_ms() + self.t.lease_ms),
         )
-        conn.execute("DELETE FROM members WHERE grp=? AND expires_ms < ?", (g, now))
-        conn.execute("DELETE FROM leases WHERE grp=? AND expires_ms < ?", (g, now))
-        conn.execute("UPDATE leases SET expires_ms=? WHERE grp=? AND member=?", (expires, g, me))
-        leased = dict(
-            ((tid, p), m)
-            for tid, p, m in conn.execute(
-                "SELECT topic_id, partition, member FROM leases WHERE grp=?", (g,)
-            )
+        live = 0
+        for member, beat in conn.execute(
+            "SELECT member, beat FROM members WHERE grp=?", (g,)
+        ).fetchall():
+            if member != me and watch.expired(g, member, beat):
+                log.warning("group %s: member %s stopped beating; its leases end", g, member)
+                conn.execute("DELETE FROM members WHERE grp=? AND member=?", (g, member))
+                watch.forget(g, member)
+            else:
+                live += 1
+        conn.execute(
+            "DELETE FROM leases WHERE grp=? AND member NOT IN"
+            " (SELECT member FROM members WHERE grp=?)",
+            (g, g),
         )
-        live = conn.execute("SELECT count(*) FROM members WHERE grp=?", (g,)).fetchone()[0]
+        leased: dict[tuple[int, int], str] = {}
+        for tid, p, member, generation in conn.execute(
+            "SELECT topic_id, partition, member, generation FROM leases WHERE grp=?", (g,)
+        ).fetchall():
+            if member == me and believed.get((tid, p)) != generation:
+                # A claim whose start never completed, or a release that failed: this
+                # member does not read it, so it must not keep it.
+                conn.execute(
+                    "DELETE FROM leases WHERE grp=? AND topic_id=? AND partition=?", (g, tid, p)
+                )
+                continue
+            leased[(tid, p)] = member
         kept: list[tuple[int, int]] = []
-        claimed: list[tuple[int, int]] = []
+        claimed: list[Claim] = []
         excess: list[tuple[int, int]] = []
         column = "start_offset" if self.start_from == "earliest" else "next_offset"
+        now = self.t.clock.time_ms()
         # A fair share of each topic (as Kafka's range assignor does), not of all the
         # partitions together: a group also reads its small retry topic, and a member
         # holding only that one would have nothing to do.
@@ -186,18 +308,24 @@ class SQLiteConsumer(Consumer):
                     free = free[shift:] + free[:shift]
                 for tp in free[: target - len(held)]:
                     conn.execute(
-                        "INSERT INTO leases(grp, topic_id, partition, member, expires_ms)"
-                        " VALUES (?,?,?,?,?)",
-                        (g, *tp, me, expires),
-                    )
-                    conn.execute(
                         "INSERT OR IGNORE INTO group_offsets(grp, topic_id, partition, offset,"
                         f" updated_ms) SELECT ?, ?, ?, {column}, ? FROM partitions"
                         " WHERE topic_id=? AND partition=?",
                         (g, *tp, now, *tp),
                     )
+                    generation, offset = conn.execute(
+                        "UPDATE group_offsets SET generation=generation+1"
+                        " WHERE grp=? AND topic_id=? AND partition=?"
+                        " RETURNING generation, offset",
+                        (g, *tp),
+                    ).fetchone()
+                    conn.execute(
+                        "INSERT INTO leases(grp, topic_id, partition, member, expires_ms,"
+                        " generation) VALUES (?,?,?,?,?,?)",
+                        (g, *tp, me, now + self.t.lease_ms, generation),
+                    )
                     held.append(tp)
-                    claimed.append(tp)
+                    claimed.append((*tp, int(generation), int(offset)))
             excess.extend(held[target:])
         return kept, claimed, excess
 
@@ -207,23 +335,10 @@ class SQLiteConsumer(Consumer):
             [(self.group, tid, p, self.member) for tid, p in parts],
         )
 
-    async def _load_positions(self, parts: frozenset[TopicPartition]) -> None:
-        wanted = [(self.t._topic_ids[t][0], t, p) for t, p in parts]
-
-        def job(conn: sqlite3.Connection) -> dict[TopicPartition, int]:
-            out = {}
-            for tid, topic, p in wanted:
-                row = conn.execute(
-                    "SELECT offset FROM group_offsets WHERE grp=? AND topic_id=? AND partition=?",
-                    (self.group, tid, p),
-                ).fetchone()
-                out[(topic, p)] = int(row[0]) if row else 0
-            return out
-
-        self._position.update(await self.t._read(job))
+    # -- reading and committing ------------------------------------------------------
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # a wait, not a lease: the real clock
         self.t._ensure_watcher()
         while True:
             wake = self.t._wake
@@ -242,49 +357,58 @@ class SQLiteConsumer(Consumer):
 
     def _fetch_once(self, max_records: int) -> list[Record]:
         owned = sorted(self._owned)
-        if not owned:
+        if not owned or self._lease_lapsed():
             return []
         self._rr = (self._rr + 1) % len(owned)
         owned = owned[self._rr :] + owned[: self._rr]
         positions = [(tp, self._position[tp]) for tp in owned if tp in self._position]
         per = max(1, max_records // len(positions)) if positions else 0
         ids = self.t._topic_ids
+        generations = self._generation
 
         conn = self.t._connect_inline()
         out: list[Record] = []
+        advanced: list[tuple[TopicPartition, int]] = []
         room = max_records
-        # On the loop's thread, with no await: no rebalance can run in between.
-        for (topic, p), pos in positions:
+        # On the loop's thread, with no await: no rebalance can run in between. The
+        # positions move only once every read succeeded: a read that fails half-way
+        # (the file locked past the timeout, an I/O error) loses nothing.
+        for tp, pos in positions:
             limit = min(per, room)
             if limit <= 0:
                 break
+            topic, p = tp
             rows = conn.execute(
                 "SELECT offset, ts, key, value FROM events WHERE topic_id=?"
                 " AND partition=? AND offset >= ? ORDER BY offset LIMIT ?",
                 (ids[topic][0], p, pos, limit),
             ).fetchall()
             if rows:
-                out += [Record(topic, p, o, ts, k, v) for o, ts, k, v in rows]
-                self._position[(topic, p)] = rows[-1][0] + 1
+                gen = generations[tp]
+                out += [Record(topic, p, o, ts, k, v, gen) for o, ts, k, v in rows]
+                advanced.append((tp, rows[-1][0] + 1))
                 room -= len(rows)
+        self._position.update(advanced)
         return out
 
     async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         if not offsets:
             return
         ids = self.t._topic_ids
+        now = self.t.clock.time_ms()
+        g, me = self.group, self.member
         rows = [
-            (self.group, ids[t][0], p, off, _now_ms(), self.group, ids[t][0], p, self.member)
-            for (t, p), (off, _generation) in offsets.items()
+            (off, now, g, ids[t][0], p, g, ids[t][0], p, me, generation)
+            for (t, p), (off, generation) in offsets.items()
         ]
 
         def job(conn: sqlite3.Connection) -> None:
+            # Counted only under the lease this member holds with the records'
+            # generation (the row exists: a claim creates it).
             conn.executemany(
-                "INSERT INTO group_offsets(grp, topic_id, partition, offset, updated_ms)"
-                " SELECT ?,?,?,?,? WHERE EXISTS (SELECT 1 FROM leases WHERE grp=?"
-                " AND topic_id=? AND partition=? AND member=?)"
-                " ON CONFLICT(grp, topic_id, partition) DO UPDATE"
-                " SET offset=excluded.offset, updated_ms=excluded.updated_ms",
+                "UPDATE group_offsets SET offset=?, updated_ms=?"
+                " WHERE grp=? AND topic_id=? AND partition=? AND EXISTS (SELECT 1 FROM leases"
+                " WHERE grp=? AND topic_id=? AND partition=? AND member=? AND generation=?)",
                 rows,
             )
 
@@ -308,3 +432,8 @@ class SQLiteConsumer(Consumer):
             self._owned = frozenset()
             await self.t._write(job, durable=False)
         self.t._notify()
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("giving partitions up failed", exc_info=task.exception())

@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from tidings._sqlite import is_busy
 from tidings.errors import GroupBusy, TransportError
 from tidings.transport import GroupInfo, GroupPartition, MemberInfo
 
 __all__ = [
+    "RETENTION_BATCH",
     "SCHEMA",
+    "create_schema",
+    "delete_below",
     "describe_groups",
+    "in_one_snapshot",
     "now_ms",
     "offsets_for_time",
-    "retain",
+    "retention_cuts",
     "set_group_offsets",
     "translate_error",
 ]
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -31,7 +38,8 @@ CREATE TABLE IF NOT EXISTS topics (
     partitions INTEGER NOT NULL,
     retention_ms INTEGER,
     retention_bytes INTEGER,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    keep_unread INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS partitions (
     topic_id INTEGER NOT NULL,
@@ -57,6 +65,8 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     partition INTEGER NOT NULL,
     offset INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (grp, topic_id, partition)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (
@@ -65,6 +75,7 @@ CREATE TABLE IF NOT EXISTS members (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL,
+    beat INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (grp, member)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
@@ -73,23 +84,63 @@ CREATE TABLE IF NOT EXISTS leases (
     partition INTEGER NOT NULL,
     member TEXT NOT NULL,
     expires_ms INTEGER NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (grp, topic_id, partition)
 ) WITHOUT ROWID;
 """
+
+# Columns added since the first release: a log made by an older tidings gets them.
+_ADDED_COLUMNS = (
+    ("topics", "keep_unread", "INTEGER NOT NULL DEFAULT 0"),
+    ("group_offsets", "generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("group_offsets", "lost", "INTEGER NOT NULL DEFAULT 0"),
+    ("members", "beat", "INTEGER NOT NULL DEFAULT 0"),
+    ("leases", "generation", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the log's tables, or add the columns an older log lacks."""
+    conn.executescript(SCHEMA)
+    for table, column, kind in _ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process added it first
+                    raise
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def retain(conn: sqlite3.Connection) -> int:
-    """Delete records past their topic's age or size limit; return how many."""
-    removed = 0
+def in_one_snapshot(conn: sqlite3.Connection, read: Callable[[], T]) -> T:
+    """Run ``read``'s statements in one read transaction: they all see the same state,
+    not each the state of its own moment (a connection in autocommit mode)."""
+    conn.execute("BEGIN")
+    try:
+        return read()
+    finally:
+        conn.execute("COMMIT")
+
+
+RETENTION_BATCH = 1000  # records one retention transaction deletes at most
+
+
+def retention_cuts(
+    conn: sqlite3.Connection, now: int, live_groups: set[str]
+) -> list[tuple[int, int, int]]:
+    """(topic id, partition, cut) for every partition holding records past its topic's
+    age or size limit: the records below ``cut`` are to go. A topic that keeps unread
+    records never cuts past the committed offset of a group in ``live_groups``."""
+    out = []
     limits = conn.execute(
-        "SELECT id, retention_ms, retention_bytes FROM topics"
+        "SELECT id, retention_ms, retention_bytes, keep_unread FROM topics"
         " WHERE retention_ms IS NOT NULL OR retention_bytes IS NOT NULL"
     ).fetchall()
-    for tid, max_age, max_bytes in limits:
+    for tid, max_age, max_bytes, keep_unread in limits:
         parts = conn.execute(
             "SELECT partition, start_offset, next_offset, bytes FROM partitions WHERE topic_id=?",
             (tid,),
@@ -99,7 +150,7 @@ def retain(conn: sqlite3.Connection) -> int:
             if max_age is not None:
                 row = conn.execute(
                     "SELECT min(offset) FROM events WHERE topic_id=? AND partition=? AND ts >= ?",
-                    (tid, p, now_ms() - max_age),
+                    (tid, p, now - max_age),
                 ).fetchone()
                 cut = max(cut, end if row[0] is None else row[0])
             freed = 0
@@ -119,19 +170,56 @@ def retain(conn: sqlite3.Connection) -> int:
                     if surplus <= 0:
                         break
                     surplus -= length
-                    freed += length
                     cut = off + 1
+            if keep_unread and cut > start:
+                for grp, offset in conn.execute(
+                    "SELECT grp, offset FROM group_offsets WHERE topic_id=? AND partition=?",
+                    (tid, p),
+                ):
+                    if grp in live_groups:
+                        cut = min(cut, offset)
             if cut > start:
-                removed += conn.execute(
-                    "DELETE FROM events WHERE topic_id=? AND partition=? AND offset < ?",
-                    (tid, p, cut),
-                ).rowcount
-                conn.execute(
-                    "UPDATE partitions SET start_offset=?, bytes=bytes-?"
-                    " WHERE topic_id=? AND partition=?",
-                    (cut, freed, tid, p),
-                )
-    return removed
+                out.append((tid, p, cut))
+    return out
+
+
+def delete_below(
+    conn: sqlite3.Connection, tid: int, p: int, cut: int
+) -> tuple[int, bool, list[tuple[str, int, int]]]:
+    """Delete up to RETENTION_BATCH records of one partition below ``cut``; return how
+    many, whether the partition now starts at ``cut``, and per group that had not read
+    them (committed below them) the first and last offset it lost, also added to its
+    ``lost`` count."""
+    (start,) = conn.execute(
+        "SELECT start_offset FROM partitions WHERE topic_id=? AND partition=?", (tid, p)
+    ).fetchone()
+    if start >= cut:
+        return 0, True, []
+    upto = min(cut, start + RETENTION_BATCH)
+    freed = conn.execute(
+        "SELECT coalesce(sum(length(value)), 0) FROM events"
+        " WHERE topic_id=? AND partition=? AND offset < ?",
+        (tid, p, upto),
+    ).fetchone()[0]
+    removed = conn.execute(
+        "DELETE FROM events WHERE topic_id=? AND partition=? AND offset < ?", (tid, p, upto)
+    ).rowcount
+    conn.execute(
+        "UPDATE partitions SET start_offset=?, bytes=bytes-? WHERE topic_id=? AND partition=?",
+        (upto, freed, tid, p),
+    )
+    skipped = []
+    for grp, offset in conn.execute(
+        "SELECT grp, offset FROM group_offsets WHERE topic_id=? AND partition=? AND offset < ?",
+        (tid, p, upto),
+    ).fetchall():
+        first = max(offset, start)
+        conn.execute(
+            "UPDATE group_offsets SET lost=lost+? WHERE grp=? AND topic_id=? AND partition=?",
+            (upto - first, grp, tid, p),
+        )
+        skipped.append((grp, first, upto - 1))
+    return removed, upto >= cut, skipped
 
 
 def offsets_for_time(
@@ -181,13 +269,13 @@ def describe_groups(conn: sqlite3.Connection) -> list[GroupInfo]:
             for tid, p, m in conn.execute(
                 "SELECT l.topic_id, l.partition, l.member FROM leases l JOIN members m"
                 " ON m.grp = l.grp AND m.member = l.member"
-                " WHERE l.grp=? AND l.expires_ms >= ? AND m.expires_ms >= ?",
-                (group, now, now),
+                " WHERE l.grp=? AND m.expires_ms >= ?",
+                (group, now),
             )
         }
         rows = conn.execute(
-            "SELECT p.topic_id, p.partition, o.offset, p.next_offset, p.start_offset"
-            " FROM partitions p LEFT JOIN group_offsets o"
+            "SELECT p.topic_id, p.partition, o.offset, p.next_offset, p.start_offset,"
+            " coalesce(o.lost, 0) FROM partitions p LEFT JOIN group_offsets o"
             " ON o.grp=? AND o.topic_id=p.topic_id AND o.partition=p.partition"
             " WHERE p.topic_id IN (SELECT topic_id FROM group_offsets WHERE grp=?"
             "   UNION SELECT topic_id FROM leases WHERE grp=?)"
@@ -195,8 +283,17 @@ def describe_groups(conn: sqlite3.Connection) -> list[GroupInfo]:
             (group, group, group),
         ).fetchall()
         parts = tuple(
-            GroupPartition(group, topic_names[tid], p, committed, end, start, owners.get((tid, p)))
-            for tid, p, committed, end, start in rows
+            GroupPartition(
+                group,
+                topic_names[tid],
+                p,
+                committed,
+                end,
+                start,
+                owners.get((tid, p)),
+                lost=lost,
+            )
+            for tid, p, committed, end, start, lost in rows
         )
         members = tuple(
             MemberInfo(
@@ -235,16 +332,20 @@ def set_group_offsets(
             "SELECT start_offset, next_offset FROM partitions WHERE topic_id=? AND partition=?",
             (tid, p),
         ).fetchone()
+        # A new generation: whatever was fetched before the reset can no longer be
+        # committed, even by a member that takes the partition again at once.
         conn.execute(
-            "INSERT INTO group_offsets(grp, topic_id, partition, offset, updated_ms)"
-            " VALUES (?,?,?,?,?) ON CONFLICT(grp, topic_id, partition)"
-            " DO UPDATE SET offset=excluded.offset, updated_ms=excluded.updated_ms",
+            "INSERT INTO group_offsets(grp, topic_id, partition, offset, updated_ms, generation)"
+            " VALUES (?,?,?,?,?,1) ON CONFLICT(grp, topic_id, partition)"
+            " DO UPDATE SET offset=excluded.offset, updated_ms=excluded.updated_ms,"
+            " generation=generation+1",
             (group, tid, p, min(max(offset, start), end), now),
         )
-    # Live members lose these leases, so they drop what they hold in memory,
-    # reclaim, and start again from the new offsets; their stale commits are
-    # fenced in the meantime.
-    conn.execute("DELETE FROM leases WHERE grp=? AND topic_id=?", (group, tid))
+        # Live members lose these leases, so they drop what they hold in memory,
+        # claim again, and start from the new offsets under the new generation.
+        conn.execute(
+            "DELETE FROM leases WHERE grp=? AND topic_id=? AND partition=?", (group, tid, p)
+        )
 
 
 def translate_error(exc: BaseException) -> BaseException:

@@ -47,7 +47,7 @@ class GroupCommitWriter:
         # writer thread:
         self._level: str | None = None
         self._own_busy_loop = False
-        # {topic id: {partition: [next offset, last timestamp, bytes added]}}
+        # {topic id: {partition: [next offset, last timestamp, bytes added, records added]}}
         self._heads: dict[int, dict[int, list[int]]] = {}
 
     async def run_alone(self, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -134,12 +134,13 @@ class GroupCommitWriter:
         return results
 
     def heads(self, conn: sqlite3.Connection, tid: int) -> dict[int, list[int]]:
-        """The partitions of topic ``tid``: [next offset, last timestamp, bytes added]
-        as of this transaction (for append jobs, which mark themselves ``appends``)."""
+        """The partitions of topic ``tid``: [next offset, last timestamp, bytes added,
+        records added] as of this transaction (for append jobs, which mark themselves
+        ``appends``)."""
         heads = self._heads.get(tid)
         if heads is None:
             heads = self._heads[tid] = {
-                p: [nxt, ts, 0]
+                p: [nxt, ts, 0, 0]
                 for p, nxt, ts in conn.execute(
                     "SELECT partition, next_offset, last_ts FROM partitions WHERE topic_id=?",
                     (tid,),
@@ -157,7 +158,7 @@ class GroupCommitWriter:
                 (h[0], h[1], h[2], tid, p)
                 for tid, heads in self._heads.items()
                 for p, h in heads.items()
-                if h[2]
+                if h[3]  # records were added (an empty record adds no bytes)
             ],
         )
         self._heads.clear()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -30,6 +31,7 @@ from tidings._sqlite import is_busy, use_wal
 from tidings.errors import ConfigError, TopicNotFound, TransportError
 from tidings.partitioning import partition_for
 from tidings.transport import (
+    FOREVER,
     Capabilities,
     Consumer,
     GroupInfo,
@@ -41,12 +43,14 @@ from tidings.transport import (
     Transport,
     check_topic_name,
 )
+from tidings.transports._sqlite_consumer import LeaseWatch
 from tidings.transports._sqlite_sql import (
-    SCHEMA,
+    create_schema,
+    delete_below,
     describe_groups,
-    now_ms,
+    in_one_snapshot,
     offsets_for_time,
-    retain,
+    retention_cuts,
     set_group_offsets,
     translate_error,
 )
@@ -58,6 +62,8 @@ __all__ = ["SQLiteTransport"]
 log = logging.getLogger("tidings.sqlite")
 
 T = TypeVar("T")
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file keeps after a checkpoint
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -107,6 +113,7 @@ class SQLiteTransport(Transport):
             )
         self.lease_ms = int(_number(query, "lease", 10, url) * 1000)
         self.busy_timeout = _number(query, "busy_timeout", 30, url)
+        self.leases = LeaseWatch(lambda: self.clock.monotonic(), self.lease_ms / 1000)
         self._writer: GroupCommitWriter | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -117,6 +124,7 @@ class SQLiteTransport(Transport):
         self._watcher: FileWatcher | None = None
         self._last_retention = 0.0
         self._retention: asyncio.Task[None] | None = None
+        self._retaining = asyncio.Lock()
         self.retention_interval = 30.0
         self._started = False
 
@@ -137,6 +145,9 @@ class SQLiteTransport(Transport):
                 )
                 use_wal(conn, self.busy_timeout)  # processes may open a new log together
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                # After a checkpoint the WAL is cut back to this size, not to nothing:
+                # it stays reusable, so retention can still delete on a full disk.
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             except sqlite3.Error as exc:
                 if conn is not None:
                     conn.close()
@@ -168,7 +179,7 @@ class SQLiteTransport(Transport):
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="tidings-sqlite-reader")
         self._started = True
         try:
-            await self._writer.run_alone(lambda conn: conn.executescript(SCHEMA) and None)
+            await self._writer.run_alone(create_schema)
         except BaseException:
             await self.close()  # so that start() can be tried again
             raise
@@ -261,14 +272,15 @@ class SQLiteTransport(Transport):
         partitions: int | None,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
+        keep_unread: bool = False,
     ) -> tuple[int, int]:
         row = conn.execute("SELECT id, partitions FROM topics WHERE name=?", (topic,)).fetchone()
         if row is None:
             count = partitions or self.default_partitions
             cur = conn.execute(
-                "INSERT INTO topics(name, partitions, retention_ms, retention_bytes, created_ms)"
-                " VALUES (?,?,?,?,?)",
-                (topic, count, retention_ms, retention_bytes, now_ms()),
+                "INSERT INTO topics(name, partitions, retention_ms, retention_bytes, created_ms,"
+                " keep_unread) VALUES (?,?,?,?,?,?)",
+                (topic, count, retention_ms, retention_bytes, self.clock.time_ms(), keep_unread),
             )
             tid = cur.lastrowid
             assert tid is not None
@@ -286,15 +298,20 @@ class SQLiteTransport(Transport):
         *,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
+        keep_unread: bool = False,
     ) -> TopicInfo:
         check_topic_name(topic)
         if partitions is not None and partitions < 1:
             raise ConfigError(f"topic {topic!r}: partitions must be >= 1, got {partitions}")
         for name, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
-            if value is not None and value <= 0:
-                raise ConfigError(f"topic {topic!r}: {name} must be > 0, got {value}")
+            if value is not None and value <= 0 and value != FOREVER:
+                raise ConfigError(
+                    f"topic {topic!r}: {name} must be > 0 (or FOREVER, -1), got {value}"
+                )
+        age = None if retention_ms == FOREVER else retention_ms  # no limit: kept forever
+        size = None if retention_bytes == FOREVER else retention_bytes
         ids = await self._write(
-            lambda c: self._topic_in_tx(c, topic, partitions, retention_ms, retention_bytes)
+            lambda c: self._topic_in_tx(c, topic, partitions, age, size, keep_unread)
         )
         self._topic_ids[topic] = ids
         return await self._read(lambda c: self._topic_info(c, topic))
@@ -349,7 +366,7 @@ class SQLiteTransport(Transport):
             assert self._writer is not None
             heads = self._writer.heads(conn, tid)
             before = {p: h[:] for p, h in heads.items()}
-            now = now_ms()
+            now = self.clock.time_ms()
             rows = []
             out = []
             for p, key, value in placed:
@@ -359,6 +376,7 @@ class SQLiteTransport(Transport):
                 out.append((p, head[0]))
                 head[0] += 1
                 head[2] += len(value)
+                head[3] += 1
             try:
                 conn.executemany(
                     "INSERT INTO events(topic_id, partition, offset, ts, key, value)"
@@ -385,9 +403,53 @@ class SQLiteTransport(Transport):
             log.exception("enforcing retention on %s failed; will try again", self.url)
 
     async def enforce_retention(self) -> int:
-        """Delete records past their topic's age or size limit; return how many."""
+        """Delete records past their topic's age or size limit; return how many.
 
-        return await self._write(retain, durable=False)
+        In transactions of at most RETENTION_BATCH records, so that appends, commits
+        and heartbeats of every process get the write lock in between (one transaction
+        for 400,000 records held it 2.4 s; a lease-length hold expires every lease).
+        Records a group had not read yet are reported (a WARNING, and the group's
+        ``lost`` count in ``tidings groups``); a topic made with ``keep_unread`` keeps
+        them while the group is live. Then the WAL is checkpointed, back to its limit.
+        """
+        async with self._retaining:  # one run at a time (the background one, a caller's)
+            return await self._enforce_retention()
+
+    async def _enforce_retention(self) -> int:
+        live = await self._read(self._live_groups)
+        now = self.clock.time_ms()
+        cuts = await self._read(lambda c: in_one_snapshot(c, lambda: retention_cuts(c, now, live)))
+        removed = 0
+        skipped: dict[tuple[str, int, int], list[int]] = {}  # (group, topic id, p) -> span
+        for tid, p, cut in cuts:
+            done = False
+            while not done:
+                job = functools.partial(delete_below, tid=tid, p=p, cut=cut)
+                count, done, lost = await self._write(job, durable=False)
+                removed += count
+                for group, first, last in lost:
+                    span = skipped.setdefault((group, tid, p), [first, last, 0])
+                    span[1] = last
+                    span[2] += last - first + 1
+        names = {tid: name for name, (tid, _) in self._topic_ids.items()}
+        for (group, tid, p), (first, last, count) in skipped.items():
+            log.warning(
+                "retention removed %d record(s) of %s[%d] that group %s had not read "
+                "(offsets %d..%d); they are skipped (see 'tidings groups', column lost)",
+                count, names.get(tid, f"topic #{tid}"), p, group, first, last,
+            )  # fmt: skip
+        if removed:
+            assert self._writer is not None
+            await self._writer.run_alone(
+                lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall() and None
+            )
+        return removed
+
+    def _live_groups(self, conn: sqlite3.Connection) -> set[str]:
+        """Groups with a member whose beat this process has not seen stand still for a
+        lease length (a process that just started counts every member live)."""
+        rows = conn.execute("SELECT grp, member, beat FROM members").fetchall()
+        return {g for g, m, beat in rows if not self.leases.expired(g, m, beat)}
 
     # -- reading outside groups -----------------------------------------------
 

@@ -1,0 +1,399 @@
+"""The SQLite log's promises under faults (issue 15): reads that fail half-way, stale
+commits, retention racing a lagging group, leases that cannot be renewed or released,
+wall-clock steps, and records that are empty."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidings.errors import TransportError
+from tidings.testing import drain, eventually
+from tidings.transport import FOREVER, Clock, TopicPartition, positions
+from tidings.transports import _sqlite_sql, sqlite
+from tidings.transports._sqlite_consumer import SQLiteConsumer
+from tidings.transports.sqlite import SQLiteTransport
+
+
+class HandClock(Clock):
+    """Monotonic time that moves only when told (wall time stays the system's)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def log(tmp_path: Path) -> AsyncIterator[SQLiteTransport]:
+    t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=4")
+    t.retention_interval = float("inf")  # retention runs when a test calls it
+    await t.start()
+    yield t
+    await t.close()
+
+
+async def member(t: SQLiteTransport, group: str = "g", **kw: Any) -> SQLiteConsumer:
+    c = t.consumer(group, ["t"], **kw)
+    assert isinstance(c, SQLiteConsumer)
+    await c.start()
+    return c
+
+
+async def committed(t: SQLiteTransport, group: str = "g") -> dict[TopicPartition, int | None]:
+    return {
+        (p.topic, p.partition): p.committed
+        for g in await t.groups()
+        if g.group == group
+        for p in g.partitions
+    }
+
+
+class FailingReads:
+    """A connection whose ``fail_at``-th SELECT fails once, as a locked file would."""
+
+    def __init__(self, conn: sqlite3.Connection, fail_at: int) -> None:
+        self.conn = conn
+        self.selects = 0
+        self.fail_at = fail_at
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.startswith("SELECT"):
+            self.selects += 1
+            if self.selects == self.fail_at:
+                raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql, *args)
+
+
+async def test_a_read_that_fails_half_way_through_a_fetch_skips_nothing(
+    log: SQLiteTransport,
+) -> None:
+    # Finding 1: the first partitions' positions moved before the second read failed,
+    # and the next fetch started after records that were never handed out.
+    await log.create_topic("t", 4)
+    await log.append("t", [(f"k{i}", f"v{i}".encode()) for i in range(100)])
+    c = await member(log)
+    try:
+        real = log._connect_inline
+        failing = FailingReads(real(), fail_at=2)
+        log._connect_inline = lambda: failing  # type: ignore[assignment,method-assign,return-value]
+        with pytest.raises(TransportError, match="locked"):
+            await c.fetch(100, timeout=1.0)
+        got = await drain(c, 100)
+        assert sorted(r.value for r in got) == sorted(f"v{i}".encode() for i in range(100))
+    finally:
+        await c.close()
+
+
+async def test_a_commit_from_before_a_forced_reset_is_refused_after_the_member_claims_again(
+    log: SQLiteTransport,
+) -> None:
+    # Finding 2: the reset removed the leases, the member's next heartbeat claimed them
+    # again, and its commit of what it had read before the reset was accepted.
+    await log.create_topic("t", 1)
+    await log.append("t", [("k", f"v{i}".encode()) for i in range(50)])
+    c = await member(log)
+    try:
+        old = await drain(c, 50)
+        await log.set_offsets("g", "t", {0: 0}, force=True)
+        await c._heartbeat()  # claims the partition again, under a new generation
+        assert c.assignment() == {("t", 0)}
+        await c.commit(positions(old))
+        assert await committed(log) == {("t", 0): 0}
+        again = await drain(c, 50)  # the replay happens
+        assert [r.value for r in again] == [r.value for r in old]
+        await c.commit(positions(again))
+        assert await committed(log) == {("t", 0): 50}
+    finally:
+        await c.close()
+
+
+async def test_a_former_owner_holding_the_partition_again_cannot_commit_its_old_records(
+    log: SQLiteTransport,
+) -> None:
+    # Finding 2: fenced on "holds the lease now", a member that lost a partition and
+    # got it back could move the group backwards with records from its first lease.
+    await log.create_topic("t", 1)
+    await log.append("t", [("k", f"v{i}".encode()) for i in range(30)])
+    a = await member(log)
+    try:
+        first = await drain(a, 10)
+        await a.commit(positions(first))  # the group is at 10
+        b = await member(log)
+        # a's lease is taken from it (as by an expiry), b commits further, gives it up
+        await log.set_offsets("g", "t", {0: 10}, force=True)
+        await a._heartbeat()
+        rest = await drain(a, 20)
+        await a.commit(positions(rest))
+        assert await committed(log) == {("t", 0): 30}
+        await a.commit(positions(first))  # the old generation: refused
+        assert await committed(log) == {("t", 0): 30}
+        await b.close()
+    finally:
+        await a.close()
+
+
+async def test_retention_reports_what_a_lagging_group_never_read(
+    log: SQLiteTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Finding 3: 241 unread records went without a word; the lag simply dropped.
+    await log.create_topic("t", 1, retention_bytes=100)
+    await log.append("t", [("k", b"0123456789") for _ in range(30)])
+    c = await member(log)
+    await c.commit(c.at({("t", 0): 5}))
+    await c.close()
+    with caplog.at_level(logging.WARNING, logger="tidings.sqlite"):
+        assert await log.enforce_retention() == 20
+    [row] = [p for g in await log.groups() if g.group == "g" for p in g.partitions]
+    assert (row.committed, row.start, row.lost) == (5, 20, 15)
+    [warning] = [r.getMessage() for r in caplog.records if "had not read" in r.getMessage()]
+    assert "15 record(s) of t[0] that group g had not read (offsets 5..19)" in warning
+
+
+async def test_a_keep_unread_topic_never_deletes_what_a_live_group_has_not_committed(
+    log: SQLiteTransport,
+) -> None:
+    await log.create_topic("t", 1, retention_bytes=100, keep_unread=True)
+    await log.append("t", [("k", b"0123456789") for _ in range(30)])
+    c = await member(log)
+    try:
+        await c.commit(c.at({("t", 0): 5}))
+        assert await log.enforce_retention() == 5  # not past the live group's offset
+        [row] = [p for g in await log.groups() if g.group == "g" for p in g.partitions]
+        assert (row.start, row.lost) == (5, 0)
+    finally:
+        await c.close()
+
+
+async def test_dead_letter_topics_can_be_kept_forever(log: SQLiteTransport) -> None:
+    info = await log.create_topic("g.dlq", 1, retention_ms=FOREVER, retention_bytes=FOREVER)
+    assert (info.retention_ms, info.retention_bytes) == (None, None)
+
+
+async def test_retention_deletes_in_short_transactions_and_the_wal_shrinks_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finding 5: one transaction for every record held the write lock for seconds and
+    # left the WAL at its largest for good.
+    monkeypatch.setattr(sqlite, "WAL_SIZE_LIMIT", 256 * 1024)
+    t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=1")
+    await t.start()
+    try:
+        t.retention_interval = float("inf")
+        await t.create_topic("t", 1, retention_ms=1)
+        for _ in range(5):
+            await t.append("t", [("k", b"x" * 500) for _ in range(1000)])
+        deletes: list[int] = []
+        real = _sqlite_sql.delete_below
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            result = real(*args, **kw)
+            deletes.append(result[0])
+            return result
+
+        monkeypatch.setattr(sqlite, "delete_below", counting)
+        await asyncio.sleep(0.01)  # every record is older than 1 ms
+        assert await t.enforce_retention() == 5000
+        assert deletes == [_sqlite_sql.RETENTION_BATCH] * 5  # one transaction each
+        await t.append("t", [("k", b"y")])  # the next writer restarts the WAL, cut back
+        wal = Path(f"{tmp_path}/events.db-wal")
+        assert wal.stat().st_size <= 256 * 1024
+    finally:
+        await t.close()
+
+
+async def test_an_excess_partition_whose_release_failed_is_handed_back_next_beat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finding 4: the release failed, the partition stayed leased to a member that no
+    # longer read it, and was renewed forever: 0 of its records were handled.
+    t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=4&lease=1")
+    await t.start()
+    a = b = None
+    try:
+        await t.create_topic("t", 4)
+        await t.append("t", [(f"k{i}", f"v{i}".encode()) for i in range(40)])
+        a = await member(t)
+        assert len(a.assignment()) == 4
+        real = SQLiteConsumer._release_tx
+        failures = []
+
+        def failing_once(self: SQLiteConsumer, conn: Any, parts: Any) -> None:
+            if not failures:
+                failures.append(parts)
+                raise sqlite3.OperationalError("disk I/O error")
+            real(self, conn, parts)
+
+        monkeypatch.setattr(SQLiteConsumer, "_release_tx", failing_once)
+        b = await member(t)
+        await eventually(
+            lambda: len(a.assignment()) == 2 and len(b.assignment()) == 2,
+            timeout=20,
+            what="the released partitions reaching the second member",
+        )
+        assert failures, "the release never failed: the test did not test anything"
+        [info] = [i for i in await t.topics() if i.name == "t"]
+        theirs = sum(p.events for p in info.partitions if ("t", p.partition) in b.assignment())
+        assert len(await drain(b, theirs, timeout=10)) == theirs
+    finally:
+        for c in (a, b):
+            if c is not None:
+                await c.close()
+        await t.close()
+
+
+async def test_a_claim_whose_start_failed_is_released_and_read_after_all(
+    log: SQLiteTransport,
+) -> None:
+    # Finding 4: when starting on a claimed partition failed, the partition stayed
+    # leased to the member, renewed at every beat, and never read (0 of 50 handled).
+    await log.create_topic("t", 1)
+    await log.append("t", [("k", f"v{i}".encode()) for i in range(50)])
+    failures: list[frozenset[TopicPartition]] = []
+
+    async def on_revoke(tps: frozenset[TopicPartition]) -> None:
+        if not failures:
+            failures.append(tps)
+            raise TransportError("the worker could not finish its lanes")
+
+    c = await member(log, on_revoke=on_revoke)
+    try:
+        await drain(c, 50)
+        # The reset takes the lease; the next beat loses and claims it in one go, and
+        # the revocation of the old lease fails before the new claim is started.
+        await log.set_offsets("g", "t", {0: 0}, force=True)
+        with pytest.raises(TransportError, match="could not finish"):
+            await c._heartbeat()
+        assert failures
+        await c._heartbeat()
+        assert c.assignment() == {("t", 0)}
+        assert len(await drain(c, 50)) == 50
+    finally:
+        await c.close()
+
+
+async def test_a_member_whose_renewals_fail_gives_its_partitions_up(
+    tmp_path: Path,
+) -> None:
+    # Finding 8: a member that could not renew only logged, and went on handing out
+    # and committing records another member could already have taken.
+    t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=2&lease=1")
+    clock = HandClock()
+    t.clock = clock
+    await t.start()
+    revoked: list[frozenset[TopicPartition]] = []
+
+    async def on_revoke(tps: frozenset[TopicPartition]) -> None:
+        revoked.append(tps)
+
+    c = None
+    try:
+        await t.create_topic("t", 2)
+        await t.append("t", [(f"k{i}", b"v") for i in range(10)])
+        c = await member(t, on_revoke=on_revoke)
+        assert len(c.assignment()) == 2
+
+        async def broken(point: str) -> None:
+            raise TransportError(f"injected failure at {point}")
+
+        t.fault_hook = broken
+        clock.now += 0.8  # more than 0.75 of the 1 s lease since the last renewal
+        assert await c.fetch(10, timeout=0.1) == []  # hands out nothing more
+        await eventually(lambda: bool(revoked), timeout=10, what="the partitions given up")
+        assert revoked == [frozenset({("t", 0), ("t", 1)})]
+        assert c.assignment() == frozenset()
+        t.fault_hook = None  # renewals work again: the member claims them back
+        await eventually(lambda: len(c.assignment()) == 2, timeout=10, what="a new claim")
+        assert len(await drain(c, 10)) == 10
+    finally:
+        if c is not None:
+            await c.close()
+        await t.close()
+
+
+async def test_a_wall_clock_step_forward_moves_no_partition(
+    log: SQLiteTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finding 9: +60 s on the wall clock expired every lease: both members lost every
+    # partition and 91 events were handled twice.
+    revoked: list[frozenset[TopicPartition]] = []
+
+    async def on_revoke(tps: frozenset[TopicPartition]) -> None:
+        revoked.append(tps)
+
+    await log.create_topic("t", 4)
+    a = await member(log, on_revoke=on_revoke)
+    b = await member(log, on_revoke=on_revoke)
+    try:
+        await a._heartbeat()  # gives two up
+        await b._heartbeat()  # takes them
+        assert (len(a.assignment()), len(b.assignment())) == (2, 2)
+        revoked.clear()
+        real = time.time_ns
+        monkeypatch.setattr(time, "time_ns", lambda: real() + 60_000_000_000)
+        for _ in range(3):
+            await a._heartbeat()
+            await b._heartbeat()
+        assert revoked == []
+        assert (len(a.assignment()), len(b.assignment())) == (2, 2)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_wall_clock_step_back_does_not_keep_a_dead_members_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finding 9: -60 s kept a dead member's leases alive for another minute.
+    t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=2&lease=1")
+    clock = HandClock()
+    t.clock = clock
+    await t.start()
+    try:
+        await t.create_topic("t", 2)
+        dead = await member(t)
+        assert dead._heartbeat_task is not None
+        dead._heartbeat_task.cancel()  # as if SIGKILLed: its rows stay
+        real = time.time_ns
+        monkeypatch.setattr(time, "time_ns", lambda: real() - 60_000_000_000)
+        alive = await member(t)
+        assert alive.assignment() == frozenset()
+        clock.now += 1.0  # a lease length of this process's time, its beat unchanged
+        await alive._heartbeat()
+        assert len(alive.assignment()) == 2
+        await alive.close()
+    finally:
+        await t.close()
+
+
+async def test_an_empty_record_does_not_wedge_its_partition(log: SQLiteTransport) -> None:
+    # Finding 11: the empty value added no bytes, so its partition's next offset was
+    # never stored and every later append failed on a UNIQUE constraint.
+    await log.create_topic("t", 1)
+    assert await log.append("t", [("k", b"")]) == [(0, 0)]
+    assert await log.append("t", [("k", b"x")]) == [(0, 1)]
+    assert [r.value for r in await log.read("t", 0, 0, 10)] == [b"", b"x"]
+
+
+def test_an_older_log_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old_schema = _sqlite_sql.SCHEMA.replace(",\n    keep_unread INTEGER NOT NULL DEFAULT 0", "")
+    for column in ("generation", "lost", "beat"):
+        old_schema = old_schema.replace(f",\n    {column} INTEGER NOT NULL DEFAULT 0", "")
+    conn = sqlite3.connect(path)
+    conn.executescript(old_schema)
+    assert "generation" not in {r[1] for r in conn.execute("PRAGMA table_info(leases)")}
+    _sqlite_sql.create_schema(conn)
+    assert "generation" in {r[1] for r in conn.execute("PRAGMA table_info(leases)")}
+    assert "keep_unread" in {r[1] for r in conn.execute("PRAGMA table_info(topics)")}
+    conn.close()
+    assert os.path.exists(path)
