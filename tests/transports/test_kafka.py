@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import KAFKA_TEST_OPTIONS
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, ConsumerDead
+from tidings.partitioning import partition_for
 from tidings.testing import TransportConformance, drain, eventually
 from tidings.transport import Consumer, Transport
 from tidings.transport import positions as _positions
@@ -98,7 +99,8 @@ class TestKafkaTransport(TransportConformance):
         assert sum(p.end for p in info.partitions) == 60
         committed = _positions(records[:20])
         assert {(p.topic, p.partition): p.committed for p in info.partitions} == {
-            (p.topic, p.partition): committed.get((p.topic, p.partition)) for p in info.partitions
+            tp: committed[tp].offset if tp in committed else None
+            for tp in ((p.topic, p.partition) for p in info.partitions)
         }
         assert info.lag == 40
         # Apache Kafka names the live member and its partitions here.
@@ -346,7 +348,7 @@ async def test_a_refused_commit_of_owned_partitions_is_made_once_the_group_settl
         )
 
         async def saved() -> bool:
-            return await committed() == handled
+            return await committed() == {tp: p.offset for tp, p in handled.items()}
 
         await eventually(saved, timeout=10, what="the refused offsets committed")
         # B resumes where A's handling ended: nothing of A's is read a second time.
@@ -355,3 +357,223 @@ async def test_a_refused_commit_of_owned_partitions_is_made_once_the_group_settl
         for consumer in (a, b):
             await consumer.close()
         await transport.close()
+
+
+# -- lease generations: a commit is fenced by the lease its records were fetched under --
+
+
+def _keys(partitions: int) -> list[str]:
+    """A key for each partition, in partition order."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < partitions:
+        found.setdefault(partition_for(f"k{i}", partitions), f"k{i}")
+        i += 1
+    return [found[p] for p in range(partitions)]
+
+
+async def _committed(transport: Transport, group: str) -> dict[tuple[str, int], int | None]:
+    rows = [g for g in await transport.groups() if g.group == group]
+    return {(p.topic, p.partition): p.committed for g in rows for p in g.partitions}
+
+
+async def test_a_commit_of_records_fetched_before_a_partition_moved_and_came_back_is_fenced(
+    kafka_url: str,
+) -> None:
+    # A reads everything; B joins (A gives B half the partitions), then leaves (A gets
+    # them back). A's commit of what it read before is taken for the partitions A kept
+    # all along, and fenced for those that were B's meanwhile: B could have handled and
+    # committed them, and the broker alone (same member, same partition) cannot tell.
+    transport = open_transport(kafka_url + "&partitions=4")
+    await transport.start()
+    await transport.create_topic("t", 4)
+    keys = _keys(4)
+    await transport.append("t", [(keys[i % 4], f"v{i}".encode()) for i in range(40)])
+    a = transport.consumer("g", ["t"])
+    b = transport.consumer("g", ["t"])
+    try:
+        await a.start()
+        records = await drain(a, 40)
+        everything = {("t", p) for p in range(4)}
+        assert {(r.topic, r.partition) for r in records} == everything
+        before = {(r.topic, r.partition): r.generation for r in records}
+        assert all(g >= 1 and g == a.generation(tp) for tp, g in before.items())
+        await b.start()
+        await eventually(
+            lambda: len(a.assignment()) == len(b.assignment()) == 2, what="A and B share t"
+        )
+        moved = b.assignment()
+        await b.close()
+        await eventually(lambda: a.assignment() == everything, what="A holding t again")
+        for tp in everything:
+            now = a.generation(tp)
+            assert now is not None
+            assert (now > before[tp]) if tp in moved else (now == before[tp])
+        handled = _positions(records)
+        await a.commit(handled)
+        committed = await _committed(transport, "g")
+        assert {tp: committed.get(tp) for tp in everything} == {
+            tp: None if tp in moved else handled[tp].offset for tp in everything
+        }
+    finally:
+        for consumer in (a, b):
+            await consumer.close()
+        await transport.close()
+
+
+async def test_a_forced_reset_fences_commits_of_records_fetched_before_it(
+    kafka_url: str,
+) -> None:
+    # A live member's forced reset is a new lease: its owner's on_revoke runs first (a
+    # worker drops what it has not handled yet), and a commit of records fetched before
+    # the reset (a worker's next commit of what it was handling) cannot undo the reset.
+    transport = open_transport(kafka_url)
+    await transport.start()
+    await transport.create_topic("t", 1)
+    await transport.append("t", [("k", f"v{i}".encode()) for i in range(5)])
+    revoked: list[frozenset[tuple[str, int]]] = []
+
+    async def on_revoke(tps: frozenset[tuple[str, int]]) -> None:
+        revoked.append(tps)
+
+    c = transport.consumer("g", ["t"], on_revoke=on_revoke)
+    try:
+        await c.start()
+        old = await drain(c, 5)
+        await c.commit(_positions(old[:1]))
+        await transport.set_offsets("g", "t", {0: 2}, force=True)
+        assert revoked == [frozenset({("t", 0)})]
+        assert await _committed(transport, "g") == {("t", 0): 2}
+        await c.commit(_positions(old))  # fetched under the lease before the reset
+        assert await _committed(transport, "g") == {("t", 0): 2}
+        again = await drain(c, 3)
+        assert [r.value for r in again] == [b"v2", b"v3", b"v4"]
+        assert {r.generation for r in again} == {c.generation(("t", 0))} != {old[0].generation}
+        await c.commit(_positions(again))
+        assert await _committed(transport, "g") == {("t", 0): 5}
+    finally:
+        await c.close()
+        await transport.close()
+
+
+# -- partitions lost without revocation (finding 7) ------------------------------------
+
+
+async def test_partitions_lost_without_revocation_are_taken_from_the_owner_and_fenced(
+    kafka_url: str,
+) -> None:
+    # The polling thread is held past max.poll.interval.ms: librdkafka leaves the group
+    # and reports the partitions lost (on_lost), then joins again and gets them back.
+    # The owner must be told (on_revoke: a worker drops its lanes), and nothing fetched
+    # under the lost lease may be committed, even once the partitions are back.
+    transport = open_transport(kafka_url + "&partitions=2&consumer.max.poll.interval.ms=2000")
+    await transport.start()
+    await transport.create_topic("t", 2)
+    keys = _keys(2)
+    await transport.append("t", [(keys[i % 2], f"v{i}".encode()) for i in range(10)])
+    revoked: list[frozenset[tuple[str, int]]] = []
+
+    async def on_revoke(tps: frozenset[tuple[str, int]]) -> None:
+        revoked.append(tps)
+
+    c = transport.consumer("g", ["t"], on_revoke=on_revoke)
+    try:
+        await c.start()
+        records = await drain(c, 10)
+        everything = {("t", 0), ("t", 1)}
+        assert {(r.topic, r.partition) for r in records} == everything
+        assert isinstance(c, KafkaConsumer)
+        member = c._members[0]
+        held = asyncio.ensure_future(member._call(lambda: time.sleep(3.5)))
+        await eventually(lambda: bool(revoked), timeout=30, what="on_revoke for the lost")
+        assert revoked[0] == everything
+        await held
+        await eventually(lambda: c.assignment() == everything, timeout=30, what="t back")
+        for tp in everything:
+            assert (c.generation(tp) or 0) > records[0].generation
+        await c.commit(_positions(records))  # handled under the lost lease
+        assert await _committed(transport, "g") == {}
+    finally:
+        await c.close()
+        await transport.close()
+
+
+# -- a dead polling thread (finding 12) --------------------------------------------------
+
+
+class _PollFails:
+    """A librdkafka consumer whose poll raises, as an error escaping the polling loop."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+
+    def poll(self, *args: Any) -> Any:
+        raise RuntimeError("injected poll failure")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+async def test_a_dead_polling_thread_makes_fetch_and_commit_raise_consumer_dead(
+    kafka_url: str,
+) -> None:
+    # A TransportError from fetch is taken for a passing broker failure: the worker
+    # logs and tries again, forever. A thread that is gone never comes back, so fetch
+    # and commit raise ConsumerDead, naming the cause, and the worker ends with it.
+    transport = open_transport(kafka_url)
+    await transport.start()
+    await transport.create_topic("t", 1)
+    await transport.append("t", [("k", b"v0")])
+    c = transport.consumer("g", ["t"])
+    try:
+        await c.start()
+        records = await drain(c, 1)
+        assert isinstance(c, KafkaConsumer)
+        member = c._members[0]
+        member._consumer = _PollFails(member._consumer)
+
+        async def dead() -> bool:
+            try:
+                await c.fetch(10, timeout=0.1)
+            except ConsumerDead:
+                return True
+            return False
+
+        await eventually(dead, timeout=10, what="fetch raising ConsumerDead")
+        with pytest.raises(ConsumerDead, match="injected poll failure"):
+            await c.fetch(10, timeout=0.1)
+        with pytest.raises(ConsumerDead, match="injected poll failure"):
+            await c.commit(_positions(records))
+    finally:
+        await c.close()
+        await transport.close()
+
+
+async def test_a_worker_whose_kafka_consumer_died_ends_with_consumer_dead(
+    kafka_url: str,
+) -> None:
+    from tidings import Tidings, Worker
+
+    app = Tidings(kafka_url + "&partitions=1", service="test")
+    handled: list[str] = []
+
+    @app.subscriber("t", group="g")
+    async def handle(event: Any) -> None:
+        handled.append(event)
+
+    async with app:
+        await app.transport.create_topic("t", 1)
+        worker = Worker(app)
+        run = asyncio.ensure_future(worker.run())
+        try:
+            await asyncio.wait_for(worker.ready.wait(), 30)
+            (runner,) = worker._runners
+            assert isinstance(runner.consumer, KafkaConsumer)
+            member = runner.consumer._members[0]
+            member._consumer = _PollFails(member._consumer)
+            with pytest.raises(ConsumerDead, match="injected poll failure"):
+                await asyncio.wait_for(run, 60)
+        finally:
+            run.cancel()
+            with contextlib.suppress(BaseException):
+                await run

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from tidings.errors import ConfigError, TransportError
+from tidings.errors import ConfigError, ConsumerDead, TransportError
 from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports.kafka_wire import from_kafka
 
@@ -52,7 +52,7 @@ POLL = 0.02  # seconds one poll may block: how long a commit request may wait to
 SHARED = 20_000  # records kept for the transport's other groups (then forgotten at once)
 
 
-def to_record(msg: Any) -> Record:
+def to_record(msg: Any, generation: int = 0) -> Record:
     key = msg.key()
     return Record(
         msg.topic(),
@@ -61,13 +61,15 @@ def to_record(msg: Any) -> Record:
         msg.timestamp()[1],
         key.decode("utf-8", "replace") if key is not None else None,
         from_kafka(msg.value(), msg.headers()),
+        generation,
     )
 
 
 def to_records(
-    msgs: list[Any], owned: frozenset[TopicPartition], shared: dict[Any, Record] | None
+    msgs: list[Any], leases: Mapping[TopicPartition, int], shared: dict[Any, Record] | None
 ) -> list[Record]:
-    """The Records of polled messages of partitions still ``owned``.
+    """The Records of polled messages of partitions still owned (``leases``: partition ->
+    the lease generation it is owned under, which each record carries).
 
     With ``shared`` (several groups read through one transport), a record converted for
     one group is reused by the others: they read the same records at about the same
@@ -77,17 +79,20 @@ def to_records(
     out = []
     for m in msgs:
         topic, partition = m.topic(), m.partition()
-        if (topic, partition) not in owned:
+        generation = leases.get((topic, partition))
+        if generation is None:
             continue  # revoked since it was polled
         if shared is None:
-            out.append(to_record(m))
+            out.append(to_record(m, generation))
             continue
         place = (topic, partition, m.offset(), m.timestamp()[1])
         record = shared.get(place)
         if record is None:
             if len(shared) >= SHARED:
                 shared.clear()  # cheaper than evicting one by one
-            record = shared[place] = to_record(m)
+            record = shared[place] = to_record(m, generation)
+        elif record.generation != generation:  # another group's lease
+            record = record._replace(generation=generation)
         out.append(record)
     return out
 
@@ -141,19 +146,23 @@ class KafkaConsumer(Consumer):
         while True:
             self._arrived.clear()
             out: list[Any] = []
+            leases: dict[TopicPartition, int] = {}
             count = len(self._members)
             self._turn = (self._turn + 1) % count
             for i in range(count):
                 member = self._members[(self._turn + i) % count]
                 if member._error is not None:
-                    raise member._error
-                out += member.take(max_records - len(out))
+                    raise member.dead()
+                taken, owned = member.take(max_records - len(out))
+                if taken:
+                    out += taken
+                    leases.update(owned)
                 if len(out) >= max_records:
                     break
             if out:
                 transport = self._transport
                 shared = transport._shared if len(transport._live) > 1 else None
-                return to_records(out, self.assignment(), shared)
+                return to_records(out, leases, shared)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -187,11 +196,13 @@ class KafkaConsumer(Consumer):
         """How many librdkafka group members this is (one per topic)."""
         return len(self._members)
 
-    def seek_soon(self, topic: str, offsets: Mapping[int, int]) -> None:
-        """Move owned partitions of ``topic`` before the next poll (a forced reset)."""
+    async def reset(self, topic: str, offsets: Mapping[int, int]) -> None:
+        """Move owned partitions of ``topic`` to ``offsets`` and commit them there (a
+        forced reset): ``on_revoke`` runs for them first, then they are owned under a new
+        generation, so nothing fetched before the reset can be committed after it."""
         for m in self._members:
             if m.topics[0] == topic:
-                m.seek_soon(topic, offsets)
+                await m.reset({(topic, p): o for p, o in offsets.items()})
 
     async def close(self) -> None:
         """Leave the group (on_revoke runs for what is owned); commit nothing.
@@ -214,7 +225,15 @@ class KafkaConsumer(Consumer):
 
 
 class _Member(Consumer):
-    """One librdkafka group member, of one topic, on its own polling thread."""
+    """One librdkafka group member, of one topic, on its own polling thread.
+
+    Leases: each partition has a generation, counted here (librdkafka's group generation
+    is not exposed per partition, and the broker does not fence a member that holds a
+    partition again after losing it). It is raised when the partition is assigned, when
+    it is revoked (after ``on_revoke`` has committed), when it is lost, and when a forced
+    reset moves it; a fetched record carries the generation it was fetched under, and a
+    commit whose generation is not the current one of an owned partition is dropped.
+    """
 
     def __init__(
         self,
@@ -229,16 +248,19 @@ class _Member(Consumer):
         self._consumer: Any = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Owned partitions and their lease generations, replaced (never changed in
+        # place) under the lock by the polling thread, with _assigned its key set; and
+        # the last generation of every partition ever owned (they only grow).
+        self._leases: dict[TopicPartition, int] = {}
         self._assigned: frozenset[TopicPartition] = frozenset()
+        self._generations: dict[TopicPartition, int] = {}
         self._joined: asyncio.Future[None] | None = None
         self._arrived: asyncio.Event | None = None  # set when the buffer gains messages
         self._buffer: deque[Any] = deque()
-        self._seeks: dict[TopicPartition, int] = {}  # forced resets, applied before a poll
-        # Polling thread only: handled offsets the broker has not taken (a commit refused
-        # for a stale generation, or made while a lost partition was away), to commit
-        # once the group has settled; and partitions lost, which may come back.
-        self._unsaved: dict[TopicPartition, int] = {}
-        self._lost: frozenset[TopicPartition] = frozenset()
+        # Polling thread only: handled offsets of owned partitions the broker has not
+        # taken (a commit it refused for its own stale generation, or during a
+        # rebalance), to commit again once the group has settled, under the same lease.
+        self._unsaved: dict[TopicPartition, Position] = {}
         self._lock = threading.Lock()
         self._requests: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
             queue.SimpleQueue()
@@ -246,9 +268,9 @@ class _Member(Consumer):
         self._accepting = True  # False once the polling thread serves no more requests
         self._stop = threading.Event()
         self._closed_down: asyncio.Future[None] | None = None
-        self._error: TransportError | ConfigError | None = (
-            None  # the polling thread's end, if it failed
-        )
+        # Why the polling thread ended, if it failed (a ConfigError at start, else
+        # ConsumerDead); set on that thread before it serves its last requests.
+        self._error: TransportError | ConfigError | None = None
         self.closed = False
 
     # -- the polling thread ------------------------------------------------------------
@@ -269,13 +291,33 @@ class _Member(Consumer):
             )  # fmt: skip
             while not self._stop.is_set():
                 self._serve()
-                self._apply_seeks()
                 self._poll()
-        except BaseException as exc:  # reported to start and fetch on the loop
+        except BaseException as exc:  # reported to start, fetch and commit
             log.exception("Kafka consumer of group %r stopped", self.group)
-            self._to_loop(self._fail, exc)
+            self._error = self._ending(exc)
+            self._to_loop(self._fail, self._error)
         finally:
             self._close_sync()
+
+    def _ending(self, exc: BaseException) -> TransportError | ConfigError:
+        """What fetch and commit raise once the polling thread ended with ``exc``."""
+        if isinstance(exc, ConfigError):
+            return exc  # a setting librdkafka refused, at start: the caller's to fix
+        error = ConsumerDead(
+            f"the Kafka consumer of group {self.group!r} (topic {self.topics[0]!r}) cannot "
+            f"go on: its polling thread stopped: {exc!r}"
+        )
+        error.__cause__ = exc
+        return error
+
+    def dead(self) -> TransportError | ConfigError:
+        """A fresh copy of the error the polling thread ended with (raised again and
+        again, one instance would collect every traceback)."""
+        error = self._error
+        assert error is not None
+        copy = type(error)(*error.args)
+        copy.__cause__ = error.__cause__
+        return copy
 
     def _serve(self, wait: float = 0.0) -> None:
         """Run the requests (commits) waiting for this thread; wait a little for one."""
@@ -298,6 +340,8 @@ class _Member(Consumer):
         """Run ``fn`` on the polling thread (where every consumer call is made)."""
         future: Future[Any] = Future()
         with self._lock:
+            if self._error is not None:
+                raise self.dead()
             if not self._accepting:
                 raise TransportError(f"consumer of group {self.group!r} is closed")
             self._requests.put((fn, future))
@@ -327,33 +371,40 @@ class _Member(Consumer):
                 self._buffer.extend(good)
             self._to_loop(self._wake)
 
-    def _apply_seeks(self) -> None:
-        from confluent_kafka import TopicPartition as RdTopicPartition
-
-        with self._lock:
-            seeks, self._seeks = self._seeks, {}
-            if seeks:
-                self._drop(frozenset(seeks))
-        for (topic, partition), offset in seeks.items():
-            self._unsaved.pop((topic, partition), None)  # a forced reset overrides it
-            if (topic, partition) in self._assigned:
-                self._consumer.seek(RdTopicPartition(topic, partition, offset))
-
     def _drop(self, gone: frozenset[TopicPartition]) -> None:
         # Called with the lock held: buffered messages of partitions no longer read here.
         kept = [m for m in self._buffer if (m.topic(), m.partition()) not in gone]
         self._buffer.clear()
         self._buffer.extend(kept)
 
+    def _own(
+        self,
+        added: frozenset[TopicPartition] = frozenset(),
+        gone: frozenset[TopicPartition] = frozenset(),
+    ) -> None:
+        """Polling thread, lock held: a new lease for each partition of ``added`` and
+        ``gone`` (a new generation), ``gone`` no longer owned, buffered messages of both
+        dropped; ``added`` may hold owned partitions (a forced reset)."""
+        generations = self._generations
+        for tp in added | gone:
+            generations[tp] = generations.get(tp, 0) + 1
+        self._drop(added | gone)
+        leases = {tp: g for tp, g in self._leases.items() if tp not in gone}
+        leases.update((tp, generations[tp]) for tp in added)
+        self._leases = leases
+        self._assigned = frozenset(leases)
+
     def _close_sync(self) -> None:
         try:
             if self._consumer is not None:
-                self._consumer.close()  # leaves the group; on_revoke runs for what is owned
+                # Leaves the group; on_revoke runs for what is owned (after a failure
+                # its commits raise ConsumerDead).
+                self._consumer.close()
         except Exception:
             log.exception("closing the Kafka consumer of group %r failed", self.group)
         finally:
-            self._assigned = frozenset()
             with self._lock:
+                self._leases, self._assigned = {}, frozenset()
                 self._accepting = False
             self._serve()  # whatever came in before the door closed
             self._to_loop(self._settle_closed)
@@ -361,19 +412,43 @@ class _Member(Consumer):
     # -- rebalance callbacks (polling thread) ----------------------------------------
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        added = frozenset((tp.topic, tp.partition) for tp in partitions)
-        self._assigned = self._assigned | added
-        self._lost = self._lost - added
+        added = frozenset((tp.topic, tp.partition) for tp in partitions) - self._assigned
+        with self._lock:
+            self._own(added=added)
         # The rebalance is over (this runs at the end of each one, even with nothing
-        # added): commit what was refused meanwhile, before the added partitions'
-        # committed offsets are fetched, so that no handled record is read again.
-        self._save(self._assigned, check=added)
+        # added): commit what the broker refused meanwhile of the partitions kept.
+        self._save(self._assigned)
         self._to_loop(self._settle_joined)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         gone = frozenset((tp.topic, tp.partition) for tp in partitions)
         with self._lock:
             self._drop(gone)
+        self._hand_back(gone)  # the owner finishes and commits, under the lease it had
+        self._save(gone)  # refused before, and nothing new since: the owner did not commit
+        self._forget(gone)
+        with self._lock:
+            self._own(gone=gone)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # Maybe someone else's already (session expired, or this thread polled too
+        # late): their lease ends first, so that nothing handled under it is committed,
+        # now or if they come back; then the owner drops what it has of them, as for a
+        # revocation (its commits are fenced).
+        gone = frozenset((tp.topic, tp.partition) for tp in partitions)
+        with self._lock:
+            self._own(gone=gone)
+        self._forget(gone)
+        log.warning(
+            "group %r: partitions %s lost without revocation; what is handled of them "
+            "is not committed",
+            self.group, sorted(gone),
+        )  # fmt: skip
+        self._hand_back(gone)
+
+    def _hand_back(self, gone: frozenset[TopicPartition]) -> None:
+        """Run ``on_revoke(gone)`` on the event loop and wait for it, serving the commits
+        it makes meanwhile (polling thread)."""
         if gone and self.on_revoke is not None and self._loop is not None:
             future = asyncio.run_coroutine_threadsafe(_wrap(self.on_revoke(gone)), self._loop)
             deadline = time.monotonic() + REVOKE_TIMEOUT
@@ -384,40 +459,21 @@ class _Member(Consumer):
             except Exception:
                 future.cancel()
                 log.exception("on_revoke of group %r failed; giving %s up", self.group, gone)
-        self._save(gone)  # refused before, and nothing new since: the owner did not commit
-        self._unsaved = {tp: o for tp, o in self._unsaved.items() if tp not in gone}
-        self._assigned = self._assigned - gone
 
-    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
-        # Maybe someone else's already: commits would be refused, so on_revoke is not
-        # called. What is handled of them meanwhile is kept (``_unsaved``) in case they
-        # come back to this member.
-        gone = frozenset((tp.topic, tp.partition) for tp in partitions)
-        with self._lock:
-            self._drop(gone)
-        self._lost = self._lost | gone
-        self._assigned = self._assigned - gone
+    def _forget(self, tps: frozenset[TopicPartition]) -> None:
+        self._unsaved = {tp: p for tp, p in self._unsaved.items() if tp not in tps}
 
-    def _save(
-        self, tps: frozenset[TopicPartition], check: frozenset[TopicPartition] = frozenset()
-    ) -> None:
-        """Commit the unsaved offsets of ``tps`` (polling thread); those of ``check``
-        (partitions just assigned, possibly owned by another member meanwhile) only
-        where they are ahead of the group's committed offset. What fails stays unsaved."""
-        from confluent_kafka import TopicPartition as RdTopicPartition
-
-        want = {tp: o for tp, o in self._unsaved.items() if tp in tps}
+    def _save(self, tps: frozenset[TopicPartition]) -> None:
+        """Commit the unsaved offsets of ``tps`` still owned under the lease they were
+        handled under (polling thread). What fails stays unsaved."""
+        leases = self._leases
+        want = {
+            tp: p for tp, p in self._unsaved.items() if tp in tps and leases.get(tp) == p.generation
+        }
         if not want or self._consumer is None:
             return
         try:
-            ask = [RdTopicPartition(t, p) for (t, p) in want if (t, p) in check]
-            for c in self._consumer.committed(ask, timeout=SAVE_TIMEOUT) if ask else []:
-                tp = (c.topic, c.partition)
-                if c.error is None and c.offset >= want[tp]:
-                    del want[tp]  # the group is there already, or further on
-                    self._unsaved.pop(tp, None)
-            if want:
-                self._commit_sync(want)
+            self._commit_sync(want)
         except Exception as exc:
             log.info("group %r: unsaved offsets %s not committed yet: %s", self.group, want, exc)
 
@@ -441,13 +497,7 @@ class _Member(Consumer):
         if self._closed_down is not None and not self._closed_down.done():
             self._closed_down.set_result(None)
 
-    def _fail(self, exc: BaseException) -> None:
-        error = (
-            exc
-            if isinstance(exc, TransportError | ConfigError)
-            else TransportError(f"Kafka consumer of group {self.group!r}: {exc}")
-        )
-        self._error = error
+    def _fail(self, error: TransportError | ConfigError) -> None:
         if self._joined is not None and not self._joined.done():
             self._joined.set_exception(error)
         self._wake()
@@ -481,45 +531,51 @@ class _Member(Consumer):
             await self.close()
             raise
 
-    def take(self, max_records: int) -> list[Any]:
-        """Up to ``max_records`` polled messages, oldest first (not waiting)."""
+    def take(self, max_records: int) -> tuple[list[Any], dict[TopicPartition, int]]:
+        """Up to ``max_records`` polled messages, oldest first (not waiting), and the
+        leases they were polled under (owned partitions -> generation)."""
         with self._lock:
             buffer = self._buffer
             if max_records >= len(buffer):
                 out = list(buffer)
                 buffer.clear()
-                return out
-            return [buffer.popleft() for _ in range(max_records)]
+            else:
+                out = [buffer.popleft() for _ in range(max_records)]
+            return out, self._leases
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
         raise NotImplementedError("a member's messages are fetched by its KafkaConsumer")
 
     async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
-        """Commit synchronously; offsets of partitions not owned now are dropped (fenced).
+        """Commit synchronously; positions of partitions not owned now, or owned under
+        another lease than the one they carry, are dropped (fenced).
 
         A commit the broker refuses for a stale generation (or a rebalance under way)
-        while this member still owns the partitions is not forgotten: the offsets are
-        committed again with the next commit, at the end of the rebalance (``_save`` in
-        ``_on_assign``) or when the partitions are revoked. Dropping it left the group's
-        offset behind what was handled, and the records from there were read and handled
-        again when the partitions came back (docs/kafka.md, "Open").
+        while this member still owns the partitions under the same lease is not
+        forgotten: the offsets are committed again with the next commit, at the end of
+        the rebalance (``_save`` in ``_on_assign``) or when the partitions are revoked.
+        Dropping it left the group's offset behind what was handled, and the records
+        from there were read and handled again when the partitions came back
+        (docs/kafka.md, "Open").
         """
-        if self._consumer is None:
+        if self._error is not None:
+            raise self.dead()
+        if self._consumer is None or not any(tp in self._assigned for tp in offsets):
             return
-        if not any(tp in self._assigned or tp in self._lost for tp in offsets):
-            return
-        plain = {tp: position.offset for tp, position in offsets.items()}
-        await self._call(lambda: self._commit_owned(plain))
+        await self._call(lambda: self._commit_owned(offsets))
 
-    def _commit_owned(self, offsets: Mapping[TopicPartition, int]) -> None:
-        # Polling thread. Offsets of a lost partition are kept, not committed: it may
-        # come back (``_on_assign``); those of any other partition not owned are dropped.
-        owned = self._assigned
-        for tp, o in offsets.items():
-            if tp in self._lost and tp not in owned:
-                self._unsaved[tp] = o
-        want = {tp: o for tp, o in self._unsaved.items() if tp in owned}
-        want.update({tp: o for tp, o in offsets.items() if tp in owned})
+    def _commit_owned(self, offsets: Mapping[TopicPartition, Position]) -> None:
+        # Polling thread, where the leases change: checked and committed in one step.
+        leases = self._leases
+        fresh = {tp: p for tp, p in offsets.items() if leases.get(tp) == p.generation}
+        if len(fresh) != len(offsets):
+            log.info(
+                "group %r: commit of %s fenced (not owned, or owned under a newer lease)",
+                self.group,
+                {tp: p for tp, p in offsets.items() if tp not in fresh},
+            )
+        want = {tp: p for tp, p in self._unsaved.items() if leases.get(tp) == p.generation}
+        want.update(fresh)
         if not want:
             return
         self._unsaved.update(want)  # until the broker has taken them
@@ -535,11 +591,11 @@ class _Member(Consumer):
                 return
             raise TransportError(f"group {self.group!r}: commit failed: {exc}") from exc
 
-    def _commit_sync(self, want: Mapping[TopicPartition, int]) -> None:
+    def _commit_sync(self, want: Mapping[TopicPartition, Position]) -> None:
         """Commit ``want`` (polling thread); forget what the broker took."""
         from confluent_kafka import TopicPartition as RdTopicPartition
 
-        tps = [RdTopicPartition(t, p, o) for (t, p), o in want.items()]
+        tps = [RdTopicPartition(t, p, pos.offset) for (t, p), pos in want.items()]
         result = self._consumer.commit(offsets=tps, asynchronous=False)
         for c in result or []:
             tp = (c.topic, c.partition)
@@ -566,7 +622,30 @@ class _Member(Consumer):
         return self._assigned
 
     def generation(self, tp: TopicPartition) -> int | None:
-        return 0 if tp in self._assigned else None  # fenced by the broker's own generation
+        return self._leases.get(tp)
+
+    async def reset(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Move owned partitions to ``offsets`` and commit them there (a forced reset)."""
+        await self._call(lambda: self._reset_sync(offsets))
+
+    def _reset_sync(self, offsets: Mapping[TopicPartition, int]) -> None:
+        # Polling thread. As a revocation and a new assignment in one: the owner
+        # finishes and commits under the old lease, then a new one begins at the offsets.
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        moved = frozenset(tp for tp in offsets if tp in self._assigned)
+        if not moved:
+            return
+        with self._lock:
+            self._drop(moved)
+        self._hand_back(moved)
+        self._forget(moved)  # the reset overrides what the broker refused before
+        moved &= self._assigned  # lost meanwhile: not this member's to move any more
+        with self._lock:
+            self._own(added=moved)
+        for topic, partition in moved:
+            self._consumer.seek(RdTopicPartition(topic, partition, offsets[(topic, partition)]))
+        self._commit_owned({tp: Position(offsets[tp], self._leases[tp]) for tp in moved})
 
     @property
     def joined(self) -> bool:
@@ -580,12 +659,6 @@ class _Member(Consumer):
             and j.exception() is None
         )
 
-    def seek_soon(self, topic: str, offsets: Mapping[int, int]) -> None:
-        """Move owned partitions of ``topic`` before the next poll (a forced reset)."""
-        with self._lock:
-            self._seeks.update({(topic, p): o for p, o in offsets.items()})
-            self._drop(frozenset((topic, p) for p in offsets))
-
     async def close(self) -> None:
         """Leave the group (on_revoke runs for what is owned); commit nothing."""
         if self.closed:
@@ -598,4 +671,4 @@ class _Member(Consumer):
             await asyncio.to_thread(self._thread.join, 5)
         with self._lock:
             self._buffer.clear()
-        self._assigned = frozenset()
+            self._leases, self._assigned = {}, frozenset()

@@ -36,7 +36,6 @@ from tidings.transport import (
     GroupPartition,
     MemberInfo,
     PartitionInfo,
-    Position,
     Record,
     RevokeCallback,
     StartFrom,
@@ -483,13 +482,13 @@ class KafkaTransport(Transport):
             raise GroupBusy(f"group {group!r} has live members; stop them or pass force")
         await self._check_no_other_members(group, sum(c.kafka_members for c in local), force)
         # Apache Kafka refuses to alter the offsets of a group with members, so live
-        # members of this process move their own partitions: seek, then commit.
+        # members of this process move their own partitions: on_revoke, a new lease
+        # (commits of records fetched before are fenced), seek, commit.
         remaining = dict(offsets)
         for c in local:
             mine = {p: o for p, o in offsets.items() if (topic, p) in c.assignment()}
             if mine:
-                c.seek_soon(topic, mine)
-                await c.commit({(topic, p): Position(o, 0) for p, o in mine.items()})
+                await c.reset(topic, mine)
                 for p in mine:
                     remaining.pop(p, None)
         if not remaining:
