@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import KAFKA_TEST_OPTIONS
-from tidings.errors import ConfigError, ConsumerDead
+from tidings.errors import ConfigError, ConsumerDead, RecordRejected, TransportError
 from tidings.partitioning import partition_for
 from tidings.testing import TransportConformance, drain, eventually
 from tidings.transport import Consumer, Transport
@@ -577,3 +577,51 @@ async def test_a_worker_whose_kafka_consumer_died_ends_with_consumer_dead(
             run.cancel()
             with contextlib.suppress(BaseException):
                 await run
+
+
+# -- records the broker refuses for good (finding 14) ----------------------------------
+
+
+async def test_a_record_over_the_producers_size_limit_is_rejected_for_good(
+    kafka_url: str,
+) -> None:
+    # librdkafka refuses a record over message.max.bytes (1,000,000 by default) at
+    # produce, "Broker: Message size too large" (Tansu itself took 15 MB). Sending it
+    # again fails alike: RecordRejected, so a dead-letter writer cuts it instead of
+    # trying forever. Nothing of the append is written.
+    transport = open_transport(kafka_url)
+    await transport.start()
+    try:
+        await transport.create_topic("t", 1)
+        with pytest.raises(RecordRejected, match="too large"):
+            await transport.append("t", [("k", b"x" * 1_100_000)])
+        with pytest.raises(RecordRejected, match="record 2 of 2"):
+            await transport.append("t", [("k", b"small"), ("k", b"x" * 1_100_000)])
+        assert await transport.append("t", [("k", b"x" * 900_000)]) == [(0, 0)]
+        bigger = open_transport(kafka_url + "&producer.message.max.bytes=3000000")
+        await bigger.start()
+        try:
+            assert await bigger.append("t", [("k", b"x" * 2_000_000)]) == [(0, 1)]
+        finally:
+            await bigger.close()
+    finally:
+        await transport.close()
+
+
+async def test_a_delivery_report_of_a_record_too_large_is_rejected_for_good() -> None:
+    # The broker's own limit (Apache Kafka's message.max.bytes, 1 MB by default, with a
+    # producer allowed more) comes back in the delivery report.
+    from confluent_kafka import KafkaError
+
+    from tidings.transports.kafka import _Acks
+
+    for code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
+        acks = _Acks(asyncio.get_running_loop(), "t", 1)
+        acks.report(0, KafkaError(code), None)
+        with pytest.raises(RecordRejected):
+            await acks.future
+    acks = _Acks(asyncio.get_running_loop(), "t", 1)
+    acks.report(0, KafkaError(KafkaError._MSG_TIMED_OUT), None)
+    with pytest.raises(TransportError) as caught:
+        await acks.future
+    assert not isinstance(caught.value, RecordRejected)

@@ -16,6 +16,7 @@ URL options: see :mod:`tidings.transports.kafka_config`; differences of the test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import itertools
@@ -27,7 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from tidings.envelope import Event
-from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
+from tidings.errors import (
+    ConfigError,
+    GroupBusy,
+    RecordRejected,
+    TopicNotFound,
+    TransportError,
+)
 from tidings.partitioning import partition_for
 from tidings.transport import (
     Capabilities,
@@ -55,6 +62,7 @@ TIMEOUT = 30.0  # seconds for one admin request
 READ_TIMEOUT = 10.0  # seconds one read may take to reach its limit or the partition's end
 SETTLE_POLL = 0.05  # seconds between two looks at a group's state while waiting for Stable
 SETTLE_QUIET = 0.25  # seconds a group must stay Stable before a member leaves it
+MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 
 
 def _require_client() -> None:
@@ -84,6 +92,8 @@ class KafkaTransport(Transport):
         # cost ~0.1 s), used by one thread at a time.
         self._reader: Any = None
         self._reading = threading.Lock()
+        # A record larger than this is refused by librdkafka at produce (RecordRejected).
+        self._max_record = MESSAGE_MAX_BYTES
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -99,6 +109,10 @@ class KafkaTransport(Transport):
             self._producer = Producer(self.config.producer())
         except Exception as exc:
             raise refused_settings(exc, "producer") from None
+        with contextlib.suppress(ValueError):  # librdkafka took it: an integer
+            self._max_record = int(
+                self.config.producer().get("message.max.bytes", MESSAGE_MAX_BYTES)
+            )
         self._stop.clear()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer", daemon=True)
         self._poller.start()
@@ -252,6 +266,17 @@ class KafkaTransport(Transport):
             count = len((await self.create_topic(topic)).partitions)
         if not records:
             return []
+        limit = self._max_record
+        for i, (key, (value, _)) in enumerate(records):
+            # What librdkafka would refuse at produce, refused before anything of this
+            # append is queued (a lower bound of its size: headers are left out).
+            size = (len(value) if value else 0) + (len(key.encode()) if key else 0)
+            if size > limit:
+                raise RecordRejected(
+                    f"append to {topic!r}: record {i + 1} of {len(records)} is too large: "
+                    f"{size} bytes, over the producer's message.max.bytes ({limit}); "
+                    "sending it again fails alike"
+                )
         acks = _Acks(asyncio.get_running_loop(), topic, len(records))
         produce, report = self._producer.produce, acks.report
         for i, (key, (value, headers)) in enumerate(records):
@@ -264,6 +289,10 @@ class KafkaTransport(Transport):
                 )
             except BufferError:
                 self._produce_when_room(topic, value, raw_key, partition, headers, done)
+            except Exception as exc:  # records before it may be appended all the same
+                raise _translate(
+                    exc, f"append to {topic!r}: record {i + 1} of {len(records)}"
+                ) from exc
         return await acks.future
 
     def _produce_when_room(
@@ -556,7 +585,14 @@ class _Acks:
 
     def report(self, index: int, err: Any, msg: Any) -> None:  # on a polling thread
         if err is not None:
-            exc = TransportError(f"append to {self.topic!r} failed: {err.str()}")
+            exc: TransportError
+            if err.code() in _too_large():
+                exc = RecordRejected(
+                    f"append to {self.topic!r}: a record was refused as too large "
+                    f"({err.str()}); sending it again fails alike"
+                )
+            else:
+                exc = TransportError(f"append to {self.topic!r} failed: {err.str()}")
             self.loop.call_soon_threadsafe(_settle, self.future, None, exc)
             return
         self.placed[index] = (msg.partition(), msg.offset())
@@ -573,10 +609,23 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_result(result)
 
 
+def _too_large() -> frozenset[int]:
+    """librdkafka's codes for a record (or batch) the producer or broker refuses for its
+    size: sending it again fails alike. (librdkafka's own refusal at produce is
+    MSG_SIZE_TOO_LARGE too; it has no local code for it.)"""
+    from confluent_kafka import KafkaError
+
+    return frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
 def _translate(exc: Exception, what: str) -> TransportError:
     from confluent_kafka import KafkaError
 
     err = exc.args[0] if exc.args else None
+    if isinstance(err, KafkaError) and err.code() in _too_large():
+        return RecordRejected(
+            f"{what}: refused as too large ({err.str()}); sending it again fails alike"
+        )
     if isinstance(err, KafkaError) and err.code() in (
         KafkaError.UNKNOWN_TOPIC_OR_PART,
         KafkaError._UNKNOWN_TOPIC,
