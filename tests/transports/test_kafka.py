@@ -19,7 +19,7 @@ from tests.conftest import KAFKA_TEST_OPTIONS
 from tidings.errors import ConfigError, ConsumerDead, RecordRejected, TransportError
 from tidings.partitioning import partition_for
 from tidings.testing import TransportConformance, drain, eventually
-from tidings.transport import Consumer, Transport
+from tidings.transport import FOREVER, Consumer, Transport
 from tidings.transport import positions as _positions
 from tidings.transports import open_transport
 from tidings.transports._kafka_consumer import KafkaConsumer
@@ -625,3 +625,63 @@ async def test_a_delivery_report_of_a_record_too_large_is_rejected_for_good() ->
     with pytest.raises(TransportError) as caught:
         await acks.future
     assert not isinstance(caught.value, RecordRejected)
+
+
+# -- retention (finding 3) ---------------------------------------------------------------
+
+
+async def test_a_topic_created_to_keep_everything_has_no_retention_limit(
+    kafka_url: str,
+) -> None:
+    from tidings.transports.kafka import _rd_admin
+
+    transport = open_transport(kafka_url)
+    assert isinstance(transport, KafkaTransport)
+    await transport.start()
+    try:
+        await transport.create_topic("t", 1, retention_ms=FOREVER, retention_bytes=FOREVER)
+        [future] = transport._admin.describe_configs(
+            [_rd_admin().ConfigResource("topic", "t")]
+        ).values()
+        config = await asyncio.to_thread(future.result, 10)
+        assert config["retention.ms"].value == "-1"
+        assert config["retention.bytes"].value == "-1"
+        for bad in ({"retention_ms": -2}, {"retention_bytes": -1000}):
+            with pytest.raises(ConfigError, match="FOREVER"):
+                await transport.create_topic("u", 1, **bad)
+        assert "u" not in {t.name for t in await transport.topics()}
+    finally:
+        await transport.close()
+
+
+async def test_groups_count_what_retention_removed_before_the_group_read_it(
+    kafka_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tansu neither expires records nor answers DeleteRecords, so the log's start is
+    # moved by hand here: what lies between the group's committed offset and the start
+    # is lost to the group.
+    transport = open_transport(kafka_url + "&partitions=3")
+    assert isinstance(transport, KafkaTransport)
+    await transport.start()
+    await transport.create_topic("t", 3)
+    c = transport.consumer("g", ["t"])
+    try:
+        keys = _keys(3)
+        for p in range(3):
+            for n in range(10):
+                await transport.append("t", [(keys[p], f"{n}".encode())])
+        await c.start()
+        await drain(c, 30)
+        await c.commit(c.at({("t", 0): 3, ("t", 1): 8}))  # nothing committed on 2
+        starts = {0: 7, 1: 7, 2: 7}
+
+        async def moved_starts(topic: str, count: int) -> dict[int, int]:
+            return {p: starts[p] for p in range(count)}
+
+        monkeypatch.setattr(transport, "_starts", moved_starts)
+        [info] = [g for g in await transport.groups() if g.group == "g"]
+        rows = {p.partition: (p.committed, p.start, p.lost, p.lag) for p in info.partitions}
+        assert rows == {0: (3, 7, 4, 3), 1: (8, 7, 0, 2), 2: (None, 7, 0, 3)}
+    finally:
+        await c.close()
+        await transport.close()

@@ -37,6 +37,7 @@ from tidings.errors import (
 )
 from tidings.partitioning import partition_for
 from tidings.transport import (
+    FOREVER,
     Capabilities,
     Consumer,
     GroupInfo,
@@ -164,6 +165,12 @@ class KafkaTransport(Transport):
         retention_bytes: int | None = None,
     ) -> TopicInfo:
         check_topic_name(topic)
+        for name, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
+            if value is not None and value < 0 and value != FOREVER:
+                raise ConfigError(
+                    f"topic {topic!r}: {name} must be >= 0, or FOREVER (-1) to keep every "
+                    f"record; got {value}"
+                )
         admin = self._started()
         count = self.config.partitions if partitions is None else partitions
         if count < 1:
@@ -220,11 +227,15 @@ class KafkaTransport(Transport):
     async def _ends(self, topic: str, count: int) -> dict[int, int]:
         return await self._offsets(topic, count, _rd_admin().OffsetSpec.latest())
 
+    async def _starts(self, topic: str, count: int) -> dict[int, int]:
+        """The first offset each partition still holds (retention moves it)."""
+        return await self._offsets(topic, count, _rd_admin().OffsetSpec.earliest())
+
     async def _infos(self, names: Sequence[str]) -> list[TopicInfo]:
         out = []
         for name in names:
             count = await self._partition_count(name)
-            starts = await self._offsets(name, count, _rd_admin().OffsetSpec.earliest())
+            starts = await self._starts(name, count)
             ends = await self._ends(name, count)
             # bytes: Kafka's admin API has no per-partition size in confluent-kafka
             # (DescribeLogDirs is missing there): reported as 0, see docs/kafka.md.
@@ -393,17 +404,23 @@ class KafkaTransport(Transport):
                     count = await self._partition_count(topic)
                 except TopicNotFound:
                     continue
+                starts = await self._starts(topic, count)
                 ends = await self._ends(topic, count)
                 for p in range(count):
                     c = committed.get((topic, p))
+                    c = c if c is not None and c >= 0 else None
+                    start = max(starts[p], 0)
                     rows.append(
                         GroupPartition(
                             group,
                             topic,
                             p,
-                            c if c is not None and c >= 0 else None,
+                            c,
                             ends[p],
+                            start=start,
                             member=owner.get((topic, p)),
+                            # below the log's start now, never read by the group
+                            lost=0 if c is None else max(0, start - c),
                         )
                     )
             out.append(GroupInfo(group, tuple(rows), members))
