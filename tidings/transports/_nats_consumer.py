@@ -8,7 +8,11 @@ KV bucket, as the SQLite log settles it in its tables:
 - each member keeps a key ``<group>.m.<member>`` alive (a time to live of ``lease``,
   renewed every third of it), and a lease key ``<group>.l.<topic>.<partition>`` per
   partition it owns, renewed with compare-and-set on the key's sequence, so a member
-  that lost a lease (it stalled past its lease) finds out instead of overwriting;
+  that lost a lease finds out instead of overwriting. Lease keys have no time to live:
+  another member's lease is expired when unchanged for a lease of the observer's own
+  monotonic clock, and a member whose renewals have failed for a lease fences itself;
+- a lease's generation is the sequence of the write that claimed it: records carry
+  it, and a commit under another generation is dropped;
 - a member claims free partitions up to its fair share of each topic,
   ``ceil(partitions / live members)``, and hands back the excess after its owner (the
   worker) has committed what it had in flight (``on_revoke``);
@@ -18,10 +22,11 @@ KV bucket, as the SQLite log settles it in its tables:
 A member that takes a partition over resets the durable consumer to its ack floor if
 anything was delivered and not acknowledged (a former owner's tail): deliveries start
 again at the first unacknowledged event, in order, instead of after ``ack_wait``.
-Commits are acks, sent only for owned partitions: a former owner cannot acknowledge
-for the new one. While an event waits in a handler (retries, slow work), the member
-marks it in progress every heartbeat once it is older than half of ``ack_wait``, so
-the server does not redeliver it behind the handler's back.
+Commits are acks, sent only for partitions held under the records' generation: a
+former owner cannot acknowledge for the new one. While an event waits in a handler
+(retries, slow work), the member marks it in progress every heartbeat once it is
+older than half of ``ack_wait``, so the server does not redeliver it behind the
+handler's back.
 """
 
 from __future__ import annotations
@@ -148,6 +153,7 @@ class NatsConsumer(Consumer):
         self._watch: Any = None
         self._rr = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._losing: set[TopicPartition] = set()  # lost; on_revoke not yet done
         self._closed = False
         self._started = False
 
@@ -214,6 +220,7 @@ class NatsConsumer(Consumer):
             why,
             ", ".join(f"{t}[{p}]" for t, p in sorted(tps)),
         )
+        self._losing |= tps
         keys = {}
         for tp in tps:
             seq = self._forget_lease(tp)
@@ -240,7 +247,8 @@ class NatsConsumer(Consumer):
         except Exception:
             log.exception("member %s: dropping lost partitions failed", self.member)
         finally:
-            self._kick.set()  # claim again what is free
+            self._losing -= tps
+            self._kick.set()  # claim again what is free; tell a forced reset it may go on
 
     # -- membership -------------------------------------------------------------------
 
@@ -362,10 +370,10 @@ class NatsConsumer(Consumer):
                 marker is not None
                 and marker.get("member") == me
                 and not marker.get("fenced")
-                and not self._fresh(tp)
+                and tp not in self._losing
             ):
                 # A forced reset took this member's lease; it has dropped the partition
-                # (and on_revoke ran): tell the reset it may go on.
+                # and on_revoke has run: tell the reset it may go on.
                 done = orjson.dumps({**marker, "fenced": True})
                 with contextlib.suppress(TransportError):
                     if await t.put_entry(key, done, expect=seq) is not None:
