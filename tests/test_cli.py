@@ -343,10 +343,16 @@ async def test_offsets_reset_is_refused_while_workers_run_unless_forced(
     before = {r.partition: r.committed for r in await group_rows(log.transport, "mailer")}
     consumer = await live_member(log)  # in this process, not the command's
     try:
-        refused = tidings("offsets", "reset", "mailer", "--to", "latest", url=url)
+        # The commands run in threads: the member's heartbeats go on meanwhile (a slow
+        # command on a blocked loop let its lease lapse, and the reset was not refused).
+        refused = await asyncio.to_thread(
+            tidings, "offsets", "reset", "mailer", "--to", "latest", url=url
+        )
         after = {r.partition: r.committed for r in await group_rows(log.transport, "mailer")}
         assert after == before
-        forced = tidings("offsets", "reset", "mailer", "--to", "latest", "--force", url=url)
+        forced = await asyncio.to_thread(
+            tidings, "offsets", "reset", "mailer", "--to", "latest", "--force", url=url
+        )
         if on_kafka(url):
             # Kafka refuses to move the offsets of a group with members, and the command
             # can only move members in its own process: both are refused, nothing moves.
