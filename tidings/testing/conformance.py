@@ -359,6 +359,57 @@ class TransportConformance:
         again = await drain(c, 3)  # without leaving the group
         assert [r.value for r in again] == [b"v2", b"v3", b"v4"]
 
+    async def _committed(self, transport: Transport, group: str) -> dict[TopicPartition, int]:
+        return {
+            (p.topic, p.partition): p.committed
+            for g in await transport.groups()
+            if g.group == group
+            for p in g.partitions
+            if p.committed is not None
+        }
+
+    async def test_a_forced_reset_fences_commits_of_records_fetched_before_it(
+        self, transport: Transport, consumers: list[Consumer]
+    ) -> None:
+        await transport.create_topic("t", 1)
+        await transport.append("t", [("k", f"v{i}".encode()) for i in range(5)])
+        c = await self._member(transport, consumers, "g")
+        before = await drain(c, 5)
+        start = before[0].offset
+        await transport.set_offsets("g", "t", {0: start}, force=True)
+        # The member reads the partition again from the reset offset, without leaving.
+        again = await drain(c, 5, timeout=30)
+        assert [r.value for r in again] == [f"v{i}".encode() for i in range(5)]
+        # Handled before the reset: its commit is refused, now that the member holds
+        # the partition again, as it would be at any moment after the reset.
+        await c.commit(positions(before))
+        assert (await self._committed(transport, "g")).get(("t", 0)) == start
+        await c.commit(positions(again))
+        assert (await self._committed(transport, "g"))[("t", 0)] == again[-1].offset + 1
+
+    async def test_a_former_owners_old_generation_is_refused_after_it_owns_again(
+        self, transport: Transport, consumers: list[Consumer]
+    ) -> None:
+        await self._fill(transport, 40)
+        a = await self._member(transport, consumers, "g")
+        records = await drain(a, 40)
+        b = await self._member(transport, consumers, "g")
+        await eventually(
+            lambda: self._balanced([a, b], self.partitions), timeout=30, what="a balanced group"
+        )
+        moved = b.assignment()
+        await b.close()
+        consumers.remove(b)
+        await eventually(
+            lambda: a.assignment() >= moved, timeout=30, what="the partitions back with a"
+        )
+        before = await self._committed(transport, "g")
+        old = {tp: pos for tp, pos in positions(records).items() if tp in moved}
+        await a.commit(old)  # fetched under the lease a lost in between: refused
+        after = await self._committed(transport, "g")
+        for tp in moved:
+            assert after.get(tp) == before.get(tp), f"an old generation moved {tp}"
+
     async def test_reset_offsets_of_a_stopped_group_replays_from_there(
         self, transport: Transport, consumers: list[Consumer]
     ) -> None:
