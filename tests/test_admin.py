@@ -195,6 +195,7 @@ def test_group_json_has_exactly_the_documented_keys() -> None:
         "committed": 5,
         "end": 9,
         "lag": 4,
+        "lost": 0,
         "dlq": 2,
     }
 

@@ -146,6 +146,7 @@ async def test_groups_json_has_exactly_the_documented_keys(log: Tidings, url: st
             "committed": max(nexts[p] - 1, 0),
             "end": ends[p],
             "lag": min(nexts[p], 1),  # the last event of each partition is left
+            "lost": 0,
             "dlq": 0,
         }
         for p in (0, 1)
@@ -170,12 +171,12 @@ async def test_groups_table_shows_lag_and_the_live_member_of_each_partition(
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split() == [
-        "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "DLQ", "MEMBER"
+        "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LOST", "DLQ", "MEMBER"
     ]  # fmt: skip
     ends = await _ends(log)
     [info] = [t for t in await topic_rows(log.transport) if t.name == "tasks"]
     assert [row.split() for row in rows] == [
-        ["sms", "tasks", str(p), "0", str(ends[p]), str(info.partitions[p].events), "0",
+        ["sms", "tasks", str(p), "0", str(ends[p]), str(info.partitions[p].events), "0", "0",
          consumer.member]
         for p in (0, 1)
     ]  # fmt: skip

@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 CLI_SOURCE = "tidings-cli"
-GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag", "dlq")
+GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag", "lost", "dlq")
 # The short form of a line on stdin; any other key is a typo, not an extension.
 SHORT_FORM_KEYS = frozenset({"type", "data", "subject", "correlationid"})
 
@@ -195,6 +195,7 @@ def group_row_json(row: GroupPartition, dlq: int) -> dict[str, Any]:
         "committed": row.committed,
         "end": row.end,
         "lag": row.lag,
+        "lost": row.lost,
         "dlq": dlq,
     }
 

@@ -248,7 +248,7 @@ async def cmd_groups(args: argparse.Namespace) -> int:
     else:
         print(
             _table(
-                ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "DLQ", "MEMBER"),
+                ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LOST", "DLQ", "MEMBER"),
                 [
                     (
                         r.group,
@@ -257,6 +257,7 @@ async def cmd_groups(args: argparse.Namespace) -> int:
                         r.committed,
                         r.end,
                         r.lag,
+                        r.lost,
                         dlq[r.group],
                         r.member,
                     )

@@ -204,14 +204,20 @@ class Tidings:
         partitions: int | None = None,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
+        keep_unread: bool = False,
     ) -> None:
-        """Declare a topic's settings; it is created with them on start if missing."""
+        """Declare a topic's settings; it is created with them on start if missing.
+
+        ``keep_unread``: retention never deletes a record a live group has not
+        committed (the SQLite and memory logs; Kafka and NATS refuse it)."""
         check_topic_name(name)
         self._topics[name] = {
             "partitions": partitions,
             "retention_ms": retention_ms,
             "retention_bytes": retention_bytes,
         }
+        if keep_unread:
+            self._topics[name]["keep_unread"] = True
 
     def group(self, name: str, *, sequenced: bool = False) -> None:
         """Settings of group ``name``; see :class:`GroupSettings`."""

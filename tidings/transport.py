@@ -344,12 +344,15 @@ class Transport(ABC):
         *,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
+        keep_unread: bool = False,
     ) -> TopicInfo:
         """Create ``topic`` if missing (default partition count of the URL); return it.
 
         An existing topic is returned as it is; its partition count never changes here,
         since that would move keys to other partitions. Retention ``None`` is the
         transport's default; :data:`FOREVER` keeps every record (dead letters, replays).
+        ``keep_unread``: retention never deletes what a live group has not committed
+        (where the transport removes records itself; elsewhere a ConfigError).
         """
 
     @abstractmethod

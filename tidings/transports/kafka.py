@@ -163,8 +163,15 @@ class KafkaTransport(Transport):
         *,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
+        keep_unread: bool = False,
     ) -> TopicInfo:
         check_topic_name(topic)
+        if keep_unread:
+            raise ConfigError(
+                f"topic {topic!r}: keep_unread needs a log that deletes records itself "
+                f"(SQLite); {self.url.split(':', 1)[0]}'s broker applies its own retention, "
+                "so set a retention long enough for your slowest group instead"
+            )
         for name, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
             if value is not None and value < 0 and value != FOREVER:
                 raise ConfigError(

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound
 from tidings.partitioning import partition_for
 from tidings.transport import (
+    FOREVER,
     Capabilities,
     Consumer,
     GroupInfo,
@@ -59,6 +60,7 @@ class _Topic:
     partitions: list[_Partition]
     retention_ms: int | None = None
     retention_bytes: int | None = None
+    keep_unread: bool = False
 
 
 class _Store:
@@ -112,6 +114,7 @@ class MemoryTransport(Transport):
         *,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
+        keep_unread: bool = False,
     ) -> TopicInfo:
         if topic not in self._store.topics:
             check_topic_name(topic)
@@ -119,7 +122,11 @@ class MemoryTransport(Transport):
             if count < 1:
                 raise ConfigError(f"topic {topic!r}: partitions must be >= 1, got {count}")
             self._store.topics[topic] = _Topic(
-                topic, [_Partition() for _ in range(count)], retention_ms, retention_bytes
+                topic,
+                [_Partition() for _ in range(count)],
+                None if retention_ms == FOREVER else retention_ms,
+                None if retention_bytes == FOREVER else retention_bytes,
+                keep_unread,
             )
         return self._info(self._store.topics[topic])
 
@@ -152,10 +159,9 @@ class MemoryTransport(Transport):
         self._store.notify()
         return out
 
-    @staticmethod
-    def _retain(t: _Topic) -> None:
+    def _retain(self, t: _Topic) -> None:
         now = _ms()
-        for p in t.partitions:
+        for n, p in enumerate(t.partitions):
             drop = 0
             if t.retention_ms is not None:
                 while drop < len(p.records) and p.records[drop].timestamp < now - t.retention_ms:
@@ -165,6 +171,11 @@ class MemoryTransport(Transport):
                 while drop < len(p.records) and size > t.retention_bytes:
                     size -= len(p.records[drop].value)
                     drop += 1
+            if t.keep_unread and drop:  # not past what a live group has not committed
+                for group, members in self._store.members.items():
+                    committed = self._store.offsets.get((group, t.name, n))
+                    if members and committed is not None:
+                        drop = max(0, min(drop, committed - p.start))
             if drop:
                 p.bytes -= sum(len(r.value) for r in p.records[:drop])
                 del p.records[:drop]
@@ -208,15 +219,17 @@ class MemoryTransport(Transport):
             rows = []
             for topic in sorted(topics & self._store.topics.keys()):
                 for i, p in enumerate(self._store.topics[topic].partitions):
+                    committed = self._store.offsets.get((group, topic, i))
                     rows.append(
                         GroupPartition(
                             group,
                             topic,
                             i,
-                            self._store.offsets.get((group, topic, i)),
+                            committed,
                             p.end,
                             p.start,
                             owner.get((topic, i)),
+                            lost=max(0, p.start - committed) if committed is not None else 0,
                         )
                     )
             infos = tuple(

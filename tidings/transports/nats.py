@@ -484,8 +484,15 @@ class NatsTransport(Transport):
         *,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
+        keep_unread: bool = False,
     ) -> TopicInfo:
         check_topic_name(topic)
+        if keep_unread:
+            raise ConfigError(
+                f"topic {topic!r}: keep_unread needs a log that deletes records itself "
+                f"(SQLite); {self.url.split(':', 1)[0]}'s broker applies its own retention, "
+                "so set a retention long enough for your slowest group instead"
+            )
         if partitions is not None and partitions < 1:
             raise ConfigError(f"topic {topic!r} needs at least 1 partition, got {partitions}")
         await self._ensure_topic(topic, partitions, retention_ms, retention_bytes)
