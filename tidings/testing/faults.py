@@ -347,10 +347,15 @@ class FaultyTransport(Transport):
         *,
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
+        keep_unread: bool = False,
     ) -> TopicInfo:
         self._check_alive()
         return await self.inner.create_topic(
-            topic, partitions, retention_ms=retention_ms, retention_bytes=retention_bytes
+            topic,
+            partitions,
+            retention_ms=retention_ms,
+            retention_bytes=retention_bytes,
+            keep_unread=keep_unread,
         )
 
     async def append(
