@@ -16,21 +16,11 @@ from typing import Any
 import pytest
 
 from tidings.errors import TransportError
-from tidings.testing import drain, eventually
-from tidings.transport import FOREVER, Clock, TopicPartition, positions
+from tidings.testing import SteppedClock, drain, eventually
+from tidings.transport import FOREVER, TopicPartition, positions
 from tidings.transports import _sqlite_sql, sqlite
 from tidings.transports._sqlite_consumer import SQLiteConsumer
 from tidings.transports.sqlite import SQLiteTransport
-
-
-class HandClock(Clock):
-    """Monotonic time that moves only when told (wall time stays the system's)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -287,7 +277,7 @@ async def test_a_member_whose_renewals_fail_gives_its_partitions_up(
     # Finding 8: a member that could not renew only logged, and went on handing out
     # and committing records another member could already have taken.
     t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=2&lease=1")
-    clock = HandClock()
+    clock = SteppedClock()
     t.clock = clock
     await t.start()
     revoked: list[frozenset[TopicPartition]] = []
@@ -306,7 +296,7 @@ async def test_a_member_whose_renewals_fail_gives_its_partitions_up(
             raise TransportError(f"injected failure at {point}")
 
         t.fault_hook = broken
-        clock.now += 0.8  # more than 0.75 of the 1 s lease since the last renewal
+        clock.advance(0.8)  # more than 0.75 of the 1 s lease since the last renewal
         assert await c.fetch(10, timeout=0.1) == []  # hands out nothing more
         await eventually(lambda: bool(revoked), timeout=10, what="the partitions given up")
         assert revoked == [frozenset({("t", 0), ("t", 1)})]
@@ -355,7 +345,7 @@ async def test_a_wall_clock_step_back_does_not_keep_a_dead_members_lease(
 ) -> None:
     # Finding 9: -60 s kept a dead member's leases alive for another minute.
     t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=2&lease=1")
-    clock = HandClock()
+    clock = SteppedClock()
     t.clock = clock
     await t.start()
     try:
@@ -367,7 +357,7 @@ async def test_a_wall_clock_step_back_does_not_keep_a_dead_members_lease(
         monkeypatch.setattr(time, "time_ns", lambda: real() - 60_000_000_000)
         alive = await member(t)
         assert alive.assignment() == frozenset()
-        clock.now += 1.0  # a lease length of this process's time, its beat unchanged
+        clock.advance(1.0)  # a lease length of this process's time, its beat unchanged
         await alive._heartbeat()
         assert len(alive.assignment()) == 2
         await alive.close()
