@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -515,3 +517,70 @@ async def test_a_killed_worker_loses_nothing_as_its_group_mate_takes_over(
     assert calls["doomed"] > 0
     assert calls["mate"] > 0
     print(report, dict(calls))
+
+
+async def _owners(transport: Transport, group: str) -> dict[str, frozenset[int]]:
+    """member -> the partitions of TOPIC it holds now."""
+    out: dict[str, frozenset[int]] = {}
+    for info in await transport.groups():
+        if info.group == group:
+            for m in info.members:
+                out[m.member] = frozenset(p for t, p in m.partitions if t == TOPIC)
+    return out
+
+
+@pytest.mark.parametrize("step", [60, -60])
+async def test_a_wall_clock_step_moves_no_partition_between_two_live_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int
+) -> None:
+    # Issue 15, finding 9: a +60 s step made both members lose every partition (91
+    # events handled twice); leases are now judged by monotonic time alone. Two
+    # transports on one file, as two processes, with 5 s leases, so that a busy machine
+    # does not let one lapse for real.
+    log = f"sqlite:///{tmp_path / 'events.db'}?lease=5"
+    a = FaultyTransport(open_transport(log), seed=31, plan=FaultPlan.none())
+    b = FaultyTransport(open_transport(log), seed=32, plan=FaultPlan.none())
+    inv = Invariants(["audit"], faults=a)
+    calls: Counter[str] = Counter()
+    app_a = make_app(a, inv, groups=["audit"], calls=calls, name="a")
+    app_b = make_app(b, inv, groups=["audit"], calls=calls, name="b")
+    beats: Counter[str] = Counter()
+    for name, faulty in (("a", a), ("b", b)):
+        hook = faulty.inner.fault_hook
+        assert hook is not None
+
+        async def counting(point: str, hook: Any = hook, name: str = name) -> None:
+            beats[f"{name}:{point}"] += 1
+            await hook(point)
+
+        faulty.inner.fault_hook = counting
+    async with app_a, app_b, running(app_a), running(app_b):
+        await eventually(
+            lambda: _balanced(a), timeout=30, what="two members holding two partitions each"
+        )
+        before = await _owners(a, "audit")
+        await publish(app_a, inv, events=200, keys=20)
+        await eventually(inv.complete, timeout=60, what="the first 200 handled")
+        real = time.time_ns
+        monkeypatch.setattr(time, "time_ns", lambda: real() + step * 1_000_000_000)
+        # Two heartbeats of each member (every 5/3 s) under the stepped clock.
+        seen = beats.copy()
+        await eventually(
+            lambda: all(beats[f"{n}:heartbeat"] >= seen[f"{n}:heartbeat"] + 2 for n in "ab"),
+            timeout=30,
+            what="two heartbeats of each member after the step",
+        )
+        await publish(app_b, inv, events=200, keys=20)
+        await eventually(inv.complete, timeout=60, what="the next 200 handled")
+        after = await _owners(a, "audit")
+    report = inv.check()
+    assert report.lost == {"audit": 0}
+    assert report.out_of_order == {"audit": 0}
+    assert report.duplicates == {"audit": 0}
+    assert after == before
+    print(f"step {step:+d} s:", report, dict(calls))
+
+
+async def _balanced(transport: Transport) -> bool:
+    owners = await _owners(transport, "audit")
+    return len(owners) == 2 and all(len(parts) == 2 for parts in owners.values())
