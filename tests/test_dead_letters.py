@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -18,17 +20,20 @@ from tidings.codec import encode
 from tidings.dead_letters import (
     DeadLetter,
     DeadLetterLog,
+    DeadLetterQueue,
     Filter,
     depths,
     dlq_topic,
     open_log,
     purge,
     replay,
+    replay_plan,
 )
-from tidings.errors import ConfigError, TopicNotFound, TransportError
+from tidings.errors import ConfigError, RecordRejected, TopicNotFound, TransportError
 from tidings.middleware import Delivery, Retry, default_middleware
 from tidings.partitioning import partition_for
 from tidings.testing import eventually, running
+from tidings.transport import Record
 
 FAST = {"base_delay": 0.005, "max_delay": 0.01}
 
@@ -623,3 +628,241 @@ async def test_an_event_dead_lettered_by_a_run_that_did_not_commit_is_not_kept_t
         assert [e.entry for e in await entries(app, "g", everything=True)] == [first.entry]
         lag = sum(r.lag for r in await group_rows(app.transport, "g") if r.topic == "tasks")
         assert lag == 0
+
+
+# -- bounded memory (finding 13) -------------------------------------------------------
+
+
+async def _write_entries(app: Tidings, group: str, count: int) -> list[DeadLetter]:
+    """``count`` entries of 10 keys written to ``group``'s dead-letter topic."""
+    written = [
+        entry(entry=f"e-{i:05}", key=f"k-{i % 10}", topic="tasks", offset=i, dead_at=100.0 + i)
+        for i in range(count)
+    ]
+    await app.transport.create_topic(dlq_topic(group))
+    await app.transport.append(dlq_topic(group), [(e.key, e.encode()) for e in written])
+    return written
+
+
+async def _write_marks(app: Tidings, group: str, state: str, ids: list[str]) -> None:
+    marks = [
+        (None, orjson.dumps({"kind": "mark", "state": state, "entries": ids[i : i + 7]}))
+        for i in range(0, len(ids), 7)
+    ]  # keyless: spread over the partitions, mostly not their entries'
+    await app.transport.append(dlq_topic(group), marks)
+
+
+def _memory(log: DeadLetterLog) -> tuple[Any, ...]:
+    return (log.entries, log.states, log.by_key, log.by_position)
+
+
+async def test_a_log_that_forgets_holds_only_the_unresolved_entries(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tidings.dead_letters.READ_BATCH", 16)  # many reads per partition
+    app = make_app(url)
+    async with app:
+        written = await _write_entries(app, "g", 600)
+        ids = [e.entry for e in written]
+        await _write_marks(app, "g", "replayed", ids[:500])
+        await _write_marks(app, "g", "resolved", ids[:450])
+        await _write_marks(app, "g", "purged", ids[450:480])
+        await _write_marks(app, "g", "replayed", ids[:10])  # late: final states stay final
+        lean = DeadLetterLog(app.transport, "g", resolved=False, values=False)
+        await lean.refresh()
+        full = await open_log(app.transport, "g")
+    waiting = set(ids[480:])
+    assert set(lean.entries) == waiting
+    assert set(lean.states) == waiting
+    assert {i for ids_ in lean.by_key.values() for i in ids_} == waiting
+    assert set(lean.by_position.values()) == waiting
+    assert all(e.value == b"" for e in lean.entries.values())
+    assert [(e.entry, s) for e, s in lean.listing(include_resolved=True)] == [
+        (e.entry, s) for e, s in full.listing()
+    ]
+    assert lean.depth() == full.depth() == 100
+    assert not lean.unresolved(ids[0])  # resolved, and forgotten
+    assert not lean.unresolved(ids[460])  # purged
+    assert lean.unresolved(ids[490])  # replayed, not yet resolved
+    assert full.state(ids[0]) == "resolved"
+    assert len(full.entries) == 600
+
+
+async def test_marks_read_before_their_entries_still_resolve_them(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mark can be read first: from another partition, stamped by a clock behind the
+    entry's writer, or appended after a refresh read the entry's partition."""
+    app = make_app(url)
+    async with app:
+        await app.transport.create_topic(dlq_topic("g"))
+        lean = DeadLetterLog(app.transport, "g", resolved=False)
+        real_read = app.transport.read
+
+        async def marks_first(topic: str, partition: int, offset: int, limit: int) -> Any:
+            records = await real_read(topic, partition, offset, limit)
+            # A mark's writer whose clock is an hour behind.
+            return [r._replace(timestamp=r.timestamp - 3_600_000) if b'"mark"' in r.value
+                    else r for r in records]  # fmt: skip
+
+        monkeypatch.setattr(app.transport, "read", marks_first)
+        written = await _write_entries(app, "g", 50)
+        ids = [e.entry for e in written]
+        await _write_marks(app, "g", "resolved", ids[:40])
+        await lean.refresh()
+        assert set(lean.entries) == set(ids[40:])
+
+        # Read in one refresh, its entry in the next (as if the entry's partition was
+        # read before it was appended): the entry is forgotten when it comes.
+        late = entry(entry="late", key="k-late", topic="tasks", offset=999)
+        await _write_marks(app, "g", "resolved", ["late", *ids[40:45]])
+        await lean.refresh()
+        await app.transport.append(dlq_topic("g"), [(late.key, late.encode())])
+        await lean.refresh()
+        assert set(lean.entries) == set(ids[45:])
+        # A mark whose entry never comes (its entry forgotten long ago) is not kept.
+        await _write_marks(app, "g", "resolved", ["gone"])
+        for _ in range(3):
+            await lean.refresh()
+        assert not lean._early
+        assert not lean._early_before
+
+
+async def test_a_refresh_whose_read_fails_goes_on_from_what_it_applied(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(url)
+    async with app:
+        written = await _write_entries(app, "g", 2600)  # over 1,000 in a partition
+        await _write_marks(app, "g", "resolved", [e.entry for e in written[:2000]])
+        reads: list[tuple[int, int]] = []
+        failed: list[tuple[int, int]] = []
+        real_read = app.transport.read
+
+        async def fails_once(topic: str, partition: int, offset: int, limit: int) -> Any:
+            if offset > 0 and not failed:
+                failed.append((partition, offset))
+                raise TransportError("database is locked")
+            reads.append((partition, offset))
+            return await real_read(topic, partition, offset, limit)
+
+        monkeypatch.setattr(app.transport, "read", fails_once)
+        for lean in (False, True):
+            failed.clear()
+            dead = DeadLetterLog(app.transport, "g", resolved=not lean)
+            with pytest.raises(TransportError, match="locked"):
+                await dead.refresh()
+            reads.clear()
+            await dead.refresh()
+            (partition, offset), *_ = failed
+            first_read = next(o for p, o in reads if p == partition)
+            assert first_read == offset  # nothing applied twice, nothing skipped
+            fresh = DeadLetterLog(app.transport, "g", resolved=not lean)
+            await fresh.refresh()
+            assert _memory(dead) == _memory(fresh)
+            assert len(dead.entries) == (600 if lean else 2600)
+
+
+# -- a dead letter can always be written (finding 14) ----------------------------------
+
+
+@pytest.fixture(params=["memory", *LOGS])
+def any_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://?partitions=4"
+    return log_url(request, partitions=4)
+
+
+async def test_an_original_over_the_limit_is_kept_cut_with_its_size_and_digest(
+    any_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tidings.dead_letters.VALUE_LIMIT", 1000)
+    app = make_app(any_url)
+    handled: list[int] = []
+
+    @app.subscriber("tasks", group="g")
+    async def handler(task: Task) -> None:
+        handled.append(task.n)
+
+    garbage = bytes(range(256)) * 20  # 5,120 bytes that are no event
+    async with app, running(app):
+        await app.transport.append("tasks", [("k", garbage), ("k", small := b"{nope")])
+        await app.publish("tasks", Task(task_id="k", n=1))
+        cut, whole = await wait_dead(app, "g", 2)
+        await eventually(lambda: handled == [1], what="the event behind the poison")
+        plan = replay_plan(await open_log(app.transport, "g"), Filter())
+        assert await replay(app.transport, "g", Filter()) == 1  # only the whole one
+    assert (cut.truncated, cut.value, cut.value_size) == (True, garbage[:1000], len(garbage))
+    assert cut.value_sha256 == hashlib.sha256(garbage).hexdigest()
+    assert (cut.topic, cut.offset, cut.reason) == ("tasks", 0, "poison")
+    assert not cut.replayable
+    assert (whole.truncated, whole.value, whole.value_size) == (False, small, len(small))
+    assert whole.value_sha256 == hashlib.sha256(small).hexdigest()
+    assert plan == ([whole], [cut])  # the cut one is not sent, and is reported
+
+
+async def test_a_dead_letter_the_log_refuses_is_written_without_the_original(
+    any_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Kafka refuses a record over its size limit: the partition moves on."""
+    app = make_app(any_url)
+    handled: list[int] = []
+    refused: list[int] = []
+
+    @app.subscriber("tasks", group="g")
+    async def handler(task: Task) -> None:
+        handled.append(task.n)
+
+    real_append = app.transport.append
+
+    async def broker_limit(topic: str, records: Any) -> Any:
+        if topic == "g.dlq" and any(len(value) > 5000 for _, value in records):
+            refused.append(max(len(value) for _, value in records))
+            raise RecordRejected("Broker: Message size too large")
+        return await real_append(topic, records)
+
+    monkeypatch.setattr("tidings.dead_letters.WRITE_RETRY", 0.05)
+    garbage = b"\xff" * 6000
+    async with app:
+        monkeypatch.setattr(app.transport, "append", broker_limit)
+        async with running(app):
+            await app.transport.append("tasks", [("k", garbage)])
+            await app.publish("tasks", Task(task_id="k", n=1))
+            (dead,) = await wait_dead(app, "g", 1)
+            await eventually(lambda: handled == [1], what="the event behind the poison")
+    assert len(refused) == 1  # refused once, never sent again as it was
+    assert (dead.truncated, dead.value, dead.value_size) == (True, b"", 6000)
+    assert dead.value_sha256 == hashlib.sha256(garbage).hexdigest()
+    assert dead.error_type == "tidings.errors.DecodeError"
+
+
+async def test_a_dead_letter_refused_even_without_the_original_is_not_tried_for_ever() -> None:
+    app = make_app("memory://")
+    tries = 0
+
+    async def refuses(topic: str, records: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        raise RecordRejected("Broker: Message size too large")
+
+    async with app:
+        queue = DeadLetterQueue(app.transport, "g", sequenced=False)
+        await queue.start()
+        app.transport.append = refuses  # type: ignore[method-assign]
+        record = Record("tasks", 0, 7, 0, "k", b"x" * 100)
+        with pytest.raises(RecordRejected, match=r"even a dead letter without the original"):
+            await queue.write(record, OSError("no"), reason="failed", stopping=asyncio.Event())
+    assert tries == 2
+    with pytest.raises(ConfigError, match="max_value_bytes"):
+        DeadLetterQueue(app.transport, "g", sequenced=False, max_value_bytes=-1)
+
+
+def test_an_entry_written_before_values_were_cut_reads_as_whole() -> None:
+    old = entry(value=b"abc").to_json()
+    for name in ("truncated", "value_size", "value_sha256"):
+        del old[name]
+    parsed = DeadLetter.from_json(old)
+    assert (parsed.truncated, parsed.value_size, parsed.value_sha256) == (False, None, None)
+    assert parsed.replayable
+    cut = entry(value=b"ab", truncated=True, value_size=9, value_sha256="00ff")
+    assert DeadLetter.from_bytes(cut.encode()) == cut

@@ -3,8 +3,10 @@ against a SQLite log that a real worker filled with dead letters."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from tests.conftest import LOGS, log_url
 from tests.test_cli import assert_one_error_line, tidings
 from tidings import Tidings
 from tidings.dead_letters import open_log
+from tidings.envelope import new_id
 from tidings.middleware import Retry
 from tidings.testing import eventually, running
 
@@ -130,7 +133,7 @@ async def test_replay_then_replay_again_sends_each_entry_once(app: Tidings, url:
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "replayed 2 dead letter(s) to group mail (through mail.retry)"
     again = tidings("dlq", "replay", "mail", "--error-type", "OSError", "--json", url=url)
-    assert json.loads(again.stdout) == {"group": "mail", "replayed": 0}
+    assert json.loads(again.stdout) == {"group": "mail", "replayed": 0, "skipped_truncated": 0}
     states = {
         r["key"]: r["state"]
         for r in rows(tidings("dlq", "list", "mail", "--all", "--json", url=url))
@@ -141,6 +144,49 @@ async def test_replay_then_replay_again_sends_each_entry_once(app: Tidings, url:
     # The replay went to mail's own topic: audit's lag did not move.
     groups = rows(tidings("groups", "audit", "--json", url=url))
     assert all(r["lag"] == 0 for r in groups)
+
+
+async def test_a_truncated_entry_is_shown_as_cut_and_never_replayed(app: Tidings, url: str) -> None:
+    first, *_ = (await open_log(app.transport, "mail")).listing()
+    whole = first[0]
+    cut = replace(
+        whole,
+        entry=new_id(),
+        value=whole.value[:20],
+        truncated=True,
+        value_size=len(whole.value),
+        value_sha256=hashlib.sha256(whole.value).hexdigest(),
+    )
+    await app.transport.append("mail.dlq", [(cut.key, cut.encode())])
+
+    shown = tidings("dlq", "show", "mail", cut.entry, url=url)
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        f"truncated:      yes: 20 of the original's {len(whole.value):,} bytes kept "
+        f"(sha256 {cut.value_sha256}); it cannot be replayed"
+    ) in shown.stdout
+    assert f"original bytes (the first 20):\n{whole.value[:20].decode()}\n" in shown.stdout
+    doc = json.loads(tidings("dlq", "show", "mail", cut.entry, "--json", url=url).stdout)
+    assert (doc["truncated"], doc["value_size"], doc["event"]) == (True, len(whole.value), None)
+
+    dry = tidings("dlq", "replay", "mail", "--dry-run", url=url)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[-2:] == [
+        "4 dead letter(s) would be replayed to group mail",
+        f"skipped 1 truncated dead letter(s): their original was too large to keep in full, "
+        f"so it cannot be sent again (see 'tidings dlq show'): {cut.entry}",
+    ]
+    sent = tidings("dlq", "replay", "mail", url=url)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.splitlines()[0].startswith("replayed 4 dead letter(s)")
+    assert sent.stdout.splitlines()[1].startswith("skipped 1 truncated dead letter(s)")
+    again = tidings("dlq", "replay", "mail", "--json", url=url)
+    assert json.loads(again.stdout) == {"group": "mail", "replayed": 0, "skipped_truncated": 1}
+    listed = rows(tidings("dlq", "list", "mail", "--json", url=url))
+    assert [r["entry"] for r in listed if r["state"] == "dead"] == [cut.entry]  # still waiting
+    assert [r["entry"] for r in listed if r["truncated"]] == [cut.entry]
+    retry = [info for info in await app.transport.topics() if info.name == "mail.retry"]
+    assert retry[0].events == 4
 
 
 async def test_a_large_replay_shows_a_progress_bar(url: str) -> None:

@@ -28,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import logging
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,7 +40,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from tidings.envelope import new_id
-from tidings.errors import DecodeError, TidingsError, TopicNotFound, TransportError
+from tidings.errors import (
+    ConfigError,
+    DecodeError,
+    RecordRejected,
+    TidingsError,
+    TopicNotFound,
+    TransportError,
+)
 from tidings.middleware.retry import RetriesExhausted
 from tidings.transport import Record, Transport
 
@@ -62,8 +71,12 @@ log = logging.getLogger("tidings.dead_letters")
 Reason = Literal["failed", "poison", "parked"]
 State = Literal["dead", "replayed", "resolved", "purged"]
 UNRESOLVED: frozenset[str] = frozenset({"dead", "replayed"})
-TRACEBACK_LIMIT = 16_384  # characters kept of a traceback
+MARKS: frozenset[str] = frozenset({"replayed", "resolved", "purged"})
+TRACEBACK_LIMIT = 16_384  # characters kept of a traceback, and of an error message
+VALUE_LIMIT = 256 * 1024  # bytes of the original kept in an entry (DeadLetterQueue's default)
+REFUSED_TEXT_LIMIT = 4_096  # characters of traceback and message kept when an entry is refused
 WRITE_RETRY = 1.0  # seconds between attempts to write a dead letter while the log is down
+READ_BATCH = 256  # records read at a time per partition while refreshing
 
 
 def dlq_topic(group: str) -> str:
@@ -76,6 +89,10 @@ def retry_topic(group: str) -> str:
     return f"{group}.retry"
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _type_name(error: BaseException) -> str:
     cls = type(error)
     return (
@@ -85,7 +102,11 @@ def _type_name(error: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One dead-letter entry. ``value`` is the original record, byte for byte.
+    """One dead-letter entry. ``value`` is the original record, byte for byte, unless
+    ``truncated``: then it is only the original's first bytes (none if the log refused
+    even those), ``value_size`` and ``value_sha256`` identify the original, and the
+    entry cannot be replayed. Entries written before these fields read as not truncated,
+    with ``value_size`` and ``value_sha256`` None.
 
     ``event_id``, ``type`` and ``correlationid`` are None when the record could not be
     decoded. ``dlq_partition``/``dlq_offset`` say where the entry itself is stored.
@@ -113,8 +134,16 @@ class DeadLetter:
     handler: str | None = None
     parked_behind: str | None = None  # the entry this one waits behind (sequenced groups)
     replay_of: str | None = None  # the entry whose replay failed again
+    truncated: bool = False
+    value_size: int | None = None  # the original's size in bytes
+    value_sha256: str | None = None  # the original's SHA-256, hex
     dlq_partition: int = -1
     dlq_offset: int = -1
+
+    @property
+    def replayable(self) -> bool:
+        """Whether a replay can send the original (it was not truncated)."""
+        return not self.truncated
 
     def to_json(self) -> dict[str, Any]:
         """The documented JSON form (``value`` base64-encoded)."""
@@ -141,6 +170,9 @@ class DeadLetter:
             "dead_at": self.dead_at,
             "parked_behind": self.parked_behind,
             "replay_of": self.replay_of,
+            "truncated": self.truncated,
+            "value_size": self.value_size,
+            "value_sha256": self.value_sha256,
             "value": base64.b64encode(self.value).decode("ascii"),
         }
         return doc
@@ -175,6 +207,9 @@ class DeadLetter:
                 handler=doc.get("handler"),
                 parked_behind=doc.get("parked_behind"),
                 replay_of=doc.get("replay_of"),
+                truncated=bool(doc.get("truncated", False)),
+                value_size=None if doc.get("value_size") is None else int(doc["value_size"]),
+                value_sha256=doc.get("value_sha256"),
                 dlq_partition=partition,
                 dlq_offset=offset,
             )
@@ -202,6 +237,14 @@ def _mark(state: State, entries: Sequence[str]) -> bytes:
     )
 
 
+def _after(current: State | None, state: State) -> State:
+    """The state a mark leaves: final states stay final (a late ``replayed`` mark must
+    not revive a resolved entry)."""
+    if current is not None and current not in UNRESOLVED and state in UNRESOLVED:
+        return current
+    return state
+
+
 @dataclass
 class DeadLetterLog:
     """A group's dead letters as read from its ``.dlq`` topic, refreshed incrementally.
@@ -209,16 +252,28 @@ class DeadLetterLog:
     ``refresh()`` reads only what was appended since the last call, so a worker can
     call it whenever it needs to be sure (a partition changed hands, a replayed entry
     arrived) without re-reading the queue.
+
+    ``resolved=False`` forgets resolved and purged entries, so memory follows the
+    unresolved entries, not the topic; ``values=False`` keeps entries without their
+    ``value`` and ``traceback``. A worker's log does both (it needs the unresolved
+    entries to park by key and to not write an entry twice).
     """
 
     transport: Transport
     group: str
+    resolved: bool = field(default=True, kw_only=True)
+    values: bool = field(default=True, kw_only=True)
     entries: dict[str, DeadLetter] = field(default_factory=dict)
-    states: dict[str, State] = field(default_factory=dict)
+    states: dict[str, State] = field(default_factory=dict)  # of the entries, one each
     # (original topic, key) -> unresolved entry ids of that key, for sequenced groups
     by_key: dict[tuple[str, str | None], set[str]] = field(default_factory=dict)
     # (topic, partition, offset, handler) -> the latest entry for that event and handler
     by_position: dict[tuple[str, int, int, str | None], str] = field(default_factory=dict)
+    # Marks read before their entries (another partition, a writer's clock behind): kept
+    # until a whole refresh started after them has run, which reads every entry written
+    # before them. What is left then marked entries already gone.
+    _early: dict[str, State] = field(default_factory=dict)
+    _early_before: dict[str, State] = field(default_factory=dict)
     _positions: dict[int, int] = field(default_factory=dict)
     _partitions: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -228,25 +283,45 @@ class DeadLetterLog:
         return dlq_topic(self.group)
 
     async def refresh(self) -> None:
+        """Read and apply what was appended since the last refresh.
+
+        A failed read raises, and leaves the log as of the records applied until then
+        (each partition's position follows exactly what was applied): calling it again
+        goes on from there.
+        """
         async with self._lock:
-            if not self._partitions or not self._positions:
+            if not self._partitions:
                 for info in await self.transport.topics():
                     if info.name == self.topic:
-                        self._partitions = len(info.partitions)
                         for p in info.partitions:
                             self._positions.setdefault(p.partition, p.start)
+                        self._partitions = len(info.partitions)
                         break
-            for partition in range(self._partitions):
-                position = self._positions.get(partition, 0)
-                while True:
-                    records = await self.transport.read(self.topic, partition, position, 1000)
-                    for record in records:
-                        self._apply(record)
+            # The partitions are merged by append time, so that a mark mostly comes after
+            # its entry and memory holds what is unresolved at that time, not all read.
+            heads: dict[int, deque[Record]] = {}
+            reading = set(range(self._partitions))
+            while True:
+                for partition in sorted(reading - heads.keys()):
+                    records = await self.transport.read(
+                        self.topic, partition, self._positions.get(partition, 0), READ_BATCH
+                    )
                     if records:
-                        position = records[-1].offset + 1
-                    if len(records) < 1000:
+                        heads[partition] = deque(records)
+                    else:
+                        reading.discard(partition)  # read to its end
+                if not heads:
+                    break
+                while True:
+                    partition = min(heads, key=lambda p: (heads[p][0].timestamp, p))
+                    queue = heads[partition]
+                    record = queue.popleft()
+                    self._apply(record)
+                    self._positions[partition] = record.offset + 1
+                    if not queue:
+                        del heads[partition]
                         break
-                self._positions[partition] = position
+            self._early_before, self._early = self._early, {}
 
     def _apply(self, record: Record) -> None:
         try:
@@ -257,6 +332,8 @@ class DeadLetterLog:
                 self.add(entry)
             elif kind == "mark":
                 state = doc["state"]
+                if state not in MARKS:
+                    raise DecodeError(f"a mark with the state {state!r}")
                 for entry_id in doc["entries"]:
                     self.set_state(str(entry_id), state)
             else:
@@ -268,10 +345,60 @@ class DeadLetterLog:
             )  # fmt: skip
 
     def add(self, entry: DeadLetter) -> None:
-        self.entries[entry.entry] = entry
-        self.states.setdefault(entry.entry, "dead")
-        self.by_position[(entry.topic, entry.partition, entry.offset, entry.handler)] = entry.entry
-        self._index(entry.entry)
+        """Apply an entry (as read, or as just written by this process)."""
+        if not self.values:
+            entry = replace(entry, value=b"", traceback=None)
+        entry_id = entry.entry
+        state = self.states.get(entry_id)
+        if state is None:
+            early = self._early.pop(entry_id, None)
+            before = self._early_before.pop(entry_id, None)
+            state = early or before or "dead"
+            if not self.resolved and state not in UNRESOLVED:
+                return
+        self.entries[entry_id] = entry
+        self.states[entry_id] = state
+        self.by_position[(entry.topic, entry.partition, entry.offset, entry.handler)] = entry_id
+        self._index(entry_id)
+
+    def set_state(self, entry_id: str, state: State) -> None:
+        """Apply a mark to one entry (final states stay final)."""
+        current = self.states.get(entry_id)
+        if current is None:
+            early = self._early.get(entry_id) or self._early_before.get(entry_id)
+            self._early[entry_id] = _after(early, state)
+            return
+        state = _after(current, state)
+        if not self.resolved and state not in UNRESOLVED:
+            self._forget(entry_id, state)
+            return
+        self.states[entry_id] = state
+        self._index(entry_id)
+
+    def _forget(self, entry_id: str, state: State) -> None:
+        entry = self.entries.pop(entry_id)
+        del self.states[entry_id]
+        self._index(entry_id, entry)
+        position = (entry.topic, entry.partition, entry.offset, entry.handler)
+        if self.by_position.get(position) == entry_id:
+            del self.by_position[position]
+        if self._positions.get(entry.dlq_partition, 0) <= entry.dlq_offset:
+            # Written by this process and not read back yet: forget it then too.
+            self._early[entry_id] = state
+
+    def _index(self, entry_id: str, gone: DeadLetter | None = None) -> None:
+        entry = gone or self.entries.get(entry_id)
+        if entry is None:
+            return
+        slot = (entry.topic, entry.key)
+        if gone is None and self.states.get(entry_id, "dead") in UNRESOLVED:
+            self.by_key.setdefault(slot, set()).add(entry_id)
+        else:
+            ids = self.by_key.get(slot)
+            if ids is not None:
+                ids.discard(entry_id)
+                if not ids:
+                    del self.by_key[slot]
 
     def waiting_for(
         self, topic: str, partition: int, offset: int, handler: str | None
@@ -284,30 +411,15 @@ class DeadLetterLog:
             return None
         return self.entries[entry_id]
 
-    def set_state(self, entry_id: str, state: State) -> None:
-        current = self.states.get(entry_id)
-        # Final states stay final: a late "replayed" mark must not revive a resolved entry.
-        if current in ("resolved", "purged") and state in UNRESOLVED:
-            return
-        self.states[entry_id] = state
-        self._index(entry_id)
-
-    def _index(self, entry_id: str) -> None:
-        entry = self.entries.get(entry_id)
-        if entry is None:
-            return
-        slot = (entry.topic, entry.key)
-        if self.states.get(entry_id, "dead") in UNRESOLVED:
-            self.by_key.setdefault(slot, set()).add(entry_id)
-        else:
-            ids = self.by_key.get(slot)
-            if ids is not None:
-                ids.discard(entry_id)
-                if not ids:
-                    del self.by_key[slot]
-
     def state(self, entry_id: str) -> State | None:
+        """The entry's state; None if this log does not hold it (see :meth:`unresolved`)."""
         return self.states.get(entry_id)
+
+    def unresolved(self, entry_id: str) -> bool:
+        """Whether the entry waits (``dead`` or ``replayed``). After a refresh that
+        started once the entry was written, False means resolved or purged (or an id
+        that was never written), in either mode."""
+        return self.states.get(entry_id) in UNRESOLVED
 
     def blocker(
         self, topic: str, key: str | None, offset: int, exclude: str | None = None
@@ -335,13 +447,31 @@ class DeadLetterLog:
 
 class DeadLetterQueue:
     """The worker's side of a group's dead letters: writes entries and marks, and
-    keeps the group's :class:`DeadLetterLog` current enough to park by key."""
+    keeps the group's :class:`DeadLetterLog` current enough to park by key (a log that
+    keeps no values).
 
-    def __init__(self, transport: Transport, group: str, *, sequenced: bool) -> None:
+    An entry keeps at most ``max_value_bytes`` of the original (default
+    :data:`VALUE_LIMIT`), so that a dead letter can always be written.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        group: str,
+        *,
+        sequenced: bool,
+        max_value_bytes: int | None = None,
+    ) -> None:
+        limit = VALUE_LIMIT if max_value_bytes is None else max_value_bytes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(
+                f"DeadLetterQueue(max_value_bytes={max_value_bytes!r}) must be an int >= 0"
+            )
         self.transport = transport
         self.group = group
         self.sequenced = sequenced
-        self.log = DeadLetterLog(transport, group)
+        self.max_value_bytes = limit
+        self.log = DeadLetterLog(transport, group, values=False)
         self.topic = dlq_topic(group)
         self.retry_topic = retry_topic(group)
 
@@ -365,7 +495,12 @@ class DeadLetterQueue:
         replay_of: str | None = None,
     ) -> DeadLetter:
         """Append one entry for ``record`` (the original), retrying while the log is
-        down; once this returns, the event may be committed."""
+        down; once this returns, the event may be committed.
+
+        The original is cut to ``max_value_bytes``; if the log still refuses the entry
+        (:class:`~tidings.errors.RecordRejected`), it is written without the original
+        and with a shorter error. RecordRejected is raised only if even that is refused.
+        """
         now = time.time()
         cause = error.error if isinstance(error, RetriesExhausted) else error
         attempts = 1
@@ -392,6 +527,7 @@ class DeadLetterQueue:
         trace = None
         if reason != "parked":
             trace = "".join(traceback.format_exception(cause))[-TRACEBACK_LIMIT:]
+        value = record.value
         entry = DeadLetter(
             entry=new_id(),
             group=self.group,
@@ -401,9 +537,9 @@ class DeadLetterQueue:
             offset=record.offset,
             timestamp=record.timestamp,
             key=record.key,
-            value=record.value,
+            value=value[: self.max_value_bytes],
             error_type=_type_name(cause),
-            error_message=str(cause),
+            error_message=_clip(str(cause), TRACEBACK_LIMIT),
             traceback=trace,
             attempts=attempts,
             first_failure=first,
@@ -415,8 +551,34 @@ class DeadLetterQueue:
             handler=handler,
             parked_behind=parked_behind,
             replay_of=replay_of,
+            truncated=len(value) > self.max_value_bytes,
+            value_size=len(value),
+            value_sha256=hashlib.sha256(value).hexdigest(),
         )
-        placed = await self._append([(record.key, entry.encode())], stopping)
+        try:
+            placed = await self._append([(record.key, entry.encode())], stopping)
+        except RecordRejected as exc:
+            log.warning(
+                "group %s: %s refused the dead letter of %s[%d]@%d (%s); writing it "
+                "without the original (%d bytes, sha256 %s)",
+                self.group, self.topic, record.topic, record.partition, record.offset,
+                exc, len(value), entry.value_sha256,
+            )  # fmt: skip
+            entry = replace(
+                entry,
+                value=b"",
+                truncated=bool(value),
+                error_message=_clip(entry.error_message, REFUSED_TEXT_LIMIT),
+                traceback=None if trace is None else trace[-REFUSED_TEXT_LIMIT:],
+            )
+            try:
+                placed = await self._append([(record.key, entry.encode())], stopping)
+            except RecordRejected as again:
+                raise RecordRejected(
+                    f"group {self.group}: {self.topic} refuses even a dead letter without "
+                    f"the original for {record.topic}[{record.partition}]@{record.offset} "
+                    f"(key of {len(record.key or '')} characters): {again}"
+                ) from again
         entry = replace(entry, dlq_partition=placed[0][0], dlq_offset=placed[0][1])
         self.log.add(entry)
         log.error(
@@ -439,6 +601,8 @@ class DeadLetterQueue:
         while True:
             try:
                 return await self.transport.append(self.topic, records)
+            except RecordRejected:
+                raise  # it would be refused again, for ever
             except TransportError:
                 log.exception(
                     "group %s: writing to %s failed; trying again in %.0fs",
@@ -479,8 +643,11 @@ class Filter:
         return not (self.until is not None and entry.dead_at > self.until)
 
 
-async def open_log(transport: Transport, group: str) -> DeadLetterLog:
-    """A group's dead letters, read in full; TopicNotFound if it never had a worker."""
+async def open_log(
+    transport: Transport, group: str, *, resolved: bool = True, values: bool = True
+) -> DeadLetterLog:
+    """A group's dead letters, read in full (``resolved`` and ``values`` as
+    :class:`DeadLetterLog` takes them); TopicNotFound if it never had a worker."""
     names = {info.name for info in await transport.topics()}
     if dlq_topic(group) not in names:
         groups = sorted(n[: -len(".dlq")] for n in names if n.endswith(".dlq"))
@@ -488,9 +655,19 @@ async def open_log(transport: Transport, group: str) -> DeadLetterLog:
             f"group {group!r} has no dead-letter topic in {transport.url} (a worker creates "
             f"it when it first runs the group); groups with one: {', '.join(groups) or 'none'}"
         )
-    dead = DeadLetterLog(transport, group)
+    dead = DeadLetterLog(transport, group, resolved=resolved, values=values)
     await dead.refresh()
     return dead
+
+
+def replay_plan(dead: DeadLetterLog, where: Filter) -> tuple[list[DeadLetter], list[DeadLetter]]:
+    """The matching ``dead`` entries a replay sends, in the order it sends them, and the
+    ones it skips: truncated entries, whose original was not kept in full."""
+    chosen = [e for e, s in dead.listing() if s == "dead" and where(e)]
+    # One key's entries in original order: a sequenced group replays its parked
+    # events behind the one they waited for.
+    chosen.sort(key=lambda e: (e.topic, e.partition, e.offset, e.dead_at))
+    return [e for e in chosen if e.replayable], [e for e in chosen if not e.replayable]
 
 
 async def replay(
@@ -501,16 +678,19 @@ async def replay(
     batch: int = 500,
     progress: Any = None,
 ) -> int:
-    """Send the matching ``dead`` entries to ``group``'s retry topic, in order, then
-    mark them replayed; return how many. Entries already replayed, resolved or purged
+    """Send what :func:`replay_plan` chooses to ``group``'s retry topic, in order, then
+    mark it replayed; return how many. Entries already replayed, resolved or purged
     are left alone, so running it twice replays each entry once. If this is
     interrupted between sending and marking, a second run sends those again; the worker
     skips an entry it has already resolved, and an inbox removes what remains."""
-    dead = await open_log(transport, group)
-    chosen = [e for e, s in dead.listing() if s == "dead" and where(e)]
-    # One key's entries in original order: a sequenced group replays its parked
-    # events behind the one they waited for.
-    chosen.sort(key=lambda e: (e.topic, e.partition, e.offset, e.dead_at))
+    dead = await open_log(transport, group, resolved=False)
+    chosen, cut = replay_plan(dead, where)
+    if cut:
+        log.warning(
+            "group %s: %d truncated dead letter(s) not replayed (their original was not "
+            "kept in full), e.g. %s",
+            group, len(cut), cut[0].entry,
+        )  # fmt: skip
     stop = asyncio.Event()
     queue = DeadLetterQueue(transport, group, sequenced=False)
     await transport.create_topic(queue.retry_topic)
@@ -527,7 +707,7 @@ async def replay(
 
 async def purge(transport: Transport, group: str, where: Filter) -> int:
     """Mark the matching unresolved entries purged; return how many."""
-    dead = await open_log(transport, group)
+    dead = await open_log(transport, group, resolved=False, values=False)
     chosen = [e.entry for e, _ in dead.listing() if where(e)]
     queue = DeadLetterQueue(transport, group, sequenced=False)
     stop = asyncio.Event()
@@ -544,7 +724,7 @@ async def depths(transport: Transport, groups: Iterable[str]) -> dict[str, int]:
         if dlq_topic(group) not in names:
             result[group] = 0
             continue
-        dead = DeadLetterLog(transport, group)
+        dead = DeadLetterLog(transport, group, resolved=False, values=False)
         await dead.refresh()
         result[group] = dead.depth()
     return result

@@ -133,7 +133,9 @@ def _summary(entry: DeadLetter, state: str) -> dict[str, Any]:
 async def cmd_list(args: argparse.Namespace) -> int:
     where = _where(args)
     async with _opened(args.url) as app:
-        log = await dead_letters.open_log(app.transport, args.group)
+        log = await dead_letters.open_log(
+            app.transport, args.group, resolved=args.all, values=False
+        )
     rows = [(e, s) for e, s in log.listing(include_resolved=args.all) if where(e)]
     if args.json:
         _print_json([_summary(e, s) for e, s in rows])
@@ -186,7 +188,8 @@ async def cmd_show(args: argparse.Namespace) -> int:
         del doc["kind"]
         doc["state"] = state
         try:
-            doc["event"] = orjson.loads(entry.value) if _decodes(entry.value) else None
+            whole = not entry.truncated and _decodes(entry.value)
+            doc["event"] = orjson.loads(entry.value) if whole else None
         except orjson.JSONDecodeError:
             doc["event"] = None
         if doc["event"] is None:
@@ -204,12 +207,21 @@ async def cmd_show(args: argparse.Namespace) -> int:
             print(f"{name + ':':16}{'-' if doc[name] is None else doc[name]}")
         for name in ("first_failure", "last_failure", "dead_at"):
             print(f"{name + ':':16}{_when(doc[name])}")
+        kept = len(base64.b64decode(doc["value"]))
+        if doc["truncated"]:
+            print(
+                f"{'truncated:':16}yes: {kept:,} of the original's {doc['value_size']:,} bytes "
+                f"kept (sha256 {doc['value_sha256']}); it cannot be replayed"
+            )
         if doc["traceback"]:
             print("traceback:\n" + doc["traceback"].rstrip())
         if doc["event"] is not None:
             print("event:\n" + orjson.dumps(doc["event"], option=orjson.OPT_INDENT_2).decode())
+        elif doc["truncated"]:
+            print(f"original bytes (the first {kept:,}):")
+            print(doc["value_text"])
         else:
-            print(f"original bytes ({len(base64.b64decode(doc['value']))}):")
+            print(f"original bytes ({kept}):")
             print(doc["value_text"])
         print()
     return 0
@@ -234,34 +246,44 @@ def _progress(done: int, total: int) -> None:
 async def cmd_replay(args: argparse.Namespace) -> int:
     where = _where(args)
     async with _opened(args.url) as app:
+        log = await dead_letters.open_log(app.transport, args.group, resolved=False, values=False)
+        chosen, cut = dead_letters.replay_plan(log, where)
         if args.dry_run:
-            log = await dead_letters.open_log(app.transport, args.group)
-            chosen = [e for e, s in log.listing() if s == "dead" and where(e)]
             if args.json:
                 _print_json([_summary(e, "dead") for e in chosen])
             else:
                 for e in chosen:
                     print(f"would replay {e.entry} {e.type} {e.event_id}")
                 print(f"{len(chosen)} dead letter(s) would be replayed to group {args.group}")
+                _print_skipped(cut)
             return 0
-        log = await dead_letters.open_log(app.transport, args.group)
-        total = sum(1 for e, s in log.listing() if s == "dead" and where(e))
-        show = _progress if total >= PROGRESS_FROM and not args.json else None
+        show = _progress if len(chosen) >= PROGRESS_FROM and not args.json else None
         count = await dead_letters.replay(app.transport, args.group, where, progress=show)
     if args.json:
-        _print_json({"group": args.group, "replayed": count})
+        _print_json({"group": args.group, "replayed": count, "skipped_truncated": len(cut)})
     else:
         print(
             f"replayed {count} dead letter(s) to group {args.group} "
             f"(through {dead_letters.retry_topic(args.group)})"
         )
+        _print_skipped(cut)
     return 0
+
+
+def _print_skipped(cut: list[DeadLetter]) -> None:
+    if cut:
+        print(
+            f"skipped {len(cut)} truncated dead letter(s): their original was too large to "
+            f"keep in full, so it cannot be sent again (see 'tidings dlq show'): "
+            + ", ".join(e.entry for e in cut[:5])
+            + (", ..." if len(cut) > 5 else "")
+        )
 
 
 async def cmd_purge(args: argparse.Namespace) -> int:
     where = _where(args)
     async with _opened(args.url) as app:
-        log = await dead_letters.open_log(app.transport, args.group)
+        log = await dead_letters.open_log(app.transport, args.group, resolved=False, values=False)
         count = sum(1 for e, _ in log.listing() if where(e))
         if count == 0:
             print(f"no dead letters in group {args.group} match; nothing purged")
