@@ -728,6 +728,35 @@ async def test_marks_read_before_their_entries_still_resolve_them(
         assert not lean._early_before
 
 
+async def test_a_worker_queue_forgets_resolved_entries_and_never_revives_them(url: str) -> None:
+    app = make_app(url)
+    stop = asyncio.Event()
+    async with app:
+        first = DeadLetterQueue(app.transport, "g", sequenced=True)
+        await first.start()
+        records = [Record("tasks", 0, offset, 0, f"k-{offset % 3}", b"{}") for offset in range(30)]
+        written = [
+            await first.write(r, OSError("no"), reason="failed", stopping=stop) for r in records
+        ]
+        assert first.log.blocker("tasks", "k-0", 99) is not None
+        await first.mark("replayed", [e.entry for e in written], stop)
+        await first.mark("resolved", [e.entry for e in written[:29]], stop)
+        assert set(first.log.entries) == {written[29].entry}
+        await first.log.refresh()  # reads back what it wrote itself
+        assert set(first.log.entries) == {written[29].entry}
+        assert first.log.blocker("tasks", "k-0", 99) is None
+        second = DeadLetterQueue(app.transport, "g", sequenced=True)
+        await second.start()
+        assert set(second.log.entries) == {written[29].entry}
+        # A replay sent twice: the second copy's entry reads as resolved (not unresolved).
+        await second.mark("resolved", [written[29].entry], stop)
+        await first.log.refresh()
+        for queue in (first, second):
+            assert _memory(queue.log) == ({}, {}, {}, {})
+            assert not queue.log.unresolved(written[0].entry)
+            assert not queue.log.unresolved(written[29].entry)
+
+
 async def test_a_refresh_whose_read_fails_goes_on_from_what_it_applied(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

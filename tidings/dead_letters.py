@@ -448,7 +448,7 @@ class DeadLetterLog:
 class DeadLetterQueue:
     """The worker's side of a group's dead letters: writes entries and marks, and
     keeps the group's :class:`DeadLetterLog` current enough to park by key (a log that
-    keeps no values).
+    forgets resolved entries and keeps no values).
 
     An entry keeps at most ``max_value_bytes`` of the original (default
     :data:`VALUE_LIMIT`), so that a dead letter can always be written.
@@ -471,7 +471,7 @@ class DeadLetterQueue:
         self.group = group
         self.sequenced = sequenced
         self.max_value_bytes = limit
-        self.log = DeadLetterLog(transport, group, values=False)
+        self.log = DeadLetterLog(transport, group, resolved=False, values=False)
         self.topic = dlq_topic(group)
         self.retry_topic = retry_topic(group)
 
