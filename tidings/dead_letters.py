@@ -245,6 +245,10 @@ def _after(current: State | None, state: State) -> State:
     return state
 
 
+def _merge_order(record: Record) -> tuple[int, bool, int]:
+    return (record.timestamp, record.value.startswith(b'{"kind":"mark"'), record.partition)
+
+
 @dataclass
 class DeadLetterLog:
     """A group's dead letters as read from its ``.dlq`` topic, refreshed incrementally.
@@ -297,10 +301,12 @@ class DeadLetterLog:
                             self._positions.setdefault(p.partition, p.start)
                         self._partitions = len(info.partitions)
                         break
-            # The partitions are merged by append time, so that a mark mostly comes after
-            # its entry and memory holds what is unresolved at that time, not all read.
+            # The partitions are merged by append time (entries first within a
+            # millisecond), so that a mark mostly comes after its entry and memory holds
+            # what was unresolved at that time, not all that was read.
             heads: dict[int, deque[Record]] = {}
             reading = set(range(self._partitions))
+            applied = 0
             while True:
                 for partition in sorted(reading - heads.keys()):
                     records = await self.transport.read(
@@ -313,15 +319,26 @@ class DeadLetterLog:
                 if not heads:
                     break
                 while True:
-                    partition = min(heads, key=lambda p: (heads[p][0].timestamp, p))
+                    partition = min(heads, key=lambda p: _merge_order(heads[p][0]))
                     queue = heads[partition]
                     record = queue.popleft()
                     self._apply(record)
+                    applied += 1
                     self._positions[partition] = record.offset + 1
                     if not queue:
                         del heads[partition]
                         break
             self._early_before, self._early = self._early, {}
+            if applied > 2 * len(self.entries) + 1000:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Give back the room of what was forgotten (a dict never shrinks by itself)."""
+        self.entries = dict(self.entries)
+        self.states = dict(self.states)
+        self.by_position = dict(self.by_position)
+        self.by_key = dict(self.by_key)
+        self._early_before = dict(self._early_before)
 
     def _apply(self, record: Record) -> None:
         try:
