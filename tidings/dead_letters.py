@@ -275,7 +275,7 @@ class DeadLetterLog:
     by_position: dict[tuple[str, int, int, str | None], str] = field(default_factory=dict)
     # Marks read before their entries (another partition, a writer's clock behind): kept
     # until a whole refresh started after them has run, which reads every entry written
-    # before them. What is left then marked entries already gone.
+    # before them; what is still here then marked an entry already forgotten.
     _early: dict[str, State] = field(default_factory=dict)
     _early_before: dict[str, State] = field(default_factory=dict)
     _positions: dict[int, int] = field(default_factory=dict)
@@ -345,6 +345,8 @@ class DeadLetterLog:
             doc = orjson.loads(record.value)
             kind = doc.get("kind") if isinstance(doc, dict) else None
             if kind == "entry":
+                if not self.values:
+                    doc["value"], doc["traceback"] = "", None  # not decoded to be dropped
                 entry = DeadLetter.from_json(doc, partition=record.partition, offset=record.offset)
                 self.add(entry)
             elif kind == "mark":
@@ -363,7 +365,7 @@ class DeadLetterLog:
 
     def add(self, entry: DeadLetter) -> None:
         """Apply an entry (as read, or as just written by this process)."""
-        if not self.values:
+        if not self.values and (entry.value or entry.traceback):
             entry = replace(entry, value=b"", traceback=None)
         entry_id = entry.entry
         state = self.states.get(entry_id)
