@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.transports.soak import order_violations
 from tests.transports.worker_processes import Line, WorkerProcesses, by_partition, until
 from tidings import Tidings
 from tidings.partitioning import partition_for
@@ -45,6 +46,7 @@ DEADLINE = 30.0
 # difference 4) and the second round of a cooperative rebalance.
 JOIN_GRACE = 6.0
 BROKERS = ["kafka", "nats"]
+LOST_WITHOUT_REVOCATION = "lost without revocation"  # the Kafka consumer's warning
 
 
 def two_keys_per_partition() -> list[str]:
@@ -137,9 +139,16 @@ class Cluster(WorkerProcesses):
         process, nothing lost."""
         lines = self.lines()
         stored = await self.stored()
-        check_order_per_process(lines)
+        check_order_per_process(lines, self.rewound())
         check_nothing_lost(self, lines, stored)
         return lines, stored
+
+    def rewound(self) -> set[int]:
+        """The processes that went back to their last accepted commit in a partition:
+        Kafka took partitions from them without a revocation (on Tansu, a commit refused
+        with ILLEGAL_GENERATION makes librdkafka report its assignment lost), so what
+        they had handled since was not committed and is read again (docs/kafka.md)."""
+        return {p.pid for p in self.procs if LOST_WITHOUT_REVOCATION in self.log(p)}
 
     async def stored(self) -> dict[int, list[int]]:
         """partition -> the offsets stored in TOPIC, read back from the broker."""
@@ -157,11 +166,17 @@ class Cluster(WorkerProcesses):
         return out
 
 
-def check_order_per_process(lines: list[Line]) -> None:
-    """In each process's own log, offsets rise per partition and seqs rise per key."""
+def check_order_per_process(lines: list[Line], rewound: set[int]) -> None:
+    """In each process's own log, offsets rise per partition and seqs rise per key,
+    but where the process went back to its last accepted commit (``rewound``); and in
+    every case, no event of a key is handled before the key's earlier ones were."""
+    violations = order_violations(lines)
+    assert not violations, f"{len(violations)} out of order, first: {violations[:5]}"
     last_offset: dict[tuple[int, int], int] = {}
     last_seq: dict[tuple[int, str], int] = {}
     for x in lines:  # file order within a process
+        if x.pid in rewound:
+            continue
         prev = last_offset.get((x.pid, x.partition), -1)
         assert x.offset > prev, f"pid {x.pid} partition {x.partition}: {x.offset} after {prev}"
         last_offset[(x.pid, x.partition)] = x.offset
@@ -354,7 +369,12 @@ async def test_sigterm_hands_partitions_over_with_no_duplicates_and_nothing_lost
     lines, stored = await cluster.checked()
     assert published_at_exit < len(cluster.published), "stopped after the stream ended"
     twice = [i for i, n in Counter(x.id for x in lines).items() if n > 1]
-    assert not twice, f"{len(twice)} events handled twice after a graceful SIGTERM"
+    rewound = cluster.rewound()
+    # A graceful hand-over handles nothing twice; what a member handled under a lease
+    # Kafka then declared lost is handled again, by design (fenced, never committed).
+    assert not twice or survivor.pid in rewound, (
+        f"{len(twice)} events handled twice after a graceful SIGTERM"
+    )
     began = {x.id for x in cluster.lines("begin") if x.pid == leaver.pid}
     assert began == {x.id for x in lines if x.pid == leaver.pid}, "a handler was cut off"
     handed = []
@@ -364,10 +384,12 @@ async def test_sigterm_hands_partitions_over_with_no_duplicates_and_nothing_lost
         if old and new:  # handed over: the survivor went on right after the leaver's last
             handed.append(part)
             held = stored[part]
-            assert new[0].offset == held[held.index(old[-1].offset) + 1], part
+            if survivor.pid not in rewound:
+                assert new[0].offset == held[held.index(old[-1].offset) + 1], part
     assert handed, "no partition changed hands at the SIGTERM"
     print(
         f"\nSIGTERM after {published_at_exit} of {len(cluster.published)} events; the "
         f"survivor in every partition {takeover:.2f}s after the exit; handed over: "
-        f"{sorted(handed)}; 0 handled twice"
+        f"{sorted(handed)}; {len(twice)} handled twice"
+        + (" (partitions lost without revocation)" if twice else "")
     )
