@@ -685,3 +685,27 @@ async def test_groups_count_what_retention_removed_before_the_group_read_it(
     finally:
         await c.close()
         await transport.close()
+
+
+@pytest.mark.parametrize("state", ["UNKNOWN", "STABLE", "PREPARING_REBALANCING"])
+async def test_offsets_of_a_group_in_any_state_but_empty_are_not_moved(state: str) -> None:
+    # During a rebalance Tansu's group state reads UNKNOWN to confluent-kafka, and it
+    # reports no members (difference 3): a forced reset then passed the check, exited 0
+    # and moved nothing (the soak of issue 15, 2 runs of 2).
+    from types import SimpleNamespace
+
+    from confluent_kafka import ConsumerGroupState
+
+    from tidings.errors import GroupBusy
+
+    transport = KafkaTransport("kafka://127.0.0.1:9")
+
+    async def describe(group: str, timeout: float = 0) -> Any:
+        return SimpleNamespace(state=getattr(ConsumerGroupState, state), members=[])
+
+    transport._describe = describe  # type: ignore[method-assign]
+    with pytest.raises(GroupBusy, match=state):
+        await transport._check_no_other_members("g", 0, force=True)
+    for idle in ("EMPTY", "DEAD"):
+        state = idle
+        await transport._check_no_other_members("g", 0, force=True)  # no error

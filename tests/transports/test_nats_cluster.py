@@ -171,3 +171,23 @@ async def test_a_sigkilled_node_loses_no_acknowledged_event_and_keeps_key_order(
         f"each of {len(GROUPS)} groups handled all "
         f"{len(wanted)} once, in key order; duplicates removed by the inboxes: {duplicates}"
     )
+
+
+async def test_compare_and_set_writes_that_race_on_three_replicas_lose_cleanly(
+    nats_cluster: NatsCluster,
+) -> None:
+    # A groups-bucket write that loses a compare-and-set to a write of the same key
+    # still in flight is answered 10164 on a replicated stream (10071 on one server);
+    # it was raised as a TransportError, and the forced reset of the soak failed on it.
+    url = f"nats://{nats_cluster.addresses}?replicas=3&partitions=4&lease=2s"
+    await _wait_for_jetstream(url)
+    app = Tidings(url, service="cas")
+    async with app:
+        transport: Any = app.transport
+        await transport.ensure_groups_bucket()
+        first = await transport.put_entry("cas-race", b"0", expect=0)
+        assert first is not None
+        results = await asyncio.gather(
+            *(transport.put_entry("cas-race", str(i).encode(), expect=first) for i in range(10))
+        )
+    assert sum(r is not None for r in results) == 1, results

@@ -462,7 +462,9 @@ class KafkaTransport(Transport):
         empty (docs/kafka.md)."""
         described = await self._describe(group)
         others = len(described.members) - local
-        busy = described.state in _busy_states() and (others > 0 or local == 0)
+        # Every state but Empty and Dead: during a rebalance Tansu's state reads UNKNOWN
+        # to confluent-kafka, and a reset let through then moved nothing (the soak).
+        busy = described.state not in _idle_states() and (others > 0 or local == 0)
         if busy:
             how = (
                 "--force moves only members in this process: stop the others first"
@@ -557,16 +559,11 @@ class KafkaTransport(Transport):
         )
 
 
-def _busy_states() -> frozenset[Any]:
+def _idle_states() -> frozenset[Any]:
+    """Group states with no member: the only ones whose offsets may be moved."""
     from confluent_kafka import ConsumerGroupState
 
-    return frozenset(
-        {
-            ConsumerGroupState.STABLE,
-            ConsumerGroupState.PREPARING_REBALANCING,
-            ConsumerGroupState.COMPLETING_REBALANCING,
-        }
-    )
+    return frozenset({ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD})
 
 
 def refused_settings(exc: Exception, client: str) -> Exception:

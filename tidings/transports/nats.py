@@ -942,7 +942,9 @@ class NatsTransport(Transport):
         answer = orjson.loads(msg.data) if msg.data else {}
         error = answer.get("error")
         if error:
-            if int(error.get("err_code", 0)) == 10071:  # wrong last sequence
+            # Wrong last sequence: 10071, or 10164 on a replicated stream when the write
+            # lost to one of the same key still in flight (seen in the 3-node soak).
+            if int(error.get("err_code", 0)) in (10071, 10164):
                 return None
             raise TransportError(f"{self.url}: groups bucket write refused: {error}")
         return int(answer["seq"])
