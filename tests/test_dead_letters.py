@@ -830,6 +830,34 @@ async def test_an_original_over_the_limit_is_kept_cut_with_its_size_and_digest(
     assert plan == ([whole], [cut])  # the cut one is not sent, and is reported
 
 
+async def test_a_cut_entry_sent_to_the_retry_topic_by_hand_is_not_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `replay` never sends a cut entry; another writer might: the worker must not hand
+    # the kept prefix to the handler as if it were the event. (The worker's part alone:
+    # one transport is enough.)
+    monkeypatch.setattr("tidings.dead_letters.VALUE_LIMIT", 1000)
+    app = make_app("memory://?partitions=4")
+    handled: list[int] = []
+
+    @app.subscriber("tasks", group="g")
+    async def handler(task: Task) -> None:
+        handled.append(task.n)
+
+    garbage = bytes(range(256)) * 20
+    async with app, running(app) as worker:
+        await app.transport.append("tasks", [("k", garbage)])
+        [cut] = await wait_dead(app, "g", 1)
+        assert cut.truncated
+        skipped = worker.stats.skipped
+        await app.transport.append("g.retry", [(cut.key, cut.encode())])
+        await app.publish("tasks", Task(task_id="k", n=1))
+        await eventually(lambda: handled == [1], what="the event after the cut entry")
+        await eventually(lambda: worker.stats.skipped == skipped + 1, what="the cut one skipped")
+        [still] = await entries(app, "g")
+    assert still.entry == cut.entry  # it stays in the dead letters
+
+
 async def test_a_dead_letter_the_log_refuses_is_written_without_the_original(
     any_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,7 +49,7 @@ from tidings.errors import (
     TransportError,
 )
 from tidings.middleware.retry import RetriesExhausted
-from tidings.transport import Record, Transport
+from tidings.transport import FOREVER, Record, Transport
 
 if TYPE_CHECKING:
     from tidings.middleware.base import Delivery
@@ -495,8 +495,9 @@ class DeadLetterQueue:
         self.retry_topic = retry_topic(group)
 
     async def start(self) -> None:
-        await self.transport.create_topic(self.topic)
-        await self.transport.create_topic(self.retry_topic)
+        # Dead letters and replays wait for an operator: never expired, on any transport.
+        for topic in (self.topic, self.retry_topic):
+            await self.transport.create_topic(topic, retention_ms=FOREVER, retention_bytes=FOREVER)
         await self.log.refresh()
 
     async def write(
@@ -712,7 +713,7 @@ async def replay(
         )  # fmt: skip
     stop = asyncio.Event()
     queue = DeadLetterQueue(transport, group, sequenced=False)
-    await transport.create_topic(queue.retry_topic)
+    await transport.create_topic(queue.retry_topic, retention_ms=FOREVER, retention_bytes=FOREVER)
     done = 0
     for start in range(0, len(chosen), batch):
         part = chosen[start : start + batch]

@@ -287,8 +287,16 @@ class _GroupRunner:
                 await self._poison(record, exc, None)
                 return
             await self.dlq.log.refresh()
-            if self.dlq.log.state(replay.entry) in ("resolved", "purged"):
+            if not self.dlq.log.unresolved(replay.entry):
                 stats.skipped += 1  # a replay sent twice: handled the first time
+                return
+            if replay.truncated:  # `replay` never sends one; another writer did
+                log.error(
+                    "group %s: replayed dead letter %s holds only part of its event "
+                    "(cut at %d of %s bytes); not handled, it stays in the dead letters",
+                    self.group, replay.entry, len(replay.value), replay.value_size,
+                )  # fmt: skip
+                stats.skipped += 1
                 return
             record = replay.original()
         try:
