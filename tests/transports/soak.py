@@ -56,12 +56,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.transports.worker_processes import ROOT, Line, WorkerProcesses
+from tests.transports.worker_processes import (
+    ROOT,
+    Keys,
+    WorkerProcesses,
+    order_violations,
+    wait_for_jetstream,
+)
 from tidings import Tidings
 
 TOPIC = "proc-events"  # apps/recorder.py subscribes to it
@@ -133,23 +139,6 @@ class Result:
 
 def _per_group(counts: dict[str, int]) -> str:
     return ", ".join(f"{g} {counts.get(g, 0)}" for g in GROUPS)
-
-
-class Keys:
-    """Random keys from a fixed pool, each with its own rising sequence number."""
-
-    def __init__(self, count: int, seed: int = 7) -> None:
-        self.names = [f"key-{i}" for i in range(count)]
-        self.rng = random.Random(seed)
-        self.next: Counter[str] = Counter()
-
-    def take(self, n: int) -> list[tuple[str, int]]:
-        out = []
-        for _ in range(n):
-            key = self.rng.choice(self.names)
-            out.append((key, self.next[key]))
-            self.next[key] += 1
-        return out
 
 
 class Soak(WorkerProcesses):
@@ -256,22 +245,6 @@ async def steady(soak: Soak, plan: Plan, stop: asyncio.Event, seconds: float) ->
         ids += await soak.publish(keys.take(50))
         await asyncio.sleep(max(0.0, started + step * len(ids) / 50 - time.monotonic()))
     return ids
-
-
-def order_violations(lines: Iterable[Line]) -> list[str]:
-    """Handlings of an event before an earlier event of its key had been handled,
-    per group, in the order the handlers finished (monotonic time, one machine)."""
-    out = []
-    done: dict[tuple[str, str], set[int]] = defaultdict(set)
-    prefix: Counter[tuple[str, str]] = Counter()  # first seq not yet handled, per key
-    for line in sorted(lines, key=lambda x: x.t):
-        slot = (line.group, line.key)
-        if line.seq > prefix[slot]:
-            out.append(f"{line.group} handled {line.key}#{line.seq} before #{prefix[slot]}")
-        done[slot].add(line.seq)
-        while prefix[slot] in done[slot]:
-            prefix[slot] += 1
-    return out
 
 
 async def _reset(soak: Soak, plan: Plan, result: Result) -> None:
@@ -477,7 +450,7 @@ async def open_log(transport: str, folder: Path) -> AsyncIterator[str]:
             for i in range(3):
                 cluster.start(i)
             url = f"nats://{cluster.addresses}?replicas=3&partitions={PARTITIONS}&lease={LEASE:g}s"
-            await _wait_for_jetstream(url)
+            await wait_for_jetstream(url)
             yield url
         finally:
             cluster.stop()
@@ -493,23 +466,6 @@ async def open_log(transport: str, folder: Path) -> AsyncIterator[str]:
             )
     else:
         raise ValueError(f"unknown transport {transport!r}")
-
-
-async def _wait_for_jetstream(url: str) -> None:
-    """Until the cluster has a JetStream meta leader and takes a replicated stream."""
-    from tidings.errors import TransportError
-
-    deadline = time.monotonic() + 30
-    while True:
-        app = Tidings(url, service="probe")
-        try:
-            async with app:
-                await app.transport.create_topic("probe", 1)
-                return
-        except TransportError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
 
 
 @contextlib.asynccontextmanager

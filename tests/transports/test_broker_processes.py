@@ -27,8 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.transports.soak import order_violations
-from tests.transports.worker_processes import Line, WorkerProcesses, by_partition, until
+from tests.transports.worker_processes import (
+    Line,
+    WorkerProcesses,
+    by_partition,
+    order_violations,
+    until,
+)
 from tidings import Tidings
 from tidings.partitioning import partition_for
 

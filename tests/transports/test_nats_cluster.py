@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from devservers.nats import NatsCluster
+from tests.transports.worker_processes import wait_for_jetstream
 from tidings import Context, Tidings
 from tidings.errors import TransportError
 from tidings.inbox import Inbox
@@ -47,21 +48,6 @@ def nats_cluster(nats_binary: str) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
-
-
-async def _wait_for_jetstream(url: str) -> None:
-    """Until the cluster has a JetStream meta leader and takes a replicated stream."""
-    deadline = time.monotonic() + 30
-    while True:
-        app = Tidings(url, service="probe")
-        try:
-            async with app:
-                await app.transport.create_topic("probe", 1)
-                return
-        except TransportError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
 
 
 class Producer:
@@ -106,7 +92,7 @@ async def test_a_sigkilled_node_loses_no_acknowledged_event_and_keeps_key_order(
     nats_cluster: NatsCluster, tmp_path: Path
 ) -> None:
     url = f"nats://{nats_cluster.addresses}?replicas=3&partitions=4&lease=2s"
-    await _wait_for_jetstream(url)
+    await wait_for_jetstream(url)
     app = Tidings(url, service="cluster-test")
     app.topic(TOPIC, partitions=4)
     handled: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
@@ -180,7 +166,7 @@ async def test_compare_and_set_writes_that_race_on_three_replicas_lose_cleanly(
     # still in flight is answered 10164 on a replicated stream (10071 on one server);
     # it was raised as a TransportError, and the forced reset of the soak failed on it.
     url = f"nats://{nats_cluster.addresses}?replicas=3&partitions=4&lease=2s"
-    await _wait_for_jetstream(url)
+    await wait_for_jetstream(url)
     app = Tidings(url, service="cas")
     async with app:
         transport: Any = app.transport

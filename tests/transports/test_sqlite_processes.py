@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import random
 import signal
 import subprocess
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.transports.worker_processes import Line, WorkerProcesses, by_partition, until
+from tests.transports.worker_processes import Keys, Line, WorkerProcesses, by_partition, until
 from tidings import Tidings
 from tidings.partitioning import partition_for
 from tidings.transport import GroupInfo
@@ -38,23 +37,6 @@ PARTITIONS = 8
 LEASE = 2.0  # seconds; members heartbeat every LEASE / 3
 COMMIT_INTERVAL = 0.05  # the worker's default
 DEADLINE = 60.0
-
-
-class Keys:
-    """Random keys from a fixed pool, each with its own rising sequence number."""
-
-    def __init__(self, count: int, seed: int = 7) -> None:
-        self.names = [f"key-{i}" for i in range(count)]
-        self.rng = random.Random(seed)
-        self.next: Counter[str] = Counter()
-
-    def take(self, n: int) -> list[tuple[str, int]]:
-        out = []
-        for _ in range(n):
-            key = self.rng.choice(self.names)
-            out.append((key, self.next[key]))
-            self.next[key] += 1
-        return out
 
 
 class Cluster(WorkerProcesses):

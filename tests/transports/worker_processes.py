@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tidings import Tidings
+from tidings.errors import TransportError
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.transports.apps.recorder:app"
@@ -151,3 +155,51 @@ async def until(
         if time.monotonic() - start > timeout:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{workers.report()}")
         await asyncio.sleep(0.05)
+
+
+class Keys:
+    """Random keys from a fixed pool, each with its own rising sequence number."""
+
+    def __init__(self, count: int, seed: int = 7) -> None:
+        self.names = [f"key-{i}" for i in range(count)]
+        self.rng = random.Random(seed)
+        self.next: Counter[str] = Counter()
+
+    def take(self, n: int) -> list[tuple[str, int]]:
+        out = []
+        for _ in range(n):
+            key = self.rng.choice(self.names)
+            out.append((key, self.next[key]))
+            self.next[key] += 1
+        return out
+
+
+def order_violations(lines: Iterable[Line]) -> list[str]:
+    """Handlings of an event before an earlier event of its key had been handled,
+    per group, in the order the handlers finished (monotonic time, one machine)."""
+    out = []
+    done: dict[tuple[str, str], set[int]] = defaultdict(set)
+    prefix: Counter[tuple[str, str]] = Counter()  # first seq not yet handled, per key
+    for line in sorted(lines, key=lambda x: x.t):
+        slot = (line.group, line.key)
+        if line.seq > prefix[slot]:
+            out.append(f"{line.group} handled {line.key}#{line.seq} before #{prefix[slot]}")
+        done[slot].add(line.seq)
+        while prefix[slot] in done[slot]:
+            prefix[slot] += 1
+    return out
+
+
+async def wait_for_jetstream(url: str) -> None:
+    """Until the cluster has a JetStream meta leader and takes a replicated stream."""
+    deadline = time.monotonic() + 30
+    while True:
+        app = Tidings(url, service="probe")
+        try:
+            async with app:
+                await app.transport.create_topic("probe", 1)
+                return
+        except TransportError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
