@@ -674,3 +674,40 @@ async def test_records_fetched_just_before_a_revocation_are_not_handled_after_it
     # What was handled is what was committed: the next owner starts right after it.
     assert row.committed == len(handled)
     assert handled == list(range(len(handled)))
+
+
+async def test_a_failed_dead_letter_read_after_a_rebalance_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 15, finding 6: after the assignment changed, one failed read of the dead
+    # letters (on NATS, a stream without a leader for a moment) ended the whole worker.
+    monkeypatch.setattr("tidings.worker.UNHANDLED_PAUSE", 0.01)
+    name = f"memory://rebalance-{random.random()}?partitions=4"
+    first, second = Tidings(name, service="a"), Tidings(name, service="b")
+    handled: list[str] = []
+    for app in (first, second):
+        app.event("task.created", subject="task_id")(TaskCreated)
+
+        @app.subscriber("tasks", group="mail")
+        async def handle(task: TaskCreated) -> None:
+            handled.append(task.task_id)
+
+    async with first, second, running(first) as worker:
+        runner = await the_runner(worker)
+        real = runner.dlq.log.refresh
+        failures: list[int] = []
+
+        async def failing_once() -> None:
+            if not failures:
+                failures.append(1)
+                raise TransportError("the stream has no leader")
+            await real()
+
+        runner.dlq.log.refresh = failing_once
+        async with running(second):  # the first worker gives half its partitions up
+            await eventually(lambda: bool(failures), what="the failed read")
+            for i in range(40):
+                await first.publish("tasks", TaskCreated(task_id=f"t{i}"))
+            await eventually(lambda: len(set(handled)) == 40, what="every event handled")
+            assert not runner.stopping, "the first worker ended"
+    assert sorted(set(handled)) == sorted(f"t{i}" for i in range(40))
