@@ -35,3 +35,22 @@ class TestFaultyTransportWithoutFaults(TransportConformance):
 
     def open(self, url: str) -> Transport:
         return FaultyTransport(open_transport(url), seed=0, plan=FaultPlan.none())
+
+
+async def test_memory_retention_reports_what_a_group_never_read_and_can_keep_it() -> None:
+    from tidings.transports.memory import MemoryTransport
+
+    t = MemoryTransport("memory://")
+    await t.start()
+    await t.create_topic("t", 1, retention_bytes=50)
+    await t.create_topic("kept", 1, retention_bytes=50, keep_unread=True)
+    c = t.consumer("g", ["t", "kept"])
+    await c.start()
+    await c.commit(c.at({("t", 0): 2, ("kept", 0): 2}))
+    for topic in ("t", "kept"):
+        await t.append(topic, [("k", b"0123456789") for _ in range(10)])
+    rows = {p.topic: p for g in await t.groups() for p in g.partitions}
+    assert (rows["t"].start, rows["t"].lost) == (5, 3)  # 3 unread records went
+    assert (rows["kept"].start, rows["kept"].lost) == (2, 0)  # kept from the group's offset
+    await c.close()
+    await t.close()

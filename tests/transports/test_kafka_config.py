@@ -168,3 +168,10 @@ async def test_a_property_librdkafka_does_not_know_is_a_config_error_at_start() 
     transport = KafkaTransport("kafka://127.0.0.1:1?producer.no.such.thing=1")
     with pytest.raises(ConfigError, match=r'refused the producer settings.*"no.such.thing"'):
         await transport.start()
+
+
+async def test_keep_unread_is_refused_with_the_reason() -> None:
+    from tidings.transports.kafka import KafkaTransport
+
+    with pytest.raises(ConfigError, match="keep_unread needs a log that deletes records itself"):
+        await KafkaTransport("kafka://127.0.0.1:9").create_topic("audit", keep_unread=True)

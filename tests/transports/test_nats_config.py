@@ -538,3 +538,10 @@ def test_any_option_is_taken_or_refused_with_a_config_error(name: str, value: st
     else:
         return
     assert "e.g." in refusal
+
+
+async def test_keep_unread_is_refused_with_the_reason() -> None:
+    from tidings.transports.nats import NatsTransport
+
+    with pytest.raises(ConfigError, match="keep_unread needs a log that deletes records itself"):
+        await NatsTransport("nats://127.0.0.1:9").create_topic("audit", keep_unread=True)
