@@ -923,3 +923,24 @@ def test_an_entry_written_before_values_were_cut_reads_as_whole() -> None:
     assert parsed.replayable
     cut = entry(value=b"ab", truncated=True, value_size=9, value_sha256="00ff")
     assert DeadLetter.from_bytes(cut.encode()) == cut
+
+
+def test_a_dead_letter_keeps_the_whole_original_where_the_log_takes_any_size() -> None:
+    # A failed event of 300 KiB (under the 1 MiB event limit) must stay replayable on
+    # SQLite; on Kafka and NATS the entry, base64 and all, must fit their record limit.
+    from tidings.dead_letters import ENTRY_ROOM, value_limit
+    from tidings.transports.kafka import KafkaTransport
+    from tidings.transports.memory import MemoryTransport
+    from tidings.transports.nats import NatsTransport
+    from tidings.transports.sqlite import SQLiteTransport
+
+    assert value_limit(SQLiteTransport("sqlite:///x.db")) is None
+    assert value_limit(MemoryTransport("memory://")) is None
+    for transport, most in (
+        (KafkaTransport("kafka://127.0.0.1:9"), 1_000_000),
+        (NatsTransport("nats://127.0.0.1:9"), 1024 * 1024),
+    ):
+        limit = value_limit(transport)
+        assert limit is not None
+        assert limit > 600_000
+        assert limit * 4 // 3 + ENTRY_ROOM <= most

@@ -73,7 +73,9 @@ State = Literal["dead", "replayed", "resolved", "purged"]
 UNRESOLVED: frozenset[str] = frozenset({"dead", "replayed"})
 MARKS: frozenset[str] = frozenset({"replayed", "resolved", "purged"})
 TRACEBACK_LIMIT = 16_384  # characters kept of a traceback, and of an error message
-VALUE_LIMIT = 256 * 1024  # bytes of the original kept in an entry (DeadLetterQueue's default)
+# Bytes of the original an entry keeps; None: as much as the log takes (value_limit).
+VALUE_LIMIT: int | None = None
+ENTRY_ROOM = 64 * 1024  # an entry's bytes for all but the original: error, traceback, fields
 REFUSED_TEXT_LIMIT = 4_096  # characters of traceback and message kept when an entry is refused
 WRITE_RETRY = 1.0  # seconds between attempts to write a dead letter while the log is down
 READ_BATCH = 256  # records read at a time per partition while refreshing
@@ -464,13 +466,24 @@ class DeadLetterLog:
         return sum(1 for s in self.states.values() if s == "dead")
 
 
+def value_limit(transport: Transport) -> int | None:
+    """How much of an original a dead letter keeps on ``transport``: everything where
+    the log has no record limit of its own (SQLite), else what fits beside the rest of
+    the entry once base64-encoded (about 700 KB on Kafka's and NATS's defaults)."""
+    if VALUE_LIMIT is not None:
+        return VALUE_LIMIT
+    most = transport.capabilities.max_record_bytes
+    return None if most is None else max(0, (most - ENTRY_ROOM) * 3 // 4)
+
+
 class DeadLetterQueue:
     """The worker's side of a group's dead letters: writes entries and marks, and
     keeps the group's :class:`DeadLetterLog` current enough to park by key (a log that
     forgets resolved entries and keeps no values).
 
     An entry keeps at most ``max_value_bytes`` of the original (default
-    :data:`VALUE_LIMIT`), so that a dead letter can always be written.
+    :func:`value_limit`: all of it where the log takes records of any size), so that a
+    dead letter can always be written; a cut entry cannot be replayed.
     """
 
     def __init__(
@@ -481,8 +494,10 @@ class DeadLetterQueue:
         sequenced: bool,
         max_value_bytes: int | None = None,
     ) -> None:
-        limit = VALUE_LIMIT if max_value_bytes is None else max_value_bytes
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        limit = value_limit(transport) if max_value_bytes is None else max_value_bytes
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
             raise ConfigError(
                 f"DeadLetterQueue(max_value_bytes={max_value_bytes!r}) must be an int >= 0"
             )
@@ -571,7 +586,7 @@ class DeadLetterQueue:
             handler=handler,
             parked_behind=parked_behind,
             replay_of=replay_of,
-            truncated=len(value) > self.max_value_bytes,
+            truncated=self.max_value_bytes is not None and len(value) > self.max_value_bytes,
             value_size=len(value),
             value_sha256=hashlib.sha256(value).hexdigest(),
         )

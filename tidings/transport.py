@@ -25,6 +25,7 @@ from tidings.envelope import Event
 from tidings.errors import ConfigError
 
 __all__ = [
+    "FENCE_AFTER",
     "FOREVER",
     "Capabilities",
     "Clock",
@@ -56,6 +57,11 @@ FaultHook = Callable[[str], Awaitable[None]]
 
 # retention_ms / retention_bytes of create_topic: never expire (dead letters, replays).
 FOREVER = -1
+
+# Where a transport judges leases itself (SQLite, NATS), a member stops acting on its
+# partitions once its renewals have failed for this share of a lease: another member
+# takes them only a whole lease after it last saw a renewal, which is later.
+FENCE_AFTER = 0.75
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -233,6 +239,9 @@ class Capabilities:
     # append_at() holds records in the log until they are due (NATS message schedules);
     # elsewhere delayed events wait in a scheduler table (tidings.outbox).
     scheduled_appends: bool = False
+    # The largest record the log takes by default (Kafka's producer, NATS's payload
+    # limit); None: no limit of its own. Dead letters keep what fits (tidings.dead_letters).
+    max_record_bytes: int | None = None
 
 
 def new_member_id() -> str:

@@ -5,6 +5,7 @@ wall-clock steps, and records that are empty."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -310,6 +311,47 @@ async def test_a_member_whose_renewals_fail_gives_its_partitions_up(
         await t.close()
 
 
+async def test_a_member_claims_again_only_once_the_worker_let_go_of_what_it_fenced(
+    tmp_path: Path,
+) -> None:
+    # The worker may still be finishing a handler of a partition the member fenced;
+    # records of a new claim must not reach its lanes before it has dropped them (they
+    # would be dropped with them while the member's position moved past: lost).
+    t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=1&lease=1")
+    clock = SteppedClock()
+    t.clock = clock
+    await t.start()
+    finishing = asyncio.Event()
+    revoked: list[frozenset[TopicPartition]] = []
+
+    async def on_revoke(tps: frozenset[TopicPartition]) -> None:
+        revoked.append(tps)
+        await finishing.wait()  # a handler still running
+
+    c = None
+    try:
+        await t.create_topic("t", 1)
+        c = await member(t, on_revoke=on_revoke)
+        assert c._heartbeat_task is not None
+        c._heartbeat_task.cancel()  # beats are driven by hand below
+        clock.advance(0.8)
+        c._fence_self()
+        assert c.assignment() == frozenset()
+        await eventually(lambda: bool(revoked), what="the worker asked to let go")
+        beat = asyncio.create_task(c._heartbeat())
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(beat), 0.5)
+        assert c.assignment() == frozenset(), "claimed again while the worker let go"
+        finishing.set()
+        await beat
+        assert c.assignment() == {("t", 0)}
+    finally:
+        finishing.set()
+        if c is not None:
+            await c.close()
+        await t.close()
+
+
 async def test_a_wall_clock_step_forward_moves_no_partition(
     log: SQLiteTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -353,6 +395,8 @@ async def test_a_wall_clock_step_back_does_not_keep_a_dead_members_lease(
         dead = await member(t)
         assert dead._heartbeat_task is not None
         dead._heartbeat_task.cancel()  # as if SIGKILLed: its rows stay
+        with contextlib.suppress(asyncio.CancelledError):
+            await dead._heartbeat_task
         real = time.time_ns
         monkeypatch.setattr(time, "time_ns", lambda: real() - 60_000_000_000)
         alive = await member(t)

@@ -45,7 +45,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tidings.errors import TransportError
-from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
+from tidings.transport import (
+    FENCE_AFTER,
+    Consumer,
+    Position,
+    Record,
+    RevokeCallback,
+    StartFrom,
+    TopicPartition,
+)
 from tidings.transports.nats import (
     GROUPS_PREFIX,
     KEY_HEADER,
@@ -175,12 +183,14 @@ class NatsConsumer(Consumer):
 
     def _fresh(self, tp: TopicPartition) -> bool:
         """Whether this member may still act on ``tp``: it holds the lease, and renewed
-        it less than a lease length ago by its own monotonic clock."""
+        it less than FENCE_AFTER of a lease length ago by its own monotonic clock (an
+        observer takes the lease a whole length after it saw the renewal: the margin
+        keeps an ack already on its way from landing after a new claim)."""
         renewed = self._renewed.get(tp)
         return (
             tp in self._leases
             and renewed is not None
-            and self.t.clock.monotonic() - renewed < self.t.config.lease
+            and self.t.clock.monotonic() - renewed < FENCE_AFTER * self.t.config.lease
         )
 
     def _renew(self, tp: TopicPartition, seq: int, sent: float) -> None:
@@ -400,7 +410,12 @@ class NatsConsumer(Consumer):
                 if len(held_now) < target:
                     # Claims start at a place that depends on the member, so that members
                     # joining at once do not all reach for the same partitions.
-                    free = [tp for tp in parts if tp not in leased and tp not in self._leases]
+                    # Not one whose on_revoke still runs: its lanes are being dropped.
+                    free = [
+                        tp
+                        for tp in parts
+                        if tp not in leased and tp not in self._leases and tp not in self._losing
+                    ]
                     if free:
                         shift = hash(me) % len(free)
                         free = free[shift:] + free[:shift]

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from tidings.transport import (
+    FENCE_AFTER,
     Consumer,
     Position,
     Record,
@@ -45,14 +46,9 @@ from tidings.transports._sqlite_sql import translate_error
 if TYPE_CHECKING:
     from tidings.transports.sqlite import SQLiteTransport
 
-__all__ = ["FENCE_AFTER", "LeaseWatch", "SQLiteConsumer"]
+__all__ = ["LeaseWatch", "SQLiteConsumer"]
 
 log = logging.getLogger("tidings.sqlite")
-
-# A member stops handing out records once its renewals have failed for this share of
-# the lease: another member can judge it dead only after a whole lease length of *its*
-# monotonic time since it last saw the beat move, which is later than this.
-FENCE_AFTER = 0.75
 
 Claim = tuple[int, int, int, int]  # topic id, partition, generation, committed offset
 
@@ -103,6 +99,8 @@ class SQLiteConsumer(Consumer):
         self._rebalance_lock = asyncio.Lock()
         self._rr = 0
         self._closed = False
+        # The worker letting go of the partitions of a self-fencing (see _fence_self).
+        self._letting_go: asyncio.Future[None] | None = None
         # Monotonic time at which the last renewal that succeeded was sent.
         self._renewed_at = transport.clock.monotonic()
 
@@ -172,8 +170,17 @@ class SQLiteConsumer(Consumer):
         if self.on_revoke is not None:
             # The worker drops their lanes; its commits of them count only if nobody
             # has claimed them since (their lease generation is still this member's).
-            task = asyncio.ensure_future(self.on_revoke(lost))
-            task.add_done_callback(_log_failure)
+            # The next heartbeat waits for it before claiming anything again: records
+            # of a new claim must not land in lanes that are being dropped.
+            self._letting_go = asyncio.ensure_future(self.on_revoke(lost))
+            self._letting_go.add_done_callback(_log_failure)
+
+    async def _let_go(self) -> None:
+        """Wait until the worker has let go of what a self-fencing gave up."""
+        if self._letting_go is not None:
+            with contextlib.suppress(Exception):  # logged by _log_failure
+                await asyncio.shield(self._letting_go)
+            self._letting_go = None
 
     async def _renew(self) -> None:
         await self._fault("heartbeat")
@@ -193,6 +200,7 @@ class SQLiteConsumer(Consumer):
         async with self._rebalance_lock:
             if self._closed:
                 return
+            await self._let_go()
             await self._fault("heartbeat")
             ids = {t: self.t._topic_ids[t] for t in self.topics}
             believed = {
@@ -430,6 +438,7 @@ class SQLiteConsumer(Consumer):
 
         async with self._rebalance_lock:
             self._owned = frozenset()
+            await self._let_go()
             await self.t._write(job, durable=False)
         self.t._notify()
 

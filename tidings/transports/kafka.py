@@ -77,7 +77,8 @@ def _require_client() -> None:
 
 class KafkaTransport(Transport):
     # seek_by_time: ListOffsets by timestamp; multi_process: groups span processes.
-    capabilities = Capabilities(persistent=True, multi_process=True)
+    # librdkafka's message.max.bytes default
+    capabilities = Capabilities(persistent=True, multi_process=True, max_record_bytes=1_000_000)
 
     def __init__(self, url: str) -> None:
         self.config = parse_kafka_url(url)

@@ -65,6 +65,7 @@ log = logging.getLogger("tidings.nats")
 
 TIMEOUT = 10.0  # seconds for one JetStream API request or one publish acknowledgment
 MIN_SERVER = (2, 14)  # consumer reset (ADR-60), batch and multi-subject direct gets
+MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
 GROUPS_BUCKET = "tidings-groups"  # a KV bucket: group members and partition leases
 GROUPS_STREAM = "KV_" + GROUPS_BUCKET
 GROUPS_PREFIX = f"$KV.{GROUPS_BUCKET}."
@@ -204,7 +205,11 @@ class _Pending:
 
 class NatsTransport(Transport):
     capabilities = Capabilities(
-        persistent=True, multi_process=True, dense_offsets=False, scheduled_appends=True
+        persistent=True,
+        multi_process=True,
+        dense_offsets=False,
+        scheduled_appends=True,
+        max_record_bytes=MAX_PAYLOAD,
     )
 
     def __init__(self, url: str) -> None:
@@ -212,7 +217,11 @@ class NatsTransport(Transport):
         self.url = self.config.redacted_url()
         if self.config.streams.storage == "memory":
             self.capabilities = Capabilities(
-                persistent=False, multi_process=True, dense_offsets=False, scheduled_appends=True
+                persistent=False,
+                multi_process=True,
+                dense_offsets=False,
+                scheduled_appends=True,
+                max_record_bytes=MAX_PAYLOAD,
             )
         self.nc: Any = None
         self.js: Any = None
