@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -161,6 +162,23 @@ async def test_a_keep_unread_topic_never_deletes_what_a_live_group_has_not_commi
         assert await log.enforce_retention() == 5  # not past the live group's offset
         [row] = [p for g in await log.groups() if g.group == "g" for p in g.partitions]
         assert (row.start, row.lost) == (5, 0)
+    finally:
+        await c.close()
+
+
+async def test_keep_unread_is_checked_again_in_each_delete_transaction(
+    log: SQLiteTransport,
+) -> None:
+    # The plan is read once; a group reset backwards (or joining) before a batch is
+    # deleted must still keep what it has not read.
+    await log.create_topic("t", 1, retention_bytes=100, keep_unread=True)
+    await log.append("t", [("k", b"0123456789") for _ in range(30)])
+    c = await member(log)
+    try:
+        await c.commit(c.at({("t", 0): 5}))
+        tid = log._topic_ids["t"][0]
+        job = functools.partial(_sqlite_sql.delete_below, tid=tid, p=0, cut=20, keep_for={"g"})
+        assert await log._write(job) == (5, True, [])  # cut back to the group's offset
     finally:
         await c.close()
 

@@ -27,6 +27,7 @@ __all__ = [
     "retention_cuts",
     "set_group_offsets",
     "translate_error",
+    "unread_kept",
 ]
 
 T = TypeVar("T")
@@ -131,10 +132,11 @@ RETENTION_BATCH = 1000  # records one retention transaction deletes at most
 
 def retention_cuts(
     conn: sqlite3.Connection, now: int, live_groups: set[str]
-) -> list[tuple[int, int, int]]:
-    """(topic id, partition, cut) for every partition holding records past its topic's
-    age or size limit: the records below ``cut`` are to go. A topic that keeps unread
-    records never cuts past the committed offset of a group in ``live_groups``."""
+) -> list[tuple[int, int, int, bool]]:
+    """(topic id, partition, cut, keep_unread) for every partition holding records past
+    its topic's age or size limit: the records below ``cut`` are to go. A topic that
+    keeps unread records never cuts past the committed offset of a group in
+    ``live_groups`` (``delete_below`` checks it again in each transaction)."""
     out = []
     limits = conn.execute(
         "SELECT id, retention_ms, retention_bytes, keep_unread FROM topics"
@@ -171,25 +173,33 @@ def retention_cuts(
                         break
                     surplus -= length
                     cut = off + 1
-            if keep_unread and cut > start:
-                for grp, offset in conn.execute(
-                    "SELECT grp, offset FROM group_offsets WHERE topic_id=? AND partition=?",
-                    (tid, p),
-                ):
-                    if grp in live_groups:
-                        cut = min(cut, offset)
+            if keep_unread:
+                cut = unread_kept(conn, tid, p, cut, live_groups)
             if cut > start:
-                out.append((tid, p, cut))
+                out.append((tid, p, cut, bool(keep_unread)))
     return out
 
 
+def unread_kept(conn: sqlite3.Connection, tid: int, p: int, cut: int, live: set[str]) -> int:
+    """``cut``, moved back to the lowest offset a group in ``live`` has committed."""
+    for grp, offset in conn.execute(
+        "SELECT grp, offset FROM group_offsets WHERE topic_id=? AND partition=?", (tid, p)
+    ):
+        if grp in live:
+            cut = min(cut, offset)
+    return cut
+
+
 def delete_below(
-    conn: sqlite3.Connection, tid: int, p: int, cut: int
+    conn: sqlite3.Connection, tid: int, p: int, cut: int, keep_for: set[str] | None = None
 ) -> tuple[int, bool, list[tuple[str, int, int]]]:
-    """Delete up to RETENTION_BATCH records of one partition below ``cut``; return how
-    many, whether the partition now starts at ``cut``, and per group that had not read
-    them (committed below them) the first and last offset it lost, also added to its
-    ``lost`` count."""
+    """Delete up to RETENTION_BATCH records of one partition below ``cut`` (and below
+    what the groups of ``keep_for`` have committed, as of this transaction: an offset
+    reset backwards since the plan counts); return how many, whether the partition is
+    done, and per group that had not read them (committed below them) the first and
+    last offset it lost, also added to its ``lost`` count."""
+    if keep_for is not None:
+        cut = unread_kept(conn, tid, p, cut, keep_for)
     (start,) = conn.execute(
         "SELECT start_offset FROM partitions WHERE topic_id=? AND partition=?", (tid, p)
     ).fetchone()

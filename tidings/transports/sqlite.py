@@ -421,10 +421,11 @@ class SQLiteTransport(Transport):
         cuts = await self._read(lambda c: in_one_snapshot(c, lambda: retention_cuts(c, now, live)))
         removed = 0
         skipped: dict[tuple[str, int, int], list[int]] = {}  # (group, topic id, p) -> span
-        for tid, p, cut in cuts:
+        for tid, p, cut, keep_unread in cuts:
             done = False
             while not done:
-                job = functools.partial(delete_below, tid=tid, p=p, cut=cut)
+                keep_for = live if keep_unread else None
+                job = functools.partial(delete_below, tid=tid, p=p, cut=cut, keep_for=keep_for)
                 count, done, lost = await self._write(job, durable=False)
                 removed += count
                 for group, first, last in lost:
