@@ -19,7 +19,7 @@ import pytest
 
 from tidings.errors import TransportError
 from tidings.testing import SteppedClock, drain, eventually
-from tidings.transport import FOREVER, TopicPartition, positions
+from tidings.transport import FOREVER, TopicPartition
 from tidings.transports import _sqlite_sql, sqlite
 from tidings.transports._sqlite_consumer import SQLiteConsumer
 from tidings.transports.sqlite import SQLiteTransport
@@ -84,54 +84,6 @@ async def test_a_read_that_fails_half_way_through_a_fetch_skips_nothing(
         assert sorted(r.value for r in got) == sorted(f"v{i}".encode() for i in range(100))
     finally:
         await c.close()
-
-
-async def test_a_commit_from_before_a_forced_reset_is_refused_after_the_member_claims_again(
-    log: SQLiteTransport,
-) -> None:
-    # Finding 2: the reset removed the leases, the member's next heartbeat claimed them
-    # again, and its commit of what it had read before the reset was accepted.
-    await log.create_topic("t", 1)
-    await log.append("t", [("k", f"v{i}".encode()) for i in range(50)])
-    c = await member(log)
-    try:
-        old = await drain(c, 50)
-        await log.set_offsets("g", "t", {0: 0}, force=True)
-        await c._heartbeat()  # claims the partition again, under a new generation
-        assert c.assignment() == {("t", 0)}
-        await c.commit(positions(old))
-        assert await committed(log) == {("t", 0): 0}
-        again = await drain(c, 50)  # the replay happens
-        assert [r.value for r in again] == [r.value for r in old]
-        await c.commit(positions(again))
-        assert await committed(log) == {("t", 0): 50}
-    finally:
-        await c.close()
-
-
-async def test_a_former_owner_holding_the_partition_again_cannot_commit_its_old_records(
-    log: SQLiteTransport,
-) -> None:
-    # Finding 2: fenced on "holds the lease now", a member that lost a partition and
-    # got it back could move the group backwards with records from its first lease.
-    await log.create_topic("t", 1)
-    await log.append("t", [("k", f"v{i}".encode()) for i in range(30)])
-    a = await member(log)
-    try:
-        first = await drain(a, 10)
-        await a.commit(positions(first))  # the group is at 10
-        b = await member(log)
-        # a's lease is taken from it (as by an expiry), b commits further, gives it up
-        await log.set_offsets("g", "t", {0: 10}, force=True)
-        await a._heartbeat()
-        rest = await drain(a, 20)
-        await a.commit(positions(rest))
-        assert await committed(log) == {("t", 0): 30}
-        await a.commit(positions(first))  # the old generation: refused
-        assert await committed(log) == {("t", 0): 30}
-        await b.close()
-    finally:
-        await a.close()
 
 
 async def test_retention_reports_what_a_lagging_group_never_read(

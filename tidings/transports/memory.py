@@ -249,16 +249,18 @@ class MemoryTransport(Transport):
         t = self._topic(topic)
         moved = frozenset((topic, partition) for partition in offsets)
         # Live owners let go first (their lanes are dropped, their commits fenced by the
-        # new generation), then take the partitions again from the new offsets.
-        for c in list(self._store.members.get(group, {}).values()):
-            owned = c.assignment() & moved
-            if owned:
-                await c.revoke(owned)
-        for partition, offset in offsets.items():
-            p = t.partitions[partition]
-            key = (group, topic, partition)
-            self._store.offsets[key] = min(max(offset, p.start), p.end)
-            self._store.generations[key] = self._store.generations.get(key, 0) + 1
+        # new generation), then take the partitions again from the new offsets; under
+        # the group's lock, so that a member joining meanwhile does not interleave.
+        async with self._store.rebalance_locks.setdefault(group, asyncio.Lock()):
+            for c in list(self._store.members.get(group, {}).values()):
+                owned = c.assignment() & moved
+                if owned:
+                    await c.revoke(owned)
+            for partition, offset in offsets.items():
+                p = t.partitions[partition]
+                key = (group, topic, partition)
+                self._store.offsets[key] = min(max(offset, p.start), p.end)
+                self._store.generations[key] = self._store.generations.get(key, 0) + 1
         await self._rebalance(group)
 
     async def wait_for_appends(self, timeout: float) -> None:
