@@ -58,7 +58,7 @@ from bench._contest import (
 )
 from tidings.partitioning import partition_for
 from tidings.transports._nats_consumer import PULL_EXPIRES
-from tidings.transports.kafka_wire import STRUCTURED_CONTENT_TYPE
+from tidings.codec.binary import STRUCTURED_CONTENT_TYPE
 from tidings.transports.nats import (
     KEY_HEADER,
     META_PARTITIONS,

@@ -17,8 +17,8 @@ from bench._contest import EVENT_TYPE, Ticked, event
 from bench._kafka_contestants import hand_record, kafka_record
 from bench._nats_contestants import hand_message, nats_message
 from tidings.codec import decode
+from tidings.codec.binary import from_kafka
 from tidings.envelope import Event
-from tidings.transports.kafka_wire import from_kafka
 
 
 def attributes(e: Event) -> dict[str, object]:

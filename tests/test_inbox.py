@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.conftest import LOGS, log_url
 from tidings import ConfigError, Context, Event, Tidings
-from tidings.app import Subscriber
 from tidings.inbox import SWEEP_BATCH, Inbox
 from tidings.middleware import Delivery, Retry, Stats
 from tidings.middleware.inbox import InboxMiddleware
+from tidings.subscriber import Subscriber
 from tidings.testing import eventually, running
 from tidings.transport import Record
 

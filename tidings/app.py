@@ -8,10 +8,9 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -21,6 +20,7 @@ from tidings.contracts import Registry
 from tidings.envelope import Event, new_id, validate_type
 from tidings.errors import ConfigError
 from tidings.middleware.retry import Retry
+from tidings.subscriber import Component, GroupSettings, Subscriber
 from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
 from tidings.transports import open_transport
 
@@ -91,49 +91,6 @@ def _due(delay: float | timedelta | None, deliver_at: datetime | None) -> dateti
 
 def default_url() -> str:
     return os.environ.get("TIDINGS_URL") or DEFAULT_URL
-
-
-@dataclass(frozen=True, slots=True)
-class Subscriber:
-    """A handler bound to a topic, a group and a set of event types."""
-
-    topic: str
-    group: str
-    handler: Callable[..., Any]
-    types: frozenset[str] | None  # None: every type
-    start_from: StartFrom
-    is_async: bool
-    takes_context: bool
-    retry: Retry | None = None  # None: the worker's Retry middleware's own policy
-    inbox: Any = None  # a tidings.inbox.Inbox: handled event ids, kept per group
-
-    @property
-    def name(self) -> str:
-        return getattr(self.handler, "__qualname__", repr(self.handler))
-
-    def wants(self, event_type: str) -> bool:
-        return self.types is None or event_type in self.types
-
-
-@dataclass(frozen=True, slots=True)
-class GroupSettings:
-    """How a group treats its dead letters (see :meth:`Tidings.group`).
-
-    ``sequenced``: while an event is dead-lettered, later events with the same
-    partition key are parked behind it, in order, instead of being handled (per-key
-    order then survives the failure and its replay). Default: move on.
-    """
-
-    sequenced: bool = False
-
-
-class Component(Protocol):
-    """Something that runs beside the worker in ``tidings run`` (an outbox relay, the
-    delayed-event scheduler): it works until ``stop`` is set."""
-
-    name: str
-
-    async def run(self, stop: asyncio.Event) -> None: ...
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:

@@ -44,11 +44,10 @@ from tidings.errors import (
     ConfigError,
     DecodeError,
     RecordRejected,
-    TidingsError,
+    RetriesExhausted,
     TopicNotFound,
     TransportError,
 )
-from tidings.middleware.retry import RetriesExhausted
 from tidings.transport import FOREVER, Record, Transport
 
 if TYPE_CHECKING:
@@ -59,7 +58,6 @@ __all__ = [
     "DeadLetterLog",
     "DeadLetterQueue",
     "Filter",
-    "Parked",
     "Reason",
     "State",
     "dlq_topic",
@@ -763,15 +761,3 @@ async def depths(transport: Transport, groups: Iterable[str]) -> dict[str, int]:
         await dead.refresh()
         result[group] = dead.depth()
     return result
-
-
-class Parked(TidingsError):
-    """Why an event of a sequenced group waits in the dead letters: an earlier event
-    of its key is there."""
-
-    def __init__(self, blocker: DeadLetter) -> None:
-        self.blocker = blocker
-        super().__init__(
-            f"parked behind dead letter {blocker.entry} ({blocker.type} {blocker.event_id} at "
-            f"{blocker.topic}[{blocker.partition}]@{blocker.offset}) of key {blocker.key!r}"
-        )

@@ -22,7 +22,11 @@ Importable from ``tidings.errors`` only (catch their parents):
 - :class:`UnsupportedVersion`: an ``UnknownEventType`` whose ``dataversion`` is newer
   than every registered model of its type;
 - :class:`RecordRejected`: a ``TransportError``, the log refused a record for good;
-- :class:`ConsumerDead`: a ``TransportError``, a consumer cannot go on.
+- :class:`ConsumerDead`: a ``TransportError``, a consumer cannot go on;
+- :class:`RetriesExhausted`: a ``TidingsError``, a handler failed and its retry policy
+  gave up (what the dead-letter middleware catches);
+- :class:`Parked`: a ``TidingsError``, why an event of a sequenced group waits in the
+  dead letters behind an earlier one of its key.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ __all__ = [
     "GroupBusy",
     "GroupNotFound",
     "InvalidEventType",
+    "Parked",
     "RecordRejected",
     "RecordTooLarge",
+    "RetriesExhausted",
     "TidingsError",
     "TopicNotFound",
     "TransportError",
@@ -85,6 +91,32 @@ class UnknownEventType(EventError):
 class UnsupportedVersion(UnknownEventType):
     """An event's ``dataversion`` is newer than every model registered for its type:
     the producer runs a newer contract than this service knows."""
+
+
+class RetriesExhausted(TidingsError):
+    """A handler failed and its retry policy gave up (``__cause__`` is the last error).
+
+    Raised by the :class:`~tidings.middleware.Retry` middleware for the dead-letter
+    middleware outside it; ``error`` is the last attempt's exception.
+    """
+
+    def __init__(
+        self, handler: str, what: str, error: BaseException, *, attempts: int, retryable: bool
+    ) -> None:
+        self.attempts = attempts
+        self.error = error
+        self.retryable = retryable
+        why = f"after {attempts} attempt(s)" if retryable else "(not retryable)"
+        super().__init__(f"handler {handler} gave up on {what} {why}: {error!r}")
+
+
+class Parked(TidingsError):
+    """Why an event of a sequenced group waits in the dead letters: an earlier event of
+    its key is there (``entry`` names it; the message says where it is)."""
+
+    def __init__(self, entry: str, where: str) -> None:
+        self.entry = entry
+        super().__init__(f"parked behind dead letter {entry} ({where})")
 
 
 class TransportError(TidingsError):

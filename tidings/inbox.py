@@ -94,8 +94,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
     from sqlalchemy.orm import Session, sessionmaker
 
-    from tidings.app import Subscriber
     from tidings.middleware.base import Delivery, Next
+    from tidings.subscriber import Subscriber
 
 __all__ = ["DEFAULT_RETENTION", "DEFAULT_TABLE", "Inbox"]
 

@@ -25,9 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 from tidings.codec import decode
 from tidings.context import Context, _scope
-from tidings.dead_letters import DeadLetter, DeadLetterQueue, Parked
+from tidings.dead_letters import DeadLetter, DeadLetterQueue
 from tidings.envelope import Event
-from tidings.errors import ConfigError, ConsumerDead, DecodeError, EventError, TransportError
+from tidings.errors import (
+    ConfigError,
+    ConsumerDead,
+    DecodeError,
+    EventError,
+    Parked,
+    TransportError,
+)
 from tidings.middleware import (
     DeadLetters,
     Delivery,
@@ -41,7 +48,8 @@ from tidings.middleware.poison import report_poison
 from tidings.transport import Consumer, Position, Record, TopicPartition
 
 if TYPE_CHECKING:
-    from tidings.app import Component, Subscriber, Tidings
+    from tidings.app import Tidings
+    from tidings.subscriber import Component, Subscriber
 
 __all__ = ["Worker", "tune_gc"]
 
@@ -312,7 +320,7 @@ class _GroupRunner:
             blocker = await self._blocker(record, replay_of)
             if blocker is not None:
                 await self.dlq.write(
-                    record, Parked(blocker), reason="parked", stopping=self.stopped,
+                    record, _parked(blocker), reason="parked", stopping=self.stopped,
                     event_id=event.id, event_type=event.type,
                     correlationid=event.correlationid or event.id,
                     parked_behind=blocker.entry, replay_of=replay_of,
@@ -609,3 +617,11 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
+
+def _parked(blocker: DeadLetter) -> Parked:
+    return Parked(
+        blocker.entry,
+        f"{blocker.type} {blocker.event_id} at {blocker.topic}[{blocker.partition}]"
+        f"@{blocker.offset}, key {blocker.key!r}",
+    )

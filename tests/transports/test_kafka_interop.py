@@ -36,10 +36,10 @@ from pydantic import BaseModel
 
 from tidings import Context, Tidings
 from tidings.codec import decode, encode
+from tidings.codec.binary import STRUCTURED_CONTENT_TYPE
 from tidings.envelope import Event
 from tidings.partitioning import partition_for
 from tidings.testing import running
-from tidings.transports.kafka_wire import STRUCTURED_CONTENT_TYPE
 
 pytestmark = pytest.mark.integration
 

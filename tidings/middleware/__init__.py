@@ -7,11 +7,12 @@ e.g. ``[*default_middleware(), Timed()]``.
 
 from __future__ import annotations
 
+from tidings.errors import RetriesExhausted
 from tidings.middleware.base import Delivery, Middleware, Next, Stats, compose
 from tidings.middleware.dead_letters import DeadLetters
 from tidings.middleware.inbox import InboxMiddleware
 from tidings.middleware.poison import SkipPoison, report_poison
-from tidings.middleware.retry import RetriesExhausted, Retry
+from tidings.middleware.retry import Retry
 
 __all__ = [
     "DeadLetters",

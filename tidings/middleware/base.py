@@ -11,8 +11,8 @@ from tidings.envelope import Event
 from tidings.transport import Record
 
 if TYPE_CHECKING:
-    from tidings.app import Subscriber
     from tidings.dead_letters import DeadLetterQueue
+    from tidings.subscriber import Subscriber
 
 __all__ = ["Delivery", "Middleware", "Next", "Stats", "compose"]
 

@@ -8,7 +8,7 @@ from tidings.errors import ConfigError
 from tidings.middleware.base import Delivery, Middleware, Next
 
 if TYPE_CHECKING:
-    from tidings.app import Subscriber
+    from tidings.subscriber import Subscriber
 
 __all__ = ["InboxMiddleware"]
 

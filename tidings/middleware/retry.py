@@ -12,31 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.errors import ConfigError, EventError, TidingsError
+from tidings.errors import ConfigError, EventError, RetriesExhausted
 from tidings.middleware.base import Delivery, Middleware, Next
+from tidings.subscriber import RetryPolicy
 
-__all__ = ["RetriesExhausted", "Retry"]
+__all__ = ["Retry"]
 
 log = logging.getLogger("tidings.worker")
 
 ExceptionTypes = tuple[type[BaseException], ...]
-
-
-class RetriesExhausted(TidingsError):
-    """A handler failed and its retry policy gave up (``__cause__`` is the last error).
-
-    Raised by :class:`Retry` for the dead-letter middleware outside it.
-    """
-
-    def __init__(self, delivery: Delivery, error: BaseException, *, retryable: bool) -> None:
-        self.attempts = delivery.attempt
-        self.error = error
-        self.retryable = retryable
-        why = f"after {self.attempts} attempt(s)" if retryable else "(not retryable)"
-        super().__init__(
-            f"handler {delivery.subscriber.name} gave up on {delivery.event.type} "
-            f"{delivery.event.id} {why}: {error!r}"
-        )
 
 
 @dataclass(frozen=True)
@@ -106,7 +90,7 @@ class Retry(Middleware):
         return isinstance(error, self.retry_on) and not isinstance(error, self.never)
 
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
-        policy = delivery.subscriber.retry or self
+        policy: RetryPolicy = delivery.subscriber.retry or self
         while True:
             try:
                 await call_next(delivery)
@@ -124,8 +108,12 @@ class Retry(Middleware):
                 if not retryable or (
                     policy.max_attempts is not None and delivery.attempt >= policy.max_attempts
                 ):
-                    await policy._exhausted(delivery, exc)
-                    raise RetriesExhausted(delivery, exc, retryable=retryable) from exc
+                    await _exhausted(policy, delivery, exc)
+                    event = delivery.event
+                    raise RetriesExhausted(
+                        delivery.subscriber.name, f"{event.type} {event.id}", exc,
+                        attempts=delivery.attempt, retryable=retryable,
+                    ) from exc  # fmt: skip
                 wait = policy.delay(delivery.attempt)
                 event, record = delivery.event, delivery.record
                 log.error(
@@ -141,13 +129,14 @@ class Retry(Middleware):
                     raise asyncio.CancelledError from exc
                 delivery.attempt += 1
 
-    async def _exhausted(self, delivery: Delivery, error: BaseException) -> None:
-        if self.on_exhausted is None:
-            return
-        try:
-            result = self.on_exhausted(delivery, error)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            # A broken hook must not keep the event from its dead letter.
-            log.exception("group %s: the on_exhausted hook failed", delivery.group)
+
+async def _exhausted(policy: RetryPolicy, delivery: Delivery, error: BaseException) -> None:
+    if policy.on_exhausted is None:
+        return
+    try:
+        result = policy.on_exhausted(delivery, error)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        # A broken hook must not keep the event from its dead letter.
+        log.exception("group %s: the on_exhausted hook failed", delivery.group)

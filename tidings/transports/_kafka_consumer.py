@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from tidings.codec.binary import from_kafka
 from tidings.errors import ConfigError, ConsumerDead, TransportError
 from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
-from tidings.transports.kafka_wire import from_kafka
 
 if TYPE_CHECKING:
     from tidings.transports.kafka import KafkaTransport

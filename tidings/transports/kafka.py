@@ -7,7 +7,7 @@ through confluent-kafka (librdkafka), driven by our own threads (decision 0005).
   transports and with Kafka's Java producer;
 - groups: :class:`~tidings.transports._kafka_consumer.KafkaConsumer`, cooperative-sticky;
 - admin (topics, offsets, groups): ``AdminClient`` calls waited for in threads;
-- records on the wire follow the CloudEvents Kafka binding (``kafka_wire``).
+- records on the wire follow the CloudEvents Kafka binding (``tidings.codec.binary``).
 
 URL options: see :mod:`tidings.transports.kafka_config`; differences of the test broker
 (Tansu) from Apache Kafka: docs/kafka.md.
@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from tidings.codec.binary import HeaderMap, Headers, event_to_kafka, to_kafka
 from tidings.envelope import Event
 from tidings.errors import (
     ConfigError,
@@ -53,7 +54,6 @@ from tidings.transport import (
 )
 from tidings.transports._kafka_consumer import KafkaConsumer, to_record
 from tidings.transports.kafka_config import parse_kafka_url
-from tidings.transports.kafka_wire import HeaderMap, Headers, event_to_kafka, to_kafka
 
 __all__ = ["KafkaTransport"]
 
@@ -267,7 +267,7 @@ class KafkaTransport(Transport):
     async def append_events(
         self, topic: str, events: Sequence[Event], max_bytes: int
     ) -> list[tuple[int, int]]:
-        # Binary mode from the events themselves (kafka_wire.event_to_kafka): the same
+        # Binary mode from the events themselves (tidings.codec.binary.event_to_kafka): the same
         # records append(encode(...)) writes, without the structured JSON in between.
         fmt = self.config.format
         return await self._send(topic, [(e.key, event_to_kafka(e, max_bytes, fmt)) for e in events])

@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 
 from tidings.codec import encode
+from tidings.codec.binary import STRUCTURED_CONTENT_TYPE, from_binary
 from tidings.envelope import Event
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
 from tidings.partitioning import partition_for
@@ -56,7 +57,6 @@ from tidings.transport import (
     Transport,
     check_topic_name,
 )
-from tidings.transports.kafka_wire import STRUCTURED_CONTENT_TYPE, from_binary
 from tidings.transports.nats_config import NatsConfig, StreamSettings, parse_nats_url
 
 __all__ = ["NatsTransport", "stream_name"]

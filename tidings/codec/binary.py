@@ -1,4 +1,4 @@
-"""The CloudEvents Kafka protocol binding, at the edge of the Kafka transport.
+"""CloudEvents binary mode (the Kafka protocol binding's form), in the codec layer.
 
 Above the transport an event is structured-mode JSON bytes (``tidings.codec.encode``).
 On Kafka it is written in one of two modes:
@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from tidings.codec import encode, encode_value, to_dict
+from tidings.codec.structured import encode, encode_value, to_dict
 from tidings.envelope import Event
 
 __all__ = ["STRUCTURED_CONTENT_TYPE", "event_to_kafka", "from_binary", "from_kafka", "to_kafka"]
@@ -256,7 +256,7 @@ def _structured_fast(value: bytes | None, headers: Sequence[tuple[str, Any]]) ->
     # The usual binary record, as tidings writes it: known attribute headers only, each
     # once, values that need no escaping in JSON, JSON data. The document is put
     # together from the bytes as they are, as orjson writes it (tests/transports/
-    # test_kafka_wire.py compares the two); None: the general path decides.
+    # tests/test_codec_binary.py compares the two); None: the general path decides.
     parts: list[bytes] = [b"{"]
     texts: list[bytes] = []
     content_type: bytes | None = None

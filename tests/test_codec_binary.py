@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode, to_dict
+from tidings.codec.binary import _structured, event_to_kafka, from_kafka, to_kafka
 from tidings.envelope import Event
 from tidings.errors import DecodeError, EventError, EventTooLarge
-from tidings.transports.kafka_wire import _structured, event_to_kafka, from_kafka, to_kafka
 
 
 def _events() -> list[Event]:

@@ -1,0 +1,78 @@
+"""What an app declares for its worker: subscribers, group settings, components.
+
+Plain records, below the middleware and the worker that read them, and above nothing
+but the transport protocol's names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tidings.transport import StartFrom
+
+__all__ = ["Component", "GroupSettings", "RetryPolicy", "Subscriber"]
+
+
+class RetryPolicy(Protocol):
+    """What a subscriber's own retry policy gives the Retry middleware
+    (:class:`tidings.Retry` is one)."""
+
+    @property
+    def max_attempts(self) -> int | None: ...
+
+    @property
+    def on_exhausted(self) -> Callable[..., Any] | None: ...
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt``."""
+        ...
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether ``error`` is worth another attempt."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """A handler bound to a topic, a group and a set of event types."""
+
+    topic: str
+    group: str
+    handler: Callable[..., Any]
+    types: frozenset[str] | None  # None: every type
+    start_from: StartFrom
+    is_async: bool
+    takes_context: bool
+    retry: RetryPolicy | None = None  # None: the worker's Retry middleware's own policy
+    inbox: Any = None  # a tidings.inbox.Inbox: handled event ids, kept per group
+
+    @property
+    def name(self) -> str:
+        return getattr(self.handler, "__qualname__", repr(self.handler))
+
+    def wants(self, event_type: str) -> bool:
+        return self.types is None or event_type in self.types
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSettings:
+    """How a group treats its dead letters (see :meth:`tidings.Tidings.group`).
+
+    ``sequenced``: while an event is dead-lettered, later events with the same
+    partition key are parked behind it, in order, instead of being handled (per-key
+    order then survives the failure and its replay). Default: move on.
+    """
+
+    sequenced: bool = False
+
+
+class Component(Protocol):
+    """Something that runs beside the worker in ``tidings run`` (an outbox relay, the
+    delayed-event scheduler): it works until ``stop`` is set."""
+
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None: ...
