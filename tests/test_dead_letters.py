@@ -20,7 +20,6 @@ from tidings.codec import encode
 from tidings.dead_letters import (
     DeadLetter,
     DeadLetterLog,
-    DeadLetterQueue,
     Filter,
     depths,
     dlq_topic,
@@ -560,7 +559,7 @@ async def test_a_dead_letter_is_written_once_the_log_is_back(
             raise TransportError("disk I/O error")
         return await real_append(topic, records)
 
-    monkeypatch.setattr("tidings.dead_letters.WRITE_RETRY", 0.05)
+    monkeypatch.setattr("tidings.dead_letters.log.WRITE_RETRY", 0.05)
     async with app:
         monkeypatch.setattr(app.transport, "append", flaky)
         async with running(app):
@@ -659,7 +658,7 @@ def _memory(log: DeadLetterLog) -> tuple[Any, ...]:
 async def test_a_log_that_forgets_holds_only_the_unresolved_entries(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tidings.dead_letters.READ_BATCH", 16)  # many reads per partition
+    monkeypatch.setattr("tidings.dead_letters.log.READ_BATCH", 16)  # many reads per partition
     app = make_app(url)
     async with app:
         written = await _write_entries(app, "g", 600)
@@ -728,33 +727,36 @@ async def test_marks_read_before_their_entries_still_resolve_them(
         assert not lean._early_before
 
 
-async def test_a_worker_queue_forgets_resolved_entries_and_never_revives_them(url: str) -> None:
+async def test_a_worker_log_forgets_resolved_entries_and_never_revives_them(url: str) -> None:
     app = make_app(url)
     stop = asyncio.Event()
     async with app:
-        first = DeadLetterQueue(app.transport, "g", sequenced=True)
-        await first.start()
+        first = DeadLetterLog(app.transport, "g", resolved=False, values=False)
+        await first.create_topics()
+        await first.refresh()
         records = [Record("tasks", 0, offset, 0, f"k-{offset % 3}", b"{}") for offset in range(30)]
         written = [
-            await first.write(r, OSError("no"), reason="failed", stopping=stop) for r in records
+            await first.write(first.entry(r, OSError("no"), reason="failed"), stop)
+            for r in records
         ]
-        assert first.log.blocker("tasks", "k-0", 99) is not None
+        assert first.blocker("tasks", "k-0", 99) is not None
         await first.mark("replayed", [e.entry for e in written], stop)
         await first.mark("resolved", [e.entry for e in written[:29]], stop)
-        assert set(first.log.entries) == {written[29].entry}
-        await first.log.refresh()  # reads back what it wrote itself
-        assert set(first.log.entries) == {written[29].entry}
-        assert first.log.blocker("tasks", "k-0", 99) is None
-        second = DeadLetterQueue(app.transport, "g", sequenced=True)
-        await second.start()
-        assert set(second.log.entries) == {written[29].entry}
+        assert set(first.entries) == {written[29].entry}
+        await first.refresh()  # reads back what it wrote itself
+        assert set(first.entries) == {written[29].entry}
+        assert first.blocker("tasks", "k-0", 99) is None
+        second = DeadLetterLog(app.transport, "g", resolved=False, values=False)
+        await second.create_topics()
+        await second.refresh()
+        assert set(second.entries) == {written[29].entry}
         # A replay sent twice: the second copy's entry reads as resolved (not unresolved).
         await second.mark("resolved", [written[29].entry], stop)
-        await first.log.refresh()
-        for queue in (first, second):
-            assert _memory(queue.log) == ({}, {}, {}, {})
-            assert not queue.log.unresolved(written[0].entry)
-            assert not queue.log.unresolved(written[29].entry)
+        await first.refresh()
+        for dead in (first, second):
+            assert _memory(dead) == ({}, {}, {}, {})
+            assert not dead.unresolved(written[0].entry)
+            assert not dead.unresolved(written[29].entry)
 
 
 async def test_a_refresh_whose_read_fails_goes_on_from_what_it_applied(
@@ -805,7 +807,7 @@ def any_url(request: pytest.FixtureRequest) -> str:
 async def test_an_original_over_the_limit_is_kept_cut_with_its_size_and_digest(
     any_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tidings.dead_letters.VALUE_LIMIT", 1000)
+    monkeypatch.setattr("tidings.dead_letters.entry.VALUE_LIMIT", 1000)
     app = make_app(any_url)
     handled: list[int] = []
 
@@ -836,7 +838,7 @@ async def test_a_cut_entry_sent_to_the_retry_topic_by_hand_is_not_handled(
     # `replay` never sends a cut entry; another writer might: the worker must not hand
     # the kept prefix to the handler as if it were the event. (The worker's part alone:
     # one transport is enough.)
-    monkeypatch.setattr("tidings.dead_letters.VALUE_LIMIT", 1000)
+    monkeypatch.setattr("tidings.dead_letters.entry.VALUE_LIMIT", 1000)
     app = make_app("memory://?partitions=4")
     handled: list[int] = []
 
@@ -878,7 +880,7 @@ async def test_a_dead_letter_the_log_refuses_is_written_without_the_original(
             raise RecordRejected("Broker: Message size too large")
         return await real_append(topic, records)
 
-    monkeypatch.setattr("tidings.dead_letters.WRITE_RETRY", 0.05)
+    monkeypatch.setattr("tidings.dead_letters.log.WRITE_RETRY", 0.05)
     garbage = b"\xff" * 6000
     async with app:
         monkeypatch.setattr(app.transport, "append", broker_limit)
@@ -903,15 +905,16 @@ async def test_a_dead_letter_refused_even_without_the_original_is_not_tried_for_
         raise RecordRejected("Broker: Message size too large")
 
     async with app:
-        queue = DeadLetterQueue(app.transport, "g", sequenced=False)
-        await queue.start()
+        dead = DeadLetterLog(app.transport, "g", resolved=False, values=False)
+        await dead.create_topics()
         app.transport.append = refuses  # type: ignore[method-assign]
         record = Record("tasks", 0, 7, 0, "k", b"x" * 100)
+        entry = dead.entry(record, OSError("no"), reason="failed")
         with pytest.raises(RecordRejected, match=r"even a dead letter without the original"):
-            await queue.write(record, OSError("no"), reason="failed", stopping=asyncio.Event())
+            await dead.write(entry, asyncio.Event())
     assert tries == 2
     with pytest.raises(ConfigError, match="max_value_bytes"):
-        DeadLetterQueue(app.transport, "g", sequenced=False, max_value_bytes=-1)
+        DeadLetterLog(app.transport, "g", max_value_bytes=-1)
 
 
 def test_an_entry_written_before_values_were_cut_reads_as_whole() -> None:
@@ -928,7 +931,8 @@ def test_an_entry_written_before_values_were_cut_reads_as_whole() -> None:
 def test_a_dead_letter_keeps_the_whole_original_where_the_log_takes_any_size() -> None:
     # A failed event of 300 KiB (under the 1 MiB event limit) must stay replayable on
     # SQLite; on Kafka and NATS the entry, base64 and all, must fit their record limit.
-    from tidings.dead_letters import ENTRY_ROOM, value_limit
+    from tidings.dead_letters import value_limit
+    from tidings.dead_letters.entry import ENTRY_ROOM
     from tidings.transports.kafka import KafkaTransport
     from tidings.transports.memory import MemoryTransport
     from tidings.transports.nats import NatsTransport

@@ -48,7 +48,7 @@ class TaskChanged(BaseModel):
 def quick_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
     # The worker waits a second after a failed fetch or handling; injected faults make
     # many of them, and the waiting is not what these tests are about.
-    monkeypatch.setattr("tidings.worker.UNHANDLED_PAUSE", 0.02, raising=False)
+    monkeypatch.setattr("tidings.worker.group.UNHANDLED_PAUSE", 0.02, raising=False)
 
 
 def make_app(

@@ -599,7 +599,7 @@ def test_tune_gc_freezes_start_up_objects_and_collects_young_ones_less_often() -
     import gc
     import weakref
 
-    from tidings.worker import YOUNG_COLLECTION_EVERY, tune_gc
+    from tidings.worker.worker import YOUNG_COLLECTION_EVERY, tune_gc
 
     class Node:
         link: Any = None
@@ -681,7 +681,7 @@ async def test_a_failed_dead_letter_read_after_a_rebalance_is_tried_again(
 ) -> None:
     # Issue 15, finding 6: after the assignment changed, one failed read of the dead
     # letters (on NATS, a stream without a leader for a moment) ended the whole worker.
-    monkeypatch.setattr("tidings.worker.UNHANDLED_PAUSE", 0.01)
+    monkeypatch.setattr("tidings.worker.group.UNHANDLED_PAUSE", 0.01)
     name = f"memory://rebalance-{random.random()}?partitions=4"
     first, second = Tidings(name, service="a"), Tidings(name, service="b")
     handled: list[str] = []
@@ -694,7 +694,7 @@ async def test_a_failed_dead_letter_read_after_a_rebalance_is_tried_again(
 
     async with first, second, running(first) as worker:
         runner = await the_runner(worker)
-        real = runner.dlq.log.refresh
+        real = runner.intake.log.refresh
         failures: list[int] = []
 
         async def failing_once() -> None:
@@ -703,7 +703,7 @@ async def test_a_failed_dead_letter_read_after_a_rebalance_is_tried_again(
                 raise TransportError("the stream has no leader")
             await real()
 
-        runner.dlq.log.refresh = failing_once
+        runner.intake.log.refresh = failing_once
         async with running(second):  # the first worker gives half its partitions up
             await eventually(lambda: bool(failures), what="the failed read")
             for i in range(40):

@@ -476,14 +476,3 @@ class Tidings:
             async with engine.begin() as conn:
                 for event in events:
                     await scheduler.add_async(conn, event, topic=topic, deliver_at=when)
-
-    # -- running ----------------------------------------------------------------
-
-    async def run(
-        self, groups: Sequence[str] | None = None, *, stop: asyncio.Event | None = None
-    ) -> None:
-        """Run this app's subscribers until ``stop`` is set (see :class:`Worker`)."""
-        from tidings.worker import Worker
-
-        async with self:
-            await Worker(self, groups).run(stop)

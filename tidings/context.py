@@ -11,14 +11,17 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from tidings.envelope import Event, new_id
 
-if TYPE_CHECKING:
-    from tidings.app import Tidings
+__all__ = ["Context", "Publisher", "Scope", "causal_scope", "correlation_scope", "current_scope"]
 
-__all__ = ["Context", "Scope", "correlation_scope", "current_scope"]
+
+class Publisher(Protocol):
+    """What a handler's context publishes through (a :class:`tidings.Tidings`)."""
+
+    async def publish(self, topic: str, payload: Any, **options: Any) -> Event: ...
 
 
 class Scope(NamedTuple):
@@ -30,12 +33,12 @@ class Scope(NamedTuple):
 
 # A Scope, or the Event being handled: the worker sets the event itself (no tuple per
 # handled event and group; its scope is made here, only when a handler publishes).
-_scope: ContextVar[Scope | Event | None] = ContextVar("tidings_scope", default=None)
+causal_scope: ContextVar[Scope | Event | None] = ContextVar("tidings_scope", default=None)
 
 
 def current_scope() -> Scope | None:
     """The causal scope publishes happen in now, if any."""
-    value = _scope.get()
+    value = causal_scope.get()
     if isinstance(value, Event):
         return Scope(value.correlationid or value.id, value.id)
     return value
@@ -47,11 +50,11 @@ def correlation_scope(
 ) -> Iterator[Scope]:
     """Publish everything inside under one correlation id (new if not given)."""
     scope = Scope(correlation_id or new_id(), causation_id)
-    token = _scope.set(scope)
+    token = causal_scope.set(scope)
     try:
         yield scope
     finally:
-        _scope.reset(token)
+        causal_scope.reset(token)
 
 
 class Context:
@@ -71,7 +74,7 @@ class Context:
 
     def __init__(
         self,
-        app: Tidings,
+        app: Publisher,
         event: Event,
         *,
         topic: str,

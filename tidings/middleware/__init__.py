@@ -11,7 +11,6 @@ from tidings.errors import RetriesExhausted
 from tidings.middleware.base import Delivery, Middleware, Next, Stats, compose
 from tidings.middleware.dead_letters import DeadLetters
 from tidings.middleware.inbox import InboxMiddleware
-from tidings.middleware.poison import SkipPoison, report_poison
 from tidings.middleware.retry import Retry
 
 __all__ = [
@@ -22,11 +21,9 @@ __all__ = [
     "Next",
     "RetriesExhausted",
     "Retry",
-    "SkipPoison",
     "Stats",
     "compose",
     "default_middleware",
-    "report_poison",
 ]
 
 

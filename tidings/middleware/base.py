@@ -5,30 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tidings.dead_letters import DeadLetterLog
 from tidings.envelope import Event
+from tidings.stats import Stats
+from tidings.subscriber import Subscriber
 from tidings.transport import Record
 
-if TYPE_CHECKING:
-    from tidings.dead_letters import DeadLetterQueue
-    from tidings.subscriber import Subscriber
-
 __all__ = ["Delivery", "Middleware", "Next", "Stats", "compose"]
-
-
-@dataclass
-class Stats:
-    """What a worker did, counted by the worker and its middleware."""
-
-    handled: int = 0
-    failed_attempts: int = 0
-    skipped: int = 0  # events no subscriber of the group wants
-    undecodable: int = 0
-    dead_lettered: int = 0  # events written to their group's dead-letter topic
-    parked: int = 0  # of which, parked behind an earlier dead letter of their key
-    duplicates: int = 0  # redelivered events an inbox had already seen
-    abandoned: int = 0  # handlers still running when the worker had to stop without them
 
 
 @dataclass(slots=True)
@@ -42,7 +27,7 @@ class Delivery:
     entry). ``session`` is what the handler sees as ``ctx.session`` (set by the
     inbox middleware); the failure fields are filled in by
     :class:`~tidings.middleware.Retry`; ``dead_letters`` is the group's dead-letter
-    queue, for :class:`~tidings.middleware.DeadLetters`.
+    log, for :class:`~tidings.middleware.DeadLetters`.
     """
 
     subscriber: Subscriber
@@ -52,7 +37,7 @@ class Delivery:
     stats: Stats
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     attempt: int = 1
-    dead_letters: DeadLetterQueue | None = None
+    dead_letters: DeadLetterLog | None = None
     replay_of: str | None = None
     session: Any = None
     first_failure: float | None = None  # Unix time of the first failed attempt

@@ -1,4 +1,5 @@
-"""The outermost middleware: what a group gives up on goes to its dead-letter topic."""
+"""The outermost middleware: what a group gives up on goes to its dead-letter topic
+(:mod:`tidings.dead_letters`, where replays, poison and parking live too)."""
 
 from __future__ import annotations
 
@@ -22,17 +23,19 @@ class DeadLetters(Middleware):
         try:
             await call_next(delivery)
         except Exception as exc:
-            queue = delivery.dead_letters
-            if queue is None:
+            dead = delivery.dead_letters
+            if dead is None:
                 raise
             poison = isinstance(exc, EventError)
             if poison:
                 delivery.stats.undecodable += 1
-            await queue.write(
-                delivery.record,
-                exc,
-                reason="poison" if poison else "failed",
-                stopping=delivery.stopping,
-                delivery=delivery,
-            )
+            event = delivery.event
+            entry = dead.entry(
+                delivery.record, exc, reason="poison" if poison else "failed",
+                attempts=delivery.attempt, first_failure=delivery.first_failure,
+                last_failure=delivery.last_failure, handler=delivery.subscriber.name,
+                event_id=event.id, event_type=event.type,
+                correlationid=event.correlationid or event.id, replay_of=delivery.replay_of,
+            )  # fmt: skip
+            await dead.write(entry, delivery.stopping)
             delivery.stats.dead_lettered += 1

@@ -1,0 +1,205 @@
+"""Where a group's fetched records enter the worker, on the dead letters' side.
+
+The worker hands every record it fetched to its group's :class:`Intake`, which
+
+- unwraps a replayed entry (read from the group's ``.retry`` topic) into the original
+  record, skipping one already resolved (a replay sent twice) or truncated;
+- dead-letters a record that cannot be decoded (poison: never retried), or only
+  reports it when the worker runs without the dead-letter middleware;
+- in a sequenced group, parks an event behind the earliest unresolved dead letter of
+  its key;
+- dispatches the rest to the group's subscribers (the worker's chains, where the
+  :class:`~tidings.middleware.DeadLetters` middleware writes what a handler gives up
+  on), and marks a replayed entry resolved once that returned.
+
+So everything about dead letters lives in this package; the worker only fetches,
+dispatches and commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from tidings.dead_letters.entry import DeadLetter
+from tidings.dead_letters.log import DeadLetterLog
+from tidings.envelope import Event
+from tidings.errors import DecodeError, EventError, Parked, TransportError
+from tidings.stats import Stats
+from tidings.transport import Record, StartFrom
+
+__all__ = ["Dispatch", "Intake", "report_poison"]
+
+log = logging.getLogger("tidings.worker")
+
+# What the worker does with a decoded event: hand it to the subscribers that want it
+# (for a replay, the handler that failed); the replayed entry, if any, is the third.
+Dispatch = Callable[[Record, Event, DeadLetter | None], Awaitable[None]]
+
+RETRY_PAUSE = 1.0  # seconds before reading the dead letters is tried again
+
+
+def report_poison(group: str, record: Record, reason: Exception, stats: Stats) -> None:
+    """Log an undecodable event with its position, and count it (a worker without
+    the dead-letter middleware passes it)."""
+    stats.undecodable += 1
+    log.error(
+        "group %s: %s[%d]@%d cannot be decoded, skipped: %s",
+        group, record.topic, record.partition, record.offset, reason,
+    )  # fmt: skip
+
+
+class Intake:
+    """A group's records on their way in (see the module's docstring).
+
+    ``writes``: whether this worker dead-letters (its middleware has
+    :class:`~tidings.middleware.DeadLetters`); without it, poison is reported and
+    passed and nothing is parked, but replays are still read and handled.
+    """
+
+    def __init__(
+        self,
+        log: DeadLetterLog,
+        *,
+        sequenced: bool,
+        writes: bool,
+        decode: Callable[[Record], Event],
+        dispatch: Dispatch,
+        stats: Stats,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.transport = log.transport
+        self.group = log.group
+        self.log = log  # the worker's view: resolved=False, values=False
+        self.writes = writes
+        self.parks = sequenced and writes
+        self.decode = decode
+        self.dispatch = dispatch
+        self.stats = stats
+        self.stopping = stopping
+
+    @property
+    def retry_topic(self) -> str:
+        return self.log.retry_topic
+
+    async def start(self, start_from: StartFrom) -> None:
+        """Create the group's dead-letter topics and read them. A group that starts at
+        ``latest`` must still read replays sent before its first run: it gets committed
+        offsets at the start of its retry topic."""
+        await self.log.create_topics()
+        await self.log.refresh()
+        if start_from != "latest":
+            return
+        topic = self.retry_topic
+        for info in await self.transport.groups():
+            if info.group == self.group and any(p.topic == topic for p in info.partitions):
+                return
+        for topic_info in await self.transport.topics():
+            if topic_info.name == topic:
+                offsets = {p.partition: p.start for p in topic_info.partitions}
+                await self.transport.set_offsets(self.group, topic, offsets, force=True)
+
+    async def catch_up(self) -> bool:
+        """Read the group's dead letters up to now (partitions changed hands: learn what
+        their previous owner dead-lettered and parked), trying again while the log fails
+        (on NATS, a stream without a leader for a moment); False if stopped first."""
+        while True:
+            try:
+                await self.log.refresh()
+                return True
+            except TransportError:
+                log.exception(
+                    "group %s: reading the dead letters failed; trying again in %.0fs",
+                    self.group, RETRY_PAUSE,
+                )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), RETRY_PAUSE)
+            if self.stopping.is_set():
+                return False
+
+    async def __call__(self, record: Record) -> None:
+        """Take one fetched record through to its subscribers, or to the dead letters.
+        Returning means the record may be committed."""
+        replay: DeadLetter | None = None
+        if record.topic == self.retry_topic:
+            replay = await self._replayed(record)
+            if replay is None:
+                return
+            record = replay.original()
+        try:
+            event = self.decode(record)
+        except EventError as exc:
+            await self._poison(record, exc, replay)
+            return
+        except Exception as exc:  # a codec bug must not stall the partition for good
+            await self._poison(record, DecodeError(f"the codec failed: {exc!r}"), replay)
+            return
+        replay_of = replay.entry if replay is not None else None
+        if self.parks and await self._parked(record, event, replay_of):
+            return
+        await self.dispatch(record, event, replay)
+        await self._resolved(replay_of)
+
+    async def _replayed(self, record: Record) -> DeadLetter | None:
+        """The entry a record of the retry topic carries, if it is to be handled."""
+        try:
+            replay = DeadLetter.from_bytes(record.value)
+        except DecodeError as exc:
+            await self._poison(record, exc, None)
+            return None
+        await self.log.refresh()
+        if not self.log.unresolved(replay.entry):
+            self.stats.skipped += 1  # a replay sent twice: handled the first time
+            return None
+        if replay.truncated:  # `replay` never sends one; another writer did
+            log.error(
+                "group %s: replayed dead letter %s holds only part of its event "
+                "(cut at %d of %s bytes); not handled, it stays in the dead letters",
+                self.group, replay.entry, len(replay.value), replay.value_size,
+            )  # fmt: skip
+            self.stats.skipped += 1
+            return None
+        return replay
+
+    async def _poison(self, record: Record, error: EventError, replay: DeadLetter | None) -> None:
+        """A record that cannot be decoded: dead-lettered at once, never retried."""
+        if not self.writes:
+            report_poison(self.group, record, error, self.stats)
+            return
+        replay_of = replay.entry if replay is not None else None
+        entry = self.log.entry(record, error, reason="poison", replay_of=replay_of)
+        await self.log.write(entry, self.stopping)
+        self.stats.undecodable += 1
+        self.stats.dead_lettered += 1
+        await self._resolved(replay_of)
+
+    async def _parked(self, record: Record, event: Event, replay_of: str | None) -> bool:
+        """In a sequenced group: park the event behind the earliest unresolved dead
+        letter of its key, if there is one; whether it was parked."""
+        if (record.topic, record.key) not in self.log.by_key:
+            return False  # the common case: nothing of this key is dead-lettered
+        await self.log.refresh()  # another process may have replayed or purged it
+        blocker = self.log.blocker(record.topic, record.key, record.offset, replay_of)
+        if blocker is None:
+            return False
+        where = (
+            f"{blocker.type} {blocker.event_id} at {blocker.topic}[{blocker.partition}]"
+            f"@{blocker.offset}, key {blocker.key!r}"
+        )
+        entry = self.log.entry(
+            record, Parked(blocker.entry, where), reason="parked",
+            event_id=event.id, event_type=event.type,
+            correlationid=event.correlationid or event.id,
+            parked_behind=blocker.entry, replay_of=replay_of,
+        )  # fmt: skip
+        await self.log.write(entry, self.stopping)
+        self.stats.parked += 1
+        self.stats.dead_lettered += 1
+        await self._resolved(replay_of)
+        return True
+
+    async def _resolved(self, replay_of: str | None) -> None:
+        if replay_of is not None:
+            await self.log.mark("resolved", [replay_of], self.stopping)
