@@ -56,9 +56,9 @@ from bench._contest import (
 from bench._contest import (
     RawContestant as RawClient,
 )
+from tidings.codec.binary import STRUCTURED_CONTENT_TYPE
 from tidings.partitioning import partition_for
 from tidings.transports._nats_consumer import PULL_EXPIRES
-from tidings.codec.binary import STRUCTURED_CONTENT_TYPE
 from tidings.transports.nats import (
     KEY_HEADER,
     META_PARTITIONS,

@@ -736,8 +736,7 @@ async def test_a_worker_log_forgets_resolved_entries_and_never_revives_them(url:
         await first.refresh()
         records = [Record("tasks", 0, offset, 0, f"k-{offset % 3}", b"{}") for offset in range(30)]
         written = [
-            await first.write(first.entry(r, OSError("no"), reason="failed"), stop)
-            for r in records
+            await first.write(first.entry(r, OSError("no"), reason="failed"), stop) for r in records
         ]
         assert first.blocker("tasks", "k-0", 99) is not None
         await first.mark("replayed", [e.entry for e in written], stop)
