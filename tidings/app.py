@@ -93,6 +93,21 @@ def default_url() -> str:
     return os.environ.get("TIDINGS_URL") or DEFAULT_URL
 
 
+def _positional_parameters(handler: Callable[..., Any]) -> int:
+    """How many positional parameters ``handler`` takes: 1 (payload) or 2 (and ctx)."""
+    params = [
+        p
+        for p in inspect.signature(handler).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not 1 <= len(params) <= 2:
+        raise ConfigError(
+            f"handler {handler.__qualname__} must take (payload) or (payload, ctx), "
+            f"it takes {len(params)} positional parameters"
+        )
+    return len(params)
+
+
 def _is_async(handler: Callable[..., Any]) -> bool:
     """Whether calling ``handler`` gives a coroutine (functions, and objects whose
     ``__call__`` is async)."""
@@ -216,16 +231,7 @@ class Tidings:
         wanted = None if types is None else frozenset(validate_type(t) for t in types)
 
         def wrap(handler: H) -> H:
-            params = [
-                p
-                for p in inspect.signature(handler).parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            ]
-            if not 1 <= len(params) <= 2:
-                raise ConfigError(
-                    f"handler {handler.__qualname__} must take (payload) or (payload, ctx), "
-                    f"it takes {len(params)} positional parameters"
-                )
+            params = _positional_parameters(handler)
             for other in self.subscribers:
                 if other.group == group and other.start_from != start_from:
                     raise ConfigError(
@@ -239,7 +245,7 @@ class Tidings:
                 types=wanted,
                 start_from=start_from,
                 is_async=_is_async(handler),
-                takes_context=len(params) == 2,
+                takes_context=params == 2,
                 retry=retry,
                 inbox=inbox,
             )

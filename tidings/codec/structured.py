@@ -248,36 +248,12 @@ def from_dict(doc: dict[str, Any]) -> Event:
             when = datetime.fromisoformat(raw_time)
         except ValueError:
             raise DecodeError(f"attribute 'time' is not RFC 3339: {raw_time!r:.80}") from None
-        if when.tzinfo is None:
-            raise DecodeError(f"attribute 'time' has no time zone offset: {raw_time!r:.80}")
         if when.tzinfo is not UTC:
-            offset = cast(timedelta, when.utcoffset())
-            if offset.seconds % 60 or offset.microseconds:
-                # Python reads "+01:00:30"; RFC 3339 (and the encoder) has whole minutes.
-                raise DecodeError(
-                    f"attribute 'time' has a UTC offset with seconds: {raw_time!r:.80}; "
-                    "RFC 3339 offsets are +hh:mm"
-                )
+            _check_zone(raw_time, when)
     version = get("dataversion")
-    if version is not None:
-        # Some producers write extension values as strings (CloudEvents allows it).
-        if isinstance(version, str) and version.isascii() and version.isdecimal():
-            version = int(version[:12]) if len(version) <= 12 else -1
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise DecodeError(
-                f"attribute 'dataversion' must be a positive integer, got {version!r:.80}"
-            )
-    data: Any
-    if "data_base64" in doc:
-        b64 = doc["data_base64"]
-        if not isinstance(b64, str):
-            raise DecodeError("attribute 'data_base64' must be a base64 string")
-        try:
-            data = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise DecodeError("attribute 'data_base64' is not valid base64") from None
-    else:
-        data = get("data")
+    if version is not None and (type(version) is not int or version < 1):
+        version = _dataversion(version)
+    data: Any = _from_base64(doc["data_base64"]) if "data_base64" in doc else get("data")
     # Extension names cannot clash with the attributes: those are all in _KNOWN.
     extensions = {} if _KNOWN.issuperset(doc) else {k: v for k, v in doc.items() if k not in _KNOWN}
     # Everything Event.__init__ checks is checked above.
@@ -286,6 +262,40 @@ def from_dict(doc: dict[str, Any]) -> Event:
         cast(str, specversion), datacontenttype,
         dataschema, version, correlationid, causationid, traceparent, key, extensions,
     )  # fmt: skip
+
+
+def _check_zone(raw_time: str, when: datetime) -> None:
+    """Refuse a time without an offset, or with an offset RFC 3339 cannot write."""
+    if when.tzinfo is None:
+        raise DecodeError(f"attribute 'time' has no time zone offset: {raw_time!r:.80}")
+    offset = cast(timedelta, when.utcoffset())
+    if offset.seconds % 60 or offset.microseconds:
+        # Python reads "+01:00:30"; RFC 3339 (and the encoder) has whole minutes.
+        raise DecodeError(
+            f"attribute 'time' has a UTC offset with seconds: {raw_time!r:.80}; "
+            "RFC 3339 offsets are +hh:mm"
+        )
+
+
+def _dataversion(version: Any) -> int:
+    """A dataversion that is not a plain positive int: a decimal string (some
+    producers write extension values as strings, as CloudEvents allows), or an error."""
+    if isinstance(version, str) and version.isascii() and version.isdecimal():
+        version = int(version[:12]) if len(version) <= 12 else -1
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DecodeError(
+            f"attribute 'dataversion' must be a positive integer, got {version!r:.80}"
+        )
+    return version
+
+
+def _from_base64(b64: Any) -> bytes:
+    if not isinstance(b64, str):
+        raise DecodeError("attribute 'data_base64' must be a base64 string")
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError("attribute 'data_base64' is not valid base64") from None
 
 
 # -- reasons -----------------------------------------------------------------------

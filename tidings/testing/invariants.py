@@ -156,6 +156,60 @@ class Invariants:
                     return False
         return True
 
+    def _out_of_order(
+        self,
+        group: str,
+        keys: dict[str | None, list[str]],
+        position: dict[str, tuple[str | None, int]],
+        problems: list[str],
+    ) -> int:
+        """How many of ``group``'s calls came before an earlier event of their key."""
+        count = 0
+        prefix: dict[str | None, int] = {}  # per key: how many of its first are handled
+        done: set[str] = set()
+        for g, event_id in self._log:
+            if g != group or event_id not in position:
+                continue  # another group's, or an event the test never saw acknowledged
+            key, index = position[event_id]
+            ids = keys[key]
+            first_missing = prefix.get(key, 0)
+            if index > first_missing:
+                count += 1
+                if count <= SHOWN:
+                    problems.append(
+                        f"out of order: group {group} handled {event_id} (#{index} of key"
+                        f" {key!r}) before {ids[first_missing]} (#{first_missing})"
+                    )
+            done.add(event_id)
+            while first_missing < len(ids) and ids[first_missing] in done:
+                first_missing += 1
+            prefix[key] = first_missing
+        return count
+
+    def _effects_of(
+        self, groups: list[str], problems: list[str]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Per group: acknowledged events with an effect, and effects beyond one."""
+        effects: dict[str, int] = {}
+        duplicate_effects: dict[str, int] = {}
+        for group in groups:
+            counts = self._effects.get(group, Counter())
+            effects[group] = sum(1 for event_id in self._acked if counts[event_id])
+            twice = sorted(event_id for event_id, n in counts.items() if n > 1)
+            duplicate_effects[group] = sum(counts[event_id] - 1 for event_id in twice)
+            for event_id in twice[:SHOWN]:
+                problems.append(
+                    f"effect twice: group {group} had {counts[event_id]} effects for {event_id}"
+                )
+            none = [
+                event_id
+                for event_id in self._acked
+                if not counts[event_id] and self._wants(group, event_id)
+            ]
+            for event_id in none[:SHOWN]:
+                problems.append(f"no effect: group {group} had no effect for {event_id}")
+        return effects, duplicate_effects
+
     def check(self, *, exactly_once: Iterable[str] = ()) -> Report:
         """Assert the promises; return the counts. ``exactly_once``: groups whose
         recorded effects must be one per acknowledged event (with an inbox).
@@ -188,44 +242,8 @@ class Invariants:
                 problems.append(
                     f"lost: group {group} never handled {event_id} (#{index} of key {key!r})"
                 )
-            out_of_order[group] = 0
-            prefix: dict[str | None, int] = {}  # per key: how many of its first are handled
-            done: set[str] = set()
-            for g, event_id in self._log:
-                if g != group or event_id not in position:
-                    continue  # another group's, or an event the test never saw acknowledged
-                key, index = position[event_id]
-                ids = keys[key]
-                first_missing = prefix.get(key, 0)
-                if index > first_missing:
-                    out_of_order[group] += 1
-                    if out_of_order[group] <= SHOWN:
-                        problems.append(
-                            f"out of order: group {group} handled {event_id} (#{index} of key"
-                            f" {key!r}) before {ids[first_missing]} (#{first_missing})"
-                        )
-                done.add(event_id)
-                while first_missing < len(ids) and ids[first_missing] in done:
-                    first_missing += 1
-                prefix[key] = first_missing
-        effects: dict[str, int] = {}
-        duplicate_effects: dict[str, int] = {}
-        for group in sorted(set(exactly_once)):
-            counts = self._effects.get(group, Counter())
-            effects[group] = sum(1 for event_id in self._acked if counts[event_id])
-            twice = sorted(event_id for event_id, n in counts.items() if n > 1)
-            duplicate_effects[group] = sum(counts[event_id] - 1 for event_id in twice)
-            for event_id in twice[:SHOWN]:
-                problems.append(
-                    f"effect twice: group {group} had {counts[event_id]} effects for {event_id}"
-                )
-            none = [
-                event_id
-                for event_id in self._acked
-                if not counts[event_id] and self._wants(group, event_id)
-            ]
-            for event_id in none[:SHOWN]:
-                problems.append(f"no effect: group {group} had no effect for {event_id}")
+            out_of_order[group] = self._out_of_order(group, keys, position, problems)
+        effects, duplicate_effects = self._effects_of(sorted(set(exactly_once)), problems)
         report = Report(
             published=len(self._acked),
             handled=handled,
