@@ -1,9 +1,12 @@
-"""The public API is exactly the curated ``tidings.__all__``."""
+"""The public API is exactly the curated ``tidings.__all__``, plus the declared public
+modules' ``__all__``; the reference system and the documented examples use nothing else."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
+import pathlib
 import re
 
 import pytest
@@ -112,3 +115,74 @@ def test_the_documented_default_url() -> None:
 def test_version_is_exposed() -> None:
     assert isinstance(tidings.__version__, str)
     assert tidings.__version__.count(".") >= 2
+
+
+# -- public modules ------------------------------------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PUBLIC_MODULES = {
+    "tidings",
+    "tidings.errors",
+    "tidings.middleware",
+    "tidings.testing",
+    "tidings.transport",
+    "tidings.transports",
+    "tidings.codec",
+    "tidings.asgi",
+    "tidings.outbox",
+    "tidings.inbox",
+    "tidings.dead_letters",
+    "tidings.admin",
+}
+
+
+def test_the_public_modules_are_declared_in_the_package_docstring() -> None:
+    declared = set(re.findall(r"^- (.+?):", tidings.__doc__ or "", re.MULTILINE))
+    names = {m.strip("`") for line in declared for m in line.split(", ")}
+    assert names == PUBLIC_MODULES
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC_MODULES))
+def test_each_public_module_lists_its_api_and_every_name_exists(module: str) -> None:
+    loaded = importlib.import_module(module)
+    assert isinstance(getattr(loaded, "__all__", None), list | tuple), f"{module} has no __all__"
+    for name in loaded.__all__:
+        assert getattr(loaded, name, None) is not None, f"{module}.{name}"
+
+
+def _tidings_imports(source: str) -> list[tuple[str, str | None]]:
+    """(module, name) of each ``from tidings... import name`` and ``import tidings...``."""
+    found: list[tuple[str, str | None]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tidings":
+            found.extend((node.module or "", alias.name) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend((a.name, None) for a in node.names if a.name.split(".")[0] == "tidings")
+    return found
+
+
+def _example_sources() -> list[tuple[str, str]]:
+    """taskapi's modules, and the Python code blocks of the README and docs/."""
+    sources = [(str(p.relative_to(ROOT)), p.read_text()) for p in (ROOT / "taskapi").rglob("*.py")]
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+            sources.append((f"{page.relative_to(ROOT)} (python block {i + 1})", block))
+    return sources
+
+
+def test_taskapi_and_the_documented_examples_import_only_public_names() -> None:
+    private = []
+    checked = 0
+    for where, source in _example_sources():
+        try:
+            imports = _tidings_imports(source)
+        except SyntaxError:
+            continue  # a fragment (e.g. "..."), not a program
+        for module, name in imports:
+            checked += 1
+            if module not in PUBLIC_MODULES:
+                private.append(f"{where}: {module} is not a public module")
+            elif name is not None and name not in importlib.import_module(module).__all__:
+                private.append(f"{where}: {module}.{name} is not in its __all__")
+    assert checked > 20  # the walk found the imports
+    assert private == []

@@ -3,11 +3,26 @@
 A service announces facts (``task.created``); any number of independent groups react,
 each at its own pace. The log is one SQLite file by default (``sqlite:///./tidings.db``)
 and the same code runs on other transports by changing the URL.
+
+Public modules: the names in their ``__all__`` are the API; every other module is
+internal and may change without notice.
+
+- ``tidings``: the app, publishing, subscribing, the worker, the errors' roots;
+- ``tidings.errors``: the whole error hierarchy;
+- ``tidings.middleware``: writing and composing middleware;
+- ``tidings.testing``: helpers, the transport conformance suite, fault injection;
+- ``tidings.transport``: the protocol a log engine implements;
+- ``tidings.transports``: opening a transport by URL;
+- ``tidings.codec``: events to bytes and back (structured and binary mode);
+- ``tidings.asgi``: the correlation middleware for FastAPI/Starlette;
+- ``tidings.outbox``, ``tidings.inbox``: exactly-once effects with a database;
+- ``tidings.dead_letters``: reading, replaying and purging a group's dead letters;
+- ``tidings.admin``: the operating library behind the ``tidings`` command.
 """
 
 from typing import TYPE_CHECKING, Any
 
-from tidings.app import DEFAULT_URL, Subscriber, Tidings
+from tidings.app import DEFAULT_URL, Tidings
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode
 from tidings.context import Context, correlation_scope, current_scope
 from tidings.envelope import Event, new_id
@@ -26,6 +41,7 @@ from tidings.errors import (
 )
 from tidings.inbox import Inbox
 from tidings.middleware import Retry
+from tidings.subscriber import Subscriber
 from tidings.transport import Transport
 from tidings.transports import open_transport
 from tidings.worker import Worker
