@@ -207,16 +207,7 @@ class NatsConsumer(GroupMember):
                 return  # sent before this member's reset: it comes again after it
             part.resync = False
         elif cseq == 1 and part.last_cseq:
-            # Delivery sequences restart only at a reset, and this member asked for
-            # none: the group's offsets were reset under it without taking its lease
-            # first (a forced reset does). What it holds is void, and so are the
-            # positions its worker would commit: it gives the partition up at once
-            # (fenced), and claims it again under a new generation.
-            tp = (part.topic, part.partition)
-            if tp in self._leases:
-                self._lose_now(frozenset({tp}), "the group's offsets were reset", release=True)
-            part.buffer.clear()
-            part.acks.clear()
+            self._reset_under(part)  # delivery sequences restart only at a reset
             return
         elif part.last_cseq and cseq != part.last_cseq + 1:
             # Deliveries were lost on the way (a server or a route went down): going on
@@ -253,6 +244,17 @@ class NatsConsumer(GroupMember):
         self._wake.set()
         if part.remaining <= 0:
             asyncio.get_running_loop().create_task(self._pull(part))
+
+    def _reset_under(self, part: _Partition) -> None:
+        """Deliveries restarted, and this member asked for no reset: the group's offsets
+        were reset under it without taking its lease first (a forced reset does). What
+        it holds is void, and so are the positions its worker would commit: it gives
+        the partition up at once (fenced), and claims it again under a new generation."""
+        tp = (part.topic, part.partition)
+        if tp in self._leases:
+            self._lose_now(frozenset({tp}), "the group's offsets were reset", release=True)
+        part.buffer.clear()
+        part.acks.clear()
 
     async def _resync(self, part: _Partition) -> None:
         log.warning(
