@@ -379,8 +379,8 @@ class GroupMember(Consumer):
         stale: set[TopicPartition],
         gained: list[TopicPartition],
     ) -> list[TopicPartition]:
-        """Claim free partitions of ``topic`` up to this member's share (adding them to
-        ``gained``); return those held over it, to hand back."""
+        """Claim free partitions of ``topic`` up to ``target``, this member's share
+        (adding them to ``gained``); return those held over it, to hand back."""
         me, c = self.member, self.client
         parts = [(topic, p) for p in range(count)]
         held_now = [tp for tp in parts if tp in self._owned]
