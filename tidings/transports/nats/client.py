@@ -55,9 +55,10 @@ class JetStreamClient:
 
     async def connect(self) -> None:
         nats = _require_client()
+        options = self._options()
         self._check_nkey_file()
         nc = nats.NATS()
-        await self._connect_bounded(nc, self._options())
+        await self._connect_bounded(nc, options)
         self._check_server(nc)
         self.nc, self.js = nc, nc.jetstream(timeout=self.timeout)
         try:
