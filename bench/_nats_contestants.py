@@ -58,15 +58,15 @@ from bench._contest import (
 )
 from tidings.codec.binary import STRUCTURED_CONTENT_TYPE
 from tidings.partitioning import partition_for
-from tidings.transports._nats_consumer import PULL_EXPIRES
 from tidings.transports.nats import (
     KEY_HEADER,
     META_PARTITIONS,
     META_TOPIC,
+    PULL_EXPIRES,
     TIMEOUT,
+    NatsConfig,
     stream_name,
 )
-from tidings.transports.nats_config import NatsConfig
 
 # Seconds a FastStream pull may wait to fill its batch: its default (5 s, the
 # transport's pull expiry too) for the per-message subscriber, whose pulls return what
@@ -83,7 +83,7 @@ def subject_tail(key: str) -> str:
 
 
 def stream_config(topic: str, config: NatsConfig) -> Any:
-    """The stream the transport creates for ``topic`` (``NatsTransport._add_stream``),
+    """The stream the transport creates for ``topic`` (``tidings.transports.nats.streams``),
     as a nats-py ``StreamConfig``; its metadata lets tidings use it as its own."""
     from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -112,7 +112,7 @@ def stream_config(topic: str, config: NatsConfig) -> Any:
 
 
 def consumer_config(stream: str, group: str, partition: int, config: NatsConfig) -> Any:
-    """The durable consumer of one group partition (``NatsTransport.ensure_consumer``)."""
+    """The durable consumer of one group partition (``GroupClient.ensure_consumer``)."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 
     name = f"{group}-{partition}"

@@ -63,9 +63,14 @@ from bench._race import (
     main as race_main,
 )
 from devservers.nats import nats_server_binary, run_nats
-from tidings.transports._nats_consumer import PULL_EXPIRES
-from tidings.transports.nats import TIMEOUT, NatsTransport, stream_name
-from tidings.transports.nats_config import NatsConfig, parse_nats_url
+from tidings.transports.nats import (
+    PULL_EXPIRES,
+    TIMEOUT,
+    NatsConfig,
+    NatsTransport,
+    parse_nats_url,
+    stream_name,
+)
 
 BASELINES = {
     "raw": "nats-py with the transport's stream and consumer settings, messages made in "
@@ -115,13 +120,13 @@ async def check_same_settings(url: str, config: NatsConfig, js: Any) -> None:
     await transport.start()
     try:
         await transport.create_topic("bn-check-tidings", PARTITIONS)
-        await transport.ensure_consumer("g", "bn-check-tidings", 0, "earliest")
-        ours_stream = await transport.stream_info("bn-check-tidings")
-        ours_consumer = await transport.api("CONSUMER.INFO.bn-check-tidings.g-0")
+        await transport.group_client.ensure_consumer("g", "bn-check-tidings", 0, "earliest")
+        ours_stream = await transport.client.stream_info("bn-check-tidings")
+        ours_consumer = await transport.client.api("CONSUMER.INFO.bn-check-tidings.g-0")
         await js.add_stream(stream_config("bn-check-raw", config))
         await js.add_consumer("bn-check-raw", consumer_config("bn-check-raw", "g", 0, config))
-        theirs_stream = await transport.stream_info("bn-check-raw")
-        theirs_consumer = await transport.api("CONSUMER.INFO.bn-check-raw.g-0")
+        theirs_stream = await transport.client.stream_info("bn-check-raw")
+        theirs_consumer = await transport.client.api("CONSUMER.INFO.bn-check-raw.g-0")
     finally:
         await transport.close()
     diff = {

@@ -12,8 +12,8 @@ from tidings.partitioning import partition_for
 from tidings.testing import TransportConformance, eventually
 from tidings.transport import Transport
 from tidings.transports import open_transport
-from tidings.transports._nats_consumer import NatsConsumer, _ack_fields, _Partition
 from tidings.transports.nats import KEY_HEADER
+from tidings.transports.nats.consumer import NatsConsumer, _ack_fields, _Partition
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +176,7 @@ async def test_stream_settings_come_from_the_url_and_per_topic_options(nats_serv
         await transport.create_topic("short", retention_ms=60_000, retention_bytes=4096)
         info = {t.name: t for t in await transport.topics()}
         configs = {
-            name: (await transport.stream_info(name))["config"]  # type: ignore[attr-defined]
+            name: (await transport.client.stream_info(name))["config"]  # type: ignore[attr-defined]
             for name in ("events", "audit", "short")
         }
     finally:
@@ -208,7 +208,7 @@ async def test_a_dotted_topic_is_a_stream_with_a_tilde_and_subjects_by_type(
     try:
         placed = await transport.append("email.dlq", events)
         assert "email.dlq" in [t.name for t in await transport.topics()]
-        stream = await transport.stream_info("email~dlq", "email~dlq.*.>")  # type: ignore[attr-defined]
+        stream = await transport.client.stream_info("email~dlq", "email~dlq.*.>")  # type: ignore[attr-defined]
         again = await transport.append("email.dlq", events[:1])  # the same event id
     finally:
         await transport.close()

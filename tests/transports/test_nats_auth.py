@@ -86,7 +86,7 @@ async def refusal(url: str) -> str:
     with pytest.raises(TransportError) as info:
         await asyncio.wait_for(transport.start(), BOUND)
     assert time.monotonic() - began < BOUND
-    assert transport.nc is None
+    assert transport.client.nc is None
     return str(info.value)
 
 
@@ -289,7 +289,7 @@ async def test_a_file_that_holds_no_nkey_seed_is_a_config_error_naming_it(
         await asyncio.wait_for(transport.start(), BOUND)
     assert f"option nkey='{path}'" in str(info.value)
     assert "holds no nkey seed" in str(info.value)
-    assert transport.nc is None
+    assert transport.client.nc is None
 
 
 # -- creds: an operator, its accounts, their users (decentralised JWT auth) ---------------

@@ -116,7 +116,7 @@ async def test_a_sigkilled_node_loses_no_acknowledged_event_and_keeps_key_order(
             publishing = asyncio.create_task(producer.run(stop))
             try:
                 await asyncio.sleep(BEFORE_KILL)
-                info = await app.transport.stream_info(TOPIC)  # type: ignore[attr-defined]
+                info = await app.transport.client.stream_info(TOPIC)  # type: ignore[attr-defined]
                 leader = info["cluster"]["leader"]  # the stream's leader: the worst node
                 victim = int(leader.lstrip("n"))
                 nats_cluster.kill(victim)
@@ -170,10 +170,13 @@ async def test_compare_and_set_writes_that_race_on_three_replicas_lose_cleanly(
     app = Tidings(url, service="cas")
     async with app:
         transport: Any = app.transport
-        await transport.ensure_groups_bucket()
-        first = await transport.put_entry("cas-race", b"0", expect=0)
+        await transport.group_client.ensure_bucket()
+        first = await transport.group_client.put_entry("cas-race", b"0", expect=0)
         assert first is not None
         results = await asyncio.gather(
-            *(transport.put_entry("cas-race", str(i).encode(), expect=first) for i in range(10))
+            *(
+                transport.group_client.put_entry("cas-race", str(i).encode(), expect=first)
+                for i in range(10)
+            )
         )
     assert sum(r is not None for r in results) == 1, results

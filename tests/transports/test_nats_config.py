@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.errors import ConfigError
-from tidings.transports.nats_config import (
+from tidings.transports.nats.config import (
     NatsConfig,
     StreamSettings,
     parse_duration,

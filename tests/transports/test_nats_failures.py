@@ -14,7 +14,7 @@ import nats
 import orjson
 import pytest
 
-import tidings.transports.nats as nats_transport
+import tidings.transports.nats.client as nats_client
 from devservers.nats import NatsServer, free_port
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
 from tidings.testing import drain, eventually
@@ -84,7 +84,7 @@ async def test_nothing_listening_is_a_transport_error_at_start() -> None:
     assert time.monotonic() - began < BOUND
     assert address in str(info.value)
     assert "is nats-server running" in str(info.value)
-    assert transport.nc is None
+    assert transport.client.nc is None
 
 
 async def test_a_server_without_jetstream_is_a_clear_transport_error(
@@ -97,7 +97,7 @@ async def test_a_server_without_jetstream_is_a_clear_transport_error(
             await asyncio.wait_for(transport.start(), BOUND)
         assert f"nats://{server.address}: JetStream is not enabled" in str(info.value)
         assert "start nats-server with -js" in str(info.value)
-        assert transport.nc is None
+        assert transport.client.nc is None
     with pytest.raises(TransportError, match="not started"):
         await transport.append("t", [(None, b"x")])
 
@@ -253,7 +253,7 @@ async def test_offsets_are_not_set_under_a_live_member(nats_url: str) -> None:
 async def test_a_server_killed_mid_append_fails_the_append_and_keeps_what_it_accepted(
     servers: Callable[..., NatsServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(nats_transport, "TIMEOUT", 2.0)
+    monkeypatch.setattr(nats_client, "TIMEOUT", 2.0)
     server = servers()
     batch = 20
     async with started(f"nats://{server.address}?partitions=2") as transport:
@@ -271,8 +271,8 @@ async def test_a_server_killed_mid_append_fails_the_append_and_keeps_what_it_acc
         server.kill()
         killed = time.monotonic()
         with pytest.raises(TransportError, match="not acknowledged in 2s; appending them again"):
-            await asyncio.wait_for(writer, nats_transport.TIMEOUT + 3)
-        assert time.monotonic() - killed < nats_transport.TIMEOUT + 1
+            await asyncio.wait_for(writer, nats_client.TIMEOUT + 3)
+        assert time.monotonic() - killed < nats_client.TIMEOUT + 1
         failed = [(f"k{i}", event(i)) for i in range(len(accepted), len(accepted) + batch)]
 
         server.start()  # the same store: file storage survives

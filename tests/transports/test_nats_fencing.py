@@ -15,8 +15,7 @@ import pytest
 from tidings import Tidings, TransportError
 from tidings.testing import drain, eventually, running
 from tidings.transport import FOREVER, Clock, TopicPartition, positions
-from tidings.transports._nats_consumer import NatsConsumer
-from tidings.transports.nats import NatsTransport
+from tidings.transports.nats import NatsConsumer, NatsTransport
 
 pytestmark = pytest.mark.integration
 
@@ -171,14 +170,14 @@ async def test_a_member_whose_renewals_fail_for_a_lease_fences_itself(
     if inject == "fault_hook":
         t.fault_hook = beats
     else:  # every write to the groups bucket fails, as with the bucket's leader gone
-        put = t.put_entry
+        put = t.group_client.put_entry
 
         async def put_entry(*args: object, **kwargs: object) -> int | None:
             if beats.failing:
                 raise TransportError("injected: groups bucket write failed")
             return await put(*args, **kwargs)  # type: ignore[arg-type]
 
-        t.put_entry = put_entry  # type: ignore[method-assign]
+        t.group_client.put_entry = put_entry  # type: ignore[method-assign]
     cli = await started(transports, url)
     revoked = asyncio.Event()
     holder: dict[str, NatsConsumer] = {}
@@ -249,7 +248,7 @@ async def test_a_failed_publish_never_leaves_a_later_event_of_its_key_stored_bef
     t = await started(transports, nats_url + "&partitions=1")
     await t.create_topic("t", 1)
     records = [event(i, "k" if i % 2 == 0 else f"o{i}") for i in range(12)]
-    real = t.nc.publish
+    real = t.client.nc.publish
     broken = {"e4"}
 
     async def publish(subject: str, payload: bytes = b"", reply: str = "", headers=None) -> None:
@@ -257,7 +256,7 @@ async def test_a_failed_publish_never_leaves_a_later_event_of_its_key_stored_bef
             subject = "nowhere." + subject  # no stream stores it: "no responders"
         await real(subject, payload, reply=reply, headers=headers)
 
-    t.nc.publish = publish
+    t.client.nc.publish = publish
     with pytest.raises(TransportError):
         await t.append("t", records)
     broken.clear()
@@ -275,7 +274,7 @@ async def test_a_topic_created_to_keep_forever_ignores_the_urls_retention(
     t = await started(transports, f"nats://{nats_server}?max_age=1h&max_bytes=1MB")
     await t.create_topic("g.dlq", 1, retention_ms=FOREVER, retention_bytes=FOREVER)
     await t.create_topic("events", 1)
-    config = (await t.stream_info("g~dlq"))["config"]
+    config = (await t.client.stream_info("g~dlq"))["config"]
     assert (config["max_age"], config["max_bytes"]) == (0, -1)
     info = {i.name: i for i in await t.topics()}
     assert (info["g.dlq"].retention_ms, info["g.dlq"].retention_bytes) == (None, None)
@@ -295,7 +294,7 @@ async def test_reads_and_topic_listings_fail_as_transport_errors(
     async def fail(*args: object, **kwargs: object) -> None:
         raise nats.errors.ConnectionReconnectingError
 
-    setattr(t.nc, broken, fail)
+    setattr(t.client.nc, broken, fail)
     if broken != "request":  # a read is a direct get: a subscription and a publish
         with pytest.raises(TransportError):
             await t.read("t", 0, 0, 10)

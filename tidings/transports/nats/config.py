@@ -211,6 +211,22 @@ def _file(query: dict[str, str], option: str, example: str) -> str | None:
     return value
 
 
+def _per_topic(query: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Take the ``topic.<topic>.<option>`` options out of ``query``, by topic."""
+    per_topic: dict[str, dict[str, str]] = {}
+    for option in [k for k in query if k.startswith("topic.")]:
+        topic, _, name = option[len("topic.") :].rpartition(".")
+        if not topic or name not in _STREAM_OPTIONS:
+            raise _fail(
+                option,
+                query[option],
+                f"is not topic.<topic>.<option> with an option among {', '.join(_STREAM_OPTIONS)}",
+                "topic.audit.max_age=30d",
+            )
+        per_topic.setdefault(topic, {})[name] = query.pop(option)
+    return per_topic
+
+
 def parse_nats_url(url: str) -> NatsConfig:
     """Parse and validate a ``nats://`` URL; raise ConfigError naming what is wrong."""
     parts = split_broker_url(
@@ -223,17 +239,7 @@ def parse_nats_url(url: str) -> NatsConfig:
         secrets=("password", "token"),
     )
     userinfo, query = parts.userinfo, dict(parts.query)
-    per_topic: dict[str, dict[str, str]] = {}
-    for option in [k for k in query if k.startswith("topic.")]:
-        topic, _, name = option[len("topic.") :].rpartition(".")
-        if not topic or name not in _STREAM_OPTIONS:
-            raise _fail(
-                option,
-                query[option],
-                f"is not topic.<topic>.<option> with an option among {', '.join(_STREAM_OPTIONS)}",
-                "topic.audit.max_age=30d",
-            )
-        per_topic.setdefault(topic, {})[name] = query.pop(option)
+    per_topic = _per_topic(query)
     unknown = set(query) - _OPTIONS
     if unknown:
         raise ConfigError(
