@@ -1,4 +1,4 @@
-"""Transport adapters, one per module, chosen by the URL's scheme."""
+"""Transport adapters, one package (or module) per log engine, chosen by the URL's scheme."""
 
 from __future__ import annotations
 
