@@ -16,8 +16,8 @@ import pytest
 
 from tidings.errors import ConfigError, TransportError
 from tidings.testing import drain, eventually
-from tidings.transports import _wakeup, open_transport
-from tidings.transports.sqlite import SQLiteTransport
+from tidings.transports import open_transport
+from tidings.transports.sqlite import SQLiteTransport, wakeup
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ async def test_a_reader_wakes_promptly_on_another_processes_append(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, polling: bool
 ) -> None:
     if polling:
-        monkeypatch.setattr(_wakeup, "_libc", lambda: None)
+        monkeypatch.setattr(wakeup, "_libc", lambda: None)
     t = SQLiteTransport(sqlite_url)
     await t.start()
     c = t.consumer("g", ["t"])

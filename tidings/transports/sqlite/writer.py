@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tidings._sqlite import execute_when_free
-from tidings.transports._sqlite_sql import translate_error
+from tidings.transports.sqlite.sql import translate_error
 
 __all__ = ["GroupCommitWriter"]
 

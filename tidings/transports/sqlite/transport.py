@@ -43,8 +43,8 @@ from tidings.transport import (
     Transport,
     check_topic_name,
 )
-from tidings.transports._sqlite_consumer import LeaseWatch
-from tidings.transports._sqlite_sql import (
+from tidings.transports.sqlite.consumer import LeaseWatch
+from tidings.transports.sqlite.sql import (
     create_schema,
     delete_below,
     describe_groups,
@@ -54,8 +54,8 @@ from tidings.transports._sqlite_sql import (
     set_group_offsets,
     translate_error,
 )
-from tidings.transports._sqlite_writer import GroupCommitWriter
-from tidings.transports._wakeup import FileWatcher
+from tidings.transports.sqlite.wakeup import FileWatcher
+from tidings.transports.sqlite.writer import GroupCommitWriter
 
 __all__ = ["SQLiteTransport"]
 
@@ -482,7 +482,7 @@ class SQLiteTransport(Transport):
         start_from: StartFrom = "earliest",
         on_revoke: RevokeCallback | None = None,
     ) -> Consumer:
-        from tidings.transports._sqlite_consumer import SQLiteConsumer
+        from tidings.transports.sqlite.consumer import SQLiteConsumer
 
         return SQLiteConsumer(self, group, list(topics), start_from, on_revoke)
 

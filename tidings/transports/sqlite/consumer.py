@@ -41,10 +41,10 @@ from tidings.transport import (
     StartFrom,
     TopicPartition,
 )
-from tidings.transports._sqlite_sql import translate_error
+from tidings.transports.sqlite.sql import translate_error
 
 if TYPE_CHECKING:
-    from tidings.transports.sqlite import SQLiteTransport
+    from tidings.transports.sqlite.transport import SQLiteTransport
 
 __all__ = ["LeaseWatch", "SQLiteConsumer"]
 
