@@ -21,6 +21,7 @@ from tidings.errors import TransportError
 from tidings.testing import SteppedClock, drain, eventually
 from tidings.transport import FOREVER, TopicPartition
 from tidings.transports.sqlite import SQLiteConsumer, SQLiteTransport
+from tidings.transports.sqlite import client as sqlite_client
 from tidings.transports.sqlite import sql as sqlite_sql
 from tidings.transports.sqlite import transport as sqlite_transport
 
@@ -75,9 +76,9 @@ async def test_a_read_that_fails_half_way_through_a_fetch_skips_nothing(
     await log.append("t", [(f"k{i}", f"v{i}".encode()) for i in range(100)])
     c = await member(log)
     try:
-        real = log._connect_inline
+        real = log._client._connect_inline
         failing = FailingReads(real(), fail_at=2)
-        log._connect_inline = lambda: failing  # type: ignore[assignment,method-assign,return-value]
+        log._client._connect_inline = lambda: failing  # type: ignore[assignment,method-assign,return-value]
         with pytest.raises(TransportError, match="locked"):
             await c.fetch(100, timeout=1.0)
         got = await drain(c, 100)
@@ -128,9 +129,9 @@ async def test_keep_unread_is_checked_again_in_each_delete_transaction(
     c = await member(log)
     try:
         await c.commit(c.at({("t", 0): 5}))
-        tid = log._topic_ids["t"][0]
+        tid = log._client.topic_ids["t"][0]
         job = functools.partial(sqlite_sql.delete_below, tid=tid, p=0, cut=20, keep_for={"g"})
-        assert await log._write(job) == (5, True, [])  # cut back to the group's offset
+        assert await log._client.write(job) == (5, True, [])  # cut back to the group's offset
     finally:
         await c.close()
 
@@ -145,7 +146,7 @@ async def test_retention_deletes_in_short_transactions_and_the_wal_shrinks_back(
 ) -> None:
     # Finding 5: one transaction for every record held the write lock for seconds and
     # left the WAL at its largest for good.
-    monkeypatch.setattr(sqlite_transport, "WAL_SIZE_LIMIT", 256 * 1024)
+    monkeypatch.setattr(sqlite_client, "WAL_SIZE_LIMIT", 256 * 1024)
     t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=1")
     await t.start()
     try:
