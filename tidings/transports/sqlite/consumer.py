@@ -7,7 +7,8 @@ holds its fair share, ``ceil(partitions / live members)``. Before handing a part
 back it lets its owner (the worker) finish and commit what it has in flight.
 
 Time: expiry is judged by each observer's own monotonic clock (a member is dead when
-*this* process has seen its beat unchanged for a lease length), never by comparing
+*this* process has seen its beat unchanged for a lease length: the client's
+``leases``, a :class:`~tidings.transports._leases.LeaseWatch`), never by comparing
 wall-clock stamps written by another process, so a wall-clock step neither expires a
 live member nor keeps a dead one alive. The ``expires_ms`` columns are a wall-clock
 hint for ``tidings groups`` only. A member whose own renewals have failed for most of

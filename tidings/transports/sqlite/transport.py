@@ -9,7 +9,9 @@ process's write, 30).
 
 All writes of a process go through one writer thread that puts every write that
 arrives while the previous transaction commits into the next one (group commit), each
-in its own savepoint, so one failing write never fails its neighbours.
+in its own savepoint, so one failing write never fails its neighbours (``writer.py``).
+The transport and its consumers reach the file through one ``LogClient``
+(``client.py``), which also translates sqlite3's errors.
 """
 
 from __future__ import annotations
