@@ -6,6 +6,9 @@ One module per concept:
   retention and the operating calls;
 - :mod:`.consumer`: :class:`SQLiteConsumer`, a member of a group: partition leases,
   heartbeats, fetches and commits;
+- :mod:`.client`: :class:`~.client.LogClient`, the log as the transport and its
+  consumers use it (connections, writer, readers, topic ids, wake-ups, leases), and
+  ``translate``, where sqlite3's errors become tidings';
 - :mod:`.sql`: the schema and the SQL that is not on the append and fetch path;
 - :mod:`.writer`: the group-commit writer, every write of a process on one thread;
 - :mod:`.wakeup`: cross-process wake-ups (inotify, or a stat poll).
