@@ -141,8 +141,8 @@ class AppendSignal:
             self.watcher.start()
 
     async def wait(self, timeout: float) -> None:
-        """Return when something may have been appended, or after ``timeout`` (a
-        little sooner when polling, to look again)."""
+        """Return when something may have been appended, or after ``timeout``, or
+        sooner (0.5 s; one poll interval while polling) so that the caller looks again."""
         self.watch()
         event = self.event
         recheck = FileWatcher.POLL_INTERVAL if self.watcher and self.watcher.polling else 0.5
