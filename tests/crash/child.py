@@ -61,7 +61,7 @@ from tidings.inbox import Inbox
 from tidings.middleware import Retry, default_middleware
 from tidings.outbox import Outbox
 from tidings.transport import Transport
-from tidings.transports._sqlite_consumer import SQLiteConsumer
+from tidings.transports.sqlite import SQLiteConsumer
 from tidings.worker import Worker
 
 TOPIC = "orders"

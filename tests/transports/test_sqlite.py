@@ -16,8 +16,8 @@ import pytest
 
 from tidings.errors import ConfigError, TransportError
 from tidings.testing import drain, eventually
-from tidings.transports import _wakeup, open_transport
-from tidings.transports.sqlite import SQLiteTransport
+from tidings.transports import open_transport
+from tidings.transports.sqlite import SQLiteTransport, wakeup
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ async def test_a_missing_folder_is_reported_not_created(tmp_path: Path) -> None:
 async def test_wal_and_full_synchronous_are_the_default(
     log: SQLiteTransport, db_path: Path
 ) -> None:
-    synchronous = await log._read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+    synchronous = await log._client.read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
     assert synchronous == 2  # FULL: an acknowledged append survives a power loss
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -66,7 +66,7 @@ async def test_normal_synchronous_can_be_chosen(db_path: Path) -> None:
     t = SQLiteTransport(f"sqlite:///{db_path}?synchronous=normal")
     await t.start()
     try:
-        assert await t._read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1
+        assert await t._client.read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1
     finally:
         await t.close()
 
@@ -77,14 +77,14 @@ async def test_concurrent_publishes_share_transactions(
     await log.create_topic("t", 4)
     log.retention_interval = float("inf")  # count appends only
     batches: list[int] = []
-    assert log._writer is not None
-    original = log._writer._run_jobs
+    assert log._client._writer is not None
+    original = log._client._writer._run_jobs
 
     def counting(jobs, durable):  # type: ignore[no-untyped-def]
         batches.append(len(jobs))
         return original(jobs, durable)
 
-    monkeypatch.setattr(log._writer, "_run_jobs", counting)
+    monkeypatch.setattr(log._client._writer, "_run_jobs", counting)
     await asyncio.gather(*(log.append("t", [(f"k{i}", b"v")]) for i in range(200)))
     assert sum(batches) == 200
     assert len(batches) < 50, f"200 appends took {len(batches)} transactions"
@@ -98,7 +98,7 @@ async def test_a_failing_write_does_not_fail_its_neighbours(log: SQLiteTransport
 
     results = await asyncio.gather(
         log.append("t", [("k", b"a")]),
-        log._write(broken),
+        log._client.write(broken),
         log.append("t", [("k", b"b")]),
         return_exceptions=True,
     )
@@ -190,7 +190,7 @@ async def test_a_reader_wakes_promptly_on_another_processes_append(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, polling: bool
 ) -> None:
     if polling:
-        monkeypatch.setattr(_wakeup, "_libc", lambda: None)
+        monkeypatch.setattr(wakeup, "_libc", lambda: None)
     t = SQLiteTransport(sqlite_url)
     await t.start()
     c = t.consumer("g", ["t"])
@@ -198,8 +198,8 @@ async def test_a_reader_wakes_promptly_on_another_processes_append(
         await t.create_topic("t", 1)
         await c.start()
         assert await c.fetch(1, timeout=0.05) == []
-        assert t._watcher is not None
-        assert t._watcher.polling is polling
+        assert t._client.appended.watcher is not None
+        assert t._client.appended.watcher.polling is polling
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _APPENDER, sqlite_url)
         fetch = asyncio.create_task(c.fetch(1, timeout=20))
         await proc.wait()  # its append is what the assertions below look for
@@ -246,14 +246,14 @@ async def test_bookkeeping_commits_without_fsync_and_appends_with_it(
     await log.create_topic("t", 1)
     log.retention_interval = float("inf")
     seen: list[bool] = []
-    assert log._writer is not None
-    original = log._writer._run_jobs
+    assert log._client._writer is not None
+    original = log._client._writer._run_jobs
 
     def recording(jobs, durable):  # type: ignore[no-untyped-def]
         seen.append(durable)
         return original(jobs, durable)
 
-    monkeypatch.setattr(log._writer, "_run_jobs", recording)
+    monkeypatch.setattr(log._client._writer, "_run_jobs", recording)
     c = log.consumer("g", ["t"])
     await c.start()
     try:
@@ -361,6 +361,6 @@ async def test_other_writes_in_a_group_commit_see_the_appends_before_them(
         )
 
     results = await asyncio.gather(
-        log.append("t", [("k", b"a"), ("k", b"b")]), log._write(end_offset)
+        log.append("t", [("k", b"a"), ("k", b"b")]), log._client.write(end_offset)
     )
     assert results[1] == 2

@@ -20,9 +20,10 @@ import pytest
 from tidings.errors import TransportError
 from tidings.testing import SteppedClock, drain, eventually
 from tidings.transport import FOREVER, TopicPartition
-from tidings.transports import _sqlite_sql, sqlite
-from tidings.transports._sqlite_consumer import SQLiteConsumer
-from tidings.transports.sqlite import SQLiteTransport
+from tidings.transports.sqlite import SQLiteConsumer, SQLiteTransport
+from tidings.transports.sqlite import client as sqlite_client
+from tidings.transports.sqlite import sql as sqlite_sql
+from tidings.transports.sqlite import transport as sqlite_transport
 
 
 @pytest.fixture
@@ -75,9 +76,9 @@ async def test_a_read_that_fails_half_way_through_a_fetch_skips_nothing(
     await log.append("t", [(f"k{i}", f"v{i}".encode()) for i in range(100)])
     c = await member(log)
     try:
-        real = log._connect_inline
+        real = log._client._connect_inline
         failing = FailingReads(real(), fail_at=2)
-        log._connect_inline = lambda: failing  # type: ignore[assignment,method-assign,return-value]
+        log._client._connect_inline = lambda: failing  # type: ignore[assignment,method-assign,return-value]
         with pytest.raises(TransportError, match="locked"):
             await c.fetch(100, timeout=1.0)
         got = await drain(c, 100)
@@ -128,9 +129,9 @@ async def test_keep_unread_is_checked_again_in_each_delete_transaction(
     c = await member(log)
     try:
         await c.commit(c.at({("t", 0): 5}))
-        tid = log._topic_ids["t"][0]
-        job = functools.partial(_sqlite_sql.delete_below, tid=tid, p=0, cut=20, keep_for={"g"})
-        assert await log._write(job) == (5, True, [])  # cut back to the group's offset
+        tid = log._client.topic_ids["t"][0]
+        job = functools.partial(sqlite_sql.delete_below, tid=tid, p=0, cut=20, keep_for={"g"})
+        assert await log._client.write(job) == (5, True, [])  # cut back to the group's offset
     finally:
         await c.close()
 
@@ -145,7 +146,7 @@ async def test_retention_deletes_in_short_transactions_and_the_wal_shrinks_back(
 ) -> None:
     # Finding 5: one transaction for every record held the write lock for seconds and
     # left the WAL at its largest for good.
-    monkeypatch.setattr(sqlite, "WAL_SIZE_LIMIT", 256 * 1024)
+    monkeypatch.setattr(sqlite_client, "WAL_SIZE_LIMIT", 256 * 1024)
     t = SQLiteTransport(f"sqlite:///{tmp_path}/events.db?partitions=1")
     await t.start()
     try:
@@ -154,17 +155,17 @@ async def test_retention_deletes_in_short_transactions_and_the_wal_shrinks_back(
         for _ in range(5):
             await t.append("t", [("k", b"x" * 500) for _ in range(1000)])
         deletes: list[int] = []
-        real = _sqlite_sql.delete_below
+        real = sqlite_sql.delete_below
 
         def counting(*args: Any, **kw: Any) -> Any:
             result = real(*args, **kw)
             deletes.append(result[0])
             return result
 
-        monkeypatch.setattr(sqlite, "delete_below", counting)
+        monkeypatch.setattr(sqlite_transport, "delete_below", counting)
         await asyncio.sleep(0.01)  # every record is older than 1 ms
         assert await t.enforce_retention() == 5000
-        assert deletes == [_sqlite_sql.RETENTION_BATCH] * 5  # one transaction each
+        assert deletes == [sqlite_sql.RETENTION_BATCH] * 5  # one transaction each
         await t.append("t", [("k", b"y")])  # the next writer restarts the WAL, cut back
         wal = Path(f"{tmp_path}/events.db-wal")
         assert wal.stat().st_size <= 256 * 1024
@@ -390,13 +391,13 @@ async def test_an_empty_record_does_not_wedge_its_partition(log: SQLiteTransport
 
 def test_an_older_log_gains_the_new_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old_schema = _sqlite_sql.SCHEMA.replace(",\n    keep_unread INTEGER NOT NULL DEFAULT 0", "")
+    old_schema = sqlite_sql.SCHEMA.replace(",\n    keep_unread INTEGER NOT NULL DEFAULT 0", "")
     for column in ("generation", "lost", "beat"):
         old_schema = old_schema.replace(f",\n    {column} INTEGER NOT NULL DEFAULT 0", "")
     conn = sqlite3.connect(path)
     conn.executescript(old_schema)
     assert "generation" not in {r[1] for r in conn.execute("PRAGMA table_info(leases)")}
-    _sqlite_sql.create_schema(conn)
+    sqlite_sql.create_schema(conn)
     assert "generation" in {r[1] for r in conn.execute("PRAGMA table_info(leases)")}
     assert "keep_unread" in {r[1] for r in conn.execute("PRAGMA table_info(topics)")}
     conn.close()

@@ -14,15 +14,11 @@ an app in a test, and a fault-injection kit with an invariant checker.
 
 from __future__ import annotations
 
+from tidings.testing.clock import SteppedClock
 from tidings.testing.conformance import TransportConformance
-from tidings.testing.faults import (
-    FaultPlan,
-    FaultyConsumer,
-    FaultyTransport,
-    InjectedFault,
-    Killed,
-    SteppedClock,
-)
+from tidings.testing.fault_plan import FaultPlan, InjectedFault, Killed
+from tidings.testing.faults import FaultyTransport
+from tidings.testing.faulty_consumer import FaultyConsumer
 from tidings.testing.helpers import drain, eventually, running
 from tidings.testing.invariants import Invariants, Report
 

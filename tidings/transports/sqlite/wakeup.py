@@ -1,4 +1,5 @@
-"""Cross-process wake-ups for the SQLite log: inotify on Linux, stat polling elsewhere.
+"""Wake-ups for readers of the SQLite log: this process's commits, and other
+processes' through inotify on Linux, stat polling elsewhere.
 
 A commit by any process writes the database's WAL file; watching that file's folder
 lets a reader in another process wake within a millisecond instead of polling the
@@ -8,6 +9,7 @@ database. Where inotify is missing, a cheap ``os.stat`` poll stands in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -15,7 +17,7 @@ import struct
 import sys
 from collections.abc import Callable
 
-__all__ = ["FileWatcher"]
+__all__ = ["AppendSignal", "FileWatcher"]
 
 _IN_MODIFY = 0x002
 _IN_CLOSE_WRITE = 0x008
@@ -111,3 +113,43 @@ class FileWatcher:
         if self._poller is not None:
             self._poller.cancel()
             self._poller = None
+
+
+class AppendSignal:
+    """Tells readers that something may have been appended to the log at ``path``.
+
+    :meth:`notify` runs after each commit of this process; the :class:`FileWatcher`,
+    started by the first reader that waits (:meth:`watch`), calls it for other
+    processes' commits. A reader takes :attr:`event` *before* it reads, then waits
+    on that one: a commit in between has set it already.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.event = asyncio.Event()
+        self.watcher: FileWatcher | None = None
+
+    def notify(self) -> None:
+        old, self.event = self.event, asyncio.Event()
+        old.set()
+
+    def watch(self) -> None:
+        """Start watching the file for other processes' commits (once)."""
+        if self.watcher is None:
+            folder = os.path.dirname(os.path.abspath(self.path))
+            self.watcher = FileWatcher(folder, os.path.basename(self.path), self.notify)
+            self.watcher.start()
+
+    async def wait(self, timeout: float) -> None:
+        """Return when something may have been appended, or after ``timeout``, or
+        sooner (0.5 s; one poll interval while polling) so that the caller looks again."""
+        self.watch()
+        event = self.event
+        recheck = FileWatcher.POLL_INTERVAL if self.watcher and self.watcher.polling else 0.5
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), min(timeout, recheck))
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None

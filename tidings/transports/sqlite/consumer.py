@@ -7,7 +7,8 @@ holds its fair share, ``ceil(partitions / live members)``. Before handing a part
 back it lets its owner (the worker) finish and commit what it has in flight.
 
 Time: expiry is judged by each observer's own monotonic clock (a member is dead when
-*this* process has seen its beat unchanged for a lease length), never by comparing
+*this* process has seen its beat unchanged for a lease length: the client's
+``leases``, a :class:`~tidings.transports._leases.LeaseWatch`), never by comparing
 wall-clock stamps written by another process, so a wall-clock step neither expires a
 live member nor keeps a dead one alive. The ``expires_ms`` columns are a wall-clock
 hint for ``tidings groups`` only. A member whose own renewals have failed for most of
@@ -27,10 +28,8 @@ import math
 import os
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 from tidings.transport import (
     FENCE_AFTER,
@@ -41,57 +40,28 @@ from tidings.transport import (
     StartFrom,
     TopicPartition,
 )
-from tidings.transports._sqlite_sql import translate_error
+from tidings.transports.sqlite.client import LogClient
 
-if TYPE_CHECKING:
-    from tidings.transports.sqlite import SQLiteTransport
-
-__all__ = ["LeaseWatch", "SQLiteConsumer"]
+__all__ = ["SQLiteConsumer"]
 
 log = logging.getLogger("tidings.sqlite")
 
 Claim = tuple[int, int, int, int]  # topic id, partition, generation, committed offset
 
 
-class LeaseWatch:
-    """Which members are alive, as this process's monotonic clock sees their beats.
-
-    A member is expired when its beat has been seen unchanged for ``lease`` seconds;
-    a beat never seen before starts the count. Shared by the members and the retention
-    of one transport (thread-safe: the writer thread asks).
-    """
-
-    def __init__(self, monotonic: Callable[[], float], lease: float) -> None:
-        self.monotonic = monotonic  # the transport's clock, which tests may replace
-        self.lease = lease
-        self._seen: dict[tuple[str, str], tuple[int, float]] = {}
-        self._lock = threading.Lock()
-
-    def expired(self, group: str, member: str, beat: int) -> bool:
-        now = self.monotonic()
-        with self._lock:
-            seen = self._seen.get((group, member))
-            if seen is None or seen[0] != beat:
-                self._seen[(group, member)] = (beat, now)
-                return False
-            return now - seen[1] >= self.lease
-
-    def forget(self, group: str, member: str) -> None:
-        with self._lock:
-            self._seen.pop((group, member), None)
-
-
 class SQLiteConsumer(Consumer):
+    """A member of ``group`` (see the module doc), on the log of ``client``."""
+
     def __init__(
         self,
-        transport: SQLiteTransport,
+        client: LogClient,
         group: str,
         topics: list[str],
         start_from: StartFrom,
         on_revoke: RevokeCallback | None,
     ) -> None:
         super().__init__(group, topics, start_from, on_revoke)
-        self.t = transport
+        self._client = client
         self._owned: frozenset[TopicPartition] = frozenset()
         self._position: dict[TopicPartition, int] = {}
         self._generation: dict[TopicPartition, int] = {}
@@ -102,7 +72,7 @@ class SQLiteConsumer(Consumer):
         # The worker letting go of the partitions of a self-fencing (see _fence_self).
         self._letting_go: asyncio.Future[None] | None = None
         # Monotonic time at which the last renewal that succeeded was sent.
-        self._renewed_at = transport.clock.monotonic()
+        self._renewed_at = client.clock.monotonic()
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._owned
@@ -112,24 +82,20 @@ class SQLiteConsumer(Consumer):
 
     async def start(self) -> None:
         for topic in self.topics:
-            await self.t.create_topic(topic)
+            await self._client.create_topic(topic)
         await self._heartbeat()
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
     # -- membership -------------------------------------------------------------
 
-    async def _fault(self, point: str) -> None:
-        if self.t.fault_hook is not None:
-            await self.t.fault_hook(point)
-
     def _lease_lapsed(self) -> bool:
         """Whether this member's renewals have failed for long enough that another
         member may soon take its partitions."""
-        elapsed = self.t.clock.monotonic() - self._renewed_at
-        return elapsed >= FENCE_AFTER * self.t.lease_ms / 1000
+        elapsed = self._client.clock.monotonic() - self._renewed_at
+        return elapsed >= FENCE_AFTER * self._client.lease_ms / 1000
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.t.lease_ms / 3000
+        interval = self._client.lease_ms / 3000
         beat: asyncio.Task[None] | None = None
         try:
             while not self._closed:
@@ -161,7 +127,7 @@ class SQLiteConsumer(Consumer):
         log.error(
             "member %s of group %s could not renew its leases for %.1fs; it gives up "
             "%d partition(s) until it can",
-            self.member, self.group, self.t.clock.monotonic() - self._renewed_at, len(lost),
+            self.member, self.group, self._client.clock.monotonic() - self._renewed_at, len(lost),
         )  # fmt: skip
         self._owned = frozenset()  # fetch hands out nothing of them from now on
         for tp in lost:
@@ -183,9 +149,9 @@ class SQLiteConsumer(Consumer):
             self._letting_go = None
 
     async def _renew(self) -> None:
-        await self._fault("heartbeat")
-        sent = self.t.clock.monotonic()
-        expires = self.t.clock.time_ms() + self.t.lease_ms
+        await self._client.fault("heartbeat")
+        sent = self._client.clock.monotonic()
+        expires = self._client.clock.time_ms() + self._client.lease_ms
         args = (expires, self.group, self.member)
 
         def job(conn: sqlite3.Connection) -> None:
@@ -193,7 +159,7 @@ class SQLiteConsumer(Consumer):
                 "UPDATE members SET beat=beat+1, expires_ms=? WHERE grp=? AND member=?", args
             )
 
-        await self.t._write(job, durable=False)
+        await self._client.write(job, durable=False)
         self._renewed_at = sent
 
     async def _heartbeat(self) -> None:
@@ -201,15 +167,15 @@ class SQLiteConsumer(Consumer):
             if self._closed:
                 return
             await self._let_go()
-            await self._fault("heartbeat")
-            ids = {t: self.t._topic_ids[t] for t in self.topics}
+            await self._client.fault("heartbeat")
+            ids = {t: self._client.topic_ids[t] for t in self.topics}
             believed = {
                 (ids[t][0], p): self._generation[(t, p)]
                 for t, p in self._owned
                 if (t, p) in self._generation
             }
-            sent = self.t.clock.monotonic()
-            kept, claimed, excess = await self.t._write(
+            sent = self._client.clock.monotonic()
+            kept, claimed, excess = await self._client.write(
                 lambda c: self._heartbeat_tx(c, ids, believed), durable=False
             )
             self._renewed_at = sent
@@ -236,11 +202,11 @@ class SQLiteConsumer(Consumer):
                 give = frozenset((names[tid], p) for tid, p in excess)
                 self._owned = self._owned - give  # fetch stops here; commits still count
                 await self._revoked(give)
-                await self._fault("lease")
+                await self._client.fault("lease")
                 # If this fails, the next heartbeat hands them back: a lease held
                 # here that this member does not believe it holds is released.
-                await self.t._write(lambda c: self._release_tx(c, excess), durable=False)
-                self.t._notify()  # another member of this process may take them now
+                await self._client.write(lambda c: self._release_tx(c, excess), durable=False)
+                self._client.appended.notify()  # another member of this process may take them now
 
     async def _revoked(self, partitions: frozenset[TopicPartition]) -> None:
         try:
@@ -259,46 +225,13 @@ class SQLiteConsumer(Consumer):
     ) -> tuple[list[tuple[int, int]], list[Claim], list[tuple[int, int]]]:
         """Beat, remove expired members, hand back leases this member does not know it
         holds, claim up to the fair share; return (kept, claimed, excess)."""
-        watch = self.t.leases
-        g, me = self.group, self.member
-        conn.execute(
-            "INSERT INTO members(grp, member, host, pid, expires_ms, beat) VALUES (?,?,?,?,?,0)"
-            " ON CONFLICT(grp, member) DO UPDATE SET expires_ms=excluded.expires_ms,"
-            " beat=beat+1",
-            (g, me, socket.gethostname(), os.getpid(), self.t.clock.time_ms() + self.t.lease_ms),
-        )
-        live = 0
-        for member, beat in conn.execute(
-            "SELECT member, beat FROM members WHERE grp=?", (g,)
-        ).fetchall():
-            if member != me and watch.expired(g, member, beat):
-                log.warning("group %s: member %s stopped beating; its leases end", g, member)
-                conn.execute("DELETE FROM members WHERE grp=? AND member=?", (g, member))
-                watch.forget(g, member)
-            else:
-                live += 1
-        conn.execute(
-            "DELETE FROM leases WHERE grp=? AND member NOT IN"
-            " (SELECT member FROM members WHERE grp=?)",
-            (g, g),
-        )
-        leased: dict[tuple[int, int], str] = {}
-        for tid, p, member, generation in conn.execute(
-            "SELECT topic_id, partition, member, generation FROM leases WHERE grp=?", (g,)
-        ).fetchall():
-            if member == me and believed.get((tid, p)) != generation:
-                # A claim whose start never completed, or a release that failed: this
-                # member does not read it, so it must not keep it.
-                conn.execute(
-                    "DELETE FROM leases WHERE grp=? AND topic_id=? AND partition=?", (g, tid, p)
-                )
-                continue
-            leased[(tid, p)] = member
+        live = self._beat_tx(conn)
+        leased = self._leases_tx(conn, believed)
+        me = self.member
         kept: list[tuple[int, int]] = []
         claimed: list[Claim] = []
         excess: list[tuple[int, int]] = []
-        column = "start_offset" if self.start_from == "earliest" else "next_offset"
-        now = self.t.clock.time_ms()
+        now = self._client.clock.time_ms()
         # A fair share of each topic (as Kafka's range assignor does), not of all the
         # partitions together: a group also reads its small retry topic, and a member
         # holding only that one would have nothing to do.
@@ -315,27 +248,84 @@ class SQLiteConsumer(Consumer):
                     shift = hash(me) % len(free)
                     free = free[shift:] + free[:shift]
                 for tp in free[: target - len(held)]:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO group_offsets(grp, topic_id, partition, offset,"
-                        f" updated_ms) SELECT ?, ?, ?, {column}, ? FROM partitions"
-                        " WHERE topic_id=? AND partition=?",
-                        (g, *tp, now, *tp),
-                    )
-                    generation, offset = conn.execute(
-                        "UPDATE group_offsets SET generation=generation+1"
-                        " WHERE grp=? AND topic_id=? AND partition=?"
-                        " RETURNING generation, offset",
-                        (g, *tp),
-                    ).fetchone()
-                    conn.execute(
-                        "INSERT INTO leases(grp, topic_id, partition, member, expires_ms,"
-                        " generation) VALUES (?,?,?,?,?,?)",
-                        (g, *tp, me, now + self.t.lease_ms, generation),
-                    )
+                    claimed.append(self._claim_tx(conn, tp, now))
                     held.append(tp)
-                    claimed.append((*tp, int(generation), int(offset)))
             excess.extend(held[target:])
         return kept, claimed, excess
+
+    def _beat_tx(self, conn: sqlite3.Connection) -> int:
+        """Move this member's beat, remove the members whose beat stood still for a
+        lease (and their leases); return how many members are live."""
+        watch = self._client.leases
+        g, me = self.group, self.member
+        expires = self._client.clock.time_ms() + self._client.lease_ms
+        conn.execute(
+            "INSERT INTO members(grp, member, host, pid, expires_ms, beat) VALUES (?,?,?,?,?,0)"
+            " ON CONFLICT(grp, member) DO UPDATE SET expires_ms=excluded.expires_ms,"
+            " beat=beat+1",
+            (g, me, socket.gethostname(), os.getpid(), expires),
+        )
+        live = 0
+        for member, beat in conn.execute(
+            "SELECT member, beat FROM members WHERE grp=?", (g,)
+        ).fetchall():
+            if member != me and watch.expired((g, member), beat):
+                log.warning("group %s: member %s stopped beating; its leases end", g, member)
+                conn.execute("DELETE FROM members WHERE grp=? AND member=?", (g, member))
+                watch.forget((g, member))
+            else:
+                live += 1
+        conn.execute(
+            "DELETE FROM leases WHERE grp=? AND member NOT IN"
+            " (SELECT member FROM members WHERE grp=?)",
+            (g, g),
+        )
+        return live
+
+    def _leases_tx(
+        self, conn: sqlite3.Connection, believed: dict[tuple[int, int], int]
+    ) -> dict[tuple[int, int], str]:
+        """The group's leases, (topic id, partition) -> member, after handing back the
+        ones this member holds without believing it (not in ``believed`` with that
+        generation)."""
+        g, me = self.group, self.member
+        leased: dict[tuple[int, int], str] = {}
+        for tid, p, member, generation in conn.execute(
+            "SELECT topic_id, partition, member, generation FROM leases WHERE grp=?", (g,)
+        ).fetchall():
+            if member == me and believed.get((tid, p)) != generation:
+                # A claim whose start never completed, or a release that failed: this
+                # member does not read it, so it must not keep it.
+                conn.execute(
+                    "DELETE FROM leases WHERE grp=? AND topic_id=? AND partition=?", (g, tid, p)
+                )
+                continue
+            leased[(tid, p)] = member
+        return leased
+
+    def _claim_tx(self, conn: sqlite3.Connection, tp: tuple[int, int], now: int) -> Claim:
+        """Lease the free partition ``tp`` (topic id, partition) under a new generation;
+        a group that never committed on it starts at ``start_from``."""
+        g = self.group
+        column = "start_offset" if self.start_from == "earliest" else "next_offset"
+        conn.execute(
+            "INSERT OR IGNORE INTO group_offsets(grp, topic_id, partition, offset,"
+            f" updated_ms) SELECT ?, ?, ?, {column}, ? FROM partitions"
+            " WHERE topic_id=? AND partition=?",
+            (g, *tp, now, *tp),
+        )
+        generation, offset = conn.execute(
+            "UPDATE group_offsets SET generation=generation+1"
+            " WHERE grp=? AND topic_id=? AND partition=?"
+            " RETURNING generation, offset",
+            (g, *tp),
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO leases(grp, topic_id, partition, member, expires_ms,"
+            " generation) VALUES (?,?,?,?,?,?)",
+            (g, *tp, self.member, now + self._client.lease_ms, generation),
+        )
+        return (*tp, int(generation), int(offset))
 
     def _release_tx(self, conn: sqlite3.Connection, parts: list[tuple[int, int]]) -> None:
         conn.executemany(
@@ -347,19 +337,17 @@ class SQLiteConsumer(Consumer):
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
         deadline = time.monotonic() + timeout  # a wait, not a lease: the real clock
-        self.t._ensure_watcher()
+        appended = self._client.appended
+        appended.watch()
         while True:
-            wake = self.t._wake
-            try:
-                records = self._fetch_once(max_records)
-            except sqlite3.Error as exc:
-                raise translate_error(exc) from exc
+            wake = appended.event
+            records = self._fetch_once(max_records)
             if records:
                 return records
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            await self.t.wait_for_appends(remaining)
+            await appended.wait(remaining)
             if not wake.is_set() and time.monotonic() >= deadline:
                 return []
 
@@ -370,17 +358,29 @@ class SQLiteConsumer(Consumer):
         self._rr = (self._rr + 1) % len(owned)
         owned = owned[self._rr :] + owned[: self._rr]
         positions = [(tp, self._position[tp]) for tp in owned if tp in self._position]
-        per = max(1, max_records // len(positions)) if positions else 0
-        ids = self.t._topic_ids
-        generations = self._generation
-
-        conn = self.t._connect_inline()
-        out: list[Record] = []
-        advanced: list[tuple[TopicPartition, int]] = []
-        room = max_records
         # On the loop's thread, with no await: no rebalance can run in between. The
         # positions move only once every read succeeded: a read that fails half-way
         # (the file locked past the timeout, an I/O error) loses nothing.
+        out, advanced = self._client.read_inline(
+            lambda conn: self._read(conn, positions, max_records)
+        )
+        self._position.update(advanced)
+        return out
+
+    def _read(
+        self,
+        conn: sqlite3.Connection,
+        positions: list[tuple[TopicPartition, int]],
+        max_records: int,
+    ) -> tuple[list[Record], list[tuple[TopicPartition, int]]]:
+        """Up to ``max_records`` records from ``positions``, shared out among them, and
+        the position after each partition's last one."""
+        per = max(1, max_records // len(positions)) if positions else 0
+        ids = self._client.topic_ids
+        generations = self._generation
+        out: list[Record] = []
+        advanced: list[tuple[TopicPartition, int]] = []
+        room = max_records
         for tp, pos in positions:
             limit = min(per, room)
             if limit <= 0:
@@ -396,14 +396,13 @@ class SQLiteConsumer(Consumer):
                 out += [Record(topic, p, o, ts, k, v, gen) for o, ts, k, v in rows]
                 advanced.append((tp, rows[-1][0] + 1))
                 room -= len(rows)
-        self._position.update(advanced)
-        return out
+        return out, advanced
 
     async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
         if not offsets:
             return
-        ids = self.t._topic_ids
-        now = self.t.clock.time_ms()
+        ids = self._client.topic_ids
+        now = self._client.clock.time_ms()
         g, me = self.group, self.member
         rows = [
             (off, now, g, ids[t][0], p, g, ids[t][0], p, me, generation)
@@ -420,7 +419,7 @@ class SQLiteConsumer(Consumer):
                 rows,
             )
 
-        await self.t._write(job, durable=False)
+        await self._client.write(job, durable=False)
 
     async def close(self) -> None:
         if self._closed:
@@ -439,8 +438,8 @@ class SQLiteConsumer(Consumer):
         async with self._rebalance_lock:
             self._owned = frozenset()
             await self._let_go()
-            await self.t._write(job, durable=False)
-        self.t._notify()
+            await self._client.write(job, durable=False)
+        self._client.appended.notify()
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tidings._sqlite import execute_when_free
-from tidings.transports._sqlite_sql import translate_error
 
 __all__ = ["GroupCommitWriter"]
 
@@ -28,6 +27,8 @@ class GroupCommitWriter:
 
     ``connect`` gives the calling thread's connection; the writer only ever calls it
     on its own thread. The state below marked "writer thread" is touched only there.
+    A job's error, native or not, is raised as it is to the job's caller: the client
+    (``client.py``) translates sqlite3's.
     """
 
     def __init__(
@@ -88,10 +89,9 @@ class GroupCommitWriter:
                     self._pool, self._run_jobs, [job for job, _, _ in jobs], durable
                 )
             except BaseException as exc:  # the commit itself failed: every job failed
-                err = translate_error(exc)
                 for _, fut, _ in jobs:
                     if not fut.done():
-                        fut.set_exception(err)
+                        fut.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
                 continue
@@ -124,7 +124,7 @@ class GroupCommitWriter:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((False, translate_error(exc)))
+                    results.append((False, exc))
             self._store_heads(conn)
             conn.execute("COMMIT")
         except BaseException:
@@ -133,7 +133,42 @@ class GroupCommitWriter:
             raise
         return results
 
-    def heads(self, conn: sqlite3.Connection, tid: int) -> dict[int, list[int]]:
+    async def append(
+        self, tid: int, placed: Sequence[tuple[int, str | None, bytes]], now: Callable[[], int]
+    ) -> list[tuple[int, int]]:
+        """Append ``(partition, key, value)`` records to topic ``tid`` in the next
+        durable transaction, stamped ``now()`` (never earlier than a partition's last
+        record); return each one's (partition, offset)."""
+
+        def job(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            heads = self._partition_heads(conn, tid)
+            before = {p: h[:] for p, h in heads.items()}
+            ts = now()
+            rows = []
+            out = []
+            for p, key, value in placed:
+                head = heads[p]
+                head[1] = max(head[1], ts)  # timestamps never go back within a partition
+                rows.append((tid, p, head[0], head[1], key, value))
+                out.append((p, head[0]))
+                head[0] += 1
+                head[2] += len(value)
+                head[3] += 1
+            try:
+                conn.executemany(
+                    "INSERT INTO events(topic_id, partition, offset, ts, key, value)"
+                    " VALUES (?,?,?,?,?,?)",
+                    rows,
+                )
+            except BaseException:
+                heads.update(before)  # its savepoint is rolled back: so are its offsets
+                raise
+            return out
+
+        job.appends = True  # type: ignore[attr-defined]
+        return await self.write(job)
+
+    def _partition_heads(self, conn: sqlite3.Connection, tid: int) -> dict[int, list[int]]:
         """The partitions of topic ``tid``: [next offset, last timestamp, bytes added,
         records added] as of this transaction (for append jobs, which mark themselves
         ``appends``)."""

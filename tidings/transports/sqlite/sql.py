@@ -1,5 +1,5 @@
 """The SQL of the embedded log that is not on the append and fetch path: schema,
-retention, offsets by time, group descriptions and offset resets.
+topics, retention, offsets by time, group descriptions and offset resets.
 
 Each function runs inside a transaction (or read) that the transport opens.
 """
@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from tidings._sqlite import is_busy
-from tidings.errors import GroupBusy, TransportError
-from tidings.transport import GroupInfo, GroupPartition, MemberInfo
+from tidings.errors import GroupBusy, TopicNotFound
+from tidings.transport import GroupInfo, GroupPartition, MemberInfo, PartitionInfo, TopicInfo
 
 __all__ = [
     "RETENTION_BATCH",
@@ -21,12 +20,13 @@ __all__ = [
     "create_schema",
     "delete_below",
     "describe_groups",
+    "ensure_topic",
     "in_one_snapshot",
     "now_ms",
     "offsets_for_time",
     "retention_cuts",
     "set_group_offsets",
-    "translate_error",
+    "topic_info",
     "unread_kept",
 ]
 
@@ -111,6 +111,49 @@ def create_schema(conn: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):  # another process added it first
                     raise
+
+
+def ensure_topic(
+    conn: sqlite3.Connection,
+    topic: str,
+    partitions: int,
+    retention_ms: int | None,
+    retention_bytes: int | None,
+    keep_unread: bool,
+    now: int,
+) -> tuple[int, int]:
+    """Create ``topic`` with ``partitions`` unless it exists; return its (id, partition
+    count)."""
+    row = conn.execute("SELECT id, partitions FROM topics WHERE name=?", (topic,)).fetchone()
+    if row is None:
+        cur = conn.execute(
+            "INSERT INTO topics(name, partitions, retention_ms, retention_bytes, created_ms,"
+            " keep_unread) VALUES (?,?,?,?,?,?)",
+            (topic, partitions, retention_ms, retention_bytes, now, keep_unread),
+        )
+        tid = cur.lastrowid
+        assert tid is not None
+        conn.executemany(
+            "INSERT INTO partitions(topic_id, partition) VALUES (?,?)",
+            [(tid, p) for p in range(partitions)],
+        )
+        row = (tid, partitions)
+    return int(row[0]), int(row[1])
+
+
+def topic_info(conn: sqlite3.Connection, topic: str, url: str) -> TopicInfo:
+    """``topic`` of the log at ``url``, with its partitions' offsets and sizes."""
+    row = conn.execute(
+        "SELECT id, retention_ms, retention_bytes FROM topics WHERE name=?", (topic,)
+    ).fetchone()
+    if row is None:
+        raise TopicNotFound(f"topic {topic!r} does not exist in {url}")
+    parts = conn.execute(
+        "SELECT partition, start_offset, next_offset, bytes FROM partitions"
+        " WHERE topic_id=? ORDER BY partition",
+        (row[0],),
+    ).fetchall()
+    return TopicInfo(topic, tuple(PartitionInfo(*p) for p in parts), row[1], row[2])
 
 
 def now_ms() -> int:
@@ -272,56 +315,56 @@ def describe_groups(conn: sqlite3.Connection) -> list[GroupInfo]:
         )
     ]
     topic_names = dict(conn.execute("SELECT id, name FROM topics").fetchall())
-    out = []
-    for group in names:
-        owners = {
-            (tid, p): m
-            for tid, p, m in conn.execute(
-                "SELECT l.topic_id, l.partition, l.member FROM leases l JOIN members m"
-                " ON m.grp = l.grp AND m.member = l.member"
-                " WHERE l.grp=? AND m.expires_ms >= ?",
-                (group, now),
-            )
-        }
-        rows = conn.execute(
-            "SELECT p.topic_id, p.partition, o.offset, p.next_offset, p.start_offset,"
-            " coalesce(o.lost, 0) FROM partitions p LEFT JOIN group_offsets o"
-            " ON o.grp=? AND o.topic_id=p.topic_id AND o.partition=p.partition"
-            " WHERE p.topic_id IN (SELECT topic_id FROM group_offsets WHERE grp=?"
-            "   UNION SELECT topic_id FROM leases WHERE grp=?)"
-            " ORDER BY p.topic_id, p.partition",
-            (group, group, group),
-        ).fetchall()
-        parts = tuple(
-            GroupPartition(
-                group,
-                topic_names[tid],
-                p,
-                committed,
-                end,
-                start,
-                owners.get((tid, p)),
-                lost=lost,
-            )
-            for tid, p, committed, end, start, lost in rows
+    return [_describe_group(conn, group, topic_names, now) for group in names]
+
+
+def _describe_group(
+    conn: sqlite3.Connection, group: str, topic_names: dict[int, str], now: int
+) -> GroupInfo:
+    owners = {
+        (tid, p): m
+        for tid, p, m in conn.execute(
+            "SELECT l.topic_id, l.partition, l.member FROM leases l JOIN members m"
+            " ON m.grp = l.grp AND m.member = l.member"
+            " WHERE l.grp=? AND m.expires_ms >= ?",
+            (group, now),
         )
-        members = tuple(
-            MemberInfo(
-                m,
-                host,
-                pid,
-                tuple(sorted((topic_names[tid], p) for (tid, p), o in owners.items() if o == m)),
-            )
-            for m, host, pid in conn.execute(
-                "SELECT member, host, pid FROM members WHERE grp=? AND expires_ms >= ?"
-                " ORDER BY member",
-                (group, now),
-            )
+    }
+    rows = conn.execute(
+        "SELECT p.topic_id, p.partition, o.offset, p.next_offset, p.start_offset,"
+        " coalesce(o.lost, 0) FROM partitions p LEFT JOIN group_offsets o"
+        " ON o.grp=? AND o.topic_id=p.topic_id AND o.partition=p.partition"
+        " WHERE p.topic_id IN (SELECT topic_id FROM group_offsets WHERE grp=?"
+        "   UNION SELECT topic_id FROM leases WHERE grp=?)"
+        " ORDER BY p.topic_id, p.partition",
+        (group, group, group),
+    ).fetchall()
+    parts = tuple(
+        GroupPartition(
+            group,
+            topic_names[tid],
+            p,
+            committed,
+            end,
+            start,
+            owners.get((tid, p)),
+            lost=lost,
         )
-        out.append(
-            GroupInfo(group, tuple(sorted(parts, key=lambda r: (r.topic, r.partition))), members)
+        for tid, p, committed, end, start, lost in rows
+    )
+    members = tuple(
+        MemberInfo(
+            m,
+            host,
+            pid,
+            tuple(sorted((topic_names[tid], p) for (tid, p), o in owners.items() if o == m)),
         )
-    return out
+        for m, host, pid in conn.execute(
+            "SELECT member, host, pid FROM members WHERE grp=? AND expires_ms >= ? ORDER BY member",
+            (group, now),
+        )
+    )
+    return GroupInfo(group, tuple(sorted(parts, key=lambda r: (r.topic, r.partition))), members)
 
 
 def set_group_offsets(
@@ -356,15 +399,3 @@ def set_group_offsets(
         conn.execute(
             "DELETE FROM leases WHERE grp=? AND topic_id=? AND partition=?", (group, tid, p)
         )
-
-
-def translate_error(exc: BaseException) -> BaseException:
-    """The TransportError for a native sqlite3 error (other errors pass through)."""
-    if is_busy(exc):
-        return TransportError(
-            "the SQLite log is locked by another process for longer than busy_timeout "
-            f"({exc}); let that process finish, or raise busy_timeout in the URL"
-        )
-    if isinstance(exc, sqlite3.Error):
-        return TransportError(f"SQLite log error: {exc}")
-    return exc
