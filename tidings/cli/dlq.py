@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from tidings import admin, dead_letters
-from tidings.admin_cli import Common, _opened, _print_json, _table
+from tidings.cli._admin import Common, _opened, _print_json, _table
 from tidings.codec import decode
 from tidings.dead_letters import DeadLetter, Filter
 from tidings.errors import ConfigError, EventError, TidingsError

@@ -126,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_run)
 
-    from tidings import admin_cli, dlq_cli, outbox_cli
+    from tidings.cli import _admin, dlq, outbox
 
-    admin_cli.add_commands(sub, _common)
-    dlq_cli.add_commands(sub, _common)
-    outbox_cli.add_commands(sub, _common)
+    _admin.add_commands(sub, _common)
+    dlq.add_commands(sub, _common)
+    outbox.add_commands(sub, _common)
     return parser
 
 
