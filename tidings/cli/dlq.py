@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import base64
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from tidings import admin, dead_letters
-from tidings.admin_cli import Common, _opened, _print_json, _table
+from tidings.cli.common import add_common, opened
+from tidings.cli.output import cell, clip, confirm, print_json, progress, table, utc_text
 from tidings.codec import decode
 from tidings.dead_letters import DeadLetter, Filter
 from tidings.errors import ConfigError, EventError, TidingsError
@@ -38,7 +38,8 @@ Filters (list, replay, purge): --type, --error-type, --since, --until, --id.
 PROGRESS_FROM = 100  # replays at least this large show a progress bar
 
 
-def add_commands(sub: Any, common: Common) -> None:
+def add_commands(sub: Any) -> None:
+    """Register ``dlq list|show|replay|purge`` on the ``tidings`` sub-parser."""
     dlq = sub.add_parser(
         "dlq",
         help="list, show, replay or purge a group's dead letters",
@@ -53,7 +54,7 @@ def add_commands(sub: Any, common: Common) -> None:
     p.add_argument(
         "--all", action="store_true", help="also entries already replayed, resolved or purged"
     )
-    common(p)
+    add_common(p)
     p.set_defaults(func=cmd_list)
 
     p = actions.add_parser(
@@ -61,7 +62,7 @@ def add_commands(sub: Any, common: Common) -> None:
     )
     p.add_argument("group", metavar="GROUP", help="the consumer group, e.g. email")
     p.add_argument("id", metavar="ID", help="the entry id, or the event's id")
-    common(p)
+    add_common(p)
     p.set_defaults(func=cmd_show)
 
     p = actions.add_parser(
@@ -73,7 +74,7 @@ def add_commands(sub: Any, common: Common) -> None:
     )
     _filters(p)
     p.add_argument("--dry-run", action="store_true", help="show what would be replayed")
-    common(p)
+    add_common(p)
     p.set_defaults(func=cmd_replay)
 
     p = actions.add_parser(
@@ -83,7 +84,7 @@ def add_commands(sub: Any, common: Common) -> None:
     )
     _filters(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    common(p)
+    add_common(p)
     p.set_defaults(func=cmd_purge)
 
 
@@ -120,7 +121,7 @@ def _where(args: argparse.Namespace) -> Filter:
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_text(datetime.fromtimestamp(ts, UTC))
 
 
 def _summary(entry: DeadLetter, state: str) -> dict[str, Any]:
@@ -132,19 +133,19 @@ def _summary(entry: DeadLetter, state: str) -> dict[str, Any]:
 
 async def cmd_list(args: argparse.Namespace) -> int:
     where = _where(args)
-    async with _opened(args.url) as app:
+    async with opened(args.url) as app:
         log = await dead_letters.open_log(
             app.transport, args.group, resolved=args.all, values=False
         )
     rows = [(e, s) for e, s in log.listing(include_resolved=args.all) if where(e)]
     if args.json:
-        _print_json([_summary(e, s) for e, s in rows])
+        print_json([_summary(e, s) for e, s in rows])
         return 0
     if not rows:
         print(f"no dead letters in group {args.group} match")
         return 0
     print(
-        _table(
+        table(
             ("ENTRY", "DEAD AT", "STATE", "REASON", "TYPE", "EVENT", "KEY", "FROM", "ERROR"),
             [
                 (
@@ -166,13 +167,12 @@ async def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _short(text: str, width: int = 70) -> str:
-    line = text.replace("\n", " ")
-    return line if len(line) <= width else line[: width - 1] + "…"
+def _short(text: str) -> str:
+    return clip(text.replace("\n", " "), 70, "…")
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    async with _opened(args.url) as app:
+    async with opened(args.url) as app:
         log = await dead_letters.open_log(app.transport, args.group)
     matches = [
         (e, s) for e, s in log.listing(include_resolved=True) if args.id in (e.entry, e.event_id)
@@ -182,49 +182,57 @@ async def cmd_show(args: argparse.Namespace) -> int:
             f"no dead letter {args.id!r} in group {args.group}; see 'tidings dlq list "
             f"{args.group} --all'"
         )
-    docs = []
-    for entry, state in matches:
-        doc = entry.to_json()
-        del doc["kind"]
-        doc["state"] = state
-        try:
-            whole = not entry.truncated and _decodes(entry.value)
-            doc["event"] = orjson.loads(entry.value) if whole else None
-        except orjson.JSONDecodeError:
-            doc["event"] = None
-        if doc["event"] is None:
-            doc["value_text"] = entry.value.decode("utf-8", "replace")
-        docs.append(doc)
+    docs = [_show_doc(entry, state) for entry, state in matches]
     if args.json:
-        _print_json(docs if len(docs) > 1 else docs[0])
+        print_json(docs if len(docs) > 1 else docs[0])
         return 0
     for doc in docs:
-        for name in (
-            "entry", "state", "reason", "group", "handler", "type", "event_id",
-            "correlationid", "key", "topic", "partition", "offset", "attempts",
-            "error_type", "error_message", "parked_behind", "replay_of",
-        ):  # fmt: skip
-            print(f"{name + ':':16}{'-' if doc[name] is None else doc[name]}")
-        for name in ("first_failure", "last_failure", "dead_at"):
-            print(f"{name + ':':16}{_when(doc[name])}")
-        kept = len(base64.b64decode(doc["value"]))
-        if doc["truncated"]:
-            print(
-                f"{'truncated:':16}yes: {kept:,} of the original's {doc['value_size']:,} bytes "
-                f"kept (sha256 {doc['value_sha256']}); it cannot be replayed"
-            )
-        if doc["traceback"]:
-            print("traceback:\n" + doc["traceback"].rstrip())
-        if doc["event"] is not None:
-            print("event:\n" + orjson.dumps(doc["event"], option=orjson.OPT_INDENT_2).decode())
-        elif doc["truncated"]:
-            print(f"original bytes (the first {kept:,}):")
-            print(doc["value_text"])
-        else:
-            print(f"original bytes ({kept}):")
-            print(doc["value_text"])
-        print()
+        _print_doc(doc)
     return 0
+
+
+def _show_doc(entry: DeadLetter, state: str) -> dict[str, Any]:
+    """The entry's JSON with its state, and its original as ``event`` if it is a whole
+    event, else as ``value_text``."""
+    doc = entry.to_json()
+    del doc["kind"]
+    doc["state"] = state
+    try:
+        whole = not entry.truncated and _decodes(entry.value)
+        doc["event"] = orjson.loads(entry.value) if whole else None
+    except orjson.JSONDecodeError:
+        doc["event"] = None
+    if doc["event"] is None:
+        doc["value_text"] = entry.value.decode("utf-8", "replace")
+    return doc
+
+
+def _print_doc(doc: dict[str, Any]) -> None:
+    for name in (
+        "entry", "state", "reason", "group", "handler", "type", "event_id",
+        "correlationid", "key", "topic", "partition", "offset", "attempts",
+        "error_type", "error_message", "parked_behind", "replay_of",
+    ):  # fmt: skip
+        print(f"{name + ':':16}{cell(doc[name])}")
+    for name in ("first_failure", "last_failure", "dead_at"):
+        print(f"{name + ':':16}{_when(doc[name])}")
+    kept = len(base64.b64decode(doc["value"]))
+    if doc["truncated"]:
+        print(
+            f"{'truncated:':16}yes: {kept:,} of the original's {doc['value_size']:,} bytes "
+            f"kept (sha256 {doc['value_sha256']}); it cannot be replayed"
+        )
+    if doc["traceback"]:
+        print("traceback:\n" + doc["traceback"].rstrip())
+    if doc["event"] is not None:
+        print("event:\n" + orjson.dumps(doc["event"], option=orjson.OPT_INDENT_2).decode())
+    elif doc["truncated"]:
+        print(f"original bytes (the first {kept:,}):")
+        print(doc["value_text"])
+    else:
+        print(f"original bytes ({kept}):")
+        print(doc["value_text"])
+    print()
 
 
 def _decodes(value: bytes) -> bool:
@@ -236,21 +244,17 @@ def _decodes(value: bytes) -> bool:
 
 
 def _progress(done: int, total: int) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    end = "\n" if done >= total else ""
-    bar = "#" * filled + "." * (width - filled)
-    print(f"\rreplaying [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+    progress("replaying", done, total)
 
 
 async def cmd_replay(args: argparse.Namespace) -> int:
     where = _where(args)
-    async with _opened(args.url) as app:
+    async with opened(args.url) as app:
         log = await dead_letters.open_log(app.transport, args.group, resolved=False, values=False)
         chosen, cut = dead_letters.replay_plan(log, where)
         if args.dry_run:
             if args.json:
-                _print_json([_summary(e, "dead") for e in chosen])
+                print_json([_summary(e, "dead") for e in chosen])
             else:
                 for e in chosen:
                     print(f"would replay {e.entry} {e.type} {e.event_id}")
@@ -260,7 +264,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
         show = _progress if len(chosen) >= PROGRESS_FROM and not args.json else None
         count = await dead_letters.replay(app.transport, args.group, where, progress=show)
     if args.json:
-        _print_json({"group": args.group, "replayed": count, "skipped_truncated": len(cut)})
+        print_json({"group": args.group, "replayed": count, "skipped_truncated": len(cut)})
     else:
         print(
             f"replayed {count} dead letter(s) to group {args.group} "
@@ -282,26 +286,23 @@ def _print_skipped(cut: list[DeadLetter]) -> None:
 
 async def cmd_purge(args: argparse.Namespace) -> int:
     where = _where(args)
-    async with _opened(args.url) as app:
+    async with opened(args.url) as app:
         log = await dead_letters.open_log(app.transport, args.group, resolved=False, values=False)
         count = sum(1 for e, _ in log.listing() if where(e))
         if count == 0:
             print(f"no dead letters in group {args.group} match; nothing purged")
             return 0
         if not args.yes:
-            print(
+            yes = confirm(
                 f"purge {count} dead letter(s) of group {args.group}? They cannot be replayed "
-                "afterwards. [y/N] ",
-                end="",
-                flush=True,
+                "afterwards."
             )
-            answer = sys.stdin.readline().strip().lower()
-            if answer not in ("y", "yes"):
-                print("nothing purged" + ("" if answer else " (no answer; pass --yes)"))
+            if not yes:
+                print("nothing purged" + ("" if yes is False else " (no answer; pass --yes)"))
                 return 1
         purged = await dead_letters.purge(app.transport, args.group, where)
     if args.json:
-        _print_json({"group": args.group, "purged": purged})
+        print_json({"group": args.group, "purged": purged})
     else:
         print(f"purged {purged} dead letter(s) of group {args.group}")
     return 0

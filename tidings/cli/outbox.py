@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
-from collections.abc import Callable
 from typing import Any
 
 from tidings.app import Tidings
+from tidings.cli.common import add_common, positive_float, positive_int
+from tidings.cli.output import print_json, utc_text
 from tidings.outbox import DEFAULT_TABLE, Outbox, OutboxStatus
 
 __all__ = ["RELAY_SERVICE", "add_commands"]
-
-Common = Callable[[argparse.ArgumentParser], None]
 
 # The relay appends events that were encoded, source included, when they were added;
 # this name is the source of nothing, it only names the app the relay opens.
@@ -54,7 +52,7 @@ standbys judge by that count, not by the wall clock.
 """
 
 
-def add_commands(sub: Any, common: Common) -> None:
+def add_commands(sub: Any) -> None:
     """Register ``outbox relay`` and ``outbox status`` on the ``tidings`` sub-parser."""
     raw = argparse.RawDescriptionHelpFormatter
     outbox = sub.add_parser(
@@ -73,23 +71,23 @@ def add_commands(sub: Any, common: Common) -> None:
     )
     _db_options(p)
     p.add_argument(
-        "--batch", type=_positive_int, default=500, metavar="N", help="events per pass (500)"
+        "--batch", type=positive_int, default=500, metavar="N", help="events per pass (500)"
     )
     p.add_argument(
         "--poll-interval",
-        type=_positive_float,
+        type=positive_float,
         default=0.05,
         metavar="S",
         help="seconds between looks at an idle table (0.05)",
     )
     p.add_argument(
         "--lease",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="seconds a stand-by waits, without seeing a renewal, before it takes over (10)",
     )
-    common(p)
+    add_common(p)
     p.set_defaults(func=cmd_relay)
 
     p = actions.add_parser(
@@ -99,7 +97,7 @@ def add_commands(sub: Any, common: Common) -> None:
         formatter_class=raw,
     )
     _db_options(p)
-    common(p)
+    add_common(p)
     p.set_defaults(func=cmd_status)
 
 
@@ -116,26 +114,6 @@ def _db_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
 async def cmd_relay(args: argparse.Namespace) -> int:
     app = Tidings(args.url, service=RELAY_SERVICE)
     outbox = Outbox(app, args.db, table=args.table)
@@ -148,7 +126,7 @@ async def cmd_relay(args: argparse.Namespace) -> int:
     await relay.run(stop)
     log.info("stopped: %d event(s) relayed", relay.relayed)
     if args.json:
-        print(json.dumps({"relayed": relay.relayed, "holder": relay.holder}))
+        print_json({"relayed": relay.relayed, "holder": relay.holder}, indent=None)
     return 0
 
 
@@ -159,7 +137,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     finally:
         await outbox.dispose()
     if args.json:
-        print(json.dumps(status.as_json(), indent=2))
+        print_json(status.as_json())
     else:
         print(f"outbox {outbox.table.name!r} in {outbox.url}")
         print(_status_text(status))
@@ -194,7 +172,7 @@ def _status_text(s: OutboxStatus) -> str:
 
 def _when(s: OutboxStatus) -> str:
     assert s.next_scheduled is not None
-    return s.next_scheduled.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_text(s.next_scheduled)
 
 
 def _seconds(value: float) -> str:

@@ -1,0 +1,68 @@
+"""The ``tidings`` command: a thin shell over library functions.
+
+Every command takes ``--url`` (default ``$TIDINGS_URL``, then
+``sqlite:///./tidings.db``) and ``--json`` for machine output. Errors print one line
+and exit non-zero: 2 for bad usage, 1 for a failure.
+
+This module builds the parser and runs the command; each family of commands is a
+module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``offsets``,
+``dlq``, ``outbox``) with an ``add_commands(sub)`` that registers it. What they share
+is in ``common`` (the parser, usage errors, common options, the opened log) and
+``output`` (tables, JSON, times, errors, progress, questions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+
+from tidings.app import default_url
+from tidings.cli import dlq, groups, offsets, outbox, publish, run, tail, topics
+from tidings.cli.common import Command, Parser, UsageError
+from tidings.cli.output import print_error
+from tidings.errors import ConfigError, TidingsError
+
+__all__ = ["build_parser", "main"]
+
+USAGE_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``tidings`` with every command; ``--help`` lists them in this order."""
+    parser = Parser(prog="tidings", description="Operate a tidings event log.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for family in (run, topics, groups, publish, tail, offsets, dlq, outbox):
+        family.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tidings`` command with ``argv`` (default: ``sys.argv[1:]``) and return
+    its exit code."""
+    logging.basicConfig(
+        level=os.environ.get("TIDINGS_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.url_given = getattr(args, "url", None) is not None
+        if getattr(args, "url", None) is None:
+            args.url = default_url()
+        func: Command = args.func
+        result = func(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except (UsageError, ConfigError) as exc:
+        print_error(str(exc))
+        return USAGE_ERROR
+    except TidingsError as exc:
+        print_error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,84 @@
+"""What the commands share besides printing: the parser, usage errors, the options
+every command takes, argument types, and the log a command opens."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
+
+from tidings import admin
+from tidings.app import DEFAULT_URL, Tidings
+from tidings.transports import open_transport
+
+__all__ = [
+    "POSITION_HELP",
+    "Command",
+    "Parser",
+    "UsageError",
+    "add_common",
+    "opened",
+    "positive_float",
+    "positive_int",
+]
+
+# What a command is: it takes the parsed arguments and returns the exit code, or a
+# coroutine that does.
+Command = Callable[[argparse.Namespace], Any]
+
+# What :func:`tidings.admin.parse_position` reads (tail --from, offsets reset --to).
+POSITION_HELP = (
+    "earliest, latest, or a TIME: ISO-8601 (UTC unless it has an offset), e.g. "
+    "2026-11-22T10:00:00Z, or an age: 30s, 10m, 2h, 1d, 1h30m"
+)
+
+
+class UsageError(Exception):
+    """Bad usage: exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of ``tidings`` and of each of its commands."""
+
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: say what was wrong and where to look.
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """The options every command takes: ``--url`` and ``--json``."""
+    p.add_argument(
+        "--url", default=None, help=f"transport URL (default: $TIDINGS_URL, else {DEFAULT_URL})"
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def positive_int(text: str) -> int:
+    """An argument type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argument type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, *, create: bool = False) -> AsyncIterator[Tidings]:
+    """The log at ``url``; only a publish that may create topics may create it."""
+    transport = open_transport(url, create=create)
+    async with Tidings(url, service=admin.CLI_SOURCE, transport=transport) as app:
+        yield app
