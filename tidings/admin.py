@@ -1,7 +1,7 @@
 """Operating a log: the library behind ``tidings topics|groups|publish|tail|offsets``.
 
 Each function takes a started transport (or, to publish, a started Tidings app) and
-returns data; ``tidings.admin_cli`` only parses arguments and prints. A position in a
+returns data; ``tidings.cli`` only parses arguments and prints. A position in a
 topic is ``earliest``, ``latest``, a time (ISO-8601, UTC unless it has an offset, or an
 age such as ``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``) or, for offset resets, an
 offset that applies to every partition.

@@ -93,6 +93,15 @@ def default_url() -> str:
     return os.environ.get("TIDINGS_URL") or DEFAULT_URL
 
 
+def _check_extension_names(extensions: dict[str, Any]) -> None:
+    bad = [name for name in extensions if _EXTENSION_RE.fullmatch(name) is None]
+    if bad:
+        raise ConfigError(
+            f"extension name(s) {bad} are not valid CloudEvents attribute names: "
+            "use 1 to 20 lower-case letters or digits, e.g. 'tenantid'"
+        )
+
+
 def _positional_parameters(handler: Callable[..., Any]) -> int:
     """How many positional parameters ``handler`` takes: 1 (payload) or 2 (and ctx)."""
     params = [
@@ -340,12 +349,7 @@ class Tidings:
         if causation_id is None and scope is not None:
             causation_id = scope.causationid
         if extensions:
-            bad = [name for name in extensions if _EXTENSION_RE.fullmatch(name) is None]
-            if bad:
-                raise ConfigError(
-                    f"extension name(s) {bad} are not valid CloudEvents attribute names: "
-                    "use 1 to 20 lower-case letters or digits, e.g. 'tenantid'"
-                )
+            _check_extension_names(extensions)
         return Event(
             type=type,
             source=self.service,

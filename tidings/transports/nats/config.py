@@ -256,13 +256,7 @@ def parse_nats_url(url: str) -> NatsConfig:
         )
         for topic, options in sorted(per_topic.items())
     )
-    user, password, token = query.get("user"), query.get("password"), query.get("token")
-    if userinfo:
-        name, colon, secret = userinfo.partition(":")
-        if colon:
-            user, password = unquote(name), unquote(secret)
-        else:
-            token = unquote(name)
+    user, password, token = _credentials(userinfo, query)
     tls_raw = query.get("tls")
     if tls_raw is not None and tls_raw.lower() not in ("true", "false", "1", "0"):
         raise _fail("tls", tls_raw, "must be true or false", "tls=true")
@@ -289,6 +283,21 @@ def parse_nats_url(url: str) -> NatsConfig:
         tls_hostname=query.get("tls_hostname"),
     )
     return _check(cfg)
+
+
+def _credentials(
+    userinfo: str | None, query: dict[str, str]
+) -> tuple[str | None, str | None, str | None]:
+    """(user, password, token): from ``user:password@`` or ``token@`` in the URL, else
+    from the query."""
+    user, password, token = query.get("user"), query.get("password"), query.get("token")
+    if userinfo:
+        name, colon, secret = userinfo.partition(":")
+        if colon:
+            user, password = unquote(name), unquote(secret)
+        else:
+            token = unquote(name)
+    return user, password, token
 
 
 def _check(cfg: NatsConfig) -> NatsConfig:
