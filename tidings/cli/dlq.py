@@ -15,9 +15,8 @@ import orjson
 from tidings import admin, dead_letters
 from tidings.cli.common import add_common, opened
 from tidings.cli.output import cell, clip, confirm, print_json, progress, table, utc_text
-from tidings.codec import decode
 from tidings.dead_letters import DeadLetter, Filter
-from tidings.errors import ConfigError, EventError, TidingsError
+from tidings.errors import ConfigError, TidingsError
 
 __all__ = ["add_commands"]
 
@@ -124,13 +123,6 @@ def _when(ts: float) -> str:
     return utc_text(datetime.fromtimestamp(ts, UTC))
 
 
-def _summary(entry: DeadLetter, state: str) -> dict[str, Any]:
-    doc = entry.to_json()
-    del doc["kind"], doc["value"], doc["traceback"]
-    doc["state"] = state
-    return doc
-
-
 async def cmd_list(args: argparse.Namespace) -> int:
     where = _where(args)
     async with opened(args.url) as app:
@@ -139,7 +131,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
         )
     rows = [(e, s) for e, s in log.listing(include_resolved=args.all) if where(e)]
     if args.json:
-        print_json([_summary(e, s) for e, s in rows])
+        print_json([e.summary(s) for e, s in rows])
         return 0
     if not rows:
         print(f"no dead letters in group {args.group} match")
@@ -182,29 +174,13 @@ async def cmd_show(args: argparse.Namespace) -> int:
             f"no dead letter {args.id!r} in group {args.group}; see 'tidings dlq list "
             f"{args.group} --all'"
         )
-    docs = [_show_doc(entry, state) for entry, state in matches]
+    docs = [entry.detail(state) for entry, state in matches]
     if args.json:
         print_json(docs if len(docs) > 1 else docs[0])
         return 0
     for doc in docs:
         _print_doc(doc)
     return 0
-
-
-def _show_doc(entry: DeadLetter, state: str) -> dict[str, Any]:
-    """The entry's JSON with its state, and its original as ``event`` if it is a whole
-    event, else as ``value_text``."""
-    doc = entry.to_json()
-    del doc["kind"]
-    doc["state"] = state
-    try:
-        whole = not entry.truncated and _decodes(entry.value)
-        doc["event"] = orjson.loads(entry.value) if whole else None
-    except orjson.JSONDecodeError:
-        doc["event"] = None
-    if doc["event"] is None:
-        doc["value_text"] = entry.value.decode("utf-8", "replace")
-    return doc
 
 
 def _print_doc(doc: dict[str, Any]) -> None:
@@ -235,14 +211,6 @@ def _print_doc(doc: dict[str, Any]) -> None:
     print()
 
 
-def _decodes(value: bytes) -> bool:
-    try:
-        decode(value)
-    except EventError:
-        return False
-    return True
-
-
 def _progress(done: int, total: int) -> None:
     progress("replaying", done, total)
 
@@ -254,7 +222,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
         chosen, cut = dead_letters.replay_plan(log, where)
         if args.dry_run:
             if args.json:
-                print_json([_summary(e, "dead") for e in chosen])
+                print_json([e.summary("dead") for e in chosen])
             else:
                 for e in chosen:
                     print(f"would replay {e.entry} {e.type} {e.event_id}")

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 import orjson
 
+from tidings.codec import decode
 from tidings.envelope import new_id
-from tidings.errors import DecodeError, RetriesExhausted
+from tidings.errors import DecodeError, EventError, RetriesExhausted
 from tidings.transport import Record, Transport
 
 __all__ = [
@@ -134,6 +135,33 @@ class DeadLetter:
             "value_sha256": self.value_sha256,
             "value": base64.b64encode(self.value).decode("ascii"),
         }
+        return doc
+
+    def summary(self, state: str) -> dict[str, Any]:
+        """The entry as an operator lists it: its JSON form and ``state``, without the
+        original and the traceback."""
+        doc = self.to_json()
+        del doc["kind"], doc["value"], doc["traceback"]
+        doc["state"] = state
+        return doc
+
+    def detail(self, state: str) -> dict[str, Any]:
+        """The entry as an operator inspects it: its JSON form and ``state``, and the
+        original as ``event`` (the CloudEvents document) if it is a whole event, else as
+        ``value_text``."""
+        doc = self.to_json()
+        del doc["kind"]
+        doc["state"] = state
+        event = None
+        if not self.truncated:
+            try:
+                decode(self.value)
+                event = orjson.loads(self.value)
+            except (EventError, orjson.JSONDecodeError):
+                event = None
+        doc["event"] = event
+        if event is None:
+            doc["value_text"] = self.value.decode("utf-8", "replace")
         return doc
 
     def encode(self) -> bytes:
