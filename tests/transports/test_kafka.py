@@ -22,8 +22,7 @@ from tidings.testing import TransportConformance, drain, eventually
 from tidings.transport import FOREVER, Consumer, Transport
 from tidings.transport import positions as _positions
 from tidings.transports import open_transport
-from tidings.transports._kafka_consumer import KafkaConsumer
-from tidings.transports.kafka import SETTLE_QUIET, KafkaTransport
+from tidings.transports.kafka import SETTLE_QUIET, KafkaConsumer, KafkaTransport
 
 pytestmark = pytest.mark.integration
 
@@ -613,7 +612,7 @@ async def test_a_delivery_report_of_a_record_too_large_is_rejected_for_good() ->
     # producer allowed more) comes back in the delivery report.
     from confluent_kafka import KafkaError
 
-    from tidings.transports.kafka import _Acks
+    from tidings.transports.kafka.transport import _Acks
 
     for code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
         acks = _Acks(asyncio.get_running_loop(), "t", 1)
@@ -633,7 +632,7 @@ async def test_a_delivery_report_of_a_record_too_large_is_rejected_for_good() ->
 async def test_a_topic_created_to_keep_everything_has_no_retention_limit(
     kafka_url: str,
 ) -> None:
-    from tidings.transports.kafka import _rd_admin
+    from tidings.transports.kafka.transport import _rd_admin
 
     transport = open_transport(kafka_url)
     assert isinstance(transport, KafkaTransport)

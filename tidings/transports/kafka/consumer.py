@@ -35,7 +35,7 @@ from tidings.errors import ConfigError, ConsumerDead, TransportError
 from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
 
 if TYPE_CHECKING:
-    from tidings.transports.kafka import KafkaTransport
+    from tidings.transports.kafka.transport import KafkaTransport
 
 __all__ = ["KafkaConsumer"]
 
@@ -282,7 +282,7 @@ class _Member(Consumer):
             try:
                 self._consumer = RdConsumer(conf)
             except Exception as exc:
-                from tidings.transports.kafka import refused_settings
+                from tidings.transports.kafka.transport import refused_settings
 
                 raise refused_settings(exc, "consumer") from None
             self._consumer.subscribe(

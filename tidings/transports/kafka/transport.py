@@ -52,8 +52,8 @@ from tidings.transport import (
     Transport,
     check_topic_name,
 )
-from tidings.transports._kafka_consumer import KafkaConsumer, to_record
-from tidings.transports.kafka_config import parse_kafka_url
+from tidings.transports.kafka.config import parse_kafka_url
+from tidings.transports.kafka.consumer import KafkaConsumer, to_record
 
 __all__ = ["KafkaTransport"]
 
