@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from typing import Any
 
@@ -624,6 +625,42 @@ async def test_a_delivery_report_of_a_record_too_large_is_rejected_for_good() ->
     with pytest.raises(TransportError) as caught:
         await acks.future
     assert not isinstance(caught.value, RecordRejected)
+
+
+def test_native_errors_become_tidings_errors_in_one_place() -> None:
+    # tidings.transports.kafka.errors.translate: what librdkafka raises or reports, with
+    # what was being done first in the message and librdkafka's own words kept.
+    from confluent_kafka import KafkaError, KafkaException
+
+    from tidings.errors import TopicNotFound
+    from tidings.transports.kafka.errors import already_exists, fenced, translate
+
+    def kafka(code: int, *text: str) -> KafkaException:
+        return KafkaException(KafkaError(code, *text))
+
+    refused = kafka(KafkaError._INVALID_ARG, 'No such configuration property: "a.b"')
+    cases: list[tuple[Any, dict[str, Any], type[Exception], str]] = [
+        (kafka(KafkaError.MSG_SIZE_TOO_LARGE), {}, RecordRejected, "x: refused as too large"),
+        (KafkaError(KafkaError.RECORD_LIST_TOO_LARGE), {}, RecordRejected, "fails alike"),
+        (kafka(KafkaError.UNKNOWN_TOPIC_OR_PART), {}, TopicNotFound, "x: Broker: Unknown topic"),
+        (kafka(KafkaError.UNKNOWN_MEMBER_ID), {}, TransportError, "Unknown member.*MEMBER_ID"),
+        (KafkaError(KafkaError._MSG_TIMED_OUT), {}, TransportError, "x: Local: Message timed out"),
+        (TimeoutError(), {}, TransportError, "x: no answer from the broker in time"),
+        (BufferError("Local: Queue full"), {}, TransportError, "queue stayed full"),
+        (refused, {"client": "consumer"}, ConfigError, 'refused the consumer settings.*"a.b"'),
+        (RuntimeError("boom"), {"dead": True}, ConsumerDead, "x cannot go on.*RuntimeError"),
+    ]
+    for native, how, kind, says in cases:
+        translated = translate(native, "x", **how)
+        assert type(translated) is kind, (native, translated)
+        assert re.search(says, str(translated)), (native, translated)
+    mine = ConfigError("a setting")
+    assert translate(mine, "x", dead=True) is mine
+    assert translate(kafka(KafkaError._INVALID_ARG), "x").__class__ is TransportError
+    assert fenced(kafka(KafkaError.ILLEGAL_GENERATION))
+    assert not fenced(kafka(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    assert already_exists(kafka(KafkaError.TOPIC_ALREADY_EXISTS))
+    assert not already_exists(RuntimeError("no"))
 
 
 # -- retention (finding 3) ---------------------------------------------------------------

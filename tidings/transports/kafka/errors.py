@@ -1,8 +1,11 @@
 """The Kafka adapter's boundary for errors: what confluent-kafka raises or reports
 (``KafkaException``, a ``KafkaError`` in a delivery report or a message, a timeout of
-one of its futures) becomes an error of ``tidings.errors`` in :func:`translate`, and
-nowhere else. The other functions here only classify native errors (is a commit
-refusal worth trying again, does a topic exist already) or check for the client.
+one of its futures, a full local queue) becomes an error of ``tidings.errors`` in
+:func:`translate`, and nowhere else. The other functions here only classify native
+errors (is a commit refusal worth trying again, does a topic exist already) or check
+for the client. The adapter's own refusals (a record over the producer's size limit, a
+group with members, a topic the broker's metadata does not list, a join that never
+came) are raised where they are decided.
 
 confluent-kafka is an optional dependency: it is imported where it is used.
 """
@@ -41,7 +44,7 @@ def not_started(url: str) -> TransportError:
 
 
 def translate(
-    error: BaseException, what: str, *, client: str | None = None, dead: bool = False
+    error: object, what: str, *, client: str | None = None, dead: bool = False
 ) -> TransportError | ConfigError:
     """The tidings error for ``error`` (an exception, or a bare ``KafkaError`` from a
     delivery report or a message) met while doing ``what``, which starts its message.
@@ -57,14 +60,14 @@ def translate(
         if isinstance(error, ConfigError):
             return error
         gone = ConsumerDead(f"{what} cannot go on: its polling thread stopped: {error!r}")
-        gone.__cause__ = error
+        gone.__cause__ = error if isinstance(error, BaseException) else None
         return gone
     if isinstance(error, TransportError | ConfigError):
         return error
     from confluent_kafka import KafkaError
 
-    err = error if isinstance(error, KafkaError) else (error.args[0] if error.args else None)
-    if not isinstance(err, KafkaError):
+    err = error if isinstance(error, KafkaError) else _carried(error)
+    if err is None:
         if isinstance(error, TimeoutError):  # a future's result(timeout) ran out
             return TransportError(f"{what}: no answer from the broker in time")
         if isinstance(error, BufferError):  # the producer's local queue stayed full
@@ -101,11 +104,17 @@ async def in_thread(fn: Callable[[], T], what: str) -> T:
         raise translate(exc, what) from exc
 
 
-def _code(exc: BaseException) -> Any:
+def _carried(exc: object) -> Any:
+    """The ``KafkaError`` a ``KafkaException`` (or another exception) carries, or None."""
     from confluent_kafka import KafkaError
 
-    err = exc.args[0] if exc.args else None
-    return err.code() if isinstance(err, KafkaError) else None
+    err = exc.args[0] if isinstance(exc, BaseException) and exc.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
+def _code(exc: BaseException) -> Any:
+    err = _carried(exc)
+    return None if err is None else err.code()
 
 
 def fenced(exc: BaseException) -> bool:
