@@ -55,7 +55,7 @@ from bench._contest import (
 )
 from tidings.codec.binary import to_kafka
 from tidings.partitioning import partition_for
-from tidings.transports.kafka_config import KafkaConfig
+from tidings.transports.kafka import KafkaConfig
 
 MAX_RECORDS = 500  # per raw fetch, as the Worker's fetch_max
 FETCH_SECONDS = 0.1  # how long one raw fetch may wait for a first message

@@ -55,7 +55,7 @@ from bench._race import (
     main as race_main,
 )
 from devservers.tansu import tansu_binary, tansu_version
-from tidings.transports.kafka_config import parse_kafka_url
+from tidings.transports.kafka import parse_kafka_url
 
 FETCH_WAIT_MS = 10  # Tansu answers a waiting fetch only when this runs out
 SESSION_TIMEOUT_MS = 2000  # Tansu completes a join after half of it

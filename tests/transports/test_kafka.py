@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from typing import Any
 
@@ -22,8 +23,7 @@ from tidings.testing import TransportConformance, drain, eventually
 from tidings.transport import FOREVER, Consumer, Transport
 from tidings.transport import positions as _positions
 from tidings.transports import open_transport
-from tidings.transports._kafka_consumer import KafkaConsumer
-from tidings.transports.kafka import SETTLE_QUIET, KafkaTransport
+from tidings.transports.kafka import SETTLE_QUIET, KafkaConsumer, KafkaTransport
 
 pytestmark = pytest.mark.integration
 
@@ -192,7 +192,7 @@ async def _leader_leaves_mid_rebalance(
     async def rebalancing() -> bool:
         from confluent_kafka import ConsumerGroupState
 
-        described = await transport._describe("g", 10)
+        described = await transport._admin.describe("g", 10)
         return bool(described.state != ConsumerGroupState.STABLE)
 
     await eventually(rebalancing, what="C's join to begin a rebalance")
@@ -201,7 +201,7 @@ async def _leader_leaves_mid_rebalance(
         async def at_once(group: str, timeout: float) -> bool:
             return False
 
-        monkeypatch.setattr(transport, "settled", at_once)
+        monkeypatch.setattr(transport._admin, "settled", at_once)
     await a.close()
     return transport, [b, c], joining
 
@@ -274,7 +274,7 @@ async def test_a_leaving_member_waits_out_the_stable_moment_between_two_rounds(
     assert isinstance(transport, KafkaTransport)
     await transport.start()
     try:
-        monkeypatch.setattr(transport, "_describe", describe)
+        monkeypatch.setattr(transport._admin, "describe", describe)
         began = time.monotonic()
         assert await transport.settled("g", 10)
         assert len(seen) > len(script) + 1, f"left at look {len(seen)}: {seen}"
@@ -613,7 +613,7 @@ async def test_a_delivery_report_of_a_record_too_large_is_rejected_for_good() ->
     # producer allowed more) comes back in the delivery report.
     from confluent_kafka import KafkaError
 
-    from tidings.transports.kafka import _Acks
+    from tidings.transports.kafka.producer import _Acks
 
     for code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
         acks = _Acks(asyncio.get_running_loop(), "t", 1)
@@ -627,20 +627,56 @@ async def test_a_delivery_report_of_a_record_too_large_is_rejected_for_good() ->
     assert not isinstance(caught.value, RecordRejected)
 
 
+def test_native_errors_become_tidings_errors_in_one_place() -> None:
+    # tidings.transports.kafka.errors.translate: what librdkafka raises or reports, with
+    # what was being done first in the message and librdkafka's own words kept.
+    from confluent_kafka import KafkaError, KafkaException
+
+    from tidings.errors import TopicNotFound
+    from tidings.transports.kafka.errors import already_exists, fenced, translate
+
+    def kafka(code: int, *text: str) -> KafkaException:
+        return KafkaException(KafkaError(code, *text))
+
+    refused = kafka(KafkaError._INVALID_ARG, 'No such configuration property: "a.b"')
+    cases: list[tuple[Any, dict[str, Any], type[Exception], str]] = [
+        (kafka(KafkaError.MSG_SIZE_TOO_LARGE), {}, RecordRejected, "x: refused as too large"),
+        (KafkaError(KafkaError.RECORD_LIST_TOO_LARGE), {}, RecordRejected, "fails alike"),
+        (kafka(KafkaError.UNKNOWN_TOPIC_OR_PART), {}, TopicNotFound, "x: Broker: Unknown topic"),
+        (kafka(KafkaError.UNKNOWN_MEMBER_ID), {}, TransportError, "Unknown member.*MEMBER_ID"),
+        (KafkaError(KafkaError._MSG_TIMED_OUT), {}, TransportError, "x: Local: Message timed out"),
+        (TimeoutError(), {}, TransportError, "x: no answer from the broker in time"),
+        (BufferError("Local: Queue full"), {}, TransportError, "queue stayed full"),
+        (refused, {"client": "consumer"}, ConfigError, 'refused the consumer settings.*"a.b"'),
+        (RuntimeError("boom"), {"dead": True}, ConsumerDead, "x cannot go on.*RuntimeError"),
+    ]
+    for native, how, kind, says in cases:
+        translated = translate(native, "x", **how)
+        assert type(translated) is kind, (native, translated)
+        assert re.search(says, str(translated)), (native, translated)
+    mine = ConfigError("a setting")
+    assert translate(mine, "x", dead=True) is mine
+    assert translate(kafka(KafkaError._INVALID_ARG), "x").__class__ is TransportError
+    assert fenced(kafka(KafkaError.ILLEGAL_GENERATION))
+    assert not fenced(kafka(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    assert already_exists(kafka(KafkaError.TOPIC_ALREADY_EXISTS))
+    assert not already_exists(RuntimeError("no"))
+
+
 # -- retention (finding 3) ---------------------------------------------------------------
 
 
 async def test_a_topic_created_to_keep_everything_has_no_retention_limit(
     kafka_url: str,
 ) -> None:
-    from tidings.transports.kafka import _rd_admin
+    from tidings.transports.kafka.admin import _rd_admin
 
     transport = open_transport(kafka_url)
     assert isinstance(transport, KafkaTransport)
     await transport.start()
     try:
         await transport.create_topic("t", 1, retention_ms=FOREVER, retention_bytes=FOREVER)
-        [future] = transport._admin.describe_configs(
+        [future] = transport._admin.native.describe_configs(
             [_rd_admin().ConfigResource("topic", "t")]
         ).values()
         config = await asyncio.to_thread(future.result, 10)
@@ -678,7 +714,7 @@ async def test_groups_count_what_retention_removed_before_the_group_read_it(
         async def moved_starts(topic: str, count: int) -> dict[int, int]:
             return {p: starts[p] for p in range(count)}
 
-        monkeypatch.setattr(transport, "_starts", moved_starts)
+        monkeypatch.setattr(transport._admin, "starts", moved_starts)
         [info] = [g for g in await transport.groups() if g.group == "g"]
         rows = {p.partition: (p.committed, p.start, p.lost, p.lag) for p in info.partitions}
         assert rows == {0: (3, 7, 4, 3), 1: (8, 7, 0, 2), 2: (None, 7, 0, 3)}
@@ -703,9 +739,9 @@ async def test_offsets_of_a_group_in_any_state_but_empty_are_not_moved(state: st
     async def describe(group: str, timeout: float = 0) -> Any:
         return SimpleNamespace(state=getattr(ConsumerGroupState, state), members=[])
 
-    transport._describe = describe  # type: ignore[method-assign]
+    transport._admin.describe = describe  # type: ignore[method-assign]
     with pytest.raises(GroupBusy, match=state):
-        await transport._check_no_other_members("g", 0, force=True)
+        await transport._admin.check_no_other_members("g", 0, force=True)
     for idle in ("EMPTY", "DEAD"):
         state = idle
-        await transport._check_no_other_members("g", 0, force=True)  # no error
+        await transport._admin.check_no_other_members("g", 0, force=True)  # no error

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tidings.errors import ConfigError
-from tidings.transports.kafka_config import KafkaConfig, parse_kafka_url
+from tidings.transports.kafka import KafkaConfig, parse_kafka_url
 
 
 def test_defaults_are_safe_for_production() -> None:

@@ -1,13 +1,14 @@
-"""One Kafka consumer-group member: a ``confluent_kafka.Consumer`` on its own thread.
+"""One librdkafka group member, of one topic, on its own polling thread.
 
 The thread polls all the time, not only while someone fetches: librdkafka runs the
 rebalance callbacks inside ``poll``, so a member whose worker is busy in a slow handler
 must still answer a rebalance (and stay within ``max.poll.interval.ms``). Polled
-messages go into a buffer that :meth:`KafkaConsumer.fetch` takes from; once it holds
-``BUFFER`` messages the thread takes at most one per poll (a ``poll`` returns one
-message at most), which bounds it while still serving the callbacks. Pausing the
-partitions instead cost ~0.9 s after each resume on Tansu (a backlog drained at
-~2,500 events/s instead of ~11,000).
+messages go into a buffer that :meth:`Member.take` takes from (for
+:meth:`KafkaConsumer.fetch <tidings.transports.kafka.consumer.KafkaConsumer.fetch>`);
+once it holds ``BUFFER`` messages the thread takes at most one per poll (a ``poll``
+returns one message at most), which bounds it while still serving the callbacks.
+Pausing the partitions instead cost ~0.9 s after each resume on Tansu (a backlog
+drained at ~2,500 events/s instead of ~11,000).
 
 Every call into the librdkafka consumer is made on that thread. Commits are requests it
 serves between polls: a commit made from another thread while this one polls in a loop
@@ -28,203 +29,28 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tidings.codec.binary import from_kafka
-from tidings.errors import ConfigError, ConsumerDead, TransportError
+from tidings.errors import ConfigError, TransportError
 from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
+from tidings.transports.kafka.client import TransportClient
+from tidings.transports.kafka.errors import fenced, translate
 
-if TYPE_CHECKING:
-    from tidings.transports.kafka import KafkaTransport
-
-__all__ = ["KafkaConsumer"]
+__all__ = ["Member"]
 
 log = logging.getLogger("tidings.kafka")
 
 JOIN_TIMEOUT = 60.0  # seconds for the first assignment (docs/kafka.md: Tansu's joins)
 REVOKE_TIMEOUT = 60.0  # how long on_revoke may hold a rebalance
-SETTLE_TIMEOUT = 10.0  # how long a leaving member waits for its group to be Stable
-SAVE_TIMEOUT = 10.0  # seconds to ask a partition's committed offset in a rebalance callback
 BUFFER = 2000  # messages polled ahead of fetch; beyond it, one per poll at most
 POLL = 0.02  # seconds one poll may block: how long a commit request may wait to be served
-
-
-SHARED = 20_000  # records kept for the transport's other groups (then forgotten at once)
-
-
-def to_record(msg: Any, generation: int = 0) -> Record:
-    key = msg.key()
-    return Record(
-        msg.topic(),
-        msg.partition(),
-        msg.offset(),
-        msg.timestamp()[1],
-        key.decode("utf-8", "replace") if key is not None else None,
-        from_kafka(msg.value(), msg.headers()),
-        generation,
-    )
-
-
-def to_records(
-    msgs: list[Any], leases: Mapping[TopicPartition, int], shared: dict[Any, Record] | None
-) -> list[Record]:
-    """The Records of polled messages of partitions still owned (``leases``: partition ->
-    the lease generation it is owned under, which each record carries).
-
-    With ``shared`` (several groups read through one transport), a record converted for
-    one group is reused by the others: they read the same records at about the same
-    time, and the conversion (``from_kafka``) is most of what reading costs here. Keyed
-    by position and timestamp, since a topic deleted and created again reuses offsets.
-    """
-    out = []
-    for m in msgs:
-        topic, partition = m.topic(), m.partition()
-        generation = leases.get((topic, partition))
-        if generation is None:
-            continue  # revoked since it was polled
-        if shared is None:
-            out.append(to_record(m, generation))
-            continue
-        place = (topic, partition, m.offset(), m.timestamp()[1])
-        record = shared.get(place)
-        if record is None:
-            if len(shared) >= SHARED:
-                shared.clear()  # cheaper than evicting one by one
-            record = shared[place] = to_record(m, generation)
-        elif record.generation != generation:  # another group's lease
-            record = record._replace(generation=generation)
-        out.append(record)
-    return out
 
 
 async def _wrap(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
-class KafkaConsumer(Consumer):
-    """A member of a tidings group on Kafka: one librdkafka group member per topic.
-
-    librdkafka's cooperative-sticky assignor balances the *number* of partitions over
-    all the topics a member subscribes to, not topic by topic: a worker joining a group
-    that reads ``tasks`` and its retry topic was given the 8 idle retry partitions and
-    none of ``tasks`` (tests/transports/test_broker_processes.py). With one member per
-    topic, each topic is shared among exactly the members that read it, evenly.
-    """
-
-    def __init__(
-        self,
-        transport: KafkaTransport,
-        group: str,
-        topics: Sequence[str],
-        start_from: StartFrom,
-        on_revoke: RevokeCallback | None,
-    ) -> None:
-        super().__init__(group, topics, start_from, on_revoke)
-        self._transport = transport
-        self._members = [_Member(transport, group, [t], start_from, on_revoke) for t in topics]
-        self._arrived: asyncio.Event | None = None
-        self._turn = 0  # which member's records a fetch takes first
-        self.closed = False
-
-    async def start(self) -> None:
-        """Join the group (every member); return once each assignment is known."""
-        self._arrived = asyncio.Event()
-        for m in self._members:
-            m.member, m._arrived = self.member, self._arrived
-        self._transport._live.add(self)
-        try:
-            for m in self._members:  # one at a time: each join is one rebalance
-                await m.start()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        if self._arrived is None or self.closed:
-            raise TransportError(f"consumer of group {self.group!r} is not started or closed")
-        deadline = time.monotonic() + timeout
-        while True:
-            self._arrived.clear()
-            out: list[Any] = []
-            leases: dict[TopicPartition, int] = {}
-            count = len(self._members)
-            self._turn = (self._turn + 1) % count
-            for i in range(count):
-                member = self._members[(self._turn + i) % count]
-                if member._error is not None:
-                    raise member.dead()
-                taken, owned = member.take(max_records - len(out))
-                if taken:
-                    out += taken
-                    leases.update(owned)
-                if len(out) >= max_records:
-                    break
-            if out:
-                transport = self._transport
-                shared = transport._shared if len(transport._live) > 1 else None
-                return to_records(out, leases, shared)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            try:  # asyncio.timeout: wait_for would wrap the wait in a task (3.11)
-                async with asyncio.timeout(remaining):
-                    await self._arrived.wait()
-            except TimeoutError:
-                return []
-
-    async def commit(self, offsets: Mapping[TopicPartition, Position]) -> None:
-        """Commit synchronously; offsets of partitions not owned now are dropped (fenced)."""
-        await asyncio.gather(
-            *(
-                m.commit({tp: o for tp, o in offsets.items() if tp[0] == m.topics[0]})
-                for m in self._members
-                if any(tp[0] == m.topics[0] for tp in offsets)
-            )
-        )
-
-    def assignment(self) -> frozenset[TopicPartition]:
-        return frozenset().union(*(m.assignment() for m in self._members))
-
-    def generation(self, tp: TopicPartition) -> int | None:
-        for m in self._members:
-            if tp[0] == m.topics[0]:
-                return m.generation(tp)
-        return None
-
-    @property
-    def kafka_members(self) -> int:
-        """How many librdkafka group members this is (one per topic)."""
-        return len(self._members)
-
-    async def reset(self, topic: str, offsets: Mapping[int, int]) -> None:
-        """Move owned partitions of ``topic`` to ``offsets`` and commit them there (a
-        forced reset): ``on_revoke`` runs for them first, then they are owned under a new
-        generation, so nothing fetched before the reset can be committed after it."""
-        for m in self._members:
-            if m.topics[0] == topic:
-                await m.reset({(topic, p): o for p, o in offsets.items()})
-
-    async def close(self) -> None:
-        """Leave the group (on_revoke runs for what is owned); commit nothing.
-
-        The members leave one at a time, each once the group is Stable (at most
-        ``SETTLE_TIMEOUT`` each): on Tansu, a member that leaves while it leads a
-        rebalance under way (one that another member's join or leave began, or the
-        second round of a cooperative one) leaves the group waiting for it forever, and
-        the members left are never given its partitions (docs/kafka.md, difference 6).
-        Each leave begins a rebalance of its own, so the next member waits for it too.
-        """
-        if self.closed:
-            return
-        self.closed = True
-        self._transport._live.discard(self)
-        for m in self._members:
-            if m.joined:
-                await self._transport.settled(self.group, SETTLE_TIMEOUT)
-            await m.close()
-
-
-class _Member(Consumer):
+class Member(Consumer):
     """One librdkafka group member, of one topic, on its own polling thread.
 
     Leases: each partition has a generation, counted here (librdkafka's group generation
@@ -237,14 +63,14 @@ class _Member(Consumer):
 
     def __init__(
         self,
-        transport: KafkaTransport,
+        client: TransportClient[Any],
         group: str,
         topics: Sequence[str],
         start_from: StartFrom,
         on_revoke: RevokeCallback | None,
     ) -> None:
         super().__init__(group, topics, start_from, on_revoke)
-        self._transport = transport
+        self._client = client
         self._consumer: Any = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -255,7 +81,7 @@ class _Member(Consumer):
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._generations: dict[TopicPartition, int] = {}
         self._joined: asyncio.Future[None] | None = None
-        self._arrived: asyncio.Event | None = None  # set when the buffer gains messages
+        self.arrived: asyncio.Event | None = None  # set when the buffer gains messages
         self._buffer: deque[Any] = deque()
         # Polling thread only: handled offsets of owned partitions the broker has not
         # taken (a commit it refused for its own stale generation, or during a
@@ -270,7 +96,7 @@ class _Member(Consumer):
         self._closed_down: asyncio.Future[None] | None = None
         # Why the polling thread ended, if it failed (a ConfigError at start, else
         # ConsumerDead); set on that thread before it serves its last requests.
-        self._error: TransportError | ConfigError | None = None
+        self.error: TransportError | ConfigError | None = None
         self.closed = False
 
     # -- the polling thread ------------------------------------------------------------
@@ -282,9 +108,9 @@ class _Member(Consumer):
             try:
                 self._consumer = RdConsumer(conf)
             except Exception as exc:
-                from tidings.transports.kafka import refused_settings
-
-                raise refused_settings(exc, "consumer") from None
+                raise translate(
+                    exc, f"group {self.group!r}: creating its consumer", client="consumer"
+                ) from None
             self._consumer.subscribe(
                 list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
@@ -294,26 +120,19 @@ class _Member(Consumer):
                 self._poll()
         except BaseException as exc:  # reported to start, fetch and commit
             log.exception("Kafka consumer of group %r stopped", self.group)
-            self._error = self._ending(exc)
-            self._to_loop(self._fail, self._error)
+            self.error = translate(
+                exc,
+                f"the Kafka consumer of group {self.group!r} (topic {self.topics[0]!r})",
+                dead=True,  # ConsumerDead; a setting librdkafka refused stays a ConfigError
+            )
+            self._to_loop(self._fail, self.error)
         finally:
             self._close_sync()
-
-    def _ending(self, exc: BaseException) -> TransportError | ConfigError:
-        """What fetch and commit raise once the polling thread ended with ``exc``."""
-        if isinstance(exc, ConfigError):
-            return exc  # a setting librdkafka refused, at start: the caller's to fix
-        error = ConsumerDead(
-            f"the Kafka consumer of group {self.group!r} (topic {self.topics[0]!r}) cannot "
-            f"go on: its polling thread stopped: {exc!r}"
-        )
-        error.__cause__ = exc
-        return error
 
     def dead(self) -> TransportError | ConfigError:
         """A fresh copy of the error the polling thread ended with (raised again and
         again, one instance would collect every traceback)."""
-        error = self._error
+        error = self.error
         assert error is not None
         copy = type(error)(*error.args)
         copy.__cause__ = error.__cause__
@@ -340,7 +159,7 @@ class _Member(Consumer):
         """Run ``fn`` on the polling thread (where every consumer call is made)."""
         future: Future[Any] = Future()
         with self._lock:
-            if self._error is not None:
+            if self.error is not None:
                 raise self.dead()
             if not self._accepting:
                 raise TransportError(f"consumer of group {self.group!r} is closed")
@@ -364,7 +183,7 @@ class _Member(Consumer):
                 if err is None:
                     continue
                 if err.fatal():
-                    raise TransportError(f"group {self.group!r}: {err.str()}")
+                    raise translate(err, f"group {self.group!r}")
                 log.warning("group %r: %s", self.group, err.str())
         if good:
             with self._lock:
@@ -486,8 +305,8 @@ class _Member(Consumer):
                 loop.call_soon_threadsafe(fn, *args)
 
     def _wake(self) -> None:
-        if self._arrived is not None:
-            self._arrived.set()
+        if self.arrived is not None:
+            self.arrived.set()
 
     def _settle_joined(self) -> None:
         if self._joined is not None and not self._joined.done():
@@ -508,13 +327,13 @@ class _Member(Consumer):
         """Join the group; return once the first assignment is known (maybe empty)."""
         self._loop = loop = asyncio.get_running_loop()
         for topic in self.topics:  # subscribing to a missing topic is an error in Kafka
-            await self._transport.create_topic(topic)
-        conf = self._transport.config.consumer(self.group, self.start_from)
+            await self._client.create_topic(topic)
+        conf = self._client.config.consumer(self.group, self.start_from)
         conf["client.id"] = f"{conf['client.id']}-{self.member}"  # groups() shows it
         self._joined = loop.create_future()
         self._closed_down = loop.create_future()
-        if self._arrived is None:
-            self._arrived = asyncio.Event()
+        if self.arrived is None:
+            self.arrived = asyncio.Event()
         self._thread = threading.Thread(
             target=self._main, args=(conf,), name=f"kafka-{self.group}", daemon=True
         )
@@ -524,7 +343,7 @@ class _Member(Consumer):
         except TimeoutError:
             await self.close()
             raise TransportError(
-                f"group {self.group!r}: no assignment from {self._transport.url} after "
+                f"group {self.group!r}: no assignment from {self._client.url} after "
                 f"{JOIN_TIMEOUT:.0f} s; is the broker reachable and the group coordinator up?"
             ) from None
         except (TransportError, ConfigError):
@@ -558,7 +377,7 @@ class _Member(Consumer):
         from there were read and handled again when the partitions came back
         (docs/kafka.md, "Open").
         """
-        if self._error is not None:
+        if self.error is not None:
             raise self.dead()
         if self._consumer is None or not any(tp in self._assigned for tp in offsets):
             return
@@ -582,14 +401,14 @@ class _Member(Consumer):
         try:
             self._commit_sync(want)
         except Exception as exc:
-            if self._fenced(exc):
+            if fenced(exc):
                 log.info(
                     "group %r: commit refused (%s); kept to commit again once the group "
                     "has settled",
                     self.group, exc,
                 )  # fmt: skip
                 return
-            raise TransportError(f"group {self.group!r}: commit failed: {exc}") from exc
+            raise translate(exc, f"group {self.group!r}: commit failed") from exc
 
     def _commit_sync(self, want: Mapping[TopicPartition, Position]) -> None:
         """Commit ``want`` (polling thread); forget what the broker took."""
@@ -604,19 +423,6 @@ class _Member(Consumer):
                     self._unsaved.pop(tp, None)
             else:
                 log.info("group %r: commit of %s refused: %s; kept", self.group, tp, c.error)
-
-    @staticmethod
-    def _fenced(exc: Exception) -> bool:
-        from confluent_kafka import KafkaError
-
-        err = exc.args[0] if exc.args else None
-        return isinstance(err, KafkaError) and err.code() in (
-            KafkaError.ILLEGAL_GENERATION,
-            KafkaError.UNKNOWN_MEMBER_ID,
-            KafkaError.REBALANCE_IN_PROGRESS,
-            KafkaError._STATE,
-            KafkaError._ASSIGNMENT_LOST,
-        )
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assigned
