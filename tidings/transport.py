@@ -44,6 +44,7 @@ __all__ = [
     "Transport",
     "check_group_name",
     "check_topic_name",
+    "keep_unread_refused",
     "new_member_id",
     "positions",
 ]
@@ -64,6 +65,16 @@ FOREVER = -1
 FENCE_AFTER = 0.75
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def keep_unread_refused(url: str, topic: str) -> ConfigError:
+    """The error of a broker that applies its own retention (Kafka, NATS) when asked to
+    keep what a group has not read."""
+    return ConfigError(
+        f"topic {topic!r}: keep_unread needs a log that deletes records itself "
+        f"(SQLite); {url.split(':', 1)[0]}'s broker applies its own retention, "
+        "so set a retention long enough for your slowest group instead"
+    )
 
 
 def check_topic_name(topic: str) -> str:

@@ -20,6 +20,7 @@ from tidings.transport import (
     PartitionInfo,
     TopicInfo,
     check_topic_name,
+    keep_unread_refused,
 )
 from tidings.transports.kafka.config import KafkaConfig
 from tidings.transports.kafka.errors import already_exists, in_thread, not_started
@@ -69,11 +70,7 @@ class Admin:
     ) -> TopicInfo:
         check_topic_name(topic)
         if keep_unread:
-            raise ConfigError(
-                f"topic {topic!r}: keep_unread needs a log that deletes records itself "
-                f"(SQLite); {self.url.split(':', 1)[0]}'s broker applies its own retention, "
-                "so set a retention long enough for your slowest group instead"
-            )
+            raise keep_unread_refused(self.url, topic)
         for name, value in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
             if value is not None and value < 0 and value != FOREVER:
                 raise ConfigError(

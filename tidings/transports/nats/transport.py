@@ -28,6 +28,7 @@ from tidings.transport import (
     TopicInfo,
     Transport,
     check_topic_name,
+    keep_unread_refused,
 )
 from tidings.transports.nats.client import JetStreamClient
 from tidings.transports.nats.config import NatsConfig, parse_nats_url
@@ -127,11 +128,7 @@ class NatsTransport(Transport):
     ) -> TopicInfo:
         check_topic_name(topic)
         if keep_unread:
-            raise ConfigError(
-                f"topic {topic!r}: keep_unread needs a log that deletes records itself "
-                f"(SQLite); {self.url.split(':', 1)[0]}'s broker applies its own retention, "
-                "so set a retention long enough for your slowest group instead"
-            )
+            raise keep_unread_refused(self.url, topic)
         if partitions is not None and partitions < 1:
             raise ConfigError(f"topic {topic!r} needs at least 1 partition, got {partitions}")
         await self.streams.ensure(topic, partitions, retention_ms, retention_bytes)
