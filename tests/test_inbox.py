@@ -353,7 +353,7 @@ async def test_a_new_sqlite_inbox_waits_for_another_processes_write(
 async def test_a_new_sqlite_inbox_locked_past_its_timeout_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("tidings.inbox.SQLITE_TIMEOUT", 0.2)
+    monkeypatch.setattr("tidings.inbox._sides.SQLITE_TIMEOUT", 0.2)
     path = tmp_path / "inbox.db"
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -373,7 +373,7 @@ async def test_a_mark_that_cannot_be_written_fails_the_delivery_for_retry(
 ) -> None:
     inbox = Inbox(f"sqlite:///{tmp_path / 'ids.db'}")
     closing.append(inbox)
-    write_marks = inbox._write_marks
+    write_marks = inbox._store._write_marks  # type: ignore[attr-defined]
     failures = [RuntimeError("disk I/O error")]
 
     def flaky_write(*args: Any) -> list[bool]:
@@ -381,7 +381,7 @@ async def test_a_mark_that_cannot_be_written_fails_the_delivery_for_retry(
             raise failures.pop()
         return write_marks(*args)
 
-    inbox._write_marks = flaky_write  # type: ignore[method-assign]
+    inbox._store._write_marks = flaky_write  # type: ignore[attr-defined]
     sent: list[str] = []
 
     @app.subscriber(TOPIC, group="email", inbox=inbox)
@@ -493,9 +493,10 @@ async def test_async_drivers_without_a_direct_path_go_through_sqlalchemy(
     closing.append(async_engine)
     inbox = Inbox(async_engine)
     closing.append(inbox)
-    assert inbox._async is not None
-    assert inbox._async.driver in ("aiosqlite", "psycopg")
-    inbox._async = dataclasses.replace(inbox._async, driver="")
+    sides = inbox._sides
+    assert sides._async is not None
+    assert sides._async.driver in ("aiosqlite", "psycopg")
+    sides._async = dataclasses.replace(sides._async, driver="")
     calls: list[str] = []
     if uses_session:
         subscribe_writer(app, inbox, "async", calls)
