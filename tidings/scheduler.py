@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from tidings._sql import transaction, twice_async
 from tidings.envelope import Event
-from tidings.outbox import Outbox, OutboxError, OutboxRelay, OutboxStatus, Publisher
+from tidings.outbox import Outbox, OutboxApp, OutboxError, OutboxRelay, OutboxStatus
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -71,7 +71,7 @@ class Scheduler:
     """
 
     def __init__(
-        self, app: Publisher, db: str | Engine | AsyncEngine, *, table: str = SCHEDULER_TABLE
+        self, app: OutboxApp, db: str | Engine | AsyncEngine, *, table: str = SCHEDULER_TABLE
     ) -> None:
         self.outbox = Outbox(app, db, table=table)
         self._ready = False

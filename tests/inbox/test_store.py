@@ -37,7 +37,8 @@ from tests.inbox.helpers import (
     writer,
 )
 from tidings import ConfigError, Context, Tidings
-from tidings.inbox import SWEEP_BATCH, Inbox
+from tidings.inbox import Inbox
+from tidings.inbox._retention import SWEEP_BATCH
 from tidings.middleware import Delivery, Stats
 from tidings.middleware.inbox import InboxMiddleware
 from tidings.testing import eventually, running

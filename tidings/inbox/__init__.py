@@ -77,6 +77,5 @@ What happens around a handler call is :class:`tidings.middleware.InboxMiddleware
 """
 
 from tidings.inbox._inbox import DEFAULT_RETENTION, DEFAULT_TABLE, Inbox
-from tidings.inbox._retention import SWEEP_BATCH
 
-__all__ = ["DEFAULT_RETENTION", "DEFAULT_TABLE", "SWEEP_BATCH", "Inbox"]
+__all__ = ["DEFAULT_RETENTION", "DEFAULT_TABLE", "Inbox"]

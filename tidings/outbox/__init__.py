@@ -45,25 +45,25 @@ What the relay guarantees (the reasoning is in ``docs/decisions/0004-outbox.md``
 
 The package: the table and :meth:`Outbox.add` (``_outbox``), the relay with its lease
 (``_relay``, ``_lease``), ``status`` (``_status``), and what the outbox needs of the
-app it publishes through, :class:`Publisher` (``_publisher``): the outbox depends on
+app it publishes through, :class:`OutboxApp` (``_app``): the outbox depends on
 that, not on :class:`tidings.Tidings`.
 """
 
 from tidings._sql import UTCDateTime
+from tidings.outbox._app import OutboxApp, RecordLog
 from tidings.outbox._outbox import Outbox
-from tidings.outbox._publisher import Publisher, RecordLog
-from tidings.outbox._relay import MAX_BATCH, OutboxRelay
+from tidings.outbox._relay import MAX_BATCH as MAX_BATCH
+from tidings.outbox._relay import OutboxRelay
 from tidings.outbox._status import OutboxStatus
-from tidings.outbox._tables import DEFAULT_TABLE, OutboxError
+from tidings.outbox._tables import DEFAULT_TABLE as DEFAULT_TABLE
+from tidings.outbox._tables import OutboxError
 
 __all__ = [
-    "DEFAULT_TABLE",
-    "MAX_BATCH",
     "Outbox",
+    "OutboxApp",
     "OutboxError",
     "OutboxRelay",
     "OutboxStatus",
-    "Publisher",
     "RecordLog",
     "UTCDateTime",
 ]

@@ -20,7 +20,7 @@ from tidings.codec import encode
 from tidings.envelope import Event
 from tidings.errors import ConfigError
 from tidings.outbox import _tables
-from tidings.outbox._publisher import Publisher
+from tidings.outbox._app import OutboxApp
 from tidings.outbox._relay import OutboxRelay
 from tidings.outbox._status import OutboxStatus, read_status
 from tidings.outbox._tables import DEFAULT_TABLE, OutboxError, reason
@@ -74,7 +74,7 @@ class Outbox:
 
     def __init__(
         self,
-        app: Publisher,
+        app: OutboxApp,
         db: str | Engine | AsyncEngine,
         *,
         topic: str | None = None,

@@ -16,9 +16,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from tidings._sql import Threads, transaction
 from tidings.errors import ConfigError
+from tidings.outbox._app import OutboxApp
 from tidings.outbox._lease import Lease, acquire
 from tidings.outbox._lease import release as release_lease
-from tidings.outbox._publisher import Publisher
 from tidings.outbox._tables import reason
 from tidings.transport import Clock, new_member_id
 
@@ -40,7 +40,7 @@ class RelayedOutbox(Protocol):
     """What a relay needs of its outbox (an :class:`~tidings.outbox.Outbox`)."""
 
     @property
-    def app(self) -> Publisher: ...
+    def app(self) -> OutboxApp: ...
 
     @property
     def engine(self) -> Engine | AsyncEngine: ...

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from tidings.envelope import Event
 from tidings.transport import Clock
 
-__all__ = ["Publisher", "RecordLog"]
+__all__ = ["OutboxApp", "RecordLog"]
 
 
 class RecordLog(Protocol):
@@ -28,7 +28,7 @@ class RecordLog(Protocol):
         ...
 
 
-class Publisher(Protocol):
+class OutboxApp(Protocol):
     """The app an outbox publishes through: it builds events from payloads
     (:meth:`Outbox.add`), bounds their size, and holds the log the relay appends to.
     :class:`tidings.Tidings` is one."""
