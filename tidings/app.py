@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import re
@@ -25,7 +24,7 @@ from tidings.transport import StartFrom, Transport, check_group_name, check_topi
 from tidings.transports import open_transport
 
 if TYPE_CHECKING:
-    from tidings.outbox import Outbox
+    from tidings.scheduler import Scheduler
 
 __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
 
@@ -34,35 +33,6 @@ _EXTENSION_RE = re.compile(r"[a-z0-9]{1,20}")
 
 H = TypeVar("H", bound=Callable[..., Any])
 M = TypeVar("M", bound=type[BaseModel])
-
-
-SCHEDULER_TABLE = "tidings_scheduled"
-_memory_schedulers: dict[str, str] = {}
-
-
-def _default_scheduler_db(url: str) -> str | None:
-    """Where delayed events wait by default: in the SQLite log's own file; for
-    ``memory://``, in a temporary SQLite file removed at exit (shared by name, like
-    the log; a file rather than ``:memory:``, whose one connection the relay's and
-    the publisher's threads would have to share)."""
-    scheme, _, rest = url.partition("://")
-    if scheme == "sqlite":
-        return "sqlite://" + rest.partition("?")[0]
-    if scheme == "memory":
-        name = rest.partition("?")[0]
-        path = _memory_schedulers.get(name) if name else None
-        if path is None:
-            import atexit
-            import shutil
-            import tempfile
-
-            folder = tempfile.mkdtemp(prefix="tidings-scheduler-")
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            path = os.path.join(folder, "scheduled.db")
-            if name:
-                _memory_schedulers[name] = path
-        return f"sqlite:///{path}"
-    return None
 
 
 def _due(delay: float | timedelta | None, deliver_at: datetime | None) -> datetime | None:
@@ -164,8 +134,7 @@ class Tidings:
         self._groups: dict[str, GroupSettings] = {}
         self.components: list[Component] = []
         self._scheduler_db = scheduler
-        self._scheduler: Outbox | None = None
-        self._scheduler_ready = False
+        self._scheduler: Scheduler | None = None
         self._started = 0
 
     # -- declarations -------------------------------------------------------
@@ -429,19 +398,19 @@ class Tidings:
     # -- delayed events ---------------------------------------------------------------
 
     @property
-    def scheduler(self) -> Outbox | None:
-        """The outbox table where delayed events wait (``tidings_scheduled``), or None
-        if none was configured and this transport has no default, or holds delayed
-        events itself (NATS: message schedules)."""
+    def scheduler(self) -> Scheduler | None:
+        """Where delayed events wait (:class:`tidings.scheduler.Scheduler`, the table
+        ``tidings_scheduled``), or None if none was configured and this transport has
+        no default, or holds delayed events itself (NATS: message schedules)."""
         if self._scheduler is None:
-            from tidings.outbox import Outbox
+            from tidings.scheduler import Scheduler, default_scheduler_db
 
             db = self._scheduler_configured()
             if db is None and not self.transport.capabilities.scheduled_appends:
-                db = _default_scheduler_db(self.transport.url)
+                db = default_scheduler_db(self.transport.url)
             if db is None:
                 return None
-            self._scheduler = Outbox(self, db, table=SCHEDULER_TABLE)
+            self._scheduler = Scheduler(self, db)
         return self._scheduler
 
     def _scheduler_configured(self) -> Any:
@@ -451,7 +420,7 @@ class Tidings:
     def scheduler_relay(self) -> Component | None:
         """The component that appends delayed events once due (run by workers)."""
         scheduler = self.scheduler
-        return scheduler.relay(poll_interval=0.05, lease=5.0) if scheduler else None
+        return scheduler.relay() if scheduler else None
 
     async def _schedule(self, topic: str, events: Sequence[Event], when: datetime) -> None:
         scheduler = self.scheduler
@@ -461,28 +430,4 @@ class Tidings:
                 "Tidings(..., scheduler='postgresql+psycopg://...') or "
                 "$TIDINGS_SCHEDULER_URL (any SQLAlchemy URL)"
             )
-        if not self._scheduler_ready:
-            from tidings.outbox import OutboxError
-
-            try:
-                await scheduler.create_table_async()
-            except OutboxError:
-                # A relay created it at the same moment ("already exists"); a second
-                # look finds it, or raises the real problem.
-                await scheduler.create_table_async()
-            self._scheduler_ready = True
-        import sqlalchemy as sa
-
-        engine = scheduler.engine
-        if isinstance(engine, sa.Engine):
-
-            def insert() -> None:
-                with engine.begin() as conn:
-                    for event in events:
-                        scheduler.add(conn, event, topic=topic, deliver_at=when)
-
-            await asyncio.to_thread(insert)
-        else:
-            async with engine.begin() as conn:
-                for event in events:
-                    await scheduler.add_async(conn, event, topic=topic, deliver_at=when)
+        await scheduler.add(topic, events, when)
