@@ -20,7 +20,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from taskapi.events import Priority
 from tidings import ConfigError, new_id
-from tidings.outbox import UTCDateTime
+from tidings.sqltypes import UTCDateTime
 
 __all__ = [
     "PRIORITIES",

@@ -18,7 +18,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("tidings.errors",)),
     ("envelope and codec", ("tidings.envelope", "tidings.codec", "tidings.partitioning")),
     ("transport protocol", ("tidings.transport",)),
-    ("transports", ("tidings.transports", "tidings._sqlite", "tidings._sql")),
+    (
+        "transports and SQL helpers",
+        ("tidings.transports", "tidings._sqlite", "tidings._sql", "tidings.sqltypes"),
+    ),
     (
         "contracts and declarations",
         ("tidings.contracts", "tidings.subscriber", "tidings.stats", "tidings.context"),

@@ -131,6 +131,8 @@ PUBLIC_MODULES = {
     "tidings.asgi",
     "tidings.outbox",
     "tidings.inbox",
+    "tidings.scheduler",
+    "tidings.sqltypes",
     "tidings.dead_letters",
     "tidings.admin",
 }

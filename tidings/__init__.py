@@ -16,6 +16,8 @@ internal and may change without notice.
 - ``tidings.codec``: events to bytes and back (structured and binary mode);
 - ``tidings.asgi``: the correlation middleware for FastAPI/Starlette;
 - ``tidings.outbox``, ``tidings.inbox``: exactly-once effects with a database;
+- ``tidings.scheduler``: where delayed events wait (``app.scheduler``);
+- ``tidings.sqltypes``: column types for tables beside the outbox (``UTCDateTime``);
 - ``tidings.dead_letters``: reading, replaying and purging a group's dead letters;
 - ``tidings.admin``: the operating library behind the ``tidings`` command.
 """

@@ -12,20 +12,16 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Dialect, Engine
-
-from tidings.errors import ConfigError
+from sqlalchemy.engine import URL, Connection, Engine
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "Threads",
-    "UTCDateTime",
     "create_missing",
     "is_async",
     "make_engine",
@@ -38,33 +34,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """A column type for aware UTC datetimes on every database (the outbox's own
-    columns use it; so may the tables written beside it).
-
-    PostgreSQL stores ``timestamptz``. SQLite has no time type: SQLAlchemy writes a
-    fixed-width text and drops the zone, so values are converted to UTC first; the
-    fixed width makes the text compare in time order, which the relay's
-    ``deliver_at <= now`` relies on.
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ConfigError(f"{value.isoformat()} has no time zone: pass an aware datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # -- URLs and engines -------------------------------------------------------------------

@@ -248,7 +248,7 @@ class Capabilities:
     # numbers a whole stream), they still grow in append order within a partition.
     dense_offsets: bool = True
     # append_at() holds records in the log until they are due (NATS message schedules);
-    # elsewhere delayed events wait in a scheduler table (tidings.outbox).
+    # elsewhere delayed events wait in a scheduler table (tidings.scheduler).
     scheduled_appends: bool = False
     # The largest record the log takes by default (Kafka's producer, NATS's payload
     # limit); None: no limit of its own. Dead letters keep what fits (tidings.dead_letters).

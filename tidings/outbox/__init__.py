@@ -49,7 +49,6 @@ app it publishes through, :class:`OutboxApp` (``_app``): the outbox depends on
 that, not on :class:`tidings.Tidings`.
 """
 
-from tidings._sql import UTCDateTime
 from tidings.outbox._app import OutboxApp, RecordLog
 from tidings.outbox._outbox import Outbox
 from tidings.outbox._relay import MAX_BATCH as MAX_BATCH
@@ -65,5 +64,4 @@ __all__ = [
     "OutboxRelay",
     "OutboxStatus",
     "RecordLog",
-    "UTCDateTime",
 ]

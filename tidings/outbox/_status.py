@@ -9,9 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tidings._sql import UTCDateTime
 from tidings.errors import ConfigError
 from tidings.outbox._lease import wall_now
+from tidings.sqltypes import UTCDateTime
 from tidings.transport import Clock
 
 __all__ = ["OutboxStatus", "read_status"]

@@ -9,8 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tidings._sql import UTCDateTime, create_missing
+from tidings._sql import create_missing
 from tidings.errors import TidingsError
+from tidings.sqltypes import UTCDateTime
 
 __all__ = ["DEFAULT_TABLE", "OutboxError", "create", "reason", "tables"]
 
