@@ -73,16 +73,13 @@ class Intake:
         self.transport = log.transport
         self.group = log.group
         self.log = log  # the worker's view: resolved=False, values=False
+        self.retry_topic = log.retry_topic  # compared with every record's topic
         self.writes = writes
         self.parks = sequenced and writes
         self.decode = decode
         self.dispatch = dispatch
         self.stats = stats
         self.stopping = stopping
-
-    @property
-    def retry_topic(self) -> str:
-        return self.log.retry_topic
 
     async def start(self, start_from: StartFrom) -> None:
         """Create the group's dead-letter topics and read them. A group that starts at
@@ -119,7 +116,7 @@ class Intake:
             if self.stopping.is_set():
                 return False
 
-    async def __call__(self, record: Record) -> None:
+    async def take(self, record: Record) -> None:
         """Take one fetched record through to its subscribers, or to the dead letters.
         Returning means the record may be committed."""
         replay: DeadLetter | None = None
@@ -140,7 +137,8 @@ class Intake:
         if self.parks and await self._parked(record, event, replay_of):
             return
         await self.dispatch(record, event, replay)
-        await self._resolved(replay_of)
+        if replay_of is not None:
+            await self._resolved(replay_of)
 
     async def _replayed(self, record: Record) -> DeadLetter | None:
         """The entry a record of the retry topic carries, if it is to be handled."""

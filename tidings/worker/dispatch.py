@@ -68,7 +68,7 @@ class Dispatcher:
         self.routes[(topic, event_type)] = route
         return route
 
-    async def __call__(self, record: Record, event: Event, replay: DeadLetter | None) -> None:
+    async def dispatch(self, record: Record, event: Event, replay: DeadLetter | None) -> None:
         """Hand ``event`` (read at ``record``) to each subscriber that wants it; for a
         replayed dead letter, to the handler that failed on it."""
         wanted = self.routes.get((record.topic, event.type))

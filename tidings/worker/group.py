@@ -181,11 +181,11 @@ class GroupRunner:
     # -- handling ---------------------------------------------------------------
 
     async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
-        intake: Callable[[Record], Awaitable[None]] = self.intake
+        take: Callable[[Record], Awaitable[None]] = self.intake.take
         while lane.queue and not self.stopping:
             record = lane.queue[0]
             try:
-                await intake(record)
+                await take(record)
             except Exception:
                 # An error that got past the middleware (a custom list without Retry,
                 # or a middleware bug): the event is not handled, so it stays first in

@@ -145,7 +145,8 @@ class Worker:
             )  # fmt: skip
             return Intake(
                 dead, sequenced=app.group_settings(group).sequenced, writes=writes,
-                decode=self.decoded, dispatch=dispatcher, stats=self.stats, stopping=stopping,
+                decode=self.decoded, dispatch=dispatcher.dispatch, stats=self.stats,
+                stopping=stopping,
             )  # fmt: skip
 
         return GroupRunner(
