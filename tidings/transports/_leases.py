@@ -13,7 +13,7 @@ SQLite, a key's sequence in a NATS bucket).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
 __all__ = ["LeaseWatch"]
@@ -44,6 +44,11 @@ class LeaseWatch(Generic[K]):
                 self._seen[key] = (beat, now)
                 return False
             return now - seen[1] >= self.lease
+
+    def retain(self, keys: Collection[K]) -> None:
+        """Forget every key but ``keys`` (the leases that still exist)."""
+        with self._lock:
+            self._seen = {k: v for k, v in self._seen.items() if k in keys}
 
     def forget(self, key: K) -> None:
         """Drop what was seen of ``key`` (its holder is gone)."""

@@ -38,6 +38,7 @@ import orjson
 
 from tidings.errors import TransportError
 from tidings.transport import FENCE_AFTER, Consumer, RevokeCallback, StartFrom, TopicPartition
+from tidings.transports._leases import LeaseWatch
 from tidings.transports.nats.errors import translate
 from tidings.transports.nats.groups import GROUPS_PREFIX, GroupClient, reset_marker
 
@@ -70,9 +71,11 @@ class GroupMember(Consumer):
         # held lease was sent; a lease length after it, the member fences itself.
         self._renewed: dict[TopicPartition, float] = {}
         self._fence_at = math.inf  # min(_renewed) + lease: when to look again
-        # Other members' lease keys as this member saw them: key -> (sequence, when it
-        # was first seen). A lease unchanged for a lease length of this clock is expired.
-        self._seen: dict[str, tuple[int, float]] = {}
+        # Other members' lease keys as this member saw them: a lease whose sequence is
+        # unchanged for a lease length of this member's clock is expired.
+        self._others: LeaseWatch[str] = LeaseWatch(
+            lambda: self.client.clock.monotonic(), self.client.config.lease
+        )
         self._counts: dict[str, int] = {}
         self._known_members: set[str] = set()
         self._kick = asyncio.Event()
@@ -326,11 +329,10 @@ class GroupMember(Consumer):
         """Other members' leases: those held (``leased``), the sequence a claim must
         name of those free or expired (``expect``), and which of them expired
         (``stale``). Tells a forced reset that took this member's lease it let go."""
-        g, me, lease = self.group, self.member, self.client.config.lease
-        now = self.client.clock.monotonic()
+        g, me = self.group, self.member
         leased: set[TopicPartition] = set()
         expect: dict[TopicPartition, int] = {}  # what a claim must name: free or expired
-        seen: dict[str, tuple[int, float]] = {}
+        seen: set[str] = set()
         stale: set[TopicPartition] = set()
         for key, (seq, held) in entries.items():
             if not key.startswith(f"{g}.l."):
@@ -357,16 +359,13 @@ class GroupMember(Consumer):
                         continue
             # Expired when unchanged for a lease length of this member's own monotonic
             # clock (finding 9 of issue 15): no wall clock, no time to live on the server.
-            first = self._seen.get(key)
-            if first is None or first[0] != seq:
-                first = (seq, now)
-            seen[key] = first
-            if now - first[1] >= lease:
+            seen.add(key)
+            if self._others.expired(key, seq):
                 expect[tp] = seq
                 stale.add(tp)
             else:
                 leased.add(tp)
-        self._seen = seen
+        self._others.retain(seen)
         return leased, expect, stale
 
     async def _claim(
