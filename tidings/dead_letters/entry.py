@@ -24,6 +24,7 @@ __all__ = [
     "State",
     "dlq_topic",
     "new_entry",
+    "replay_key",
     "retry_topic",
     "value_limit",
 ]
@@ -37,6 +38,10 @@ TRACEBACK_LIMIT = 16_384  # characters kept of a traceback, and of an error mess
 VALUE_LIMIT: int | None = None
 ENTRY_ROOM = 64 * 1024  # an entry's bytes for all but the original: error, traceback, fields
 REFUSED_TEXT_LIMIT = 4_096  # characters of traceback and message kept when an entry is refused
+# Partitions of a new ``<group>.dlq``: no group consumes it (every refresh reads it all,
+# partition by partition), so one keeps its entries and marks in one order and costs
+# one read per refresh. The retry topic is sized from the topics the group reads.
+DLQ_PARTITIONS = 1
 
 
 def dlq_topic(group: str) -> str:
@@ -47,6 +52,15 @@ def dlq_topic(group: str) -> str:
 def retry_topic(group: str) -> str:
     """The topic only ``group`` reads, where its dead letters are replayed."""
     return f"{group}.retry"
+
+
+def replay_key(entry: DeadLetter) -> str:
+    """The key a replay of ``entry`` is sent to the retry topic with: the original key,
+    or for a keyless event its topic. A sequenced group parks a key's later events (and
+    a topic's keyless ones) behind the first dead letter, and needs their replays in
+    their original order: one key, one retry partition, whatever the partition count
+    (keyless records would otherwise rotate over the partitions)."""
+    return entry.topic if entry.key is None else entry.key
 
 
 def clip(text: str, limit: int) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from tidings.dead_letters.entry import DeadLetter
 from tidings.dead_letters.log import DeadLetterLog
@@ -81,11 +81,14 @@ class Intake:
         self.stats = stats
         self.stopping = stopping
 
-    async def start(self, start_from: StartFrom) -> None:
-        """Create the group's dead-letter topics and read them. A group that starts at
+    async def start(self, start_from: StartFrom, topics: Sequence[str] = ()) -> None:
+        """Create the group's ``topics`` if missing (as its consumer would) and its
+        dead-letter topics, sized from them, and read them. A group that starts at
         ``latest`` must still read replays sent before its first run: it gets committed
         offsets at the start of its retry topic."""
-        await self.log.create_topics()
+        for name in topics:
+            await self.transport.create_topic(name)
+        await self.log.create_topics(topics)
         await self.log.refresh()
         if start_from != "latest":
             return

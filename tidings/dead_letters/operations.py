@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.dead_letters.entry import DeadLetter, dlq_topic
+from tidings.dead_letters.entry import DeadLetter, dlq_topic, replay_key
 from tidings.dead_letters.log import DeadLetterLog
 from tidings.errors import TopicNotFound
 from tidings.transport import Transport
@@ -93,11 +93,11 @@ async def replay(
             group, len(cut), cut[0].entry,
         )  # fmt: skip
     stop = asyncio.Event()
-    await dead.create_topics()
+    await dead.create_topics({e.topic for e in chosen})  # the retry topic, if it is missing
     done = 0
     for start in range(0, len(chosen), batch):
         part = chosen[start : start + batch]
-        await transport.append(dead.retry_topic, [(e.key, e.encode()) for e in part])
+        await transport.append(dead.retry_topic, [(replay_key(e), e.encode()) for e in part])
         await dead.mark("replayed", [e.entry for e in part], stop)
         done += len(part)
         if progress is not None:

@@ -65,6 +65,7 @@ class GroupRunner:
         on_joined: Callable[[], None],
     ) -> None:
         self.group = group
+        self.topics = topics
         self.limits = limits
         self.start_from = start_from
         self.on_joined = on_joined
@@ -90,7 +91,7 @@ class GroupRunner:
     # -- the fetch loop -------------------------------------------------------
 
     async def run(self) -> None:
-        await self.intake.start(self.start_from)
+        await self.intake.start(self.start_from, self.topics)
         await self.consumer.start()
         self.on_joined()
         committer = self.loop.create_task(self._commit_loop())
