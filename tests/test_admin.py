@@ -13,9 +13,15 @@ import pytest
 from tidings import GroupNotFound, Tidings
 from tidings.admin import (
     GROUP_JSON_KEYS,
+    GROUP_TOPIC_JSON_KEYS,
+    GroupTopic,
+    dead_letter_counts,
     describe_group,
     group_row_json,
     group_rows,
+    group_topic_json,
+    group_topics,
+    is_internal,
     parse_position,
     parse_publish_lines,
     parse_time,
@@ -26,6 +32,7 @@ from tidings.admin import (
     topic_rows,
 )
 from tidings.codec import decode, encode
+from tidings.dead_letters import DeadLetterLog
 from tidings.envelope import Event
 from tidings.errors import (
     ConfigError,
@@ -37,7 +44,7 @@ from tidings.errors import (
 )
 from tidings.tail import TailEntry, TailFilter, tail
 from tidings.testing import eventually
-from tidings.transport import Consumer, Transport
+from tidings.transport import Consumer, GroupPartition, Record, Transport
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -198,6 +205,81 @@ def test_group_json_has_exactly_the_documented_keys() -> None:
         "lost": 0,
         "dlq": 2,
     }
+
+
+def test_group_topics_sum_a_groups_partitions_per_topic_with_a_status() -> None:
+    rows = [
+        GroupPartition("a", "t", 0, 5, 9, member="m-2"),  # lag 4
+        GroupPartition("a", "t", 1, 3, 3, member="m-1"),
+        GroupPartition("a", "t", 2, None, 2, member="m-2", lost=1),  # lag 2
+        GroupPartition("a", "u", 0, 1, 1, member="m-1"),
+        GroupPartition("a", "v", 0, 0, 4, member="m-1"),
+        GroupPartition("a", "v", 1, 0, 4),  # nobody holds it
+        GroupPartition("b", "t", 0, 0, 7),
+    ]
+    dlq = {("a", "t", 0): 2, ("a", "t", 2): 1, ("a", "v", 1): 5, ("b", "u", 0): 9}
+    lines = group_topics(rows, dlq)
+    assert lines == [
+        GroupTopic("a", "t", 3, lag=6, lost=1, dlq=3, members=("m-1", "m-2"), held=3),
+        GroupTopic("a", "u", 1, lag=0, lost=0, dlq=0, members=("m-1",), held=1),
+        GroupTopic("a", "v", 2, lag=8, lost=0, dlq=5, members=("m-1",), held=1),
+        GroupTopic("b", "t", 1, lag=7, lost=0, dlq=0, members=(), held=0),
+    ]
+    assert [line.status for line in lines] == ["lagging", "ok", "partial", "stopped"]
+    assert tuple(group_topic_json(lines[0])) == GROUP_TOPIC_JSON_KEYS
+    assert group_topic_json(lines[0]) == {
+        "group": "a",
+        "topic": "t",
+        "partitions": 3,
+        "lag": 6,
+        "lost": 1,
+        "dlq": 3,
+        "members": ["m-1", "m-2"],
+        "status": "lagging",
+    }
+    assert group_topics([], dlq) == []
+
+
+def test_a_groups_internal_topics_are_its_own_retry_and_dlq() -> None:
+    assert is_internal("mail", "mail.retry")
+    assert is_internal("mail", "mail.dlq")
+    assert not is_internal("mail", "audit.retry")  # another group's: not mail's
+    assert not is_internal("mail", "mail")
+    assert not is_internal("mail", "tasks")
+
+
+async def test_group_rows_leave_out_the_retry_topic_unless_asked_and_count_dead_letters(
+    app: Tidings,
+) -> None:
+    await app.transport.create_topic("t", 2)
+    await app.transport.create_topic("mailer.retry", 2)
+    await (await member(app.transport, "mailer", "t")).close()
+    consumer = app.transport.consumer("mailer", ["mailer.retry"])
+    await consumer.start()
+    await consumer.commit(consumer.at({("mailer.retry", 0): 0, ("mailer.retry", 1): 0}))
+    await consumer.close()
+    dead = DeadLetterLog(app.transport, "mailer")
+    await dead.create_topics(["t"])
+    stop = asyncio.Event()
+    for partition, offset in ((1, 0), (1, 1), (0, 4)):
+        record = Record("t", partition, offset, 0, "k", b"{}")
+        await dead.write(dead.entry(record, OSError("no"), reason="failed"), stop)
+    await dead.mark("purged", [next(iter(dead.entries))], stop)  # no longer waiting
+
+    rows = await group_rows(app.transport)
+    assert {(r.topic, r.partition) for r in rows} == {("t", 0), ("t", 1)}
+    everything = await group_rows(app.transport, "mailer", internal=True)
+    assert {(r.topic, r.partition) for r in everything} == {
+        ("t", 0), ("t", 1), ("mailer.retry", 0), ("mailer.retry", 1)
+    }  # fmt: skip
+    counts = await dead_letter_counts(app.transport, everything)
+    assert counts == {("mailer", "t", 1): 1, ("mailer", "t", 0): 1}
+    lines = group_topics(everything, counts)
+    assert [(x.topic, x.partitions, x.dlq, x.status) for x in lines] == [
+        ("mailer.retry", 2, 0, "stopped"),
+        ("t", 2, 2, "stopped"),
+    ]
+    assert await dead_letter_counts(app.transport, []) == {}
 
 
 async def test_an_unknown_group_is_an_error_listing_the_known_ones(app: Tidings) -> None:
@@ -416,6 +498,38 @@ async def test_reset_moves_every_topic_of_the_group_and_returns_old_and_new(
     rows = await group_rows(app.transport, "g")
     assert {r.topic: r.committed for r in rows if r.topic == "b"} == {"b": 2}
     assert {r.committed for r in rows if r.topic == "a"} == {0}
+
+
+async def test_reset_leaves_the_retry_topic_alone_unless_asked(app: Tidings) -> None:
+    await publish_spaced(app, "t", ["a", "b"])
+    await app.transport.create_topic("g.retry", 1)
+    await app.transport.append("g.retry", [("a", b"{}"), ("a", b"{}")])
+    consumer = app.transport.consumer("g", ["t", "g.retry"])
+    await consumer.start()
+    await consumer.commit(consumer.at({("g.retry", 0): 1}))
+    await consumer.close()
+
+    changes = await reset_offsets(app.transport, "g", "latest")
+    assert {c.topic for c in changes} == {"t"}
+    retry = [r for r in await group_rows(app.transport, "g", internal=True) if r.topic == "g.retry"]
+    assert [r.committed for r in retry] == [1]  # a replay not handled yet stays due
+    changes = await reset_offsets(app.transport, "g", "latest", internal=True)
+    assert {c.topic for c in changes} == {"t", "g.retry"}
+    assert [(c.old, c.new) for c in changes if c.topic == "g.retry"] == [(1, 2)]
+    named = await reset_offsets(app.transport, "g", "earliest", topic="g.retry")
+    assert [(c.topic, c.old, c.new) for c in named] == [("g.retry", 2, 0)]
+
+
+async def test_reset_of_a_group_with_only_its_retry_topic_names_no_topic(app: Tidings) -> None:
+    await app.transport.create_topic("g.retry", 1)
+    consumer = app.transport.consumer("g", ["g.retry"])
+    await consumer.start()
+    await consumer.commit(consumer.at({("g.retry", 0): 0}))
+    await consumer.close()
+    with pytest.raises(ConfigError, match="group 'g' has no topics yet; name one with --topic"):
+        await reset_offsets(app.transport, "g", "earliest")
+    changes = await reset_offsets(app.transport, "g", "earliest", internal=True)
+    assert [(c.topic, c.partition) for c in changes] == [("g.retry", 0)]
 
 
 async def test_reset_is_refused_while_the_group_has_live_members(app: Tidings) -> None:

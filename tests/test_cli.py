@@ -19,8 +19,9 @@ import pytest
 
 from tests.conftest import LOGS, log_url
 from tidings import Tidings
-from tidings.admin import GROUP_JSON_KEYS, group_rows, topic_rows
+from tidings.admin import GROUP_JSON_KEYS, GROUP_TOPIC_JSON_KEYS, group_rows, topic_rows
 from tidings.codec import decode
+from tidings.dead_letters import DeadLetterLog
 from tidings.testing import drain
 from tidings.transport import Consumer
 
@@ -133,7 +134,23 @@ async def test_topics_prints_a_table_and_json(log: Tidings, url: str) -> None:
 
 
 async def test_groups_json_has_exactly_the_documented_keys(log: Tidings, url: str) -> None:
-    result = tidings("groups", "--json", url=url)
+    summary = tidings("groups", "--json", url=url)
+    assert summary.returncode == 0, summary.stderr
+    nexts = await _nexts(log)
+    assert json.loads(summary.stdout) == [
+        {
+            "group": "mailer",
+            "topic": "tasks",
+            "partitions": 2,
+            "lag": sum(min(nexts[p], 1) for p in (0, 1)),
+            "lost": 0,
+            "dlq": 0,
+            "members": [],
+            "status": "stopped",
+        }
+    ]
+    assert [tuple(doc) for doc in json.loads(summary.stdout)] == [GROUP_TOPIC_JSON_KEYS]
+    result = tidings("groups", "--partitions", "--json", url=url)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     ends, nexts = await _ends(log), await _nexts(log)
@@ -165,21 +182,81 @@ async def test_groups_table_shows_lag_and_the_live_member_of_each_partition(
     try:
         # In a thread: the member's heartbeats go on while the command runs (a blocked
         # loop let its lease lapse when the command was slow on a loaded machine).
-        result = await asyncio.to_thread(tidings, "groups", "sms", url=url)
+        result = await asyncio.to_thread(tidings, "groups", "sms", "--partitions", url=url)
+        summary = await asyncio.to_thread(tidings, "groups", "sms", url=url)
     finally:
         await consumer.close()
+    assert summary.returncode == 0, summary.stderr
+    [info] = [t for t in await topic_rows(log.transport) if t.name == "tasks"]
+    assert [line.split() for line in summary.stdout.splitlines()] == [
+        ["GROUP", "TOPIC", "PARTITIONS", "LAG", "LOST", "DLQ", "MEMBERS", "STATUS"],
+        ["sms", "tasks", "2", str(info.events), "0", "0", "1", "lagging"],
+    ]
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split() == [
         "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LOST", "DLQ", "MEMBER"
     ]  # fmt: skip
     ends = await _ends(log)
-    [info] = [t for t in await topic_rows(log.transport) if t.name == "tasks"]
     assert [row.split() for row in rows] == [
         ["sms", "tasks", str(p), "0", str(ends[p]), str(info.partitions[p].events), "0", "0",
          consumer.member]
         for p in (0, 1)
     ]  # fmt: skip
+
+
+async def test_groups_show_the_retry_topic_and_its_partitions_only_when_asked(
+    log: Tidings, url: str
+) -> None:
+    # A group a worker ran: it reads its retry topic too, and has dead letters.
+    consumer = log.transport.consumer("mailer", ["mailer.retry"])
+    await log.transport.create_topic("mailer.retry", 2)
+    await consumer.start()
+    await consumer.commit(consumer.at({("mailer.retry", 0): 0, ("mailer.retry", 1): 0}))
+    await consumer.close()
+    dead = DeadLetterLog(log.transport, "mailer")
+    await dead.create_topics(["tasks"])
+    records = [r for p in (0, 1) for r in await log.transport.read("tasks", p, 0, 10)]
+    first = records[0]
+    await dead.write(dead.entry(first, OSError("no"), reason="failed"), asyncio.Event())
+
+    lines = tidings("groups", url=url)
+    assert lines.returncode == 0, lines.stderr
+    assert [line.split()[:2] for line in lines.stdout.splitlines()] == [
+        ["GROUP", "TOPIC"], ["mailer", "tasks"]
+    ]  # fmt: skip
+    assert lines.stdout.splitlines()[1].split()[5] == "1"  # DLQ, once
+    everything = json.loads(tidings("groups", "--all", "--json", url=url).stdout)
+    assert [(d["topic"], d["partitions"], d["dlq"]) for d in everything] == [
+        ("mailer.retry", 2, 0),
+        ("tasks", 2, 1),
+    ]
+    detail = json.loads(tidings("groups", "--partitions", "--json", url=url).stdout)
+    assert [(d["topic"], d["partition"]) for d in detail] == [("tasks", 0), ("tasks", 1)]
+    assert [d["dlq"] for d in detail] == [int(p == first.partition) for p in (0, 1)]
+    table = tidings("groups", "--partitions", "--all", url=url)
+    assert [line.split()[1:3] for line in table.stdout.splitlines()[1:]] == [
+        ["mailer.retry", "0"], ["mailer.retry", "1"], ["tasks", "0"], ["tasks", "1"]
+    ]  # fmt: skip
+
+    reset = tidings("offsets", "reset", "mailer", "--to", "earliest", "--json", url=url)
+    assert {d["topic"] for d in json.loads(reset.stdout)} == {"tasks"}
+    reset = tidings("offsets", "reset", "mailer", "--to", "earliest", "--all", url=url)
+    assert reset.returncode == 0, reset.stderr
+    assert [line.split()[:2] for line in reset.stdout.splitlines()[2:]] == [
+        ["mailer.retry", "0"], ["mailer.retry", "1"], ["tasks", "0"], ["tasks", "1"]
+    ]  # fmt: skip
+
+
+async def test_groups_of_a_log_without_groups_says_so(sqlite_url: str) -> None:
+    async with Tidings(sqlite_url, service="seed") as app:
+        await app.transport.create_topic("t", 1)
+    for args in ([], ["--partitions"], ["--all"]):
+        result = tidings("groups", *args, url=sqlite_url)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"no groups in {sqlite_url}\n"
+        as_json = tidings("groups", *args, "--json", url=sqlite_url)
+        assert json.loads(as_json.stdout) == []
 
 
 async def test_groups_of_an_unknown_group_is_an_error(log: Tidings, url: str) -> None:

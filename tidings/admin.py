@@ -10,7 +10,7 @@ offset that applies to every partition.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from tidings.codec import encode, from_dict
+from tidings.dead_letters import dlq_topic, retry_topic, waiting
 from tidings.envelope import Event, validate_type
 from tidings.errors import (
     ConfigError,
@@ -41,13 +42,20 @@ if TYPE_CHECKING:
 __all__ = [
     "CLI_SOURCE",
     "GROUP_JSON_KEYS",
+    "GROUP_TOPIC_JSON_KEYS",
+    "GroupStatus",
+    "GroupTopic",
     "OffsetChange",
     "Position",
     "build_event",
     "check_publish_topic",
+    "dead_letter_counts",
     "describe_group",
     "group_row_json",
     "group_rows",
+    "group_topic_json",
+    "group_topics",
+    "is_internal",
     "parse_age",
     "parse_position",
     "parse_publish_lines",
@@ -61,7 +69,12 @@ __all__ = [
 ]
 
 CLI_SOURCE = "tidings-cli"
+# The JSON of ``tidings groups --partitions`` (one object per partition) and of
+# ``tidings groups`` (one per group and topic).
 GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag", "lost", "dlq")
+GROUP_TOPIC_JSON_KEYS = (
+    "group", "topic", "partitions", "lag", "lost", "dlq", "members", "status"
+)  # fmt: skip
 # The short form of a line on stdin; any other key is a typo, not an extension.
 SHORT_FORM_KEYS = frozenset({"type", "data", "subject", "correlationid"})
 
@@ -178,16 +191,39 @@ async def describe_group(transport: Transport, group: str) -> GroupInfo:
     )
 
 
-async def group_rows(transport: Transport, group: str | None = None) -> list[GroupPartition]:
-    """Per group, topic and partition: committed and end offset, lag, owning member."""
+def is_internal(group: str, topic: str) -> bool:
+    """Whether ``topic`` is one of ``group``'s own dead-letter topics, ``<group>.retry``
+    (which it reads) or ``<group>.dlq``: shown and reset only when asked for."""
+    return topic in (retry_topic(group), dlq_topic(group))
+
+
+async def group_rows(
+    transport: Transport, group: str | None = None, *, internal: bool = False
+) -> list[GroupPartition]:
+    """Per group, topic and partition: committed and end offset, lag, owning member;
+    the groups' internal topics (:func:`is_internal`) only with ``internal``."""
     infos = [await describe_group(transport, group)] if group else await transport.groups()
-    rows = [row for info in infos for row in info.partitions]
+    rows = [
+        row
+        for info in infos
+        for row in info.partitions
+        if internal or not is_internal(row.group, row.topic)
+    ]
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
+
+
+async def dead_letter_counts(
+    transport: Transport, rows: Iterable[GroupPartition]
+) -> dict[tuple[str, str, int], int]:
+    """Per (group, topic, partition) of ``rows``' groups, the dead letters waiting for
+    an operator of the events read from there (absent: none)."""
+    by_group = await waiting(transport, sorted({r.group for r in rows}))
+    return {(g, t, p): n for g, counts in by_group.items() for (t, p), n in counts.items()}
 
 
 def group_row_json(row: GroupPartition, dlq: int) -> dict[str, Any]:
     """The documented JSON of one row: exactly :data:`GROUP_JSON_KEYS` (``dlq``: the
-    dead letters of the row's group waiting for an operator)."""
+    dead letters waiting for an operator of the events read from the row's partition)."""
     return {
         "group": row.group,
         "topic": row.topic,
@@ -197,6 +233,72 @@ def group_row_json(row: GroupPartition, dlq: int) -> dict[str, Any]:
         "lag": row.lag,
         "lost": row.lost,
         "dlq": dlq,
+    }
+
+
+GroupStatus = Literal["stopped", "partial", "lagging", "ok"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTopic:
+    """One line of ``tidings groups``: where a group stands on one topic, its
+    partitions summed, as ``kafka-consumer-groups --describe`` summarised."""
+
+    group: str
+    topic: str
+    partitions: int
+    lag: int
+    lost: int
+    dlq: int  # dead letters waiting of the events read from this topic
+    members: tuple[str, ...]  # the live members holding its partitions, by name
+    held: int  # how many of its partitions a live member holds
+
+    @property
+    def status(self) -> GroupStatus:
+        """``stopped``: no live member holds a partition of it; ``partial``: some
+        partitions are held and some not (a member joining or leaving, a lease gone);
+        ``lagging``: all held, events to handle; ``ok``: all held, nothing to handle."""
+        if not self.held:
+            return "stopped"
+        if self.held < self.partitions:
+            return "partial"
+        return "lagging" if self.lag else "ok"
+
+
+def group_topics(
+    rows: Iterable[GroupPartition], dlq: Mapping[tuple[str, str, int], int]
+) -> list[GroupTopic]:
+    """``rows`` (from :func:`group_rows`) summed per group and topic; ``dlq`` as
+    :func:`dead_letter_counts` gives it."""
+    by: dict[tuple[str, str], list[GroupPartition]] = {}
+    for row in rows:
+        by.setdefault((row.group, row.topic), []).append(row)
+    return [
+        GroupTopic(
+            group=group,
+            topic=topic,
+            partitions=len(part),
+            lag=sum(r.lag for r in part),
+            lost=sum(r.lost for r in part),
+            dlq=sum(dlq.get((group, topic, r.partition), 0) for r in part),
+            members=tuple(sorted({r.member for r in part if r.member is not None})),
+            held=sum(1 for r in part if r.member is not None),
+        )
+        for (group, topic), part in sorted(by.items())
+    ]
+
+
+def group_topic_json(line: GroupTopic) -> dict[str, Any]:
+    """The documented JSON of one line: exactly :data:`GROUP_TOPIC_JSON_KEYS`."""
+    return {
+        "group": line.group,
+        "topic": line.topic,
+        "partitions": line.partitions,
+        "lag": line.lag,
+        "lost": line.lost,
+        "dlq": line.dlq,
+        "members": list(line.members),
+        "status": line.status,
     }
 
 
@@ -342,9 +444,12 @@ async def reset_offsets(
     topic: str | None = None,
     force: bool = False,
     dry_run: bool = False,
+    internal: bool = False,
 ) -> list[OffsetChange]:
-    """Move ``group``'s committed offsets on ``topic`` (default: every topic it has) to
-    ``to``; return the changes, old to new, per partition.
+    """Move ``group``'s committed offsets on ``topic`` (default: every topic it has,
+    its retry topic only with ``internal``: a reset must not skip or repeat replays an
+    operator sent unless asked to) to ``to``; return the changes, old to new, per
+    partition.
 
     Refuses with GroupBusy while the group has live members, unless ``force`` (they
     drop what they hold and start again from the new offsets). ``dry_run`` changes
@@ -354,7 +459,9 @@ async def reset_offsets(
     if topic is not None:
         topics = [topic]
     else:
-        topics = sorted({row.topic for row in info.partitions})
+        topics = sorted(
+            {r.topic for r in info.partitions if internal or not is_internal(group, r.topic)}
+        )
         if not topics:
             raise ConfigError(f"group {group!r} has no topics yet; name one with --topic")
     if info.members and not force and not dry_run:

@@ -17,9 +17,10 @@ __all__ = ["add_commands"]
 
 _RESET_HELP = """\
 Move a group's committed offsets. Without --topic, every topic the group has offsets
-on is reset. Refused while the group has live members (running workers), unless
---force: they then drop what they hold and start again from the new offsets.
-Prints old -> new per partition.
+on is reset, except its internal retry topic (<group>.retry, where replayed dead
+letters arrive: moving it would skip or repeat replays), which --all adds. Refused
+while the group has live members (running workers), unless --force: they then drop
+what they hold and start again from the new offsets. Prints old -> new per partition.
 """
 
 
@@ -48,6 +49,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--force", action="store_true", help="reset even while workers are running")
     p.add_argument("--dry-run", action="store_true", help="show the change, make none")
+    p.add_argument("--all", action="store_true", help="without --topic, reset <group>.retry too")
     add_common(p)
     p.set_defaults(func=cmd_offsets_reset)
 
@@ -62,6 +64,7 @@ async def cmd_offsets_reset(args: argparse.Namespace) -> int:
             topic=args.topic,
             force=args.force,
             dry_run=args.dry_run,
+            internal=args.all,
         )
     if args.json:
         print_json(

@@ -56,6 +56,7 @@ from tidings.dead_letters.operations import (
     purge,
     replay,
     replay_plan,
+    waiting,
 )
 
 __all__ = [
@@ -74,4 +75,5 @@ __all__ = [
     "replay_plan",
     "retry_topic",
     "value_limit",
+    "waiting",
 ]

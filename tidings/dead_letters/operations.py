@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from tidings.dead_letters.log import DeadLetterLog
 from tidings.errors import TopicNotFound
 from tidings.transport import Transport
 
-__all__ = ["Filter", "depths", "open_log", "purge", "replay", "replay_plan"]
+__all__ = ["Filter", "depths", "open_log", "purge", "replay", "replay_plan", "waiting"]
 
 log = logging.getLogger("tidings.dead_letters")
 
@@ -117,13 +118,23 @@ async def purge(transport: Transport, group: str, where: Filter) -> int:
 
 async def depths(transport: Transport, groups: Iterable[str]) -> dict[str, int]:
     """Per group, the entries waiting in its dead-letter topic (0 if it has none)."""
+    return {group: sum(by.values()) for group, by in (await waiting(transport, groups)).items()}
+
+
+async def waiting(
+    transport: Transport, groups: Iterable[str]
+) -> dict[str, Counter[tuple[str, int]]]:
+    """Per group, the entries waiting for an operator (state ``dead``) by the topic and
+    partition their event was read from (empty if the group has no dead-letter topic)."""
     names = {info.name for info in await transport.topics()}
-    result: dict[str, int] = {}
+    result: dict[str, Counter[tuple[str, int]]] = {}
     for group in groups:
+        result[group] = Counter()
         if dlq_topic(group) not in names:
-            result[group] = 0
             continue
         dead = DeadLetterLog(transport, group, resolved=False, values=False)
         await dead.refresh()
-        result[group] = dead.depth()
+        for entry_id, entry in dead.entries.items():
+            if dead.state(entry_id) == "dead":
+                result[group][(entry.topic, entry.partition)] += 1
     return result
