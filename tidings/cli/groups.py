@@ -28,7 +28,8 @@ held: a member joining or leaving), stopped (no live member).
 dead letters, owning member). --all: also each group's internal retry topic
 (<group>.retry), where its replayed dead letters arrive.
 
---json prints a list of objects with the keys {", ".join(admin.GROUP_TOPIC_JSON_KEYS)}
+--json prints a list of objects, one per line shown, with the keys
+{", ".join(admin.GROUP_TOPIC_JSON_KEYS)}
 (members: a list of names), or with --partitions the keys
 {", ".join(admin.GROUP_JSON_KEYS)}.
 """
