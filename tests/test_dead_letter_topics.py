@@ -110,6 +110,15 @@ async def test_replay_creates_a_missing_retry_topic_sized_from_the_entries_topic
     assert "gone" not in found  # sized from what exists; nothing created for it
 
 
+async def test_a_replay_with_nothing_to_send_creates_no_retry_topic(any_url: str) -> None:
+    app = Tidings(any_url, service="test")
+    async with app:
+        await app.transport.create_topic("g.dlq", 1)
+        assert await replay(app.transport, "g", Filter()) == 0
+        found = await sizes(app.transport)
+    assert "g.retry" not in found  # a worker sizes it from the group's topics later
+
+
 async def test_a_retry_topic_serving_no_existing_topic_has_one_partition(any_url: str) -> None:
     app = Tidings(any_url, service="test")
     async with app:

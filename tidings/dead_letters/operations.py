@@ -94,7 +94,8 @@ async def replay(
             group, len(cut), cut[0].entry,
         )  # fmt: skip
     stop = asyncio.Event()
-    await dead.create_topics({e.topic for e in chosen})  # the retry topic, if it is missing
+    if chosen:  # the retry topic, if it is missing, sized from the entries' topics
+        await dead.create_topics({e.topic for e in chosen})
     done = 0
     for start in range(0, len(chosen), batch):
         part = chosen[start : start + batch]
