@@ -122,6 +122,19 @@ def test_a_client_log_keeps_its_last_problem() -> None:
     assert ClientLog().sink.logger.name == LOGGER
 
 
+def test_a_failing_log_line_is_dropped_not_raised_into_the_clients_poll() -> None:
+    # What log() raised would come out of the client's poll, and a group member's
+    # polling thread would end with it.
+    class Broken(Deduplicated):
+        def emit(self, level: int, facility: str, client: str, text: str) -> None:
+            raise RuntimeError("a broken handler")
+
+    log = ClientLog(Broken(logging.getLogger("tests.kafka.librdkafka.broken")))
+    log.log(logging.ERROR, "%s [%s] %s", "FAIL", "c", "refused")
+    log.log(logging.ERROR, "%s %s", "too few arguments for the format")
+    assert log.problem == "refused"
+
+
 def test_the_client_log_is_owned_and_the_connect_timeout_an_option() -> None:
     cfg = parse_kafka_url("kafka://h:1")
     assert cfg.connect_timeout_ms == 5000

@@ -23,6 +23,7 @@ client after each of its requests), never from librdkafka's own threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -100,12 +101,14 @@ class ClientLog:
 
     def log(self, level: int, msg: str, *args: Any) -> None:
         # confluent-kafka calls log(level, "%s [%s] %s", facility, client name, line),
-        # its level a Python one.
-        if len(args) == 3:
-            facility, client, text = (str(a) for a in args)
-        else:
-            facility, client, text = "LOG", "?", msg % args if args else msg
-        text = _THREAD.sub("", text)
-        if level >= logging.WARNING:
-            self.problem = text
-        self.sink.emit(level, facility, client, text)
+        # its level a Python one, inside the client's poll: whatever this raised would be
+        # raised by that poll, and end a group member's polling thread (ConsumerDead).
+        with contextlib.suppress(Exception):
+            if len(args) == 3:
+                facility, client, text = (str(a) for a in args)
+            else:
+                facility, client, text = "LOG", "?", msg % args if args else msg
+            text = _THREAD.sub("", text)
+            if level >= logging.WARNING:
+                self.problem = text
+            self.sink.emit(level, facility, client, text)
