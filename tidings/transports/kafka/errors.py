@@ -4,9 +4,9 @@ one of its futures, a full local queue) becomes an error of ``tidings.errors`` i
 :func:`translate`, and nowhere else. The other functions here only classify native
 errors (is a commit refusal worth trying again, does a topic exist already) or check
 for the client, but :func:`unreachable`, which puts what :func:`translate` made of a
-start no broker answered together with what to check. The adapter's own refusals (a record over the producer's size limit, a
-group with members, a topic the broker's metadata does not list, a join that never
-came) are raised where they are decided.
+start no broker answered together with what to check. The adapter's own refusals (a
+record over the producer's size limit, a group with members, a topic the broker's
+metadata does not list, a join that never came) are raised where they are decided.
 
 confluent-kafka is an optional dependency: it is imported where it is used.
 """
