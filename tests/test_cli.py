@@ -533,6 +533,32 @@ def test_every_command_refuses_a_missing_folder_without_creating_it(
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: a[0])
+def test_kafka_with_no_broker_fails_within_seconds_saying_what_to_check(args: list[str]) -> None:
+    # Before (issue 17, item 9): 31 s and 682-944 lines of librdkafka's own log on
+    # stderr, then "Failed to get metadata". Now the start gives up after the default
+    # connect_timeout_ms (5 s); the bound is generous for a loaded 2-core machine.
+    pytest.importorskip("confluent_kafka")
+    from devservers.tansu import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    began = time.monotonic()
+    result = tidings(*args, url=f"kafka://{address}")
+    took = time.monotonic() - began
+    assert took < 20, f"took {took:.1f}s"
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) < 20, result.stderr
+    assert not [line for line in lines if line.startswith("%")], result.stderr  # librdkafka's
+    assert "librdkafka error" not in result.stderr  # its log is at DEBUG, not shown
+    error = lines[-1]
+    assert error.startswith(f"tidings: error: kafka://{address}: no Kafka broker answered "), error
+    assert "Connection refused" in error
+    for what in ("host and port", "advertised.listeners", "security_protocol", "SASL"):
+        assert what in error, error
+    assert result.stdout == ""
+
+
 def test_the_url_defaults_to_tidings_url_then_the_local_file(tmp_path: Path) -> None:
     created = tidings(
         "publish", "tasks", "task.created", "--data", "1", "--create", url=None, cwd=tmp_path

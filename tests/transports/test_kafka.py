@@ -155,6 +155,59 @@ async def test_a_consumer_property_librdkafka_refuses_is_a_config_error_at_start
         await transport.close()
 
 
+@pytest.mark.parametrize(
+    ("security", "met"),
+    [
+        # TLS to a plaintext listener: the handshake waits; librdkafka logs nothing.
+        ("security_protocol=SSL", r"Local: Broker transport failure \(_TRANSPORT\)\); check"),
+        # SASL to a plaintext listener: librdkafka logs the failed handshake.
+        (
+            "security_protocol=SASL_PLAINTEXT&sasl_username=u&sasl_password=p",
+            r"; librdkafka: .*SASL",
+        ),
+    ],
+    ids=["tls", "sasl"],
+)
+async def test_a_listener_of_another_protocol_fails_the_start_saying_what_to_check(
+    tansu: str, capfd: pytest.CaptureFixture[str], security: str, met: str
+) -> None:
+    # The broker is there but speaks another protocol: no broker answers (docs/kafka.md,
+    # "No broker answering"); the error says what librdkafka met and what to check.
+    transport = KafkaTransport(f"kafka://{tansu}?{security}&connect_timeout_ms=2000")
+    began = time.monotonic()
+    with pytest.raises(TransportError) as info:
+        await asyncio.wait_for(transport.start(), 20)  # generous for a loaded machine
+    assert time.monotonic() - began < 20
+    says = str(info.value)
+    assert says.startswith(f"{transport.url}: no Kafka broker answered within 2s (")
+    assert re.search(met, says), says
+    assert "security_protocol (TLS: SSL or SASL_SSL, with ssl_cafile) and SASL settings" in says
+    assert not [line for line in capfd.readouterr().err.splitlines() if line.startswith("%")]
+
+
+async def test_a_transport_at_work_writes_nothing_of_librdkafka_to_stderr(
+    kafka_url: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Its producer, admin client, reader and group members log into
+    # tidings.kafka.librdkafka (tidings/transports/kafka/logs.py).
+    transport = open_transport(kafka_url)
+    await transport.start()
+    try:
+        await transport.create_topic("t", 2)
+        await transport.append("t", [("k", b"x"), ("j", b"y")])
+        consumer = transport.consumer("g", ["t"])
+        await consumer.start()
+        records = await drain(consumer, 2, 30.0)
+        await consumer.commit(_positions(records))
+        await consumer.close()
+        assert len(await transport.read("t", 0, 0, 10) + await transport.read("t", 1, 0, 10)) == 2
+        assert [t.name for t in await transport.topics()] == ["t"]
+        await transport.groups()
+    finally:
+        await transport.close()
+    assert not [line for line in capfd.readouterr().err.splitlines() if line.startswith("%")]
+
+
 async def test_a_topic_of_zero_partitions_is_refused_not_given_the_default(
     kafka_url: str,
 ) -> None:

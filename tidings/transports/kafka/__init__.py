@@ -12,7 +12,9 @@
   member, made of one :mod:`~tidings.transports.kafka.member` per topic, which use the
   transport only through :mod:`~tidings.transports.kafka.client`;
 - :mod:`~tidings.transports.kafka.records`: librdkafka messages as Records;
-- :mod:`~tidings.transports.kafka.errors`: native errors translated into tidings'.
+- :mod:`~tidings.transports.kafka.errors`: native errors translated into tidings';
+- :mod:`~tidings.transports.kafka.logs`: librdkafka's own log, into Python logging
+  (``tidings.kafka.librdkafka``, at DEBUG, once per distinct message) instead of stderr.
 
 What other code imports is re-exported here.
 """

@@ -1,5 +1,7 @@
 """Topics, offsets and groups: librdkafka's ``AdminClient``, each request waited for in a
-thread, its errors translated (:func:`~tidings.transports.kafka.errors.translate`)."""
+thread, its errors translated (:func:`~tidings.transports.kafka.errors.translate`), the
+client's librdkafka log handed over after it (:mod:`~tidings.transports.kafka.logs`); and
+the first contact of a start, bounded (:meth:`Admin.reach`)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import functools
 import importlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound
 from tidings.transport import (
@@ -23,7 +25,8 @@ from tidings.transport import (
     keep_unread_refused,
 )
 from tidings.transports.kafka.config import KafkaConfig
-from tidings.transports.kafka.errors import already_exists, in_thread, not_started
+from tidings.transports.kafka.errors import already_exists, in_thread, not_started, unreachable
+from tidings.transports.kafka.logs import ClientLog
 
 __all__ = ["SETTLE_QUIET", "TIMEOUT", "Admin"]
 
@@ -31,6 +34,8 @@ log = logging.getLogger("tidings.kafka")
 TIMEOUT = 30.0  # seconds for one admin request
 SETTLE_POLL = 0.05  # seconds between two looks at a group's state while waiting for Stable
 SETTLE_QUIET = 0.25  # seconds a group must stay Stable before a member leaves it
+
+T = TypeVar("T")
 
 
 class Admin:
@@ -43,14 +48,47 @@ class Admin:
         self.url = url
         self.native: Any = None
         self.counts: dict[str, int] = {}
+        self.log: ClientLog | None = None  # the client's librdkafka log (kafka/logs.py)
 
     def open(self) -> None:
         from confluent_kafka.admin import AdminClient
 
-        self.native = AdminClient(self.config.admin())
+        conf = self.config.admin()
+        self.log = conf["logger"]
+        self.native = AdminClient(conf)
 
     def close(self) -> None:
+        if self.native is not None:
+            self.native.poll(0)  # hand over what librdkafka logged since the last request
         self.native = None
+
+    async def reach(self) -> None:
+        """Return once a broker answered a metadata request; TransportError, saying what
+        to check, if none did within the URL's ``connect_timeout_ms``. librdkafka would
+        keep trying for ever (each admin request for ``TIMEOUT``), and say why only in
+        its log."""
+        admin = self.started()
+        within = self.config.connect_timeout_ms / 1000
+        try:
+            await asyncio.to_thread(self._drained, lambda: admin.list_topics(timeout=within))
+        except Exception as exc:
+            seen = self.log.problem if self.log is not None else None
+            raise unreachable(exc, self.url, within, seen) from exc
+
+    def _drained(self, fn: Callable[[], T]) -> T:
+        """``fn()``, then the client's log handed over: confluent-kafka does that only
+        when the admin client is polled, and nothing else polls it."""
+        native = self.native
+        try:
+            return fn()
+        finally:
+            if native is not None:
+                native.poll(0)
+
+    async def _run(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()`` (a blocking request) waited for in a thread, translated, then the
+        client's log handed over."""
+        return await in_thread(functools.partial(self._drained, fn), what)
 
     def started(self) -> Any:
         if self.native is None:
@@ -96,14 +134,14 @@ class Admin:
                     if not already_exists(exc):
                         raise
 
-            await in_thread(create, f"create topic {topic!r}")
+            await self._run(create, f"create topic {topic!r}")
         [info] = await self.infos([topic])
         return info
 
     async def partition_count(self, topic: str) -> int:
         count = self.counts.get(topic)
         if count is None:
-            meta = await in_thread(
+            meta = await self._run(
                 lambda: self.started().list_topics(timeout=TIMEOUT), "list topics"
             )
             found = meta.topics.get(topic)
@@ -122,7 +160,7 @@ class Admin:
             futures = admin.list_offsets(request, request_timeout=TIMEOUT)
             return {tp.partition: f.result(TIMEOUT).offset for tp, f in futures.items()}
 
-        return await in_thread(run, f"list offsets of {topic!r}")
+        return await self._run(run, f"list offsets of {topic!r}")
 
     async def ends(self, topic: str, count: int) -> dict[int, int]:
         return await self.offsets(topic, count, _rd_admin().OffsetSpec.latest())
@@ -152,7 +190,7 @@ class Admin:
         return out
 
     async def topics(self) -> list[TopicInfo]:
-        meta = await in_thread(lambda: self.started().list_topics(timeout=TIMEOUT), "list topics")
+        meta = await self._run(lambda: self.started().list_topics(timeout=TIMEOUT), "list topics")
         names = sorted(t for t in meta.topics if not t.startswith("__"))
         return await self.infos(names)
 
@@ -162,14 +200,14 @@ class Admin:
         from confluent_kafka import ConsumerGroupTopicPartitions
 
         admin = self.started()
-        listing = await in_thread(
+        listing = await self._run(
             lambda: admin.list_consumer_groups(request_timeout=TIMEOUT).result(TIMEOUT),
             "list groups",
         )
         out = []
         for group in sorted(g.group_id for g in listing.valid):
             request = [ConsumerGroupTopicPartitions(group)]
-            offsets: Any = await in_thread(
+            offsets: Any = await self._run(
                 functools.partial(_result, admin.list_consumer_group_offsets(request), group),
                 f"offsets of group {group!r}",
             )
@@ -263,7 +301,7 @@ class Admin:
     async def describe(self, group: str, timeout: float = TIMEOUT) -> Any:
         """The broker's description of ``group``: its state and members."""
         admin = self.started()
-        return await in_thread(
+        return await self._run(
             lambda: admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(
                 timeout
             ),
@@ -319,7 +357,7 @@ class Admin:
                 group, [RdTopicPartition(topic, p, o) for p, o in offsets.items()]
             )
         ]
-        await in_thread(
+        await self._run(
             lambda: admin.alter_consumer_group_offsets(request)[group].result(TIMEOUT),
             f"set offsets of group {group!r}",
         )

@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 
 from tidings.errors import ConfigError
 from tidings.transports._broker_url import split_broker_url
+from tidings.transports.kafka.logs import ClientLog
 
 __all__ = ["KafkaConfig", "parse_kafka_url"]
 
@@ -46,6 +47,7 @@ _OWNED = frozenset(
         "partitioner",
         "on_delivery",
         "error_cb",
+        "logger",  # librdkafka's log goes to Python logging (tidings.transports.kafka.logs)
     }
 )
 _OPTIONS = frozenset(
@@ -66,6 +68,7 @@ _OPTIONS = frozenset(
         "format",
         "fetch_wait_ms",
         "session_timeout_ms",
+        "connect_timeout_ms",
     }
 )
 
@@ -96,6 +99,10 @@ class KafkaConfig:
     # data arrives, so this only costs idle round trips; Tansu waits it out every time.
     fetch_wait_ms: int = 100
     session_timeout_ms: int = 45_000
+    # How long start() waits for a first answer of a broker before it gives up with what
+    # to check (address, advertised listener, TLS, SASL); librdkafka itself would try
+    # for ever, and each admin request waits 30 s.
+    connect_timeout_ms: int = 5000
     # librdkafka properties passed through as given (``producer.<name>=value``).
     producer_extra: tuple[tuple[str, str], ...] = ()
     consumer_extra: tuple[tuple[str, str], ...] = ()
@@ -123,8 +130,11 @@ class KafkaConfig:
         )
 
     def common(self) -> dict[str, Any]:
-        """Settings shared by every librdkafka client: brokers, identity, security."""
+        """Settings shared by every librdkafka client: brokers, identity, security, and
+        its own :class:`~tidings.transports.kafka.logs.ClientLog` (librdkafka's log into
+        Python logging, not stderr)."""
         conf: dict[str, Any] = {
+            "logger": ClientLog(),
             "bootstrap.servers": ",".join(self.bootstrap),
             "client.id": self.client_id,
             "security.protocol": self.security_protocol.lower(),
@@ -259,6 +269,7 @@ def parse_kafka_url(url: str) -> KafkaConfig:
         else "binary",
         fetch_wait_ms=_int(query, "fetch_wait_ms", 100, 0),
         session_timeout_ms=_int(query, "session_timeout_ms", 45_000, 1000),
+        connect_timeout_ms=_int(query, "connect_timeout_ms", 5000, 100),
         producer_extra=extra["producer"],
         consumer_extra=extra["consumer"],
     )

@@ -3,9 +3,10 @@
 one of its futures, a full local queue) becomes an error of ``tidings.errors`` in
 :func:`translate`, and nowhere else. The other functions here only classify native
 errors (is a commit refusal worth trying again, does a topic exist already) or check
-for the client. The adapter's own refusals (a record over the producer's size limit, a
-group with members, a topic the broker's metadata does not list, a join that never
-came) are raised where they are decided.
+for the client, but :func:`unreachable`, which puts what :func:`translate` made of a
+start no broker answered together with what to check. The adapter's own refusals (a
+record over the producer's size limit, a group with members, a topic the broker's
+metadata does not list, a join that never came) are raised where they are decided.
 
 confluent-kafka is an optional dependency: it is imported where it is used.
 """
@@ -24,7 +25,15 @@ from tidings.errors import (
     TransportError,
 )
 
-__all__ = ["already_exists", "fenced", "in_thread", "not_started", "require_client", "translate"]
+__all__ = [
+    "already_exists",
+    "fenced",
+    "in_thread",
+    "not_started",
+    "require_client",
+    "translate",
+    "unreachable",
+]
 
 T = TypeVar("T")
 
@@ -92,6 +101,27 @@ def translate(
     ):
         return TopicNotFound(f"{what}: {err.str()}")
     return TransportError(f"{what}: {err.str()} ({err.name()})")
+
+
+# What to check when no broker answers, as the NATS adapter says what to check.
+UNREACHABLE_HINT = (
+    "check the host and port of each broker in the URL, that the broker's advertised "
+    "listener (advertised.listeners) names an address this host can reach, and the URL's "
+    "security_protocol (TLS: SSL or SASL_SSL, with ssl_cafile) and SASL settings "
+    "(sasl_mechanism, user and password) against the listener's; connect_timeout_ms= "
+    "waits longer"
+)
+
+
+def unreachable(error: object, url: str, within: float, seen: str | None) -> TransportError:
+    """The error of a start at which no broker of ``url`` answered within ``within``
+    seconds: ``error`` (what the metadata request raised) translated, what librdkafka
+    logged last at warning level or above (``seen``), and what to check."""
+    cause = translate(error, "no answer to a metadata request")
+    detail = f"{cause}; librdkafka: {seen}" if seen else str(cause)
+    return TransportError(
+        f"{url}: no Kafka broker answered within {within:g}s ({detail}); {UNREACHABLE_HINT}"
+    )
 
 
 async def in_thread(fn: Callable[[], T], what: str) -> T:

@@ -77,6 +77,14 @@ class KafkaTransport(Transport):
             self._producer.open()
         except Exception as exc:
             raise translate(exc, f"start {self.url}", client="producer") from None
+        try:
+            # Fail fast, saying what to check, when no broker answers: an operating
+            # command would otherwise wait out its first request (30 s). A broker that
+            # goes away later is waited for, as before (workers keep trying).
+            await self._admin.reach()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._producer.native is None:
