@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, TopicNotFound
 from tidings.partitioning import partition_for
 from tidings.transport import (
     Capabilities,
@@ -42,6 +42,7 @@ from tidings.transports.sqlite.client import LogClient
 from tidings.transports.sqlite.consumer import SQLiteConsumer
 from tidings.transports.sqlite.sql import (
     delete_below,
+    delete_topic,
     describe_groups,
     in_one_snapshot,
     offsets_for_time,
@@ -172,6 +173,17 @@ class SQLiteTransport(Transport):
         )
         return await self._client.read(lambda c: topic_info(c, topic, self.url))
 
+    async def delete_topic(self, topic: str) -> None:
+        """In one transaction (see :func:`~tidings.transports.sqlite.sql.delete_topic`);
+        then the WAL, grown by the deleted pages, is checkpointed back to its limit."""
+        now = self.clock.time_ms()
+        tid = await self._client.write(lambda c: delete_topic(c, topic, self.url, now))
+        self._client.forget(topic, tid)
+        self._client.appended.notify()  # members in this process let go of it sooner
+        await self._client.run_alone(
+            lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall() and None
+        )
+
     async def topics(self) -> list[TopicInfo]:
         def job(conn: sqlite3.Connection) -> list[TopicInfo]:
             names = [r[0] for r in conn.execute("SELECT name FROM topics ORDER BY name")]
@@ -187,14 +199,23 @@ class SQLiteTransport(Transport):
         ids = self._client.topic_ids.get(topic)
         if ids is None:
             ids = await self._client.create_topic(topic)
-        tid, count = ids
-        placed = [(partition_for(key, count), key, value) for key, value in records]
-        result = await self._client.append(tid, placed)
+        try:
+            result = await self._append(ids, records)
+        except TopicNotFound:  # deleted since its id was cached: made again, as missing
+            self._client.forget(topic, ids[0])
+            result = await self._append(await self._client.create_topic(topic), records)
         if time.monotonic() - self._last_retention > self.retention_interval:
             # In the background: the publish that happens to trigger it must not wait.
             self._last_retention = time.monotonic()
             self._retention = asyncio.get_running_loop().create_task(self._retain_quietly())
         return result
+
+    async def _append(
+        self, ids: tuple[int, int], records: Sequence[tuple[str | None, bytes]]
+    ) -> list[tuple[int, int]]:
+        tid, count = ids
+        placed = [(partition_for(key, count), key, value) for key, value in records]
+        return await self._client.append(tid, placed)
 
     async def _retain_quietly(self) -> None:
         try:
