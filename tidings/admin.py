@@ -1,4 +1,5 @@
-"""Operating a log: the library behind ``tidings topics|groups|publish|tail|offsets``.
+"""Operating a log: the library behind ``tidings topics|groups|publish|tail|offsets``
+(and ``tidings topics delete``).
 
 Each function takes a started transport (or, to publish, a started Tidings app) and
 returns data; ``tidings.cli`` only parses arguments and prints. A position in a
@@ -45,9 +46,12 @@ __all__ = [
     "Position",
     "build_event",
     "check_publish_topic",
+    "check_topic_deletable",
+    "delete_topic",
     "describe_group",
     "group_row_json",
     "group_rows",
+    "live_readers",
     "parse_age",
     "parse_position",
     "parse_publish_lines",
@@ -162,6 +166,57 @@ def topic_json(info: TopicInfo) -> dict[str, Any]:
             for p in info.partitions
         ],
     }
+
+
+async def live_readers(transport: Transport, topic: str) -> list[GroupInfo]:
+    """The groups with live members that read ``topic``: a member holds one of its
+    partitions, or the group has offsets on it; ``<group>.dlq`` and ``<group>.retry``
+    are read by ``<group>`` (its worker reads its dead letters outside the group)."""
+    owner, dot, suffix = topic.rpartition(".")
+    own = owner if dot and suffix in ("dlq", "retry") else None
+    return [
+        info
+        for info in await transport.groups()
+        if info.members
+        and (
+            info.group == own
+            or any(row.topic == topic for row in info.partitions)
+            or any(tp[0] == topic for m in info.members for tp in m.partitions)
+        )
+    ]
+
+
+async def check_topic_deletable(
+    transport: Transport, topic: str, *, force: bool = False
+) -> tuple[TopicInfo, list[str]]:
+    """What :func:`delete_topic` checks first, without deleting: the topic (TopicNotFound
+    if missing, ConfigError for a name no topic can have) and the live groups that read
+    it (see :func:`live_readers`); GroupBusy naming them, unless ``force``."""
+    check_topic_name(topic)
+    info = await topic_info(transport, topic)
+    live = await live_readers(transport, topic)
+    if live and not force:
+        names = ", ".join(f"{g.group} ({len(g.members)} live member(s))" for g in live)
+        raise GroupBusy(
+            f"topic {topic!r} is read by group(s) with live members: {names}; stop their "
+            "workers first, or pass --force (they lose its partitions, and a worker still "
+            "reading it makes it again, empty)"
+        )
+    return info, [g.group for g in live]
+
+
+async def delete_topic(transport: Transport, topic: str, *, force: bool = False) -> list[str]:
+    """Delete ``topic``: its records and every group's offsets on it
+    (``Transport.delete_topic``); return the live groups that read it, deleted under
+    them only with ``force``.
+
+    Refuses as :func:`check_topic_deletable` does: GroupBusy naming the live groups
+    that read it, unless ``force`` (their workers lose its partitions, and one still
+    reading it makes it again, empty); TopicNotFound if it does not exist.
+    """
+    _, live = await check_topic_deletable(transport, topic, force=force)
+    await transport.delete_topic(topic)
+    return live
 
 
 async def describe_group(transport: Transport, group: str) -> GroupInfo:
