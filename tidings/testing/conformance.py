@@ -16,6 +16,10 @@ A transport is done when :class:`TransportConformance` passes against it::
 What a transport guarantees beyond the common core is declared in its
 :class:`~tidings.transport.Capabilities`; the suite reads them (a non-persistent
 transport is not asked to survive a reopen).
+
+The suite is one class in three modules: the fixtures and helpers
+(``conformance_base``), the tests of deleting a topic (``conformance_delete``), and
+the rest, here.
 """
 
 from __future__ import annotations
