@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tidings.errors import ConfigError, GroupBusy, TopicNotFound
+from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
 from tidings.transport import (
     FOREVER,
     GroupInfo,
@@ -99,6 +99,32 @@ class Admin:
             await in_thread(create, f"create topic {topic!r}")
         [info] = await self.infos([topic])
         return info
+
+    async def delete_topic(self, topic: str) -> None:
+        """Delete ``topic`` (TopicNotFound if missing) and wait until the broker no
+        longer lists it, so that an append right after creates it anew. Kafka drops the
+        groups' committed offsets of a deleted topic itself."""
+        check_topic_name(topic)
+        admin = self.started()
+        self.counts.pop(topic, None)
+        await in_thread(
+            lambda: admin.delete_topics([topic], operation_timeout=TIMEOUT)[topic].result(TIMEOUT),
+            f"delete topic {topic!r}",
+        )
+        deadline = time.monotonic() + TIMEOUT
+        while await self._listed(topic):
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"delete topic {topic!r}: {self.url} still lists it {TIMEOUT:g}s after "
+                    "accepting its deletion"
+                )
+            await asyncio.sleep(SETTLE_POLL)
+        self.counts.pop(topic, None)
+
+    async def _listed(self, topic: str) -> bool:
+        meta = await in_thread(lambda: self.started().list_topics(timeout=TIMEOUT), "list topics")
+        found = meta.topics.get(topic)
+        return found is not None and found.error is None
 
     async def partition_count(self, topic: str) -> int:
         count = self.counts.get(topic)
