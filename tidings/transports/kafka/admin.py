@@ -205,9 +205,10 @@ class Admin:
             for topic in sorted({t for t, _ in committed} | {t for t, _ in owner}):
                 try:
                     count = await self.partition_count(topic)
-                except TopicNotFound:
+                    rows += await self._rows(group, topic, count, committed, owner)
+                except TopicNotFound:  # deleted (meanwhile, or by another process)
+                    self.counts.pop(topic, None)
                     continue
-                rows += await self._rows(group, topic, count, committed, owner)
             out.append(GroupInfo(group, tuple(rows), members))
         return out
 

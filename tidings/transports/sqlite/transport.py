@@ -189,7 +189,8 @@ class SQLiteTransport(Transport):
             names = [r[0] for r in conn.execute("SELECT name FROM topics ORDER BY name")]
             return [topic_info(conn, n, self.url) for n in names]
 
-        return await self._client.read(job)
+        # In one snapshot: a topic deleted meanwhile is not listed and then not found.
+        return await self._client.read(lambda c: in_one_snapshot(c, lambda: job(c)))
 
     # -- append ---------------------------------------------------------------
 
