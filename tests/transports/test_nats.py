@@ -228,6 +228,7 @@ async def test_deleting_a_dotted_topic_deletes_its_stream_and_only_its_lease_key
         await transport.append("email.dlq", [("k", b"x")])
         await transport.append("email", [("k", b"y")])
         groups = transport.group_client
+        await groups.ensure_bucket()
         # Lease keys as a member that died holding them leaves them.
         for key in ("g.l.email~dlq.0", "g.l.email.dlq.0", "g.l.email.0", "h.l.email.dlq.1"):
             await groups.put_entry(key, b"gone-member", ttl=60)
