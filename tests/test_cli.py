@@ -22,7 +22,7 @@ from tidings import Tidings
 from tidings.admin import GROUP_JSON_KEYS, group_rows, topic_rows
 from tidings.codec import decode
 from tidings.testing import drain
-from tidings.transport import Consumer
+from tidings.transport import Consumer, positions
 
 
 @pytest.fixture(params=LOGS)
@@ -132,33 +132,51 @@ async def test_topics_prints_a_table_and_json(log: Tidings, url: str) -> None:
     assert (doc["bytes"] == 0) if on_kafka(url) else (doc["bytes"] > 0)
 
 
+async def doomed(app: Tidings) -> None:
+    """Topic ``doomed`` (3 events) with the offsets of group ``auditor`` (stopped) on it.
+
+    Not ``tasks``: this process read that one, and on Kafka a librdkafka consumer that
+    knows a topic is killed (SIGSEGV) when it is deleted (docs/kafka.md)."""
+    for i in range(3):
+        await app.publish("doomed", {"n": i}, type="task.created", subject=f"d-{i}")
+    consumer = app.transport.consumer("auditor", ["doomed"])
+    await consumer.start()
+    try:
+        await consumer.commit(positions(await drain(consumer, 3)))
+    finally:
+        await consumer.close()
+
+
 async def test_topics_delete_asks_first_and_deletes_the_topic_and_its_offsets(
     log: Tidings, url: str
 ) -> None:
-    refused = tidings("topics", "delete", "tasks", url=url, stdin="n\n")
+    await doomed(log)
+    refused = tidings("topics", "delete", "doomed", url=url, stdin="n\n")
     assert refused.returncode == 1, refused.stderr
-    assert "delete topic tasks (3 event(s) in 2 partition(s))" in refused.stdout
+    assert "delete topic doomed (3 event(s) in 2 partition(s))" in refused.stdout
     assert refused.stdout.rstrip().endswith("nothing deleted")
-    unanswered = tidings("topics", "delete", "tasks", url=url, stdin="")
+    unanswered = tidings("topics", "delete", "doomed", url=url, stdin="")
     assert unanswered.returncode == 1, unanswered.stderr
     assert unanswered.stdout.rstrip().endswith("nothing deleted (no answer; pass --yes)")
-    assert await _count(log) == 3
-    assert await group_rows(log.transport, "mailer")
+    assert await _count(log, "doomed") == 3
+    assert [r for r in await group_rows(log.transport) if r.group == "auditor"]
 
-    asked = tidings("topics", "delete", "tasks", url=url, stdin="y\n")
+    asked = tidings("topics", "delete", "doomed", url=url, stdin="y\n")
     assert asked.returncode == 0, asked.stderr
-    assert asked.stdout.endswith("[y/N] deleted topic tasks (3 event(s))\n")
-    assert [t.name for t in await topic_rows(log.transport)] == []
-    assert [r for r in await group_rows(log.transport) if r.topic == "tasks"] == []
-    missing = tidings("topics", "delete", "tasks", "--yes", url=url)
-    assert_one_error_line(missing, 1, "topic 'tasks' does not exist")
+    assert asked.stdout.endswith("[y/N] deleted topic doomed (3 event(s))\n")
+    assert [t.name for t in await topic_rows(log.transport)] == ["tasks"]
+    assert [r for r in await group_rows(log.transport) if r.topic == "doomed"] == []
+    assert await _count(log) == 3  # the other topic is left alone
+    missing = tidings("topics", "delete", "doomed", "--yes", url=url)
+    assert_one_error_line(missing, 1, "topic 'doomed' does not exist")
 
 
 async def test_topics_delete_with_yes_prints_json(log: Tidings, url: str) -> None:
-    result = tidings("topics", "delete", "tasks", "--yes", "--json", url=url)
+    await doomed(log)
+    result = tidings("topics", "delete", "doomed", "--yes", "--json", url=url)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
-        "topic": "tasks",
+        "topic": "doomed",
         "deleted": True,
         "events": 3,
         "groups": [],
