@@ -745,3 +745,55 @@ async def test_offsets_of_a_group_in_any_state_but_empty_are_not_moved(state: st
     for idle in ("EMPTY", "DEAD"):
         state = idle
         await transport._admin.check_no_other_members("g", 0, force=True)  # no error
+
+
+# -- deleting a topic under a live librdkafka consumer ---------------------------------
+
+_READ_THEN_DELETED = """
+import asyncio, sys
+from tidings.transports import open_transport
+
+async def main(url):
+    reader = open_transport(url)
+    await reader.start()
+    await reader.append("doomed", [("k", b"x")])
+    for p in range(2):
+        await reader.read("doomed", p, 0, 10)  # its kept librdkafka consumer knows it now
+    other = open_transport(url)
+    await other.start()
+    await other.delete_topic("doomed")
+    await other.close()
+    await asyncio.sleep(3)  # a few metadata refreshes of the reader's consumer
+    await reader.close()
+    print("survived")
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_process_whose_consumer_knows_a_topic_is_killed_when_it_is_deleted(
+    kafka_url: str,
+) -> None:
+    # Found here (librdkafka 2.16.0, Tansu): a live librdkafka consumer, a group member
+    # or the reader behind Transport.read, that knows a topic dies by SIGSEGV when the
+    # topic is deleted; a closed one, or a producer, does not. Not tried on Apache Kafka.
+    # docs/kafka.md says so; tidings.admin refuses while groups read the topic, but it
+    # cannot see processes that only read it outside a group (tail, dead letters).
+    import subprocess
+    import sys
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _READ_THEN_DELETED, kafka_url + "&partitions=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode == 0:
+        pytest.fail(
+            "librdkafka (or Tansu) no longer kills a consumer that knows a deleted topic: "
+            "drop this test and the note in docs/kafka.md"
+        )
+    assert result.returncode == -11, result.stderr[-2000:]
+    assert "survived" not in result.stdout
