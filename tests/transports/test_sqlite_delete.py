@@ -105,3 +105,25 @@ async def test_retention_planned_before_a_delete_skips_the_deleted_topic(
     result = await a._client.write(lambda c: delete_below(c, tid=tid, p=0, cut=4))
     assert result == (0, True, [])
     assert await a.enforce_retention() == 0
+
+
+async def test_reads_and_resets_on_a_stale_id_say_the_topic_is_gone_and_look_it_up_again(
+    pair: tuple[SQLiteTransport, SQLiteTransport],
+) -> None:
+    a, b = pair
+    await a.create_topic("t", 1)
+    await a.append("t", [("k", b"old")])
+    for attempt in (
+        lambda: a.read("t", 0, 0, 10),
+        lambda: a.offsets_for_time("t", 0),
+        lambda: a.set_offsets("g", "t", {0: 0}),
+    ):
+        await a.read("t", 0, 0, 10)  # a caches t's id
+        await b.delete_topic("t")
+        with pytest.raises(TopicNotFound, match="'t' does not exist"):
+            await attempt()
+        assert "t" not in a._client.topic_ids  # forgotten
+        await b.create_topic("t", 1)
+        await b.append("t", [("k", b"new")])
+        assert [r.value for r in await a.read("t", 0, 0, 10)] == [b"new"]
+    assert [g.group for g in await a.groups()] == []  # no offsets left on a deleted id

@@ -26,6 +26,7 @@ __all__ = [
     "in_one_snapshot",
     "now_ms",
     "offsets_for_time",
+    "require_topic",
     "retention_cuts",
     "set_group_offsets",
     "topic_info",
@@ -165,6 +166,13 @@ def delete_topic(conn: sqlite3.Connection, topic: str, url: str, now: int) -> in
         "INSERT INTO deleted_topics(id, name, deleted_ms) VALUES (?,?,?)", (tid, topic, now)
     )
     return tid
+
+
+def require_topic(conn: sqlite3.Connection, tid: int) -> None:
+    """TopicNotFound unless topic ``tid`` exists: an id cached before another process
+    deleted the topic (the caller forgets it and names the topic)."""
+    if conn.execute("SELECT 1 FROM topics WHERE id=?", (tid,)).fetchone() is None:
+        raise TopicNotFound(f"topic #{tid} was deleted")
 
 
 def generation_base(tid: int) -> int:
@@ -315,6 +323,7 @@ def offsets_for_time(
     conn: sqlite3.Connection, tid: int, count: int, timestamp_ms: int
 ) -> dict[int, int]:
     """Per partition, the first offset appended at or after ``timestamp_ms``."""
+    require_topic(conn, tid)
     out = {}
     for p in range(count):
         start, end = conn.execute(
@@ -407,6 +416,7 @@ def set_group_offsets(
     conn: sqlite3.Connection, group: str, tid: int, offsets: Mapping[int, int], force: bool
 ) -> None:
     """Move a group's committed offsets (clamped to what is stored)."""
+    require_topic(conn, tid)
     now = now_ms()
     live = conn.execute(
         "SELECT count(*) FROM members WHERE grp=? AND expires_ms >= ?", (group, now)

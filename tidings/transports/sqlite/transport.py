@@ -46,6 +46,7 @@ from tidings.transports.sqlite.sql import (
     describe_groups,
     in_one_snapshot,
     offsets_for_time,
+    require_topic,
     retention_cuts,
     set_group_offsets,
     topic_info,
@@ -280,19 +281,35 @@ class SQLiteTransport(Transport):
         tid, count = await self._client.ids(topic)
         if not 0 <= partition < count:
             raise ConfigError(f"topic {topic!r} has partitions 0..{count - 1}, not {partition}")
-        rows = await self._client.read(
-            lambda c: c.execute(
+
+        def job(conn: sqlite3.Connection) -> list[tuple[int, int, str | None, bytes]]:
+            rows = conn.execute(
                 "SELECT offset, ts, key, value FROM events WHERE topic_id=? AND partition=?"
                 " AND offset >= ? ORDER BY offset LIMIT ?",
                 (tid, partition, offset, limit),
             ).fetchall()
-        )
+            if not rows:
+                require_topic(conn, tid)  # empty, or deleted since its id was cached?
+            return rows
+
+        try:
+            rows = await self._client.read(job)
+        except TopicNotFound:
+            raise self._deleted(topic, tid) from None
         return [Record(topic, partition, o, ts, k, v) for o, ts, k, v in rows]
 
     async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         tid, count = await self._client.ids(topic)
+        try:
+            return await self._client.read(lambda c: offsets_for_time(c, tid, count, timestamp_ms))
+        except TopicNotFound:
+            raise self._deleted(topic, tid) from None
 
-        return await self._client.read(lambda c: offsets_for_time(c, tid, count, timestamp_ms))
+    def _deleted(self, topic: str, tid: int) -> TopicNotFound:
+        """The error for ``topic``, deleted (by another process) since this one cached its
+        id ``tid``, which is forgotten: the next use looks it up, or makes it, again."""
+        self._client.forget(topic, tid)
+        return TopicNotFound(f"topic {topic!r} does not exist in {self.url}; see 'tidings topics'")
 
     # -- groups ---------------------------------------------------------------
 
@@ -317,4 +334,7 @@ class SQLiteTransport(Transport):
         if bad:
             raise ConfigError(f"topic {topic!r} has partitions 0..{count - 1}, not {bad}")
 
-        await self._client.write(lambda c: set_group_offsets(c, group, tid, offsets, force))
+        try:
+            await self._client.write(lambda c: set_group_offsets(c, group, tid, offsets, force))
+        except TopicNotFound:
+            raise self._deleted(topic, tid) from None
