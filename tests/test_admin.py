@@ -16,12 +16,14 @@ from tidings.admin import (
     GROUP_TOPIC_JSON_KEYS,
     GroupTopic,
     dead_letter_counts,
+    delete_topic,
     describe_group,
     group_row_json,
     group_rows,
     group_topic_json,
     group_topics,
     is_internal,
+    live_readers,
     parse_position,
     parse_publish_lines,
     parse_time,
@@ -562,3 +564,63 @@ async def test_reset_of_an_unknown_group_or_topic_is_refused(app: Tidings) -> No
         await reset_offsets(app.transport, "h", "earliest")
     with pytest.raises(TopicNotFound, match="'nope' does not exist"):
         await reset_offsets(app.transport, "g", "earliest", topic="nope")
+
+
+# -- deleting a topic ---------------------------------------------------------------
+
+
+async def test_delete_topic_removes_it_and_the_offsets_of_stopped_groups(app: Tidings) -> None:
+    await publish_spaced(app, "t", ["a", "b"])
+    await publish_spaced(app, "u", ["a"])
+    ends = {p.partition: p.end for p in (await topic_rows(app.transport))[0].partitions}
+    await (await member(app.transport, "g", "t", ends)).close()  # offsets, no live member
+    assert await delete_topic(app.transport, "t") == []
+    assert [i.name for i in await topic_rows(app.transport)] == ["u"]
+    assert [r for r in await group_rows(app.transport) if r.topic == "t"] == []
+
+
+async def test_delete_topic_is_refused_while_a_group_reads_it_unless_forced(app: Tidings) -> None:
+    await publish_spaced(app, "t", ["a", "b"])
+    await publish_spaced(app, "u", ["a"])
+    live = await member(app.transport, "reader", "t")
+    other = await member(app.transport, "elsewhere", "u")  # live, but on another topic
+    try:
+        with pytest.raises(GroupBusy) as refused:
+            await delete_topic(app.transport, "t")
+        message = str(refused.value)
+        assert "live members: reader (1 live member(s)); stop their workers" in message
+        assert "elsewhere" not in message
+        assert "--force" in message
+        assert {i.name: i.events for i in await topic_rows(app.transport)} == {"t": 2, "u": 1}
+        assert await delete_topic(app.transport, "t", force=True) == ["reader"]
+        # Its records went; the live reader may have made it again, empty.
+        rows = {i.name: i.events for i in await topic_rows(app.transport)}
+        assert rows.get("t", 0) == 0
+        assert rows["u"] == 1
+    finally:
+        await live.close()
+        await other.close()
+
+
+async def test_a_groups_dead_letter_and_retry_topics_are_read_by_its_live_group(
+    app: Tidings,
+) -> None:
+    await app.transport.create_topic("g.dlq", 1)
+    await app.transport.create_topic("g.retry", 1)
+    await app.transport.create_topic("h.dlq", 1)
+    live = await member(app.transport, "g", "t")
+    try:
+        for topic in ("g.dlq", "g.retry"):
+            assert [i.group for i in await live_readers(app.transport, topic)] == ["g"]
+            with pytest.raises(GroupBusy, match="live members: g "):
+                await delete_topic(app.transport, topic)
+        assert await delete_topic(app.transport, "h.dlq") == []  # group h is not live
+    finally:
+        await live.close()
+
+
+async def test_delete_of_a_missing_or_invalid_topic_is_refused(app: Tidings) -> None:
+    with pytest.raises(TopicNotFound, match="'nope' does not exist"):
+        await delete_topic(app.transport, "nope")
+    with pytest.raises(ConfigError, match="not valid"):
+        await delete_topic(app.transport, "no spaces")

@@ -376,6 +376,20 @@ class Transport(ABC):
         """
 
     @abstractmethod
+    async def delete_topic(self, topic: str) -> None:
+        """Delete ``topic``: every record of it, and every group's committed offsets
+        (and partition leases) on it. TopicNotFound if it does not exist.
+
+        When this returns, the topic is gone from :meth:`topics` and no group lists a
+        partition of it; :meth:`read` and :meth:`offsets_for_time` raise TopicNotFound.
+        An :meth:`append` afterwards creates it again, as it creates any missing topic:
+        empty, with the URL's default partition count, and with no group offsets, so a
+        group that reads it again starts where ``start_from`` says. The transport does
+        not ask whether groups still read it (``tidings.admin.delete_topic`` does):
+        their live members lose its partitions, and may create it again by reading it.
+        """
+
+    @abstractmethod
     async def append(
         self, topic: str, records: Sequence[tuple[str | None, bytes]]
     ) -> list[tuple[int, int]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tidings.testing import FaultPlan, FaultyTransport, TransportConformance
-from tidings.transport import Transport
+from tidings.testing import FaultPlan, FaultyTransport, TransportConformance, drain
+from tidings.transport import Transport, positions
 from tidings.transports import open_transport
 
 
@@ -52,5 +52,35 @@ async def test_memory_retention_reports_what_a_group_never_read_and_can_keep_it(
     rows = {p.topic: p for g in await t.groups() for p in g.partitions}
     assert (rows["t"].start, rows["t"].lost) == (5, 3)  # 3 unread records went
     assert (rows["kept"].start, rows["kept"].lost) == (2, 0)  # kept from the group's offset
+    await c.close()
+    await t.close()
+
+
+async def test_memory_members_let_a_deleted_topic_go_and_read_it_anew() -> None:
+    from tidings.transports.memory import MemoryTransport
+
+    t = MemoryTransport("memory://")
+    await t.start()
+    await t.create_topic("t", 2)
+    await t.append("t", [(f"k{i}", f"v{i}".encode()) for i in range(6)])
+    revoked: list[frozenset[tuple[str, int]]] = []
+
+    async def on_revoke(tps: frozenset[tuple[str, int]]) -> None:
+        revoked.append(tps)
+
+    c = t.consumer("g", ["t"], on_revoke=on_revoke)
+    await c.start()
+    before = await drain(c, 6)
+    await c.commit(positions(before[:2]))
+    await t.delete_topic("t")  # forced, as it were: the member is live
+    assert revoked == [frozenset({("t", 0), ("t", 1)})]  # let go first
+    # Still subscribed: it reads the topic again, made anew, from its start.
+    assert {p.topic: p.committed for g in await t.groups() for p in g.partitions} == {"t": 0}
+    [(partition, offset)] = await t.append("t", [("k", b"new")])
+    [record] = await drain(c, 1)
+    assert (record.value, record.partition, record.offset) == (b"new", partition, offset)
+    await c.commit(positions(before))  # fetched before the delete: refused (fencing)
+    rows = {(p.topic, p.partition): p.committed for g in await t.groups() for p in g.partitions}
+    assert rows == {("t", p): 0 for p in range(4)}  # made anew with the default count
     await c.close()
     await t.close()

@@ -12,7 +12,7 @@ from tidings.partitioning import partition_for
 from tidings.testing import TransportConformance, eventually
 from tidings.transport import Transport
 from tidings.transports import open_transport
-from tidings.transports.nats import KEY_HEADER
+from tidings.transports.nats import KEY_HEADER, NatsTransport
 from tidings.transports.nats.consumer import NatsConsumer, _ack_fields, _Partition
 
 pytestmark = pytest.mark.integration
@@ -216,3 +216,27 @@ async def test_a_dotted_topic_is_a_stream_with_a_tilde_and_subjects_by_type(
     assert set(subjects) <= {"email~dlq.0.task.created", "email~dlq.1.task.created"}
     assert sum(subjects.values()) == 4
     assert again == placed[:1]  # deduplicated: the original's position
+
+
+async def test_deleting_a_dotted_topic_deletes_its_stream_and_only_its_lease_keys(
+    nats_url: str,
+) -> None:
+    transport = open_transport(nats_url + "&partitions=2")
+    assert isinstance(transport, NatsTransport)
+    await transport.start()
+    try:
+        await transport.append("email.dlq", [("k", b"x")])
+        await transport.append("email", [("k", b"y")])
+        groups = transport.group_client
+        await groups.ensure_bucket()
+        # Lease keys as a member that died holding them leaves them.
+        for key in ("g.l.email~dlq.0", "g.l.email.dlq.0", "g.l.email.0", "h.l.email.dlq.1"):
+            await groups.put_entry(key, b"gone-member", ttl=60)
+        await transport.delete_topic("email.dlq")
+        streams = {s["config"]["name"] for s in await transport.client.streams()}
+        assert "email~dlq" not in streams
+        assert "email" in streams
+        held = {k for k, (_, v) in (await groups.entries()).items() if v is not None}
+        assert held == {"g.l.email~dlq.0", "g.l.email.0"}  # not the deleted topic's
+    finally:
+        await transport.close()

@@ -170,6 +170,7 @@ async def test_a_stream_tidings_did_not_create_is_a_config_error(
                 lambda: transport.read(topic, 0, 0, 10),
                 lambda: transport.offsets_for_time(topic, 0),
                 lambda: transport.consumer("g", [topic]).start(),
+                lambda: transport.delete_topic(topic),
             ]
             for attempt in attempts:
                 with pytest.raises(ConfigError) as info:

@@ -16,14 +16,16 @@ A transport is done when :class:`TransportConformance` passes against it::
 What a transport guarantees beyond the common core is declared in its
 :class:`~tidings.transport.Capabilities`; the suite reads them (a non-persistent
 transport is not asked to survive a reopen).
+
+The suite is one class in three modules: the fixtures and helpers
+(``conformance_base``), the tests of deleting a topic (``conformance_delete``), and
+the rest, here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 try:
     import pytest
@@ -31,57 +33,15 @@ except ImportError as exc:  # pytest is a test dependency, not one of tidings'
     raise ImportError("tidings.testing needs pytest: pip install pytest (or tidings[dev])") from exc
 
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound
+from tidings.testing.conformance_delete import TopicDeletionConformance
 from tidings.testing.helpers import drain, eventually
 from tidings.transport import Consumer, Record, TopicPartition, Transport, positions
-from tidings.transports import open_transport
 
 __all__ = ["TransportConformance"]
 
 
-class TransportConformance:
+class TransportConformance(TopicDeletionConformance):
     """What every transport must do. Subclass it with a ``url`` fixture."""
-
-    partitions = 4
-
-    def open(self, url: str) -> Transport:
-        return open_transport(url)
-
-    @pytest.fixture
-    def url(self) -> str:
-        raise NotImplementedError("a conformance test class must define a url fixture")
-
-    @pytest.fixture
-    async def transport(self, url: str) -> AsyncIterator[Transport]:
-        t = self.open(url)
-        await t.start()
-        try:
-            yield t
-        finally:
-            await t.close()
-
-    @pytest.fixture
-    async def consumers(self, transport: Transport) -> AsyncIterator[list[Consumer]]:
-        made: list[Consumer] = []
-        yield made
-        for c in made:
-            await c.close()
-
-    async def _member(
-        self, transport: Transport, consumers: list[Consumer], group: str, **kw: Any
-    ) -> Consumer:
-        c = transport.consumer(group, ["t"], **kw)
-        consumers.append(c)
-        await c.start()
-        return c
-
-    async def _fill(self, transport: Transport, n: int, keys: int = 10) -> None:
-        await transport.create_topic("t", self.partitions)
-        await transport.append("t", [(f"k{i % keys}", f"v{i}".encode()) for i in range(n)])
-
-    async def _balanced(self, members: list[Consumer], total: int) -> bool:
-        owned = [m.assignment() for m in members]
-        union = frozenset().union(*owned)
-        return len(union) == total and sum(len(o) for o in owned) == total and all(owned)
 
     # -- topics and appends -------------------------------------------------------
 
@@ -358,15 +318,6 @@ class TransportConformance:
         await transport.set_offsets("g", "t", {0: 2}, force=True)
         again = await drain(c, 3)  # without leaving the group
         assert [r.value for r in again] == [b"v2", b"v3", b"v4"]
-
-    async def _committed(self, transport: Transport, group: str) -> dict[TopicPartition, int]:
-        return {
-            (p.topic, p.partition): p.committed
-            for g in await transport.groups()
-            if g.group == group
-            for p in g.partitions
-            if p.committed is not None
-        }
 
     async def test_a_forced_reset_fences_commits_of_records_fetched_before_it(
         self, transport: Transport, consumers: list[Consumer]

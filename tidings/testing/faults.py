@@ -131,6 +131,10 @@ class FaultyTransport(Transport):
             keep_unread=keep_unread,
         )
 
+    async def delete_topic(self, topic: str) -> None:
+        self._injector.check_alive()
+        await self.inner.delete_topic(topic)
+
     async def append(
         self, topic: str, records: Sequence[tuple[str | None, bytes]]
     ) -> list[tuple[int, int]]:

@@ -130,6 +130,28 @@ class MemoryTransport(Transport):
             )
         return self._info(self._store.topics[topic])
 
+    async def delete_topic(self, topic: str) -> None:
+        self._topic(topic)
+        store = self._store
+        # Live members let go of its partitions first (as at a rebalance), then the
+        # topic and every group's offsets and generations on it go.
+        for group, members in list(store.members.items()):
+            async with store.rebalance_locks.setdefault(group, asyncio.Lock()):
+                for c in list(members.values()):
+                    owned = frozenset(tp for tp in c.assignment() if tp[0] == topic)
+                    if owned:
+                        await c.revoke(owned)
+        store.topics.pop(topic, None)
+        # The generations stay: a commit of a record fetched before must not count on
+        # the topic made again under the same name.
+        for key in [k for k in store.offsets if k[1] == topic]:
+            del store.offsets[key]
+        store.notify()
+        # Members still subscribed to it (a forced delete) read it again, new and empty.
+        for group, members in list(store.members.items()):
+            if any(topic in c.topics for c in members.values()):
+                await self._rebalance(group)
+
     @staticmethod
     def _info(t: _Topic) -> TopicInfo:
         return TopicInfo(
@@ -364,7 +386,10 @@ class MemoryConsumer(Consumer):
         out: list[Record] = []
         per = max(1, max_records // len(owned))
         for tp in owned[self._rr :] + owned[: self._rr]:
-            p = self.transport._store.topics[tp[0]].partitions[tp[1]]
+            t = self.transport._store.topics.get(tp[0])
+            if t is None:  # deleted; this member loses it at once (delete_topic)
+                continue
+            p = t.partitions[tp[1]]
             pos = max(self._position[tp], p.start)
             first = pos - p.start
             batch = p.records[first : first + min(per, max_records - len(out))]

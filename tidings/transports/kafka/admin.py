@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from tidings.errors import ConfigError, GroupBusy, TopicNotFound
+from tidings.errors import ConfigError, GroupBusy, TopicNotFound, TransportError
 from tidings.transport import (
     FOREVER,
     GroupInfo,
@@ -138,6 +138,32 @@ class Admin:
         [info] = await self.infos([topic])
         return info
 
+    async def delete_topic(self, topic: str) -> None:
+        """Delete ``topic`` (TopicNotFound if missing) and wait until the broker no
+        longer lists it, so that an append right after creates it anew. Kafka drops the
+        groups' committed offsets of a deleted topic itself."""
+        check_topic_name(topic)
+        admin = self.started()
+        self.counts.pop(topic, None)
+        await in_thread(
+            lambda: admin.delete_topics([topic], operation_timeout=TIMEOUT)[topic].result(TIMEOUT),
+            f"delete topic {topic!r}",
+        )
+        deadline = time.monotonic() + TIMEOUT
+        while await self._listed(topic):
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"delete topic {topic!r}: {self.url} still lists it {TIMEOUT:g}s after "
+                    "accepting its deletion"
+                )
+            await asyncio.sleep(SETTLE_POLL)
+        self.counts.pop(topic, None)
+
+    async def _listed(self, topic: str) -> bool:
+        meta = await in_thread(lambda: self.started().list_topics(timeout=TIMEOUT), "list topics")
+        found = meta.topics.get(topic)
+        return found is not None and found.error is None
+
     async def partition_count(self, topic: str) -> int:
         count = self.counts.get(topic)
         if count is None:
@@ -217,9 +243,10 @@ class Admin:
             for topic in sorted({t for t, _ in committed} | {t for t, _ in owner}):
                 try:
                     count = await self.partition_count(topic)
-                except TopicNotFound:
+                    rows += await self._rows(group, topic, count, committed, owner)
+                except TopicNotFound:  # deleted (meanwhile, or by another process)
+                    self.counts.pop(topic, None)
                     continue
-                rows += await self._rows(group, topic, count, committed, owner)
             out.append(GroupInfo(group, tuple(rows), members))
         return out
 

@@ -114,6 +114,9 @@ class KafkaTransport(Transport):
             keep_unread=keep_unread,
         )
 
+    async def delete_topic(self, topic: str) -> None:
+        await self._admin.delete_topic(topic)
+
     async def topics(self) -> list[TopicInfo]:
         return await self._admin.topics()
 

@@ -176,6 +176,14 @@ class GroupClient:
             raise translate(error, self.url, doing)
         return int(answer["seq"])
 
+    async def forget_topic(self, topic: str) -> None:
+        """Delete every group's lease keys of ``topic`` (a deleted topic): a member
+        still holding one fails its next renewal and lets the partition go."""
+        for key, (_, value) in (await self.entries()).items():
+            _, kind, rest = key.split(".", 2)
+            if kind == "l" and rest.rpartition(".")[0] == topic and value is not None:
+                await self.put_entry(key, b"", ttl=self.config.lease, delete=True)
+
     async def ensure_consumer(
         self, group: str, topic: str, partition: int, start_from: StartFrom
     ) -> dict[str, Any]:

@@ -141,6 +141,18 @@ class Streams:
         self.partitions[topic] = count
         return count
 
+    async def delete(self, topic: str) -> None:
+        """Delete the stream of ``topic``, and with it every group's durable consumers
+        of it (their ack floors are the groups' offsets). TopicNotFound if it has no
+        stream; ConfigError for a stream of that name that tidings did not make."""
+        check_topic_name(topic)
+        stream = stream_name(topic)
+        self.partitions.pop(topic, None)
+        info = await self.client.stream_info(stream, topic=topic)
+        self._stream_partitions(topic, info)  # only a stream made for this topic
+        await self.client.api(f"STREAM.DELETE.{stream}", topic=topic)
+        self.partitions.pop(topic, None)
+
     async def info(self, topic: str) -> TopicInfo:
         count = await self.partitions_of(topic)
         stream = stream_name(topic)

@@ -134,6 +134,12 @@ class NatsTransport(Transport):
         await self.streams.ensure(topic, partitions, retention_ms, retention_bytes)
         return await self.streams.info(topic)
 
+    async def delete_topic(self, topic: str) -> None:
+        """The topic's stream (its records and the groups' durable consumers, whose ack
+        floors are the groups' offsets), then the groups' lease keys of it."""
+        await self.streams.delete(topic)
+        await self.group_client.forget_topic(topic)
+
     async def topics(self) -> list[TopicInfo]:
         return await self.streams.all()
 

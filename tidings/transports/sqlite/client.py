@@ -274,6 +274,13 @@ class LogClient:
         self.topic_ids[topic] = ids
         return ids
 
+    def forget(self, topic: str, tid: int | None = None) -> None:
+        """Drop ``topic`` from ``topic_ids`` (only if its id is ``tid``, when given): it
+        was deleted, and the next use looks it up, or makes it, again."""
+        known = self.topic_ids.get(topic)
+        if known is not None and (tid is None or known[0] == tid):
+            del self.topic_ids[topic]
+
     async def ids(self, topic: str) -> tuple[int, int]:
         """The (id, partition count) of ``topic``, which must exist."""
         ids = self.topic_ids.get(topic)

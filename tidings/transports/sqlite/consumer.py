@@ -41,6 +41,7 @@ from tidings.transport import (
     TopicPartition,
 )
 from tidings.transports.sqlite.client import LogClient
+from tidings.transports.sqlite.sql import generation_base
 
 __all__ = ["SQLiteConsumer"]
 
@@ -168,6 +169,9 @@ class SQLiteConsumer(Consumer):
                 return
             await self._let_go()
             await self._client.fault("heartbeat")
+            for topic in self.topics:  # deleted (tidings topics delete --force): made again
+                if topic not in self._client.topic_ids:
+                    await self._client.create_topic(topic)
             ids = {t: self._client.topic_ids[t] for t in self.topics}
             believed = {
                 (ids[t][0], p): self._generation[(t, p)]
@@ -175,10 +179,13 @@ class SQLiteConsumer(Consumer):
                 if (t, p) in self._generation
             }
             sent = self._client.clock.monotonic()
-            kept, claimed, excess = await self._client.write(
+            kept, claimed, excess, gone = await self._client.write(
                 lambda c: self._heartbeat_tx(c, ids, believed), durable=False
             )
             self._renewed_at = sent
+            for name, (tid, _) in ids.items():
+                if tid in gone:  # deleted by another process: made again at the next beat
+                    self._client.forget(name, tid)
             names = {tid: name for name, (tid, _) in ids.items()}
             # Lost: owned here, but the lease is gone or has another generation
             # (expired, or removed by an offset reset), even if this very heartbeat
@@ -222,9 +229,10 @@ class SQLiteConsumer(Consumer):
         conn: sqlite3.Connection,
         ids: dict[str, tuple[int, int]],
         believed: dict[tuple[int, int], int],
-    ) -> tuple[list[tuple[int, int]], list[Claim], list[tuple[int, int]]]:
+    ) -> tuple[list[tuple[int, int]], list[Claim], list[tuple[int, int]], set[int]]:
         """Beat, remove expired members, hand back leases this member does not know it
-        holds, claim up to the fair share; return (kept, claimed, excess)."""
+        holds, claim up to the fair share; return (kept, claimed, excess) and the ids
+        of the topics deleted since they were looked up."""
         live = self._beat_tx(conn)
         leased = self._leases_tx(conn, believed)
         me = self.member
@@ -232,10 +240,16 @@ class SQLiteConsumer(Consumer):
         claimed: list[Claim] = []
         excess: list[tuple[int, int]] = []
         now = self._client.clock.time_ms()
+        wanted = [tid for tid, _ in ids.values()]
+        marks = ",".join("?" * len(wanted))
+        query = f"SELECT id FROM topics WHERE id IN ({marks})"
+        gone = set(wanted) - {r[0] for r in conn.execute(query, wanted)}
         # A fair share of each topic (as Kafka's range assignor does), not of all the
         # partitions together: a group also reads its small retry topic, and a member
         # holding only that one would have nothing to do.
         for tid, count in ids.values():
+            if tid in gone:
+                continue
             parts = [(tid, p) for p in range(count)]
             held = [tp for tp in parts if leased.get(tp) == me]
             kept.extend(held)
@@ -251,7 +265,7 @@ class SQLiteConsumer(Consumer):
                     claimed.append(self._claim_tx(conn, tp, now))
                     held.append(tp)
             excess.extend(held[target:])
-        return kept, claimed, excess
+        return kept, claimed, excess, gone
 
     def _beat_tx(self, conn: sqlite3.Connection) -> int:
         """Move this member's beat, remove the members whose beat stood still for a
@@ -310,9 +324,9 @@ class SQLiteConsumer(Consumer):
         column = "start_offset" if self.start_from == "earliest" else "next_offset"
         conn.execute(
             "INSERT OR IGNORE INTO group_offsets(grp, topic_id, partition, offset,"
-            f" updated_ms) SELECT ?, ?, ?, {column}, ? FROM partitions"
+            f" updated_ms, generation) SELECT ?, ?, ?, {column}, ?, ? FROM partitions"
             " WHERE topic_id=? AND partition=?",
-            (g, *tp, now, *tp),
+            (g, *tp, now, generation_base(tp[0]), *tp),
         )
         generation, offset = conn.execute(
             "UPDATE group_offsets SET generation=generation+1"
@@ -386,10 +400,13 @@ class SQLiteConsumer(Consumer):
             if limit <= 0:
                 break
             topic, p = tp
+            known = ids.get(topic)
+            if known is None:  # deleted here; the next heartbeat takes it from this member
+                continue
             rows = conn.execute(
                 "SELECT offset, ts, key, value FROM events WHERE topic_id=?"
                 " AND partition=? AND offset >= ? ORDER BY offset LIMIT ?",
-                (ids[topic][0], p, pos, limit),
+                (known[0], p, pos, limit),
             ).fetchall()
             if rows:
                 gen = generations[tp]
@@ -407,6 +424,7 @@ class SQLiteConsumer(Consumer):
         rows = [
             (off, now, g, ids[t][0], p, g, ids[t][0], p, me, generation)
             for (t, p), (off, generation) in offsets.items()
+            if t in ids  # a topic deleted meanwhile has no offsets to move
         ]
 
         def job(conn: sqlite3.Connection) -> None:

@@ -19,11 +19,14 @@ __all__ = [
     "SCHEMA",
     "create_schema",
     "delete_below",
+    "delete_topic",
     "describe_groups",
     "ensure_topic",
+    "generation_base",
     "in_one_snapshot",
     "now_ms",
     "offsets_for_time",
+    "require_topic",
     "retention_cuts",
     "set_group_offsets",
     "topic_info",
@@ -88,6 +91,11 @@ CREATE TABLE IF NOT EXISTS leases (
     generation INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (grp, topic_id, partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deleted_topics (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    deleted_ms INTEGER NOT NULL
+);
 """
 
 # Columns added since the first release: a log made by an older tidings gets them.
@@ -126,19 +134,52 @@ def ensure_topic(
     count)."""
     row = conn.execute("SELECT id, partitions FROM topics WHERE name=?", (topic,)).fetchone()
     if row is None:
-        cur = conn.execute(
-            "INSERT INTO topics(name, partitions, retention_ms, retention_bytes, created_ms,"
-            " keep_unread) VALUES (?,?,?,?,?,?)",
-            (topic, partitions, retention_ms, retention_bytes, now, keep_unread),
+        # Never the id of a deleted topic: another process may still have it cached.
+        (tid,) = conn.execute(
+            "SELECT 1 + max(coalesce((SELECT max(id) FROM topics), 0),"
+            " coalesce((SELECT max(id) FROM deleted_topics), 0))"
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO topics(id, name, partitions, retention_ms, retention_bytes,"
+            " created_ms, keep_unread) VALUES (?,?,?,?,?,?,?)",
+            (tid, topic, partitions, retention_ms, retention_bytes, now, keep_unread),
         )
-        tid = cur.lastrowid
-        assert tid is not None
         conn.executemany(
             "INSERT INTO partitions(topic_id, partition) VALUES (?,?)",
             [(tid, p) for p in range(partitions)],
         )
         row = (tid, partitions)
     return int(row[0]), int(row[1])
+
+
+def delete_topic(conn: sqlite3.Connection, topic: str, url: str, now: int) -> int:
+    """Delete ``topic``: its records, partitions, and every group's offsets and leases
+    on it; return its id, kept in ``deleted_topics`` so that no new topic takes it."""
+    row = conn.execute("SELECT id FROM topics WHERE name=?", (topic,)).fetchone()
+    if row is None:
+        raise TopicNotFound(f"topic {topic!r} does not exist in {url}; see 'tidings topics'")
+    tid = int(row[0])
+    for table in ("events", "partitions", "group_offsets", "leases"):
+        conn.execute(f"DELETE FROM {table} WHERE topic_id=?", (tid,))
+    conn.execute("DELETE FROM topics WHERE id=?", (tid,))
+    conn.execute(
+        "INSERT INTO deleted_topics(id, name, deleted_ms) VALUES (?,?,?)", (tid, topic, now)
+    )
+    return tid
+
+
+def require_topic(conn: sqlite3.Connection, tid: int) -> None:
+    """TopicNotFound unless topic ``tid`` exists: an id cached before another process
+    deleted the topic (the caller forgets it and names the topic)."""
+    if conn.execute("SELECT 1 FROM topics WHERE id=?", (tid,)).fetchone() is None:
+        raise TopicNotFound(f"topic #{tid} was deleted")
+
+
+def generation_base(tid: int) -> int:
+    """The lease generation a group's first claim of a partition of topic ``tid`` starts
+    above: a topic deleted and made again has a new id, so a record fetched from the
+    old one never carries a generation of the new one (fencing holds across a delete)."""
+    return tid << 32
 
 
 def topic_info(conn: sqlite3.Connection, topic: str, url: str) -> TopicInfo:
@@ -243,9 +284,12 @@ def delete_below(
     last offset it lost, also added to its ``lost`` count."""
     if keep_for is not None:
         cut = unread_kept(conn, tid, p, cut, keep_for)
-    (start,) = conn.execute(
+    row = conn.execute(
         "SELECT start_offset FROM partitions WHERE topic_id=? AND partition=?", (tid, p)
     ).fetchone()
+    if row is None:  # the topic was deleted since the plan
+        return 0, True, []
+    start = row[0]
     if start >= cut:
         return 0, True, []
     upto = min(cut, start + RETENTION_BATCH)
@@ -279,6 +323,7 @@ def offsets_for_time(
     conn: sqlite3.Connection, tid: int, count: int, timestamp_ms: int
 ) -> dict[int, int]:
     """Per partition, the first offset appended at or after ``timestamp_ms``."""
+    require_topic(conn, tid)
     out = {}
     for p in range(count):
         start, end = conn.execute(
@@ -371,6 +416,7 @@ def set_group_offsets(
     conn: sqlite3.Connection, group: str, tid: int, offsets: Mapping[int, int], force: bool
 ) -> None:
     """Move a group's committed offsets (clamped to what is stored)."""
+    require_topic(conn, tid)
     now = now_ms()
     live = conn.execute(
         "SELECT count(*) FROM members WHERE grp=? AND expires_ms >= ?", (group, now)
@@ -389,10 +435,10 @@ def set_group_offsets(
         # committed, even by a member that takes the partition again at once.
         conn.execute(
             "INSERT INTO group_offsets(grp, topic_id, partition, offset, updated_ms, generation)"
-            " VALUES (?,?,?,?,?,1) ON CONFLICT(grp, topic_id, partition)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT(grp, topic_id, partition)"
             " DO UPDATE SET offset=excluded.offset, updated_ms=excluded.updated_ms,"
             " generation=generation+1",
-            (group, tid, p, min(max(offset, start), end), now),
+            (group, tid, p, min(max(offset, start), end), now, generation_base(tid) + 1),
         )
         # Live members lose these leases, so they drop what they hold in memory,
         # claim again, and start from the new offsets under the new generation.

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, TopicNotFound
 from tidings.partitioning import partition_for
 from tidings.transport import (
     Capabilities,
@@ -42,9 +42,11 @@ from tidings.transports.sqlite.client import LogClient
 from tidings.transports.sqlite.consumer import SQLiteConsumer
 from tidings.transports.sqlite.sql import (
     delete_below,
+    delete_topic,
     describe_groups,
     in_one_snapshot,
     offsets_for_time,
+    require_topic,
     retention_cuts,
     set_group_offsets,
     topic_info,
@@ -172,12 +174,24 @@ class SQLiteTransport(Transport):
         )
         return await self._client.read(lambda c: topic_info(c, topic, self.url))
 
+    async def delete_topic(self, topic: str) -> None:
+        """In one transaction (see :func:`~tidings.transports.sqlite.sql.delete_topic`);
+        then the WAL, grown by the deleted pages, is checkpointed back to its limit."""
+        now = self.clock.time_ms()
+        tid = await self._client.write(lambda c: delete_topic(c, topic, self.url, now))
+        self._client.forget(topic, tid)
+        self._client.appended.notify()  # members in this process let go of it sooner
+        await self._client.run_alone(
+            lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall() and None
+        )
+
     async def topics(self) -> list[TopicInfo]:
         def job(conn: sqlite3.Connection) -> list[TopicInfo]:
             names = [r[0] for r in conn.execute("SELECT name FROM topics ORDER BY name")]
             return [topic_info(conn, n, self.url) for n in names]
 
-        return await self._client.read(job)
+        # In one snapshot: a topic deleted meanwhile is not listed and then not found.
+        return await self._client.read(lambda c: in_one_snapshot(c, lambda: job(c)))
 
     # -- append ---------------------------------------------------------------
 
@@ -187,14 +201,23 @@ class SQLiteTransport(Transport):
         ids = self._client.topic_ids.get(topic)
         if ids is None:
             ids = await self._client.create_topic(topic)
-        tid, count = ids
-        placed = [(partition_for(key, count), key, value) for key, value in records]
-        result = await self._client.append(tid, placed)
+        try:
+            result = await self._append(ids, records)
+        except TopicNotFound:  # deleted since its id was cached: made again, as missing
+            self._client.forget(topic, ids[0])
+            result = await self._append(await self._client.create_topic(topic), records)
         if time.monotonic() - self._last_retention > self.retention_interval:
             # In the background: the publish that happens to trigger it must not wait.
             self._last_retention = time.monotonic()
             self._retention = asyncio.get_running_loop().create_task(self._retain_quietly())
         return result
+
+    async def _append(
+        self, ids: tuple[int, int], records: Sequence[tuple[str | None, bytes]]
+    ) -> list[tuple[int, int]]:
+        tid, count = ids
+        placed = [(partition_for(key, count), key, value) for key, value in records]
+        return await self._client.append(tid, placed)
 
     async def _retain_quietly(self) -> None:
         try:
@@ -258,19 +281,35 @@ class SQLiteTransport(Transport):
         tid, count = await self._client.ids(topic)
         if not 0 <= partition < count:
             raise ConfigError(f"topic {topic!r} has partitions 0..{count - 1}, not {partition}")
-        rows = await self._client.read(
-            lambda c: c.execute(
+
+        def job(conn: sqlite3.Connection) -> list[tuple[int, int, str | None, bytes]]:
+            rows = conn.execute(
                 "SELECT offset, ts, key, value FROM events WHERE topic_id=? AND partition=?"
                 " AND offset >= ? ORDER BY offset LIMIT ?",
                 (tid, partition, offset, limit),
             ).fetchall()
-        )
+            if not rows:
+                require_topic(conn, tid)  # empty, or deleted since its id was cached?
+            return rows
+
+        try:
+            rows = await self._client.read(job)
+        except TopicNotFound:
+            raise self._deleted(topic, tid) from None
         return [Record(topic, partition, o, ts, k, v) for o, ts, k, v in rows]
 
     async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         tid, count = await self._client.ids(topic)
+        try:
+            return await self._client.read(lambda c: offsets_for_time(c, tid, count, timestamp_ms))
+        except TopicNotFound:
+            raise self._deleted(topic, tid) from None
 
-        return await self._client.read(lambda c: offsets_for_time(c, tid, count, timestamp_ms))
+    def _deleted(self, topic: str, tid: int) -> TopicNotFound:
+        """The error for ``topic``, deleted (by another process) since this one cached its
+        id ``tid``, which is forgotten: the next use looks it up, or makes it, again."""
+        self._client.forget(topic, tid)
+        return TopicNotFound(f"topic {topic!r} does not exist in {self.url}; see 'tidings topics'")
 
     # -- groups ---------------------------------------------------------------
 
@@ -295,4 +334,7 @@ class SQLiteTransport(Transport):
         if bad:
             raise ConfigError(f"topic {topic!r} has partitions 0..{count - 1}, not {bad}")
 
-        await self._client.write(lambda c: set_group_offsets(c, group, tid, offsets, force))
+        try:
+            await self._client.write(lambda c: set_group_offsets(c, group, tid, offsets, force))
+        except TopicNotFound:
+            raise self._deleted(topic, tid) from None

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tidings._sqlite import execute_when_free
+from tidings.errors import TopicNotFound
 
 __all__ = ["GroupCommitWriter"]
 
@@ -142,6 +143,8 @@ class GroupCommitWriter:
 
         def job(conn: sqlite3.Connection) -> list[tuple[int, int]]:
             heads = self._partition_heads(conn, tid)
+            if not heads:  # deleted since its id was looked up (maybe by another process)
+                raise TopicNotFound(f"topic #{tid} was deleted")
             before = {p: h[:] for p, h in heads.items()}
             ts = now()
             rows = []

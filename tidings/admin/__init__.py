@@ -1,0 +1,78 @@
+"""Operating a log: the library behind ``tidings topics|groups|publish|tail|offsets``
+(and ``tidings topics delete``).
+
+Each function takes a started transport (or, to publish, a started Tidings app) and
+returns data; ``tidings.cli`` only parses arguments and prints. A position in a
+topic is ``earliest``, ``latest``, a time (ISO-8601, UTC unless it has an offset, or an
+age such as ``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``) or, for offset resets, an
+offset that applies to every partition.
+"""
+
+from __future__ import annotations
+
+from tidings.admin.offsets import OffsetChange, reset_offsets
+from tidings.admin.positions import (
+    Position,
+    parse_age,
+    parse_position,
+    parse_time,
+    resolve_start,
+    topic_info,
+)
+from tidings.admin.publishing import (
+    CLI_SOURCE,
+    build_event,
+    check_publish_topic,
+    parse_publish_lines,
+    publish,
+)
+from tidings.admin.topics import (
+    GROUP_JSON_KEYS,
+    GROUP_TOPIC_JSON_KEYS,
+    GroupStatus,
+    GroupTopic,
+    check_topic_deletable,
+    dead_letter_counts,
+    delete_topic,
+    describe_group,
+    group_row_json,
+    group_rows,
+    group_topic_json,
+    group_topics,
+    is_internal,
+    live_readers,
+    topic_json,
+    topic_rows,
+)
+
+__all__ = [
+    "CLI_SOURCE",
+    "GROUP_JSON_KEYS",
+    "GROUP_TOPIC_JSON_KEYS",
+    "GroupStatus",
+    "GroupTopic",
+    "OffsetChange",
+    "Position",
+    "build_event",
+    "check_publish_topic",
+    "check_topic_deletable",
+    "dead_letter_counts",
+    "delete_topic",
+    "describe_group",
+    "group_row_json",
+    "group_rows",
+    "group_topic_json",
+    "group_topics",
+    "is_internal",
+    "live_readers",
+    "parse_age",
+    "parse_position",
+    "parse_publish_lines",
+    "parse_time",
+    "publish",
+    "reset_offsets",
+    "resolve_start",
+    "topic_info",
+    "topic_json",
+    "topic_rows",
+]

@@ -1,0 +1,229 @@
+"""Topics and groups: listing, describing, lag by group and topic, deleting a topic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from tidings.admin.positions import topic_info
+from tidings.dead_letters import dlq_topic, retry_topic, waiting
+from tidings.errors import (
+    GroupBusy,
+    GroupNotFound,
+)
+from tidings.transport import (
+    GroupInfo,
+    GroupPartition,
+    TopicInfo,
+    Transport,
+    check_topic_name,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+# The JSON of ``tidings groups --partitions`` (one object per partition) and of
+# ``tidings groups`` (one per group and topic).
+GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag", "lost", "dlq")
+GROUP_TOPIC_JSON_KEYS = (
+    "group", "topic", "partitions", "lag", "lost", "dlq", "members", "status"
+)  # fmt: skip
+
+# -- topics and groups ------------------------------------------------------------
+
+
+async def topic_rows(transport: Transport) -> list[TopicInfo]:
+    """Every topic with its partitions' start and end offsets and sizes, by name."""
+    return sorted(await transport.topics(), key=lambda t: t.name)
+
+
+def topic_json(info: TopicInfo) -> dict[str, Any]:
+    return {
+        "topic": info.name,
+        "events": info.events,
+        "bytes": info.size,
+        "retention_ms": info.retention_ms,
+        "retention_bytes": info.retention_bytes,
+        "partitions": [
+            {"partition": p.partition, "start": p.start, "end": p.end, "bytes": p.bytes}
+            for p in info.partitions
+        ],
+    }
+
+
+async def live_readers(transport: Transport, topic: str) -> list[GroupInfo]:
+    """The groups with live members that read ``topic``: a member holds one of its
+    partitions, or the group has offsets on it; ``<group>.dlq`` and ``<group>.retry``
+    are read by ``<group>`` (its worker reads its dead letters outside the group)."""
+    owner, dot, suffix = topic.rpartition(".")
+    own = owner if dot and suffix in ("dlq", "retry") else None
+    return [
+        info
+        for info in await transport.groups()
+        if info.members
+        and (
+            info.group == own
+            or any(row.topic == topic for row in info.partitions)
+            or any(tp[0] == topic for m in info.members for tp in m.partitions)
+        )
+    ]
+
+
+async def check_topic_deletable(
+    transport: Transport, topic: str, *, force: bool = False
+) -> tuple[TopicInfo, list[str]]:
+    """What :func:`delete_topic` checks first, without deleting: the topic (TopicNotFound
+    if missing, ConfigError for a name no topic can have) and the live groups that read
+    it (see :func:`live_readers`); GroupBusy naming them, unless ``force``."""
+    check_topic_name(topic)
+    info = await topic_info(transport, topic)
+    live = await live_readers(transport, topic)
+    if live and not force:
+        names = ", ".join(f"{g.group} ({len(g.members)} live member(s))" for g in live)
+        raise GroupBusy(
+            f"topic {topic!r} is read by group(s) with live members: {names}; stop their "
+            "workers first, or pass --force (they lose its partitions, and a worker still "
+            "reading it makes it again, empty)"
+        )
+    return info, [g.group for g in live]
+
+
+async def delete_topic(transport: Transport, topic: str, *, force: bool = False) -> list[str]:
+    """Delete ``topic``: its records and every group's offsets on it
+    (``Transport.delete_topic``); return the live groups that read it, deleted under
+    them only with ``force``.
+
+    Refuses as :func:`check_topic_deletable` does: GroupBusy naming the live groups
+    that read it, unless ``force`` (their workers lose its partitions, and one still
+    reading it makes it again, empty); TopicNotFound if it does not exist.
+    """
+    _, live = await check_topic_deletable(transport, topic, force=force)
+    await transport.delete_topic(topic)
+    return live
+
+
+async def describe_group(transport: Transport, group: str) -> GroupInfo:
+    """One group's partitions and live members; GroupNotFound if it has neither
+    committed offsets nor live members."""
+    infos = await transport.groups()
+    for info in infos:
+        if info.group == group:
+            return info
+    known = ", ".join(i.group for i in infos) or "none yet"
+    raise GroupNotFound(
+        f"group {group!r} does not exist in {transport.url} (no committed offsets, no live "
+        f"members); known groups: {known}"
+    )
+
+
+def is_internal(group: str, topic: str) -> bool:
+    """Whether ``topic`` is one of ``group``'s own dead-letter topics, ``<group>.retry``
+    (which it reads) or ``<group>.dlq``: shown and reset only when asked for."""
+    return topic in (retry_topic(group), dlq_topic(group))
+
+
+async def group_rows(
+    transport: Transport, group: str | None = None, *, internal: bool = False
+) -> list[GroupPartition]:
+    """Per group, topic and partition: committed and end offset, lag, owning member;
+    the groups' internal topics (:func:`is_internal`) only with ``internal``."""
+    infos = [await describe_group(transport, group)] if group else await transport.groups()
+    rows = [
+        row
+        for info in infos
+        for row in info.partitions
+        if internal or not is_internal(row.group, row.topic)
+    ]
+    return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
+
+
+async def dead_letter_counts(
+    transport: Transport, rows: Iterable[GroupPartition]
+) -> dict[tuple[str, str, int], int]:
+    """Per (group, topic, partition) of ``rows``' groups, the dead letters waiting for
+    an operator of the events read from there (absent: none)."""
+    by_group = await waiting(transport, sorted({r.group for r in rows}))
+    return {(g, t, p): n for g, counts in by_group.items() for (t, p), n in counts.items()}
+
+
+def group_row_json(row: GroupPartition, dlq: int) -> dict[str, Any]:
+    """The documented JSON of one row: exactly :data:`GROUP_JSON_KEYS` (``dlq``: the
+    dead letters waiting for an operator of the events read from the row's partition)."""
+    return {
+        "group": row.group,
+        "topic": row.topic,
+        "partition": row.partition,
+        "committed": row.committed,
+        "end": row.end,
+        "lag": row.lag,
+        "lost": row.lost,
+        "dlq": dlq,
+    }
+
+
+GroupStatus = Literal["stopped", "partial", "lagging", "ok"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTopic:
+    """One line of ``tidings groups``: where a group stands on one topic, its
+    partitions summed, as ``kafka-consumer-groups --describe`` summarised."""
+
+    group: str
+    topic: str
+    partitions: int
+    lag: int
+    lost: int
+    dlq: int  # dead letters waiting of the events read from this topic
+    members: tuple[str, ...]  # the live members holding its partitions, by name
+    held: int  # how many of its partitions a live member holds
+
+    @property
+    def status(self) -> GroupStatus:
+        """``stopped``: no live member holds a partition of it; ``partial``: some
+        partitions are held and some not (a member joining or leaving, a lease gone);
+        ``lagging``: all held, events to handle; ``ok``: all held, nothing to handle."""
+        if not self.held:
+            return "stopped"
+        if self.held < self.partitions:
+            return "partial"
+        return "lagging" if self.lag else "ok"
+
+
+def group_topics(
+    rows: Iterable[GroupPartition], dlq: Mapping[tuple[str, str, int], int]
+) -> list[GroupTopic]:
+    """``rows`` (from :func:`group_rows`) summed per group and topic; ``dlq`` as
+    :func:`dead_letter_counts` gives it."""
+    by: dict[tuple[str, str], list[GroupPartition]] = {}
+    for row in rows:
+        by.setdefault((row.group, row.topic), []).append(row)
+    return [
+        GroupTopic(
+            group=group,
+            topic=topic,
+            partitions=len(part),
+            lag=sum(r.lag for r in part),
+            lost=sum(r.lost for r in part),
+            dlq=sum(dlq.get((group, topic, r.partition), 0) for r in part),
+            members=tuple(sorted({r.member for r in part if r.member is not None})),
+            held=sum(1 for r in part if r.member is not None),
+        )
+        for (group, topic), part in sorted(by.items())
+    ]
+
+
+def group_topic_json(line: GroupTopic) -> dict[str, Any]:
+    """The documented JSON of one line: exactly :data:`GROUP_TOPIC_JSON_KEYS`."""
+    return {
+        "group": line.group,
+        "topic": line.topic,
+        "partitions": line.partitions,
+        "lag": line.lag,
+        "lost": line.lost,
+        "dlq": line.dlq,
+        "members": list(line.members),
+        "status": line.status,
+    }
