@@ -217,7 +217,7 @@ class Tidings:
         return self._groups.get(name) or GroupSettings()
 
     def add_component(self, component: Component) -> None:
-        """Run ``component`` beside the worker's groups (``tidings run``, :func:`tidings.run`)."""
+        """Run ``component`` beside the worker's groups (``tidings run``, ``Worker.serve``)."""
         self.components.append(component)
 
     def subscriber(
