@@ -61,7 +61,7 @@ def _due(delay: float | timedelta | None, deliver_at: datetime | None) -> dateti
 
 def _per_payload_options(
     options: dict[str, Any],
-) -> Callable[[int, Any], dict[str, str | None]]:
+) -> Callable[[int, Any], dict[str, Any]]:
     """Take ``subject``/``key`` functions out of ``options`` (publish_many's); return
     what gives one payload its own ``subject``/``key`` (the ``i``-th, for errors)."""
     functions: dict[str, Callable[[Any], Any]] = {}
@@ -83,8 +83,8 @@ def _per_payload_options(
                 f"{name}=lambda payload: payload['task_id']"
             )
 
-    def per_payload(i: int, payload: Any) -> dict[str, str | None]:
-        out: dict[str, str | None] = {}
+    def per_payload(i: int, payload: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for name, function in functions.items():
             value = function(payload)
             if value is not None and not isinstance(value, str):
