@@ -452,6 +452,99 @@ async def test_publish_many_of_nothing_appends_nothing(monkeypatch: pytest.Monke
         assert await app.publish_many(TOPIC, []) == []
 
 
+async def test_publish_many_takes_one_subject_for_every_plain_payload() -> None:
+    app = make_app()
+    async with app:
+        events = await app.publish_many(TOPIC, [{"n": 1}, {"n": 2}], type="task.x_y", subject="s")
+    assert [e.subject for e in events] == ["s", "s"]
+
+
+async def test_publish_many_gives_each_plain_payload_its_subject_from_a_function() -> None:
+    app = make_app()
+    app.topic(TOPIC, partitions=4)
+    rows = [{"task_id": f"t{i % 3}", "n": i} for i in range(9)]
+    async with app:
+        events = await app.publish_many(
+            TOPIC, rows, type="task.imported", subject=lambda row: row["task_id"]
+        )
+        on_log = await stored(app.transport)
+    assert [e.subject for e in events] == [row["task_id"] for row in rows]
+    assert all(e.partitionkey is None for e in events)  # the subject is the key
+    # Each subject's events are in one partition, in the order given.
+    for subject in ("t0", "t1", "t2"):
+        assert [e.data["n"] for e in on_log if e.subject == subject] == [
+            row["n"] for row in rows if row["task_id"] == subject
+        ]
+
+
+async def test_publish_many_takes_a_key_function_beside_one_subject() -> None:
+    app = make_app()
+    async with app:
+        events = await app.publish_many(
+            TOPIC, [{"tenant": "a"}, {"tenant": "b"}], type="task.x_y",
+            subject="batch-1", key=lambda p: f"tenant-{p['tenant']}",
+        )  # fmt: skip
+    assert [e.subject for e in events] == ["batch-1", "batch-1"]
+    assert [e.key for e in events] == ["tenant-a", "tenant-b"]
+
+
+async def test_a_subject_function_overrides_a_models_subject_unless_it_returns_none() -> None:
+    app = make_app()
+    created = app.TaskCreated  # type: ignore[attr-defined]
+    async with app:
+        events = await app.publish_many(
+            TOPIC,
+            [created(task_id="t1", title="x"), created(task_id="t2", title="other")],
+            subject=lambda task: "renamed" if task.title == "other" else None,
+        )
+    assert [e.subject for e in events] == ["t1", "renamed"]
+
+
+async def test_publish_many_sends_built_events_as_they_are_beside_per_payload_subjects() -> None:
+    app = make_app()
+    seen: list[Any] = []
+
+    def subject_of(payload: Any) -> str:
+        seen.append(payload)
+        return str(payload["n"])
+
+    async with app:
+        built = app.build({"n": 0}, type="task.x_y", subject="as-built")
+        events = await app.publish_many(
+            TOPIC, [built, {"n": 1}], type="task.x_y", subject=subject_of
+        )
+    assert events[0] is built
+    assert [e.subject for e in events] == ["as-built", "1"]
+    assert seen == [{"n": 1}]  # the function is not called for a built event
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"subject": ["t1", "t2"]}, r"subject=\.\.\.\) takes a string or a function .* got list"),
+        ({"key": 7}, r"key=\.\.\.\) takes a string or a function .* got int"),
+        ({"subject": lambda p: p["n"]}, r"subject=\.\.\.\) returned 2 for payload 1; it must"),
+        ({"key": lambda p: ["k"]}, r"key=\.\.\.\) returned \['k'\] for payload 0"),
+        ({"time": lambda p: None}, r"publish_many\(time=\.\.\.\) takes one value .* not a"),
+    ],
+    ids=["a list of subjects", "a key that is no string", "a subject function's int",
+         "a key function's list", "a function for another option"],
+)  # fmt: skip
+async def test_publish_many_refuses_bad_subjects_and_keys_and_publishes_nothing(
+    options: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app()
+
+    async def no_append(topic: str, records: Any) -> Any:
+        raise AssertionError("append called")
+
+    monkeypatch.setattr(app.transport, "append", no_append)
+    payloads = [{"n": "1"}, {"n": 2}] if "subject" in options else [{"n": 1}, {"n": 2}]
+    async with app:
+        with pytest.raises(ConfigError, match=message):
+            await app.publish_many(TOPIC, payloads, type="task.x_y", **options)
+
+
 # -- subscribers ------------------------------------------------------------------
 
 

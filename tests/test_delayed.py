@@ -3,6 +3,7 @@ table and are appended once due, no earlier and promptly after, across restarts.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -200,3 +201,41 @@ async def test_on_nats_delayed_events_wait_in_the_stream_with_no_scheduler_datab
         assert delay <= at - asked < delay + 1.5
     async with worker_app:
         assert await count(worker_app, "reminders") == 2
+
+
+async def test_a_worker_that_schedules_nothing_logs_nothing_of_the_scheduler_relay_at_info(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every worker runs the delayed-event relay; most never schedule anything. Its
+    lease is taken on start and released on stop at DEBUG; it speaks up (INFO) once a
+    delayed event is due, and then says it released the lease too."""
+    caplog.set_level(logging.DEBUG, "tidings.outbox")
+    app = make_app(sqlite_url)
+    handled: list[str] = []
+
+    @app.subscriber("reminders", group="push")
+    async def push(reminder: Reminder) -> None:
+        handled.append(reminder.task_id)
+
+    relay = app.scheduler_relay()
+    assert relay is not None
+    assert relay.quiet
+    async with app, running(app):
+        await app.publish("reminders", Reminder(task_id="now"))
+        await eventually(lambda: handled == ["now"], timeout=10)
+        await eventually(lambda: "holds the lease; relaying" in caplog.text, timeout=10)
+    relay_lines = [r for r in caplog.records if r.name == "tidings.outbox"]
+    assert [r.levelname for r in relay_lines] == ["DEBUG", "DEBUG"], caplog.text
+    assert relay_lines[0].getMessage().endswith("holds the lease; relaying")
+    assert relay_lines[1].getMessage().endswith("released the lease")
+    caplog.clear()
+    async with app, running(app):
+        scheduler = app.scheduler
+        assert scheduler is not None
+        # Due at once, through the scheduler table (a short delay= could be past already).
+        later = app.build(Reminder(task_id="later"))
+        await scheduler.add("reminders", [later], datetime.now(UTC))
+        await eventually(lambda: handled == ["now", "later"], timeout=10)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "tidings.outbox"]
+    assert [level for level, _ in said if level != "DEBUG"] == ["INFO", "INFO"], said
+    assert said[-1] == ("INFO", "outbox-relay:tidings_scheduled: released the lease")

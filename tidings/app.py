@@ -59,6 +59,45 @@ def _due(delay: float | timedelta | None, deliver_at: datetime | None) -> dateti
     return None
 
 
+def _per_payload_options(
+    options: dict[str, Any],
+) -> Callable[[int, Any], dict[str, Any]]:
+    """Take ``subject``/``key`` functions out of ``options`` (publish_many's); return
+    what gives one payload its own ``subject``/``key`` (the ``i``-th, for errors)."""
+    functions: dict[str, Callable[[Any], Any]] = {}
+    for name, value in list(options.items()):
+        if not callable(value):
+            continue
+        if name not in ("subject", "key"):
+            raise ConfigError(
+                f"publish_many({name}=...) takes one value for every payload, not a "
+                "function; only subject= and key= take a function of the payload"
+            )
+        functions[name] = options.pop(name)
+    for name in ("subject", "key"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(
+                f"publish_many({name}=...) takes a string or a function of the payload "
+                f"that returns one, got {type(value).__name__}; e.g. "
+                f"{name}=lambda payload: payload['task_id']"
+            )
+
+    def per_payload(i: int, payload: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, function in functions.items():
+            value = function(payload)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(
+                    f"publish_many({name}=...) returned {value!r} for payload {i}; "
+                    "it must return a string (or None for the default)"
+                )
+            out[name] = value
+        return out
+
+    return per_payload
+
+
 def default_url() -> str:
     return os.environ.get("TIDINGS_URL") or DEFAULT_URL
 
@@ -178,7 +217,7 @@ class Tidings:
         return self._groups.get(name) or GroupSettings()
 
     def add_component(self, component: Component) -> None:
-        """Run ``component`` beside the worker in ``tidings run`` and :meth:`run`."""
+        """Run ``component`` beside the worker's groups (``tidings run``, ``Worker.serve``)."""
         self.components.append(component)
 
     def subscriber(
@@ -366,8 +405,26 @@ class Tidings:
         deliver_at: datetime | None = None,
         **options: Any,
     ) -> list[Event]:
-        """Publish several events in one append (one transaction where the log has them)."""
-        events = [p if isinstance(p, Event) else self.build(p, **options) for p in payloads]
+        """Publish several events in one append (one transaction where the log has them).
+
+        ``payloads`` are registered models (each its own subject, from its model's
+        ``subject`` field), plain JSON values (with ``type=``) or built events (from
+        :meth:`build`, sent as they are; the options apply to the other payloads).
+        ``subject`` and ``key`` take one value for every payload, or a function of the
+        payload that returns its own (a string, or None for the default)::
+
+            await app.publish_many("orders", rows, type="order.imported",
+                                   subject=lambda row: row["order_id"])
+
+        The other options, ``delay`` and ``deliver_at`` are those of :meth:`publish`.
+        Every event is built and checked before the one append: one bad event, and
+        none is published.
+        """
+        per_payload = _per_payload_options(options)
+        events = [
+            p if isinstance(p, Event) else self.build(p, **options, **per_payload(i, p))
+            for i, p in enumerate(payloads)
+        ]
         await self.publish_events(topic, events, deliver_at=_due(delay, deliver_at))
         return events
 

@@ -104,8 +104,11 @@ class Scheduler:
         await transaction(outbox.engine, insert)
 
     def relay(self) -> OutboxRelay:
-        """The component that appends delayed events once due (workers run it)."""
-        return self.outbox.relay(poll_interval=RELAY_POLL_INTERVAL, lease=RELAY_LEASE)
+        """The component that appends delayed events once due (workers run it).
+
+        Quiet: every worker runs it, most have nothing to schedule, so the lease's
+        comings and goings are logged at DEBUG until there is something to relay."""
+        return self.outbox.relay(poll_interval=RELAY_POLL_INTERVAL, lease=RELAY_LEASE, quiet=True)
 
     async def status(self) -> OutboxStatus:
         """What waits: pending, due, scheduled, and who relays them."""

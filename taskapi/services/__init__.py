@@ -67,11 +67,10 @@ async def serve(
     """
     async with contextlib.AsyncExitStack() as stack:
         app = build(name, settings, stack)
+        worker = Worker(app)
         async with app:
-            worker = Worker(app)
-            if stop is None:
-                stop = asyncio.Event()
-                worker.install_signal_handlers(stop)
             if on_ready is not None:
                 on_ready(app)
-            await worker.run(stop)
+            # Without stop, this is the service's own process ('taskapi SERVICE'), as
+            # under 'tidings run'; with one, a guest (a test, the demo's supervisor).
+            await worker.serve(stop, tune_gc=stop is None)

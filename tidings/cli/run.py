@@ -1,13 +1,12 @@
 """``tidings run MODULE:APP``: run an app's subscribers, a worker, until SIGTERM.
 
 Argument parsing, the app's import and the process's exit only; the worker is
-:class:`tidings.worker.Worker`.
+:meth:`tidings.worker.Worker.serve`, which a program calls to run a worker in-process.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
@@ -17,7 +16,7 @@ from typing import Any
 from tidings.app import Tidings
 from tidings.cli.common import UsageError, add_common
 from tidings.errors import ConfigError
-from tidings.worker import Worker, tune_gc
+from tidings.worker import Worker
 
 __all__ = ["add_commands", "load_app"]
 
@@ -70,20 +69,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
         max_in_flight=args.max_in_flight,
         shutdown_timeout=args.shutdown_timeout,
     )
-    stop = asyncio.Event()
-    async with app:
-        tune_gc()  # this process is the worker's
-        worker.install_signal_handlers(stop)
-        logging.getLogger("tidings").info(
-            "running group(s) %s of %s on %s", ", ".join(worker.groups), args.app, app.url
-        )
-        await worker.run(stop)
+    # This process is the worker's: its collector is set up for one (tune_gc), and
+    # SIGTERM/SIGINT stop it.
+    await worker.serve(tune_gc=True)
     log = logging.getLogger("tidings")
-    log.info(
-        "stopped: %d handled, %d failed attempts",
-        worker.stats.handled,
-        worker.stats.failed_attempts,
-    )
     if worker.stats.abandoned:
         log.error(
             "%d handler(s) did not finish within --shutdown-timeout %.0fs; their events "

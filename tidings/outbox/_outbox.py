@@ -275,6 +275,7 @@ class Outbox:
         lease: float = 10.0,
         holder: str | None = None,
         clock: Clock | None = None,
+        quiet: bool = False,
     ) -> OutboxRelay:
         """A relay for this outbox: a component for :meth:`Tidings.add_component`.
 
@@ -282,7 +283,8 @@ class Outbox:
         between looks when idle; ``lease``: seconds a relay holds the table without
         renewing (a standby takes over once it has seen no renewal for that long).
         ``clock``: whose ``monotonic()`` times the lease (default: the app's
-        transport's clock, the system's unless a test replaced it).
+        transport's clock, the system's unless a test replaced it). ``quiet``: the
+        lease's news at DEBUG until there is something to relay (:class:`OutboxRelay`).
         """
         return OutboxRelay(
             self,
@@ -291,6 +293,7 @@ class Outbox:
             lease=lease,
             holder=holder,
             clock=clock,
+            quiet=quiet,
         )
 
     def _due(self, conn: Connection, limit: int) -> list[_Row]:

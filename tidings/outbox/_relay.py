@@ -88,6 +88,11 @@ class OutboxRelay:
     is fenced: :attr:`holding` turns False, and it relays nothing until it holds the
     lease again. The third left over is the margin for an append in flight and for
     the two processes' clocks running at slightly different rates.
+
+    ``quiet``: the lease's comings and goings are logged at DEBUG until a pass finds
+    rows to relay (then at INFO, as by default), and a takeover is a warning only if
+    due rows waited for it. For the delayed-event relay that every worker runs, which
+    most never give anything to do. Warnings about failures are logged either way.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class OutboxRelay:
         lease: float = 10.0,
         holder: str | None = None,
         clock: Clock | None = None,
+        quiet: bool = False,
     ) -> None:
         if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
             raise ConfigError(f"relay batch must be 1 to {MAX_BATCH}, got {batch!r}")
@@ -115,6 +121,10 @@ class OutboxRelay:
         self.holding = False
         self.relayed = 0  # events appended by this relay (a re-append counts again)
         self._clock = clock
+        self.quiet = quiet
+        self._busy = False  # a pass has found rows: a quiet relay speaks up from then on
+        # A quiet relay's takeover, told at DEBUG: a warning too if due rows waited.
+        self._takeover: tuple[str, tuple[Any, ...]] | None = None
         # Monotonic time at which the last renewal that succeeded was sent.
         self._renewed = 0.0
         self._ready = False
@@ -217,6 +227,7 @@ class OutboxRelay:
         if not await self._hold():
             return 0
         rows = await self._tx(lambda conn: self.outbox._due(conn, self.batch))
+        self._found(len(rows))
         moved = 0
         transport = self.outbox.app.transport
         for topic, run in itertools.groupby(rows, key=lambda r: r[1]):
@@ -264,24 +275,24 @@ class OutboxRelay:
         after = clock.monotonic()
         if row is None:
             if take is not None:
-                log.warning(
-                    "%s: %s took over the lease from %s, which it saw unchanged for %.1fs",
-                    self.name,
-                    self.holder,
-                    take.holder,
-                    sent - self._seen_at,
-                )
+                self._took_over(take, sent - self._seen_at)
             elif not self.holding:
-                log.info("%s: %s holds the lease; relaying", self.name, self.holder)
+                log.log(self._level, "%s: %s holds the lease; relaying", self.name, self.holder)
             self._renewed = sent
             self._seen = None
             self.holding = True
             # A renewal slower than the fence leaves less than a third of the lease.
             return after - sent < self.fence
         if self.holding:
-            log.warning("%s: lost the lease to %s; standing by", self.name, row.holder)
+            log.log(
+                logging.WARNING if self._level == logging.INFO else logging.DEBUG,
+                "%s: lost the lease to %s; standing by",
+                self.name,
+                row.holder,
+            )
         elif row.holder != (seen.holder if seen is not None else None):
-            log.info(
+            log.log(
+                self._level,
                 "%s: %s holds the lease; standing by until it is released, or unchanged for %.1fs",
                 self.name,
                 row.holder,
@@ -291,6 +302,33 @@ class OutboxRelay:
             self._seen, self._seen_at = row, after
         self.holding = False
         return False
+
+    @property
+    def _level(self) -> int:
+        """How the lease's news is logged: INFO, or DEBUG for a quiet relay that has
+        not found anything to relay yet."""
+        return logging.DEBUG if self.quiet and not self._busy else logging.INFO
+
+    def _took_over(self, taken: Lease, unchanged: float) -> None:
+        message = "%s: %s took over the lease from %s, which it saw unchanged for %.1fs"
+        args = (self.name, self.holder, taken.holder, unchanged)
+        if self._level == logging.DEBUG:
+            log.debug(message, *args)
+            self._takeover = (message, args)  # a warning if due rows waited: _found
+        else:
+            log.warning(message, *args)
+
+    def _found(self, rows: int) -> None:
+        """After a pass read ``rows`` due rows: a quiet relay speaks up at the first."""
+        takeover, self._takeover = self._takeover, None
+        if not rows or self._busy:
+            return
+        self._busy = True
+        if takeover is not None:
+            message, args = takeover
+            log.warning(message + "; %d due event(s) waited", *args, rows)
+        elif self.quiet:
+            log.info("%s: %s holds the lease; relaying", self.name, self.holder)
 
     def _fence_if_overdue(self) -> None:
         """After a renewal failed: stop holding once the fence has passed."""
@@ -320,7 +358,7 @@ class OutboxRelay:
             if release and self.holding:
                 with contextlib.suppress(Exception):
                     await self._tx(lambda conn: release_lease(conn, lease, name, self.holder))
-                    log.info("%s: released the lease", self.name)
+                    log.log(self._level, "%s: released the lease", self.name)
         finally:
             self.holding = False
             self._threads = None

@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tidings.codec import decode
 from tidings.dead_letters import DeadLetterLog, Intake
@@ -155,8 +155,45 @@ class Worker:
             lambda: self._joined(group),
         )  # fmt: skip
 
+    async def serve(self, stop: asyncio.Event | None = None, *, tune_gc: bool = False) -> None:
+        """What ``tidings run`` does, in one call: start the app, run its groups and
+        components until stopped, let running handlers finish, commit, close the app::
+
+            asyncio.run(Worker(app).serve(tune_gc=True))  # a process of its own
+
+        Without ``stop``, SIGTERM and SIGINT stop it (from the main thread; their
+        handlers are removed on the way out). Where something else owns the signals (a
+        web server running a worker beside it), pass ``stop`` and set it: no handler is
+        installed. ``tune_gc=True`` sets up the process's garbage collector for a
+        worker (:func:`tune_gc`), as ``tidings run`` does; it changes the whole
+        process, so leave it off where the worker is a guest. Handlers left running
+        after ``shutdown_timeout`` are counted in ``stats.abandoned``.
+        """
+        app = self.app
+        signals = _SignalHandlers() if stop is None else None
+        stop = stop or asyncio.Event()
+        if signals is not None:
+            signals.install(stop)
+        try:
+            async with app:
+                if tune_gc:
+                    _tune_gc()
+                log.info(
+                    "running group(s) %s of %s on %s", ", ".join(self.groups), app.service, app.url
+                )
+                await self.run(stop)
+            log.info(
+                "stopped: %d handled, %d failed attempts",
+                self.stats.handled,
+                self.stats.failed_attempts,
+            )
+        finally:
+            if signals is not None:
+                signals.remove()
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run until ``stop`` is set (or the task is cancelled), then drain and commit."""
+        """Run until ``stop`` is set (or the task is cancelled), then drain and commit.
+        The app must be started (``async with app``); :meth:`serve` does that too."""
         if any(not s.is_async for s in self.app.subscribers if s.group in self.groups):
             self.threads = ThreadPoolExecutor(self.sync_threads, "tidings-handler")
         self._runners = [self._runner(g) for g in self.groups]
@@ -195,5 +232,39 @@ class Worker:
     def install_signal_handlers(self, stop: asyncio.Event) -> None:
         """SIGTERM and SIGINT set ``stop``: in-flight work finishes and is committed."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _SignalHandlers.SIGNALS:
             loop.add_signal_handler(sig, stop.set)
+
+
+_tune_gc = tune_gc  # for Worker.serve, whose option has the function's name
+
+
+class _SignalHandlers:
+    """SIGTERM and SIGINT setting an event, on the running loop, until removed; then
+    the handlers from before are back (``asyncio.run``'s for SIGINT, say)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.before: dict[signal.Signals, Any] = {}
+
+    def install(self, stop: asyncio.Event) -> None:
+        try:
+            for sig in self.SIGNALS:
+                before = signal.getsignal(sig)
+                self.loop.add_signal_handler(sig, stop.set)
+                self.before[sig] = before
+        except (ValueError, RuntimeError, NotImplementedError) as exc:
+            self.remove()
+            raise ConfigError(
+                f"cannot stop the worker on SIGTERM/SIGINT here ({exc}): pass "
+                "stop=asyncio.Event() and set it to stop the worker"
+            ) from None
+
+    def remove(self) -> None:
+        for sig, before in self.before.items():
+            self.loop.remove_signal_handler(sig)
+            if before is not None:  # None: not set from Python, nothing to put back
+                signal.signal(sig, before)
+        self.before.clear()
