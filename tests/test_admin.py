@@ -261,7 +261,7 @@ async def test_group_rows_leave_out_the_retry_topic_unless_asked_and_count_dead_
     await consumer.commit(consumer.at({("mailer.retry", 0): 0, ("mailer.retry", 1): 0}))
     await consumer.close()
     dead = DeadLetterLog(app.transport, "mailer")
-    await dead.create_topics(["t"])
+    await dead.create_topics()
     stop = asyncio.Event()
     for partition, offset in ((1, 0), (1, 1), (0, 4)):
         record = Record("t", partition, offset, 0, "k", b"{}")

@@ -291,7 +291,7 @@ async def test_groups_show_the_retry_topic_and_its_partitions_only_when_asked(
     await consumer.commit(consumer.at({("mailer.retry", 0): 0, ("mailer.retry", 1): 0}))
     await consumer.close()
     dead = DeadLetterLog(log.transport, "mailer")
-    await dead.create_topics(["tasks"])
+    await dead.create_topics()
     records = [r for p in (0, 1) for r in await log.transport.read("tasks", p, 0, 10)]
     first = records[0]
     await dead.write(dead.entry(first, OSError("no"), reason="failed"), asyncio.Event())

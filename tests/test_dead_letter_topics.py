@@ -122,7 +122,11 @@ async def test_a_replay_with_nothing_to_send_creates_no_retry_topic(any_url: str
 async def test_a_retry_topic_serving_no_existing_topic_has_one_partition(any_url: str) -> None:
     app = Tidings(any_url, service="test")
     async with app:
-        await DeadLetterLog(app.transport, "g").create_topics(["missing"])
+        await app.transport.create_topic("g.dlq", 1)
+        dead = DeadLetterLog(app.transport, "g")
+        record = Record("missing", 0, 0, 0, "k", b"{}")
+        await dead.write(dead.entry(record, OSError("no"), reason="failed"), asyncio.Event())
+        assert await replay(app.transport, "g", Filter()) == 1
         found = await sizes(app.transport)
     assert (found["g.dlq"], found["g.retry"]) == (1, 1)
     assert "missing" not in found
@@ -136,7 +140,7 @@ async def test_a_keys_replays_share_one_retry_partition_in_their_original_order(
     async with app:
         await app.transport.create_topic("tasks", 4)
         dead = DeadLetterLog(app.transport, "g")
-        await dead.create_topics(["tasks"])
+        await dead.create_topics(4)
         # Keyless events rotate over a topic's partitions; a sequenced group parks them
         # all behind the first, so their replays must not rotate over the retry topic.
         records = [Record("tasks", n % 4, n, 0, None, b"{}") for n in range(8)]

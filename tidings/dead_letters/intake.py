@@ -86,9 +86,8 @@ class Intake:
         dead-letter topics, sized from them, and read them. A group that starts at
         ``latest`` must still read replays sent before its first run: it gets committed
         offsets at the start of its retry topic."""
-        for name in topics:
-            await self.transport.create_topic(name)
-        await self.log.create_topics(topics)
+        counts = [len((await self.transport.create_topic(t)).partitions) for t in topics]
+        await self.log.create_topics(max(counts, default=1))
         await self.log.refresh()
         if start_from != "latest":
             return

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -96,23 +96,22 @@ class DeadLetterLog:
     def retry_topic(self) -> str:
         return retry_topic(self.group)
 
-    async def create_topics(self, serves: Collection[str] = ()) -> None:
+    async def create_topics(self, retry_partitions: int = 1) -> None:
         """Create the group's two topics if missing. Dead letters and replays wait for
         an operator: never expired, on any transport.
 
         ``<group>.dlq`` gets :data:`~tidings.dead_letters.entry.DLQ_PARTITIONS` (one),
-        ``<group>.retry`` the largest partition count among ``serves`` (the topics the
-        group reads, as they exist now; one if none does), so that a replay is shared
-        among the group's members as its events were. A topic that exists keeps its
-        partition count (a group that ran before keeps its 8 and 8); replays keep a
-        key's order on any count (:func:`~tidings.dead_letters.entry.replay_key`).
+        ``<group>.retry`` ``retry_partitions``: the largest partition count among the
+        topics the group reads, so that a replay is shared among the group's members as
+        its events were. A topic that exists keeps its partition count (a group that ran
+        before keeps its 8 and 8); replays keep a key's order on any count
+        (:func:`~tidings.dead_letters.entry.replay_key`).
         """
         create = self.transport.create_topic
         await create(self.topic, DLQ_PARTITIONS, retention_ms=FOREVER, retention_bytes=FOREVER)
-        sizes = {info.name: len(info.partitions) for info in await self.transport.topics()}
-        if self.retry_topic not in sizes:
-            count = max((sizes[t] for t in serves if t in sizes), default=1)
-            await create(self.retry_topic, count, retention_ms=FOREVER, retention_bytes=FOREVER)
+        await create(
+            self.retry_topic, retry_partitions, retention_ms=FOREVER, retention_bytes=FOREVER
+        )
 
     async def refresh(self) -> None:
         """Read and apply what was appended since the last refresh.

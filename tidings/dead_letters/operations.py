@@ -95,7 +95,9 @@ async def replay(
         )  # fmt: skip
     stop = asyncio.Event()
     if chosen:  # the retry topic, if it is missing, sized from the entries' topics
-        await dead.create_topics({e.topic for e in chosen})
+        origins = {e.topic for e in chosen}
+        counts = [len(t.partitions) for t in await transport.topics() if t.name in origins]
+        await dead.create_topics(max(counts, default=1))
     done = 0
     for start in range(0, len(chosen), batch):
         part = chosen[start : start + batch]
