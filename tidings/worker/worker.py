@@ -230,10 +230,9 @@ class Worker:
         self._stop_components.set()
 
     def install_signal_handlers(self, stop: asyncio.Event) -> None:
-        """SIGTERM and SIGINT set ``stop``: in-flight work finishes and is committed."""
-        loop = asyncio.get_running_loop()
-        for sig in _SignalHandlers.SIGNALS:
-            loop.add_signal_handler(sig, stop.set)
+        """SIGTERM and SIGINT set ``stop``: in-flight work finishes and is committed.
+        (:meth:`serve` installs them itself, and removes them on the way out.)"""
+        _SignalHandlers().install(stop)
 
 
 _tune_gc = tune_gc  # for Worker.serve, whose option has the function's name
