@@ -3,6 +3,7 @@ to listen, and stopping it by its PID."""
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -12,9 +13,42 @@ HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports on 127.0.0.1 that nothing listens on, taken below the
+    kernel's ephemeral range where one exists: a port from ``bind(0)`` is an ephemeral
+    one, which any outgoing connection on the machine (a cluster node dialling its
+    routes) may take before the server binds it. All are held open until all are
+    chosen, so no two are the same."""
+    low, _ = _ephemeral_range()
+    held: list[socket.socket] = []
+    try:
+        tries = 0
+        while len(held) < count:
+            tries += 1
+            if tries > count + 1000:
+                raise RuntimeError(f"no {count} free ports on {HOST} after {tries} tries")
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((HOST, random.randrange(10000, low) if low > 11000 else 0))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(text[0]), int(text[1])
+    except (OSError, ValueError, IndexError):
+        return 0, 0  # unknown (not Linux): let the kernel choose
 
 
 def wait_listening(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from devservers._process import HOST, free_port, kill, launch, stop
+from devservers._process import HOST, free_port, free_ports, kill, launch, stop
 
 __all__ = ["HOST", "NatsCluster", "NatsServer", "free_port", "nats_server_binary", "run_nats"]
 
@@ -53,8 +53,8 @@ class NatsCluster:
     def __init__(self, binary: str, size: int = 3, *, sync_always: bool = True) -> None:
         self.binary = binary
         self.folder = Path(tempfile.mkdtemp(prefix="tidings-nats-cluster-"))
-        self.ports = [free_port() for _ in range(size)]
-        self.routes = [free_port() for _ in range(size)]
+        ports = free_ports(2 * size)  # distinct: a client port is never a route port
+        self.ports, self.routes = ports[:size], ports[size:]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
         for i in range(size):
             (self.folder / f"n{i}").mkdir()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from devservers.tansu import free_port
+from devservers._process import free_port, free_ports
 from tidings.errors import TransportError
 from tidings.transports.kafka import KafkaTransport, parse_kafka_url
 from tidings.transports.kafka.admin import Admin
@@ -40,7 +40,8 @@ def test_every_client_logs_into_the_python_logger_not_stderr(
     from confluent_kafka.admin import AdminClient
 
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    ports = {kind: free_port() for kind in ("producer", "admin", "reader", "member")}
+    kinds = ("producer", "admin", "reader", "member")
+    ports = dict(zip(kinds, free_ports(len(kinds)), strict=True))
     cfg = {kind: parse_kafka_url(f"kafka://127.0.0.1:{port}") for kind, port in ports.items()}
     clients: dict[str, Any] = {
         "producer": Producer(cfg["producer"].producer()),
