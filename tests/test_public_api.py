@@ -12,6 +12,7 @@ import re
 import pytest
 
 import tidings
+from tests.docblocks import python_blocks
 
 ERRORS = {
     "TidingsError",
@@ -167,7 +168,7 @@ def _example_sources() -> list[tuple[str, str]]:
     """taskapi's modules, and the Python code blocks of the README and docs/."""
     sources = [(str(p.relative_to(ROOT)), p.read_text()) for p in (ROOT / "taskapi").rglob("*.py")]
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
-        for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+        for i, block in enumerate(python_blocks(page)):
             sources.append((f"{page.relative_to(ROOT)} (python block {i + 1})", block))
     return sources
 
