@@ -22,12 +22,14 @@ if [ -n "${PIP_FAILS:-}" ]; then exit 1; fi
 PIP_UPGRADE = "-m pip install --quiet --upgrade pip"
 
 
-def test_the_dev_extra_holds_everything_the_taskapi_extra_does() -> None:
-    """A demo after a test run installs nothing: dev must hold what the demo runs."""
+def test_the_dev_extra_holds_everything_the_taskapi_and_docs_extras_do() -> None:
+    """A demo after a test run installs nothing: dev must hold what the demo runs; and
+    the test command builds the documentation site, with the docs extra's packages."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
     assert set(extras["taskapi"]) <= set(extras["dev"])
+    assert set(extras["docs"]) <= set(extras["dev"])
 
 
 @pytest.fixture
