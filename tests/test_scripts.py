@@ -114,3 +114,13 @@ def test_sourcing_without_an_extra_says_which_to_name(clone: Path) -> None:
     assert result.returncode != 0
     assert "usage: source scripts/_venv.sh EXTRA (taskapi or dev)" in result.stderr
     assert not (clone / "pip.log").exists()
+
+
+def test_the_test_command_builds_the_docs_strictly_and_not_quietly() -> None:
+    """mkdocs 1.6's --quiet drops warnings before --strict counts them: a broken link
+    would pass unseen."""
+    builds = [line for line in (ROOT / "scripts" / "test").read_text().splitlines()
+              if "mkdocs build" in line and not line.startswith("#")]  # fmt: skip
+    assert len(builds) == 1
+    assert "--strict" in builds[0].split()
+    assert not {"-q", "--quiet"} & set(builds[0].split())
