@@ -57,20 +57,25 @@ def steps(text: str) -> list[Step]:
     while i < len(lines):
         if m := MARKER.match(lines[i]):
             if m[1] == "hidden":
+                if m[2].strip() or m[3]:
+                    raise ValueError(f"line {i + 1}: hidden code goes on the lines below")
                 end = lines.index("-->", i + 1)  # ValueError: an unclosed hidden block
                 found.append(Step("hidden", "\n".join(lines[i + 1 : end]) + "\n", i + 2))
                 i = end + 1
                 continue
             if m[1] not in ("skip", "file") or not m[3]:
                 raise ValueError(f"line {i + 1}: unknown or unclosed marker {lines[i]!r}")
-            kind, arg = m[1], m[2].strip()  # type: ignore[assignment]
+            kind, arg = ("skip" if m[1] == "skip" else "file"), m[2].strip()
             if not arg:
                 raise ValueError(f"line {i + 1}: '<!-- run: {kind} -->' needs a reason or name")
             below = FENCE.match(lines[i + 1])
             if below is None or below[2] != "python":
                 raise ValueError(f"line {i + 1}: a marker must be right above a python block")
         elif fence := FENCE.match(lines[i]):
-            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+            closing = [j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"]
+            if not closing:
+                raise ValueError(f"line {i + 1}: a code block without its closing fence")
+            end = closing[0]
             if fence[2] == "python":
                 indent = len(fence[1])
                 body = "".join(f"{raw[indent:]}\n" for raw in lines[i + 1 : end])

@@ -88,8 +88,10 @@ assert y == 42
         ("<!-- run: skip -->\n```python\nx\n```\n", "needs a reason"),
         ("<!-- run: skip why -->\n\n```python\nx\n```\n", "right above"),
         ("<!-- run: sometimes -->\n```python\nx\n```\n", "unknown"),
+        ("<!-- run: hidden x = 1 -->\n", "lines below"),
+        ("```python\nx\n", "closing fence"),
     ],
 )
-def test_a_marker_without_reason_or_block_is_refused(markdown: str, error: str) -> None:
+def test_a_bad_marker_or_an_unclosed_fence_is_refused(markdown: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         steps(markdown)
