@@ -4,20 +4,21 @@
   number order, so a new decision needs no nav entry.
 - As a griffe extension (mkdocstrings' ``extensions:``): the docstrings are written
   with Sphinx's roles and literal blocks (``:class:`~tidings.Retry```, ``text::``),
-  which Markdown would print as they are; each role becomes a code span of its name,
-  as Sphinx shows it, and ``::`` a colon.
+  which Markdown would print as they are; each role becomes its name as code, linked
+  where the site documents that object, and ``::`` a colon.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import griffe
 
 # :class:`Name`, :meth:`~a.b.C.m` (shows "m"), :meth:`C.settled <a.b.C.settled>`.
-ROLE = re.compile(r":(?:py:)?[a-z]+:`(~?)([^`<]+?)\s*(?:<[^>]+>)?`")
+ROLE = re.compile(r":(?:py:)?[a-z]+:`(~?)([^`<]+?)\s*(?:<([^>]+)>)?`")
 
 
 def on_config(config: Any) -> Any:
@@ -26,14 +27,39 @@ def on_config(config: Any) -> Any:
     return config
 
 
-def markdown_of(docstring: str) -> str:
-    """``docstring`` with its Sphinx roles and ``::`` literal-block markers as Markdown."""
-    text = ROLE.sub(lambda m: f"`{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}`", docstring)
+def markdown_of(docstring: str, scope: griffe.Object) -> str:
+    """``docstring`` with its Sphinx roles and ``::`` literal-block markers as Markdown;
+    a role's name is resolved from ``scope``, where the docstring is."""
+    text = ROLE.sub(lambda role: _reference(role, scope), docstring)
     text = re.sub(r"^\s*::\n", "", text, flags=re.MULTILINE)  # "::" alone on its line
     return re.sub(r"::$", ":", text, flags=re.MULTILINE)
 
 
+def _reference(role: re.Match[str], scope: griffe.Object) -> str:
+    """A link to the role's object where the site has a page for it, else its name as
+    code (an optional cross-reference: autorefs leaves it unlinked, without a warning)."""
+    short, name, target = role[1] == "~", role[2], role[3] or role[2]
+    title = name.rsplit(".", 1)[-1] if short else name
+    head, _, rest = target.partition(".")
+    try:
+        path = target if head == scope.package.name else scope.resolve(head)
+    except griffe.NameResolutionError:
+        return f"`{title}`"
+    if path != target and rest:
+        path = f"{path}.{rest}"
+    return f'<autoref identifier="{path}" optional><code>{title}</code></autoref>'
+
+
+def _defined(obj: griffe.Object) -> Iterator[griffe.Object]:
+    """``obj`` and everything defined in it (not what it imports)."""
+    yield obj
+    for member in obj.members.values():
+        if not member.is_alias:
+            yield from _defined(member)  # type: ignore[arg-type]
+
+
 class SphinxRoles(griffe.Extension):
-    def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
-        if obj.docstring is not None:
-            obj.docstring.value = markdown_of(obj.docstring.value)
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        for obj in _defined(pkg):
+            if obj.docstring is not None:
+                obj.docstring.value = markdown_of(obj.docstring.value, obj)
