@@ -31,7 +31,7 @@ def markdown_of(docstring: str, scope: griffe.Object) -> str:
     """``docstring`` with its Sphinx roles and ``::`` literal-block markers as Markdown;
     a role's name is resolved from ``scope``, where the docstring is."""
     text = ROLE.sub(lambda role: _reference(role, scope), docstring)
-    text = re.sub(r"^\s*::\n", "", text, flags=re.MULTILINE)  # "::" alone on its line
+    text = re.sub(r"^[ \t]*::\n", "", text, flags=re.MULTILINE)  # "::" alone on its line
     return re.sub(r"::$", ":", text, flags=re.MULTILINE)
 
 
@@ -40,13 +40,14 @@ def _reference(role: re.Match[str], scope: griffe.Object) -> str:
     code (an optional cross-reference: autorefs leaves it unlinked, without a warning)."""
     short, name, target = role[1] == "~", role[2], role[3] or role[2]
     title = name.rsplit(".", 1)[-1] if short else name
-    head, _, rest = target.partition(".")
-    try:
-        path = target if head == scope.package.name else scope.resolve(head)
-    except griffe.NameResolutionError:
-        return f"`{title}`"
-    if path != target and rest:
-        path = f"{path}.{rest}"
+    head, dot, rest = target.partition(".")
+    if head == scope.package.name:  # a full path
+        path = target
+    else:  # a name where the docstring is (``Outbox.add``: Outbox's path, then .add)
+        try:
+            path = scope.resolve(head) + dot + rest
+        except griffe.NameResolutionError:
+            return f"`{title}`"
     return f'<autoref identifier="{path}" optional><code>{title}</code></autoref>'
 
 
