@@ -12,6 +12,7 @@ import re
 import pytest
 
 import tidings
+from tests.docblocks import python_blocks
 
 ERRORS = {
     "TidingsError",
@@ -167,7 +168,7 @@ def _example_sources() -> list[tuple[str, str]]:
     """taskapi's modules, and the Python code blocks of the README and docs/."""
     sources = [(str(p.relative_to(ROOT)), p.read_text()) for p in (ROOT / "taskapi").rglob("*.py")]
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
-        for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+        for i, block in enumerate(python_blocks(page)):
             sources.append((f"{page.relative_to(ROOT)} (python block {i + 1})", block))
     return sources
 
@@ -188,3 +189,13 @@ def test_taskapi_and_the_documented_examples_import_only_public_names() -> None:
                 private.append(f"{where}: {module}.{name} is not in its __all__")
     assert checked > 20  # the walk found the imports
     assert private == []
+
+
+def test_each_public_module_has_its_page_in_the_api_reference() -> None:
+    """docs/api/ holds one page per public module, rendered by mkdocstrings from the
+    module's docstrings (``::: module``); mkdocs.yml's nav lists them (the strict build
+    fails on a page left out)."""
+    pages = {page.stem: page.read_text() for page in (ROOT / "docs" / "api").glob("*.md")}
+    assert set(pages) == PUBLIC_MODULES
+    for module, text in pages.items():
+        assert f"\n::: {module}\n" in text, module

@@ -22,12 +22,14 @@ if [ -n "${PIP_FAILS:-}" ]; then exit 1; fi
 PIP_UPGRADE = "-m pip install --quiet --upgrade pip"
 
 
-def test_the_dev_extra_holds_everything_the_taskapi_extra_does() -> None:
-    """A demo after a test run installs nothing: dev must hold what the demo runs."""
+def test_the_dev_extra_holds_everything_the_taskapi_and_docs_extras_do() -> None:
+    """A demo after a test run installs nothing: dev must hold what the demo runs; and
+    the test command builds the documentation site, with the docs extra's packages."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
     assert set(extras["taskapi"]) <= set(extras["dev"])
+    assert set(extras["docs"]) <= set(extras["dev"])
 
 
 @pytest.fixture
@@ -112,3 +114,13 @@ def test_sourcing_without_an_extra_says_which_to_name(clone: Path) -> None:
     assert result.returncode != 0
     assert "usage: source scripts/_venv.sh EXTRA (taskapi or dev)" in result.stderr
     assert not (clone / "pip.log").exists()
+
+
+def test_the_test_command_builds_the_docs_strictly_and_not_quietly() -> None:
+    """mkdocs 1.6's --quiet drops warnings before --strict counts them: a broken link
+    would pass unseen."""
+    builds = [line for line in (ROOT / "scripts" / "test").read_text().splitlines()
+              if "mkdocs build" in line and not line.startswith("#")]  # fmt: skip
+    assert len(builds) == 1
+    assert "--strict" in builds[0].split()
+    assert not {"-q", "--quiet"} & set(builds[0].split())

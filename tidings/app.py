@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
 
 DEFAULT_URL = "sqlite:///./tidings.db"
+"""The log without ``$TIDINGS_URL`` or a URL: one SQLite file in the current folder."""
 _EXTENSION_RE = re.compile(r"[a-z0-9]{1,20}")
 
 H = TypeVar("H", bound=Callable[..., Any])

@@ -16,6 +16,7 @@ from tidings.context import correlation_scope
 __all__ = ["HEADER", "CorrelationMiddleware"]
 
 HEADER = "X-Correlation-ID"
+"""The request and response header that carries the correlation id."""
 _HEADER_KEY = HEADER.lower().encode("latin-1")
 # Ids end up in logs and headers: accept printable, short, header-safe values only.
 _VALID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEDULER_TABLE", "Scheduler", "default_scheduler_db"]
 
 SCHEDULER_TABLE = "tidings_scheduled"
+"""The table where delayed events wait."""
 RELAY_POLL_INTERVAL = 0.05  # seconds: a delayed event is appended this soon after due
 RELAY_LEASE = 5.0  # seconds
 _memory_schedulers: dict[str, str] = {}  # memory:// log name -> its scheduler file

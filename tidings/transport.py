@@ -50,19 +50,24 @@ __all__ = [
 ]
 
 StartFrom = Literal["earliest", "latest"]
+"""Where a group that has never committed starts reading a partition."""
 TopicPartition = tuple[str, int]
+"""A partition, named by its topic and its number."""
 RevokeCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
-# Called by a transport at its named fault points ("heartbeat", "lease", ...) when set:
-# tidings.testing's FaultyTransport raises or delays there.
+"""A consumer's ``on_revoke``: awaited with the partitions being taken away from it, so
+that their in-flight records finish and commit first."""
 FaultHook = Callable[[str], Awaitable[None]]
+"""Called by a transport at its named fault points ("heartbeat", "lease", ...) when set:
+tidings.testing's FaultyTransport raises or delays there."""
 
-# retention_ms / retention_bytes of create_topic: never expire (dead letters, replays).
 FOREVER = -1
+"""``retention_ms`` / ``retention_bytes`` of ``create_topic``: never expire (dead
+letters, replays)."""
 
-# Where a transport judges leases itself (SQLite, NATS), a member stops acting on its
-# partitions once its renewals have failed for this share of a lease: another member
-# takes them only a whole lease after it last saw a renewal, which is later.
 FENCE_AFTER = 0.75
+"""Where a transport judges leases itself (SQLite, NATS), a member stops acting on its
+partitions once its renewals have failed for this share of a lease: another member
+takes them only a whole lease after it last saw a renewal, which is later."""
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -151,9 +156,11 @@ class Clock:
     (``tidings.testing.SteppedClock``) to step either without waiting."""
 
     def time_ms(self) -> int:
+        """Wall time in milliseconds since the epoch."""
         return time.time_ns() // 1_000_000
 
     def monotonic(self) -> float:
+        """Monotonic seconds (only differences mean anything)."""
         return time.monotonic()
 
 
@@ -162,6 +169,8 @@ SYSTEM_CLOCK = Clock()
 
 @dataclass(frozen=True, slots=True)
 class PartitionInfo:
+    """One partition of a topic: its offsets and size."""
+
     partition: int
     start: int  # first offset still stored (retention moves it)
     end: int  # no record of the partition has an offset at or past this one yet
@@ -172,11 +181,14 @@ class PartitionInfo:
 
     @property
     def events(self) -> int:
+        """How many events the partition holds."""
         return self.end - self.start if self.count is None else self.count
 
 
 @dataclass(frozen=True, slots=True)
 class TopicInfo:
+    """One topic, as ``tidings topics`` shows it: its partitions and retention."""
+
     name: str
     partitions: tuple[PartitionInfo, ...]
     retention_ms: int | None = None
@@ -184,15 +196,19 @@ class TopicInfo:
 
     @property
     def events(self) -> int:
+        """How many events the topic holds."""
         return sum(p.events for p in self.partitions)
 
     @property
     def size(self) -> int:
+        """The topic's size in bytes."""
         return sum(p.bytes for p in self.partitions)
 
 
 @dataclass(frozen=True, slots=True)
 class MemberInfo:
+    """A live member of a group: which process it is and the partitions it holds."""
+
     member: str
     host: str
     pid: int
@@ -219,6 +235,7 @@ class GroupPartition:
 
     @property
     def lag(self) -> int:
+        """Events of the partition the group has still to handle."""
         if self.pending is not None:
             return self.pending
         base = self.start if self.committed is None else max(self.committed, self.start)
@@ -227,12 +244,15 @@ class GroupPartition:
 
 @dataclass(frozen=True, slots=True)
 class GroupInfo:
+    """A group: where it stands in each partition it reads, and its live members."""
+
     group: str
     partitions: tuple[GroupPartition, ...]
     members: tuple[MemberInfo, ...] = ()
 
     @property
     def lag(self) -> int:
+        """Events the group has still to handle, over all its partitions."""
         return sum(p.lag for p in self.partitions)
 
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class OffsetChange:
+    """What a reset did (or would do) to a group's offset in one partition."""
+
     group: str
     topic: str
     partition: int

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 Position = Literal["earliest", "latest"] | datetime | int
+"""Where to move a group's offsets: an end of the log, a time, or an offset."""
 
 # -- positions ------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 
 CLI_SOURCE = "tidings-cli"
+"""The ``source`` (service name) of the events the ``tidings`` command publishes."""
 # The short form of a line on stdin; any other key is a typo, not an extension.
 SHORT_FORM_KEYS = frozenset({"type", "data", "subject", "correlationid"})
 

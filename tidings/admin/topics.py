@@ -24,12 +24,12 @@ if TYPE_CHECKING:
     pass
 
 
-# The JSON of ``tidings groups --partitions`` (one object per partition) and of
-# ``tidings groups`` (one per group and topic).
 GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag", "lost", "dlq")
+"""The keys of each object of ``tidings groups --partitions --json`` (one per partition)."""
 GROUP_TOPIC_JSON_KEYS = (
     "group", "topic", "partitions", "lag", "lost", "dlq", "members", "status"
 )  # fmt: skip
+"""The keys of each object of ``tidings groups --json`` (one per group and topic)."""
 
 # -- topics and groups ------------------------------------------------------------
 
@@ -40,6 +40,7 @@ async def topic_rows(transport: Transport) -> list[TopicInfo]:
 
 
 def topic_json(info: TopicInfo) -> dict[str, Any]:
+    """One topic as ``tidings topics --json`` prints it."""
     return {
         "topic": info.name,
         "events": info.events,
@@ -164,6 +165,8 @@ def group_row_json(row: GroupPartition, dlq: int) -> dict[str, Any]:
 
 
 GroupStatus = Literal["stopped", "partial", "lagging", "ok"]
+"""A group's status on a topic, as ``tidings groups`` shows it (docs/guide.md,
+"Operating")."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from tidings.errors import (
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "decode", "encode", "encode_value", "to_dict"]
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+"""The largest encoded event, unless ``Tidings(max_event_bytes=...)`` says otherwise."""
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 # Attributes with a fixed meaning; any other top-level member is an extension.

@@ -30,7 +30,12 @@ __all__ = [
 ]
 
 Reason = Literal["failed", "poison", "parked"]
+"""Why an event is a dead letter: its handler gave up, it could not be read, or it
+waits behind an earlier dead letter of its key (a sequenced group)."""
 State = Literal["dead", "replayed", "resolved", "purged"]
+"""Where a dead letter stands: waiting (``dead``), sent back to its group
+(``replayed``), done with (``resolved``: its replay was handled, or failed again as a
+new entry), or ``purged``."""
 UNRESOLVED: frozenset[str] = frozenset({"dead", "replayed"})
 MARKS: frozenset[str] = frozenset({"replayed", "resolved", "purged"})
 TRACEBACK_LIMIT = 16_384  # characters kept of a traceback, and of an error message

@@ -29,7 +29,9 @@ __all__ = ["DEFAULT_RETENTION", "DEFAULT_TABLE", "Inbox"]
 log = logging.getLogger("tidings.inbox")
 
 DEFAULT_TABLE = "tidings_inbox"
+"""The marks table's name unless ``Inbox(table=...)`` names another."""
 DEFAULT_RETENTION = timedelta(days=7)
+"""How long marks are kept unless ``Inbox(retention=...)`` says otherwise."""
 
 
 def _handler_name(handler: Callable[..., Any]) -> str:

@@ -46,6 +46,7 @@ class Delivery:
 
 
 Next = Callable[[Delivery], Awaitable[None]]
+"""The rest of the chain, as a middleware calls it: ``await call_next(delivery)``."""
 
 
 class Middleware:
@@ -64,6 +65,8 @@ class Middleware:
     """
 
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
+        """Handle ``delivery``, calling ``call_next(delivery)`` for the rest of the chain
+        (the handler last); this default only does that."""
         await call_next(delivery)
 
     def wraps(self, subscriber: Subscriber) -> bool:

@@ -225,6 +225,8 @@ class Worker:
             self.ready.set()
 
     def stop(self) -> None:
+        """Tell the groups and components to stop, as setting ``run``'s ``stop`` does:
+        :meth:`run` lets running handlers finish, commits and returns."""
         for runner in self._runners:
             runner.stop()
         self._stop_components.set()
