@@ -29,6 +29,12 @@ _TYPE_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 _valid_types: set[str] = set()  # types seen valid: a set lookup instead of a regex
 
 
+def seen_types() -> set[str]:
+    """The types :func:`validate_type` has found valid (not all of them: it stops
+    adding at 10,000): the codec looks there first for every decoded event."""
+    return _valid_types
+
+
 def validate_type(event_type: str) -> str:
     """Return ``event_type`` if it is lower-case ``domain.action``, else raise."""
     if type(event_type) is str and event_type in _valid_types:
