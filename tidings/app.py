@@ -393,7 +393,10 @@ class Tidings:
         appended once due by whichever worker runs the scheduler (``tidings run``).
         """
         event = payload if isinstance(payload, Event) else self.build(payload, **options)
-        await self.publish_events(topic, [event], deliver_at=_due(delay, deliver_at))
+        if delay is None and deliver_at is None and self._started:  # publish_events, due now
+            await self.transport.append_events(topic, [event], self.max_event_bytes)
+        else:
+            await self.publish_events(topic, [event], deliver_at=_due(delay, deliver_at))
         return event
 
     async def publish_many(
