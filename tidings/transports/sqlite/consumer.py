@@ -391,9 +391,10 @@ class SQLiteConsumer(Consumer):
         partitions that have any, and the position after each partition's last one.
 
         The partitions' ends first, in one query, so that a partition with nothing
-        new costs no query of its own and the others share all of ``max_records`` (a
-        group reads its retry topic too, mostly empty: a fixed share for each halved
-        every fetch). Not in one explicit read transaction: measured, it made a fetch
+        new costs no query of its own and the others share all of ``max_records``, a
+        partition with less than its share leaving the rest to the others (a group
+        reads its retry topic too, mostly empty: a fixed share of every partition
+        halved every fetch). Not in one explicit read transaction: measured, it made a fetch
         slower in wall time (1.05 -> 1.95 us per record), for no gain in CPU.
         """
         ids = self._client.topic_ids
@@ -422,6 +423,9 @@ class SQLiteConsumer(Consumer):
             for tp, tid, pos in wanted
             if (end := ends.get(tid << 32 | tp[1], 0)) > pos
         ]
+        # Smallest backlog first: what a partition leaves of its share goes to the next
+        # (stable: partitions with equal backlogs stay in the round-robin order).
+        behind.sort(key=_backlog)
         generations = self._generation
         out: list[Record] = []
         advanced: list[tuple[TopicPartition, int]] = []
@@ -486,6 +490,10 @@ class SQLiteConsumer(Consumer):
             await self._let_go()
             await self._client.write(job, durable=False)
         self._client.appended.notify()
+
+
+def _backlog(item: tuple[TopicPartition, int, int, int]) -> int:
+    return item[3]
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
