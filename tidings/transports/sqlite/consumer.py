@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import operator
 import os
 import socket
 import sqlite3
@@ -425,7 +426,7 @@ class SQLiteConsumer(Consumer):
         ]
         # Smallest backlog first: what a partition leaves of its share goes to the next
         # (stable: partitions with equal backlogs stay in the round-robin order).
-        behind.sort(key=_backlog)
+        behind.sort(key=operator.itemgetter(3))
         generations = self._generation
         out: list[Record] = []
         advanced: list[tuple[TopicPartition, int]] = []
@@ -490,10 +491,6 @@ class SQLiteConsumer(Consumer):
             await self._let_go()
             await self._client.write(job, durable=False)
         self._client.appended.notify()
-
-
-def _backlog(item: tuple[TopicPartition, int, int, int]) -> int:
-    return item[3]
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
