@@ -33,6 +33,8 @@ class Config:
     concurrent_events: int = 20_000  # figure 2, per round
     concurrent_tasks: int = 50
     raw_single_events: int = 3000  # figure 2's baseline: one fsync per event
+    one_partition_events: int = 20_000  # figure 2b: single publishes to one partition
+    one_partition_tasks: int = 100
     e2e_events: int = 50_000  # figure 3, per round
     e2e_rounds: int = 3
     latency_seconds: float = 10.0  # figure 4, measured part
@@ -53,6 +55,7 @@ class Config:
             batch_events=20_000,
             concurrent_events=5000,
             raw_single_events=1000,
+            one_partition_events=5000,
             e2e_events=10_000,
             e2e_rounds=1,
             latency_seconds=3.0,
@@ -90,7 +93,9 @@ def encoded_events(n: int) -> list[bytes]:
     return [encode(app.build(payload(i), type=EVENT_TYPE)) for i in range(n)]
 
 
-def new_app(path: str, synchronous: str, service: str = "bench") -> Tidings:
+def new_app(
+    path: str, synchronous: str, service: str = "bench", partitions: int = PARTITIONS
+) -> Tidings:
     app = Tidings(sqlite_url(path, synchronous), service=service)
-    app.topic(TOPIC, partitions=PARTITIONS)
+    app.topic(TOPIC, partitions=partitions)
     return app

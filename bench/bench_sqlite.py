@@ -45,13 +45,18 @@ from bench.fig_e2e import fig_end_to_end, fig_litequeue
 from bench.fig_inbox import fig_inbox
 from bench.fig_latency import fig_latency
 from bench.fig_outbox import fig_outbox
-from bench.fig_publish import fig_publish_batched, fig_publish_concurrent
+from bench.fig_publish import (
+    fig_publish_batched,
+    fig_publish_concurrent,
+    fig_publish_one_partition,
+)
 
 # -- the run ---------------------------------------------------------------------------
 
 BENCHES: dict[str, Callable[[Config, Workdir], Awaitable[list[Figure]]]] = {
     "publish_many": fig_publish_batched,
     "publish_concurrent": fig_publish_concurrent,
+    "publish_one_partition": fig_publish_one_partition,
     "e2e": fig_end_to_end,
     "litequeue": fig_litequeue,
     "latency": fig_latency,

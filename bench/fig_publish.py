@@ -28,13 +28,15 @@ from bench._setup import LOOP_SECONDS, Config, Workdir, encoded_events, new_app
 _INSERT = "INSERT INTO events(topic_id, partition, offset, ts, key, value) VALUES (?,?,?,?,?,?)"
 
 
-def raw_batched_insert(path: str, values: list[bytes], batch: int, synchronous: str) -> float:
+def raw_batched_insert(
+    path: str, values: list[bytes], batch: int, synchronous: str, partitions: int = PARTITIONS
+) -> float:
     """Raw sqlite3: the same encoded bytes, in a table of the same shape, ``batch`` rows
-    per transaction, keyless rows spread over the partitions in turn as tidings does."""
+    per transaction, keyless rows spread over ``partitions`` in turn as tidings does."""
     conn = raw_connect(path, synchronous)
     try:
         conn.execute(events_ddl())
-        offsets = [0] * PARTITIONS
+        offsets = [0] * partitions
         deadline = Deadline(LOOP_SECONDS)
         done = 0
         start = time.perf_counter()
@@ -44,7 +46,7 @@ def raw_batched_insert(path: str, values: list[bytes], batch: int, synchronous: 
             ts = now_ms()
             rows = []
             for j, value in enumerate(values[i : i + batch], i):
-                p = j % PARTITIONS
+                p = j % partitions
                 rows.append((1, p, offsets[p], ts, None, value))
                 offsets[p] += 1
             conn.execute("BEGIN IMMEDIATE")
@@ -117,7 +119,7 @@ async def fig_publish_batched(cfg: Config, work: Workdir) -> list[Figure]:
 
 
 def raw_single_row_transactions(
-    path: str, values: list[bytes], synchronous: str, seconds: float
+    path: str, values: list[bytes], synchronous: str, seconds: float, partitions: int = PARTITIONS
 ) -> float:
     """Raw sqlite3: one INSERT per transaction (autocommit), as a naive durable
     publisher would do; stops at the count or after ``seconds``."""
@@ -128,8 +130,8 @@ def raw_single_row_transactions(
         start = time.perf_counter()
         done = 0
         for i, value in enumerate(values):
-            p = i % PARTITIONS
-            conn.execute(_INSERT, (1, p, i // PARTITIONS, now_ms(), None, value))
+            p = i % partitions
+            conn.execute(_INSERT, (1, p, i // partitions, now_ms(), None, value))
             done += 1
             if deadline.over():
                 break
@@ -185,6 +187,82 @@ async def fig_publish_concurrent(cfg: Config, work: Workdir) -> list[Figure]:
                 "raw_events": cfg.raw_single_events,
                 "rounds_tidings": [round(x) for x in ours],
                 "rounds_raw": [round(x) for x in raw],
+                "cpu_probe_ns": probes,
+            },
+        )
+    ]
+
+
+# -- figure 2b: 100 concurrent single publishes to one partition ------------------------
+
+
+async def tidings_single_publishes(path: str, n: int, tasks: int, synchronous: str) -> float:
+    """``tasks`` asyncio tasks, each awaiting ``app.publish`` of plain payloads (no key)
+    one after another, to a topic of one partition."""
+    per_task = n // tasks
+    work = [[payload(t * per_task + i) for i in range(per_task)] for t in range(tasks)]
+    async with new_app(path, synchronous, partitions=1) as app:
+        await app.publish(TOPIC, payload(-1), type=EVENT_TYPE)  # the file and topic exist
+
+        async def publisher(items: list[dict[str, Any]]) -> None:
+            for item in items:
+                await app.publish(TOPIC, item, type=EVENT_TYPE)
+
+        start = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(publisher(w) for w in work)), LOOP_SECONDS)
+        return per_task * tasks / (time.perf_counter() - start)
+
+
+async def fig_publish_one_partition(cfg: Config, work: Workdir) -> list[Figure]:
+    """The side-by-side of issue 17: 100 concurrent ``app.publish`` calls, one partition,
+    ``synchronous`` as configured (FULL by default), against raw sqlite3 inserting the
+    same bytes 100 rows per transaction (what group commit can at best amount to) and
+    one row per transaction (what a naive durable publisher does)."""
+    n, tasks = cfg.one_partition_events, cfg.one_partition_tasks
+    values = encoded_events(n)
+    ours, batched, single, probes = [], [], [], []
+    for r in range(cfg.rounds):
+        order = ("raw", "tidings") if r % 2 == 0 else ("tidings", "raw")
+        for side in order:
+            with work.folder(f"one-partition-{side}") as d:
+                db = os.path.join(d, "events.db")
+                if side == "tidings":
+                    ours.append(await tidings_single_publishes(db, n, tasks, cfg.synchronous))
+                    continue
+                batched.append(raw_batched_insert(db, values, tasks, cfg.synchronous, 1))
+            with work.folder("one-partition-raw-single") as d:
+                single.append(
+                    raw_single_row_transactions(
+                        os.path.join(d, "events.db"),
+                        values[: cfg.raw_single_events],
+                        cfg.synchronous,
+                        15,
+                        1,
+                    )
+                )
+        probes.append(round(cpu_probe(), 1))
+        log(
+            f"  round {r + 1}: tidings {ours[-1]:,.0f}/s, raw {tasks} rows/tx "
+            f"{batched[-1]:,.0f}/s, raw 1 row/tx {single[-1]:,.0f}/s"
+        )
+    return [
+        Figure(
+            f"publish_single_{tasks}_one_partition",
+            median(ours),
+            "events/s",
+            median(batched),
+            f"raw sqlite3, {tasks} rows per transaction, synchronous={cfg.synchronous}",
+            ("value", ">=", 25_000),
+            {
+                "events": n,
+                "tasks": tasks,
+                "partitions": 1,
+                "synchronous": cfg.synchronous,
+                "bytes_per_event": round(sum(map(len, values)) / len(values)),
+                "rounds_tidings": [round(x) for x in ours],
+                "rounds_raw_batched": [round(x) for x in batched],
+                "rounds_raw_one_row_per_tx": [round(x) for x in single],
+                "ratio_to_one_row_per_tx": round(median(ours) / median(single), 2),
                 "cpu_probe_ns": probes,
             },
         )

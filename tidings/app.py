@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, encode
 from tidings.context import current_scope
 from tidings.contracts import Registry
-from tidings.envelope import Event, new_id, validate_type
+from tidings.envelope import JSON, SPECVERSION, Event, new_id, validate_type
 from tidings.errors import ConfigError
 from tidings.middleware.retry import Retry
 from tidings.subscriber import Component, GroupSettings, Subscriber
@@ -359,21 +359,12 @@ class Tidings:
             causation_id = scope.causationid
         if extensions:
             _check_extension_names(extensions)
+        # Positional: a third cheaper than by keyword, for every event published.
         return Event(
-            type=type,
-            source=self.service,
-            data=payload,
-            id=event_id,
-            subject=subject,
-            dataschema=schema,
-            dataversion=version,
-            correlationid=correlation_id,
-            causationid=causation_id,
-            traceparent=traceparent,
-            partitionkey=key if key != subject else None,
-            extensions=extensions,
-            time=time,
-        )
+            type, self.service, payload, event_id, time, subject, SPECVERSION, JSON, schema,
+            version, correlation_id, causation_id, traceparent,
+            key if key != subject else None, extensions,
+        )  # fmt: skip
 
     async def publish(
         self,
@@ -394,7 +385,10 @@ class Tidings:
         appended once due by whichever worker runs the scheduler (``tidings run``).
         """
         event = payload if isinstance(payload, Event) else self.build(payload, **options)
-        await self.publish_events(topic, [event], deliver_at=_due(delay, deliver_at))
+        if delay is None and deliver_at is None and self._started:  # publish_events, due now
+            await self.transport.append_events(topic, [event], self.max_event_bytes)
+        else:
+            await self.publish_events(topic, [event], deliver_at=_due(delay, deliver_at))
         return event
 
     async def publish_many(

@@ -22,11 +22,17 @@ __all__ = ["SPECVERSION", "Event", "new_id", "validate_type"]
 
 SPECVERSION = "1.0"
 
-_JSON = "application/json"  # the default content type
+JSON = "application/json"  # the default content type
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 
 
 _valid_types: set[str] = set()  # types seen valid: a set lookup instead of a regex
+
+
+def seen_types() -> set[str]:
+    """The types :func:`validate_type` has found valid (not all of them: it stops
+    adding at 10,000): the codec looks there first for every decoded event."""
+    return _valid_types
 
 
 def validate_type(event_type: str) -> str:
@@ -122,7 +128,7 @@ class Event:
         time: datetime | None = None,
         subject: str | None = None,
         specversion: str = SPECVERSION,
-        datacontenttype: str | None = _JSON,
+        datacontenttype: str | None = JSON,
         dataschema: str | None = None,
         dataversion: int | None = None,
         correlationid: str | None = None,
@@ -244,7 +250,7 @@ def checked_event(
     _set_time(event, time)
     _set_subject(event, subject)
     _set_specversion(event, specversion)
-    _set_datacontenttype(event, _JSON if datacontenttype is None else datacontenttype)
+    _set_datacontenttype(event, JSON if datacontenttype is None else datacontenttype)
     _set_dataschema(event, dataschema)
     _set_dataversion(event, dataversion)
     _set_correlationid(event, correlationid)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tidings.errors import ConfigError, TransportError
+from tidings.partitioning import partition_for
 from tidings.testing import drain, eventually
 from tidings.transports import open_transport
 from tidings.transports.sqlite import SQLiteTransport, wakeup
@@ -131,6 +132,30 @@ async def test_retention_by_size_keeps_the_newest_bytes(log: SQLiteTransport) ->
     assert info.partitions[0].start == 20
     records = await log.read("big", 0, 0, 100)
     assert [r.offset for r in records] == list(range(20, 30))
+
+
+async def test_a_fetch_shares_its_records_among_the_partitions_that_have_any(
+    log: SQLiteTransport,
+) -> None:
+    await log.create_topic("t", 4)
+    await log.create_topic("t.retry", 8)  # owned too, and empty, as a group's retry topic
+    c = log.consumer("g", ["t", "t.retry"])
+    await c.start()
+    try:
+        await eventually(lambda: len(c.assignment()) == 12)
+        assert partition_for("a", 4) != partition_for("c", 4)
+        await log.append("t", [("a", b"x")] * 100)
+        await log.append("t", [("c", b"y")] * 3)
+        records = await c.fetch(60, timeout=5)
+        # Not 60 // 12 each: the empty partitions take no share, and the partition
+        # with 3 records leaves the rest of its share to the other.
+        counts = {value: sum(r.value == value for r in records) for value in (b"x", b"y")}
+        assert counts == {b"x": 57, b"y": 3}
+        assert [r.offset for r in records if r.value == b"x"] == list(range(57))
+        rest = await drain(c, 43)
+        assert [r.offset for r in rest] == list(range(57, 100))
+    finally:
+        await c.close()
 
 
 async def test_a_group_behind_retention_continues_from_the_new_start(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import operator
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ __all__ = ["GroupRunner", "Limits"]
 log = logging.getLogger("tidings.worker")
 
 UNHANDLED_PAUSE = 1.0  # seconds before a failed handling or fetch is tried again
+_TOPIC_PARTITION: Callable[[Record], TopicPartition] = operator.itemgetter(0, 1)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class GroupRunner:
         self.in_flight = 0
         self.room = asyncio.Event()
         self.room.set()
+        self.full = False  # room is clear: set it again once in_flight drops below the limit
         self.stopping = False
         self.stopped = asyncio.Event()
         self.handled = asyncio.Event()  # set when an offset is ready to be committed
@@ -155,16 +159,17 @@ class GroupRunner:
         changed = assignment != self.seen_assignment
         if changed:
             self.seen_assignment = assignment
-        for record in records:
-            tp = (record.topic, record.partition)
+        # A fetch returns each partition's records together: one lane step for each run.
+        for tp, run in itertools.groupby(records, _TOPIC_PARTITION):
             lane = self.lanes.get(tp)
             if lane is None:
                 lane = self.lanes[tp] = _Lane()
-            lane.queue.append(record)
+            lane.queue.extend(run)
             self._start(tp, lane, changed)
         self.in_flight += len(records)
         if self.in_flight >= self.limits.max_in_flight:
             self.room.clear()
+            self.full = True
         return changed
 
     def _start(self, tp: TopicPartition, lane: _Lane, held: bool) -> None:
@@ -208,7 +213,8 @@ class GroupRunner:
 
     def _release(self, count: int) -> None:
         self.in_flight -= count
-        if self.in_flight < self.limits.max_in_flight:
+        if self.full and self.in_flight < self.limits.max_in_flight:
+            self.full = False
             self.room.set()
 
     # -- commits, revocation, shutdown ------------------------------------------

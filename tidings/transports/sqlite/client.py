@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from tidings._sqlite import is_busy, use_wal
 from tidings.errors import ConfigError, TopicNotFound, TransportError
+from tidings.partitioning import partition_for
 from tidings.transport import FOREVER, SYSTEM_CLOCK, Clock, FaultHook, check_topic_name
 from tidings.transports._leases import LeaseWatch
 from tidings.transports.sqlite.sql import create_schema, ensure_topic
@@ -203,11 +204,14 @@ class LogClient:
             raise translate(exc) from exc
 
     async def append(
-        self, tid: int, placed: Sequence[tuple[int, str | None, bytes]]
+        self, ids: tuple[int, int], records: Sequence[tuple[str | None, bytes]]
     ) -> list[tuple[int, int]]:
-        """Append ``(partition, key, value)`` records to topic ``tid`` durably, stamped
-        with the clock's time; return each one's (partition, offset)."""
+        """Append ``(key, value)`` records durably to the topic of ``ids`` (its id and
+        partition count), each in its key's partition, stamped with the clock's time;
+        return each one's (partition, offset)."""
         writer = self._started_writer()
+        tid, count = ids
+        placed = [(partition_for(key, count), key, value) for key, value in records]
         try:
             return await writer.append(tid, placed, self.clock.time_ms)
         except sqlite3.Error as exc:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import operator
 import os
 import socket
 import sqlite3
@@ -387,31 +388,63 @@ class SQLiteConsumer(Consumer):
         positions: list[tuple[TopicPartition, int]],
         max_records: int,
     ) -> tuple[list[Record], list[tuple[TopicPartition, int]]]:
-        """Up to ``max_records`` records from ``positions``, shared out among them, and
-        the position after each partition's last one."""
-        per = max(1, max_records // len(positions)) if positions else 0
+        """Up to ``max_records`` records from ``positions``, shared out among the
+        partitions that have any, and the position after each partition's last one.
+
+        The partitions' ends first, in one query, so that a partition with nothing
+        new costs no query of its own and the others share all of ``max_records``, a
+        partition with less than its share leaving the rest to the others (a group
+        reads its retry topic too, mostly empty: a fixed share of every partition
+        halved every fetch). Not in one explicit read transaction: measured, that made
+        a fetch slower in wall time (1.05 -> 1.95 us per record), for no gain in CPU.
+        """
         ids = self._client.topic_ids
+        wanted: list[tuple[TopicPartition, int, int]] = []  # (tp, topic id, position)
+        for tp, pos in positions:
+            known = ids.get(tp[0])
+            if known is not None:  # else deleted here; the next heartbeat takes it away
+                wanted.append((tp, known[0], pos))
+        if not wanted:
+            return [], []
+        return self._read_rows(conn, wanted, max_records)
+
+    def _read_rows(
+        self, conn: sqlite3.Connection, wanted: list[tuple[TopicPartition, int, int]], room: int
+    ) -> tuple[list[Record], list[tuple[TopicPartition, int]]]:
+        tids = sorted({tid for _, tid, _ in wanted})
+        ends = dict(
+            conn.execute(
+                "SELECT topic_id << 32 | partition, next_offset FROM partitions"
+                f" WHERE topic_id IN ({','.join('?' * len(tids))})",
+                tids,
+            ).fetchall()
+        )
+        behind = [
+            (tp, tid, pos, end - pos)
+            for tp, tid, pos in wanted
+            if (end := ends.get(tid << 32 | tp[1], 0)) > pos
+        ]
+        # Smallest backlog first: what a partition leaves of its share goes to the next
+        # (stable: partitions with equal backlogs stay in the round-robin order).
+        behind.sort(key=operator.itemgetter(3))
         generations = self._generation
         out: list[Record] = []
         advanced: list[tuple[TopicPartition, int]] = []
-        room = max_records
-        for tp, pos in positions:
-            limit = min(per, room)
-            if limit <= 0:
+        left = len(behind)
+        for (topic, p), tid, pos, backlog in behind:
+            limit = min(backlog, max(1, room // left))
+            left -= 1
+            if room <= 0:
                 break
-            topic, p = tp
-            known = ids.get(topic)
-            if known is None:  # deleted here; the next heartbeat takes it from this member
-                continue
             rows = conn.execute(
                 "SELECT offset, ts, key, value FROM events WHERE topic_id=?"
                 " AND partition=? AND offset >= ? ORDER BY offset LIMIT ?",
-                (known[0], p, pos, limit),
+                (tid, p, pos, limit),
             ).fetchall()
             if rows:
-                gen = generations[tp]
+                gen = generations[(topic, p)]
                 out += [Record(topic, p, o, ts, k, v, gen) for o, ts, k, v in rows]
-                advanced.append((tp, rows[-1][0] + 1))
+                advanced.append(((topic, p), rows[-1][0] + 1))
                 room -= len(rows)
         return out, advanced
 

@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tidings.errors import ConfigError, TopicNotFound
-from tidings.partitioning import partition_for
 from tidings.transport import (
     Capabilities,
     Clock,
@@ -198,26 +197,20 @@ class SQLiteTransport(Transport):
     async def append(
         self, topic: str, records: Sequence[tuple[str | None, bytes]]
     ) -> list[tuple[int, int]]:
-        ids = self._client.topic_ids.get(topic)
+        client = self._client
+        ids = client.topic_ids.get(topic)
         if ids is None:
-            ids = await self._client.create_topic(topic)
+            ids = await client.create_topic(topic)
         try:
-            result = await self._append(ids, records)
+            result = await client.append(ids, records)
         except TopicNotFound:  # deleted since its id was cached: made again, as missing
-            self._client.forget(topic, ids[0])
-            result = await self._append(await self._client.create_topic(topic), records)
+            client.forget(topic, ids[0])
+            result = await client.append(await client.create_topic(topic), records)
         if time.monotonic() - self._last_retention > self.retention_interval:
             # In the background: the publish that happens to trigger it must not wait.
             self._last_retention = time.monotonic()
             self._retention = asyncio.get_running_loop().create_task(self._retain_quietly())
         return result
-
-    async def _append(
-        self, ids: tuple[int, int], records: Sequence[tuple[str | None, bytes]]
-    ) -> list[tuple[int, int]]:
-        tid, count = ids
-        placed = [(partition_for(key, count), key, value) for key, value in records]
-        return await self._client.append(tid, placed)
 
     async def _retain_quietly(self) -> None:
         try:
