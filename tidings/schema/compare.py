@@ -123,6 +123,8 @@ def _not(walk: Walk, a: Node, b: Node) -> None:
 def _combined(walk: Walk, a: Node, b: Node) -> None:
     if _criterion_changed(walk, a, b):
         return
+    if _by_kind(walk, a, b):
+        return
     old, new = _distinct(a.parts), _distinct(b.parts)
     if len(old) < len(new):
         rule = Rule.PRODUCT_TYPE_EXTENDED if b.criterion == "allOf" else Rule.SUM_TYPE_EXTENDED
@@ -142,6 +144,21 @@ def _combined(walk: Walk, a: Node, b: Node) -> None:
         walk.merge(edges[i][j])
     if len(matched) < min(len(old), len(new)):
         walk.add(Rule.COMBINED_TYPE_SUBSCHEMAS_CHANGED, describe(a), describe(b))
+
+
+def _by_kind(walk: Walk, a: Node, b: Node) -> bool:
+    """Two objects declaring the same kinds (``{"type": "string", "enum": [...]}`` both):
+    each kind is compared with its own, so a narrowed enum reads as one. The verdict is
+    the matching's (a part matches no part of another kind), the findings more exact."""
+    kinds = [p.kind for p in a.parts]
+    if not (a.synthetic and b.synthetic) or len(set(kinds)) != len(kinds):
+        return False
+    if sorted(kinds) != sorted(p.kind for p in b.parts):
+        return False
+    by_kind = {p.kind: p for p in b.parts}
+    for part in a.parts:
+        compare_nodes(walk, part, by_kind[part.kind])
+    return True
 
 
 def _criterion_changed(walk: Walk, a: Node, b: Node) -> bool:

@@ -172,7 +172,7 @@ def diff(old: JsonSchema, new: JsonSchema, *, policy: Policy = Policy.STRICT) ->
     for f in changes(new, old, policy):
         if compatible(f.rule, policy):
             continue
-        at = next((i for i, c in enumerate(listed) if c.path == f.path), None)
+        at = _counterpart(listed, f)
         if at is None:
             listed.append(_change(f, reader_is_newer=False, breaks=_FORWARD))
         elif Mode.FORWARD not in listed[at].breaks:
@@ -182,6 +182,15 @@ def diff(old: JsonSchema, new: JsonSchema, *, policy: Policy = Policy.STRICT) ->
 
 
 _BACKWARD, _FORWARD = (Mode.BACKWARD,), (Mode.FORWARD,)
+
+
+def _counterpart(listed: list[Change], f: Found) -> int | None:
+    """The listed change that ``f`` (found reading the other way) is the mirror of: the
+    same path with the forms swapped, else the same path."""
+    same_path = [i for i, c in enumerate(listed) if c.path == f.path]
+    mirrored = [i for i in same_path if (listed[i].old, listed[i].new) == (f.new, f.old)]
+    found = mirrored or same_path
+    return found[0] if found else None
 
 
 def _change(f: Found, *, reader_is_newer: bool, breaks: tuple[Mode, ...]) -> Change:

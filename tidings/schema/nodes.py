@@ -66,6 +66,7 @@ class Node:
     criterion: str = ""
     parts: tuple[Node, ...] = ()
     annotated: bool = True  # carries the object's title, description and default
+    synthetic: bool = False  # the conjunction of the kinds one schema object declares
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
 
     def annotation(self, keyword: str) -> Any:
@@ -128,7 +129,9 @@ class Resolver:
         if len(parts) == 1:
             return parts[0]
         bare = tuple(_without_annotations(p) for p in parts)
-        return Node("combined", schema, criterion="allOf", parts=bare, resolver=self)
+        return Node(
+            "combined", schema, criterion="allOf", parts=bare, synthetic=True, resolver=self
+        )
 
     def _parts(self, schema: Mapping[str, Any]) -> list[Node]:
         parts: list[Node] = []
@@ -177,6 +180,7 @@ def _without_annotations(node: Node) -> Node:
         criterion=node.criterion,
         parts=node.parts,
         annotated=False,
+        synthetic=node.synthetic,
         resolver=node.resolver,
     )
 

@@ -81,11 +81,15 @@ _MEANINGS: dict[str, _Meaning] = {
     "MULTIPLE_OF_EXPANDED": _m(False, _TIGHTEN, _RELAX),
     "MULTIPLE_OF_REDUCED": _m(True, _RELAX, _TIGHTEN),
     "MULTIPLE_OF_CHANGED": _m(False, "changes a constraint", "changes a constraint"),
-    "REQUIRED_ATTRIBUTE_ADDED": _m(False, "makes it required", "makes it optional"),
-    "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED": _m(
-        True, "makes it required, with a default", "makes it optional"
+    "REQUIRED_ATTRIBUTE_ADDED": _m(
+        False, "makes the property required", "makes the property optional"
     ),
-    "REQUIRED_ATTRIBUTE_REMOVED": _m(True, "makes it optional", "makes it required"),
+    "REQUIRED_ATTRIBUTE_WITH_DEFAULT_ADDED": _m(
+        True, "makes the property required, with a default", "makes the property optional"
+    ),
+    "REQUIRED_ATTRIBUTE_REMOVED": _m(
+        True, "makes the property optional", "makes the property required"
+    ),
     **_limits("MAX_PROPERTIES", upper=True),
     **_limits("MIN_PROPERTIES", upper=False),
     "ADDITIONAL_PROPERTIES_ADDED": _m(True, "opens the content model", "closes the content model"),
