@@ -21,12 +21,13 @@ __all__ = ["Policy", "Rule"]
 class Policy(enum.Enum):
     """How much a reader is trusted to cope with (Confluent's ``CompatibilityPolicy``)."""
 
-    STRICT = enum.auto()
+    STRICT = "STRICT"
     """Confluent's default: an open content model may hold any undeclared property, so
     adding an optional property to it (or removing one from a closed model) breaks."""
-    LENIENT = enum.auto()
-    """Producers emit only their declared fields (pydantic's ``model_dump`` does): adding
-    or removing optional properties is compatible whatever the content model."""
+    LENIENT = "LENIENT"
+    """Producers emit only their declared fields (pydantic's serializer does, unless a
+    model has ``extra='allow'``): adding or removing optional properties is compatible
+    whatever the content model."""
 
 
 @dataclass(frozen=True, slots=True)
