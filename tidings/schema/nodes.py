@@ -69,6 +69,12 @@ class Node:
     synthetic: bool = False  # the conjunction of the kinds one schema object declares
     resolver: Resolver | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def document(self) -> Resolver:
+        """The resolver of the document this node was read from (for its subschemas)."""
+        assert self.resolver is not None, "a node read from a document has its resolver"
+        return self.resolver
+
     def annotation(self, keyword: str) -> Any:
         return self.raw.get(keyword) if self.annotated else None
 

@@ -3,11 +3,11 @@ helpers for keywords compared by value alone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from tidings.schema.nodes import Node, canonical
+from tidings.schema.nodes import Node, canonical, describe
 from tidings.schema.rules import Policy, Rule, compatible
 
 __all__ = ["Found", "Walk", "by_value", "limit", "shown"]
@@ -20,11 +20,15 @@ class Found(NamedTuple):
     new: str  # the reader's form
 
 
+Compare = Callable[["Walk", Node, Node], None]
+
+
 class Walk:
     """The state of one comparison: where it is, what it found, which pairs it is in."""
 
-    def __init__(self, policy: Policy, path: str = "data") -> None:
+    def __init__(self, policy: Policy, compare: Compare, path: str = "data") -> None:
         self.policy = policy
+        self._compare = compare  # the comparison of two nodes, which recurses through here
         self.path = path
         self.found: list[Found] = []
         self._active: set[tuple[int, str, bool, str, int, str, bool, str]] = set()
@@ -34,9 +38,24 @@ class Walk:
 
     def trial(self) -> Walk:
         """A walk from here whose findings are kept only if the caller merges them."""
-        walk = Walk(self.policy, self.path)
+        walk = Walk(self.policy, self._compare, self.path)
         walk._active = self._active
         return walk
+
+    def nodes(self, a: Node, b: Node) -> None:
+        """Compare ``a`` (the writer's) with ``b`` (the reader's) here."""
+        self._compare(self, a, b)
+
+    def children(self, a: Node, a_child: Any, b: Node, b_child: Any) -> None:
+        """Compare two subschemas (``None``: the keyword is absent) of ``a`` and ``b``."""
+        if a_child is None and b_child is None:
+            return
+        if a_child is None:
+            self.add(Rule.SCHEMA_ADDED, "absent", describe(b.document.node(b_child)))
+        elif b_child is None:
+            self.add(Rule.SCHEMA_REMOVED, describe(a.document.node(a_child)), "absent")
+        else:
+            self.nodes(a.document.node(a_child), b.document.node(b_child))
 
     def merge(self, other: Walk) -> None:
         self.found.extend(other.found)
