@@ -830,10 +830,33 @@ def test_confluents_strict_verdicts_for_property_rules() -> None:
 
 
 def test_a_change_to_a_keyword_the_checker_does_not_model_is_a_break() -> None:
-    v1 = {"type": "object", "dependentRequired": {"a": ["b"]}}
-    v2 = {"type": "object", "dependentRequired": {"a": ["c"]}}
+    v1 = {"type": "object", "propertyNames": {"maxLength": 8}}
+    v2 = {"type": "object", "propertyNames": {"maxLength": 4}}
     [brk] = check(v2, [v1], Mode.BACKWARD)
     assert brk.rule is Rule.UNSUPPORTED_KEYWORD_CHANGED
+    assert check(v1, [v1], Mode.FULL) == []
+
+
+def test_a_property_that_requires_more_breaks_backward() -> None:
+    v1 = {"type": "object", "dependentRequired": {"card": ["billing"]}}
+    v2 = {"type": "object", "dependentRequired": {"card": ["billing", "zip"]}}
+    [brk] = check(v2, [v1], Mode.FULL)
+    assert (brk.path, brk.rule, brk.direction) == (
+        "data.card",
+        Rule.DEPENDENCY_ARRAY_EXTENDED,
+        Mode.BACKWARD,
+    )
+
+
+def test_a_union_that_holds_itself_is_read_without_looping() -> None:
+    schema = {"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]}}}
+    v1 = {**schema, "$ref": "#/$defs/A"}
+    assert check(v1, [v1], Mode.FULL) == []
+
+
+def test_what_is_not_a_schema_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a JSON Schema"):
+        check({"type": "object", "properties": {"a": 3}}, [{"type": "object"}], Mode.FULL)
 
 
 def test_a_remote_ref_is_refused() -> None:

@@ -20,6 +20,8 @@ def compare(walk: Walk, a: Node, b: Node) -> None:
     _further_items(walk, a, b)
     limit(walk, "maxItems", "MAX_ITEMS", a.raw.get("maxItems"), b.raw.get("maxItems"))
     limit(walk, "minItems", "MIN_ITEMS", a.raw.get("minItems"), b.raw.get("minItems"))
+    for keyword, prefix in (("maxContains", "MAX_CONTAINS"), ("minContains", "MIN_CONTAINS")):
+        limit(walk, keyword, prefix, a.raw.get(keyword), b.raw.get(keyword))
     old, new = a.raw.get("uniqueItems") is True, b.raw.get("uniqueItems") is True
     if old != new:
         rule = Rule.UNIQUE_ITEMS_REMOVED if old else Rule.UNIQUE_ITEMS_ADDED

@@ -26,24 +26,31 @@ _KIND_KEYWORDS: dict[str, tuple[str, ...]] = {
     "object": (
         "properties",
         "required",
+        "dependencies",
+        "dependentRequired",
+        "dependentSchemas",
         "additionalProperties",
         "patternProperties",
         "minProperties",
         "maxProperties",
     ),
-    "array": ("items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems"),
+    "array": (
+        "items",
+        "prefixItems",
+        "additionalItems",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+        "minContains",
+        "maxContains",
+    ),
 }
 _COMBINATIONS = ("allOf", "anyOf", "oneOf")
 # Keywords read by nothing here: a change to one is reported, not judged.
 UNSUPPORTED = (
-    "dependencies",
-    "dependentRequired",
-    "dependentSchemas",
     "unevaluatedProperties",
     "unevaluatedItems",
     "contains",
-    "minContains",
-    "maxContains",
     "propertyNames",
     "if",
     "then",
@@ -87,6 +94,7 @@ class Resolver:
         # id of a $ref object with siblings -> the merged object, so that a recursive
         # model meets the same object again (the comparison stops at a pair it is in)
         self._merged: dict[int, Mapping[str, Any]] = {}
+        self._reading: set[int] = set()  # objects being read: a union that holds itself
 
     def target(self, schema: JsonSchema) -> JsonSchema:
         """``schema`` with its ``$ref`` chain followed; sibling annotations are kept."""
@@ -123,13 +131,22 @@ class Resolver:
         return found
 
     def node(self, schema: JsonSchema) -> Node:
+        """The node of ``schema``; raises ValueError if it is not a JSON Schema."""
         schema = self.target(schema)
         if schema is True:
             return Node("empty", {}, resolver=self)
         if schema is False:
             return Node("false", {}, resolver=self)
-        assert isinstance(schema, Mapping)
-        parts = self._parts(schema)
+        if not isinstance(schema, Mapping):
+            raise ValueError(f"not a JSON Schema (an object or a boolean): {schema!r:.80}")
+        if id(schema) in self._reading:
+            # {"anyOf": [{"$ref": <itself>}, ...]}: the inner self adds no constraint
+            return Node("empty", {}, resolver=self)
+        self._reading.add(id(schema))
+        try:
+            parts = self._parts(schema)
+        finally:
+            self._reading.discard(id(schema))
         if not parts:
             return Node("empty", schema, resolver=self)
         if len(parts) == 1:

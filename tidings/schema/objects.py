@@ -25,6 +25,7 @@ def compare(walk: Walk, a: Node, b: Node) -> None:
                 _property_added(walk, a, b, name)
             else:
                 _property_removed(walk, a, b, name)
+    _dependencies(walk, a, b)
     _additional_properties(walk, a, b)
     for keyword, prefix in (
         ("maxProperties", "MAX_PROPERTIES"),
@@ -165,3 +166,50 @@ def _additional_properties(walk: Walk, a: Node, b: Node) -> None:
     elif isinstance(old, Mapping):
         with walk.at(".*"):
             walk.children(a, old, b, new)
+
+
+def _dependency_maps(node: Node) -> tuple[dict[str, set[str]], dict[str, Any]]:
+    """(property -> the properties it requires, property -> the schema it brings), from
+    ``dependencies`` (draft 7) and ``dependentRequired``/``dependentSchemas`` (2019-09)."""
+    names: dict[str, set[str]] = {}
+    schemas: dict[str, Any] = {}
+    for keyword in ("dependencies", "dependentRequired", "dependentSchemas"):
+        found = node.raw.get(keyword)
+        for key, value in (found if isinstance(found, Mapping) else {}).items():
+            if isinstance(value, list):
+                names[key] = set(value)
+            else:
+                schemas[key] = value
+    return names, schemas
+
+
+def _dependencies(walk: Walk, a: Node, b: Node) -> None:
+    (old_names, old_schemas), (new_names, new_schemas) = _dependency_maps(a), _dependency_maps(b)
+    for key in sorted(old_names.keys() | new_names.keys()):
+        old, new = old_names.get(key), new_names.get(key)
+        if old == new:
+            continue
+        if new is None:
+            rule = Rule.DEPENDENCY_ARRAY_REMOVED
+        elif old is None:
+            rule = Rule.DEPENDENCY_ARRAY_ADDED
+        elif new >= old:
+            rule = Rule.DEPENDENCY_ARRAY_EXTENDED
+        elif old >= new:
+            rule = Rule.DEPENDENCY_ARRAY_NARROWED
+        else:
+            rule = Rule.DEPENDENCY_ARRAY_CHANGED
+        with walk.at(f".{key}"):
+            walk.add(rule, _requires(old), _requires(new))
+    for key in sorted(old_schemas.keys() | new_schemas.keys()):
+        with walk.at(f".{key}"):
+            if key not in new_schemas:
+                walk.add(Rule.DEPENDENCY_SCHEMA_REMOVED, "a dependent schema", "none")
+            elif key not in old_schemas:
+                walk.add(Rule.DEPENDENCY_SCHEMA_ADDED, "none", "a dependent schema")
+            else:
+                walk.children(a, old_schemas[key], b, new_schemas[key])
+
+
+def _requires(names: set[str] | None) -> str:
+    return "requires nothing" if not names else "requires " + ", ".join(sorted(names))
