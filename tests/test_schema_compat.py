@@ -325,6 +325,27 @@ CASES = [
         closed="F",
         path="data.kind",
     ),
+    Case(
+        # Confluent's verdict, stricter than the data needs: the validator reads
+        # {"type": "string", "enum": [...]} as allOf(string, enum), and no member of the
+        # new anyOf is a plain string or enum to match those parts (decision 0016)
+        "make a Literal field Optional = None",
+        lambda m: {"kind": (Literal["a", "b"], ...)},
+        lambda m: {"kind": (Literal["a", "b"] | None, None)},
+        open="BF",
+        closed="BF",
+        rule="COMBINED_TYPE_SUBSCHEMAS_CHANGED",
+        path="data.kind",
+    ),
+    Case(
+        "make an Enum field Optional = None (the same, through $ref)",
+        lambda m: {"color": (_color(Color), ...)},
+        lambda m: {"color": (_color(Color) | None, None)},
+        open="BF",
+        closed="BF",
+        rule="COMBINED_TYPE_SUBSCHEMAS_CHANGED",
+        path="data.color",
+    ),
     # -- constraints ----------------------------------------------------------------
     Case(
         "tighten max_length",
