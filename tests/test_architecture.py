@@ -24,7 +24,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "contracts and declarations",
-        ("tidings.contracts", "tidings.subscriber", "tidings.stats", "tidings.context"),
+        (
+            "tidings.contracts",
+            "tidings.schema",
+            "tidings.subscriber",
+            "tidings.stats",
+            "tidings.context",
+        ),
     ),
     ("dead letters", ("tidings.dead_letters",)),
     ("outbox, inbox, scheduler", ("tidings.outbox", "tidings.inbox", "tidings.scheduler")),
