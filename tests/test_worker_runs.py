@@ -226,6 +226,47 @@ async def test_a_run_abandoned_at_shutdown_commits_what_it_finished_and_stops(
         assert handled == [0, 1, 2, 3]  # the call under way ended; no further event
 
 
+async def test_a_revocation_in_the_middle_of_a_run_commits_what_the_run_handled(
+    runs: list[int],
+) -> None:
+    """The run goes on in its thread after the revocation dropped the lane's waiting
+    records: what it handles is committed before the partition is let go, so its next
+    owner does not handle it again."""
+    app = make_app()
+    handled: list[int] = []
+    gate = threading.Event()
+    at_three = threading.Event()
+
+    @app.subscriber(TOPIC, group="g")
+    def handle(payload: Any) -> None:
+        if payload["seq"] == 3 and 3 not in handled:
+            at_three.set()
+            gate.wait(BLOCK)
+        handled.append(payload["seq"])
+
+    async with app:
+        await publish(app, 10)
+        worker = Worker(app, commit_interval=60)  # only the revocation's commit commits
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await eventually(at_three.is_set, what="the handler at event 3")
+        (runner,) = worker._runners
+        lane = runner.lanes[(TOPIC, 0)]
+        consumer = runner.consumer
+        revoking = asyncio.create_task(consumer.revoke(consumer.assignment()))
+        await eventually(lambda: len(lane.queue) == 1, what="the waiting records dropped")
+        gate.set()
+        await asyncio.wait_for(revoking, 5)
+        assert await committed(app, "g") == {0: len(handled)}
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+        async with running(app):
+            await publish(app, 1)
+            await eventually(lambda: 0 in handled[10:], what="the next owner's event")
+    assert handled == [*range(10), 0]  # each once, then the new one
+
+
 async def test_def_handlers_in_runs_see_context_variables_and_publish_with_causation(
     runs: list[int],
 ) -> None:
