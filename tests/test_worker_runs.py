@@ -94,6 +94,36 @@ async def test_a_def_handler_gets_each_key_in_order_several_events_per_hand_off(
     assert max(runs) > 1  # several events per hand-off, not one
 
 
+async def test_runs_cut_by_their_time_decode_fewer_events_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow handler: each run is cut after its first event; the next runs are given
+    two events, not a full run decoded for nothing."""
+    monkeypatch.setattr(dispatch, "RUN_SECONDS", 0.0)
+    given: list[tuple[int, int]] = []
+    original = Dispatcher.dispatch_run
+
+    async def recording(self: Dispatcher, run: Sequence[tuple[Record, Any]], handled: Any) -> int:
+        count = await original(self, run, handled)
+        given.append((len(run), count))
+        return count
+
+    monkeypatch.setattr(Dispatcher, "dispatch_run", recording)
+    app = make_app()
+    seen: list[int] = []
+
+    @app.subscriber(TOPIC, group="g")
+    def handle(payload: Any) -> None:
+        seen.append(payload["seq"])
+
+    async with app:
+        await publish(app, 10)
+        async with running(app) as worker:
+            await eventually(lambda: worker.stats.handled == 10, what="10 handled")
+    assert seen == list(range(10))
+    assert given == [(10, 1), *[(2, 1)] * 8, (1, 1)]
+
+
 async def test_a_failure_in_the_middle_of_a_run_is_retried_then_the_run_goes_on(
     runs: list[int],
 ) -> None:

@@ -41,7 +41,7 @@ log = logging.getLogger("tidings.worker")
 Dispatch = Callable[[Record, Event, DeadLetter | None], Awaitable[None]]
 
 RETRY_PAUSE = 1.0  # seconds before reading the dead letters is tried again
-RUN_MAX = 128  # records decoded ahead for one run (those after a cut are decoded again)
+RUN_MAX = 128  # records decoded ahead for a run, at most
 
 
 class Runs(Protocol):
@@ -101,6 +101,10 @@ class Intake:
         self.stats = stats
         self.stopping = stopping
         self.runs = runs
+        # Records decoded ahead for the next run. Those after where a run was cut (its
+        # time was up: slow handlers) are decoded again for the next: after a cut run,
+        # twice what it handled; after a whole one, twice as many as before.
+        self.run_size = RUN_MAX
 
     async def start(self, start_from: StartFrom, topics: Sequence[str] = ()) -> None:
         """Create the group's ``topics`` if missing (as its consumer would) and its
@@ -150,7 +154,8 @@ class Intake:
         if self.runs is not None:
             run = self._plain_run(queue, self.runs)
             if run:
-                await self.runs.dispatch_run(run, handled)
+                count = await self.runs.dispatch_run(run, handled)
+                self.run_size = min(RUN_MAX, 2 * (count if count < len(run) else self.run_size))
                 return
         record = queue[0]
         await self.take(record)
@@ -158,7 +163,7 @@ class Intake:
 
     def _plain_run(self, queue: Sequence[Record], runs: Runs) -> list[tuple[Record, Event]]:
         run: list[tuple[Record, Event]] = []
-        for record in itertools.islice(queue, RUN_MAX):
+        for record in itertools.islice(queue, self.run_size):
             if record.topic == self.retry_topic:
                 break
             if self.parks and (record.topic, record.key) in self.log.by_key:
