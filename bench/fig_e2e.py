@@ -197,7 +197,8 @@ async def fig_end_to_end(cfg: Config, work: Workdir) -> list[Figure]:
             f"three groups, slowest {three[-1]:,.0f}/s each (raw {three_raw[-1]:,.0f}/s)"
         )
     # Informational: the same with publishing while the Worker runs, and with a plain
-    # (def) handler, which the Worker hands to a thread pool, one hop per event.
+    # (def) handler, which the Worker hands to a thread pool, a run of a partition's
+    # events per hand-off (decision 0013).
     with work.folder("e2e-live") as d:
         res = await tidings_end_to_end(
             os.path.join(d, "events.db"), n, ["g1"], cfg.synchronous, live=True
@@ -251,7 +252,7 @@ async def fig_end_to_end(cfg: Config, work: Workdir) -> list[Figure]:
             median(one),
             "e2e_one_group (async def handler)",
             None,
-            {**common, "handler": "plain def, run by the Worker in a thread pool"},
+            {**common, "handler": "plain def, run by the Worker in a thread pool, in runs"},
         ),
     ]
 
