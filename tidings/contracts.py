@@ -149,10 +149,10 @@ class Registry:
         An event of a type with no registered model gives its data as it is, for
         subscribers that take every type: a copy if ``shared`` (someone else may see
         ``data`` after the caller: another handler, a later attempt), else ``data``
-        itself. A registered type at a version with no
-        model raises :class:`UnknownEventType` (:class:`UnsupportedVersion` if the
-        version is newer than every registered one); a payload that does not match its
-        model raises :class:`DecodeError` naming the fields.
+        itself. A registered type at a version with no model raises
+        :class:`UnknownEventType` (:class:`UnsupportedVersion` if the version is newer
+        than every registered one); a payload that does not match its model raises
+        :class:`DecodeError` naming the fields.
         """
         contract = self.lookup(type, version)
         if contract is None:

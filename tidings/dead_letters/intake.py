@@ -56,7 +56,7 @@ class Runs(Protocol):
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
     ) -> int:
         """Handle a prefix of ``run`` in order, at least its first event, calling
-        ``handled`` for each; return its length."""
+        ``handled`` for each; return how many it handled."""
         ...
 
 
