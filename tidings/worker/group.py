@@ -182,7 +182,9 @@ class GroupRunner:
     # -- handling ---------------------------------------------------------------
 
     async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
-        take = self.intake.take_run  # the first record, or a run of them from the head
+        take, take_run = self.intake.take, self.intake.take_run
+        # Runs of records for plain def handlers (else one at a time, one frame less).
+        runs = self.intake.runs is not None
 
         def handled(record: Record) -> None:
             if lane.queue and lane.queue[0] is record:
@@ -196,7 +198,12 @@ class GroupRunner:
 
         while lane.queue and not self.stopping:
             try:
-                await take(lane.queue, handled)
+                if runs:
+                    await take_run(lane.queue, handled)
+                else:
+                    record = lane.queue[0]
+                    await take(record)
+                    handled(record)
             except Exception:
                 # An error that got past the middleware (a custom list without Retry,
                 # or a middleware bug): the event is not handled, so it stays first in
