@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from tidings import Context, Tidings, Worker
 from tidings.context import current_scope
@@ -181,6 +182,63 @@ async def test_a_run_member_that_keeps_failing_is_dead_lettered_as_it_was_publis
     assert orjson.loads(entry.value)["data"] == {"seq": 4, "items": []}
     assert worker.stats.dead_lettered == 1
     assert runs == [5, 5]
+
+
+async def test_a_payload_not_matching_its_model_in_a_run_is_dead_lettered_at_once(
+    runs: list[int],
+) -> None:
+    app = make_app()
+
+    class Note(BaseModel):
+        seq: int
+
+    app.event("note.typed")(Note)
+    seen: list[int] = []
+
+    @app.subscriber(TOPIC, group="g")
+    def handle(payload: Note) -> None:
+        seen.append(payload.seq)
+
+    async with app:
+        for i in range(5):
+            value = {"wrong": "shape"} if i == 2 else {"seq": i}
+            await app.publish(TOPIC, value, type="note.typed", subject="k")
+        async with running(app) as worker:
+            await eventually(lambda: worker.stats.handled == 5, what="5 taken")
+        log = await open_log(app.transport, "g")
+        ((entry, _),) = log.listing()
+    assert seen == [0, 1, 3, 4]
+    assert (entry.offset, entry.reason, entry.attempts) == (2, "poison", 1)
+    assert worker.stats.undecodable == 1
+    assert worker.stats.failed_attempts == 0  # never retried
+    assert runs == [3, 2]
+
+
+async def test_a_stop_while_a_run_member_waits_to_be_retried_commits_the_run_before_it(
+    runs: list[int],
+) -> None:
+    app = make_app()
+    fail = True
+    handled: list[int] = []
+
+    @app.subscriber(TOPIC, group="g")
+    def handle(payload: Any) -> None:
+        if payload["seq"] == 2 and fail:
+            raise RuntimeError("down")
+        handled.append(payload["seq"])
+
+    async with app:
+        await publish(app, 6)
+        slow = default_middleware(Retry(base_delay=30.0, max_delay=30.0))
+        async with running(app, middleware=slow, commit_interval=60) as worker:
+            await eventually(lambda: worker.stats.failed_attempts == 1, what="a failure")
+        # The stop cut the retry's wait short; what the run handled before is committed.
+        assert handled == [0, 1]
+        assert await committed(app, "g") == {0: 2}
+        fail = False
+        async with running(app):
+            await eventually(lambda: len(handled) == 6, what="the rest")
+    assert handled == list(range(6))
 
 
 async def test_a_stop_in_the_middle_of_a_run_commits_what_was_handled_and_no_more(
