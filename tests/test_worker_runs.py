@@ -9,16 +9,17 @@ import contextvars
 import threading
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from pydantic import BaseModel
 
-from tidings import Context, Tidings, Worker
+from tidings import Context, Inbox, Tidings, Worker
 from tidings.context import current_scope
 from tidings.dead_letters import open_log
-from tidings.middleware import Retry, default_middleware
+from tidings.middleware import Delivery, Middleware, Next, Retry, default_middleware
 from tidings.testing import eventually, running
 from tidings.transport import Record
 from tidings.worker import dispatch
@@ -389,6 +390,45 @@ async def test_def_handlers_in_runs_see_context_variables_and_publish_with_causa
         assert leaked == 0
     assert sorted(replies) == [(i, ids[i], seen[i][0].correlationid) for i in range(5)]
     assert max(runs) > 1
+
+
+async def test_def_handlers_behind_an_inbox_or_a_middleware_around_calls_are_called_one_by_one(
+    runs: list[int], tmp_path: Path
+) -> None:
+    """The inbox (a transaction around the call) and a middleware that acts around
+    every call keep the path of one call per hand-off, through the whole chain."""
+    app = make_app()
+    inbox = Inbox(f"sqlite:///{tmp_path / 'inbox.db'}")
+    boxed: list[tuple[int, bool]] = []
+    around: list[str] = []
+
+    @app.subscriber(TOPIC, group="boxed", inbox=inbox)
+    def in_boxed(payload: Any, ctx: Context) -> None:
+        boxed.append((payload["seq"], ctx.session is not None))
+
+    @app.subscriber(TOPIC, group="plain")
+    def in_plain(payload: Any) -> None:
+        around.append(f"call {payload['seq']}")
+
+    class Around(Middleware):
+        async def handle(self, delivery: Delivery, call_next: Next) -> None:
+            if delivery.subscriber.group == "plain":
+                around.append("before")
+                await call_next(delivery)
+                around.append("after")
+            else:
+                await call_next(delivery)
+
+    try:
+        async with app:
+            await publish(app, 4)
+            async with running(app, middleware=[*default_middleware(), Around()]) as worker:
+                await eventually(lambda: worker.stats.handled == 8, what="both groups")
+    finally:
+        await inbox.close()
+    assert boxed == [(i, True) for i in range(4)]
+    assert around == [x for i in range(4) for x in ("before", f"call {i}", "after")]
+    assert runs == []
 
 
 # -- raw payloads: copied only when shared ---------------------------------------------
