@@ -185,6 +185,34 @@ async def test_a_run_member_that_keeps_failing_is_dead_lettered_as_it_was_publis
     assert runs == [5, 5]
 
 
+async def test_in_a_sequenced_group_a_run_member_dead_lettered_parks_its_key_behind_it(
+    runs: list[int],
+) -> None:
+    app = make_app()
+    app.group("g", sequenced=True)
+    handled: list[tuple[str, int]] = []
+
+    @app.subscriber(TOPIC, group="g")
+    def handle(payload: Any, ctx: Context) -> None:
+        if (ctx.subject, payload["seq"]) == ("a", 1):
+            raise ValueError("never works")
+        handled.append((ctx.subject or "", payload["seq"]))
+
+    async with app:
+        # One partition: a0 a1 b0 a2 b1, in this order.
+        for key, seq in (("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1)):
+            await app.publish(TOPIC, {"seq": seq}, type="note.added", subject=key)
+        once = default_middleware(Retry(max_attempts=1))
+        async with running(app, middleware=once) as worker:
+            await eventually(lambda: len(handled) == 3, what="a0, b0, b1")
+            await eventually(lambda: worker.stats.parked == 1, what="a2 parked")
+        log = await open_log(app.transport, "g")
+        reasons = sorted((e.offset, e.reason) for e, _ in log.listing())
+    assert handled == [("a", 0), ("b", 0), ("b", 1)]
+    assert reasons == [(1, "failed"), (3, "parked")]
+    assert runs[0] == 2  # a0, then a1 failed: the run ended there
+
+
 async def test_a_payload_not_matching_its_model_in_a_run_is_dead_lettered_at_once(
     runs: list[int],
 ) -> None:
