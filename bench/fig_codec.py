@@ -36,6 +36,7 @@ async def fig_codec(cfg: Config, work: Workdir) -> list[Figure]:
     event = app.build(payload(1), type=EVENT_TYPE, subject="task-00000001")
     raw = encode(event)
     doc = json.loads(raw)
+    registry, data = app.registry, event.data
 
     def stdlib_encode() -> bytes:
         return json.dumps(to_dict(event), separators=(",", ":"), default=_json_default).encode()
@@ -53,6 +54,10 @@ async def fig_codec(cfg: Config, work: Workdir) -> list[Figure]:
         "json_decode": lambda: json.loads(raw),
         "orjson_encode": lambda: orjson.dumps(doc),
         "orjson_decode": lambda: orjson.loads(raw),
+        # A raw (unregistered) payload as a handler gets it: its own, or a copy when
+        # another handler call could see it (issue 17).
+        "payload_raw": lambda: registry.decode_payload(EVENT_TYPE, None, data, shared=False),
+        "payload_raw_copied": lambda: registry.decode_payload(EVENT_TYPE, None, data),
     }
     try:
         import msgspec
@@ -87,6 +92,17 @@ async def fig_codec(cfg: Config, work: Workdir) -> list[Figure]:
             {**size, "what": "tidings.codec.decode(bytes) -> Event (validated)"},
         ),
     ]
+    figures.append(
+        Figure(
+            "payload_raw_one_handler",
+            us["payload_raw"],
+            "us/call",
+            us["payload_raw_copied"],
+            "the same payload copied (an orjson round trip), as every call had it",
+            None,
+            {"what": "Registry.decode_payload of an unregistered ~300-byte dict"},
+        )
+    )
     libs = [name for name in ("json", "orjson", "msgspec") if f"{name}_encode" in us]
     times = {name: (us[f"{name}_encode"], us[f"{name}_decode"]) for name in libs}
     for op, k in (("encode", 0), ("decode", 1)):

@@ -141,23 +141,27 @@ class Registry:
             f"@app.event({type!r}, version={version}), or publish a registered version"
         )
 
-    def decode_payload(self, type: str, version: int | None, data: Any) -> Any:
+    def decode_payload(
+        self, type: str, version: int | None, data: Any, *, shared: bool = True
+    ) -> Any:
         """The typed payload of an event: its model if registered, else the raw data.
 
-        An event of a type with no registered model gives its data as it is (a copy),
-        for subscribers that take every type. A registered type at a version with no
-        model raises :class:`UnknownEventType` (:class:`UnsupportedVersion` if the
-        version is newer than every registered one); a payload that does not match its
-        model raises :class:`DecodeError` naming the fields.
+        An event of a type with no registered model gives its data as it is, for
+        subscribers that take every type: a copy if ``shared`` (someone else may see
+        ``data`` after the caller: another handler, a later attempt), else ``data``
+        itself. A registered type at a version with no model raises
+        :class:`UnknownEventType` (:class:`UnsupportedVersion` if the version is newer
+        than every registered one); a payload that does not match its model raises
+        :class:`DecodeError` naming the fields.
         """
         contract = self.lookup(type, version)
         if contract is None:
             if self.knows(type):
                 raise self._unknown_version(type, version)
-            if isinstance(data, dict | list):
-                # A copy of its own for each handler call: the event (and its data) is
-                # shared by every group and attempt, and handlers may change what
-                # they are given. A JSON round trip is the quickest deep copy of JSON.
+            if shared and isinstance(data, dict | list):
+                # A copy of its own for the handler: it may change what it is given, and
+                # the others must see the event as published. A JSON round trip is the
+                # quickest deep copy of JSON.
                 return orjson.loads(orjson.dumps(data))
             return data
         try:

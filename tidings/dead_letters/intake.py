@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from tidings.dead_letters.entry import DeadLetter
 from tidings.dead_letters.log import DeadLetterLog
@@ -30,7 +32,7 @@ from tidings.errors import DecodeError, EventError, Parked, TransportError
 from tidings.stats import Stats
 from tidings.transport import Record, StartFrom
 
-__all__ = ["Dispatch", "Intake", "report_poison"]
+__all__ = ["Dispatch", "Intake", "Runs", "report_poison"]
 
 log = logging.getLogger("tidings.worker")
 
@@ -39,6 +41,23 @@ log = logging.getLogger("tidings.worker")
 Dispatch = Callable[[Record, Event, DeadLetter | None], Awaitable[None]]
 
 RETRY_PAUSE = 1.0  # seconds before reading the dead letters is tried again
+RUN_MAX = 128  # records decoded ahead for a run, at most
+
+
+class Runs(Protocol):
+    """Where plain records may go several at once (the worker's dispatcher, for plain
+    def handlers: see :meth:`Intake.take_run`)."""
+
+    def batchable(self, record: Record, event: Event) -> bool:
+        """Whether ``event`` may be handled in a run."""
+        ...
+
+    async def dispatch_run(
+        self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
+    ) -> int:
+        """Handle a prefix of ``run`` in order, at least its first event, calling
+        ``handled`` for each; return how many it handled."""
+        ...
 
 
 def report_poison(group: str, record: Record, reason: Exception, stats: Stats) -> None:
@@ -69,6 +88,7 @@ class Intake:
         dispatch: Dispatch,
         stats: Stats,
         stopping: asyncio.Event,
+        runs: Runs | None = None,
     ) -> None:
         self.transport = log.transport
         self.group = log.group
@@ -80,6 +100,11 @@ class Intake:
         self.dispatch = dispatch
         self.stats = stats
         self.stopping = stopping
+        self.runs = runs
+        # Records decoded ahead for the next run. Those after where a run was cut (its
+        # time was up: slow handlers) are decoded again for the next: after a cut run,
+        # twice what it handled; after a whole one, twice as many as before.
+        self.run_size = RUN_MAX
 
     async def start(self, start_from: StartFrom, topics: Sequence[str] = ()) -> None:
         """Create the group's ``topics`` if missing (as its consumer would) and its
@@ -117,6 +142,40 @@ class Intake:
                 await asyncio.wait_for(self.stopping.wait(), RETRY_PAUSE)
             if self.stopping.is_set():
                 return False
+
+    async def take_run(self, queue: Sequence[Record], handled: Callable[[Record], None]) -> None:
+        """Take the first record of ``queue`` through, or a run of records from its
+        head: call ``handled(record)`` for each, in order, once it may be committed.
+
+        A run is made of plain records (not replays, decodable, not parked) whose events
+        ``runs`` takes together; it ends at the first record that is not, which is then
+        taken on its own by the next call (its dead letters, parking, poison are this
+        class's, one record at a time)."""
+        if self.runs is not None:
+            run = self._plain_run(queue, self.runs)
+            if run:
+                count = await self.runs.dispatch_run(run, handled)
+                self.run_size = min(RUN_MAX, 2 * (count if count < len(run) else self.run_size))
+                return
+        record = queue[0]
+        await self.take(record)
+        handled(record)
+
+    def _plain_run(self, queue: Sequence[Record], runs: Runs) -> list[tuple[Record, Event]]:
+        run: list[tuple[Record, Event]] = []
+        for record in itertools.islice(queue, self.run_size):
+            if record.topic == self.retry_topic:
+                break
+            if self.parks and (record.topic, record.key) in self.log.by_key:
+                break  # perhaps parked: see take
+            try:
+                event = self.decode(record)
+            except Exception:
+                break  # poison: see take
+            if not runs.batchable(record, event):
+                break
+            run.append((record, event))
+        return run
 
     async def take(self, record: Record) -> None:
         """Take one fetched record through to its subscribers, or to the dead letters.

@@ -75,6 +75,21 @@ class Middleware:
         less per event); the default is True."""
         return True
 
+    def only_on_error(self, subscriber: Subscriber) -> bool:
+        """Whether :meth:`handle` does nothing around ``subscriber``'s calls that return
+        normally (nothing before ``call_next``, nothing after it returns) and acts only
+        when a call raises, as :class:`~tidings.middleware.Retry` and
+        :class:`~tidings.middleware.DeadLetters` do. The default is False.
+
+        When every middleware of a plain ``def`` handler's chain answers True, the
+        worker hands a run of its events to a thread at once and calls the handler for
+        each there, one after the other; an event whose call raised then goes through
+        the chain, which sees that first attempt's error as if the call had just raised
+        it. A subclass that overrides :meth:`handle` to act around every call must
+        answer False.
+        """
+        return False
+
 
 def compose(middleware: Sequence[Middleware], innermost: Next) -> Next:
     """One callable: ``middleware[0]`` outermost, ``innermost`` (the handler) last."""

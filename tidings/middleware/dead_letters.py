@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tidings.errors import EventError
 from tidings.middleware.base import Delivery, Middleware, Next
+from tidings.subscriber import Subscriber
 
 __all__ = ["DeadLetters"]
 
@@ -18,6 +19,9 @@ class DeadLetters(Middleware):
     Without this middleware in the worker's list, such an event stays uncommitted and
     is tried again after a pause (blocking its partition).
     """
+
+    def only_on_error(self, subscriber: Subscriber) -> bool:
+        return True  # it writes only what a call raised
 
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from tidings.errors import ConfigError, EventError, RetriesExhausted
 from tidings.middleware.base import Delivery, Middleware, Next
-from tidings.subscriber import RetryPolicy
+from tidings.subscriber import RetryPolicy, Subscriber
 
 __all__ = ["Retry"]
 
@@ -88,6 +88,9 @@ class Retry(Middleware):
     def retries(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt under this policy."""
         return isinstance(error, self.retry_on) and not isinstance(error, self.never)
+
+    def only_on_error(self, subscriber: Subscriber) -> bool:
+        return True  # it waits and calls again only after a call raised
 
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
         policy: RetryPolicy = delivery.subscriber.retry or self

@@ -1,5 +1,14 @@
 """One group's subscribers behind their middleware chains: an event to the handlers
-that want it."""
+that want it.
+
+Plain ``def`` handlers run in a thread pool. Where every middleware of their chains
+acts only on errors (:meth:`~tidings.middleware.Middleware.only_on_error`: Retry and
+DeadLetters do), a run of consecutive events of one partition goes to a thread in one
+hand-off (:meth:`Dispatcher.dispatch_run`): the thread calls the handlers event after
+event and the loop awaits one future per run, not one per event. An event whose call
+raised leaves the thread and goes through its chain on the loop, which sees that first
+attempt's error (docs/decisions/0013-plain-def-handlers-in-runs.md).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +16,10 @@ import asyncio
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from tidings.context import Context, Publisher, causal_scope
@@ -20,7 +31,28 @@ from tidings.stats import Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
 
-__all__ = ["Dispatcher"]
+__all__ = ["RUN_SECONDS", "Dispatcher"]
+
+# Handler time a run spends in its thread before it hands back to the loop (which then
+# hands the rest over again): what a revocation or a commit waits for at most, besides
+# the call under way.
+RUN_SECONDS = 0.02
+
+Route = list[tuple[Subscriber, Next]]
+
+
+@dataclass(slots=True)
+class _Run:
+    """Events a thread handles one after the other. The thread counts them in ``done``
+    and stops after the current one once the loop sets ``cut``. ``stopped_at`` is the
+    index of the subscriber whose call did not return normally at event ``done``
+    (``outcome``: what it raised, or the awaitable it returned)."""
+
+    items: list[tuple[Record, Event, Route]]
+    done: int = 0
+    cut: bool = False
+    stopped_at: int | None = None
+    outcome: Any = None
 
 
 class Dispatcher:
@@ -39,6 +71,8 @@ class Dispatcher:
         stopping: asyncio.Event,
         dead_letters: DeadLetterLog | None,
         threads: ThreadPoolExecutor | None,
+        decode: Callable[[Record], Event],
+        shared_events: bool = False,
     ) -> None:
         self.publisher = publisher
         self.registry = registry
@@ -47,16 +81,33 @@ class Dispatcher:
         self.stopping = stopping
         self.dead_letters = dead_letters
         self.threads = threads
+        # The event read afresh from its record: for a later attempt of the one handler
+        # given the event's own payload, which the first attempt may have changed.
+        self.decode = decode
+        # Whether the worker hands one decoded event to several groups (then every
+        # handler gets a copy of a raw payload).
+        self.shared_events = shared_events
         self.loop = asyncio.get_running_loop()
         self.by_topic: dict[str, list[Subscriber]] = {}
         for s in subscribers:
             self.by_topic.setdefault(s.topic, []).append(s)
-        self.chains = {
-            id(s): compose([m for m in middleware if m.wraps(s)], self._call) for s in subscribers
+        self.layers = {id(s): [m for m in middleware if m.wraps(s)] for s in subscribers}
+        self.chains = {id(s): compose(self.layers[id(s)], self._call) for s in subscribers}
+        # Plain def handlers whose middleware acts only on errors: called in runs.
+        self.in_runs = {
+            id(s)
+            for s in subscribers
+            if not s.is_async and all(m.only_on_error(s) for m in self.layers[id(s)])
         }
-        # (topic, event type) -> the subscribers that want it, with their chains; made
-        # on the first such event.
-        self.routes: dict[tuple[str, str], list[tuple[Subscriber, Next]]] = {}
+        # (topic, event type) -> the subscribers that want it, with their chains, and
+        # whether they are all called in runs; made on the first such event.
+        self.routes: dict[tuple[str, str], Route] = {}
+        self.runs: dict[tuple[str, str], bool] = {}
+
+    @property
+    def batches(self) -> bool:
+        """Whether some events of this group may be handled in runs."""
+        return self.threads is not None and bool(self.in_runs)
 
     @property
     def topics(self) -> list[str]:
@@ -66,6 +117,9 @@ class Dispatcher:
         subscribers = self.by_topic.get(topic, ())
         route = [(s, self.chains[id(s)]) for s in subscribers if s.wants(event_type)]
         self.routes[(topic, event_type)] = route
+        self.runs[(topic, event_type)] = bool(route) and all(
+            id(s) in self.in_runs for s, _ in route
+        )
         return route
 
     async def dispatch(self, record: Record, event: Event, replay: DeadLetter | None) -> None:
@@ -102,26 +156,38 @@ class Dispatcher:
         function that returns an async handler's own coroutine, not a coroutine that
         awaits it: one frame less per event and subscriber."""
         sub, event, record = delivery.subscriber, delivery.event, delivery.record
-        # Built afresh for each attempt: a handler may have changed the last one.
-        payload = self.registry.decode_payload(event.type, event.dataversion, event.data)
+        shared = self._shared(record, event)
+        if delivery.attempt > 1 and not shared:
+            event = self.decode(record)  # the first attempt had the event's own payload
+        payload = self.registry.decode_payload(
+            event.type, event.dataversion, event.data, shared=shared
+        )
         ctx = None
         if sub.takes_context:
-            ctx = Context(
-                self.publisher,
-                event,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                group=self.group,
-                attempt=delivery.attempt,
-                loop=self.loop,
-                session=delivery.session,
-            )
+            ctx = self._context(event, record, delivery.attempt, delivery.session)
         if sub.is_async:
             call: Awaitable[None]
             call = sub.handler(payload) if ctx is None else sub.handler(payload, ctx)
             return call
         return self._call_in_thread(sub, payload, ctx)
+
+    def _shared(self, record: Record, event: Event) -> bool:
+        """Whether the event's payload may be seen by more than one handler call (then
+        each is given a copy of a raw one). A later attempt reads the event afresh."""
+        return self.shared_events or len(self.routes[(record.topic, event.type)]) > 1
+
+    def _context(self, event: Event, record: Record, attempt: int, session: Any) -> Context:
+        return Context(
+            self.publisher,
+            event,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            group=self.group,
+            attempt=attempt,
+            loop=self.loop,
+            session=session,
+        )
 
     async def _call_in_thread(self, sub: Subscriber, payload: Any, ctx: Context | None) -> None:
         args = (payload, ctx) if ctx is not None else (payload,)
@@ -129,3 +195,118 @@ class Dispatcher:
         result = await self.loop.run_in_executor(self.threads, call)
         if inspect.isawaitable(result):  # an async callable we could not tell
             await result
+
+    # -- runs of events for plain def handlers ----------------------------------------
+
+    def batchable(self, record: Record, event: Event) -> bool:
+        """Whether ``event`` may be handled in a run: every subscriber that wants it is
+        a plain def handler whose middleware acts only on errors."""
+        key = (record.topic, event.type)
+        batchable = self.runs.get(key)
+        if batchable is None:
+            self._route(*key)
+            batchable = self.runs[key]
+        return batchable
+
+    async def dispatch_run(
+        self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
+    ) -> int:
+        """Handle the events of ``run`` (each :meth:`batchable`, in their partition's
+        order) in one thread, one after the other, until a call does not return
+        normally, the group stops or the run has had its time (:data:`RUN_SECONDS`);
+        call ``handled(record)`` for each handled, in order; return how many (at least
+        one). The event whose call raised is taken through its chain here, then counts
+        among them; those after it are not handled."""
+        items = [(record, event, self.routes[(record.topic, event.type)]) for record, event in run]
+        batch = _Run(items)
+        call = functools.partial(contextvars.copy_context().run, self._run_in_thread, batch)
+        try:
+            await self.loop.run_in_executor(self.threads, call)
+        except asyncio.CancelledError:
+            # Abandoned (a revocation or a shutdown that waited long enough): the thread
+            # ends after the event it is on; what it finished may be committed.
+            batch.cut = True
+            self._settle(batch, handled)
+            raise
+        self._settle(batch, handled)
+        if batch.stopped_at is None:
+            return batch.done
+        record, event, route = items[batch.done]
+        await self._resume(record, event, route, batch)
+        handled(record)
+        return batch.done + 1
+
+    def _settle(self, batch: _Run, handled: Callable[[Record], None]) -> None:
+        done = batch.done
+        for record, _, _ in batch.items[:done]:
+            handled(record)
+        self.stats.handled += done
+
+    def _run_in_thread(self, batch: _Run) -> None:
+        """In a worker thread: each event's handlers, in order, each call in a context
+        of its own (a copy of the loop's), as a single call in a thread has."""
+        stopping = self.stopping
+        until = time.perf_counter() + RUN_SECONDS
+        base = contextvars.copy_context()
+        for n, (record, event, route) in enumerate(batch.items):
+            if n and (batch.cut or stopping.is_set() or time.perf_counter() > until):
+                return
+            shared = self.shared_events or len(route) > 1
+            for k, (sub, _) in enumerate(route):
+                try:
+                    result = base.copy().run(self._first_call, sub, record, event, shared)
+                except BaseException as exc:  # the chain, on the loop, decides
+                    batch.stopped_at, batch.outcome = k, exc
+                    return
+                if result is not None and inspect.isawaitable(result):
+                    batch.stopped_at, batch.outcome = k, result  # awaited on the loop
+                    return
+            batch.done = n + 1
+
+    def _first_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
+        """The first attempt of a plain def handler at ``event``, in a thread."""
+        causal_scope.set(event)  # in this call's own context
+        payload = self.registry.decode_payload(
+            event.type, event.dataversion, event.data, shared=shared
+        )
+        if not sub.takes_context:
+            return sub.handler(payload)
+        return sub.handler(payload, self._context(event, record, 1, None))
+
+    async def _resume(self, record: Record, event: Event, route: Route, batch: _Run) -> None:
+        """The event a run stopped at: the subscribers before ``batch.stopped_at`` were
+        called; that one's chain gets the first attempt's outcome from the thread, and
+        the subscribers after it are called as :meth:`dispatch` calls them."""
+        first = batch.stopped_at
+        assert first is not None
+        token = causal_scope.set(event)
+        try:
+            for k in range(first, len(route)):
+                sub, chain = route[k]
+                if k == first:
+                    chain = compose(self.layers[id(sub)], self._resumed(batch.outcome))
+                await chain(
+                    Delivery(
+                        sub, event, record, self.group, self.stats, self.stopping, 1,
+                        self.dead_letters, None,
+                    )
+                )  # fmt: skip
+        finally:
+            causal_scope.reset(token)
+        self.stats.handled += 1
+
+    def _resumed(self, outcome: Any) -> Next:
+        """An innermost step whose first call gives ``outcome`` (raises it if it is an
+        exception, else awaits it); later calls (a retry's) call the handler."""
+        first = [outcome]
+
+        async def step(delivery: Delivery) -> None:
+            if not first:
+                await self._call(delivery)
+                return
+            outcome = first.pop()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            await outcome
+
+        return step

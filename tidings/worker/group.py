@@ -16,7 +16,7 @@ import itertools
 import logging
 import operator
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tidings.dead_letters import Intake
@@ -187,15 +187,35 @@ class GroupRunner:
     # -- handling ---------------------------------------------------------------
 
     async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
-        take: Callable[[Record], Awaitable[None]] = self.intake.take
+        take, take_run = self.intake.take, self.intake.take_run
+        # Runs of records for plain def handlers (else one at a time, one frame less).
+        runs = self.intake.runs is not None
+
+        def handled(record: Record) -> None:
+            if lane.queue and lane.queue[0] is record:
+                lane.queue.popleft()
+                self._release(1)
+            # Else a revocation dropped it meanwhile (it was in a run under way): it was
+            # handled all the same, so it is committed, not handled again elsewhere.
+            lane.done = record.offset + 1
+            lane.generation = record.generation
+            self.handled.set()
+
         while lane.queue and not self.stopping:
-            record = lane.queue[0]
             try:
-                await take(record)
+                if runs:
+                    await take_run(lane.queue, handled)
+                else:
+                    record = lane.queue[0]
+                    await take(record)
+                    handled(record)
             except Exception:
                 # An error that got past the middleware (a custom list without Retry,
                 # or a middleware bug): the event is not handled, so it stays first in
                 # its lane and uncommitted, and is tried again after a pause.
+                if not lane.queue:
+                    break
+                record = lane.queue[0]
                 log.exception(
                     "group %s: %s[%d]@%d was not handled; trying again in %.0fs",
                     self.group, record.topic, record.partition, record.offset,
@@ -203,13 +223,6 @@ class GroupRunner:
                 )  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
-                continue
-            if lane.queue and lane.queue[0] is record:  # not dropped by a revoke meanwhile
-                lane.queue.popleft()
-                lane.done = record.offset + 1
-                lane.generation = record.generation
-                self.handled.set()
-                self._release(1)
 
     def _release(self, count: int) -> None:
         self.in_flight -= count

@@ -116,17 +116,22 @@ class Worker:
         self._decoded_max = 4 * max_in_flight
 
     def decoded(self, record: Record) -> Event:
-        """The event in ``record`` (raises EventError if it cannot be decoded)."""
+        """The event in ``record`` (raises EventError if it cannot be decoded); with
+        several groups, the same Event for each (see ``Dispatcher(shared_events=)``)."""
         if len(self.groups) == 1:  # nobody to share the event with
-            return decode(record.value, self.app.max_event_bytes)
+            return self.decoded_afresh(record)
         key = (record.topic, record.partition, record.offset)
         event = self._decoded.get(key)
         if event is None:
-            event = decode(record.value, self.app.max_event_bytes)
+            event = self.decoded_afresh(record)
             if len(self._decoded) >= self._decoded_max:
                 self._decoded.clear()  # cheaper than evicting one by one
             self._decoded[key] = event
         return event
+
+    def decoded_afresh(self, record: Record) -> Event:
+        """The event in ``record``, a new Event (and payload) at each call."""
+        return decode(record.value, self.app.max_event_bytes)
 
     def _runner(self, group: str) -> GroupRunner:
         """The runner of ``group``: its dead letters' intake in front of its
@@ -142,11 +147,12 @@ class Worker:
             dispatcher = Dispatcher(
                 app, app.registry, group, subscribers, self.middleware, stats=self.stats,
                 stopping=stopping, dead_letters=dead if writes else None, threads=self.threads,
+                decode=self.decoded_afresh, shared_events=len(self.groups) > 1,
             )  # fmt: skip
             return Intake(
                 dead, sequenced=app.group_settings(group).sequenced, writes=writes,
                 decode=self.decoded, dispatch=dispatcher.dispatch, stats=self.stats,
-                stopping=stopping,
+                stopping=stopping, runs=dispatcher if dispatcher.batches else None,
             )  # fmt: skip
 
         return GroupRunner(
