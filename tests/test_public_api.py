@@ -136,6 +136,7 @@ PUBLIC_MODULES = {
     "tidings.sqltypes",
     "tidings.dead_letters",
     "tidings.admin",
+    "tidings.asyncapi",
 }
 
 

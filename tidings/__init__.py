@@ -19,7 +19,8 @@ internal and may change without notice.
 - ``tidings.scheduler``: where delayed events wait (``app.scheduler``);
 - ``tidings.sqltypes``: column types for tables beside the outbox (``UTCDateTime``);
 - ``tidings.dead_letters``: reading, replaying and purging a group's dead letters;
-- ``tidings.admin``: the operating library behind the ``tidings`` command.
+- ``tidings.admin``: the operating library behind the ``tidings`` command;
+- ``tidings.asyncapi``: an app's AsyncAPI 3.0 document (``tidings asyncapi``).
 """
 
 from typing import TYPE_CHECKING, Any

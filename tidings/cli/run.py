@@ -18,7 +18,7 @@ from tidings.cli.common import UsageError, add_common
 from tidings.errors import ConfigError
 from tidings.worker import Worker
 
-__all__ = ["add_commands", "load_app"]
+__all__ = ["add_commands", "app_of", "load_app"]
 
 
 def add_commands(sub: Any) -> None:
@@ -53,7 +53,9 @@ def load_app(spec: str) -> Tidings:
     return app
 
 
-async def cmd_run(args: argparse.Namespace) -> int:
+def app_of(args: argparse.Namespace) -> Tidings:
+    """The app ``args.app`` names, on ``--url`` if given (``$TIDINGS_URL`` is set to it
+    before the app's module is imported); a usage error if the app has a URL of its own."""
     if args.url:
         os.environ["TIDINGS_URL"] = args.url  # before the app's module is imported
     app = load_app(args.app)
@@ -63,6 +65,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
             "apply; build it with Tidings(service=...) (the URL then comes from --url or "
             "$TIDINGS_URL), or drop --url"
         )
+    return app
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    app = app_of(args)
     worker = Worker(
         app,
         args.group or None,
