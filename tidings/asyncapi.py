@@ -43,6 +43,7 @@ from tidings.subscriber import Subscriber
 __all__ = ["ANY_EVENT", "ASYNCAPI_VERSION", "document"]
 
 ASYNCAPI_VERSION = "3.0.0"
+"""The version of the AsyncAPI specification that :func:`document` follows."""
 ANY_EVENT = "cloudevent"
 """The message of a group that takes every type of a channel on which none is known."""
 _KAFKA_BINDING = "0.5.0"
@@ -89,8 +90,11 @@ class _Wire:
             path = getattr(app.transport, "path", None) or urlsplit(app.url).path
             about = "The embedded log: one SQLite file, read and written in process"
             return {"sqlite": _server("localhost", "sqlite", about, pathname=str(path))}
-        about = "The in-memory log: in this process only, not durable"
-        return {"memory": _server("localhost", "memory", about)}
+        if self.scheme == "memory":
+            about = "The in-memory log: in this process only, not durable"
+            return {"memory": _server("localhost", "memory", about)}
+        # A transport of the user's own: its scheme is all that is known of it.
+        return {self.scheme: _server("localhost", self.scheme, "A tidings transport")}
 
     def _kafka(self, app: Tidings) -> dict[str, Any]:
         from tidings.transports.kafka.config import KafkaConfig, parse_kafka_url
@@ -371,16 +375,18 @@ def _channels(
         sent = {t: messages.of_type(t) for t in sorted(app.published.get(topic, ()))}
         for type, ids in sent.items():
             operations[f"send.{topic}.{type}"] = _send(wire, topic, type, ids)
-        on_channel = [i for ids in sent.values() for i in ids]
         groups = sorted(group for group, on in receivers if on == topic)
         typed = {g: _typed(receivers[g, topic], messages) for g in groups}
-        on_channel += [i for ids in typed.values() for i in ids or () if i not in on_channel]
+        known = [i for ids in (*sent.values(), *typed.values()) for i in ids or ()]
+        on_channel = dict.fromkeys(known)  # the message ids, in order, once each
         for group in groups:
-            ids = typed[group] or on_channel or [messages.any_event()]
+            taken = typed[group]
+            if taken is None:  # every type: what is known here, else any event
+                taken = list(on_channel) or [messages.any_event()]
             operations[f"receive.{group}.{topic}"] = _receive(
-                wire, topic, group, receivers[group, topic], ids
+                wire, topic, group, receivers[group, topic], taken
             )
-            on_channel += [i for i in ids if i not in on_channel]
+            on_channel.update(dict.fromkeys(taken))
         names = sorted({messages.messages[i]["name"] for i in on_channel})
         channel = wire.address(
             topic, [n for n in names if n != ANY_EVENT], _partitions(settings, topic)

@@ -194,6 +194,9 @@ def orders(url: str) -> Tidings:
     @app.subscriber("payments", group="billing")
     async def settle(payment: Any) -> None: ...
 
+    @app.subscriber("orders", group="ledger")
+    async def record(event: Any) -> None: ...
+
     return app
 
 
@@ -253,7 +256,18 @@ def test_each_version_is_a_message_with_its_models_schemas(tmp_path: Path) -> No
         "#/channels/orders/messages/order.placed.v1",
         "#/channels/orders/messages/order.placed.v2",
     ]
-    # A group taking every type of a topic nothing else says anything of.
+    # A group taking every type: what is known on the topic, else any event.
+    ledger = doc["operations"]["receive.ledger.orders"]["messages"]
+    assert [m["$ref"].rpartition("/")[2] for m in ledger] == [
+        "order.cancelled",
+        "order.placed.v1",
+        "order.placed.v2",
+    ]
+    assert list(doc["channels"]["orders"]["messages"]) == [
+        "order.cancelled",
+        "order.placed.v1",
+        "order.placed.v2",
+    ]
     payments = doc["operations"]["receive.billing.payments"]["messages"]
     assert payments == [{"$ref": f"#/channels/payments/messages/{ANY_EVENT}"}]
 
