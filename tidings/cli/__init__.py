@@ -8,7 +8,7 @@ This module builds the parser and runs the command; each family of commands is a
 module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``offsets``,
 ``dlq``, ``outbox``, ``asyncapi``) with an ``add_commands(sub)`` that registers it.
 What they share is in ``common`` (the parser, usage errors, common options, the opened
-log) and ``output`` (tables, JSON, times, errors, progress, questions).
+log, the ``module:app`` import) and ``output`` (tables, JSON, times, errors, progress, questions).
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tidings.asyncapi import document
-from tidings.cli.common import add_common
-from tidings.cli.run import app_of
+from tidings.cli.common import add_common, app_of
 
 __all__ = ["add_commands"]
 
