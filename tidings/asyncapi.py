@@ -145,7 +145,9 @@ class _Wire:
             return {"address": topic}
         from tidings.transports.nats.streams import stream_name
 
-        partition: dict[str, Any] = {"description": "The partition: the key's hash, modulo"}
+        partition: dict[str, Any] = {
+            "description": "The partition: murmur2 of the partition key, modulo the partitions"
+        }
         if partitions:
             partition["enum"] = [str(p) for p in range(partitions)]
         kind: dict[str, Any] = {

@@ -25,6 +25,8 @@ from taskapi.settings import Settings
 from tests.asyncapi.conftest import Validate
 from tidings import Tidings
 from tidings.asyncapi import ANY_EVENT, document
+from tidings.codec import encode
+from tidings.codec.binary import event_to_kafka
 
 SECRET = "s3cret-pw"
 URLS = {
@@ -289,6 +291,50 @@ def test_kafka_binary_mode_puts_the_attributes_in_ce_headers() -> None:
         "topicConfiguration": {"retention.ms": 86_400_000},
         "bindingVersion": "0.5.0",
     }
+
+
+def check_against(schema: dict[str, Any], values: dict[str, Any]) -> None:
+    """``values`` has the schema's required names, no other, and its fixed values."""
+    properties = schema["properties"]
+    assert set(schema.get("required", ())) <= set(values) <= set(properties)
+    for name, value in values.items():
+        if "const" in properties[name]:
+            assert value == properties[name]["const"], name
+
+
+def test_an_event_as_kafka_writes_it_matches_its_message() -> None:
+    app = orders(ORDER_URLS["kafka"])
+    doc = document(app)
+    placed = OrderPlaced(order_id="o1", total=3, ship_to=Address(street="Main St 1"))
+    event = app.build(
+        placed, correlation_id="c1", traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    )
+    value, headers = event_to_kafka(event, 1 << 20)
+    message = doc["components"]["messages"]["order.placed.v1"]
+    check_against(message["headers"], {k: v.decode() for k, v in dict(headers).items()})
+    data = json.loads(value or b"")
+    check_against(resolve(doc, message["payload"]["$ref"]), data)
+    assert headers["ce_correlationid"] == b"c1"
+
+
+@pytest.mark.parametrize("url", ["kafka-structured", "nats", "memory"])
+def test_an_event_in_structured_mode_matches_its_message(url: str) -> None:
+    app = orders(ORDER_URLS[url])
+    doc = document(app)
+    v2 = app.registry.lookup("order.placed", 2)
+    assert v2 is not None
+    placed = v2.model.model_validate(
+        {"order_id": "o2", "total": 2.5, "ship_to": {"lines": ["x"], "country": "NL"},
+         "placed_at": "2026-12-07T10:00:00Z"}
+    )  # fmt: skip
+    structured = json.loads(encode(app.build(placed, key="k")))
+    message = doc["components"]["messages"]["order.placed.v2"]
+    check_against(message["payload"], structured)
+    schema = resolve(doc, message["payload"]["properties"]["data"]["$ref"])
+    check_against(schema, structured["data"])
+    check_against(
+        resolve(doc, schema["properties"]["ship_to"]["$ref"]), structured["data"]["ship_to"]
+    )
 
 
 def test_structured_mode_puts_them_in_the_payload() -> None:
