@@ -442,9 +442,18 @@ def test_the_command_writes_the_document_of_module_app(tmp_path: Path, validate:
     assert_valid(validate({"nats": on_nats, "sqlite": on_sqlite}))
 
 
-def test_the_command_refuses_what_is_not_an_app(tmp_path: Path) -> None:
-    (tmp_path / "nothing.py").write_text("app = 42\n")
+def test_the_command_refuses_what_is_not_an_app_and_a_file_it_cannot_write(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "nothing.py").write_text(
+        "app = 42\nfrom tidings import Tidings\nok = Tidings(service='s')\n"
+    )
     result = run_cli("asyncapi", "nothing:app", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == "tidings: error: nothing:app is int, not a tidings.Tidings app\n"
     assert result.stdout == ""
+    result = run_cli("asyncapi", "nothing:ok", "-o", "no/such/dir.json", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "tidings: error: cannot write no/such/dir.json: No such file or directory\n"
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tidings.asyncapi import document
-from tidings.cli.common import add_common, app_of
+from tidings.cli.common import UsageError, add_common, app_of
 
 __all__ = ["add_commands"]
 
@@ -36,7 +36,10 @@ def cmd_asyncapi(args: argparse.Namespace) -> int:
     if args.output is None:
         print(text, end="")
         return 0
-    Path(args.output).write_text(text)
+    try:
+        Path(args.output).write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     print(
         f"wrote {args.output}: {len(doc['channels'])} channel(s), "
         f"{len(doc['operations'])} operation(s), {len(doc['components']['messages'])} message(s)"
