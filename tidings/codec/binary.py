@@ -97,8 +97,8 @@ ATTRIBUTES = (
     "specversion", "id", "source", "type", "time", "subject", "dataschema",
     "correlationid", "causationid", "traceparent", "partitionkey", "dataversion",
 )  # fmt: skip
-"""The attributes tidings writes besides ``datacontenttype`` and the data, in the order
-binary mode reads them back."""
+"""The CloudEvents attributes of tidings' events besides ``datacontenttype`` and the
+data: in binary mode, each is the header :func:`binary_header` names."""
 _HEADER = {name: binary_header(name) for name in (*ATTRIBUTES, "datacontenttype")}
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")  # read back lower-cased, as CloudEvents names are
 _JSON = "application/json"
