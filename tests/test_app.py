@@ -761,3 +761,18 @@ def test_a_service_name_with_spaces_is_refused() -> None:
     with pytest.raises(ConfigError, match="without spaces"):
         Tidings("memory://", service="task api")
     assert Tidings("memory://", service="/services/task-api").service == "/services/task-api"
+
+
+def test_publishes_declares_types_per_topic_and_checks_them() -> None:
+    app = Tidings("memory://", service="s")
+    app.publishes("orders", ["order.placed"])
+    app.publishes("orders", "order.cancelled")  # one type alone
+    app.publishes("invoices", ("invoice.sent",))
+    assert app.published == {
+        "orders": {"order.placed", "order.cancelled"},
+        "invoices": {"invoice.sent"},
+    }
+    with pytest.raises(InvalidEventType, match="event type 'Placed'"):
+        app.publishes("orders", ["Placed"])
+    with pytest.raises(ConfigError, match="topic name 'a b'"):
+        app.publishes("a b", ["order.placed"])

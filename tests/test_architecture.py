@@ -39,7 +39,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("worker", ("tidings.worker",)),
     (
         "operating and edges",
-        ("tidings.admin", "tidings.tail", "tidings.asgi", "tidings.testing", "tidings.cli"),
+        (
+            "tidings.admin",
+            "tidings.tail",
+            "tidings.asgi",
+            "tidings.testing",
+            "tidings.asyncapi",
+            "tidings.cli",
+        ),
     ),
     ("the package", ("tidings", "tidings.__main__")),
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -19,7 +18,7 @@ from tidings.contracts import Registry
 from tidings.envelope import JSON, SPECVERSION, Event, new_id, validate_type
 from tidings.errors import ConfigError
 from tidings.middleware.retry import Retry
-from tidings.subscriber import Component, GroupSettings, Subscriber
+from tidings.subscriber import Component, GroupSettings, Subscriber, handler_shape
 from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
 from tidings.transports import open_transport
 
@@ -112,30 +111,6 @@ def _check_extension_names(extensions: dict[str, Any]) -> None:
         )
 
 
-def _positional_parameters(handler: Callable[..., Any]) -> int:
-    """How many positional parameters ``handler`` takes: 1 (payload) or 2 (and ctx)."""
-    params = [
-        p
-        for p in inspect.signature(handler).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if not 1 <= len(params) <= 2:
-        raise ConfigError(
-            f"handler {handler.__qualname__} must take (payload) or (payload, ctx), "
-            f"it takes {len(params)} positional parameters"
-        )
-    return len(params)
-
-
-def _is_async(handler: Callable[..., Any]) -> bool:
-    """Whether calling ``handler`` gives a coroutine (functions, and objects whose
-    ``__call__`` is async)."""
-    if inspect.iscoroutinefunction(handler):
-        return True
-    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method, not callable()
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
 class Tidings:
     """One service's connection to the event log.
 
@@ -171,6 +146,7 @@ class Tidings:
         self.registry = Registry()
         self.subscribers: list[Subscriber] = []
         self._topics: dict[str, dict[str, Any]] = {}
+        self.published: dict[str, set[str]] = {}  # topic -> the types declared published there
         self._groups: dict[str, GroupSettings] = {}
         self.components: list[Component] = []
         self._scheduler_db = scheduler
@@ -208,6 +184,18 @@ class Tidings:
         }
         if keep_unread:
             self._topics[name]["keep_unread"] = True
+
+    def topic_settings(self) -> dict[str, dict[str, Any]]:
+        """The declared topics' settings (those given to :meth:`topic`), by name."""
+        return {name: dict(settings) for name, settings in self._topics.items()}
+
+    def publishes(self, topic: str, types: Iterable[str]) -> None:
+        """Declare that this app publishes events of ``types`` on ``topic`` (kept in
+        :attr:`published`): the send operations of its AsyncAPI document
+        (:func:`tidings.asyncapi.document`). Publishing is not limited to them."""
+        check_topic_name(topic)
+        types = [types] if isinstance(types, str) else types
+        self.published.setdefault(topic, set()).update(validate_type(t) for t in types)
 
     def group(self, name: str, *, sequenced: bool = False) -> None:
         """Settings of group ``name``; see :class:`GroupSettings`."""
@@ -249,7 +237,7 @@ class Tidings:
         wanted = None if types is None else frozenset(validate_type(t) for t in types)
 
         def wrap(handler: H) -> H:
-            params = _positional_parameters(handler)
+            takes_context, is_async = handler_shape(handler)
             for other in self.subscribers:
                 if other.group == group and other.start_from != start_from:
                     raise ConfigError(
@@ -262,8 +250,8 @@ class Tidings:
                 handler=handler,
                 types=wanted,
                 start_from=start_from,
-                is_async=_is_async(handler),
-                takes_context=params == 2,
+                is_async=is_async,
+                takes_context=takes_context,
                 retry=retry,
                 inbox=inbox,
             )

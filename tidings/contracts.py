@@ -31,6 +31,11 @@ class Contract:
     def schema_uri(self) -> str:
         return f"urn:tidings:schema:{self.type}:{self.version}"
 
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of this version's payload, as pydantic writes it for
+        validation (nested models in ``$defs``, referred to as ``#/$defs/<name>``)."""
+        return self.model.model_json_schema()
+
     def subject_of(self, payload: BaseModel) -> str | None:
         if self.subject is None:
             return None
