@@ -6,7 +6,9 @@ the inbox's (disposed by :meth:`Sides.close`)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +22,16 @@ from tidings._sql import Threads, make_engine, of_kind, safe_url, with_psycopg
 from tidings._sqlite import use_wal
 from tidings.errors import ConfigError
 
-__all__ = ["SQLITE_TIMEOUT", "THREADS", "Side", "Sides", "open_db", "use_wal_first"]
+__all__ = [
+    "SQLITE_TIMEOUT",
+    "THREADS",
+    "Side",
+    "Sides",
+    "claim_in_session",
+    "claim_in_session_async",
+    "open_db",
+    "use_wal_first",
+]
 
 # Threads for the database work of sync engines. Each partition being handled needs
 # at most one at a time; the pool grows only as far as they are used.
@@ -94,6 +105,34 @@ class Side:
             return bool(cursor.rowcount == 1)
         result = await conn.exec_driver_sql(self.insert, params)
         return bool(result.rowcount == 1)
+
+
+def claim_in_session(side: Side, session: Any, consumer: str, event_id: str) -> bool:
+    """Insert the mark in ``session``'s transaction (it connects, and begins); if it
+    was there already, or the insert fails, close the session (rolling back). Whether
+    the mark is new: the session is then the handler's."""
+    try:
+        dbapi = session.connection().connection.dbapi_connection
+        fresh = side.insert_on(dbapi, consumer, event_id)
+    except BaseException:
+        session.close()
+        raise
+    if not fresh:
+        session.close()
+    return fresh
+
+
+async def claim_in_session_async(side: Side, session: Any, consumer: str, event_id: str) -> bool:
+    """:func:`claim_in_session` with an ``AsyncSession``."""
+    try:
+        conn = await session.connection()
+        fresh = await side.insert_async(conn, consumer, event_id)
+    except BaseException:
+        await asyncio.shield(session.close())
+        raise
+    if not fresh:
+        await asyncio.shield(session.close())
+    return fresh
 
 
 def open_db(db: Any) -> tuple[URL | None, Any, Any, str]:
@@ -214,6 +253,7 @@ class Sides:
             ) from exc
         if url.get_backend_name() == "sqlite":
             sa.event.listen(engine.sync_engine if is_async else engine, "connect", _sqlite_pragmas)
+            _plain_savepoints(engine.dialect)
         return _side(self.table, engine, None, owned=True)
 
     def describe(self) -> str:
@@ -242,6 +282,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
+
+
+def _plain_savepoints(dialect: Any) -> None:
+    """SAVEPOINT, RELEASE and ROLLBACK TO of an engine made here, sent to the driver
+    as they are. SQLAlchemy compiles each of them (every savepoint has a new name, so
+    none is cached): with a savepoint per event in a lane's batch, that doubled the
+    cost of a handler's one insert (docs/decisions/0014-inbox-lane-batches.md)."""
+
+    def plain(sql: str) -> Callable[[Any, str], None]:
+        def execute(connection: Any, name: str) -> None:
+            cursor = connection.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(sql.format(name))
+            finally:
+                cursor.close()
+
+        return execute
+
+    dialect.do_savepoint = plain("SAVEPOINT {}")
+    dialect.do_release_savepoint = plain("RELEASE SAVEPOINT {}")
+    dialect.do_rollback_to_savepoint = plain("ROLLBACK TO SAVEPOINT {}")
 
 
 def use_wal_first(engine: Any) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from tidings.dead_letters import Intake
 from tidings.errors import ConsumerDead, TransportError
+from tidings.middleware.lane import LaneWork, lane_work
 from tidings.transport import Consumer, Position, Record, StartFrom, TopicPartition, Transport
 
 __all__ = ["GroupRunner", "Limits"]
@@ -182,6 +183,22 @@ class GroupRunner:
     # -- handling ---------------------------------------------------------------
 
     async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
+        # What the middleware leaves open across this lane's deliveries (an inbox's
+        # transaction): the offsets of the events in it wait for its commit.
+        work = LaneWork()
+        lane_work.set(work)  # this task's own context
+        unsettled: list[Record] = []
+        try:
+            await self._drain_into(lane, work, unsettled)
+            if unsettled:  # stopping
+                await self._settle(lane, work, unsettled)
+        finally:  # cancelled: these events are handled again by whoever is next
+            if work.holding:
+                await work.abandon()
+            if unsettled:
+                self._release(len(unsettled))
+
+    async def _drain_into(self, lane: _Lane, work: LaneWork, unsettled: list[Record]) -> None:
         take: Callable[[Record], Awaitable[None]] = self.intake.take
         while lane.queue and not self.stopping:
             record = lane.queue[0]
@@ -201,10 +218,31 @@ class GroupRunner:
                 continue
             if lane.queue and lane.queue[0] is record:  # not dropped by a revoke meanwhile
                 lane.queue.popleft()
-                lane.done = record.offset + 1
-                lane.generation = record.generation
-                self.handled.set()
-                self._release(1)
+                unsettled.append(record)
+                if not work.holding or not lane.queue or work.full or self.stopping:
+                    await self._settle(lane, work, unsettled)
+
+    async def _settle(self, lane: _Lane, work: LaneWork, records: list[Record]) -> None:
+        """Commit the lane's open work, then let ``records``' offsets be committed; if
+        that commit fails, put them back first in the lane, to be handled again."""
+        try:
+            await work.settle()
+        except Exception:
+            log.exception(
+                "group %s: committing the work of %d events failed; handling them again "
+                "in %.0fs", self.group, len(records), UNHANDLED_PAUSE,
+            )  # fmt: skip
+            lane.queue.extendleft(reversed(records))
+            records.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+            return
+        last = records[-1]
+        lane.done = last.offset + 1
+        lane.generation = last.generation
+        self.handled.set()
+        self._release(len(records))
+        records.clear()
 
     def _release(self, count: int) -> None:
         self.in_flight -= count

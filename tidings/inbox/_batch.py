@@ -1,0 +1,214 @@
+"""A lane's batch: the effects and marks of a run of one lane's events in one
+transaction, committed once (decision 0014).
+
+The worker hands a lane's events one after the other; for handlers with a session,
+the inbox keeps one connection and transaction open across them
+(:class:`tidings.middleware.lane.LaneWork`), and each event gets a SAVEPOINT of its
+own: its mark is inserted first in it (claim), then the handler writes through a
+``Session`` joined to it; a handler that fails rolls back to its savepoint, and the
+events before it keep theirs. The worker commits the batch before the offsets of its
+events (a crash before that commit: the whole batch is handled again, and nothing of
+it was committed; after it: the events are found marked and skipped).
+
+On SQLite the batch holds the file's write lock from its start (``BEGIN IMMEDIATE``,
+waited for in a thread) to its commit, and one batch of an inbox at a time has it
+(the inbox's turn, waited for on the loop): the statements of its events then never
+wait, and with a sync engine run on the event loop's thread (a trip to a thread costs
+more than they do); only the commit (one fsync) goes to a thread. On PostgreSQL each
+lane's batch is a transaction of its own; its mark rows lock concurrent deliveries of
+the same events until it commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import sqlalchemy as sa
+
+from tidings.inbox._sides import Side, Sides, claim_in_session, claim_in_session_async
+from tidings.inbox._store import Plan, close_quietly, commit_and_close
+
+__all__ = ["BATCH_SECONDS", "Batch"]
+
+# A batch is committed once it has been open this long (seconds), however few its
+# events: on SQLite it holds the file's write lock, which others wait for.
+BATCH_SECONDS = 0.2
+
+
+class Batch:
+    """One lane's open transaction on one side of an inbox (see the module)."""
+
+    __slots__ = (
+        "_conn", "_deadline", "_turn", "count", "immediate", "limit", "side", "sides",
+        "statements",
+    )  # fmt: skip
+
+    def __init__(self, sides: Sides, side: Side, limit: int, turn: asyncio.Lock | None) -> None:
+        self.sides, self.side, self.limit, self._turn = sides, side, limit, turn
+        # SQLite: the file's write lock is taken at the start, one batch at a time.
+        self.immediate = turn is not None
+        self._conn: Any = None  # Connection | AsyncConnection, in a transaction
+        self._deadline = 0.0
+        self.count = 0  # events committed into the batch
+        self.statements = 0  # run on its connection through SQLAlchemy: see _BatchMark
+
+    async def open(self) -> None:
+        """Connect and begin (on SQLite, waiting for the inbox's turn, then the lock)."""
+        if self._turn is not None:
+            await self._turn.acquire()
+        try:
+            if self.side.is_async:
+                self._conn = await _begin_async(self.side, immediate=self.immediate)
+            else:
+                threads = self.sides.threads
+                self._conn = await threads.run(
+                    _begin_sync, self.side, self.immediate, undo=close_quietly
+                )
+        except BaseException:
+            self._release()
+            raise
+        conn = self._conn.sync_connection if self.side.is_async else self._conn
+        sa.event.listen(conn, "before_cursor_execute", self._counted)
+        self._deadline = asyncio.get_running_loop().time() + BATCH_SECONDS
+
+    def _counted(self, *_: Any) -> None:
+        self.statements += 1
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.limit or asyncio.get_running_loop().time() >= self._deadline
+
+    async def begin(self, plan: Plan, event_id: str) -> _BatchMark | None:
+        """A savepoint with ``event_id``'s mark in it and a session on it for the
+        handler; None if the event was marked already (here or committed)."""
+        side = self.side
+        session = side.maker(bind=self._conn, join_transaction_mode="create_savepoint")
+        if side.is_async:
+            fresh = await claim_in_session_async(side, session, plan.consumer, event_id)
+        elif self.immediate:  # the lock is held: no statement waits
+            fresh = claim_in_session(side, session, plan.consumer, event_id)
+        else:
+            fresh = await self.sides.threads.run(
+                claim_in_session, side, session, plan.consumer, event_id
+            )
+        return _BatchMark(self, session) if fresh else None
+
+    async def commit(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if self.side.is_async:
+                try:
+                    await conn.commit()
+                finally:
+                    await asyncio.shield(conn.close())
+            else:
+                await self.sides.threads.run(commit_and_close, conn)
+        finally:
+            self._release()
+
+    async def discard(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is None:
+                return
+            if self.side.is_async:
+                await asyncio.shield(conn.close())  # rolls back
+            else:
+                closing = self.sides.threads.submit(close_quietly, conn)
+                await asyncio.shield(asyncio.wrap_future(closing))
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        turn, self._turn = self._turn, None  # once
+        if turn is not None:
+            turn.release()
+
+    async def run(self, call: Any, *args: Any) -> Any:
+        """``call(*args)``, a sync statement on the batch's connection: here when no
+        statement can wait (SQLite, lock held), else in a thread."""
+        if self.immediate:
+            return call(*args)
+        return await self.sides.threads.run(call, *args)
+
+
+class _BatchMark:
+    """One event's savepoint in a batch: ``session`` for its handler. ``used``, once
+    committed: whether the handler wrote or read through its session; if not, its
+    effect is outside the database, and the middleware commits the batch at once
+    (such an effect is repeated once at most, as without a batch)."""
+
+    __slots__ = ("_batch", "_before", "session", "used")
+
+    def __init__(self, batch: Batch, session: Any) -> None:
+        self._batch, self.session = batch, session
+        self._before = batch.statements  # after the claim
+        self.used = True
+
+    async def discard(self, *, cancelled: bool) -> None:
+        """Roll back to the event's savepoint: no effect, no mark; the batch goes on."""
+        if self._batch.side.is_async:
+            await asyncio.shield(self.session.close())
+        elif not cancelled:  # cancelled: the batch is given up as a whole
+            await self._batch.run(self.session.close)
+
+    async def commit(self) -> bool:
+        """Release the savepoint (its effects and mark stay in the batch)."""
+        session = self.session
+        self.used = self._batch.statements > self._before or bool(
+            session.new or session.dirty or session.deleted
+        )
+        try:
+            if self._batch.side.is_async:
+                await session.commit()
+            else:
+                await self._batch.run(session.commit)
+        except BaseException:
+            await self.discard(cancelled=False)
+            raise
+        if self._batch.side.is_async:
+            await session.close()
+        else:
+            session.close()  # nothing open: no statement
+        self._batch.count += 1
+        return True
+
+
+def _begin_sync(side: Side, immediate: bool) -> Any:
+    conn = side.engine.connect()
+    try:
+        conn.begin()
+        if immediate:
+            _begin_immediate(conn.connection.dbapi_connection)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _begin_immediate(dbapi: Any) -> None:
+    # pysqlite begins a transaction only before a write, and a SAVEPOINT outside one
+    # would be the transaction itself (its RELEASE would commit): begin it here, and
+    # take the write lock with it. A driver set up to emit BEGIN itself has done so.
+    if not getattr(dbapi, "in_transaction", False):
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        finally:
+            cursor.close()
+
+
+async def _begin_async(side: Side, *, immediate: bool) -> Any:
+    conn = side.engine.connect()
+    await conn.__aenter__()
+    try:
+        await conn.begin()
+        if immediate:
+            raw = await conn.get_raw_connection()
+            if not getattr(raw.driver_connection, "in_transaction", False):
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        await asyncio.shield(conn.close())
+        raise
+    return conn

@@ -1,0 +1,105 @@
+"""Work that a run of one lane's deliveries holds open together, and commits before
+the worker may commit their offsets (the inbox's batches: :mod:`tidings.inbox`).
+
+A worker handles each partition's events in order, in a lane of its own. While it
+works through a run of one lane's events, it sets :data:`lane_work` to that lane's
+:class:`LaneWork`: a middleware may then leave something open across deliveries
+(one database transaction for their effects and marks) instead of committing each
+event's on its own. The worker commits the offsets of those events only once the
+open work was committed (:meth:`LaneWork.flush`): when the lane has nothing more
+waiting, when the open work says it is :attr:`~Open.full`, and when the group stops.
+If that commit fails, the events are handled again; if the lane's task is cancelled,
+the open work is discarded (:meth:`LaneWork.abandon`) and their offsets stay as
+they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextvars import ContextVar
+from typing import Protocol
+
+__all__ = ["LaneWork", "Open", "lane_work"]
+
+log = logging.getLogger("tidings.worker")
+
+
+class Open(Protocol):
+    """What a middleware leaves open in a lane's work."""
+
+    @property
+    def full(self) -> bool:
+        """Whether it holds enough: commit it after the current event."""
+        ...
+
+    async def commit(self) -> None:
+        """Commit it (on failure, nothing of it may have taken effect)."""
+        ...
+
+    async def discard(self) -> None:
+        """Give it up: nothing of it takes effect."""
+        ...
+
+
+class LaneWork:
+    """The open work of one lane's run of deliveries (at most one thing at a time)."""
+
+    __slots__ = ("failed", "open")
+
+    def __init__(self) -> None:
+        self.open: Open | None = None
+        # A commit that failed since the worker last settled: the effects of events
+        # it handled since then may be gone, and they are to be handled again.
+        self.failed: BaseException | None = None
+
+    @property
+    def holding(self) -> bool:
+        """Whether some handled events' effects are not committed yet."""
+        return self.open is not None
+
+    @property
+    def full(self) -> bool:
+        return self.open is not None and self.open.full
+
+    async def flush(self) -> None:
+        """Commit what is open. If that fails, it is discarded, and the error raised
+        and kept for :meth:`settle`."""
+        held, self.open = self.open, None
+        if held is None:
+            return
+        try:
+            await held.commit()
+        except BaseException as exc:
+            self.failed = exc
+            await asyncio.shield(self._discard(held))
+            raise
+
+    async def settle(self) -> None:
+        """What the worker calls before committing the offsets of the events handled
+        since it last did: commit what is open; raise if that, or any commit since,
+        failed (those events are to be handled again)."""
+        try:
+            await self.flush()
+        finally:
+            failed, self.failed = self.failed, None
+        if failed is not None:
+            raise failed
+
+    async def abandon(self) -> None:
+        """Discard what is open: its events' effects do not take place."""
+        held, self.open = self.open, None
+        if held is not None:
+            await asyncio.shield(self._discard(held))
+
+    @staticmethod
+    async def _discard(held: Open) -> None:
+        try:
+            await held.discard()
+        except Exception:
+            log.warning("discarding a lane's open work failed", exc_info=True)
+
+
+# The lane's work while the worker hands a lane's events through the middleware (set
+# in the lane's task; None elsewhere, e.g. for a middleware called on its own).
+lane_work: ContextVar[LaneWork | None] = ContextVar("tidings_lane_work", default=None)
