@@ -22,9 +22,11 @@ the same events until it commits.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.inbox._sides import Side, Sides, claim_in_session, claim_in_session_async
 from tidings.inbox._store import Plan, close_quietly, commit_and_close
@@ -36,12 +38,16 @@ __all__ = ["BATCH_SECONDS", "Batch"]
 BATCH_SECONDS = 0.2
 
 
+# Statements that write nothing of a handler's (see Batch.writes).
+_NOT_WRITES = ("SELECT", "SAVEPOINT", "RELEASE", "ROLLBACK")
+
+
 class Batch:
     """One lane's open transaction on one side of an inbox (see the module)."""
 
     __slots__ = (
-        "_conn", "_deadline", "_turn", "count", "immediate", "limit", "side", "sides",
-        "statements",
+        "_conn", "_deadline", "_turn", "_writes", "count", "immediate", "limit", "side",
+        "sides", "stamp", "statements",
     )  # fmt: skip
 
     def __init__(self, sides: Sides, side: Side, limit: int, turn: asyncio.Lock | None) -> None:
@@ -51,7 +57,9 @@ class Batch:
         self._conn: Any = None  # Connection | AsyncConnection, in a transaction
         self._deadline = 0.0
         self.count = 0  # events committed into the batch
-        self.statements = 0  # run on its connection through SQLAlchemy: see _BatchMark
+        self.statements = 0  # that wrote, run through SQLAlchemy (PostgreSQL)
+        self.stamp: Any = None
+        self._writes: Callable[[], int] = lambda: self.statements
 
     async def open(self) -> None:
         """Connect and begin (on SQLite, waiting for the inbox's turn, then the lock)."""
@@ -68,31 +76,61 @@ class Batch:
         except BaseException:
             self._release()
             raise
-        conn = self._conn.sync_connection if self.side.is_async else self._conn
-        sa.event.listen(conn, "before_cursor_execute", self._counted)
         self._deadline = asyncio.get_running_loop().time() + BATCH_SECONDS
+        self.stamp = self.side.stamp()  # handled_at of the batch's marks
+        if self.immediate:  # SQLite: the driver counts the rows written
+            raw = await self._conn.get_raw_connection() if self.side.is_async else None
+            driver = raw.driver_connection if raw else self._conn.connection.dbapi_connection
+            self._writes = lambda: int(driver.total_changes)
+        else:
+            conn = self._conn.sync_connection if self.side.is_async else self._conn
+            sa.event.listen(conn, "before_cursor_execute", self._counted)
 
-    def _counted(self, *_: Any) -> None:
-        self.statements += 1
+    def _counted(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        verb = statement.lstrip()[:9].upper()
+        if not verb.startswith(_NOT_WRITES):
+            self.statements += 1
+
+    def writes(self) -> int:
+        """Statements that wrote on the batch's connection so far (SQLite: rows)."""
+        return self._writes()
 
     @property
     def full(self) -> bool:
         return self.count >= self.limit or asyncio.get_running_loop().time() >= self._deadline
 
+    def takes(self, plan: Plan) -> bool:
+        """Whether ``plan``'s deliveries go into this batch: those of its side's kind,
+        and on SQLite, async handlers too (see :meth:`begin`)."""
+        session = plan.session
+        return session is self.side or (
+            self.immediate and session is not None and session.is_async and not self.side.is_async
+        )
+
     async def begin(self, plan: Plan, event_id: str) -> _BatchMark | None:
         """A savepoint with ``event_id``'s mark in it and a session on it for the
-        handler; None if the event was marked already (here or committed)."""
+        handler; None if the event was marked already (here or committed).
+
+        On SQLite with a sync side, an ``async def`` handler's ``AsyncSession`` runs
+        on this batch's sync connection too, its statements on the loop's thread: the
+        batch holds the write lock, so none of them waits (as reads never do in WAL
+        mode), and none of them takes a trip to aiosqlite's thread and back."""
         side = self.side
-        session = side.maker(bind=self._conn, join_transaction_mode="create_savepoint")
+        bound = {"bind": self._conn, "join_transaction_mode": "create_savepoint"}
+        inline = plan.session is not None and plan.session.is_async and not side.is_async
+        session = _inline_async_session(bound) if inline else side.maker(**bound)
         if side.is_async:
-            fresh = await claim_in_session_async(side, session, plan.consumer, event_id)
+            fresh = await claim_in_session_async(side, session, plan.consumer, event_id, self.stamp)
         elif self.immediate:  # the lock is held: no statement waits
-            fresh = claim_in_session(side, session, plan.consumer, event_id)
+            claimed = session.sync_session if inline else session
+            fresh = claim_in_session(side, claimed, plan.consumer, event_id, self.stamp)
         else:
             fresh = await self.sides.threads.run(
-                claim_in_session, side, session, plan.consumer, event_id
+                claim_in_session, side, session, plan.consumer, event_id, self.stamp
             )
-        return _BatchMark(self, session) if fresh else None
+        if not fresh:
+            return None
+        return _BatchMark(self, session, is_async=side.is_async, inline=inline)
 
     async def commit(self) -> None:
         conn, self._conn = self._conn, None
@@ -139,40 +177,50 @@ class _BatchMark:
     effect is outside the database, and the middleware commits the batch at once
     (such an effect is repeated once at most, as without a batch)."""
 
-    __slots__ = ("_batch", "_before", "session", "used")
+    __slots__ = ("_batch", "_before", "_sync", "session", "used")
 
-    def __init__(self, batch: Batch, session: Any) -> None:
+    def __init__(self, batch: Batch, session: Any, *, is_async: bool, inline: bool) -> None:
         self._batch, self.session = batch, session
-        self._before = batch.statements  # after the claim
+        # The sync Session to commit or close here: the handler's, or the one under
+        # an inline AsyncSession (no greenlet needed: nothing in it awaits).
+        self._sync = session.sync_session if inline else None if is_async else session
+        self._before = batch.writes()  # after the claim
         self.used = True
 
     async def discard(self, *, cancelled: bool) -> None:
         """Roll back to the event's savepoint: no effect, no mark; the batch goes on."""
-        if self._batch.side.is_async:
+        if self._sync is None:
             await asyncio.shield(self.session.close())
         elif not cancelled:  # cancelled: the batch is given up as a whole
-            await self._batch.run(self.session.close)
+            await self._batch.run(self._sync.close)
 
     async def commit(self) -> bool:
         """Release the savepoint (its effects and mark stay in the batch)."""
         session = self.session
-        self.used = self._batch.statements > self._before or bool(
-            session.new or session.dirty or session.deleted
-        )
         try:
-            if self._batch.side.is_async:
+            if self._sync is None:
                 await session.commit()
             else:
-                await self._batch.run(session.commit)
+                await self._batch.run(self._sync.commit)  # flushes what is pending
         except BaseException:
             await self.discard(cancelled=False)
             raise
-        if self._batch.side.is_async:
+        self.used = self._batch.writes() > self._before
+        if self._sync is None:
             await session.close()
         else:
-            session.close()  # nothing open: no statement
+            self._sync.close()  # nothing open: no statement
         self._batch.count += 1
         return True
+
+
+def _inline_async_session(bound: dict[str, Any]) -> AsyncSession:
+    """An ``AsyncSession`` over a Session on a sync connection: its statements run
+    where it is awaited, with no trip to another thread (SQLAlchemy's async layer
+    runs the sync session in a greenlet, which a sync driver never leaves)."""
+    session = AsyncSession(expire_on_commit=False, join_transaction_mode="create_savepoint")
+    session.sync_session.bind = bound["bind"]
+    return session
 
 
 def _begin_sync(side: Side, immediate: bool) -> Any:

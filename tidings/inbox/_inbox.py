@@ -234,14 +234,19 @@ class Inbox:
         """Whether ``held``, what a lane holds open, is this inbox's batch for ``plan``."""
         from tidings.inbox._batch import Batch
 
-        return isinstance(held, Batch) and held.sides is self._sides and held.side is plan.session
+        return isinstance(held, Batch) and held.sides is self._sides and held.takes(plan)
 
     async def open_batch(self, plan: Plan) -> Batch:
-        """A new batch for ``plan``'s deliveries in one lane, begun."""
+        """A new batch for ``plan``'s deliveries in one lane, begun. On SQLite it is
+        on the sync side when there is one, for handlers of both kinds."""
         from tidings.inbox._batch import Batch
 
-        assert plan.session is not None
-        batch = Batch(self._sides, plan.session, self.batch, self._store.turn())
+        side = plan.session
+        assert side is not None
+        turn = self._store.turn()
+        if turn is not None and side.is_async:
+            side = self._sides.sync() or side
+        batch = Batch(self._sides, side, self.batch, turn)
         await batch.open()
         return batch
 

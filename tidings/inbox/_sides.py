@@ -77,10 +77,10 @@ class Side:
         finally:
             cursor.close()
 
-    def insert_on(self, dbapi: Any, consumer: str, event_id: str) -> bool:
+    def insert_on(self, dbapi: Any, consumer: str, event_id: str, stamp: Any = None) -> bool:
         cursor = dbapi.cursor()
         try:
-            cursor.execute(self.insert, (consumer, event_id, self.stamp()))
+            cursor.execute(self.insert, (consumer, event_id, stamp or self.stamp()))
             return bool(cursor.rowcount == 1)
         finally:
             cursor.close()
@@ -97,8 +97,10 @@ class Side:
         cursor = await driver.execute(self.check, (consumer, event_id))  # psycopg
         return await cursor.fetchone() is not None
 
-    async def insert_async(self, conn: AsyncConnection, consumer: str, event_id: str) -> bool:
-        params = (consumer, event_id, self.stamp())
+    async def insert_async(
+        self, conn: AsyncConnection, consumer: str, event_id: str, stamp: Any = None
+    ) -> bool:
+        params = (consumer, event_id, stamp or self.stamp())
         if self.driver:
             driver: Any = (await conn.get_raw_connection()).driver_connection
             cursor = await driver.execute(self.insert, params)
@@ -107,13 +109,16 @@ class Side:
         return bool(result.rowcount == 1)
 
 
-def claim_in_session(side: Side, session: Any, consumer: str, event_id: str) -> bool:
+def claim_in_session(
+    side: Side, session: Any, consumer: str, event_id: str, stamp: Any = None
+) -> bool:
     """Insert the mark in ``session``'s transaction (it connects, and begins); if it
     was there already, or the insert fails, close the session (rolling back). Whether
-    the mark is new: the session is then the handler's."""
+    the mark is new: the session is then the handler's. ``stamp``: its handled_at
+    (default: now)."""
     try:
         dbapi = session.connection().connection.dbapi_connection
-        fresh = side.insert_on(dbapi, consumer, event_id)
+        fresh = side.insert_on(dbapi, consumer, event_id, stamp)
     except BaseException:
         session.close()
         raise
@@ -122,11 +127,13 @@ def claim_in_session(side: Side, session: Any, consumer: str, event_id: str) -> 
     return fresh
 
 
-async def claim_in_session_async(side: Side, session: Any, consumer: str, event_id: str) -> bool:
+async def claim_in_session_async(
+    side: Side, session: Any, consumer: str, event_id: str, stamp: Any = None
+) -> bool:
     """:func:`claim_in_session` with an ``AsyncSession``."""
     try:
         conn = await session.connection()
-        fresh = await side.insert_async(conn, consumer, event_id)
+        fresh = await side.insert_async(conn, consumer, event_id, stamp)
     except BaseException:
         await asyncio.shield(session.close())
         raise

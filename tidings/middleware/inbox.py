@@ -52,7 +52,7 @@ class InboxMiddleware(Middleware):
         work = lane_work.get()
         # The lane's batch first, then the event's turn: a lane waiting for the
         # batch's turn (SQLite) holds no event's turn that the holder may wait for.
-        batch = None if work is None else await self._batch(inbox, plan, work)
+        batch = None if work is None else await self._batch(inbox, plan, work, delivery)
         event_id = delivery.event.id
         gate = await inbox.wait_turn(plan, event_id)
         try:
@@ -91,12 +91,14 @@ class InboxMiddleware(Middleware):
         return fresh
 
     @staticmethod
-    async def _batch(inbox: Inbox, plan: Plan, work: LaneWork) -> Batch | None:
+    async def _batch(inbox: Inbox, plan: Plan, work: LaneWork, delivery: Delivery) -> Batch | None:
         """The lane's batch for this delivery: the open one, or a new one (committing
         what else the lane holds first: it may hold the write lock this one needs);
-        None if the delivery is not batched."""
+        None if the delivery is not batched. A replayed dead letter is not: its entry
+        is marked resolved once the delivery returns, which must find its effect
+        committed."""
         held = work.open
-        batches = inbox.batches(plan)
+        batches = inbox.batches(plan) and delivery.replay_of is None
         if batches and held is not None and inbox.joins(held, plan):
             return cast("Batch", held)
         if held is not None:
