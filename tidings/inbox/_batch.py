@@ -116,9 +116,11 @@ class Batch:
         batch holds the write lock, so none of them waits (as reads never do in WAL
         mode), and none of them takes a trip to aiosqlite's thread and back."""
         side = self.side
-        bound = {"bind": self._conn, "join_transaction_mode": "create_savepoint"}
         inline = plan.session is not None and plan.session.is_async and not side.is_async
-        session = _inline_async_session(bound) if inline else side.maker(**bound)
+        if inline:
+            session = _inline_async_session(self._conn)
+        else:
+            session = side.maker(bind=self._conn, join_transaction_mode="create_savepoint")
         if side.is_async:
             fresh = await claim_in_session_async(side, session, plan.consumer, event_id, self.stamp)
         elif self.immediate:  # the lock is held: no statement waits
@@ -173,9 +175,9 @@ class Batch:
 
 class _BatchMark:
     """One event's savepoint in a batch: ``session`` for its handler. ``used``, once
-    committed: whether the handler wrote or read through its session; if not, its
-    effect is outside the database, and the middleware commits the batch at once
-    (such an effect is repeated once at most, as without a batch)."""
+    committed: whether the handler wrote through its session; if not, its effect is
+    outside the database, and the middleware commits the batch at once (such an
+    effect is repeated once at most, as without a batch)."""
 
     __slots__ = ("_batch", "_before", "_sync", "session", "used")
 
@@ -214,12 +216,14 @@ class _BatchMark:
         return True
 
 
-def _inline_async_session(bound: dict[str, Any]) -> AsyncSession:
-    """An ``AsyncSession`` over a Session on a sync connection: its statements run
-    where it is awaited, with no trip to another thread (SQLAlchemy's async layer
-    runs the sync session in a greenlet, which a sync driver never leaves)."""
+def _inline_async_session(conn: Any) -> AsyncSession:
+    """An ``AsyncSession`` over a Session on the sync connection ``conn``: its
+    statements run where it is awaited, with no trip to another thread (SQLAlchemy's
+    async layer runs the sync session in a greenlet, which a sync driver never leaves).
+    Only for an inbox made from a URL, whose session makers are its own (one made from
+    an AsyncEngine or an async_sessionmaker has no sync side, and keeps its sessions)."""
     session = AsyncSession(expire_on_commit=False, join_transaction_mode="create_savepoint")
-    session.sync_session.bind = bound["bind"]
+    session.sync_session.bind = conn
     return session
 
 

@@ -137,9 +137,9 @@ class InboxMiddleware(Middleware):
                 await work.flush()
             raise
         if not mark.used:
-            # An effect outside the database (the session unused): its mark is
-            # committed at once, so that a crash repeats it once at most, as without
-            # a batch, and this handler's next events are not batched.
+            # Nothing written through the session: the effect is outside the database.
+            # Its mark is committed at once, so that a crash repeats it once at most,
+            # as without a batch, and this handler's next events are not batched.
             inbox.noted(plan, used=False)
             await work.flush()  # if this fails, the event is handled again
         return True
