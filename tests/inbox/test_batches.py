@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.orm
 
-from tests.inbox.helpers import TOPIC, add_effect, effect_rows, mark_rows, middleware
+from tests.inbox.helpers import TOPIC, add_effect, effect_rows, effects, mark_rows, middleware
 from tidings import Context, Tidings
 from tidings.errors import ConfigError
 from tidings.inbox import Inbox
@@ -198,3 +199,37 @@ async def test_a_handler_leaving_its_session_unused_has_its_mark_committed_at_on
 def test_batch_must_be_a_positive_int(tmp_path: Any, batch: Any) -> None:
     with pytest.raises(ConfigError, match="batch"):
         Inbox(f"sqlite:///{tmp_path / 'app.db'}", batch=batch)
+
+
+class _Effect:
+    """An ORM object on the effects table, to make a flush fail (a taken key)."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
+sa.orm.registry().map_imperatively(_Effect, effects)
+
+
+async def test_a_failed_flush_in_the_middle_of_a_batch_loses_nothing_before_it(
+    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any]
+) -> None:
+    # A failed flush rolls back a Session's transaction: the event's savepoint here,
+    # never the batch (the events before it keep their effects and marks).
+    inbox = Inbox(db_url, batch=100)
+    closing.append(inbox)
+    ids = await publish(app, 5)
+
+    @app.subscriber(TOPIC, group="g", inbox=inbox)
+    def clash_on_third(payload: Any, ctx: Context) -> None:
+        add_effect(ctx.session, ctx)
+        if ctx.id == ids[2]:  # the first event's row has this key already
+            first = ctx.session.execute(sa.select(sa.func.min(effects.c.n))).scalar_one()
+            ctx.session.add(_Effect(n=first, event_id=ctx.id, handler="clash"))
+
+    chain = default_middleware(Retry(max_attempts=2, base_delay=0.01, max_delay=0.02))
+    async with running(app, middleware=chain) as worker:
+        await eventually(lambda: worker.stats.handled == 5)
+    assert worker.stats.dead_lettered == 1
+    assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids[:2] + ids[3:])
+    assert sorted(e for _, e in mark_rows(engine, inbox)) == sorted(ids[:2] + ids[3:])
