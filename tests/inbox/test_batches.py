@@ -233,3 +233,46 @@ async def test_a_failed_flush_in_the_middle_of_a_batch_loses_nothing_before_it(
     assert worker.stats.dead_lettered == 1
     assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids[:2] + ids[3:])
     assert sorted(e for _, e in mark_rows(engine, inbox)) == sorted(ids[:2] + ids[3:])
+
+
+async def test_a_subscriber_without_the_inbox_writing_to_its_sqlite_file_is_not_locked_out(
+    app: Tidings, tmp_path: Any, closing: list[Any]
+) -> None:
+    # Another subscriber of the group, in the same lane, writes to the inbox's SQLite
+    # file through an engine of its own while the lane's batch holds the file's write
+    # lock: the batch is committed at its deadline, not held until that call returns
+    # (which would wait for the lock until its timeout, and fail).
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    own = sa.create_engine(url, connect_args={"timeout": 3})
+    effects_md = effects.metadata
+    effects_md.create_all(own)
+    closing.append(_Disposing(own))
+    inbox = Inbox(url, batch=100)
+    closing.append(inbox)
+    ids = await publish(app, 5)
+
+    @app.subscriber(TOPIC, group="g", inbox=inbox)
+    def with_inbox(payload: Any, ctx: Context) -> None:
+        add_effect(ctx.session, ctx, "inbox")
+
+    @app.subscriber(TOPIC, group="g")
+    def without_inbox(payload: Any, ctx: Context) -> None:
+        with own.begin() as conn:
+            conn.execute(effects.insert().values(event_id=ctx.id, handler="own"))
+
+    async with running(app, middleware=middleware()) as worker:
+        await eventually(lambda: worker.stats.handled == 5, timeout=30)
+    assert worker.stats.failed_attempts == 0
+    rows = effect_rows(own)
+    assert sorted(e for e, h in rows if h == "inbox") == sorted(ids)
+    assert sorted(e for e, h in rows if h == "own") == sorted(ids)
+
+
+class _Disposing:
+    """An engine for the ``closing`` fixture, which awaits ``dispose()``."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    async def dispose(self) -> None:
+        self.engine.dispose()

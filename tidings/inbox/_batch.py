@@ -46,7 +46,7 @@ class Batch:
     """One lane's open transaction on one side of an inbox (see the module)."""
 
     __slots__ = (
-        "_conn", "_deadline", "_turn", "_writes", "count", "immediate", "limit", "side",
+        "_conn", "_turn", "_writes", "count", "deadline", "immediate", "limit", "side",
         "sides", "stamp", "statements",
     )  # fmt: skip
 
@@ -55,7 +55,7 @@ class Batch:
         # SQLite: the file's write lock is taken at the start, one batch at a time.
         self.immediate = turn is not None
         self._conn: Any = None  # Connection | AsyncConnection, in a transaction
-        self._deadline = 0.0
+        self.deadline = 0.0
         self.count = 0  # events committed into the batch
         self.statements = 0  # that wrote, run through SQLAlchemy (PostgreSQL)
         self.stamp: Any = None
@@ -76,7 +76,7 @@ class Batch:
         except BaseException:
             self._release()
             raise
-        self._deadline = asyncio.get_running_loop().time() + BATCH_SECONDS
+        self.deadline = asyncio.get_running_loop().time() + BATCH_SECONDS
         self.stamp = self.side.stamp()  # handled_at of the batch's marks
         if self.immediate:  # SQLite: the driver counts the rows written
             raw = await self._conn.get_raw_connection() if self.side.is_async else None
@@ -97,7 +97,7 @@ class Batch:
 
     @property
     def full(self) -> bool:
-        return self.count >= self.limit or asyncio.get_running_loop().time() >= self._deadline
+        return self.count >= self.limit or asyncio.get_running_loop().time() >= self.deadline
 
     def takes(self, plan: Plan) -> bool:
         """Whether ``plan``'s deliveries go into this batch: those of its side's kind,

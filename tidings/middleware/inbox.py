@@ -54,14 +54,18 @@ class InboxMiddleware(Middleware):
         # batch's turn (SQLite) holds no event's turn that the holder may wait for.
         batch = None if work is None else await self._batch(inbox, plan, work, delivery)
         event_id = delivery.event.id
-        gate = await inbox.wait_turn(plan, event_id)
         try:
-            if batch is None or work is None:
-                fresh = await self._once(inbox, plan, delivery, call_next)
-            else:
-                fresh = await self._in_batch(inbox, batch, work, plan, delivery, call_next)
+            gate = await inbox.wait_turn(plan, event_id)
+            try:
+                if batch is None or work is None:
+                    fresh = await self._once(inbox, plan, delivery, call_next)
+                else:
+                    fresh = await self._in_batch(inbox, batch, work, plan, delivery, call_next)
+            finally:
+                inbox.end_turn(plan, event_id, gate)
         finally:
-            inbox.end_turn(plan, event_id, gate)
+            if work is not None and batch is not None:
+                work.leave()
         if not fresh:
             delivery.stats.duplicates += 1
             log.debug(
@@ -100,13 +104,15 @@ class InboxMiddleware(Middleware):
         held = work.open
         batches = inbox.batches(plan) and delivery.replay_of is None
         if batches and held is not None and inbox.joins(held, plan):
+            work.busy = True  # from here on: no commit at its deadline under this delivery
             return cast("Batch", held)
         if held is not None:
             await work.flush()
         if not batches:
             return None
         batch = await inbox.open_batch(plan)
-        work.open = batch
+        work.hold(batch)
+        work.busy = True
         return batch
 
     @staticmethod

@@ -33,6 +33,11 @@ class Open(Protocol):
         """Whether it holds enough: commit it after the current event."""
         ...
 
+    @property
+    def deadline(self) -> float:
+        """When (the loop's time) to commit it even while the lane is busy elsewhere."""
+        ...
+
     async def commit(self) -> None:
         """Commit it (on failure, nothing of it may have taken effect)."""
         ...
@@ -43,15 +48,49 @@ class Open(Protocol):
 
 
 class LaneWork:
-    """The open work of one lane's run of deliveries (at most one thing at a time)."""
+    """The open work of one lane's run of deliveries (at most one thing at a time).
 
-    __slots__ = ("failed", "open")
+    What is open is committed by the worker between events (:meth:`settle`), by the
+    middleware (:meth:`flush`), and at its ``deadline`` if the lane is then not in a
+    delivery that uses it (``busy``): a lane may be in the call of another subscriber,
+    which may wait for what the open work holds (on SQLite, the file's write lock)."""
+
+    __slots__ = ("_committing", "_timer", "busy", "failed", "open")
 
     def __init__(self) -> None:
         self.open: Open | None = None
+        self.busy = False  # a delivery that uses the open work is under way
         # A commit that failed since the worker last settled: the effects of events
         # it handled since then may be gone, and they are to be handled again.
         self.failed: BaseException | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._committing: asyncio.Task[None] | None = None  # a commit at the deadline
+
+    def hold(self, held: Open) -> None:
+        """Leave ``held`` open (nothing else is), to be committed by its deadline."""
+        self.open = held
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(held.deadline, self._due)
+
+    def leave(self) -> None:
+        """The delivery that used the open work is over: if its deadline passed
+        meanwhile, commit it now (the lane may go on to another subscriber's call)."""
+        self.busy = False
+        if self.open is not None and self._timer is None:
+            self._due()
+
+    def _due(self) -> None:
+        self._timer = None
+        if self.open is not None and not self.busy and self._committing is None:
+            self._committing = asyncio.get_running_loop().create_task(self._commit_due())
+
+    async def _commit_due(self) -> None:
+        try:
+            await self._commit()
+        except Exception:
+            log.warning("a lane's open work failed to commit (handled again)", exc_info=True)
+        finally:
+            self._committing = None
 
     @property
     def holding(self) -> bool:
@@ -63,9 +102,17 @@ class LaneWork:
         return self.open is not None and self.open.full
 
     async def flush(self) -> None:
-        """Commit what is open. If that fails, it is discarded, and the error raised
-        and kept for :meth:`settle`."""
+        """Commit what is open (after a commit at the deadline under way). If that
+        fails, it is discarded, and the error raised and kept for :meth:`settle`."""
+        if self._committing is not None:
+            await asyncio.shield(self._committing)  # its failure is kept in .failed
+        await self._commit()
+
+    async def _commit(self) -> None:
         held, self.open = self.open, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if held is None:
             return
         try:
@@ -89,6 +136,9 @@ class LaneWork:
     async def abandon(self) -> None:
         """Discard what is open: its events' effects do not take place."""
         held, self.open = self.open, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if held is not None:
             await asyncio.shield(self._discard(held))
 
