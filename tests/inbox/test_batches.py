@@ -276,3 +276,30 @@ class _Disposing:
 
     async def dispose(self) -> None:
         self.engine.dispose()
+
+
+async def test_an_async_handlers_session_in_a_batch_is_a_whole_async_session(
+    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any]
+) -> None:
+    # Reads with rows, the session's connection, a streamed result: in a batch as
+    # anywhere (on SQLite the batch's async sessions run on the loop's thread).
+    inbox = Inbox(db_url, batch=100)
+    closing.append(inbox)
+    ids = await publish(app, 4)
+    seen: list[tuple[int, int, int]] = []
+
+    @app.subscriber(TOPIC, group="g", inbox=inbox)
+    async def read_then_write(payload: Any, ctx: Context) -> None:
+        session = ctx.session
+        rows = (await session.execute(sa.select(effects.c.event_id))).all()
+        conn = await session.connection()
+        counted = (await conn.execute(sa.select(sa.func.count()).select_from(effects))).scalar()
+        streamed = [row async for row in await session.stream(sa.select(effects.c.n))]
+        seen.append((len(rows), counted, len(streamed)))
+        await add_effect(session, ctx)
+
+    async with running(app, middleware=middleware()) as worker:
+        await eventually(lambda: worker.stats.handled == 4)
+    assert worker.stats.failed_attempts == 0
+    assert seen == [(i, i, i) for i in range(4)]  # each saw the effects before it
+    assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids)

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from tidings.inbox._inline import raw_sqlite
 from tidings.inbox._sides import Side, Sides, claim_in_session, claim_in_session_async
 from tidings.inbox._store import Plan, close_quietly, commit_and_close
 
@@ -67,7 +67,7 @@ class Batch:
             await self._turn.acquire()
         try:
             if self.side.is_async:
-                self._conn = await _begin_async(self.side, immediate=self.immediate)
+                self._conn = await _begin_async(self.sides, self.side, immediate=self.immediate)
             else:
                 threads = self.sides.threads
                 self._conn = await threads.run(
@@ -100,46 +100,39 @@ class Batch:
         return self.count >= self.limit or asyncio.get_running_loop().time() >= self.deadline
 
     def takes(self, plan: Plan) -> bool:
-        """Whether ``plan``'s deliveries go into this batch: those of its side's kind,
-        and on SQLite, async handlers too (see :meth:`begin`)."""
+        """Whether ``plan``'s deliveries go into this batch: those of its side, and for
+        an inline side (SQLite), every ``async def`` handler's."""
         session = plan.session
         return session is self.side or (
-            self.immediate and session is not None and session.is_async and not self.side.is_async
+            self.side.inline and session is not None and session.is_async
         )
 
     async def begin(self, plan: Plan, event_id: str) -> _BatchMark | None:
         """A savepoint with ``event_id``'s mark in it and a session on it for the
-        handler; None if the event was marked already (here or committed).
-
-        On SQLite with a sync side, an ``async def`` handler's ``AsyncSession`` runs
-        on this batch's sync connection too, its statements on the loop's thread: the
-        batch holds the write lock, so none of them waits (as reads never do in WAL
-        mode), and none of them takes a trip to aiosqlite's thread and back."""
+        handler; None if the event was marked already (here or committed). On SQLite
+        (the lock held, so no statement waits) a sync session's statements run here,
+        and an async one's on an inline engine (:mod:`tidings.inbox._inline`)."""
         side = self.side
-        inline = plan.session is not None and plan.session.is_async and not side.is_async
-        if inline:
-            session = _inline_async_session(self._conn)
-        else:
-            session = side.maker(bind=self._conn, join_transaction_mode="create_savepoint")
+        session = side.maker(bind=self._conn, join_transaction_mode="create_savepoint")
         if side.is_async:
             fresh = await claim_in_session_async(side, session, plan.consumer, event_id, self.stamp)
-        elif self.immediate:  # the lock is held: no statement waits
-            claimed = session.sync_session if inline else session
-            fresh = claim_in_session(side, claimed, plan.consumer, event_id, self.stamp)
+        elif self.immediate:
+            fresh = claim_in_session(side, session, plan.consumer, event_id, self.stamp)
         else:
             fresh = await self.sides.threads.run(
                 claim_in_session, side, session, plan.consumer, event_id, self.stamp
             )
-        if not fresh:
-            return None
-        return _BatchMark(self, session, is_async=side.is_async, inline=inline)
+        return _BatchMark(self, session, is_async=side.is_async) if fresh else None
 
     async def commit(self) -> None:
         conn, self._conn = self._conn, None
         try:
             if self.side.is_async:
                 try:
-                    await conn.commit()
+                    if self.side.inline:  # the fsync in a thread, not on the loop
+                        raw = await conn.get_raw_connection()
+                        await self.sides.threads.run(raw_sqlite(raw.driver_connection).commit)
+                    await conn.commit()  # (inline: nothing left to commit)
                 finally:
                     await asyncio.shield(conn.close())
             else:
@@ -181,11 +174,9 @@ class _BatchMark:
 
     __slots__ = ("_batch", "_before", "_sync", "session", "used")
 
-    def __init__(self, batch: Batch, session: Any, *, is_async: bool, inline: bool) -> None:
+    def __init__(self, batch: Batch, session: Any, *, is_async: bool) -> None:
         self._batch, self.session = batch, session
-        # The sync Session to commit or close here: the handler's, or the one under
-        # an inline AsyncSession (no greenlet needed: nothing in it awaits).
-        self._sync = session.sync_session if inline else None if is_async else session
+        self._sync = None if is_async else session  # a sync Session, committed here
         self._before = batch.writes()  # after the claim
         self.used = True
 
@@ -216,17 +207,6 @@ class _BatchMark:
         return True
 
 
-def _inline_async_session(conn: Any) -> AsyncSession:
-    """An ``AsyncSession`` over a Session on the sync connection ``conn``: its
-    statements run where it is awaited, with no trip to another thread (SQLAlchemy's
-    async layer runs the sync session in a greenlet, which a sync driver never leaves).
-    Only for an inbox made from a URL, whose session makers are its own (one made from
-    an AsyncEngine or an async_sessionmaker has no sync side, and keeps its sessions)."""
-    session = AsyncSession(expire_on_commit=False, join_transaction_mode="create_savepoint")
-    session.sync_session.bind = conn
-    return session
-
-
 def _begin_sync(side: Side, immediate: bool) -> Any:
     conn = side.engine.connect()
     try:
@@ -251,14 +231,18 @@ def _begin_immediate(dbapi: Any) -> None:
             cursor.close()
 
 
-async def _begin_async(side: Side, *, immediate: bool) -> Any:
+async def _begin_async(sides: Sides, side: Side, *, immediate: bool) -> Any:
     conn = side.engine.connect()
     await conn.__aenter__()
     try:
         await conn.begin()
         if immediate:
             raw = await conn.get_raw_connection()
-            if not getattr(raw.driver_connection, "in_transaction", False):
+            if getattr(raw.driver_connection, "in_transaction", False):
+                pass  # a driver set up to emit BEGIN itself has done so
+            elif side.inline:  # it may wait for another process: in a thread
+                await sides.threads.run(_begin_immediate, raw_sqlite(raw.driver_connection))
+            else:
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")
     except BaseException:
         await asyncio.shield(conn.close())

@@ -237,15 +237,15 @@ class Inbox:
         return isinstance(held, Batch) and held.sides is self._sides and held.takes(plan)
 
     async def open_batch(self, plan: Plan) -> Batch:
-        """A new batch for ``plan``'s deliveries in one lane, begun. On SQLite it is
-        on the sync side when there is one, for handlers of both kinds."""
+        """A new batch for ``plan``'s deliveries in one lane, begun. On SQLite, one for
+        async handlers is on the inline side when there is one."""
         from tidings.inbox._batch import Batch
 
         side = plan.session
         assert side is not None
         turn = self._store.turn()
         if turn is not None and side.is_async:
-            side = self._sides.sync() or side
+            side = self._sides.inline() or side
         batch = Batch(self._sides, side, self.batch, turn)
         await batch.open()
         return batch

@@ -7,6 +7,7 @@ the inbox's (disposed by :meth:`Sides.close`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Side:
     insert: str  # SQL, parameters (consumer, event_id, handled_at); adds 0 or 1 row
     text_time: bool  # SQLite: handled_at as text; else a datetime
     driver: str  # async: "aiosqlite" or "psycopg" to talk to the driver directly, else ""
+    inline: bool = False  # an inline AsyncEngine on SQLite (tidings/inbox/_inline.py)
 
     def stamp(self) -> Any:
         now = datetime.now(UTC)
@@ -218,6 +220,7 @@ class Sides:
         self.threads = Threads(THREADS, "tidings-inbox")
         self._sync: Side | None = None
         self._async: Side | None = None
+        self._inline: Side | None = None
         if engine is not None:
             side = _side(table, engine, maker, owned=False)
             if side.is_async:
@@ -236,6 +239,22 @@ class Sides:
         if self._async is None and self.url is not None:
             self._async = self._make(of_kind(self.url, is_async=True), is_async=True)
         return self._async
+
+    def inline(self) -> Side | None:
+        """For ``async def`` handlers in a lane's batch on SQLite: an async side whose
+        statements run on the loop's thread (:mod:`tidings.inbox._inline`); None for an
+        inbox not made from a SQLite URL."""
+        if self._inline is None and self.url is not None:
+            if self.url.get_backend_name() != "sqlite":
+                return None
+            from tidings.inbox._inline import inline_engine
+
+            engine = inline_engine(self.url, SQLITE_TIMEOUT)
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            _plain_savepoints(engine.dialect)
+            side = _side(self.table, engine, None, owned=True)
+            self._inline = dataclasses.replace(side, inline=True)
+        return self._inline
 
     def marks(self) -> Side:
         """Where marks go without a session: sync (raw connections in threads, the
@@ -276,6 +295,9 @@ class Sides:
         if self._async is not None and self._async.owned:
             await self._async.engine.dispose()
             self._async = None
+        if self._inline is not None:
+            await self._inline.engine.dispose()
+            self._inline = None
         if self._sync is not None and self._sync.owned:
             self._sync.engine.dispose()
             self._sync = None
