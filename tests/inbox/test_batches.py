@@ -303,3 +303,28 @@ async def test_an_async_handlers_session_in_a_batch_is_a_whole_async_session(
     assert worker.stats.failed_attempts == 0
     assert seen == [(i, i, i) for i in range(4)]  # each saw the effects before it
     assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids)
+
+
+@KINDS
+async def test_orm_objects_added_in_a_batch_are_flushed_with_their_event(
+    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], kind: str
+) -> None:
+    inbox = Inbox(db_url, batch=100)
+    closing.append(inbox)
+    ids = await publish(app, 3)
+
+    def add(ctx: Context) -> None:  # pending in the session until its savepoint ends
+        ctx.session.add(_Effect(event_id=ctx.id, handler="orm"))
+
+    if kind == "sync":
+        app.subscriber(TOPIC, group="g", inbox=inbox)(lambda payload, ctx: add(ctx))
+    else:
+
+        @app.subscriber(TOPIC, group="g", inbox=inbox)
+        async def add_async(payload: Any, ctx: Context) -> None:
+            add(ctx)
+
+    async with running(app, middleware=middleware()) as worker:
+        await eventually(lambda: worker.stats.handled == 3)
+    assert sorted(e for e, h in effect_rows(engine) if h == "orm") == sorted(ids)
+    assert len(mark_rows(engine, inbox)) == 3

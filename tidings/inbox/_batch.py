@@ -114,7 +114,9 @@ class Batch:
         and an async one's on an inline engine (:mod:`tidings.inbox._inline`)."""
         side = self.side
         session = side.maker(bind=self._conn, join_transaction_mode="create_savepoint")
-        if side.is_async:
+        if side.inline:  # no statement of the claim goes through the asyncio adapter
+            fresh = _claim_inline(side, session.sync_session, plan.consumer, event_id, self.stamp)
+        elif side.is_async:
             fresh = await claim_in_session_async(side, session, plan.consumer, event_id, self.stamp)
         elif self.immediate:
             fresh = claim_in_session(side, session, plan.consumer, event_id, self.stamp)
@@ -176,7 +178,11 @@ class _BatchMark:
 
     def __init__(self, batch: Batch, session: Any, *, is_async: bool) -> None:
         self._batch, self.session = batch, session
-        self._sync = None if is_async else session  # a sync Session, committed here
+        # The sync Session committed or closed here: a sync handler's, or the one in an
+        # inline AsyncSession, whose savepoint statements need no await (plain SQL on
+        # the sqlite3 connection); None: an AsyncSession, awaited.
+        inline = batch.side.inline
+        self._sync = session.sync_session if inline else None if is_async else session
         self._before = batch.writes()  # after the claim
         self.used = True
 
@@ -189,22 +195,40 @@ class _BatchMark:
 
     async def commit(self) -> bool:
         """Release the savepoint (its effects and mark stay in the batch)."""
-        session = self.session
+        session, sync = self.session, self._sync
         try:
-            if self._sync is None:
-                await session.commit()
+            if sync is None or (sync is not session and _pending(sync)):
+                await session.commit()  # a flush of ORM objects: through the adapter
             else:
-                await self._batch.run(self._sync.commit)  # flushes what is pending
+                await self._batch.run(sync.commit)  # flushes what is pending
         except BaseException:
             await self.discard(cancelled=False)
             raise
         self.used = self._batch.writes() > self._before
-        if self._sync is None:
+        if sync is None:
             await session.close()
         else:
-            self._sync.close()  # nothing open: no statement
+            sync.close()  # nothing open: no statement
         self._batch.count += 1
         return True
+
+
+def _pending(session: Any) -> bool:
+    return bool(session.new or session.dirty or session.deleted)
+
+
+def _claim_inline(side: Side, sync: Any, consumer: str, event_id: str, stamp: Any) -> bool:
+    """:func:`claim_in_session` in an inline AsyncSession's Session: its savepoint
+    (plain SQL) and the mark on the sqlite3 connection, nothing awaited."""
+    try:
+        pooled = sync.connection().connection
+        fresh = side.insert_on(raw_sqlite(pooled.driver_connection), consumer, event_id, stamp)
+    except BaseException:
+        sync.close()
+        raise
+    if not fresh:
+        sync.close()
+    return fresh
 
 
 def _begin_sync(side: Side, immediate: bool) -> Any:

@@ -247,11 +247,11 @@ class Sides:
         if self._inline is None and self.url is not None:
             if self.url.get_backend_name() != "sqlite":
                 return None
-            from tidings.inbox._inline import inline_engine
+            from tidings.inbox._inline import inline_engine, raw_sqlite
 
             engine = inline_engine(self.url, SQLITE_TIMEOUT)
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-            _plain_savepoints(engine.dialect)
+            _plain_savepoints(engine.dialect, raw_sqlite)
             side = _side(self.table, engine, None, owned=True)
             self._inline = dataclasses.replace(side, inline=True)
         return self._inline
@@ -313,15 +313,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _plain_savepoints(dialect: Any) -> None:
+def _plain_savepoints(dialect: Any, raw: Callable[[Any], Any] | None = None) -> None:
     """SAVEPOINT, RELEASE and ROLLBACK TO of an engine made here, sent to the driver
     as they are. SQLAlchemy compiles each of them (every savepoint has a new name, so
     none is cached): with a savepoint per event in a lane's batch, that doubled the
-    cost of a handler's one insert (docs/decisions/0014-inbox-lane-batches.md)."""
+    cost of a handler's one insert (docs/decisions/0014-inbox-lane-batches.md).
+    ``raw``: the sqlite3 connection under a pool connection's driver connection (the
+    inline engine: no trip through SQLAlchemy's asyncio adapter)."""
 
     def plain(sql: str) -> Callable[[Any, str], None]:
         def execute(connection: Any, name: str) -> None:
-            cursor = connection.connection.dbapi_connection.cursor()
+            pooled = connection.connection
+            target = raw(pooled.driver_connection) if raw else pooled.dbapi_connection
+            cursor = target.cursor()
             try:
                 cursor.execute(sql.format(name))
             finally:
