@@ -54,8 +54,9 @@ once, and its next events are not batched, so that a crash repeats one such effe
 a batch of them; a replayed dead letter is never batched. On SQLite, one batch of an
 inbox at a time holds the file's write lock (``BEGIN IMMEDIATE``), and its statements,
 which then never wait, run on the event loop's thread, an ``async def`` handler's
-``AsyncSession`` included (it runs on the batch's sync connection: no trip to
-aiosqlite's thread). ``Inbox(batch=1)``: a transaction per event, as described next.
+``AsyncSession`` included (on an engine of the inbox's whose aiosqlite connections do
+each call at once: no trip to aiosqlite's thread). ``Inbox(batch=1)``: a transaction
+per event, as described next.
 See ``docs/decisions/0014-inbox-lane-batches.md``.
 
 **How a mark is taken.** On PostgreSQL the mark is inserted first, in the handler's
