@@ -27,8 +27,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tidings.inbox._inline import raw_sqlite
-from tidings.inbox._sides import Side, Sides, claim_in_session, claim_in_session_async
+from tidings.inbox._sides import (
+    Side,
+    Sides,
+    claim_in_session,
+    claim_in_session_async,
+    raw_sqlite,
+)
 from tidings.inbox._store import Plan, close_quietly, commit_and_close
 
 __all__ = ["BATCH_SECONDS", "Batch"]

@@ -5,8 +5,9 @@ awaited, on the event loop's thread, with no trip to aiosqlite's thread: for the
 The batch holds the file's write lock (``BEGIN IMMEDIATE``, taken in a thread), so
 none of its statements waits for a lock, as reads never do in WAL mode: they cost
 what SQLite's work costs, which is less than two hops between threads. Waiting work,
-the lock and the commit's fsync, is done in threads by the batch (``begin_immediate``,
-``commit_raw``). It is SQLAlchemy's aiosqlite dialect over aiosqlite's own
+the lock and the commit's fsync, is done in threads by the batch, on the sqlite3
+connection underneath (``_sides.raw_sqlite``). It is SQLAlchemy's aiosqlite dialect
+over aiosqlite's own
 ``Connection`` class, told to do each call at once instead of queueing it to its
 thread: results, ``AsyncSession.connection()``, streaming and the rest behave as with
 aiosqlite. Nothing else uses this engine.
@@ -22,7 +23,7 @@ import aiosqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["inline_engine", "raw_sqlite"]
+__all__ = ["inline_engine"]
 
 
 class _InlineConnection(aiosqlite.Connection):
@@ -62,9 +63,3 @@ def inline_engine(url: URL, timeout: float) -> AsyncEngine:
     return create_async_engine(
         url.set(drivername="sqlite+aiosqlite"), async_creator=connect, max_overflow=-1
     )
-
-
-def raw_sqlite(driver_connection: Any) -> sqlite3.Connection:
-    """The sqlite3 connection under an inline engine's aiosqlite connection."""
-    conn: sqlite3.Connection = driver_connection._conn
-    return conn

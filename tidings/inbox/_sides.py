@@ -31,6 +31,7 @@ __all__ = [
     "claim_in_session",
     "claim_in_session_async",
     "open_db",
+    "raw_sqlite",
     "use_wal_first",
 ]
 
@@ -109,6 +110,12 @@ class Side:
             return bool(cursor.rowcount == 1)
         result = await conn.exec_driver_sql(self.insert, params)
         return bool(result.rowcount == 1)
+
+
+def raw_sqlite(driver_connection: Any) -> sqlite3.Connection:
+    """The sqlite3 connection under an aiosqlite connection (the inline engine's)."""
+    conn: sqlite3.Connection = driver_connection._conn
+    return conn
 
 
 def claim_in_session(
@@ -247,7 +254,7 @@ class Sides:
         if self._inline is None and self.url is not None:
             if self.url.get_backend_name() != "sqlite":
                 return None
-            from tidings.inbox._inline import inline_engine, raw_sqlite
+            from tidings.inbox._inline import inline_engine
 
             engine = inline_engine(self.url, SQLITE_TIMEOUT)
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
