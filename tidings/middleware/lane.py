@@ -6,8 +6,10 @@ works through a run of one lane's events, it sets :data:`lane_work` to that lane
 :class:`LaneWork`: a middleware may then leave something open across deliveries
 (one database transaction for their effects and marks) instead of committing each
 event's on its own. The worker commits the offsets of those events only once the
-open work was committed (:meth:`LaneWork.flush`): when the lane has nothing more
-waiting, when the open work says it is :attr:`~Open.full`, and when the group stops.
+open work was committed (:meth:`LaneWork.settle`): when the lane has nothing more
+waiting, when the open work says it is :attr:`~Open.full`, and when the group stops;
+and the open work is committed at its deadline even while the lane is in another
+subscriber's call, which may wait for what it holds.
 If that commit fails, the events are handled again; if the lane's task is cancelled,
 the open work is discarded (:meth:`LaneWork.abandon`) and their offsets stay as
 they were.
