@@ -1,4 +1,4 @@
-"""One librdkafka group member, of one topic, on its own polling thread.
+"""One librdkafka group member, of all of a group's topics, on its own polling thread.
 
 The thread polls all the time, not only while someone fetches: librdkafka runs the
 rebalance callbacks inside ``poll``, so a member whose worker is busy in a slow handler
@@ -51,7 +51,7 @@ async def _wrap(awaitable: Awaitable[None]) -> None:
 
 
 class Member(Consumer):
-    """One librdkafka group member, of one topic, on its own polling thread.
+    """One librdkafka group member, of all of a group's topics, on its own polling thread.
 
     Leases: each partition has a generation, counted here (librdkafka's group generation
     is not exposed per partition, and the broker does not fence a member that holds a
@@ -122,7 +122,7 @@ class Member(Consumer):
             log.exception("Kafka consumer of group %r stopped", self.group)
             self.error = translate(
                 exc,
-                f"the Kafka consumer of group {self.group!r} (topic {self.topics[0]!r})",
+                f"the Kafka consumer of group {self.group!r} (topics {', '.join(self.topics)})",
                 dead=True,  # ConsumerDead; a setting librdkafka refused stays a ConfigError
             )
             self._to_loop(self._fail, self.error)

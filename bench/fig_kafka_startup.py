@@ -1,0 +1,137 @@
+"""Kafka worker start and stop on Tansu at tidings' defaults (issue 17):
+
+- ``first_event_s``: seconds from ``Worker.run`` to the first event handled, on a fresh
+  Tansu broker, for a group reading one topic (and, as every group does, its
+  ``<group>.retry`` topic); the event was published before the worker started;
+- ``stop_s``: seconds from ``Worker.stop`` until ``run`` returned (handlers finished,
+  offsets committed, the group left);
+- ``first_event_after_kill_s``: the same as ``first_event_s``, on the same broker, for a
+  worker started right after one that was killed (``os._exit``: no LeaveGroup) once it
+  had handled an event: its dead member is still in the group.
+
+    .venv/bin/python bench/fig_kafka_startup.py [--rounds 3] [--before /tmp/tree]
+
+Each measurement runs in child processes of its own, against a Tansu broker started
+for it (and stopped by its PID), with the URL's defaults (no ``session_timeout_ms``):
+what a user gets. With ``--before``, the same child runs with that tree's ``tidings``
+too (e.g. a ``git worktree`` of an older commit), alternating with this one, so both
+are measured in the same run. Also ``python -m bench.bench_kafka --only startup``.
+Prints one JSON line per measurement and a summary (medians, ratios) on stdout.
+This file imports only ``tidings`` and ``devservers`` (both trees have them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+CHILD_TIMEOUT = 150.0  # seconds one measurement may take, broker start included
+TOPIC, GROUP = "orders", "billing"
+
+
+async def _measure(address: str, mode: str) -> dict[str, float]:
+    """``mode``: "stop" (stop gracefully and time it), "die" (exit at once, leaving the
+    group without a word), "after" (the first event only, after a worker died)."""
+    from tidings import Tidings, Worker
+
+    app = Tidings(f"kafka://{address}", service="bench-startup")
+    handled = asyncio.Event()
+
+    @app.subscriber(TOPIC, group=GROUP)
+    async def on_order(event: object) -> None:
+        handled.set()
+
+    async with app:
+        await app.publish(TOPIC, {"order": 1}, key="k", type="order.placed")
+        worker = Worker(app)
+        began = time.monotonic()
+        run = asyncio.ensure_future(worker.run())
+        waiting = asyncio.ensure_future(handled.wait())
+        await asyncio.wait(
+            [run, waiting], timeout=CHILD_TIMEOUT - 30, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not handled.is_set():
+            run.cancel()
+            raise SystemExit("no event handled (or the worker ended) in time")
+        first = time.monotonic() - began
+        if mode == "die":
+            print(json.dumps({}), flush=True)
+            os._exit(0)  # no close, no LeaveGroup: as a worker killed by SIGKILL
+        if mode == "after":
+            return {"first_event_after_kill_s": first}
+        stopping = time.monotonic()
+        worker.stop()
+        await asyncio.wait_for(run, 60)
+        return {"first_event_s": first, "stop_s": time.monotonic() - stopping}
+
+
+def child(address: str, mode: str) -> None:
+    print(json.dumps(asyncio.run(_measure(address, mode))))
+
+
+def _run_child(tree: Path, address: str, mode: str) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", address, mode],
+        env=env, cwd=tree, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"measurement in {tree} failed: {out.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(tree: Path) -> dict[str, float]:
+    """The three figures of ``tree``'s tidings, on a fresh broker of their own."""
+    from devservers.tansu import run_tansu, tansu_binary
+
+    with run_tansu(tansu_binary()) as address:
+        figures = _run_child(tree, address, "stop")
+        _run_child(tree, address, "die")
+        figures.update(_run_child(tree, address, "after"))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", type=Path, help="a tree whose tidings to measure too")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
+    trees = {"after": HERE} | ({"before": args.before.resolve()} if args.before else {})
+    seen: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    print(f"load average before: {os.getloadavg()}", file=sys.stderr)
+    for r in range(max(1, args.rounds)):
+        order = list(trees) if r % 2 == 0 else list(reversed(trees))
+        for name in order:
+            figures = measure(trees[name])
+            seen[name].append(figures)
+            print(json.dumps({"round": r, "tree": name, **figures}), flush=True)
+    print(f"load average after: {os.getloadavg()}", file=sys.stderr)
+    summary = {
+        name: {k: round(statistics.median(f[k] for f in rows), 2) for k in rows[0]}
+        for name, rows in seen.items()
+    }
+    if "before" in summary:
+        summary["after/before"] = {
+            k: round(summary["after"][k] / summary["before"][k], 3) for k in summary["after"]
+        }
+    print(json.dumps({"median": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    if "--child" not in sys.argv:
+        sys.path.insert(0, str(HERE))
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""One group membership per tidings group on Kafka (issue 17, decision 0011): a worker's
+group reads its topics and ``<group>.retry`` through one librdkafka consumer, joined
+once, and the ``range`` assignor shares each topic evenly among the members."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from tidings import Tidings, Worker
+from tidings.testing import eventually
+from tidings.transports import open_transport
+from tidings.transports.kafka import KafkaConsumer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def librdkafka_consumers(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The settings of every librdkafka group consumer made while the test runs."""
+    import confluent_kafka
+
+    made: list[dict[str, Any]] = []
+
+    class Counted(confluent_kafka.Consumer):  # type: ignore[misc]
+        def __init__(self, conf: dict[str, Any]) -> None:
+            made.append(dict(conf))
+            super().__init__(conf)
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", Counted)
+    return made
+
+
+async def test_a_group_with_a_retry_topic_is_one_member_assigned_both_topics(
+    kafka_url: str, librdkafka_consumers: list[dict[str, Any]]
+) -> None:
+    app = Tidings(kafka_url + "&partitions=2", service="test")
+
+    @app.subscriber("orders", group="billing")
+    async def handle(event: Any) -> None:
+        pass
+
+    async with app:
+        worker = Worker(app)
+        run = asyncio.ensure_future(worker.run())
+        try:
+            await asyncio.wait_for(worker.ready.wait(), 30)
+            (runner,) = worker._runners
+            consumer = runner.consumer
+            assert isinstance(consumer, KafkaConsumer)
+            assert consumer.topics == ["orders", "billing.retry"]
+            mine = [c for c in librdkafka_consumers if c.get("group.id") == "billing"]
+            assert len(mine) == 1, f"{len(mine)} librdkafka members joined group billing"
+            both = {(t, p) for t in ("orders", "billing.retry") for p in range(2)}
+            assert consumer.assignment() == both
+            # ... and librdkafka's own view of its assignment, asked on its thread.
+            member = consumer._member
+            native = await member._call(lambda: member._consumer.assignment())
+            assert {(tp.topic, tp.partition) for tp in native} == both
+        finally:
+            worker.stop()
+            await asyncio.wait_for(run, 30)
+    assert len([c for c in librdkafka_consumers if c.get("group.id") == "billing"]) == 1
+
+
+async def test_each_topic_is_shared_evenly_among_the_members(kafka_url: str) -> None:
+    # cooperative-sticky balanced the count over all topics: a newcomer could be given
+    # every partition of the (idle) retry topic and none of the group's topic.
+    transport = open_transport(kafka_url + "&partitions=4")
+    await transport.start()
+    for topic in ("t", "g.retry"):
+        await transport.create_topic(topic, 4)
+    a = transport.consumer("g", ["t", "g.retry"])
+    b = transport.consumer("g", ["t", "g.retry"])
+    try:
+        await a.start()
+        assert len(a.assignment()) == 8
+        await b.start()
+
+        def shared() -> bool:
+            return all(
+                len([tp for tp in c.assignment() if tp[0] == topic]) == 2
+                for c in (a, b)
+                for topic in ("t", "g.retry")
+            )
+
+        await eventually(shared, timeout=30, what="each topic shared 2 and 2")
+        assert a.assignment().isdisjoint(b.assignment())
+    finally:
+        for c in (a, b):
+            with contextlib.suppress(Exception):
+                await c.close()
+        await transport.close()
