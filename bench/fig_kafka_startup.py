@@ -5,8 +5,8 @@
   ``<group>.retry`` topic); the event was published before the worker started;
 - ``stop_s``: seconds from ``Worker.stop`` until ``run`` returned (handlers finished,
   offsets committed, the group left);
-- ``first_event_after_kill_s``: the same as ``first_event_s``, on the same broker, for a
-  worker started right after one that was killed (``os._exit``: no LeaveGroup) once it
+- ``first_event_after_kill_s``: the same as ``first_event_s``, on another fresh broker,
+  for a worker started right after one that was killed (``os._exit``: no LeaveGroup) once it
   had handled an event: its dead member is still in the group.
 
     .venv/bin/python bench/fig_kafka_startup.py [--rounds 3] [--before /tmp/tree]
@@ -90,11 +90,12 @@ def _run_child(tree: Path, address: str, mode: str) -> dict[str, float]:
 
 
 def measure(tree: Path) -> dict[str, float]:
-    """The three figures of ``tree``'s tidings, on a fresh broker of their own."""
+    """The three figures of ``tree``'s tidings, on fresh brokers of their own."""
     from devservers.tansu import run_tansu, tansu_binary
 
     with run_tansu(tansu_binary()) as address:
         figures = _run_child(tree, address, "stop")
+    with run_tansu(tansu_binary()) as address:  # the stop above may leave it rebalancing
         _run_child(tree, address, "die")
         figures.update(_run_child(tree, address, "after"))
     return figures
