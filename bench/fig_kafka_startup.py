@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 CHILD_TIMEOUT = 150.0  # seconds one measurement may take, broker start included
@@ -77,7 +78,7 @@ def child(address: str, mode: str) -> None:
     print(json.dumps(asyncio.run(_measure(address, mode))))
 
 
-def _run_child(tree: Path, address: str, mode: str) -> dict[str, float]:
+def _run_child(tree: Path, address: str, mode: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", address, mode],
@@ -85,11 +86,11 @@ def _run_child(tree: Path, address: str, mode: str) -> dict[str, float]:
     )  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"measurement in {tree} failed: {out.stderr[-2000:]}")
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
-def measure(tree: Path) -> dict[str, float]:
+def measure(tree: Path) -> dict[str, Any]:
     """The three figures of ``tree``'s tidings, on fresh brokers of their own."""
     from devservers.tansu import run_tansu, tansu_binary
 
@@ -97,8 +98,23 @@ def measure(tree: Path) -> dict[str, float]:
         figures = _run_child(tree, address, "stop")
     with run_tansu(tansu_binary()) as address:  # the stop above may leave it rebalancing
         _run_child(tree, address, "die")
-        figures.update(_run_child(tree, address, "after"))
+        try:
+            figures.update(_run_child(tree, address, "after"))
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # the worker never got going
+            figures["first_event_after_kill_s"] = None
+            figures["failed_after_kill"] = str(exc).splitlines()[0][:300]
     return figures
+
+
+def _medians(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each figure's median over the rounds; None where a round failed."""
+    out: dict[str, float | None] = {}
+    for k in ("first_event_s", "stop_s", "first_event_after_kill_s"):
+        xs = [f.get(k) for f in rows]
+        out[k] = (
+            round(statistics.median(x for x in xs if x is not None), 2) if None not in xs else None
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         child(*args.child)
         return 0
     trees = {"after": HERE} | ({"before": args.before.resolve()} if args.before else {})
-    seen: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    seen: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     print(f"load average before: {os.getloadavg()}", file=sys.stderr)
     for r in range(max(1, args.rounds)):
         order = list(trees) if r % 2 == 0 else list(reversed(trees))
@@ -120,13 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             seen[name].append(figures)
             print(json.dumps({"round": r, "tree": name, **figures}), flush=True)
     print(f"load average after: {os.getloadavg()}", file=sys.stderr)
-    summary = {
-        name: {k: round(statistics.median(f[k] for f in rows), 2) for k in rows[0]}
-        for name, rows in seen.items()
-    }
+    summary = {name: _medians(rows) for name, rows in seen.items()}
     if "before" in summary:
+        after, before = summary["after"], summary["before"]
         summary["after/before"] = {
-            k: round(summary["after"][k] / summary["before"][k], 3) for k in summary["after"]
+            k: round(v / b, 3) if v and (b := before.get(k)) else None for k, v in after.items()
         }
     print(json.dumps({"median": summary}))
     return 0
