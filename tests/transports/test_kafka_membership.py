@@ -94,3 +94,30 @@ async def test_each_topic_is_shared_evenly_among_the_members(kafka_url: str) -> 
             with contextlib.suppress(Exception):
                 await c.close()
         await transport.close()
+
+
+async def test_a_stopped_worker_leaves_its_group_at_once(kafka_url: str) -> None:
+    # Empty means the member sent LeaveGroup: on Tansu a member that goes silent
+    # without one keeps the group Stable (seen for 12 s at a 6 s session), and on
+    # Apache Kafka until its session expires; its partitions wait for it meanwhile.
+    from confluent_kafka import ConsumerGroupState
+
+    app = Tidings(kafka_url + "&partitions=2", service="test")
+
+    @app.subscriber("orders", group="billing")
+    async def handle(event: Any) -> None:
+        pass
+
+    async with app:
+        worker = Worker(app)
+        run = asyncio.ensure_future(worker.run())
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        admin = app.transport._admin  # type: ignore[attr-defined]
+        assert (await admin.describe("billing")).state == ConsumerGroupState.STABLE
+        worker.stop()
+        await asyncio.wait_for(run, 30)
+
+        async def empty() -> bool:
+            return bool((await admin.describe("billing")).state == ConsumerGroupState.EMPTY)
+
+        await eventually(empty, timeout=10, what="group billing Empty: its member left")
