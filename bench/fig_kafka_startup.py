@@ -9,13 +9,14 @@
   for a worker started right after one that was killed (``os._exit``: no LeaveGroup) once it
   had handled an event: its dead member is still in the group.
 
-    .venv/bin/python bench/fig_kafka_startup.py [--rounds 3] [--before /tmp/tree]
+    .venv/bin/python bench/fig_kafka_startup.py [--rounds 3] [--before /tmp/tree] [--query Q]
 
 Each measurement runs in child processes of its own, against a Tansu broker started
 for it (and stopped by its PID), with the URL's defaults (no ``session_timeout_ms``):
-what a user gets. With ``--before``, the same child runs with that tree's ``tidings``
-too (e.g. a ``git worktree`` of an older commit), alternating with this one, so both
-are measured in the same run. Also ``python -m bench.bench_kafka --only startup``.
+what a user gets; ``--query`` adds URL options (e.g. ``session_timeout_ms=45000``).
+With ``--before``, the same children run with that tree's ``tidings`` too (e.g. a
+``git worktree`` of an older commit), alternating with this one, so both are measured
+in the same run. Also ``python -m bench.bench_kafka --only startup``.
 Prints one JSON line per measurement and a summary (medians, ratios) on stdout.
 This file imports only ``tidings`` and ``devservers`` (both trees have them).
 """
@@ -36,6 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 CHILD_TIMEOUT = 150.0  # seconds one measurement may take, broker start included
 TOPIC, GROUP = "orders", "billing"
+QUERY_ENV = "TIDINGS_BENCH_KAFKA_QUERY"  # --query, handed to the children
 
 
 async def _measure(address: str, mode: str) -> dict[str, float]:
@@ -43,7 +45,8 @@ async def _measure(address: str, mode: str) -> dict[str, float]:
     group without a word), "after" (the first event only, after a worker died)."""
     from tidings import Tidings, Worker
 
-    app = Tidings(f"kafka://{address}", service="bench-startup")
+    query = os.environ.get(QUERY_ENV, "")
+    app = Tidings(f"kafka://{address}" + (f"?{query}" if query else ""), service="bench-startup")
     handled = asyncio.Event()
 
     @app.subscriber(TOPIC, group=GROUP)
@@ -121,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, help="a tree whose tidings to measure too")
+    parser.add_argument("--query", default="", help="URL options, e.g. session_timeout_ms=45000")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.query:
+        os.environ[QUERY_ENV] = args.query
     if args.child:
         child(*args.child)
         return 0

@@ -40,7 +40,10 @@ __all__ = ["Member"]
 
 log = logging.getLogger("tidings.kafka")
 
-JOIN_TIMEOUT = 60.0  # seconds for the first assignment (docs/kafka.md: Tansu's joins)
+# Seconds for the first assignment: at least 60, and twice the session timeout plus
+# 10 s, since a member that died without leaving holds a join up for about a session
+# (on Tansu 1.8 of it: a held join, a refused SyncGroup, another join; decision 0011).
+JOIN_TIMEOUT = 60.0
 REVOKE_TIMEOUT = 60.0  # how long on_revoke may hold a rebalance
 BUFFER = 2000  # messages polled ahead of fetch; beyond it, one per poll at most
 POLL = 0.02  # seconds one poll may block: how long a commit request may wait to be served
@@ -338,13 +341,14 @@ class Member(Consumer):
             target=self._main, args=(conf,), name=f"kafka-{self.group}", daemon=True
         )
         self._thread.start()
+        patience = max(JOIN_TIMEOUT, 2 * self._client.config.session_timeout_ms / 1000 + 10)
         try:
-            await asyncio.wait_for(asyncio.shield(self._joined), JOIN_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self._joined), patience)
         except TimeoutError:
             await self.close()
             raise TransportError(
                 f"group {self.group!r}: no assignment from {self._client.url} after "
-                f"{JOIN_TIMEOUT:.0f} s; is the broker reachable and the group coordinator up?"
+                f"{patience:.0f} s; is the broker reachable and the group coordinator up?"
             ) from None
         except (TransportError, ConfigError):
             await self.close()
