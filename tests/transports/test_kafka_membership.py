@@ -121,3 +121,49 @@ async def test_a_stopped_worker_leaves_its_group_at_once(kafka_url: str) -> None
             return bool((await admin.describe("billing")).state == ConsumerGroupState.EMPTY)
 
         await eventually(empty, timeout=10, what="group billing Empty: its member left")
+
+
+async def test_joining_a_group_of_older_cooperative_members_says_to_stop_them(
+    kafka_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Eager (range) and cooperative members cannot share a group: the broker refuses
+    # the newcomer's JoinGroup (INCONSISTENT_GROUP_PROTOCOL) while workers of the older
+    # tidings (cooperative-sticky) hold it. The warning says what to do.
+    import logging
+
+    from confluent_kafka import Consumer
+
+    transport = open_transport(kafka_url + "&partitions=2")
+    await transport.start()
+    await transport.create_topic("t", 2)
+    conf = transport.config.consumer("g", "earliest")  # type: ignore[attr-defined]
+    conf.pop("logger")
+    conf["partition.assignment.strategy"] = "cooperative-sticky"
+    older = Consumer(conf)
+    older.subscribe(["t"])
+    newer = transport.consumer("g", ["t"])
+    joining: asyncio.Future[None] | None = None
+    try:
+        for _ in range(400):  # the older member joins (its poll serves the join)
+            if older.assignment():
+                break
+            await asyncio.to_thread(older.poll, 0.05)
+        assert len(older.assignment()) == 2
+        caplog.set_level(logging.WARNING, logger="tidings.kafka")
+        joining = asyncio.ensure_future(newer.start())
+
+        async def warned() -> bool:
+            await asyncio.to_thread(older.poll, 0.05)  # keep the older member alive
+            return "stop the older workers of the group" in caplog.text
+
+        await eventually(warned, timeout=30, what="the warning naming what to do")
+        assert not joining.done()
+        assert len(older.assignment()) == 2
+    finally:
+        if joining is not None:
+            joining.cancel()
+            with contextlib.suppress(BaseException):
+                await joining
+        await newer.close()
+        await asyncio.to_thread(older.close)
+        await transport.close()

@@ -34,7 +34,7 @@ from typing import Any
 from tidings.errors import ConfigError, TransportError
 from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports.kafka.client import TransportClient
-from tidings.transports.kafka.errors import fenced, translate
+from tidings.transports.kafka.errors import fenced, member_warning, translate
 
 __all__ = ["Member"]
 
@@ -187,7 +187,7 @@ class Member(Consumer):
                     continue
                 if err.fatal():
                     raise translate(err, f"group {self.group!r}")
-                log.warning("group %r: %s", self.group, err.str())
+                log.warning("group %r: %s", self.group, member_warning(err))
         if good:
             with self._lock:
                 self._buffer.extend(good)
