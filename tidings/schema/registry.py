@@ -37,6 +37,7 @@ __all__ = [
     "at_start",
     "check_schemas_setting",
     "offered",
+    "offers",
     "report",
 ]
 
@@ -166,7 +167,7 @@ class SchemaRegistry:
         """What registering ``contracts`` would meet: per type and version, its breaks
         and conflicts (empty: they may all be registered). Nothing is written."""
         state = await self.refresh()
-        return state.trial(_ordered(contracts))
+        return state.trial(offers(contracts))
 
     # -- writing -------------------------------------------------------------------
 
@@ -191,7 +192,7 @@ class SchemaRegistry:
         writing, if another writer registered one of these versions first with another
         schema (the first in log order wins).
         """
-        entries = _ordered(contracts)
+        entries = offers(contracts)
         state = await self.refresh()
         findings = state.trial(entries)
         if findings:
@@ -230,7 +231,8 @@ class SchemaRegistry:
         return await self.transport.append(self.topic, list(records))
 
 
-def _ordered(contracts: Iterable[Contract]) -> list[SchemaVersion]:
+def offers(contracts: Iterable[Contract]) -> list[SchemaVersion]:
+    """What registering ``contracts`` offers, in the order they are registered."""
     return [offered(c) for c in sorted(contracts, key=lambda c: (c.type, c.version))]
 
 
