@@ -20,7 +20,7 @@ from tidings.cli.run import load_app
 from tidings.schema import Mode, diff
 from tidings.schema.files import export, read_folder
 from tidings.schema.registry import SchemaRegistry, offers, report
-from tidings.schema.state import SchemaVersion, parse_mode
+from tidings.schema.state import SchemaVersion, parse_mode, parse_policy
 
 __all__ = ["add_commands"]
 
@@ -72,6 +72,7 @@ def add_commands(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("type", metavar="TYPE", help=_TYPE)
     p.add_argument("mode", metavar="MODE", help=", ".join(m.value for m in Mode))
+    p.add_argument("--policy", help="LENIENT (the default) or STRICT, as Confluent names them")
     p = _action(
         actions, "check", cmd_check, "check an app's contracts (exit 1 on a break)",
         "check APP's contracts against the registry (or the folder --against DIR): print "
@@ -127,24 +128,24 @@ async def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for type in state.types():
         versions = [state.versions.get(type, {})[v] for v in sorted(state.versions.get(type, {}))]
-        rows.append((type, versions, state.mode(type)))
+        rows.append((type, versions, state.mode(type), state.policy(type).value))
     if args.json:
         print_json([
-            {"type": t, "mode": m.value, "versions": [_version_json(v) for v in vs]}
-            for t, vs, m in rows
+            {"type": t, "mode": m.value, "policy": p, "versions": [_version_json(v) for v in vs]}
+            for t, vs, m, p in rows
         ])  # fmt: skip
         return 0
     if not rows:
         print(f"no schemas registered in {args.url}")
         return 0
     print(table(
-        ("TYPE", "VERSIONS", "MODE", "LATEST", "FINGERPRINT", "REGISTERED BY", "AT"),
+        ("TYPE", "VERSIONS", "MODE", "POLICY", "FINGERPRINT", "REGISTERED BY", "AT"),
         [
-            (t, ",".join(str(v.version) for v in vs), m.value,
-             vs[-1].version if vs else None, vs[-1].fingerprint[:16] if vs else None,
+            (t, ",".join(str(v.version) for v in vs), m.value, p,
+             vs[-1].fingerprint[:16] if vs else None,
              vs[-1].registered_by if vs else None,
              utc_text(vs[-1].registered_at) if vs else None)
-            for t, vs, m in rows
+            for t, vs, m, p in rows
         ],
     ))  # fmt: skip
     return 0
@@ -154,13 +155,16 @@ async def cmd_show(args: argparse.Namespace) -> int:
     async with opened(args.url) as app:
         registry = SchemaRegistry(app.transport)
         found = await registry.schema(args.type, args.version)
-        mode = await registry.mode(args.type)
+        mode = registry.state.mode(args.type)
+        policy = registry.state.policy(args.type)
     if args.json:
-        print_json({**_version_json(found, schema=True), "mode": mode.value})
+        print_json(
+            {**_version_json(found, schema=True), "mode": mode.value, "policy": policy.value}
+        )
         return 0
     print(f"type:          {found.type}")
     print(f"version:       {found.version}{' (breaking: a new major version)' * found.breaking}")
-    print(f"mode:          {mode.value}")
+    print(f"mode:          {mode.value} (policy {policy.value})")
     print(f"fingerprint:   {found.fingerprint}")
     print(f"registered by: {found.registered_by}")
     print(f"registered at: {utc_text(found.registered_at)}")
@@ -190,12 +194,15 @@ async def cmd_diff(args: argparse.Namespace) -> int:
 
 async def cmd_set_mode(args: argparse.Namespace) -> int:
     mode = parse_mode(args.mode)  # a bad name is a usage error before the log is opened
+    policy = None if args.policy is None else parse_policy(args.policy)
     async with opened(args.url) as app:
-        await SchemaRegistry(app.transport).set_mode(args.type, mode, service=admin.CLI_SOURCE)
+        registry = SchemaRegistry(app.transport)
+        await registry.set_mode(args.type, mode, service=admin.CLI_SOURCE, policy=policy)
+        policy = registry.state.policy(args.type)
     if args.json:
-        print_json({"type": args.type, "mode": mode.value})
+        print_json({"type": args.type, "mode": mode.value, "policy": policy.value})
     else:
-        print(f"{args.type}: mode {mode.value}")
+        print(f"{args.type}: mode {mode.value}, policy {policy.value}")
     return 0
 
 

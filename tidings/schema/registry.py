@@ -23,11 +23,20 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
+from pydantic.errors import PydanticInvalidForJsonSchema
 
 from tidings.contracts import Contract, Registry
 from tidings.errors import ConfigError, SchemaIncompatible, TopicNotFound, UnknownEventType
 from tidings.schema.compat import Mode, fingerprint
-from tidings.schema.state import Conflict, Problem, RegistryState, SchemaVersion, parse_mode
+from tidings.schema.rules import Policy
+from tidings.schema.state import (
+    Conflict,
+    Problem,
+    RegistryState,
+    SchemaVersion,
+    parse_mode,
+    parse_policy,
+)
 from tidings.transport import FOREVER, Transport
 
 __all__ = [
@@ -171,15 +180,19 @@ class SchemaRegistry:
 
     # -- writing -------------------------------------------------------------------
 
-    async def set_mode(self, type: str, mode: Mode | str, *, service: str) -> Mode:
+    async def set_mode(
+        self, type: str, mode: Mode | str, *, service: str, policy: Policy | str | None = None
+    ) -> Mode:
         """Set ``type``'s compatibility mode (it judges the versions registered from now
-        on). ``type`` must be registered; a bad mode name is a ConfigError."""
+        on), and its policy if given (default ``LENIENT``). ``type`` must be
+        registered; a bad mode or policy name is a ConfigError."""
         chosen = parse_mode(mode)
+        rule = None if policy is None else parse_policy(policy)
         state = await self.refresh()
         if type not in state.versions:
             raise UnknownEventType(_unknown_type(type, state))
         at = self.transport.clock.time_ms()
-        await self._append([(f"{type}:mode", _mode_entry(type, chosen, service, at))])
+        await self._append([(f"{type}:mode", _mode_entry(type, chosen, rule, service, at))])
         await self.refresh()
         return chosen
 
@@ -232,8 +245,20 @@ class SchemaRegistry:
 
 
 def offers(contracts: Iterable[Contract]) -> list[SchemaVersion]:
-    """What registering ``contracts`` offers, in the order they are registered."""
-    return [offered(c) for c in sorted(contracts, key=lambda c: (c.type, c.version))]
+    """What registering ``contracts`` offers, in the order they are registered. A model
+    pydantic cannot describe in JSON Schema (a field of an arbitrary class) is left
+    out, with a warning: the registry cannot check what it cannot read."""
+    out = []
+    for contract in sorted(contracts, key=lambda c: (c.type, c.version)):
+        try:
+            out.append(offered(contract))
+        except PydanticInvalidForJsonSchema as exc:
+            log.warning(
+                "%s v%d (%s) has no JSON Schema, so the schema registry leaves it out: %s",
+                contract.type, contract.version, contract.model.__name__,
+                str(exc).splitlines()[0],
+            )  # fmt: skip
+    return out
 
 
 def _stamped(entry: SchemaVersion, service: str, host: str, at: int) -> SchemaVersion:
@@ -243,11 +268,12 @@ def _stamped(entry: SchemaVersion, service: str, host: str, at: int) -> SchemaVe
     )  # fmt: skip
 
 
-def _mode_entry(type: str, mode: Mode, service: str, at: int) -> bytes:
+def _mode_entry(type: str, mode: Mode, policy: Policy | None, service: str, at: int) -> bytes:
     doc: dict[str, Any] = {
         "kind": "mode",
         "type": type,
         "mode": mode.value,
+        "policy": None if policy is None else policy.value,
         "service": service,
         "host": socket.gethostname(),
         "at": at,

@@ -24,7 +24,7 @@ from typing import Any
 from tidings.errors import ConfigError
 from tidings.schema.compat import Break, Change, Mode, check, diff, fingerprint
 from tidings.schema.nodes import JsonSchema
-from tidings.schema.rules import Rule
+from tidings.schema.rules import Policy, Rule
 
 __all__ = [
     "DEFAULT_MODE",
@@ -33,10 +33,14 @@ __all__ = [
     "RegistryState",
     "SchemaVersion",
     "parse_mode",
+    "parse_policy",
 ]
 
 DEFAULT_MODE = Mode.BACKWARD
 """A type's compatibility mode until ``set-mode`` changes it (Confluent's default)."""
+DEFAULT_POLICY = Policy.LENIENT
+"""A type's policy until ``set-mode --policy`` changes it: tidings producers serialize
+their pydantic models, which emit only declared fields (decision 0018)."""
 ANNOTATIONS = frozenset({Rule.TITLE_CHANGED, Rule.DESCRIPTION_CHANGED})
 """Changes that leave a version what it is: a renamed model class or a new docstring
 offers the registered version again, not another schema for it."""
@@ -51,6 +55,19 @@ def parse_mode(name: object) -> Mode:
     except ValueError:
         raise ConfigError(
             f"{name!r} is not a compatibility mode: use one of {', '.join(m.value for m in Mode)}"
+        ) from None
+
+
+def parse_policy(name: object) -> Policy:
+    """``name`` (a :class:`Policy` or its name, any case) as a Policy, else ConfigError."""
+    if isinstance(name, Policy):
+        return name
+    try:
+        return Policy(str(name).upper())
+    except ValueError:
+        raise ConfigError(
+            f"{name!r} is not a compatibility policy: use one of "
+            f"{', '.join(p.value for p in Policy)}"
         ) from None
 
 
@@ -145,12 +162,16 @@ class RegistryState:
 
     versions: dict[str, dict[int, SchemaVersion]] = field(default_factory=dict)
     modes: dict[str, Mode] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
     # offset -> why the fold left that registration out (a conflict or a break)
     refused: dict[int, list[Problem]] = field(default_factory=dict)
 
     def copy(self) -> RegistryState:
         return RegistryState(
-            {t: dict(v) for t, v in self.versions.items()}, dict(self.modes), dict(self.refused)
+            {t: dict(v) for t, v in self.versions.items()},
+            dict(self.modes),
+            dict(self.policies),
+            dict(self.refused),
         )
 
     def types(self) -> list[str]:
@@ -159,6 +180,9 @@ class RegistryState:
     def mode(self, type: str) -> Mode:
         return self.modes.get(type, DEFAULT_MODE)
 
+    def policy(self, type: str) -> Policy:
+        return self.policies.get(type, DEFAULT_POLICY)
+
     def apply(self, doc: Mapping[str, Any], offset: int | None = None) -> None:
         """Fold one entry of the log (raises KeyError/TypeError/ValueError if malformed)."""
         kind = doc["kind"]
@@ -166,6 +190,8 @@ class RegistryState:
             if not isinstance(doc["type"], str):
                 raise TypeError("type")
             self.modes[doc["type"]] = Mode(doc["mode"])
+            if doc.get("policy") is not None:
+                self.policies[doc["type"]] = Policy(doc["policy"])
         elif kind == "schema":
             entry = SchemaVersion.from_entry(doc, offset)
             problems = self.admit(entry)
@@ -186,7 +212,7 @@ class RegistryState:
         (or is there already, with the same schema).
 
         A version already registered must have the same schema (a :class:`Conflict`
-        otherwise). A new version is checked under its type's mode against the earlier
+        otherwise). A new version is checked under its type's mode and policy against the earlier
         versions since the latest major one (declared ``breaking``); a version declared
         ``breaking`` is checked against none: it starts a new major line.
         """
@@ -210,7 +236,7 @@ class RegistryState:
         if not earlier:
             return []
         previous = {v: s.schema for v, s in earlier.items()}
-        found = check(entry.schema, previous, self.mode(entry.type))
+        found = check(entry.schema, previous, self.mode(entry.type), policy=self.policy(entry.type))
         return [dataclasses.replace(b, new_version=entry.version) for b in found]
 
     def knows(self, entry: SchemaVersion) -> bool:
