@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tidings.cli import main
-from tidings.cli.run import load_app
+from tidings.cli.common import load_app
 from tidings.errors import SchemaIncompatible
 
 V1 = """

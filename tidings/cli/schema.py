@@ -14,9 +14,8 @@ from typing import Any
 
 from tidings import admin
 from tidings.app import Tidings
-from tidings.cli.common import UsageError, add_common, opened, positive_int
+from tidings.cli.common import UsageError, add_common, load_app, opened, positive_int
 from tidings.cli.output import print_json, table, utc_text
-from tidings.cli.run import load_app
 from tidings.schema import Mode, diff
 from tidings.schema.files import export, read_folder
 from tidings.schema.registry import SchemaRegistry, offers, report
