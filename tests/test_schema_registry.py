@@ -210,12 +210,34 @@ async def test_the_first_writer_in_log_order_wins_a_concurrent_registration(url:
         assert (v1.fingerprint, v1.service) == (a_print, "alpha")
 
 
-async def test_registering_twice_at_once_in_one_process_writes_once(url: str) -> None:
+async def test_registering_what_is_registered_writes_nothing(url: str) -> None:
     app = app_with(url, "billing", (OrderV1, 1, False))
     async with app:
         registry = SchemaRegistry(app.transport)
         assert await registry.register(app.registry.contracts(), service="billing") == []
         assert len(await entries(app.transport)) == 1
+
+
+async def test_two_writers_of_the_same_schema_at_once_both_start(url: str) -> None:
+    """Identical registrations racing: both are written, the first is the one kept,
+    and neither writer is refused."""
+    a = app_with(url, "alpha", (OrderV1, 1, False))
+    b = app_with(url, "beta", (OrderV1Renamed, 1, False))
+    await a.transport.start()
+    real_append = b.transport.append
+
+    async def a_goes_first(topic: str, records: Any) -> Any:
+        if topic == SCHEMAS_TOPIC:
+            async with a:
+                pass
+        return await real_append(topic, records)
+
+    b.transport.append = a_goes_first  # type: ignore[method-assign]
+    async with b:
+        b.transport.append = real_append  # type: ignore[method-assign]
+        assert [e["service"] for e in await entries(b.transport)] == ["alpha", "beta"]
+        [v1] = await b.schema_registry.versions("order.placed")
+        assert v1.service == "alpha"
 
 
 # -- modes and settings --------------------------------------------------------------
