@@ -18,6 +18,7 @@ from tidings.contracts import Registry
 from tidings.envelope import JSON, SPECVERSION, Event, new_id, validate_type
 from tidings.errors import ConfigError
 from tidings.middleware.retry import Retry
+from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
 from tidings.subscriber import Component, GroupSettings, Subscriber, handler_shape
 from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
 from tidings.transports import open_transport
@@ -118,6 +119,8 @@ class Tidings:
     becomes the CloudEvents ``source`` of everything it publishes. ``scheduler`` is the
     database where delayed events wait (a SQLAlchemy URL or Engine); default
     ``$TIDINGS_SCHEDULER_URL``, else, on the SQLite log, a table in the log's own file.
+    ``schemas``: at start, ``"register"`` the contracts in the log's schema registry, only
+    ``"check"`` them, or ``"off"``; a break refuses the start (``SchemaIncompatible``).
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class Tidings:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         transport: Transport | None = None,
         scheduler: Any = None,
+        schemas: str = "register",
     ) -> None:
         if not service or not isinstance(service, str):
             raise ConfigError("Tidings(service=...) needs the name of this service, e.g. 'taskapi'")
@@ -137,6 +141,7 @@ class Tidings:
                 f"Tidings(service={service!r}): use a name without spaces, e.g. 'task-api' "
                 "or a URI such as '/services/task-api'"
             )
+        check_schemas_setting(schemas)
         if max_event_bytes < 1024:
             raise ConfigError(f"max_event_bytes must be at least 1024, got {max_event_bytes}")
         self.url = url or (transport.url if transport else default_url())
@@ -144,6 +149,8 @@ class Tidings:
         self.max_event_bytes = max_event_bytes
         self.transport = transport or open_transport(self.url)
         self.registry = Registry()
+        self.schemas = schemas
+        self.schema_registry = SchemaRegistry(self.transport)
         self.subscribers: list[Subscriber] = []
         self._topics: dict[str, dict[str, Any]] = {}
         self.published: dict[str, set[str]] = {}  # topic -> the types declared published there
@@ -155,13 +162,15 @@ class Tidings:
 
     # -- declarations -------------------------------------------------------
 
-    def event(self, type: str, version: int = 1, *, subject: str | None = None) -> Callable[[M], M]:
+    def event(
+        self, type: str, version: int = 1, *, subject: str | None = None, breaking: bool = False
+    ) -> Callable[[M], M]:
         """Class decorator: register a pydantic model as the payload of ``type``/``version``.
 
         ``subject`` names a field whose value becomes the event's subject (and so its
-        partition key) when none is passed to :meth:`publish`.
-        """
-        return self.registry.decorator(type, version, subject=subject)
+        partition key) when none is passed to :meth:`publish`. ``breaking``: a new major
+        version, registered without a compatibility check."""
+        return self.registry.decorator(type, version, subject=subject, breaking=breaking)
 
     def topic(
         self,
@@ -274,8 +283,14 @@ class Tidings:
         self._started += 1
         if self._started == 1:
             await self.transport.start()
-            for name, settings in self._topics.items():
-                await self.transport.create_topic(name, **settings)
+            try:
+                for name, settings in self._topics.items():
+                    await self.transport.create_topic(name, **settings)
+                await at_start(self.schema_registry, self.registry, self.service, self.schemas)
+            except BaseException:
+                self._started = 0
+                await self.transport.close()
+                raise
 
     async def close(self) -> None:
         self._started = max(self._started - 1, 0)

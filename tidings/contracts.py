@@ -26,6 +26,9 @@ class Contract:
     version: int
     model: builtins.type[BaseModel]
     subject: str | None = None  # the payload field whose value is the event's subject
+    # Declared as a new major version: the schema registry records it without checking
+    # it against the earlier versions (tidings.schema.registry).
+    breaking: bool = False
 
     @property
     def schema_uri(self) -> str:
@@ -52,7 +55,13 @@ class Registry:
         self._latest: dict[str, Contract] = {}  # type -> its highest registered version
 
     def register(
-        self, model: type[BaseModel], type: str, version: int = 1, *, subject: str | None = None
+        self,
+        model: type[BaseModel],
+        type: str,
+        version: int = 1,
+        *,
+        subject: str | None = None,
+        breaking: bool = False,
     ) -> Contract:
         validate_type(type)
         if not (isinstance(model, builtins.type) and issubclass(model, BaseModel)):
@@ -64,7 +73,7 @@ class Registry:
                 f"{model.__name__} has no field {subject!r} to use as the subject; "
                 f"fields: {', '.join(model.model_fields)}"
             )
-        contract = Contract(type, version, model, subject)
+        contract = Contract(type, version, model, subject, bool(breaking))
         existing = self._by_key.get((type, version))
         if existing is not None and existing.model is not model:
             raise ConfigError(
@@ -80,10 +89,10 @@ class Registry:
         return contract
 
     def decorator(
-        self, type: str, version: int = 1, *, subject: str | None = None
+        self, type: str, version: int = 1, *, subject: str | None = None, breaking: bool = False
     ) -> Callable[[M], M]:
         def wrap(model: M) -> M:
-            self.register(model, type, version, subject=subject)
+            self.register(model, type, version, subject=subject, breaking=breaking)
             return model
 
         return wrap

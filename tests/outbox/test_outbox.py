@@ -413,10 +413,10 @@ async def test_transport_errors_are_retried_without_loss_or_reordering(
             raise TransportError("the log is busy")
         return await real(topic, records)
 
-    monkeypatch.setattr(app.transport, "append", flaky)
     stop = asyncio.Event()
     caplog.set_level(logging.INFO, "tidings.outbox")
-    async with app:
+    async with app:  # (its start registers the app's schemas: an append of its own)
+        monkeypatch.setattr(app.transport, "append", flaky)
         relay = outbox.relay(batch=20, poll_interval=0.01)
         task = asyncio.create_task(relay.run(stop))
         try:

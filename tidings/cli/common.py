@@ -1,6 +1,6 @@
 """What the commands share besides printing: the parser, usage errors, the options
-every command takes, argument types, the log a command opens, and the app that
-``run`` and ``asyncapi`` import (``module:app``)."""
+every command takes, argument types, the log a command opens, and the app a command
+imports (``module:app``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """``tidings run MODULE:APP``: run an app's subscribers, a worker, until SIGTERM.
 
-Argument parsing, the app's import and the process's exit only; the worker is
+Argument parsing and the process's exit only (the app's import is
+:func:`tidings.cli.common.load_app`); the worker is
 :meth:`tidings.worker.Worker.serve`, which a program calls to run a worker in-process.
 """
 
