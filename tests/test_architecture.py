@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "contracts and declarations",
         (
             "tidings.contracts",
+            "tidings.naming",
             "tidings.schema",
             "tidings.subscriber",
             "tidings.stats",

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, encode
 from tidings.context import current_scope
-from tidings.contracts import Registry
+from tidings.contracts import Registry, Upcaster
 from tidings.envelope import JSON, SPECVERSION, Event, new_id, validate_type
 from tidings.errors import ConfigError
 from tidings.middleware.retry import Retry
@@ -33,6 +33,7 @@ _EXTENSION_RE = re.compile(r"[a-z0-9]{1,20}")
 
 H = TypeVar("H", bound=Callable[..., Any])
 M = TypeVar("M", bound=type[BaseModel])
+U = TypeVar("U", bound=Upcaster)
 
 
 def _due(delay: float | timedelta | None, deliver_at: datetime | None) -> datetime | None:
@@ -155,13 +156,29 @@ class Tidings:
 
     # -- declarations -------------------------------------------------------
 
-    def event(self, type: str, version: int = 1, *, subject: str | None = None) -> Callable[[M], M]:
+    def event(
+        self, type: str, version: int = 1, *, subject: str | None = None, **about: Any
+    ) -> Callable[[M], M]:
         """Class decorator: register a pydantic model as the payload of ``type``/``version``.
 
         ``subject`` names a field whose value becomes the event's subject (and so its
-        partition key) when none is passed to :meth:`publish`.
+        partition key) when none is passed to :meth:`publish`. ``about``: ``kind``
+        ("event" or "command"), ``owner`` (default: this service), ``description``,
+        ``deprecated``, ``sunset``, ``name_check`` (:meth:`Registry.register`).
         """
-        return self.registry.decorator(type, version, subject=subject)
+        about.setdefault("owner", self.service)
+        return self.registry.decorator(type, version, subject=subject, **about)
+
+    def command(self, type: str, version: int = 1, **about: Any) -> Callable[[M], M]:
+        """:meth:`event` for a command: a request named in the imperative
+        (``task.assign``), subscribed to by exactly one group."""
+        return self.event(type, version, kind="command", **about)
+
+    def upcaster(self, type: str, from_version: int) -> Callable[[U], U]:
+        """Decorator: a function that turns a ``from_version`` payload (a dict) of
+        ``type`` into the next version's; handlers then get such events as that
+        version (chains compose; decision 0020)."""
+        return self.registry.upcaster(type, from_version)
 
     def topic(
         self,
@@ -330,6 +347,8 @@ class Tidings:
                     f"{contract.type}, not {version}; publish the model of that version"
                 )
             type, version, schema = contract.type, contract.version, contract.schema_uri
+            if contract.deprecated:
+                self.registry.warn_deprecated(contract)
             if subject is None:
                 subject = contract.subject_of(payload)
         elif type is None:
