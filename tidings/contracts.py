@@ -355,7 +355,8 @@ class Registry:
         return UnknownEventType(
             f"version {version} of {type} is not registered in this service (it knows "
             f"{_span(known)}); register its model (@app.event({type!r}, "
-            f"version={version})) in this service, then replay the dead letter"
+            f"version={version})) or an upcaster from it (@app.upcaster({type!r}, "
+            f"from_version={version})) in this service, then replay the dead letter"
         )
 
 
