@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "contracts and declarations",
         (
             "tidings.contracts",
+            "tidings.naming",
             "tidings.schema",
             "tidings.subscriber",
             "tidings.stats",
@@ -35,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("dead letters", ("tidings.dead_letters",)),
     ("outbox, inbox, scheduler", ("tidings.outbox", "tidings.inbox", "tidings.scheduler")),
     ("middleware", ("tidings.middleware",)),
-    ("app", ("tidings.app",)),
+    ("app", ("tidings.app", "tidings.publish_options")),
     ("worker", ("tidings.worker",)),
     (
         "operating and edges",

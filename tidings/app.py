@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -14,10 +13,11 @@ from pydantic import BaseModel
 
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, encode
 from tidings.context import current_scope
-from tidings.contracts import Registry
+from tidings.contracts import Registry, Upcaster
 from tidings.envelope import JSON, SPECVERSION, Event, new_id, validate_type
 from tidings.errors import ConfigError
 from tidings.middleware.retry import Retry
+from tidings.publish_options import check_extension_names, due, per_payload_options
 from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
 from tidings.subscriber import Component, GroupSettings, Subscriber, handler_shape
 from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
@@ -30,86 +30,14 @@ __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
 
 DEFAULT_URL = "sqlite:///./tidings.db"
 """The log without ``$TIDINGS_URL`` or a URL: one SQLite file in the current folder."""
-_EXTENSION_RE = re.compile(r"[a-z0-9]{1,20}")
 
 H = TypeVar("H", bound=Callable[..., Any])
 M = TypeVar("M", bound=type[BaseModel])
-
-
-def _due(delay: float | timedelta | None, deliver_at: datetime | None) -> datetime | None:
-    """The aware UTC time an event is due, from ``delay`` or ``deliver_at``."""
-    if delay is not None and deliver_at is not None:
-        raise ConfigError("pass delay=... or deliver_at=..., not both")
-    if delay is not None:
-        if isinstance(delay, timedelta):
-            delay = delay.total_seconds()
-        if not isinstance(delay, int | float) or delay < 0 or delay != delay:
-            raise ConfigError(
-                f"delay must be seconds >= 0 or a timedelta, got {delay!r}, e.g. delay=60"
-            )
-        return datetime.now(UTC) + timedelta(seconds=delay)
-    if deliver_at is not None:
-        if not isinstance(deliver_at, datetime):
-            raise ConfigError(f"deliver_at must be a datetime, got {deliver_at!r}")
-        if deliver_at.tzinfo is None:
-            raise ConfigError(
-                f"deliver_at {deliver_at.isoformat()} has no time zone: pass an aware "
-                "datetime, e.g. datetime.now(UTC) + timedelta(hours=1)"
-            )
-        return deliver_at.astimezone(UTC)
-    return None
-
-
-def _per_payload_options(
-    options: dict[str, Any],
-) -> Callable[[int, Any], dict[str, Any]]:
-    """Take ``subject``/``key`` functions out of ``options`` (publish_many's); return
-    what gives one payload its own ``subject``/``key`` (the ``i``-th, for errors)."""
-    functions: dict[str, Callable[[Any], Any]] = {}
-    for name, value in list(options.items()):
-        if not callable(value):
-            continue
-        if name not in ("subject", "key"):
-            raise ConfigError(
-                f"publish_many({name}=...) takes one value for every payload, not a "
-                "function; only subject= and key= take a function of the payload"
-            )
-        functions[name] = options.pop(name)
-    for name in ("subject", "key"):
-        value = options.get(name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(
-                f"publish_many({name}=...) takes a string or a function of the payload "
-                f"that returns one, got {type(value).__name__}; e.g. "
-                f"{name}=lambda payload: payload['task_id']"
-            )
-
-    def per_payload(i: int, payload: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, function in functions.items():
-            value = function(payload)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(
-                    f"publish_many({name}=...) returned {value!r} for payload {i}; "
-                    "it must return a string (or None for the default)"
-                )
-            out[name] = value
-        return out
-
-    return per_payload
+U = TypeVar("U", bound=Upcaster)
 
 
 def default_url() -> str:
     return os.environ.get("TIDINGS_URL") or DEFAULT_URL
-
-
-def _check_extension_names(extensions: dict[str, Any]) -> None:
-    bad = [name for name in extensions if _EXTENSION_RE.fullmatch(name) is None]
-    if bad:
-        raise ConfigError(
-            f"extension name(s) {bad} are not valid CloudEvents attribute names: "
-            "use 1 to 20 lower-case letters or digits, e.g. 'tenantid'"
-        )
 
 
 class Tidings:
@@ -163,14 +91,29 @@ class Tidings:
     # -- declarations -------------------------------------------------------
 
     def event(
-        self, type: str, version: int = 1, *, subject: str | None = None, breaking: bool = False
+        self, type: str, version: int = 1, *, subject: str | None = None, **about: Any
     ) -> Callable[[M], M]:
         """Class decorator: register a pydantic model as the payload of ``type``/``version``.
 
         ``subject`` names a field whose value becomes the event's subject (and so its
-        partition key) when none is passed to :meth:`publish`. ``breaking``: a new major
-        version, registered without a compatibility check."""
-        return self.registry.decorator(type, version, subject=subject, breaking=breaking)
+        partition key) when none is passed to :meth:`publish`. ``about``: ``kind``
+        ("event" or "command"), ``owner`` (default: this service), ``description``,
+        ``deprecated``, ``sunset``, ``name_check``, ``breaking`` (a new major version,
+        registered without a compatibility check) (:meth:`Registry.register`).
+        """
+        about.setdefault("owner", self.service)
+        return self.registry.decorator(type, version, subject=subject, **about)
+
+    def command(self, type: str, version: int = 1, **about: Any) -> Callable[[M], M]:
+        """:meth:`event` for a command: a request named in the imperative
+        (``task.assign``), subscribed to by exactly one group."""
+        return self.event(type, version, kind="command", **about)
+
+    def upcaster(self, type: str, from_version: int) -> Callable[[U], U]:
+        """Decorator: a function that turns a ``from_version`` payload (a dict) of
+        ``type`` into the next version's; handlers then get such events as that
+        version (chains compose; decision 0020)."""
+        return self.registry.upcaster(type, from_version)
 
     def topic(
         self,
@@ -345,6 +288,8 @@ class Tidings:
                     f"{contract.type}, not {version}; publish the model of that version"
                 )
             type, version, schema = contract.type, contract.version, contract.schema_uri
+            if contract.deprecated:
+                self.registry.warn_deprecated(contract)
             if subject is None:
                 subject = contract.subject_of(payload)
         elif type is None:
@@ -361,7 +306,7 @@ class Tidings:
         if causation_id is None and scope is not None:
             causation_id = scope.causationid
         if extensions:
-            _check_extension_names(extensions)
+            check_extension_names(extensions)
         # Positional: a third cheaper than by keyword, for every event published.
         return Event(
             type, self.service, payload, event_id, time, subject, SPECVERSION, JSON, schema,
@@ -391,7 +336,7 @@ class Tidings:
         if delay is None and deliver_at is None and self._started:  # publish_events, due now
             await self.transport.append_events(topic, [event], self.max_event_bytes)
         else:
-            await self.publish_events(topic, [event], deliver_at=_due(delay, deliver_at))
+            await self.publish_events(topic, [event], deliver_at=due(delay, deliver_at))
         return event
 
     async def publish_many(
@@ -418,12 +363,12 @@ class Tidings:
         Every event is built and checked before the one append: one bad event, and
         none is published.
         """
-        per_payload = _per_payload_options(options)
+        per_payload = per_payload_options(options)
         events = [
             p if isinstance(p, Event) else self.build(p, **options, **per_payload(i, p))
             for i, p in enumerate(payloads)
         ]
-        await self.publish_events(topic, events, deliver_at=_due(delay, deliver_at))
+        await self.publish_events(topic, events, deliver_at=due(delay, deliver_at))
         return events
 
     async def publish_events(

@@ -295,21 +295,20 @@ def _kafka_key(contract: Contract | None) -> dict[str, Any]:
 
 
 def _about(contract: Contract) -> dict[str, Any]:
-    """What a contract says of itself: its model's docstring, and the fields that later
-    contracts may carry (kind, owner, deprecated, sunset), read where present."""
+    """What a contract says of itself: its description (default: its model's
+    docstring), kind, owner, and whether it is deprecated, until when."""
     out: dict[str, Any] = {}
-    doc = getattr(contract, "description", None) or contract.model.__doc__
-    if doc:
-        text = inspect.cleandoc(doc)
+    if contract.description:
+        text = inspect.cleandoc(contract.description)
         out["summary"] = text.split("\n\n", 1)[0].replace("\n", " ")
         out["description"] = text
-    if getattr(contract, "deprecated", False):
+    if contract.deprecated:
         out["deprecated"] = True
-    out["x-tidings-kind"] = str(getattr(contract, "kind", "event"))
-    for attribute in ("owner", "sunset"):
-        value = getattr(contract, attribute, None)
-        if value is not None:
-            out[f"x-tidings-{attribute}"] = str(value)
+    out["x-tidings-kind"] = contract.kind
+    if contract.owner is not None:
+        out["x-tidings-owner"] = contract.owner
+    if contract.sunset is not None:
+        out["x-tidings-sunset"] = str(contract.sunset)
     if contract.subject is not None:
         out["x-tidings-subject-field"] = contract.subject
     return out

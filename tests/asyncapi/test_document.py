@@ -356,7 +356,7 @@ def test_the_order_documents_pass_the_official_parser(tmp_path: Path, validate: 
     assert_valid(validate(docs))
 
 
-def test_fields_that_later_contracts_carry_are_read_where_present() -> None:
+def test_what_a_contract_says_of_itself_is_shown() -> None:
     from tidings.asyncapi import _about
 
     contract = SimpleNamespace(
