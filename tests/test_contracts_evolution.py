@@ -473,7 +473,8 @@ async def test_no_path_and_a_failing_upcaster_are_dead_letters_with_their_reason
 
 
 async def test_tail_with_upcast_shows_events_at_todays_version(sqlite_url: str) -> None:
-    app = order_app(sqlite_url)
+    # One partition: events of one millisecond on different partitions have no one order.
+    app = order_app(f"{sqlite_url}?partitions=1")
     async with app:
         await publish_versions(app)
         await app.publish(TOPIC, {"order_id": "o-4"}, type="order.placed", version=1)  # bad
@@ -502,7 +503,8 @@ def test_the_tail_command_with_upcast_prints_events_as_the_app_reads_them(
     )
 
     async def seed() -> None:
-        async with order_app(sqlite_url) as app:
+        # One partition: events of one millisecond on different partitions have no one order.
+        async with order_app(f"{sqlite_url}?partitions=1") as app:
             await publish_versions(app)
 
     asyncio.run(seed())
