@@ -14,7 +14,9 @@ import base64
 import binascii
 import dataclasses
 import enum
+import operator
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -38,6 +40,10 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _fromisoformat = datetime.fromisoformat
 _seen_types = seen_types()  # a set lookup first: validate_type is a call
+# The four attributes every event has, in one call (KeyError if one is missing).
+_REQUIRED: Callable[[dict[str, Any]], tuple[Any, Any, Any, Any]] = operator.itemgetter(
+    "specversion", "id", "source", "type"
+)
 
 # Attributes with a fixed meaning; any other top-level member is an extension.
 _KNOWN = frozenset(
@@ -208,10 +214,10 @@ def from_dict(doc: dict[str, Any]) -> Event:
     """Build an Event from a structured-mode JSON object; DecodeError if invalid.
     (For every delivered event: the common case's checks are inline expressions;
     the precise reason is looked for only when one fails.)"""
-    get = doc.get
-    specversion, event_id, source, event_type = (
-        get("specversion"), get("id"), get("source"), get("type")
-    )  # fmt: skip
+    try:
+        specversion, event_id, source, event_type = _REQUIRED(doc)
+    except KeyError:
+        specversion = event_id = source = event_type = None  # _req_str names the missing one
     if not (
         type(specversion) is str and type(event_id) is str and type(source) is str
         and type(event_type) is str and event_id and source
@@ -222,47 +228,76 @@ def from_dict(doc: dict[str, Any]) -> Event:
         _refuse_specversion(specversion)
     if event_type not in _seen_types:
         try:
-            validate_type(cast(str, event_type))
+            validate_type(event_type)
         except InvalidEventType as exc:
             raise DecodeError(f"attribute 'type': {exc}") from None
-    subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key = (
-        get("subject"), get("datacontenttype"), get("dataschema"), get("correlationid"),
-        get("causationid"), get("traceparent"), get("partitionkey"),
-    )  # fmt: skip
-    if not (
-        (subject is None or type(subject) is str)
-        and (datacontenttype is None or type(datacontenttype) is str)
-        and (dataschema is None or type(dataschema) is str)
-        and (correlationid is None or type(correlationid) is str)
-        and (causationid is None or type(causationid) is str)
-        and (traceparent is None or type(traceparent) is str)
-        and (key is None or type(key) is str)
-    ):
-        _refuse_optional(doc)
-    raw_time = get("time")
-    if raw_time is None:  # optional in CloudEvents: the epoch, visibly not a real time
-        when = _EPOCH
+    get = doc.get
+    extra = len(doc) - 7  # members besides the four, time, datacontenttype and data
+    if (
+        "data" in doc and "time" in doc and "datacontenttype" in doc
+        and (extra == 0 or extra == ("correlationid" in doc) + ("causationid" in doc)
+                                    + ("subject" in doc))
+    ):  # fmt: skip
+        # What tidings writes for an event without the rarer attributes (no lookups of
+        # absent ones, no extensions): its causality, and a subject if keyed.
+        datacontenttype, raw_time, data = doc["datacontenttype"], doc["time"], doc["data"]
+        subject, correlationid, causationid = (
+            get("subject"), get("correlationid"), get("causationid")
+        )  # fmt: skip
+        dataschema = traceparent = key = version = None
+        extensions: dict[str, Any] = {}
+        if not (
+            type(datacontenttype) is str
+            and (subject is None or type(subject) is str)
+            and (correlationid is None or type(correlationid) is str)
+            and (causationid is None or type(causationid) is str)
+        ):
+            _refuse_optional(doc)
     else:
-        if type(raw_time) is not str:
-            raise DecodeError(f"attribute 'time' must be an RFC 3339 string, got {raw_time!r:.80}")
-        try:
-            when = _fromisoformat(raw_time)
-        except ValueError:
-            raise DecodeError(f"attribute 'time' is not RFC 3339: {raw_time!r:.80}") from None
-        if when.tzinfo is not UTC:
-            _check_zone(raw_time, when)
-    version = get("dataversion")
-    if version is not None and (type(version) is not int or version < 1):
-        version = _dataversion(version)
-    data: Any = _from_base64(doc["data_base64"]) if "data_base64" in doc else get("data")
-    # Extension names cannot clash with the attributes: those are all in _KNOWN.
-    extensions = {} if _KNOWN.issuperset(doc) else {k: v for k, v in doc.items() if k not in _KNOWN}
-    # Everything Event.__init__ checks is checked above.
+        subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key = (
+            get("subject"), get("datacontenttype"), get("dataschema"), get("correlationid"),
+            get("causationid"), get("traceparent"), get("partitionkey"),
+        )  # fmt: skip
+        if not (
+            (subject is None or type(subject) is str)
+            and (datacontenttype is None or type(datacontenttype) is str)
+            and (dataschema is None or type(dataschema) is str)
+            and (correlationid is None or type(correlationid) is str)
+            and (causationid is None or type(causationid) is str)
+            and (traceparent is None or type(traceparent) is str)
+            and (key is None or type(key) is str)
+        ):
+            _refuse_optional(doc)
+        raw_time = get("time")
+        version = get("dataversion")
+        if version is not None and (type(version) is not int or version < 1):
+            version = _dataversion(version)
+        data = _from_base64(doc["data_base64"]) if "data_base64" in doc else get("data")
+        # Extension names cannot clash with the attributes: those are all in _KNOWN.
+        extensions = (
+            {} if _KNOWN.issuperset(doc) else {k: v for k, v in doc.items() if k not in _KNOWN}
+        )
     return checked_event(
-        cast(str, event_type), cast(str, source), data, cast(str, event_id), when, subject,
-        cast(str, specversion), datacontenttype,
-        dataschema, version, correlationid, causationid, traceparent, key, extensions,
+        event_type, source, data, event_id, _time(raw_time), subject, specversion,
+        datacontenttype, dataschema, version, correlationid, causationid, traceparent, key,
+        extensions,
     )  # fmt: skip
+
+
+def _time(raw_time: Any) -> datetime:
+    """The event's ``time``: RFC 3339 with an offset; absent, the epoch (optional in
+    CloudEvents: visibly not a real time)."""
+    if raw_time is None:
+        return _EPOCH
+    if type(raw_time) is not str:
+        raise DecodeError(f"attribute 'time' must be an RFC 3339 string, got {raw_time!r:.80}")
+    try:
+        when = _fromisoformat(raw_time)
+    except ValueError:
+        raise DecodeError(f"attribute 'time' is not RFC 3339: {raw_time!r:.80}") from None
+    if when.tzinfo is not UTC:
+        _check_zone(raw_time, when)
+    return when
 
 
 def _refuse_specversion(specversion: Any) -> None:
