@@ -305,19 +305,25 @@ class Dispatcher:
         (its context variables, as :meth:`dispatch` has them), with the event as the
         causal scope while its handlers run."""
         stopping, stats, kinds, routes = self.stopping, self.stats, self.runs, self.routes
-        until = time.perf_counter() + RUN_SECONDS
-        token = causal_scope.set(None)
+        first_call, shared_events, set_scope = (
+            self._first_call,
+            self.shared_events,
+            causal_scope.set,
+        )
+        clock = time.perf_counter
+        until = clock() + RUN_SECONDS
+        token = set_scope(None)
         try:
             for n, (record, event) in enumerate(run):
                 key = (record.topic, event.type)
-                if n and (kinds[key] != _LOOP or stopping.is_set() or time.perf_counter() > until):
+                if n and (kinds[key] != _LOOP or stopping.is_set() or clock() > until):
                     return n
                 route = routes[key]
-                shared = self.shared_events or len(route) > 1
-                causal_scope.set(event)
-                for k in range(len(route)):
+                shared = shared_events or len(route) > 1
+                set_scope(event)
+                for k, (sub, _) in enumerate(route):
                     try:
-                        await self._first_call(route[k][0], record, event, shared)
+                        await first_call(sub, record, event, shared)
                     except Exception as exc:  # the chain decides, as for a thread's run
                         await self._resume(record, event, route, k, exc)
                         handled(record)
