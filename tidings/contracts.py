@@ -154,9 +154,10 @@ class Registry:
         than every registered one); a payload that does not match its model raises
         :class:`DecodeError` naming the fields.
         """
-        contract = self.lookup(type, version)
+        # lookup() and knows(), inline: this runs for every handler call.
+        contract = self._latest.get(type) if version is None else self._by_key.get((type, version))
         if contract is None:
-            if self.knows(type):
+            if type in self._latest:
                 raise self._unknown_version(type, version)
             if shared and isinstance(data, dict | list):
                 # A copy of its own for the handler: it may change what it is given, and
