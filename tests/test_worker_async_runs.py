@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from tidings import Context, Inbox, Tidings, Worker
 from tidings.context import current_scope
@@ -173,6 +174,64 @@ async def test_an_async_run_member_that_keeps_failing_is_dead_lettered_as_publis
     assert orjson.loads(entry.value)["data"] == {"seq": 4, "items": []}
     assert worker.stats.dead_lettered == 1
     assert runs == [5, 5]
+
+
+async def test_in_a_sequenced_group_an_async_run_member_dead_lettered_parks_its_key(
+    runs: list[int],
+) -> None:
+    app = make_app()
+    app.group("g", sequenced=True)
+    handled: list[tuple[str, int]] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: Any, ctx: Context) -> None:
+        if (ctx.subject, payload["seq"]) == ("a", 1):
+            raise ValueError("never works")
+        handled.append((ctx.subject or "", payload["seq"]))
+
+    async with app:
+        # One partition: a0 a1 b0 a2 b1, in this order.
+        for key, seq in (("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1)):
+            await app.publish(TOPIC, {"seq": seq}, type="note.added", subject=key)
+        once = default_middleware(Retry(max_attempts=1))
+        async with running(app, middleware=once) as worker:
+            await eventually(lambda: len(handled) == 3, what="a0, b0, b1")
+            await eventually(lambda: worker.stats.parked == 1, what="a2 parked")
+        log = await open_log(app.transport, "g")
+        reasons = sorted((e.offset, e.reason) for e, _ in log.listing())
+    assert handled == [("a", 0), ("b", 0), ("b", 1)]
+    assert reasons == [(1, "failed"), (3, "parked")]
+    assert runs[0] == 2  # a0, then a1 failed: the run ended there
+
+
+async def test_a_payload_not_matching_its_model_in_an_async_run_is_dead_lettered_at_once(
+    runs: list[int],
+) -> None:
+    app = make_app()
+
+    class Note(BaseModel):
+        seq: int
+
+    app.event("note.typed")(Note)
+    seen: list[int] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def handle(payload: Note) -> None:
+        seen.append(payload.seq)
+
+    async with app:
+        for i in range(5):
+            value = {"wrong": "shape"} if i == 2 else {"seq": i}
+            await app.publish(TOPIC, value, type="note.typed", subject="k")
+        async with running(app) as worker:
+            await eventually(lambda: worker.stats.handled == 5, what="5 taken")
+        log = await open_log(app.transport, "g")
+        ((entry, _),) = log.listing()
+    assert seen == [0, 1, 3, 4]
+    assert (entry.offset, entry.reason, entry.attempts) == (2, "poison", 1)
+    assert worker.stats.undecodable == 1
+    assert worker.stats.failed_attempts == 0  # never retried
+    assert runs == [3, 2]
 
 
 async def test_a_stop_in_the_middle_of_an_async_run_commits_what_was_handled_and_no_more(
