@@ -1,4 +1,4 @@
-"""The three contestants of ``bench/bench_kafka.py``, each behind one small face.
+"""The contestants of ``bench/bench_kafka.py``, each behind one small face.
 
 - ``tidings``: a ``Tidings("kafka://...")`` app; ``publish_many``/``publish`` of a
   registered pydantic model; ``@app.subscriber`` handlers run by a ``Worker``.
@@ -15,6 +15,10 @@
 - ``raw_prebuilt`` (informational): the same client sending tidings' very records,
   built before the clock starts, and a consumer that reads no header: what the client
   alone can do, the baseline of the runs before 2026-12 (docs/benchmarks.md).
+- ``aiokafka``: aiokafka at its defaults (acks=1, no idempotence, linger 0), records
+  made by hand as the raw client's, a commit after each handled batch; and
+  ``aiokafka_all``, its producer with acks=all and tidings' linger (2 ms), still not
+  idempotent (its idempotent producer fails on Tansu): the client users compare with.
 - ``faststream``: ``faststream.kafka.KafkaBroker`` (aiokafka), as its documentation
   shows it: pydantic model messages, ``@broker.subscriber(..., ack_policy=AckPolicy.ACK)``
   (commit after the handler returns), ``broker.publish``. aiokafka's idempotent
@@ -205,6 +209,111 @@ class RawContestant(RawClient):
             await send(topic, key, value, partition, headers)
             for key, value, headers, partition in self.records(chunk)
         ]
+        await asyncio.gather(*waits)
+
+
+# -- aiokafka -------------------------------------------------------------------------
+
+
+class AiokafkaContestant(RawClient):
+    """aiokafka (0.14) as its users write it: ``AIOKafkaProducer.send`` of records made
+    by hand (as the raw client's: the model's JSON, a ``ce_*`` header per attribute;
+    aiokafka's default partitioner, murmur2 as tidings'), and per group an
+    ``AIOKafkaConsumer`` whose ``getmany`` batches are handled (the ``ce_type`` read,
+    the model validated) and then committed, as the raw loop does.
+
+    ``producer`` holds the producer's settings; none (the default contestant) is
+    aiokafka's defaults: acks=1, no idempotence, linger 0, no compression. Its
+    idempotent producer cannot be measured here: InitProducerId fails on Tansu
+    (UnknownError, checked again 2026-12-07). The consumer takes every contestant's
+    fetch wait (10 ms: Tansu answers a waiting fetch only when it runs out) and session
+    timeout; the rest is aiokafka's defaults, but for commits: after handling, not
+    aiokafka's auto-commit every 5 s, which commits what was not handled yet."""
+
+    name = "aiokafka"
+
+    def __init__(
+        self,
+        bootstrap: str,
+        session_timeout_ms: int,
+        heartbeat_ms: int,
+        *,
+        name: str = "aiokafka",
+        producer: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.bootstrap = bootstrap
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_ms = heartbeat_ms
+        self.settings = producer or {}
+        self.producer: Any = None
+
+    hand_made = staticmethod(hand_record)
+    tidings_made = staticmethod(kafka_record)
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, topic: str, groups: Sequence[str], tally: Tally | None
+    ) -> AsyncIterator[list[asyncio.Task[Any]]]:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **self.settings)
+        await self.producer.start()
+        consumers: list[Any] = []
+        tasks: list[asyncio.Task[Any]] = []
+        stop = asyncio.Event()
+        try:
+            for group in groups:
+                assert tally is not None
+                consumer = AIOKafkaConsumer(
+                    topic,
+                    bootstrap_servers=self.bootstrap,
+                    group_id=group,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    fetch_max_wait_ms=10,
+                    session_timeout_ms=self.session_timeout_ms,
+                    heartbeat_interval_ms=self.heartbeat_ms,
+                )
+                consumers.append(consumer)
+                await consumer.start()
+                tasks.append(asyncio.ensure_future(self._consume(consumer, group, tally, stop)))
+            yield tasks
+        finally:
+            stop.set()
+            if tasks:
+                await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+            for consumer in consumers:
+                await consumer.stop()
+            await self.producer.stop()
+            self.producer = None
+
+    @staticmethod
+    async def _consume(consumer: Any, group: str, tally: Tally, stop: asyncio.Event) -> None:
+        from aiokafka import TopicPartition
+
+        handle = handler(tally, group)
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=int(FETCH_SECONDS * 1000),
+                                             max_records=MAX_RECORDS)  # fmt: skip
+            if not batches:
+                continue
+            offsets = {}
+            for tp, records in batches.items():
+                for r in records:
+                    if dict(r.headers or ()).get("ce_type") == TYPE:
+                        await handle(Ticked.model_validate_json(r.value))
+                offsets[TopicPartition(tp.topic, tp.partition)] = records[-1].offset + 1
+            await consumer.commit(offsets)
+
+    async def send_chunk(self, topic: str, chunk: Any) -> None:
+        send = self.producer.send
+        waits = [
+            await send(topic, value, key=key, headers=headers,
+                       partition=None if partition == UNASSIGNED else partition)
+            for key, value, headers, partition in self.records(chunk)
+        ]  # fmt: skip
         await asyncio.gather(*waits)
 
 

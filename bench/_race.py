@@ -65,18 +65,22 @@ class Race:
     created by ``create_topic(name)`` before each measurement; ``baselines`` says what
     ``raw`` and ``faststream`` are; ``extras`` (name -> label) are informational
     contestants measured on the e2e figures, after the others; those in ``publishers``
-    on the publish figure too."""
+    on the publish figure too, those in ``publish_only`` on the publish figure alone
+    (e.g. other producer settings)."""
 
     prefix: str
     create_topic: Callable[[str], Awaitable[Any]]
     baselines: Mapping[str, str]
     extras: Mapping[str, str] = field(default_factory=dict)
     publishers: frozenset[str] = frozenset()
+    publish_only: frozenset[str] = frozenset()
 
     def measures(self, who: str, figure: str) -> bool:
         """Whether contestant ``who`` is measured on ``figure``."""
         if who not in self.extras:
             return True
+        if who in self.publish_only:
+            return figure == "publish"
         return figure.startswith("e2e") or (figure == "publish" and who in self.publishers)
 
 
@@ -150,6 +154,8 @@ async def run_round(
             log(f"  publish {who}: {got:,.0f} events/s")
     for figure, groups in (("e2e_one_group", 1), ("e2e_three_groups", 3)):
         for who in names:
+            if not race.measures(who, figure):
+                continue
             c = contestants[who]
             t = await topic(f"e2e{groups}", who)
             gs = [f"{t}-g{i}" for i in range(groups)]

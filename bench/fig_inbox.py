@@ -4,12 +4,14 @@ handling, measured in the same run on the same log.
 Every run pre-publishes the events to a fresh SQLite log, starts a Worker and times it
 from its start to the completion of the n-th delivery (counted by an outermost
 middleware, so that an inbox's commit is inside the time). The inbox's marks go to
-another SQLite file, opened from a URL (WAL, ``synchronous=FULL``: one fsync per
-handled event, as an application database would). Variants:
+another SQLite file, opened from a URL (WAL, ``synchronous=FULL``: an fsync per
+commit, as an application database would). Variants:
 
-- ``ids``: a handler without a database (the inbox as a durable store of ids);
+- ``ids``: a handler without a database (the inbox as a durable store of ids; marks of
+  deliveries finishing together share a transaction);
 - ``session``: a handler that writes one row through ``ctx.session``, committed with
-  the mark;
+  the mark, a lane's run of events in one transaction (``Inbox(batch=...)``, decision
+  0014);
 
 each with an ``async def`` handler (AsyncSession, aiosqlite) and a plain ``def``
 handler (Session, run in threads). The baseline is the same handler without an inbox,
@@ -31,7 +33,7 @@ import sqlalchemy as sa
 from bench._common import EVENT_TYPE, TOPIC, Deadline, Figure, cpu_probe, log, median, payload
 from bench._setup import LOOP_SECONDS, Config, Workdir, new_app
 from tidings import Context, Worker
-from tidings.inbox import Inbox
+from tidings.inbox import DEFAULT_BATCH, Inbox
 from tidings.middleware import Delivery, Middleware, Next, default_middleware
 from tidings.middleware.inbox import InboxMiddleware
 
@@ -184,7 +186,8 @@ async def fig_inbox(cfg: Config, work: Workdir) -> list[Figure]:
         "events": n,
         "rounds": rounds,
         "log_synchronous": cfg.synchronous,
-        "inbox": "SQLite file from a URL: WAL, synchronous=FULL, one transaction per event",
+        "inbox": "SQLite file from a URL: WAL, synchronous=FULL; with a session, a "
+        f"lane's run of events per transaction (Inbox(batch={DEFAULT_BATCH}))",
         "cpu_probe_ns": probes,
     }
     what = {

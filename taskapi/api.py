@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from taskapi.api_models import ASSIGNEE_PATTERN, Detail, TaskCreate, TaskList, TaskOut, TaskPatch
 from taskapi.db import Status, create_schema, make_engine
-from taskapi.events import TOPIC, register
+from taskapi.events import API_TYPES, TOPIC, register
 from taskapi.net import ListenError, Server, listen
 from taskapi.net import port as port_number
 from taskapi.settings import Settings
@@ -69,6 +69,7 @@ def create_app(settings: Settings, *, events: bool = True, relay: bool = True) -
     outbox: Outbox | None = None
     if events:
         tidings = register(Tidings(settings.tidings_url, service="taskapi"))
+        tidings.publishes(TOPIC, API_TYPES)  # for its AsyncAPI document
         outbox = Outbox(tidings, engine, topic=TOPIC)
     store = TaskStore(engine, outbox)
 

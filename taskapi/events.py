@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from tidings import Tidings
 
 __all__ = [
+    "API_TYPES",
     "TOPIC",
     "TYPES",
     "Priority",
@@ -101,6 +102,9 @@ TYPES: dict[str, type[_Payload]] = {
     "task.deleted": TaskDeleted,
     "task.reminder_due": ReminderDue,
 }
+
+# What the API publishes (through its outbox); the reminders service publishes the rest.
+API_TYPES = ("task.created", "task.updated", "task.assigned", "task.completed", "task.deleted")
 
 
 def register(app: Tidings) -> Tidings:

@@ -27,6 +27,7 @@ from tidings import (
     decode,
 )
 from tidings.context import Scope
+from tidings.schema.registry import SCHEMAS_TOPIC
 from tidings.testing import running
 from tidings.transport import Transport
 from tidings.transports.memory import MemoryTransport
@@ -416,8 +417,8 @@ async def test_publish_many_appends_in_one_batch(monkeypatch: pytest.MonkeyPatch
         calls.append(len(records))
         return await append(topic, records)
 
-    monkeypatch.setattr(app.transport, "append", counting_append)
-    async with app:
+    async with app:  # (its start registers the app's schemas: an append of its own)
+        monkeypatch.setattr(app.transport, "append", counting_append)
         events = await app.publish_many(
             TOPIC,
             [app.TaskCreated(task_id=f"t{i}", title="x") for i in range(50)],  # type: ignore[attr-defined]
@@ -447,8 +448,8 @@ async def test_publish_many_of_nothing_appends_nothing(monkeypatch: pytest.Monke
     async def no_append(topic: str, records: Any) -> Any:
         raise AssertionError("append called")
 
-    monkeypatch.setattr(app.transport, "append", no_append)
-    async with app:
+    async with app:  # (its start registers the app's schemas: an append of its own)
+        monkeypatch.setattr(app.transport, "append", no_append)
         assert await app.publish_many(TOPIC, []) == []
 
 
@@ -538,9 +539,9 @@ async def test_publish_many_refuses_bad_subjects_and_keys_and_publishes_nothing(
     async def no_append(topic: str, records: Any) -> Any:
         raise AssertionError("append called")
 
-    monkeypatch.setattr(app.transport, "append", no_append)
     payloads = [{"n": "1"}, {"n": 2}] if "subject" in options else [{"n": 1}, {"n": 2}]
-    async with app:
+    async with app:  # (its start registers the app's schemas: an append of its own)
+        monkeypatch.setattr(app.transport, "append", no_append)
         with pytest.raises(ConfigError, match=message):
             await app.publish_many(TOPIC, payloads, type="task.x_y", **options)
 
@@ -652,7 +653,7 @@ async def test_declared_topics_are_created_on_start() -> None:
     app = make_app()
     app.topic("audit-events", partitions=3)
     async with app:
-        (info,) = await app.transport.topics()
+        (info,) = [t for t in await app.transport.topics() if t.name != SCHEMAS_TOPIC]
     assert info.name == "audit-events"
     assert len(info.partitions) == 3
 
@@ -761,3 +762,18 @@ def test_a_service_name_with_spaces_is_refused() -> None:
     with pytest.raises(ConfigError, match="without spaces"):
         Tidings("memory://", service="task api")
     assert Tidings("memory://", service="/services/task-api").service == "/services/task-api"
+
+
+def test_publishes_declares_types_per_topic_and_checks_them() -> None:
+    app = Tidings("memory://", service="s")
+    app.publishes("orders", ["order.placed"])
+    app.publishes("orders", "order.cancelled")  # one type alone
+    app.publishes("invoices", ("invoice.sent",))
+    assert app.published == {
+        "orders": {"order.placed", "order.cancelled"},
+        "invoices": {"invoice.sent"},
+    }
+    with pytest.raises(InvalidEventType, match="event type 'Placed'"):
+        app.publishes("orders", ["Placed"])
+    with pytest.raises(ConfigError, match="topic name 'a b'"):
+        app.publishes("a b", ["order.placed"])

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "contracts and declarations",
         (
             "tidings.contracts",
+            "tidings.naming",
             "tidings.schema",
             "tidings.subscriber",
             "tidings.stats",
@@ -35,11 +36,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("dead letters", ("tidings.dead_letters",)),
     ("outbox, inbox, scheduler", ("tidings.outbox", "tidings.inbox", "tidings.scheduler")),
     ("middleware", ("tidings.middleware",)),
-    ("app", ("tidings.app",)),
+    ("app", ("tidings.app", "tidings.publish_options")),
     ("worker", ("tidings.worker",)),
     (
         "operating and edges",
-        ("tidings.admin", "tidings.tail", "tidings.asgi", "tidings.testing", "tidings.cli"),
+        (
+            "tidings.admin",
+            "tidings.tail",
+            "tidings.asgi",
+            "tidings.testing",
+            "tidings.asyncapi",
+            "tidings.cli",
+        ),
     ),
     ("the package", ("tidings", "tidings.__main__")),
 ]

@@ -617,8 +617,8 @@ async def test_publish_many_with_one_bad_event_publishes_none(
         appended.append(len(records))
         return await append(topic, records)
 
-    monkeypatch.setattr(app.transport, "append", counting_append)
-    async with app:
+    async with app:  # (its start registers the app's schemas: an append of its own)
+        monkeypatch.setattr(app.transport, "append", counting_append)
         with pytest.raises(EventError):
             await app.publish_many(TOPIC, [{"n": 1}, {"n": 2}, bad, {"n": 4}], type="task.created")
         # A ready-made event with a bad attribute among good ones: the same.

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
 import os
-import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -15,11 +13,13 @@ from pydantic import BaseModel
 
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, encode
 from tidings.context import current_scope
-from tidings.contracts import Registry
+from tidings.contracts import Registry, Upcaster
 from tidings.envelope import JSON, SPECVERSION, Event, new_id, validate_type
 from tidings.errors import ConfigError
 from tidings.middleware.retry import Retry
-from tidings.subscriber import Component, GroupSettings, Subscriber
+from tidings.publish_options import check_extension_names, due, per_payload_options
+from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
+from tidings.subscriber import Component, GroupSettings, Subscriber, handler_shape
 from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
 from tidings.transports import open_transport
 
@@ -30,110 +30,14 @@ __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
 
 DEFAULT_URL = "sqlite:///./tidings.db"
 """The log without ``$TIDINGS_URL`` or a URL: one SQLite file in the current folder."""
-_EXTENSION_RE = re.compile(r"[a-z0-9]{1,20}")
 
 H = TypeVar("H", bound=Callable[..., Any])
 M = TypeVar("M", bound=type[BaseModel])
-
-
-def _due(delay: float | timedelta | None, deliver_at: datetime | None) -> datetime | None:
-    """The aware UTC time an event is due, from ``delay`` or ``deliver_at``."""
-    if delay is not None and deliver_at is not None:
-        raise ConfigError("pass delay=... or deliver_at=..., not both")
-    if delay is not None:
-        if isinstance(delay, timedelta):
-            delay = delay.total_seconds()
-        if not isinstance(delay, int | float) or delay < 0 or delay != delay:
-            raise ConfigError(
-                f"delay must be seconds >= 0 or a timedelta, got {delay!r}, e.g. delay=60"
-            )
-        return datetime.now(UTC) + timedelta(seconds=delay)
-    if deliver_at is not None:
-        if not isinstance(deliver_at, datetime):
-            raise ConfigError(f"deliver_at must be a datetime, got {deliver_at!r}")
-        if deliver_at.tzinfo is None:
-            raise ConfigError(
-                f"deliver_at {deliver_at.isoformat()} has no time zone: pass an aware "
-                "datetime, e.g. datetime.now(UTC) + timedelta(hours=1)"
-            )
-        return deliver_at.astimezone(UTC)
-    return None
-
-
-def _per_payload_options(
-    options: dict[str, Any],
-) -> Callable[[int, Any], dict[str, Any]]:
-    """Take ``subject``/``key`` functions out of ``options`` (publish_many's); return
-    what gives one payload its own ``subject``/``key`` (the ``i``-th, for errors)."""
-    functions: dict[str, Callable[[Any], Any]] = {}
-    for name, value in list(options.items()):
-        if not callable(value):
-            continue
-        if name not in ("subject", "key"):
-            raise ConfigError(
-                f"publish_many({name}=...) takes one value for every payload, not a "
-                "function; only subject= and key= take a function of the payload"
-            )
-        functions[name] = options.pop(name)
-    for name in ("subject", "key"):
-        value = options.get(name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(
-                f"publish_many({name}=...) takes a string or a function of the payload "
-                f"that returns one, got {type(value).__name__}; e.g. "
-                f"{name}=lambda payload: payload['task_id']"
-            )
-
-    def per_payload(i: int, payload: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, function in functions.items():
-            value = function(payload)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(
-                    f"publish_many({name}=...) returned {value!r} for payload {i}; "
-                    "it must return a string (or None for the default)"
-                )
-            out[name] = value
-        return out
-
-    return per_payload
+U = TypeVar("U", bound=Upcaster)
 
 
 def default_url() -> str:
     return os.environ.get("TIDINGS_URL") or DEFAULT_URL
-
-
-def _check_extension_names(extensions: dict[str, Any]) -> None:
-    bad = [name for name in extensions if _EXTENSION_RE.fullmatch(name) is None]
-    if bad:
-        raise ConfigError(
-            f"extension name(s) {bad} are not valid CloudEvents attribute names: "
-            "use 1 to 20 lower-case letters or digits, e.g. 'tenantid'"
-        )
-
-
-def _positional_parameters(handler: Callable[..., Any]) -> int:
-    """How many positional parameters ``handler`` takes: 1 (payload) or 2 (and ctx)."""
-    params = [
-        p
-        for p in inspect.signature(handler).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if not 1 <= len(params) <= 2:
-        raise ConfigError(
-            f"handler {handler.__qualname__} must take (payload) or (payload, ctx), "
-            f"it takes {len(params)} positional parameters"
-        )
-    return len(params)
-
-
-def _is_async(handler: Callable[..., Any]) -> bool:
-    """Whether calling ``handler`` gives a coroutine (functions, and objects whose
-    ``__call__`` is async)."""
-    if inspect.iscoroutinefunction(handler):
-        return True
-    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method, not callable()
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 class Tidings:
@@ -143,6 +47,8 @@ class Tidings:
     becomes the CloudEvents ``source`` of everything it publishes. ``scheduler`` is the
     database where delayed events wait (a SQLAlchemy URL or Engine); default
     ``$TIDINGS_SCHEDULER_URL``, else, on the SQLite log, a table in the log's own file.
+    ``schemas``: at start, ``"register"`` the contracts in the log's schema registry, only
+    ``"check"`` them, or ``"off"``; a break refuses the start (``SchemaIncompatible``).
     """
 
     def __init__(
@@ -153,6 +59,7 @@ class Tidings:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         transport: Transport | None = None,
         scheduler: Any = None,
+        schemas: str = "register",
     ) -> None:
         if not service or not isinstance(service, str):
             raise ConfigError("Tidings(service=...) needs the name of this service, e.g. 'taskapi'")
@@ -162,6 +69,7 @@ class Tidings:
                 f"Tidings(service={service!r}): use a name without spaces, e.g. 'task-api' "
                 "or a URI such as '/services/task-api'"
             )
+        check_schemas_setting(schemas)
         if max_event_bytes < 1024:
             raise ConfigError(f"max_event_bytes must be at least 1024, got {max_event_bytes}")
         self.url = url or (transport.url if transport else default_url())
@@ -169,8 +77,11 @@ class Tidings:
         self.max_event_bytes = max_event_bytes
         self.transport = transport or open_transport(self.url)
         self.registry = Registry()
+        self.schemas = schemas
+        self.schema_registry = SchemaRegistry(self.transport)
         self.subscribers: list[Subscriber] = []
         self._topics: dict[str, dict[str, Any]] = {}
+        self.published: dict[str, set[str]] = {}  # topic -> the types declared published there
         self._groups: dict[str, GroupSettings] = {}
         self.components: list[Component] = []
         self._scheduler_db = scheduler
@@ -179,13 +90,30 @@ class Tidings:
 
     # -- declarations -------------------------------------------------------
 
-    def event(self, type: str, version: int = 1, *, subject: str | None = None) -> Callable[[M], M]:
+    def event(
+        self, type: str, version: int = 1, *, subject: str | None = None, **about: Any
+    ) -> Callable[[M], M]:
         """Class decorator: register a pydantic model as the payload of ``type``/``version``.
 
         ``subject`` names a field whose value becomes the event's subject (and so its
-        partition key) when none is passed to :meth:`publish`.
+        partition key) when none is passed to :meth:`publish`. ``about``: ``kind``
+        ("event" or "command"), ``owner`` (default: this service), ``description``,
+        ``deprecated``, ``sunset``, ``name_check``, ``breaking`` (a new major version,
+        registered without a compatibility check) (:meth:`Registry.register`).
         """
-        return self.registry.decorator(type, version, subject=subject)
+        about.setdefault("owner", self.service)
+        return self.registry.decorator(type, version, subject=subject, **about)
+
+    def command(self, type: str, version: int = 1, **about: Any) -> Callable[[M], M]:
+        """:meth:`event` for a command: a request named in the imperative
+        (``task.assign``), subscribed to by exactly one group."""
+        return self.event(type, version, kind="command", **about)
+
+    def upcaster(self, type: str, from_version: int) -> Callable[[U], U]:
+        """Decorator: a function that turns a ``from_version`` payload (a dict) of
+        ``type`` into the next version's; handlers then get such events as that
+        version (chains compose; decision 0020)."""
+        return self.registry.upcaster(type, from_version)
 
     def topic(
         self,
@@ -208,6 +136,18 @@ class Tidings:
         }
         if keep_unread:
             self._topics[name]["keep_unread"] = True
+
+    def topic_settings(self) -> dict[str, dict[str, Any]]:
+        """The declared topics' settings (those given to :meth:`topic`), by name."""
+        return {name: dict(settings) for name, settings in self._topics.items()}
+
+    def publishes(self, topic: str, types: Iterable[str]) -> None:
+        """Declare that this app publishes events of ``types`` on ``topic`` (kept in
+        :attr:`published`): the send operations of its AsyncAPI document
+        (:func:`tidings.asyncapi.document`). Publishing is not limited to them."""
+        check_topic_name(topic)
+        types = [types] if isinstance(types, str) else types
+        self.published.setdefault(topic, set()).update(validate_type(t) for t in types)
 
     def group(self, name: str, *, sequenced: bool = False) -> None:
         """Settings of group ``name``; see :class:`GroupSettings`."""
@@ -249,7 +189,7 @@ class Tidings:
         wanted = None if types is None else frozenset(validate_type(t) for t in types)
 
         def wrap(handler: H) -> H:
-            params = _positional_parameters(handler)
+            takes_context, is_async = handler_shape(handler)
             for other in self.subscribers:
                 if other.group == group and other.start_from != start_from:
                     raise ConfigError(
@@ -262,8 +202,8 @@ class Tidings:
                 handler=handler,
                 types=wanted,
                 start_from=start_from,
-                is_async=_is_async(handler),
-                takes_context=params == 2,
+                is_async=is_async,
+                takes_context=takes_context,
                 retry=retry,
                 inbox=inbox,
             )
@@ -286,8 +226,14 @@ class Tidings:
         self._started += 1
         if self._started == 1:
             await self.transport.start()
-            for name, settings in self._topics.items():
-                await self.transport.create_topic(name, **settings)
+            try:
+                for name, settings in self._topics.items():
+                    await self.transport.create_topic(name, **settings)
+                await at_start(self.schema_registry, self.registry, self.service, self.schemas)
+            except BaseException:
+                self._started = 0
+                await self.transport.close()
+                raise
 
     async def close(self) -> None:
         self._started = max(self._started - 1, 0)
@@ -342,6 +288,8 @@ class Tidings:
                     f"{contract.type}, not {version}; publish the model of that version"
                 )
             type, version, schema = contract.type, contract.version, contract.schema_uri
+            if contract.deprecated:
+                self.registry.warn_deprecated(contract)
             if subject is None:
                 subject = contract.subject_of(payload)
         elif type is None:
@@ -358,7 +306,7 @@ class Tidings:
         if causation_id is None and scope is not None:
             causation_id = scope.causationid
         if extensions:
-            _check_extension_names(extensions)
+            check_extension_names(extensions)
         # Positional: a third cheaper than by keyword, for every event published.
         return Event(
             type, self.service, payload, event_id, time, subject, SPECVERSION, JSON, schema,
@@ -388,7 +336,7 @@ class Tidings:
         if delay is None and deliver_at is None and self._started:  # publish_events, due now
             await self.transport.append_events(topic, [event], self.max_event_bytes)
         else:
-            await self.publish_events(topic, [event], deliver_at=_due(delay, deliver_at))
+            await self.publish_events(topic, [event], deliver_at=due(delay, deliver_at))
         return event
 
     async def publish_many(
@@ -415,12 +363,12 @@ class Tidings:
         Every event is built and checked before the one append: one bad event, and
         none is published.
         """
-        per_payload = _per_payload_options(options)
+        per_payload = per_payload_options(options)
         events = [
             p if isinstance(p, Event) else self.build(p, **options, **per_payload(i, p))
             for i, p in enumerate(payloads)
         ]
-        await self.publish_events(topic, events, deliver_at=_due(delay, deliver_at))
+        await self.publish_events(topic, events, deliver_at=due(delay, deliver_at))
         return events
 
     async def publish_events(

@@ -68,6 +68,7 @@ class Context:
         "group",
         "offset",
         "partition",
+        "read_version",
         "session",
         "topic",
     )
@@ -84,6 +85,7 @@ class Context:
         attempt: int = 1,
         loop: asyncio.AbstractEventLoop | None = None,
         session: Any = None,
+        read_version: int | None = None,
     ) -> None:
         self._app = app
         self._loop = loop or asyncio.get_running_loop()
@@ -96,6 +98,9 @@ class Context:
         # With an inbox on a database: the SQLAlchemy session whose transaction holds
         # the inbox mark; what the handler writes through it commits with the mark.
         self.session = session
+        # The version of the payload the handler got: the event's own dataversion
+        # (``event.dataversion``, as written), or the one its upcasters lead to.
+        self.read_version = event.dataversion if read_version is None else read_version
 
     @property
     def id(self) -> str:

@@ -21,6 +21,8 @@ Importable from ``tidings.errors`` only (catch their parents):
   ``DecodeError``);
 - :class:`UnsupportedVersion`: an ``UnknownEventType`` whose ``dataversion`` is newer
   than every registered model of its type;
+- :class:`SchemaIncompatible`: a ``ConfigError``, an app's payload contracts break
+  the schema registry (its message is the report ``tidings schema check`` prints);
 - :class:`RecordRejected`: a ``TransportError``, the log refused a record for good;
 - :class:`ConsumerDead`: a ``TransportError``, a consumer cannot go on;
 - :class:`RetriesExhausted`: a ``TidingsError``, a handler failed and its retry policy
@@ -44,6 +46,7 @@ __all__ = [
     "RecordRejected",
     "RecordTooLarge",
     "RetriesExhausted",
+    "SchemaIncompatible",
     "TidingsError",
     "TopicNotFound",
     "TransportError",
@@ -58,6 +61,16 @@ class TidingsError(Exception):
 
 class ConfigError(TidingsError, ValueError):
     """A URL, option or registration is wrong; the message names it and a fix."""
+
+
+class SchemaIncompatible(ConfigError):
+    """An app's payload contracts break the schema registry: a new version incompatible
+    under its type's mode, or a registered version offered with another schema. The
+    message is the report ``tidings schema check`` prints; ``report`` holds it alone."""
+
+    def __init__(self, report: str) -> None:
+        self.report = report
+        super().__init__(report)
 
 
 class EventError(TidingsError, ValueError):

@@ -7,13 +7,15 @@ but the transport protocol's names.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tidings.errors import ConfigError
 from tidings.transport import StartFrom
 
-__all__ = ["Component", "GroupSettings", "RetryPolicy", "Subscriber"]
+__all__ = ["Component", "GroupSettings", "RetryPolicy", "Subscriber", "handler_shape"]
 
 
 class RetryPolicy(Protocol):
@@ -55,6 +57,26 @@ class Subscriber:
 
     def wants(self, event_type: str) -> bool:
         return self.types is None or event_type in self.types
+
+
+def handler_shape(handler: Callable[..., Any]) -> tuple[bool, bool]:
+    """Whether ``handler`` takes a context besides the payload, and whether calling it
+    gives a coroutine (a function, or an object whose ``__call__`` is async)."""
+    params = [
+        p
+        for p in inspect.signature(handler).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not 1 <= len(params) <= 2:
+        raise ConfigError(
+            f"handler {handler.__qualname__} must take (payload) or (payload, ctx), "
+            f"it takes {len(params)} positional parameters"
+        )
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the method, not callable()
+    is_async = inspect.iscoroutinefunction(handler) or (
+        call is not None and inspect.iscoroutinefunction(call)
+    )
+    return len(params) == 2, is_async
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from tidings.admin import topic_info
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
+from tidings.contracts import Registry
 from tidings.envelope import Event, validate_type
-from tidings.errors import DecodeError
+from tidings.errors import DecodeError, EventError
 from tidings.transport import Record, Transport
 
 __all__ = ["TailEntry", "TailFilter", "tail"]
@@ -39,11 +40,13 @@ class TailFilter:
 
 @dataclass(frozen=True, slots=True)
 class TailEntry:
-    """One record seen by :func:`tail`: its event, or why it cannot be decoded."""
+    """One record seen by :func:`tail`: its event, or why it cannot be decoded;
+    ``upcast_from``: the version it was written as, if upcast to a later one."""
 
     record: Record
     event: Event | None
     error: str | None = None
+    upcast_from: int | None = None
 
 
 async def tail(
@@ -57,13 +60,16 @@ async def tail(
     stop: asyncio.Event | None = None,
     page: int = 500,
     poll: float = 1.0,
+    upcast: Registry | None = None,
 ) -> AsyncGenerator[TailEntry, None]:
     """The records of every partition of ``topic`` from ``start`` (default: earliest),
     outside any group, in append order (timestamp, then partition and offset).
 
     Yields matching events, and every undecodable record (with ``error``; those do not
     count towards ``limit``). Without ``follow`` it ends at the end offsets it found on
-    starting; with it, it waits for new records until ``stop`` is set.
+    starting; with it, it waits for new records until ``stop`` is set. With ``upcast``
+    (an app's registry), an event its upcasters read as a later version is shown as
+    that version, decoded as a handler gets it (an error if that fails).
     """
     info = await topic_info(transport, topic)
     where = where or TailFilter()
@@ -77,6 +83,8 @@ async def tail(
                 if stop is not None and stop.is_set():
                     return
                 entry = _decoded(record)
+                if upcast is not None and entry.event is not None:
+                    entry = _upcast(entry, entry.event, upcast)
                 if entry.event is not None and not where.matches(entry.event):
                     continue
                 yield entry
@@ -98,6 +106,23 @@ def _decoded(record: Record) -> TailEntry:
     except DecodeError as exc:
         return TailEntry(record, None, str(exc))
     return TailEntry(record, event)
+
+
+def _upcast(entry: TailEntry, event: Event, registry: Registry) -> TailEntry:
+    """``entry`` at the version ``registry``'s upcasters lead its event to."""
+    written = event.dataversion
+    read = registry.read_version(event.type, written)
+    if read == written:
+        return entry
+    try:
+        payload = registry.decode_payload(event.type, written, event.data)
+    except EventError as exc:
+        return TailEntry(entry.record, None, f"cannot be upcast: {exc}")
+    contract = registry.lookup(event.type, read)
+    data = payload.model_dump(mode="json")
+    schema = contract.schema_uri if contract is not None else None
+    changed = event.with_(data=data, dataversion=read, dataschema=schema)
+    return TailEntry(entry.record, changed, upcast_from=written)
 
 
 async def _merged(

@@ -189,6 +189,7 @@ class Clock:
 
 def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     app = base_app("reminders", settings)
+    app.publishes(TOPIC, ["task.reminder_due"])  # for its AsyncAPI document
     engine = make_engine(settings.state_db("reminders"))
     stack.callback(engine.dispose)
     metadata.create_all(engine)

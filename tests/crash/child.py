@@ -21,7 +21,9 @@ Modes:
   outbox relay beside it. Kill points: ``--kill-at-commit-after K`` (at the first
   offset commit once K handlers have returned: effects committed, offsets not),
   ``--kill-in-handler N`` (inside the N-th handler call, after its effect was written
-  and before its transaction committed), ``--kill-dlq-write M --dlq-kill-when
+  and before its lane's batch committed), ``--kill-after-batch-commit B`` (right
+  after the inbox's B-th batch commit: a lane's effects and marks committed, their
+  offsets not), ``--kill-dlq-write M --dlq-kill-when
   after|before`` (right after, or right before, the M-th append to the group's
   dead-letter topic: a dead letter, or after a replay a ``resolved`` mark).
 - ``replay DIR [--kill-after-retry-append K] [--batch B]``: ``tidings dlq replay`` of
@@ -29,7 +31,8 @@ Modes:
   returned, before the ``replayed`` mark of that batch.
 
 No kill point needs a hook in tidings: the child wraps the method at that point (the
-transport's ``append``, the SQLite consumer's ``commit``) or kills itself in its own
+transport's ``append``, the SQLite consumer's ``commit``, the inbox batch's ``commit``)
+or kills itself in its own
 handler. Every handler call appends one line to ``attempts.txt`` (``O_APPEND``,
 unbuffered, written before anything else the call does): ``event_id key seq pid R|F``,
 ``F`` for a call that is going to fail on purpose. Events whose payload says
@@ -58,6 +61,7 @@ from sqlalchemy.orm import Session
 from tidings import Context, Tidings
 from tidings.dead_letters import Filter, dlq_topic, replay, retry_topic
 from tidings.inbox import Inbox
+from tidings.inbox._batch import Batch
 from tidings.middleware import Retry, default_middleware
 from tidings.outbox import Outbox
 from tidings.transport import Transport
@@ -241,6 +245,23 @@ def kill_at_commit(after: int) -> None:
     SQLiteConsumer.commit = commit  # type: ignore[method-assign]
 
 
+def kill_after_batch_commit(nth: int) -> None:
+    """Right after the inbox's ``nth`` batch commit (a lane's events' effects and marks
+    committed together), before the worker commits their offsets."""
+    original = Batch.commit
+    commits = itertools.count(1)
+
+    async def commit(self: Batch) -> None:
+        await original(self)
+        if next(commits) == nth:
+            die(
+                f"after the inbox's batch commit #{nth} ({self.count} events), their "
+                f"offsets not committed; {_state.done} handled"
+            )
+
+    Batch.commit = commit  # type: ignore[method-assign]
+
+
 def count_fetched() -> None:
     """Note the records fetched from the topic, per fetch (for the kill message)."""
     original = SQLiteConsumer.fetch
@@ -296,6 +317,8 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         count_fetched()
     if args.kill_at_commit_after:
         kill_at_commit(args.kill_at_commit_after)
+    if args.kill_after_batch_commit:
+        kill_after_batch_commit(args.kill_after_batch_commit)
     if args.kill_dlq_write:
         kill_on_append(
             app.transport, dlq_topic(GROUP), args.kill_dlq_write, args.dlq_kill_when,
@@ -351,6 +374,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     worker.add_argument("--sequenced", action="store_true")
     worker.add_argument("--kill-at-commit-after", type=int, default=0)
     worker.add_argument("--kill-in-handler", type=int, default=0)
+    worker.add_argument("--kill-after-batch-commit", type=int, default=0)
     worker.add_argument("--kill-dlq-write", type=int, default=0)
     worker.add_argument("--dlq-kill-when", choices=["before", "after"], default="after")
     again = sub.add_parser("replay")

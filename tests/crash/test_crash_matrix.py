@@ -212,6 +212,11 @@ class Crash:
             rows = conn.execute(sa.select(child.orders.c.event_id).order_by(child.orders.c.id))
             return [r[0] for r in rows]
 
+    def marks(self) -> int:
+        """The inbox marks committed (of every handler)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM tidings_inbox")).scalar_one())
+
     def outbox_pending(self) -> int:
         outbox = Outbox(self.app, self.engine, topic=child.TOPIC)
         with self.engine.connect() as conn:
@@ -413,6 +418,30 @@ async def test_consumer_killed_after_effects_before_the_offset_commit(crash: Cra
     # The effected but uncommitted events came back, and the inbox passed them.
     assert counts.inbox_removed >= effected - committed, counts
     print(f"successor caught up {took:.2f}s after it started")
+
+
+async def test_consumer_killed_after_a_batch_commit_before_its_offsets(crash: Crash) -> None:
+    """Kill point: right after the inbox's third batch commit (a lane's run of events,
+    effects and marks in one transaction), before the worker committed their offsets.
+    Invariant: a successor gets those events again and the inbox passes them all."""
+    published = await crash.publish(1000)
+    victim = crash.spawn("worker", "--kill-after-batch-commit", "3")
+    await crash.killed(victim)
+    effected = len(crash.effects())
+    committed = await crash.committed()
+    marks = crash.marks()
+    assert effected > committed, (effected, committed)  # the window was open
+    assert marks == effected  # each effect committed with its mark, nothing else
+
+    successor = crash.spawn("worker")
+    await crash.until("the successor", lambda: crash.caught_up(published), [successor])
+    await crash.stop(successor)
+    counts = await crash.tally("consumer after a batch commit, before its offsets", published)
+    counts.notes.update(effected_at_kill=effected, committed_at_kill=committed)
+    crash.check(counts, published)
+    assert counts.delivered == 1000, counts
+    assert counts.inbox_removed >= effected - committed, counts
+    assert counts.reruns == 0, counts  # no handler call was cut off
 
 
 async def test_consumer_killed_in_the_middle_of_a_batch(crash: Crash) -> None:

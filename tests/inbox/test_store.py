@@ -520,7 +520,9 @@ class TestSQLiteInbox(InboxStoreCases):
     async def test_a_mark_that_cannot_be_written_fails_the_delivery_for_retry(
         self, app: Tidings, tmp_path: Path, closing: list[Any]
     ) -> None:
-        inbox = Inbox(f"sqlite:///{tmp_path / 'ids.db'}")
+        # The marks of events handled one by one (batch=1): tests/inbox/test_batches.py
+        # has a batch whose commit fails.
+        inbox = Inbox(f"sqlite:///{tmp_path / 'ids.db'}", batch=1)
         closing.append(inbox)
         write_marks = inbox._store._write_marks  # type: ignore[attr-defined]
         failures = [RuntimeError("disk I/O error")]

@@ -210,7 +210,7 @@ def test_status_shows_an_overdue_holder_as_such(
     code, out, _ = tidings("outbox", "status", "--db", db_url, "--json", capsys=capsys)
     doc = json.loads(out)
     assert (doc["holder"], doc["lease_renewals"], doc["lease_s"]) == ("host-2-def", 1, 10.0)
-    assert -61 < doc["lease_expires_in_s"] <= -60
+    assert -70 < doc["lease_expires_in_s"] <= -60  # a few seconds late on a busy machine
 
 
 def time_in(seconds: float) -> datetime:

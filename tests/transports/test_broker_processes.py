@@ -48,7 +48,7 @@ COMMIT_INTERVAL = 0.05  # the worker's default
 DEADLINE = 30.0
 # A new worker has joined (and, unless the join bug below bites, works) this long after
 # its start: ~1.5 s to start Python and tidings, a join of ~1 s on Tansu (docs/kafka.md,
-# difference 4) and the second round of a cooperative rebalance.
+# difference 4) and the rebalance it begins.
 JOIN_GRACE = 6.0
 BROKERS = ["kafka", "nats"]
 LOST_WITHOUT_REVOCATION = "lost without revocation"  # the Kafka consumer's warning
@@ -328,8 +328,9 @@ async def test_a_worker_joining_a_busy_group_takes_a_share_of_its_topic(
     twice = [i for i, n in Counter(x.id for x in lines).items() if n > 1]
     assert not twice, f"{len(twice)} events handled twice in a graceful rebalance"
     # ... and the newcomer shares the work. Each group also reads its retry topic
-    # (g1.retry, 8 partitions): a cooperative-sticky assignment balances the 16 by
-    # count, which a newcomer holding all 8 idle retry partitions satisfies.
+    # (g1.retry, 8 partitions) through the same member: a cooperative-sticky assignment
+    # balanced the 16 by count, which a newcomer holding all 8 idle retry partitions
+    # satisfied; range gives each topic out on its own (decision 0011).
     mine = {x.partition for x in lines if x.pid == b.pid}
     assert mine, (
         f"the worker that joined handled none of {TOPIC!r} in {waited:.0f}s while the "

@@ -17,7 +17,12 @@ def test_defaults_are_safe_for_production() -> None:
     assert producer["acks"] == "all"
     assert producer["enable.idempotence"] is True
     consumer = cfg.consumer("email", "earliest")
-    assert consumer["partition.assignment.strategy"] == "cooperative-sticky"
+    # Topic by topic, so a group's topic and its retry topic are each shared evenly
+    # among the members of one membership (decision 0011).
+    assert consumer["partition.assignment.strategy"] == "range"
+    # A join on Tansu takes half the session; Kafka's pre-3.0 default (decision 0011).
+    assert consumer["session.timeout.ms"] == 10_000
+    assert consumer["heartbeat.interval.ms"] == 3000
     assert consumer["enable.auto.commit"] is False
     assert consumer["enable.auto.offset.store"] is False
     assert consumer["auto.offset.reset"] == "earliest"

@@ -1,15 +1,20 @@
 """What the commands share besides printing: the parser, usage errors, the options
-every command takes, argument types, and the log a command opens."""
+every command takes, argument types, the log a command opens, and the app a command
+imports (``module:app``)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 from tidings import admin
 from tidings.app import DEFAULT_URL, Tidings
+from tidings.errors import ConfigError
 from tidings.transports import open_transport
 
 __all__ = [
@@ -18,6 +23,8 @@ __all__ = [
     "Parser",
     "UsageError",
     "add_common",
+    "app_of",
+    "load_app",
     "opened",
     "positive_float",
     "positive_int",
@@ -82,3 +89,34 @@ async def opened(url: str, *, create: bool = False) -> AsyncIterator[Tidings]:
     transport = open_transport(url, create=create)
     async with Tidings(url, service=admin.CLI_SOURCE, transport=transport) as app:
         yield app
+
+
+def load_app(spec: str) -> Tidings:
+    """Import ``module:attribute`` and return the Tidings app it names."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"expected module:app, e.g. myservice.events:app, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, Tidings):
+        raise ConfigError(f"{spec} is {type(app).__name__}, not a tidings.Tidings app")
+    return app
+
+
+def app_of(args: argparse.Namespace) -> Tidings:
+    """The app ``args.app`` names, on ``--url`` if given (``$TIDINGS_URL`` is set to it
+    before the app's module is imported); a usage error if the app has a URL of its own."""
+    if args.url:
+        os.environ["TIDINGS_URL"] = args.url  # before the app's module is imported
+    app = load_app(args.app)
+    if args.url_given and app.url != args.url:
+        raise UsageError(
+            f"{args.app} was built with the URL {app.url!r}, so --url {args.url!r} cannot "
+            "apply; build it with Tidings(service=...) (the URL then comes from --url or "
+            "$TIDINGS_URL), or drop --url"
+        )
+    return app

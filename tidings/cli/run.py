@@ -1,24 +1,22 @@
 """``tidings run MODULE:APP``: run an app's subscribers, a worker, until SIGTERM.
 
-Argument parsing, the app's import and the process's exit only; the worker is
+Argument parsing and the process's exit only (the app's import is
+:func:`tidings.cli.common.load_app`); the worker is
 :meth:`tidings.worker.Worker.serve`, which a program calls to run a worker in-process.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from typing import Any
 
-from tidings.app import Tidings
-from tidings.cli.common import UsageError, add_common
-from tidings.errors import ConfigError
+from tidings.cli.common import add_common, app_of
 from tidings.worker import Worker
 
-__all__ = ["add_commands", "load_app"]
+__all__ = ["add_commands"]
 
 
 def add_commands(sub: Any) -> None:
@@ -37,32 +35,8 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def load_app(spec: str) -> Tidings:
-    """Import ``module:attribute`` and return the Tidings app it names."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"expected module:app, e.g. myservice.events:app, got {spec!r}")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attr, None)
-    if not isinstance(app, Tidings):
-        raise ConfigError(f"{spec} is {type(app).__name__}, not a tidings.Tidings app")
-    return app
-
-
 async def cmd_run(args: argparse.Namespace) -> int:
-    if args.url:
-        os.environ["TIDINGS_URL"] = args.url  # before the app's module is imported
-    app = load_app(args.app)
-    if args.url_given and app.url != args.url:
-        raise UsageError(
-            f"{args.app} was built with the URL {app.url!r}, so --url {args.url!r} cannot "
-            "apply; build it with Tidings(service=...) (the URL then comes from --url or "
-            "$TIDINGS_URL), or drop --url"
-        )
+    app = app_of(args)
     worker = Worker(
         app,
         args.group or None,

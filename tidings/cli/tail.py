@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 
 from tidings import admin, tail
-from tidings.cli.common import POSITION_HELP, add_common, opened, positive_int
+from tidings.cli.common import POSITION_HELP, add_common, load_app, opened, positive_int
 from tidings.cli.output import clip, print_warning, utc_text
+from tidings.codec import encode
 from tidings.errors import ConfigError, InvalidEventType
 
 __all__ = ["add_commands"]
@@ -28,7 +29,8 @@ Print a topic's events from every partition, in the order they were appended,
 without joining any group. One line per event: time, type, subject, id,
 partition@offset and the start of the data; --json prints each event as its
 CloudEvents JSON document, one a line. Records that cannot be decoded are reported
-on stderr and skipped.
+on stderr and skipped. --upcast module:app shows each event at the version that app's
+upcasters read it as (its handlers' version), marked "v1->v3".
 """
 
 
@@ -54,6 +56,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--follow", action="store_true", help="keep printing new events until Ctrl-C or SIGTERM"
     )
+    p.add_argument(
+        "--upcast",
+        metavar="APP",
+        help="show events as this app's handlers read them, through its upcasters "
+        "(module:app, e.g. myservice.events:app)",
+    )
     add_common(p)
     p.set_defaults(func=cmd_tail)
 
@@ -68,6 +76,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
         )
     except InvalidEventType as exc:
         raise ConfigError(f"--type: {exc}") from None
+    upcast = load_app(args.upcast).registry if args.upcast else None
     stop = asyncio.Event()
     if args.follow:
         loop = asyncio.get_running_loop()
@@ -84,6 +93,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
                 limit=args.limit,
                 follow=args.follow,
                 stop=stop,
+                upcast=upcast,
             )
             async with contextlib.aclosing(entries):
                 async for entry in entries:
@@ -103,15 +113,17 @@ def _print_entry(entry: tail.TailEntry, as_json: bool, *, flush: bool) -> None:
         )
         return
     if as_json:
-        raw = r.value
+        raw = r.value if entry.upcast_from is None else encode(entry.event, 1 << 30)
         if b"\n" in raw or b"\r" in raw:  # one document a line, whatever the producer wrote
             raw = orjson.dumps(orjson.loads(raw))
         print(raw.decode("utf-8"), flush=flush)
         return
     e = entry.event
     when = utc_text(e.time.astimezone(UTC), "milliseconds")
+    upcast = "" if entry.upcast_from is None else f"  v{entry.upcast_from}->v{e.dataversion}"
     print(
-        f"{when}  {e.type}  {e.subject or '-'}  {e.id}  {r.partition}@{r.offset}  {_short(e.data)}",
+        f"{when}  {e.type}{upcast}  {e.subject or '-'}  {e.id}  {r.partition}@{r.offset}  "
+        f"{_short(e.data)}",
         flush=flush,
     )
 

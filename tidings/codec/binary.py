@@ -30,7 +30,15 @@ import orjson
 from tidings.codec.structured import encode, encode_value, to_dict
 from tidings.envelope import Event
 
-__all__ = ["STRUCTURED_CONTENT_TYPE", "event_to_kafka", "from_binary", "from_kafka", "to_kafka"]
+__all__ = [
+    "ATTRIBUTES",
+    "STRUCTURED_CONTENT_TYPE",
+    "binary_header",
+    "event_to_kafka",
+    "from_binary",
+    "from_kafka",
+    "to_kafka",
+]
 
 Headers = list[tuple[str, bytes]]
 HeaderMap = dict[str, bytes]
@@ -79,11 +87,19 @@ def event_to_kafka(
     return to_kafka(encode(event, max_bytes), fmt)
 
 
-_NAMES = (
+def binary_header(attribute: str, prefix: str = "ce_") -> str:
+    """The header that carries ``attribute`` in binary mode: ``content-type`` for
+    ``datacontenttype``, else ``<prefix><attribute>`` (``ce_`` on Kafka, ``ce-`` on NATS)."""
+    return "content-type" if attribute == "datacontenttype" else prefix + attribute
+
+
+ATTRIBUTES = (
     "specversion", "id", "source", "type", "time", "subject", "dataschema",
     "correlationid", "causationid", "traceparent", "partitionkey", "dataversion",
 )  # fmt: skip
-_HEADER = {name: "ce_" + name for name in _NAMES} | {"datacontenttype": "content-type"}
+"""The CloudEvents attributes of tidings' events besides ``datacontenttype`` and the
+data: in binary mode, each is the header :func:`binary_header` names."""
+_HEADER = {name: binary_header(name) for name in (*ATTRIBUTES, "datacontenttype")}
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")  # read back lower-cased, as CloudEvents names are
 _JSON = "application/json"
 

@@ -39,6 +39,26 @@ crash between the effect and that commit repeats the effect once. Within one pro
 two deliveries of the same event never run at once (the second waits and then finds
 the mark).
 
+**Batches.** In a worker, the events of one partition that come one after the other
+are handled in a lane, in order. For handlers that write through ``ctx.session``, the
+inbox keeps one transaction open across a run of a lane's events: each event gets a
+savepoint, with its mark and the handler's writes in it, and the run is committed at
+once (one fsync) before the worker commits the offsets of its events, at most
+``Inbox(batch=...)`` events (default 500) and 0.2 s at a time. A handler that fails
+rolls back to its savepoint (nothing of it stays, the events before it keep theirs, and
+those are committed before ``Retry`` waits); retries and dead letters stay per event.
+A crash before a batch's commit handles the whole batch again (nothing of it was
+committed); after it, its events are found marked and passed. A handler that wrote
+nothing through its session (an effect outside the database) has its mark committed at
+once, and its next events are not batched, so that a crash repeats one such effect, not
+a batch of them; a replayed dead letter is never batched. On SQLite, one batch of an
+inbox at a time holds the file's write lock (``BEGIN IMMEDIATE``), and its statements,
+which then never wait, run on the event loop's thread, an ``async def`` handler's
+``AsyncSession`` included (on an engine of the inbox's whose aiosqlite connections do
+each call at once: no trip to aiosqlite's thread). ``Inbox(batch=1)``: a transaction
+per event, as described next.
+See ``docs/decisions/0014-inbox-lane-batches.md``.
+
 **How a mark is taken.** On PostgreSQL the mark is inserted first, in the handler's
 transaction (``INSERT ... ON CONFLICT DO NOTHING``: check and claim in one round
 trip), and the connection is held while the handler runs: a concurrent delivery of the
@@ -53,9 +73,8 @@ delivery of the same event committed its mark in between, the insert finds it, a
 this delivery's transaction, effect included, is rolled back and counted as a
 duplicate (an effect outside the database has happened twice then). SQLite files
 opened from a URL use WAL and ``synchronous=FULL``. SQLite has one writer: handlers
-that write through their sessions wait for each other's commits, and an
-``AsyncSession`` on SQLite goes through aiosqlite's thread; for many such events per
-second, use plain ``def`` handlers or PostgreSQL (``bench/fig_inbox.py`` measures it).
+that write through their sessions wait for each other's commits (batches make those
+few; ``bench/fig_inbox.py`` measures it).
 
 **What a mark is.** A row ``(consumer, event_id, handled_at)`` in ``table`` (default
 ``tidings_inbox``), primary key ``(consumer, event_id)``, ``handled_at`` in UTC.
@@ -72,10 +91,11 @@ is handled again: keep ``retention`` longer than any replay you may run.
 
 The package: :class:`Inbox` (``_inbox``) delegates to one store per dialect
 (``_sqlite``, ``_postgresql``, both over ``_sides``: the sync and async ways to the
-database), with the table and its DDL in ``_schema`` and retention in ``_retention``.
+database), with a lane's batch in ``_batch``, the table and its DDL in ``_schema`` and
+retention in ``_retention``.
 What happens around a handler call is :class:`tidings.middleware.InboxMiddleware`'s.
 """
 
-from tidings.inbox._inbox import DEFAULT_RETENTION, DEFAULT_TABLE, Inbox
+from tidings.inbox._inbox import DEFAULT_BATCH, DEFAULT_RETENTION, DEFAULT_TABLE, Inbox
 
-__all__ = ["DEFAULT_RETENTION", "DEFAULT_TABLE", "Inbox"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_RETENTION", "DEFAULT_TABLE", "Inbox"]

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
     from sqlalchemy.orm import sessionmaker
 
+    from tidings.inbox._batch import Batch
     from tidings.inbox._sides import Side
     from tidings.subscriber import Subscriber
 
-__all__ = ["DEFAULT_RETENTION", "DEFAULT_TABLE", "Inbox"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_RETENTION", "DEFAULT_TABLE", "Inbox"]
 
 log = logging.getLogger("tidings.inbox")
 
@@ -32,6 +33,10 @@ DEFAULT_TABLE = "tidings_inbox"
 """The marks table's name unless ``Inbox(table=...)`` names another."""
 DEFAULT_RETENTION = timedelta(days=7)
 """How long marks are kept unless ``Inbox(retention=...)`` says otherwise."""
+DEFAULT_BATCH = 500
+"""Events of one lane per transaction unless ``Inbox(batch=...)`` says otherwise: enough
+that the commit's fsync is a small part of each event's cost (docs/benchmarks.md), few
+enough that a batch handled again after a crash is short."""
 
 
 def _handler_name(handler: Callable[..., Any]) -> str:
@@ -51,7 +56,9 @@ class Inbox:
     (SQLite or PostgreSQL). Engines and session makers you pass stay yours: size their
     pools for the partitions handled at once (on PostgreSQL each holds a connection
     while its handler runs). ``table``, ``schema`` and ``metadata``: where the marks
-    live. ``retention``: how long marks are kept (a timedelta, or None).
+    live. ``retention``: how long marks are kept (a timedelta, or None). ``batch``: at
+    most this many events of one partition whose handlers have a session commit their
+    effects and marks in one transaction (1: each event in its own).
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class Inbox:
         retention: timedelta | None = DEFAULT_RETENTION,
         schema: str | None = None,
         metadata: sa.MetaData | None = None,
+        batch: int = DEFAULT_BATCH,
     ) -> None:
         import sqlalchemy as sa
 
@@ -79,7 +87,12 @@ class Inbox:
                 f"Inbox(retention=...) must be a positive timedelta (or None to keep every "
                 f"mark), e.g. timedelta(days=7); got {retention!r}"
             )
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigError(
+                f"Inbox(batch=...) must be an int >= 1 (1: a transaction per event), got {batch!r}"
+            )
         self.retention = retention
+        self.batch = batch
         url, engine, maker, dialect = open_db(db)
         if dialect not in ("sqlite", "postgresql"):
             raise ConfigError(f"Inbox supports SQLite and PostgreSQL, not {dialect!r}")
@@ -97,6 +110,7 @@ class Inbox:
         self._plans: dict[tuple[str, Callable[..., Any]], Plan] = {}
         self._owners: dict[str, Callable[..., Any]] = {}
         self._busy: dict[tuple[str, str], asyncio.Event] = {}
+        self._unused: set[str] = set()  # consumers whose handler left its session unused
 
     # -- the table -------------------------------------------------------------------
 
@@ -202,6 +216,41 @@ class Inbox:
         ``ctx.session``; ``commit()`` it with the handler's effect, or ``discard()``
         it); None if the event was handled already."""
         return await self._store.begin(plan, event_id)
+
+    def batches(self, plan: Plan) -> bool:
+        """Whether ``plan``'s deliveries in a worker's lane go into the lane's batch
+        (:mod:`tidings.inbox._batch`): those of handlers with a session that they
+        used last time, unless ``batch=1``. (A handler that leaves its session unused
+        has its effect outside the database: it is marked event by event, its marks
+        committed together with those of other lanes.)"""
+        return plan.session is not None and self.batch > 1 and plan.consumer not in self._unused
+
+    def noted(self, plan: Plan, used: bool) -> None:
+        """Whether ``plan``'s handler used its session in a delivery just committed."""
+        if used:
+            self._unused.discard(plan.consumer)
+        else:
+            self._unused.add(plan.consumer)
+
+    def joins(self, held: object, plan: Plan) -> bool:
+        """Whether ``held``, what a lane holds open, is this inbox's batch for ``plan``."""
+        from tidings.inbox._batch import Batch
+
+        return isinstance(held, Batch) and held.sides is self._sides and held.takes(plan)
+
+    async def open_batch(self, plan: Plan) -> Batch:
+        """A new batch for ``plan``'s deliveries in one lane, begun. On SQLite, one for
+        async handlers is on the inline side when there is one."""
+        from tidings.inbox._batch import Batch
+
+        side = plan.session
+        assert side is not None
+        turn = self._store.turn()
+        if turn is not None and side.is_async:
+            side = self._sides.inline() or side
+        batch = Batch(self._sides, side, self.batch, turn)
+        await batch.open()
+        return batch
 
     def delivered(self) -> None:
         """After a delivery: delete old marks in the background, if that is due."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tidings.inbox._sides import Side
-from tidings.inbox._store import InboxStore, Mark, Plan, close_quietly
+from tidings.inbox._sides import Side, claim_in_session, claim_in_session_async
+from tidings.inbox._store import InboxStore, Mark, Plan, close_quietly, commit_and_close
 
 __all__ = ["PostgreSQLStore"]
 
@@ -40,16 +40,7 @@ class PostgreSQLStore(InboxStore):
 
 def _claim_in_session(side: Side, consumer: str, event_id: str) -> Any:
     session = side.maker()
-    try:
-        dbapi = session.connection().connection.dbapi_connection
-        fresh = side.insert_on(dbapi, consumer, event_id)
-    except BaseException:
-        session.close()
-        raise
-    if not fresh:
-        session.close()
-        return None
-    return session
+    return session if claim_in_session(side, session, consumer, event_id) else None
 
 
 def _claim_raw(side: Side, consumer: str, event_id: str) -> Any:
@@ -65,19 +56,11 @@ def _claim_raw(side: Side, consumer: str, event_id: str) -> Any:
     return raw
 
 
-def _commit_and_close(holder: Any) -> None:
-    """Commit a Session or raw connection and close it (if the commit fails, closing
-    rolls back)."""
-    try:
-        holder.commit()
-    finally:
-        holder.close()
-
-
 class _ThreadClaim:
     """A claim on a sync side: a Session or raw connection, used in threads."""
 
     __slots__ = ("_holder", "_side", "_store", "session")
+    used = True  # claimed first: whether the handler used its session is unknown
 
     def __init__(self, store: InboxStore, side: Side, holder: Any, shown: Any) -> None:
         self._store, self._side, self._holder, self.session = store, side, holder, shown
@@ -86,7 +69,7 @@ class _ThreadClaim:
         await self._store.discard(self._side, self._holder, cancelled=cancelled)
 
     async def commit(self) -> bool:
-        await self._store.sides.threads.run(_commit_and_close, self._holder)
+        await self._store.sides.threads.run(commit_and_close, self._holder)
         return True
 
 
@@ -94,6 +77,7 @@ class _ConnectionClaim:
     """A claim without a session on an async side: the mark alone, on a connection."""
 
     __slots__ = ("_conn", "session")
+    used = True  # claimed first: whether the handler used its session is unknown
 
     def __init__(self, conn: Any, shown: Any) -> None:
         self._conn, self.session = conn, shown
@@ -130,6 +114,7 @@ class _SessionClaim:
     """A claim in an AsyncSession: the handler's writes commit with the mark."""
 
     __slots__ = ("session",)
+    used = True  # claimed first: whether the handler used its session is unknown
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -137,16 +122,8 @@ class _SessionClaim:
     @classmethod
     async def begin(cls, side: Side, plan: Plan, event_id: str) -> _SessionClaim | None:
         session = side.maker()
-        try:
-            conn = await session.connection()
-            fresh = await side.insert_async(conn, plan.consumer, event_id)
-        except BaseException:
-            await asyncio.shield(session.close())
-            raise
-        if not fresh:
-            await asyncio.shield(session.close())
-            return None
-        return cls(session)
+        fresh = await claim_in_session_async(side, session, plan.consumer, event_id)
+        return cls(session) if fresh else None
 
     async def discard(self, *, cancelled: bool) -> None:
         await asyncio.shield(self.session.close())  # rolls back what was not committed

@@ -6,7 +6,10 @@ the inbox's (disposed by :meth:`Sides.close`)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +23,17 @@ from tidings._sql import Threads, make_engine, of_kind, safe_url, with_psycopg
 from tidings._sqlite import use_wal
 from tidings.errors import ConfigError
 
-__all__ = ["SQLITE_TIMEOUT", "THREADS", "Side", "Sides", "open_db", "use_wal_first"]
+__all__ = [
+    "SQLITE_TIMEOUT",
+    "THREADS",
+    "Side",
+    "Sides",
+    "claim_in_session",
+    "claim_in_session_async",
+    "open_db",
+    "raw_sqlite",
+    "use_wal_first",
+]
 
 # Threads for the database work of sync engines. Each partition being handled needs
 # at most one at a time; the pool grows only as far as they are used.
@@ -51,6 +64,7 @@ class Side:
     insert: str  # SQL, parameters (consumer, event_id, handled_at); adds 0 or 1 row
     text_time: bool  # SQLite: handled_at as text; else a datetime
     driver: str  # async: "aiosqlite" or "psycopg" to talk to the driver directly, else ""
+    inline: bool = False  # an inline AsyncEngine on SQLite (tidings/inbox/_inline.py)
 
     def stamp(self) -> Any:
         now = datetime.now(UTC)
@@ -66,10 +80,10 @@ class Side:
         finally:
             cursor.close()
 
-    def insert_on(self, dbapi: Any, consumer: str, event_id: str) -> bool:
+    def insert_on(self, dbapi: Any, consumer: str, event_id: str, stamp: Any = None) -> bool:
         cursor = dbapi.cursor()
         try:
-            cursor.execute(self.insert, (consumer, event_id, self.stamp()))
+            cursor.execute(self.insert, (consumer, event_id, stamp or self.stamp()))
             return bool(cursor.rowcount == 1)
         finally:
             cursor.close()
@@ -86,14 +100,55 @@ class Side:
         cursor = await driver.execute(self.check, (consumer, event_id))  # psycopg
         return await cursor.fetchone() is not None
 
-    async def insert_async(self, conn: AsyncConnection, consumer: str, event_id: str) -> bool:
-        params = (consumer, event_id, self.stamp())
+    async def insert_async(
+        self, conn: AsyncConnection, consumer: str, event_id: str, stamp: Any = None
+    ) -> bool:
+        params = (consumer, event_id, stamp or self.stamp())
         if self.driver:
             driver: Any = (await conn.get_raw_connection()).driver_connection
             cursor = await driver.execute(self.insert, params)
             return bool(cursor.rowcount == 1)
         result = await conn.exec_driver_sql(self.insert, params)
         return bool(result.rowcount == 1)
+
+
+def raw_sqlite(driver_connection: Any) -> sqlite3.Connection:
+    """The sqlite3 connection under an aiosqlite connection (the inline engine's)."""
+    conn: sqlite3.Connection = driver_connection._conn
+    return conn
+
+
+def claim_in_session(
+    side: Side, session: Any, consumer: str, event_id: str, stamp: Any = None
+) -> bool:
+    """Insert the mark in ``session``'s transaction (it connects, and begins); if it
+    was there already, or the insert fails, close the session (rolling back). Whether
+    the mark is new: the session is then the handler's. ``stamp``: its handled_at
+    (default: now)."""
+    try:
+        dbapi = session.connection().connection.dbapi_connection
+        fresh = side.insert_on(dbapi, consumer, event_id, stamp)
+    except BaseException:
+        session.close()
+        raise
+    if not fresh:
+        session.close()
+    return fresh
+
+
+async def claim_in_session_async(
+    side: Side, session: Any, consumer: str, event_id: str, stamp: Any = None
+) -> bool:
+    """:func:`claim_in_session` with an ``AsyncSession``."""
+    try:
+        conn = await session.connection()
+        fresh = await side.insert_async(conn, consumer, event_id, stamp)
+    except BaseException:
+        await asyncio.shield(session.close())
+        raise
+    if not fresh:
+        await asyncio.shield(session.close())
+    return fresh
 
 
 def open_db(db: Any) -> tuple[URL | None, Any, Any, str]:
@@ -172,6 +227,7 @@ class Sides:
         self.threads = Threads(THREADS, "tidings-inbox")
         self._sync: Side | None = None
         self._async: Side | None = None
+        self._inline: Side | None = None
         if engine is not None:
             side = _side(table, engine, maker, owned=False)
             if side.is_async:
@@ -190,6 +246,22 @@ class Sides:
         if self._async is None and self.url is not None:
             self._async = self._make(of_kind(self.url, is_async=True), is_async=True)
         return self._async
+
+    def inline(self) -> Side | None:
+        """For ``async def`` handlers in a lane's batch on SQLite: an async side whose
+        statements run on the loop's thread (:mod:`tidings.inbox._inline`); None for an
+        inbox not made from a SQLite URL."""
+        if self._inline is None and self.url is not None:
+            if self.url.get_backend_name() != "sqlite":
+                return None
+            from tidings.inbox._inline import inline_engine
+
+            engine = inline_engine(self.url, SQLITE_TIMEOUT)
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            _plain_savepoints(engine.dialect, raw_sqlite)
+            side = _side(self.table, engine, None, owned=True)
+            self._inline = dataclasses.replace(side, inline=True)
+        return self._inline
 
     def marks(self) -> Side:
         """Where marks go without a session: sync (raw connections in threads, the
@@ -214,6 +286,7 @@ class Sides:
             ) from exc
         if url.get_backend_name() == "sqlite":
             sa.event.listen(engine.sync_engine if is_async else engine, "connect", _sqlite_pragmas)
+            _plain_savepoints(engine.dialect)
         return _side(self.table, engine, None, owned=True)
 
     def describe(self) -> str:
@@ -229,6 +302,9 @@ class Sides:
         if self._async is not None and self._async.owned:
             await self._async.engine.dispose()
             self._async = None
+        if self._inline is not None:
+            await self._inline.engine.dispose()
+            self._inline = None
         if self._sync is not None and self._sync.owned:
             self._sync.engine.dispose()
             self._sync = None
@@ -242,6 +318,31 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
+
+
+def _plain_savepoints(dialect: Any, raw: Callable[[Any], Any] | None = None) -> None:
+    """SAVEPOINT, RELEASE and ROLLBACK TO of an engine made here, sent to the driver
+    as they are. SQLAlchemy compiles each of them (every savepoint has a new name, so
+    none is cached): with a savepoint per event in a lane's batch, that doubled the
+    cost of a handler's one insert (docs/decisions/0014-inbox-lane-batches.md).
+    ``raw``: the sqlite3 connection under a pool connection's driver connection (the
+    inline engine: no trip through SQLAlchemy's asyncio adapter)."""
+
+    def plain(sql: str) -> Callable[[Any, str], None]:
+        def execute(connection: Any, name: str) -> None:
+            pooled = connection.connection
+            target = raw(pooled.driver_connection) if raw else pooled.dbapi_connection
+            cursor = target.cursor()
+            try:
+                cursor.execute(sql.format(name))
+            finally:
+                cursor.close()
+
+        return execute
+
+    dialect.do_savepoint = plain("SAVEPOINT {}")
+    dialect.do_release_savepoint = plain("RELEASE SAVEPOINT {}")
+    dialect.do_rollback_to_savepoint = plain("ROLLBACK TO SAVEPOINT {}")
 
 
 def use_wal_first(engine: Any) -> None:

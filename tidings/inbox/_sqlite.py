@@ -27,6 +27,16 @@ class SQLiteStore(InboxStore):
         self._reader: Any = None  # a connection for lookups on the loop (False: not WAL)
         self._pending: list[tuple[str, str, asyncio.Future[bool]]] = []
         self._writing: asyncio.Task[None] | None = None
+        self._turn: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+    def turn(self) -> asyncio.Lock:
+        """One lane's batch at a time holds the file's write lock: the others wait
+        here, on the loop, not in threads (where they could take every thread the
+        holder's handlers need)."""
+        loop = asyncio.get_running_loop()
+        if self._turn is None or self._turn[0] is not loop:  # a lock serves one loop
+            self._turn = (loop, asyncio.Lock())
+        return self._turn[1]
 
     async def begin(self, plan: Plan, event_id: str) -> Mark | None:
         if await self._seen(plan.marks, plan.consumer, event_id):
@@ -161,11 +171,12 @@ def _mark_and_commit_sync(side: Side, session: Session, consumer: str, event_id:
 class _MarkLast:
     """A delivery on SQLite: its mark is inserted once the handler has returned."""
 
-    __slots__ = ("_event_id", "_plan", "_store", "session")
+    __slots__ = ("_event_id", "_plan", "_store", "session", "used")
 
     def __init__(self, store: SQLiteStore, plan: Plan, event_id: str, session: Any) -> None:
         self._store, self._plan, self._event_id = store, plan, event_id
         self.session: Any = plan.placeholder if session is None else session
+        self.used = session is not None
 
     async def discard(self, *, cancelled: bool) -> None:
         if self._plan.session is not None:
@@ -176,7 +187,8 @@ class _MarkLast:
         side, session = plan.session, self.session
         if side is None:
             return await store.mark(plan.marks, plan.consumer, event_id)
-        if not session.in_transaction():  # unused (or committed by the handler)
+        self.used = session.in_transaction()
+        if not self.used:  # unused (or committed by the handler)
             await store.discard(side, session, cancelled=False)  # no connection: no I/O
             return await store.mark(plan.marks, plan.consumer, event_id)
         return await store.commit_with_mark(side, session, plan.consumer, event_id)

@@ -15,7 +15,7 @@ from tidings.errors import ConfigError
 if TYPE_CHECKING:
     from tidings.inbox._sides import Side, Sides
 
-__all__ = ["InboxStore", "Mark", "NoSession", "Plan", "close_quietly"]
+__all__ = ["InboxStore", "Mark", "NoSession", "Plan", "close_quietly", "commit_and_close"]
 
 log = logging.getLogger("tidings.inbox")
 
@@ -56,6 +56,11 @@ class Mark(Protocol):
         """What the handler sees as ``ctx.session``."""
         ...
 
+    @property
+    def used(self) -> bool:
+        """Once committed: whether the handler used its session (True if unknown)."""
+        ...
+
     async def discard(self, *, cancelled: bool) -> None:
         """The handler failed (or was cancelled): roll back, no effect, no mark."""
         ...
@@ -73,6 +78,15 @@ def close_quietly(closeable: Any) -> None:
         log.warning("inbox: closing a session or connection failed", exc_info=True)
 
 
+def commit_and_close(holder: Any) -> None:
+    """Commit a Session, Connection or raw connection and close it (if the commit
+    fails, closing rolls back)."""
+    try:
+        holder.commit()
+    finally:
+        holder.close()
+
+
 class InboxStore(ABC):
     """How marks are taken on one dialect; :class:`~tidings.middleware.InboxMiddleware`
     calls :meth:`begin` before the handler, then the mark's ``commit`` or ``discard``."""
@@ -88,6 +102,11 @@ class InboxStore(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Let work in flight finish and give back what the store holds."""
+
+    def turn(self) -> asyncio.Lock | None:
+        """What a lane's batch waits for before it begins: None, lanes' batches run
+        side by side (see :mod:`tidings.inbox._batch`)."""
+        return None
 
     async def discard(self, side: Side, holder: Any, *, cancelled: bool) -> None:
         """Roll back and close ``holder`` (a session or raw connection of ``side``)."""

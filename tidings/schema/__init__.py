@@ -33,6 +33,14 @@ and unions, ``enum``, ``const``, ``additionalProperties: false`` for
   whatever the content model);
 - :class:`Rule`: the kinds of change, named as Confluent names them.
 
+The schema registry that lives with the log (decision 0018):
+
+- :class:`SchemaRegistry`: the fold of a log's :data:`SCHEMAS_TOPIC`: per type, its
+  versions (:class:`SchemaVersion`: schema, fingerprint, who registered it and when,
+  ``breaking``) and its mode; ``register``, ``check``, ``set_mode``, ``lookup``. An
+  app registers its contracts at start (``Tidings(schemas=...)``);
+- :class:`Conflict`: a registered version offered with another schema.
+
 Content models matter: pydantic's default (``extra='ignore'``) emits an *open* model,
 where an undeclared property may hold anything, so adding an optional field breaks
 ``BACKWARD``; ``extra='forbid'`` emits a *closed* one, where removing a field breaks
@@ -42,6 +50,21 @@ where an undeclared property may hold anything, so adding an optional field brea
 from __future__ import annotations
 
 from tidings.schema.compat import Break, Change, Mode, check, diff, fingerprint
+from tidings.schema.registry import SCHEMAS_TOPIC, SchemaRegistry
 from tidings.schema.rules import Policy, Rule
+from tidings.schema.state import Conflict, SchemaVersion
 
-__all__ = ["Break", "Change", "Mode", "Policy", "Rule", "check", "diff", "fingerprint"]
+__all__ = [
+    "SCHEMAS_TOPIC",
+    "Break",
+    "Change",
+    "Conflict",
+    "Mode",
+    "Policy",
+    "Rule",
+    "SchemaRegistry",
+    "SchemaVersion",
+    "check",
+    "diff",
+    "fingerprint",
+]

@@ -199,6 +199,7 @@ class Dispatcher:
             attempt=attempt,
             loop=self.loop,
             session=session,
+            read_version=self.registry.read_version(event.type, event.dataversion),
         )
 
     async def _call_in_thread(self, sub: Subscriber, payload: Any, ctx: Context | None) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from tidings.dead_letters import Intake
 from tidings.errors import ConsumerDead, TransportError
+from tidings.middleware.lane import LaneWork, lane_work
 from tidings.transport import Consumer, Position, Record, StartFrom, TopicPartition, Transport
 
 __all__ = ["GroupRunner", "Limits"]
@@ -51,6 +52,16 @@ class _Lane:
     done: int | None = None  # next offset to commit
     generation: int = 0  # the lease generation of the record handled last
     committed: int | None = None
+
+
+@dataclass
+class _Handled:
+    """A lane's handled records whose offsets wait for the lane's open work (an inbox's
+    batch) to commit; ``popped`` of them were taken off its queue (the others a
+    revocation dropped while they ran: handled all the same, so committed)."""
+
+    records: list[Record] = field(default_factory=list)
+    popped: int = 0
 
 
 class GroupRunner:
@@ -187,6 +198,24 @@ class GroupRunner:
     # -- handling ---------------------------------------------------------------
 
     async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
+        # What the middleware leaves open across this lane's deliveries (an inbox's
+        # transaction): the offsets of the events in it wait for its commit.
+        work = LaneWork()
+        lane_work.set(work)  # this task's own context
+        done = _Handled()
+        try:
+            await self._drain_into(lane, work, done)
+            if done.records:  # stopping
+                await self._settle(lane, work, done)
+        finally:
+            if work.holding:  # cancelled: its events are handled again by whoever is next
+                await work.abandon()
+            elif done.records:  # a run cut short at shutdown: what it handled is done
+                self._advance(lane, done.records[-1])
+            if done.popped:
+                self._release(done.popped)
+
+    async def _drain_into(self, lane: _Lane, work: LaneWork, done: _Handled) -> None:
         take, take_run = self.intake.take, self.intake.take_run
         # Runs of records for plain def handlers (else one at a time, one frame less).
         runs = self.intake.runs is not None
@@ -194,12 +223,10 @@ class GroupRunner:
         def handled(record: Record) -> None:
             if lane.queue and lane.queue[0] is record:
                 lane.queue.popleft()
-                self._release(1)
+                done.popped += 1
             # Else a revocation dropped it meanwhile (it was in a run under way): it was
             # handled all the same, so it is committed, not handled again elsewhere.
-            lane.done = record.offset + 1
-            lane.generation = record.generation
-            self.handled.set()
+            done.records.append(record)
 
         while lane.queue and not self.stopping:
             try:
@@ -223,6 +250,36 @@ class GroupRunner:
                 )  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+                continue
+            if done.records and (not work.holding or not lane.queue or work.full or self.stopping):
+                await self._settle(lane, work, done)
+
+    async def _settle(self, lane: _Lane, work: LaneWork, done: _Handled) -> None:
+        """Commit the lane's open work, then let the handled records' offsets be
+        committed; if that commit fails, put them back first in the lane, to be handled
+        again."""
+        records = done.records
+        try:
+            await work.settle()
+        except Exception:
+            log.exception(
+                "group %s: committing the work of %d events failed; handling them again "
+                "in %.0fs", self.group, len(records), UNHANDLED_PAUSE,
+            )  # fmt: skip
+            lane.queue.extendleft(reversed(records))
+            self.in_flight += len(records) - done.popped  # those a revocation dropped
+            done.records, done.popped = [], 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+            return
+        self._advance(lane, records[-1])
+        self._release(done.popped)
+        done.records, done.popped = [], 0
+
+    def _advance(self, lane: _Lane, last: Record) -> None:
+        lane.done = last.offset + 1
+        lane.generation = last.generation
+        self.handled.set()
 
     def _release(self, count: int) -> None:
         self.in_flight -= count

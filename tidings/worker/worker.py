@@ -84,6 +84,7 @@ class Worker:
             raise ConfigError(
                 f"unknown group(s) {', '.join(unknown)}; this app has: {', '.join(known)}"
             )
+        app.registry.check_command_owners((s.group, s.types) for s in app.subscribers)
         self.groups = chosen
         self.limits = Limits(
             max_in_flight, fetch_max, commit_interval, shutdown_timeout, revoke_timeout

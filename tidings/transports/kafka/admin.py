@@ -286,8 +286,9 @@ class Admin:
         found: dict[str, tuple[str, list[tuple[str, int]]]] = {}
         owner = {}
         for m in described.members:
-            # KafkaConsumer sets client.id to "<client_id>-<member>" so that it shows here;
-            # its Kafka members (one per topic) are one tidings member.
+            # KafkaConsumer sets client.id to "<client_id>-<member>" so that it shows here
+            # (one Kafka member per tidings member; members of older versions, one per
+            # topic, are merged by that name).
             name = m.client_id[len(prefix) :] if m.client_id.startswith(prefix) else m.member_id
             tps = [
                 (tp.topic, tp.partition)

@@ -29,6 +29,7 @@ __all__ = [
     "already_exists",
     "fenced",
     "in_thread",
+    "member_warning",
     "not_started",
     "require_client",
     "translate",
@@ -159,6 +160,20 @@ def fenced(exc: BaseException) -> bool:
         KafkaError._STATE,
         KafkaError._ASSIGNMENT_LOST,
     )
+
+
+def member_warning(err: Any) -> str:
+    """What a group member logs of a non-fatal ``KafkaError``: its text, and what to do
+    where that is known."""
+    from confluent_kafka import KafkaError
+
+    if err.code() == KafkaError.INCONSISTENT_GROUP_PROTOCOL:
+        return (
+            f"{err.str()}: members of this group use another assignment strategy; tidings "
+            "before issue 17 used cooperative-sticky, now range: stop the older workers of "
+            "the group before starting these (docs/kafka.md, decision 0011)"
+        )
+    return str(err.str())
 
 
 def already_exists(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""One librdkafka group member, of one topic, on its own polling thread.
+"""One librdkafka group member, of all of a group's topics, on its own polling thread.
 
 The thread polls all the time, not only while someone fetches: librdkafka runs the
 rebalance callbacks inside ``poll``, so a member whose worker is busy in a slow handler
@@ -34,13 +34,16 @@ from typing import Any
 from tidings.errors import ConfigError, TransportError
 from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports.kafka.client import TransportClient
-from tidings.transports.kafka.errors import fenced, translate
+from tidings.transports.kafka.errors import fenced, member_warning, translate
 
 __all__ = ["Member"]
 
 log = logging.getLogger("tidings.kafka")
 
-JOIN_TIMEOUT = 60.0  # seconds for the first assignment (docs/kafka.md: Tansu's joins)
+# Seconds for the first assignment: at least 60, and twice the session timeout plus
+# 10 s, since a member that died without leaving holds a join up for about a session
+# (on Tansu 1.8 of it: a held join, a refused SyncGroup, another join; decision 0011).
+JOIN_TIMEOUT = 60.0
 REVOKE_TIMEOUT = 60.0  # how long on_revoke may hold a rebalance
 BUFFER = 2000  # messages polled ahead of fetch; beyond it, one per poll at most
 POLL = 0.02  # seconds one poll may block: how long a commit request may wait to be served
@@ -51,7 +54,7 @@ async def _wrap(awaitable: Awaitable[None]) -> None:
 
 
 class Member(Consumer):
-    """One librdkafka group member, of one topic, on its own polling thread.
+    """One librdkafka group member, of all of a group's topics, on its own polling thread.
 
     Leases: each partition has a generation, counted here (librdkafka's group generation
     is not exposed per partition, and the broker does not fence a member that holds a
@@ -122,7 +125,7 @@ class Member(Consumer):
             log.exception("Kafka consumer of group %r stopped", self.group)
             self.error = translate(
                 exc,
-                f"the Kafka consumer of group {self.group!r} (topic {self.topics[0]!r})",
+                f"the Kafka consumer of group {self.group!r} (topics {', '.join(self.topics)})",
                 dead=True,  # ConsumerDead; a setting librdkafka refused stays a ConfigError
             )
             self._to_loop(self._fail, self.error)
@@ -184,7 +187,7 @@ class Member(Consumer):
                     continue
                 if err.fatal():
                     raise translate(err, f"group {self.group!r}")
-                log.warning("group %r: %s", self.group, err.str())
+                log.warning("group %r: %s", self.group, member_warning(err))
         if good:
             with self._lock:
                 self._buffer.extend(good)
@@ -338,13 +341,14 @@ class Member(Consumer):
             target=self._main, args=(conf,), name=f"kafka-{self.group}", daemon=True
         )
         self._thread.start()
+        patience = max(JOIN_TIMEOUT, 2 * self._client.config.session_timeout_ms / 1000 + 10)
         try:
-            await asyncio.wait_for(asyncio.shield(self._joined), JOIN_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self._joined), patience)
         except TimeoutError:
             await self.close()
             raise TransportError(
                 f"group {self.group!r}: no assignment from {self._client.url} after "
-                f"{JOIN_TIMEOUT:.0f} s; is the broker reachable and the group coordinator up?"
+                f"{patience:.0f} s; is the broker reachable and the group coordinator up?"
             ) from None
         except (TransportError, ConfigError):
             await self.close()

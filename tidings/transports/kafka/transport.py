@@ -5,8 +5,9 @@ The transport puts together the parts of the package, one per concept:
 
 - appends: :mod:`~tidings.transports.kafka.producer`, one idempotent producer whose
   delivery reports a poll thread serves;
-- groups: :class:`~tidings.transports.kafka.consumer.KafkaConsumer`, cooperative-sticky,
-  one :class:`~tidings.transports.kafka.member.Member` per topic, each given a
+- groups: :class:`~tidings.transports.kafka.consumer.KafkaConsumer`, one
+  :class:`~tidings.transports.kafka.member.Member` (one group membership, ``range``
+  assignment) for all of a group's topics, given a
   :class:`~tidings.transports.kafka.client.TransportClient` (not the transport);
 - admin (topics, offsets, groups): :mod:`~tidings.transports.kafka.admin`,
   ``AdminClient`` calls waited for in threads;
@@ -186,7 +187,7 @@ class KafkaTransport(Transport):
         local = [c for c in self._client.live if c.group == group and not c.closed]
         if local and not force:
             raise GroupBusy(f"group {group!r} has live members; stop them or pass force")
-        await self._admin.check_no_other_members(group, sum(c.kafka_members for c in local), force)
+        await self._admin.check_no_other_members(group, len(local), force)
         # Apache Kafka refuses to alter the offsets of a group with members, so live
         # members of this process move their own partitions: on_revoke, a new lease
         # (commits of records fetched before are fenced), seek, commit.

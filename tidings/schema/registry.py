@@ -1,0 +1,310 @@
+"""The schema registry that lives with the log: one internal topic, on every transport.
+
+Like Confluent's ``_schemas`` topic, the registry is a log: the topic
+:data:`SCHEMAS_TOPIC` (one partition, so one order, kept for ever) holds registrations
+and mode changes (:mod:`tidings.schema.state`), written and read through the
+:class:`~tidings.transport.Transport` protocol, so the SQLite log, Kafka, NATS and the
+memory log all hold it the same way. :class:`SchemaRegistry` folds it::
+
+    registry = SchemaRegistry(app.transport)
+    await registry.register(app.registry.contracts(), service="billing")
+    await registry.schema("order.placed", 2)   # a SchemaVersion: schema, fingerprint, ...
+
+An app registers its contracts at start (``Tidings(..., schemas="register")``);
+``tidings schema`` lists, shows, diffs and checks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from pydantic.errors import PydanticInvalidForJsonSchema
+
+from tidings.contracts import Contract, Registry
+from tidings.errors import ConfigError, SchemaIncompatible, TopicNotFound, UnknownEventType
+from tidings.schema.compat import Mode, fingerprint
+from tidings.schema.rules import Policy
+from tidings.schema.state import (
+    Conflict,
+    Problem,
+    RegistryState,
+    SchemaVersion,
+    parse_mode,
+    parse_policy,
+)
+from tidings.transport import FOREVER, Transport
+
+__all__ = [
+    "SCHEMAS",
+    "SCHEMAS_TOPIC",
+    "SchemaRegistry",
+    "at_start",
+    "check_schemas_setting",
+    "offered",
+    "offers",
+    "report",
+]
+
+log = logging.getLogger("tidings.schema")
+
+SCHEMAS_TOPIC = "_tidings.schemas"
+"""The registry's topic: one partition, never expired, never compacted (a compaction
+keeps the last entry of a key, and the registry keeps the first)."""
+READ_BATCH = 256
+SCHEMAS = ("register", "check", "off")
+"""What an app does with the registry at start (``Tidings(schemas=...)``)."""
+
+Findings = dict[str, dict[int, list[Problem]]]
+"""Problems per type, then per version (what :meth:`SchemaRegistry.check` returns)."""
+
+
+def offered(contract: Contract) -> SchemaVersion:
+    """What registering ``contract`` offers: its model's validation JSON Schema
+    (``model_json_schema()``), its fingerprint, and whether it is declared breaking."""
+    schema = contract.model.model_json_schema()
+    return SchemaVersion(
+        type=contract.type,
+        version=contract.version,
+        schema=schema,
+        fingerprint=fingerprint(schema),
+        breaking=contract.breaking,
+    )
+
+
+def report(findings: Findings, modes: dict[str, Mode] | None = None) -> str:
+    """The report of ``findings`` as ``tidings schema check`` prints it (and a refused
+    start raises it): per type and version, each problem on its own line, then what to
+    do about it."""
+    lines: list[str] = []
+    for type in sorted(findings):
+        for version, problems in sorted(findings[type].items()):
+            breaks = [p for p in problems if not isinstance(p, Conflict)]
+            mode = (modes or {}).get(type, Mode.BACKWARD)
+            head = f"{type} v{version}"
+            lines.append(f"{head}: breaks {mode.value}" if breaks else f"{head}: conflict")
+            lines.extend(f"  {p}" for p in problems)
+            if breaks:
+                lines.append(
+                    f"  to ship it anyway, declare a new major version: "
+                    f"@app.event({type!r}, version={version}, breaking=True); or change "
+                    f"the mode: tidings schema set-mode {type} MODE"
+                )
+    return "\n".join(lines)
+
+
+class SchemaRegistry:
+    """The registry in ``transport``'s :data:`SCHEMAS_TOPIC`, folded as far as read.
+
+    Every query reads what was appended since the last one first (a few records at
+    most: registrations are rare), so it answers from the log as it is now.
+    """
+
+    def __init__(self, transport: Transport, *, topic: str = SCHEMAS_TOPIC) -> None:
+        self.transport = transport
+        self.topic = topic
+        self.state = RegistryState()
+        self._position = 0
+        self._created = False
+        self._lock = asyncio.Lock()
+
+    # -- reading -------------------------------------------------------------------
+
+    async def refresh(self) -> RegistryState:
+        """Fold what was appended since the last refresh; return the state."""
+        async with self._lock:
+            while True:
+                try:
+                    records = await self.transport.read(self.topic, 0, self._position, READ_BATCH)
+                except TopicNotFound:
+                    return self.state  # nothing registered yet
+                if not records:
+                    return self.state
+                for record in records:
+                    try:
+                        self.state.apply(orjson.loads(record.value), record.offset)
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                        log.warning(
+                            "%s@%d is not a schema registry entry, ignored: %r",
+                            self.topic, record.offset, exc,
+                        )  # fmt: skip
+                    self._position = record.offset + 1
+
+    async def types(self) -> list[str]:
+        """The registered event types (and those with a mode set), sorted."""
+        return (await self.refresh()).types()
+
+    async def versions(self, type: str) -> list[SchemaVersion]:
+        """The registered versions of ``type``, lowest first; UnknownEventType if none."""
+        state = await self.refresh()
+        known = state.versions.get(type)
+        if not known:
+            raise UnknownEventType(_unknown_type(type, state))
+        return [known[v] for v in sorted(known)]
+
+    async def schema(self, type: str, version: int | None = None) -> SchemaVersion:
+        """Version ``version`` of ``type`` (default: the latest); UnknownEventType if the
+        registry does not hold it."""
+        versions = await self.versions(type)
+        if version is None:
+            return versions[-1]
+        for found in versions:
+            if found.version == version:
+                return found
+        raise UnknownEventType(
+            f"{type} has no version {version} in the schema registry; registered: "
+            + ", ".join(f"v{v.version}" for v in versions)
+        )
+
+    async def lookup(self, type: str, version: int) -> SchemaVersion | None:
+        """Version ``version`` of ``type``, or None: for a worker that meets a version
+        it has no model for. Reads the log only if the version is not known yet."""
+        found = self.state.versions.get(type, {}).get(version)
+        if found is None:
+            found = (await self.refresh()).versions.get(type, {}).get(version)
+        return found
+
+    async def mode(self, type: str) -> Mode:
+        """``type``'s compatibility mode (``BACKWARD`` until set)."""
+        return (await self.refresh()).mode(type)
+
+    async def check(self, contracts: Iterable[Contract]) -> Findings:
+        """What registering ``contracts`` would meet: per type and version, its breaks
+        and conflicts (empty: they may all be registered). Nothing is written."""
+        state = await self.refresh()
+        return state.trial(offers(contracts))
+
+    # -- writing -------------------------------------------------------------------
+
+    async def set_mode(
+        self, type: str, mode: Mode | str, *, service: str, policy: Policy | str | None = None
+    ) -> Mode:
+        """Set ``type``'s compatibility mode (it judges the versions registered from now
+        on), and its policy if given (default ``LENIENT``). ``type`` must be
+        registered; a bad mode or policy name is a ConfigError."""
+        chosen = parse_mode(mode)
+        rule = None if policy is None else parse_policy(policy)
+        state = await self.refresh()
+        if type not in state.versions:
+            raise UnknownEventType(_unknown_type(type, state))
+        at = self.transport.clock.time_ms()
+        await self._append([(f"{type}:mode", _mode_entry(type, chosen, rule, service, at))])
+        await self.refresh()
+        return chosen
+
+    async def register(self, contracts: Iterable[Contract], *, service: str) -> list[SchemaVersion]:
+        """Register ``contracts``: each version not registered yet is appended (an
+        identical one is not written again). Returns the versions written.
+
+        Raises :class:`~tidings.errors.SchemaIncompatible` with the report of
+        :meth:`check`, writing nothing, if any contract breaks the registry; or, after
+        writing, if another writer registered one of these versions first with another
+        schema (the first in log order wins).
+        """
+        entries = offers(contracts)
+        state = await self.refresh()
+        findings = state.trial(entries)
+        if findings:
+            raise SchemaIncompatible(report(findings, state.modes))
+        new = [e for e in entries if not state.knows(e)]
+        if not new:
+            return []
+        host, at = socket.gethostname(), self.transport.clock.time_ms()
+        new = [_stamped(e, service, host, at) for e in new]
+        placed = await self._append(
+            [(f"{e.type}:{e.version}", orjson.dumps(e.entry())) for e in new]
+        )
+        state = await self.refresh()
+        lost: Findings = {}
+        for entry, (_, offset) in zip(new, placed, strict=True):
+            problems = state.refused.get(offset, [])
+            if not problems and not state.knows(entry):  # not read back: judge it now
+                problems = state.trial([entry]).get(entry.type, {}).get(entry.version, [])
+            if problems:
+                lost.setdefault(entry.type, {})[entry.version] = problems
+        if lost:
+            raise SchemaIncompatible(report(lost, state.modes))
+        for entry in new:
+            log.info(
+                "registered %s v%d (fingerprint %s%s)", entry.type, entry.version,
+                entry.fingerprint[:12], ", breaking" if entry.breaking else "",
+            )  # fmt: skip
+        return [state.versions[e.type][e.version] for e in new]
+
+    async def _append(self, records: Sequence[tuple[str, bytes]]) -> list[tuple[int, int]]:
+        if not self._created:
+            await self.transport.create_topic(
+                self.topic, 1, retention_ms=FOREVER, retention_bytes=FOREVER
+            )
+            self._created = True
+        return await self.transport.append(self.topic, list(records))
+
+
+def offers(contracts: Iterable[Contract]) -> list[SchemaVersion]:
+    """What registering ``contracts`` offers, in the order they are registered. A model
+    pydantic cannot describe in JSON Schema (a field of an arbitrary class) is left
+    out, with a warning: the registry cannot check what it cannot read."""
+    out = []
+    for contract in sorted(contracts, key=lambda c: (c.type, c.version)):
+        try:
+            out.append(offered(contract))
+        except PydanticInvalidForJsonSchema as exc:
+            log.warning(
+                "%s v%d (%s) has no JSON Schema, so the schema registry leaves it out: %s",
+                contract.type, contract.version, contract.model.__name__,
+                str(exc).splitlines()[0],
+            )  # fmt: skip
+    return out
+
+
+def _stamped(entry: SchemaVersion, service: str, host: str, at: int) -> SchemaVersion:
+    return SchemaVersion(
+        entry.type, entry.version, entry.schema, entry.fingerprint, entry.breaking,
+        service, host, at,
+    )  # fmt: skip
+
+
+def _mode_entry(type: str, mode: Mode, policy: Policy | None, service: str, at: int) -> bytes:
+    doc: dict[str, Any] = {
+        "kind": "mode",
+        "type": type,
+        "mode": mode.value,
+        "policy": None if policy is None else policy.value,
+        "service": service,
+        "host": socket.gethostname(),
+        "at": at,
+    }
+    return orjson.dumps(doc)
+
+
+def _unknown_type(type: str, state: RegistryState) -> str:
+    known = ", ".join(sorted(state.versions)) or "none"
+    return f"{type} is not in the schema registry; registered types: {known}"
+
+
+def check_schemas_setting(setting: object) -> None:
+    """Raise ConfigError unless ``setting`` is one of :data:`SCHEMAS`."""
+    if setting not in SCHEMAS:
+        raise ConfigError(f"Tidings(schemas={setting!r}): use one of {', '.join(SCHEMAS)}")
+
+
+async def at_start(
+    registry: SchemaRegistry, app_contracts: Registry, service: str, setting: str
+) -> None:
+    """What ``Tidings.start()`` does with the registry: with ``"register"`` register the
+    app's contracts, with ``"check"`` only check them; either raises
+    :class:`~tidings.errors.SchemaIncompatible` with the report. Nothing for ``"off"``
+    or an app without contracts."""
+    contracts = app_contracts.contracts()
+    if setting == "off" or not contracts:
+        return
+    if setting == "register":
+        await registry.register(contracts, service=service)
+        return
+    findings = await registry.check(contracts)
+    if findings:
+        raise SchemaIncompatible(report(findings, registry.state.modes))
