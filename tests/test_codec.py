@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import pickle
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -453,3 +454,25 @@ def test_decode_of_hostile_inputs_is_a_quick_decode_error(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode(raw)
     assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},  # what tidings writes for a root event: correlationid only
+        {"subject": "k", "causationid": "c-1"},  # published by a handler
+        {"dataschema": "urn:s", "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+    ],
+)
+def test_a_decoded_event_is_an_event_like_any_other(attributes: dict[str, Any]) -> None:
+    """Decode builds its Event without Event.__init__: it must be one all the same
+    (its class, immutable, equal to the one encoded, picklable)."""
+    sent = Event("note.added", "svc", {"seq": 1}, correlationid="c-0", **attributes)
+    got = decode(encode(sent))
+    assert type(got) is Event
+    assert got == sent
+    assert pickle.loads(pickle.dumps(got)) == got
+    with pytest.raises(AttributeError, match="immutable"):
+        got.subject = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="immutable"):
+        del got.data  # type: ignore[misc]

@@ -267,9 +267,10 @@ class Registry:
         """
         if self._upcasters and version is not None and (type, version) in self._upcasters:
             return self._upcast(type, version, data, shared)
-        contract = self.lookup(type, version)
+        # lookup() and knows(), inline: this runs for every handler call.
+        contract = self._latest.get(type) if version is None else self._by_key.get((type, version))
         if contract is None:
-            if self.knows(type):
+            if type in self._latest:
                 raise self._unknown_version(type, version)
             if shared and isinstance(data, dict | list):
                 # A copy of its own for the handler: it may change what it is given, and

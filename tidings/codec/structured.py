@@ -11,17 +11,27 @@ input over the size limit is a :class:`~tidings.errors.RecordTooLarge`, which is
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import enum
+import operator
 import uuid
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
+from tidings.codec.refusals import (
+    check_zone,
+    dataversion,
+    from_base64,
+    not_json,
+    refuse_optional,
+    refuse_specversion,
+    req_str,
+)
 from tidings.envelope import SPECVERSION, Event, checked_event, seen_types, validate_type
 from tidings.errors import (
     DecodeError,
@@ -38,6 +48,10 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _fromisoformat = datetime.fromisoformat
 _seen_types = seen_types()  # a set lookup first: validate_type is a call
+# The four attributes every event has, in one call (KeyError if one is missing).
+_REQUIRED: Callable[[dict[str, Any]], tuple[Any, Any, Any, Any]] = operator.itemgetter(
+    "specversion", "id", "source", "type"
+)
 
 # Attributes with a fixed meaning; any other top-level member is an extension.
 _KNOWN = frozenset(
@@ -59,10 +73,6 @@ _KNOWN = frozenset(
         "partitionkey",
     }
 )
-_OPTIONAL_STR = (
-    "subject", "datacontenttype", "dataschema", "correlationid", "causationid", "traceparent",
-    "partitionkey",
-)  # fmt: skip
 
 
 def _default(value: Any) -> Any:
@@ -186,45 +196,73 @@ def decode(raw: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_EVE
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError(_not_json(raw, exc)) from None
+        raise DecodeError(not_json(raw, exc)) from None
     if type(doc) is not dict:
         raise DecodeError(f"expected a JSON object, got {type(doc).__name__}")
     return from_dict(doc)
-
-
-def _req_str(doc: dict[str, Any], name: str) -> str:
-    value = doc.get(name)
-    if not isinstance(value, str) or not value:
-        if value is None:
-            raise DecodeError(
-                f"required attribute {name!r} is missing (every CloudEvents event has "
-                "specversion, id, source and type)"
-            )
-        raise DecodeError(f"attribute {name!r} must be a non-empty string, got {value!r:.80}")
-    return value
 
 
 def from_dict(doc: dict[str, Any]) -> Event:
     """Build an Event from a structured-mode JSON object; DecodeError if invalid.
     (For every delivered event: the common case's checks are inline expressions;
     the precise reason is looked for only when one fails.)"""
-    get = doc.get
-    specversion, event_id, source, event_type = (
-        get("specversion"), get("id"), get("source"), get("type")
-    )  # fmt: skip
+    try:
+        specversion, event_id, source, event_type = _REQUIRED(doc)
+    except KeyError:
+        specversion = event_id = source = event_type = None  # req_str names the missing one
     if not (
         type(specversion) is str and type(event_id) is str and type(source) is str
         and type(event_type) is str and event_id and source
     ):  # fmt: skip
         for name in ("specversion", "id", "source", "type"):
-            _req_str(doc, name)  # raises with the precise reason
+            req_str(doc, name)  # raises with the precise reason
     if specversion != SPECVERSION:
-        _refuse_specversion(specversion)
+        refuse_specversion(specversion)
     if event_type not in _seen_types:
         try:
-            validate_type(cast(str, event_type))
+            validate_type(event_type)
         except InvalidEventType as exc:
             raise DecodeError(f"attribute 'type': {exc}") from None
+    get = doc.get
+    extra = len(doc) - 7  # members besides the four, time, datacontenttype and data
+    if (
+        "data" in doc and "time" in doc and "datacontenttype" in doc
+        and (extra == 0 or extra == ("correlationid" in doc) + ("causationid" in doc)
+                                    + ("subject" in doc))
+    ):  # fmt: skip
+        # What tidings writes for an event without the rarer attributes (no lookups of
+        # absent ones, no extensions): its causality, and a subject if keyed.
+        datacontenttype, data = doc["datacontenttype"], doc["data"]
+        subject, correlationid, causationid = (
+            get("subject"), get("correlationid"), get("causationid")
+        )  # fmt: skip
+        dataschema = traceparent = key = version = None
+        extensions: dict[str, Any] = {}
+        if not (
+            type(datacontenttype) is str
+            and (subject is None or type(subject) is str)
+            and (correlationid is None or type(correlationid) is str)
+            and (causationid is None or type(causationid) is str)
+        ):
+            refuse_optional(doc)
+        when = _time(doc["time"])
+    else:
+        (
+            subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,
+            when, version, data, extensions,
+        ) = _optional_attributes(doc)  # fmt: skip
+    return checked_event(
+        event_type, source, data, event_id, when, subject, specversion,
+        datacontenttype, dataschema, version, correlationid, causationid, traceparent, key,
+        extensions,
+    )  # fmt: skip
+
+
+def _optional_attributes(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """The optional attributes of any event, checked: subject, datacontenttype,
+    dataschema, correlationid, causationid, traceparent, partitionkey, time,
+    dataversion, data, extensions."""
+    get = doc.get
     subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key = (
         get("subject"), get("datacontenttype"), get("dataschema"), get("correlationid"),
         get("causationid"), get("traceparent"), get("partitionkey"),
@@ -238,98 +276,37 @@ def from_dict(doc: dict[str, Any]) -> Event:
         and (traceparent is None or type(traceparent) is str)
         and (key is None or type(key) is str)
     ):
-        _refuse_optional(doc)
-    raw_time = get("time")
-    if raw_time is None:  # optional in CloudEvents: the epoch, visibly not a real time
-        when = _EPOCH
-    else:
-        if type(raw_time) is not str:
-            raise DecodeError(f"attribute 'time' must be an RFC 3339 string, got {raw_time!r:.80}")
-        try:
-            when = _fromisoformat(raw_time)
-        except ValueError:
-            raise DecodeError(f"attribute 'time' is not RFC 3339: {raw_time!r:.80}") from None
-        if when.tzinfo is not UTC:
-            _check_zone(raw_time, when)
+        refuse_optional(doc)
+    when = _time(get("time"))
     version = get("dataversion")
     if version is not None and (type(version) is not int or version < 1):
-        version = _dataversion(version)
-    data: Any = _from_base64(doc["data_base64"]) if "data_base64" in doc else get("data")
+        version = dataversion(version)
+    data = from_base64(doc["data_base64"]) if "data_base64" in doc else get("data")
     # Extension names cannot clash with the attributes: those are all in _KNOWN.
     extensions = {} if _KNOWN.issuperset(doc) else {k: v for k, v in doc.items() if k not in _KNOWN}
-    # Everything Event.__init__ checks is checked above.
-    return checked_event(
-        cast(str, event_type), cast(str, source), data, cast(str, event_id), when, subject,
-        cast(str, specversion), datacontenttype,
-        dataschema, version, correlationid, causationid, traceparent, key, extensions,
+    return (
+        subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,
+        when, version, data, extensions,
     )  # fmt: skip
 
 
-def _refuse_specversion(specversion: Any) -> None:
-    raise DecodeError(
-        f"specversion {specversion!r:.40} is not supported (only {SPECVERSION!r}: "
-        "CloudEvents 1.0 structured-mode JSON)"
-    )
-
-
-def _refuse_optional(doc: dict[str, Any]) -> None:
-    """Raise for the first optional string attribute of ``doc`` that is not one."""
-    for name in _OPTIONAL_STR:
-        value = doc.get(name)
-        if value is not None and type(value) is not str:
-            raise DecodeError(f"attribute {name!r} must be a string, got {value!r:.80}")
-
-
-def _check_zone(raw_time: str, when: datetime) -> None:
-    """Refuse a time without an offset, or with an offset RFC 3339 cannot write."""
-    if when.tzinfo is None:
-        raise DecodeError(f"attribute 'time' has no time zone offset: {raw_time!r:.80}")
-    offset = cast(timedelta, when.utcoffset())
-    if offset.seconds % 60 or offset.microseconds:
-        # Python reads "+01:00:30"; RFC 3339 (and the encoder) has whole minutes.
-        raise DecodeError(
-            f"attribute 'time' has a UTC offset with seconds: {raw_time!r:.80}; "
-            "RFC 3339 offsets are +hh:mm"
-        )
-
-
-def _dataversion(version: Any) -> int:
-    """A dataversion that is not a plain positive int: a decimal string (some
-    producers write extension values as strings, as CloudEvents allows), or an error."""
-    if isinstance(version, str) and version.isascii() and version.isdecimal():
-        version = int(version[:12]) if len(version) <= 12 else -1
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise DecodeError(
-            f"attribute 'dataversion' must be a positive integer, got {version!r:.80}"
-        )
-    return version
-
-
-def _from_base64(b64: Any) -> bytes:
-    if not isinstance(b64, str):
-        raise DecodeError("attribute 'data_base64' must be a base64 string")
+def _time(raw_time: Any) -> datetime:
+    """The event's ``time``: RFC 3339 with an offset; absent, the epoch (optional in
+    CloudEvents: visibly not a real time)."""
+    if raw_time is None:
+        return _EPOCH
+    if type(raw_time) is not str:
+        raise DecodeError(f"attribute 'time' must be an RFC 3339 string, got {raw_time!r:.80}")
     try:
-        return base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError("attribute 'data_base64' is not valid base64") from None
+        when = _fromisoformat(raw_time)
+    except ValueError:
+        raise DecodeError(f"attribute 'time' is not RFC 3339: {raw_time!r:.80}") from None
+    if when.tzinfo is not UTC:
+        check_zone(raw_time, when)
+    return when
 
 
-# -- reasons -----------------------------------------------------------------------
-
-
-def _not_json(raw: bytes | bytearray | memoryview, exc: orjson.JSONDecodeError) -> str:
-    """Why ``raw`` is not JSON: bad UTF-8 named by its byte, else orjson's position."""
-    data = bytes(raw)
-    if not data:
-        return "not valid UTF-8 JSON: the input is empty (0 bytes)"
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as bad:
-        return (
-            f"not valid UTF-8 JSON: the bytes are not UTF-8 (byte {data[bad.start]:#04x} at "
-            f"offset {bad.start}: {bad.reason}); events must be UTF-8 encoded JSON"
-        )
-    return f"not valid UTF-8 JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+# -- reasons (encoding) ------------------------------------------------------------
 
 
 _PUBLISH_OPTION = {

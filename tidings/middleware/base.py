@@ -81,9 +81,10 @@ class Middleware:
         when a call raises, as :class:`~tidings.middleware.Retry` and
         :class:`~tidings.middleware.DeadLetters` do. The default is False.
 
-        When every middleware of a plain ``def`` handler's chain answers True, the
-        worker hands a run of its events to a thread at once and calls the handler for
-        each there, one after the other; an event whose call raised then goes through
+        When every middleware of a handler's chain answers True, the worker calls the
+        handler for a run of its partition's events one after the other, without the
+        chain: a plain ``def`` handler in one thread hand-off, an ``async def`` one
+        awaited in turn by one coroutine. An event whose call raised then goes through
         the chain, which sees that first attempt's error as if the call had just raised
         it. A subclass that overrides :meth:`handle` to act around every call must
         answer False.

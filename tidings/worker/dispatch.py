@@ -1,13 +1,15 @@
 """One group's subscribers behind their middleware chains: an event to the handlers
 that want it.
 
-Plain ``def`` handlers run in a thread pool. Where every middleware of their chains
-acts only on errors (:meth:`~tidings.middleware.Middleware.only_on_error`: Retry and
-DeadLetters do), a run of consecutive events of one partition goes to a thread in one
-hand-off (:meth:`Dispatcher.dispatch_run`): the thread calls the handlers event after
-event and the loop awaits one future per run, not one per event. An event whose call
-raised leaves the thread and goes through its chain on the loop, which sees that first
-attempt's error (docs/decisions/0013-plain-def-handlers-in-runs.md).
+Plain ``def`` handlers run in a thread pool. Where every middleware of a handler's
+chain acts only on errors (:meth:`~tidings.middleware.Middleware.only_on_error`: Retry
+and DeadLetters do), a run of consecutive events of one partition is handled at once
+(:meth:`Dispatcher.dispatch_run`): for plain def handlers, in a thread, in one hand-off
+(the loop awaits one future per run, not one per event); for async handlers, by one
+coroutine that awaits each handler in turn, without a chain of middleware coroutines
+per event. An event whose call raised goes through its chain on the loop, which sees
+that first attempt's error (docs/decisions/0013-plain-def-handlers-in-runs.md,
+0019-async-handlers-in-runs.md).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ __all__ = ["RUN_SECONDS", "Dispatcher"]
 RUN_SECONDS = 0.02
 
 Route = list[tuple[Subscriber, Next]]
+
+# How the events of a (topic, event type) are handled: one at a time through the
+# chains, or in runs in a thread (plain def handlers), or in runs on the loop (async).
+_ONE, _THREAD, _LOOP = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -93,21 +99,23 @@ class Dispatcher:
             self.by_topic.setdefault(s.topic, []).append(s)
         self.layers = {id(s): [m for m in middleware if m.wraps(s)] for s in subscribers}
         self.chains = {id(s): compose(self.layers[id(s)], self._call) for s in subscribers}
-        # Plain def handlers whose middleware acts only on errors: called in runs.
+        # Handlers whose middleware acts only on errors: called in runs (plain def
+        # handlers when there is a thread pool to run them in).
         self.in_runs = {
             id(s)
             for s in subscribers
-            if not s.is_async and all(m.only_on_error(s) for m in self.layers[id(s)])
+            if (s.is_async or threads is not None)
+            and all(m.only_on_error(s) for m in self.layers[id(s)])
         }
         # (topic, event type) -> the subscribers that want it, with their chains, and
-        # whether they are all called in runs; made on the first such event.
+        # how its events are handled (_ONE, _THREAD, _LOOP); made on the first such event.
         self.routes: dict[tuple[str, str], Route] = {}
-        self.runs: dict[tuple[str, str], bool] = {}
+        self.runs: dict[tuple[str, str], int] = {}
 
     @property
     def batches(self) -> bool:
         """Whether some events of this group may be handled in runs."""
-        return self.threads is not None and bool(self.in_runs)
+        return bool(self.in_runs)
 
     @property
     def topics(self) -> list[str]:
@@ -117,9 +125,13 @@ class Dispatcher:
         subscribers = self.by_topic.get(topic, ())
         route = [(s, self.chains[id(s)]) for s in subscribers if s.wants(event_type)]
         self.routes[(topic, event_type)] = route
-        self.runs[(topic, event_type)] = bool(route) and all(
-            id(s) in self.in_runs for s, _ in route
-        )
+        kind = _ONE
+        if route and all(id(s) in self.in_runs for s, _ in route):
+            if all(s.is_async for s, _ in route):
+                kind = _LOOP
+            elif not any(s.is_async for s, _ in route):
+                kind = _THREAD
+        self.runs[(topic, event_type)] = kind
         return route
 
     async def dispatch(self, record: Record, event: Event, replay: DeadLetter | None) -> None:
@@ -197,28 +209,37 @@ class Dispatcher:
         if inspect.isawaitable(result):  # an async callable we could not tell
             await result
 
-    # -- runs of events for plain def handlers ----------------------------------------
+    # -- runs of events ---------------------------------------------------------------
 
     def batchable(self, record: Record, event: Event) -> bool:
-        """Whether ``event`` may be handled in a run: every subscriber that wants it is
-        a plain def handler whose middleware acts only on errors."""
+        """Whether ``event`` may be handled in a run: the subscribers that want it are
+        all plain def handlers, or all async ones, whose middleware acts only on errors."""
         key = (record.topic, event.type)
-        batchable = self.runs.get(key)
-        if batchable is None:
+        kind = self.runs.get(key)
+        if kind is None:
             self._route(*key)
-            batchable = self.runs[key]
-        return batchable
+            kind = self.runs[key]
+        return kind != _ONE
 
     async def dispatch_run(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
     ) -> int:
         """Handle the events of ``run`` (each :meth:`batchable`, in their partition's
-        order) in one thread, one after the other, until a call does not return
-        normally, the group stops or the run has had its time (:data:`RUN_SECONDS`);
-        call ``handled(record)`` for each handled, in order; return how many (at least
-        one). The event whose call raised is taken through its chain here, then counts
-        among them; those after it are not handled."""
-        items = [(record, event, self.routes[(record.topic, event.type)]) for record, event in run]
+        order) one after the other, until a call does not return normally, the group
+        stops or the run has had its time (:data:`RUN_SECONDS`); call
+        ``handled(record)`` for each handled, in order; return how many (at least one).
+        The event whose call raised is taken through its chain here, then counts among
+        them; those after it are not handled. Plain def handlers are called in one
+        thread, async ones on the loop; a run ends where its events' kind changes."""
+        record, event = run[0]
+        if self.runs[(record.topic, event.type)] == _LOOP:
+            return await self._run_on_loop(run, handled)
+        items = []
+        for record, event in run:
+            key = (record.topic, event.type)
+            if self.runs[key] != _THREAD:
+                break
+            items.append((record, event, self.routes[key]))
         batch = _Run(items)
         call = functools.partial(contextvars.copy_context().run, self._run_in_thread, batch)
         try:
@@ -233,7 +254,7 @@ class Dispatcher:
         if batch.stopped_at is None:
             return batch.done
         record, event, route = items[batch.done]
-        await self._resume(record, event, route, batch)
+        await self._resume(record, event, route, batch.stopped_at, batch.outcome)
         handled(record)
         return batch.done + 1
 
@@ -255,7 +276,7 @@ class Dispatcher:
             shared = self.shared_events or len(route) > 1
             for k, (sub, _) in enumerate(route):
                 try:
-                    result = base.copy().run(self._first_call, sub, record, event, shared)
+                    result = base.copy().run(self._scoped_call, sub, record, event, shared)
                 except BaseException as exc:  # the chain, on the loop, decides
                     batch.stopped_at, batch.outcome = k, exc
                     return
@@ -264,9 +285,13 @@ class Dispatcher:
                     return
             batch.done = n + 1
 
-    def _first_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
-        """The first attempt of a plain def handler at ``event``, in a thread."""
+    def _scoped_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
         causal_scope.set(event)  # in this call's own context
+        return self._first_call(sub, record, event, shared)
+
+    def _first_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
+        """The first attempt of a handler at ``event`` in a run: what the handler
+        returns (an async handler's coroutine)."""
         payload = self.registry.decode_payload(
             event.type, event.dataversion, event.data, shared=shared
         )
@@ -274,18 +299,55 @@ class Dispatcher:
             return sub.handler(payload)
         return sub.handler(payload, self._context(event, record, 1, None))
 
-    async def _resume(self, record: Record, event: Event, route: Route, batch: _Run) -> None:
-        """The event a run stopped at: the subscribers before ``batch.stopped_at`` were
-        called; that one's chain gets the first attempt's outcome from the thread, and
-        the subscribers after it are called as :meth:`dispatch` calls them."""
-        first = batch.stopped_at
-        assert first is not None
+    async def _run_on_loop(
+        self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
+    ) -> int:
+        """:meth:`dispatch_run` for async handlers: each awaited in turn, in this task
+        (its context variables, as :meth:`dispatch` has them), with the event as the
+        causal scope while its handlers run."""
+        stopping, stats, kinds, routes = self.stopping, self.stats, self.runs, self.routes
+        first_call, shared_events, set_scope = (
+            self._first_call,
+            self.shared_events,
+            causal_scope.set,
+        )
+        clock = time.perf_counter
+        until = clock() + RUN_SECONDS
+        token = set_scope(None)
+        try:
+            for n, (record, event) in enumerate(run):
+                key = (record.topic, event.type)
+                if n and (kinds[key] != _LOOP or stopping.is_set() or clock() > until):
+                    return n
+                route = routes[key]
+                shared = shared_events or len(route) > 1
+                set_scope(event)
+                for k, (sub, _) in enumerate(route):
+                    try:
+                        await first_call(sub, record, event, shared)
+                    except Exception as exc:  # the chain decides, as for a thread's run
+                        await self._resume(record, event, route, k, exc)
+                        handled(record)
+                        return n + 1
+                stats.handled += 1
+                handled(record)
+            return len(run)
+        finally:
+            causal_scope.reset(token)
+
+    async def _resume(
+        self, record: Record, event: Event, route: Route, first: int, outcome: Any
+    ) -> None:
+        """The event a run stopped at: the subscribers before ``first`` were called;
+        that one's chain gets the first attempt's ``outcome`` (what it raised, or the
+        awaitable it returned), and the subscribers after it are called as
+        :meth:`dispatch` calls them."""
         token = causal_scope.set(event)
         try:
             for k in range(first, len(route)):
                 sub, chain = route[k]
                 if k == first:
-                    chain = compose(self.layers[id(sub)], self._resumed(batch.outcome))
+                    chain = compose(self.layers[id(sub)], self._resumed(outcome))
                 await chain(
                     Delivery(
                         sub, event, record, self.group, self.stats, self.stopping, 1,

@@ -152,7 +152,8 @@ class Worker:
             )  # fmt: skip
             return Intake(
                 dead, sequenced=app.group_settings(group).sequenced, writes=writes,
-                decode=self.decoded, dispatch=dispatcher.dispatch, stats=self.stats,
+                decode=self.decoded if len(self.groups) > 1 else self.decoded_afresh,
+                dispatch=dispatcher.dispatch, stats=self.stats,
                 stopping=stopping, runs=dispatcher if dispatcher.batches else None,
             )  # fmt: skip
 
