@@ -16,6 +16,7 @@ from tidings import Tidings, TransportError
 from tidings.testing import drain, eventually, running
 from tidings.transport import FOREVER, Clock, TopicPartition, positions
 from tidings.transports.nats import NatsConsumer, NatsTransport
+from tidings.transports.nats.errors import NoAnswer
 
 pytestmark = pytest.mark.integration
 
@@ -206,6 +207,58 @@ async def test_a_member_whose_renewals_fail_for_a_lease_fences_itself(
     await c.commit(positions(held))
     assert await c.fetch(10, timeout=0.05) == []
     assert await committed(cli) == {0: 0}
+
+
+# -- joining while the servers do not answer (CI, a busy 3-node cluster) --------------
+
+
+def failing_writes(t: NatsTransport, errors: list[TransportError]) -> list[TransportError]:
+    """Make ``t``'s next groups-bucket writes raise ``errors`` in turn; what is left of
+    the list is returned (the same list)."""
+    put = t.group_client.put_entry
+
+    async def put_entry(*args: object, **kwargs: object) -> int | None:
+        if errors:
+            raise errors.pop(0)
+        return await put(*args, **kwargs)  # type: ignore[arg-type]
+
+    t.group_client.put_entry = put_entry  # type: ignore[method-assign]
+    return errors
+
+
+async def test_a_member_whose_first_heartbeats_get_no_answer_tries_again_and_joins(
+    nats_url: str, transports: list[NatsTransport]
+) -> None:
+    t = await started(transports, nats_url + "&partitions=1")
+    left = failing_writes(t, [NoAnswer("injected: no answer in 10s")] * 2)
+    c = t.consumer("g", ["t"])
+    await c.start()
+    assert left == []
+    assert c.assignment() == frozenset({TP})
+    await c.close()
+
+
+async def test_a_member_answered_with_an_error_at_its_first_heartbeat_fails_at_once(
+    nats_url: str, transports: list[NatsTransport]
+) -> None:
+    t = await started(transports, nats_url + "&partitions=1")
+    failing_writes(t, [TransportError("injected: refused; JetStream error 10999")])
+    c = t.consumer("g", ["t"])
+    with pytest.raises(TransportError, match="injected: refused"):
+        await c.start()
+    await c.close()
+
+
+async def test_a_member_that_never_gets_an_answer_fails_after_a_few_request_timeouts(
+    nats_url: str, transports: list[NatsTransport]
+) -> None:
+    t = await started(transports, nats_url + "&partitions=1")
+    t.client.timeout = 0.2  # the tries end after JOIN_TRIES_FOR of these
+    failing_writes(t, [NoAnswer(f"injected {i}") for i in range(100)])
+    c = t.consumer("g", ["t"])
+    with pytest.raises(NoAnswer, match="injected"):
+        await c.start()
+    await c.close()
 
 
 # -- finding 9: leases expire by the observer's monotonic clock -----------------------

@@ -21,6 +21,7 @@ __all__ = [
     "STREAM_NOT_FOUND",
     "WRONG_LAST_SEQUENCE",
     "NatsApiError",
+    "NoAnswer",
     "translate",
 ]
 
@@ -48,6 +49,12 @@ class NatsApiError(TransportError):
         super().__init__(message)
         self.code = code
         self.err_code = err_code
+
+
+class NoAnswer(TransportError):
+    """A request got no answer in time, or no server took its subject: a replicated
+    stream between two leaders, a node restarting, a server too busy to answer. Worth
+    trying again, unlike an error the server answered with."""
 
 
 def translate(
@@ -78,7 +85,8 @@ def translate(
         detail = str(cause.get("description") or "")
         if code == 503 and not err_code:
             detail = "no responders: no stream or JetStream service takes the subject"
-        elif err_code:
+            return NoAnswer(_message(url, doing, detail, hint))
+        if err_code:
             detail = f"{detail or 'error'}; JetStream error {err_code}"
         elif code:
             detail = f"{detail or 'error'}; status {code}"
@@ -93,8 +101,10 @@ def translate(
     if isinstance(cause, ssl.SSLError):
         return TransportError(f"{url}: the TLS handshake failed ({cause}); {_TLS}")
     if isinstance(cause, TimeoutError):
+        kind = NoAnswer
         detail = f"no answer in {within:g}s" if within is not None else str(cause)
     elif "NoRespondersError" in names:
+        kind = NoAnswer
         detail = "no responders: no stream or JetStream service takes the subject"
     else:
         text = str(cause)

@@ -39,12 +39,17 @@ import orjson
 from tidings.errors import TransportError
 from tidings.transport import FENCE_AFTER, Consumer, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports._leases import LeaseWatch
-from tidings.transports.nats.errors import translate
+from tidings.transports.nats.errors import NoAnswer, translate
 from tidings.transports.nats.groups import GROUPS_PREFIX, GroupClient, reset_marker
 
 __all__ = ["GroupMember"]
 
 log = logging.getLogger("tidings.nats")
+
+# How long a member's first heartbeat is tried again while the servers do not answer,
+# in request timeouts: a replicated groups bucket between two leaders answers nothing
+# (seen in CI: a 3-node cluster on a busy machine left one write unanswered for 10 s).
+JOIN_TRIES_FOR = 3
 
 Entries = dict[str, tuple[int, bytes | None]]
 
@@ -207,8 +212,26 @@ class GroupMember(Consumer):
             self._watch = await nc.subscribe(f"{GROUPS_PREFIX}{self.group}.>", cb=self._on_change)
         except Exception as exc:
             raise translate(exc, self.client.url, f"watching group {self.group!r} failed") from exc
-        await self._heartbeat()
+        await self._join()
         self._task = asyncio.get_running_loop().create_task(self._heartbeats())
+
+    async def _join(self) -> None:
+        """The first heartbeat, tried again while the servers do not answer, for up to
+        JOIN_TRIES_FOR request timeouts (real time: a test's clock may stand still); an
+        error the server answered with fails at once, as does the last no-answer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + JOIN_TRIES_FOR * self.client.client.timeout
+        while True:
+            try:
+                await self._heartbeat()
+                return
+            except NoAnswer as exc:
+                if loop.time() >= deadline:
+                    raise
+                log.warning(
+                    "member %s of group %s: joining, %s; trying again", self.member, self.group, exc
+                )
+                await asyncio.sleep(min(1.0, self.client.config.lease / 3))
 
     async def _on_change(self, msg: Any) -> None:
         # Act at once on a join, a leave, or a partition handed back; a member's or a
