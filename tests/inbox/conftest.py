@@ -37,12 +37,16 @@ def engine(db_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 async def closing() -> AsyncIterator[list[Any]]:
-    """Inboxes and async engines to close at the end of the test, last first."""
+    """Inboxes and engines (sync or async) to close at the end of the test, last first:
+    an engine left open keeps its pooled connections until the garbage collector finds
+    them, and psycopg's ResourceWarning then fails whichever test runs at that moment."""
     things: list[Any] = []
     yield things
     for thing in reversed(things):
         if isinstance(thing, Inbox):
             await thing.close()
+        elif isinstance(thing, sa.Engine):
+            thing.dispose()
         else:
             await thing.dispose()
 

@@ -246,7 +246,7 @@ async def test_a_subscriber_without_the_inbox_writing_to_its_sqlite_file_is_not_
     own = sa.create_engine(url, connect_args={"timeout": 3})
     effects_md = effects.metadata
     effects_md.create_all(own)
-    closing.append(_Disposing(own))
+    closing.append(own)
     inbox = Inbox(url, batch=100)
     closing.append(inbox)
     ids = await publish(app, 5)
@@ -266,16 +266,6 @@ async def test_a_subscriber_without_the_inbox_writing_to_its_sqlite_file_is_not_
     rows = effect_rows(own)
     assert sorted(e for e, h in rows if h == "inbox") == sorted(ids)
     assert sorted(e for e, h in rows if h == "own") == sorted(ids)
-
-
-class _Disposing:
-    """An engine for the ``closing`` fixture, which awaits ``dispose()``."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-
-    async def dispose(self) -> None:
-        self.engine.dispose()
 
 
 async def test_an_async_handlers_session_in_a_batch_is_a_whole_async_session(

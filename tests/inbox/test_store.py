@@ -260,6 +260,7 @@ class InboxStoreCases:
         self, app: Tidings, db_url: str, closing: list[Any]
     ) -> None:
         eng = sa.create_engine(db_url)
+        closing.append(eng)
         inbox = Inbox(eng)  # sync only
         closing.append(inbox)
         calls: list[str] = []
@@ -340,6 +341,7 @@ class InboxStoreCases:
         self, db_url: str, closing: list[Any]
     ) -> None:
         eng = sa.create_engine(db_url)
+        closing.append(eng)
         effects_md.create_all(eng)
         inbox = Inbox(eng)
         closing.append(inbox)
@@ -558,6 +560,7 @@ class TestPostgreSQLInbox(InboxStoreCases):
         self, pg_url: str, closing: list[Any]
     ) -> None:
         eng = sa.create_engine(pg_url)
+        closing.append(eng)
         with eng.begin() as conn:
             conn.execute(sa.text('CREATE SCHEMA "Events"'))
         inbox = Inbox(pg_url, schema="Events", table="Handled")
