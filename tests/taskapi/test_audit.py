@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -18,8 +16,9 @@ from taskapi import audit_log
 from taskapi.audit_log import AuditLog, VerifyReport, genesis, verify, verify_main
 from taskapi.events import API, TOPIC, TaskCreated, register
 from taskapi.services import audit as audit_service
-from taskapi.services import base_app, serve
+from taskapi.services import base_app
 from taskapi.settings import Settings
+from tests.taskapi.helpers import audited, run_until
 from tidings import ConfigError, Event, Tidings, encode
 from tidings.admin import group_rows, reset_offsets
 from tidings.dead_letters import Filter, open_log, replay
@@ -231,28 +230,6 @@ async def test_verify_main_exit_codes_and_output(
 
 
 # -- the service --------------------------------------------------------------------
-
-
-async def run_until(settings: Settings, done: Callable[[], Any]) -> None:
-    """Run the audit service until ``await done()`` is true (20 s at most)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve("audit", settings, stop))
-    try:
-        for _ in range(200):
-            if task.done() or await done():
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)  # raises what the service raised
-
-
-def audited(settings: Settings) -> list[dict[str, Any]]:
-    return [
-        orjson.loads(line)
-        for path in sorted(settings.audit_dir.glob("audit-*.jsonl"))
-        for line in read(path)
-    ]
 
 
 def appended(caplog: pytest.LogCaptureFixture) -> int:
