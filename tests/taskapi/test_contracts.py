@@ -169,7 +169,7 @@ async def old_and_new(url: str) -> tuple[Event, Event]:
     now; return both."""
     async with register(Tidings(url, service="taskapi")) as app:
         v1 = TaskCreatedV1(task_id="t1", title="Old", assignee="alice", due=DUE, created_at=NOW)
-        old = app.build(v1.model_dump(mode="json"), type="task.created", version=1)
+        old = app.build(v1.model_dump(mode="json"), type="task.created", version=1, subject="t1")
         await app.publish_events(TOPIC, [old])
         new = await app.publish(
             TOPIC, TaskCreated(task_id="t2", title="New", due_at=DUE, created_at=NOW)
