@@ -6,9 +6,10 @@ as the log holds it, at the version it was written. It reads the payloads with t
 system's contracts (:func:`taskapi.events.register`), as every service does, so an
 event written at an older version is read as today's (``task.created`` v1 as v2, by the
 upcaster) and its line also keeps what it was read as (``read``). A type it has no
-model for arrives as raw JSON and is audited as it is; a version newer than this build
-knows cannot be read, and is a dead letter (``poison``) until the service is deployed
-with its model: then ``tidings dlq replay audit`` audits it.
+model for arrives as raw JSON and is audited as it is. An event it cannot read is a
+dead letter (``poison``) before the handler: a version newer than this build knows,
+until the service is deployed with its model (then ``tidings dlq replay audit`` audits
+it), or a payload that does not match its model.
 """
 
 from __future__ import annotations
