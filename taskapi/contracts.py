@@ -7,9 +7,9 @@ app's contracts without running it::
     tidings asyncapi taskapi.contracts:app
 
 Its log is the system's (``$TIDINGS_URL``, else ``<data>/events.db``; ``--url`` sets
-``$TIDINGS_URL`` before this module is imported). It declares the topic, every type with
-its owner, versions and upcasters (:func:`taskapi.events.register`), and which service
-publishes what; it has no subscribers and is never started by the system itself.
+``$TIDINGS_URL`` before this module is imported). It declares the topic and every type
+with its owner, versions and upcasters (:func:`taskapi.events.register`); it has no
+subscribers and is never started by the system itself.
 """
 
 from __future__ import annotations

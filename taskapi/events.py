@@ -159,8 +159,8 @@ def register(app: Tidings) -> Tidings:
     """Declare the topic on ``app`` and register every payload model, each version, with
     its owner, and the upcasters: every service reads ``task.created`` as version 2."""
     app.topic(TOPIC, partitions=PARTITIONS)
-    # Version 1 stays registered (the log's schema registry keeps it, and an older
-    # producer may still publish it, with a warning); its events are read as version 2.
+    # Version 1 stays registered, deprecated: its events stay in the log, and the API of
+    # the previous release publishes it until it is replaced. They are read as version 2.
     app.event("task.created", version=1, subject="task_id", owner=API, deprecated=True)(
         TaskCreatedV1
     )

@@ -1,9 +1,11 @@
 """The reference system's contracts: owners and descriptions, ``task.created`` v2 and its
-upcaster, the schema registry before and after a start, and the audit service reading
-v1 events as v2 on live delivery, after an offset reset and on a dead letter's replay."""
+upcaster, the schema registry before and after a start, the audit service reading v1
+events as v2 on live delivery, after an offset reset and on a dead letter's replay, and
+the reminders service scheduling a v1 task by its due date."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -17,6 +19,7 @@ import pytest
 
 from taskapi.audit_log import AuditLog
 from taskapi.contracts import app as contracts
+from taskapi.db import make_engine
 from taskapi.events import (
     API,
     REMINDERS,
@@ -31,12 +34,14 @@ from taskapi.events import (
     register,
     task_created_v1_to_v2,
 )
-from taskapi.services import base_app
+from taskapi.services import base_app, serve
+from taskapi.services.reminders import metadata, pending
 from taskapi.settings import Settings
 from tests.taskapi.helpers import audited, run_until
 from tidings import Event, Tidings
 from tidings.admin import group_rows, reset_offsets
 from tidings.dead_letters import Filter, open_log, replay
+from tidings.testing import eventually
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 DUE = NOW + timedelta(days=3)
@@ -247,3 +252,28 @@ async def test_a_v1_dead_letter_is_read_as_v2_when_replayed(
         await run_until(settings, lambda: done(settings, 2, probe))
         check_lines(audited(settings), old, new)
         assert not (await open_log(probe.transport, "audit")).listing()
+
+
+async def test_the_reminders_service_schedules_a_v1_task_by_its_due_date(tmp_path: Path) -> None:
+    # The one reader whose behaviour the rename would change silently: without the
+    # upcaster a v1 event's due date would read as none, and no reminder be scheduled.
+    lead = timedelta(minutes=10)
+    settings = Settings.from_env(tmp_path, env={"TASKAPI_REMINDER_LEAD": "600"}).ensure()
+    due = datetime.now(UTC) + timedelta(days=3)
+    async with register(Tidings(settings.tidings_url, service="taskapi")) as app:
+        v1 = TaskCreatedV1(task_id="t1", title="Old", due=due, created_at=NOW)
+        old = app.build(v1.model_dump(mode="json"), type="task.created", version=1, subject="t1")
+        await app.publish_events(TOPIC, [old])
+    engine = make_engine(settings.state_db("reminders"))
+    metadata.create_all(engine)
+    stop = asyncio.Event()
+    service = asyncio.create_task(serve("reminders", settings, stop))
+    try:
+        await eventually(lambda: bool(pending(engine)), timeout=20, what="the reminder")
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, 30)
+        [row] = pending(engine)
+        engine.dispose()
+    assert (row["task_id"], row["causation_id"]) == ("t1", old.id)
+    assert row["remind_at"] == pytest.approx((due - lead).timestamp())
