@@ -5,9 +5,11 @@ Each line is compact JSON with sorted keys::
 
     {"audited_at":"2026-11-30T09:00:00.123456Z","event":{...},"n":17,"prev":"<sha256 hex>"}
 
-``event`` is the whole CloudEvent (``tidings.encode``), ``n`` counts lines from 1 in each
-file and ``prev`` is the SHA-256 of the previous line's bytes (without its newline), or
-for line 1 of ``b"taskapi-audit:YYYY-MM-DD"``. Changing, removing, inserting or
+``event`` is the whole CloudEvent as written (``tidings.encode``), ``n`` counts lines
+from 1 in each file and ``prev`` is the SHA-256 of the previous line's bytes (without its
+newline), or for line 1 of ``b"taskapi-audit:YYYY-MM-DD"``. An event read at a later
+version than it was written (upcast) has ``"read": {"version": 2, "data": {...}}`` too:
+the payload as the services read it. Changing, removing, inserting or
 reordering a line breaks the chain at or after it: :func:`verify` (``taskapi audit
 verify``) finds the first break. The chain cannot show that the *last* lines of a file
 were changed or cut off: nothing comes after them.
@@ -106,11 +108,13 @@ class AuditLog:
         """The file ``event`` goes to."""
         return self.folder / f"audit-{_day(event)}.jsonl"
 
-    async def append(self, event: Event) -> bool:
-        """Append ``event`` to its day's file; False (nothing written) if its id is among
-        the file's last :data:`RECENT` lines. Raises OSError, or AuditLogError if the
-        file's last line is damaged."""
-        doc = orjson.loads(encode(event))
+    async def append(self, event: Event, *, read: dict[str, Any] | None = None) -> bool:
+        """Append ``event`` (and ``read``, what it was read as, if given) to its day's
+        file; False (nothing written) if its id is among the file's last :data:`RECENT`
+        lines. Raises OSError, or AuditLogError if the file's last line is damaged."""
+        doc: dict[str, Any] = {"event": orjson.loads(encode(event))}
+        if read is not None:
+            doc["read"] = read
         chain = self._chain(_day(event))
         async with chain.lock:
             return await asyncio.to_thread(self._append, chain, event.id, doc)
@@ -142,7 +146,7 @@ class AuditLog:
                 return False
             stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
             line = orjson.dumps(
-                {"n": chain.n + 1, "prev": chain.head, "audited_at": stamp, "event": doc},
+                {"n": chain.n + 1, "prev": chain.head, "audited_at": stamp, **doc},
                 option=orjson.OPT_SORT_KEYS,
             )
             data = line + b"\n"

@@ -134,7 +134,7 @@ class TaskStore:
                     title=task.title,
                     description=task.description,
                     assignee=task.assignee,
-                    due=task.due,
+                    due_at=task.due,
                     priority=task.priority,
                     created_at=now,
                 ),

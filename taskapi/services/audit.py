@@ -1,8 +1,15 @@
 """The audit service: every event on the task topic, as it was published, into the
 hash-chained audit log (:mod:`taskapi.audit_log`), once.
 
-It subscribes to every type, including ones it has never heard of, and never looks at
-the payload: the record is the CloudEvent itself (``ctx.event``).
+It subscribes to every type and records the CloudEvent itself (``ctx.event``): the fact
+as the log holds it, at the version it was written. It reads the payloads with the
+system's contracts (:func:`taskapi.events.register`), as every service does, so an
+event written at an older version is read as today's (``task.created`` v1 as v2, by the
+upcaster) and its line also keeps what it was read as (``read``). A type it has no
+model for arrives as raw JSON and is audited as it is. An event it cannot read is a
+dead letter (``poison``) before the handler: a version newer than this build knows,
+until the service is deployed with its model (then ``tidings dlq replay audit`` audits
+it), or a payload that does not match its model.
 """
 
 from __future__ import annotations
@@ -11,30 +18,30 @@ import contextlib
 import logging
 from typing import Any
 
+from pydantic import BaseModel
+
 from taskapi.audit_log import AuditLog
-from taskapi.events import PARTITIONS, TOPIC
-from taskapi.services import inbox, retry_policy
+from taskapi.events import TOPIC
+from taskapi.services import base_app, inbox, retry_policy
 from taskapi.settings import Settings
 from tidings import Context, Tidings
 
-__all__ = ["build"]
+__all__ = ["build", "read_as"]
 
 log = logging.getLogger(__name__)
 
 
-def _app(settings: Settings) -> Tidings:
-    # Not base_app(): it registers the payload models, and an event of a known type
-    # whose payload or version this build does not know would then fail decoding before
-    # the handler and be dead-lettered unaudited. With no model registered every
-    # payload arrives as raw JSON, which the handler ignores anyway.
-    app = Tidings(settings.tidings_url, service="taskapi-audit")
-    app.topic(TOPIC, partitions=PARTITIONS)
-    return app
+def read_as(payload: Any, ctx: Context) -> dict[str, Any] | None:
+    """What an upcast event was read as (``{"version", "data"}``); None for an event
+    read at the version it was written."""
+    if ctx.read_version == ctx.event.dataversion or not isinstance(payload, BaseModel):
+        return None
+    return {"version": ctx.read_version, "data": payload.model_dump(mode="json")}
 
 
 def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     """The audit app: group ``audit`` from the earliest event, one line per event."""
-    app = _app(settings)
+    app = base_app("audit", settings)
     audit = AuditLog(settings.audit_dir)
     # The inbox keeps a replayed or redelivered event from being audited twice; the
     # log's own recent ids cover a crash between an append and the inbox's mark.
@@ -49,8 +56,10 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     )
     async def audit_event(payload: Any, ctx: Context) -> None:
         where = audit.path_for(ctx.event).name
-        if await audit.append(ctx.event):
-            log.info("audited %s %s in %s", ctx.type, ctx.id, where)
+        read = read_as(payload, ctx)
+        if await audit.append(ctx.event, read=read):
+            upcast = f" (v{ctx.event.dataversion} read as v{ctx.read_version})" if read else ""
+            log.info("audited %s %s%s in %s", ctx.type, ctx.id, upcast, where)
         else:
             log.info("%s %s is already in %s: not audited again", ctx.type, ctx.id, where)
 

@@ -41,8 +41,8 @@ def compose(event: Notice, settings: Settings, ctx: Context) -> EmailMessage | N
         lines = [f"A task was created for you: {event.title}"]
         if event.description:
             lines += ["", event.description]
-        if event.due is not None:
-            lines += ["", f"Due: {event.due.isoformat()} (priority {event.priority})"]
+        if event.due_at is not None:
+            lines += ["", f"Due: {event.due_at.isoformat()} (priority {event.priority})"]
     elif isinstance(event, TaskAssigned):
         subject = f"Assigned to you: {event.title}"
         lines = [f"The task {event.title!r} is now assigned to you."]

@@ -71,11 +71,12 @@ Change = TaskCreated | TaskUpdated | TaskCompleted | TaskDeleted
 def _schedule(
     session: Session, event: TaskCreated | TaskUpdated, lead: timedelta, ctx: Context
 ) -> None:
-    if event.due is None:
+    at = event.due_at if isinstance(event, TaskCreated) else event.due
+    if at is None:
         session.execute(sa.delete(timers).where(timers.c.task_id == event.task_id))
         return
     now = time.time()
-    due = event.due.timestamp()
+    due = at.timestamp()
     if due <= now:
         log.info("task %s is already overdue: no reminder", event.task_id)
         session.execute(sa.delete(timers).where(timers.c.task_id == event.task_id))

@@ -22,8 +22,8 @@ def message(event: TaskCreated | TaskCompleted, ctx: Context) -> dict[str, Any]:
     if isinstance(event, TaskCreated):
         text = f"New task{who}: {event.title}"
         headline = f":new: *New task*{who}: *{event.title}*"
-        if event.due is not None:
-            headline += f"\nDue {event.due.isoformat()} · priority {event.priority}"
+        if event.due_at is not None:
+            headline += f"\nDue {event.due_at.isoformat()} · priority {event.priority}"
     else:
         text = f"Task completed: {event.title}"
         headline = f":white_check_mark: *Completed*: *{event.title}*{who}"

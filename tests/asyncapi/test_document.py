@@ -118,8 +118,17 @@ async def test_operations_send_what_each_app_publishes_and_receive_per_group(
         for t in ("assigned", "completed", "created", "deleted", "updated")
     ]
     assert api["send.task-events.task.created"]["messages"] == [
-        {"$ref": "#/channels/task-events/messages/task.created.v1"}
+        {"$ref": "#/channels/task-events/messages/task.created.v1"},  # deprecated
+        {"$ref": "#/channels/task-events/messages/task.created.v2"},
     ]
+    created = docs["api"]["components"]["messages"]
+    assert (
+        created["task.created.v1"]["deprecated"],
+        "deprecated" in created["task.created.v2"],
+    ) == (
+        True,
+        False,
+    )
     assert sorted(docs["reminders"]["operations"]) == [
         "receive.reminders.task-events",
         "send.task-events.task.reminder_due",
@@ -131,6 +140,7 @@ async def test_operations_send_what_each_app_publishes_and_receive_per_group(
         "task.assigned.v1",
         "task.completed.v1",
         "task.created.v1",
+        "task.created.v2",
         "task.reminder_due.v1",
     ]
     assert receive["bindings"]["kafka"]["groupId"] == {"type": "string", "enum": ["email"]}

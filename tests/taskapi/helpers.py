@@ -1,14 +1,42 @@
-"""Test helpers for the reference system: reading what reached the log."""
+"""Test helpers for the reference system: reading what reached the log, running the
+audit service."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from taskapi.events import TOPIC, register
+from taskapi.services import serve
+from taskapi.settings import Settings
 from tidings import Context, Event, Tidings, Worker
+
+
+async def run_until(settings: Settings, done: Callable[[], Awaitable[bool]]) -> None:
+    """Run the audit service until ``await done()`` is true (20 s at most)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve("audit", settings, stop))
+    try:
+        for _ in range(200):
+            if task.done() or await done():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)  # raises what the service raised
+
+
+def audited(settings: Settings) -> list[dict[str, Any]]:
+    """Every line of the audit files, parsed, in file order."""
+    return [
+        orjson.loads(line)
+        for path in sorted(settings.audit_dir.glob("audit-*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]
 
 
 class LogProbe:

@@ -91,11 +91,12 @@ def test_crud_announces_each_change_under_the_requests_correlation_id(
     assert [e.correlationid for e in events] == [
         "req-create", "req-patch", "req-patch", "req-done", "req-delete",
     ]  # fmt: skip
-    assert {(e.key, e.source, e.dataversion) for e in events} == {(task_id, "taskapi", 1)}
+    assert {(e.key, e.source) for e in events} == {(task_id, "taskapi")}
+    assert [e.dataversion for e in events] == [2, 1, 1, 1, 1]  # task.created is at v2
     created_e, updated_e, assigned_e, completed_e, deleted_e = (e.data for e in events)
     assert created_e == {
         "task_id": task_id, "title": "Write the report", "description": "Q3",
-        "assignee": "alice", "due": "2030-01-31T17:00:00Z", "priority": "high",
+        "assignee": "alice", "due_at": "2030-01-31T17:00:00Z", "priority": "high",
         "created_at": task["created_at"],
     }  # fmt: skip
     assert updated_e == {

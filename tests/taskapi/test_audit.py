@@ -5,21 +5,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from taskapi import audit_log
 from taskapi.audit_log import AuditLog, VerifyReport, genesis, verify, verify_main
-from taskapi.events import TOPIC, TaskCreated, register
-from taskapi.services import serve
+from taskapi.events import API, TOPIC, TaskCreated, register
+from taskapi.services import audit as audit_service
+from taskapi.services import base_app
 from taskapi.settings import Settings
+from tests.taskapi.helpers import audited, run_until
 from tidings import ConfigError, Event, Tidings, encode
 from tidings.admin import group_rows, reset_offsets
+from tidings.dead_letters import Filter, open_log, replay
 
 DAY = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 FILE = "audit-2026-11-30.jsonl"
@@ -230,34 +232,12 @@ async def test_verify_main_exit_codes_and_output(
 # -- the service --------------------------------------------------------------------
 
 
-async def run_until(settings: Settings, done: Callable[[], Any]) -> None:
-    """Run the audit service until ``await done()`` is true (20 s at most)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve("audit", settings, stop))
-    try:
-        for _ in range(200):
-            if task.done() or await done():
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)  # raises what the service raised
-
-
-def audited(settings: Settings) -> list[dict[str, Any]]:
-    return [
-        orjson.loads(line)
-        for path in sorted(settings.audit_dir.glob("audit-*.jsonl"))
-        for line in read(path)
-    ]
-
-
 def appended(caplog: pytest.LogCaptureFixture) -> int:
     return sum(r.getMessage().startswith("audited ") for r in caplog.records)
 
 
 async def test_the_service_audits_every_event_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings.from_env(tmp_path, env={})
     publisher = register(Tidings(settings.tidings_url, service="test"))
@@ -275,11 +255,12 @@ async def test_the_service_audits_every_event_once(
             )
             for i in range(3)
         ]
-        # A type it does not know, and a known type at a version it has no model for.
+        # A type it does not know: audited as it is.
         sent.append(await publisher.publish(TOPIC, {"task_id": "t0"}, type="task.archived"))
-        future = Event(type="task.created", source="api-v2", data={"id": 7}, dataversion=2)
+        # A known type at a version newer than this build knows: it cannot be read, so it
+        # is a dead letter until the audit service is deployed with its model.
+        future = Event(type="task.created", source="api-v3", data={"id": 7}, dataversion=3)
         await publisher.publish_events(TOPIC, [future])
-        sent.append(future)
 
         async def all_audited() -> bool:
             return len(audited(settings)) == len(sent) and await caught_up()
@@ -287,11 +268,34 @@ async def test_the_service_audits_every_event_once(
         await run_until(settings, all_audited)
         docs = audited(settings)
         assert sorted(d["event"]["id"] for d in docs) == sorted(e.id for e in sent)
-        assert {d["event"]["id"]: d["event"] for d in docs}[future.id] == orjson.loads(
-            encode(future)
+        assert {d["event"]["id"]: d["event"] for d in docs}[sent[3].id] == orjson.loads(
+            encode(sent[3])
         )
         assert verify(settings.audit_dir).ok
         assert appended(caplog) == len(sent)
+        [(dead, state)] = (await open_log(publisher.transport, "audit")).listing()
+        assert (dead.event_id, dead.reason, state) == (future.id, "poison", "dead")
+        assert dead.error_type.endswith("UnsupportedVersion")
+        assert "version 3 of task.created is newer than this service knows" in dead.error_message
+
+        # Deployed with version 3, the audit service audits it on replay, as written.
+        class TaskCreatedV3(BaseModel):
+            id: int
+
+        def with_v3(name: str, settings: Settings) -> Tidings:
+            app = base_app(name, settings)
+            app.event("task.created", version=3, owner=API, breaking=True)(TaskCreatedV3)
+            return app
+
+        monkeypatch.setattr(audit_service, "base_app", with_v3)
+        assert await replay(publisher.transport, "audit", Filter()) == 1
+        sent.append(future)
+        await run_until(settings, all_audited)
+        docs = audited(settings)
+        assert {d["event"]["id"]: d["event"] for d in docs}[future.id] == orjson.loads(
+            encode(future)
+        )
+        assert not (await open_log(publisher.transport, "audit")).listing()
 
         # A replay of the whole topic, and new events: each audited once, chain intact.
         changes = await reset_offsets(publisher.transport, "audit", "earliest", force=True)

@@ -25,7 +25,7 @@ NOW = datetime.now(UTC)
 
 
 def created(task_id: str = "t1", due: datetime | None = None, **kw: Any) -> TaskCreated:
-    return TaskCreated(task_id=task_id, title="Report", due=due, created_at=NOW, **kw)
+    return TaskCreated(task_id=task_id, title="Report", due_at=due, created_at=NOW, **kw)
 
 
 def updated(changed: list[str], due: datetime | None, title: str = "Report") -> TaskUpdated:
