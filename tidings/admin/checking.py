@@ -10,8 +10,6 @@ the version checked, and takes the subject (the partition key) from the subject 
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,21 +22,20 @@ from tidings.schema.state import RegistryState, SchemaVersion
 if TYPE_CHECKING:
     from tidings.app import Tidings
 
-log = logging.getLogger("tidings.admin")
-
 
 @dataclass
 class PublishCheck:
     """Checks events against a log's schema registry (``state``, as read once).
 
     ``strict``: refuse a type the registry does not know (default: publish it unchecked,
-    with a warning). ``warn``: where warnings go (a type unknown to the registry, a
-    deprecated version), once per type or version.
+    with a warning). ``warnings``: what to tell before publishing (a type unknown to the
+    registry, a deprecated version), once per type or version; a caller shows them once
+    every event is checked, since a refused batch publishes nothing.
     """
 
     state: RegistryState
     strict: bool = False
-    warn: Callable[[str], None] = log.warning
+    warnings: list[str] = field(default_factory=list)
     _validators: dict[tuple[str, int], PayloadValidator] = field(default_factory=dict, repr=False)
     _warned: set[tuple[str, int]] = field(default_factory=set, repr=False)
 
@@ -66,7 +63,9 @@ class PublishCheck:
         if entry.deprecated and (entry.type, entry.version) not in self._warned:
             self._warned.add((entry.type, entry.version))
             latest = max(self.state.versions[entry.type])
-            self.warn(deprecation_notice(entry.type, entry.version, entry.sunset, latest))
+            self.warnings.append(
+                deprecation_notice(entry.type, entry.version, entry.sunset, latest)
+            )
         if as_is or (event.dataversion, event.subject) == (entry.version, subject):
             return event
         return event.with_(dataversion=entry.version, subject=subject)
@@ -79,7 +78,7 @@ class PublishCheck:
                 raise UnknownEventType(f"{exc}; --strict refuses a type it does not know") from None
         if (event.type, 0) not in self._warned:
             self._warned.add((event.type, 0))
-            self.warn(
+            self.warnings.append(
                 f"{event.type} is not in the schema registry of this log, so its payload is "
                 "not checked (--strict refuses it)"
             )
@@ -116,8 +115,6 @@ def _subject(entry: SchemaVersion, subject: str | None, data: Any) -> str | None
     return own
 
 
-async def publish_check(
-    app: Tidings, *, strict: bool = False, warn: Callable[[str], None] = log.warning
-) -> PublishCheck:
+async def publish_check(app: Tidings, *, strict: bool = False) -> PublishCheck:
     """A :class:`PublishCheck` on the schema registry of ``app``'s log, as it is now."""
-    return PublishCheck(await app.schema_registry.refresh(), strict=strict, warn=warn)
+    return PublishCheck(await app.schema_registry.refresh(), strict=strict)

@@ -100,7 +100,7 @@ async def cmd_publish(args: argparse.Namespace) -> int:
         await admin.check_publish_topic(app.transport, args.topic, create=args.create)
         check = None
         if not args.no_check:
-            check = await admin.publish_check(app, strict=args.strict, warn=print_warning)
+            check = await admin.publish_check(app, strict=args.strict)
         if args.type is not None:
             events = [
                 admin.build_event(
@@ -127,6 +127,8 @@ async def cmd_publish(args: argparse.Namespace) -> int:
                 version=args.version,
                 check=check,
             )
+        for warning in check.warnings if check is not None else ():
+            print_warning(warning)  # every event was checked: the batch goes
         await admin.publish(app, args.topic, events, create=args.create, deliver_at=deliver_at)
     if args.json:
         print_json(

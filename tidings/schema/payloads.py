@@ -53,9 +53,12 @@ class PayloadValidator:
         )
 
     def errors(self, data: Any) -> list[str]:
-        """Every failure of ``data``, as ``path: message``, in the schema's order
-        (empty: it is admitted)."""
-        return [
-            f"{payload_path(e.instance_path)}: {e.message}"
-            for e in self._validator.iter_errors(data)
-        ]
+        """Every failure of ``data``, as ``path: message``, by path (empty: it is
+        admitted)."""
+        found = sorted(self._validator.iter_errors(data), key=lambda e: _key(e.instance_path))
+        return [f"{payload_path(e.instance_path)}: {e.message}" for e in found]
+
+
+def _key(parts: Sequence[str | int]) -> tuple[tuple[int, int, str], ...]:
+    """Paths in order: a parent before its children, items by index."""
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in parts)
