@@ -170,6 +170,18 @@ def test_the_cli_warns_of_a_deprecated_version_in_the_app_s_words(
     assert err.strip() == f"tidings: warning: {caplog.records[-1].getMessage()}"
 
 
+def test_schema_show_says_what_publish_knows_of_a_version(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["schema", "show", "order.placed", "--version", "1", "--url", url]) == 0
+    out = capsys.readouterr().out
+    assert "subject field: order_id\n" in out
+    assert "deprecated:    sunset 2027-01-31\n" in out
+    assert main(["schema", "show", "order.placed", "--json", "--url", url]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert (shown["subject"], shown["deprecated"], shown["sunset"]) == ("order_id", False, None)
+
+
 # -- refusals: nothing is published --------------------------------------------------
 
 
