@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tidings.contracts import deprecation_notice
-from tidings.envelope import Event
 from tidings.errors import EventError, UnknownEventType
 from tidings.schema.payloads import PayloadValidator
 from tidings.schema.state import RegistryState, SchemaVersion
@@ -39,50 +38,49 @@ class PublishCheck:
     _validators: dict[tuple[str, int], PayloadValidator] = field(default_factory=dict, repr=False)
     _warned: set[tuple[str, int]] = field(default_factory=set, repr=False)
 
-    def event(self, event: Event, *, as_is: bool = False) -> Event:
-        """``event`` checked against the registered schema of its ``dataversion`` (the
-        latest if it has none), with that version as its ``dataversion`` and the
-        payload's subject field as its subject if it has none. With ``as_is`` (an event
-        given whole, to publish as it is) it is checked and never changed.
+    def check(
+        self, type: str, data: Any, *, subject: str | None = None, version: int | None = None
+    ) -> tuple[int | None, str | None]:
+        """Check a payload of ``type`` against the registered schema of ``version`` (the
+        latest if None); return the event's ``dataversion`` (the version checked) and
+        subject (``subject``, else the payload's subject field). An event given whole is
+        checked with its own attributes and published as it is.
 
         Raises :class:`~tidings.errors.EventError` naming every path where the payload
         does not match, or a subject that is not the subject field's value;
         :class:`~tidings.errors.UnknownEventType` for a version the registry does not
         hold (or, if ``strict``, a type).
         """
-        if event.type not in self.state.versions:
-            return self._unknown(event)
-        entry = self.state.schema(event.type, event.dataversion)
-        problems = self._validator(entry).errors(event.data)
+        if type not in self.state.versions:
+            self._unknown(type)
+            return version, subject
+        entry = self.state.schema(type, version)
+        problems = self._validator(entry).errors(data)
         if problems:
             raise EventError(
                 f"payload of {entry.type} v{entry.version} does not match its registered "
                 f"schema: {len(problems)} error(s): {'; '.join(problems)}"
             )
-        subject = _subject(entry, event.subject, event.data)
+        subject = _subject(entry, subject, data)
         if entry.deprecated and (entry.type, entry.version) not in self._warned:
             self._warned.add((entry.type, entry.version))
             latest = max(self.state.versions[entry.type])
-            self.warnings.append(
-                deprecation_notice(entry.type, entry.version, entry.sunset, latest)
-            )
-        if as_is or (event.dataversion, event.subject) == (entry.version, subject):
-            return event
-        return event.with_(dataversion=entry.version, subject=subject)
+            notice = deprecation_notice(entry.type, entry.version, entry.sunset, latest)
+            self.warnings.append(notice)
+        return entry.version, subject
 
-    def _unknown(self, event: Event) -> Event:
+    def _unknown(self, type: str) -> None:
         if self.strict:
             try:
-                self.state.schema(event.type)
+                self.state.schema(type)
             except UnknownEventType as exc:
                 raise UnknownEventType(f"{exc}; --strict refuses a type it does not know") from None
-        if (event.type, 0) not in self._warned:
-            self._warned.add((event.type, 0))
+        if (type, 0) not in self._warned:
+            self._warned.add((type, 0))
             self.warnings.append(
-                f"{event.type} is not in the schema registry of this log, so its payload is "
-                "not checked (--strict refuses it)"
+                f"{type} is not in the schema registry of this log, so its payload is not "
+                "checked (--strict refuses it)"
             )
-        return event
 
     def _validator(self, entry: SchemaVersion) -> PayloadValidator:
         key = (entry.type, entry.version)

@@ -49,11 +49,11 @@ def build_event(
     """An event from the app's service, checked against the app's size limit and, with
     ``check``, the log's schema registry (its ``dataversion`` and subject completed)."""
     validate_type(event_type)
+    if check is not None:
+        version, subject = check.check(event_type, data, subject=subject, version=version)
     event = app.build(
         data, type=event_type, version=version, subject=subject, correlation_id=correlation_id
     )
-    if check is not None:
-        event = check.event(event)
     encode(event, app.max_event_bytes)  # EventTooLarge now, not half-way through a batch
     return event
 
@@ -116,8 +116,10 @@ def _event_from_line(line: str | bytes, app: Tidings, defaults: _Defaults) -> Ev
         validate_type(event_type)  # its own message, for either form
     if "specversion" in doc:
         event = from_dict(doc)
-        if defaults.check is not None:
-            event = defaults.check.event(event, as_is=True)
+        if defaults.check is not None:  # checked with its own attributes, kept as it is
+            defaults.check.check(
+                event.type, event.data, subject=event.subject, version=event.dataversion
+            )
         encode(event, app.max_event_bytes)
         return event
     unknown = sorted(set(doc) - SHORT_FORM_KEYS)
