@@ -126,7 +126,8 @@ def _event_from_line(line: str | bytes, app: Tidings, defaults: _Defaults) -> Ev
     if unknown:
         raise DecodeError(
             f"unknown key(s) {', '.join(unknown)}: a line is a CloudEvents event (with "
-            "specversion) or has type, data and optionally subject and correlationid"
+            "specversion) or has type, data and optionally subject, correlationid and "
+            "dataversion"
         )
     missing = [k for k in ("type", "data") if k not in doc]
     if missing:
