@@ -25,8 +25,9 @@ from tidings.codec import encode
 from tidings.envelope import Event
 from tidings.errors import EventError, UnknownEventType
 from tidings.partitioning import partition_for
+from tidings.schema import fingerprint
 from tidings.schema.payloads import PayloadValidator, payload_path
-from tidings.schema.state import RegistryState
+from tidings.schema.state import RegistryState, SchemaVersion
 from tidings.transports import open_transport
 
 TOPIC = "orders"
@@ -352,6 +353,28 @@ def test_a_publish_check_warns_once_per_type_and_version() -> None:
         build_event(app, "order.unknown", 1, check=PublishCheck(state, strict=True))
     with pytest.raises(EventError, match="does not match"):
         build_event(app, "order.placed", {}, check=check)
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ({"type": "object", "properties": {"a": {"pattern": "("}}}, '"(" is not a "regex"'),
+        ({"$ref": "http://127.0.0.1:9/order.json"}, "is outside the schema, and is not fetched"),
+    ],
+)
+def test_a_registered_schema_the_validator_cannot_read_is_refused_in_one_line(
+    schema: dict[str, object], says: str
+) -> None:
+    version = SchemaVersion("order.odd", 1, schema, fingerprint(schema))
+    state = RegistryState()
+    state.add(version)
+    with pytest.raises(EventError) as refused:
+        PublishCheck(state).check("order.odd", {"a": "x"})
+    assert "the registered schema of order.odd v1 cannot be read by the validator" in str(
+        refused.value
+    )
+    assert says in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 # -- end to end ----------------------------------------------------------------------

@@ -91,7 +91,8 @@ class PublishCheck:
             except ValueError as exc:
                 raise EventError(
                     f"the registered schema of {entry.type} v{entry.version} cannot be "
-                    f"read by the validator ({exc}); publish with --no-check"
+                    f"read by the validator ({str(exc).splitlines()[0]}); publish with "
+                    "--no-check"
                 ) from None
         return found
 

@@ -45,11 +45,13 @@ def payload_path(parts: Sequence[str | int]) -> str:
 
 
 class PayloadValidator:
-    """A compiled JSON Schema: :meth:`errors` says where a payload fails it."""
+    """A compiled JSON Schema: :meth:`errors` says where a payload fails it. A schema
+    the validator cannot read is a ValueError; a ``$ref`` outside the schema is one
+    too (it is never fetched: checking a payload makes no network call)."""
 
     def __init__(self, schema: JsonSchema) -> None:
         self._validator = jsonschema_rs.validator_for(
-            schema if isinstance(schema, bool | dict) else dict(schema)
+            schema if isinstance(schema, bool | dict) else dict(schema), retriever=_no_fetch
         )
 
     def errors(self, data: Any) -> list[str]:
@@ -57,6 +59,10 @@ class PayloadValidator:
         admitted)."""
         found = sorted(self._validator.iter_errors(data), key=lambda e: _key(e.instance_path))
         return [f"{payload_path(e.instance_path)}: {e.message}" for e in found]
+
+
+def _no_fetch(uri: str) -> Any:
+    raise ValueError(f"{uri} is outside the schema, and is not fetched")
 
 
 def _key(parts: Sequence[str | int]) -> tuple[tuple[int, int, str], ...]:
