@@ -43,7 +43,8 @@ subject is refused. A type the registry does not know is published unchecked, wi
 warning (--strict refuses it); --no-check skips the registry. An event given whole is
 checked against its own dataversion and published as it is.
 
-Prints the id of each published event, one a line (--json: a list of objects).
+Prints the id of each published event, one a line (--json: a list of objects with
+id, type, subject and dataversion).
 """
 
 
@@ -60,7 +61,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--data", metavar="JSON", help="the payload as JSON (needs TYPE); 'null' for none"
     )
-    p.add_argument("--subject", metavar="S", help="the event's subject (and partition key)")
+    p.add_argument(
+        "--subject",
+        metavar="S",
+        help="the event's subject and partition key (default: the payload's subject field, "
+        "if its registered type has one)",
+    )
     p.add_argument(
         "--correlation-id", metavar="C", help="the correlation id (default: the event's id)"
     )
