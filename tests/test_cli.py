@@ -16,12 +16,15 @@ from pathlib import Path
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from tests.conftest import LOGS, log_url
 from tidings import Tidings
 from tidings.admin import GROUP_JSON_KEYS, GROUP_TOPIC_JSON_KEYS, group_rows, topic_rows
 from tidings.codec import decode
+from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetterLog
+from tidings.schema import SchemaRegistry
 from tidings.testing import drain
 from tidings.transport import Consumer, positions
 
@@ -398,8 +401,16 @@ async def test_tail_json_can_be_published_again_unchanged(log: Tidings, url: str
     assert {orjson.loads(x)["source"] for x in copied.splitlines()} == {"seed"}
 
 
+class TaskCreated(BaseModel):
+    n: int
+
+
 async def test_a_successful_publish_writes_nothing_to_stderr(log: Tidings, url: str) -> None:
-    result = tidings("publish", "tasks", "task.created", "--data", "1", url=url)
+    # A type the schema registry knows: an unknown one is published with a warning.
+    contracts = Registry()
+    contracts.register(TaskCreated, "task.created")
+    await SchemaRegistry(log.transport).register(contracts.contracts(), service="seed")
+    result = tidings("publish", "tasks", "task.created", "--data", '{"n": 1}', url=url)
     assert result.returncode == 0
     assert result.stderr == ""
 
@@ -412,9 +423,9 @@ async def test_tail_prints_one_readable_line_per_event_filtered(log: Tidings, ur
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[-1] for line in lines] == ['{"n":0}', '{"n":1}', '{"n":2}']
-    when, event_type, subject, event_id, position, _ = lines[0].split()
+    when, event_type, version, subject, event_id, position, _ = lines[0].split()
     assert datetime.fromisoformat(when).tzinfo is not None
-    assert (event_type, subject) == ("task.created", "t-1")
+    assert (event_type, version, subject) == ("task.created", "-", "t-1")  # no dataversion
     assert len(event_id) == 36
     assert position.split("@")[1] == "0"
 

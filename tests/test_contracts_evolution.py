@@ -526,7 +526,7 @@ def test_the_tail_command_with_upcast_prints_events_as_the_app_reads_them(
     assert "order.placed  v1->v3  o-1" in lines[0]
     assert '"amount_cents":700,"currency":"EUR"' in lines[0]
     assert "order.placed  v2->v3  o-2" in lines[1]
-    assert "order.placed  o-3" in lines[2]  # written as v3: nothing to say
+    assert "order.placed  v3  o-3" in lines[2]  # written as v3: read as written
     as_json = run("--upcast", "shop:app", "--json")
     assert as_json.returncode == 0, as_json.stderr
     assert '"dataversion":3' in as_json.stdout.splitlines()[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import date
 from typing import Any
 
 import orjson
@@ -350,3 +351,67 @@ async def test_a_record_that_is_no_registry_entry_is_skipped(
         with caplog.at_level(logging.WARNING, "tidings.schema"):
             assert [v.version for v in await fresh.versions("order.placed")] == [1]
         assert caplog.text.count("is not a schema registry entry") == 2
+
+
+# -- what a contract says of its versions (decision 0021) ----------------------------
+
+
+async def test_a_registration_records_the_subject_field_and_deprecation(url: str) -> None:
+    app = Tidings(url, service="billing")
+    app.event("order.placed", 1, subject="order_id", sunset="2027-01-31")(OrderV1)
+    app.event("order.placed", 2, subject="order_id")(OrderNoteDropped)
+    async with app:
+        v1, v2 = await SchemaRegistry(app.transport).versions("order.placed")
+        assert (v1.subject, v1.deprecated, v1.sunset) == ("order_id", True, date(2027, 1, 31))
+        assert (v2.subject, v2.deprecated, v2.sunset) == ("order_id", False, None)
+        [first, _] = await entries(app.transport)
+        assert (first["subject"], first["deprecated"], first["sunset"]) == (
+            "order_id",
+            True,
+            "2027-01-31",
+        )
+
+
+async def test_an_entry_written_before_subjects_were_recorded_still_reads(url: str) -> None:
+    async with app_with(url, "billing", (OrderV1, 1, False)) as app:
+        old = {
+            "kind": "schema", "type": "order.paid", "version": 1, "breaking": False,
+            "fingerprint": "x", "service": "old", "host": "h", "at": 1,
+            "schema": OrderV1.model_json_schema(),
+        }  # fmt: skip
+        await app.transport.append(SCHEMAS_TOPIC, [(None, orjson.dumps(old))])
+        paid = await SchemaRegistry(app.transport).schema("order.paid")
+        assert (paid.subject, paid.deprecated, paid.sunset) == (None, False, None)
+
+
+async def test_a_later_release_notes_a_deprecation_an_older_one_cannot_undo(url: str) -> None:
+    """v1 registered without a subject field; a later release deprecates it and names
+    its subject field: a note. The older release starting again writes nothing."""
+    async with app_with(url, "billing", (OrderV1, 1, False)):
+        pass
+    later = Tidings(url, service="billing")
+    later.event("order.placed", 1, subject="order_id", deprecated=True)(OrderV1)
+    async with later:
+        [v1] = await later.schema_registry.versions("order.placed")
+        assert (v1.subject, v1.deprecated, v1.service) == ("order_id", True, "billing")
+        assert [e["kind"] for e in await entries(later.transport)] == ["schema", "about"]
+    async with app_with(url, "billing", (OrderV1, 1, False)) as older:
+        assert len(await entries(older.transport)) == 2  # nothing taken back
+        [v1] = await SchemaRegistry(older.transport).versions("order.placed")
+        assert (v1.subject, v1.deprecated) == ("order_id", True)
+    again = Tidings(url, service="billing")
+    again.event("order.placed", 1, subject="order_id", sunset="2027-03-01")(OrderV1)
+    async with again:  # a sunset is news: noted; the fingerprint is the registered one
+        [v1] = await SchemaRegistry(again.transport).versions("order.placed")
+        assert v1.sunset == date(2027, 3, 1)
+        assert len(await entries(again.transport)) == 3
+
+
+async def test_a_note_on_a_version_never_registered_changes_nothing(url: str) -> None:
+    async with app_with(url, "billing", (OrderV1, 1, False)) as app:
+        note = {"kind": "about", "type": "order.placed", "version": 5, "deprecated": True}
+        await app.transport.append(SCHEMAS_TOPIC, [(None, orjson.dumps(note))])
+        registry = SchemaRegistry(app.transport)
+        assert [(v.version, v.deprecated) for v in await registry.versions("order.placed")] == [
+            (1, False)
+        ]

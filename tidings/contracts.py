@@ -337,14 +337,8 @@ class Registry:
         if key in _warned:
             return
         _warned.add(key)
-        sunset = contract.sunset
-        log.warning(
-            "publishing %s version %d, which is deprecated (%s); the latest is version %d",
-            contract.type,
-            contract.version,
-            f"sunset {sunset.isoformat()}" if sunset else "no sunset date",
-            self.latest_version(contract.type),
-        )
+        latest = self.latest_version(contract.type)
+        log.warning(deprecation_notice(contract.type, contract.version, contract.sunset, latest))
 
     def check_command_owners(self, subscriptions: Iterable[tuple[str, Any]]) -> None:
         """Refuse a command type that subscribers of two groups name: a command has
@@ -378,6 +372,16 @@ class Registry:
             f"version={version})) or an upcaster from it (@app.upcaster({type!r}, "
             f"from_version={version})) in this service, then replay the dead letter"
         )
+
+
+def deprecation_notice(type: str, version: int, sunset: date | None, latest: int) -> str:
+    """What publishing a deprecated version warns, in process (:meth:`Registry.
+    warn_deprecated`) or from the command line (``tidings publish``)."""
+    when = f"sunset {sunset.isoformat()}" if sunset else "no sunset date"
+    return (
+        f"publishing {type} version {version}, which is deprecated ({when}); the latest "
+        f"is version {latest}"
+    )
 
 
 _MAX_SHOWN = 10  # validation errors spelled out in a DecodeError (a dead-letter reason)

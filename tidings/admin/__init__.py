@@ -2,14 +2,17 @@
 (and ``tidings topics delete``).
 
 Each function takes a started transport (or, to publish, a started Tidings app) and
-returns data; ``tidings.cli`` only parses arguments and prints. A position in a
-topic is ``earliest``, ``latest``, a time (ISO-8601, UTC unless it has an offset, or an
-age such as ``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``) or, for offset resets, an
-offset that applies to every partition.
+returns data; ``tidings.cli`` only parses arguments and prints. ``tidings publish``
+checks each event against the log's schema registry (:class:`PublishCheck`).
+
+A position in a topic is ``earliest``, ``latest``, a time (ISO-8601, UTC unless it has
+an offset, or an age such as ``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``) or, for
+offset resets, an offset that applies to every partition.
 """
 
 from __future__ import annotations
 
+from tidings.admin.checking import PublishCheck, publish_check
 from tidings.admin.offsets import OffsetChange, reset_offsets
 from tidings.admin.positions import (
     Position,
@@ -53,6 +56,7 @@ __all__ = [
     "GroupTopic",
     "OffsetChange",
     "Position",
+    "PublishCheck",
     "build_event",
     "check_publish_topic",
     "check_topic_deletable",
@@ -70,6 +74,7 @@ __all__ = [
     "parse_publish_lines",
     "parse_time",
     "publish",
+    "publish_check",
     "reset_offsets",
     "resolve_start",
     "topic_info",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tidings.admin.checking import PublishCheck
 from tidings.admin.positions import topic_info
 from tidings.codec import encode, from_dict
 from tidings.envelope import Event, validate_type
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 CLI_SOURCE = "tidings-cli"
 """The ``source`` (service name) of the events the ``tidings`` command publishes."""
 # The short form of a line on stdin; any other key is a typo, not an extension.
-SHORT_FORM_KEYS = frozenset({"type", "data", "subject", "correlationid"})
+SHORT_FORM_KEYS = frozenset({"type", "data", "subject", "correlationid", "dataversion"})
 
 # -- publish ----------------------------------------------------------------------
 
@@ -41,10 +43,17 @@ def build_event(
     *,
     subject: str | None = None,
     correlation_id: str | None = None,
+    version: int | None = None,
+    check: PublishCheck | None = None,
 ) -> Event:
-    """An event from the app's service, checked against the app's size limit."""
+    """An event from the app's service, checked against the app's size limit and, with
+    ``check``, the log's schema registry (its ``dataversion`` and subject completed)."""
     validate_type(event_type)
-    event = app.build(data, type=event_type, subject=subject, correlation_id=correlation_id)
+    if check is not None:
+        version, subject = check.check(event_type, data, subject=subject, version=version)
+    event = app.build(
+        data, type=event_type, version=version, subject=subject, correlation_id=correlation_id
+    )
     encode(event, app.max_event_bytes)  # EventTooLarge now, not half-way through a batch
     return event
 
@@ -55,21 +64,26 @@ def parse_publish_lines(
     *,
     subject: str | None = None,
     correlation_id: str | None = None,
+    version: int | None = None,
+    check: PublishCheck | None = None,
 ) -> list[Event]:
     """Events from JSON lines, every one validated; blank lines are skipped.
 
     A line with ``specversion`` is a CloudEvents structured-mode event, published as it
     is (its id, source and time kept: ``tidings tail --json`` output can be fed back).
-    Any other line is ``{"type": ..., "data": ...}`` with optional ``subject`` and
-    ``correlationid`` (defaulting to ``subject``/``correlation_id`` here), and becomes an
-    event of the app's service. An error names the line.
+    Any other line is ``{"type": ..., "data": ...}`` with optional ``subject``,
+    ``correlationid`` and ``dataversion`` (defaulting to ``subject``/``correlation_id``/
+    ``version`` here), and becomes an event of the app's service. With ``check``, each
+    is checked against the log's schema registry (:class:`PublishCheck`; an event given
+    whole is only checked). An error names the line.
     """
     events = []
+    defaults = _Defaults(subject, correlation_id, version, check)
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            events.append(_event_from_line(line, app, subject, correlation_id))
+            events.append(_event_from_line(line, app, defaults))
         except (EventError, ConfigError) as exc:
             raise type(exc)(f"stdin line {number}: {exc}") from None
     if not events:
@@ -80,9 +94,17 @@ def parse_publish_lines(
     return events
 
 
-def _event_from_line(
-    line: str | bytes, app: Tidings, subject: str | None, correlation_id: str | None
-) -> Event:
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    """What a short-form line does not say, and the check of every line."""
+
+    subject: str | None
+    correlation_id: str | None
+    version: int | None
+    check: PublishCheck | None
+
+
+def _event_from_line(line: str | bytes, app: Tidings, defaults: _Defaults) -> Event:
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
@@ -94,13 +116,18 @@ def _event_from_line(
         validate_type(event_type)  # its own message, for either form
     if "specversion" in doc:
         event = from_dict(doc)
+        if defaults.check is not None:  # checked with its own attributes, kept as it is
+            defaults.check.check(
+                event.type, event.data, subject=event.subject, version=event.dataversion
+            )
         encode(event, app.max_event_bytes)
         return event
     unknown = sorted(set(doc) - SHORT_FORM_KEYS)
     if unknown:
         raise DecodeError(
             f"unknown key(s) {', '.join(unknown)}: a line is a CloudEvents event (with "
-            "specversion) or has type, data and optionally subject and correlationid"
+            "specversion) or has type, data and optionally subject, correlationid and "
+            "dataversion"
         )
     missing = [k for k in ("type", "data") if k not in doc]
     if missing:
@@ -111,12 +138,19 @@ def _event_from_line(
     for name in ("type", "subject", "correlationid"):
         if name in doc and not isinstance(doc[name], str):
             raise DecodeError(f"{name!r} must be a string, got {doc[name]!r:.80}")
+    version = doc.get("dataversion", defaults.version)
+    if version is not None and (
+        not isinstance(version, int) or isinstance(version, bool) or version < 1
+    ):
+        raise DecodeError(f"'dataversion' must be an integer >= 1, got {version!r:.80}")
     return build_event(
         app,
         doc["type"],
         doc["data"],
-        subject=doc.get("subject", subject),
-        correlation_id=doc.get("correlationid", correlation_id),
+        subject=doc.get("subject", defaults.subject),
+        correlation_id=doc.get("correlationid", defaults.correlation_id),
+        version=version,
+        check=defaults.check,
     )
 
 
@@ -140,6 +174,7 @@ async def publish(
     deliver_at: datetime | None = None,
 ) -> None:
     """Append ``events`` to ``topic`` in one batch (see :func:`check_publish_topic`),
-    or, with ``deliver_at``, schedule them for then."""
+    or, with ``deliver_at``, schedule them for then. Nothing is appended unless every
+    event was built (and checked) first: build them all, then publish."""
     await check_publish_topic(app.transport, topic, create=create)
     await app.publish_events(topic, events, deliver_at=deliver_at)

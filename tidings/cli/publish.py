@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from tidings import admin
-from tidings.cli.common import add_common, opened
-from tidings.cli.output import print_json
+from tidings.cli.common import add_common, opened, positive_int
+from tidings.cli.output import print_json, print_warning
 from tidings.errors import ConfigError
 
 __all__ = ["add_commands"]
@@ -27,14 +27,24 @@ of events read from stdin, one JSON object per line. A line is either
 
   {"type": "task.created", "data": {...}, "subject": "t-1", "correlationid": "r-9"}
 
-(subject and correlationid optional; --subject and --correlation-id are their
-defaults), published with source "tidings-cli"; or a full CloudEvents structured-mode
-event (it has "specversion"), published as it is, id, source and time included, so
-that 'tidings tail --json' output can be published again. Blank lines are skipped.
-Every line is checked before any is published: a bad line publishes nothing.
-The topic must exist, unless --create is given.
+(subject, correlationid and dataversion optional; --subject, --correlation-id and
+--version are their defaults), published with source "tidings-cli"; or a full
+CloudEvents structured-mode event (it has "specversion"), published as it is, id,
+source and time included, so that 'tidings tail --json' output can be published
+again. Blank lines are skipped. Every line is checked before any is published: a bad
+line publishes nothing. The topic must exist, unless --create is given.
 
-Prints the id of each published event, one a line (--json: a list of objects).
+Each payload is checked against the schema its type has in the log's schema registry
+(the version given, else the latest); one that does not match is refused with every
+failing path (data.amount_cents: "x" is not of type "integer"). The event's
+dataversion is the version checked, and its subject (the partition key) is the
+payload's subject field, if the type has one and no subject is given; a different
+subject is refused. A type the registry does not know is published unchecked, with a
+warning (--strict refuses it); --no-check skips the registry. An event given whole is
+checked against its own dataversion and published as it is.
+
+Prints the id of each published event, one a line (--json: a list of objects with
+id, type, subject and dataversion).
 """
 
 
@@ -51,9 +61,31 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--data", metavar="JSON", help="the payload as JSON (needs TYPE); 'null' for none"
     )
-    p.add_argument("--subject", metavar="S", help="the event's subject (and partition key)")
+    p.add_argument(
+        "--subject",
+        metavar="S",
+        help="the event's subject and partition key (default: the payload's subject field, "
+        "if its registered type has one)",
+    )
     p.add_argument(
         "--correlation-id", metavar="C", help="the correlation id (default: the event's id)"
+    )
+    p.add_argument(
+        "--version",
+        type=positive_int,
+        metavar="N",
+        help="the payload's schema version (its dataversion; default: the latest registered)",
+    )
+    check = p.add_mutually_exclusive_group()
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a type the log's schema registry does not know (default: a warning)",
+    )
+    check.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not check payloads against the log's schema registry",
     )
     p.add_argument("--create", action="store_true", help="create the topic if it is missing")
     p.add_argument(
@@ -72,6 +104,9 @@ async def cmd_publish(args: argparse.Namespace) -> int:
     data = None if args.data is None else _parse_data(args.data)
     async with opened(args.url, create=args.create) as app:
         await admin.check_publish_topic(app.transport, args.topic, create=args.create)
+        check = None
+        if not args.no_check:
+            check = await admin.publish_check(app, strict=args.strict)
         if args.type is not None:
             events = [
                 admin.build_event(
@@ -80,6 +115,8 @@ async def cmd_publish(args: argparse.Namespace) -> int:
                     data,
                     subject=args.subject,
                     correlation_id=args.correlation_id,
+                    version=args.version,
+                    check=check,
                 )
             ]
         else:
@@ -89,11 +126,23 @@ async def cmd_publish(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             events = admin.parse_publish_lines(
-                sys.stdin.buffer, app, subject=args.subject, correlation_id=args.correlation_id
+                sys.stdin.buffer,
+                app,
+                subject=args.subject,
+                correlation_id=args.correlation_id,
+                version=args.version,
+                check=check,
             )
+        for warning in check.warnings if check is not None else ():
+            print_warning(warning)  # every event was checked: the batch goes
         await admin.publish(app, args.topic, events, create=args.create, deliver_at=deliver_at)
     if args.json:
-        print_json([{"id": e.id, "type": e.type, "subject": e.subject} for e in events])
+        print_json(
+            [
+                {"id": e.id, "type": e.type, "subject": e.subject, "dataversion": e.dataversion}
+                for e in events
+            ]
+        )
     else:
         for event in events:
             print(event.id)

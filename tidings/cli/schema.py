@@ -112,6 +112,7 @@ def _version_json(v: SchemaVersion, *, schema: bool = False) -> dict[str, Any]:
         "version": v.version,
         "fingerprint": v.fingerprint,
         "breaking": v.breaking,
+        **v.about(),  # subject (the subject field), deprecated, sunset
         "registered_by": v.registered_by,
         "registered_at": utc_text(v.registered_at),
     }
@@ -165,6 +166,9 @@ async def cmd_show(args: argparse.Namespace) -> int:
     print(f"version:       {found.version}{' (breaking: a new major version)' * found.breaking}")
     print(f"mode:          {mode.value} (policy {policy.value})")
     print(f"fingerprint:   {found.fingerprint}")
+    print(f"subject field: {found.subject or '-'}")
+    if found.deprecated:
+        print(f"deprecated:    sunset {found.sunset or '-'}")
     print(f"registered by: {found.registered_by}")
     print(f"registered at: {utc_text(found.registered_at)}")
     print_json(found.schema)

@@ -26,11 +26,12 @@ __all__ = ["add_commands"]
 
 _TAIL_HELP = """\
 Print a topic's events from every partition, in the order they were appended,
-without joining any group. One line per event: time, type, subject, id,
-partition@offset and the start of the data; --json prints each event as its
-CloudEvents JSON document, one a line. Records that cannot be decoded are reported
+without joining any group. One line per event: time, type, schema version (its
+dataversion: "v2", "-" for none), subject, id, partition@offset and the start of the
+data; --json prints each event as its CloudEvents JSON document, one a line (the
+version is its "dataversion" attribute). Records that cannot be decoded are reported
 on stderr and skipped. --upcast module:app shows each event at the version that app's
-upcasters read it as (its handlers' version), marked "v1->v3".
+upcasters read it as (its handlers' version), marked "v1->v3" in the version column.
 """
 
 
@@ -120,9 +121,11 @@ def _print_entry(entry: tail.TailEntry, as_json: bool, *, flush: bool) -> None:
         return
     e = entry.event
     when = utc_text(e.time.astimezone(UTC), "milliseconds")
-    upcast = "" if entry.upcast_from is None else f"  v{entry.upcast_from}->v{e.dataversion}"
+    version = "-" if e.dataversion is None else f"v{e.dataversion}"
+    if entry.upcast_from is not None:
+        version = f"v{entry.upcast_from}->{version}"
     print(
-        f"{when}  {e.type}{upcast}  {e.subject or '-'}  {e.id}  {r.partition}@{r.offset}  "
+        f"{when}  {e.type}  {version}  {e.subject or '-'}  {e.id}  {r.partition}@{r.offset}  "
         f"{_short(e.data)}",
         flush=flush,
     )

@@ -17,6 +17,7 @@ An app registers its contracts at start (``Tidings(..., schemas="register")``);
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections.abc import Iterable, Sequence
@@ -26,7 +27,7 @@ import orjson
 from pydantic.errors import PydanticInvalidForJsonSchema
 
 from tidings.contracts import Contract, Registry
-from tidings.errors import ConfigError, SchemaIncompatible, TopicNotFound, UnknownEventType
+from tidings.errors import ConfigError, SchemaIncompatible, TopicNotFound
 from tidings.schema.compat import Mode, fingerprint
 from tidings.schema.rules import Policy
 from tidings.schema.state import (
@@ -65,7 +66,8 @@ Findings = dict[str, dict[int, list[Problem]]]
 
 def offered(contract: Contract) -> SchemaVersion:
     """What registering ``contract`` offers: its model's validation JSON Schema
-    (``model_json_schema()``), its fingerprint, and whether it is declared breaking."""
+    (``model_json_schema()``), its fingerprint, whether it is declared breaking, and
+    what the contract says of the version (subject field, deprecation)."""
     schema = contract.model.model_json_schema()
     return SchemaVersion(
         type=contract.type,
@@ -73,6 +75,9 @@ def offered(contract: Contract) -> SchemaVersion:
         schema=schema,
         fingerprint=fingerprint(schema),
         breaking=contract.breaking,
+        subject=contract.subject,
+        deprecated=contract.deprecated,
+        sunset=contract.sunset,
     )
 
 
@@ -141,24 +146,14 @@ class SchemaRegistry:
     async def versions(self, type: str) -> list[SchemaVersion]:
         """The registered versions of ``type``, lowest first; UnknownEventType if none."""
         state = await self.refresh()
-        known = state.versions.get(type)
-        if not known:
-            raise UnknownEventType(_unknown_type(type, state))
+        state.schema(type)  # UnknownEventType, naming the registered types
+        known = state.versions[type]
         return [known[v] for v in sorted(known)]
 
     async def schema(self, type: str, version: int | None = None) -> SchemaVersion:
         """Version ``version`` of ``type`` (default: the latest); UnknownEventType if the
         registry does not hold it."""
-        versions = await self.versions(type)
-        if version is None:
-            return versions[-1]
-        for found in versions:
-            if found.version == version:
-                return found
-        raise UnknownEventType(
-            f"{type} has no version {version} in the schema registry; registered: "
-            + ", ".join(f"v{v.version}" for v in versions)
-        )
+        return (await self.refresh()).schema(type, version)
 
     async def lookup(self, type: str, version: int) -> SchemaVersion | None:
         """Version ``version`` of ``type``, or None: for a worker that meets a version
@@ -188,9 +183,7 @@ class SchemaRegistry:
         registered; a bad mode or policy name is a ConfigError."""
         chosen = parse_mode(mode)
         rule = None if policy is None else parse_policy(policy)
-        state = await self.refresh()
-        if type not in state.versions:
-            raise UnknownEventType(_unknown_type(type, state))
+        (await self.refresh()).schema(type)  # UnknownEventType if not registered
         at = self.transport.clock.time_ms()
         await self._append([(f"{type}:mode", _mode_entry(type, chosen, rule, service, at))])
         await self.refresh()
@@ -211,16 +204,18 @@ class SchemaRegistry:
         if findings:
             raise SchemaIncompatible(report(findings, state.modes))
         new = [e for e in entries if not state.knows(e)]
-        if not new:
+        noted = [e for e in entries if state.knows(e) and _adds_to(state, e)]
+        if not new and not noted:
             return []
         host, at = socket.gethostname(), self.transport.clock.time_ms()
         new = [_stamped(e, service, host, at) for e in new]
         placed = await self._append(
             [(f"{e.type}:{e.version}", orjson.dumps(e.entry())) for e in new]
+            + [(f"{e.type}:{e.version}:about", _note(e, service, host, at)) for e in noted]
         )
         state = await self.refresh()
         lost: Findings = {}
-        for entry, (_, offset) in zip(new, placed, strict=True):
+        for entry, (_, offset) in zip(new, placed[: len(new)], strict=True):
             problems = state.refused.get(offset, [])
             if not problems and not state.knows(entry):  # not read back: judge it now
                 problems = state.trial([entry]).get(entry.type, {}).get(entry.version, [])
@@ -233,6 +228,8 @@ class SchemaRegistry:
                 "registered %s v%d (fingerprint %s%s)", entry.type, entry.version,
                 entry.fingerprint[:12], ", breaking" if entry.breaking else "",
             )  # fmt: skip
+        for entry in noted:
+            log.info("noted %s v%d: %s", entry.type, entry.version, entry.about())
         return [state.versions[e.type][e.version] for e in new]
 
     async def _append(self, records: Sequence[tuple[str, bytes]]) -> list[tuple[int, int]]:
@@ -262,10 +259,19 @@ def offers(contracts: Iterable[Contract]) -> list[SchemaVersion]:
 
 
 def _stamped(entry: SchemaVersion, service: str, host: str, at: int) -> SchemaVersion:
-    return SchemaVersion(
-        entry.type, entry.version, entry.schema, entry.fingerprint, entry.breaking,
-        service, host, at,
-    )  # fmt: skip
+    return dataclasses.replace(entry, service=service, host=host, at=at)
+
+
+def _adds_to(state: RegistryState, entry: SchemaVersion) -> bool:
+    """Whether ``entry``'s contract says more of its registered version than the log."""
+    registered = state.versions[entry.type][entry.version]
+    return registered.noted(entry.subject, entry.deprecated, entry.sunset) != registered
+
+
+def _note(entry: SchemaVersion, service: str, host: str, at: int) -> bytes:
+    """An ``about`` entry: what ``entry``'s contract now says of its registered version."""
+    doc = {"kind": "about", "type": entry.type, "version": entry.version, **entry.about()}
+    return orjson.dumps({**doc, "service": service, "host": host, "at": at})
 
 
 def _mode_entry(type: str, mode: Mode, policy: Policy | None, service: str, at: int) -> bytes:
@@ -279,11 +285,6 @@ def _mode_entry(type: str, mode: Mode, policy: Policy | None, service: str, at: 
         "at": at,
     }
     return orjson.dumps(doc)
-
-
-def _unknown_type(type: str, state: RegistryState) -> str:
-    known = ", ".join(sorted(state.versions)) or "none"
-    return f"{type} is not in the schema registry; registered types: {known}"
 
 
 def check_schemas_setting(setting: object) -> None:

@@ -1,11 +1,15 @@
 """The schema registry's state: the fold of its log, and the one rule that admits a new
 version into it.
 
-The registry is a log of two kinds of entries, each a JSON object: a *registration*
+The registry is a log of three kinds of entries, each a JSON object: a *registration*
 (``{"kind": "schema", "type", "version", "schema", "fingerprint", "breaking",
-"service", "host", "at"}``) and a *mode change* (``{"kind": "mode", "type", "mode",
-...}``). Folding them in log order gives, per event type, its versions and its
-compatibility mode. A registration is admitted by the fold only if :func:`admit` finds
+"subject", "deprecated", "sunset", "service", "host", "at"}``), a *mode change*
+(``{"kind": "mode", "type", "mode", ...}``) and a *note* on a registered version
+(``{"kind": "about", "type", "version", "subject", "deprecated", "sunset", ...}``:
+what its contract now says of it, decision 0021). Folding them in log order gives, per
+event type, its versions and its compatibility mode. Registrations written before
+``subject``, ``deprecated`` and ``sunset`` were recorded read as no subject field, not
+deprecated. A registration is admitted by the fold only if :func:`admit` finds
 nothing wrong with it at its place in the log, so every reader of the log agrees on
 what is registered: of two apps that register the same version at once with different
 schemas, the first in log order wins, whatever either of them saw before writing.
@@ -18,10 +22,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, UnknownEventType
 from tidings.schema.compat import Break, Change, Mode, check, diff, fingerprint
 from tidings.schema.nodes import JsonSchema
 from tidings.schema.rules import Policy, Rule
@@ -84,6 +88,11 @@ class SchemaVersion:
     host: str | None = None
     at: int = 0  # when, in ms since the epoch
     offset: int | None = None  # its place in the registry's log
+    # What the contract says of the version (decision 0021), not part of its identity:
+    # the payload field that is the event's subject, and deprecation.
+    subject: str | None = None
+    deprecated: bool = False
+    sunset: date | None = None
 
     @property
     def registered_at(self) -> datetime:
@@ -104,8 +113,26 @@ class SchemaVersion:
             "service": self.service,
             "host": self.host,
             "at": self.at,
+            **self.about(),
             "schema": self.schema,
         }
+
+    def about(self) -> dict[str, Any]:
+        """What the contract says of this version, as the log holds it (``subject``,
+        ``deprecated``, ``sunset`` as ISO or None); a note entry carries the same keys."""
+        sunset = None if self.sunset is None else self.sunset.isoformat()
+        return {"subject": self.subject, "deprecated": self.deprecated, "sunset": sunset}
+
+    def noted(self, subject: str | None, deprecated: bool, sunset: date | None) -> SchemaVersion:
+        """This version with a note folded in. A note adds (a subject field, deprecation,
+        a sunset) and never takes back: an older release starting again cannot undo
+        what a newer one recorded (decision 0021)."""
+        return dataclasses.replace(
+            self,
+            subject=subject or self.subject,
+            deprecated=self.deprecated or deprecated or sunset is not None,
+            sunset=sunset or self.sunset,
+        )
 
     @classmethod
     def from_entry(cls, doc: Mapping[str, Any], offset: int | None = None) -> SchemaVersion:
@@ -126,7 +153,18 @@ class SchemaVersion:
             host=doc.get("host"),
             at=int(doc.get("at", 0)),
             offset=offset,
+            **_about(doc),
         )
+
+
+def _about(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``subject``, ``deprecated`` and ``sunset`` of an entry; absent in entries
+    written before they were recorded (TypeError/ValueError if malformed)."""
+    subject, sunset = doc.get("subject"), doc.get("sunset")
+    if not isinstance(subject, str | None) or not isinstance(sunset, str | None):
+        raise TypeError("subject or sunset")
+    day = None if sunset is None else date.fromisoformat(sunset)
+    return {"subject": subject, "deprecated": bool(doc.get("deprecated")), "sunset": day}
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +230,10 @@ class RegistryState:
             self.modes[doc["type"]] = Mode(doc["mode"])
             if doc.get("policy") is not None:
                 self.policies[doc["type"]] = Policy(doc["policy"])
+        elif kind == "about":
+            registered = self.versions.get(doc["type"], {}).get(doc["version"])
+            if registered is not None:  # a note on a version never registered: nothing
+                self.versions[doc["type"]][doc["version"]] = registered.noted(**_about(doc))
         elif kind == "schema":
             entry = SchemaVersion.from_entry(doc, offset)
             problems = self.admit(entry)
@@ -202,6 +244,23 @@ class RegistryState:
                 self.add(entry)
         else:
             raise ValueError(f"kind {kind!r}")
+
+    def schema(self, type: str, version: int | None = None) -> SchemaVersion:
+        """Version ``version`` of ``type`` (default: the latest); UnknownEventType, naming
+        what is registered, if the registry does not hold it."""
+        known = self.versions.get(type)
+        if not known:
+            names = ", ".join(sorted(self.versions)) or "none"
+            raise UnknownEventType(
+                f"{type} is not in the schema registry; registered types: {names}"
+            )
+        found = known.get(max(known) if version is None else version)
+        if found is None:
+            raise UnknownEventType(
+                f"{type} has no version {version} in the schema registry; registered: "
+                + ", ".join(f"v{v}" for v in sorted(known))
+            )
+        return found
 
     def add(self, entry: SchemaVersion) -> None:
         """Record ``entry`` as registered (the caller has admitted it)."""
