@@ -298,7 +298,19 @@ def test_a_killed_email_service_loses_no_mail_and_repeats_at_most_its_in_flight_
     assert repeated <= PARTITIONS, mails()
 
 
-def test_tampering_with_an_audit_line_is_detected(system: System, tmp_path: Path) -> None:
+def test_tampering_with_an_audit_line_is_detected(
+    system: System, api: httpx.Client, effects: Effects, tmp_path: Path
+) -> None:
+    # Its own audit lines: with two test processes, the module's other tests may have
+    # run in the other one, against a system of its own.
+    for title in ("Audited", "Audited too"):
+        task = request(api, "POST", "/tasks", "tamper", {"title": title, "assignee": "bob"})
+    request(api, "POST", f"/tasks/{task['id']}/complete", "tamper")
+    wait(
+        effects,
+        lambda: len(effects.of("audit", correlation_id="tamper")) == 3,
+        "two created tasks' audit lines and a completed one's",
+    )
     copy = tmp_path / "audit"
     shutil.copytree(system.settings.audit_dir, copy)
     (path,) = sorted(copy.glob("audit-*.jsonl"))[-1:]
