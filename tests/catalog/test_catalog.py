@@ -71,10 +71,14 @@ async def test_the_catalog_holds_each_type_with_its_producers_consumers_and_vers
     assert set(consumers) == {("reminders", "audit"), ("reminders", "reminders")}
     assert consumers["reminders", "reminders"].reads == {1: 1, 2: 2}
     assert consumers["reminders", "reminders"].sla == 30
-    assert consumers["reminders", "audit"].every_type and consumers["reminders", "audit"].sla == 5.5
+    assert consumers["reminders", "audit"].every_type
+    assert consumers["reminders", "audit"].sla == 5.5
     v1, v2 = created.versions
-    assert v1.deprecated and v1.sunset == date(2000, 1, 1)
-    assert not v2.deprecated and v2.registered_by and v2.registered_by.startswith("tasks@")
+    assert v1.deprecated
+    assert v1.sunset == date(2000, 1, 1)
+    assert not v2.deprecated
+    assert v2.registered_by
+    assert v2.registered_by.startswith("tasks@")
     assert v2.previous == 1
     assert [(c.path, c.rule.value) for c in v2.changes] == [
         ("data", "TITLE_CHANGED"),
@@ -85,7 +89,9 @@ async def test_the_catalog_holds_each_type_with_its_producers_consumers_and_vers
     assert v2.example_from == "model"
     assert (v1.example, v1.example_from) == ({"task_id": "t-2", "title": "two"}, "log")
     due = catalog.event("task.reminder_due")
-    assert due is not None and due.owner == "reminders" and due.consumers == ()
+    assert due is not None
+    assert due.owner == "reminders"
+    assert due.consumers == ()
     assert [(p.service, p.topic, p.seen) for p in due.producers] == [
         ("reminders", "reminder-events", 3)
     ]
@@ -150,7 +156,8 @@ async def test_the_site_is_valid_html_and_every_link_resolves(
     assert validate(vnu_jar, written) == []
     assert broken_links(site) == []
     page = (site / event_file("task.created")).read_text()
-    assert "<svg" in page and "<script" not in page
+    assert "<svg" in page
+    assert "<script" not in page
     assert "Write &lt;docs&gt; &amp; \\&quot;tests\\&quot;" in page  # escaped, in its JSON
     assert "<docs>" not in page
     index = (site / "index.html").read_text()
@@ -191,7 +198,8 @@ async def test_an_app_given_shows_its_declarations_before_it_ever_started(url: s
     finally:
         await transport.close()
     created = catalog.event("task.created")
-    assert created is not None and created.owner == "tasks"
+    assert created is not None
+    assert created.owner == "tasks"
     assert [v.version for v in created.versions] == [1, 2]
     assert created.versions[1].schema == TaskCreated.model_json_schema()
     assert created.versions[1].registered_by is None

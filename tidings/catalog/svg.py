@@ -3,6 +3,7 @@ the causation flows between event types. No script, no external file."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -54,9 +55,13 @@ def columns_svg(
         'markerWidth="8" markerHeight="8" orient="auto"><path d="M0,0 L10,5 L0,10 z"/>'
         "</marker></defs>",
     ]
-    for source, target, label in edges:
-        if source in place and target in place:
-            out.append(_edge(place[source], place[target], label, marker))
+    drawn = [(a, b, label) for a, b, label in edges if a in place and b in place]
+    fan_out = Counter(a for a, _, _ in drawn)
+    fan_in = Counter(b for _, b, _ in drawn)
+    for source, target, label in drawn:
+        # A label sits at the end where fewer edges meet, so that a fan's labels part.
+        near_target = fan_out[source] > fan_in[target]
+        out.append(_edge(place[source], place[target], label, marker, near_target))
     for column in columns:
         for node in column:
             out.append(_node(node, *place[node.id]))
@@ -64,7 +69,13 @@ def columns_svg(
     return "\n".join(out)
 
 
-def _edge(a: tuple[float, float], b: tuple[float, float], label: str | None, marker: str) -> str:
+def _edge(
+    a: tuple[float, float],
+    b: tuple[float, float],
+    label: str | None,
+    marker: str,
+    near_target: bool,
+) -> str:
     (ax, ay), (bx, by) = a, b
     if bx > ax:  # left to right: from the right side to the left side
         x1, y1, x2, y2 = ax + WIDTH, ay + HEIGHT / 2, bx, by + HEIGHT / 2
@@ -76,12 +87,26 @@ def _edge(a: tuple[float, float], b: tuple[float, float], label: str | None, mar
         f'{x2:g},{y2:g}" marker-end="url(#{marker})"/>'
     )
     if label:
-        mx, my = (x1 + x2) / 2, (y1 + y2) / 2 - 4
+        if bx <= ax:
+            t, anchor, dx = 0.5, "middle", 0.0
+        elif near_target:
+            t, anchor, dx = 0.9, "end", -12.0
+        else:
+            t, anchor, dx = 0.1, "start", 6.0
+        mx, my = _bezier(t, (x1, y1), (x1 + bend, y1), (x2 - bend, y2), (x2, y2))
         path += (
-            f'<text class="count" x="{mx:g}" y="{my:g}" text-anchor="middle">'
+            f'<text class="count" x="{mx + dx:g}" y="{my - 4:g}" text-anchor="{anchor}">'
             f"{escape(label)}</text>"
         )
     return path
+
+
+def _bezier(t: float, *points: tuple[float, float]) -> tuple[float, float]:
+    """The point at ``t`` of the cubic Bezier curve through four ``points``."""
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = points
+    u = 1 - t
+    a, b, c, d = u**3, 3 * u * u * t, 3 * u * t * t, t**3
+    return a * x0 + b * x1 + c * x2 + d * x3, a * y0 + b * y1 + c * y2 + d * y3
 
 
 def _node(node: Node, x: float, y: float) -> str:

@@ -187,16 +187,6 @@ def catalog_json(catalog: Catalog) -> dict[str, Any]:
         ],
         "flows": [{"cause": f.cause, "effect": f.effect, "count": f.count} for f in catalog.flows],
         "services": [_service_json(r) for r in catalog.services],
-        "deprecations": [
-            {
-                "type": d.type,
-                "version": d.version,
-                "sunset": d.sunset.isoformat() if d.sunset else None,
-                "past_sunset": d.overdue(today),
-                "producers": list(d.producers),
-                "consumers": list(d.consumers),
-            }
-            for d in catalog.deprecations()
-        ],
+        "deprecations": [d.json(today) for d in catalog.deprecations()],
         "scanned": dict(sorted(catalog.scanned.items())),
     }

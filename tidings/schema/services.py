@@ -246,6 +246,17 @@ class Deprecation:
     def overdue(self, today: date) -> bool:
         return self.sunset is not None and today > self.sunset
 
+    def json(self, today: date) -> dict[str, Any]:
+        """The same, for ``--json``."""
+        return {
+            "type": self.type,
+            "version": self.version,
+            "sunset": None if self.sunset is None else self.sunset.isoformat(),
+            "past_sunset": self.overdue(today),
+            "producers": list(self.producers),
+            "consumers": list(self.consumers),
+        }
+
     def lines(self, today: date) -> list[str]:
         """The report's lines: the version, its sunset (said loudly once past), who uses it."""
         head = f"{self.type} v{self.version}: deprecated"
