@@ -56,12 +56,17 @@ def build(url: str | None = None) -> System:
     tasks = Tidings(url, service="tasks")
     tasks.event("task.created", 1, subject="task_id", sunset="2000-01-01")(TaskCreatedV1)
     tasks.event("task.created", 2, subject="task_id")(TaskCreated)
+    # One partition each: the events of a topic have one order, so "the newest" of a
+    # scan is one event whatever the clock's resolution.
+    tasks.topic("task-events", partitions=1)
     tasks.publishes("task-events", ["task.created"])
 
     reminders = Tidings(url, service="reminders")
     reminders.event("task.created", 1, subject="task_id", owner="tasks")(TaskCreatedV1)
     reminders.event("task.created", 2, subject="task_id", owner="tasks")(TaskCreated)
     reminders.event("task.reminder_due", subject="task_id")(ReminderDue)
+    reminders.topic("task-events", partitions=1)
+    reminders.topic("reminder-events", partitions=1)
     reminders.publishes("reminder-events", ["task.reminder_due"])
     reminders.group("reminders", sla=30)
     reminders.group("audit", sla=5.5)

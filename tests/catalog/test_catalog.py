@@ -6,20 +6,22 @@ that the W3C's Nu Html Checker accepts and whose every link resolves."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 
 import pytest
 
 from tests.catalog.html_check import broken_links, validate
-from tests.catalog.system import System, build
+from tests.catalog.system import System, TaskCreated, TaskCreatedV1, build
+from tidings import Tidings
 from tidings.catalog import Flow, build_catalog, catalog_json, render_text, write_html
 from tidings.catalog.html import event_file, service_file
 from tidings.catalog.model import Catalog
+from tidings.schema.registry import SchemaRegistry
+from tidings.schema.services import describe
 from tidings.testing import eventually, running
 from tidings.transports import open_transport
-
-from .system import TaskCreated, TaskCreatedV1
 
 
 @pytest.fixture
@@ -85,6 +87,7 @@ async def test_the_catalog_holds_each_type_with_its_producers_consumers_and_vers
         ("data", "DESCRIPTION_CHANGED"),
         ("data.due", "OPTIONAL_PROPERTY_ADDED_TO_OPEN_CONTENT_MODEL"),
     ]
+    assert v2.changes[-1].breaks == ()  # under the type's policy, LENIENT: compatible
     assert v2.example == {"task_id": "t-1", "title": 'Write <docs> & "tests"'}
     assert v2.example_from == "model"
     assert (v1.example, v1.example_from) == ({"task_id": "t-2", "title": "two"}, "log")
@@ -103,7 +106,9 @@ async def test_flows_come_from_the_causation_of_the_events_in_the_log(url: str) 
     assert catalog.flows == (Flow("task.created", "task.reminder_due", 3),)
     assert catalog.scanned == {"task-events": 3, "reminder-events": 3}
     assert "  task.created -> task.reminder_due (3)" in render_text(catalog).splitlines()
-    bounded = await catalog_of(url, scan_limit=1)  # the newest event of each topic only
+    # The newest event of each topic only: t-3's task.created and, one partition handled
+    # in order, the reminder it caused.
+    bounded = await catalog_of(url, scan_limit=1)
     assert bounded.scanned == {"task-events": 1, "reminder-events": 1}
     assert bounded.flows == (Flow("task.created", "task.reminder_due", 1),)
     assert (await catalog_of(url, scan_limit=0)).flows == ()
@@ -206,3 +211,34 @@ async def test_an_app_given_shows_its_declarations_before_it_ever_started(url: s
     assert {c.group for c in created.consumers} == {"audit", "reminders"}
     assert [r.service for r in catalog.services] == ["reminders"]
     assert catalog.services[0].host is None  # declared, not recorded
+
+
+async def test_odd_service_names_make_safe_file_names_and_escaped_pages(
+    tmp_path: Path, vnu_jar: Path
+) -> None:
+    """A service may be a URI, or hold characters HTML gives a meaning to."""
+    names = ["/services/task-api", "a<b>&c", "..", "plain"]
+    apps = []
+    for name in names:
+        app = Tidings(f"memory://odd-{tmp_path.name}", service=name)
+        app.publishes("task-events", ["task.created"])
+        app.subscriber("task-events", group="g")(lambda event: None)
+        apps.append(app)
+    transport = apps[0].transport
+    await transport.start()
+    try:
+        for app in apps:
+            await SchemaRegistry(transport).record_service(describe(app))
+        catalog = await build_catalog(transport)
+    finally:
+        await transport.close()
+    files = [service_file(n) for n in names]
+    assert len(set(files)) == 4
+    assert files[3] == "services/plain.html"
+    assert all(re.fullmatch(r"services/[A-Za-z0-9_.-]+\.html", f) for f in files)
+    assert not any(f.startswith("services/.") for f in files)
+    site = tmp_path / "site"
+    written = write_html(catalog, site)
+    assert validate(vnu_jar, written) == []
+    assert broken_links(site) == []
+    assert "a&lt;b&gt;&amp;c" in (site / "index.html").read_text()

@@ -10,13 +10,14 @@ escaped; every link is relative and points at a file written here.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import date
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from tidings.catalog.model import Catalog, EventInfo, VersionInfo
 from tidings.catalog.svg import Node, columns_svg, levels
@@ -40,14 +41,22 @@ nav{margin-bottom:1em}
 """
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
 def event_file(type: str) -> str:
     """The page of ``type``, relative to the site's root."""
     return f"events/{type}.html"  # event types are [a-z0-9_.]: safe as they are
 
 
 def service_file(service: str) -> str:
-    """The page of ``service``, relative to the site's root (its name quoted)."""
-    return f"services/{quote(service, safe='')}.html"
+    """The page of ``service``, relative to the site's root: its name where it is made
+    of letters, digits, ``_``, ``-`` and inner dots, else those characters with a hash
+    of the name (a service may be a URI, ``/services/task-api``)."""
+    safe = _UNSAFE.sub("_", service).strip(".")
+    if safe != service:
+        safe = f"{safe}-{hashlib.sha256(service.encode()).hexdigest()[:10]}"
+    return f"services/{safe}.html"
 
 
 def write_html(catalog: Catalog, folder: Path | str) -> list[Path]:
@@ -232,7 +241,7 @@ def _event_page(catalog: Catalog, e: EventInfo) -> str:
     body = [
         f"<h1>{escape(e.type)}</h1>",
         f"<p>{escape(e.description)}</p>" if e.description else "",
-        _table(("", ""), [(escape(k), v) for k, v in facts]),
+        _table(("About", ""), [(escape(k), v) for k, v in facts]),
         "<h2>Producers and consumers</h2>",
         _system_graph(catalog, "graph", up="../", only=e),
         _producers(catalog, e),
@@ -272,7 +281,7 @@ def _consumers(catalog: Catalog, e: EventInfo) -> str:
     rows = [
         (
             _service_cell(catalog, c.service), escape(c.group), escape(c.topic),
-            escape("every type" if c.every_type else "") + " " + escape(reads_text(c.reads)),
+            escape("; ".join(["every type"] * c.every_type + [reads_text(c.reads)])),
             escape(f"{c.sla:g} s" if c.sla is not None else "-"),
         )
         for c in e.consumers

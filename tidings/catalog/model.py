@@ -52,7 +52,8 @@ class VersionInfo:
     breaking: bool = False
     deprecated: bool = False
     sunset: date | None = None
-    changes: tuple[Change, ...] = ()  # from the previous version with a schema
+    # from the previous version with a schema, judged under the type's policy
+    changes: tuple[Change, ...] = ()
     previous: int | None = None  # that version
     example: Any = None
     example_from: str | None = None  # "model" (its JSON Schema's examples) or "log"
@@ -195,7 +196,7 @@ def _event(
         type=type,
         kind=latest.kind,
         owner=latest.owner,
-        description=latest.description,
+        description=latest.description or _schema_description(versions),
         subject=next((s.subject for s in said if s.subject), None),
         mode=state.mode(type).value,
         policy=state.policy(type).value,
@@ -231,13 +232,23 @@ def _versions(
             sunset=said.sunset if said else None,
         )
         if info.schema is not None and previous is not None and previous.schema is not None:
-            changes = tuple(diff(previous.schema, info.schema))
+            changes = tuple(diff(previous.schema, info.schema, policy=state.policy(type)))
             info = replace(info, changes=changes, previous=previous.version)
         info = _with_example(info, observed, type)
         out.append(info)
         if info.schema is not None:
             previous = info
     return tuple(out)
+
+
+def _schema_description(versions: tuple[VersionInfo, ...]) -> str | None:
+    """The latest schema's ``description`` (its model's docstring), for a type no
+    service record describes (registered by a release before decision 0022)."""
+    for v in reversed(versions):
+        text = (v.schema or {}).get("description")
+        if isinstance(text, str):
+            return text
+    return None
 
 
 def _schema(found: SchemaVersion | None) -> dict[str, Any] | None:
