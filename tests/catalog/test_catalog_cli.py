@@ -83,6 +83,13 @@ async def test_catalog_of_an_app_uses_its_log_and_its_declarations(
     assert [s["service"] for s in doc["services"]] == ["reminders"]
     assert doc["events"][0]["versions"][1]["registered_by"] is None
     assert doc["scanned"] == {}
+    # No log at all (CI): an empty memory log, the app alone.
+    module = system_module(here)
+    argv = ["catalog", f"{module}:tasks", "--url", "memory://", "--json"]
+    assert await main_async(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["url"], [s["service"] for s in doc["services"]]) == ("memory://", ["tasks"])
+    assert doc["deprecations"][0]["producers"] == ["tasks (task-events)"]
 
 
 async def test_schema_check_lists_who_still_uses_a_deprecated_version(

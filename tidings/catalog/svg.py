@@ -142,4 +142,4 @@ def levels(nodes: Sequence[str], edges: Sequence[tuple[str, str]]) -> list[list[
     out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
     for node in sorted(nodes):
         out[level[node]].append(node)
-    return out
+    return [column for column in out if column]  # a cycle may leave a column empty
