@@ -164,8 +164,7 @@ async def build_catalog(
     )
     events = tuple(_event(t, state, services, held, observed) for t in types)
     flows = tuple(
-        Flow(cause, effect, count)
-        for (cause, effect), count in sorted(observed.flows.items(), key=lambda f: (f[0], -f[1]))
+        Flow(cause, effect, count) for (cause, effect), count in sorted(observed.flows.items())
     )
     at = datetime.fromtimestamp(now / 1000, UTC)
     return Catalog(transport.url, at, events, services, flows, dict(observed.scanned))
