@@ -14,6 +14,7 @@ import pytest
 
 from tests.catalog.html_check import broken_links, validate
 from tests.catalog.system import System, TaskCreated, TaskCreatedV1, build
+from tests.conftest import log_url
 from tidings import Tidings
 from tidings.catalog import Flow, build_catalog, catalog_json, render_text, write_html
 from tidings.catalog.html import event_file, service_file
@@ -242,3 +243,25 @@ async def test_odd_service_names_make_safe_file_names_and_escaped_pages(
     assert validate(vnu_jar, written) == []
     assert broken_links(site) == []
     assert "a&lt;b&gt;&amp;c" in (site / "index.html").read_text()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("kafka", marks=pytest.mark.integration),
+        pytest.param("nats", marks=pytest.mark.integration),
+    ]
+)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    return log_url(request, partitions=2)
+
+
+async def test_the_catalog_reads_records_and_flows_on_a_broker_too(broker_url: str) -> None:
+    """The records live in the registry topic and the scan reads through the transport
+    protocol: the same catalog on Kafka (Tansu) and NATS JetStream."""
+    await run_system(broker_url)
+    catalog = await catalog_of(broker_url)
+    assert [e.type for e in catalog.events] == ["task.created", "task.reminder_due"]
+    assert catalog.flows == (Flow("task.created", "task.reminder_due", 3),)
+    assert {r.service for r in catalog.services} == {"tasks", "reminders"}
+    [old] = catalog.deprecations()
+    assert old.consumers == ("reminders/audit (task-events)", "reminders/reminders (task-events)")
