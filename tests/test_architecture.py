@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tidings.asgi",
             "tidings.testing",
             "tidings.asyncapi",
+            "tidings.catalog",
             "tidings.cli",
         ),
     ),

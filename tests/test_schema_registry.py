@@ -57,10 +57,13 @@ def app_with(
     return app
 
 
-async def entries(transport: Transport) -> list[dict[str, Any]]:
-    """The registry's records as written."""
+async def entries(
+    transport: Transport, kinds: tuple[str, ...] = ("schema", "mode")
+) -> list[dict[str, Any]]:
+    """The registry's records of ``kinds`` as written (default: registrations and mode
+    changes; the service records of decision 0022 are tested in test_catalog_services)."""
     records = await transport.read(SCHEMAS_TOPIC, 0, 0, 1000)
-    return [orjson.loads(r.value) for r in records]
+    return [doc for r in records if (doc := orjson.loads(r.value))["kind"] in kinds]
 
 
 @pytest.fixture(

@@ -149,10 +149,11 @@ class Tidings:
         types = [types] if isinstance(types, str) else types
         self.published.setdefault(topic, set()).update(validate_type(t) for t in types)
 
-    def group(self, name: str, *, sequenced: bool = False) -> None:
-        """Settings of group ``name``; see :class:`GroupSettings`."""
+    def group(self, name: str, *, sequenced: bool = False, sla: float | None = None) -> None:
+        """Settings of group ``name``: ``sequenced``, and ``sla``, the lag in seconds it
+        must stay under; see :class:`GroupSettings`."""
         check_group_name(name)
-        self._groups[name] = GroupSettings(sequenced=sequenced)
+        self._groups[name] = GroupSettings(sequenced=sequenced, sla=sla)
 
     def group_settings(self, name: str) -> GroupSettings:
         return self._groups.get(name) or GroupSettings()
@@ -229,7 +230,7 @@ class Tidings:
             try:
                 for name, settings in self._topics.items():
                     await self.transport.create_topic(name, **settings)
-                await at_start(self.schema_registry, self.registry, self.service, self.schemas)
+                await at_start(self.schema_registry, self, self.schemas)
             except BaseException:
                 self._started = 0
                 await self.transport.close()

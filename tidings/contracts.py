@@ -220,6 +220,14 @@ class Registry:
         """The registered versions of ``type``, lowest first (empty if unknown)."""
         return sorted(v for t, v in self._by_key if t == type)
 
+    def readable(self, type: str) -> dict[int, int]:
+        """The versions of ``type`` this registry can decode, each with the version it
+        is read as (itself, or where its upcasters lead): the versions a subscriber of
+        ``type`` consumes."""
+        written = {v for t, v in self._by_key if t == type}
+        written |= {v for t, v in self._upcasters if t == type}
+        return {v: self.read_version(type, v) or v for v in sorted(written)}
+
     def check_publish(self, type: str, version: int | None) -> None:
         """Refuse to publish a plain value as a version of ``type`` that this registry
         lacks: a consumer with the same contracts could only dead-letter it.

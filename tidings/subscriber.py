@@ -81,14 +81,25 @@ def handler_shape(handler: Callable[..., Any]) -> tuple[bool, bool]:
 
 @dataclass(frozen=True, slots=True)
 class GroupSettings:
-    """How a group treats its dead letters (see :meth:`tidings.Tidings.group`).
+    """How a group treats its dead letters, and what it promises (see
+    :meth:`tidings.Tidings.group`).
 
     ``sequenced``: while an event is dead-lettered, later events with the same
     partition key are parked behind it, in order, instead of being handled (per-key
     order then survives the failure and its replay). Default: move on.
+    ``sla``: the lag, in seconds, the group must stay under (recorded in the schema
+    registry, shown by ``tidings catalog``); None: no promise.
     """
 
     sequenced: bool = False
+    sla: float | None = None
+
+    def __post_init__(self) -> None:
+        sla = self.sla
+        if sla is not None and (
+            isinstance(sla, bool) or not isinstance(sla, int | float) or not 0 < sla < 1e9
+        ):
+            raise ConfigError(f"group sla must be a number of seconds > 0, got {sla!r}")
 
 
 class Component(Protocol):

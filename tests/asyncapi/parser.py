@@ -3,15 +3,13 @@ a ``node`` subprocess: the judge of the documents tidings writes, not a check of
 
 :func:`install` puts the version pinned by ``package.json`` and ``package-lock.json``
 (beside this file; every dependency's version and checksum) into ``.cache/asyncapi-
-parser/`` at the repository's root with ``npm ci``, unless the lock there is already
-this one. Test processes running side by side take a file lock, so one installs and
-the others wait for it. :func:`parse` runs ``parse.cjs`` on files and returns what the
+parser/`` at the repository's root (:mod:`tests.npm_pinned`; a fresh install
+downloads about 170 small packages). :func:`parse` runs ``parse.cjs`` on files and returns what the
 parser said of each.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -20,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests import npm_pinned
+
 HERE = Path(__file__).resolve().parent
-CACHE = HERE.parent.parent / ".cache" / "asyncapi-parser"
 SCRIPT = HERE / "parse.cjs"
-INSTALL_TIMEOUT = 600  # seconds: a fresh install downloads about 170 small packages
 ERROR = 0  # Spectral's severities: 0 error, 1 warning, 2 information, 3 hint
 
 
@@ -43,35 +41,12 @@ class Parsed:
         return [d for d in self.diagnostics if d["severity"] == ERROR]
 
 
-def install(cache: Path = CACHE) -> Path:
+def install() -> Path:
     """The folder where the pinned parser is installed; installs it if needed."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        raise ParserUnavailable(
-            "node and npm are needed to validate AsyncAPI documents with @asyncapi/parser "
-            "(Debian: apt-get install nodejs npm)"
-        )
-    cache.mkdir(parents=True, exist_ok=True)
-    lock = (HERE / "package-lock.json").read_bytes()
-    with open(cache / ".lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file is closed
-        stamp = cache / ".installed-lock.json"
-        if stamp.exists() and stamp.read_bytes() == lock and (cache / "node_modules").is_dir():
-            return cache
-        for name in ("package.json", "package-lock.json"):
-            shutil.copyfile(HERE / name, cache / name)
-        # --ignore-scripts: no install script runs (one dependency's reports usage).
-        done = subprocess.run(
-            [npm, "ci", "--prefix", str(cache), "--ignore-scripts", "--no-audit", "--no-fund"],
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"npm ci of @asyncapi/parser failed:\n{done.stdout}\n{done.stderr}")
-        stamp.write_bytes(lock)
-    return cache
+    try:
+        return npm_pinned.install(HERE, "asyncapi-parser", "validate AsyncAPI documents")
+    except npm_pinned.ToolUnavailable as exc:
+        raise ParserUnavailable(str(exc)) from None
 
 
 def parse(cache: Path, *files: Path) -> dict[Path, Parsed]:

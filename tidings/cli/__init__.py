@@ -6,7 +6,7 @@ and exit non-zero: 2 for bad usage, 1 for a failure.
 
 This module builds the parser and runs the command; each family of commands is a
 module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``offsets``,
-``dlq``, ``outbox``, ``schema``, ``asyncapi``) with an ``add_commands(sub)`` that
+``dlq``, ``outbox``, ``schema``, ``asyncapi``, ``catalog``) with an ``add_commands(sub)`` that
 registers it. What they share is in ``common`` (the parser, usage errors, common
 options, the opened log, the ``module:app`` import) and ``output`` (tables, JSON,
 times, errors, progress, questions).
@@ -21,7 +21,19 @@ import os
 from collections.abc import Sequence
 
 from tidings.app import default_url
-from tidings.cli import asyncapi, dlq, groups, offsets, outbox, publish, run, schema, tail, topics
+from tidings.cli import (
+    asyncapi,
+    catalog,
+    dlq,
+    groups,
+    offsets,
+    outbox,
+    publish,
+    run,
+    schema,
+    tail,
+    topics,
+)
 from tidings.cli.common import Command, Parser, UsageError
 from tidings.cli.output import print_error
 from tidings.errors import ConfigError, TidingsError
@@ -36,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tidings", description="Operate a tidings event log.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for family in (run, topics, groups, publish, tail, offsets, dlq, outbox, schema, asyncapi):
+    for family in (
+        run, topics, groups, publish, tail, offsets, dlq, outbox, schema, asyncapi, catalog,
+    ):  # fmt: skip
         family.add_commands(sub)
     return parser
 

@@ -8,7 +8,9 @@ Argument parsing and printing only; the registry is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ from tidings.cli.output import print_json, table, utc_text
 from tidings.schema import Mode, diff
 from tidings.schema.files import export, read_folder
 from tidings.schema.registry import SchemaRegistry, offers, report
-from tidings.schema.state import SchemaVersion, parse_mode, parse_policy
+from tidings.schema.services import Deprecation, deprecations, describe
+from tidings.schema.state import RegistryState, SchemaVersion, parse_mode, parse_policy
 
 __all__ = ["add_commands"]
 
@@ -35,7 +38,8 @@ registry.
   diff      every change between two versions of a type
   set-mode  a type's compatibility mode: NONE, BACKWARD, FORWARD, FULL, or one of
             the last three with _TRANSITIVE (against every earlier version)
-  check     whether an app's contracts may be registered (exit 1 on a break): for CI
+  check     whether an app's contracts may be registered (exit 1 on a break): for CI;
+            lists the deprecated versions and who still produces or consumes them
   export    write an app's contracts to a folder, one JSON file per type and version
 """
 
@@ -230,6 +234,8 @@ async def cmd_check(args: argparse.Namespace) -> int:
         async with opened(where) as app:
             state = await SchemaRegistry(app.transport).refresh()
     findings = state.trial(offers(contracts))
+    used = _deprecated(state, target)
+    today = datetime.now(UTC).date()
     if args.json:
         print_json({
             "ok": not findings,
@@ -239,12 +245,27 @@ async def cmd_check(args: argparse.Namespace) -> int:
                 for v, problems in sorted(versions.items())
                 for p in problems
             ],
+            "deprecated": [d.json(today) for d in used],
         })  # fmt: skip
-    elif findings:
+        return 1 if findings else 0
+    if findings:
         print(report(findings, state.modes))
     else:
         print(f"ok: {len(contracts)} contract(s) of {args.app} may be registered in {where}")
+    if used:
+        print("deprecated versions, and who still produces or consumes them:")
+        print("\n".join(f"  {line}" for d in used for line in d.lines(today)))
     return 1 if findings else 0
+
+
+def _deprecated(state: RegistryState, target: Tidings) -> list[Deprecation]:
+    """The deprecated versions and who still uses them: the services recorded in the
+    registry, with ``target``'s record as it would be written now."""
+    records = dict(state.services)
+    records[target.service] = dataclasses.replace(
+        describe(target), at=int(datetime.now(UTC).timestamp() * 1000)
+    )
+    return deprecations(records.values())
 
 
 async def cmd_export(args: argparse.Namespace) -> int:

@@ -26,10 +26,11 @@ from typing import Any
 import orjson
 from pydantic.errors import PydanticInvalidForJsonSchema
 
-from tidings.contracts import Contract, Registry
+from tidings.contracts import Contract
 from tidings.errors import ConfigError, SchemaIncompatible, TopicNotFound
 from tidings.schema.compat import Mode, fingerprint
 from tidings.schema.rules import Policy
+from tidings.schema.services import Declarations, ServiceRecord, describe
 from tidings.schema.state import (
     Conflict,
     Problem,
@@ -232,6 +233,26 @@ class SchemaRegistry:
             log.info("noted %s v%d: %s", entry.type, entry.version, entry.about())
         return [state.versions[e.type][e.version] for e in new]
 
+    async def record_service(self, record: ServiceRecord) -> ServiceRecord | None:
+        """Record what a service declares (:func:`tidings.schema.services.describe`),
+        stamped with this host and the time; nothing is written when its latest record
+        says the same (equal fingerprints). Returns the record written, or None."""
+        state = await self.refresh()
+        known = state.services.get(record.service)
+        if known is not None and known.fingerprint == record.fingerprint:
+            return None
+        stamped = dataclasses.replace(
+            record, host=socket.gethostname(), at=self.transport.clock.time_ms(), offset=None
+        )
+        await self._append([(f"{record.service}:service", orjson.dumps(stamped.entry()))])
+        await self.refresh()
+        log.info("recorded service %s (fingerprint %s)", record.service, record.fingerprint[:12])
+        return stamped
+
+    async def services(self) -> dict[str, ServiceRecord]:
+        """Each service's latest record, by name."""
+        return dict((await self.refresh()).services)
+
     async def _append(self, records: Sequence[tuple[str, bytes]]) -> list[tuple[int, int]]:
         if not self._created:
             await self.transport.create_topic(
@@ -293,18 +314,22 @@ def check_schemas_setting(setting: object) -> None:
         raise ConfigError(f"Tidings(schemas={setting!r}): use one of {', '.join(SCHEMAS)}")
 
 
-async def at_start(
-    registry: SchemaRegistry, app_contracts: Registry, service: str, setting: str
-) -> None:
+async def at_start(registry: SchemaRegistry, app: Declarations, setting: str) -> None:
     """What ``Tidings.start()`` does with the registry: with ``"register"`` register the
-    app's contracts, with ``"check"`` only check them; either raises
-    :class:`~tidings.errors.SchemaIncompatible` with the report. Nothing for ``"off"``
-    or an app without contracts."""
-    contracts = app_contracts.contracts()
-    if setting == "off" or not contracts:
+    app's contracts, then record what it subscribes to and publishes (if it declares
+    anything, and only when that changed); with ``"check"`` only check the contracts;
+    either raises :class:`~tidings.errors.SchemaIncompatible` with the report. Nothing
+    for ``"off"``."""
+    contracts = app.registry.contracts()
+    if setting == "off":
         return
     if setting == "register":
-        await registry.register(contracts, service=service)
+        if contracts:
+            await registry.register(contracts, service=app.service)
+        if contracts or app.subscribers or app.published:
+            await registry.record_service(describe(app))
+        return
+    if not contracts:
         return
     findings = await registry.check(contracts)
     if findings:

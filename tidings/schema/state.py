@@ -1,15 +1,17 @@
 """The schema registry's state: the fold of its log, and the one rule that admits a new
 version into it.
 
-The registry is a log of three kinds of entries, each a JSON object: a *registration*
+The registry is a log of four kinds of entries, each a JSON object: a *registration*
 (``{"kind": "schema", "type", "version", "schema", "fingerprint", "breaking",
 "subject", "deprecated", "sunset", "service", "host", "at"}``), a *mode change*
-(``{"kind": "mode", "type", "mode", ...}``) and a *note* on a registered version
+(``{"kind": "mode", "type", "mode", ...}``), a *note* on a registered version
 (``{"kind": "about", "type", "version", "subject", "deprecated", "sunset", ...}``:
-what its contract now says of it, decision 0021). Folding them in log order gives, per
-event type, its versions and its compatibility mode. Registrations written before
-``subject``, ``deprecated`` and ``sunset`` were recorded read as no subject field, not
-deprecated. A registration is admitted by the fold only if :func:`admit` finds
+what its contract now says of it, decision 0021) and a *service record*
+(``{"kind": "service", ...}``: what a service subscribes to and publishes,
+:mod:`tidings.schema.services`; the latest per service counts). Folding them in log
+order gives, per event type, its versions and its compatibility mode. Registrations
+written before ``subject``, ``deprecated`` and ``sunset`` were recorded read as no
+subject field, not deprecated. A registration is admitted by the fold only if :func:`admit` finds
 nothing wrong with it at its place in the log, so every reader of the log agrees on
 what is registered: of two apps that register the same version at once with different
 schemas, the first in log order wins, whatever either of them saw before writing.
@@ -29,6 +31,7 @@ from tidings.errors import ConfigError, UnknownEventType
 from tidings.schema.compat import Break, Change, Mode, check, diff, fingerprint
 from tidings.schema.nodes import JsonSchema
 from tidings.schema.rules import Policy, Rule
+from tidings.schema.services import ServiceRecord
 
 __all__ = [
     "DEFAULT_MODE",
@@ -203,6 +206,8 @@ class RegistryState:
     policies: dict[str, Policy] = field(default_factory=dict)
     # offset -> why the fold left that registration out (a conflict or a break)
     refused: dict[int, list[Problem]] = field(default_factory=dict)
+    # service -> its latest record in log order (tidings.schema.services)
+    services: dict[str, ServiceRecord] = field(default_factory=dict)
 
     def copy(self) -> RegistryState:
         return RegistryState(
@@ -210,6 +215,7 @@ class RegistryState:
             dict(self.modes),
             dict(self.policies),
             dict(self.refused),
+            dict(self.services),
         )
 
     def types(self) -> list[str]:
@@ -242,6 +248,9 @@ class RegistryState:
                     self.refused[offset] = problems
             else:
                 self.add(entry)
+        elif kind == "service":
+            record = ServiceRecord.from_entry(doc, offset)
+            self.services[record.service] = record
         else:
             raise ValueError(f"kind {kind!r}")
 

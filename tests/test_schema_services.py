@@ -1,0 +1,180 @@
+"""What a service records of itself in the schema registry (tidings.schema.services,
+decision 0022): written at start, again only when it changed; the versions each group
+reads; SLAs; who says what of a version; who still uses a deprecated one."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from tidings import Tidings
+from tidings.errors import ConfigError
+from tidings.schema.registry import SCHEMAS_TOPIC, SchemaRegistry
+from tidings.schema.services import (
+    Held,
+    Publication,
+    ServiceRecord,
+    Subscription,
+    about,
+    deprecations,
+    describe,
+)
+from tidings.transport import Transport
+
+
+class OrderV1(BaseModel):
+    order_id: str
+
+
+class Order(BaseModel):
+    order_id: str
+    total: float = 0
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return f"memory://services-{uuid.uuid4().hex}"
+    return f"sqlite:///{tmp_path / 'events.db'}"
+
+
+def billing(url: str, **kw: Any) -> Tidings:
+    app = Tidings(url, service="billing", **kw)
+    app.event("order.placed", 1, sunset="2030-01-31")(OrderV1)
+    app.event("order.placed", 2)(Order)
+    app.publishes("orders", ["order.placed"])
+
+    @app.subscriber("orders", group="ledger", types=["order.placed"])
+    async def book(order: Order) -> None:
+        pass
+
+    return app
+
+
+async def service_entries(transport: Transport) -> list[dict[str, Any]]:
+    records = await transport.read(SCHEMAS_TOPIC, 0, 0, 1000)
+    return [d for r in records if (d := orjson.loads(r.value))["kind"] == "service"]
+
+
+async def test_a_restart_records_nothing_and_a_change_records_once(url: str) -> None:
+    async with billing(url) as app:
+        [first] = await service_entries(app.transport)
+        assert first["service"] == "billing"
+        assert first["publishes"] == [
+            {"topic": "orders", "type": "order.placed", "versions": [1, 2]}
+        ]
+    async with billing(url) as app:
+        assert len(await service_entries(app.transport)) == 1  # the same: nothing written
+    changed = billing(url)
+    changed.group("ledger", sla=12)
+    async with changed as app:
+        entries = await service_entries(app.transport)
+        assert [e["slas"] for e in entries] == [{}, {"ledger": 12.0}]
+        fresh = SchemaRegistry(app.transport)  # the latest record in log order counts
+        assert (await fresh.services())["billing"].slas == {"ledger": 12.0}
+
+
+async def test_only_a_registering_app_that_declares_something_records_itself(url: str) -> None:
+    for setting in ("check", "off"):
+        async with billing(url, schemas=setting) as app:
+            assert not await _has_topic(app)
+    plain = Tidings(url, service="audit")
+
+    @plain.subscriber("orders", group="audit")
+    async def audit(event: object) -> None:
+        pass
+
+    async with plain as app:  # no contract, a subscriber: recorded
+        [entry] = await service_entries(app.transport)
+        assert entry["subscriptions"][0]["types"] is None
+
+
+async def _has_topic(app: Tidings) -> bool:
+    return SCHEMAS_TOPIC in {t.name for t in await app.transport.topics()}
+
+
+def test_a_record_reads_back_as_written_and_its_fingerprint_ignores_who_and_when() -> None:
+    record = describe(billing("memory://x"))
+    stamped = ServiceRecord(**{**_fields(record), "host": "h", "at": 5})
+    again = ServiceRecord.from_entry(orjson.loads(orjson.dumps(stamped.entry())), offset=3)
+    assert again.body() == record.body()
+    assert (again.host, again.at, again.offset) == ("h", 5, 3)
+    assert again.fingerprint == record.fingerprint
+    assert again.contracts[0] == Held(
+        "order.placed", 1, "event", "billing", None, True, date(2030, 1, 31), None
+    )
+
+
+def _fields(record: ServiceRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+def test_the_versions_a_group_reads_follow_its_upcasters() -> None:
+    app = Tidings("memory://x", service="ledger")
+    app.event("order.placed", 2)(Order)
+    app.upcaster("order.placed", from_version=1)(lambda v1: {**v1, "total": 0})
+
+    @app.subscriber("orders", group="ledger", types=["order.placed"])
+    async def book(order: Order) -> None:
+        pass
+
+    @app.subscriber("orders", group="audit")
+    async def audit(event: object) -> None:
+        pass
+
+    app.group("audit", sla=2.5)
+    record = describe(app)
+    audit_sub, ledger_sub = record.subscriptions
+    assert ledger_sub.reads == {"order.placed": {1: 2, 2: 2}}
+    assert (audit_sub.types, audit_sub.reads) == (None, {"order.placed": {1: 2, 2: 2}})
+    assert record.slas == {"audit": 2.5}
+    assert ledger_sub.handlers == (book.__qualname__,)
+
+
+@pytest.mark.parametrize("sla", [0, -1, "10s", True, float("inf")])
+def test_a_bad_sla_is_refused(sla: Any) -> None:
+    with pytest.raises(ConfigError, match="sla must be a number of seconds > 0"):
+        Tidings("memory://x", service="s").group("g", sla=sla)
+
+
+def test_the_owner_says_what_a_version_is_even_when_another_spoke_later() -> None:
+    owner = ServiceRecord(
+        "billing", contracts=(Held("order.placed", 1, owner="billing", deprecated=True),), at=1
+    )
+    other = ServiceRecord("ledger", contracts=(Held("order.placed", 1, owner="billing"),), at=2)
+    said = about([owner, other], "order.placed", 1)
+    assert said is not None
+    assert said.deprecated
+    said = about([other], "order.placed", 1)  # the owner recorded nothing: the latest
+    assert said is not None
+    assert not said.deprecated
+
+
+def test_a_deprecated_version_lists_only_who_depends_on_it() -> None:
+    """A producer holding the model and declaring the type still produces it; a group
+    reading it upcast to v2 no longer consumes it; one reading it as it is does."""
+    v1 = Held("order.placed", 1, owner="billing", deprecated=True, sunset=date(2026, 1, 1))
+    records = [
+        ServiceRecord(
+            "billing", publishes=(Publication("orders", "order.placed", (1, 2)),), contracts=(v1,)
+        ),
+        ServiceRecord("shop", publishes=(Publication("orders", "order.placed", (2,)),)),
+        ServiceRecord("ledger", subscriptions=(
+            Subscription("ledger", "orders", ("order.placed",), {"order.placed": {1: 2, 2: 2}}),
+            Subscription("late", "orders", ("order.placed",), {"order.placed": {1: 1}}),
+        )),
+    ]  # fmt: skip
+    [found] = deprecations(records)
+    assert found.producers == ("billing (orders)",)
+    assert found.consumers == ("ledger/late (orders)",)
+    assert found.overdue(date(2026, 1, 2))
+    assert not found.overdue(date(2026, 1, 1))
+    assert found.lines(date(2025, 12, 31))[0] == (
+        "order.placed v1: deprecated, sunset 2026-01-01 (in 1 day(s))"
+    )
