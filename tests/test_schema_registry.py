@@ -58,10 +58,11 @@ def app_with(
 
 
 async def entries(
-    transport: Transport, kinds: tuple[str, ...] = ("schema", "mode")
+    transport: Transport, kinds: tuple[str, ...] = ("schema", "mode", "about")
 ) -> list[dict[str, Any]]:
-    """The registry's records of ``kinds`` as written (default: registrations and mode
-    changes; the service records of decision 0022 are tested in test_catalog_services)."""
+    """The registry's records of ``kinds`` as written (default: registrations, mode
+    changes and notes; the service records of decision 0022 are tested in
+    tests/test_schema_services.py)."""
     records = await transport.read(SCHEMAS_TOPIC, 0, 0, 1000)
     return [doc for r in records if (doc := orjson.loads(r.value))["kind"] in kinds]
 
