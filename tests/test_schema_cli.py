@@ -206,3 +206,16 @@ def test_export_then_check_against_the_folder(
     code, _, err = schema(capsys, "check", broken, "--against", str(folder))
     assert code == 2
     assert "holds order.placed.v1.json" in err
+
+
+def test_forget_service_forgets_a_record_and_names_the_recorded_ones_when_unknown(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = schema(capsys, "forget-service", "shop", "--url", url)
+    assert code == 2  # as for a type the registry does not hold
+    assert "no service 'shop' is recorded in the registry (recorded: billing)" in err
+    code, out, _ = schema(capsys, "forget-service", "billing", "--url", url)
+    assert (code, out) == (0, "forgot service billing (groups: none)\n")
+    code, _, err = schema(capsys, "forget-service", "billing", "--url", url)
+    assert code == 2
+    assert "(recorded: none)" in err

@@ -24,6 +24,7 @@ from tidings.schema.services import (
     about,
     deprecations,
     describe,
+    retirement,
 )
 from tidings.transport import Transport
 
@@ -178,3 +179,64 @@ def test_a_deprecated_version_lists_only_who_depends_on_it() -> None:
     assert found.lines(date(2025, 12, 31))[0] == (
         "order.placed v1: deprecated, sunset 2026-01-01 (in 1 day(s))"
     )
+
+
+# -- a command has one owning group, across services ------------------------------------
+
+
+class ChargeCard(BaseModel):
+    order_id: str
+
+
+def charging(url: str, service: str, group: str) -> Tidings:
+    app = Tidings(url, service=service)
+    app.command("payment.charge")(ChargeCard)
+
+    @app.subscriber("payments", group=group, types=["payment.charge"])
+    async def charge(command: ChargeCard) -> None:
+        pass
+
+    return app
+
+
+async def test_a_second_services_group_subscribing_to_a_command_is_refused_at_start(
+    url: str,
+) -> None:
+    async with charging(url, "payments", "charger"):
+        pass
+    shop = charging(url, "shop", "checkout")
+    with pytest.raises(ConfigError) as refused:
+        await shop.start()
+    await shop.close()
+    message = str(refused.value)
+    assert "command payment.charge is subscribed to by group 'checkout' of shop" in message
+    assert "by group 'charger' of service 'payments'" in message
+    assert "tidings schema forget-service payments" in message
+    async with Tidings(url, service="reader") as reader:
+        records = await reader.schema_registry.services()
+    assert sorted(records) == ["payments"]  # the refused service recorded nothing
+    # The same group in another service (a second deployment of it) owns it too; and
+    # the owner itself starts again, whatever its older record said.
+    async with charging(url, "payments-eu", "charger"), charging(url, "payments", "charger"):
+        pass
+
+
+async def test_a_forgotten_services_command_may_be_owned_by_another_group(url: str) -> None:
+    async with charging(url, "payments", "charger"):
+        pass
+    async with Tidings(url, service="ops") as ops:
+        registry = ops.schema_registry
+        forgotten = await registry.forget_service("payments")
+        assert forgotten.groups() == ["charger"]
+        assert "payments" not in await registry.services()
+        with pytest.raises(ConfigError, match=r"no service 'nobody' .*\(recorded: none\)"):
+            await registry.forget_service("nobody")
+    async with charging(url, "shop", "checkout") as shop:
+        assert sorted(await shop.schema_registry.services()) == ["shop"]
+
+
+def test_a_retirement_reads_as_a_service_that_declares_nothing() -> None:
+    # What a reader that does not know the "retired" mark makes of it.
+    entry = retirement("payments", "host-1", 1_700_000_000_000)
+    record = ServiceRecord.from_entry(entry)
+    assert (record.service, record.subscriptions, record.publishes) == ("payments", (), ())

@@ -1,4 +1,5 @@
-"""``tidings schema list|show|diff|set-mode|check|export``: the log's schema registry.
+"""``tidings schema list|show|diff|set-mode|check|export|forget-service``: the log's
+schema registry.
 
 Argument parsing and printing only; the registry is
 :class:`tidings.schema.registry.SchemaRegistry`, the exported folder
@@ -41,11 +42,14 @@ registry.
   check     whether an app's contracts may be registered (exit 1 on a break): for CI;
             lists the deprecated versions and who still produces or consumes them
   export    write an app's contracts to a folder, one JSON file per type and version
+  forget-service
+            forget what a service that no longer runs recorded of itself (e.g. the
+            group that owned a command); its next start records it again
 """
 
 
 def add_commands(sub: Any) -> None:
-    """Register ``schema list|show|diff|set-mode|check|export`` on the parser."""
+    """Register ``schema list|show|diff|set-mode|check|export|forget-service``."""
     schema = sub.add_parser(
         "schema",
         help="list, show, diff and check event schemas (the schema registry)",
@@ -91,6 +95,13 @@ def add_commands(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("app", help=_APP)
     p.add_argument("dir", type=Path, metavar="DIR", help="the folder, created if missing")
+    p = _action(
+        actions, "forget-service", cmd_forget_service, "forget a service's record",
+        "forget what SERVICE recorded of itself at its last start (its subscriptions, "
+        "what it publishes): for a service that no longer runs, whose record still owns "
+        "a command or lists it as a consumer; it records itself again when it starts",
+    )  # fmt: skip
+    p.add_argument("service", metavar="SERVICE", help="the service's name (Tidings(service=))")
 
 
 _TYPE = "the event type, e.g. order.placed"
@@ -210,6 +221,17 @@ async def cmd_set_mode(args: argparse.Namespace) -> int:
         print_json({"type": args.type, "mode": mode.value, "policy": policy.value})
     else:
         print(f"{args.type}: mode {mode.value}, policy {policy.value}")
+    return 0
+
+
+async def cmd_forget_service(args: argparse.Namespace) -> int:
+    async with opened(args.url) as app:
+        record = await SchemaRegistry(app.transport).forget_service(args.service)
+    groups = record.groups()
+    if args.json:
+        print_json({"service": record.service, "forgotten": True, "groups": groups})
+    else:
+        print(f"forgot service {record.service} (groups: {', '.join(groups) or 'none'})")
     return 0
 
 

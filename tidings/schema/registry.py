@@ -30,7 +30,14 @@ from tidings.contracts import Contract
 from tidings.errors import ConfigError, SchemaIncompatible, TopicNotFound
 from tidings.schema.compat import Mode, fingerprint
 from tidings.schema.rules import Policy
-from tidings.schema.services import Declarations, ServiceRecord, describe
+from tidings.schema.services import (
+    Declarations,
+    ServiceRecord,
+    command_conflicts,
+    commands_owned,
+    describe,
+    retirement,
+)
 from tidings.schema.state import (
     Conflict,
     Problem,
@@ -249,6 +256,24 @@ class SchemaRegistry:
         log.info("recorded service %s (fingerprint %s)", record.service, record.fingerprint[:12])
         return stamped
 
+    async def forget_service(self, service: str) -> ServiceRecord:
+        """Forget ``service``'s record (a service that no longer runs: its subscriptions
+        no longer count, e.g. as a command's owner); its next start records it again.
+        Returns the record forgotten; ConfigError, naming the recorded services, if
+        there is none."""
+        state = await self.refresh()
+        known = state.services.get(service)
+        if known is None:
+            names = ", ".join(sorted(state.services)) or "none"
+            raise ConfigError(
+                f"no service {service!r} is recorded in the registry (recorded: {names})"
+            )
+        entry = retirement(service, socket.gethostname(), self.transport.clock.time_ms())
+        await self._append([(f"{service}:service", orjson.dumps(entry))])
+        await self.refresh()
+        log.info("forgot service %s", service)
+        return known
+
     async def services(self) -> dict[str, ServiceRecord]:
         """Each service's latest record, by name."""
         return dict((await self.refresh()).services)
@@ -319,10 +344,15 @@ async def at_start(registry: SchemaRegistry, app: Declarations, setting: str) ->
     app's contracts, then record what it subscribes to and publishes (if it declares
     anything, and only when that changed); with ``"check"`` only check the contracts;
     either raises :class:`~tidings.errors.SchemaIncompatible` with the report. Nothing
-    for ``"off"``."""
+    for ``"off"``. Either refuses (ConfigError) a command that a group of another
+    service already subscribes to, by that service's record."""
     contracts = app.registry.contracts()
     if setting == "off":
         return
+    if commands_owned(app):  # no read of the registry for the others
+        conflicts = command_conflicts(app, (await registry.refresh()).services)
+        if conflicts:
+            raise ConfigError("\n".join(conflicts))
     if setting == "register":
         if contracts:
             await registry.register(contracts, service=app.service)

@@ -28,8 +28,11 @@ __all__ = [
     "ServiceRecord",
     "Subscription",
     "about",
+    "command_conflicts",
+    "commands_owned",
     "deprecations",
     "describe",
+    "retirement",
 ]
 
 
@@ -191,6 +194,49 @@ def _held(doc: Mapping[str, Any]) -> Held:
         sunset=None if sunset is None else date.fromisoformat(sunset),
         subject=doc.get("subject"),
     )
+
+
+def retirement(service: str, host: str, at: int) -> dict[str, Any]:
+    """The entry that forgets ``service``'s record (``tidings schema forget-service``):
+    a record that declares nothing, marked retired, so a reader that does not know the
+    mark still sees a service with no subscriptions; the next start records it again."""
+    return {**ServiceRecord(service).entry(), "retired": True, "host": host, "at": at}
+
+
+def commands_owned(app: Declarations) -> dict[str, str]:
+    """The command types ``app``'s subscribers name, each with its group (a subscriber
+    to every type owns nothing)."""
+    mine: dict[str, str] = {}
+    for s in app.subscribers:
+        for t in s.types or ():
+            contract = app.registry.lookup(t, None)
+            if contract is not None and contract.kind == "command":
+                mine.setdefault(t, s.group)
+    return mine
+
+
+def command_conflicts(app: Declarations, records: Mapping[str, ServiceRecord]) -> list[str]:
+    """The commands ``app``'s groups subscribe to that a group of another service also
+    subscribes to, by that service's latest record: one line each (empty: none). A
+    command has exactly one owning group, across services as within one app."""
+    mine = commands_owned(app)
+    found = []
+    for name, record in sorted(records.items()):
+        if name == app.service:
+            continue  # its own older record: replaced by this start
+        for sub in record.subscriptions:
+            for t in sub.types or ():
+                group = mine.get(t)
+                if group is not None and sub.group != group:
+                    found.append(
+                        f"command {t} is subscribed to by group {group!r} of {app.service} "
+                        f"and by group {sub.group!r} of service {name!r} (its record in the "
+                        "registry); a command has exactly one owning group: subscribe to it "
+                        f"in one of them; if {name!r} no longer subscribes to it, start it "
+                        f"again, or, if it no longer runs, 'tidings schema forget-service "
+                        f"{name}'"
+                    )
+    return found
 
 
 def describe(app: Declarations) -> ServiceRecord:

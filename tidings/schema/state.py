@@ -250,7 +250,10 @@ class RegistryState:
                 self.add(entry)
         elif kind == "service":
             record = ServiceRecord.from_entry(doc, offset)
-            self.services[record.service] = record
+            if doc.get("retired") is True:  # tidings schema forget-service
+                self.services.pop(record.service, None)
+            else:
+                self.services[record.service] = record
         else:
             raise ValueError(f"kind {kind!r}")
 
