@@ -1,7 +1,9 @@
 """The documentation site's build plumbing (mkdocs.yml names this file twice).
 
 - As MkDocs hooks: the nav's "Decisions" section is every ``docs/decisions/*.md`` in
-  number order, so a new decision needs no nav entry.
+  number order, so a new decision needs no nav entry; the Task API's event catalog
+  (:func:`taskapi.catalog.write_catalog`) is generated into ``taskapi-catalog/``, where
+  docs/taskapi.md links it.
 - As a griffe extension (mkdocstrings' ``extensions:``): the docstrings are written
   with Sphinx's roles and literal blocks (``:class:`~tidings.Retry```, ``text::``),
   which Markdown would print as they are; each role becomes its name as code, linked
@@ -10,7 +12,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,18 @@ def on_config(config: Any) -> Any:
     decisions = sorted(Path(config["docs_dir"], "decisions").glob("*.md"))
     config["nav"].append({"Decisions": [f"decisions/{page.name}" for page in decisions]})
     return config
+
+
+def on_files(files: Any, config: Any) -> Any:
+    from mkdocs.structure.files import File
+
+    from taskapi.catalog import write_catalog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in asyncio.run(write_catalog(tmp)):
+            uri = f"taskapi-catalog/{path.relative_to(tmp).as_posix()}"
+            files.append(File.generated(config, uri, content=path.read_bytes()))
+    return files
 
 
 def markdown_of(docstring: str, scope: griffe.Object) -> str:

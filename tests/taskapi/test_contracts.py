@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from taskapi.audit_log import AuditLog
+from taskapi.catalog import write_catalog
 from taskapi.contracts import app as contracts
 from taskapi.db import make_engine
 from taskapi.events import (
@@ -277,3 +278,16 @@ async def test_the_reminders_service_schedules_a_v1_task_by_its_due_date(tmp_pat
         engine.dispose()
     assert (row["task_id"], row["causation_id"]) == ("t1", old.id)
     assert row["remind_at"] == pytest.approx((due - lead).timestamp())
+
+
+async def test_the_sites_catalog_shows_every_type_and_every_services_groups(
+    tmp_path: Path,
+) -> None:
+    written = await write_catalog(tmp_path)
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert "index.html" in names
+    index = (tmp_path / "index.html").read_text()
+    for type_ in ("task.created", "task.reminder_due"):
+        assert type_ in index
+    for group in ("audit", "email", "push", "reminders", "slack"):
+        assert f"taskapi-{group}/{group}" in index  # each service's group consumes
