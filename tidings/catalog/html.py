@@ -21,7 +21,7 @@ from typing import Any
 
 from tidings.catalog.model import Catalog, EventInfo, VersionInfo
 from tidings.catalog.svg import Node, columns_svg, levels
-from tidings.catalog.text import reads_text, span, utc, utc_ms
+from tidings.catalog.text import provenance, reads_text, span, utc, utc_ms
 from tidings.schema.compat import Change
 from tidings.schema.services import ServiceRecord
 
@@ -297,13 +297,7 @@ def _breaks(change: Change) -> str:
 
 def _version(e: EventInfo, v: VersionInfo, today: date) -> str:
     parts = [f'<h3 id="v{v.version}">v{v.version}</h3>']
-    about = []
-    if v.registered_by:
-        about.append(f"registered by {v.registered_by} at {utc(v.registered_at)}")
-    elif v.schema is None:
-        about.append("not in the schema registry")
-    if v.breaking:
-        about.append("breaking: a new major version")
+    about = provenance(v)
     if v.fingerprint:
         about.append(f"fingerprint {v.fingerprint[:16]}")
     parts.append(f"<p>{escape('; '.join(about))} {_sunset(v, today)}</p>")

@@ -42,14 +42,21 @@ def consumer_text(c: Consumer) -> str:
     return f"{c.service}/{c.group} <- {c.topic} ({reads}{sla})"
 
 
-def version_text(v: VersionInfo, today: date) -> str:
-    parts = [f"v{v.version}"]
+def provenance(v: VersionInfo) -> list[str]:
+    """Who registered ``v`` and when (or that the registry does not hold it), and
+    whether it is a breaking new major version: for the text and the HTML pages."""
+    facts = []
     if v.registered_by:
-        parts.append(f"registered by {v.registered_by} at {utc(v.registered_at)}")
+        facts.append(f"registered by {v.registered_by} at {utc(v.registered_at)}")
     elif v.schema is None:
-        parts.append("not in the registry")
+        facts.append("not in the schema registry")
     if v.breaking:
-        parts.append("breaking (a new major version)")
+        facts.append("breaking: a new major version")
+    return facts
+
+
+def version_text(v: VersionInfo, today: date) -> str:
+    parts = [f"v{v.version}", *provenance(v)]
     if v.deprecated:
         sunset = v.sunset.isoformat() if v.sunset else "no sunset date"
         past = " PAST" if v.sunset is not None and today > v.sunset else ""
