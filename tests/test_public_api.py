@@ -138,6 +138,7 @@ PUBLIC_MODULES = {
     "tidings.admin",
     "tidings.schema",
     "tidings.asyncapi",
+    "tidings.logs",
 }
 
 
