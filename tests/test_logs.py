@@ -201,6 +201,12 @@ def test_text_appends_the_coordinates_compactly_before_a_traceback() -> None:
     )
     assert rest[0] == "Traceback (most recent call last):"
     assert rest[-1] == "ValueError: boom"
+    first_of_chain = {**FIELDS, "correlation_id": FIELDS["event_id"]}
+    text = TextFormatter().format(a_record(first_of_chain))
+    assert text.endswith("x 1 [task-events/3@1042 g=email e=…0000c4d8]")
+    relayed = {"outbox_id": 17, "topic": "task-events", "event_id": FIELDS["event_id"]}
+    text = TextFormatter().format(a_record(relayed))
+    assert text.endswith("x 1 [task-events row=17 e=…0000c4d8]")
     plain = TextFormatter().format(a_record(None))
     assert plain.endswith("ERROR tidings.worker: x 1")  # today's look without fields
 

@@ -108,7 +108,8 @@ def _short(value: str) -> str:
 def coordinates(fields: dict[str, Any]) -> str:
     """The compact text form of ``fields``: ``topic/partition@offset``, then
     ``row=`` (an outbox row), ``g=`` (the group), ``e=`` and ``c=`` (the event and
-    correlation ids, their last 8 characters); empty when there are none."""
+    correlation ids, their last 8 characters; ``c=`` only where it differs from the
+    event id, as it does in a chain of events); empty when there are none."""
     if not fields:
         return ""
     parts = []
@@ -127,6 +128,8 @@ def coordinates(fields: dict[str, Any]) -> str:
         ("correlation_id", "c"),
     ):
         value = fields.get(key)
+        if key == "correlation_id" and value == fields.get("event_id"):
+            continue  # the event began its chain: the same id twice says nothing
         if value is not None:
             parts.append(f"{label}={_short(str(value)) if label in 'ec' else value}")
     return f" [{' '.join(parts)}]" if parts else ""
