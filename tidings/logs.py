@@ -101,6 +101,9 @@ class Fields(logging.Filter):
         return True
 
 
+_IDS = {"event_id", "correlation_id"}  # shown by their last 8 characters
+
+
 def _short(value: str) -> str:
     return value if len(value) <= 8 else "…" + value[-8:]
 
@@ -131,7 +134,7 @@ def coordinates(fields: dict[str, Any]) -> str:
         if key == "correlation_id" and value == fields.get("event_id"):
             continue  # the event began its chain: the same id twice says nothing
         if value is not None:
-            parts.append(f"{label}={_short(str(value)) if label in 'ec' else value}")
+            parts.append(f"{label}={_short(str(value)) if key in _IDS else value}")
     return f" [{' '.join(parts)}]" if parts else ""
 
 
