@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
+import tidings.logs
 from tidings import ConfigError, TidingsError
 
 USAGE = """\
@@ -33,10 +33,12 @@ def service_main(argv: Sequence[str]) -> int:
     parser.add_argument("name", choices=SERVICES, help="which service")
     parser.add_argument("--data", help="the data folder (default $TASKAPI_DATA or ./taskapi-data)")
     parser.add_argument("--log-level", default="INFO", help="logging level (%(default)s)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    parser.add_argument(
+        "--log-format", choices=tidings.logs.FORMATS, default="text", help="(%(default)s)"
     )
+    args = parser.parse_args(argv)
+    # Each line names the event it is about (group, topic, partition, offset, ids).
+    tidings.logs.configure(args.log_format, args.log_level)
     settings = Settings.from_env(args.data)
 
     def ready(app: object) -> None:

@@ -139,6 +139,7 @@ PUBLIC_MODULES = {
     "tidings.schema",
     "tidings.asyncapi",
     "tidings.catalog",
+    "tidings.logs",
 }
 
 

@@ -14,8 +14,18 @@ from contextvars import ContextVar
 from typing import Any, NamedTuple, Protocol
 
 from tidings.envelope import Event, new_id
+from tidings.subscriber import Subscriber
+from tidings.transport import Record
 
-__all__ = ["Context", "Publisher", "Scope", "causal_scope", "correlation_scope", "current_scope"]
+__all__ = [
+    "Context",
+    "Handling",
+    "Publisher",
+    "Scope",
+    "causal_scope",
+    "correlation_scope",
+    "current_scope",
+]
 
 
 class Publisher(Protocol):
@@ -31,17 +41,22 @@ class Scope(NamedTuple):
     causationid: str | None
 
 
-# A Scope, or the Event being handled: the worker sets the event itself (no tuple per
-# handled event and group; its scope is made here, only when a handler publishes).
-causal_scope: ContextVar[Scope | Event | None] = ContextVar("tidings_scope", default=None)
+# The handler call under way: (group, subscriber, record, event). The worker sets one
+# per call, a plain tuple of what it has at hand (cheap to make); its Scope is made only
+# when a handler publishes, its coordinates only when something is logged (tidings.logs).
+Handling = tuple[str, Subscriber, Record, Event]
+
+# A Scope (correlation_scope), or the handler call under way.
+causal_scope: ContextVar[Scope | Handling | None] = ContextVar("tidings_scope", default=None)
 
 
 def current_scope() -> Scope | None:
     """The causal scope publishes happen in now, if any."""
     value = causal_scope.get()
-    if isinstance(value, Event):
-        return Scope(value.correlationid or value.id, value.id)
-    return value
+    if value is None or isinstance(value, Scope):
+        return value
+    event = value[3]
+    return Scope(event.correlationid or event.id, event.id)
 
 
 @contextmanager

@@ -7,16 +7,19 @@ in real time."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from tidings import Tidings
+from tidings import Tidings, TransportError
 from tidings.outbox import Outbox
+from tidings.testing import eventually
 
 from .conftest import TOPIC, StepClock, TaskCreated
 
@@ -156,3 +159,62 @@ async def test_losing_the_lease_is_a_warning_unless_the_relay_is_quiet_and_idle(
         assert (lost in lines(logged, logging.WARNING)) is not quiet
         await holder.close()
         await standby.close()
+
+
+async def test_each_relayed_row_is_a_debug_line_with_its_row_topic_and_event(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "tidings.outbox.rows")
+    engine = outbox.engine
+    assert isinstance(engine, sa.Engine)
+    with Session(engine) as session, session.begin():
+        events = [outbox.add(session, TaskCreated(task_id=f"t-{n}", n=n)) for n in range(2)]
+    relay = outbox.relay(lease=LEASE, holder="one", clock=StepClock())
+    assert await relay.relay_once() == 2
+    await relay.close()
+    rows = [r for r in caplog.records if r.name == "tidings.outbox.rows"]
+    fields = [r.tidings for r in rows]  # type: ignore[attr-defined]
+    assert [(f["topic"], f["event_id"]) for f in fields] == [(TOPIC, e.id) for e in events]
+    assert fields[1]["outbox_id"] > fields[0]["outbox_id"]
+    assert (
+        rows[0].getMessage()
+        == f"outbox-relay:tidings_outbox: relayed row {fields[0]['outbox_id']} to {TOPIC}"
+    )
+
+
+async def test_a_failed_pass_names_the_rows_it_was_relaying(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, "tidings.outbox")
+    engine = outbox.engine
+    assert isinstance(engine, sa.Engine)
+    with Session(engine) as session, session.begin():
+        first = outbox.add(session, TaskCreated(task_id="t-1"))
+        outbox.add(session, TaskCreated(task_id="t-2"))
+    transport = outbox.app.transport
+    real = transport.append
+    failed: list[str] = []
+
+    async def failing_once(topic: str, records: list[tuple[str | None, bytes]]) -> Any:
+        if not failed:
+            failed.append(topic)
+            raise TransportError("the log is busy")
+        return await real(topic, records)
+
+    monkeypatch.setattr(transport, "append", failing_once)
+    relay = outbox.relay(lease=LEASE, holder="one", poll_interval=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: relay.relayed == 2, timeout=20, what="both relayed")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    (line,) = [r for r in caplog.records if "pass failed" in r.getMessage()]
+    assert line.tidings == {  # type: ignore[attr-defined]
+        "outbox_id": line.tidings["outbox_id"],  # type: ignore[attr-defined]
+        "topic": TOPIC,
+        "event_id": first.id,
+        "rows": 2,
+    }
+    assert isinstance(line.tidings["outbox_id"], int)  # type: ignore[attr-defined]

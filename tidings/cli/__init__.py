@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 from collections.abc import Sequence
 
+from tidings import logs
 from tidings.app import default_url
 from tidings.cli import (
     asyncapi,
@@ -58,13 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tidings`` command with ``argv`` (default: ``sys.argv[1:]``) and return
     its exit code."""
-    logging.basicConfig(
-        level=os.environ.get("TIDINGS_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _configure_logs(args)
         args.url_given = getattr(args, "url", None) is not None
         if getattr(args, "url", None) is None:
             args.url = default_url()
@@ -81,3 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _configure_logs(args: argparse.Namespace) -> None:
+    """Logs to stderr as ``--log-format``/``--log-level`` say (``tidings run``), else
+    ``$TIDINGS_LOG_FORMAT``/``$TIDINGS_LOG_LEVEL`` (text, INFO), unless the process
+    has set its logging up already (as ``logging.basicConfig`` would leave it)."""
+    if logs.set_up_elsewhere():
+        return
+    logs.configure(
+        getattr(args, "log_format", None) or os.environ.get("TIDINGS_LOG_FORMAT", "text"),
+        getattr(args, "log_level", None) or os.environ.get("TIDINGS_LOG_LEVEL", "INFO"),
+    )

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from tidings import logs
 from tidings.cli.common import add_common, app_of
 from tidings.worker import Worker
 
@@ -30,6 +31,19 @@ def add_commands(sub: Any) -> None:
         type=float,
         default=30.0,
         help="seconds to let handlers finish on SIGTERM",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        help="log lines as text (the default, or $TIDINGS_LOG_FORMAT) or one JSON object "
+        "per line; both carry the handled event's group, topic, partition, offset, "
+        "event and correlation ids",
+    )
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="the lowest level logged (default INFO, or $TIDINGS_LOG_LEVEL)",
     )
     add_common(p)
     p.set_defaults(func=cmd_run)

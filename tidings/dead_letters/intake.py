@@ -29,6 +29,7 @@ from tidings.dead_letters.entry import DeadLetter
 from tidings.dead_letters.log import DeadLetterLog
 from tidings.envelope import Event
 from tidings.errors import DecodeError, EventError, Parked, TransportError
+from tidings.logs import at
 from tidings.stats import Stats
 from tidings.transport import Record, StartFrom
 
@@ -67,6 +68,7 @@ def report_poison(group: str, record: Record, reason: Exception, stats: Stats) -
     log.error(
         "group %s: %s[%d]@%d cannot be decoded, skipped: %s",
         group, record.topic, record.partition, record.offset, reason,
+        extra=at(group, record),
     )  # fmt: skip
 
 
@@ -136,7 +138,7 @@ class Intake:
             except TransportError:
                 log.exception(
                     "group %s: reading the dead letters failed; trying again in %.0fs",
-                    self.group, RETRY_PAUSE,
+                    self.group, RETRY_PAUSE, extra=at(self.group),
                 )  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), RETRY_PAUSE)
@@ -217,6 +219,7 @@ class Intake:
                 "group %s: replayed dead letter %s holds only part of its event "
                 "(cut at %d of %s bytes); not handled, it stays in the dead letters",
                 self.group, replay.entry, len(replay.value), replay.value_size,
+                extra=at(self.group, record, dead_letter=replay.entry),
             )  # fmt: skip
             self.stats.skipped += 1
             return None

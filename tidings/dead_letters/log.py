@@ -27,6 +27,7 @@ from tidings.dead_letters.entry import (
     value_limit,
 )
 from tidings.errors import ConfigError, DecodeError, RecordRejected, TransportError
+from tidings.logs import fields
 from tidings.transport import FOREVER, Record, Transport
 
 __all__ = ["DeadLetterLog"]
@@ -319,6 +320,7 @@ class DeadLetterLog:
                 "group %s: %s[%d]@%d is already dead-lettered as %s (a previous run stopped "
                 "before committing); not written again",
                 self.group, entry.topic, entry.partition, entry.offset, known.entry,
+                extra=_fields(entry),
             )  # fmt: skip
             return known
         try:
@@ -328,7 +330,7 @@ class DeadLetterLog:
                 "group %s: %s refused the dead letter of %s[%d]@%d (%s); writing it "
                 "without the original (%s bytes, sha256 %s)",
                 self.group, self.topic, entry.topic, entry.partition, entry.offset,
-                exc, entry.value_size, entry.value_sha256,
+                exc, entry.value_size, entry.value_sha256, extra=_fields(entry),
             )  # fmt: skip
             entry = entry.without_original()
             try:
@@ -345,6 +347,7 @@ class DeadLetterLog:
             "group %s: %s[%d]@%d (%s %s) dead-lettered (%s) as %s: %s",
             self.group, entry.topic, entry.partition, entry.offset, entry.type,
             entry.event_id, entry.reason, entry.entry, entry.error_message,
+            extra=_fields(entry),
         )  # fmt: skip
         return entry
 
@@ -375,3 +378,13 @@ class DeadLetterLog:
                 except TimeoutError:
                     continue
                 raise asyncio.CancelledError from None
+
+
+def _fields(entry: DeadLetter) -> dict[str, Any]:
+    """The log fields of a dead letter's event (tidings.logs): inside a handler call
+    they are the call's anyway; the worker's intake writes poison outside one."""
+    return fields(
+        group=entry.group, subscriber=entry.handler, topic=entry.topic,
+        partition=entry.partition, offset=entry.offset, event_id=entry.event_id,
+        correlation_id=entry.correlationid, type=entry.type, dead_letter=entry.entry,
+    )  # fmt: skip

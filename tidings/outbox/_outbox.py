@@ -56,7 +56,7 @@ def _engine_for(db: str | Engine | AsyncEngine) -> tuple[Engine | AsyncEngine, b
 
 
 # A row read by the relay: seq, topic, key, payload, and the time it orders by in a pass.
-_Row = sa.Row[Any, Any, Any, Any, Any]
+_Row = sa.Row[Any, Any, Any, Any, Any, Any]
 
 
 class Outbox:
@@ -97,8 +97,12 @@ class Outbox:
         self._insert = sa.insert(t)
         self._delete = sa.delete(t).where(t.c.seq.in_(sa.bindparam("seqs", expanding=True)))
         cols = (t.c.seq, t.c.topic, t.c.key, t.c.payload)
-        self._immediate = sa.select(*cols, t.c.created_at).where(t.c.deliver_at.is_(None))
-        self._delayed = sa.select(*cols, t.c.deliver_at)
+        # (seq, topic, key, payload, time, event_id): the merge of _due takes the time,
+        # the relay's log lines the event id.
+        self._immediate = sa.select(*cols, t.c.created_at, t.c.event_id).where(
+            t.c.deliver_at.is_(None)
+        )
+        self._delayed = sa.select(*cols, t.c.deliver_at, t.c.event_id)
         # Relays of this outbox running in this process: a commit that added rows
         # wakes them at once instead of leaving the rows to their next poll.
         self._relays: set[OutboxRelay] = set()

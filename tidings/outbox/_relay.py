@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tidings._sql import Threads, transaction
 from tidings.errors import ConfigError
+from tidings.logs import fields
 from tidings.outbox._app import OutboxApp
 from tidings.outbox._lease import Lease, acquire
 from tidings.outbox._lease import release as release_lease
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["MAX_BATCH", "OutboxRelay", "RelayedOutbox"]
 
 log = logging.getLogger("tidings.outbox")
+# A line per relayed row (DEBUG), on a logger of its own: a relay's lease and failures
+# are worth reading at DEBUG without a line for every event.
+rows_log = logging.getLogger("tidings.outbox.rows")
 
 T = TypeVar("T")
 
@@ -135,6 +139,8 @@ class OutboxRelay:
         self._seen_at = 0.0
         self._wakeup: asyncio.Event | None = None
         self._loop_of_run: asyncio.AbstractEventLoop | None = None
+        # The rows being appended, for the log line of a pass that fails on them.
+        self._chunk: Sequence[Any] = ()
 
     @property
     def clock(self) -> Clock:
@@ -190,6 +196,7 @@ class OutboxRelay:
                     delay,
                     failures,
                     exc_info=failures == 1,
+                    extra=self._at(),
                 )
                 await _sleep(stop, delay)
                 continue
@@ -231,7 +238,7 @@ class OutboxRelay:
         moved = 0
         transport = self.outbox.app.transport
         for topic, run in itertools.groupby(rows, key=lambda r: r[1]):
-            chunk = list(run)
+            chunk = self._chunk = list(run)
             # Under a renewal sent less than lease/3 ago (or, after a slow renewal,
             # 2/3 ago): a standby cannot take over for a third of the lease at least.
             if not await self._hold():
@@ -240,7 +247,22 @@ class OutboxRelay:
             moved += len(chunk)
             self.relayed += len(chunk)
             await self._tx(functools.partial(self.outbox._forget, seqs=[r[0] for r in chunk]))
+            if rows_log.isEnabledFor(logging.DEBUG):
+                for r in chunk:
+                    rows_log.debug(
+                        "%s: relayed row %d to %s", self.name, r[0], topic,
+                        extra=fields(outbox_id=r[0], topic=topic, event_id=r[5]),
+                    )  # fmt: skip
+        self._chunk = ()
         return moved
+
+    def _at(self) -> dict[str, Any]:
+        """The log fields of the rows a pass was relaying (the first of them, and how
+        many), if it got that far."""
+        if not self._chunk:
+            return fields()
+        seq, topic, *_, event_id = self._chunk[0]
+        return fields(outbox_id=seq, topic=topic, event_id=event_id, rows=len(self._chunk))
 
     async def _hold(self) -> bool:
         """Whether an append may start now under this relay's lease: renew it if it

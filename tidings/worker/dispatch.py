@@ -148,11 +148,14 @@ class Dispatcher:
         if not wanted:
             self.stats.skipped += 1
             return
-        # Everything a handler publishes is caused by this event (correlation kept);
-        # the event itself is the scope (current_scope makes the Scope when asked).
-        token = causal_scope.set(event)
+        # Everything a handler publishes is caused by this event (correlation kept), and
+        # what it logs carries the call's coordinates: the scope is the call (its Scope
+        # is made when a handler publishes, its log fields when something is logged).
+        group, token = self.group, None
         try:
             for sub, chain in wanted:
+                set_token = causal_scope.set((group, sub, record, event))
+                token = token or set_token
                 await chain(
                     Delivery(
                         sub, event, record, self.group, self.stats, self.stopping, 1,
@@ -160,7 +163,8 @@ class Dispatcher:
                     )
                 )  # fmt: skip
         finally:
-            causal_scope.reset(token)
+            if token is not None:
+                causal_scope.reset(token)
         self.stats.handled += 1
 
     def _call(self, delivery: Delivery) -> Awaitable[None]:
@@ -286,7 +290,7 @@ class Dispatcher:
             batch.done = n + 1
 
     def _scoped_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
-        causal_scope.set(event)  # in this call's own context
+        causal_scope.set((self.group, sub, record, event))  # in this call's own context
         return self._first_call(sub, record, event, shared)
 
     def _first_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
@@ -303,13 +307,14 @@ class Dispatcher:
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
     ) -> int:
         """:meth:`dispatch_run` for async handlers: each awaited in turn, in this task
-        (its context variables, as :meth:`dispatch` has them), with the event as the
-        causal scope while its handlers run."""
+        (its context variables, as :meth:`dispatch` has them), with each call as the
+        causal scope while it runs."""
         stopping, stats, kinds, routes = self.stopping, self.stats, self.runs, self.routes
-        first_call, shared_events, set_scope = (
+        first_call, shared_events, set_scope, group = (
             self._first_call,
             self.shared_events,
             causal_scope.set,
+            self.group,
         )
         clock = time.perf_counter
         until = clock() + RUN_SECONDS
@@ -321,8 +326,8 @@ class Dispatcher:
                     return n
                 route = routes[key]
                 shared = shared_events or len(route) > 1
-                set_scope(event)
                 for k, (sub, _) in enumerate(route):
+                    set_scope((group, sub, record, event))
                     try:
                         await first_call(sub, record, event, shared)
                     except Exception as exc:  # the chain decides, as for a thread's run
@@ -342,10 +347,11 @@ class Dispatcher:
         that one's chain gets the first attempt's ``outcome`` (what it raised, or the
         awaitable it returned), and the subscribers after it are called as
         :meth:`dispatch` calls them."""
-        token = causal_scope.set(event)
+        token = causal_scope.set(None)
         try:
             for k in range(first, len(route)):
                 sub, chain = route[k]
+                causal_scope.set((self.group, sub, record, event))
                 if k == first:
                     chain = compose(self.layers[id(sub)], self._resumed(outcome))
                 await chain(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from tidings.dead_letters import Intake
 from tidings.errors import ConsumerDead, TransportError
+from tidings.logs import at
 from tidings.middleware.lane import LaneWork, lane_work
 from tidings.transport import Consumer, Position, Record, StartFrom, TopicPartition, Transport
 
@@ -139,7 +140,10 @@ class GroupRunner:
             # The log may come back (a restarting broker, a locked file): keep the group
             # and what is in flight, and try again shortly.
             log.exception(
-                "group %s: fetching failed; trying again in %.0fs", self.group, UNHANDLED_PAUSE
+                "group %s: fetching failed; trying again in %.0fs",
+                self.group,
+                UNHANDLED_PAUSE,
+                extra=at(self.group),
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
@@ -246,7 +250,7 @@ class GroupRunner:
                 log.exception(
                     "group %s: %s[%d]@%d was not handled; trying again in %.0fs",
                     self.group, record.topic, record.partition, record.offset,
-                    UNHANDLED_PAUSE,
+                    UNHANDLED_PAUSE, extra=at(self.group, record),
                 )  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
@@ -265,6 +269,7 @@ class GroupRunner:
             log.exception(
                 "group %s: committing the work of %d events failed; handling them again "
                 "in %.0fs", self.group, len(records), UNHANDLED_PAUSE,
+                extra=at(self.group, records[0] if records else None),
             )  # fmt: skip
             lane.queue.extendleft(reversed(records))
             self.in_flight += len(records) - done.popped  # those a revocation dropped
@@ -298,7 +303,9 @@ class GroupRunner:
                 await self.commit()
             except Exception:
                 self.handled.set()  # try again at the next interval
-                log.exception("group %s: commit failed; will retry", self.group)
+                log.exception(
+                    "group %s: commit failed; will retry", self.group, extra=at(self.group)
+                )
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         offsets = {
@@ -325,7 +332,10 @@ class GroupRunner:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 log.warning(
-                    "group %s: a handler did not finish in %.0fs; cancelled", self.group, timeout
+                    "group %s: a handler did not finish in %.0fs; cancelled",
+                    self.group,
+                    timeout,
+                    extra=at(self.group),
                 )
                 task.cancel()
             for task in tasks:
@@ -334,7 +344,7 @@ class GroupRunner:
         try:
             await self.commit(tps)
         except Exception:
-            log.exception("group %s: final commit failed", self.group)
+            log.exception("group %s: final commit failed", self.group, extra=at(self.group))
         for tp in tps:
             lane = self.lanes.pop(tp, None)
             if lane is not None and lane.queue:
