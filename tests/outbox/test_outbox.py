@@ -347,8 +347,8 @@ async def test_delayed_event_waits_for_its_time_without_blocking_others(
         try:
             # not held back by the delayed ones
             await eventually(lambda: _ids(app, {now.id}), timeout=10, what="the immediate event")
-            status = await outbox.status()
-            assert (status.pending, status.due, status.scheduled) == (2, 0, 2)
+            # The relay appends, then deletes its row: wait for the delete too.
+            await eventually(lambda: _counts(outbox, (2, 0, 2)), timeout=10, what="its row gone")
             assert later.id not in {e.id for e in await log_events(app)}
             with engine.begin() as conn:  # its time comes
                 table = outbox.table
@@ -358,8 +358,7 @@ async def test_delayed_event_waits_for_its_time_without_blocking_others(
                     .values(deliver_at=datetime.now(UTC) - timedelta(seconds=1))
                 )
             await eventually(lambda: _ids(app, {now.id, later.id}), timeout=10, what="due")
-            status = await outbox.status()
-            assert (status.pending, status.due, status.scheduled) == (1, 0, 1)
+            await eventually(lambda: _counts(outbox, (1, 0, 1)), timeout=10, what="its row gone")
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
@@ -369,6 +368,12 @@ async def test_delayed_event_waits_for_its_time_without_blocking_others(
 
 async def _ids(app: Tidings, wanted: set[str]) -> bool:
     return wanted <= {e.id for e in await log_events(app)}
+
+
+async def _counts(outbox: Outbox, wanted: tuple[int, int, int]) -> bool:
+    """Whether the outbox's (pending, due, scheduled) rows are ``wanted``."""
+    status = await outbox.status()
+    return (status.pending, status.due, status.scheduled) == wanted
 
 
 async def test_due_delayed_rows_interleave_by_time_in_a_catch_up(
