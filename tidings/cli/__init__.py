@@ -5,7 +5,7 @@ Every command takes ``--url`` (default ``$TIDINGS_URL``, then
 and exit non-zero: 2 for bad usage, 1 for a failure.
 
 This module builds the parser and runs the command; each family of commands is a
-module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``offsets``,
+module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``trace``, ``offsets``,
 ``dlq``, ``outbox``, ``schema``, ``asyncapi``) with an ``add_commands(sub)`` that
 registers it. What they share is in ``common`` (the parser, usage errors, common
 options, the opened log, the ``module:app`` import) and ``output`` (tables, JSON,
@@ -21,7 +21,19 @@ import os
 from collections.abc import Sequence
 
 from tidings.app import default_url
-from tidings.cli import asyncapi, dlq, groups, offsets, outbox, publish, run, schema, tail, topics
+from tidings.cli import (
+    asyncapi,
+    dlq,
+    groups,
+    offsets,
+    outbox,
+    publish,
+    run,
+    schema,
+    tail,
+    topics,
+    trace,
+)
 from tidings.cli.common import Command, Parser, UsageError
 from tidings.cli.output import print_error
 from tidings.errors import ConfigError, TidingsError
@@ -36,7 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tidings", description="Operate a tidings event log.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for family in (run, topics, groups, publish, tail, offsets, dlq, outbox, schema, asyncapi):
+    for family in (
+        run,
+        topics,
+        groups,
+        publish,
+        tail,
+        trace,
+        offsets,
+        dlq,
+        outbox,
+        schema,
+        asyncapi,
+    ):
         family.add_commands(sub)
     return parser
 

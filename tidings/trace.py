@@ -1,0 +1,473 @@
+"""``tidings trace ID``: the causal tree of a request, across every topic.
+
+A :class:`Tracer` reads the user topics (not ``_tidings.*``, ``.dlq`` or ``.retry``)
+outside any group, a bounded window of each partition, and keeps the events of one
+correlation id; :meth:`Tracer.trace` arranges them by ``causationid`` and says, for
+each event and each group that reads its topic, whether the group handled it, still
+has it to handle, or dead-lettered it (from the group's committed offsets and its
+``<group>.dlq``). Given an event id instead, the tree is that event and what it caused.
+:meth:`Tracer.refresh` reads only what is new, so ``--follow`` calls it again and
+:func:`changes` says what moved between two traces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
+from tidings.dead_letters import DeadLetter, DeadLetterLog, State, dlq_topic
+from tidings.envelope import Event
+from tidings.errors import DecodeError
+from tidings.tail import wait_for_appends
+from tidings.transport import GroupPartition, Record, TopicInfo, Transport
+
+__all__ = [
+    "DEFAULT_SCAN",
+    "Change",
+    "GroupStatus",
+    "Status",
+    "Trace",
+    "TraceNode",
+    "Tracer",
+    "changes",
+    "follow",
+    "is_traced_topic",
+    "node_json",
+    "status_json",
+    "trace",
+    "trace_json",
+]
+
+DEFAULT_SCAN = 10_000
+"""Records read back from the end of each partition when no time window is given."""
+PAGE = 500  # records read at a time per partition
+
+Status = Literal["handled", "pending", "dead-lettered", "replaying", "replayed", "purged"]
+"""Where a group stands with one event: ``handled`` (its committed offset is past it);
+``pending`` (not yet); ``dead-lettered`` (its handler gave up, or it could not be read,
+or it is parked behind an earlier dead letter); ``replaying`` (an operator sent the dead
+letter back, the group has not handled it yet); ``replayed`` (handled on replay);
+``purged`` (an operator dropped the dead letter)."""
+
+_BY_STATE: dict[State, Status] = {
+    "dead": "dead-lettered",
+    "replayed": "replaying",
+    "resolved": "replayed",
+    "purged": "purged",
+}
+
+
+def is_traced_topic(name: str) -> bool:
+    """Whether a trace reads ``name``: a user topic, not tidings' own (``_tidings.*``) nor
+    a group's dead letters or replays (those are read as each group's status)."""
+    return not (name.startswith("_tidings") or name.endswith((".dlq", ".retry")))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """One group's status with one event.
+
+    ``behind``: for ``pending``, the events before it in its partition that the group
+    has still to handle (None where offsets are not dense). For a dead letter: ``entry``
+    its id, ``reason`` why (the error, or what it is parked behind), ``dead_at`` when.
+    """
+
+    group: str
+    status: Status
+    behind: int | None = None
+    entry: str | None = None
+    reason: str | None = None
+    attempts: int | None = None
+    dead_at: datetime | None = None
+
+    @property
+    def text(self) -> str:
+        """The status as one line says it."""
+        if self.status == "pending":
+            return "pending" if self.behind is None else f"pending ({self.behind} before it)"
+        if self.entry is None:
+            return self.status
+        tries = "" if not self.attempts else f", {self.attempts} attempt(s)"
+        return f"{self.status}: {self.reason} (entry {self.entry}{tries})"
+
+
+@dataclass(slots=True)
+class TraceNode:
+    """One event of a trace, where it is stored, its groups and what it caused.
+
+    ``cause_seen`` is False when its ``causationid`` names an event the scan did not
+    find (older than the window, or on a topic not read); such an event hangs under the
+    root. ``after_cause``: seconds from its cause's time to its own. ``copies``: other
+    places the same event id was appended (a producer's retry)."""
+
+    event: Event
+    record: Record
+    groups: list[GroupStatus] = field(default_factory=list)
+    children: list[TraceNode] = field(default_factory=list)
+    cause_seen: bool = True
+    after_cause: float | None = None
+    copies: list[Record] = field(default_factory=list)
+
+    def walk(self) -> list[TraceNode]:
+        """This node and its descendants, depth first."""
+        out = [self]
+        for child in self.children:
+            out.extend(child.walk())
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """The causal tree of ``id``: ``roots`` are the events nothing seen caused (for an
+    event id, that event alone); ``span`` the seconds from the first event to the last
+    thing seen happen (an event or a dead letter). Empty ``roots``: nothing matched in
+    the window read (``scanned`` records of ``topics`` topics)."""
+
+    id: str
+    kind: Literal["correlation", "event"]
+    correlationid: str | None
+    roots: tuple[TraceNode, ...]
+    span: float
+    scanned: int
+    topics: int
+
+    def nodes(self) -> list[TraceNode]:
+        """Every event of the tree, depth first."""
+        return [n for root in self.roots for n in root.walk()]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What moved between two traces: a new event (``group`` None), or a group's
+    status with an event (``before``: its previous status, None if new)."""
+
+    node: TraceNode
+    group: GroupStatus | None = None
+    before: GroupStatus | None = None
+
+
+class Tracer:
+    """The events of one id, read from ``transport``'s user topics.
+
+    The window: from ``since`` (ms since the epoch) on, else the last ``scan`` records
+    of each partition, as found on the first :meth:`refresh`; partitions and topics
+    created later are read from their start. Each refresh reads what was appended since
+    the previous one, and the groups' offsets and dead letters again.
+    """
+
+    def __init__(
+        self, transport: Transport, id: str, *, scan: int = DEFAULT_SCAN, since: int | None = None
+    ) -> None:
+        self.transport = transport
+        self.id = id
+        self.scan = scan
+        self.since = since
+        self.scanned = 0
+        self._correlation = id  # the correlation read; an event id's, once found
+        self._kind: Literal["correlation", "event"] = "correlation"
+        self._events: dict[str, TraceNode] = {}
+        self._positions: dict[tuple[str, int], int] = {}
+        self._window: dict[tuple[str, int], int] = {}
+        self._topics: dict[str, TopicInfo] = {}
+        self._rows: dict[tuple[str, str, int], GroupPartition] = {}
+        self._dead: dict[str, DeadLetterLog] = {}
+        self._again = False
+
+    async def refresh(self) -> None:
+        """Read what is new in every user topic, then the groups' offsets and dead letters."""
+        infos = await self.transport.topics()
+        self._topics = {t.name: t for t in infos if is_traced_topic(t.name)}
+        for info in self._topics.values():
+            await self._window_of(info)
+        self._again = True
+        while self._again:  # once more if an event id's correlation was found on the way
+            self._again = False
+            for info in self._topics.values():
+                for p in info.partitions:
+                    await self._read(info.name, p.partition)
+        rows = [r for g in await self.transport.groups() for r in g.partitions]
+        self._rows = {(r.group, r.topic, r.partition): r for r in rows}
+        names = {t.name for t in infos}
+        for group in sorted(
+            {r.group for r in rows} | {n[:-4] for n in names if n.endswith(".dlq")}
+        ):
+            if dlq_topic(group) in names and group not in self._dead:
+                self._dead[group] = DeadLetterLog(self.transport, group, values=False)
+        for log in self._dead.values():
+            await log.refresh()
+
+    async def _window_of(self, info: TopicInfo) -> None:
+        new = [p for p in info.partitions if (info.name, p.partition) not in self._window]
+        if not new:
+            return
+        first = not self._window
+        by_time: Mapping[int, int] = {}
+        if self.since is not None and first:
+            by_time = await self.transport.offsets_for_time(info.name, self.since)
+        for p in new:
+            tp = (info.name, p.partition)
+            if not first:
+                start = p.start  # appeared while following: all of it is new
+            elif self.since is not None:
+                start = max(by_time.get(p.partition, p.start), p.start)
+            else:
+                start = max(p.end - self.scan, p.start)
+            self._window[tp] = self._positions[tp] = start
+
+    async def _read(self, topic: str, partition: int) -> None:
+        tp = (topic, partition)
+        while True:
+            records = await self.transport.read(topic, partition, self._positions[tp], PAGE)
+            if not records:
+                return
+            self._positions[tp] = records[-1].offset + 1
+            self.scanned += len(records)
+            for record in records:
+                self._take(record)
+
+    def _take(self, record: Record) -> None:
+        try:
+            # The producer may have allowed larger events than the default: read what is there.
+            event = decode(record.value, max(len(record.value), DEFAULT_MAX_EVENT_BYTES))
+        except DecodeError:
+            return  # not an event of anyone's: `tidings tail` reports it
+        if event.id == self.id and self._kind == "correlation":
+            self._found_event(event)
+        if event.id != self.id and (event.correlationid or event.id) != self._correlation:
+            return
+        known = self._events.get(event.id)
+        if known is None:
+            self._events[event.id] = TraceNode(event, record)
+        elif (known.record.topic, known.record.partition, known.record.offset) != (
+            record.topic,
+            record.partition,
+            record.offset,
+        ):
+            known.copies.append(record)
+
+    def _found_event(self, event: Event) -> None:
+        """``id`` is this event's: trace what it caused, within its correlation. Events
+        of that correlation read before now were not kept: read the window again."""
+        self._kind = "event"
+        correlation = event.correlationid or event.id
+        if correlation != self._correlation:
+            self._correlation = correlation
+            self._positions.update(self._window)
+            self._events.clear()
+            self._again = True
+
+    def trace(self) -> Trace:
+        """The tree of what was read so far, with each group's status now."""
+        nodes = {i: _fresh(n) for i, n in self._events.items()}
+        dead = self._dead_letters_by_position()
+        roots: list[TraceNode] = []
+        for node in sorted(nodes.values(), key=_order):
+            node.groups = self._statuses(node, dead)
+            cause = node.event.causationid
+            parent = nodes.get(cause) if cause is not None else None
+            if parent is not None and parent is not node:
+                node.after_cause = (node.event.time - parent.event.time).total_seconds()
+            target = self._kind == "event" and node.event.id == self.id
+            if parent is not None and parent is not node and not target:
+                parent.children.append(node)
+            elif target or self._kind == "correlation":
+                # (An event id's tree starts at that event, whatever caused it.)
+                node.cause_seen = parent is not None or cause in (None, self._correlation, self.id)
+                roots.append(node)
+        return Trace(
+            id=self.id,
+            kind=self._kind,
+            correlationid=self._correlation if roots else None,
+            roots=tuple(roots),
+            span=_span([n for r in roots for n in r.walk()]),
+            scanned=self.scanned,
+            topics=len(self._topics),
+        )
+
+    def _dead_letters_by_position(self) -> dict[tuple[str, int, int], dict[str, DeadLetter]]:
+        """Per place of an event, each group's latest dead letter of it (a replay that
+        failed again is a later entry)."""
+        out: dict[tuple[str, int, int], dict[str, DeadLetter]] = {}
+        for group, log in self._dead.items():
+            for entry in log.entries.values():
+                by_group = out.setdefault((entry.topic, entry.partition, entry.offset), {})
+                known = by_group.get(group)
+                if known is None or entry.dead_at >= known.dead_at:
+                    by_group[group] = entry
+        return out
+
+    def _statuses(
+        self, node: TraceNode, dead_letters: Mapping[tuple[str, int, int], dict[str, DeadLetter]]
+    ) -> list[GroupStatus]:
+        r = node.record
+        groups = {g for (g, t, _) in self._rows if t == r.topic}
+        dead = dead_letters.get((r.topic, r.partition, r.offset), {})
+        out = []
+        for group in sorted(groups | dead.keys()):
+            entry = dead.get(group)
+            if entry is not None:
+                out.append(_dead_status(group, entry, self._dead[group].states[entry.entry]))
+            else:
+                out.append(self._offset_status(group, r))
+        return out
+
+    def _offset_status(self, group: str, r: Record) -> GroupStatus:
+        row = self._rows.get((group, r.topic, r.partition))
+        committed = None if row is None else row.committed
+        if committed is not None and r.offset < committed:
+            return GroupStatus(group, "handled")
+        behind = None
+        if self.transport.capabilities.dense_offsets:
+            info = self._topics.get(r.topic)
+            start = 0
+            if info is not None and r.partition < len(info.partitions):
+                start = info.partitions[r.partition].start
+            behind = max(r.offset - max(committed or 0, start), 0)
+        return GroupStatus(group, "pending", behind=behind)
+
+
+async def trace(
+    transport: Transport, id: str, *, scan: int = DEFAULT_SCAN, since: int | None = None
+) -> Trace:
+    """The causal tree of ``id`` (a correlation id or an event id) as stored now; see
+    :class:`Tracer` for the window read."""
+    tracer = Tracer(transport, id, scan=scan, since=since)
+    await tracer.refresh()
+    return tracer.trace()
+
+
+def _fresh(node: TraceNode) -> TraceNode:
+    """A copy of a kept node without the links of a previous trace."""
+    return TraceNode(node.event, node.record, copies=list(node.copies))
+
+
+def _order(node: TraceNode) -> tuple[datetime, int, str, int, int]:
+    r = node.record
+    return (node.event.time, r.timestamp, r.topic, r.partition, r.offset)
+
+
+def _dead_status(group: str, entry: DeadLetter, state: State) -> GroupStatus:
+    if entry.reason == "parked":
+        reason = f"parked behind {entry.parked_behind}"
+    else:
+        reason = f"{entry.error_type}: {entry.error_message}"
+        if entry.reason == "poison":
+            reason = f"cannot be read: {reason}"
+    return GroupStatus(
+        group,
+        _BY_STATE[state],
+        entry=entry.entry,
+        reason=reason,
+        attempts=entry.attempts,
+        dead_at=datetime.fromtimestamp(entry.dead_at, UTC),
+    )
+
+
+def _span(nodes: list[TraceNode]) -> float:
+    times = [n.event.time for n in nodes]
+    times += [g.dead_at for n in nodes for g in n.groups if g.dead_at is not None]
+    return (max(times) - min(times)).total_seconds() if times else 0.0
+
+
+def changes(before: Trace | None, after: Trace) -> list[Change]:
+    """What ``after`` shows that ``before`` did not: new events (each followed by its
+    groups' statuses) and groups whose status with an event changed, in tree order."""
+    seen = {n.event.id: n for n in before.nodes()} if before is not None else {}
+    out: list[Change] = []
+    for node in after.nodes():
+        old = seen.get(node.event.id)
+        if old is None:
+            out.append(Change(node))
+        was = {g.group: g for g in old.groups} if old is not None else {}
+        for status in node.groups:
+            previous = was.get(status.group)
+            if previous != status:
+                out.append(Change(node, status, previous))
+    return out
+
+
+# -- JSON --------------------------------------------------------------------------
+
+
+def trace_json(trace: Trace) -> dict[str, Any]:
+    """The documented JSON of ``tidings trace --json``: the tree as nested objects."""
+    return {
+        "id": trace.id,
+        "kind": trace.kind,
+        "correlationid": trace.correlationid,
+        "events": len(trace.nodes()),
+        "span_ms": round(trace.span * 1000, 3),
+        "scanned": trace.scanned,
+        "topics": trace.topics,
+        "roots": [node_json(root) for root in trace.roots],
+    }
+
+
+def node_json(node: TraceNode, *, children: bool = True) -> dict[str, Any]:
+    """One event of the tree (and, with ``children``, what it caused)."""
+    e, r = node.event, node.record
+    doc: dict[str, Any] = {
+        "id": e.id,
+        "type": e.type,
+        "source": e.source,
+        "subject": e.subject,
+        "time": e.time.astimezone(UTC).isoformat(timespec="microseconds"),
+        "topic": r.topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "causationid": e.causationid,
+        "cause_seen": node.cause_seen,
+        "after_cause_ms": None if node.after_cause is None else round(node.after_cause * 1000, 3),
+        "copies": [
+            {"topic": c.topic, "partition": c.partition, "offset": c.offset} for c in node.copies
+        ],
+        "groups": [status_json(g, e) for g in node.groups],
+    }
+    if children:
+        doc["children"] = [node_json(child) for child in node.children]
+    return doc
+
+
+def status_json(status: GroupStatus, event: Event) -> dict[str, Any]:
+    """One group's status with ``event``; ``after_ms``: from the event's time to its
+    dead letter."""
+    after = None
+    if status.dead_at is not None:
+        after = round((status.dead_at - event.time).total_seconds() * 1000, 3)
+    return {
+        "group": status.group,
+        "status": status.status,
+        "behind": status.behind,
+        "entry": status.entry,
+        "reason": status.reason,
+        "attempts": status.attempts,
+        "dead_at": None if status.dead_at is None else status.dead_at.isoformat(),
+        "after_ms": after,
+        "text": status.text,
+    }
+
+
+async def follow(
+    tracer: Tracer, stop: asyncio.Event, *, poll: float = 0.5
+) -> AsyncGenerator[tuple[Trace, list[Change]], None]:
+    """After ``tracer``'s first refresh: each trace in which something moved (new
+    events, a group's status), with what moved, until ``stop`` is set.
+
+    Appends wake it at once where the transport signals them; a group's commit is not
+    an append, so statuses are read again at least every ``poll`` seconds.
+    """
+    before = tracer.trace()
+    while not stop.is_set():
+        await wait_for_appends(tracer.transport, poll, stop)
+        if stop.is_set():
+            return
+        await tracer.refresh()
+        after = tracer.trace()
+        moved = changes(before, after)
+        if moved:
+            yield after, moved
+        before = after
