@@ -16,7 +16,7 @@ from typing import Any
 from tidings import admin
 from tidings import trace as tracing
 from tidings.cli.common import add_common, opened, positive_float, positive_int
-from tidings.cli.output import print_error, print_json, utc_text
+from tidings.cli.output import print_error, print_json, print_warning, utc_text
 
 __all__ = ["add_commands"]
 
@@ -86,10 +86,11 @@ async def cmd_trace(args: argparse.Namespace) -> int:
         tracer = tracing.Tracer(app.transport, args.id, scan=args.scan, since=since)
         await tracer.refresh()
         found = tracer.trace()
+        if not found.roots and not args.follow:
+            print_error(_nothing(found))
+            return 1
         if not found.roots:
-            print_error(_nothing(found, args.follow))
-            if not args.follow:
-                return 1
+            print_warning(_nothing(found) + "; waiting for it")
         elif args.json:
             print_json(tracing.trace_json(found), indent=None if args.follow else 2)
         else:
@@ -103,12 +104,10 @@ async def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nothing(found: tracing.Trace, waiting: bool) -> str:
-    then = "; waiting for it" if waiting else ""
+def _nothing(found: tracing.Trace) -> str:
     return (
         f"no event with the correlation id or event id {found.id!r} in the {found.scanned} "
         f"records read of {found.topics} topic(s) (widen the window with --scan or --since)"
-        f"{then}"
     )
 
 
