@@ -357,3 +357,10 @@ def test_the_command_follows_until_its_timeout_or_sigterm(sqlite_url: str) -> No
             reader.join(timeout=30)
             errors = proc.stderr.read() if proc.stderr else ""
         assert code == 0, errors
+
+
+async def test_an_id_json_would_escape_is_found_by_decoding_every_record(seeded: Shop) -> None:
+    odd = 'req "quoted" \\ ü'
+    placed = await seeded.app.publish("orders", Order(order_id="o-7", n=7), correlation_id=odd)
+    t = await trace(seeded.app.transport, odd)
+    assert [n.event.id for n in t.nodes()] == [placed.id]

@@ -13,6 +13,7 @@ has it to handle, or dead-lettered it (from the group's committed offsets and it
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ __all__ = [
 DEFAULT_SCAN = 10_000
 """Records read back from the end of each partition when no time window is given."""
 PAGE = 500  # records read at a time per partition
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 Status = Literal["handled", "pending", "dead-lettered", "replaying", "replayed", "purged"]
 """Where a group stands with one event: ``handled`` (its committed offset is past it);
@@ -176,6 +178,7 @@ class Tracer:
         self._rows: dict[tuple[str, str, int], GroupPartition] = {}
         self._dead: dict[str, DeadLetterLog] = {}
         self._again = False
+        self._needles = _needles(id, id)
 
     async def refresh(self) -> None:
         """Read what is new in every user topic, then the groups' offsets and dead letters."""
@@ -230,6 +233,8 @@ class Tracer:
                 self._take(record)
 
     def _take(self, record: Record) -> None:
+        if self._needles is not None and not any(n in record.value for n in self._needles):
+            return  # neither the id nor the correlation id is in it: not decoded
         try:
             # The producer may have allowed larger events than the default: read what is there.
             event = decode(record.value, max(len(record.value), DEFAULT_MAX_EVENT_BYTES))
@@ -256,6 +261,7 @@ class Tracer:
         correlation = event.correlationid or event.id
         if correlation != self._correlation:
             self._correlation = correlation
+            self._needles = _needles(self.id, correlation)
             self._positions.update(self._window)
             self._events.clear()
             self._again = True
@@ -338,6 +344,16 @@ async def trace(
     tracer = Tracer(transport, id, scan=scan, since=since)
     await tracer.refresh()
     return tracer.trace()
+
+
+def _needles(*ids: str) -> tuple[bytes, ...] | None:
+    """What a record matching ``ids`` must contain: each id as it is written in the
+    structured JSON document every transport reads back. Only for ids of characters no
+    JSON encoder escapes (UUIDs, the usual request ids); None otherwise: decode every
+    record."""
+    if not all(_PLAIN_ID.fullmatch(i) for i in ids):
+        return None
+    return tuple({i.encode("ascii") for i in ids})
 
 
 def _fresh(node: TraceNode) -> TraceNode:
