@@ -22,7 +22,7 @@ from typing import Any, Literal
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
 from tidings.dead_letters import DeadLetter, DeadLetterLog, State, dlq_topic
 from tidings.envelope import Event
-from tidings.errors import DecodeError
+from tidings.errors import DecodeError, TopicNotFound
 from tidings.tail import wait_for_appends
 from tidings.transport import GroupPartition, Record, TopicInfo, Transport
 
@@ -224,7 +224,10 @@ class Tracer:
     async def _read(self, topic: str, partition: int) -> None:
         tp = (topic, partition)
         while True:
-            records = await self.transport.read(topic, partition, self._positions[tp], PAGE)
+            try:
+                records = await self.transport.read(topic, partition, self._positions[tp], PAGE)
+            except TopicNotFound:
+                return  # deleted since it was listed: nothing more of it to read
             if not records:
                 return
             self._positions[tp] = records[-1].offset + 1
@@ -329,9 +332,8 @@ class Tracer:
         behind = None
         if self.transport.capabilities.dense_offsets:
             info = self._topics.get(r.topic)
-            start = 0
-            if info is not None and r.partition < len(info.partitions):
-                start = info.partitions[r.partition].start
+            parts = info.partitions if info is not None else ()
+            start = next((p.start for p in parts if p.partition == r.partition), 0)
             behind = max(r.offset - max(committed or 0, start), 0)
         return GroupStatus(group, "pending", behind=behind)
 
