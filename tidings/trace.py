@@ -156,7 +156,8 @@ class Tracer:
     """The events of one id, read from ``transport``'s user topics.
 
     The window: from ``since`` (ms since the epoch) on, else the last ``scan`` records
-    of each partition, as found on the first :meth:`refresh`; partitions and topics
+    of each partition (where offsets are not dense, the last ``scan`` times the
+    partition count of the topic), as found on the first :meth:`refresh`; partitions and topics
     created later are read from their start. Each refresh reads what was appended since
     the previous one, and the groups' offsets and dead letters again.
     """
@@ -217,8 +218,10 @@ class Tracer:
                 start = p.start  # appeared while following: all of it is new
             elif self.since is not None:
                 start = max(by_time.get(p.partition, p.start), p.start)
-            else:
+            elif self.transport.capabilities.dense_offsets:
                 start = max(p.end - self.scan, p.start)
+            else:  # (NATS: one sequence for the whole topic, shared by its partitions)
+                start = max(p.end - self.scan * len(info.partitions), p.start)
             self._window[tp] = self._positions[tp] = start
 
     async def _read(self, topic: str, partition: int) -> None:
