@@ -176,6 +176,10 @@ async def test_an_event_no_group_has_reached_is_pending_with_its_place(seeded: S
         {"billing": ("pending", first_behind), "mail": ("pending", first_behind)},
         {"billing": ("pending", second_behind), "mail": ("pending", second_behind)},
     ]
+    if dense:
+        assert [g.text for n in t.roots for g in n.groups] == [
+            "pending (next)", "pending (next)", "pending (1 before it)", "pending (1 before it)"
+        ]  # fmt: skip
 
 
 async def test_an_event_id_is_the_tree_of_what_it_caused(seeded: Shop) -> None:

@@ -90,7 +90,9 @@ class GroupStatus:
     def text(self) -> str:
         """The status as one line says it."""
         if self.status == "pending":
-            return "pending" if self.behind is None else f"pending ({self.behind} before it)"
+            if self.behind is None:
+                return "pending"
+            return "pending (next)" if not self.behind else f"pending ({self.behind} before it)"
         if self.entry is None:
             return self.status
         tries = "" if not self.attempts else f", {self.attempts} attempt(s)"
