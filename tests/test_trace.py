@@ -5,13 +5,14 @@ through the command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -350,42 +351,67 @@ async def test_the_tree_is_the_same_on_memory() -> None:
     ]
 
 
-def test_the_command_follows_until_its_timeout_or_sigterm(sqlite_url: str) -> None:
+def publisher(url: str) -> Callable[..., str]:
+    """Publish an order to ``url`` with these options; its id."""
+
     async def publish(**options: object) -> str:
-        s = shop(sqlite_url)
+        s = shop(url)
         async with s.app:
             return (await s.app.publish("orders", Order(order_id="f-0", n=0), **options)).id
 
-    first = asyncio.run(publish(correlation_id="req-f"))
+    return lambda **options: asyncio.run(publish(**options))
+
+
+@contextlib.contextmanager
+def following(url: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str]]]:
+    """``tidings trace ARGS --url URL`` running; the lines it prints, as they come. On
+    leaving, it is sent SIGTERM (if still running) and must exit 0."""
     env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
-    command = [sys.executable, "-m", "tidings", "trace", "req-f", "--follow", "--timeout", "60"]
+    command = [sys.executable, "-m", "tidings", "trace", *args, "--url", url]
     with subprocess.Popen(
-        [*command, "--url", sqlite_url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     ) as proc:
         lines: queue.Queue[str] = queue.Queue()
         out = proc.stdout
-        assert out is not None
         reader = threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True)
         reader.start()
         try:
-            heading = lines.get(timeout=30)
-            assert heading.startswith("correlation id req-f: 1 event(s)")
-            assert first[-12:] in lines.get(timeout=30)
-            late = asyncio.run(publish(correlation_id="req-f", causation_id=first))
-            line = lines.get(timeout=30)
-            assert line.startswith("+ ")
-            assert late[-12:] in line
-            assert " +" in line.split("order.placed")[0]  # its time after its cause
+            yield proc, lines
         finally:
             proc.terminate()
             code = proc.wait(timeout=30)
             reader.join(timeout=30)
-            errors = proc.stderr.read() if proc.stderr else ""
+            errors = proc.stderr.read()
         assert code == 0, errors
+
+
+def test_the_command_follows_until_sigterm(sqlite_url: str) -> None:
+    publish = publisher(sqlite_url)
+    first = publish(correlation_id="req-f")
+    with following(sqlite_url, "req-f", "--follow") as (_, lines):
+        assert lines.get(timeout=30).startswith("correlation id req-f: 1 event(s)")
+        assert first[-12:] in lines.get(timeout=30)
+        late = publish(correlation_id="req-f", causation_id=first)
+        line = lines.get(timeout=30)
+        assert line.startswith("+ ")
+        assert late[-12:] in line
+        assert " +" in line.split("order.placed")[0]  # its time after its cause
+
+
+def test_the_command_follows_in_json_lines_until_its_timeout(sqlite_url: str) -> None:
+    publish = publisher(sqlite_url)
+    first = publish(correlation_id="req-j")
+    with following(sqlite_url, "req-j", "--follow", "--json", "--timeout", "60") as (_, lines):
+        tree = json.loads(lines.get(timeout=30))
+        assert [r["id"] for r in tree["roots"]] == [first]
+        late = publish(correlation_id="req-j", causation_id=first)
+        change = json.loads(lines.get(timeout=30))
+        assert change["change"] == "event"
+        assert (change["event"]["id"], change["event"]["causationid"]) == (late, first)
+        assert "children" not in change["event"]
+    with following(sqlite_url, "req-j", "--follow", "--timeout", "0.2") as (proc, lines):
+        assert lines.get(timeout=30).startswith("correlation id req-j: 2 event(s)")
+        assert proc.wait(timeout=30) == 0  # it stops by itself
 
 
 async def test_an_id_json_would_escape_is_found_by_decoding_every_record(seeded: Shop) -> None:
