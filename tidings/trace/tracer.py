@@ -1,157 +1,42 @@
-"""``tidings trace ID``: the causal tree of a request, across every topic.
-
-A :class:`Tracer` reads the user topics (not ``_tidings.*``, ``.dlq`` or ``.retry``)
-outside any group, a bounded window of each partition, and keeps the events of one
-correlation id; :meth:`Tracer.trace` arranges them by ``causationid`` and says, for
-each event and each group that reads its topic, whether the group handled it, still
-has it to handle, or dead-lettered it (from the group's committed offsets and its
-``<group>.dlq``). Given an event id instead, the tree is that event and what it caused.
-:meth:`Tracer.refresh` reads only what is new, so ``--follow`` calls it again and
-:func:`changes` says what moved between two traces.
-"""
+"""Reading the log into the tree of ``tidings trace``: :class:`Tracer`, :func:`trace`
+and :func:`follow`."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import datetime
+from typing import Literal
 
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
-from tidings.dead_letters import DeadLetter, DeadLetterLog, State, dlq_topic
+from tidings.dead_letters import DeadLetter, DeadLetterLog, dlq_topic
 from tidings.envelope import Event
 from tidings.errors import DecodeError, TopicNotFound
 from tidings.tail import wait_for_appends
+from tidings.trace.tree import (
+    Change,
+    GroupStatus,
+    Trace,
+    TraceNode,
+    changes,
+    dead_status,
+    span,
+)
 from tidings.transport import GroupPartition, Record, TopicInfo, Transport
 
-__all__ = [
-    "DEFAULT_SCAN",
-    "Change",
-    "GroupStatus",
-    "Status",
-    "Trace",
-    "TraceNode",
-    "Tracer",
-    "changes",
-    "follow",
-    "is_traced_topic",
-    "node_json",
-    "status_json",
-    "trace",
-    "trace_json",
-]
+__all__ = ["DEFAULT_SCAN", "Tracer", "follow", "is_traced_topic", "trace"]
 
 DEFAULT_SCAN = 10_000
 """Records read back from the end of each partition when no time window is given."""
 PAGE = 500  # records read at a time per partition
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
-Status = Literal["handled", "pending", "dead-lettered", "replaying", "replayed", "purged"]
-"""Where a group stands with one event: ``handled`` (its committed offset is past it);
-``pending`` (not yet); ``dead-lettered`` (its handler gave up, or it could not be read,
-or it is parked behind an earlier dead letter); ``replaying`` (an operator sent the dead
-letter back, the group has not handled it yet); ``replayed`` (handled on replay);
-``purged`` (an operator dropped the dead letter)."""
-
-_BY_STATE: dict[State, Status] = {
-    "dead": "dead-lettered",
-    "replayed": "replaying",
-    "resolved": "replayed",
-    "purged": "purged",
-}
-
 
 def is_traced_topic(name: str) -> bool:
     """Whether a trace reads ``name``: a user topic, not tidings' own (``_tidings.*``) nor
     a group's dead letters or replays (those are read as each group's status)."""
     return not (name.startswith("_tidings") or name.endswith((".dlq", ".retry")))
-
-
-@dataclass(frozen=True, slots=True)
-class GroupStatus:
-    """One group's status with one event.
-
-    ``behind``: for ``pending``, the events before it in its partition that the group
-    has still to handle (None where offsets are not dense). For a dead letter: ``entry``
-    its id, ``reason`` why (the error, or what it is parked behind), ``dead_at`` when.
-    """
-
-    group: str
-    status: Status
-    behind: int | None = None
-    entry: str | None = None
-    reason: str | None = None
-    attempts: int | None = None
-    dead_at: datetime | None = None
-
-    @property
-    def text(self) -> str:
-        """The status as one line says it."""
-        if self.status == "pending":
-            if self.behind is None:
-                return "pending"
-            return "pending (next)" if not self.behind else f"pending ({self.behind} before it)"
-        if self.entry is None:
-            return self.status
-        tries = "" if not self.attempts else f", {self.attempts} attempt(s)"
-        return f"{self.status}: {self.reason} (entry {self.entry}{tries})"
-
-
-@dataclass(slots=True)
-class TraceNode:
-    """One event of a trace, where it is stored, its groups and what it caused.
-
-    ``cause_seen`` is False when its ``causationid`` names an event the scan did not
-    find (older than the window, or on a topic not read); such an event hangs under the
-    root. ``after_cause``: seconds from its cause's time to its own. ``copies``: other
-    places the same event id was appended (a producer's retry)."""
-
-    event: Event
-    record: Record
-    groups: list[GroupStatus] = field(default_factory=list)
-    children: list[TraceNode] = field(default_factory=list)
-    cause_seen: bool = True
-    after_cause: float | None = None
-    copies: list[Record] = field(default_factory=list)
-
-    def walk(self) -> list[TraceNode]:
-        """This node and its descendants, depth first."""
-        out = [self]
-        for child in self.children:
-            out.extend(child.walk())
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """The causal tree of ``id``: ``roots`` are the events nothing seen caused (for an
-    event id, that event alone); ``span`` the seconds from the first event to the last
-    thing seen happen (an event or a dead letter). Empty ``roots``: nothing matched in
-    the window read (``scanned`` records of ``topics`` topics)."""
-
-    id: str
-    kind: Literal["correlation", "event"]
-    correlationid: str | None
-    roots: tuple[TraceNode, ...]
-    span: float
-    scanned: int
-    topics: int
-
-    def nodes(self) -> list[TraceNode]:
-        """Every event of the tree, depth first."""
-        return [n for root in self.roots for n in root.walk()]
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What moved between two traces: a new event (``group`` None), or a group's
-    status with an event (``before``: its previous status, None if new)."""
-
-    node: TraceNode
-    group: GroupStatus | None = None
-    before: GroupStatus | None = None
 
 
 class Tracer:
@@ -297,7 +182,7 @@ class Tracer:
             kind=self._kind,
             correlationid=self._correlation if roots else None,
             roots=tuple(roots),
-            span=_span([n for r in roots for n in r.walk()]),
+            span=span([n for r in roots for n in r.walk()]),
             scanned=self.scanned,
             topics=len(self._topics),
         )
@@ -324,7 +209,7 @@ class Tracer:
         for group in sorted(groups | dead.keys()):
             entry = dead.get(group)
             if entry is not None:
-                out.append(_dead_status(group, entry, self._dead[group].states[entry.entry]))
+                out.append(dead_status(group, entry, self._dead[group].states[entry.entry]))
             else:
                 out.append(self._offset_status(group, r))
         return out
@@ -353,127 +238,6 @@ async def trace(
     return tracer.trace()
 
 
-def _needles(*ids: str) -> tuple[bytes, ...] | None:
-    """What a record matching ``ids`` must contain: each id as it is written in the
-    structured JSON document every transport reads back. Only for ids of characters no
-    JSON encoder escapes (UUIDs, the usual request ids); None otherwise: decode every
-    record."""
-    if not all(_PLAIN_ID.fullmatch(i) for i in ids):
-        return None
-    return tuple({i.encode("ascii") for i in ids})
-
-
-def _fresh(node: TraceNode) -> TraceNode:
-    """A copy of a kept node without the links of a previous trace."""
-    return TraceNode(node.event, node.record, copies=list(node.copies))
-
-
-def _order(node: TraceNode) -> tuple[datetime, int, str, int, int]:
-    r = node.record
-    return (node.event.time, r.timestamp, r.topic, r.partition, r.offset)
-
-
-def _dead_status(group: str, entry: DeadLetter, state: State) -> GroupStatus:
-    if entry.reason == "parked":
-        reason = f"parked behind {entry.parked_behind}"
-    else:
-        reason = f"{entry.error_type}: {entry.error_message}"
-        if entry.reason == "poison":
-            reason = f"cannot be read: {reason}"
-    return GroupStatus(
-        group,
-        _BY_STATE[state],
-        entry=entry.entry,
-        reason=reason,
-        attempts=entry.attempts,
-        dead_at=datetime.fromtimestamp(entry.dead_at, UTC),
-    )
-
-
-def _span(nodes: list[TraceNode]) -> float:
-    times = [n.event.time for n in nodes]
-    times += [g.dead_at for n in nodes for g in n.groups if g.dead_at is not None]
-    return (max(times) - min(times)).total_seconds() if times else 0.0
-
-
-def changes(before: Trace | None, after: Trace) -> list[Change]:
-    """What ``after`` shows that ``before`` did not: new events (each followed by its
-    groups' statuses) and groups whose status with an event changed, in tree order."""
-    seen = {n.event.id: n for n in before.nodes()} if before is not None else {}
-    out: list[Change] = []
-    for node in after.nodes():
-        old = seen.get(node.event.id)
-        if old is None:
-            out.append(Change(node))
-        was = {g.group: g for g in old.groups} if old is not None else {}
-        for status in node.groups:
-            previous = was.get(status.group)
-            if previous != status:
-                out.append(Change(node, status, previous))
-    return out
-
-
-# -- JSON --------------------------------------------------------------------------
-
-
-def trace_json(trace: Trace) -> dict[str, Any]:
-    """The documented JSON of ``tidings trace --json``: the tree as nested objects."""
-    return {
-        "id": trace.id,
-        "kind": trace.kind,
-        "correlationid": trace.correlationid,
-        "events": len(trace.nodes()),
-        "span_ms": round(trace.span * 1000, 3),
-        "scanned": trace.scanned,
-        "topics": trace.topics,
-        "roots": [node_json(root) for root in trace.roots],
-    }
-
-
-def node_json(node: TraceNode, *, children: bool = True) -> dict[str, Any]:
-    """One event of the tree (and, with ``children``, what it caused)."""
-    e, r = node.event, node.record
-    doc: dict[str, Any] = {
-        "id": e.id,
-        "type": e.type,
-        "source": e.source,
-        "subject": e.subject,
-        "time": e.time.astimezone(UTC).isoformat(timespec="microseconds"),
-        "topic": r.topic,
-        "partition": r.partition,
-        "offset": r.offset,
-        "causationid": e.causationid,
-        "cause_seen": node.cause_seen,
-        "after_cause_ms": None if node.after_cause is None else round(node.after_cause * 1000, 3),
-        "copies": [
-            {"topic": c.topic, "partition": c.partition, "offset": c.offset} for c in node.copies
-        ],
-        "groups": [status_json(g, e) for g in node.groups],
-    }
-    if children:
-        doc["children"] = [node_json(child) for child in node.children]
-    return doc
-
-
-def status_json(status: GroupStatus, event: Event) -> dict[str, Any]:
-    """One group's status with ``event``; ``after_ms``: from the event's time to its
-    dead letter."""
-    after = None
-    if status.dead_at is not None:
-        after = round((status.dead_at - event.time).total_seconds() * 1000, 3)
-    return {
-        "group": status.group,
-        "status": status.status,
-        "behind": status.behind,
-        "entry": status.entry,
-        "reason": status.reason,
-        "attempts": status.attempts,
-        "dead_at": None if status.dead_at is None else status.dead_at.isoformat(),
-        "after_ms": after,
-        "text": status.text,
-    }
-
-
 async def follow(
     tracer: Tracer, stop: asyncio.Event, *, poll: float = 0.5
 ) -> AsyncGenerator[tuple[Trace, list[Change]], None]:
@@ -494,3 +258,23 @@ async def follow(
         if moved:
             yield after, moved
         before = after
+
+
+def _needles(*ids: str) -> tuple[bytes, ...] | None:
+    """What a record matching ``ids`` must contain: each id as it is written in the
+    structured JSON document every transport reads back. Only for ids of characters no
+    JSON encoder escapes (UUIDs, the usual request ids); None otherwise: decode every
+    record."""
+    if not all(_PLAIN_ID.fullmatch(i) for i in ids):
+        return None
+    return tuple({i.encode("ascii") for i in ids})
+
+
+def _fresh(node: TraceNode) -> TraceNode:
+    """A copy of a kept node without the links of a previous trace."""
+    return TraceNode(node.event, node.record, copies=list(node.copies))
+
+
+def _order(node: TraceNode) -> tuple[datetime, int, str, int, int]:
+    r = node.record
+    return (node.event.time, r.timestamp, r.topic, r.partition, r.offset)
