@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "tidings.admin",
             "tidings.tail",
+            "tidings.trace",
             "tidings.asgi",
             "tidings.testing",
             "tidings.asyncapi",

@@ -15,7 +15,7 @@ from tidings.envelope import Event, validate_type
 from tidings.errors import DecodeError, EventError
 from tidings.transport import Record, Transport
 
-__all__ = ["TailEntry", "TailFilter", "tail"]
+__all__ = ["TailEntry", "TailFilter", "tail", "wait_for_appends"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ async def tail(
                         return
         if not follow:
             return
-        await _wait_for_appends(transport, poll, stop)
+        await wait_for_appends(transport, poll, stop)
         if stop is not None and stop.is_set():
             return
 
@@ -155,9 +155,11 @@ async def _merged(
         yield buffers[first].popleft()
 
 
-async def _wait_for_appends(
+async def wait_for_appends(
     transport: Transport, timeout: float, stop: asyncio.Event | None
 ) -> None:
+    """Return when something may have been appended to ``transport``, after ``timeout``
+    seconds, or when ``stop`` is set: what a follower outside a group waits on."""
     if stop is None:
         await transport.wait_for_appends(timeout)
         return

@@ -5,8 +5,9 @@ Every command takes ``--url`` (default ``$TIDINGS_URL``, then
 and exit non-zero: 2 for bad usage, 1 for a failure.
 
 This module builds the parser and runs the command; each family of commands is a
-module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``offsets``,
-``dlq``, ``outbox``, ``schema``, ``asyncapi``, ``catalog``) with an ``add_commands(sub)`` that
+module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``trace``,
+``offsets``, ``dlq``, ``outbox``, ``schema``, ``asyncapi``, ``catalog``) with an
+``add_commands(sub)`` that
 registers it. What they share is in ``common`` (the parser, usage errors, common
 options, the opened log, the ``module:app`` import) and ``output`` (tables, JSON,
 times, errors, progress, questions).
@@ -33,6 +34,7 @@ from tidings.cli import (
     schema,
     tail,
     topics,
+    trace,
 )
 from tidings.cli.common import Command, Parser, UsageError
 from tidings.cli.output import print_error
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for family in (
-        run, topics, groups, publish, tail, offsets, dlq, outbox, schema, asyncapi, catalog,
+        run, topics, groups, publish, tail, trace, offsets, dlq, outbox, schema, asyncapi,
+        catalog,
     ):  # fmt: skip
         family.add_commands(sub)
     return parser
