@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tidings.subscriber",
             "tidings.stats",
             "tidings.context",
+            "tidings.lag_health",
         ),
     ),
     ("dead letters", ("tidings.dead_letters",)),

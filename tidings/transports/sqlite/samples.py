@@ -1,0 +1,71 @@
+"""Lag samples in the log file: where each group stood in each partition at each
+heartbeat of the member that holds it, the last :data:`KEPT` per partition, so that
+``tidings groups`` in any process judges lag health (``tidings.lag_health``).
+
+Written in the heartbeat's own transaction (every third of a lease; nothing per event),
+read with the groups' description. Stamped with the writer's wall clock: a reader
+compares it with its own only to see how long ago the last sample was (``STOP``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+
+from tidings.transport import LagSample
+
+__all__ = ["KEPT", "TABLE", "read_samples", "record_samples"]
+
+KEPT = 10
+"""Samples kept per group and partition (``tidings.lag_health.WINDOW``)."""
+
+TABLE = """
+CREATE TABLE IF NOT EXISTS lag_samples (
+    grp TEXT NOT NULL,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    committed INTEGER NOT NULL,
+    lag INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic_id, partition, ts)
+) WITHOUT ROWID;
+"""
+
+# One row per partition whose lease this member holds: its committed offset and lag.
+_RECORD = (
+    "INSERT OR REPLACE INTO lag_samples(grp, topic_id, partition, ts, committed, lag)"
+    " SELECT l.grp, l.topic_id, l.partition, ?, o.offset,"
+    "  max(p.next_offset - max(o.offset, p.start_offset), 0)"
+    " FROM leases l JOIN group_offsets o"
+    "  ON o.grp=l.grp AND o.topic_id=l.topic_id AND o.partition=l.partition"
+    " JOIN partitions p ON p.topic_id=l.topic_id AND p.partition=l.partition"
+    " WHERE l.grp=? AND l.member=?"
+)
+# Keep the newest KEPT of each of those partitions.
+_PRUNE = (
+    "DELETE FROM lag_samples WHERE grp=? AND (topic_id, partition) IN"
+    "  (SELECT topic_id, partition FROM leases WHERE grp=? AND member=?)"
+    " AND ts <= (SELECT s.ts FROM lag_samples s WHERE s.grp=lag_samples.grp"
+    "  AND s.topic_id=lag_samples.topic_id AND s.partition=lag_samples.partition"
+    "  ORDER BY s.ts DESC LIMIT 1 OFFSET ?)"
+)
+
+
+def record_samples(conn: sqlite3.Connection, group: str, member: str, now_ms: int) -> None:
+    """Sample every partition ``member`` of ``group`` holds, at ``now_ms``."""
+    conn.execute(_RECORD, (now_ms, group, member))
+    conn.execute(_PRUNE, (group, group, member, KEPT))
+
+
+def read_samples(
+    conn: sqlite3.Connection, group: str
+) -> dict[tuple[int, int], tuple[LagSample, ...]]:
+    """``group``'s samples per (topic id, partition), oldest first."""
+    out: dict[tuple[int, int], list[LagSample]] = defaultdict(list)
+    for tid, p, ts, committed, lag in conn.execute(
+        "SELECT topic_id, partition, ts, committed, lag FROM lag_samples WHERE grp=?"
+        " ORDER BY topic_id, partition, ts",
+        (group,),
+    ):
+        out[(tid, p)].append(LagSample(ts, committed, lag))
+    return {key: tuple(rows) for key, rows in out.items()}
