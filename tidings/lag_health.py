@@ -35,12 +35,14 @@ from tidings.transport import GroupPartition, LagSample
 __all__ = [
     "ALLOWED_LAG",
     "MIN_SAMPLES",
+    "RULES",
     "WINDOW",
     "GroupHealth",
     "Health",
     "LagStatus",
     "LagWindows",
     "PartitionKey",
+    "Rules",
     "evaluate",
     "evaluate_group",
     "status",
@@ -94,38 +96,47 @@ def _n(value: int) -> str:
     return f"{value:,}"
 
 
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The evaluation's parameters, Burrow's defaults: ``window`` samples judged per
+    partition (``intervals``), at least ``min_samples`` of them to judge at all (fewer:
+    ``OK``, incomplete), lag at or under ``allowed_lag`` counted as none."""
+
+    window: int = WINDOW
+    min_samples: int = MIN_SAMPLES
+    allowed_lag: int = ALLOWED_LAG
+
+
+RULES = Rules()
+
+
 def evaluate(
-    samples: Sequence[LagSample],
-    now_ms: int,
-    *,
-    window: int = WINDOW,
-    min_samples: int = MIN_SAMPLES,
-    allowed_lag: int = ALLOWED_LAG,
+    samples: Sequence[LagSample], now_ms: int, rules: Rules = RULES, lag: int | None = None
 ) -> Health:
     """One partition's health from its samples (oldest first; the last ``window`` are
-    judged) at ``now_ms`` (the module doc gives the rules)."""
-    kept = list(samples)[-window:]
-    complete = min(len(kept) / window, 1.0)
+    judged) at ``now_ms`` (the module doc gives the rules); ``lag``: its lag now, if
+    known (a stopped group's newest sample may be old), else the newest sample's."""
+    kept = list(samples)[-rules.window :]
+    complete = min(len(kept) / rules.window, 1.0)
     if not kept:
-        return Health(LagStatus.OK, "no samples yet", 0.0, 0)
-    lag = kept[-1].lag
-    if len(kept) < min_samples:
-        reason = f"too few samples to judge ({len(kept)} of {min_samples}); lag is {_n(lag)}"
+        return Health(LagStatus.OK, "no samples yet", 0.0, lag or 0)
+    lag = kept[-1].lag if lag is None else lag
+    if len(kept) < rules.min_samples:
+        reason = f"too few samples to judge ({len(kept)} of {rules.min_samples}); lag is {_n(lag)}"
         return Health(LagStatus.OK, reason, complete, lag)
-    status, reason = _judge(kept, now_ms, allowed_lag)
+    status, reason = _judge(kept, now_ms, rules.allowed_lag, lag)
     return Health(status, reason, complete, lag)
 
 
-def _judge(kept: list[LagSample], now_ms: int, allowed_lag: int) -> tuple[LagStatus, str]:
+def _judge(kept: list[LagSample], now_ms: int, allowed_lag: int, lag: int) -> tuple[LagStatus, str]:
     first, last = kept[0], kept[-1]
-    lag = last.lag
     if lag <= allowed_lag:
         return LagStatus.OK, f"lag is {_n(lag)}"
     quiet, span = now_ms - last.ts_ms, last.ts_ms - first.ts_ms
     if quiet > span:
         return LagStatus.STOP, (
             f"no sample for {quiet / 1000:.1f}s, longer than the window's "
-            f"{span / 1000:.1f}s, while lag is {_n(lag)} (offset {_n(last.committed)})"
+            f"{span / 1000:.1f}s, while lag is {_n(lag)}"
         )
     rewind = _unrecovered_rewind(kept)
     if rewind is not None:
@@ -164,14 +175,14 @@ def _unrecovered_rewind(kept: list[LagSample]) -> tuple[int, int] | None:
 def evaluate_group(
     samples: Mapping[PartitionKey, Sequence[LagSample]],
     now_ms: int,
-    *,
-    window: int = WINDOW,
-    min_samples: int = MIN_SAMPLES,
-    allowed_lag: int = ALLOWED_LAG,
+    rules: Rules = RULES,
+    lags: Mapping[PartitionKey, int] | None = None,
 ) -> GroupHealth:
-    """A group's health from its partitions' samples (every key one group's)."""
+    """A group's health from its partitions' samples (every key one group's) and, if
+    known, their lags now (see :func:`evaluate`)."""
+    now_lags = lags or {}
     parts = {
-        key: evaluate(rows, now_ms, window=window, min_samples=min_samples, allowed_lag=allowed_lag)
+        key: evaluate(rows, now_ms, rules, now_lags.get(key))
         for key, rows in sorted(samples.items())
     }
     if not parts:
@@ -191,16 +202,12 @@ def evaluate_group(
 def status(
     samples: Mapping[PartitionKey, Sequence[LagSample]],
     now_ms: int,
-    *,
-    window: int = WINDOW,
-    min_samples: int = MIN_SAMPLES,
-    allowed_lag: int = ALLOWED_LAG,
+    rules: Rules = RULES,
+    lags: Mapping[PartitionKey, int] | None = None,
 ) -> LagStatus:
     """A group's status alone (what a status metric reports: ``int(status(...))``,
     1 OK, 2 WARN, 3 ERR)."""
-    return evaluate_group(
-        samples, now_ms, window=window, min_samples=min_samples, allowed_lag=allowed_lag
-    ).status
+    return evaluate_group(samples, now_ms, rules, lags).status
 
 
 class LagWindows:

@@ -42,7 +42,8 @@ def lag_health(
     by: dict[tuple[str, str], dict[PartitionKey, list[LagSample]]] = {}
     for key, kept in samples.items():
         by.setdefault(key[:2], {})[key] = kept
-    return {line: evaluate_group(parts, now_ms) for line, parts in sorted(by.items())}
+    lags = {(r.group, r.topic, r.partition): r.lag for r in rows}
+    return {line: evaluate_group(parts, now_ms, lags=lags) for line, parts in sorted(by.items())}
 
 
 def health_json(health: Health | GroupHealth | None) -> dict[str, Any]:
