@@ -51,7 +51,8 @@ __all__ = [
 WINDOW = 10
 """Samples kept and judged per partition (Burrow's ``intervals``)."""
 MIN_SAMPLES = WINDOW
-"""Fewer samples than this: ``OK``, incomplete (no judgement on too little history)."""
+"""Fewer samples than this: ``OK``, incomplete (no judgement on too little history;
+Burrow's default judges any window, which calls one old sample with lag ``STOP``)."""
 ALLOWED_LAG = 0
 """Lag at or under this counts as none (Burrow's ``allowed-lag``)."""
 
@@ -98,9 +99,10 @@ def _n(value: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """The evaluation's parameters, Burrow's defaults: ``window`` samples judged per
-    partition (``intervals``), at least ``min_samples`` of them to judge at all (fewer:
-    ``OK``, incomplete), lag at or under ``allowed_lag`` counted as none."""
+    """The evaluation's parameters: ``window`` samples judged per partition (Burrow's
+    ``intervals``), at least ``min_samples`` of them to judge at all (fewer: ``OK``,
+    incomplete), lag at or under ``allowed_lag`` counted as none (Burrow's
+    ``allowed-lag``)."""
 
     window: int = WINDOW
     min_samples: int = MIN_SAMPLES

@@ -50,7 +50,7 @@ from tidings.admin.topics import (
     topic_json,
     topic_rows,
 )
-from tidings.lag_health import GroupHealth, Health, LagStatus, LagWindows, evaluate, status
+from tidings.lag_health import GroupHealth, Health, LagStatus, LagWindows, Rules, evaluate, status
 
 __all__ = [
     "CLI_SOURCE",
@@ -65,6 +65,7 @@ __all__ = [
     "OffsetChange",
     "Position",
     "PublishCheck",
+    "Rules",
     "build_event",
     "check_publish_topic",
     "check_topic_deletable",
