@@ -24,37 +24,36 @@ CREATE TABLE IF NOT EXISTS lag_samples (
     grp TEXT NOT NULL,
     topic_id INTEGER NOT NULL,
     partition INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
     ts INTEGER NOT NULL,
     committed INTEGER NOT NULL,
     lag INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic_id, partition, ts)
+    PRIMARY KEY (grp, topic_id, partition, slot)
 ) WITHOUT ROWID;
 """
 
-# One row per partition whose lease this member holds: its committed offset and lag.
+# A ring of KEPT slots per partition: sample number ``seq`` goes to slot ``seq % KEPT``,
+# replacing the sample KEPT before it, so the table never needs pruning. One row per
+# partition whose lease this member holds: its committed offset and lag.
 _RECORD = (
-    "INSERT OR REPLACE INTO lag_samples(grp, topic_id, partition, ts, committed, lag)"
-    " SELECT l.grp, l.topic_id, l.partition, ?, o.offset,"
-    "  max(p.next_offset - max(o.offset, p.start_offset), 0)"
+    "INSERT OR REPLACE INTO lag_samples"
+    "(grp, topic_id, partition, slot, seq, ts, committed, lag)"
+    " SELECT l.grp, l.topic_id, l.partition, coalesce(n.seq, 0) % ?, coalesce(n.seq, 0), ?,"
+    "  o.offset, max(p.next_offset - max(o.offset, p.start_offset), 0)"
     " FROM leases l JOIN group_offsets o"
     "  ON o.grp=l.grp AND o.topic_id=l.topic_id AND o.partition=l.partition"
     " JOIN partitions p ON p.topic_id=l.topic_id AND p.partition=l.partition"
+    " LEFT JOIN (SELECT topic_id, partition, max(seq) + 1 AS seq FROM lag_samples"
+    "  WHERE grp=? GROUP BY topic_id, partition) n"
+    "  ON n.topic_id=l.topic_id AND n.partition=l.partition"
     " WHERE l.grp=? AND l.member=?"
-)
-# Keep the newest KEPT of each of those partitions.
-_PRUNE = (
-    "DELETE FROM lag_samples WHERE grp=? AND (topic_id, partition) IN"
-    "  (SELECT topic_id, partition FROM leases WHERE grp=? AND member=?)"
-    " AND ts <= (SELECT s.ts FROM lag_samples s WHERE s.grp=lag_samples.grp"
-    "  AND s.topic_id=lag_samples.topic_id AND s.partition=lag_samples.partition"
-    "  ORDER BY s.ts DESC LIMIT 1 OFFSET ?)"
 )
 
 
 def record_samples(conn: sqlite3.Connection, group: str, member: str, now_ms: int) -> None:
     """Sample every partition ``member`` of ``group`` holds, at ``now_ms``."""
-    conn.execute(_RECORD, (now_ms, group, member))
-    conn.execute(_PRUNE, (group, group, member, KEPT))
+    conn.execute(_RECORD, (KEPT, now_ms, group, group, member))
 
 
 def read_samples(
@@ -64,7 +63,7 @@ def read_samples(
     out: dict[tuple[int, int], list[LagSample]] = defaultdict(list)
     for tid, p, ts, committed, lag in conn.execute(
         "SELECT topic_id, partition, ts, committed, lag FROM lag_samples WHERE grp=?"
-        " ORDER BY topic_id, partition, ts",
+        " ORDER BY topic_id, partition, seq",
         (group,),
     ):
         out[(tid, p)].append(LagSample(ts, committed, lag))
