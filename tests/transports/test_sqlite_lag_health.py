@@ -57,8 +57,10 @@ async def health_of(app: Tidings, clock: SteppedClock) -> tuple[LagStatus, str, 
 async def test_a_handler_that_stops_handling_shows_stall_then_stop_once_its_worker_is_gone(
     tmp_path: Path,
 ) -> None:
-    # A 1 s lease: a heartbeat, and so a sample, every third of a second.
-    url = f"sqlite:///{tmp_path / 'events.db'}?partitions=1&lease=1"
+    # A 2 s lease: a heartbeat, and so a sample, every 0.67 s (long enough that a
+    # loaded machine does not lose the lease: a rebalance waiting for the stuck handler
+    # would only renew, not sample).
+    url = f"sqlite:///{tmp_path / 'events.db'}?partitions=1&lease=2"
     app = Tidings(url, service="test")
     app.event("task.created", subject="task_id")(TaskCreated)
     clock = SteppedClock()
@@ -101,8 +103,20 @@ async def test_a_handler_that_stops_handling_shows_stall_then_stop_once_its_work
             await eventually(
                 lambda: asyncio.to_thread(seen_stalled), timeout=60, what="tidings groups: STALL"
             )
-            [row] = groups_json(url, "--partitions")
+            # In threads: the worker's heartbeats go on while the commands run.
+            [row] = await asyncio.to_thread(groups_json, url, "--partitions")
             assert (row["health"], row["health_complete"]) == ("STALL", 1.0)
+            shown = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "tidings", "groups", "--url", url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            table = shown.stdout.splitlines()
+            assert table[0].split()[-2:] == ["STATUS", "HEALTH"]
+            assert table[1].split()[-2:] == ["lagging", "ERR"]
         finally:
             stop.set()
             release.set()
