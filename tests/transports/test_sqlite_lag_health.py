@@ -232,3 +232,16 @@ async def test_a_log_that_keeps_no_samples_is_judged_only_while_watching() -> No
         await consumer.close()
     # Nothing moves while the watch polls: too few samples first, then STALL.
     assert seen == [LagStatus.OK] * (WINDOW - 1) + [LagStatus.ERR]
+
+
+def test_count_without_watch_is_a_usage_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "groups", "--count", "2", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--count N counts redraws of --watch" in result.stderr

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from tidings import admin
-from tidings.cli.common import add_common, opened, positive_float, positive_int
+from tidings.cli.common import UsageError, add_common, opened, positive_float, positive_int
 from tidings.cli.output import print_json, table
 from tidings.lag_health import WINDOW, GroupHealth, Health
 from tidings.transport import GroupPartition, Transport
@@ -30,13 +30,13 @@ held: a member joining or leaving), stopped (no live member); and its lag HEALTH
 
 HEALTH follows Burrow's rules over the last {WINDOW} samples of each partition, with
 no threshold to set: OK; WARN (the offset moves but the lag never shrank over the
-window); and, for a group, ERR when a partition is STOP (no sample for
-longer than the window spans, with lag), STALL (samples keep coming, the offset does
-not move, with lag) or REWIND (the offset went back and has not returned). Too few
-samples yet: OK, with health_complete below 1 in --json. The SQLite log keeps the
-samples (each member samples its partitions at every heartbeat); on Kafka, NATS and
-memory nothing keeps them, so a one-shot look shows "-" and --watch judges from the
-samples it takes itself, one per redraw.
+window); and, for a group, ERR when a partition is STOP (no sample for longer than
+the window spans, with lag), STALL (samples keep coming, the offset does not move,
+with lag) or REWIND (the offset went back and has not returned). Too few samples
+yet: OK, with health_complete below 1 in --json. The SQLite log keeps the samples
+(each member samples its partitions at every heartbeat); on Kafka, NATS and memory
+nothing keeps them, so a one-shot look shows "-" and --watch judges from the samples
+it takes itself, one per redraw.
 
 --partitions: one line per partition instead (committed offset, end offset, lag, lost,
 dead letters, owning member, health). --all: also each group's internal retry topic
@@ -79,6 +79,8 @@ def add_commands(sub: Any) -> None:
 
 
 async def cmd_groups(args: argparse.Namespace) -> int:
+    if args.count is not None and args.watch is None:
+        raise UsageError("--count N counts redraws of --watch; add --watch")
     async with opened(args.url) as app:
         if args.watch is None:
             await _show(app.transport, args, None)
@@ -88,7 +90,7 @@ async def cmd_groups(args: argparse.Namespace) -> int:
         while args.count is None or shown < args.count:
             if shown:
                 await asyncio.sleep(args.watch)
-                if not args.json:
+                if not args.json and sys.stdout.isatty():
                     print("\033[H\033[J", end="")  # clear the screen between redraws
             await _show(app.transport, args, windows)
             shown += 1
