@@ -206,6 +206,9 @@ def test_group_json_has_exactly_the_documented_keys() -> None:
         "lag": 4,
         "lost": 0,
         "dlq": 2,
+        "health": None,  # no samples kept: not judged
+        "health_reason": None,
+        "health_complete": None,
     }
 
 
@@ -238,8 +241,46 @@ def test_group_topics_sum_a_groups_partitions_per_topic_with_a_status() -> None:
         "dlq": 3,
         "members": ["m-1", "m-2"],
         "status": "lagging",
+        "health": None,
+        "health_reason": None,
+        "health_complete": None,
     }
     assert group_topics([], dlq) == []
+
+
+def test_lag_health_judges_each_group_and_topic_from_the_samples_the_log_keeps() -> None:
+    from tidings.admin import LagStatus, health_json, lag_health, partition_health
+    from tidings.transport import GroupPartition, LagSample
+
+    stuck = tuple(LagSample(1_000 * i, 7, 30) for i in range(10))
+    moving = tuple(LagSample(1_000 * i, 10 * i, 0) for i in range(10))
+    rows = [
+        GroupPartition("a", "t", 0, 7, 37, member="m-1", samples=stuck),
+        GroupPartition("a", "t", 1, 90, 90, member="m-1", samples=moving),
+        GroupPartition("a", "u", 0, 0, 3, member="m-1", samples=stuck[:2]),
+    ]
+    health = lag_health(rows, 10_000)
+    assert health is not None
+    assert [(line, h.status) for line, h in health.items()] == [
+        (("a", "t"), LagStatus.ERR),
+        (("a", "u"), LagStatus.OK),  # two samples: too few to judge
+    ]
+    assert health_json(health[("a", "t")]) == {
+        "health": "ERR",
+        "health_reason": "t[0] STALL: offset 7 has not moved for 10 samples while lag is 30",
+        "health_complete": 1.0,
+    }
+    assert health_json(health[("a", "u")])["health_complete"] == 0.2
+    # The lag now (the row's), not the newest sample's, is the one reported.
+    assert health[("a", "u")].partitions[("a", "u", 0)].lag == 3
+    parts = partition_health(health, rows)
+    assert [h.status if h else None for h in parts] == [
+        LagStatus.STALL, LagStatus.OK, LagStatus.OK
+    ]  # fmt: skip
+    # A log that keeps no samples (samples None): nothing judged, every row "-".
+    bare = [GroupPartition("a", "t", 0, 7, 37)]
+    assert lag_health(bare, 10_000) is None
+    assert partition_health(None, bare) == [None]
 
 
 def test_a_groups_internal_topics_are_its_own_retry_and_dlq() -> None:

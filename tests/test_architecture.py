@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tidings.stats",
             "tidings.context",
             "tidings.logs",
+            "tidings.lag_health",
         ),
     ),
     ("dead letters", ("tidings.dead_letters",)),

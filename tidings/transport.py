@@ -33,6 +33,7 @@ __all__ = [
     "FaultHook",
     "GroupInfo",
     "GroupPartition",
+    "LagSample",
     "MemberInfo",
     "PartitionInfo",
     "Position",
@@ -215,6 +216,14 @@ class MemberInfo:
     partitions: tuple[TopicPartition, ...] = ()
 
 
+class LagSample(NamedTuple):
+    """Where a group stood in a partition at ``ts_ms`` (wall ms): lag health's input."""
+
+    ts_ms: int
+    committed: int
+    lag: int
+
+
 @dataclass(frozen=True, slots=True)
 class GroupPartition:
     """One row of ``tidings groups``: where a group stands in one partition."""
@@ -232,6 +241,8 @@ class GroupPartition:
     # Records retention removed before the group read them (counted where the
     # transport removes them itself; elsewhere, what lies below the log's start now).
     lost: int = 0
+    # The last samples the log keeps of it, oldest first; None: the log keeps none.
+    samples: tuple[LagSample, ...] | None = None
 
     @property
     def lag(self) -> int:

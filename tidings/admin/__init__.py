@@ -4,6 +4,8 @@
 Each function takes a started transport (or, to publish, a started Tidings app) and
 returns data; ``tidings.cli`` only parses arguments and prints. ``tidings publish``
 checks each event against the log's schema registry (:class:`PublishCheck`).
+``tidings groups`` judges each group's lag health by Burrow's rules (:class:`LagStatus`,
+:func:`lag_health`; :func:`status` is a group's status alone, for a metric).
 
 A position in a topic is ``earliest``, ``latest``, a time (ISO-8601, UTC unless it has
 an offset, or an age such as ``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``) or, for
@@ -13,6 +15,7 @@ offset resets, an offset that applies to every partition.
 from __future__ import annotations
 
 from tidings.admin.checking import PublishCheck, publish_check
+from tidings.admin.health import health_json, lag_health, partition_health, partition_samples
 from tidings.admin.offsets import OffsetChange, reset_offsets
 from tidings.admin.positions import (
     Position,
@@ -47,36 +50,48 @@ from tidings.admin.topics import (
     topic_json,
     topic_rows,
 )
+from tidings.lag_health import GroupHealth, Health, LagStatus, LagWindows, Rules, evaluate, status
 
 __all__ = [
     "CLI_SOURCE",
     "GROUP_JSON_KEYS",
     "GROUP_TOPIC_JSON_KEYS",
+    "GroupHealth",
     "GroupStatus",
     "GroupTopic",
+    "Health",
+    "LagStatus",
+    "LagWindows",
     "OffsetChange",
     "Position",
     "PublishCheck",
+    "Rules",
     "build_event",
     "check_publish_topic",
     "check_topic_deletable",
     "dead_letter_counts",
     "delete_topic",
     "describe_group",
+    "evaluate",
     "group_row_json",
     "group_rows",
     "group_topic_json",
     "group_topics",
+    "health_json",
     "is_internal",
+    "lag_health",
     "live_readers",
     "parse_age",
     "parse_position",
     "parse_publish_lines",
     "parse_time",
+    "partition_health",
+    "partition_samples",
     "publish",
     "publish_check",
     "reset_offsets",
     "resolve_start",
+    "status",
     "topic_info",
     "topic_json",
     "topic_rows",

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from tidings.admin.health import health_json
 from tidings.admin.positions import topic_info
 from tidings.dead_letters import dlq_topic, retry_topic, waiting
 from tidings.errors import (
@@ -21,13 +22,16 @@ from tidings.transport import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from tidings.lag_health import GroupHealth, Health
 
 
-GROUP_JSON_KEYS = ("group", "topic", "partition", "committed", "end", "lag", "lost", "dlq")
+_HEALTH_KEYS = ("health", "health_reason", "health_complete")
+GROUP_JSON_KEYS = (
+    "group", "topic", "partition", "committed", "end", "lag", "lost", "dlq", *_HEALTH_KEYS
+)  # fmt: skip
 """The keys of each object of ``tidings groups --partitions --json`` (one per partition)."""
 GROUP_TOPIC_JSON_KEYS = (
-    "group", "topic", "partitions", "lag", "lost", "dlq", "members", "status"
+    "group", "topic", "partitions", "lag", "lost", "dlq", "members", "status", *_HEALTH_KEYS
 )  # fmt: skip
 """The keys of each object of ``tidings groups --json`` (one per group and topic)."""
 
@@ -149,9 +153,10 @@ async def dead_letter_counts(
     return {(g, t, p): n for g, counts in by_group.items() for (t, p), n in counts.items()}
 
 
-def group_row_json(row: GroupPartition, dlq: int) -> dict[str, Any]:
+def group_row_json(row: GroupPartition, dlq: int, health: Health | None = None) -> dict[str, Any]:
     """The documented JSON of one row: exactly :data:`GROUP_JSON_KEYS` (``dlq``: the
-    dead letters waiting for an operator of the events read from the row's partition)."""
+    dead letters waiting for an operator of the events read from the row's partition;
+    the health keys: see :func:`~tidings.admin.health_json`)."""
     return {
         "group": row.group,
         "topic": row.topic,
@@ -161,6 +166,7 @@ def group_row_json(row: GroupPartition, dlq: int) -> dict[str, Any]:
         "lag": row.lag,
         "lost": row.lost,
         "dlq": dlq,
+        **health_json(health),
     }
 
 
@@ -218,8 +224,9 @@ def group_topics(
     ]
 
 
-def group_topic_json(line: GroupTopic) -> dict[str, Any]:
-    """The documented JSON of one line: exactly :data:`GROUP_TOPIC_JSON_KEYS`."""
+def group_topic_json(line: GroupTopic, health: GroupHealth | None = None) -> dict[str, Any]:
+    """The documented JSON of one line: exactly :data:`GROUP_TOPIC_JSON_KEYS` (the
+    health keys: see :func:`~tidings.admin.health_json`)."""
     return {
         "group": line.group,
         "topic": line.topic,
@@ -229,4 +236,5 @@ def group_topic_json(line: GroupTopic) -> dict[str, Any]:
         "dlq": line.dlq,
         "members": list(line.members),
         "status": line.status,
+        **health_json(health),
     }

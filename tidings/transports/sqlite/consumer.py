@@ -42,6 +42,7 @@ from tidings.transport import (
     TopicPartition,
 )
 from tidings.transports.sqlite.client import LogClient
+from tidings.transports.sqlite.samples import record_samples
 from tidings.transports.sqlite.sql import generation_base
 
 __all__ = ["SQLiteConsumer"]
@@ -266,6 +267,7 @@ class SQLiteConsumer(Consumer):
                     claimed.append(self._claim_tx(conn, tp, now))
                     held.append(tp)
             excess.extend(held[target:])
+        record_samples(conn, self.group, self.member, now)  # lag health (tidings groups)
         return kept, claimed, excess, gone
 
     def _beat_tx(self, conn: sqlite3.Connection) -> int:

@@ -13,6 +13,8 @@ from typing import TypeVar
 
 from tidings.errors import GroupBusy, TopicNotFound
 from tidings.transport import GroupInfo, GroupPartition, MemberInfo, PartitionInfo, TopicInfo
+from tidings.transports.sqlite.samples import TABLE as LAG_SAMPLES
+from tidings.transports.sqlite.samples import read_samples
 
 __all__ = [
     "RETENTION_BATCH",
@@ -110,7 +112,7 @@ _ADDED_COLUMNS = (
 
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the log's tables, or add the columns an older log lacks."""
-    conn.executescript(SCHEMA)
+    conn.executescript(SCHEMA + LAG_SAMPLES)  # IF NOT EXISTS: an older log gets new tables
     for table, column, kind in _ADDED_COLUMNS:
         have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in have:
@@ -159,7 +161,7 @@ def delete_topic(conn: sqlite3.Connection, topic: str, url: str, now: int) -> in
     if row is None:
         raise TopicNotFound(f"topic {topic!r} does not exist in {url}; see 'tidings topics'")
     tid = int(row[0])
-    for table in ("events", "partitions", "group_offsets", "leases"):
+    for table in ("events", "partitions", "group_offsets", "leases", "lag_samples"):
         conn.execute(f"DELETE FROM {table} WHERE topic_id=?", (tid,))
     conn.execute("DELETE FROM topics WHERE id=?", (tid,))
     conn.execute(
@@ -384,6 +386,7 @@ def _describe_group(
         " ORDER BY p.topic_id, p.partition",
         (group, group, group),
     ).fetchall()
+    samples = read_samples(conn, group)
     parts = tuple(
         GroupPartition(
             group,
@@ -394,6 +397,7 @@ def _describe_group(
             start,
             owners.get((tid, p)),
             lost=lost,
+            samples=samples.get((tid, p), ()),
         )
         for tid, p, committed, end, start, lost in rows
     )
