@@ -32,7 +32,7 @@ from taskapi.net import ListenError, Server, listen
 from taskapi.net import port as port_number
 from taskapi.settings import Settings
 from taskapi.tasks import TaskIsCompleted, TaskNotFound, TaskStore
-from tidings import ConfigError, Tidings
+from tidings import ConfigError, Tidings, logs
 from tidings.asgi import CorrelationMiddleware
 from tidings.outbox import Outbox
 
@@ -246,7 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-events", action="store_true", help="write tasks without events (a baseline)"
     )
+    parser.add_argument("--log-level", default="INFO", help="logging level (%(default)s)")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="text", help="(%(default)s)")
     args = parser.parse_args(argv)
+    # The relay's lines (and tidings' warnings) with their coordinates; uvicorn keeps its own.
+    logs.configure(args.log_format, args.log_level)
     host: str = args.host
     try:
         settings = Settings.from_env(args.data).ensure()

@@ -4,6 +4,7 @@ id), on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -309,6 +310,7 @@ def test_main_on_a_busy_port_says_so_and_exits_1(
 
 def test_main_serves_until_sigterm_and_exits_0(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "taskapi.api", "--data", str(tmp_path), "--port", "0"]
+    command += ["--log-format", "json"]  # tidings' own lines; uvicorn keeps its text
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKAPI_", "TIDINGS_"))}
     out = subprocess.PIPE
     with subprocess.Popen(command, stdout=out, stderr=out, text=True, env=env) as p:
@@ -323,6 +325,15 @@ def test_main_serves_until_sigterm_and_exits_0(tmp_path: Path) -> None:
             assert created.status_code == 201
             p.terminate()
             assert p.wait(timeout=30) == 0, p.stderr.read() if p.stderr else ""
+            assert p.stderr is not None
+            ours = [
+                json.loads(line) for line in p.stderr.read().splitlines() if line.startswith("{")
+            ]
+            # A fresh log: the API registers its contracts, and says so.
+            assert any(
+                d["logger"] == "tidings.schema" and d["message"].startswith("registered ")
+                for d in ours
+            ), ours
         finally:
             if p.poll() is None:
                 p.kill()
