@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from tidings.admin import group_rows
 from tidings.dead_letters import depths
+from tidings.errors import ConfigError
 from tidings.outbox import Outbox, OutboxRelay
 from tidings.scheduler import SCHEDULER_TABLE
 from tidings.transport import GroupPartition, Transport
@@ -81,12 +82,18 @@ async def read_snapshot(worker: Worker, now: Callable[[], float] = time.time) ->
             continue
         try:
             status = await component.outbox.status()
+        except ConfigError:
+            # No table yet: its relay makes it when it first runs; nothing waits in it.
+            status = None
         except Exception as exc:
             errors += 1
             log.warning("metrics: could not read the outbox %s: %r", component.name, exc)
             continue
-        backlog = Backlog(status.table, status.pending, status.due, status.oldest_age)
-        if status.table == SCHEDULER_TABLE:
+        table = component.outbox.table.name
+        backlog = Backlog(table, 0, 0, None)
+        if status is not None:
+            backlog = Backlog(table, status.pending, status.due, status.oldest_age)
+        if table == SCHEDULER_TABLE:
             scheduler = backlog
         else:
             outboxes.append(backlog)
