@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tidings import Outbox, Retry, Tidings, Worker
 from tidings.metrics import METRICS, WorkerMetrics, asgi_app, serve_metrics
+from tidings.middleware import Delivery, Middleware, Next, default_middleware
 from tidings.testing import eventually
 
 TOPIC = "t"
@@ -206,3 +207,24 @@ async def test_the_asgi_app_mounted_in_fastapi_and_the_http_endpoint(tmp_path: P
     assert scraped.status_code == 200
     assert value(samples(scraped.text), "tidings_events_consumed_total") == 6
     assert other.status_code == 404
+
+
+class Around(Middleware):
+    """Acts around every call (not only on errors): events go one at a time through
+    their chains, not in runs."""
+
+    async def handle(self, delivery: Delivery, call_next: Next) -> None:
+        await call_next(delivery)
+
+
+async def test_events_handled_one_at_a_time_are_timed_too(tmp_path: Path) -> None:
+    app, seen = make_app(tmp_path)
+    worker = Worker(app, commit_interval=0.01, middleware=[Around(), *default_middleware()])
+    metrics = WorkerMetrics(worker, cache_seconds=0)
+    async with app:
+        await publish(app, range(5))
+        await run_until(worker, seen, 5)
+        found = samples((await metrics.exposition()).decode())
+    for group in GROUPS:
+        assert value(found, "messaging_process_duration_seconds_count", group=group) == 5
+    assert value(found, "tidings_retries_total") == 1
