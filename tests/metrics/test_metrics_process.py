@@ -3,6 +3,7 @@ the extra, a clear error and nothing of it loaded."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,4 +64,20 @@ def test_without_the_extra_metrics_port_says_what_to_install(tmp_path: Path) -> 
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "pip install 'tidings[metrics]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_metrics_port_in_use_is_one_error_line(tmp_path: Path) -> None:
+    write_app(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "tidings", "run", "metrics_app:app", "--metrics-port",
+             str(port)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"--metrics-port: cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr

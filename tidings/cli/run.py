@@ -106,7 +106,7 @@ async def _serve_metrics(worker: Worker, args: argparse.Namespace) -> asyncio.Se
         server = await metrics.serve_metrics(
             metrics.WorkerMetrics(worker), args.metrics_host, args.metrics_port
         )
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # in use, not an address here, not a port
         raise ConfigError(
             f"--metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port}: {exc}"
         ) from None
