@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -71,6 +72,7 @@ async def tidings_end_to_end(
     *,
     sync_handler: bool = False,
     live: bool = False,
+    metrics: str | None = None,
     timeout: float = 120.0,
 ) -> E2EResult:
     """Publish ``n`` events (``publish_many``, 1000 at a time), then run a Worker with one
@@ -78,6 +80,10 @@ async def tidings_end_to_end(
 
     ``live``: the Worker starts first and the events are published while it runs; the
     group times then run from the first publish to the last handler call.
+    ``metrics``: ``"timed"``, the handlers timed as tidings.metrics has them
+    (``Worker.time_handlers``), never scraped; ``"scraped"``, :class:`WorkerMetrics` on
+    and its exposition built every second from the start, as a Prometheus would (each
+    exposition's seconds appended to :data:`SCRAPE_SECONDS`).
     """
     loop = asyncio.get_running_loop()
     app = new_app(path, synchronous)
@@ -110,6 +116,11 @@ async def tidings_end_to_end(
         publish_seconds = 0.0 if live else await publish_all()
         worker = Worker(app)
         stop = asyncio.Event()
+        if metrics == "timed":
+            worker.time_handlers()
+        scraping = None
+        if metrics == "scraped":
+            scraping = loop.create_task(_scrape_every_second(worker, stop))
         start = time.perf_counter()
         running = loop.create_task(worker.run(stop))
         try:
@@ -119,7 +130,26 @@ async def tidings_end_to_end(
         finally:
             stop.set()
             await asyncio.wait_for(running, 60)
+            if scraping is not None:
+                await scraping
     return E2EResult(publish_seconds, {g: t - start for g, t in finished.items()})
+
+
+SCRAPE_SECONDS: list[float] = []
+
+
+async def _scrape_every_second(worker: Worker, stop: asyncio.Event) -> None:
+    """tidings.metrics on ``worker`` (made before it runs), its exposition built every
+    second until ``stop``: what ``tidings run --metrics-port`` costs under a scraper."""
+    from tidings.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(worker)
+    while not stop.is_set():
+        begin = time.perf_counter()
+        await metrics.exposition()
+        SCRAPE_SECONDS.append(time.perf_counter() - begin)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
 
 
 def raw_consume(path: str, n: int, group: str, synchronous: str, timeout: float = 60) -> float:
@@ -176,6 +206,9 @@ def raw_consume(path: str, n: int, group: str, synchronous: str, timeout: float 
 async def fig_end_to_end(cfg: Config, work: Workdir) -> list[Figure]:
     n = cfg.e2e_events
     one, one_raw, three, three_raw, live, sync = [], [], [], [], [], []
+    one_metrics: list[float] = []
+    one_timed: list[float] = []
+    sync_metrics: list[float] = []
     probes = []
     for r in range(cfg.e2e_rounds):
         with work.folder("e2e-one") as d:
@@ -198,11 +231,32 @@ async def fig_end_to_end(cfg: Config, work: Workdir) -> list[Figure]:
                 os.path.join(d, "events.db"), n, ["g1"], cfg.synchronous, sync_handler=True
             )
             sync.append(res.rates(n)["g1"])
+        # Issue 19: the same two with tidings.metrics on and scraped every second; one
+        # group with the handlers timed only (the per-event part of the cost).
+        with work.folder("e2e-one-timed") as d:
+            res = await tidings_end_to_end(
+                os.path.join(d, "events.db"), n, ["g1"], cfg.synchronous, metrics="timed"
+            )
+            one_timed.append(res.rates(n)["g1"])
+        with work.folder("e2e-one-metrics") as d:
+            res = await tidings_end_to_end(
+                os.path.join(d, "events.db"), n, ["g1"], cfg.synchronous, metrics="scraped"
+            )
+            one_metrics.append(res.rates(n)["g1"])
+        with work.folder("e2e-sync-metrics") as d:
+            res = await tidings_end_to_end(
+                os.path.join(d, "events.db"), n, ["g1"], cfg.synchronous, sync_handler=True,
+                metrics="scraped",
+            )  # fmt: skip
+            sync_metrics.append(res.rates(n)["g1"])
         probes.append(round(cpu_probe(), 1))
         log(
             f"  round {r + 1}: one group {one[-1]:,.0f}/s (raw {one_raw[-1]:,.0f}/s); "
             f"three groups, slowest {three[-1]:,.0f}/s each (raw {three_raw[-1]:,.0f}/s); "
-            f"one group, def handler {sync[-1]:,.0f}/s"
+            f"one group, def handler {sync[-1]:,.0f}/s; timed: one group "
+            f"{one_timed[-1]:,.0f}/s ({one_timed[-1] / one[-1]:.3f}); with metrics: one group "
+            f"{one_metrics[-1]:,.0f}/s ({one_metrics[-1] / one[-1]:.3f}), def handler "
+            f"{sync_metrics[-1]:,.0f}/s ({sync_metrics[-1] / sync[-1]:.3f})"
         )
     # Informational: the same with publishing while the Worker runs.
     with work.folder("e2e-live") as d:
@@ -213,7 +267,59 @@ async def fig_end_to_end(cfg: Config, work: Workdir) -> list[Figure]:
     log(f"  live one group {live[-1]:,.0f}/s")
     common = {"events": n, "synchronous": cfg.synchronous, "mode": "pre-published, then drained"}
     per_round = {"cpu_probe_ns": probes}
+    metrics_note = "tidings.metrics on (handlers timed), its exposition built every second"
+    scrapes = sorted(SCRAPE_SECONDS)
+    log(
+        f"  {len(scrapes)} expositions: median {median(scrapes) * 1000:.1f} ms, "
+        f"max {scrapes[-1] * 1000:.1f} ms"
+    )
     return [
+        Figure(
+            "e2e_one_group_timed",
+            median(one_timed),
+            "events/s",
+            median(one),
+            "e2e_one_group (not timed), same rounds",
+            None,
+            {
+                **common,
+                "metrics": "Worker.time_handlers() only, never scraped",
+                "rounds_on": [round(x) for x in one_timed],
+                "rounds_off": [round(x) for x in one],
+                "ratios": [round(a / b, 3) for a, b in zip(one_timed, one, strict=True)],
+            },
+        ),
+        Figure(
+            "e2e_one_group_metrics",
+            median(one_metrics),
+            "events/s",
+            median(one),
+            "e2e_one_group (metrics off), same rounds",
+            None,
+            {
+                **common,
+                "metrics": metrics_note,
+                "exposition_ms_median": round(median(scrapes) * 1000, 2),
+                "rounds_on": [round(x) for x in one_metrics],
+                "rounds_off": [round(x) for x in one],
+                "ratios": [round(a / b, 3) for a, b in zip(one_metrics, one, strict=True)],
+            },
+        ),
+        Figure(
+            "e2e_one_group_def_handler_metrics",
+            median(sync_metrics),
+            "events/s",
+            median(sync),
+            "e2e_one_group_def_handler (metrics off), same rounds",
+            None,
+            {
+                **common,
+                "metrics": metrics_note,
+                "rounds_on": [round(x) for x in sync_metrics],
+                "rounds_off": [round(x) for x in sync],
+                "ratios": [round(a / b, 3) for a, b in zip(sync_metrics, sync, strict=True)],
+            },
+        ),
         Figure(
             "e2e_one_group",
             median(one),

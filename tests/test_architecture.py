@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tidings.testing",
             "tidings.asyncapi",
             "tidings.catalog",
+            "tidings.metrics",
             "tidings.cli",
         ),
     ),

@@ -140,6 +140,7 @@ PUBLIC_MODULES = {
     "tidings.asyncapi",
     "tidings.catalog",
     "tidings.logs",
+    "tidings.metrics",
 }
 
 

@@ -23,7 +23,8 @@ internal and may change without notice.
 - ``tidings.schema``: whether a new payload schema version may follow the earlier ones.
 - ``tidings.asyncapi``: an app's AsyncAPI 3.0 document (``tidings asyncapi``);
 - ``tidings.catalog``: the event catalog of a log (``tidings catalog``);
-- ``tidings.logs``: log lines with the handled event's coordinates, as text or JSON.
+- ``tidings.logs``: log lines with the handled event's coordinates, as text or JSON;
+- ``tidings.metrics``: a worker's Prometheus metrics (the ``metrics`` extra).
 """
 
 from typing import TYPE_CHECKING, Any

@@ -84,6 +84,9 @@ class Tidings:
         self.published: dict[str, set[str]] = {}  # topic -> the types declared published there
         self._groups: dict[str, GroupSettings] = {}
         self.components: list[Component] = []
+        # Per topic, the events this app has appended to it (publish, publish_many,
+        # publish_events; delayed ones once scheduled): tidings_events_sent_total.
+        self.sent: dict[str, int] = {}
         self._scheduler_db = scheduler
         self._scheduler: Scheduler | None = None
         self._started = 0
@@ -223,6 +226,11 @@ class Tidings:
 
     # -- lifecycle ------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        """Whether the app is started (``async with app`` or :meth:`start`)."""
+        return self._started > 0
+
     async def start(self) -> None:
         self._started += 1
         if self._started == 1:
@@ -336,6 +344,7 @@ class Tidings:
         event = payload if isinstance(payload, Event) else self.build(payload, **options)
         if delay is None and deliver_at is None and self._started:  # publish_events, due now
             await self.transport.append_events(topic, [event], self.max_event_bytes)
+            self.sent[topic] = self.sent.get(topic, 0) + 1
         else:
             await self.publish_events(topic, [event], deliver_at=due(delay, deliver_at))
         return event
@@ -391,10 +400,11 @@ class Tidings:
                 self.transport.capabilities.scheduled_appends
             ):
                 await self.transport.append_at(topic, records, int(deliver_at.timestamp() * 1000))
-                return
-            await self._schedule(topic, events, deliver_at)
-            return
-        await self.transport.append_events(topic, events, limit)
+            else:
+                await self._schedule(topic, events, deliver_at)
+        else:
+            await self.transport.append_events(topic, events, limit)
+        self.sent[topic] = self.sent.get(topic, 0) + len(events)
 
     # -- delayed events ---------------------------------------------------------------
 

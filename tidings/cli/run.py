@@ -8,6 +8,7 @@ Argument parsing and the process's exit only (the app's import is
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 from tidings import logs
 from tidings.cli.common import add_common, app_of
+from tidings.errors import ConfigError
 from tidings.worker import Worker
 
 __all__ = ["add_commands"]
@@ -45,6 +47,17 @@ def add_commands(sub: Any) -> None:
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="the lowest level logged (default INFO, or $TIDINGS_LOG_LEVEL)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port, "
+        "logged); needs pip install 'tidings[metrics]'",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address the metrics are served on (default 127.0.0.1)",
+    )
     add_common(p)
     p.set_defaults(func=cmd_run)
 
@@ -57,9 +70,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
         max_in_flight=args.max_in_flight,
         shutdown_timeout=args.shutdown_timeout,
     )
-    # This process is the worker's: its collector is set up for one (tune_gc), and
-    # SIGTERM/SIGINT stop it.
-    await worker.serve(tune_gc=True)
+    server = await _serve_metrics(worker, args) if args.metrics_port is not None else None
+    try:
+        # This process is the worker's: its collector is set up for one (tune_gc), and
+        # SIGTERM/SIGINT stop it.
+        await worker.serve(tune_gc=True)
+    finally:
+        if server is not None:
+            server.close()
     log = logging.getLogger("tidings")
     if worker.stats.abandoned:
         log.error(
@@ -75,3 +93,23 @@ async def cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(1)
     return 0
+
+
+async def _serve_metrics(worker: Worker, args: argparse.Namespace) -> asyncio.Server:
+    """``--metrics-port``: the worker's metrics served on its loop (tidings.metrics,
+    imported only here: without the extra, nothing of it is loaded)."""
+    try:
+        from tidings import metrics
+    except ImportError as exc:
+        raise ConfigError(f"--metrics-port: {exc}") from None
+    try:
+        server = await metrics.serve_metrics(
+            metrics.WorkerMetrics(worker), args.metrics_host, args.metrics_port
+        )
+    except (OSError, OverflowError) as exc:  # in use, not an address here, not a port
+        raise ConfigError(
+            f"--metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port}: {exc}"
+        ) from None
+    host, port = server.sockets[0].getsockname()[:2]
+    logging.getLogger("tidings").info("serving metrics on http://%s:%d/metrics", host, port)
+    return server

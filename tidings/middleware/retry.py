@@ -118,6 +118,7 @@ class Retry(Middleware):
                         attempts=delivery.attempt, retryable=retryable,
                     ) from exc  # fmt: skip
                 wait = policy.delay(delivery.attempt)
+                delivery.stats.retries += 1
                 event, record = delivery.event, delivery.record
                 log.error(
                     "group %s: handler %s failed on %s %s (%s[%d]@%d, attempt %d): %r;"

@@ -29,7 +29,7 @@ from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
-from tidings.stats import Stats
+from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
 
@@ -59,6 +59,7 @@ class _Run:
     cut: bool = False
     stopped_at: int | None = None
     outcome: Any = None
+    times: list[float] | None = None  # each handled event's seconds, if they are kept
 
 
 class Dispatcher:
@@ -79,6 +80,7 @@ class Dispatcher:
         threads: ThreadPoolExecutor | None,
         decode: Callable[[Record], Event],
         shared_events: bool = False,
+        durations: Durations | None = None,
     ) -> None:
         self.publisher = publisher
         self.registry = registry
@@ -93,6 +95,8 @@ class Dispatcher:
         # Whether the worker hands one decoded event to several groups (then every
         # handler gets a copy of a raw payload).
         self.shared_events = shared_events
+        # Where each event's handling time goes (None: not timed, and not a clock read).
+        self.durations = durations
         self.loop = asyncio.get_running_loop()
         self.by_topic: dict[str, list[Subscriber]] = {}
         for s in subscribers:
@@ -152,6 +156,7 @@ class Dispatcher:
         # what it logs carries the call's coordinates: the scope is the call (its Scope
         # is made when a handler publishes, its log fields when something is logged).
         group, token = self.group, None
+        start = time.perf_counter() if self.durations is not None else 0.0
         try:
             for sub, chain in wanted:
                 set_token = causal_scope.set((group, sub, record, event))
@@ -165,6 +170,8 @@ class Dispatcher:
         finally:
             if token is not None:
                 causal_scope.reset(token)
+        if self.durations is not None:
+            self.durations.observe(time.perf_counter() - start)
         self.stats.handled += 1
 
     def _call(self, delivery: Delivery) -> Awaitable[None]:
@@ -244,7 +251,7 @@ class Dispatcher:
             if self.runs[key] != _THREAD:
                 break
             items.append((record, event, self.routes[key]))
-        batch = _Run(items)
+        batch = _Run(items, times=None if self.durations is None else [])
         call = functools.partial(contextvars.copy_context().run, self._run_in_thread, batch)
         try:
             await self.loop.run_in_executor(self.threads, call)
@@ -267,15 +274,19 @@ class Dispatcher:
         for record, _, _ in batch.items[:done]:
             handled(record)
         self.stats.handled += done
+        if batch.times is not None and self.durations is not None:
+            for seconds in batch.times[:done]:
+                self.durations.observe(seconds)
 
     def _run_in_thread(self, batch: _Run) -> None:
         """In a worker thread: each event's handlers, in order, each call in a context
         of its own (a copy of the loop's), as a single call in a thread has."""
-        stopping = self.stopping
-        until = time.perf_counter() + RUN_SECONDS
+        stopping, times, clock = self.stopping, batch.times, time.perf_counter
+        start = clock()
+        until = start + RUN_SECONDS
         base = contextvars.copy_context()
         for n, (record, event, route) in enumerate(batch.items):
-            if n and (batch.cut or stopping.is_set() or time.perf_counter() > until):
+            if n and (batch.cut or stopping.is_set() or clock() > until):
                 return
             shared = self.shared_events or len(route) > 1
             for k, (sub, _) in enumerate(route):
@@ -288,6 +299,10 @@ class Dispatcher:
                     batch.stopped_at, batch.outcome = k, result  # awaited on the loop
                     return
             batch.done = n + 1
+            if times is not None:
+                end = clock()
+                times.append(end - start)
+                start = end
 
     def _scoped_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
         causal_scope.set((self.group, sub, record, event))  # in this call's own context
@@ -316,8 +331,9 @@ class Dispatcher:
             causal_scope.set,
             self.group,
         )
-        clock = time.perf_counter
-        until = clock() + RUN_SECONDS
+        clock, durations = time.perf_counter, self.durations
+        start = clock()
+        until = start + RUN_SECONDS
         token = set_scope(None)
         try:
             for n, (record, event) in enumerate(run):
@@ -335,6 +351,10 @@ class Dispatcher:
                         handled(record)
                         return n + 1
                 stats.handled += 1
+                if durations is not None:
+                    end = clock()
+                    durations.observe(end - start)
+                    start = end
                 handled(record)
             return len(run)
         finally:
@@ -346,7 +366,9 @@ class Dispatcher:
         """The event a run stopped at: the subscribers before ``first`` were called;
         that one's chain gets the first attempt's ``outcome`` (what it raised, or the
         awaitable it returned), and the subscribers after it are called as
-        :meth:`dispatch` calls them."""
+        :meth:`dispatch` calls them (timed from here: the first attempt's time is the
+        run's)."""
+        start = time.perf_counter() if self.durations is not None else 0.0
         token = causal_scope.set(None)
         try:
             for k in range(first, len(route)):
@@ -362,6 +384,8 @@ class Dispatcher:
                 )  # fmt: skip
         finally:
             causal_scope.reset(token)
+        if self.durations is not None:
+            self.durations.observe(time.perf_counter() - start)
         self.stats.handled += 1
 
     def _resumed(self, outcome: Any) -> Next:

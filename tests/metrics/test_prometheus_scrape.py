@@ -1,0 +1,130 @@
+"""A real Prometheus server (Debian's ``prometheus`` package) scrapes a ``tidings run
+--metrics-port`` worker, and answers a PromQL query for its lag.
+
+The binary is taken from PATH; else, as root with apt-get, installed; else the test is
+skipped saying why (failed, where ``CI=true``). Everything listens on 127.0.0.1, and
+Prometheus keeps its storage in the test's directory and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.metrics.processes import RunningWorker, get, publish, write_app
+from tidings.testing import eventually
+
+APT_TIMEOUT = 600
+
+
+def _apt(*args: str) -> bool:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        done = subprocess.run(
+            ["apt-get", *args], capture_output=True, timeout=APT_TIMEOUT, check=False, env=env
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+def prometheus_binary() -> str:
+    """The prometheus binary, installed with apt-get if need be and possible."""
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    why = "prometheus is not on PATH"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        why += ", and apt-get cannot install it here (not root, or no apt-get)"
+    else:
+        install = ("install", "-y", "--no-install-recommends", "prometheus")
+        if not _apt(*install) and not (_apt("update") and _apt(*install)):
+            why += "; apt-get install -y prometheus failed"
+        found = shutil.which("prometheus")
+        if found:
+            return found
+    if os.environ.get("CI") == "true":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def api(port: int, path: str, **query: str) -> Any:
+    url = f"http://127.0.0.1:{port}/api/v1/{path}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    return json.loads(get(url))["data"]
+
+
+def start_prometheus(binary: str, tmp_path: Path, target: str) -> tuple[Any, int]:
+    """Prometheus on 127.0.0.1 (its port returned), scraping ``target`` every second,
+    its storage and log in ``tmp_path``."""
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: tidings\n    static_configs:\n"
+        f"      - targets: ['{target}']\n"
+    )
+    web = free_port()
+    with (tmp_path / "prometheus.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{web}"],
+            cwd=tmp_path, stdout=log, stderr=log,
+        )  # fmt: skip
+    return proc, web
+
+
+@pytest.mark.timeout(APT_TIMEOUT * 2 + 300)
+async def test_prometheus_scrapes_a_worker_and_answers_a_lag_query(tmp_path: Path) -> None:
+    binary = prometheus_binary()
+    url = write_app(tmp_path)
+    publish(tmp_path, url, range(5))
+    worker = RunningWorker(tmp_path, "--metrics-port", "0")
+    prometheus: subprocess.Popen[bytes] | None = None
+    try:
+        target = f"127.0.0.1:{worker.port()}"
+        prometheus, web = start_prometheus(binary, tmp_path, target)
+
+        def target_up() -> bool:
+            assert prometheus is not None
+            assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()
+            try:
+                targets = api(web, "targets")["activeTargets"]
+            except OSError:
+                return False  # not listening yet
+            return any(t["scrapeUrl"].startswith(f"http://{target}") and t["health"] == "up"
+                       for t in targets)  # fmt: skip
+
+        await eventually(target_up, timeout=120, interval=0.5, what="the worker scraped, up")
+        answer: list[Any] = []
+
+        def lag_answered() -> bool:
+            query = 'sum(tidings_consumer_lag_messages{group="g", topic="t"})'
+            answer[:] = api(web, "query", query=query)["result"]
+            return bool(answer) and float(answer[0]["value"][1]) == 5
+
+        await eventually(lag_answered, timeout=120, interval=0.5, what="PromQL lag of 5")
+        assert float(answer[0]["value"][1]) == 5
+    finally:
+        if prometheus is not None:
+            prometheus.terminate()
+            try:
+                prometheus.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                prometheus.kill()
+                prometheus.wait()
+        worker.stop()
