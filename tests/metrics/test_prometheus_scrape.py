@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from devservers._process import free_ports
 from tests.metrics.processes import RunningWorker, get, publish, write_app
 from tidings.testing import eventually
 
@@ -56,13 +56,6 @@ def prometheus_binary() -> str:
     pytest.skip(why)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def api(port: int, path: str, **query: str) -> Any:
     url = f"http://127.0.0.1:{port}/api/v1/{path}"
     if query:
@@ -78,7 +71,7 @@ def start_prometheus(binary: str, tmp_path: Path, target: str) -> tuple[Any, int
         "scrape_configs:\n  - job_name: tidings\n    static_configs:\n"
         f"      - targets: ['{target}']\n"
     )
-    web = free_port()
+    (web,) = free_ports(1)  # below the ephemeral range: nothing dials out from it
     with (tmp_path / "prometheus.log").open("wb") as log:
         proc = subprocess.Popen(
             [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
