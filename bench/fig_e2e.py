@@ -273,52 +273,41 @@ async def fig_end_to_end(cfg: Config, work: Workdir) -> list[Figure]:
         f"  {len(scrapes)} expositions: median {median(scrapes) * 1000:.1f} ms, "
         f"max {scrapes[-1] * 1000:.1f} ms"
     )
+
+    def on_off(name: str, on: list[float], off: list[float], off_name: str, **about: Any) -> Figure:
+        """A figure with metrics on, against the same rounds with them off."""
+        return Figure(
+            name, median(on), "events/s", median(off), f"{off_name}, same rounds", None,
+            {
+                **common, **about,
+                "rounds_on": [round(x) for x in on],
+                "rounds_off": [round(x) for x in off],
+                "ratios": [round(a / b, 3) for a, b in zip(on, off, strict=True)],
+            },
+        )  # fmt: skip
+
     return [
-        Figure(
+        on_off(
             "e2e_one_group_timed",
-            median(one_timed),
-            "events/s",
-            median(one),
-            "e2e_one_group (not timed), same rounds",
-            None,
-            {
-                **common,
-                "metrics": "Worker.time_handlers() only, never scraped",
-                "rounds_on": [round(x) for x in one_timed],
-                "rounds_off": [round(x) for x in one],
-                "ratios": [round(a / b, 3) for a, b in zip(one_timed, one, strict=True)],
-            },
+            one_timed,
+            one,
+            "e2e_one_group (not timed)",
+            metrics="Worker.time_handlers() only, never scraped",
         ),
-        Figure(
+        on_off(
             "e2e_one_group_metrics",
-            median(one_metrics),
-            "events/s",
-            median(one),
-            "e2e_one_group (metrics off), same rounds",
-            None,
-            {
-                **common,
-                "metrics": metrics_note,
-                "exposition_ms_median": round(median(scrapes) * 1000, 2),
-                "rounds_on": [round(x) for x in one_metrics],
-                "rounds_off": [round(x) for x in one],
-                "ratios": [round(a / b, 3) for a, b in zip(one_metrics, one, strict=True)],
-            },
+            one_metrics,
+            one,
+            "e2e_one_group (metrics off)",
+            metrics=metrics_note,
+            exposition_ms_median=round(median(scrapes) * 1000, 2),
         ),
-        Figure(
+        on_off(
             "e2e_one_group_def_handler_metrics",
-            median(sync_metrics),
-            "events/s",
-            median(sync),
-            "e2e_one_group_def_handler (metrics off), same rounds",
-            None,
-            {
-                **common,
-                "metrics": metrics_note,
-                "rounds_on": [round(x) for x in sync_metrics],
-                "rounds_off": [round(x) for x in sync],
-                "ratios": [round(a / b, 3) for a, b in zip(sync_metrics, sync, strict=True)],
-            },
+            sync_metrics,
+            sync,
+            "e2e_one_group_def_handler (metrics off)",
+            metrics=metrics_note,
         ),
         Figure(
             "e2e_one_group",

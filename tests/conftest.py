@@ -147,3 +147,11 @@ def pg_url(pg_server: str, request: pytest.FixtureRequest) -> Iterator[str]:
         with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test's folder as the working directory: where a command's ``module:app``
+    is imported from."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

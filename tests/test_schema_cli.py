@@ -61,12 +61,6 @@ def start_and_stop(spec: str) -> None:
 
 
 @pytest.fixture
-def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)  # where `module:app` is imported from
-    return tmp_path
-
-
-@pytest.fixture
 def url(here: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     url = f"sqlite:///{here / 'events.db'}"
     monkeypatch.setenv("TIDINGS_URL", url)
