@@ -32,8 +32,9 @@ from taskapi.net import ListenError, Server, listen
 from taskapi.net import port as port_number
 from taskapi.settings import Settings
 from taskapi.tasks import TaskIsCompleted, TaskNotFound, TaskStore
-from tidings import ConfigError, Tidings, logs
+from tidings import ConfigError, Tidings
 from tidings.asgi import CorrelationMiddleware
+from tidings.logs import FORMATS, configure
 from tidings.outbox import Outbox
 
 __all__ = ["create_app", "main"]
@@ -247,10 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-events", action="store_true", help="write tasks without events (a baseline)"
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (%(default)s)")
-    parser.add_argument("--log-format", choices=logs.FORMATS, default="text", help="(%(default)s)")
+    parser.add_argument("--log-format", choices=FORMATS, default="text", help="(%(default)s)")
     args = parser.parse_args(argv)
     # The relay's lines (and tidings' warnings) with their coordinates; uvicorn keeps its own.
-    logs.configure(args.log_format, args.log_level)
+    configure(args.log_format, args.log_level)
     host: str = args.host
     try:
         settings = Settings.from_env(args.data).ensure()

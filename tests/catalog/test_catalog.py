@@ -19,9 +19,10 @@ from tidings import Tidings
 from tidings.catalog import Flow, build_catalog, catalog_json, render_text, write_html
 from tidings.catalog.html import event_file, service_file
 from tidings.catalog.model import Catalog
+from tidings.catalog.text import sla_text
 from tidings.schema.registry import SchemaRegistry
 from tidings.schema.services import describe
-from tidings.testing import eventually, running
+from tidings.testing import SteppedClock, eventually, running
 from tidings.transports import open_transport
 
 
@@ -265,3 +266,30 @@ async def test_the_catalog_reads_records_and_flows_on_a_broker_too(broker_url: s
     assert {r.service for r in catalog.services} == {"tasks", "reminders"}
     [old] = catalog.deprecations()
     assert old.consumers == ("reminders/audit (task-events)", "reminders/reminders (task-events)")
+
+
+async def test_a_consumer_is_shown_against_its_sla_from_its_groups_lag(url: str) -> None:
+    app = Tidings(url, service="shop")
+    app.group("slow", sla=30)
+
+    @app.subscriber("orders", group="slow", types=["order.placed"])
+    async def handle(payload: dict[str, object]) -> None:
+        pass
+
+    clock = SteppedClock()
+    async with app:
+        app.transport.clock = clock
+        await app.publish("orders", {"n": 0}, type="order.placed")
+        async with running(app) as worker:
+            await eventually(lambda: worker.stats.handled == 1, what="the first event")
+        await app.publish_many("orders", [{"n": 1}, {"n": 2}], type="order.placed")
+        (within,) = (await build_catalog(app.transport, app=app)).events[0].consumers
+        clock.step_wall(60)  # the oldest unhandled event is a minute old
+        (over,) = (await build_catalog(app.transport, app=app)).events[0].consumers
+    assert (within.sla, within.over_sla) == (30, False)
+    assert within.lag_seconds is not None
+    assert within.lag_seconds < 30  # seconds old, at most, on a busy machine
+    assert over.lag_seconds is not None
+    assert over.lag_seconds >= 60
+    assert over.over_sla
+    assert sla_text(over).startswith("SLA 30s, OVER: lag ")

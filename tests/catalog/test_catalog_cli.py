@@ -44,7 +44,7 @@ async def test_catalog_prints_the_types_flows_and_deprecations(
     assert await main_async(["catalog"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"event catalog of {url} (2 type(s))\n")
-    assert "    reminders/reminders <- task-events (reads v1,v2; SLA 30s)" in out
+    assert "    reminders/reminders <- task-events (reads v1,v2; SLA 30s, lag 0s)" in out
     assert "  task.created -> task.reminder_due (3)" in out
     assert "task.created v1: deprecated; PAST ITS SUNSET 2000-01-01" in out
 

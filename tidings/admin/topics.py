@@ -144,6 +144,29 @@ async def group_rows(
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
 
 
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """Where one group stands in one partition."""
+
+    group: str
+    topic: str
+    partition: int
+    messages: int  # events still to handle (GroupPartition.lag)
+    seconds: float  # age of the oldest of them, by its append time (0 when none)
+
+
+async def partition_lag(transport: Transport, row: GroupPartition, now: float) -> Lag:
+    """``row``'s lag, with the age at ``now`` (seconds since the epoch) of its oldest
+    unhandled event: one record read. For the metrics and the catalog's SLAs."""
+    seconds = 0.0
+    if row.lag:
+        first = row.start if row.committed is None else max(row.committed, row.start)
+        records = await transport.read(row.topic, row.partition, first, 1)
+        if records:
+            seconds = max(now - records[0].timestamp / 1000, 0.0)
+    return Lag(row.group, row.topic, row.partition, row.lag, seconds)
+
+
 async def dead_letter_counts(
     transport: Transport, rows: Iterable[GroupPartition]
 ) -> dict[tuple[str, str, int], int]:

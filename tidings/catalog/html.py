@@ -21,7 +21,7 @@ from typing import Any
 
 from tidings.catalog.model import Catalog, EventInfo, VersionInfo
 from tidings.catalog.svg import Node, columns_svg, levels
-from tidings.catalog.text import provenance, reads_text, span, utc, utc_ms
+from tidings.catalog.text import provenance, reads_text, sla_text, span, utc, utc_ms
 from tidings.schema.compat import Change
 from tidings.schema.services import ServiceRecord
 
@@ -282,7 +282,8 @@ def _consumers(catalog: Catalog, e: EventInfo) -> str:
         (
             _service_cell(catalog, c.service), escape(c.group), escape(c.topic),
             escape("; ".join(["every type"] * c.every_type + [reads_text(c.reads)])),
-            escape(f"{c.sla:g} s" if c.sla is not None else "-"),
+            f'<span class="past">{escape(sla_text(c))}</span>' if c.over_sla
+            else escape(sla_text(c)),
         )
         for c in e.consumers
     ]  # fmt: skip

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+from tidings.admin import group_rows, partition_lag
 from tidings.catalog.scan import DEFAULT_SCAN, Observed, scan
 from tidings.schema.compat import Change, diff
 from tidings.schema.registry import SchemaRegistry, offers
@@ -76,7 +77,9 @@ class Producer:
 class Consumer:
     """A group that subscribes to a type on a topic; ``reads``: each version it
     decodes and the version its handlers get; ``sla``: the lag in seconds it must stay
-    under."""
+    under, and ``lag_seconds`` the group's lag on the topic when the catalog was made
+    (the age of its oldest unhandled event, the worst partition's; None: no SLA, or the
+    group has no offsets there yet)."""
 
     service: str
     group: str
@@ -84,6 +87,12 @@ class Consumer:
     reads: dict[int, int]
     every_type: bool = False
     sla: float | None = None
+    lag_seconds: float | None = None
+
+    @property
+    def over_sla(self) -> bool:
+        """Whether its lag is past its SLA."""
+        return self.sla is not None and self.lag_seconds is not None and self.lag_seconds > self.sla
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +172,34 @@ async def build_catalog(
         | {t for t, _ in observed.examples}
     )
     events = tuple(_event(t, state, services, held, observed) for t in types)
+    events = await _with_lag(transport, events, now / 1000)
     flows = tuple(
         Flow(cause, effect, count) for (cause, effect), count in sorted(observed.flows.items())
     )
     at = datetime.fromtimestamp(now / 1000, UTC)
     return Catalog(transport.url, at, events, services, flows, dict(observed.scanned))
+
+
+async def _with_lag(
+    transport: Transport, events: tuple[EventInfo, ...], now: float
+) -> tuple[EventInfo, ...]:
+    """``events`` with each consumer that has an SLA given its group's lag in seconds
+    on its topic (tidings.admin's, as the metrics read it): one read per lagging
+    partition of those groups only."""
+    wanted = {(c.group, c.topic) for e in events for c in e.consumers if c.sla is not None}
+    if not wanted:
+        return events
+    lags: dict[tuple[str, str], float] = {}
+    for row in await group_rows(transport):
+        if (row.group, row.topic) in wanted:
+            lag = await partition_lag(transport, row, now)
+            key = (row.group, row.topic)
+            lags[key] = max(lags.get(key, 0.0), lag.seconds)
+    return tuple(
+        replace(e, consumers=tuple(replace(c, lag_seconds=lags.get((c.group, c.topic)))
+                                   if c.sla is not None else c for c in e.consumers))
+        for e in events
+    )  # fmt: skip
 
 
 def _event(

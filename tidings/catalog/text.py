@@ -38,8 +38,18 @@ def consumer_text(c: Consumer) -> str:
     reads = "every type" if c.every_type and not c.reads else f"reads {reads_text(c.reads)}"
     if c.every_type and c.reads:
         reads = f"every type; reads {reads_text(c.reads)}"
-    sla = f"; SLA {c.sla:g}s" if c.sla is not None else ""
+    sla = f"; {sla_text(c)}" if c.sla is not None else ""
     return f"{c.service}/{c.group} <- {c.topic} ({reads}{sla})"
+
+
+def sla_text(c: Consumer) -> str:
+    """A consumer's SLA and where its lag stands against it: ``SLA 60s, lag 3.2s`` or
+    ``SLA 60s, OVER: lag 73s``; the lag left out when unknown."""
+    if c.sla is None:
+        return "-"
+    if c.lag_seconds is None:
+        return f"SLA {c.sla:g}s"
+    return f"SLA {c.sla:g}s, {'OVER: ' if c.over_sla else ''}lag {c.lag_seconds:.3g}s"
 
 
 def provenance(v: VersionInfo) -> list[str]:
@@ -186,6 +196,8 @@ def catalog_json(catalog: Catalog) -> dict[str, Any]:
                         "reads": {str(v): r for v, r in sorted(c.reads.items())},
                         "every_type": c.every_type,
                         "sla": c.sla,
+                        "lag_seconds": c.lag_seconds,
+                        "over_sla": c.over_sla,
                     }
                     for c in e.consumers
                 ],

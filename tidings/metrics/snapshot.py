@@ -9,12 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tidings.admin import group_rows
+from tidings.admin import Lag, group_rows, partition_lag
 from tidings.dead_letters import depths
 from tidings.errors import ConfigError
 from tidings.outbox import Outbox, OutboxRelay
 from tidings.scheduler import SCHEDULER_TABLE
-from tidings.transport import GroupPartition, Transport
 
 if TYPE_CHECKING:
     from tidings.worker import Worker
@@ -22,17 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["Backlog", "Lag", "Snapshot", "read_snapshot"]
 
 log = logging.getLogger("tidings.metrics")
-
-
-@dataclass(frozen=True, slots=True)
-class Lag:
-    """Where one group stands in one partition."""
-
-    group: str
-    topic: str
-    partition: int
-    messages: int  # events still to handle (GroupPartition.lag)
-    seconds: float  # age of the oldest of them, by its append time (0 when none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +56,7 @@ async def read_snapshot(worker: Worker, now: Callable[[], float] = time.time) ->
     dead: dict[str, int] = {}
     try:
         rows = [r for r in await group_rows(app.transport) if r.group in groups]
-        lag = tuple([await _lag(app.transport, r, now()) for r in rows])
+        lag = tuple([await partition_lag(app.transport, r, now()) for r in rows])
         for r in rows:
             lost[(r.group, r.topic)] = lost.get((r.group, r.topic), 0) + r.lost
         dead = await depths(app.transport, groups)
@@ -98,14 +86,3 @@ async def read_snapshot(worker: Worker, now: Callable[[], float] = time.time) ->
         else:
             outboxes.append(backlog)
     return Snapshot(lag, lost, dead, tuple(outboxes), scheduler, errors)
-
-
-async def _lag(transport: Transport, row: GroupPartition, now: float) -> Lag:
-    """``row``'s lag, with the age of its oldest unhandled event: one record read."""
-    seconds = 0.0
-    if row.lag:
-        first = row.start if row.committed is None else max(row.committed, row.start)
-        records = await transport.read(row.topic, row.partition, first, 1)
-        if records:
-            seconds = max(now - records[0].timestamp / 1000, 0.0)
-    return Lag(row.group, row.topic, row.partition, row.lag, seconds)
