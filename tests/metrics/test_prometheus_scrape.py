@@ -36,19 +36,20 @@ def _apt(*args: str) -> bool:
     return done.returncode == 0
 
 
-def prometheus_binary() -> str:
-    """The prometheus binary, installed with apt-get if need be and possible."""
-    found = shutil.which("prometheus")
+def prometheus_binary(name: str = "prometheus") -> str:
+    """A binary of Debian's prometheus package (``prometheus``, or ``promtool``),
+    installed with apt-get if need be and possible."""
+    found = shutil.which(name)
     if found:
         return found
-    why = "prometheus is not on PATH"
+    why = f"{name} is not on PATH"
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         why += ", and apt-get cannot install it here (not root, or no apt-get)"
     else:
         install = ("install", "-y", "--no-install-recommends", "prometheus")
         if not _apt(*install) and not (_apt("update") and _apt(*install)):
             why += "; apt-get install -y prometheus failed"
-        found = shutil.which("prometheus")
+        found = shutil.which(name)
         if found:
             return found
     if os.environ.get("CI") == "true":
