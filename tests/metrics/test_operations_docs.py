@@ -1,6 +1,7 @@
 """docs/operations.md's alert rules and Grafana dashboard: the rules pass ``promtool
-check rules``, and every metric either uses is one a real worker exposes (``METRICS``,
-with the sample names prometheus-client gives them)."""
+check rules`` and fire as ``promtool test rules`` expects (alerts_test.yml), and every
+metric either uses is one a real worker exposes (``METRICS``, with the sample names
+prometheus-client gives them)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "docs" / "operations" / "alerts.yml"
 DASHBOARD = ROOT / "docs" / "operations" / "grafana-dashboard.json"
 PAGE = ROOT / "docs" / "operations.md"
+ALERTS_TEST = Path(__file__).with_name("alerts_test.yml")
 
 # Series that are Prometheus's own, not a worker's: `up` (a target scraped or not).
 PROMETHEUS_OWN = {"up"}
@@ -101,6 +103,19 @@ def test_promtool_checks_the_alert_rules(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(rules())} rules found" in done.stdout
+
+
+def test_promtool_sees_the_alerts_fire_on_series_of_a_stopped_group(tmp_path: Path) -> None:
+    """``promtool test rules`` (tests/metrics/alerts_test.yml): a stopped group pages
+    after its lag has been over 300 s for 5 minutes, a group keeping up does not;
+    dead letters and a stuck outbox fire, an outbox relayed in bursts does not."""
+    promtool = prometheus_binary("promtool")
+    done = subprocess.run(
+        [promtool, "test", "rules", str(ALERTS_TEST)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
 
 
 def test_every_alert_reads_metrics_a_worker_exposes() -> None:
