@@ -1,5 +1,6 @@
 """A real Prometheus server (Debian's ``prometheus`` package) scrapes a ``tidings run
---metrics-port`` worker, and answers a PromQL query for its lag.
+--metrics-port`` worker, answers a PromQL query for its lag, and evaluates
+docs/operations/alerts.yml on it.
 
 The binary is taken from PATH; else, as root with apt-get, installed; else the test is
 skipped saying why (failed, where ``CI=true``). Everything listens on 127.0.0.1, and
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devservers._process import free_ports
 from tests.metrics.processes import RunningWorker, get, publish, write_app
@@ -36,19 +38,20 @@ def _apt(*args: str) -> bool:
     return done.returncode == 0
 
 
-def prometheus_binary() -> str:
-    """The prometheus binary, installed with apt-get if need be and possible."""
-    found = shutil.which("prometheus")
+def prometheus_binary(name: str = "prometheus") -> str:
+    """A binary of Debian's prometheus package (``prometheus``, or ``promtool``),
+    installed with apt-get if need be and possible."""
+    found = shutil.which(name)
     if found:
         return found
-    why = "prometheus is not on PATH"
+    why = f"{name} is not on PATH"
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         why += ", and apt-get cannot install it here (not root, or no apt-get)"
     else:
         install = ("install", "-y", "--no-install-recommends", "prometheus")
         if not _apt(*install) and not (_apt("update") and _apt(*install)):
             why += "; apt-get install -y prometheus failed"
-        found = shutil.which("prometheus")
+        found = shutil.which(name)
         if found:
             return found
     if os.environ.get("CI") == "true":
@@ -63,11 +66,16 @@ def api(port: int, path: str, **query: str) -> Any:
     return json.loads(get(url))["data"]
 
 
+ALERTS = Path(__file__).resolve().parents[2] / "docs" / "operations" / "alerts.yml"
+
+
 def start_prometheus(binary: str, tmp_path: Path, target: str) -> tuple[Any, int]:
-    """Prometheus on 127.0.0.1 (its port returned), scraping ``target`` every second,
-    its storage and log in ``tmp_path``."""
+    """Prometheus on 127.0.0.1 (its port returned), scraping ``target`` every second
+    and evaluating docs/operations/alerts.yml every second, its storage and log in
+    ``tmp_path``."""
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - '{ALERTS}'\n"
         "scrape_configs:\n  - job_name: tidings\n    static_configs:\n"
         f"      - targets: ['{target}']\n"
     )
@@ -82,7 +90,9 @@ def start_prometheus(binary: str, tmp_path: Path, target: str) -> tuple[Any, int
 
 
 @pytest.mark.timeout(APT_TIMEOUT * 2 + 300)
-async def test_prometheus_scrapes_a_worker_and_answers_a_lag_query(tmp_path: Path) -> None:
+async def test_prometheus_scrapes_a_worker_answers_its_lag_and_evaluates_the_alerts(
+    tmp_path: Path,
+) -> None:
     binary = prometheus_binary()
     url = write_app(tmp_path)
     publish(tmp_path, url, range(5))
@@ -112,6 +122,20 @@ async def test_prometheus_scrapes_a_worker_and_answers_a_lag_query(tmp_path: Pat
 
         await eventually(lag_answered, timeout=120, interval=0.5, what="PromQL lag of 5")
         assert float(answer[0]["value"][1]) == 5
+
+        # docs/operations.md's rules, on this worker: every handler call fails and
+        # none finishes, so TidingsHandlerFailures goes pending (firing takes 10m).
+        def failures_alert() -> bool:
+            alerts = api(web, "alerts")["alerts"]
+            return any(a["labels"]["alertname"] == "TidingsHandlerFailures" for a in alerts)
+
+        await eventually(failures_alert, timeout=120, interval=0.5, what="the failures alert")
+        rules = [r for g in api(web, "rules")["groups"] for r in g["rules"]]
+        written = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+        assert {r["name"] for r in rules} == {r["alert"] for r in written}
+        assert all(r["health"] == "ok" for r in rules), [
+            (r["name"], r.get("lastError")) for r in rules
+        ]
     finally:
         if prometheus is not None:
             prometheus.terminate()
