@@ -21,9 +21,12 @@ from tidings import Tidings
 __all__ = [
     "API",
     "API_TYPES",
+    "AUDIT",
+    "CHECKPOINTS",
     "REMINDERS",
     "TOPIC",
     "TYPES",
+    "AuditCheckpointed",
     "Priority",
     "ReminderDue",
     "TaskAssigned",
@@ -42,6 +45,10 @@ PARTITIONS = 4
 # The owners: the services that publish the types (their Tidings service names).
 API = "taskapi"
 REMINDERS = "taskapi-reminders"
+AUDIT = "taskapi-audit"
+
+# The audit service's checkpoints (decision 0032): one partition, one order.
+CHECKPOINTS = "audit-checkpoints"
 
 Priority = Literal["low", "normal", "high", "urgent"]
 
@@ -132,6 +139,18 @@ class ReminderDue(_Payload):
     remind_at: datetime
 
 
+class AuditCheckpointed(_Payload):
+    """The audit service anchored the head of one UTC day's audit file in the log: the
+    file then had ``lines`` lines and the newest one's MAC was ``mac`` (key id ``kid``).
+    Published every ``TASKAPI_AUDIT_CHECKPOINT`` lines of a day, when the day rolls over
+    and when the service stops; ``taskapi audit verify`` holds the files to them."""
+
+    day: str
+    lines: int
+    mac: str
+    kid: str
+
+
 # type -> (the model of its latest version, its owner)
 TYPES: dict[str, tuple[type[_Payload], str]] = {
     "task.created": (TaskCreated, API),
@@ -167,4 +186,6 @@ def register(app: Tidings) -> Tidings:
     app.upcaster("task.created", from_version=1)(task_created_v1_to_v2)
     for type_, (model, owner) in TYPES.items():
         app.event(type_, version=VERSIONS.get(type_, 1), subject="task_id", owner=owner)(model)
+    app.topic(CHECKPOINTS, partitions=1)
+    app.event("audit.checkpointed", subject="day", owner=AUDIT)(AuditCheckpointed)
     return app

@@ -1,0 +1,139 @@
+"""Anchoring the audit files' heads outside them (decision 0032): the audit service
+publishes ``audit.checkpointed`` (a day, its file's line count and newest MAC) to the
+topic ``audit-checkpoints``, and ``taskapi audit verify`` reads them back.
+
+A keyed chain shows a changed line, but not lines cut from the end of a file or a file
+deleted: nothing in the files is left to miss them. A checkpoint in the log is: the
+verifier finds a file shorter than a checkpoint of its day, or a line whose MAC is not
+the one its checkpoint recorded, or a day with checkpoints and no file.
+
+When: every ``every`` lines of a day's file (``TASKAPI_AUDIT_CHECKPOINT``), for every
+file with lines not yet anchored when the UTC day (of ``today()``) changes, and when the
+service stops. Lines written after the last checkpoint of their day are covered by the
+keyed chain only; the verifier reports them as not yet anchored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from taskapi.audit_log import Head
+from taskapi.events import CHECKPOINTS, AuditCheckpointed
+from tidings import DecodeError, Tidings, TopicNotFound, Transport, decode
+
+__all__ = ["Checkpoint", "Checkpoints", "read_checkpoints"]
+
+log = logging.getLogger(__name__)
+_BATCH = 500
+
+
+def _utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+class Checkpoints:
+    """Publishes the audit files' heads on ``app`` (a component of the audit service:
+    :meth:`run` publishes the last heads when the worker stops)."""
+
+    name = "audit-checkpoints"
+
+    def __init__(
+        self, app: Tidings, kid: str, every: int, today: Callable[[], date] = _utc_today
+    ) -> None:
+        self.app = app
+        self.kid = kid
+        self.every = every
+        self.today = today
+        self._day = today()
+        self.heads: dict[str, Head] = {}  # day -> the newest head this process wrote
+        self.anchored: dict[str, int] = {}  # day -> the lines of its last checkpoint
+        self._writing = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """Around an append and :meth:`appended`: the checkpoints at stop wait for it."""
+        self._writing += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            if not self._writing:
+                self._idle.set()
+
+    async def appended(self, head: Head) -> list[Head]:
+        """Note a file's new head; publish the checkpoints now due. Returns them."""
+        known = self.heads.get(head.day)
+        if known is None or head.lines > known.lines:
+            self.heads[head.day] = head
+        today = self.today()
+        if today != self._day:  # the day rolled over: anchor every file's last lines
+            self._day = today
+            return await self.publish(self.pending())
+        if head.lines - self.anchored.get(head.day, 0) >= self.every:
+            return await self.publish([self.heads[head.day]])
+        return []
+
+    def pending(self) -> list[Head]:
+        """The heads with lines after their day's last checkpoint."""
+        return [h for d, h in sorted(self.heads.items()) if h.lines > self.anchored.get(d, 0)]
+
+    async def publish(self, heads: list[Head]) -> list[Head]:
+        for head in heads:
+            if head.lines <= self.anchored.get(head.day, 0):
+                continue  # published meanwhile
+            payload = AuditCheckpointed(day=head.day, lines=head.lines, mac=head.mac, kid=self.kid)
+            await self.app.publish(CHECKPOINTS, payload)
+            self.anchored[head.day] = head.lines
+            log.info("checkpoint of audit-%s.jsonl: %d lines", head.day, head.lines)
+        return heads
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Wait for the worker to stop, then for the appends under way, and anchor what
+        is not anchored yet."""
+        await stop.wait()
+        await self._idle.wait()
+        await self.publish(self.pending())
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One ``audit.checkpointed`` event as read from the log, with its offset."""
+
+    day: str
+    lines: int
+    mac: str
+    kid: str
+    offset: int
+
+
+async def read_checkpoints(transport: Transport) -> list[Checkpoint]:
+    """Every checkpoint in the log ``transport`` (started) holds, in log order; none if
+    the topic does not exist. An event that is not a checkpoint is skipped, logged."""
+    found: list[Checkpoint] = []
+    offset = 0
+    while True:
+        try:
+            records = await transport.read(CHECKPOINTS, 0, offset, _BATCH)
+        except TopicNotFound:
+            return found
+        if not records:
+            return found
+        for record in records:
+            offset = record.offset + 1
+            try:
+                event = decode(record.value)
+                if event.type != "audit.checkpointed":
+                    continue
+                data = AuditCheckpointed.model_validate(event.data)
+            except (DecodeError, ValueError) as exc:
+                log.warning("%s@%d is not a checkpoint: %s", CHECKPOINTS, record.offset, exc)
+                continue
+            found.append(Checkpoint(data.day, data.lines, data.mac, data.kid, record.offset))
