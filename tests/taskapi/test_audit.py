@@ -342,7 +342,7 @@ async def test_the_service_audits_every_event_once(
         sent.append(await publisher.publish(TOPIC, {"task_id": "t0"}, type="task.archived"))
         # A known type at a version newer than this build knows: it cannot be read, so it
         # is a dead letter until the audit service is deployed with its model.
-        future = Event(type="task.created", source="api-v3", data={"id": 7}, dataversion=3)
+        future = Event(type="task.created", source="api-v4", data={"id": 7}, dataversion=4)
         await publisher.publish_events(TOPIC, [future])
 
         async def all_audited() -> bool:
@@ -359,18 +359,18 @@ async def test_the_service_audits_every_event_once(
         [(dead, state)] = (await open_log(publisher.transport, "audit")).listing()
         assert (dead.event_id, dead.reason, state) == (future.id, "poison", "dead")
         assert dead.error_type.endswith("UnsupportedVersion")
-        assert "version 3 of task.created is newer than this service knows" in dead.error_message
+        assert "version 4 of task.created is newer than this service knows" in dead.error_message
 
-        # Deployed with version 3, the audit service audits it on replay, as written.
-        class TaskCreatedV3(BaseModel):
+        # Deployed with version 4, the audit service audits it on replay, as written.
+        class TaskCreatedV4(BaseModel):
             id: int
 
-        def with_v3(name: str, settings: Settings) -> Tidings:
+        def with_v4(name: str, settings: Settings) -> Tidings:
             app = base_app(name, settings)
-            app.event("task.created", version=3, owner=API, breaking=True)(TaskCreatedV3)
+            app.event("task.created", version=4, owner=API, breaking=True)(TaskCreatedV4)
             return app
 
-        monkeypatch.setattr(audit_service, "base_app", with_v3)
+        monkeypatch.setattr(audit_service, "base_app", with_v4)
         assert await replay(publisher.transport, "audit", Filter()) == 1
         sent.append(future)
         await run_until(settings, all_audited)
