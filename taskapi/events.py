@@ -199,9 +199,7 @@ def unmarked(model: type[_Payload]) -> type[_Payload]:
         f"{model.__name__} as published before its personal-data marks (decision 0032): "
         "the same fields. Read as the marked version by every service."
     )
-    return create_model(
-        f"{model.__name__}Unmarked", __base__=_Payload, __doc__=doc, **fields
-    )
+    return create_model(f"{model.__name__}Unmarked", __base__=_Payload, __doc__=doc, **fields)
 
 
 def same_payload(data: dict[str, Any]) -> dict[str, Any]:
