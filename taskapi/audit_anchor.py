@@ -87,11 +87,19 @@ class Checkpoints:
 
     async def publish(self, heads: list[Head]) -> list[Head]:
         for head in heads:
-            if head.lines <= self.anchored.get(head.day, 0):
+            before = self.anchored.get(head.day, 0)
+            if head.lines <= before:
                 continue  # published meanwhile
-            payload = AuditCheckpointed(day=head.day, lines=head.lines, mac=head.mac, kid=self.kid)
-            await self.app.publish(CHECKPOINTS, payload)
+            # Claimed before the await, so that a concurrent handler does not publish
+            # the same head; given back if the publish fails (the next one covers it).
             self.anchored[head.day] = head.lines
+            payload = AuditCheckpointed(day=head.day, lines=head.lines, mac=head.mac, kid=self.kid)
+            try:
+                await self.app.publish(CHECKPOINTS, payload)
+            except BaseException:
+                if self.anchored.get(head.day) == head.lines:
+                    self.anchored[head.day] = before
+                raise
             log.info("checkpoint of audit-%s.jsonl: %d lines", head.day, head.lines)
         return heads
 

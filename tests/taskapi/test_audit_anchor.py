@@ -11,6 +11,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 
 from taskapi.audit_anchor import Checkpoint, Checkpoints, read_checkpoints
 from taskapi.audit_chain import load_key
@@ -75,6 +76,29 @@ async def test_at_stop_the_last_heads_are_anchored_after_the_appends_under_way()
     assert (anchored.lines, anchored.mac) == (2, "mac2")
     async with Tidings("memory://other", service="x") as empty:
         assert await read_checkpoints(empty.transport) == []  # no topic: no checkpoint
+
+
+async def test_a_failed_checkpoint_is_published_with_the_next_one_and_none_twice() -> None:
+    async with register(Tidings("memory://", service="taskapi-audit")) as app:
+        points = Checkpoints(app, KEY.id, every=1, today=Today())
+        real = app.publish
+
+        async def down(*args: object, **options: object) -> object:
+            raise OSError("the log is down")
+
+        app.publish = down  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="the log is down"):
+            await points.appended(Head("2026-11-30", 1, "mac1"))
+        assert points.pending() == [Head("2026-11-30", 1, "mac1")]  # given back
+        app.publish = real  # type: ignore[method-assign]
+        # two handlers at once: one checkpoint of the newest head, not two
+        await asyncio.gather(
+            points.appended(Head("2026-11-30", 2, "mac2")),
+            points.appended(Head("2026-11-30", 3, "mac3")),
+        )
+        found = await read_checkpoints(app.transport)
+    assert sorted(c.lines for c in found) == sorted({c.lines for c in found})
+    assert max(c.lines for c in found) == 3
 
 
 def anchor(head: Head | None, offset: int = 0) -> Checkpoint:
@@ -197,7 +221,8 @@ async def test_the_service_checkpoints_every_n_lines_and_at_stop(tmp_path: Path)
     async with register(Tidings(settings.tidings_url, service="test")) as publisher:
         for i in range(5):
             task = TaskCreated(task_id=f"t{i}", title=f"task {i}", created_at=DAY)
-            await publisher.publish(TOPIC, task, time=DAY)
+            # one partition: handled one after the other, so the counts are exact
+            await publisher.publish(TOPIC, task, time=DAY, key="one")
 
         async def all_audited() -> bool:
             return len(audited(settings)) == 5
