@@ -8,9 +8,11 @@ verifier finds a file shorter than a checkpoint of its day, or a line whose MAC 
 the one its checkpoint recorded, or a day with checkpoints and no file.
 
 When: every ``every`` lines of a day's file (``TASKAPI_AUDIT_CHECKPOINT``), for every
-file with lines not yet anchored when the UTC day (of ``today()``) changes, and when the
-service stops. Lines written after the last checkpoint of their day are covered by the
-keyed chain only; the verifier reports them as not yet anchored.
+file with lines not yet anchored when the UTC day (of ``today()``) changes (seen at the
+next append, or within ``tick`` seconds), when the service stops, and when it starts
+(the files' heads on disk past their day's last checkpoint in the log: what a killed
+service left unanchored). Lines written after the last checkpoint of their day are
+covered by the keyed chain only; the verifier reports them as not yet anchored.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 
-from taskapi.audit_log import Head
+from taskapi.audit_log import Head, heads_on_disk
 from taskapi.events import CHECKPOINTS, AuditCheckpointed
 from tidings import DecodeError, Tidings, TopicNotFound, Transport, decode
 
@@ -43,12 +46,23 @@ class Checkpoints:
     name = "audit-checkpoints"
 
     def __init__(
-        self, app: Tidings, kid: str, every: int, today: Callable[[], date] = _utc_today
+        self,
+        app: Tidings,
+        kid: str,
+        every: int,
+        today: Callable[[], date] = _utc_today,
+        *,
+        folder: Path | None = None,
+        tick: float = 60.0,
     ) -> None:
         self.app = app
         self.kid = kid
         self.every = every
         self.today = today
+        self.tick = tick
+        # The heads on disk before this process appends anything (read when the service
+        # is built, before its worker runs): what :meth:`resume` anchors.
+        self.on_disk = heads_on_disk(folder) if folder is not None else []
         self._day = today()
         self.heads: dict[str, Head] = {}  # day -> the newest head this process wrote
         self.anchored: dict[str, int] = {}  # day -> the lines of its last checkpoint
@@ -73,19 +87,38 @@ class Checkpoints:
         known = self.heads.get(head.day)
         if known is None or head.lines > known.lines:
             self.heads[head.day] = head
-        today = self.today()
-        if today != self._day:  # the day rolled over: anchor every file's last lines
-            self._day = today
-            return await self.publish(self.pending())
+        rolled = await self.roll()
+        if rolled:
+            return rolled
         if head.lines - self.anchored.get(head.day, 0) >= self.every:
             return await self.publish([self.heads[head.day]])
         return []
+
+    async def roll(self) -> list[Head]:
+        """If the UTC day rolled over since the last look, anchor every file's last
+        lines; the checkpoints published."""
+        today = self.today()
+        if today == self._day:
+            return []
+        self._day = today
+        return await self.publish(self.pending())
+
+    async def resume(self) -> list[Head]:
+        """At start: take each day's last checkpoint from the log, and anchor the heads
+        that were on disk past it (lines a killed service left unanchored); the
+        checkpoints published."""
+        for checkpoint in await read_checkpoints(self.app.transport):
+            if checkpoint.lines > self.anchored.get(checkpoint.day, 0):
+                self.anchored[checkpoint.day] = checkpoint.lines
+        return await self.publish(self.on_disk)
 
     def pending(self) -> list[Head]:
         """The heads with lines after their day's last checkpoint."""
         return [h for d, h in sorted(self.heads.items()) if h.lines > self.anchored.get(d, 0)]
 
     async def publish(self, heads: list[Head]) -> list[Head]:
+        """Publish a checkpoint of each head past its day's last one; those published."""
+        done = []
         for head in heads:
             before = self.anchored.get(head.day, 0)
             if head.lines <= before:
@@ -101,12 +134,17 @@ class Checkpoints:
                     self.anchored[head.day] = before
                 raise
             log.info("checkpoint of audit-%s.jsonl: %d lines", head.day, head.lines)
-        return heads
+            done.append(head)
+        return done
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Wait for the worker to stop, then for the appends under way, and anchor what
-        is not anchored yet."""
-        await stop.wait()
+        """:meth:`resume`; then look at the day every ``tick`` seconds until the worker
+        stops; then wait for the appends under way and anchor what is not anchored."""
+        await self.resume()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.tick)
+            await self.roll()
         await self._idle.wait()
         await self.publish(self.pending())
 

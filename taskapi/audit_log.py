@@ -36,7 +36,7 @@ import orjson
 from taskapi.audit_chain import AuditKey, genesis, link, seal, unseal
 from tidings import Event, encode
 
-__all__ = ["AuditLog", "AuditLogError", "Head", "file_name"]
+__all__ = ["AuditLog", "AuditLogError", "Head", "file_name", "heads_on_disk"]
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,26 @@ def _load(chain: _Chain, fd: int, size: int, kid: str) -> int:
             continue  # a damaged line (verify reports it) is no event to deduplicate
     chain.size = size
     return size
+
+
+def heads_on_disk(folder: Path) -> list[Head]:
+    """The head of every audit file in ``folder`` as it is on disk (its last complete
+    line's ``n`` and link), by day; a file whose last line is no audit line is left out
+    (``taskapi audit verify`` reports it)."""
+    found = []
+    for path in sorted(Path(folder).glob("audit-*.jsonl")):
+        day = path.name[len("audit-") : -len(".jsonl")]
+        with path.open("rb") as file:
+            fd = file.fileno()
+            end = _last_newline(fd, os.fstat(fd).st_size) + 1  # a partial line is no head
+            lines = _tail(fd, end, 1) if end else []
+        try:
+            n = orjson.loads(lines[-1])["n"] if lines else None
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            n = None
+        if type(n) is int:
+            found.append(Head(day, n, link(lines[-1])))
+    return found
 
 
 def _last_newline(fd: int, size: int) -> int:

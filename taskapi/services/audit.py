@@ -48,7 +48,8 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     app = base_app("audit", settings)
     key = load_key(settings, create=True)
     audit = AuditLog(settings.audit_dir, key)
-    checkpoints = Checkpoints(app, key.id, settings.audit_checkpoint_every)
+    every = settings.audit_checkpoint_every
+    checkpoints = Checkpoints(app, key.id, every, folder=settings.audit_dir)
     app.add_component(checkpoints)
     # The inbox keeps a replayed or redelivered event from being audited twice; the
     # log's own recent ids cover a crash between an append and the inbox's mark.

@@ -22,6 +22,7 @@ from taskapi.settings import Settings
 from tests.taskapi.helpers import audited, run_until
 from tests.taskapi.test_audit import DAY, FILE, KEY, event, read, rewrite
 from tidings import Tidings
+from tidings.testing import eventually
 
 DAY2 = "audit-2026-12-01.jsonl"
 
@@ -99,6 +100,47 @@ async def test_a_failed_checkpoint_is_published_with_the_next_one_and_none_twice
         found = await read_checkpoints(app.transport)
     assert sorted(c.lines for c in found) == sorted({c.lines for c in found})
     assert max(c.lines for c in found) == 3
+
+
+async def test_an_idle_service_anchors_its_files_when_the_day_rolls_over() -> None:
+    today = Today()
+    async with register(Tidings("memory://", service="taskapi-audit")) as app:
+        points = Checkpoints(app, KEY.id, every=100, today=today, tick=0.01)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(points.run(stop))
+        await points.appended(Head("2026-11-30", 1, "mac1"))
+        assert points.pending() == [Head("2026-11-30", 1, "mac1")]
+        today.day = date(2026, 12, 1)  # no event comes: the tick sees the new day
+        await eventually(lambda: points.pending() == [], what="the day roll's checkpoint")
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+        [rolled] = await read_checkpoints(app.transport)
+    assert (rolled.day, rolled.lines) == ("2026-11-30", 1)
+
+
+async def test_at_start_the_lines_a_killed_service_left_unanchored_are_anchored(
+    tmp_path: Path,
+) -> None:
+    audit = AuditLog(tmp_path, KEY)
+    day1 = [await audit.append(event(f"a{i}", DAY + timedelta(seconds=i))) for i in range(3)]
+    day2 = await audit.append(event("b", DAY + timedelta(days=1)))
+    assert day1[-1] is not None
+    assert day2 is not None
+    with (tmp_path / FILE).open("ab") as f:
+        f.write(b'{"audited_at":"2026-')  # and a partial line: no head of its own
+    async with register(Tidings("memory://", service="taskapi-audit")) as app:
+        before = Checkpoints(app, KEY.id, every=100)
+        assert await before.publish([day1[-1]]) == [day1[-1]]  # day 1 was anchored
+        # the service killed, then started again: it anchors what was left unanchored
+        again = Checkpoints(app, KEY.id, every=100, folder=tmp_path)
+        assert again.on_disk == [day1[-1], day2]
+        assert await again.resume() == [day2]
+        assert again.anchored == {"2026-11-30": 3, "2026-12-01": 1}
+        found = await read_checkpoints(app.transport)
+    assert [(c.day, c.lines) for c in found] == [("2026-11-30", 3), ("2026-12-01", 1)]
+    (tmp_path / FILE).write_bytes((tmp_path / FILE).read_bytes().rsplit(b"\n", 1)[0] + b"\n")
+    report = verify(tmp_path, KEY, found)
+    assert (report.ok, report.checkpoints, report.unanchored) == (True, 2, {})
 
 
 def anchor(head: Head | None, offset: int = 0) -> Checkpoint:
