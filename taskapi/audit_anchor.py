@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -139,14 +139,21 @@ class Checkpoints:
 
     async def run(self, stop: asyncio.Event) -> None:
         """:meth:`resume`; then look at the day every ``tick`` seconds until the worker
-        stops; then wait for the appends under way and anchor what is not anchored."""
-        await self.resume()
+        stops; then wait for the appends under way and anchor what is not anchored.
+        A failed publish is logged and left to the next checkpoint: the audit goes on."""
+        await self._logged(self.resume(), "at start")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.tick)
-            await self.roll()
+            await self._logged(self.roll(), "at the day roll")
         await self._idle.wait()
         await self.publish(self.pending())
+
+    async def _logged(self, work: Awaitable[list[Head]], when: str) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("audit checkpoints %s failed; the next checkpoint covers them", when)
 
 
 @dataclass(frozen=True, slots=True)

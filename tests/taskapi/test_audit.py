@@ -311,6 +311,10 @@ async def test_verify_main_exit_codes_and_output(
     doc = orjson.loads(capsys.readouterr().out)
     assert (doc["ok"], doc["file"], doc["line"], doc["lines"]) == (False, FILE, 2, 1)
 
+    (tmp_path / "other.key").write_text("ab" * 32)  # not the files' key: exit 2, said so
+    assert verify_main([str(folder), "--key-file", str(tmp_path / "other.key"), "--no-log"]) == 2
+    assert "it is not their key" in capsys.readouterr().err
+
 
 # -- the service --------------------------------------------------------------------
 
