@@ -17,7 +17,7 @@ usage: taskapi COMMAND [options]
   api                   the Task API, with its outbox relay
   service NAME          one service: email, slack, push, audit or reminders
   sinks                 the local SMTP sink and webhook receiver
-  audit verify [DIR]    check the audit files' hash chain
+  audit verify [DIR]    check the audit files' keyed chain and the checkpoints in the log
   reminders             list the pending reminders
 
 Every command takes --data DIR (default ./taskapi-data, or $TASKAPI_DATA); the log is
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return sinks_main(rest)
         if command == "audit" and rest[:1] == ["verify"]:
-            from taskapi.audit_log import verify_main
+            from taskapi.audit_verify import verify_main
 
             return verify_main(rest[1:])
         if command == "reminders":

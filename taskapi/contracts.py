@@ -14,7 +14,7 @@ subscribers and is never started by the system itself.
 
 from __future__ import annotations
 
-from taskapi.events import API, TOPIC, TYPES, register
+from taskapi.events import API, CHECKPOINTS, TOPIC, TYPES, register
 from taskapi.settings import Settings
 from tidings import Tidings
 
@@ -22,3 +22,4 @@ __all__ = ["app"]
 
 app = register(Tidings(Settings.from_env().tidings_url, service=API))
 app.publishes(TOPIC, TYPES)  # all of them: each contract's owner says which service
+app.publishes(CHECKPOINTS, ["audit.checkpointed"])

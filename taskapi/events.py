@@ -11,19 +11,25 @@ event catalog).
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
 from tidings import Tidings
+from tidings.personal import Personal
 
 __all__ = [
     "API",
     "API_TYPES",
+    "AUDIT",
+    "CHECKPOINTS",
     "REMINDERS",
     "TOPIC",
     "TYPES",
+    "UNMARKED",
+    "AuditCheckpointed",
     "Priority",
     "ReminderDue",
     "TaskAssigned",
@@ -33,7 +39,9 @@ __all__ = [
     "TaskDeleted",
     "TaskUpdated",
     "register",
+    "same_payload",
     "task_created_v1_to_v2",
+    "unmarked",
 ]
 
 TOPIC = "task-events"
@@ -42,8 +50,14 @@ PARTITIONS = 4
 # The owners: the services that publish the types (their Tidings service names).
 API = "taskapi"
 REMINDERS = "taskapi-reminders"
+AUDIT = "taskapi-audit"
+
+# The audit service's checkpoints (decision 0032): one partition, one order.
+CHECKPOINTS = "audit-checkpoints"
 
 Priority = Literal["low", "normal", "high", "urgent"]
+# An assignee's name is personal data about that assignee (decision 0032).
+Assignee = Annotated[str | None, Personal(subject="assignee")]
 
 
 class _Payload(BaseModel):
@@ -65,12 +79,13 @@ class TaskCreatedV1(_Payload):
 
 class TaskCreated(_Payload):
     """A task was created (POST /tasks): everything it was created with. ``due_at`` is
-    the instant it is due (UTC), if any; ``created_at`` when it was created."""
+    the instant it is due (UTC), if any; ``created_at`` when it was created. Version 3:
+    the assignee is marked as personal data."""
 
     task_id: str
     title: str
     description: str | None = None
-    assignee: str | None = None
+    assignee: Assignee = None
     due_at: datetime | None = None
     priority: Priority = "normal"
     created_at: datetime
@@ -78,13 +93,14 @@ class TaskCreated(_Payload):
 
 class TaskUpdated(_Payload):
     """A task was changed (PATCH /tasks/{id}): the task after the change, and in
-    ``changed`` the fields whose value changed. Not published when nothing changed."""
+    ``changed`` the fields whose value changed. Not published when nothing changed.
+    Version 2: the assignee is marked as personal data."""
 
     task_id: str
     changed: list[str]
     title: str
     description: str | None = None
-    assignee: str | None = None
+    assignee: Assignee = None
     due: datetime | None = None
     priority: Priority = "normal"
     updated_at: datetime
@@ -92,44 +108,57 @@ class TaskUpdated(_Payload):
 
 class TaskAssigned(_Payload):
     """A task's assignee changed (with its ``task.updated``): the new assignee (None:
-    unassigned) and the previous one."""
+    unassigned) and the previous one. Version 2: both are marked as personal data."""
 
     task_id: str
     title: str
-    assignee: str | None
-    previous_assignee: str | None = None
+    assignee: Assignee
+    previous_assignee: Annotated[str | None, Personal(subject="previous_assignee")] = None
     due: datetime | None = None
 
 
 class TaskCompleted(_Payload):
-    """A task was completed (POST /tasks/{id}/complete); it can then only be deleted."""
+    """A task was completed (POST /tasks/{id}/complete); it can then only be deleted.
+    Version 2: the assignee is marked as personal data."""
 
     task_id: str
     title: str
-    assignee: str | None = None
+    assignee: Assignee = None
     completed_at: datetime
 
 
 class TaskDeleted(_Payload):
     """A task was deleted (DELETE /tasks/{id}), open or completed; its pending reminder
-    is cancelled."""
+    is cancelled. Version 2: the assignee is marked as personal data."""
 
     task_id: str
     title: str
-    assignee: str | None = None
+    assignee: Assignee = None
     deleted_at: datetime
 
 
 class ReminderDue(_Payload):
     """A task is due soon: the reminders service's timer fired ``TASKAPI_REMINDER_LEAD``
     before its due date (at once if that had passed), under the correlation id of the
-    request that set the due date."""
+    request that set the due date. Version 2: the assignee is marked as personal data."""
 
     task_id: str
     title: str
-    assignee: str | None = None
+    assignee: Assignee = None
     due: datetime
     remind_at: datetime
+
+
+class AuditCheckpointed(_Payload):
+    """The audit service anchored the head of one UTC day's audit file in the log: the
+    file then had ``lines`` lines and the newest one's MAC was ``mac`` (key id ``kid``).
+    Published every ``TASKAPI_AUDIT_CHECKPOINT`` lines of a day, when the day rolls over
+    and when the service stops; ``taskapi audit verify`` holds the files to them."""
+
+    day: str
+    lines: int
+    mac: str
+    kid: str
 
 
 # type -> (the model of its latest version, its owner)
@@ -141,7 +170,9 @@ TYPES: dict[str, tuple[type[_Payload], str]] = {
     "task.deleted": (TaskDeleted, API),
     "task.reminder_due": (ReminderDue, REMINDERS),
 }
-VERSIONS = {"task.created": 2}  # the types past version 1
+# Each type's version with its personal-data marks (decision 0032), registered as a new
+# major version (breaking=True): the check reports a field becoming personal as a break.
+VERSIONS = {"task.created": 3, **{t: 2 for t in TYPES if t != "task.created"}}
 
 # What the API publishes (through its outbox); the reminders service publishes the rest.
 API_TYPES = tuple(t for t, (_, owner) in TYPES.items() if owner == API)
@@ -155,16 +186,50 @@ def task_created_v1_to_v2(v1: dict[str, Any]) -> dict[str, Any]:
     return v2
 
 
+def unmarked(model: type[_Payload]) -> type[_Payload]:
+    """``model`` as its version before the personal-data marks: the same fields, without
+    :class:`~tidings.personal.Personal` (its class is named ``<model>Unmarked``; the
+    registry takes a renamed, redescribed model as the same version)."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        plain = copy.copy(info)
+        plain.metadata = [m for m in info.metadata if not isinstance(m, Personal)]
+        fields[name] = (info.annotation, plain)
+    doc = (
+        f"{model.__name__} as published before its personal-data marks (decision 0032): "
+        "the same fields. Read as the marked version by every service."
+    )
+    return create_model(f"{model.__name__}Unmarked", __base__=_Payload, __doc__=doc, **fields)
+
+
+def same_payload(data: dict[str, Any]) -> dict[str, Any]:
+    """The upcaster from a version before the personal-data marks to the one with them:
+    the payload is the same; the mark only says what its fields are."""
+    return data
+
+
+# Each type's version before the marks, derived from its marked model (the same fields).
+UNMARKED = {t: unmarked(model) for t, (model, _) in TYPES.items()}
+
+
 def register(app: Tidings) -> Tidings:
     """Declare the topic on ``app`` and register every payload model, each version, with
-    its owner, and the upcasters: every service reads ``task.created`` as version 2."""
+    its owner, and the upcasters: every service reads each type at its latest version
+    (``task.created`` v1 and v2 as v3, the others' v1 as v2)."""
     app.topic(TOPIC, partitions=PARTITIONS)
-    # Version 1 stays registered, deprecated: its events stay in the log, and the API of
-    # the previous release publishes it until it is replaced. They are read as version 2.
+    # The earlier versions stay registered, deprecated: their events stay in the log, and
+    # the previous release publishes them until it is replaced.
     app.event("task.created", version=1, subject="task_id", owner=API, deprecated=True)(
         TaskCreatedV1
     )
     app.upcaster("task.created", from_version=1)(task_created_v1_to_v2)
     for type_, (model, owner) in TYPES.items():
-        app.event(type_, version=VERSIONS.get(type_, 1), subject="task_id", owner=owner)(model)
+        latest = VERSIONS[type_]
+        app.event(type_, latest - 1, subject="task_id", owner=owner, deprecated=True)(
+            UNMARKED[type_]
+        )
+        app.upcaster(type_, from_version=latest - 1)(same_payload)
+        app.event(type_, latest, subject="task_id", owner=owner, breaking=True)(model)
+    app.topic(CHECKPOINTS, partitions=1)
+    app.event("audit.checkpointed", subject="day", owner=AUDIT)(AuditCheckpointed)
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -63,10 +63,20 @@ class Settings:
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
     http_timeout: float = 10.0
+    # The audit chain's key (decision 0032): the key itself, else its file.
+    audit_key: str | None = field(default=None, repr=False)
+    audit_key_path: Path | None = None
+    audit_checkpoint_every: int = 100
 
     @property
     def audit_dir(self) -> Path:
         return self.data / "audit"
+
+    @property
+    def audit_key_file(self) -> Path:
+        """Where the audit key is kept when ``$TASKAPI_AUDIT_KEY`` is not set: outside
+        the audit folder (default ``<data>/audit.key``)."""
+        return self.audit_key_path or self.data / "audit.key"
 
     @property
     def mail_dir(self) -> Path:
@@ -102,7 +112,10 @@ class Settings:
         ``TASKAPI_SLACK_WEBHOOK``, ``TASKAPI_PUSH_GATEWAY``: the sinks.
         ``TASKAPI_REMINDER_LEAD``: seconds before the due date that a reminder fires.
         ``TASKAPI_RETRY_ATTEMPTS``, ``TASKAPI_RETRY_DELAY``, ``TASKAPI_RETRY_MAX_DELAY``:
-        each service's retry policy before a dead letter.
+        each service's retry policy before a dead letter. ``TASKAPI_AUDIT_KEY`` (the
+        audit chain's key) or ``TASKAPI_AUDIT_KEY_FILE`` (its file, default
+        ``<data>/audit.key``, created by the audit service); ``TASKAPI_AUDIT_CHECKPOINT``:
+        the audit lines of a day between two checkpoints in the log (100).
         """
         env = os.environ if env is None else env
         folder = Path(data if data is not None else env.get("TASKAPI_DATA") or DEFAULT_DATA)
@@ -126,6 +139,13 @@ class Settings:
             retry_base_delay=_seconds(env, "TASKAPI_RETRY_DELAY", cls.retry_base_delay) or 0.01,
             retry_max_delay=_seconds(env, "TASKAPI_RETRY_MAX_DELAY", cls.retry_max_delay),
             http_timeout=_seconds(env, "TASKAPI_HTTP_TIMEOUT", cls.http_timeout),
+            audit_key=env.get("TASKAPI_AUDIT_KEY") or None,
+            audit_key_path=Path(env["TASKAPI_AUDIT_KEY_FILE"])
+            if env.get("TASKAPI_AUDIT_KEY_FILE")
+            else None,
+            audit_checkpoint_every=_int(
+                env, "TASKAPI_AUDIT_CHECKPOINT", cls.audit_checkpoint_every
+            ),
         )
 
     def ensure(self) -> Settings:

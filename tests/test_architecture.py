@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tidings.contracts",
             "tidings.naming",
             "tidings.schema",
+            "tidings.personal",
             "tidings.subscriber",
             "tidings.stats",
             "tidings.context",

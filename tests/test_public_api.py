@@ -137,6 +137,7 @@ PUBLIC_MODULES = {
     "tidings.dead_letters",
     "tidings.admin",
     "tidings.schema",
+    "tidings.personal",
     "tidings.asyncapi",
     "tidings.catalog",
     "tidings.logs",

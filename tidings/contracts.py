@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from tidings.envelope import validate_type
 from tidings.errors import ConfigError, DecodeError, UnknownEventType, UnsupportedVersion
 from tidings.naming import KINDS, check_name
+from tidings.personal import check_subjects
 
 __all__ = ["Contract", "Registry", "Upcaster"]
 
@@ -107,6 +108,7 @@ class Registry:
             )
         if kind not in KINDS:
             raise ConfigError(f"{type}: kind must be 'event' or 'command', got {kind!r}")
+        check_subjects(model, f"{type} v{version}")
         problem = check_name(type, kind) if name_check else None
         if problem is not None:
             raise ConfigError(f"{type}: {problem}")

@@ -1,5 +1,6 @@
 """The audit service: every event on the task topic, as it was published, into the
-hash-chained audit log (:mod:`taskapi.audit_log`), once.
+keyed audit chain (:mod:`taskapi.audit_log`), once, with the files' heads anchored in
+the log (:mod:`taskapi.audit_anchor`).
 
 It subscribes to every type and records the CloudEvent itself (``ctx.event``): the fact
 as the log holds it, at the version it was written. It reads the payloads with the
@@ -20,6 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from taskapi.audit_anchor import Checkpoints
+from taskapi.audit_chain import load_key
 from taskapi.audit_log import AuditLog
 from taskapi.events import TOPIC
 from taskapi.services import base_app, inbox, retry_policy
@@ -40,9 +43,14 @@ def read_as(payload: Any, ctx: Context) -> dict[str, Any] | None:
 
 
 def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
-    """The audit app: group ``audit`` from the earliest event, one line per event."""
+    """The audit app: group ``audit`` from the earliest event, one line per event, and
+    a checkpoint every ``settings.audit_checkpoint_every`` lines of a day."""
     app = base_app("audit", settings)
-    audit = AuditLog(settings.audit_dir)
+    key = load_key(settings, create=True)
+    audit = AuditLog(settings.audit_dir, key)
+    every = settings.audit_checkpoint_every
+    checkpoints = Checkpoints(app, key.id, every, folder=settings.audit_dir)
+    app.add_component(checkpoints)
     # The inbox keeps a replayed or redelivered event from being audited twice; the
     # log's own recent ids cover a crash between an append and the inbox's mark.
     box = inbox("audit", settings, stack)
@@ -57,10 +65,13 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     async def audit_event(payload: Any, ctx: Context) -> None:
         where = audit.path_for(ctx.event).name
         read = read_as(payload, ctx)
-        if await audit.append(ctx.event, read=read):
+        async with checkpoints.writing():
+            head = await audit.append(ctx.event, read=read)
+            if head is None:
+                log.info("%s %s is already in %s: not audited again", ctx.type, ctx.id, where)
+                return
             upcast = f" (v{ctx.event.dataversion} read as v{ctx.read_version})" if read else ""
             log.info("audited %s %s%s in %s", ctx.type, ctx.id, upcast, where)
-        else:
-            log.info("%s %s is already in %s: not audited again", ctx.type, ctx.id, where)
+            await checkpoints.appended(head)
 
     return app

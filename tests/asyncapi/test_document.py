@@ -119,13 +119,16 @@ async def test_operations_send_what_each_app_publishes_and_receive_per_group(
     ]
     assert api["send.task-events.task.created"]["messages"] == [
         {"$ref": "#/channels/task-events/messages/task.created.v1"},  # deprecated
-        {"$ref": "#/channels/task-events/messages/task.created.v2"},
+        {"$ref": "#/channels/task-events/messages/task.created.v2"},  # deprecated
+        {"$ref": "#/channels/task-events/messages/task.created.v3"},  # with its marks
     ]
     created = docs["api"]["components"]["messages"]
     assert (
         created["task.created.v1"]["deprecated"],
-        "deprecated" in created["task.created.v2"],
+        created["task.created.v2"]["deprecated"],
+        "deprecated" in created["task.created.v3"],
     ) == (
+        True,
         True,
         False,
     )
@@ -138,10 +141,14 @@ async def test_operations_send_what_each_app_publishes_and_receive_per_group(
     assert receive["channel"] == {"$ref": "#/channels/task-events"}
     assert [m["$ref"].rpartition("/")[2] for m in receive["messages"]] == [
         "task.assigned.v1",
+        "task.assigned.v2",
         "task.completed.v1",
+        "task.completed.v2",
         "task.created.v1",
         "task.created.v2",
+        "task.created.v3",
         "task.reminder_due.v1",
+        "task.reminder_due.v2",
     ]
     assert receive["bindings"]["kafka"]["groupId"] == {"type": "string", "enum": ["email"]}
     channel = docs["email"]["channels"]["task-events"]

@@ -93,7 +93,7 @@ def test_crud_announces_each_change_under_the_requests_correlation_id(
         "req-create", "req-patch", "req-patch", "req-done", "req-delete",
     ]  # fmt: skip
     assert {(e.key, e.source) for e in events} == {(task_id, "taskapi")}
-    assert [e.dataversion for e in events] == [2, 1, 1, 1, 1]  # task.created is at v2
+    assert [e.dataversion for e in events] == [3, 2, 2, 2, 2]  # the versions with the marks
     created_e, updated_e, assigned_e, completed_e, deleted_e = (e.data for e in events)
     assert created_e == {
         "task_id": task_id, "title": "Write the report", "description": "Q3",

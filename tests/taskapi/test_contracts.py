@@ -1,7 +1,8 @@
 """The reference system's contracts: owners and descriptions, ``task.created`` v2 and its
-upcaster, the schema registry before and after a start, the audit service reading v1
-events as v2 on live delivery, after an offset reset and on a dead letter's replay, and
-the reminders service scheduling a v1 task by its due date."""
+upcaster, the personal-data marks of the latest versions (decision 0032), the schema
+registry before and after a start, the audit service reading v1 events as the latest
+version on live delivery, after an offset reset and on a dead letter's replay, and the
+reminders service scheduling a v1 task by its due date."""
 
 from __future__ import annotations
 
@@ -23,15 +24,15 @@ from taskapi.contracts import app as contracts
 from taskapi.db import make_engine
 from taskapi.events import (
     API,
+    AUDIT,
+    CHECKPOINTS,
     REMINDERS,
     TOPIC,
     TYPES,
-    TaskAssigned,
-    TaskCompleted,
+    UNMARKED,
+    VERSIONS,
     TaskCreated,
     TaskCreatedV1,
-    TaskDeleted,
-    TaskUpdated,
     register,
     task_created_v1_to_v2,
 )
@@ -42,6 +43,7 @@ from tests.taskapi.helpers import audited, run_until
 from tidings import Event, Tidings
 from tidings.admin import group_rows, reset_offsets
 from tidings.dead_letters import Filter, open_log, replay
+from tidings.personal import PersonalField, personal_fields
 from tidings.testing import eventually
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
@@ -51,25 +53,46 @@ DUE = NOW + timedelta(days=3)
 def test_every_type_is_an_event_owned_by_its_publisher_and_described() -> None:
     found = {(c.type, c.version): c for c in contracts.registry.contracts()}
     assert sorted(found) == [
-        ("task.assigned", 1), ("task.completed", 1), ("task.created", 1),
-        ("task.created", 2), ("task.deleted", 1), ("task.reminder_due", 1),
-        ("task.updated", 1),
+        ("audit.checkpointed", 1),
+        ("task.assigned", 1), ("task.assigned", 2), ("task.completed", 1), ("task.completed", 2),
+        ("task.created", 1), ("task.created", 2), ("task.created", 3),
+        ("task.deleted", 1), ("task.deleted", 2), ("task.reminder_due", 1),
+        ("task.reminder_due", 2), ("task.updated", 1), ("task.updated", 2),
     ]  # fmt: skip
     owners = {t: c.owner for (t, _), c in found.items()}
-    assert owners == {**dict.fromkeys(TYPES, API), "task.reminder_due": REMINDERS}
+    assert owners == {
+        **dict.fromkeys(TYPES, API), "task.reminder_due": REMINDERS, "audit.checkpointed": AUDIT
+    }  # fmt: skip
     for contract in found.values():
         assert contract.kind == "event"
         assert contract.description == inspect.cleandoc(contract.model.__doc__ or "")
         assert len(contract.description) > 40, contract.type  # a sentence, not a stub
-    # Version 1 is still registered, deprecated, and read as version 2.
+    # The earlier versions are still registered, deprecated, and read as the latest.
     assert (found[("task.created", 1)].model, found[("task.created", 1)].deprecated) == (
         TaskCreatedV1,
         True,
     )
-    assert found[("task.created", 2)].model is TaskCreated
-    assert not any(c.deprecated for key, c in found.items() if key != ("task.created", 1))
-    assert contracts.registry.read_version("task.created", 1) == 2
-    assert contracts.published == {TOPIC: set(TYPES)}
+    assert found[("task.created", 3)].model is TaskCreated
+    latest = {(t, VERSIONS[t]) for t in TYPES} | {("audit.checkpointed", 1)}
+    assert {key for key, c in found.items() if not c.deprecated} == latest
+    assert contracts.registry.read_version("task.created", 1) == 3
+    assert contracts.published == {TOPIC: set(TYPES), CHECKPOINTS: {"audit.checkpointed"}}
+
+
+def test_the_latest_versions_mark_the_assignees_as_personal_and_declare_it_breaking() -> None:
+    for type_, (model, _) in TYPES.items():
+        latest = contracts.registry.lookup(type_, VERSIONS[type_])
+        before = contracts.registry.lookup(type_, VERSIONS[type_] - 1)
+        assert latest is not None
+        assert before is not None
+        assert (latest.model, latest.breaking) == (model, True), type_
+        assert PersonalField("assignee", "assignee") in personal_fields(model), type_
+        assert (before.model, personal_fields(before.model)) == (UNMARKED[type_], []), type_
+        assert contracts.registry.read_version(type_, VERSIONS[type_] - 1) == VERSIONS[type_]
+    assert personal_fields(TYPES["task.assigned"][0]) == [
+        PersonalField("assignee", "assignee"),
+        PersonalField("previous_assignee", "previous_assignee"),
+    ]
 
 
 def test_every_service_registers_the_same_contracts(tmp_path: Path) -> None:
@@ -84,7 +107,7 @@ def test_every_service_registers_the_same_contracts(tmp_path: Path) -> None:
     for name in ("email", "audit", "reminders"):
         app = base_app(name, settings)
         assert shape(app) == shape(contracts), name
-        assert app.registry.read_version("task.created", 1) == 2
+        assert app.registry.read_version("task.created", 1) == 3
 
 
 def test_task_created_v1_is_read_as_v2_with_its_due_date_as_due_at() -> None:
@@ -118,17 +141,13 @@ def tidings(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def previous_release(url: str) -> Tidings:
-    """The contracts as the release before v2 registered them: every type at v1."""
+    """The contracts as the release before v2 registered them: every type at v1 (the
+    fields of today's models, without their personal-data marks)."""
     app = Tidings(url, service="taskapi")
     app.topic(TOPIC, partitions=4)
     app.event("task.created", subject="task_id")(TaskCreatedV1)
-    for type_, model in [
-        ("task.updated", TaskUpdated),
-        ("task.assigned", TaskAssigned),
-        ("task.completed", TaskCompleted),
-        ("task.deleted", TaskDeleted),
-    ]:
-        app.event(type_, subject="task_id")(model)
+    for type_ in ["task.updated", "task.assigned", "task.completed", "task.deleted"]:
+        app.event(type_, subject="task_id")(UNMARKED[type_])
     return app
 
 
@@ -139,18 +158,19 @@ async def test_the_registry_takes_v2_after_v1_and_holds_both_after_start(tmp_pat
     assert v1.version == 1
     check = tidings("schema", "check", "taskapi.contracts:app", "--url", url)
     assert (check.returncode, check.stderr) == (0, "")
-    assert check.stdout.startswith("ok: 7 contract(s) of taskapi.contracts:app may be registered")
+    assert check.stdout.startswith("ok: 14 contract(s) of taskapi.contracts:app may be registered")
 
     service = base_app("email", Settings.from_env(tmp_path, env={"TIDINGS_URL": url}))
     async with service:
         versions = await service.schema_registry.versions("task.created")
         reminder = await service.schema_registry.versions("task.reminder_due")
-    assert [(v.version, v.breaking) for v in versions] == [(1, False), (2, False)]
+    assert [(v.version, v.breaking) for v in versions] == [(1, False), (2, False), (3, True)]
     assert versions[1].service == "taskapi-email"  # the first to start with v2 wrote it
-    assert [v.version for v in reminder] == [1]
+    assert [(v.version, v.breaking) for v in reminder] == [(1, False), (2, True)]
+    assert personal_fields(versions[2].schema) == [PersonalField("assignee", "assignee")]
     listed = tidings("schema", "list", "--url", url)
     assert listed.returncode == 0
-    assert any(line.split()[:2] == ["task.created", "1,2"] for line in listed.stdout.splitlines())
+    assert any(line.split()[:2] == ["task.created", "1,2,3"] for line in listed.stdout.splitlines())
 
 
 async def test_under_a_strict_policy_the_check_refuses_v2(tmp_path: Path) -> None:
@@ -184,19 +204,19 @@ async def old_and_new(url: str) -> tuple[Event, Event]:
 
 
 def check_lines(docs: list[dict[str, Any]], old: Event, new: Event) -> None:
-    """The audit lines of ``old`` (v1) and ``new`` (v2): each event as written, and the
-    v1 one also as read, at v2."""
+    """The audit lines of ``old`` (v1) and ``new`` (v3): each event as written, and the
+    v1 one also as read, at v3."""
     lines = {d["event"]["id"]: d for d in docs}
     assert sorted(lines) == sorted([old.id, new.id])
     first, second = lines[old.id], lines[new.id]
     assert (first["event"]["dataversion"], first["event"]["data"]["due"]) == (1, old.data["due"])
     assert first["read"] == {
-        "version": 2,
+        "version": 3,
         "data": TaskCreated(
             task_id="t1", title="Old", assignee="alice", due_at=DUE, created_at=NOW
         ).model_dump(mode="json"),
     }
-    assert second["event"]["dataversion"] == 2
+    assert second["event"]["dataversion"] == 3
     assert second["event"]["data"]["due_at"] == first["event"]["data"]["due"]
     assert "read" not in second  # read as written
 
@@ -211,7 +231,7 @@ async def test_the_audit_service_reads_v1_and_v2_events_as_v2_live_and_after_a_r
     async with Tidings(url, service="test") as probe:
         await run_until(first, lambda: done(first, 2, probe))
         check_lines(audited(first), old, new)
-        assert f"audited task.created {old.id} (v1 read as v2)" in caplog.text
+        assert f"audited task.created {old.id} (v1 read as v3)" in caplog.text
         assert f"audited task.created {new.id} in" in caplog.text
 
         # The audit rebuilt from the log on another node: its offsets reset to the start.

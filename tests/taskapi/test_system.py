@@ -318,9 +318,11 @@ def test_tampering_with_an_audit_line_is_detected(
     assert len(lines) >= 3
     lines[1] = lines[1].replace(b"task.", b"tusk.", 1)
     path.write_bytes(b"".join(lines))
+    settings = system.settings  # the key and the log of the checkpoints
     verify = subprocess.run(
-        [sys.executable, "-m", "taskapi", "audit", "verify", str(copy)],
+        [sys.executable, "-m", "taskapi", "audit", "verify", str(copy),
+         "--key-file", str(settings.audit_key_file), "--url", settings.tidings_url],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert verify.returncode == 1
-    assert f"{path.name} line 3" in verify.stdout
+    assert f"{path.name} line 2: line 2 was changed: its MAC does not match" in verify.stdout

@@ -311,6 +311,13 @@ def _version(e: EventInfo, v: VersionInfo, today: date) -> str:
         parts.append(
             _table(("Path", "Change", "Breaks"), rows) if rows else "<p>The same schema.</p>"
         )
+    if v.personal:
+        parts.append("<h4>Personal data</h4>")
+        marked = [
+            (f'<code class="personal">{escape(f.path)}</code>', f"<code>{escape(f.subject)}</code>")
+            for f in v.personal
+        ]
+        parts.append(_table(("Field", "Subject (whose data it is)"), marked))
     if v.example is not None:
         parts.append(f"<h4>Example (from the {escape(v.example_from or '')})</h4>")
         parts.append(_pre(v.example))

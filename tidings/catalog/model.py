@@ -15,6 +15,7 @@ from typing import Any
 
 from tidings.admin import group_rows, partition_lag
 from tidings.catalog.scan import DEFAULT_SCAN, Observed, scan
+from tidings.personal import PersonalField, personal_fields
 from tidings.schema.compat import Change, diff
 from tidings.schema.registry import SchemaRegistry, offers
 from tidings.schema.services import (
@@ -58,6 +59,11 @@ class VersionInfo:
     previous: int | None = None  # that version
     example: Any = None
     example_from: str | None = None  # "model" (its JSON Schema's examples) or "log"
+
+    @property
+    def personal(self) -> tuple[PersonalField, ...]:
+        """The fields its schema marks as personal data, with their subjects."""
+        return tuple(personal_fields(self.schema)) if self.schema is not None else ()
 
 
 @dataclass(frozen=True, slots=True)

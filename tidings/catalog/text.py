@@ -73,6 +73,8 @@ def version_text(v: VersionInfo, today: date) -> str:
         parts.append(f"DEPRECATED (sunset {sunset}{past})")
     if v.previous is not None:
         parts.append(f"{len(v.changes)} change(s) from v{v.previous}")
+    if v.personal:
+        parts.append("personal: " + ", ".join(map(str, v.personal)))
     return "; ".join(parts)
 
 
@@ -153,6 +155,7 @@ def _version_json(v: VersionInfo) -> dict[str, Any]:
         ],
         "example": v.example,
         "example_from": v.example_from,
+        "personal": [{"path": f.path, "subject": f.subject} for f in v.personal],
     }
 
 

@@ -19,6 +19,7 @@ from tidings import admin
 from tidings.app import Tidings
 from tidings.cli.common import UsageError, add_common, load_app, opened, positive_int
 from tidings.cli.output import print_json, table, utc_text
+from tidings.personal import personal_fields
 from tidings.schema import Mode, diff
 from tidings.schema.files import export, read_folder
 from tidings.schema.registry import SchemaRegistry, offers, report
@@ -130,10 +131,15 @@ def _version_json(v: SchemaVersion, *, schema: bool = False) -> dict[str, Any]:
         **v.about(),  # subject (the subject field), deprecated, sunset
         "registered_by": v.registered_by,
         "registered_at": utc_text(v.registered_at),
+        "personal": [{"path": f.path, "subject": f.subject} for f in _personal(v)],
     }
     if schema:
         out["schema"] = v.schema
     return out
+
+
+def _personal(v: SchemaVersion) -> list[Any]:
+    return personal_fields(v.schema) if isinstance(v.schema, dict) else []
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
@@ -182,6 +188,8 @@ async def cmd_show(args: argparse.Namespace) -> int:
     print(f"mode:          {mode.value} (policy {policy.value})")
     print(f"fingerprint:   {found.fingerprint}")
     print(f"subject field: {found.subject or '-'}")
+    marked = ", ".join(map(str, _personal(found)))
+    print(f"personal:      {marked or '-'}")
     if found.deprecated:
         print(f"deprecated:    sunset {found.sunset or '-'}")
     print(f"registered by: {found.registered_by}")

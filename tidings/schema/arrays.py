@@ -8,13 +8,14 @@ from typing import Any
 
 from tidings.schema.nodes import Node, describe
 from tidings.schema.rules import Rule
-from tidings.schema.walk import Walk, limit, shown
+from tidings.schema.walk import Walk, limit, personal, shown
 
 __all__ = ["compare"]
 
 
 def compare(walk: Walk, a: Node, b: Node) -> None:
     with walk.at("[]"):
+        personal(walk, _all_items(a), _all_items(b))
         walk.children(a, _all_items(a), b, _all_items(b))
     _tuple_items(walk, a, b)
     _further_items(walk, a, b)

@@ -9,7 +9,7 @@ from typing import Any
 
 from tidings.schema.nodes import Node, describe
 from tidings.schema.rules import Rule
-from tidings.schema.walk import Walk, limit
+from tidings.schema.walk import Walk, limit, personal
 
 __all__ = ["compare"]
 
@@ -20,6 +20,7 @@ def compare(walk: Walk, a: Node, b: Node) -> None:
     for name in [*old, *(n for n in new if n not in old)]:
         with walk.at(f".{name}"):
             if name in old and name in new:
+                personal(walk, old[name], new[name])
                 walk.children(a, old[name], b, new[name])
             elif name in new:
                 _property_added(walk, a, b, name)

@@ -7,7 +7,8 @@ below. Each rule is seen from the writer (the schema the event was written with)
 reader (the schema it is read with): ``TYPE_NARROWED`` means the reader accepts fewer
 types than the writer wrote. Whether a rule is compatible depends on the policy:
 ``STRICT`` (Confluent's default) or ``LENIENT`` (Confluent's lenient policy, for
-producers that emit only declared fields). See docs/decisions/0016-schema-compatibility.md.
+producers that emit only declared fields). See docs/decisions/0016-schema-compatibility.md;
+the ``PERSONAL_*`` rules (a field's personal-data mark) are decision 0032's.
 """
 
 from __future__ import annotations
@@ -244,13 +245,20 @@ _MEANINGS: dict[str, _Meaning] = {
     "UNSUPPORTED_KEYWORD_CHANGED": _m(
         False, "changes a keyword the checker cannot judge", "changes a keyword"
     ),
+    # tidings' own: a field's personal-data mark (tidings.personal, decision 0032). Every
+    # change breaks, both ways and under both policies: marked fields may reach a reader
+    # encrypted, masked or erased, unmarked ones in clear and kept, so the change needs
+    # an explicit ok (a new major version, breaking=True, or the mode NONE).
+    "PERSONAL_ADDED": _m(False, "becomes personal", "is no longer personal"),
+    "PERSONAL_REMOVED": _m(False, "is no longer personal", "becomes personal"),
+    "PERSONAL_SUBJECT_CHANGED": _m(False, "changes whose data it is", "changes whose data it is"),
 }
 
 
 class Rule(enum.StrEnum):
     """A kind of change between a writer's schema and a reader's, named as Confluent
-    Schema Registry names it (``Difference.Type``), plus tidings' ``FORMAT_*`` and
-    ``UNSUPPORTED_KEYWORD_CHANGED``; its value is its name."""
+    Schema Registry names it (``Difference.Type``), plus tidings' ``FORMAT_*``,
+    ``UNSUPPORTED_KEYWORD_CHANGED`` and ``PERSONAL_*``; its value is its name."""
 
     @staticmethod
     def _generate_next_value_(name: str, start: int, count: int, last_values: list[str]) -> str:
@@ -381,6 +389,9 @@ class Rule(enum.StrEnum):
     FORMAT_REMOVED = enum.auto()
     FORMAT_CHANGED = enum.auto()
     UNSUPPORTED_KEYWORD_CHANGED = enum.auto()
+    PERSONAL_ADDED = enum.auto()
+    PERSONAL_REMOVED = enum.auto()
+    PERSONAL_SUBJECT_CHANGED = enum.auto()
 
 
 def compatible(rule: Rule, policy: Policy) -> bool:

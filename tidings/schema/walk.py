@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from tidings.personal import mark_of
 from tidings.schema.nodes import Node, canonical, describe
 from tidings.schema.rules import Policy, Rule, compatible
 
-__all__ = ["Found", "Walk", "by_value", "limit", "shown"]
+__all__ = ["Found", "Walk", "by_value", "limit", "personal", "shown"]
 
 
 class Found(NamedTuple):
@@ -119,3 +120,19 @@ def by_value(walk: Walk, keyword: str, prefix: str, a: Node, b: Node) -> None:
     else:
         forms = f"{keyword} {canonical(old)}", f"{keyword} {canonical(new)}"
         walk.add(Rule(f"{prefix}_CHANGED"), *forms)
+
+
+def personal(walk: Walk, old: Any, new: Any) -> None:
+    """A field's personal-data mark (:mod:`tidings.personal`) added, removed or pointed
+    at another subject; ``old`` and ``new`` are the field's schemas (a property, items)."""
+    was, now = mark_of(old), mark_of(new)
+    if was == now:
+        return
+    if was is None:
+        walk.add(Rule.PERSONAL_ADDED, "not personal", f"personal (subject {now})")
+    elif now is None:
+        walk.add(Rule.PERSONAL_REMOVED, f"personal (subject {was})", "not personal")
+    else:
+        walk.add(
+            Rule.PERSONAL_SUBJECT_CHANGED, f"personal (subject {was})", f"personal (subject {now})"
+        )
