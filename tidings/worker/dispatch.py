@@ -115,6 +115,10 @@ class Dispatcher:
         # how its events are handled (_ONE, _THREAD, _LOOP); made on the first such event.
         self.routes: dict[tuple[str, str], Route] = {}
         self.runs: dict[tuple[str, str], int] = {}
+        # Middleware that must see the calls of some events, which then leave the runs.
+        self.watchers = [
+            m.wants_chain for m in middleware if type(m).wants_chain is not Middleware.wants_chain
+        ]
 
     @property
     def batches(self) -> bool:
@@ -230,6 +234,8 @@ class Dispatcher:
         if kind is None:
             self._route(*key)
             kind = self.runs[key]
+        if self.watchers and kind != _ONE:
+            return not any(wants(event) for wants in self.watchers)
         return kind != _ONE
 
     async def dispatch_run(

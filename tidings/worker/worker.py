@@ -92,6 +92,11 @@ class Worker:
         )
         # Around every handler call, outermost first (see tidings.middleware).
         self.middleware = list(default_middleware() if middleware is None else middleware)
+        if app.tracing is not None:  # process spans, outermost (tidings.otel)
+            from tidings.otel import TracingMiddleware
+
+            if not any(isinstance(m, TracingMiddleware) for m in self.middleware):
+                self.middleware.insert(0, TracingMiddleware(app.tracing))
         # Synchronous handlers run here: their own pool, sized for I/O-bound work (mail,
         # webhooks), so that partitions are not limited to asyncio's default few threads.
         self.sync_threads = sync_threads
