@@ -65,8 +65,7 @@ def named(spans: Sequence[ReadableSpan], name: str, **attributes: Any) -> Readab
     found = [
         s
         for s in spans
-        if s.name == name
-        and all((s.attributes or {}).get(k) == v for k, v in attributes.items())
+        if s.name == name and all((s.attributes or {}).get(k) == v for k, v in attributes.items())
     ]
     assert len(found) == 1, (name, attributes, [(s.name, s.attributes) for s in spans])
     return found[0]

@@ -65,7 +65,8 @@ async def test_a_publish_and_what_its_handlers_publish_form_one_trace(
     ]
     send = named(spans, "send orders")
     process = named(spans, "process orders")
-    assert send.kind == SpanKind.PRODUCER and process.kind == SpanKind.CONSUMER
+    assert send.kind == SpanKind.PRODUCER
+    assert process.kind == SpanKind.CONSUMER
     # The send span's context is the event's creation context, written into it.
     assert sent.traceparent == delivered["orders"].traceparent == traceparent_of(send)
     assert [link.context.span_id for link in process.links] == [send.context.span_id]
@@ -133,10 +134,15 @@ async def test_a_retry_and_a_dead_letter_are_events_of_the_process_span(
     assert [(e.name, dict(e.attributes or {})) for e in ok.events] == [
         (
             "retry",
-            {"tidings.attempt": 1, "error.type": "ConnectionError", "tidings.retry.delay_seconds": 0.01},
+            {
+                "tidings.attempt": 1,
+                "error.type": "ConnectionError",
+                "tidings.retry.delay_seconds": 0.01,
+            },
         )
     ]
-    assert ok.status.status_code == StatusCode.UNSET and "error.type" not in (ok.attributes or {})
+    assert ok.status.status_code == StatusCode.UNSET
+    assert "error.type" not in (ok.attributes or {})
     assert [e.name for e in dead.events] == ["retry", "retry", "dead_letter"]
     assert dict(dead.events[-1].attributes or {}) == {
         "error.type": "ConnectionError",
@@ -167,7 +173,8 @@ async def test_an_unsampled_trace_has_no_spans_and_its_context_carries_on(
         sent = await app.publish("orders", {}, type="order.placed")
         await eventually(lambda: replies, timeout=30)
     assert exporter.get_finished_spans() == ()
-    assert sent.traceparent is not None and not _sampled(sent.traceparent)
+    assert sent.traceparent is not None
+    assert not _sampled(sent.traceparent)
     assert replies[0].traceparent is not None
     assert replies[0].traceparent.split("-")[1] == sent.traceparent.split("-")[1]  # one trace
     assert not _sampled(replies[0].traceparent)
@@ -197,8 +204,10 @@ async def test_the_tracestate_is_carried_with_the_traceparent(
         with trace.use_span(trace.NonRecordingSpan(parent)):
             sent = await app.publish("orders", {}, type="order.placed")
         await eventually(lambda: got, timeout=30)
-    assert sent.tracestate == "vendor=v1" and got[0].tracestate == "vendor=v1"
-    assert sent.traceparent is not None and sent.traceparent.split("-")[1] == f"{0x1234:032x}"
+    assert sent.tracestate == "vendor=v1"
+    assert got[0].tracestate == "vendor=v1"
+    assert sent.traceparent is not None
+    assert sent.traceparent.split("-")[1] == f"{0x1234:032x}"
 
 
 def test_an_app_without_tracing_imports_nothing_of_opentelemetry() -> None:
