@@ -10,10 +10,10 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags,
 
 from tidings.envelope import Event
 
-__all__ = ["context_of", "format_traceparent", "from_json", "remote_context", "sampled", "span_of"]
+__all__ = ["SAMPLED", "context_of", "format_traceparent", "from_json", "remote_context", "sampled", "span_of"]
 
 # The last hex digit of a traceparent holds the "sampled" flag in its lowest bit.
-_SAMPLED = frozenset("13579bdf")
+SAMPLED = frozenset("13579bdf")
 
 # A structured (JSON) event as the codec writes it (orjson: no spaces), for the relay:
 # the creation context of an outbox row without decoding the row.
@@ -24,7 +24,7 @@ _TRACESTATE_IN_JSON = re.compile(rb'"tracestate":"([^"\\]{1,512})"')
 def sampled(traceparent: str) -> bool:
     """Whether a traceparent's sampled flag is set (a malformed one counts as set: the
     span is then a root, and the sampler decides)."""
-    return traceparent[-1:] in _SAMPLED or len(traceparent) != 55
+    return traceparent[-1:] in SAMPLED or len(traceparent) != 55
 
 
 def remote_context(traceparent: str | None, tracestate: str | None = None) -> SpanContext | None:

@@ -234,9 +234,12 @@ class Dispatcher:
         if kind is None:
             self._route(*key)
             kind = self.runs[key]
-        if self.watchers and kind != _ONE:
-            return not any(wants(event) for wants in self.watchers)
-        return kind != _ONE
+        if kind == _ONE:
+            return False
+        for wants in self.watchers:  # a loop, not any(): no generator per event
+            if wants(event):
+                return False
+        return True
 
     async def dispatch_run(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
