@@ -104,6 +104,11 @@ async def test_lag_counters_and_durations_of_a_worker_on_a_sqlite_file(tmp_path:
         assert value(found, "tidings_handler_failures_total") == 1
         assert value(found, "tidings_events_sent_total", topic=TOPIC) == 10
         assert value(found, "tidings_dead_letters", group="a") == 0
+        # Each group's lag health, as `tidings groups` rates it: all caught up, OK.
+        for group in GROUPS:
+            for status, expected in (("OK", 1), ("WARN", 0), ("ERR", 0)):
+                assert value(found, "tidings_consumer_group_status", group=group, topic=TOPIC,
+                             status=status) == expected  # fmt: skip
         assert value(found, "tidings_events_skipped_total", group="a", topic=TOPIC,
                      reason="retention") == 0  # fmt: skip
 

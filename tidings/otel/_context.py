@@ -10,7 +10,15 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags,
 
 from tidings.envelope import Event
 
-__all__ = ["SAMPLED", "context_of", "format_traceparent", "from_json", "remote_context", "sampled", "span_of"]
+__all__ = [
+    "SAMPLED",
+    "context_of",
+    "format_traceparent",
+    "from_json",
+    "remote_context",
+    "sampled",
+    "span_of",
+]
 
 # The last hex digit of a traceparent holds the "sampled" flag in its lowest bit.
 SAMPLED = frozenset("13579bdf")

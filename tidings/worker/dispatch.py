@@ -236,7 +236,7 @@ class Dispatcher:
             kind = self.runs[key]
         if kind == _ONE:
             return False
-        for wants in self.watchers:  # a loop, not any(): no generator per event
+        for wants in self.watchers:  # noqa: SIM110 (a loop, not all(): no generator per event)
             if wants(event):
                 return False
         return True
