@@ -73,19 +73,14 @@ class Tracing:
             handled = causal_scope.get()
             if handled is not None and not isinstance(handled, Scope):
                 event = handled[3]
-                state = event.extensions.get("tracestate")
-                if state is not None and (extensions is None or "tracestate" not in extensions):
-                    extensions = {**(extensions or {}), "tracestate": state}
-                return event.traceparent, extensions
+                return event.traceparent, _with_state(extensions, event.tracestate)
             return None, extensions
         last, traceparent, state = self._last
         if context is not last:
             traceparent = format_traceparent(context)
             state = context.trace_state.to_header() or None
             self._last = (context, traceparent, state)
-        if state is not None and (extensions is None or "tracestate" not in extensions):
-            extensions = {**(extensions or {}), "tracestate": state}
-        return traceparent, extensions
+        return traceparent, _with_state(extensions, state)
 
     def _parent(self) -> otel_context.Context | None:
         """The parent of a span started now: the current span; with none, the handled
@@ -169,6 +164,13 @@ class Tracing:
             "messaging.operation.type": operation,
             "messaging.destination.name": topic,
         }
+
+
+def _with_state(extensions: dict[str, Any] | None, state: str | None) -> dict[str, Any] | None:
+    """``extensions`` with the ``tracestate`` (unless it has one, or there is none)."""
+    if state is None or (extensions is not None and "tracestate" in extensions):
+        return extensions
+    return {**(extensions or {}), "tracestate": state}
 
 
 def _failed(span: Span, exc: BaseException) -> None:
