@@ -256,3 +256,23 @@ def test_the_worker_puts_the_tracing_middleware_outermost_once(tracing: Tracing)
     assert [type(m) for m in middleware[1:]] == [type(m) for m in default_middleware()]
     own = [TracingMiddleware(tracing), *default_middleware()]
     assert Worker(app, middleware=own).middleware == own
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "through_the_chain"),
+    [
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),  # sampled
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03", True),  # + random id
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", False),  # not sampled
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02", False),
+        (None, True),  # no creation context: a root, the sampler decides
+        ("garbage", True),  # unreadable: the same
+    ],
+)
+def test_only_events_of_sampled_traces_leave_the_worker_s_runs(
+    tracing: Tracing, traceparent: str | None, through_the_chain: bool
+) -> None:
+    from tidings.otel import TracingMiddleware
+
+    event = Event(type="order.placed", source="s", traceparent=traceparent)
+    assert TracingMiddleware(tracing).wants_chain(event) is through_the_chain
