@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from bench._common import (
     EVENT_TYPE,
@@ -94,8 +95,12 @@ def encoded_events(n: int) -> list[bytes]:
 
 
 def new_app(
-    path: str, synchronous: str, service: str = "bench", partitions: int = PARTITIONS
+    path: str,
+    synchronous: str,
+    service: str = "bench",
+    partitions: int = PARTITIONS,
+    tracing: Any = False,
 ) -> Tidings:
-    app = Tidings(sqlite_url(path, synchronous), service=service)
+    app = Tidings(sqlite_url(path, synchronous), service=service, tracing=tracing)
     app.topic(TOPIC, partitions=partitions)
     return app

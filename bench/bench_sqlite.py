@@ -50,6 +50,7 @@ from bench.fig_publish import (
     fig_publish_concurrent,
     fig_publish_one_partition,
 )
+from bench.fig_tracing import fig_tracing
 
 # -- the run ---------------------------------------------------------------------------
 
@@ -63,6 +64,7 @@ BENCHES: dict[str, Callable[[Config, Workdir], Awaitable[list[Figure]]]] = {
     "codec": fig_codec,
     "inbox": fig_inbox,
     "outbox": fig_outbox,
+    "tracing": fig_tracing,
 }
 
 

@@ -59,6 +59,7 @@ def _counting_handler(
 class E2EResult:
     publish_seconds: float  # pre-publishing (or, live, publishing while handling)
     group_seconds: dict[str, float]  # from Worker start to the group's last handler call
+    cpu_seconds: float = 0.0  # the process's CPU time (all threads) over the same span
 
     def rates(self, n: int) -> dict[str, float]:
         return {g: n / s for g, s in self.group_seconds.items()}
@@ -73,6 +74,7 @@ async def tidings_end_to_end(
     sync_handler: bool = False,
     live: bool = False,
     metrics: str | None = None,
+    tracing: Any = None,
     timeout: float = 120.0,
 ) -> E2EResult:
     """Publish ``n`` events (``publish_many``, 1000 at a time), then run a Worker with one
@@ -84,9 +86,12 @@ async def tidings_end_to_end(
     (``Worker.time_handlers``), never scraped; ``"scraped"``, :class:`WorkerMetrics` on
     and its exposition built every second from the start, as a Prometheus would (each
     exposition's seconds appended to :data:`SCRAPE_SECONDS`).
+    ``tracing``: a :class:`tidings.otel.Tracing` for the app; each event is then built
+    in a span of its own (a request's, as an HTTP edge has), so that its sampler
+    decides per event (bench/fig_tracing.py).
     """
     loop = asyncio.get_running_loop()
-    app = new_app(path, synchronous)
+    app = new_app(path, synchronous, tracing=tracing or False)
     seen = {g: itertools.count(1) for g in groups}
     finished: dict[str, float] = {}
     all_done = asyncio.Event()
@@ -109,7 +114,7 @@ async def tidings_end_to_end(
         for chunk in chunks:
             if deadline.over():
                 raise RuntimeError(f"publishing {n} events took over {LOOP_SECONDS} s")
-            await app.publish_many(TOPIC, chunk, type=EVENT_TYPE)
+            await app.publish_many(TOPIC, _in_requests(app, chunk), type=EVENT_TYPE)
         return time.perf_counter() - begin
 
     async with app:
@@ -121,18 +126,32 @@ async def tidings_end_to_end(
         scraping = None
         if metrics == "scraped":
             scraping = loop.create_task(_scrape_every_second(worker, stop))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         running = loop.create_task(worker.run(stop))
         try:
             if live:
                 publish_seconds = await publish_all()
             await asyncio.wait_for(all_done.wait(), timeout)
+            cpu = time.process_time() - cpu_start
         finally:
             stop.set()
             await asyncio.wait_for(running, 60)
             if scraping is not None:
                 await scraping
-    return E2EResult(publish_seconds, {g: t - start for g, t in finished.items()})
+    return E2EResult(publish_seconds, {g: t - start for g, t in finished.items()}, cpu)
+
+
+def _in_requests(app: Any, chunk: list[Any]) -> list[Any]:
+    """The payloads as they are; with tracing, each built into an event in a span of
+    its own (a request's), its creation context."""
+    if app.tracing is None:
+        return chunk
+    tracer = app.tracing.tracer
+    events = []
+    for data in chunk:
+        with tracer.start_as_current_span("request"):
+            events.append(app.build(data, type=EVENT_TYPE))
+    return events
 
 
 SCRAPE_SECONDS: list[float] = []

@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("dead letters", ("tidings.dead_letters",)),
     ("outbox, inbox, scheduler", ("tidings.outbox", "tidings.inbox", "tidings.scheduler")),
-    ("middleware", ("tidings.middleware",)),
+    ("middleware", ("tidings.middleware", "tidings.otel")),
     ("app", ("tidings.app", "tidings.publish_options")),
     ("worker", ("tidings.worker",)),
     (

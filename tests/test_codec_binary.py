@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode, to_dict
-from tidings.codec.binary import _structured, event_to_kafka, from_kafka, to_kafka
+from tidings.codec.binary import _structured, event_to_kafka, from_binary, from_kafka, to_kafka
 from tidings.envelope import Event
 from tidings.errors import DecodeError, EventError, EventTooLarge
 
@@ -265,3 +265,35 @@ def test_a_binary_record_reads_the_same_however_it_is_put_together(
     # from_kafka puts the usual record together from its bytes; the general path with
     # orjson. Both must give the same document (or the same error document).
     assert from_kafka(value, headers) == _structured(value, headers)
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACESTATE = "vendor=v1,other=x"
+
+
+def test_the_trace_context_is_carried_by_both_modes_and_both_header_spellings() -> None:
+    """CloudEvents' distributed tracing extension: ``traceparent`` and ``tracestate``
+    (an extension attribute, :attr:`Event.tracestate`) in structured JSON, in Kafka's
+    ``ce_`` headers and in the ``ce-`` headers of NATS's binary mode."""
+    event = Event(
+        type="task.created", source="//api", data={"id": 1},
+        traceparent=TRACEPARENT, extensions={"tracestate": TRACESTATE},
+    )  # fmt: skip
+    assert event.tracestate == TRACESTATE
+    raw = encode(event)
+    doc = orjson.loads(raw)
+    assert (doc["traceparent"], doc["tracestate"]) == (TRACEPARENT, TRACESTATE)
+    value, headers = event_to_kafka(event, DEFAULT_MAX_EVENT_BYTES, "binary")
+    assert (b"ce_tracestate", TRACESTATE.encode()) in [
+        (k.encode() if isinstance(k, str) else k, v) for k, v in dict(headers).items()
+    ]
+    back = decode(from_kafka(value, list(dict(headers).items())))
+    assert (back.traceparent, back.tracestate) == (TRACEPARENT, TRACESTATE)
+    nats_headers = [
+        ("ce-specversion", "1.0"), ("ce-id", "e1"), ("ce-source", "//other"),
+        ("ce-type", "task.created"), ("content-type", "application/json"),
+        ("ce-traceparent", TRACEPARENT), ("ce-tracestate", TRACESTATE),
+    ]  # fmt: skip
+    other = decode(from_binary(b'{"id": 1}', nats_headers, "ce-"))
+    assert (other.traceparent, other.tracestate) == (TRACEPARENT, TRACESTATE)
+    assert Event(type="task.created", source="//api").tracestate is None

@@ -142,6 +142,7 @@ PUBLIC_MODULES = {
     "tidings.catalog",
     "tidings.logs",
     "tidings.metrics",
+    "tidings.otel",
 }
 
 

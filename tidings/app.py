@@ -24,6 +24,7 @@ from tidings.transport import StartFrom, Transport, check_group_name, check_topi
 from tidings.transports import open_transport
 
 if TYPE_CHECKING:
+    from tidings.otel import Tracing
     from tidings.scheduler import Scheduler
 
 __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
@@ -49,6 +50,8 @@ class Tidings:
     ``$TIDINGS_SCHEDULER_URL``, else, on the SQLite log, a table in the log's own file.
     ``schemas``: at start, ``"register"`` the contracts in the log's schema registry, only
     ``"check"`` them, or ``"off"``; a break refuses the start (``SchemaIncompatible``).
+    ``tracing``: True for OpenTelemetry spans of its publishes and its worker's handler
+    calls (:mod:`tidings.otel`, the ``otel`` extra), or a :class:`tidings.otel.Tracing`.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Tidings:
         transport: Transport | None = None,
         scheduler: Any = None,
         schemas: str = "register",
+        tracing: bool | Tracing = False,
     ) -> None:
         if not service or not isinstance(service, str):
             raise ConfigError("Tidings(service=...) needs the name of this service, e.g. 'taskapi'")
@@ -90,6 +94,8 @@ class Tidings:
         self._scheduler_db = scheduler
         self._scheduler: Scheduler | None = None
         self._started = 0
+        # OpenTelemetry spans (tidings.otel); None: nothing of it is imported.
+        self.tracing: Tracing | None = _tracing(tracing, self.url) if tracing else None
 
     # -- declarations -------------------------------------------------------
 
@@ -314,6 +320,8 @@ class Tidings:
             correlation_id = scope.correlationid if scope else event_id
         if causation_id is None and scope is not None:
             causation_id = scope.causationid
+        if traceparent is None and self.tracing is not None:
+            traceparent, extensions = self.tracing.inject(extensions)  # + its tracestate
         if extensions:
             check_extension_names(extensions)
         # Positional: a third cheaper than by keyword, for every event published.
@@ -341,12 +349,27 @@ class Tidings:
         datetime) publish it later: it waits, durably, in the scheduler table, and is
         appended once due by whichever worker runs the scheduler (``tidings run``).
         """
+        if self.tracing is None:
+            return await self._publish(topic, payload, delay, deliver_at, options)
+        with self.tracing.send(topic, (payload,)) as span:
+            event = await self._publish(topic, payload, delay, deliver_at, options)
+            self.tracing.describe(span, (event,))
+        return event
+
+    async def _publish(
+        self,
+        topic: str,
+        payload: Any,
+        delay: float | timedelta | None,
+        deliver_at: datetime | None,
+        options: dict[str, Any],
+    ) -> Event:
         event = payload if isinstance(payload, Event) else self.build(payload, **options)
         if delay is None and deliver_at is None and self._started:  # publish_events, due now
             await self.transport.append_events(topic, [event], self.max_event_bytes)
             self.sent[topic] = self.sent.get(topic, 0) + 1
         else:
-            await self.publish_events(topic, [event], deliver_at=due(delay, deliver_at))
+            await self._publish_events(topic, [event], due(delay, deliver_at))
         return event
 
     async def publish_many(
@@ -373,18 +396,39 @@ class Tidings:
         Every event is built and checked before the one append: one bad event, and
         none is published.
         """
+        if self.tracing is None:
+            return await self._publish_many(topic, payloads, due(delay, deliver_at), options)
+        payloads = list(payloads)
+        with self.tracing.send(topic, payloads) as span:
+            events = await self._publish_many(topic, payloads, due(delay, deliver_at), options)
+            self.tracing.describe(span, events)
+        return events
+
+    async def _publish_many(
+        self, topic: str, payloads: Iterable[Any], when: datetime | None, options: dict[str, Any]
+    ) -> list[Event]:
         per_payload = per_payload_options(options)
         events = [
             p if isinstance(p, Event) else self.build(p, **options, **per_payload(i, p))
             for i, p in enumerate(payloads)
         ]
-        await self.publish_events(topic, events, deliver_at=due(delay, deliver_at))
+        await self._publish_events(topic, events, when)
         return events
 
     async def publish_events(
         self, topic: str, events: Sequence[Event], *, deliver_at: datetime | None = None
     ) -> None:
         """Append ready-made events (e.g. from :meth:`build`) to ``topic``."""
+        if self.tracing is None or not events:
+            await self._publish_events(topic, events, deliver_at)
+            return
+        with self.tracing.send(topic, events) as span:
+            await self._publish_events(topic, events, deliver_at)
+            self.tracing.describe(span, events)
+
+    async def _publish_events(
+        self, topic: str, events: Sequence[Event], deliver_at: datetime | None
+    ) -> None:
         if not events:
             return
         if not self._started:
@@ -442,3 +486,12 @@ class Tidings:
                 "$TIDINGS_SCHEDULER_URL (any SQLAlchemy URL)"
             )
         await scheduler.add(topic, events, when)
+
+
+def _tracing(tracing: bool | Tracing, url: str) -> Tracing:
+    """``Tidings(tracing=...)``: the given Tracing, or one for this log's URL."""
+    try:
+        from tidings.otel import Tracing
+    except ImportError as exc:
+        raise ConfigError(f"Tidings(tracing=True): {exc}") from None
+    return (tracing if isinstance(tracing, Tracing) else Tracing()).for_log(url)

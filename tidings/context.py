@@ -8,6 +8,7 @@ While a handler runs, or while an HTTP request is served inside
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -140,11 +141,15 @@ class Context:
         return await self._app.publish(topic, payload, **options)
 
     def publish_sync(self, topic: str, payload: Any, **options: Any) -> Event:
-        """:meth:`publish` for synchronous handlers (they run in a worker thread)."""
-        future = asyncio.run_coroutine_threadsafe(
-            self.publish(topic, payload, **options), self._loop
-        )
-        return future.result()
+        """:meth:`publish` for synchronous handlers (they run in a worker thread), in
+        the handler's context (its causal scope, its trace context)."""
+        context = contextvars.copy_context()
+        publishing = self.publish(topic, payload, **options)
+
+        async def in_context() -> Event:
+            return await self._loop.create_task(publishing, context=context)
+
+        return asyncio.run_coroutine_threadsafe(in_context(), self._loop).result()
 
     def __repr__(self) -> str:
         return (

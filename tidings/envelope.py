@@ -209,6 +209,13 @@ class Event(_Slots):
         return (_rebuild, (self.as_dict(),))
 
     @property
+    def tracestate(self) -> str | None:
+        """The W3C ``tracestate`` beside ``traceparent`` (CloudEvents' distributed
+        tracing extension): kept in :attr:`extensions`, as the codecs carry it."""
+        value = self.extensions.get("tracestate")
+        return value if isinstance(value, str) else None
+
+    @property
     def key(self) -> str | None:
         """The partition key: ``partitionkey`` if set, else ``subject``."""
         return self.partitionkey if self.partitionkey is not None else self.subject

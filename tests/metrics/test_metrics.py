@@ -104,6 +104,11 @@ async def test_lag_counters_and_durations_of_a_worker_on_a_sqlite_file(tmp_path:
         assert value(found, "tidings_handler_failures_total") == 1
         assert value(found, "tidings_events_sent_total", topic=TOPIC) == 10
         assert value(found, "tidings_dead_letters", group="a") == 0
+        # Each group's lag health, as `tidings groups` rates it: all caught up, OK.
+        for group in GROUPS:
+            for status, expected in (("OK", 1), ("WARN", 0), ("ERR", 0)):
+                assert value(found, "tidings_consumer_group_status", group=group, topic=TOPIC,
+                             status=status) == expected  # fmt: skip
         assert value(found, "tidings_events_skipped_total", group="a", topic=TOPIC,
                      reason="retention") == 0  # fmt: skip
 
@@ -228,3 +233,28 @@ async def test_events_handled_one_at_a_time_are_timed_too(tmp_path: Path) -> Non
     for group in GROUPS:
         assert value(found, "messaging_process_duration_seconds_count", group=group) == 5
     assert value(found, "tidings_retries_total") == 1
+
+
+async def test_the_group_status_on_a_log_that_keeps_no_lag_samples() -> None:
+    """The memory log keeps no samples: the worker's metrics keep them, one a reading,
+    and rate the group from its first one (too few to judge: OK, as tidings groups)."""
+    app = Tidings("memory://", service="metrics-test")
+    seen: list[int] = []
+    app.subscriber(TOPIC, group="a")(lambda data: seen.append(data["n"]))
+    worker = Worker(app, commit_interval=0.01)
+    metrics = WorkerMetrics(worker, cache_seconds=0)
+    async with app:
+        await app.publish(TOPIC, {"n": 1}, type="thing.happened")
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        try:
+            await eventually(lambda: seen == [1])
+            await eventually(lambda: worker.stats.handled == 1)
+            for _ in range(2):
+                found = samples((await metrics.exposition()).decode())
+        finally:
+            stop.set()
+            await running
+    assert len(metrics.windows.samples()) >= 1  # kept across readings
+    assert value(found, "tidings_consumer_group_status", group="a", topic=TOPIC, status="OK") == 1
+    assert value(found, "tidings_consumer_group_status", group="a", topic=TOPIC, status="ERR") == 0

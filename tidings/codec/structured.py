@@ -228,21 +228,23 @@ def from_dict(doc: dict[str, Any]) -> Event:
     if (
         "data" in doc and "time" in doc and "datacontenttype" in doc
         and (extra == 0 or extra == ("correlationid" in doc) + ("causationid" in doc)
-                                    + ("subject" in doc))
+                                    + ("subject" in doc) + ("traceparent" in doc))
     ):  # fmt: skip
         # What tidings writes for an event without the rarer attributes (no lookups of
-        # absent ones, no extensions): its causality, and a subject if keyed.
+        # absent ones, no extensions): its causality, a subject if keyed, and its trace
+        # context if traced (Tidings(tracing=True): every event).
         datacontenttype, data = doc["datacontenttype"], doc["data"]
-        subject, correlationid, causationid = (
-            get("subject"), get("correlationid"), get("causationid")
+        subject, correlationid, causationid, traceparent = (
+            get("subject"), get("correlationid"), get("causationid"), get("traceparent")
         )  # fmt: skip
-        dataschema = traceparent = key = version = None
+        dataschema = key = version = None
         extensions: dict[str, Any] = {}
         if not (
             type(datacontenttype) is str
             and (subject is None or type(subject) is str)
             and (correlationid is None or type(correlationid) is str)
             and (causationid is None or type(causationid) is str)
+            and (traceparent is None or type(traceparent) is str)
         ):
             refuse_optional(doc)
         when = _time(doc["time"])

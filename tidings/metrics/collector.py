@@ -36,6 +36,11 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "age of the oldest event a group has still to handle (0: none)",
     ),
     "tidings_dead_letters": ("gauge", ("group",), "dead letters waiting for an operator"),
+    "tidings_consumer_group_status": (
+        "gauge", ("group", "topic", "status"),
+        "a group's lag health on a topic, as tidings groups shows it: 1 for its status "
+        "(OK, WARN or ERR), 0 for the other two",
+    ),
     "messaging_process_duration_seconds": (
         "histogram", ("group",),
         "time to handle one event: its subscribers' calls, with their middleware (retries)",
@@ -86,10 +91,7 @@ class WorkerCollector(Collector):
         yield from self._counters()
         yield self._durations()
         yield from _backlogs(snap)
-        # i19-burrow: the group's status (OK, WARN, STALL, STOP, ERR as Burrow rates a
-        # window of lag readings) is another branch's evaluator, not merged yet; once
-        # it is, a gauge tidings_consumer_group_status{group, topic, status} (1 for the
-        # current status) is built here from its status(...) over the snapshots' lag.
+        yield _status(snap)
 
     def _counters(self) -> Iterator[Metric]:
         stats, app = self.worker.stats, self.worker.app
@@ -144,6 +146,18 @@ def _lag(snap: Snapshot) -> Iterator[Metric]:
     for (group, topic), n in sorted(snap.lost.items()):
         skipped.add_metric([group, topic, "retention"], n)
     yield from (messages, seconds, dead, skipped)
+
+
+_STATUSES = ("OK", "WARN", "ERR")  # a group's (tidings.lag_health.GroupHealth)
+
+
+def _status(snap: Snapshot) -> Metric:
+    name = "tidings_consumer_group_status"
+    family = GaugeMetricFamily(name, _doc(name), labels=["group", "topic", "status"])
+    for (group, topic), current in sorted(snap.status.items()):
+        for status in _STATUSES:
+            family.add_metric([group, topic, status], 1.0 if status == current else 0.0)
+    return family
 
 
 def _backlogs(snap: Snapshot) -> Iterator[Metric]:

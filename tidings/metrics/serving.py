@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tidings.admin import LagWindows
 from tidings.metrics.collector import WorkerCollector
 from tidings.metrics.snapshot import Snapshot, read_snapshot
 
@@ -56,6 +57,8 @@ class WorkerMetrics:
         self.clock = clock
         self.wall = wall
         self.snapshot = Snapshot()
+        # Lag samples of a log that keeps none, one per reading: the groups' status.
+        self.windows = LagWindows()
         self.readings = 0  # readings of the log made so far
         self._read_at: float | None = None
         self._reading: asyncio.Future[None] | None = None
@@ -72,7 +75,7 @@ class WorkerMetrics:
         return self.snapshot
 
     async def _read(self) -> None:
-        self.snapshot = await read_snapshot(self.worker, self.wall)
+        self.snapshot = await read_snapshot(self.worker, self.wall, self.windows)
         self.readings += 1
         self._read_at = self.clock()
 

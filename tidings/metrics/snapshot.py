@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tidings.admin import Lag, group_rows, partition_lag
+from tidings.admin import Lag, LagWindows, group_rows, lag_health, partition_lag
 from tidings.dead_letters import depths
 from tidings.errors import ConfigError
 from tidings.outbox import Outbox, OutboxRelay
@@ -43,23 +43,32 @@ class Snapshot:
     outboxes: tuple[Backlog, ...] = ()
     scheduler: Backlog | None = None
     errors: int = 0  # parts that could not be read this time (logged)
+    # (group, topic) -> its lag health's status name (OK, WARN, ERR), as `tidings groups`
+    status: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-async def read_snapshot(worker: Worker, now: Callable[[], float] = time.time) -> Snapshot:
+async def read_snapshot(
+    worker: Worker, now: Callable[[], float] = time.time, windows: LagWindows | None = None
+) -> Snapshot:
     """Read the state of ``worker``'s groups and components. A part that fails (the
     log or a database unreachable) is logged, counted in ``errors`` and left empty:
-    the rest is still exposed."""
+    the rest is still exposed. ``windows``: where the lag samples of a log that keeps
+    none (Kafka, NATS, memory) are kept from one reading to the next, for the groups'
+    lag health (the SQLite log keeps its own)."""
     app, groups = worker.app, worker.groups
     errors = 0
     lag: tuple[Lag, ...] = ()
     lost: dict[tuple[str, str], int] = {}
     dead: dict[str, int] = {}
+    health: dict[tuple[str, str], str] = {}
     try:
         rows = [r for r in await group_rows(app.transport) if r.group in groups]
         lag = tuple([await partition_lag(app.transport, r, now()) for r in rows])
         for r in rows:
             lost[(r.group, r.topic)] = lost.get((r.group, r.topic), 0) + r.lost
         dead = await depths(app.transport, groups)
+        rated = lag_health(rows, app.transport.clock.time_ms(), windows) or {}
+        health = {line: h.status.name for line, h in rated.items()}
     except Exception as exc:
         errors += 1
         log.warning("metrics: could not read the groups' lag from %s: %r", app.url, exc)
@@ -85,4 +94,4 @@ async def read_snapshot(worker: Worker, now: Callable[[], float] = time.time) ->
             scheduler = backlog
         else:
             outboxes.append(backlog)
-    return Snapshot(lag, lost, dead, tuple(outboxes), scheduler, errors)
+    return Snapshot(lag, lost, dead, tuple(outboxes), scheduler, errors, health)

@@ -43,6 +43,9 @@ class Delivery:
     first_failure: float | None = None  # Unix time of the first failed attempt
     last_failure: float | None = None
     error: BaseException | None = None  # the last attempt's exception
+    # Where Retry and DeadLetters report what they did ("retry", "dead_letter", with
+    # attributes): the tracing middleware's span events; None when nothing listens.
+    note: Callable[[str, dict[str, Any]], None] | None = None
 
 
 Next = Callable[[Delivery], Awaitable[None]]
@@ -89,6 +92,14 @@ class Middleware:
         it. A subclass that overrides :meth:`handle` to act around every call must
         answer False.
         """
+        return False
+
+    def wants_chain(self, event: Event) -> bool:
+        """Whether the calls for ``event`` must go through the chain although
+        :meth:`only_on_error` answered True: a middleware that acts around the calls of
+        some events only (tracing: those of sampled traces) answers True for them, and
+        the worker takes them out of its runs. Asked for every event when overridden;
+        the default is False."""
         return False
 
 

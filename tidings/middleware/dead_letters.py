@@ -43,3 +43,12 @@ class DeadLetters(Middleware):
             )  # fmt: skip
             await dead.write(entry, delivery.stopping)
             delivery.stats.dead_lettered += 1
+            if delivery.note is not None:
+                delivery.note(
+                    "dead_letter",
+                    {
+                        "error.type": type(delivery.error or exc).__qualname__,
+                        "tidings.dead_letter.reason": entry.reason,
+                        "tidings.attempts": delivery.attempt,
+                    },
+                )

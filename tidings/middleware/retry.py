@@ -119,6 +119,15 @@ class Retry(Middleware):
                     ) from exc  # fmt: skip
                 wait = policy.delay(delivery.attempt)
                 delivery.stats.retries += 1
+                if delivery.note is not None:
+                    delivery.note(
+                        "retry",
+                        {
+                            "tidings.attempt": delivery.attempt,
+                            "error.type": type(exc).__qualname__,
+                            "tidings.retry.delay_seconds": wait,
+                        },
+                    )
                 event, record = delivery.event, delivery.record
                 log.error(
                     "group %s: handler %s failed on %s %s (%s[%d]@%d, attempt %d): %r;"

@@ -210,8 +210,12 @@ class Outbox:
             event = payload
             if key is not None and key != event.key:
                 event = event.with_(partitionkey=None if key == event.subject else key)
-        else:
+        elif (tracing := getattr(self.app, "tracing", None)) is None:
             event = self.app.build(payload, key=key, **options)
+        else:  # a create span: the event's creation context, carried through the table
+            with tracing.create(topic) as span:
+                event = self.app.build(payload, key=key, **options)
+                tracing.describe(span, (event,))
         now = datetime.now(UTC)
         if isinstance(deliver_at, timedelta):
             deliver_at = now + deliver_at

@@ -124,6 +124,8 @@ class OutboxRelay:
         self.name = f"outbox-relay:{outbox.table.name}"
         self.holding = False
         self.relayed = 0  # events appended by this relay (a re-append counts again)
+        # The app's OpenTelemetry spans (Tidings(tracing=True)): a send span per append.
+        self._tracing = getattr(outbox.app, "tracing", None)
         self._clock = clock
         self.quiet = quiet
         self._busy = False  # a pass has found rows: a quiet relay speaks up from then on
@@ -243,7 +245,12 @@ class OutboxRelay:
             # 2/3 ago): a standby cannot take over for a third of the lease at least.
             if not await self._hold():
                 break
-            await transport.append(topic, [(r[2], r[3]) for r in chunk])
+            records = [(r[2], r[3]) for r in chunk]
+            if self._tracing is None:
+                await transport.append(topic, records)
+            else:  # its send span, from the rows' creation contexts
+                with self._tracing.relay(topic, [r[3] for r in chunk]):
+                    await transport.append(topic, records)
             moved += len(chunk)
             self.relayed += len(chunk)
             await self._tx(functools.partial(self.outbox._forget, seqs=[r[0] for r in chunk]))

@@ -115,6 +115,10 @@ class Dispatcher:
         # how its events are handled (_ONE, _THREAD, _LOOP); made on the first such event.
         self.routes: dict[tuple[str, str], Route] = {}
         self.runs: dict[tuple[str, str], int] = {}
+        # Middleware that must see the calls of some events, which then leave the runs.
+        self.watchers = [
+            m.wants_chain for m in middleware if type(m).wants_chain is not Middleware.wants_chain
+        ]
 
     @property
     def batches(self) -> bool:
@@ -230,7 +234,12 @@ class Dispatcher:
         if kind is None:
             self._route(*key)
             kind = self.runs[key]
-        return kind != _ONE
+        if kind == _ONE:
+            return False
+        for wants in self.watchers:  # noqa: SIM110 (a loop, not all(): no generator per event)
+            if wants(event):
+                return False
+        return True
 
     async def dispatch_run(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]

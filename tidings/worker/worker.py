@@ -91,7 +91,7 @@ class Worker:
             max_in_flight, fetch_max, commit_interval, shutdown_timeout, revoke_timeout
         )
         # Around every handler call, outermost first (see tidings.middleware).
-        self.middleware = list(default_middleware() if middleware is None else middleware)
+        self.middleware = _chain(app, middleware)
         # Synchronous handlers run here: their own pool, sized for I/O-bound work (mail,
         # webhooks), so that partitions are not limited to asyncio's default few threads.
         self.sync_threads = sync_threads
@@ -289,3 +289,16 @@ class _SignalHandlers:
             if before is not None:  # None: not set from Python, nothing to put back
                 signal.signal(sig, before)
         self.before.clear()
+
+
+def _chain(app: Tidings, middleware: Sequence[Middleware] | None) -> list[Middleware]:
+    """The worker's middleware: ``middleware`` or the default list, with the process
+    spans outermost if ``app`` traces (tidings.otel) and the list has no tracing
+    middleware of its own."""
+    chain = list(default_middleware() if middleware is None else middleware)
+    if app.tracing is not None:
+        from tidings.otel import TracingMiddleware
+
+        if not any(isinstance(m, TracingMiddleware) for m in chain):
+            chain.insert(0, TracingMiddleware(app.tracing))
+    return chain
