@@ -1,0 +1,250 @@
+"""Event-sourced aggregates against ``eventsourcing`` (PyPI), in the same run (issue 20).
+
+    .venv/bin/python -m bench.bench_aggregates [--rounds 3] [--saves 300] [--loads 300]
+
+Both on a SQLite file of their own in WAL mode with ``synchronous=FULL`` (set on every
+connection and read back), the same aggregate (a ``Dog`` registered with a name, then
+one ``add_trick`` per save), the same shape of stored event (a JSON document per event
+with its aggregate id, version, type, time and payload; tidings' also carries the
+CloudEvents attributes). Each side also writes what its log needs in the same
+transaction: tidings the outbox row of every event (``topic=``), eventsourcing its
+notification log (the same table, which numbers every event).
+
+Figures, per second, each round both sides in turn, medians of ``--rounds``:
+
+- ``save``: a save of one new event (an aggregate loaded once, ``add_trick`` + save).
+- ``load``: loading an aggregate of 100 events, no snapshots.
+- ``load_snapshot``: loading an aggregate of 105 events with a snapshot every 50 (the
+  snapshot at 100 and 5 events after it).
+
+Prints each round and a table of medians with the ratio tidings / eventsourcing.
+Counts are bounded (``--saves``, ``--loads``); the files are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from tidings import Tidings
+from tidings.aggregates import Aggregate, AggregateStore, applies
+
+EVENTS = 100  # the aggregate loaded without snapshots
+SNAPSHOT_EVENTS = 105  # the aggregate loaded with snapshots
+SNAPSHOT_EVERY = 50
+
+# -- tidings -----------------------------------------------------------------------------
+
+app = Tidings("memory://", service="dog-school")
+
+
+@app.event("dog.registered", subject="dog_id")
+class DogRegistered(BaseModel):
+    dog_id: str
+    name: str
+
+
+@app.event("dog.trick_added")
+class TrickAdded(BaseModel):
+    trick: str
+
+
+class Dog(Aggregate):
+    def __init__(self) -> None:
+        self.name = ""
+        self.tricks: list[str] = []
+
+    def register(self, name: str) -> None:
+        self.record(DogRegistered(dog_id=self.id, name=name))
+
+    def add_trick(self, trick: str) -> None:
+        self.record(TrickAdded(trick=trick))
+
+    @applies(DogRegistered)
+    def _registered(self, event: DogRegistered) -> None:
+        self.name = event.name
+
+    @applies(TrickAdded)
+    def _trick_added(self, event: TrickAdded) -> None:
+        self.tricks.append(event.trick)
+
+
+class TidingsSide:
+    name = "tidings"
+
+    def __init__(self, folder: str, snapshot_every: int | None) -> None:
+        url = f"sqlite:///{folder}/tidings-{snapshot_every}.db"
+        self.store = AggregateStore(
+            app, url, Dog, topic="dog-events", snapshot_every=snapshot_every
+        )
+        self.store.create_tables()
+        with self.store.engine.connect() as conn:
+            self.synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+
+    def new(self, events: int) -> Any:
+        dog = self.store.create()
+        dog.register("Fido")
+        self.store.save(dog)
+        for i in range(events - 1):
+            dog.add_trick(f"trick-{i}")
+            self.store.save(dog)
+        return dog
+
+    def add_trick(self, dog: Any, trick: str) -> None:
+        dog.add_trick(trick)
+        self.store.save(dog)
+
+    def load(self, dog_id: Any) -> Any:
+        return self.store.load(dog_id)
+
+    def close(self) -> None:
+        self.store.dispose()
+
+
+# -- eventsourcing ------------------------------------------------------------------------
+
+
+@functools.cache
+def _es_classes() -> tuple[Any, Any, Any]:
+    """eventsourcing's Dog and applications (once: it registers classes by name)."""
+    from eventsourcing.application import Application
+    from eventsourcing.domain import Aggregate as ESAggregate
+    from eventsourcing.domain import event
+    from eventsourcing.sqlite import SQLiteConnectionPool
+
+    create = SQLiteConnectionPool._create_connection
+
+    def full(self: Any) -> Any:
+        conn = create(self)
+        conn._sqlite_conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    SQLiteConnectionPool._create_connection = full  # type: ignore[method-assign]
+
+    class ESDog(ESAggregate):
+        @event("Registered")
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.tricks: list[str] = []
+
+        @event("TrickAdded")
+        def add_trick(self, trick: str) -> None:
+            self.tricks.append(trick)
+
+    class DogSchool(Application[Any]):
+        pass
+
+    class SnapshottingDogSchool(Application[Any]):
+        snapshotting_intervals = {ESDog: SNAPSHOT_EVERY}
+
+    return ESDog, DogSchool, SnapshottingDogSchool
+
+
+def eventsourcing_side(folder: str, snapshot_every: int | None) -> Any:
+    ESDog, DogSchool, SnapshottingDogSchool = _es_classes()
+    assert snapshot_every in (None, SNAPSHOT_EVERY)
+    school = DogSchool if snapshot_every is None else SnapshottingDogSchool
+
+    class Side:
+        name = "eventsourcing"
+
+        def __init__(self) -> None:
+            path = f"{folder}/eventsourcing-{snapshot_every}.db"
+            self.app = school(
+                env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+            )
+            recorder: Any = self.app.recorder
+            with recorder.datastore.transaction(commit=False) as curs:
+                curs.execute("PRAGMA synchronous")
+                self.synchronous = curs.fetchone()[0]
+
+        def new(self, events: int) -> Any:
+            dog = ESDog(name="Fido")
+            self.app.save(dog)
+            for i in range(events - 1):
+                dog.add_trick(f"trick-{i}")
+                self.app.save(dog)
+            return dog
+
+        def add_trick(self, dog: Any, trick: str) -> None:
+            dog.add_trick(trick)
+            self.app.save(dog)
+
+        def load(self, dog_id: Any) -> Any:
+            return self.app.repository.get(dog_id)
+
+        def close(self) -> None:
+            self.app.close()
+
+    return Side()
+
+
+# -- figures ------------------------------------------------------------------------------
+
+
+def rate(count: int, work: Callable[[int], Any]) -> float:
+    start = time.perf_counter()
+    for i in range(count):
+        work(i)
+    return count / (time.perf_counter() - start)
+
+
+def one_round(folder: str, side_of: Callable[[str, int | None], Any], args: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    side = side_of(folder, None)
+    assert side.synchronous in (2, "2"), f"{side.name}: synchronous={side.synchronous}"
+    dog = side.new(1)
+    out["save"] = rate(args.saves, lambda i: side.add_trick(dog, f"t-{i}"))
+    big = side.new(EVENTS)
+    assert len(side.load(big.id).tricks) == EVENTS - 1
+    out["load"] = rate(args.loads, lambda i: side.load(big.id))
+    side.close()
+    side = side_of(folder, SNAPSHOT_EVERY)
+    big = side.new(SNAPSHOT_EVENTS)
+    assert len(side.load(big.id).tricks) == SNAPSHOT_EVENTS - 1
+    out["load_snapshot"] = rate(args.loads, lambda i: side.load(big.id))
+    side.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--saves", type=int, default=300)
+    parser.add_argument("--loads", type=int, default=300)
+    parser.add_argument("--dir", default=None, help="where the SQLite files go")
+    args = parser.parse_args()
+    sides: dict[str, Callable[[str, int | None], Any]] = {
+        "tidings": TidingsSide,
+        "eventsourcing": eventsourcing_side,
+    }
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    for n in range(args.rounds):
+        for name, side_of in sides.items():
+            folder = tempfile.mkdtemp(prefix=f"bench-agg-{name}-", dir=args.dir)
+            try:
+                figures = one_round(folder, side_of, args)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            results[name].append(figures)
+            shown = "  ".join(f"{k}={v:,.0f}/s" for k, v in figures.items())
+            print(f"round {n + 1} {name:>13}: {shown}", flush=True)
+    print(f"\nmedians of {args.rounds} rounds (per second; load avg {os.getloadavg()[0]:.1f})")
+    print(f"{'figure':<14} {'tidings':>10} {'eventsourcing':>14} {'ratio':>7}")
+    for figure in ("save", "load", "load_snapshot"):
+        ours = statistics.median(r[figure] for r in results["tidings"])
+        theirs = statistics.median(r[figure] for r in results["eventsourcing"])
+        print(f"{figure:<14} {ours:>10,.0f} {theirs:>14,.0f} {ours / theirs:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
