@@ -198,7 +198,9 @@ def rate(count: int, work: Callable[[int], Any]) -> float:
     return count / (time.perf_counter() - start)
 
 
-def one_round(folder: str, side_of: Callable[[str, int | None], Any], args: Any) -> dict[str, float]:
+def one_round(
+    folder: str, side_of: Callable[[str, int | None], Any], args: Any
+) -> dict[str, float]:
     out: dict[str, float] = {}
     side = side_of(folder, None)
     assert side.synchronous in (2, "2"), f"{side.name}: synchronous={side.synchronous}"

@@ -106,6 +106,11 @@ class AggregateStore(Generic[A]):
                 f"AggregateStore got topic={topic!r} and an outbox whose topic is "
                 f"{outbox.topic!r}; pass one of them"
             )
+        if outbox is not None and outbox.url != self.url:
+            raise ConfigError(
+                f"AggregateStore: the outbox is in {outbox.url}, the events in {self.url}; "
+                "they must share a database to be written in one transaction"
+            )
         self.outbox = outbox
         self._ready = False
         self._statements()
@@ -124,6 +129,12 @@ class AggregateStore(Generic[A]):
         self._snapshot = sa.select(s.c.version, s.c.schema_version, s.c.state).where(
             s.c.aggregate_id == sa.bindparam("id")
         )
+        dialect = self.engine.dialect
+        self._raw_events = _tables.DriverInsert(t, dialect)
+        self._raw_snapshot = _tables.DriverInsert(s, dialect, replace_on="aggregate_id")
+        if self.outbox is not None:
+            self._raw_outbox = _tables.DriverInsert(self.outbox.table, dialect)
+        self._integrity_errors = dialect.loaded_dbapi.IntegrityError
         upsert: Any
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as upsert
@@ -243,8 +254,7 @@ class AggregateStore(Generic[A]):
                 _sync_only(session, "save")
                 self._write(session, aggregate, events, rows)
             else:
-                with self.engine.begin() as conn:
-                    self._write(conn, aggregate, events, rows)
+                self._write_own(aggregate, events, rows)
         except _Conflict:
             raise ConcurrencyConflict(
                 aggregate_id, saved_version(aggregate), self.stream_version(aggregate_id)
@@ -278,18 +288,49 @@ class AggregateStore(Generic[A]):
         if self.outbox is not None:
             for event in events:
                 self.outbox.add(conn, event)
+        snapshot = self._snapshot_row(aggregate)
+        if snapshot is not None:
+            conn.execute(self._put_snapshot, snapshot)
+
+    def _write_own(self, aggregate: A, events: list[Event], rows: list[dict[str, Any]]) -> None:
+        """:meth:`_write` in a transaction of the store's own, on a raw DBAPI connection
+        (the same rows, through :class:`~._tables.DriverInsert`)."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                try:
+                    self._raw_events.run(cursor, rows)
+                except self._integrity_errors:
+                    raise _Conflict from None
+                if self.outbox is not None:
+                    self._raw_outbox.run(cursor, [self.outbox.row(e) for e in events])
+                snapshot = self._snapshot_row(aggregate)
+                if snapshot is not None:
+                    self._raw_snapshot.run(cursor, [snapshot])
+            finally:
+                cursor.close()
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()  # back to the pool
+        if self.outbox is not None:
+            self.outbox.wake_relays()
+
+    def _snapshot_row(self, aggregate: A) -> dict[str, Any] | None:
+        """The snapshot row to store with this save, if it crosses a multiple of
+        ``snapshot_every``."""
         every = self.snapshot_every
-        if every is not None and aggregate.version // every > saved_version(aggregate) // every:
-            state = orjson.dumps(aggregate.snapshot_state())
-            conn.execute(
-                self._put_snapshot,
-                {
-                    "aggregate_id": aggregate.id,
-                    "version": aggregate.version,
-                    "schema_version": type(aggregate).snapshot_version,
-                    "state": state,
-                },
-            )
+        if every is None or aggregate.version // every <= saved_version(aggregate) // every:
+            return None
+        return {
+            "aggregate_id": aggregate.id,
+            "version": aggregate.version,
+            "schema_version": type(aggregate).snapshot_version,
+            "state": orjson.dumps(aggregate.snapshot_state()),
+        }
 
     def stream_version(self, aggregate_id: str) -> int:
         """The version of ``aggregate_id``'s stream as committed now (0 if none)."""
