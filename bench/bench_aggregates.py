@@ -241,11 +241,15 @@ def main() -> None:
             shown = "  ".join(f"{k}={v:,.0f}/s" for k, v in figures.items())
             print(f"round {n + 1} {name:>13}: {shown}", flush=True)
     print(f"\nmedians of {args.rounds} rounds (per second; load avg {os.getloadavg()[0]:.1f})")
-    print(f"{'figure':<14} {'tidings':>10} {'eventsourcing':>14} {'ratio':>7}")
+    print(f"{'figure':<14} {'tidings':>10} {'eventsourcing':>14} {'ratio':>7}  per round")
     for figure in ("save", "load", "load_snapshot"):
         ours = statistics.median(r[figure] for r in results["tidings"])
         theirs = statistics.median(r[figure] for r in results["eventsourcing"])
-        print(f"{figure:<14} {ours:>10,.0f} {theirs:>14,.0f} {ours / theirs:>7.2f}")
+        rounds = ", ".join(
+            f"{t[figure] / e[figure]:.2f}"
+            for t, e in zip(results["tidings"], results["eventsourcing"], strict=True)
+        )
+        print(f"{figure:<14} {ours:>10,.0f} {theirs:>14,.0f} {ours / theirs:>7.2f}  {rounds}")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def test_recording_an_unregistered_payload_is_a_clear_error(store: AggregateStor
         dog.record(Unregistered())
     with pytest.raises(ConfigError, match="takes a registered pydantic event model, got dict"):
         dog.record({"trick": "sit"})  # type: ignore[arg-type]
-    assert dog.version == 0 and dog.pending == []
+    assert dog.version == 0
+    assert dog.pending == []
 
 
 def test_an_event_without_its_apply_method_is_refused_when_recorded(app: Tidings) -> None:
@@ -128,7 +129,8 @@ def test_two_writers_conflict_once_and_the_retry_lands_both(store: AggregateStor
     assert len(conflicts) == 1
     conflict = conflicts[0]
     assert (conflict.aggregate_id, conflict.expected, conflict.actual) == (dog.id, 1, 2)
-    assert "another writer saved first" in str(conflict) and "Reload it" in str(conflict)
+    assert "another writer saved first" in str(conflict)
+    assert "Reload it" in str(conflict)
     final = store.load(dog.id)
     assert sorted(final.tricks) == ["sit", "stay"]
     assert final.tricks[-1] == retried[0]  # the loser's change, after the winner's
@@ -145,9 +147,12 @@ def test_a_stale_aggregate_in_the_callers_session_conflicts_and_rolls_back(
     stale = store.load(dog.id)
     store.update(dog.id, lambda d: d.add_trick("sit"))
     stale.add_trick("stay")
-    with Session(store.engine) as session:
-        with pytest.raises(ConcurrencyConflict) as caught, session.begin():
-            store.save(stale, session=session)
+    with (
+        Session(store.engine) as session,
+        pytest.raises(ConcurrencyConflict) as caught,
+        session.begin(),
+    ):
+        store.save(stale, session=session)
     assert (caught.value.expected, caught.value.actual) == (1, 2)
     assert store.load(dog.id).tricks == ["sit"]
     assert stale.pending  # not saved: the caller reloads and applies it again
@@ -335,7 +340,7 @@ def test_bad_settings_are_refused(app: Tidings) -> None:
     with pytest.raises(ConfigError, match="an aggregate id is a string of 1 to 255"):
         store.create("")
     other = AggregateStore(app, "sqlite://", Dog)
+    fido = Dog()
+    fido.add_trick("sit")
     with pytest.raises(ConfigError, match="made by its create"):
-        fido = Dog()
-        fido.add_trick("sit")
         other.save(fido)
