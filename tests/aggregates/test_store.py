@@ -344,3 +344,28 @@ def test_bad_settings_are_refused(app: Tidings) -> None:
     fido.add_trick("sit")
     with pytest.raises(ConfigError, match="made by its create"):
         other.save(fido)
+
+
+def test_a_shared_outbox_takes_the_events_to_the_stores_topic(
+    app: Tidings, db_url: str, tmp_path: Any
+) -> None:
+    from tidings.outbox import Outbox
+
+    outbox = Outbox(app, db_url, topic="task-events")
+    store = AggregateStore(app, db_url, Dog, outbox=outbox, topic=TOPIC)
+    try:
+        assert store.outbox is outbox
+        dog = store.create()
+        dog.register("Fido")
+        store.save(dog)
+        dog.add_trick("sit")
+        with Session(store.engine) as session, session.begin():
+            store.save(dog, session=session)
+        with store.engine.connect() as conn:
+            topics = conn.execute(sa.select(outbox.table.c.topic)).scalars().all()
+        assert topics == [TOPIC, TOPIC]
+        elsewhere = Outbox(app, f"sqlite:///{tmp_path / 'other.db'}", topic=TOPIC)
+        with pytest.raises(ConfigError, match="must share a database"):
+            AggregateStore(app, db_url, Dog, outbox=elsewhere)
+    finally:
+        store.dispose()

@@ -29,6 +29,7 @@ from tidings.contracts import Registry
 from tidings.envelope import Event, new_id
 from tidings.errors import AggregateNotFound, ConcurrencyConflict, ConfigError
 from tidings.outbox import Outbox, OutboxApp
+from tidings.transport import check_topic_name
 
 __all__ = ["AggregateApp", "AggregateStore"]
 
@@ -61,12 +62,14 @@ class AggregateStore(Generic[A]):
     inserts the new events at the versions after the one the aggregate was loaded at:
     if another writer stored one of them first, the insert fails on the primary key and
     :class:`~tidings.errors.ConcurrencyConflict` is raised (:meth:`update` reloads and
-    retries). ``topic``: the new events also go into the outbox (``tidings_outbox``, or
-    the ``outbox`` given) in the same transaction, for its relay to publish; without
-    either they are only stored. ``snapshot_every``: every that many events a save also
-    stores a snapshot, and a load starts from it (if its ``snapshot_version`` is the
-    class's). ``table`` names the events table (the snapshots are in
-    ``<table>_snapshots``); ``metadata``: a MetaData of yours to declare them in.
+    retries). ``topic``: the new events also go into the outbox in the same
+    transaction, to this topic, for its relay to publish: the ``outbox`` given (which
+    must be in the same database; its relay then serves both), else one of the default
+    table (``tidings_outbox``); without a topic (or an outbox) they are only stored.
+    ``snapshot_every``: every that many events a save also stores a snapshot, and a
+    load starts from it (if its ``snapshot_version`` is the class's). ``table`` names
+    the events table (the snapshots are in ``<table>_snapshots``); ``metadata``: a
+    MetaData of yours to declare them in.
     """
 
     def __init__(
@@ -99,18 +102,22 @@ class AggregateStore(Generic[A]):
         self.engine, self._owns_engine = _engine_for(db)
         self.metadata = metadata if metadata is not None else sa.MetaData()
         self.table, self.snapshots = _tables.tables(self.metadata, table)
-        if outbox is None and topic is not None:
+        if topic is not None:
+            check_topic_name(topic)
+        if outbox is not None:
+            topic = topic or outbox.topic
+            if topic is None:
+                raise ConfigError(
+                    "AggregateStore(outbox=...) needs topic=... (the outbox has no default)"
+                )
+            if outbox.url != self.url:
+                raise ConfigError(
+                    f"AggregateStore: the outbox is in {outbox.url}, the events in "
+                    f"{self.url}; they must share a database to be written in one transaction"
+                )
+        elif topic is not None:
             outbox = Outbox(app, self.engine, topic=topic, metadata=self.metadata)
-        elif outbox is not None and topic is not None and topic != outbox.topic:
-            raise ConfigError(
-                f"AggregateStore got topic={topic!r} and an outbox whose topic is "
-                f"{outbox.topic!r}; pass one of them"
-            )
-        if outbox is not None and outbox.url != self.url:
-            raise ConfigError(
-                f"AggregateStore: the outbox is in {outbox.url}, the events in {self.url}; "
-                "they must share a database to be written in one transaction"
-            )
+        self.topic = topic
         self.outbox = outbox
         self._ready = False
         self._statements()
@@ -287,7 +294,7 @@ class AggregateStore(Generic[A]):
             raise _Conflict from None
         if self.outbox is not None:
             for event in events:
-                self.outbox.add(conn, event)
+                self.outbox.add(conn, event, topic=self.topic)
         snapshot = self._snapshot_row(aggregate)
         if snapshot is not None:
             conn.execute(self._put_snapshot, snapshot)
@@ -304,7 +311,9 @@ class AggregateStore(Generic[A]):
                 except self._integrity_errors:
                     raise _Conflict from None
                 if self.outbox is not None:
-                    self._raw_outbox.run(cursor, [self.outbox.row(e) for e in events])
+                    self._raw_outbox.run(
+                        cursor, [self.outbox.row(e, topic=self.topic) for e in events]
+                    )
                 snapshot = self._snapshot_row(aggregate)
                 if snapshot is not None:
                     self._raw_snapshot.run(cursor, [snapshot])

@@ -174,11 +174,11 @@ class Outbox:
         self._wake_after_commit(getattr(session, "sync_session", None))
         return event
 
-    def row(self, event: Event) -> dict[str, Any]:
+    def row(self, event: Event, *, topic: str | None = None) -> dict[str, Any]:
         """The row :meth:`add` inserts for a ready ``event``, by column name: for a writer
         that inserts it on a connection of its own in its own transaction (the
         aggregate store), which then calls :meth:`wake_relays` once it committed."""
-        return self._row(event, None, None, None, {})[1]
+        return self._row(event, topic, None, None, {})[1]
 
     def wake_relays(self) -> None:
         """Wake this process's relays of this outbox (rows were just committed)."""
