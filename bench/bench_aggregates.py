@@ -18,6 +18,9 @@ Figures, per second, each round both sides in turn, medians of ``--rounds``:
   snapshot at 100 and 5 events after it).
 
 Prints each round and a table of medians with the ratio tidings / eventsourcing.
+``--without-outbox``: tidings stores the events without their outbox rows, a
+diagnostic of what the outbox costs a durable save (not the comparison: eventsourcing
+writes its notification log either way).
 Counts are bounded (``--saves``, ``--loads``); the files are removed at the end.
 """
 
@@ -41,6 +44,7 @@ from tidings.aggregates import Aggregate, AggregateStore, applies
 EVENTS = 100  # the aggregate loaded without snapshots
 SNAPSHOT_EVENTS = 105  # the aggregate loaded with snapshots
 SNAPSHOT_EVERY = 50
+TOPIC: list[str | None] = ["dog-events"]  # [None] with --without-outbox
 
 # -- tidings -----------------------------------------------------------------------------
 
@@ -83,9 +87,7 @@ class TidingsSide:
 
     def __init__(self, folder: str, snapshot_every: int | None) -> None:
         url = f"sqlite:///{folder}/tidings-{snapshot_every}.db"
-        self.store = AggregateStore(
-            app, url, Dog, topic="dog-events", snapshot_every=snapshot_every
-        )
+        self.store = AggregateStore(app, url, Dog, topic=TOPIC[0], snapshot_every=snapshot_every)
         self.store.create_tables()
         with self.store.engine.connect() as conn:
             self.synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
@@ -224,7 +226,14 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=300)
     parser.add_argument("--loads", type=int, default=300)
     parser.add_argument("--dir", default=None, help="where the SQLite files go")
+    parser.add_argument(
+        "--without-outbox",
+        action="store_true",
+        help="tidings stores the events only (a diagnostic: what the outbox rows cost)",
+    )
     args = parser.parse_args()
+    if args.without_outbox:
+        TOPIC[0] = None
     sides: dict[str, Callable[[str, int | None], Any]] = {
         "tidings": TidingsSide,
         "eventsourcing": eventsourcing_side,

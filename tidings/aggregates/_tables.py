@@ -26,6 +26,10 @@ def tables(metadata: sa.MetaData, name: str) -> tuple[sa.Table, sa.Table]:
         sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
         # The event as the log carries it (structured CloudEvents JSON).
         sa.Column("event", sa.LargeBinary, nullable=False),
+        # On SQLite, the rows in the primary key's own b-tree: a save changes one page
+        # of this table, not a rowid table and its key's index (a durable commit
+        # writes every changed page to the WAL).
+        sqlite_with_rowid=False,
     )
     snapshots = sa.Table(
         f"{name}_snapshots",
