@@ -10,7 +10,8 @@ CloudEvents attributes). Each side also writes what its log needs in the same
 transaction: tidings the outbox row of every event (``topic=``), eventsourcing its
 notification log (the same table, which numbers every event).
 
-Figures, per second, each round both sides in turn, medians of ``--rounds``:
+Figures, per second, medians of ``--rounds``; within a round the two sides take turns
+of 50 operations (the order swapped every turn), so both meet the same disk:
 
 - ``save``: a save of one new event (an aggregate loaded once, ``add_trick`` + save).
 - ``load``: loading an aggregate of 100 events, no snapshots.
@@ -193,31 +194,74 @@ def eventsourcing_side(folder: str, snapshot_every: int | None) -> Any:
 # -- figures ------------------------------------------------------------------------------
 
 
-def rate(count: int, work: Callable[[int], Any]) -> float:
-    start = time.perf_counter()
-    for i in range(count):
-        work(i)
-    return count / (time.perf_counter() - start)
+CHUNK = 50  # operations of one side before the other side's turn
 
 
-def one_round(
-    folder: str, side_of: Callable[[str, int | None], Any], args: Any
-) -> dict[str, float]:
-    out: dict[str, float] = {}
-    side = side_of(folder, None)
-    assert side.synchronous in (2, "2"), f"{side.name}: synchronous={side.synchronous}"
-    dog = side.new(1)
-    out["save"] = rate(args.saves, lambda i: side.add_trick(dog, f"t-{i}"))
-    big = side.new(EVENTS)
-    assert len(side.load(big.id).tricks) == EVENTS - 1
-    out["load"] = rate(args.loads, lambda i: side.load(big.id))
-    side.close()
-    side = side_of(folder, SNAPSHOT_EVERY)
-    big = side.new(SNAPSHOT_EVENTS)
-    assert len(side.load(big.id).tricks) == SNAPSHOT_EVENTS - 1
-    out["load_snapshot"] = rate(args.loads, lambda i: side.load(big.id))
-    side.close()
+def interleaved(count: int, works: dict[str, Callable[[int], Any]]) -> dict[str, float]:
+    """Each side's rate (per second) over ``count`` calls of its work, run in turns of
+    ``CHUNK`` calls, the sides' order swapped every turn: on a shared machine the disk's
+    fsync latency moves by ten times within seconds, and both sides meet the same."""
+    spent = dict.fromkeys(works, 0.0)
+    names = list(works)
+    done = 0
+    while done < count:
+        n = min(CHUNK, count - done)
+        for name in names:
+            work = works[name]
+            start = time.perf_counter()
+            for i in range(done, done + n):
+                work(i)
+            spent[name] += time.perf_counter() - start
+        names.reverse()
+        done += n
+    return {name: count / seconds for name, seconds in spent.items()}
+
+
+Sides = dict[str, Callable[[str, int | None], Any]]
+
+
+def one_round(folder: str, sides: Sides, args: Any) -> dict[str, dict[str, float]]:
+    """The three figures of every side, each side on a SQLite file of its own."""
+    out: dict[str, dict[str, float]] = {name: {} for name in sides}
+    opened = {name: side_of(folder, None) for name, side_of in sides.items()}
+    for side in opened.values():
+        assert side.synchronous in (2, "2"), f"{side.name}: synchronous={side.synchronous}"
+    dogs = {name: side.new(1) for name, side in opened.items()}
+    saves = interleaved(
+        args.saves, {n: functools.partial(_save, s, dogs[n]) for n, s in opened.items()}
+    )
+    loads = interleaved(args.loads, _loaders(opened, EVENTS))
+    for side in opened.values():
+        side.close()
+    opened = {name: side_of(folder, SNAPSHOT_EVERY) for name, side_of in sides.items()}
+    snapshot_loads = interleaved(args.loads, _loaders(opened, SNAPSHOT_EVENTS))
+    for side in opened.values():
+        side.close()
+    for name in sides:
+        out[name] = {
+            "save": saves[name],
+            "load": loads[name],
+            "load_snapshot": snapshot_loads[name],
+        }
     return out
+
+
+def _load(side: Any, key: Any, _i: int) -> Any:
+    return side.load(key)
+
+
+def _save(side: Any, dog: Any, i: int) -> None:
+    side.add_trick(dog, f"t-{i}")
+
+
+def _loaders(opened: dict[str, Any], events: int) -> dict[str, Callable[[int], Any]]:
+    """Per side, a load of a new aggregate of ``events`` events (checked once)."""
+    loaders: dict[str, Callable[[int], Any]] = {}
+    for name, side in opened.items():
+        big = side.new(events)
+        assert len(side.load(big.id).tricks) == events - 1, name
+        loaders[name] = functools.partial(_load, side, big.id)
+    return loaders
 
 
 def main() -> None:
@@ -234,20 +278,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.without_outbox:
         TOPIC[0] = None
-    sides: dict[str, Callable[[str, int | None], Any]] = {
-        "tidings": TidingsSide,
-        "eventsourcing": eventsourcing_side,
-    }
+    sides: Sides = {"tidings": TidingsSide, "eventsourcing": eventsourcing_side}
     results: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
     for n in range(args.rounds):
-        for name, side_of in sides.items():
-            folder = tempfile.mkdtemp(prefix=f"bench-agg-{name}-", dir=args.dir)
-            try:
-                figures = one_round(folder, side_of, args)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-            results[name].append(figures)
-            shown = "  ".join(f"{k}={v:,.0f}/s" for k, v in figures.items())
+        folder = tempfile.mkdtemp(prefix="bench-agg-", dir=args.dir)
+        try:
+            figures = one_round(folder, sides, args)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        for name in sides:
+            results[name].append(figures[name])
+            shown = "  ".join(f"{k}={v:,.0f}/s" for k, v in figures[name].items())
             print(f"round {n + 1} {name:>13}: {shown}", flush=True)
     print(f"\nmedians of {args.rounds} rounds (per second; load avg {os.getloadavg()[0]:.1f})")
     print(f"{'figure':<14} {'tidings':>10} {'eventsourcing':>14} {'ratio':>7}  per round")

@@ -182,7 +182,7 @@ def test_update_gives_up_after_its_attempts(store: AggregateStore[Dog]) -> None:
 def test_outbox_rows_exist_exactly_when_the_transaction_commits(
     store: AggregateStore[Dog],
 ) -> None:
-    store.create_tables()
+    store.create_tables()  # a save in a session only checks that they exist
     assert store.outbox is not None
     dog = store.create()
     dog.register("Fido")
@@ -199,6 +199,22 @@ def test_outbox_rows_exist_exactly_when_the_transaction_commits(
         saved = store.save(dog, session=session)
     assert [e.id for e in outbox_events(store)] == [saved[0].id]
     assert store.load(dog.id).name == "Rex"
+
+
+def test_a_save_in_a_session_needs_the_tables_created_first(
+    store: AggregateStore[Dog],
+) -> None:
+    dog = store.create()
+    dog.register("Fido")
+    with (
+        Session(store.engine) as session,
+        pytest.raises(ConfigError, match=r"do not exist; create them before using a session"),
+    ):
+        store.save(dog, session=session)
+    store.create_tables()
+    with Session(store.engine) as session, session.begin():
+        store.save(dog, session=session)
+    assert store.load(dog.id).name == "Fido"
 
 
 def test_without_a_topic_events_are_only_stored(app: Tidings, db_url: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from tidings._sql import is_async, make_engine, of_kind, safe_url, with_psycopg
 from tidings._sqlite import use_wal
@@ -165,12 +166,10 @@ class AggregateStore(Generic[A]):
 
     def create_tables(self) -> None:
         """Create the events and snapshots tables, and the outbox's, if missing (the
-        first load or save does it too)."""
+        first load or save in the store's own transaction does it too; one in a
+        caller's session does not: it only checks that they exist)."""
         with self.engine.connect() as conn:
-            names = [self.table.name, self.snapshots.name]
-            if self.outbox is not None:
-                names.append(self.outbox.table.name)
-            missing = [n for n in names if not sa.inspect(conn).has_table(n)]
+            missing = self._missing(conn)
         if missing:
             # Looked for first: on SQLite, a CREATE ... IF NOT EXISTS would wait behind a
             # caller's transaction that holds the write lock, to change nothing.
@@ -178,6 +177,30 @@ class AggregateStore(Generic[A]):
                 _tables.create(conn, self.table, self.snapshots)
             if self.outbox is not None:
                 self.outbox.create_table()
+        self._ready = True
+
+    def _missing(self, conn: Any) -> list[str]:
+        names = [self.table.name, self.snapshots.name]
+        if self.outbox is not None:
+            names.append(self.outbox.table.name)
+        inspector = sa.inspect(conn)
+        return [n for n in names if not inspector.has_table(n)]
+
+    def _tables_in(self, session: Any) -> None:
+        """Check that the tables exist, looking through the caller's session. Not
+        created from here: on SQLite the store's own connection would wait for the
+        write lock the caller's transaction may hold, in this very thread."""
+        _sync_only(session, "load or save")
+        if self._ready:
+            return
+        conn = session.connection() if isinstance(session, Session) else session
+        missing = self._missing(conn)
+        if missing:
+            raise ConfigError(
+                f"{self!r}: the tables {', '.join(missing)} do not exist; create them "
+                "before using a session: store.create_tables() at start, or in your "
+                "migrations (store.table, store.snapshots and the outbox's)"
+            )
         self._ready = True
 
     # -- new aggregates, loading ----------------------------------------------------------
@@ -196,11 +219,11 @@ class AggregateStore(Generic[A]):
         usable one). ``session``: read in the caller's Session or Connection. Raises
         :class:`~tidings.errors.AggregateNotFound` if no event has this id."""
         _check_id(aggregate_id)
+        if session is not None:
+            self._tables_in(session)
+            return self._load(session, aggregate_id)
         if not self._ready:
             self.create_tables()
-        if session is not None:
-            _sync_only(session, "load")
-            return self._load(session, aggregate_id)
         with self.engine.connect() as conn:
             return self._load(conn, aggregate_id)
 
@@ -253,12 +276,13 @@ class AggregateStore(Generic[A]):
                 f"{self!r} saves {self.aggregate.__name__} aggregates made by its create() "
                 f"or load(), got {aggregate!r}"
             )
-        if not self._ready:
+        if session is not None:
+            self._tables_in(session)
+        elif not self._ready:
             self.create_tables()
         events, rows = self._rows(aggregate, aggregate_id, pending)
         try:
             if session is not None:
-                _sync_only(session, "save")
                 self._write(session, aggregate, events, rows)
             else:
                 self._write_own(aggregate, events, rows)
@@ -406,7 +430,8 @@ async def _in_session(session: Any, job: Callable[[Any], T]) -> T:
 def _sync_only(session: Any, what: str) -> None:
     if is_async(session):
         raise ConfigError(
-            f"{what}() got an async session: use 'await store.{what}_async(..., session=...)'"
+            f"{what}() got an async session: use 'await store.save_async(..., session=...)' "
+            "or load_async"
         )
 
 
