@@ -37,7 +37,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("dead letters", ("tidings.dead_letters",)),
-    ("outbox, inbox, scheduler", ("tidings.outbox", "tidings.inbox", "tidings.scheduler")),
+    (
+        "outbox, inbox, scheduler",
+        ("tidings.outbox", "tidings.inbox", "tidings.scheduler", "tidings.aggregates"),
+    ),
     ("middleware", ("tidings.middleware", "tidings.otel")),
     ("app", ("tidings.app", "tidings.publish_options")),
     ("worker", ("tidings.worker",)),

@@ -143,6 +143,7 @@ PUBLIC_MODULES = {
     "tidings.logs",
     "tidings.metrics",
     "tidings.otel",
+    "tidings.aggregates",
 }
 
 

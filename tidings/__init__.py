@@ -26,7 +26,8 @@ internal and may change without notice.
 - ``tidings.catalog``: the event catalog of a log (``tidings catalog``);
 - ``tidings.logs``: log lines with the handled event's coordinates, as text or JSON;
 - ``tidings.metrics``: a worker's Prometheus metrics (the ``metrics`` extra);
-- ``tidings.otel``: OpenTelemetry spans of publishes and handler calls (the ``otel`` extra).
+- ``tidings.otel``: OpenTelemetry spans of publishes and handler calls (the ``otel`` extra);
+- ``tidings.aggregates``: event-sourced aggregates and their store.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -28,12 +28,18 @@ Importable from ``tidings.errors`` only (catch their parents):
 - :class:`RetriesExhausted`: a ``TidingsError``, a handler failed and its retry policy
   gave up (what the dead-letter middleware catches);
 - :class:`Parked`: a ``TidingsError``, why an event of a sequenced group waits in the
-  dead letters behind an earlier one of its key.
+  dead letters behind an earlier one of its key;
+- :class:`ConcurrencyConflict`: a ``TidingsError``, an aggregate's stream moved on since
+  it was loaded (reload and retry);
+- :class:`AggregateNotFound`: a ``TidingsError`` and a ``LookupError``, no stream has
+  that aggregate id.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AggregateNotFound",
+    "ConcurrencyConflict",
     "ConfigError",
     "ConsumerDead",
     "DecodeError",
@@ -130,6 +136,28 @@ class Parked(TidingsError):
     def __init__(self, entry: str, where: str) -> None:
         self.entry = entry
         super().__init__(f"parked behind dead letter {entry} ({where})")
+
+
+class ConcurrencyConflict(TidingsError):
+    """Saving an aggregate found its stream moved on since it was loaded: another
+    writer saved events at the versions this save wanted. Nothing was written; reload
+    the aggregate, apply the change again and save (``AggregateStore.update`` does).
+    ``expected``: the version the aggregate was loaded at; ``actual``: the stream's
+    version when the conflict was seen."""
+
+    def __init__(self, aggregate_id: str, expected: int, actual: int) -> None:
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"aggregate {aggregate_id!r} was loaded at version {expected} but its stream "
+            f"is at version {actual}: another writer saved first; nothing was written. "
+            "Reload it, apply the change again and save (AggregateStore.update retries so)"
+        )
+
+
+class AggregateNotFound(TidingsError, LookupError):
+    """No stored stream has this aggregate id."""
 
 
 class TransportError(TidingsError):

@@ -174,6 +174,17 @@ class Outbox:
         self._wake_after_commit(getattr(session, "sync_session", None))
         return event
 
+    def row(self, event: Event, *, topic: str | None = None) -> dict[str, Any]:
+        """The row :meth:`add` inserts for a ready ``event``, by column name: for a writer
+        that inserts it on a connection of its own in its own transaction (the
+        aggregate store), which then calls :meth:`wake_relays` once it committed."""
+        return self._row(event, topic, None, None, {})[1]
+
+    def wake_relays(self) -> None:
+        """Wake this process's relays of this outbox (rows were just committed)."""
+        for relay in list(self._relays):
+            relay.wake()
+
     def _wake_after_commit(self, session: Any) -> None:
         """Once ``session`` commits, wake this process's relays of this outbox (an ORM
         session only; rows added through a Connection wait for the next poll)."""
@@ -360,8 +371,7 @@ _LISTENING = "tidings_outbox_listening"  # session.info: the listeners are in pl
 
 def _wake_relays(session: Any) -> None:
     for outbox in session.info.pop(_WAKE, ()):
-        for relay in list(outbox._relays):
-            relay.wake()
+        outbox.wake_relays()
 
 
 def _forget_wake(session: Any) -> None:
