@@ -28,7 +28,9 @@ Importable from ``tidings.errors`` only (catch their parents):
 - :class:`RetriesExhausted`: a ``TidingsError``, a handler failed and its retry policy
   gave up (what the dead-letter middleware catches);
 - :class:`Parked`: a ``TidingsError``, why an event of a sequenced group waits in the
-  dead letters behind an earlier one of its key.
+  dead letters behind an earlier one of its key;
+- :class:`RebuildRunning`: a ``TidingsError``, a projection's rebuild was asked for
+  while another one of it runs.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "GroupNotFound",
     "InvalidEventType",
     "Parked",
+    "RebuildRunning",
     "RecordRejected",
     "RecordTooLarge",
     "RetriesExhausted",
@@ -130,6 +133,11 @@ class Parked(TidingsError):
     def __init__(self, entry: str, where: str) -> None:
         self.entry = entry
         super().__init__(f"parked behind dead letter {entry} ({where})")
+
+
+class RebuildRunning(TidingsError):
+    """A rebuild of a projection was asked for while another one of it runs (the
+    message says since when and where); one rebuild of a projection runs at a time."""
 
 
 class TransportError(TidingsError):
