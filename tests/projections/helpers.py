@@ -33,6 +33,7 @@ class Board:
     calls: list[str] = field(default_factory=list)  # event ids, in call order
     fail_on: set[str] = field(default_factory=set)  # task ids whose event raises after writing
     lock: threading.Lock = field(default_factory=threading.Lock)
+    hold: threading.Event | None = None  # if set: handlers wait for it (30 s at most)
 
 
 def count_statement(dialect: str, assignee: str) -> Any:
@@ -55,6 +56,8 @@ def board_app(log: str, db: str, name: str = "board") -> Board:
         ctx.session.execute(count_statement(dialect, payload["assignee"]))
         with board.lock:
             board.calls.append(ctx.id)
+        if board.hold is not None:
+            board.hold.wait(30)
         if payload["task_id"] in board.fail_on:
             raise RuntimeError(f"failing on {payload['task_id']}")
 

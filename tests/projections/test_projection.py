@@ -76,17 +76,22 @@ async def test_redelivered_events_are_passed_after_a_restart(
 async def test_status_shows_positions_end_and_lag(board: Board, engine: sa.Engine) -> None:
     await publish(board.app, 0, 12)
     status = await board.projection.status()
-    assert status.name == "board" and status.rebuilding is None
+    assert status.name == "board"
+    assert status.rebuilding is None
     assert [p.partition for p in status.partitions] == list(range(PARTITIONS))
-    assert status.lag == 12 and all(p.position is None for p in status.partitions)
+    assert status.lag == 12
+    assert all(p.position is None for p in status.partitions)
     async with running(board.app):
         await eventually(lambda: snapshot(engine) == (12, 12), what="12 applied")
     status = await board.projection.status()
     assert status.lag == 0
     assert sum(p.end for p in status.partitions) == 12
-    assert {p.position for p in status.partitions if p.end} == {p.end - 1 for p in status.partitions if p.end}
+    assert {p.position for p in status.partitions if p.end} == {
+        p.end - 1 for p in status.partitions if p.end
+    }
     as_json = status.to_json()
-    assert as_json["lag"] == 0 and len(as_json["partitions"]) == PARTITIONS
+    assert as_json["lag"] == 0
+    assert len(as_json["partitions"]) == PARTITIONS
 
 
 def test_bad_declarations_are_refused(tmp_path: Path) -> None:

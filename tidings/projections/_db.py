@@ -143,6 +143,7 @@ class ProjectionDb:
         self.lock_key = _lock_key(name)
         self._engine: Engine | None = engine
         self.ready = False
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"  # of its rebuilds
 
     @property
     def engine(self) -> Engine:
@@ -243,8 +244,13 @@ class ProjectionDb:
     def claim_rebuild(self, now: float | None = None) -> None:
         """Record that a rebuild of this projection runs here; RebuildRunning if one
         that gave a sign of life in the last :data:`STALE_REBUILD` seconds does."""
+        try:
+            self._claim(now)
+        except sa.exc.IntegrityError:  # another claimed it at once (PostgreSQL): see whom
+            self._claim(now)
+
+    def _claim(self, now: float | None) -> None:
         now = time.time() if now is None else now
-        owner = f"{socket.gethostname()}:{os.getpid()}"
         r = self.rebuilds.c
         with self.write(locked=False) as conn:
             row = conn.execute(
@@ -260,25 +266,37 @@ class ProjectionDb:
             conn.execute(sa.delete(self.rebuilds).where(r.projection == self.name))
             conn.execute(
                 sa.insert(self.rebuilds).values(
-                    projection=self.name, owner=owner, started_at=now, heartbeat=now
+                    projection=self.name, owner=self.owner, started_at=now, heartbeat=now
                 )
             )
 
     def heartbeat(self) -> None:
+        r = self.rebuilds.c
         with self.write(locked=False) as conn:
-            r = self.rebuilds.c
             conn.execute(
                 sa.update(self.rebuilds)
-                .where(r.projection == self.name)
+                .where(r.projection == self.name, r.owner == self.owner)
                 .values(heartbeat=time.time())
             )
 
-    def release_rebuild(self, conn: Connection | None = None) -> None:
-        if conn is None:
-            with self.write(locked=False) as conn:
-                self.release_rebuild(conn)
-            return
-        conn.execute(sa.delete(self.rebuilds).where(self.rebuilds.c.projection == self.name))
+    def release_rebuild(self) -> None:
+        """End this rebuild's record (not another's that took over a quiet one)."""
+        r = self.rebuilds.c
+        with self.write(locked=False) as conn:
+            conn.execute(
+                sa.delete(self.rebuilds).where(r.projection == self.name, r.owner == self.owner)
+            )
+
+    def check_owner(self, conn: Connection) -> None:
+        """RebuildRunning unless this rebuild's record is still the projection's (a
+        rebuild that went quiet may have been taken over)."""
+        r = self.rebuilds.c
+        owner = conn.execute(sa.select(r.owner).where(r.projection == self.name)).scalar()
+        if owner != self.owner:
+            raise RebuildRunning(
+                f"projection {self.name!r}: this rebuild went quiet for {STALE_REBUILD:.0f} s "
+                f"and another took over ({owner}); it stops without swapping"
+            )
 
     def rebuild_running(self, conn: Connection) -> dict[str, Any] | None:
         """The running rebuild's owner, start and last sign of life (Unix times), if any."""

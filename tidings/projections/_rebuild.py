@@ -151,6 +151,7 @@ class Shadow:
                 with conn.begin():  # BEGIN IMMEDIATE: the live file's write lock
                     if _ahead(live.all_positions(conn), read_to):
                         return False
+                    live.check_owner(conn)
                     q = conn.dialect.identifier_preparer.quote
                     for table in reversed(sa.schema.sort_tables(live.tables)):
                         conn.execute(sa.schema.DropTable(table, if_exists=True))
@@ -176,6 +177,7 @@ class Shadow:
             live.lock_exclusive(conn)  # waits for the deliveries in flight
             if _ahead(live.all_positions(conn), read_to):
                 return False
+            live.check_owner(conn)
             q = conn.dialect.identifier_preparer.quote
             here = str(conn.execute(sa.text("SELECT current_schema()")).scalar())
             for table in reversed(sa.schema.sort_tables(live.tables)):
@@ -198,7 +200,6 @@ def _move_positions(
 ) -> None:
     conn.execute(sa.delete(live.positions).where(live.positions.c.projection == live.name))
     live.store(conn, positions)
-    live.release_rebuild(conn)
 
 
 async def rebuild(
@@ -228,11 +229,12 @@ async def rebuild(
             swapped = await asyncio.to_thread(shadow.swap, replay.read_to)
         report.positions = await asyncio.to_thread(projection.positions)
     finally:
-        if shadow is not None:
-            await asyncio.to_thread(shadow.drop)
-        if not swapped:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(live.release_rebuild)
+        # The rebuild ends once its shadow is gone: a next one may then make its own.
+        try:
+            if shadow is not None:
+                await asyncio.to_thread(shadow.drop)
+        finally:
+            await asyncio.to_thread(live.release_rebuild)
     report.seconds = time.monotonic() - started
     log.info(
         "projection %s rebuilt: %d events applied in %d round(s), %.1f s",
