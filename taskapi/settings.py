@@ -63,6 +63,7 @@ class Settings:
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
     http_timeout: float = 10.0
+    board_db: str | None = None  # the task board's database; None: <data>/board.db
 
     @property
     def audit_dir(self) -> Path:
@@ -84,6 +85,12 @@ class Settings:
         """The SQLite database of one service's own state (inbox marks, timers)."""
         return f"sqlite:///{self.data / f'{service}.db'}"
 
+    @property
+    def board_url(self) -> str:
+        """The task board's database (:mod:`taskapi.board`): ``$TASKAPI_BOARD_DB``, else
+        the SQLite file ``<data>/board.db``."""
+        return self.board_db or self.state_db("board")
+
     def address(self, assignee: str) -> str:
         """The mail address of an assignee (``alice`` -> ``alice@<mail_domain>``)."""
         return assignee if "@" in assignee else f"{assignee}@{self.mail_domain}"
@@ -102,7 +109,8 @@ class Settings:
         ``TASKAPI_SLACK_WEBHOOK``, ``TASKAPI_PUSH_GATEWAY``: the sinks.
         ``TASKAPI_REMINDER_LEAD``: seconds before the due date that a reminder fires.
         ``TASKAPI_RETRY_ATTEMPTS``, ``TASKAPI_RETRY_DELAY``, ``TASKAPI_RETRY_MAX_DELAY``:
-        each service's retry policy before a dead letter.
+        each service's retry policy before a dead letter. ``TASKAPI_BOARD_DB``: the task
+        board's database (default ``<data>/board.db``).
         """
         env = os.environ if env is None else env
         folder = Path(data if data is not None else env.get("TASKAPI_DATA") or DEFAULT_DATA)
@@ -126,6 +134,7 @@ class Settings:
             retry_base_delay=_seconds(env, "TASKAPI_RETRY_DELAY", cls.retry_base_delay) or 0.01,
             retry_max_delay=_seconds(env, "TASKAPI_RETRY_MAX_DELAY", cls.retry_max_delay),
             http_timeout=_seconds(env, "TASKAPI_HTTP_TIMEOUT", cls.http_timeout),
+            board_db=env.get("TASKAPI_BOARD_DB") or None,
         )
 
     def ensure(self) -> Settings:
