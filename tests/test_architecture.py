@@ -36,7 +36,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("dead letters", ("tidings.dead_letters",)),
-    ("outbox, inbox, scheduler", ("tidings.outbox", "tidings.inbox", "tidings.scheduler")),
+    (
+        "outbox, inbox, scheduler",
+        ("tidings.outbox", "tidings.inbox", "tidings.scheduler", "tidings.projections"),
+    ),
     ("middleware", ("tidings.middleware",)),
     ("app", ("tidings.app", "tidings.publish_options")),
     ("worker", ("tidings.worker",)),

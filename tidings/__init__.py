@@ -24,7 +24,8 @@ internal and may change without notice.
 - ``tidings.asyncapi``: an app's AsyncAPI 3.0 document (``tidings asyncapi``);
 - ``tidings.catalog``: the event catalog of a log (``tidings catalog``);
 - ``tidings.logs``: log lines with the handled event's coordinates, as text or JSON;
-- ``tidings.metrics``: a worker's Prometheus metrics (the ``metrics`` extra).
+- ``tidings.metrics``: a worker's Prometheus metrics (the ``metrics`` extra);
+- ``tidings.projections``: read models kept from the log and rebuilt while they serve.
 """
 
 from typing import TYPE_CHECKING, Any

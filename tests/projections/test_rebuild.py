@@ -177,3 +177,21 @@ def _no_shadow_left(board: Board, engine: sa.Engine) -> None:
             )
         ).all()
     assert schemas == []
+
+
+async def test_after_a_rebuild_the_position_covers_events_of_other_types(
+    board: Board, engine: sa.Engine
+) -> None:
+    await publish(board.app, 0, 6)
+    await board.app.publish_many(
+        "task-events",
+        [{"n": i} for i in range(6)],
+        type="task.noted",
+        subject=lambda p: f"t{p['n']}",
+    )
+    status = await board.projection.status()
+    assert status.lag == 12
+    report = await board.projection.rebuild()
+    assert report.applied == 6
+    assert (await board.projection.status()).lag == 0  # nothing left for it to read
+    assert read_counts(engine) == expected(6)

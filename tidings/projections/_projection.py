@@ -6,36 +6,25 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidings.errors import ConfigError
+from tidings.projections._base import Host
 from tidings.subscriber import Subscriber, handler_shape
-from tidings.transport import TopicPartition, Transport, check_group_name, check_topic_name
+from tidings.transport import TopicPartition, check_group_name, check_topic_name
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
     from sqlalchemy.engine import Connection
 
     from tidings.context import Context
-    from tidings.contracts import Registry
     from tidings.projections._db import ProjectionDb
     from tidings.projections._rebuild import RebuildReport
     from tidings.projections._status import ProjectionStatus
 
-__all__ = ["Host", "Projection"]
+__all__ = ["Projection"]
 
 H = TypeVar("H", bound=Callable[..., Any])
-
-
-class Host(Protocol):
-    """What a projection needs of its app (a :class:`tidings.Tidings`)."""
-
-    transport: Transport
-    registry: Registry
-    subscribers: list[Subscriber]
-    max_event_bytes: int
-
-    def subscriber(self, topic: str, *, group: str, types: Iterable[str] | None = ...) -> Any: ...
 
 
 class Projection:

@@ -39,7 +39,7 @@ from tidings.transport import Record, TopicPartition
 
 if TYPE_CHECKING:
     from tidings.envelope import Event
-    from tidings.projections._projection import Projection
+    from tidings.projections._base import Projected
 
 __all__ = ["MAX_ROUNDS", "RebuildReport", "Shadow", "rebuild"]
 
@@ -203,7 +203,7 @@ def _move_positions(
 
 
 async def rebuild(
-    projection: Projection, *, batch: int = 500, progress: Callable[[int], None] | None = None
+    projection: Projected, *, batch: int = 500, progress: Callable[[int], None] | None = None
 ) -> RebuildReport:
     """:meth:`Projection.rebuild`."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -248,7 +248,7 @@ class _Replay:
 
     def __init__(
         self,
-        projection: Projection,
+        projection: Projected,
         shadow: ProjectionDb,
         report: RebuildReport,
         batch: int,
@@ -290,10 +290,10 @@ class _Replay:
 
     def _apply(self, records: list[Record]) -> None:
         """Apply ``records`` (one partition's) to the shadow in one transaction, each
-        event in a savepoint: a handler that fails loses its event's writes only."""
+        event in a savepoint (a handler that fails loses its event's writes only), with
+        the position: the last record's offset."""
         projection, report = self.projection, self.report
         registry = projection.app.registry
-        applied: dict[TopicPartition, int] = {}
         with self.shadow.write(locked=False) as conn:
             for record in records:
                 try:
@@ -323,6 +323,8 @@ class _Replay:
                         record.offset, exc_info=True,
                     )  # fmt: skip
                     continue
-                applied[(record.topic, record.partition)] = record.offset
                 report.applied += 1
-            self.shadow.store(conn, applied)
+            # Every record read counts, whatever became of it (applied, not this
+            # projection's type, failed): the position says how far the model reflects.
+            last = records[-1]
+            self.shadow.store(conn, {(last.topic, last.partition): last.offset})

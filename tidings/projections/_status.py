@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tidings.projections._projection import Projection
+    from tidings.projections._base import Projected
 
 __all__ = ["PartitionStatus", "ProjectionStatus", "RebuildRunningInfo", "status"]
 
@@ -92,7 +92,7 @@ class ProjectionStatus:
         }
 
 
-async def status(projection: Projection) -> ProjectionStatus:
+async def status(projection: Projected) -> ProjectionStatus:
     """The status of ``projection`` now."""
     db = projection.db
 
