@@ -12,8 +12,6 @@ from tidings.subscriber import Subscriber
 from tidings.transport import TopicPartition, Transport
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from tidings.context import Context
     from tidings.contracts import Registry
     from tidings.projections._db import ProjectionDb
@@ -49,5 +47,5 @@ class Projected(Protocol):
     def positions(self) -> dict[TopicPartition, int]: ...
 
     def call(
-        self, conn: Connection, handlers: Sequence[Callable[..., Any]], payload: Any, ctx: Context
+        self, session: Any, handlers: Sequence[Callable[..., Any]], payload: Any, ctx: Context
     ) -> None: ...

@@ -15,7 +15,6 @@ from tidings.transport import TopicPartition, check_group_name, check_topic_name
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
-    from sqlalchemy.engine import Connection
 
     from tidings.context import Context
     from tidings.projections._db import ProjectionDb
@@ -118,6 +117,8 @@ class Projection:
 
     def _apply(self, payload: Any, ctx: Context) -> None:
         """The worker's handler: one event, in one transaction with its position."""
+        from sqlalchemy.orm import Session
+
         handlers = self.handlers.get(ctx.type)
         if not handlers:
             return
@@ -127,25 +128,22 @@ class Projection:
             done = self.db.position(conn, ctx.topic, ctx.partition)
             if done is not None and ctx.offset <= done:
                 return  # applied before: a redelivery
-            self.call(conn, handlers, payload, ctx)
+            # The Session joins conn's transaction, which the position's write ends.
+            with Session(bind=conn) as session:
+                self.call(session, handlers, payload, ctx)
             self.db.store(conn, {(ctx.topic, ctx.partition): ctx.offset})
 
     def call(
-        self, conn: Connection, handlers: Sequence[Callable[..., Any]], payload: Any, ctx: Context
+        self, session: Any, handlers: Sequence[Callable[..., Any]], payload: Any, ctx: Context
     ) -> None:
-        """Call ``handlers`` with a Session in ``conn``'s transaction, and flush it."""
-        from sqlalchemy.orm import Session
-
-        # The Session joins conn's transaction: its commit() only flushes (the
-        # transaction, position included, is committed by the caller).
-        with Session(bind=conn) as session:
-            ctx.session = session
-            try:
-                for handler in handlers:
-                    handler(payload, ctx)
-                session.commit()
-            finally:
-                ctx.session = None
+        """Call ``handlers`` with ``session`` as ``ctx.session``, and flush it."""
+        ctx.session = session
+        try:
+            for handler in handlers:
+                handler(payload, ctx)
+            session.flush()
+        finally:
+            ctx.session = None
 
     # -- operating ----------------------------------------------------------------------------
 

@@ -292,9 +292,11 @@ class _Replay:
         """Apply ``records`` (one partition's) to the shadow in one transaction, each
         event in a savepoint (a handler that fails loses its event's writes only), with
         the position: the last record's offset."""
+        from sqlalchemy.orm import Session
+
         projection, report = self.projection, self.report
         registry = projection.app.registry
-        with self.shadow.write(locked=False) as conn:
+        with self.shadow.write(locked=False) as conn, Session(bind=conn) as session:
             for record in records:
                 try:
                     event = decode(record.value, projection.app.max_event_bytes)
@@ -305,7 +307,7 @@ class _Replay:
                 if not handlers:
                     continue
                 try:
-                    with conn.begin_nested():
+                    with session.begin_nested():  # one SAVEPOINT, ORM state kept in step
                         payload = registry.decode_payload(
                             event.type, event.dataversion, event.data, shared=False
                         )
@@ -314,7 +316,7 @@ class _Replay:
                             offset=record.offset, group=projection.group, loop=self.loop,
                             read_version=registry.read_version(event.type, event.dataversion),
                         )  # fmt: skip
-                        projection.call(conn, handlers, payload, ctx)
+                        projection.call(session, handlers, payload, ctx)
                 except Exception:
                     report.failed += 1
                     log.warning(
