@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.projections.helpers import Board, counts, expected, publish, read_counts, snapshot
+from tests.projections.helpers import (
+    Board,
+    count_statement,
+    counts,
+    created,
+    expected,
+    publish,
+    read_counts,
+    snapshot,
+)
+from tidings import Context, Tidings
 from tidings.errors import RebuildRunning
 from tidings.testing import eventually, running
 
@@ -195,3 +205,28 @@ async def test_after_a_rebuild_the_position_covers_events_of_other_types(
     assert report.applied == 6
     assert (await board.projection.status()).lag == 0  # nothing left for it to read
     assert read_counts(engine) == expected(6)
+
+
+async def test_a_projection_of_two_topics_applies_and_rebuilds_both(
+    sqlite_url: str, db_url: str, engine: sa.Engine
+) -> None:
+    app = Tidings(f"{sqlite_url}?partitions=2", service="test")
+    both = app.projection("both", topic=["left", "right"], db=db_url, tables=[counts])
+    dialect = engine.dialect.name
+
+    @both.on("task.created")
+    def count(payload: dict[str, object], ctx: Context) -> None:
+        ctx.session.execute(count_statement(dialect, str(payload["assignee"])))
+
+    assert [s.topic for s in app.subscribers] == ["left", "right"]
+    assert {s.group for s in app.subscribers} == {"both"}
+    async with app:
+        for topic in ("left", "right"):
+            await app.publish_many(topic, [created(i) for i in range(10)], type="task.created")
+        async with running(app):
+            await eventually(lambda: snapshot(engine, "both") == (20, 20), what="20 applied")
+        report = await both.rebuild()
+        assert report.applied == 20
+        assert {t for t, _ in report.positions} == {"left", "right"}
+    both.close()
+    assert read_counts(engine) == {k: 2 * v for k, v in expected(10).items()}
