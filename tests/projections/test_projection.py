@@ -20,7 +20,7 @@ from tests.projections.helpers import (
     read_counts,
     snapshot,
 )
-from tidings import ConfigError, Tidings
+from tidings import ConfigError, InvalidEventType, Tidings
 from tidings.testing import eventually, running
 
 
@@ -115,6 +115,8 @@ def test_bad_declarations_are_refused(tmp_path: Path) -> None:
         board.on("task.created")(not_plain)
     with pytest.raises(ConfigError, match="needs event types"):
         board.on()
+    with pytest.raises(InvalidEventType):
+        board.on("TaskCreated")
     app.subscriber(TOPIC, group="e")(lambda p: None)
     taken = app.projection("e", topic=TOPIC, db=db, tables=[counts])
     with pytest.raises(ConfigError, match="projection 'e'"):

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tidings.envelope import validate_type
 from tidings.errors import ConfigError
 from tidings.projections._base import Host
 from tidings.subscriber import Subscriber, handler_shape
@@ -70,6 +71,9 @@ class Projection:
             raise ConfigError(
                 f"projection {self.name!r}: on() needs event types, e.g. on('task.created')"
             )
+
+        for t in types:
+            validate_type(t)  # a misspelt type would otherwise quietly match nothing
 
         def wrap(handler: H) -> H:
             takes_context, is_async = handler_shape(handler)
