@@ -19,6 +19,7 @@ usage: taskapi COMMAND [options]
   sinks                 the local SMTP sink and webhook receiver
   audit verify [DIR]    check the audit files' keyed chain and the checkpoints in the log
   reminders             list the pending reminders
+  board rebuild|status  rebuild the task board from the log while it serves, or show it
 
 Every command takes --data DIR (default ./taskapi-data, or $TASKAPI_DATA); the log is
 $TIDINGS_URL (default the SQLite file DIR/events.db). 'taskapi COMMAND --help' for more.
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return verify_main(rest[1:])
         if command == "reminders":
             return reminders_main(rest)
+        if command == "board":
+            from taskapi.board import main as board_main
+
+            return board_main(rest)
     except (ConfigError, TidingsError) as exc:
         print(f"taskapi {command}: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from taskapi.api_models import ASSIGNEE_PATTERN, Detail, TaskCreate, TaskList, TaskOut, TaskPatch
+from taskapi.board import board_rows
 from taskapi.db import Status, create_schema, make_engine
 from taskapi.events import API_TYPES, TOPIC, register
 from taskapi.net import ListenError, Server, listen
@@ -56,6 +57,17 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class BoardCount(BaseModel):
+    assignee: str | None
+    status: Status
+    tasks: int
+
+
+class Board(BaseModel):
+    counts: list[BoardCount]
+    total: int
+
+
 def create_app(settings: Settings, *, events: bool = True, relay: bool = True) -> FastAPI:
     """The Task API on ``settings.db_url``, its events in ``settings.tidings_url``.
 
@@ -66,6 +78,7 @@ def create_app(settings: Settings, *, events: bool = True, relay: bool = True) -
     ``tidings`` (``None`` without events).
     """
     engine = make_engine(settings.db_url)
+    board_engine = make_engine(settings.board_url)  # the task-board projection's, read only
     tidings: Tidings | None = None
     outbox: Outbox | None = None
     if events:
@@ -100,6 +113,7 @@ def create_app(settings: Settings, *, events: bool = True, relay: bool = True) -
                 yield
         finally:
             engine.dispose()
+            board_engine.dispose()
 
     app = FastAPI(
         title="Task API",
@@ -119,6 +133,14 @@ def create_app(settings: Settings, *, events: bool = True, relay: bool = True) -
     app.add_exception_handler(TaskNotFound, not_found)
     app.add_exception_handler(TaskIsCompleted, conflict)
     _routes(app, store)
+
+    @app.get("/board", tags=["board"], summary="Tasks per assignee and status")
+    def get_board() -> Board:
+        """The task board (``taskapi.board``): how many tasks each assignee has, per
+        status, as the ``task-board`` projection has it (it follows the events)."""
+        counts = [BoardCount(**row) for row in board_rows(board_engine)]
+        return Board(counts=counts, total=sum(c.tasks for c in counts))
+
     return app
 
 

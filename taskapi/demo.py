@@ -1,10 +1,11 @@
 """``taskapi demo``: the whole reference system on the embedded log, with local sinks.
 
 It starts the sinks (SMTP to a folder, a webhook receiver), the Task API with its
-outbox relay and the five services, each its own process; seeds a few tasks through
-the API; prints where to look; then prints every effect as it happens until Ctrl-C,
-which stops everything cleanly. ``--exit-when-done`` stops once the seeded tasks'
-effects are all in and every group has caught up (for CI and for the curious).
+outbox relay, the five services and the task board (a projection), each its own
+process; seeds a few tasks through the API; prints where to look; then prints every
+effect as it happens until Ctrl-C, which stops everything cleanly. ``--exit-when-done``
+stops once the seeded tasks' effects are all in and every group has caught up (for CI
+and for the curious), and prints the task board.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ where to look:
   webhook log    {rel}/webhooks.jsonl  (what Slack and the push gateway received)
   audit files    {rel}/audit/         (check: taskapi audit verify --data {rel})
   reminders      taskapi reminders --data {rel}
+  task board     {system.api_url}/board   (rebuild it: taskapi board rebuild --data {rel})
   groups         tidings groups --url {s.tidings_url}
   dead letters   tidings dlq list slack --url {s.tidings_url}
   process logs   {rel}/logs/
@@ -178,6 +180,14 @@ try:  curl -s -X POST {system.api_url}/tasks -H 'content-type: application/json'
 effects as they happen (Ctrl-C stops everything):""",
         flush=True,
     )
+
+
+def _print_board(api: str) -> None:
+    """The task board, as GET /board serves it (the task-board projection)."""
+    board = httpx.get(f"{api}/board", timeout=30).json()
+    print(f"\ntask board (GET /board, {board['total']} tasks):")
+    for row in board["counts"]:
+        print(f"  {row['assignee'] or '(nobody)':<10} {row['status']:<10} {row['tasks']}")
 
 
 def _follow(
@@ -199,6 +209,7 @@ def _follow(
                 print("\nevery group has caught up:")
                 for group in SERVICES:
                     print(f"  {group:<10} lag {lags[group]}  effects {len(effects.of(group))}")
+                _print_board(system.api_url)
                 return 0
         if exit_when_done and time.monotonic() > deadline:
             print(f"taskapi demo: the effects were not all in after {timeout:.0f}s")

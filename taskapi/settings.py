@@ -67,6 +67,7 @@ class Settings:
     audit_key: str | None = field(default=None, repr=False)
     audit_key_path: Path | None = None
     audit_checkpoint_every: int = 100
+    board_db: str | None = None  # the task board's database; None: <data>/board.db
 
     @property
     def audit_dir(self) -> Path:
@@ -94,6 +95,12 @@ class Settings:
         """The SQLite database of one service's own state (inbox marks, timers)."""
         return f"sqlite:///{self.data / f'{service}.db'}"
 
+    @property
+    def board_url(self) -> str:
+        """The task board's database (:mod:`taskapi.board`): ``$TASKAPI_BOARD_DB``, else
+        the SQLite file ``<data>/board.db``."""
+        return self.board_db or self.state_db("board")
+
     def address(self, assignee: str) -> str:
         """The mail address of an assignee (``alice`` -> ``alice@<mail_domain>``)."""
         return assignee if "@" in assignee else f"{assignee}@{self.mail_domain}"
@@ -116,6 +123,8 @@ class Settings:
         audit chain's key) or ``TASKAPI_AUDIT_KEY_FILE`` (its file, default
         ``<data>/audit.key``, created by the audit service); ``TASKAPI_AUDIT_CHECKPOINT``:
         the audit lines of a day between two checkpoints in the log (100).
+        each service's retry policy before a dead letter. ``TASKAPI_BOARD_DB``: the task
+        board's database (default ``<data>/board.db``).
         """
         env = os.environ if env is None else env
         folder = Path(data if data is not None else env.get("TASKAPI_DATA") or DEFAULT_DATA)
@@ -146,6 +155,7 @@ class Settings:
             audit_checkpoint_every=_int(
                 env, "TASKAPI_AUDIT_CHECKPOINT", cls.audit_checkpoint_every
             ),
+            board_db=env.get("TASKAPI_BOARD_DB") or None,
         )
 
     def ensure(self) -> Settings:

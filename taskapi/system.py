@@ -28,7 +28,7 @@ __all__ = ["Part", "StartFailed", "System"]
 _SMTP_READY = re.compile(r"smtp sink on 127\.0\.0\.1:(\d+)")
 _HTTP_READY = re.compile(r"webhook receiver on http://127\.0\.0\.1:(\d+)")
 _API_READY = re.compile(r"Task API on http://127\.0\.0\.1:(\d+)")
-_SERVICE_READY = re.compile(r"service (\w+) running")
+_SERVICE_READY = re.compile(r"service ([\w-]+) running")
 
 
 class StartFailed(RuntimeError):

@@ -39,7 +39,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("dead letters", ("tidings.dead_letters",)),
     (
         "outbox, inbox, scheduler",
-        ("tidings.outbox", "tidings.inbox", "tidings.scheduler", "tidings.aggregates"),
+        (
+            "tidings.outbox",
+            "tidings.inbox",
+            "tidings.scheduler",
+            "tidings.aggregates",
+            "tidings.projections",
+        ),
     ),
     ("middleware", ("tidings.middleware", "tidings.otel")),
     ("app", ("tidings.app", "tidings.publish_options")),

@@ -144,6 +144,7 @@ PUBLIC_MODULES = {
     "tidings.metrics",
     "tidings.otel",
     "tidings.aggregates",
+    "tidings.projections",
 }
 
 

@@ -27,7 +27,8 @@ internal and may change without notice.
 - ``tidings.logs``: log lines with the handled event's coordinates, as text or JSON;
 - ``tidings.metrics``: a worker's Prometheus metrics (the ``metrics`` extra);
 - ``tidings.otel``: OpenTelemetry spans of publishes and handler calls (the ``otel`` extra);
-- ``tidings.aggregates``: event-sourced aggregates and their store.
+- ``tidings.aggregates``: event-sourced aggregates and their store;
+- ``tidings.projections``: read models kept from the log and rebuilt while they serve.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from tidings.transports import open_transport
 
 if TYPE_CHECKING:
     from tidings.otel import Tracing
+    from tidings.projections import Projection
     from tidings.scheduler import Scheduler
 
 __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
@@ -88,6 +90,7 @@ class Tidings:
         self.published: dict[str, set[str]] = {}  # topic -> the types declared published there
         self._groups: dict[str, GroupSettings] = {}
         self.components: list[Component] = []
+        self.projections: dict[str, Projection] = {}
         # Per topic, the events this app has appended to it (publish, publish_many,
         # publish_events; delayed ones once scheduled): tidings_events_sent_total.
         self.sent: dict[str, int] = {}
@@ -171,6 +174,21 @@ class Tidings:
         """Run ``component`` beside the worker's groups (``tidings run``, ``Worker.serve``)."""
         self.components.append(component)
 
+    def projection(
+        self, name: str, *, topic: str | Sequence[str], db: Any, tables: Iterable[Any]
+    ) -> Projection:
+        """A read model ``name`` kept from ``topic`` (or a list of topics) in ``tables``
+        of ``db`` (a SQLite file or PostgreSQL URL) by the handlers registered with its
+        ``on(...)``; its group is ``name``. See :mod:`tidings.projections`."""
+        from tidings.projections import Projection
+
+        if name in self.projections:
+            raise ConfigError(f"projection {name!r} is declared twice")
+        topics = [topic] if isinstance(topic, str) else list(topic)
+        projection = Projection(self, name, topics=topics, db=db, tables=tables)
+        self.projections[name] = projection
+        return projection
+
     def subscriber(
         self,
         topic: str,
@@ -245,6 +263,8 @@ class Tidings:
                 for name, settings in self._topics.items():
                     await self.transport.create_topic(name, **settings)
                 await at_start(self.schema_registry, self, self.schemas)
+                for projection in self.projections.values():  # their tables, if missing
+                    await asyncio.to_thread(projection.prepare)
             except BaseException:
                 self._started = 0
                 await self.transport.close()

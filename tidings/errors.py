@@ -32,7 +32,9 @@ Importable from ``tidings.errors`` only (catch their parents):
 - :class:`ConcurrencyConflict`: a ``TidingsError``, an aggregate's stream moved on since
   it was loaded (reload and retry);
 - :class:`AggregateNotFound`: a ``TidingsError`` and a ``LookupError``, no stream has
-  that aggregate id.
+  that aggregate id;
+- :class:`RebuildRunning`: a ``TidingsError``, a projection's rebuild was asked for
+  while another one of it runs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "GroupNotFound",
     "InvalidEventType",
     "Parked",
+    "RebuildRunning",
     "RecordRejected",
     "RecordTooLarge",
     "RetriesExhausted",
@@ -158,6 +161,11 @@ class ConcurrencyConflict(TidingsError):
 
 class AggregateNotFound(TidingsError, LookupError):
     """No stored stream has this aggregate id."""
+
+
+class RebuildRunning(TidingsError):
+    """A rebuild of a projection was asked for while another one of it runs (the
+    message says since when and where); one rebuild of a projection runs at a time."""
 
 
 class TransportError(TidingsError):

@@ -19,7 +19,7 @@ from tidings import ConfigError, Inbox, Retry, Tidings, Worker
 
 __all__ = ["SERVICES", "base_app", "build", "inbox", "retry_policy", "serve"]
 
-SERVICES = ("email", "slack", "push", "audit", "reminders")
+SERVICES = ("email", "slack", "push", "audit", "reminders", "task-board")
 
 
 class _Module(Protocol):
@@ -51,7 +51,7 @@ def inbox(name: str, settings: Settings, stack: contextlib.AsyncExitStack) -> In
 def build(name: str, settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     if name not in SERVICES:
         raise ConfigError(f"unknown service {name!r}; the services are: {', '.join(SERVICES)}")
-    module: _Module = importlib.import_module(f"taskapi.services.{name}")
+    module: _Module = importlib.import_module(f"taskapi.services.{name.replace('-', '_')}")
     return module.build(settings.ensure(), stack)
 
 

@@ -28,9 +28,10 @@ def test_the_demo_seeds_tasks_and_every_service_catches_up(tmp_path: Path) -> No
     assert result.returncode == 0, out + result.stderr
     assert "where to look:" in out
     assert "/docs" in out
-    for group in ("email", "slack", "push", "audit", "reminders"):
+    for group in ("email", "slack", "push", "audit", "reminders", "task-board"):
         assert f"  {group:<10} lag 0" in out
     assert "stopped cleanly" in out
+    assert "task board (GET /board, " in out  # the task-board projection, served by the API
     # Seeded: 4 created, 1 updated+assigned, 1 completed, 1 deleted = 8 events.
     assert out.count(" audit ") >= 8
     index = (tmp_path / "mail" / "index.jsonl").read_text().splitlines()
@@ -89,5 +90,5 @@ def test_ctrl_c_stops_every_part_cleanly(tmp_path: Path) -> None:
     assert "stopped cleanly" in rest
     logs = tmp_path / "logs"
     assert sorted(p.stem for p in logs.glob("*.log")) == sorted(
-        ["api", "sinks", "email", "slack", "push", "audit", "reminders"]
+        ["api", "sinks", "email", "slack", "push", "audit", "reminders", "task-board"]
     )
