@@ -8,12 +8,14 @@ While a handler runs, or while an HTTP request is served inside
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NamedTuple, Protocol
 
 from tidings.envelope import Event, new_id
+from tidings.progress import Throttle, check_fraction, is_progress, progress_data, progress_type
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
 
@@ -77,7 +79,10 @@ class Context:
 
     __slots__ = (
         "_app",
+        "_clock",
         "_loop",
+        "_sub",
+        "_throttle",
         "attempt",
         "event",
         "group",
@@ -101,8 +106,13 @@ class Context:
         loop: asyncio.AbstractEventLoop | None = None,
         session: Any = None,
         read_version: int | None = None,
+        subscriber: Subscriber | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._app = app
+        self._sub = subscriber  # its progress settings (docs/agents.md)
+        self._clock = clock  # when progress reports are due
+        self._throttle: Throttle | None = None
         self._loop = loop or asyncio.get_running_loop()
         self.event = event
         self.topic = topic
@@ -144,6 +154,33 @@ class Context:
         future = asyncio.run_coroutine_threadsafe(
             self.publish(topic, payload, **options), self._loop
         )
+        return future.result()
+
+    async def progress(self, fraction: float, note: str = "") -> Event | None:
+        """Report how far the handler got with this event (``fraction`` from 0 to 1):
+        publish a ``<type>.progressed`` event (:mod:`tidings.progress`), unless one went
+        less than the subscriber's ``progress_every`` seconds ago (a final 1.0 always
+        goes); return it, or None if throttled. Of a progress event, none is reported."""
+        fraction = check_fraction(fraction)
+        sub, event = self._sub, self.event
+        if is_progress(event.type):
+            return None  # a handler of every type must not report progress of progress
+        throttle = self._throttle
+        if throttle is None:
+            throttle = self._throttle = Throttle(sub.progress_every if sub else 1.0)
+        if not throttle.due(fraction, self._clock()):
+            return None
+        topic = (sub.progress_topic if sub else None) or self.topic
+        data = progress_data(fraction, str(note), event.id, self.group, sub.name if sub else "")
+        # Its partition is fixed (the handled event's key, else its id): reports in order.
+        key = event.key or event.id
+        return await self.publish(
+            topic, data, type=progress_type(event.type), subject=event.subject, key=key
+        )
+
+    def progress_sync(self, fraction: float, note: str = "") -> Event | None:
+        """:meth:`progress` for synchronous handlers (they run in a worker thread)."""
+        future = asyncio.run_coroutine_threadsafe(self.progress(fraction, note), self._loop)
         return future.result()
 
     def __repr__(self) -> str:

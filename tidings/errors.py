@@ -28,7 +28,9 @@ Importable from ``tidings.errors`` only (catch their parents):
 - :class:`RetriesExhausted`: a ``TidingsError``, a handler failed and its retry policy
   gave up (what the dead-letter middleware catches);
 - :class:`Parked`: a ``TidingsError``, why an event of a sequenced group waits in the
-  dead letters behind an earlier one of its key.
+  dead letters behind an earlier one of its key;
+- :class:`HandlerTimeout`: a ``TidingsError`` and a ``TimeoutError``, a handler call
+  ran past its subscriber's ``timeout=`` (a failed attempt, retried or dead-lettered).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "EventTooLarge",
     "GroupBusy",
     "GroupNotFound",
+    "HandlerTimeout",
     "InvalidEventType",
     "Parked",
     "RecordRejected",
@@ -130,6 +133,18 @@ class Parked(TidingsError):
     def __init__(self, entry: str, where: str) -> None:
         self.entry = entry
         super().__init__(f"parked behind dead letter {entry} ({where})")
+
+
+class HandlerTimeout(TidingsError, TimeoutError):
+    """A handler call ran past its subscriber's ``timeout=``: an async handler was
+    cancelled, a plain ``def`` one left running in its thread (its result discarded).
+    The attempt failed: the retry policy and the dead letters treat it as any error."""
+
+    def __init__(self, handler: str, what: str, timeout: float, *, abandoned: bool) -> None:
+        self.timeout = timeout
+        self.abandoned = abandoned
+        how = "; left running, its result discarded" if abandoned else ""
+        super().__init__(f"handler {handler} ran past its timeout ({timeout:g} s) on {what}{how}")
 
 
 class TransportError(TidingsError):

@@ -50,6 +50,14 @@ class Subscriber:
     takes_context: bool
     retry: RetryPolicy | None = None  # None: the worker's Retry middleware's own policy
     inbox: Any = None  # a tidings.inbox.Inbox: handled event ids, kept per group
+    # Slow consumers (docs/agents.md): seconds a call may take (None: no limit); whether
+    # a cancellation of its chain cancels and skips its calls (also set per group);
+    # the least seconds between two progress events of one call, and their topic (None:
+    # the handled event's).
+    timeout: float | None = None
+    cancellable: bool = False
+    progress_every: float = 1.0
+    progress_topic: str | None = None
 
     @property
     def name(self) -> str:
@@ -57,6 +65,14 @@ class Subscriber:
 
     def wants(self, event_type: str) -> bool:
         return self.types is None or event_type in self.types
+
+
+def check_seconds(name: str, value: object, *, none: bool = False) -> None:
+    """Refuse a setting in seconds that is not a positive number (or None, if allowed)."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
 
 
 def handler_shape(handler: Callable[..., Any]) -> tuple[bool, bool]:
@@ -89,10 +105,13 @@ class GroupSettings:
     order then survives the failure and its replay). Default: move on.
     ``sla``: the lag, in seconds, the group must stay under (recorded in the schema
     registry, shown by ``tidings catalog``); None: no promise.
+    ``cancellable``: every subscriber of the group is ``cancellable`` (a cancelled
+    chain's calls under way are cancelled, its later events skipped: docs/agents.md).
     """
 
     sequenced: bool = False
     sla: float | None = None
+    cancellable: bool = False
 
     def __post_init__(self) -> None:
         sla = self.sla

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,9 @@ class Delivery:
     first_failure: float | None = None  # Unix time of the first failed attempt
     last_failure: float | None = None
     error: BaseException | None = None  # the last attempt's exception
+    # A plain def handler's call in its thread, for a subscriber with a timeout (what
+    # Deadline leaves running past it); None otherwise.
+    thread: Future[Any] | None = None
 
 
 Next = Callable[[Delivery], Awaitable[None]]

@@ -187,19 +187,21 @@ class Dispatcher:
         )
         ctx = None
         if sub.takes_context:
-            ctx = self._context(event, record, delivery.attempt, delivery.session)
+            ctx = self._context(event, record, delivery.attempt, delivery.session, sub)
         if sub.is_async:
             call: Awaitable[None]
             call = sub.handler(payload) if ctx is None else sub.handler(payload, ctx)
             return call
-        return self._call_in_thread(sub, payload, ctx)
+        return self._call_in_thread(sub, payload, ctx, delivery)
 
     def _shared(self, record: Record, event: Event) -> bool:
         """Whether the event's payload may be seen by more than one handler call (then
         each is given a copy of a raw one). A later attempt reads the event afresh."""
         return self.shared_events or len(self.routes[(record.topic, event.type)]) > 1
 
-    def _context(self, event: Event, record: Record, attempt: int, session: Any) -> Context:
+    def _context(
+        self, event: Event, record: Record, attempt: int, session: Any, sub: Subscriber
+    ) -> Context:
         return Context(
             self.publisher,
             event,
@@ -211,12 +213,20 @@ class Dispatcher:
             loop=self.loop,
             session=session,
             read_version=self.registry.read_version(event.type, event.dataversion),
+            subscriber=sub,
         )
 
-    async def _call_in_thread(self, sub: Subscriber, payload: Any, ctx: Context | None) -> None:
+    async def _call_in_thread(
+        self, sub: Subscriber, payload: Any, ctx: Context | None, delivery: Delivery
+    ) -> None:
         args = (payload, ctx) if ctx is not None else (payload,)
         call = functools.partial(contextvars.copy_context().run, sub.handler, *args)
-        result = await self.loop.run_in_executor(self.threads, call)
+        if sub.timeout is not None and self.threads is not None:
+            # The thread's own future, for the Deadline middleware to leave running.
+            delivery.thread = self.threads.submit(call)
+            result = await asyncio.wrap_future(delivery.thread, loop=self.loop)
+        else:
+            result = await self.loop.run_in_executor(self.threads, call)
         if inspect.isawaitable(result):  # an async callable we could not tell
             await result
 
@@ -316,7 +326,7 @@ class Dispatcher:
         )
         if not sub.takes_context:
             return sub.handler(payload)
-        return sub.handler(payload, self._context(event, record, 1, None))
+        return sub.handler(payload, self._context(event, record, 1, None, sub))
 
     async def _run_on_loop(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
