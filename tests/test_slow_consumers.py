@@ -331,3 +331,31 @@ async def test_cancel_needs_one_target_and_cancellable_needs_the_middleware(
         Worker(app, middleware=[Retry()])
     with pytest.raises(ConfigError, match="Cancellation"):
         Worker(app, middleware=[Retry(), Deadline()])
+
+
+async def test_trace_shows_progress_under_its_event_and_the_cancellation(sqlite_url: str) -> None:
+    from tidings.cli.trace import tree_lines
+    from tidings.trace import Tracer
+
+    app = make_app(sqlite_url)
+
+    @app.subscriber(TOPIC, group="agent", types=[TYPE], progress_every=1e-9)
+    async def research(payload: Any, ctx: Context) -> None:
+        await ctx.progress(0.4, "read 12 of 30 passages")
+
+    async with app:
+        asked = await app.publish(TOPIC, {"q": "tides"}, type=TYPE, subject="q-1")
+        async with running(app):
+            await eventually(
+                lambda: app.sent.get(TOPIC, 0) == 2, what="the progress event published"
+            )
+        await app.cancel(asked.correlationid, reason="enough")
+        tracer = Tracer(app.transport, str(asked.correlationid))
+        await tracer.refresh()
+        found = tracer.trace()
+    (request,) = found.roots
+    assert request.event.id == asked.id
+    assert [n.event.type for n in request.children] == [progress_type(TYPE), CANCELLED_TYPE]
+    text = "\n".join(tree_lines(found))
+    assert "(progress 40%: read 12 of 30 passages)" in text
+    assert f"(cancelled {asked.correlationid}: enough)" in text

@@ -20,7 +20,7 @@ from tidings.middleware.cancellation import publish_cancel
 from tidings.middleware.retry import Retry
 from tidings.publish_options import check_extension_names, due, per_payload_options
 from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
-from tidings.subscriber import Component, GroupSettings, Subscriber, check_seconds, handler_shape
+from tidings.subscriber import Component, GroupSettings, Subscriber, handler_shape, slow_settings
 from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
 from tidings.transports import open_transport
 
@@ -194,10 +194,8 @@ class Tidings:
         optionally, a :class:`~tidings.context.Context`. It may be sync or async.
         ``retry`` is this handler's retry policy (default: the worker's); ``inbox`` a
         :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect.
-        For slow handlers (docs/agents.md): ``timeout``, the seconds a call may take (a
-        call past it fails with HandlerTimeout); ``cancellable``, whether :meth:`cancel`
-        stops its calls and skips its events; ``progress_every`` and ``progress_topic``,
-        how often and where ``ctx.progress`` reports go.
+        ``timeout``, ``cancellable``, ``progress_every``, ``progress_topic``: for slow
+        handlers, see :class:`~tidings.subscriber.Subscriber` and docs/agents.md.
         """
         check_topic_name(topic)
         if not group:
@@ -208,19 +206,11 @@ class Tidings:
         if start_from not in ("earliest", "latest"):
             raise ConfigError(f"start_from must be 'earliest' or 'latest', got {start_from!r}")
         wanted = None if types is None else frozenset(validate_type(t) for t in types)
-        check_seconds("subscriber(timeout=...)", timeout, none=True)
-        check_seconds("subscriber(progress_every=...)", progress_every)
-        if progress_topic is not None:
-            check_topic_name(progress_topic)
+        slow = slow_settings(timeout, cancellable, progress_every, progress_topic)
 
         def wrap(handler: H) -> H:
             takes_context, is_async = handler_shape(handler)
-            for other in self.subscribers:
-                if other.group == group and other.start_from != start_from:
-                    raise ConfigError(
-                        f"group {group!r} has subscribers with start_from "
-                        f"{other.start_from!r} and {start_from!r}; a group starts in one place"
-                    )
+            self._check_start(group, start_from)
             subscriber = Subscriber(
                 topic=topic,
                 group=group,
@@ -231,10 +221,7 @@ class Tidings:
                 takes_context=takes_context,
                 retry=retry,
                 inbox=inbox,
-                timeout=None if timeout is None else float(timeout),
-                cancellable=bool(cancellable),
-                progress_every=float(progress_every),
-                progress_topic=progress_topic,
+                **slow,
             )
             if inbox is not None:
                 claim = getattr(inbox, "claim", None)
@@ -245,6 +232,14 @@ class Tidings:
             return handler
 
         return wrap
+
+    def _check_start(self, group: str, start_from: StartFrom) -> None:
+        for other in self.subscribers:
+            if other.group == group and other.start_from != start_from:
+                raise ConfigError(
+                    f"group {group!r} has subscribers with start_from "
+                    f"{other.start_from!r} and {start_from!r}; a group starts in one place"
+                )
 
     def groups(self) -> list[str]:
         return sorted({s.group for s in self.subscribers})

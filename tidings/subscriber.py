@@ -13,9 +13,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tidings.errors import ConfigError
-from tidings.transport import StartFrom
+from tidings.transport import StartFrom, check_topic_name
 
-__all__ = ["Component", "GroupSettings", "RetryPolicy", "Subscriber", "handler_shape"]
+__all__ = [
+    "Component",
+    "GroupSettings",
+    "RetryPolicy",
+    "Subscriber",
+    "check_seconds",
+    "handler_shape",
+    "slow_settings",
+]
 
 
 class RetryPolicy(Protocol):
@@ -75,6 +83,22 @@ def check_seconds(name: str, value: object, *, none: bool = False) -> None:
         raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
 
 
+def slow_settings(
+    timeout: object, cancellable: object, progress_every: object, progress_topic: object
+) -> dict[str, Any]:
+    """The slow-consumer fields of a :class:`Subscriber`, checked (docs/agents.md)."""
+    check_seconds("subscriber(timeout=...)", timeout, none=True)
+    check_seconds("subscriber(progress_every=...)", progress_every)
+    if progress_topic is not None:
+        check_topic_name(str(progress_topic))
+    return {
+        "timeout": None if timeout is None else float(timeout),  # type: ignore[arg-type]
+        "cancellable": bool(cancellable),
+        "progress_every": float(progress_every),  # type: ignore[arg-type]
+        "progress_topic": progress_topic,
+    }
+
+
 def handler_shape(handler: Callable[..., Any]) -> tuple[bool, bool]:
     """Whether ``handler`` takes a context besides the payload, and whether calling it
     gives a coroutine (a function, or an object whose ``__call__`` is async)."""
@@ -114,11 +138,7 @@ class GroupSettings:
     cancellable: bool = False
 
     def __post_init__(self) -> None:
-        sla = self.sla
-        if sla is not None and (
-            isinstance(sla, bool) or not isinstance(sla, int | float) or not 0 < sla < 1e9
-        ):
-            raise ConfigError(f"group sla must be a number of seconds > 0, got {sla!r}")
+        check_seconds("group sla", self.sla, none=True)
 
 
 class Component(Protocol):

@@ -93,9 +93,11 @@ async def publish_cancel(
     """What :meth:`tidings.Tidings.cancel` does with ``app``: append the cancellation."""
     data = cancel_payload(correlation_id, subject, reason)
     await app.transport.create_topic(CANCELLATIONS_TOPIC, 1, retention_ms=int(WINDOW * 1000))
+    # Caused by the chain's start (its root event's id is often the correlation id):
+    # `tidings trace` shows it in the chain's tree.
     event: Event = await app.publish(
         CANCELLATIONS_TOPIC, data, type=CANCELLED_TYPE, subject=subject,
-        correlation_id=correlation_id,
+        correlation_id=correlation_id, causation_id=correlation_id,
     )  # fmt: skip
     return event
 

@@ -93,8 +93,7 @@ class Worker:
         )
         # Around every handler call, outermost first (see tidings.middleware).
         self.middleware = list(default_middleware() if middleware is None else middleware)
-        # What this worker knows of cancelled chains, if some of its groups stop them.
-        self.cancellations = slow_consumers(app, chosen, self.middleware)
+        self.cancellations = slow_consumers(app, chosen, self.middleware)  # or None
         # Synchronous handlers run here: their own pool, sized for I/O-bound work (mail,
         # webhooks), so that partitions are not limited to asyncio's default few threads.
         self.sync_threads = sync_threads
