@@ -359,3 +359,23 @@ async def test_trace_shows_progress_under_its_event_and_the_cancellation(sqlite_
     text = "\n".join(tree_lines(found))
     assert "(progress 40%: read 12 of 30 passages)" in text
     assert f"(cancelled {asked.correlationid}: enough)" in text
+
+
+def test_the_cancel_command_appends_a_cancellation_workers_learn(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tidings.cli import main
+    from tidings.middleware.cancellation import Cancellations
+
+    assert main(["cancel", "req-1", "--reason", "user left", "--url", sqlite_url]) == 0
+    assert "cancelled req-1 (event " in capsys.readouterr().out
+    assert main(["cancel", "--url", sqlite_url]) == 2  # neither an id nor --subject
+
+    async def learned() -> Any:
+        async with make_app(sqlite_url) as app:
+            known = Cancellations(app.transport)
+            await known.start()
+            return known.by_correlation["req-1"]
+
+    cancel = asyncio.run(learned())
+    assert (cancel.subject, cancel.reason) == (None, "user left")
