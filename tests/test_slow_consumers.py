@@ -202,13 +202,14 @@ class _Publisher:
         return Tidings("memory://", service="t").build(payload, type=options["type"])
 
 
-async def test_progress_is_throttled_per_call_and_the_final_report_always_goes() -> None:
+async def test_progress_is_throttled_per_call_and_the_final_report_always_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     now = [100.0]
+    monkeypatch.setattr(Context, "clock", staticmethod(lambda: now[0]))
     publisher = _Publisher()
     event = Tidings("memory://", service="t").build({}, type=TYPE, subject="s")
-    ctx = Context(
-        publisher, event, topic=TOPIC, partition=0, offset=0, group="g", clock=lambda: now[0]
-    )
+    ctx = Context(publisher, event, topic=TOPIC, partition=0, offset=0, group="g")
     assert await ctx.progress(0.1) is not None  # the first goes
     now[0] += 0.5
     assert await ctx.progress(0.2) is None  # under a second since the last

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NamedTuple, Protocol
@@ -79,10 +79,8 @@ class Context:
 
     __slots__ = (
         "_app",
-        "_clock",
         "_loop",
-        "_sub",
-        "_throttle",
+        "_throttle",  # of this call's progress reports; set by the first (not per call)
         "attempt",
         "event",
         "group",
@@ -106,13 +104,8 @@ class Context:
         loop: asyncio.AbstractEventLoop | None = None,
         session: Any = None,
         read_version: int | None = None,
-        subscriber: Subscriber | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._app = app
-        self._sub = subscriber  # its progress settings (docs/agents.md)
-        self._clock = clock  # when progress reports are due
-        self._throttle: Throttle | None = None
         self._loop = loop or asyncio.get_running_loop()
         self.event = event
         self.topic = topic
@@ -156,32 +149,47 @@ class Context:
         )
         return future.result()
 
+    @staticmethod
+    def clock() -> float:
+        """When progress reports are due: the monotonic clock (a test may set another)."""
+        return time.monotonic()
+
     async def progress(self, fraction: float, note: str = "") -> Event | None:
         """Report how far the handler got with this event (``fraction`` from 0 to 1):
         publish a ``<type>.progressed`` event (:mod:`tidings.progress`), unless one went
         less than the subscriber's ``progress_every`` seconds ago (a final 1.0 always
         goes); return it, or None if throttled. Of a progress event, none is reported."""
-        fraction = check_fraction(fraction)
-        sub, event = self._sub, self.event
+        return await self._progress(check_fraction(fraction), str(note), self._subscriber())
+
+    def progress_sync(self, fraction: float, note: str = "") -> Event | None:
+        """:meth:`progress` for synchronous handlers (they run in a worker thread)."""
+        report = self._progress(check_fraction(fraction), str(note), self._subscriber())
+        return asyncio.run_coroutine_threadsafe(report, self._loop).result()
+
+    def _subscriber(self) -> Subscriber | None:
+        """The subscriber whose call handles this event (from the causal scope the
+        worker sets per call: a Context does not carry it, one field less per call)."""
+        scope = causal_scope.get()
+        if isinstance(scope, tuple) and not isinstance(scope, Scope) and scope[3] is self.event:
+            return scope[1]
+        return None
+
+    async def _progress(self, fraction: float, note: str, sub: Subscriber | None) -> Event | None:
+        event = self.event
         if is_progress(event.type):
             return None  # a handler of every type must not report progress of progress
-        throttle = self._throttle
+        throttle: Throttle | None = getattr(self, "_throttle", None)
         if throttle is None:
             throttle = self._throttle = Throttle(sub.progress_every if sub else 1.0)
-        if not throttle.due(fraction, self._clock()):
+        if not throttle.due(fraction, self.clock()):
             return None
         topic = (sub.progress_topic if sub else None) or self.topic
-        data = progress_data(fraction, str(note), event.id, self.group, sub.name if sub else "")
+        data = progress_data(fraction, note, event.id, self.group, sub.name if sub else "")
         # Its partition is fixed (the handled event's key, else its id): reports in order.
         key = event.key or event.id
         return await self.publish(
             topic, data, type=progress_type(event.type), subject=event.subject, key=key
         )
-
-    def progress_sync(self, fraction: float, note: str = "") -> Event | None:
-        """:meth:`progress` for synchronous handlers (they run in a worker thread)."""
-        future = asyncio.run_coroutine_threadsafe(self.progress(fraction, note), self._loop)
-        return future.result()
 
     def __repr__(self) -> str:
         return (

@@ -187,7 +187,7 @@ class Dispatcher:
         )
         ctx = None
         if sub.takes_context:
-            ctx = self._context(event, record, delivery.attempt, delivery.session, sub)
+            ctx = self._context(event, record, delivery.attempt, delivery.session)
         if sub.is_async:
             call: Awaitable[None]
             call = sub.handler(payload) if ctx is None else sub.handler(payload, ctx)
@@ -199,9 +199,7 @@ class Dispatcher:
         each is given a copy of a raw one). A later attempt reads the event afresh."""
         return self.shared_events or len(self.routes[(record.topic, event.type)]) > 1
 
-    def _context(
-        self, event: Event, record: Record, attempt: int, session: Any, sub: Subscriber
-    ) -> Context:
+    def _context(self, event: Event, record: Record, attempt: int, session: Any) -> Context:
         return Context(
             self.publisher,
             event,
@@ -213,7 +211,6 @@ class Dispatcher:
             loop=self.loop,
             session=session,
             read_version=self.registry.read_version(event.type, event.dataversion),
-            subscriber=sub,
         )
 
     async def _call_in_thread(
@@ -326,7 +323,7 @@ class Dispatcher:
         )
         if not sub.takes_context:
             return sub.handler(payload)
-        return sub.handler(payload, self._context(event, record, 1, None, sub))
+        return sub.handler(payload, self._context(event, record, 1, None))
 
     async def _run_on_loop(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
