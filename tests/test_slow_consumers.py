@@ -380,3 +380,40 @@ def test_the_cancel_command_appends_a_cancellation_workers_learn(
 
     cancel = asyncio.run(learned())
     assert (cancel.subject, cancel.reason) == (None, "user left")
+
+
+async def test_a_cancelled_call_with_an_inbox_commits_nothing_and_the_lane_goes_on(
+    sqlite_url: str, tmp_path: Path, released: tuple[asyncio.Event, threading.Event]
+) -> None:
+    app = make_app(sqlite_url)
+    gate, _ = released
+    db = f"sqlite:///{tmp_path / 'effects.db'}"
+    engine = sa.create_engine(db)
+    effects = sa.Table("effects", sa.MetaData(), sa.Column("what", sa.String(64)))
+    effects.metadata.create_all(engine)
+    inbox = Inbox(db)
+    started: list[str] = []
+
+    @app.subscriber(TOPIC, group="agents", inbox=inbox, cancellable=True)
+    async def write(payload: dict[str, str], ctx: Context) -> None:
+        started.append(payload["name"])
+        await ctx.session.execute(effects.insert().values(what=payload["name"]))
+        if payload["name"] == "doomed":
+            await gate.wait()
+
+    def rows() -> list[str]:
+        with engine.connect() as conn:
+            return sorted(r[0] for r in conn.execute(sa.select(effects.c.what)))
+
+    async with inbox, app, running(app) as worker:
+        await app.publish(TOPIC, {"name": "first"}, type=TYPE, subject="k")
+        doomed = await app.publish(TOPIC, {"name": "doomed"}, type=TYPE, subject="k")
+        await eventually(lambda: "doomed" in started, what="the doomed call under way")
+        await app.cancel(doomed.correlationid)
+        await app.publish(TOPIC, {"name": "last"}, type=TYPE, subject="k")
+        await eventually(lambda: rows() == ["first", "last"], what="the others committed")
+        assert worker.stats.cancelled == 1
+    with engine.connect() as conn:
+        marks = conn.execute(sa.select(inbox.table.c.event_id)).scalars().all()
+    assert doomed.id not in marks and len(marks) == 2
+    engine.dispose()

@@ -31,6 +31,7 @@ from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
 from tidings.envelope import Event
 from tidings.errors import ConfigError, DecodeError
 from tidings.middleware.base import Delivery, Middleware, Next
+from tidings.middleware.lane import lane_work
 from tidings.subscriber import Subscriber
 from tidings.transport import Transport
 
@@ -272,6 +273,15 @@ class Cancellation(Middleware):
         call = _Call(delivery.event)
         known.calls.add(call)
         scope = call.scope = asyncio.timeout(None)
+        token = None
+        work = lane_work.get()
+        if work is not None and delivery.subscriber.inbox is not None:
+            # Its own transaction, not a savepoint of the lane's batch: the inbox gives
+            # up a batch whole when its lane is cancelled, and this call's cancellation
+            # is not the lane's. What the lane holds is committed first, as the inbox does.
+            if work.holding:
+                await work.flush()
+            token = lane_work.set(None)
         try:
             async with scope:
                 await call_next(delivery)
@@ -282,6 +292,8 @@ class Cancellation(Middleware):
             return call.cancel
         finally:
             known.calls.discard(call)
+            if token is not None:
+                lane_work.reset(token)
 
     @staticmethod
     def _count(delivery: Delivery, cancel: Cancel, what: str) -> None:
