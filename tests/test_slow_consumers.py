@@ -4,6 +4,7 @@ on a real SQLite log."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -151,6 +152,30 @@ async def test_past_max_abandoned_a_timed_out_def_handler_is_waited_for(
         await eventually(lambda: handled == [0, 1], what="both handled, in order")
         (entry,) = await dead_letters(app, "g")  # the first still counts as timed out
         assert entry.error_type == "tidings.errors.HandlerTimeout"
+
+
+async def test_a_handler_that_swallows_its_cancellation_has_timed_out_all_the_same(
+    sqlite_url: str, released: tuple[asyncio.Event, threading.Event]
+) -> None:
+    app = make_app(sqlite_url)
+    gate, _ = released
+    returned: list[int] = []
+
+    @app.subscriber(TOPIC, group="g", timeout=0.2, retry=Retry(max_attempts=1))
+    async def stubborn(payload: dict[str, int]) -> None:
+        if payload["n"] == 0:
+            with contextlib.suppress(asyncio.CancelledError):
+                await gate.wait()
+        returned.append(payload["n"])
+
+    async with app, running(app) as worker:
+        for n in range(2):
+            await app.publish(TOPIC, {"n": n}, type=TYPE, subject="doc-1")
+        await eventually(lambda: returned == [0, 1], what="both calls returned")
+        await eventually(lambda: worker.stats.handled == 2, what="both finished with")
+        (entry,) = await dead_letters(app, "g")
+        assert entry.error_type == "tidings.errors.HandlerTimeout"
+        assert worker.stats.timed_out == 1
 
 
 def test_timeout_settings_are_checked(sqlite_url: str) -> None:
@@ -415,5 +440,6 @@ async def test_a_cancelled_call_with_an_inbox_commits_nothing_and_the_lane_goes_
         assert worker.stats.cancelled == 1
     with engine.connect() as conn:
         marks = conn.execute(sa.select(inbox.table.c.event_id)).scalars().all()
-    assert doomed.id not in marks and len(marks) == 2
+    assert doomed.id not in marks
+    assert len(marks) == 2
     engine.dispose()

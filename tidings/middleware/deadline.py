@@ -65,10 +65,14 @@ class Deadline(Middleware):
         try:
             async with scope:
                 await call_next(delivery)
-            return
         except TimeoutError:
             if not scope.expired():
                 raise  # the handler's own timeout: an ordinary error
+        else:
+            if not scope.expired():
+                return
+            # A handler that swallowed its cancellation and returned late: timed out all
+            # the same (raising here rolls its inbox transaction back).
         delivery.stats.timed_out += 1
         thread, abandoned = delivery.thread, False
         if thread is not None and not thread.done():
