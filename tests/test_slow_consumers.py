@@ -348,6 +348,8 @@ async def test_cancel_needs_one_target_and_cancellable_needs_the_middleware(
     @app.subscriber(TOPIC, group="agents", cancellable=True, timeout=5)
     async def research(payload: Any) -> None: ...
 
+    with pytest.raises(ConfigError, match="not started"):
+        await app.cancel("c")
     async with app:
         with pytest.raises(ConfigError, match="correlation_id= or subject="):
             await app.cancel()

@@ -93,7 +93,8 @@ async def publish_cancel(
 ) -> Event:
     """What :meth:`tidings.Tidings.cancel` does with ``app``: append the cancellation."""
     data = cancel_payload(correlation_id, subject, reason)
-    await app.transport.create_topic(CANCELLATIONS_TOPIC, 1, retention_ms=int(WINDOW * 1000))
+    if app.started:  # (else publish says it is not)
+        await app.transport.create_topic(CANCELLATIONS_TOPIC, 1, retention_ms=int(WINDOW * 1000))
     # Caused by the chain's start (its root event's id is often the correlation id):
     # `tidings trace` shows it in the chain's tree.
     event: Event = await app.publish(
