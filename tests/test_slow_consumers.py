@@ -445,3 +445,21 @@ async def test_a_cancelled_call_with_an_inbox_commits_nothing_and_the_lane_goes_
     assert doomed.id not in marks
     assert len(marks) == 2
     engine.dispose()
+
+
+@pytest.mark.integration
+async def test_on_nats_a_worker_started_after_a_cancel_skips_its_chain(nats_url: str) -> None:
+    app = Tidings(f"{nats_url}&partitions=2", service="agents", schemas="off")
+    handled: list[str] = []
+
+    @app.subscriber(TOPIC, group="agents", cancellable=True)
+    async def research(payload: dict[str, str]) -> None:
+        handled.append(payload["name"])
+
+    async with app:
+        doomed = await app.publish(TOPIC, {"name": "doomed"}, type=TYPE, subject="k")
+        await app.cancel(doomed.correlationid, reason="too late")
+        await app.publish(TOPIC, {"name": "kept"}, type=TYPE, subject="k")
+        async with running(app) as worker:
+            await eventually(lambda: handled == ["kept"], what="the later chain handled")
+            assert worker.stats.cancelled == 1
