@@ -305,6 +305,28 @@ async def test_a_cancel_stops_the_chain_in_an_opt_in_group_and_not_in_the_others
         assert await dead_letters(app, "agents") == []
 
 
+async def test_an_event_waiting_for_its_retry_is_skipped_once_its_chain_is_cancelled(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tidings.middleware.cancellation.POLL", 0.02)
+    app = make_app(sqlite_url)
+    calls: list[str] = []
+    retry = Retry(max_attempts=5, base_delay=2.0, max_delay=2.0, jitter=0)
+
+    @app.subscriber(TOPIC, group="agents", cancellable=True, retry=retry)
+    async def flaky(payload: dict[str, str]) -> None:
+        calls.append(payload["name"])
+        raise ConnectionError("the model's API is down")
+
+    async with app, running(app) as worker:
+        failing = await app.publish(TOPIC, {"name": "failing"}, type=TYPE, subject="k")
+        await eventually(lambda: worker.stats.retries == 1, what="a retry waiting")
+        await app.cancel(failing.correlationid, reason="no point")
+        await eventually(lambda: worker.stats.cancelled == 1, what="the retry skipped")
+        assert calls == ["failing"]  # not called again
+        assert await dead_letters(app, "agents") == []
+
+
 async def test_a_worker_started_after_a_cancel_still_skips_its_chain(sqlite_url: str) -> None:
     app = make_app(sqlite_url)
     handled: list[str] = []

@@ -139,12 +139,12 @@ class Cancellations:
         transport: Transport,
         *,
         window: float = WINDOW,
-        poll: float = POLL,
+        poll: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.transport = transport
         self.window = window
-        self.poll = poll
+        self.poll = POLL if poll is None else poll
         self.clock = clock
         self.by_correlation: OrderedDict[str, Cancel] = OrderedDict()
         self.by_subject: OrderedDict[str, Cancel] = OrderedDict()
