@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tidings import ConfigError, Context, Event, Tidings, Worker
+from tidings import ConfigError, Context, Event, Tidings, TopicNotFound, Worker, decode
 from tidings.dead_letters import DeadLetterLog
 from tidings.errors import HandlerTimeout
 from tidings.inbox import Inbox
@@ -216,6 +216,29 @@ async def test_progress_events_arrive_in_order_with_the_handled_event_as_cause(
         assert event.data["of"] == asked.id
         assert event.data["group"] == "agent"
         assert event.subject == "q-1"
+
+
+async def test_progress_of_a_retried_call_goes_where_its_subscriber_says(sqlite_url: str) -> None:
+    app = make_app(sqlite_url)  # one group in the worker: a retry reads the event afresh
+
+    @app.subscriber(TOPIC, group="agent", progress_topic="progress", retry=Retry(base_delay=0.01))
+    async def research(payload: Any, ctx: Context) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("the model's API is down")
+        await ctx.progress(0.5, "second try")
+
+    async def reports() -> list[Event]:
+        with contextlib.suppress(TopicNotFound):
+            return [decode(r.value) for r in await app.transport.read("progress", 0, 0, 10)]
+        return []
+
+    async with app, running(app):
+        asked = await app.publish(TOPIC, {"q": "tides"}, type=TYPE, subject="q-1")
+        await eventually(lambda: app.sent.get("progress") == 1, what="the progress published")
+    async with app:
+        (report,) = await reports()
+    assert report.causationid == asked.id
+    assert report.data["handler"].endswith("research")
 
 
 class _Publisher:

@@ -170,7 +170,8 @@ class Context:
         """The subscriber whose call handles this event (from the causal scope the
         worker sets per call: a Context does not carry it, one field less per call)."""
         scope = causal_scope.get()
-        if isinstance(scope, tuple) and not isinstance(scope, Scope) and scope[3] is self.event:
+        # By id, not `is`: a retry reads the event afresh.
+        if isinstance(scope, tuple) and not isinstance(scope, Scope) and scope[3].id == self.id:
             return scope[1]
         return None
 
