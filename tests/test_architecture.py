@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tidings.context",
             "tidings.logs",
             "tidings.lag_health",
+            "tidings.progress",
         ),
     ),
     ("dead letters", ("tidings.dead_letters",)),

@@ -260,7 +260,8 @@ async def test_the_command_prints_the_tree_and_its_json(seeded: Shop, url: str) 
     (root,) = doc["roots"]
     assert set(root) == {
         "id", "type", "source", "subject", "time", "topic", "partition", "offset",
-        "causationid", "cause_seen", "after_cause_ms", "copies", "groups", "children",
+        "causationid", "note", "cause_seen", "after_cause_ms", "copies", "groups",
+        "children",
     }  # fmt: skip
     assert (root["id"], root["topic"], root["after_cause_ms"]) == (order.event.id, "orders", None)
     mail = {g["group"]: g for g in root["groups"]}["mail"]

@@ -17,10 +17,11 @@ from tidings.context import current_scope
 from tidings.contracts import Registry, Upcaster
 from tidings.envelope import JSON, SPECVERSION, Event, new_id, validate_type
 from tidings.errors import ConfigError
+from tidings.middleware.cancellation import publish_cancel
 from tidings.middleware.retry import Retry
 from tidings.publish_options import check_extension_names, due, per_payload_options
 from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
-from tidings.subscriber import Component, GroupSettings, Subscriber, handler_shape
+from tidings.subscriber import Component, GroupSettings, Subscriber, handler_shape, slow_settings
 from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
 from tidings.transports import open_transport
 
@@ -161,11 +162,19 @@ class Tidings:
         types = [types] if isinstance(types, str) else types
         self.published.setdefault(topic, set()).update(validate_type(t) for t in types)
 
-    def group(self, name: str, *, sequenced: bool = False, sla: float | None = None) -> None:
-        """Settings of group ``name``: ``sequenced``, and ``sla``, the lag in seconds it
-        must stay under; see :class:`GroupSettings`."""
+    def group(
+        self,
+        name: str,
+        *,
+        sequenced: bool = False,
+        sla: float | None = None,
+        cancellable: bool = False,
+    ) -> None:
+        """Settings of group ``name``: ``sequenced``, ``sla``, the lag in seconds it
+        must stay under, and ``cancellable`` (its subscribers stop a cancelled chain:
+        :meth:`cancel`); see :class:`GroupSettings`."""
         check_group_name(name)
-        self._groups[name] = GroupSettings(sequenced=sequenced, sla=sla)
+        self._groups[name] = GroupSettings(sequenced=sequenced, sla=sla, cancellable=cancellable)
 
     def group_settings(self, name: str) -> GroupSettings:
         return self._groups.get(name) or GroupSettings()
@@ -198,6 +207,10 @@ class Tidings:
         start_from: StartFrom = "earliest",
         retry: Retry | None = None,
         inbox: Any = None,
+        timeout: float | None = None,
+        cancellable: bool = False,
+        progress_every: float = 1.0,
+        progress_topic: str | None = None,
     ) -> Callable[[H], H]:
         """Decorator: run the handler for events of ``types`` on ``topic`` in ``group``.
 
@@ -205,6 +218,8 @@ class Tidings:
         optionally, a :class:`~tidings.context.Context`. It may be sync or async.
         ``retry`` is this handler's retry policy (default: the worker's); ``inbox`` a
         :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect.
+        ``timeout``, ``cancellable``, ``progress_every``, ``progress_topic``: for slow
+        handlers, see :class:`~tidings.subscriber.Subscriber` and docs/agents.md.
         """
         check_topic_name(topic)
         if not group:
@@ -215,15 +230,11 @@ class Tidings:
         if start_from not in ("earliest", "latest"):
             raise ConfigError(f"start_from must be 'earliest' or 'latest', got {start_from!r}")
         wanted = None if types is None else frozenset(validate_type(t) for t in types)
+        slow = slow_settings(timeout, cancellable, progress_every, progress_topic)
 
         def wrap(handler: H) -> H:
             takes_context, is_async = handler_shape(handler)
-            for other in self.subscribers:
-                if other.group == group and other.start_from != start_from:
-                    raise ConfigError(
-                        f"group {group!r} has subscribers with start_from "
-                        f"{other.start_from!r} and {start_from!r}; a group starts in one place"
-                    )
+            self._check_start(group, start_from)
             subscriber = Subscriber(
                 topic=topic,
                 group=group,
@@ -234,6 +245,7 @@ class Tidings:
                 takes_context=takes_context,
                 retry=retry,
                 inbox=inbox,
+                **slow,
             )
             if inbox is not None:
                 claim = getattr(inbox, "claim", None)
@@ -244,6 +256,14 @@ class Tidings:
             return handler
 
         return wrap
+
+    def _check_start(self, group: str, start_from: StartFrom) -> None:
+        for other in self.subscribers:
+            if other.group == group and other.start_from != start_from:
+                raise ConfigError(
+                    f"group {group!r} has subscribers with start_from "
+                    f"{other.start_from!r} and {start_from!r}; a group starts in one place"
+                )
 
     def groups(self) -> list[str]:
         return sorted({s.group for s in self.subscribers})
@@ -469,6 +489,15 @@ class Tidings:
         else:
             await self.transport.append_events(topic, events, limit)
         self.sent[topic] = self.sent.get(topic, 0) + len(events)
+
+    async def cancel(
+        self, correlation_id: str | None = None, *, subject: str | None = None, reason: str = ""
+    ) -> Event:
+        """Cancel a chain of work: the events of ``correlation_id``, or those of
+        ``subject`` published until now; return the ``tidings.cancelled`` event. In the
+        groups that opt in (``cancellable=True``), workers stop its calls under way and
+        skip its later events, as cancelled, not failed (docs/agents.md)."""
+        return await publish_cancel(self, correlation_id, subject, reason)
 
     # -- delayed events ---------------------------------------------------------------
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NamedTuple, Protocol
 
 from tidings.envelope import Event, new_id
+from tidings.progress import Throttle, check_fraction, is_progress, progress_data, progress_type
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
 
@@ -79,6 +81,7 @@ class Context:
     __slots__ = (
         "_app",
         "_loop",
+        "_throttle",  # of this call's progress reports; set by the first (not per call)
         "attempt",
         "event",
         "group",
@@ -150,6 +153,49 @@ class Context:
             return await self._loop.create_task(publishing, context=context)
 
         return asyncio.run_coroutine_threadsafe(in_context(), self._loop).result()
+
+    @staticmethod
+    def clock() -> float:
+        """When progress reports are due: the monotonic clock (a test may set another)."""
+        return time.monotonic()
+
+    async def progress(self, fraction: float, note: str = "") -> Event | None:
+        """Report how far the handler got with this event (``fraction`` from 0 to 1):
+        publish a ``<type>.progressed`` event (:mod:`tidings.progress`), unless one went
+        less than the subscriber's ``progress_every`` seconds ago (a final 1.0 always
+        goes); return it, or None if throttled. Of a progress event, none is reported."""
+        return await self._progress(check_fraction(fraction), str(note), self._subscriber())
+
+    def progress_sync(self, fraction: float, note: str = "") -> Event | None:
+        """:meth:`progress` for synchronous handlers (they run in a worker thread)."""
+        report = self._progress(check_fraction(fraction), str(note), self._subscriber())
+        return asyncio.run_coroutine_threadsafe(report, self._loop).result()
+
+    def _subscriber(self) -> Subscriber | None:
+        """The subscriber whose call handles this event (from the causal scope the
+        worker sets per call: a Context does not carry it, one field less per call)."""
+        scope = causal_scope.get()
+        # By id, not `is`: a retry reads the event afresh.
+        if isinstance(scope, tuple) and not isinstance(scope, Scope) and scope[3].id == self.id:
+            return scope[1]
+        return None
+
+    async def _progress(self, fraction: float, note: str, sub: Subscriber | None) -> Event | None:
+        event = self.event
+        if is_progress(event.type):
+            return None  # a handler of every type must not report progress of progress
+        throttle: Throttle | None = getattr(self, "_throttle", None)
+        if throttle is None:
+            throttle = self._throttle = Throttle(sub.progress_every if sub else 1.0)
+        if not throttle.due(fraction, self.clock()):
+            return None
+        topic = (sub.progress_topic if sub else None) or self.topic
+        data = progress_data(fraction, note, event.id, self.group, sub.name if sub else "")
+        # Its partition is fixed (the handled event's key, else its id): reports in order.
+        key = event.key or event.id
+        return await self.publish(
+            topic, data, type=progress_type(event.type), subject=event.subject, key=key
+        )
 
     def __repr__(self) -> str:
         return (

@@ -34,7 +34,9 @@ Importable from ``tidings.errors`` only (catch their parents):
 - :class:`AggregateNotFound`: a ``TidingsError`` and a ``LookupError``, no stream has
   that aggregate id;
 - :class:`RebuildRunning`: a ``TidingsError``, a projection's rebuild was asked for
-  while another one of it runs.
+  while another one of it runs;
+- :class:`HandlerTimeout`: a ``TidingsError`` and a ``TimeoutError``, a handler call
+  ran past its subscriber's ``timeout=`` (a failed attempt, retried or dead-lettered).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "EventTooLarge",
     "GroupBusy",
     "GroupNotFound",
+    "HandlerTimeout",
     "InvalidEventType",
     "Parked",
     "RebuildRunning",
@@ -166,6 +169,18 @@ class AggregateNotFound(TidingsError, LookupError):
 class RebuildRunning(TidingsError):
     """A rebuild of a projection was asked for while another one of it runs (the
     message says since when and where); one rebuild of a projection runs at a time."""
+
+
+class HandlerTimeout(TidingsError, TimeoutError):
+    """A handler call ran past its subscriber's ``timeout=``: an async handler was
+    cancelled, a plain ``def`` one left running in its thread (its result discarded).
+    The attempt failed: the retry policy and the dead letters treat it as any error."""
+
+    def __init__(self, handler: str, what: str, timeout: float, *, abandoned: bool) -> None:
+        self.timeout = timeout
+        self.abandoned = abandoned
+        how = "; left running, its result discarded" if abandoned else ""
+        super().__init__(f"handler {handler} ran past its timeout ({timeout:g} s) on {what}{how}")
 
 
 class TransportError(TidingsError):

@@ -22,6 +22,8 @@ class Stats:
     parked: int = 0  # of which, parked behind an earlier dead letter of their key
     duplicates: int = 0  # redelivered events an inbox had already seen
     abandoned: int = 0  # handlers still running when the worker had to stop without them
+    timed_out: int = 0  # handler calls past their subscriber's timeout= (failed attempts)
+    cancelled: int = 0  # calls cancelled and events skipped because their chain was cancelled
 
 
 DURATION_BUCKETS = (

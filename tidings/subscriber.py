@@ -13,9 +13,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tidings.errors import ConfigError
-from tidings.transport import StartFrom
+from tidings.transport import StartFrom, check_topic_name
 
-__all__ = ["Component", "GroupSettings", "RetryPolicy", "Subscriber", "handler_shape"]
+__all__ = [
+    "Component",
+    "GroupSettings",
+    "RetryPolicy",
+    "Subscriber",
+    "check_seconds",
+    "handler_shape",
+    "slow_settings",
+]
 
 
 class RetryPolicy(Protocol):
@@ -50,6 +58,14 @@ class Subscriber:
     takes_context: bool
     retry: RetryPolicy | None = None  # None: the worker's Retry middleware's own policy
     inbox: Any = None  # a tidings.inbox.Inbox: handled event ids, kept per group
+    # Slow consumers (docs/agents.md): seconds a call may take (None: no limit); whether
+    # a cancellation of its chain cancels and skips its calls (also set per group);
+    # the least seconds between two progress events of one call, and their topic (None:
+    # the handled event's).
+    timeout: float | None = None
+    cancellable: bool = False
+    progress_every: float = 1.0
+    progress_topic: str | None = None
 
     @property
     def name(self) -> str:
@@ -57,6 +73,30 @@ class Subscriber:
 
     def wants(self, event_type: str) -> bool:
         return self.types is None or event_type in self.types
+
+
+def check_seconds(name: str, value: object, *, none: bool = False) -> None:
+    """Refuse a setting in seconds that is not a positive number (or None, if allowed)."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+
+
+def slow_settings(
+    timeout: object, cancellable: object, progress_every: object, progress_topic: object
+) -> dict[str, Any]:
+    """The slow-consumer fields of a :class:`Subscriber`, checked (docs/agents.md)."""
+    check_seconds("subscriber(timeout=...)", timeout, none=True)
+    check_seconds("subscriber(progress_every=...)", progress_every)
+    if progress_topic is not None:
+        check_topic_name(str(progress_topic))
+    return {
+        "timeout": None if timeout is None else float(timeout),  # type: ignore[arg-type]
+        "cancellable": bool(cancellable),
+        "progress_every": float(progress_every),  # type: ignore[arg-type]
+        "progress_topic": progress_topic,
+    }
 
 
 def handler_shape(handler: Callable[..., Any]) -> tuple[bool, bool]:
@@ -89,17 +129,16 @@ class GroupSettings:
     order then survives the failure and its replay). Default: move on.
     ``sla``: the lag, in seconds, the group must stay under (recorded in the schema
     registry, shown by ``tidings catalog``); None: no promise.
+    ``cancellable``: every subscriber of the group is ``cancellable`` (a cancelled
+    chain's calls under way are cancelled, its later events skipped: docs/agents.md).
     """
 
     sequenced: bool = False
     sla: float | None = None
+    cancellable: bool = False
 
     def __post_init__(self) -> None:
-        sla = self.sla
-        if sla is not None and (
-            isinstance(sla, bool) or not isinstance(sla, int | float) or not 0 < sla < 1e9
-        ):
-            raise ConfigError(f"group sla must be a number of seconds > 0, got {sla!r}")
+        check_seconds("group sla", self.sla, none=True)
 
 
 class Component(Protocol):

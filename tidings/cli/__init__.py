@@ -7,7 +7,7 @@ and exit non-zero: 2 for bad usage, 1 for a failure.
 This module builds the parser and runs the command; each family of commands is a
 module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``trace``,
 ``offsets``, ``dlq``, ``outbox``, ``schema``, ``asyncapi``, ``catalog``,
-``projections``) with an
+``projections``, ``cancel``) with an
 ``add_commands(sub)`` that
 registers it. What they share is in ``common`` (the parser, usage errors, common
 options, the opened log, the ``module:app`` import) and ``output`` (tables, JSON,
@@ -25,6 +25,7 @@ from tidings import logs
 from tidings.app import default_url
 from tidings.cli import (
     asyncapi,
+    cancel,
     catalog,
     dlq,
     groups,
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for family in (
         run, topics, groups, publish, tail, trace, offsets, dlq, outbox, schema, asyncapi,
-        catalog, projections,
+        catalog, projections, cancel,
     ):  # fmt: skip
         family.add_commands(sub)
     return parser

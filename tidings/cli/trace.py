@@ -143,6 +143,9 @@ def event_line(node: tracing.TraceNode) -> str:
     if node.after_cause is not None:
         parts.append(f"+{node.after_cause:.3f}s")
     parts += [e.type, f"{r.topic}@{r.partition}:{r.offset}", f"…{e.id[-12:]}"]
+    said = tracing.note(e)
+    if said is not None:
+        parts.append(f"({said})")
     if not node.cause_seen:
         parts.append(f"(cause not seen: {e.causationid})")
     if node.copies:

@@ -57,6 +57,12 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tidings_events_dead_lettered_total": (
         "counter", (), "events this worker wrote to a dead-letter topic"
     ),
+    "tidings_handler_timeouts_total": (
+        "counter", (), "handler calls past their subscriber's timeout (failed attempts)"
+    ),
+    "tidings_events_cancelled_total": (
+        "counter", (), "calls stopped and events skipped because their chain was cancelled"
+    ),
     "tidings_events_skipped_total": (
         "counter", ("group", "topic", "reason"),
         'events a group never handled; reason="retention": removed before it read them',
@@ -101,6 +107,8 @@ class WorkerCollector(Collector):
             ("tidings_handler_failures", stats.failed_attempts),
             ("tidings_retries", stats.retries),
             ("tidings_events_dead_lettered", stats.dead_lettered),
+            ("tidings_handler_timeouts", stats.timed_out),
+            ("tidings_events_cancelled", stats.cancelled),
         ):
             yield CounterMetricFamily(name, _doc(name + "_total"), value=value)
         sent = CounterMetricFamily(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,9 @@ class Delivery:
     # Where Retry and DeadLetters report what they did ("retry", "dead_letter", with
     # attributes): the tracing middleware's span events; None when nothing listens.
     note: Callable[[str, dict[str, Any]], None] | None = None
+    # A plain def handler's call in its thread, for a subscriber with a timeout (what
+    # Deadline leaves running past it); None otherwise.
+    thread: Future[Any] | None = None
 
 
 Next = Callable[[Delivery], Awaitable[None]]

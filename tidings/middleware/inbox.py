@@ -102,7 +102,14 @@ class InboxMiddleware(Middleware):
         is marked resolved once the delivery returns, which must find its effect
         committed."""
         held = work.open
-        batches = inbox.batches(plan) and delivery.replay_of is None
+        sub = delivery.subscriber
+        # Nor is a plain def handler's with a timeout: left running past it, its thread
+        # might still write through a session on the batch's connection.
+        batches = (
+            inbox.batches(plan)
+            and delivery.replay_of is None
+            and (sub.timeout is None or sub.is_async)
+        )
         if batches and held is not None and inbox.joins(held, plan):
             work.busy = True  # from here on: no commit at its deadline under this delivery
             return cast("Batch", held)

@@ -21,6 +21,7 @@ from tidings.trace.tree import (
     TraceNode,
     changes,
     node_json,
+    note,
     status_json,
     trace_json,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "follow",
     "is_traced_topic",
     "node_json",
+    "note",
     "status_json",
     "trace",
     "trace_json",

@@ -13,6 +13,7 @@ from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
 from tidings.dead_letters import DeadLetter, DeadLetterLog, dlq_topic
 from tidings.envelope import Event
 from tidings.errors import DecodeError, TopicNotFound
+from tidings.middleware.cancellation import CANCELLATIONS_TOPIC
 from tidings.tail import wait_for_appends
 from tidings.trace.tree import (
     Change,
@@ -35,7 +36,10 @@ _PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]+")
 
 def is_traced_topic(name: str) -> bool:
     """Whether a trace reads ``name``: a user topic, not tidings' own (``_tidings.*``) nor
-    a group's dead letters or replays (those are read as each group's status)."""
+    a group's dead letters or replays (those are read as each group's status); but the
+    cancellations (a cancelled chain shows its cancellation)."""
+    if name == CANCELLATIONS_TOPIC:
+        return True
     return not (name.startswith("_tidings") or name.endswith((".dlq", ".retry")))
 
 

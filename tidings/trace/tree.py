@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from tidings.dead_letters import DeadLetter, State
 from tidings.envelope import Event
+from tidings.middleware.cancellation import CANCELLED_TYPE
+from tidings.progress import is_progress
 from tidings.transport import Record
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "changes",
     "dead_status",
     "node_json",
+    "note",
     "span",
     "status_json",
     "trace_json",
@@ -125,6 +128,19 @@ class Change:
     before: GroupStatus | None = None
 
 
+def note(event: Event) -> str | None:
+    """What a progress or cancellation event says, in a few words (docs/agents.md)."""
+    data = event.data if isinstance(event.data, dict) else {}
+    if is_progress(event.type) and isinstance(data.get("fraction"), int | float):
+        text = f"progress {data['fraction']:.0%}"
+        return f"{text}: {data['note']}" if data.get("note") else text
+    if event.type == CANCELLED_TYPE:
+        target = data.get("correlationid") or f"subject {data.get('subject')}"
+        reason = data.get("reason")
+        return f"cancelled {target}" + (f": {reason}" if reason else "")
+    return None
+
+
 def dead_status(group: str, entry: DeadLetter, state: State) -> GroupStatus:
     """``group``'s status with an event it dead-lettered as ``entry``, in ``state``."""
     if entry.reason == "parked":
@@ -197,6 +213,7 @@ def node_json(node: TraceNode, *, children: bool = True) -> dict[str, Any]:
         "partition": r.partition,
         "offset": r.offset,
         "causationid": e.causationid,
+        "note": note(e),
         "cause_seen": node.cause_seen,
         "after_cause_ms": None if node.after_cause is None else round(node.after_cause * 1000, 3),
         "copies": [

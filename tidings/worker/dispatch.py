@@ -196,7 +196,7 @@ class Dispatcher:
             call: Awaitable[None]
             call = sub.handler(payload) if ctx is None else sub.handler(payload, ctx)
             return call
-        return self._call_in_thread(sub, payload, ctx)
+        return self._call_in_thread(sub, payload, ctx, delivery)
 
     def _shared(self, record: Record, event: Event) -> bool:
         """Whether the event's payload may be seen by more than one handler call (then
@@ -217,10 +217,17 @@ class Dispatcher:
             read_version=self.registry.read_version(event.type, event.dataversion),
         )
 
-    async def _call_in_thread(self, sub: Subscriber, payload: Any, ctx: Context | None) -> None:
+    async def _call_in_thread(
+        self, sub: Subscriber, payload: Any, ctx: Context | None, delivery: Delivery
+    ) -> None:
         args = (payload, ctx) if ctx is not None else (payload,)
         call = functools.partial(contextvars.copy_context().run, sub.handler, *args)
-        result = await self.loop.run_in_executor(self.threads, call)
+        if sub.timeout is not None and self.threads is not None:
+            # The thread's own future, for the Deadline middleware to leave running.
+            delivery.thread = self.threads.submit(call)
+            result = await asyncio.wrap_future(delivery.thread, loop=self.loop)
+        else:
+            result = await self.loop.run_in_executor(self.threads, call)
         if inspect.isawaitable(result):  # an async callable we could not tell
             await result
 

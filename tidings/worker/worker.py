@@ -21,6 +21,7 @@ from tidings.subscriber import Component
 from tidings.transport import Record
 from tidings.worker.dispatch import Dispatcher
 from tidings.worker.group import GroupRunner, Limits
+from tidings.worker.slow import slow_consumers
 
 if TYPE_CHECKING:
     from tidings.app import Tidings
@@ -92,6 +93,7 @@ class Worker:
         )
         # Around every handler call, outermost first (see tidings.middleware).
         self.middleware = _chain(app, middleware)
+        self.cancellations = slow_consumers(app, chosen, self.middleware)  # or None
         # Synchronous handlers run here: their own pool, sized for I/O-bound work (mail,
         # webhooks), so that partitions are not limited to asyncio's default few threads.
         self.sync_threads = sync_threads
@@ -214,13 +216,19 @@ class Worker:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or the task is cancelled), then drain and commit.
         The app must be started (``async with app``); :meth:`serve` does that too."""
+        loop = asyncio.get_running_loop()
+        self._stop_components = asyncio.Event()
+        followers = []
+        if self.cancellations is not None:
+            # Cancellations first: an event of a chain cancelled before the start is skipped.
+            await self.cancellations.start()
+            followers.append(loop.create_task(self.cancellations.follow(self._stop_components)))
         if any(not s.is_async for s in self.app.subscribers if s.group in self.groups):
             self.threads = ThreadPoolExecutor(self.sync_threads, "tidings-handler")
         self._runners = [self._runner(g) for g in self.groups]
-        loop = asyncio.get_running_loop()
         tasks = [loop.create_task(r.run()) for r in self._runners]
-        self._stop_components = asyncio.Event()
         helpers = [loop.create_task(c.run(self._stop_components)) for c in self.components]
+        helpers += followers
         stopper = loop.create_task((stop or asyncio.Event()).wait())
         try:
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
