@@ -36,7 +36,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("dead letters", ("tidings.dead_letters",)),
-    ("outbox, inbox, scheduler", ("tidings.outbox", "tidings.inbox", "tidings.scheduler")),
+    (
+        "outbox, inbox, scheduler, workflows",
+        ("tidings.outbox", "tidings.inbox", "tidings.scheduler", "tidings.sagas"),
+    ),
     ("middleware", ("tidings.middleware",)),
     ("app", ("tidings.app", "tidings.publish_options")),
     ("worker", ("tidings.worker",)),

@@ -24,6 +24,7 @@ from tidings.transport import StartFrom, Transport, check_group_name, check_topi
 from tidings.transports import open_transport
 
 if TYPE_CHECKING:
+    from tidings.sagas import Saga
     from tidings.scheduler import Scheduler
 
 __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
@@ -164,6 +165,15 @@ class Tidings:
     def add_component(self, component: Component) -> None:
         """Run ``component`` beside the worker's groups (``tidings run``, ``Worker.serve``)."""
         self.components.append(component)
+
+    def saga(self, name: str, *, topic: str, db: Any, key: Any, **options: Any) -> Saga:
+        """A saga (process manager) named ``name``: one instance per business ``key``
+        moved by the events of ``topic``, its state in ``db`` (a SQLAlchemy URL or
+        Engine, SQLite or PostgreSQL); declare its steps with the decorators of
+        :class:`tidings.sagas.Saga` (options there)."""
+        from tidings.sagas import Saga
+
+        return Saga(self, name, topic=topic, db=db, key=key, **options)
 
     def subscriber(
         self,
