@@ -141,6 +141,7 @@ PUBLIC_MODULES = {
     "tidings.catalog",
     "tidings.logs",
     "tidings.metrics",
+    "tidings.sagas",
 }
 
 

@@ -25,6 +25,7 @@ internal and may change without notice.
 - ``tidings.catalog``: the event catalog of a log (``tidings catalog``);
 - ``tidings.logs``: log lines with the handled event's coordinates, as text or JSON;
 - ``tidings.metrics``: a worker's Prometheus metrics (the ``metrics`` extra).
+- ``tidings.sagas``: sagas (process managers): ``app.saga(...)``, ``tidings sagas``.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -126,7 +126,7 @@ def show_saga(
                 row = dict(row)
                 saga = row["name"]
                 if saga not in found:
-                    epoch = row.get("at") or row.get("created_at")
+                    epoch = row.get("at") or row["created_at"]
                     found[saga] = SagaInfo(saga, key, "-", "parked", 0, {}, epoch, epoch)
                 for drop in ("name", "key", "seq"):
                     row.pop(drop, None)

@@ -75,7 +75,9 @@ class Saga:
                 f"key='task_id') or is a function (payload, event) -> key; got {key!r}"
             )
         if unknown not in UNKNOWN:
-            raise ConfigError(f"saga {name!r}: unknown= must be 'ignore' or 'park', got {unknown!r}")
+            raise ConfigError(
+                f"saga {name!r}: unknown= must be 'ignore' or 'park', got {unknown!r}"
+            )
         self.app = app
         self.name = name
         self.topic = topic
@@ -116,13 +118,16 @@ class Saga:
         try:
             engine: Engine = make_engine(with_psycopg(sa.make_url(db)), is_async=False)
         except (sa.exc.ArgumentError, ImportError) as exc:
-            raise ConfigError(f"saga {self.name!r}: cannot open the database {db!r}: {exc}") from None
+            raise ConfigError(
+                f"saga {self.name!r}: cannot open the database {db!r}: {exc}"
+            ) from None
         if engine.dialect.name not in ("sqlite", "postgresql"):
             raise ConfigError(f"sagas support SQLite and PostgreSQL, not {engine.dialect.name}")
         return engine
 
     def __repr__(self) -> str:
-        return f"Saga({self.name!r} on {self.topic!r}, group {self.group!r}, in {safe_url(self.engine)})"
+        where = safe_url(self.engine)
+        return f"Saga({self.name!r} on {self.topic!r}, group {self.group!r}, in {where})"
 
     # -- declaring ------------------------------------------------------------------
 
@@ -151,7 +156,9 @@ class Saga:
         undoes or works around what the earlier steps did (recorded as a compensation)."""
         return self._on((on,) if isinstance(on, str) else tuple(on), when, "compensation")
 
-    def on_deadline(self, name: str, *, when: str | Iterable[str] | None = None) -> Callable[[F], F]:
+    def on_deadline(
+        self, name: str, *, when: str | Iterable[str] | None = None
+    ) -> Callable[[F], F]:
         """Decorator: the step run when deadline ``name`` (set by
         :meth:`SagaStep.deadline`) is due and still pending; its payload is the
         deadline's (``saga``, ``key``, ``deadline``, ``id``)."""
@@ -312,8 +319,7 @@ class Saga:
                 why = "started already"
             else:
                 why = f"no step in {inst.state}"
-            moved = (inst.state, inst.state, inst.version)
-            store.note(session, key, event.id, event.type, moved, f"ignored: {why}", now)
+            self._ignored(session, key, inst, event, f"ignored: {why}", now)
             return
         self._step(session, key, inst, found, payload, event, now)
 
@@ -372,13 +378,26 @@ class Saga:
         if found is None or found[2] != "pending" or inst is None or inst.status != "active":
             status = "unknown" if found is None else found[2]
             log.info("saga %s/%s: deadline %s is %s: ignored", self.name, key, name, status)
-            moved = (None, None, None) if inst is None else (inst.state, inst.state, inst.version)
-            self.store.note(session, key, event.id, event.type, moved, f"deadline {name} {status}: ignored", now)
+            self._ignored(session, key, inst, event, f"deadline {name} {status}: ignored", now)
             return
         self.store.fired(session, deadline_id)
         fn = self._deadline_steps.get((name, inst.state)) or self._deadline_steps.get((name, None))
         if fn is None:
-            moved = (inst.state, inst.state, inst.version)
-            self.store.note(session, key, event.id, event.type, moved, f"deadline {name}: no step in {inst.state}", now)
+            self._ignored(
+                session, key, inst, event, f"deadline {name}: no step in {inst.state}", now
+            )
             return
         self._step(session, key, inst, (fn, "deadline"), payload, event, now, f"deadline {name}")
+
+    def _ignored(
+        self,
+        session: Session,
+        key: str,
+        inst: Instance | None,
+        event: Event,
+        note: str,
+        now: datetime,
+    ) -> None:
+        """A history row for an event that did not move the instance."""
+        moved = (None, None, None) if inst is None else (inst.state, inst.state, inst.version)
+        self.store.note(session, key, event.id, event.type, moved, note, now)

@@ -4,22 +4,37 @@ it, all written in the transaction of the event being handled."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 
 from tidings.envelope import Event, new_id
 from tidings.errors import ConfigError
+from tidings.outbox import Outbox
+from tidings.sagas._store import Store
+from tidings.sagas._tables import SagaTables
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
-
-    from tidings.sagas._saga import Saga
 
 __all__ = ["DEADLINE_TYPE", "SagaStep"]
 
 DEADLINE_TYPE = "tidings.saga.deadline_reached"
 """The type of the event a due deadline becomes (payload: saga, key, deadline, id)."""
+
+
+class Owner(Protocol):
+    """What a step needs of its saga (:class:`tidings.sagas.Saga`)."""
+
+    name: str
+    topic: str
+    outbox: Outbox
+    tables: SagaTables
+    store: Store
+
+    def check_state(self, state: str) -> None: ...
+
+    def check_deadline(self, name: str) -> None: ...
 
 
 class SagaStep:
@@ -33,11 +48,21 @@ class SagaStep:
     happens once, or (a crash, a conflict) not at all and the event comes again.
     """
 
-    __slots__ = ("_deadlines", "_saga", "_session", "data", "event", "key", "now", "state", "status")
+    __slots__ = (
+        "_deadlines",
+        "_saga",
+        "_session",
+        "data",
+        "event",
+        "key",
+        "now",
+        "state",
+        "status",
+    )
 
     def __init__(
         self,
-        saga: Saga,
+        saga: Owner,
         session: Session,
         key: str,
         state: str,

@@ -38,13 +38,20 @@ def _seq() -> sa.Column[int]:
 
 def define(metadata: sa.MetaData, prefix: str = DEFAULT_PREFIX) -> SagaTables:
     """The four tables, declared in ``metadata`` (or found there if declared already)."""
-    if f"{prefix}s" in metadata.tables:
-        t = metadata.tables
-        return SagaTables(
-            t[f"{prefix}s"], t[f"{prefix}_history"], t[f"{prefix}_deadlines"], t[f"{prefix}_parked"]
-        )
-    sagas = sa.Table(
-        f"{prefix}s",
+    names = (f"{prefix}s", f"{prefix}_history", f"{prefix}_deadlines", f"{prefix}_parked")
+    if names[0] in metadata.tables:
+        return SagaTables(*(metadata.tables[n] for n in names))
+    return SagaTables(
+        _sagas(metadata, names[0]),
+        _history(metadata, names[1]),
+        _deadlines(metadata, names[2]),
+        _parked(metadata, names[3]),
+    )
+
+
+def _sagas(metadata: sa.MetaData, name: str) -> sa.Table:
+    return sa.Table(
+        name,
         metadata,
         sa.Column("name", sa.String(_NAME), primary_key=True),
         sa.Column("key", sa.String(_KEY), primary_key=True),
@@ -55,10 +62,13 @@ def define(metadata: sa.MetaData, prefix: str = DEFAULT_PREFIX) -> SagaTables:
         sa.Column("status", sa.String(20), nullable=False),  # active | finished | failed
         sa.Column("started_at", UTCDateTime, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
-        sa.Index(f"{prefix}s_status", "name", "status"),
+        sa.Index(f"{name}_status", "name", "status"),
     )
-    history = sa.Table(
-        f"{prefix}_history",
+
+
+def _history(metadata: sa.MetaData, name: str) -> sa.Table:
+    return sa.Table(
+        name,
         metadata,
         _seq(),
         sa.Column("name", sa.String(_NAME), nullable=False),
@@ -70,11 +80,14 @@ def define(metadata: sa.MetaData, prefix: str = DEFAULT_PREFIX) -> SagaTables:
         sa.Column("version", sa.Integer, nullable=True),  # the instance's, after the step
         sa.Column("note", sa.Text, nullable=False),  # what happened: step, ignored, ...
         sa.Column("at", UTCDateTime, nullable=False),
-        sa.Index(f"{prefix}_history_key", "name", "key", "seq"),
+        sa.Index(f"{name}_key", "name", "key", "seq"),
         sqlite_autoincrement=True,
     )
-    deadlines = sa.Table(
-        f"{prefix}_deadlines",
+
+
+def _deadlines(metadata: sa.MetaData, name: str) -> sa.Table:
+    return sa.Table(
+        name,
         metadata,
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("name", sa.String(_NAME), nullable=False),
@@ -84,10 +97,13 @@ def define(metadata: sa.MetaData, prefix: str = DEFAULT_PREFIX) -> SagaTables:
         sa.Column("status", sa.String(20), nullable=False),  # pending | fired | cancelled
         sa.Column("event_id", sa.String(64), nullable=False),  # its event in the outbox
         sa.Column("created_at", UTCDateTime, nullable=False),
-        sa.Index(f"{prefix}_deadlines_key", "name", "key", "status"),
+        sa.Index(f"{name}_key", "name", "key", "status"),
     )
-    parked = sa.Table(
-        f"{prefix}_parked",
+
+
+def _parked(metadata: sa.MetaData, name: str) -> sa.Table:
+    return sa.Table(
+        name,
         metadata,
         _seq(),
         sa.Column("name", sa.String(_NAME), nullable=False),
@@ -96,10 +112,9 @@ def define(metadata: sa.MetaData, prefix: str = DEFAULT_PREFIX) -> SagaTables:
         sa.Column("type", sa.String(255), nullable=False),
         sa.Column("event", sa.LargeBinary, nullable=False),  # encoded, as it came
         sa.Column("at", UTCDateTime, nullable=False),
-        sa.Index(f"{prefix}_parked_key", "name", "key", "seq"),
+        sa.Index(f"{name}_key", "name", "key", "seq"),
         sqlite_autoincrement=True,
     )
-    return SagaTables(sagas, history, deadlines, parked)
 
 
 def create(conn: Connection, tables: SagaTables) -> None:
