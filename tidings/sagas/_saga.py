@@ -135,9 +135,10 @@ class Saga:
         """Decorator: the step that starts an instance on an event of ``types`` for a
         key that has none; the instance begins in ``state``."""
         self.check_state(state)
+        checked = self._types(types, "starts")
 
         def wrap(fn: F) -> F:
-            for t in self._types(types, "starts"):
+            for t in checked:
                 self._starts[t] = (fn, state)
             self._subscribe()
             return fn
@@ -182,9 +183,10 @@ class Saga:
         for s in states:
             if s is not None:
                 self.check_state(s)
+        checked = self._types(types, "on")
 
         def wrap(fn: F) -> F:
-            for t in self._types(types, "on"):
+            for t in checked:
                 for s in states:
                     if (t, s) in self._steps:
                         raise ConfigError(
@@ -273,6 +275,7 @@ class Saga:
         # The inbox names a handler by module and qualname: one name per saga.
         handle.__qualname__ = f"Saga[{self.name}]"
         handle.__module__ = __name__
+        handle.saga = self  # type: ignore[attr-defined]  # for 'tidings sagas --app'
         return handle
 
     def key_of(self, payload: Any, event: Event) -> str:
