@@ -39,10 +39,10 @@ def test_bad_declarations_are_refused_with_the_fix(tmp_path: Path) -> None:
         saga.starts("x.created", state="c")
     with pytest.raises(ConfigError, match="use on_deadline"):
         saga.on(DEADLINE_TYPE)
-    with pytest.raises(InvalidEventType, match="not lower-case .domain.action."):
+    with pytest.raises(InvalidEventType, match=r"not lower-case .domain\.action."):
         saga.on("Created")
     saga.on("x.done", when="a")(lambda p, s: None)
-    with pytest.raises(ConfigError, match="two steps for x.done in state a"):
+    with pytest.raises(ConfigError, match=r"two steps for x\.done in state a"):
         saga.on("x.done", when="a")(lambda p, s: None)
 
 
