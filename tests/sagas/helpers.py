@@ -10,6 +10,7 @@ each (no unique key: a second effect would show).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +33,15 @@ effects = sa.Table(
 )
 
 
-def add_saga(app: Tidings, db: str, **options: Any) -> Saga:
+def _nothing(step: str) -> None:
+    pass
+
+
+def add_saga(
+    app: Tidings, db: str, *, hook: Callable[[str], None] = _nothing, **options: Any
+) -> Saga:
+    """The saga; ``hook(kind)`` is called at the end of each step, its writes done and
+    not committed (the crash child dies there)."""
     saga = app.saga(
         "esc", topic=TOPIC, db=db, key="task_id",
         states=["waiting", "escalated", "done", "failed"], **options,
@@ -42,6 +51,7 @@ def add_saga(app: Tidings, db: str, **options: Any) -> Saga:
     def start(task: dict[str, Any], step: SagaStep) -> None:
         step.data["reassigned"] = 0
         step.deadline("overdue", after=task["due_in"])
+        hook("start")
 
     @saga.on("task.reassigned", when="waiting")
     def reassigned(task: dict[str, Any], step: SagaStep) -> None:
@@ -51,16 +61,19 @@ def add_saga(app: Tidings, db: str, **options: Any) -> Saga:
     @saga.on("task.completed")
     def completed(task: dict[str, Any], step: SagaStep) -> None:
         step.finish("done")
+        hook("step")
 
     @saga.on_deadline("overdue", when="waiting")
     def overdue(deadline: dict[str, Any], step: SagaStep) -> None:
         step.send({"task_id": step.key}, type="task.escalated", subject=step.key)
         step.goto("escalated")
+        hook("deadline")
 
     @saga.compensate("escalated", on="notification.failed")
     def failed(failure: dict[str, Any], step: SagaStep) -> None:
         step.send({"task_id": step.key}, type="task.escalation_failed", subject=step.key)
         step.fail("failed")
+        hook("compensation")
 
     return saga
 
