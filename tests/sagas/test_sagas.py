@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import LOGS
 from tests.sagas.helpers import TOPIC, add_saga, add_sink, effect_rows
 from tidings import Tidings
 from tidings.sagas import DEADLINE_TYPE, Saga, SagaInfo, list_sagas, show_saga
@@ -196,3 +197,26 @@ async def test_list_shows_instances_by_name_and_status(
     assert [i.key for i in list_sagas(db_url, status="active")] == ["a"]
     assert [i.key for i in list_sagas(db_url, name="esc", status="finished")] == ["b"]
     assert list_sagas(db_url, name="other") == []
+
+
+@pytest.mark.parametrize("app", LOGS, indirect=True)
+async def test_the_saga_runs_on_every_log(app: Tidings, db_url: str, engine: sa.Engine) -> None:
+    """The saga meets the log only through its inbox and outbox: the same steps on
+    the SQLite log, Kafka and NATS."""
+    saga = add_saga(app, db_url)
+    saga.create_tables()
+    sink = add_sink(app, db_url)
+    try:
+        async with running(app):
+            await publish(app, "task.created", "e1", due_in=0.05)
+            await publish(app, "task.created", "e2", due_in=HOUR)
+            await publish(app, "task.completed", "e2")
+            await eventually(lambda: state_is(db_url, "e1", "escalated"), timeout=30)
+            await publish(app, "notification.failed", "e1", channel="slack")
+            await eventually(lambda: len(effect_rows(engine)) == 2, timeout=30)
+            await eventually(lambda: state_is(db_url, "e1", "failed", "failed"))
+            await eventually(lambda: state_is(db_url, "e2", "done", "finished"))
+    finally:
+        await saga.close()
+        await sink.close()
+    assert [t for _, t, _ in effect_rows(engine)] == ["task.escalated", "task.escalation_failed"]
