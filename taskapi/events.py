@@ -21,9 +21,11 @@ from tidings import Tidings
 __all__ = [
     "API",
     "API_TYPES",
+    "ESCALATION",
     "REMINDERS",
     "TOPIC",
     "TYPES",
+    "NotificationFailed",
     "Priority",
     "ReminderDue",
     "TaskAssigned",
@@ -31,6 +33,8 @@ __all__ = [
     "TaskCreated",
     "TaskCreatedV1",
     "TaskDeleted",
+    "TaskEscalated",
+    "TaskEscalationFailed",
     "TaskUpdated",
     "register",
     "task_created_v1_to_v2",
@@ -42,6 +46,7 @@ PARTITIONS = 4
 # The owners: the services that publish the types (their Tidings service names).
 API = "taskapi"
 REMINDERS = "taskapi-reminders"
+ESCALATION = "taskapi-escalation"
 
 Priority = Literal["low", "normal", "high", "urgent"]
 
@@ -132,6 +137,44 @@ class ReminderDue(_Payload):
     remind_at: datetime
 
 
+class TaskEscalated(_Payload):
+    """A task was not completed by its due time: the escalation service escalates it to
+    the assignee's ``manager``; the email service mails the manager, the Slack service
+    posts it. ``escalated_at`` is when the deadline passed."""
+
+    task_id: str
+    title: str
+    assignee: str | None = None
+    manager: str
+    due_at: datetime
+    escalated_at: datetime
+
+
+class NotificationFailed(_Payload):
+    """A notification service could not deliver the notice ``event_id`` (of type
+    ``about``) for good (the mail server or the webhook refused it): ``channel`` is
+    ``email`` or ``slack``. Published by those services; its contract is the
+    escalation service's, which compensates a failed escalation notice."""
+
+    task_id: str
+    channel: Literal["email", "slack"]
+    about: str
+    event_id: str
+    reason: str
+
+
+class TaskEscalationFailed(_Payload):
+    """The escalation of a task could not be delivered on ``failed_channel``: the
+    escalation service gave it up (its compensation) and asks the other channel to tell
+    the ``manager`` instead (email if Slack failed, Slack if email failed)."""
+
+    task_id: str
+    title: str
+    manager: str
+    failed_channel: Literal["email", "slack"]
+    reason: str
+
+
 # type -> (the model of its latest version, its owner)
 TYPES: dict[str, tuple[type[_Payload], str]] = {
     "task.created": (TaskCreated, API),
@@ -140,6 +183,9 @@ TYPES: dict[str, tuple[type[_Payload], str]] = {
     "task.completed": (TaskCompleted, API),
     "task.deleted": (TaskDeleted, API),
     "task.reminder_due": (ReminderDue, REMINDERS),
+    "task.escalated": (TaskEscalated, ESCALATION),
+    "task.escalation_failed": (TaskEscalationFailed, ESCALATION),
+    "notification.failed": (NotificationFailed, ESCALATION),
 }
 VERSIONS = {"task.created": 2}  # the types past version 1
 

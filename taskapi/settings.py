@@ -45,6 +45,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return _number(env, name, default, 1, "a whole number")
 
 
+def _managers(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        assignee, sep, manager = item.partition("=")
+        if not sep or not assignee.strip() or not manager.strip():
+            raise ConfigError(
+                f"$TASKAPI_MANAGERS must be assignee=manager pairs, e.g. alice=carol,bob=carol; "
+                f"got {item!r}"
+            )
+        pairs.append((assignee.strip(), manager.strip()))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The system's configuration (see :meth:`from_env` for the variables)."""
@@ -63,6 +76,8 @@ class Settings:
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
     http_timeout: float = 10.0
+    managers: tuple[tuple[str, str], ...] = ()  # (assignee, manager): escalations
+    default_manager: str = "manager"
 
     @property
     def audit_dir(self) -> Path:
@@ -88,6 +103,10 @@ class Settings:
         """The mail address of an assignee (``alice`` -> ``alice@<mail_domain>``)."""
         return assignee if "@" in assignee else f"{assignee}@{self.mail_domain}"
 
+    def manager_of(self, assignee: str | None) -> str:
+        """Whom an overdue task of ``assignee`` is escalated to."""
+        return dict(self.managers).get(assignee or "", self.default_manager)
+
     @classmethod
     def from_env(
         cls, data: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
@@ -102,7 +121,9 @@ class Settings:
         ``TASKAPI_SLACK_WEBHOOK``, ``TASKAPI_PUSH_GATEWAY``: the sinks.
         ``TASKAPI_REMINDER_LEAD``: seconds before the due date that a reminder fires.
         ``TASKAPI_RETRY_ATTEMPTS``, ``TASKAPI_RETRY_DELAY``, ``TASKAPI_RETRY_MAX_DELAY``:
-        each service's retry policy before a dead letter.
+        each service's retry policy before a dead letter. ``TASKAPI_MANAGERS``
+        (``alice=carol,bob=carol``) and ``TASKAPI_DEFAULT_MANAGER`` (``manager``): whom
+        an overdue task is escalated to.
         """
         env = os.environ if env is None else env
         folder = Path(data if data is not None else env.get("TASKAPI_DATA") or DEFAULT_DATA)
@@ -126,6 +147,8 @@ class Settings:
             retry_base_delay=_seconds(env, "TASKAPI_RETRY_DELAY", cls.retry_base_delay) or 0.01,
             retry_max_delay=_seconds(env, "TASKAPI_RETRY_MAX_DELAY", cls.retry_max_delay),
             http_timeout=_seconds(env, "TASKAPI_HTTP_TIMEOUT", cls.http_timeout),
+            managers=_managers(env.get("TASKAPI_MANAGERS", "")),
+            default_manager=env.get("TASKAPI_DEFAULT_MANAGER") or cls.default_manager,
         )
 
     def ensure(self) -> Settings:

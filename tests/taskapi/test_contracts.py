@@ -23,6 +23,7 @@ from taskapi.contracts import app as contracts
 from taskapi.db import make_engine
 from taskapi.events import (
     API,
+    ESCALATION,
     REMINDERS,
     TOPIC,
     TYPES,
@@ -51,12 +52,18 @@ DUE = NOW + timedelta(days=3)
 def test_every_type_is_an_event_owned_by_its_publisher_and_described() -> None:
     found = {(c.type, c.version): c for c in contracts.registry.contracts()}
     assert sorted(found) == [
-        ("task.assigned", 1), ("task.completed", 1), ("task.created", 1),
-        ("task.created", 2), ("task.deleted", 1), ("task.reminder_due", 1),
+        ("notification.failed", 1), ("task.assigned", 1), ("task.completed", 1),
+        ("task.created", 1), ("task.created", 2), ("task.deleted", 1),
+        ("task.escalated", 1), ("task.escalation_failed", 1), ("task.reminder_due", 1),
         ("task.updated", 1),
     ]  # fmt: skip
     owners = {t: c.owner for (t, _), c in found.items()}
-    assert owners == {**dict.fromkeys(TYPES, API), "task.reminder_due": REMINDERS}
+    escalation = ("task.escalated", "task.escalation_failed", "notification.failed")
+    assert owners == {
+        **dict.fromkeys(TYPES, API),
+        "task.reminder_due": REMINDERS,
+        **dict.fromkeys(escalation, ESCALATION),
+    }
     for contract in found.values():
         assert contract.kind == "event"
         assert contract.description == inspect.cleandoc(contract.model.__doc__ or "")
