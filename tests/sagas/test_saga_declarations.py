@@ -93,11 +93,16 @@ def test_a_write_over_a_moved_version_is_a_conflict(db_url: str, engine: sa.Engi
         saga.store.insert(session, "k", Instance("waiting", {}, 1, "active"), now)
     with Session(engine) as session, session.begin():
         saga.store.update(session, "k", 1, Instance("escalated", {}, 2, "active"), now)
-    with Session(engine) as session, session.begin():
+    with Session(engine) as session:
         with pytest.raises(SagaConflict, match="version 1 was moved on"):
             saga.store.update(session, "k", 1, Instance("done", {}, 2, "finished"), now)
+        session.rollback()
         with pytest.raises(SagaConflict, match="was started by another delivery"):
             saga.store.insert(session, "k", Instance("waiting", {}, 1, "active"), now)
+        session.rollback()
+    with Session(engine) as session:
+        [row] = session.execute(sa.text("SELECT state, version FROM tidings_sagas")).all()
+        assert tuple(row) == ("escalated", 2)  # neither conflicting write is there
     engine.dispose()
     saga.engine.dispose()
 

@@ -343,7 +343,7 @@ class Saga:
         if step.status != "active":
             self.store.cancel_deadlines(session, key, None)
         self.store.note(session, key, event.id, event.type, (None, step.state, 1), "start", now)
-        for raw in self.store.unpark(session, key):
+        for raw in self.store.unpark(session, key) if self.unknown == "park" else ():
             parked = decode(raw)
             data = self.app.registry.decode_payload(parked.type, parked.dataversion, parked.data)
             self._apply(session, key, data, parked, now)
@@ -360,7 +360,7 @@ class Saga:
         label: str | None = None,
     ) -> None:
         fn, kind = found
-        step = SagaStep(self, session, key, inst.state, inst.data, event, now)
+        step = SagaStep(self, session, key, inst.state, inst.data, event, now, inst.version)
         fn(payload, step)
         new = Instance(step.state, step.data, inst.version + 1, step.status)
         self.store.update(session, key, inst.version, new, now)

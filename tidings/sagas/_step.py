@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-import sqlalchemy as sa
-
 from tidings.envelope import Event, new_id
 from tidings.errors import ConfigError
 from tidings.outbox import Outbox
@@ -58,6 +56,7 @@ class SagaStep:
         "now",
         "state",
         "status",
+        "version",
     )
 
     def __init__(
@@ -69,6 +68,7 @@ class SagaStep:
         data: dict[str, Any],
         event: Event,
         now: datetime,
+        version: int = 0,
     ) -> None:
         self._saga = saga
         self._session = session
@@ -78,6 +78,7 @@ class SagaStep:
         self.event = event  # the event handled (a deadline's own event for a deadline)
         self.now = now
         self.status = "active"
+        self.version = version  # the instance's, as read (0: being started)
         self._deadlines: list[str] = []  # named deadlines set in this step
 
     def __repr__(self) -> str:
@@ -134,7 +135,8 @@ class SagaStep:
         if not isinstance(at, datetime) or at.tzinfo is None:
             raise ConfigError(f"deadline {name!r}: at= must be an aware datetime, got {at!r}")
         at = at.astimezone(UTC)
-        self.cancel(name)
+        if self.version:  # a new instance has no deadline to replace
+            self.cancel(name)
         saga, deadline_id = self._saga, new_id()
         event = saga.outbox.add(
             self._session,
@@ -147,12 +149,12 @@ class SagaStep:
             correlation_id=self.event.correlationid or self.event.id,
             causation_id=self.event.id,
         )
-        t = saga.tables.deadlines
-        self._session.execute(
-            sa.insert(t).values(
-                id=deadline_id, name=saga.name, key=self.key, deadline=name, due_at=at,
-                status="pending", event_id=event.id, created_at=self.now,
-            )
+        saga.store.add_deadline(
+            self._session,
+            {
+                "id": deadline_id, "name": saga.name, "key": self.key, "deadline": name,
+                "due_at": at, "status": "pending", "event_id": event.id, "created_at": self.now,
+            },
         )  # fmt: skip
         self._deadlines.append(name)
         return at
