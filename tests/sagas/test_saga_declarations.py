@@ -3,7 +3,7 @@ store's optimistic concurrency, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +148,31 @@ async def test_a_step_that_lost_a_race_runs_again_on_the_new_state(
     assert raced == [0, 5]  # the second run saw the other worker's state
     assert info.data == {"reassigned": 5, "renamed": "T"}
     assert [h["note"] for h in info.history] == ["start", "step"]
+
+
+async def test_setting_a_deadline_again_in_one_step_keeps_one(
+    app: Tidings, db_url: str, engine: sa.Engine
+) -> None:
+    saga = app.saga("twice", topic=TOPIC, db=db_url, key="task_id")
+
+    @saga.starts("task.created")
+    def start(task: dict[str, Any], step: SagaStep) -> None:
+        step.deadline("late", after=3600)
+        step.deadline("late", after=7200)
+
+    @saga.on_deadline("late")
+    def late(deadline: dict[str, Any], step: SagaStep) -> None:
+        step.finish()
+
+    saga.create_tables()
+    try:
+        async with running(app):
+            await app.publish(TOPIC, {"task_id": "d"}, type="task.created", subject="d")
+            await eventually(lambda: show_saga(db_url, "d"))
+    finally:
+        await saga.close()
+    [info] = show_saga(db_url, "d")
+    [pending] = info.deadlines
+    assert pending["due_at"] > info.started_at + timedelta(seconds=7000)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM tidings_outbox")).scalar() == 1

@@ -48,7 +48,19 @@ def _states(when: str | Iterable[str] | None) -> tuple[str | None, ...]:
 
 class Saga:
     """A process manager: one instance per business key, moved by the events of
-    ``topic`` (made by :meth:`tidings.Tidings.saga`; see :mod:`tidings.sagas`)."""
+    ``topic`` (made by :meth:`tidings.Tidings.saga`; see :mod:`tidings.sagas`).
+
+    ``db``: the database of its state, a SQLAlchemy URL or sync Engine (SQLite or
+    PostgreSQL). ``key``: the payload field of the business key, or a function
+    ``(payload, event) -> key``. ``states``: the state names, checked when declared and
+    on :meth:`SagaStep.goto` (None: any). ``outbox``: where steps' events and deadlines
+    go, an :class:`~tidings.Outbox` in ``db`` whose relay you run (default: one in
+    ``db``'s ``tidings_outbox``, its relay added to the app's components). ``inbox``:
+    an :class:`~tidings.Inbox` on ``db`` (default: a new one). ``group``: its consumer
+    group (default: ``name``). ``unknown``: ``"ignore"`` or ``"park"`` a non-start event
+    for a key without an instance. ``retry``: its :class:`~tidings.Retry` policy.
+    ``table_prefix`` and ``metadata``: where its tables are declared.
+    """
 
     def __init__(
         self,

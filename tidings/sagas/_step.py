@@ -135,7 +135,7 @@ class SagaStep:
         if not isinstance(at, datetime) or at.tzinfo is None:
             raise ConfigError(f"deadline {name!r}: at= must be an aware datetime, got {at!r}")
         at = at.astimezone(UTC)
-        if self.version:  # a new instance has no deadline to replace
+        if self.version or name in self._deadlines:  # a new instance has none to replace
             self.cancel(name)
         saga, deadline_id = self._saga, new_id()
         event = saga.outbox.add(
