@@ -166,15 +166,6 @@ class Tidings:
         """Run ``component`` beside the worker's groups (``tidings run``, ``Worker.serve``)."""
         self.components.append(component)
 
-    def saga(self, name: str, *, topic: str, db: Any, key: Any, **options: Any) -> Saga:
-        """A saga (process manager) named ``name``: one instance per business ``key``
-        moved by the events of ``topic``, its state in ``db`` (a SQLAlchemy URL or
-        Engine, SQLite or PostgreSQL); declare its steps with the decorators of
-        :class:`tidings.sagas.Saga` (options there)."""
-        from tidings.sagas import Saga
-
-        return Saga(self, name, topic=topic, db=db, key=key, **options)
-
     def subscriber(
         self,
         topic: str,
@@ -233,6 +224,15 @@ class Tidings:
 
     def groups(self) -> list[str]:
         return sorted({s.group for s in self.subscribers})
+
+    def saga(self, name: str, *, topic: str, db: Any, key: Any, **options: Any) -> Saga:
+        """A saga (process manager) named ``name``: one instance per business ``key``
+        moved by the events of ``topic``, its state in ``db`` (a SQLAlchemy URL or
+        Engine, SQLite or PostgreSQL); declare its steps with the decorators of
+        :class:`tidings.sagas.Saga` (options there)."""
+        from tidings.sagas import Saga
+
+        return Saga(self, name, topic=topic, db=db, key=key, **options)
 
     # -- lifecycle ------------------------------------------------------------
 

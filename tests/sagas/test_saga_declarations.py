@@ -176,3 +176,33 @@ async def test_setting_a_deadline_again_in_one_step_keeps_one(
     assert pending["due_at"] > info.started_at + timedelta(seconds=7000)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM tidings_outbox")).scalar() == 1
+
+
+async def test_data_that_is_not_json_is_a_clear_error(app: Tidings, db_url: str) -> None:
+    saga = app.saga("dates", topic=TOPIC, db=db_url, key="task_id")
+    errors: list[BaseException] = []
+
+    @saga.starts("task.created")
+    def start(task: dict[str, Any], step: SagaStep) -> None:
+        step.data["when"] = datetime.now(UTC)  # not JSON
+
+    saga.create_tables()
+    original = saga.store.insert
+
+    def insert(*args: Any) -> None:
+        try:
+            original(*args)
+        except Exception as exc:
+            errors.append(exc)
+            raise
+
+    saga.store.insert = insert  # type: ignore[method-assign]
+    try:
+        async with running(app):
+            await app.publish(TOPIC, {"task_id": "j"}, type="task.created", subject="j")
+            await eventually(lambda: errors)
+    finally:
+        await saga.close()
+    assert isinstance(errors[0], ConfigError)
+    assert "saga dates/j: step.data must hold JSON values" in str(errors[0])
+    assert "datetime is not JSON serializable" in str(errors[0])

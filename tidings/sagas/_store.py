@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 
-from tidings.errors import TidingsError
+from tidings.errors import ConfigError, TidingsError
 from tidings.sagas._tables import SagaTables
 
 if TYPE_CHECKING:
@@ -99,20 +99,34 @@ class Store:
             session.execute(self._insert, values)
         except sa.exc.IntegrityError:
             raise SagaConflict(f"saga {self.name}/{key} was started by another delivery") from None
+        except sa.exc.StatementError as exc:
+            raise self._not_json(key, exc) from None
 
     def update(self, session: Session, key: str, read: int, new: Instance, now: datetime) -> None:
         """Write ``new`` over version ``read``; a SagaConflict if that is not the current one."""
-        done = session.execute(
-            self._update,
-            {
-                "k": key, "read": read, "new_state": new.state, "new_data": new.data,
-                "new_version": new.version, "new_status": new.status, "now": now,
-            },
-        )  # fmt: skip
+        try:
+            done = session.execute(
+                self._update,
+                {
+                    "k": key, "read": read, "new_state": new.state, "new_data": new.data,
+                    "new_version": new.version, "new_status": new.status, "now": now,
+                },
+            )  # fmt: skip
+        except sa.exc.StatementError as exc:
+            raise self._not_json(key, exc) from None
         if done.rowcount != 1:  # type: ignore[attr-defined]
             raise SagaConflict(
                 f"saga {self.name}/{key}: version {read} was moved on by another delivery"
             )
+
+    def _not_json(self, key: str, exc: sa.exc.StatementError) -> Exception:
+        """``step.data`` that JSON cannot hold: a ConfigError that says so."""
+        if isinstance(exc, sa.exc.DBAPIError) or not isinstance(exc.orig, TypeError | ValueError):
+            return exc
+        return ConfigError(
+            f"saga {self.name}/{key}: step.data must hold JSON values (str, int, float, "
+            f"bool, None, lists and dicts of them; a datetime as .isoformat()): {exc.orig}"
+        )
 
     def note(
         self,
