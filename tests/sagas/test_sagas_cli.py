@@ -105,6 +105,11 @@ def test_the_app_option_reads_the_database_of_its_sagas(
 def test_bad_usage_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sagas", "list"]) == 2
     assert "give the sagas' database as --db URL, or the app" in capsys.readouterr().err
+    missing = tmp_path / "mistyped.db"
+    assert main(["sagas", "list", "--db", f"sqlite:///{missing}"]) == 1
+    assert f"there is no database at {missing}" in capsys.readouterr().err
+    assert not missing.exists()  # a look does not create it
+    (tmp_path / "empty.db").touch()
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     assert main(["sagas", "show", "k", "--db", empty]) == 1
     assert "has no saga table 'tidings_sagas'" in capsys.readouterr().err

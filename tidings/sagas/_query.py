@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,9 +41,17 @@ def _open(db: str | Engine) -> tuple[Engine, bool]:
     if isinstance(db, Engine):
         return db, False
     try:
-        return make_engine(with_psycopg(sa.make_url(db)), is_async=False), True
+        url = with_psycopg(sa.make_url(db))
+        engine: Engine = make_engine(url, is_async=False)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"cannot open the saga database {db!r}: {exc}") from None
+    path = url.database or ":memory:"
+    # Connecting to a SQLite file that is not there would create it, empty: a look at a
+    # mistyped path must leave nothing behind.
+    if url.get_backend_name() == "sqlite" and path != ":memory:" and not Path(path).exists():
+        engine.dispose()
+        raise TidingsError(f"there is no database at {path} (--db {safe_url(url)})")
+    return engine, True
 
 
 def _read(db: str | Engine, prefix: str, read: Any) -> Any:
