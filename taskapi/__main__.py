@@ -15,7 +15,7 @@ usage: taskapi COMMAND [options]
 
   demo                  the whole system on the embedded log, with local sinks (Ctrl-C stops)
   api                   the Task API, with its outbox relay
-  service NAME          one service: email, slack, push, audit or reminders
+  service NAME          one service: email, slack, push, audit, reminders or escalation
   sinks                 the local SMTP sink and webhook receiver
   audit verify [DIR]    check the audit files' keyed chain and the checkpoints in the log
   reminders             list the pending reminders

@@ -1,7 +1,7 @@
 """``taskapi demo``: the whole reference system on the embedded log, with local sinks.
 
 It starts the sinks (SMTP to a folder, a webhook receiver), the Task API with its
-outbox relay, the five services and the task board (a projection), each its own
+outbox relay, the six services and the task board (a projection), each its own
 process; seeds a few tasks through the API; prints where to look; then prints every
 effect as it happens until Ctrl-C, which stops everything cleanly. ``--exit-when-done``
 stops once the seeded tasks' effects are all in and every group has caught up (for CI

@@ -25,11 +25,13 @@ __all__ = [
     "API_TYPES",
     "AUDIT",
     "CHECKPOINTS",
+    "ESCALATION",
     "REMINDERS",
     "TOPIC",
     "TYPES",
     "UNMARKED",
     "AuditCheckpointed",
+    "NotificationFailed",
     "Priority",
     "ReminderDue",
     "TaskAssigned",
@@ -37,6 +39,8 @@ __all__ = [
     "TaskCreated",
     "TaskCreatedV1",
     "TaskDeleted",
+    "TaskEscalated",
+    "TaskEscalationFailed",
     "TaskUpdated",
     "register",
     "same_payload",
@@ -55,9 +59,13 @@ AUDIT = "taskapi-audit"
 # The audit service's checkpoints (decision 0032): one partition, one order.
 CHECKPOINTS = "audit-checkpoints"
 
+ESCALATION = "taskapi-escalation"
+
 Priority = Literal["low", "normal", "high", "urgent"]
 # An assignee's name is personal data about that assignee (decision 0032).
 Assignee = Annotated[str | None, Personal(subject="assignee")]
+# A manager's name, on escalations: personal data about that manager.
+Manager = Annotated[str, Personal(subject="manager")]
 
 
 class _Payload(BaseModel):
@@ -161,6 +169,44 @@ class AuditCheckpointed(_Payload):
     kid: str
 
 
+class TaskEscalated(_Payload):
+    """A task was not completed by its due time: the escalation service escalates it to
+    the assignee's ``manager``; the email service mails the manager, the Slack service
+    posts it. ``escalated_at`` is when the deadline passed."""
+
+    task_id: str
+    title: str
+    assignee: Assignee = None
+    manager: Manager
+    due_at: datetime
+    escalated_at: datetime
+
+
+class NotificationFailed(_Payload):
+    """A notification service could not deliver the notice ``event_id`` (of type
+    ``about``) for good (the mail server or the webhook refused it): ``channel`` is
+    ``email`` or ``slack``. Published by those services; its contract is the
+    escalation service's, which compensates a failed escalation notice."""
+
+    task_id: str
+    channel: Literal["email", "slack"]
+    about: str
+    event_id: str
+    reason: str
+
+
+class TaskEscalationFailed(_Payload):
+    """The escalation of a task could not be delivered on ``failed_channel``: the
+    escalation service gave it up (its compensation) and asks the other channel to tell
+    the ``manager`` instead (email if Slack failed, Slack if email failed)."""
+
+    task_id: str
+    title: str
+    manager: Manager
+    failed_channel: Literal["email", "slack"]
+    reason: str
+
+
 # type -> (the model of its latest version, its owner)
 TYPES: dict[str, tuple[type[_Payload], str]] = {
     "task.created": (TaskCreated, API),
@@ -169,6 +215,9 @@ TYPES: dict[str, tuple[type[_Payload], str]] = {
     "task.completed": (TaskCompleted, API),
     "task.deleted": (TaskDeleted, API),
     "task.reminder_due": (ReminderDue, REMINDERS),
+    "task.escalated": (TaskEscalated, ESCALATION),
+    "task.escalation_failed": (TaskEscalationFailed, ESCALATION),
+    "notification.failed": (NotificationFailed, ESCALATION),
 }
 # Each type's version with its personal-data marks (decision 0032), registered as a new
 # major version (breaking=True): the check reports a field becoming personal as a break.

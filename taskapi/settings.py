@@ -45,6 +45,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return _number(env, name, default, 1, "a whole number")
 
 
+def _managers(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        assignee, sep, manager = item.partition("=")
+        if not sep or not assignee.strip() or not manager.strip():
+            raise ConfigError(
+                f"$TASKAPI_MANAGERS must be assignee=manager pairs, e.g. alice=carol,bob=carol; "
+                f"got {item!r}"
+            )
+        pairs.append((assignee.strip(), manager.strip()))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The system's configuration (see :meth:`from_env` for the variables)."""
@@ -68,6 +81,8 @@ class Settings:
     audit_key_path: Path | None = None
     audit_checkpoint_every: int = 100
     board_db: str | None = None  # the task board's database; None: <data>/board.db
+    managers: tuple[tuple[str, str], ...] = ()  # (assignee, manager): escalations
+    default_manager: str = "manager"
 
     @property
     def audit_dir(self) -> Path:
@@ -105,6 +120,10 @@ class Settings:
         """The mail address of an assignee (``alice`` -> ``alice@<mail_domain>``)."""
         return assignee if "@" in assignee else f"{assignee}@{self.mail_domain}"
 
+    def manager_of(self, assignee: str | None) -> str:
+        """Whom an overdue task of ``assignee`` is escalated to."""
+        return dict(self.managers).get(assignee or "", self.default_manager)
+
     @classmethod
     def from_env(
         cls, data: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
@@ -125,6 +144,9 @@ class Settings:
         the audit lines of a day between two checkpoints in the log (100).
         each service's retry policy before a dead letter. ``TASKAPI_BOARD_DB``: the task
         board's database (default ``<data>/board.db``).
+        ``TASKAPI_MANAGERS``
+        (``alice=carol,bob=carol``) and ``TASKAPI_DEFAULT_MANAGER`` (``manager``): whom
+        an overdue task is escalated to.
         """
         env = os.environ if env is None else env
         folder = Path(data if data is not None else env.get("TASKAPI_DATA") or DEFAULT_DATA)
@@ -156,6 +178,8 @@ class Settings:
                 env, "TASKAPI_AUDIT_CHECKPOINT", cls.audit_checkpoint_every
             ),
             board_db=env.get("TASKAPI_BOARD_DB") or None,
+            managers=_managers(env.get("TASKAPI_MANAGERS", "")),
+            default_manager=env.get("TASKAPI_DEFAULT_MANAGER") or cls.default_manager,
         )
 
     def ensure(self) -> Settings:

@@ -1,5 +1,5 @@
 """The whole reference system as processes: the local sinks, the API (with its outbox
-relay) and the five services, each its own ``python -m taskapi ...`` process.
+relay) and the six services, each its own ``python -m taskapi ...`` process.
 
 :class:`System` is what ``taskapi demo`` runs and what the end-to-end tests drive: it
 starts parts, waits until each is ready (the line it prints once listening or
@@ -105,7 +105,7 @@ class System:
     # -- starting and stopping ----------------------------------------------------
 
     def start_all(self) -> None:
-        """Start the sinks, then the API and the five services side by side."""
+        """Start the sinks, then the API and the six services side by side."""
         self.start_sinks()
         self.start_api(services=SERVICES)
 

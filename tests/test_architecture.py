@@ -39,13 +39,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("dead letters", ("tidings.dead_letters",)),
     (
-        "outbox, inbox, scheduler",
+        "outbox, inbox, scheduler, workflows",
         (
             "tidings.outbox",
             "tidings.inbox",
             "tidings.scheduler",
             "tidings.aggregates",
             "tidings.projections",
+            "tidings.sagas",
         ),
     ),
     ("middleware", ("tidings.middleware", "tidings.otel")),

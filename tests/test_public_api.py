@@ -145,6 +145,7 @@ PUBLIC_MODULES = {
     "tidings.otel",
     "tidings.aggregates",
     "tidings.projections",
+    "tidings.sagas",
 }
 
 

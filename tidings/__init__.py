@@ -28,7 +28,8 @@ internal and may change without notice.
 - ``tidings.metrics``: a worker's Prometheus metrics (the ``metrics`` extra);
 - ``tidings.otel``: OpenTelemetry spans of publishes and handler calls (the ``otel`` extra);
 - ``tidings.aggregates``: event-sourced aggregates and their store;
-- ``tidings.projections``: read models kept from the log and rebuilt while they serve.
+- ``tidings.projections``: read models kept from the log and rebuilt while they serve;
+- ``tidings.sagas``: sagas (process managers): ``app.saga(...)``, ``tidings sagas``.
 """
 
 from typing import TYPE_CHECKING, Any

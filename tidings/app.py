@@ -28,6 +28,7 @@ from tidings.transports import open_transport
 if TYPE_CHECKING:
     from tidings.otel import Tracing
     from tidings.projections import Projection
+    from tidings.sagas import Saga
     from tidings.scheduler import Scheduler
 
 __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
@@ -267,6 +268,15 @@ class Tidings:
 
     def groups(self) -> list[str]:
         return sorted({s.group for s in self.subscribers})
+
+    def saga(self, name: str, *, topic: str, db: Any, key: Any, **options: Any) -> Saga:
+        """A saga (process manager) named ``name``: one instance per business ``key``
+        moved by the events of ``topic``, its state in ``db`` (a SQLAlchemy URL or
+        Engine, SQLite or PostgreSQL); declare its steps with the decorators of
+        :class:`tidings.sagas.Saga` (options there)."""
+        from tidings.sagas import Saga
+
+        return Saga(self, name, topic=topic, db=db, key=key, **options)
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The five services of the reference system, each its own consumer group and process.
+"""The services of the reference system, each its own consumer group and process.
 
 Each module has ``build(settings, stack) -> Tidings``: an app with that service's
 subscribers (one group, named after the service), whose resources (HTTP clients,
@@ -19,7 +19,7 @@ from tidings import ConfigError, Inbox, Retry, Tidings, Worker
 
 __all__ = ["SERVICES", "base_app", "build", "inbox", "retry_policy", "serve"]
 
-SERVICES = ("email", "slack", "push", "audit", "reminders", "task-board")
+SERVICES = ("email", "slack", "push", "audit", "reminders", "task-board", "escalation")
 
 
 class _Module(Protocol):

@@ -1,5 +1,6 @@
 """The email service: mail to the assignee when a task is created, assigned to them,
-completed, or due soon (its reminder), sent over SMTP.
+completed, or due soon (its reminder), and to the manager when it is escalated
+(:mod:`taskapi.services.escalation`), sent over SMTP.
 
 Each mail carries ``Message-ID: <event id@taskapi>``, ``X-Correlation-ID`` and
 ``X-Tidings-Event-ID``: the correlation links it to the request that caused it, and a
@@ -16,8 +17,16 @@ import threading
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from taskapi.events import TOPIC, ReminderDue, TaskAssigned, TaskCompleted, TaskCreated
-from taskapi.services import base_app, inbox, retry_policy
+from taskapi.events import (
+    TOPIC,
+    ReminderDue,
+    TaskAssigned,
+    TaskCompleted,
+    TaskCreated,
+    TaskEscalated,
+    TaskEscalationFailed,
+)
+from taskapi.services import base_app, escalation, inbox, retry_policy
 from taskapi.settings import Settings
 from tidings import Context, Tidings
 
@@ -148,15 +157,27 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     @app.subscriber(
         TOPIC,
         group="email",
-        types=["task.created", "task.assigned", "task.completed", "task.reminder_due"],
+        types=[
+            "task.created", "task.assigned", "task.completed", "task.reminder_due",
+            "task.escalated", "task.escalation_failed",
+        ],
         retry=policy,
         inbox=inbox("email", settings, stack),
-    )
-    def email(event: Notice, ctx: Context) -> None:
-        mail = compose(event, settings, ctx)
+    )  # fmt: skip
+    def email(event: Notice | escalation.Notice, ctx: Context) -> None:
+        if isinstance(event, TaskEscalated | TaskEscalationFailed):
+            mail = escalation.mail(event, settings, ctx)
+        else:
+            mail = compose(event, settings, ctx)
         if mail is None:
-            log.debug("%s %s has no assignee: no mail", ctx.type, ctx.id)
+            log.debug("%s %s has no one to mail", ctx.type, ctx.id)
             return
-        mailer.send(mail)
+        try:
+            mailer.send(mail)
+        except MailRejected as exc:
+            if not isinstance(event, TaskEscalated):
+                raise
+            # The escalation saga compensates: the manager hears of it on Slack.
+            ctx.publish_sync(TOPIC, escalation.failure(event, "email", ctx, exc))
 
     return app

@@ -1,5 +1,6 @@
 """The Slack service: a Slack-format message (``text`` and ``blocks``) POSTed to an
-incoming-webhook URL for every task created and completed."""
+incoming-webhook URL for every task created and completed, and for every escalation
+(:mod:`taskapi.services.escalation`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import contextlib
 import dataclasses
 from typing import Any
 
-from taskapi.events import TOPIC, TaskCompleted, TaskCreated
-from taskapi.services import base_app, inbox, retry_policy
+from taskapi.events import TOPIC, TaskCompleted, TaskCreated, TaskEscalated, TaskEscalationFailed
+from taskapi.services import base_app, escalation, inbox, retry_policy
 from taskapi.services.webhook import WebhookRejected, client, post_json
 from taskapi.settings import Settings
 from tidings import Context, Tidings
@@ -52,11 +53,25 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
     @app.subscriber(
         TOPIC,
         group="slack",
-        types=["task.created", "task.completed"],
+        types=["task.created", "task.completed", "task.escalated", "task.escalation_failed"],
         retry=policy,
         inbox=inbox("slack", settings, stack),
     )
-    async def post_to_slack(event: TaskCreated | TaskCompleted, ctx: Context) -> None:
-        await post_json(http, settings.slack_webhook_url, message(event, ctx), ctx)
+    async def post_to_slack(
+        event: TaskCreated | TaskCompleted | escalation.Notice, ctx: Context
+    ) -> None:
+        if isinstance(event, TaskEscalated | TaskEscalationFailed):
+            body = escalation.post(event)
+        else:
+            body = message(event, ctx)
+        if body is None:
+            return
+        try:
+            await post_json(http, settings.slack_webhook_url, body, ctx)
+        except WebhookRejected as exc:
+            if not isinstance(event, TaskEscalated):
+                raise
+            # The escalation saga compensates: the manager gets a mail instead.
+            await ctx.publish(TOPIC, escalation.failure(event, "slack", ctx, exc))
 
     return app

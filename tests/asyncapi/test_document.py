@@ -39,7 +39,7 @@ URLS = {
 
 @contextlib.asynccontextmanager
 async def taskapi_apps(data: Path, url: str | None) -> AsyncIterator[dict[str, Tidings]]:
-    """The Tidings apps of taskapi's API and of its five services (not started)."""
+    """The Tidings apps of taskapi's API and of its six services (not started)."""
     settings = Settings.from_env(data, env={"TIDINGS_URL": url} if url else {}).ensure()
     api = create_app(settings, relay=False).state
     try:
@@ -147,6 +147,8 @@ async def test_operations_send_what_each_app_publishes_and_receive_per_group(
         "task.created.v1",
         "task.created.v2",
         "task.created.v3",
+        "task.escalated.v1",
+        "task.escalation_failed.v1",
         "task.reminder_due.v1",
         "task.reminder_due.v2",
     ]
@@ -161,7 +163,9 @@ async def test_nats_channels_address_the_subjects_and_groups_are_queues(tmp_path
     channel = docs["slack"]["channels"]["task-events"]
     assert channel["address"] == "task-events.{partition}.{type}"
     assert channel["parameters"]["partition"]["enum"] == ["0", "1", "2", "3"]
-    assert channel["parameters"]["type"]["enum"] == ["task.completed", "task.created"]
+    assert channel["parameters"]["type"]["enum"] == [
+        "task.completed", "task.created", "task.escalated", "task.escalation_failed",
+    ]  # fmt: skip
     (receive,) = docs["slack"]["operations"].values()
     assert receive["bindings"] == {"nats": {"queue": "slack", "bindingVersion": "0.1.0"}}
     message = docs["slack"]["components"]["messages"]["task.created.v1"]

@@ -26,6 +26,7 @@ from taskapi.events import (
     API,
     AUDIT,
     CHECKPOINTS,
+    ESCALATION,
     REMINDERS,
     TOPIC,
     TYPES,
@@ -53,16 +54,21 @@ DUE = NOW + timedelta(days=3)
 def test_every_type_is_an_event_owned_by_its_publisher_and_described() -> None:
     found = {(c.type, c.version): c for c in contracts.registry.contracts()}
     assert sorted(found) == [
-        ("audit.checkpointed", 1),
+        ("audit.checkpointed", 1), ("notification.failed", 1),
         ("task.assigned", 1), ("task.assigned", 2), ("task.completed", 1), ("task.completed", 2),
         ("task.created", 1), ("task.created", 2), ("task.created", 3),
-        ("task.deleted", 1), ("task.deleted", 2), ("task.reminder_due", 1),
+        ("task.deleted", 1), ("task.deleted", 2), ("task.escalated", 1),
+        ("task.escalation_failed", 1), ("task.reminder_due", 1),
         ("task.reminder_due", 2), ("task.updated", 1), ("task.updated", 2),
     ]  # fmt: skip
     owners = {t: c.owner for (t, _), c in found.items()}
+    escalation = ("task.escalated", "task.escalation_failed", "notification.failed")
     assert owners == {
-        **dict.fromkeys(TYPES, API), "task.reminder_due": REMINDERS, "audit.checkpointed": AUDIT
-    }  # fmt: skip
+        **dict.fromkeys(TYPES, API),
+        "task.reminder_due": REMINDERS,
+        "audit.checkpointed": AUDIT,
+        **dict.fromkeys(escalation, ESCALATION),
+    }
     for contract in found.values():
         assert contract.kind == "event"
         assert contract.description == inspect.cleandoc(contract.model.__doc__ or "")
@@ -158,7 +164,7 @@ async def test_the_registry_takes_v2_after_v1_and_holds_both_after_start(tmp_pat
     assert v1.version == 1
     check = tidings("schema", "check", "taskapi.contracts:app", "--url", url)
     assert (check.returncode, check.stderr) == (0, "")
-    assert check.stdout.startswith("ok: 14 contract(s) of taskapi.contracts:app may be registered")
+    assert check.stdout.startswith("ok: 17 contract(s) of taskapi.contracts:app may be registered")
 
     service = base_app("email", Settings.from_env(tmp_path, env={"TIDINGS_URL": url}))
     async with service:

@@ -90,5 +90,5 @@ def test_ctrl_c_stops_every_part_cleanly(tmp_path: Path) -> None:
     assert "stopped cleanly" in rest
     logs = tmp_path / "logs"
     assert sorted(p.stem for p in logs.glob("*.log")) == sorted(
-        ["api", "sinks", "email", "slack", "push", "audit", "reminders", "task-board"]
+        ["api", "sinks", "email", "slack", "push", "audit", "reminders", "task-board", "escalation"]
     )

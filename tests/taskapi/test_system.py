@@ -1,4 +1,4 @@
-"""The reference system end to end: real processes (the API, its relay, five services,
+"""The reference system end to end: real processes (the API, its relay, six services,
 an SMTP sink and a webhook receiver), real sockets, real files.
 
 One system runs for the module; each test uses its own tasks and correlation ids.

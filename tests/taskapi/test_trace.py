@@ -1,7 +1,7 @@
 """``tidings trace`` on the reference system: one task's life (create, reminder, assign,
 complete) under one correlation id is one tree, with every service's handling.
 
-The API (its lifespan and outbox relay), the five services and the local sinks run in
+The API (its lifespan and outbox relay), the six services and the local sinks run in
 this test's event loop, over real sockets on 127.0.0.1 and a real SQLite log."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def settings_in(data: Path) -> Settings:
 
 @contextlib.asynccontextmanager
 async def system(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The sinks, the five services and the API, in this loop; a client of the API."""
+    """The sinks, the six services and the API, in this loop; a client of the API."""
     stop = asyncio.Event()
     http = int(settings.slack_webhook_url.split(":")[2].split("/")[0])
     parts = [

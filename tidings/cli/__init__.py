@@ -7,7 +7,8 @@ and exit non-zero: 2 for bad usage, 1 for a failure.
 This module builds the parser and runs the command; each family of commands is a
 module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``trace``,
 ``offsets``, ``dlq``, ``outbox``, ``schema``, ``asyncapi``, ``catalog``,
-``projections``, ``cancel``) with an
+``projections``, ``cancel``,
+``sagas``) with an
 ``add_commands(sub)`` that
 registers it. What they share is in ``common`` (the parser, usage errors, common
 options, the opened log, the ``module:app`` import) and ``output`` (tables, JSON,
@@ -34,6 +35,7 @@ from tidings.cli import (
     projections,
     publish,
     run,
+    sagas,
     schema,
     tail,
     topics,
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for family in (
         run, topics, groups, publish, tail, trace, offsets, dlq, outbox, schema, asyncapi,
-        catalog, projections, cancel,
+        catalog, projections, cancel, sagas,
     ):  # fmt: skip
         family.add_commands(sub)
     return parser
