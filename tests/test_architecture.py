@@ -50,7 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("middleware", ("tidings.middleware", "tidings.otel")),
-    ("app", ("tidings.app", "tidings.publish_options")),
+    ("app", ("tidings.app", "tidings.declarations", "tidings.publish_options")),
     ("worker", ("tidings.worker",)),
     (
         "operating and edges",

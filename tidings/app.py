@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, encode
 from tidings.context import current_scope
-from tidings.contracts import Registry, Upcaster
-from tidings.envelope import JSON, SPECVERSION, Event, new_id, validate_type
+from tidings.declarations import Declarations
+from tidings.envelope import JSON, SPECVERSION, Event, new_id
 from tidings.errors import ConfigError
 from tidings.middleware.cancellation import publish_cancel
-from tidings.middleware.retry import Retry
 from tidings.publish_options import check_extension_names, due, per_payload_options
 from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
-from tidings.subscriber import Component, GroupSettings, Subscriber, handler_shape, slow_settings
-from tidings.transport import StartFrom, Transport, check_group_name, check_topic_name
+from tidings.subscriber import Component, GroupSettings, Subscriber
+from tidings.transport import Transport, check_topic_name
 from tidings.transports import open_transport
 
 if TYPE_CHECKING:
@@ -36,16 +35,12 @@ __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
 DEFAULT_URL = "sqlite:///./tidings.db"
 """The log without ``$TIDINGS_URL`` or a URL: one SQLite file in the current folder."""
 
-H = TypeVar("H", bound=Callable[..., Any])
-M = TypeVar("M", bound=type[BaseModel])
-U = TypeVar("U", bound=Upcaster)
-
 
 def default_url() -> str:
     return os.environ.get("TIDINGS_URL") or DEFAULT_URL
 
 
-class Tidings:
+class Tidings(Declarations):
     """One service's connection to the event log.
 
     ``url`` defaults to ``$TIDINGS_URL``, then ``sqlite:///./tidings.db``; ``service``
@@ -84,15 +79,9 @@ class Tidings:
         self.service = service
         self.max_event_bytes = max_event_bytes
         self.transport = transport or open_transport(self.url)
-        self.registry = Registry()
+        Declarations.__init__(self, service)
         self.schemas = schemas
         self.schema_registry = SchemaRegistry(self.transport)
-        self.subscribers: list[Subscriber] = []
-        self._topics: dict[str, dict[str, Any]] = {}
-        self.published: dict[str, set[str]] = {}  # topic -> the types declared published there
-        self._groups: dict[str, GroupSettings] = {}
-        self.components: list[Component] = []
-        self.projections: dict[str, Projection] = {}
         # Per topic, the events this app has appended to it (publish, publish_many,
         # publish_events; delayed ones once scheduled): tidings_events_sent_total.
         self.sent: dict[str, int] = {}
@@ -102,87 +91,7 @@ class Tidings:
         # OpenTelemetry spans (tidings.otel); None: nothing of it is imported.
         self.tracing: Tracing | None = _tracing(tracing, self.url) if tracing else None
 
-    # -- declarations -------------------------------------------------------
-
-    def event(
-        self, type: str, version: int = 1, *, subject: str | None = None, **about: Any
-    ) -> Callable[[M], M]:
-        """Class decorator: register a pydantic model as the payload of ``type``/``version``.
-
-        ``subject`` names a field whose value becomes the event's subject (and so its
-        partition key) when none is passed to :meth:`publish`. ``about``: ``kind``
-        ("event" or "command"), ``owner`` (default: this service), ``description``,
-        ``deprecated``, ``sunset``, ``name_check``, ``breaking`` (a new major version,
-        registered without a compatibility check) (:meth:`Registry.register`).
-        """
-        about.setdefault("owner", self.service)
-        return self.registry.decorator(type, version, subject=subject, **about)
-
-    def command(self, type: str, version: int = 1, **about: Any) -> Callable[[M], M]:
-        """:meth:`event` for a command: a request named in the imperative
-        (``task.assign``), subscribed to by exactly one group."""
-        return self.event(type, version, kind="command", **about)
-
-    def upcaster(self, type: str, from_version: int) -> Callable[[U], U]:
-        """Decorator: a function that turns a ``from_version`` payload (a dict) of
-        ``type`` into the next version's; handlers then get such events as that
-        version (chains compose; decision 0020)."""
-        return self.registry.upcaster(type, from_version)
-
-    def topic(
-        self,
-        name: str,
-        *,
-        partitions: int | None = None,
-        retention_ms: int | None = None,
-        retention_bytes: int | None = None,
-        keep_unread: bool = False,
-    ) -> None:
-        """Declare a topic's settings; it is created with them on start if missing.
-
-        ``keep_unread``: retention never deletes a record a live group has not
-        committed (the SQLite and memory logs; Kafka and NATS refuse it)."""
-        check_topic_name(name)
-        self._topics[name] = {
-            "partitions": partitions,
-            "retention_ms": retention_ms,
-            "retention_bytes": retention_bytes,
-        }
-        if keep_unread:
-            self._topics[name]["keep_unread"] = True
-
-    def topic_settings(self) -> dict[str, dict[str, Any]]:
-        """The declared topics' settings (those given to :meth:`topic`), by name."""
-        return {name: dict(settings) for name, settings in self._topics.items()}
-
-    def publishes(self, topic: str, types: Iterable[str]) -> None:
-        """Declare that this app publishes events of ``types`` on ``topic`` (kept in
-        :attr:`published`): the send operations of its AsyncAPI document
-        (:func:`tidings.asyncapi.document`). Publishing is not limited to them."""
-        check_topic_name(topic)
-        types = [types] if isinstance(types, str) else types
-        self.published.setdefault(topic, set()).update(validate_type(t) for t in types)
-
-    def group(
-        self,
-        name: str,
-        *,
-        sequenced: bool = False,
-        sla: float | None = None,
-        cancellable: bool = False,
-    ) -> None:
-        """Settings of group ``name``: ``sequenced``, ``sla``, the lag in seconds it
-        must stay under, and ``cancellable`` (its subscribers stop a cancelled chain:
-        :meth:`cancel`); see :class:`GroupSettings`."""
-        check_group_name(name)
-        self._groups[name] = GroupSettings(sequenced=sequenced, sla=sla, cancellable=cancellable)
-
-    def group_settings(self, name: str) -> GroupSettings:
-        return self._groups.get(name) or GroupSettings()
-
-    def add_component(self, component: Component) -> None:
-        """Run ``component`` beside the worker's groups (``tidings run``, ``Worker.serve``)."""
-        self.components.append(component)
+    # -- workflows (declared here: they need the whole app) ----------------------
 
     def projection(
         self, name: str, *, topic: str | Sequence[str], db: Any, tables: Iterable[Any]
@@ -198,76 +107,6 @@ class Tidings:
         projection = Projection(self, name, topics=topics, db=db, tables=tables)
         self.projections[name] = projection
         return projection
-
-    def subscriber(
-        self,
-        topic: str,
-        *,
-        group: str,
-        types: Iterable[str] | None = None,
-        start_from: StartFrom = "earliest",
-        retry: Retry | None = None,
-        inbox: Any = None,
-        timeout: float | None = None,
-        cancellable: bool = False,
-        progress_every: float = 1.0,
-        progress_topic: str | None = None,
-    ) -> Callable[[H], H]:
-        """Decorator: run the handler for events of ``types`` on ``topic`` in ``group``.
-
-        The handler takes the payload (its registered model, or the raw JSON data) and,
-        optionally, a :class:`~tidings.context.Context`. It may be sync or async.
-        ``retry`` is this handler's retry policy (default: the worker's); ``inbox`` a
-        :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect.
-        ``timeout``, ``cancellable``, ``progress_every``, ``progress_topic``: for slow
-        handlers, see :class:`~tidings.subscriber.Subscriber` and docs/agents.md.
-        """
-        check_topic_name(topic)
-        if not group:
-            raise ConfigError("subscriber(group=...) needs a group name, e.g. group='email'")
-        check_group_name(group)
-        if retry is not None and not isinstance(retry, Retry):
-            raise ConfigError(f"subscriber(retry=...) takes a tidings.Retry, got {retry!r}")
-        if start_from not in ("earliest", "latest"):
-            raise ConfigError(f"start_from must be 'earliest' or 'latest', got {start_from!r}")
-        wanted = None if types is None else frozenset(validate_type(t) for t in types)
-        slow = slow_settings(timeout, cancellable, progress_every, progress_topic)
-
-        def wrap(handler: H) -> H:
-            takes_context, is_async = handler_shape(handler)
-            self._check_start(group, start_from)
-            subscriber = Subscriber(
-                topic=topic,
-                group=group,
-                handler=handler,
-                types=wanted,
-                start_from=start_from,
-                is_async=is_async,
-                takes_context=takes_context,
-                retry=retry,
-                inbox=inbox,
-                **slow,
-            )
-            if inbox is not None:
-                claim = getattr(inbox, "claim", None)
-                if claim is None:
-                    raise ConfigError(f"subscriber(inbox=...) takes a tidings.Inbox, got {inbox!r}")
-                claim(subscriber)
-            self.subscribers.append(subscriber)
-            return handler
-
-        return wrap
-
-    def _check_start(self, group: str, start_from: StartFrom) -> None:
-        for other in self.subscribers:
-            if other.group == group and other.start_from != start_from:
-                raise ConfigError(
-                    f"group {group!r} has subscribers with start_from "
-                    f"{other.start_from!r} and {start_from!r}; a group starts in one place"
-                )
-
-    def groups(self) -> list[str]:
-        return sorted({s.group for s in self.subscribers})
 
     def saga(self, name: str, *, topic: str, db: Any, key: Any, **options: Any) -> Saga:
         """A saga (process manager) named ``name``: one instance per business ``key``
