@@ -26,6 +26,7 @@ __all__ = [
     "AUDIT",
     "CHECKPOINTS",
     "ESCALATION",
+    "ESCALATION_TYPES",
     "REMINDERS",
     "TOPIC",
     "TYPES",
@@ -221,7 +222,13 @@ TYPES: dict[str, tuple[type[_Payload], str]] = {
 }
 # Each type's version with its personal-data marks (decision 0032), registered as a new
 # major version (breaking=True): the check reports a field becoming personal as a break.
-VERSIONS = {"task.created": 3, **{t: 2 for t in TYPES if t != "task.created"}}
+# The escalation's types came after the marks: their first version has them.
+ESCALATION_TYPES = ("task.escalated", "task.escalation_failed", "notification.failed")
+VERSIONS = {
+    "task.created": 3,
+    **{t: 2 for t in TYPES if t != "task.created" and t not in ESCALATION_TYPES},
+    **dict.fromkeys(ESCALATION_TYPES, 1),
+}
 
 # What the API publishes (through its outbox); the reminders service publishes the rest.
 API_TYPES = tuple(t for t, (_, owner) in TYPES.items() if owner == API)
@@ -258,13 +265,14 @@ def same_payload(data: dict[str, Any]) -> dict[str, Any]:
 
 
 # Each type's version before the marks, derived from its marked model (the same fields).
-UNMARKED = {t: unmarked(model) for t, (model, _) in TYPES.items()}
+UNMARKED = {t: unmarked(model) for t, (model, _) in TYPES.items() if VERSIONS[t] > 1}
 
 
 def register(app: Tidings) -> Tidings:
     """Declare the topic on ``app`` and register every payload model, each version, with
     its owner, and the upcasters: every service reads each type at its latest version
-    (``task.created`` v1 and v2 as v3, the others' v1 as v2)."""
+    (``task.created`` v1 and v2 as v3, the others' v1 as v2; the escalation's types have
+    one version)."""
     app.topic(TOPIC, partitions=PARTITIONS)
     # The earlier versions stay registered, deprecated: their events stay in the log, and
     # the previous release publishes them until it is replaced.
@@ -274,6 +282,9 @@ def register(app: Tidings) -> Tidings:
     app.upcaster("task.created", from_version=1)(task_created_v1_to_v2)
     for type_, (model, owner) in TYPES.items():
         latest = VERSIONS[type_]
+        if latest == 1:  # marked from its first version
+            app.event(type_, subject="task_id", owner=owner)(model)
+            continue
         app.event(type_, latest - 1, subject="task_id", owner=owner, deprecated=True)(
             UNMARKED[type_]
         )
