@@ -81,8 +81,10 @@ async def dead_letters(app: Tidings, report: Report, out: Callable[[str], None])
             rid = by_correlation.get(entry.correlationid or "")
             if rid and rid not in report.outcomes:
                 report.outcomes[rid] = f"dead: {group} {entry.error_type}: {entry.error_message}"
-                out(f"{rid}  dead-lettered by {group} after {entry.attempts} attempts: "
-                    f"{entry.error_type}: {entry.error_message}")
+                out(
+                    f"{rid}  dead-lettered by {group} after {entry.attempts} attempts: "
+                    f"{entry.error_type}: {entry.error_message}"
+                )
 
 
 @contextlib.contextmanager
@@ -137,7 +139,8 @@ async def _requests(
     ids = [f"req-{i + 1}" for i in range(len(questions))]
     for rid, question in zip(ids, questions, strict=True):
         asked = pipeline.AnalysisRequested(request_id=rid, question=question, docset="tides")
-        report.correlations[rid] = (await app.publish(pipeline.TOPIC, asked)).correlationid
+        event = await app.publish(pipeline.TOPIC, asked)
+        report.correlations[rid] = event.correlationid or event.id  # a new chain: its own id
         out(f"{rid}  asked: {question!r}")
     ends = time.monotonic() + deadline
     while any(rid not in report.outcomes for rid in ids):

@@ -167,7 +167,9 @@ def build(settings: Settings, model: AsyncOpenAI, log_url: str) -> Tidings:
     )
     async def research(request: AnalysisAccepted, ctx: Context) -> None:
         documents = docsets.load(request.docset)
-        batches = [documents[i : i + settings.batch] for i in range(0, len(documents), settings.batch)]
+        batches = [
+            documents[i : i + settings.batch] for i in range(0, len(documents), settings.batch)
+        ]
         await ctx.progress(0.0, f"reading {len(documents)} documents")
         found: list[Passage] = []
         for i, batch in enumerate(batches, 1):
@@ -195,7 +197,10 @@ def build(settings: Settings, model: AsyncOpenAI, log_url: str) -> Tidings:
         )
         sources = sorted({p.document for p in research.passages})
         summary = SummaryGenerated(
-            request_id=research.request_id, question=research.question, summary=text, sources=sources
+            request_id=research.request_id,
+            question=research.question,
+            summary=text,
+            sources=sources,
         )
         await ctx.publish(TOPIC, summary)
 

@@ -114,7 +114,10 @@ class StandIn:
 
     async def models(self, request: Request) -> Response:
         return JSONResponse(
-            {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "tidings"}]}
+            {
+                "object": "list",
+                "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "tidings"}],
+            }
         )
 
     async def completions(self, request: Request) -> Response:

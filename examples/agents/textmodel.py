@@ -15,13 +15,12 @@ from collections import Counter
 WORD = re.compile(r"[a-z][a-z'-]+")
 PASSAGE = re.compile(r"^\[(\d+)\]\s*(.+)$", re.MULTILINE)
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
-STOPWORDS = frozenset(
-    """a about after all also an and any are as at be because been before being but by
+_STOPWORDS = """a about after all also an and any are as at be because been before being but by
     can could did do does for from had has have how if in into is it its more most no
     not of on one or other our out over so some such than that the their them then there
     these they this those through to under up was we were what when where which while
-    who why will with would you your""".split()
-)
+    who why will with would you your"""
+STOPWORDS = frozenset(_STOPWORDS.split())
 
 
 def words(text: str) -> list[str]:

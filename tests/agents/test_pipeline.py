@@ -23,7 +23,11 @@ FAULTS = Faults(
     hang_on=("eels",),
     fail_on=("kelp",),
 )
-QUESTIONS = [*demo.QUESTIONS, "Do eels swim with the tide?", "Does kelp grow faster at spring tides?"]
+QUESTIONS = [
+    *demo.QUESTIONS,
+    "Do eels swim with the tide?",
+    "Does kelp grow faster at spring tides?",
+]
 
 
 def settings(sqlite_url: str, timeout: float) -> Settings:

@@ -9,6 +9,7 @@ from collections import Counter
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from examples.agents import textmodel
 from examples.agents.pipeline import RESEARCHER, SUMMARISER
@@ -22,7 +23,7 @@ PROMPT = (
 )
 
 
-def messages(system: str) -> list[dict[str, str]]:
+def messages(system: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "system", "content": system}, {"role": "user", "content": PROMPT}]
 
 
@@ -42,23 +43,24 @@ async def test_the_openai_client_reads_plain_and_streamed_answers() -> None:
         async with AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0) as client:
             listed = await client.models.list()
             assert [m.id for m in listed.data] == [MODEL]
-            plain = await client.chat.completions.create(
-                model=MODEL, messages=messages(RESEARCHER)  # type: ignore[arg-type]
-            )
+            plain = await client.chat.completions.create(model=MODEL, messages=messages(RESEARCHER))
             assert plain.choices[0].message.content is not None
             assert plain.choices[0].message.content.startswith("Relevant: [2]")
             assert plain.choices[0].finish_reason == "stop"
-            assert plain.usage is not None and plain.usage.completion_tokens > 0
+            assert plain.usage is not None
+            assert plain.usage.completion_tokens > 0
             stream = await client.chat.completions.create(
                 model=MODEL,
-                messages=messages(SUMMARISER),  # type: ignore[arg-type]
+                messages=messages(SUMMARISER),
                 stream=True,
             )
             chunks = [c async for c in stream]
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert len(chunks) > 3  # a word at a time
     assert chunks[-1].choices[0].finish_reason == "stop"
-    assert text == textmodel.summary("Why does the moon cause tides?", textmodel.passages_of(PROMPT))
+    assert text == textmodel.summary(
+        "Why does the moon cause tides?", textmodel.passages_of(PROMPT)
+    )
     assert text.startswith("The moon pulls the ocean")
 
 
@@ -66,16 +68,12 @@ async def test_a_429_carries_retry_after_and_a_500_is_a_server_error() -> None:
     with Server(Faults(latency=(0, 0), rate_429=1.0, retry_after=3)) as server:
         async with AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0) as client:
             with pytest.raises(openai.RateLimitError) as limited:
-                await client.chat.completions.create(
-                    model=MODEL, messages=messages(RESEARCHER)  # type: ignore[arg-type]
-                )
+                await client.chat.completions.create(model=MODEL, messages=messages(RESEARCHER))
     assert limited.value.response.headers["retry-after"] == "3"
     with Server(Faults(latency=(0, 0), rate_500=1.0)) as server:
         async with AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0) as client:
             with pytest.raises(openai.InternalServerError):
-                await client.chat.completions.create(
-                    model=MODEL, messages=messages(RESEARCHER)  # type: ignore[arg-type]
-                )
+                await client.chat.completions.create(model=MODEL, messages=messages(RESEARCHER))
         assert server.standin.fault_counts == Counter({"500": 1})
 
 
@@ -85,9 +83,7 @@ async def test_a_hung_request_is_never_answered() -> None:
             base_url=server.url, api_key="k", max_retries=0, timeout=0.5
         ) as client:
             with pytest.raises(openai.APITimeoutError):  # the caller's deadline ends it
-                await client.chat.completions.create(
-                    model=MODEL, messages=messages(RESEARCHER)  # type: ignore[arg-type]
-                )
+                await client.chat.completions.create(model=MODEL, messages=messages(RESEARCHER))
         assert server.standin.fault_counts == Counter({"hang": 1})
 
 
@@ -98,7 +94,9 @@ def test_faults_are_drawn_per_request_body_whatever_the_order() -> None:
     drawn = {b: first._draw(b) for b in bodies}
     assert {b: second._draw(b) for b in reversed(bodies)} == drawn
     kinds = Counter(kind for _, kind in drawn.values())
-    assert 30 <= kinds["429"] <= 90 and 10 <= kinds["500"] <= 50 and 10 <= kinds["hang"] <= 50
+    assert 30 <= kinds["429"] <= 90
+    assert 10 <= kinds["500"] <= 50
+    assert 10 <= kinds["hang"] <= 50
     assert all(1.0 <= delay <= 3.0 for delay, _ in drawn.values())
     # The same body sent again is a new draw (a retry may succeed).
     again = [first._draw(b)[1] for b in bodies]
