@@ -1,5 +1,6 @@
 """One command runs the pipeline: the stand-in (unless a model URL is set), a worker,
-N requests (one of them rejected, one cancelled on the way), and a console that prints
+N requests (one of them rejected, one cancelled on the way, one the stand-in always
+fails on), and a console that prints
 progress and results until every request is summarised, rejected, cancelled or
 dead-lettered (with the reason)."""
 
@@ -30,6 +31,7 @@ QUESTIONS = [
     "How is tidal energy turned into electricity?",
     "What lives on the shore between the tides?",
     "How does a storm surge add to a high tide?",
+    "Are there tides in the Sargasso Sea?",  # the demo's stand-in always fails on it
 ]
 CANCELLED = 1  # the index of the request cancelled after its first progress report
 AGENT_GROUPS = ("researchers", "summarisers")

@@ -57,7 +57,10 @@ class Faults:
 
 
 NO_FAULTS = Faults(latency=(0.0, 0.0), scale=0.0)
-DEMO_FAULTS = Faults(latency=(0.5, 1.5), rate_429=0.1, rate_500=0.05, rate_hang=0.03)
+# The demo's: a busy hosted model, and a question it always fails on (the Sargasso Sea's).
+DEMO_FAULTS = Faults(
+    latency=(0.5, 1.5), rate_429=0.1, rate_500=0.05, rate_hang=0.03, fail_on=("sargasso",)
+)
 
 
 def answer(messages: list[dict[str, Any]]) -> str:
