@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-faults", action="store_true", help="a stand-in that never fails")
     run.add_argument("--verbose", action="store_true", help="log tracebacks too")
     serve = commands.add_parser("standin", help="serve the stand-in model API until Ctrl-C")
-    serve.add_argument("--port", type=int, default=8088)
+    serve.add_argument("--port", type=int, default=8088, help="0: any free port")
     serve.add_argument("--no-faults", action="store_true")
     args = parser.parse_args(argv)
     faults = NO_FAULTS if args.no_faults else DEMO_FAULTS
     if args.command == "standin":
         with Server(faults, port=args.port) as server:
-            print(f"the stand-in serves {server.url} (Ctrl-C stops it)")
+            print(f"the stand-in serves {server.url} (Ctrl-C stops it)", flush=True)
             try:
                 while server.thread.is_alive():
                     time.sleep(0.5)

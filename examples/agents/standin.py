@@ -96,7 +96,9 @@ class StandIn:
             ]
         )
 
-    def _draw(self, body: bytes) -> tuple[float, str | None]:
+    def draw(self, body: bytes) -> tuple[float, str | None]:
+        """The latency (seconds) and the fault (``"429"``, ``"500"``, ``"hang"`` or None)
+        of a request with ``body``: this body's next draw."""
         digest = hashlib.sha256(body).hexdigest()
         n = self.seen[digest]
         self.seen[digest] += 1
@@ -131,7 +133,7 @@ class StandIn:
             messages = list(doc["messages"])
         except (ValueError, KeyError, TypeError):
             return _error(400, "invalid_request_error", "the body needs a messages list")
-        delay, fault = self._draw(body)
+        delay, fault = self.draw(body)
         if fault:
             self.fault_counts[fault] += 1
         if fault == "429":

@@ -91,13 +91,13 @@ def test_faults_are_drawn_per_request_body_whatever_the_order() -> None:
     faults = Faults(seed=11, rate_429=0.2, rate_500=0.1, rate_hang=0.1)
     bodies = [json.dumps({"messages": [], "n": i}).encode() for i in range(300)]
     first, second = StandIn(faults), StandIn(faults)
-    drawn = {b: first._draw(b) for b in bodies}
-    assert {b: second._draw(b) for b in reversed(bodies)} == drawn
+    drawn = {b: first.draw(b) for b in bodies}
+    assert {b: second.draw(b) for b in reversed(bodies)} == drawn
     kinds = Counter(kind for _, kind in drawn.values())
     assert 30 <= kinds["429"] <= 90
     assert 10 <= kinds["500"] <= 50
     assert 10 <= kinds["hang"] <= 50
     assert all(1.0 <= delay <= 3.0 for delay, _ in drawn.values())
     # The same body sent again is a new draw (a retry may succeed).
-    again = [first._draw(b)[1] for b in bodies]
+    again = [first.draw(b)[1] for b in bodies]
     assert again != [kind for _, kind in drawn.values()]
