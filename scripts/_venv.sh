@@ -1,13 +1,14 @@
 # Sourced by scripts/demo and scripts/test, with the extra to install: make .venv and
 # install the project into it with that extra.
 #   source scripts/_venv.sh taskapi   # the demo: the package and what taskapi runs
+#   source scripts/_venv.sh agents    # scripts/agents-demo: the openai client, the stand-in
 #   source scripts/_venv.sh dev       # the tests: all of taskapi's, linters, test servers
 # Both share .venv. A stamp per extra, named after pyproject.toml's hash, says what is
 # installed: an extra is installed again only when pyproject.toml changed since. dev
 # holds everything taskapi does (tests/test_scripts.py checks it), so a demo after a
 # test run installs nothing, and a test run after a demo installs what dev adds.
 set -euo pipefail
-venv_extra="${1:?usage: source scripts/_venv.sh EXTRA (taskapi or dev)}"
+venv_extra="${1:?usage: source scripts/_venv.sh EXTRA (taskapi, agents or dev)}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 PY="${PYTHON:-python3}"
@@ -22,7 +23,7 @@ venv_hash="$(sha256sum pyproject.toml | cut -c1-16)"
 venv_has() {  # whether extra $1 is installed for this pyproject.toml
   [ -f ".venv/.installed-$1-$venv_hash" ] && return 0
   case "$1" in
-    taskapi) venv_has dev ;;
+    taskapi | agents) venv_has dev ;;
     dev) [ -f ".venv/.installed-$venv_hash" ] ;;  # the stamp of the dev-only days
     *) return 1 ;;
   esac

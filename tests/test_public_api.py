@@ -175,8 +175,9 @@ def _tidings_imports(source: str) -> list[tuple[str, str | None]]:
 
 
 def _example_sources() -> list[tuple[str, str]]:
-    """taskapi's modules, and the Python code blocks of the README and docs/."""
-    sources = [(str(p.relative_to(ROOT)), p.read_text()) for p in (ROOT / "taskapi").rglob("*.py")]
+    """taskapi's and examples/'s modules, and the Python code blocks of the README and docs/."""
+    modules = [*(ROOT / "taskapi").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]
+    sources = [(str(p.relative_to(ROOT)), p.read_text()) for p in modules]
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         for i, block in enumerate(python_blocks(page)):
             sources.append((f"{page.relative_to(ROOT)} (python block {i + 1})", block))

@@ -29,6 +29,7 @@ def test_the_dev_extra_holds_everything_the_taskapi_and_docs_extras_do() -> None
         "optional-dependencies"
     ]
     assert set(extras["taskapi"]) <= set(extras["dev"])
+    assert set(extras["agents"]) <= set(extras["dev"])  # scripts/agents-demo
     assert set(extras["docs"]) <= set(extras["dev"])
 
 
@@ -79,6 +80,7 @@ def test_the_demo_installs_its_extra_once_and_a_test_run_then_installs_dev(clone
 def test_a_demo_after_a_test_run_installs_nothing(clone: Path) -> None:
     assert installs(clone, "dev") == [PIP_UPGRADE, "-m pip install --quiet -e .[dev]"]
     assert installs(clone, "taskapi") == []
+    assert installs(clone, "agents") == []  # scripts/agents-demo after a test run
 
 
 def test_a_changed_pyproject_installs_each_extra_again(clone: Path) -> None:
@@ -112,7 +114,7 @@ def test_a_failed_install_leaves_no_stamp_and_is_tried_again(clone: Path) -> Non
 def test_sourcing_without_an_extra_says_which_to_name(clone: Path) -> None:
     result = source(clone)
     assert result.returncode != 0
-    assert "usage: source scripts/_venv.sh EXTRA (taskapi or dev)" in result.stderr
+    assert "usage: source scripts/_venv.sh EXTRA (taskapi, agents or dev)" in result.stderr
     assert not (clone / "pip.log").exists()
 
 

@@ -1,0 +1,1 @@
+"""Runnable examples built on tidings's public API."""
