@@ -21,7 +21,7 @@ from tidings.subscriber import Component
 from tidings.transport import Record
 from tidings.worker.dispatch import Dispatcher
 from tidings.worker.group import GroupRunner, Limits
-from tidings.worker.slow import slow_consumers
+from tidings.worker.slow import rate_limits, slow_consumers, with_rate_limit
 
 if TYPE_CHECKING:
     from tidings.app import Tidings
@@ -94,6 +94,7 @@ class Worker:
         # Around every handler call, outermost first (see tidings.middleware).
         self.middleware = _chain(app, middleware)
         self.cancellations = slow_consumers(app, chosen, self.middleware)  # or None
+        self.rate_limits = rate_limits(app, chosen)  # per limited group, in its chains only
         # Synchronous handlers run here: their own pool, sized for I/O-bound work (mail,
         # webhooks), so that partitions are not limited to asyncio's default few threads.
         self.sync_threads = sync_threads
@@ -156,10 +157,11 @@ class Worker:
         # and passed, failures block), but replays are still read and handled.
         writes = any(isinstance(m, DeadLetters) for m in self.middleware)
         dead = DeadLetterLog(app.transport, group, resolved=False, values=False)
+        middleware = with_rate_limit(self.middleware, self.rate_limits.get(group))
 
         def make_intake(stopping: asyncio.Event) -> Intake:
             dispatcher = Dispatcher(
-                app, app.registry, group, subscribers, self.middleware, stats=self.stats,
+                app, app.registry, group, subscribers, middleware, stats=self.stats,
                 stopping=stopping, dead_letters=dead if writes else None, threads=self.threads,
                 decode=self.decoded_afresh, shared_events=len(self.groups) > 1,
                 durations=self.durations.get(group),
@@ -223,6 +225,10 @@ class Worker:
             # Cancellations first: an event of a chain cancelled before the start is skipped.
             await self.cancellations.start()
             followers.append(loop.create_task(self.cancellations.follow(self._stop_components)))
+        followers += [
+            loop.create_task(limit.follow(self.app.transport, self._stop_components))
+            for limit in self.rate_limits.values()
+        ]
         if any(not s.is_async for s in self.app.subscribers if s.group in self.groups):
             self.threads = ThreadPoolExecutor(self.sync_threads, "tidings-handler")
         self._runners = [self._runner(g) for g in self.groups]

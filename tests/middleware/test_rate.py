@@ -1,0 +1,223 @@
+"""Rate limits per group (``app.group(..., rate=, max_calls=)``): the token bucket by an
+injected clock, the 429 pause, the concurrency limit, a worker's share of a group's
+limits, and the limit held by two worker processes on one SQLite log."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tidings import ConfigError, Tidings, Worker
+from tidings.errors import RateLimited
+from tidings.middleware.rate import DEFAULT_RETRY_AFTER, Bucket, RateLimit, retry_after
+from tidings.subscriber import GroupSettings
+from tidings.testing import eventually
+
+TOPIC = "calls"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def calls_in(bucket: Bucket, clock: FakeClock, seconds: float) -> list[float]:
+    """The times at which back-to-back callers get their tokens over ``seconds``."""
+    end, times = clock.now + seconds, []
+    while True:
+        clock.now += bucket.reserve()
+        if clock.now >= end:
+            return times
+        times.append(clock.now)
+
+
+def test_bucket_gives_its_rate_after_a_burst_of_its_capacity() -> None:
+    clock = FakeClock()
+    start = clock.now
+    times = calls_in(Bucket(5.0, clock=clock), clock, 12.0)
+    assert len([t for t in times if t == start]) == 5, "a burst of max(1, rate) tokens"
+    steady = [t for t in times if start + 2 <= t < start + 12]
+    assert abs(len(steady) - 50) <= 5, f"{len(steady)} calls in 10 s at 5/s"
+    gaps = {round(b - a, 9) for a, b in zip(steady, steady[1:], strict=False)}
+    assert gaps == {0.2}
+
+
+def test_bucket_below_one_call_per_second_has_a_burst_of_one() -> None:
+    clock = FakeClock()
+    bucket = Bucket(0.5, clock=clock)
+    assert bucket.reserve() == 0
+    assert bucket.reserve() == pytest.approx(2.0)
+
+
+def test_a_paused_bucket_gives_no_token_then_no_burst() -> None:
+    clock = FakeClock()
+    bucket = Bucket(4.0, clock=clock)
+    bucket.pause(3.0)
+    assert bucket.reserve() == pytest.approx(3.0)
+    assert bucket.reserve() == pytest.approx(3.25), "the rate after the pause, no burst"
+
+
+def test_a_slower_rate_spaces_the_tokens_out() -> None:
+    clock = FakeClock()
+    bucket = Bucket(10.0, capacity=1, clock=clock)
+    bucket.reserve()
+    bucket.set_rate(5.0, capacity=1)
+    clock.now += 0.1
+    assert bucket.reserve() == pytest.approx(0.0)
+    assert bucket.reserve() == pytest.approx(0.2)
+
+
+def response(status: int, **headers: str) -> httpx.Response:
+    return httpx.Response(status, headers=headers, request=httpx.Request("POST", "http://x/"))
+
+
+def test_retry_after_reads_rate_limited_and_429_responses() -> None:
+    assert retry_after(RateLimited(2.5)) == 2.5
+    assert retry_after(ValueError("no")) is None
+    bad = httpx.HTTPStatusError("429", request=httpx.Request("GET", "http://x/"), response=None)  # type: ignore[arg-type]
+    assert retry_after(bad) is None
+    too_many = response(429, **{"Retry-After": "3"})
+    assert retry_after(httpx.HTTPStatusError("429", request=too_many.request, response=too_many)) == 3
+    server = response(500, **{"Retry-After": "3"})
+    assert retry_after(httpx.HTTPStatusError("500", request=server.request, response=server)) is None
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    dated = response(429, **{"Retry-After": when})
+    seconds = retry_after(httpx.HTTPStatusError("429", request=dated.request, response=dated))
+    assert seconds is not None and 25 < seconds <= 30
+    bare = response(429)
+    assert retry_after(httpx.HTTPStatusError("429", request=bare.request, response=bare)) == (
+        DEFAULT_RETRY_AFTER
+    )
+
+
+def test_retry_after_reads_openais_rate_limit_error() -> None:
+    openai = pytest.importorskip("openai")
+    http = sys.modules.get("httpx2", httpx)  # the HTTP client this openai is built on
+    reply = http.Response(
+        429, headers={"retry-after": "7"}, request=http.Request("POST", "http://127.0.0.1/")
+    )
+    assert retry_after(openai.RateLimitError("slow down", response=reply, body=None)) == 7
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"rate": 0}, {"rate": -1.0}, {"rate": "5"}, {"rate": True}, {"max_calls": 0},
+     {"max_calls": 1.5}, {"max_calls": True}],
+)  # fmt: skip
+def test_bad_limits_are_config_errors(settings: dict[str, Any]) -> None:
+    app = Tidings("memory://", service="s")
+    with pytest.raises(ConfigError, match="group (rate|max_calls)"):
+        app.group("agents", **settings)
+
+
+async def test_a_workers_share_of_the_limits_follows_the_members() -> None:
+    limit = RateLimit("agents", GroupSettings(rate=6.0, max_calls=4))
+    await limit.share(3)
+    assert limit.bucket is not None and limit.bucket.rate == pytest.approx(2.0)
+    assert limit.most_calls == 1
+    await limit.share(0)  # no member holds partitions (yet): the whole limit
+    assert limit.bucket.rate == pytest.approx(6.0) and limit.most_calls == 4
+    await limit.share(8)
+    assert limit.most_calls == 1, "at least one call at once"
+
+
+def limited_app(url: str = "memory://", **limits: Any) -> Tidings:
+    app = Tidings(url, service="rate-test")
+    app.topic(TOPIC, partitions=4)
+    app.group("agents", **limits)
+    return app
+
+
+async def publish(app: Tidings, count: int) -> None:
+    for n in range(count):
+        await app.publish(TOPIC, {"n": n}, type="call.made", key=f"k{n}")
+
+
+async def test_max_calls_bounds_the_calls_under_way_across_partitions() -> None:
+    app = limited_app(max_calls=2)
+    running, most, done = 0, 0, []
+
+    @app.subscriber(TOPIC, group="agents")
+    async def call(data: Any) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        done.append(data["n"])
+
+    async with app:
+        await publish(app, 20)
+        worker = Worker(app)
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: len(done) == 20, what="every event handled")
+        worker.stop()
+        await task
+    assert most == 2, "four partitions, two calls at once"
+
+
+async def test_a_429_pauses_the_group_then_the_call_is_made_again_uncounted() -> None:
+    app = limited_app(rate=50.0)
+    calls: list[float] = []
+
+    @app.subscriber(TOPIC, group="agents")
+    async def call(data: Any) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RateLimited(retry_after=0.3)
+
+    async with app:
+        await publish(app, 1)
+        worker = Worker(app)
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: worker.stats.handled == 1, what="the event handled")
+        worker.stop()
+        await task
+    assert len(calls) == 2
+    assert calls[1] - calls[0] >= 0.3, "the call waited for Retry-After"
+    assert worker.stats.rate_limited == 1
+    assert worker.stats.failed_attempts == 0 and worker.stats.retries == 0
+
+
+async def test_a_worker_holds_its_groups_rate() -> None:
+    app = limited_app(rate=20.0)
+    times: list[float] = []
+
+    @app.subscriber(TOPIC, group="agents")
+    async def call(data: Any) -> None:
+        times.append(time.monotonic())
+
+    async with app:
+        await publish(app, 120)
+        worker = Worker(app)
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: len(times) >= 100, timeout=30, what="100 calls")
+        worker.stop()
+        await task
+    steady = [t for t in times if times[0] + 1 <= t < times[0] + 4]  # after the burst
+    assert abs(len(steady) - 60) <= 6, f"{len(steady)} calls in 3 s at 20/s"
+
+
+async def test_groups_without_limits_have_no_rate_limit_in_their_chains() -> None:
+    app = limited_app(rate=5.0)
+
+    @app.subscriber(TOPIC, group="agents")
+    async def call(data: Any) -> None: ...
+
+    @app.subscriber(TOPIC, group="plain")
+    async def other(data: Any) -> None: ...
+
+    worker = Worker(app)
+    assert set(worker.rate_limits) == {"agents"}
