@@ -149,7 +149,9 @@ class GroupSettings:
         ):
             raise ConfigError(f"group rate must be calls per second > 0, got {rate!r}")
         calls = self.max_calls
-        if calls is not None and (isinstance(calls, bool) or not isinstance(calls, int) or calls < 1):
+        if calls is not None and (
+            isinstance(calls, bool) or not isinstance(calls, int) or calls < 1
+        ):
             raise ConfigError(f"group max_calls must be an int >= 1, got {calls!r}")
 
     @property

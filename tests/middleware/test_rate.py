@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import os
 import subprocess
 import sys
@@ -18,9 +19,11 @@ import pytest
 
 from tidings import ConfigError, Tidings, Worker
 from tidings.errors import RateLimited
+from tidings.middleware import Retry, default_middleware
 from tidings.middleware.rate import DEFAULT_RETRY_AFTER, Bucket, RateLimit, retry_after
 from tidings.subscriber import GroupSettings
 from tidings.testing import eventually
+from tidings.worker.slow import rate_limits, with_rate_limit
 
 TOPIC = "calls"
 
@@ -50,7 +53,7 @@ def test_bucket_gives_its_rate_after_a_burst_of_its_capacity() -> None:
     assert len([t for t in times if t == start]) == 5, "a burst of max(1, rate) tokens"
     steady = [t for t in times if start + 2 <= t < start + 12]
     assert abs(len(steady) - 50) <= 5, f"{len(steady)} calls in 10 s at 5/s"
-    gaps = {round(b - a, 9) for a, b in zip(steady, steady[1:], strict=False)}
+    gaps = {round(b - a, 9) for a, b in itertools.pairwise(steady)}
     assert gaps == {0.2}
 
 
@@ -89,13 +92,14 @@ def test_retry_after_reads_rate_limited_and_429_responses() -> None:
     bad = httpx.HTTPStatusError("429", request=httpx.Request("GET", "http://x/"), response=None)  # type: ignore[arg-type]
     assert retry_after(bad) is None
     too_many = response(429, **{"Retry-After": "3"})
-    assert retry_after(httpx.HTTPStatusError("429", request=too_many.request, response=too_many)) == 3
+    assert retry_after(httpx.HTTPStatusError("", request=too_many.request, response=too_many)) == 3
     server = response(500, **{"Retry-After": "3"})
-    assert retry_after(httpx.HTTPStatusError("500", request=server.request, response=server)) is None
+    assert retry_after(httpx.HTTPStatusError("", request=server.request, response=server)) is None
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     dated = response(429, **{"Retry-After": when})
     seconds = retry_after(httpx.HTTPStatusError("429", request=dated.request, response=dated))
-    assert seconds is not None and 25 < seconds <= 30
+    assert seconds is not None
+    assert 25 < seconds <= 30
     bare = response(429)
     assert retry_after(httpx.HTTPStatusError("429", request=bare.request, response=bare)) == (
         DEFAULT_RETRY_AFTER
@@ -118,17 +122,19 @@ def test_retry_after_reads_openais_rate_limit_error() -> None:
 )  # fmt: skip
 def test_bad_limits_are_config_errors(settings: dict[str, Any]) -> None:
     app = Tidings("memory://", service="s")
-    with pytest.raises(ConfigError, match="group (rate|max_calls)"):
+    with pytest.raises(ConfigError, match=r"group (rate|max_calls)"):
         app.group("agents", **settings)
 
 
 async def test_a_workers_share_of_the_limits_follows_the_members() -> None:
     limit = RateLimit("agents", GroupSettings(rate=6.0, max_calls=4))
     await limit.share(3)
-    assert limit.bucket is not None and limit.bucket.rate == pytest.approx(2.0)
+    assert limit.bucket is not None
+    assert limit.bucket.rate == pytest.approx(2.0)
     assert limit.most_calls == 1
     await limit.share(0)  # no member holds partitions (yet): the whole limit
-    assert limit.bucket.rate == pytest.approx(6.0) and limit.most_calls == 4
+    assert limit.bucket.rate == pytest.approx(6.0)
+    assert limit.most_calls == 4
     await limit.share(8)
     assert limit.most_calls == 1, "at least one call at once"
 
@@ -188,7 +194,8 @@ async def test_a_429_pauses_the_group_then_the_call_is_made_again_uncounted() ->
     assert len(calls) == 2
     assert calls[1] - calls[0] >= 0.3, "the call waited for Retry-After"
     assert worker.stats.rate_limited == 1
-    assert worker.stats.failed_attempts == 0 and worker.stats.retries == 0
+    assert worker.stats.failed_attempts == 0, "a 429 is not a failed attempt"
+    assert worker.stats.retries == 0
 
 
 async def test_a_worker_holds_its_groups_rate() -> None:
@@ -219,5 +226,67 @@ async def test_groups_without_limits_have_no_rate_limit_in_their_chains() -> Non
     @app.subscriber(TOPIC, group="plain")
     async def other(data: Any) -> None: ...
 
-    worker = Worker(app)
-    assert set(worker.rate_limits) == {"agents"}
+    limits = rate_limits(app, ["agents", "plain"])
+    assert set(limits) == {"agents"}
+    chain = with_rate_limit(default_middleware(), limits["agents"])
+    assert isinstance(chain[chain.index(limits["agents"]) - 1], Retry), "just inside Retry"
+    plain = default_middleware()
+    assert with_rate_limit(plain, limits.get("plain")) == plain
+
+
+WORKER = """
+import asyncio, sys, time
+from tidings import Tidings, Worker
+from tidings.middleware import rate
+
+rate.REFRESH_SECONDS = 0.5
+app = Tidings(sys.argv[1], service="rate-test")
+app.topic("calls", partitions=4)
+app.group("agents", rate=float(sys.argv[3]))
+out = open(sys.argv[2], "a", buffering=1)
+
+@app.subscriber("calls", group="agents")
+async def call(data):
+    out.write(f"{time.time()}\\n")
+
+asyncio.run(Worker(app).serve())
+"""
+
+
+def start_worker(script: Path, url: str, calls: Path, rate: float) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    command = [sys.executable, str(script), url, str(calls), str(rate)]
+    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+
+
+def call_times(path: Path) -> list[float]:
+    text = path.read_text() if path.exists() else ""
+    return [float(line) for line in text.splitlines() if line.endswith(tuple("0123456789"))]
+
+
+async def test_two_worker_processes_share_the_groups_rate(tmp_path: Path) -> None:
+    rate, window = 20.0, 6.0
+    url = f"sqlite:///{tmp_path}/log.db"
+    app = limited_app(url, rate=rate)
+    async with app:
+        await publish(app, 600)  # a backlog for 30 s at the limit: the window never runs dry
+    (tmp_path / "worker.py").write_text(WORKER)
+    files = [tmp_path / "a.calls", tmp_path / "b.calls"]
+    procs = [start_worker(tmp_path / "worker.py", url, f, rate) for f in files]
+    try:
+        await eventually(lambda: all(call_times(f) for f in files), timeout=60, what="both call")
+        both = max(call_times(f)[0] for f in files)
+        # Past start-up (the burst, the rebalance, the first reading of the members).
+        start, end = both + 2.0, both + 2.0 + window
+        await eventually(
+            lambda: all(call_times(f)[-1] >= end for f in files), timeout=60, what="the window"
+        )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+    per_process = [sum(start <= t < end for t in call_times(f)) for f in files]
+    measured = sum(per_process) / window
+    assert abs(measured - rate) <= rate * 0.1, f"{measured:.1f}/s, limit {rate}: {per_process}"
+    assert min(per_process) > 0, "both processes took part"

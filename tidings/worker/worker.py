@@ -15,7 +15,7 @@ from tidings.codec import decode
 from tidings.dead_letters import DeadLetterLog, Intake
 from tidings.envelope import Event
 from tidings.errors import ConfigError
-from tidings.middleware import DeadLetters, Middleware, Stats, default_middleware
+from tidings.middleware import DeadLetters, Middleware, RateLimit, Stats, default_middleware
 from tidings.stats import Durations
 from tidings.subscriber import Component
 from tidings.transport import Record
@@ -60,6 +60,8 @@ def tune_gc() -> tuple[int, int, int]:
 class Worker:
     """Runs the subscribers of ``app`` (all groups, or the ones named)."""
 
+    rate_limits: dict[str, RateLimit]  # per limited group, in its chains only (set by run)
+
     def __init__(
         self,
         app: Tidings,
@@ -94,7 +96,6 @@ class Worker:
         # Around every handler call, outermost first (see tidings.middleware).
         self.middleware = _chain(app, middleware)
         self.cancellations = slow_consumers(app, chosen, self.middleware)  # or None
-        self.rate_limits = rate_limits(app, chosen)  # per limited group, in its chains only
         # Synchronous handlers run here: their own pool, sized for I/O-bound work (mail,
         # webhooks), so that partitions are not limited to asyncio's default few threads.
         self.sync_threads = sync_threads
@@ -225,6 +226,7 @@ class Worker:
             # Cancellations first: an event of a chain cancelled before the start is skipped.
             await self.cancellations.start()
             followers.append(loop.create_task(self.cancellations.follow(self._stop_components)))
+        self.rate_limits = rate_limits(self.app, self.groups)  # new ones for this loop
         followers += [
             loop.create_task(limit.follow(self.app.transport, self._stop_components))
             for limit in self.rate_limits.values()
