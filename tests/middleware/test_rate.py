@@ -18,11 +18,12 @@ import httpx
 import pytest
 
 from tidings import ConfigError, Tidings, Worker
-from tidings.errors import RateLimited
+from tidings.errors import RateLimited, TransportError
 from tidings.middleware import Retry, default_middleware
 from tidings.middleware.rate import DEFAULT_RETRY_AFTER, Bucket, RateLimit, retry_after
 from tidings.subscriber import GroupSettings
 from tidings.testing import eventually
+from tidings.transport import GroupInfo, MemberInfo
 from tidings.worker.slow import rate_limits, with_rate_limit
 
 TOPIC = "calls"
@@ -290,3 +291,46 @@ async def test_two_worker_processes_share_the_groups_rate(tmp_path: Path) -> Non
     measured = sum(per_process) / window
     assert abs(measured - rate) <= rate * 0.1, f"{measured:.1f}/s, limit {rate}: {per_process}"
     assert min(per_process) > 0, "both processes took part"
+
+
+class Members:
+    """A transport's groups(), as RateLimit.follow reads it: scripted answers."""
+
+    def __init__(self, *answers: list[GroupInfo] | Exception) -> None:
+        self.answers = list(answers)
+        self.read = asyncio.Event()
+
+    async def groups(self) -> list[GroupInfo]:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        self.read.set()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def group_of(*partitions: int) -> list[GroupInfo]:
+    """Group "agents" with a member per entry, holding that many partitions."""
+    members = tuple(
+        MemberInfo(f"m{i}", "host", i, tuple((TOPIC, p) for p in range(n)))
+        for i, n in enumerate(partitions)
+    )
+    return [GroupInfo("other", (), (MemberInfo("x", "h", 1, ((TOPIC, 0),)),)),
+            GroupInfo("agents", (), members)]  # fmt: skip
+
+
+async def test_follow_shares_among_the_members_holding_partitions(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limit = RateLimit("agents", GroupSettings(rate=8.0, max_calls=4))
+    transport = Members(group_of(2, 2, 0), TransportError("log gone"), TransportError("again"))
+    stop = asyncio.Event()
+    following = asyncio.create_task(limit.follow(transport, stop, every=0.001))  # type: ignore[arg-type]
+    await eventually(lambda: len(transport.answers) == 1, what="three readings")
+    await eventually(lambda: "cannot read its members" in caplog.text, what="the warning")
+    stop.set()
+    await following
+    assert limit.members == 2, "the member without partitions makes no calls: not counted"
+    assert limit.bucket is not None
+    assert limit.bucket.rate == pytest.approx(4.0), "kept through the failed readings"
+    assert limit.most_calls == 2
+    assert caplog.text.count("cannot read its members") == 1, "once per outage"
