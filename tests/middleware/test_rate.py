@@ -22,7 +22,7 @@ from tidings.errors import RateLimited, TransportError
 from tidings.middleware import Retry, default_middleware
 from tidings.middleware.rate import DEFAULT_RETRY_AFTER, Bucket, RateLimit, retry_after
 from tidings.subscriber import GroupSettings
-from tidings.testing import eventually
+from tidings.testing import eventually, running
 from tidings.transport import GroupInfo, MemberInfo
 from tidings.worker.slow import rate_limits, with_rate_limit
 
@@ -334,3 +334,25 @@ async def test_follow_shares_among_the_members_holding_partitions(
     assert limit.bucket.rate == pytest.approx(4.0), "kept through the failed readings"
     assert limit.most_calls == 2
     assert caplog.text.count("cannot read its members") == 1, "once per outage"
+
+
+async def test_a_call_waiting_for_a_token_at_shutdown_is_left_for_the_next_worker() -> None:
+    app = limited_app(rate=0.01)  # a token every 100 s: the second call waits for it
+    seen: list[int] = []
+
+    @app.subscriber(TOPIC, group="agents")
+    async def call(data: Any) -> None:
+        seen.append(data["n"])
+
+    async with app:
+        for n in range(2):
+            await app.publish(TOPIC, {"n": n}, type="call.made", key="same")
+        worker = Worker(app, shutdown_timeout=120)
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: seen == [0], what="the first call, on the burst token")
+        worker.stop()
+        await asyncio.wait_for(task, 30)  # the wait for the token ends with the worker
+        assert worker.stats.handled == 1
+        app.group("agents", rate=1000.0)
+        async with running(app):
+            await eventually(lambda: seen == [0, 1], what="the second event, uncommitted")
