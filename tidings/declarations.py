@@ -104,12 +104,17 @@ class Declarations:
         sequenced: bool = False,
         sla: float | None = None,
         cancellable: bool = False,
+        rate: float | None = None,
+        max_calls: int | None = None,
     ) -> None:
         """Settings of group ``name``: ``sequenced``, ``sla``, the lag in seconds it
-        must stay under, and ``cancellable`` (its subscribers stop a cancelled chain:
-        :meth:`cancel`); see :class:`GroupSettings`."""
+        must stay under, ``cancellable`` (its subscribers stop a cancelled chain:
+        :meth:`cancel`), ``rate`` and ``max_calls`` (calls per second and calls at once
+        over all its workers: docs/agents.md); see :class:`GroupSettings`."""
         check_group_name(name)
-        self._groups[name] = GroupSettings(sequenced=sequenced, sla=sla, cancellable=cancellable)
+        self._groups[name] = GroupSettings(
+            sequenced=sequenced, sla=sla, cancellable=cancellable, rate=rate, max_calls=max_calls
+        )
 
     def group_settings(self, name: str) -> GroupSettings:
         return self._groups.get(name) or GroupSettings()

@@ -36,7 +36,9 @@ Importable from ``tidings.errors`` only (catch their parents):
 - :class:`RebuildRunning`: a ``TidingsError``, a projection's rebuild was asked for
   while another one of it runs;
 - :class:`HandlerTimeout`: a ``TidingsError`` and a ``TimeoutError``, a handler call
-  ran past its subscriber's ``timeout=`` (a failed attempt, retried or dead-lettered).
+  ran past its subscriber's ``timeout=`` (a failed attempt, retried or dead-lettered);
+- :class:`RateLimited`: a ``TidingsError``, raised by a handler whose endpoint answered
+  429: its group pauses ``retry_after`` seconds, then the call is made again.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "HandlerTimeout",
     "InvalidEventType",
     "Parked",
+    "RateLimited",
     "RebuildRunning",
     "RecordRejected",
     "RecordTooLarge",
@@ -181,6 +184,16 @@ class HandlerTimeout(TidingsError, TimeoutError):
         self.abandoned = abandoned
         how = "; left running, its result discarded" if abandoned else ""
         super().__init__(f"handler {handler} ran past its timeout ({timeout:g} s) on {what}{how}")
+
+
+class RateLimited(TidingsError):
+    """Raised by a handler whose endpoint refused the call for now (an HTTP 429): the
+    group's rate limit pauses ``retry_after`` seconds, then the call is made again,
+    without counting as a failed attempt (docs/agents.md, "Rate limits and 429s")."""
+
+    def __init__(self, retry_after: float = 1.0, message: str = "") -> None:
+        self.retry_after = retry_after
+        super().__init__(message or f"rate limited; retry after {retry_after:g} s")
 
 
 class TransportError(TidingsError):

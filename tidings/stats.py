@@ -24,6 +24,7 @@ class Stats:
     abandoned: int = 0  # handlers still running when the worker had to stop without them
     timed_out: int = 0  # handler calls past their subscriber's timeout= (failed attempts)
     cancelled: int = 0  # calls cancelled and events skipped because their chain was cancelled
+    rate_limited: int = 0  # calls refused with a 429 (RateLimited): paused and made again
 
 
 DURATION_BUCKETS = (

@@ -131,14 +131,33 @@ class GroupSettings:
     registry, shown by ``tidings catalog``); None: no promise.
     ``cancellable``: every subscriber of the group is ``cancellable`` (a cancelled
     chain's calls under way are cancelled, its later events skipped: docs/agents.md).
+    ``rate``: handler calls per second, and ``max_calls``: handler calls at once, over
+    all the group's workers (None: no limit; :class:`~tidings.middleware.RateLimit`).
     """
 
     sequenced: bool = False
     sla: float | None = None
     cancellable: bool = False
+    rate: float | None = None
+    max_calls: int | None = None
 
     def __post_init__(self) -> None:
         check_seconds("group sla", self.sla, none=True)
+        rate = self.rate
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < 1e6
+        ):
+            raise ConfigError(f"group rate must be calls per second > 0, got {rate!r}")
+        calls = self.max_calls
+        if calls is not None and (
+            isinstance(calls, bool) or not isinstance(calls, int) or calls < 1
+        ):
+            raise ConfigError(f"group max_calls must be an int >= 1, got {calls!r}")
+
+    @property
+    def limited(self) -> bool:
+        """Whether the group's calls are limited (``rate`` or ``max_calls``)."""
+        return self.rate is not None or self.max_calls is not None
 
 
 class Component(Protocol):

@@ -63,6 +63,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tidings_events_cancelled_total": (
         "counter", (), "calls stopped and events skipped because their chain was cancelled"
     ),
+    "tidings_handler_rate_limited_total": (
+        "counter", (), "handler calls refused with a 429 (RateLimited): paused and made again"
+    ),
     "tidings_events_skipped_total": (
         "counter", ("group", "topic", "reason"),
         'events a group never handled; reason="retention": removed before it read them',
@@ -109,6 +112,7 @@ class WorkerCollector(Collector):
             ("tidings_events_dead_lettered", stats.dead_lettered),
             ("tidings_handler_timeouts", stats.timed_out),
             ("tidings_events_cancelled", stats.cancelled),
+            ("tidings_handler_rate_limited", stats.rate_limited),
         ):
             yield CounterMetricFamily(name, _doc(name + "_total"), value=value)
         sent = CounterMetricFamily(

@@ -13,6 +13,7 @@ from tidings.middleware.cancellation import Cancellation
 from tidings.middleware.dead_letters import DeadLetters
 from tidings.middleware.deadline import Deadline
 from tidings.middleware.inbox import InboxMiddleware
+from tidings.middleware.rate import RateLimit
 from tidings.middleware.retry import Retry
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "InboxMiddleware",
     "Middleware",
     "Next",
+    "RateLimit",
     "RetriesExhausted",
     "Retry",
     "Stats",

@@ -15,13 +15,13 @@ from tidings.codec import decode
 from tidings.dead_letters import DeadLetterLog, Intake
 from tidings.envelope import Event
 from tidings.errors import ConfigError
-from tidings.middleware import DeadLetters, Middleware, Stats, default_middleware
+from tidings.middleware import DeadLetters, Middleware, RateLimit, Stats, default_middleware
 from tidings.stats import Durations
 from tidings.subscriber import Component
 from tidings.transport import Record
 from tidings.worker.dispatch import Dispatcher
 from tidings.worker.group import GroupRunner, Limits
-from tidings.worker.slow import slow_consumers
+from tidings.worker.slow import rate_limits, slow_consumers, with_rate_limit
 
 if TYPE_CHECKING:
     from tidings.app import Tidings
@@ -59,6 +59,8 @@ def tune_gc() -> tuple[int, int, int]:
 
 class Worker:
     """Runs the subscribers of ``app`` (all groups, or the ones named)."""
+
+    rate_limits: dict[str, RateLimit]  # per limited group, in its chains only (set by run)
 
     def __init__(
         self,
@@ -156,10 +158,11 @@ class Worker:
         # and passed, failures block), but replays are still read and handled.
         writes = any(isinstance(m, DeadLetters) for m in self.middleware)
         dead = DeadLetterLog(app.transport, group, resolved=False, values=False)
+        middleware = with_rate_limit(self.middleware, self.rate_limits.get(group))
 
         def make_intake(stopping: asyncio.Event) -> Intake:
             dispatcher = Dispatcher(
-                app, app.registry, group, subscribers, self.middleware, stats=self.stats,
+                app, app.registry, group, subscribers, middleware, stats=self.stats,
                 stopping=stopping, dead_letters=dead if writes else None, threads=self.threads,
                 decode=self.decoded_afresh, shared_events=len(self.groups) > 1,
                 durations=self.durations.get(group),
@@ -223,6 +226,11 @@ class Worker:
             # Cancellations first: an event of a chain cancelled before the start is skipped.
             await self.cancellations.start()
             followers.append(loop.create_task(self.cancellations.follow(self._stop_components)))
+        self.rate_limits = rate_limits(self.app, self.groups)  # new ones for this loop
+        followers += [
+            loop.create_task(limit.follow(self.app.transport, self._stop_components))
+            for limit in self.rate_limits.values()
+        ]
         if any(not s.is_async for s in self.app.subscribers if s.group in self.groups):
             self.threads = ThreadPoolExecutor(self.sync_threads, "tidings-handler")
         self._runners = [self._runner(g) for g in self.groups]
