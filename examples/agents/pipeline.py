@@ -105,16 +105,12 @@ def prompt(question: str, passages: list[Passage]) -> str:
 
 
 async def ask(model: AsyncOpenAI, settings: Settings, system: str, user: str) -> str:
-    """One chat call; a 429 raises ``openai.RateLimitError`` for the retry policy."""
-    try:
-        reply = await model.chat.completions.create(
-            model=settings.model,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-        )
-    except openai.RateLimitError:
-        # Issue 21 item 5 switches on here: raise RateLimited(retry_after=<the Retry-After
-        # header>) from the error, so the group's shared limit waits as the server asks.
-        raise
+    """One chat call. A 429 (``openai.RateLimitError``) reaches the group's rate limit,
+    which waits its ``Retry-After`` and calls again (not a failed attempt)."""
+    reply = await model.chat.completions.create(
+        model=settings.model,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+    )
     return reply.choices[0].message.content or ""
 
 
@@ -137,10 +133,10 @@ def build(settings: Settings, model: AsyncOpenAI, log_url: str) -> Tidings:
     app.event("analysis.rejected", subject="request_id")(AnalysisRejected)
     app.event("research.completed", subject="request_id")(ResearchCompleted)
     app.event("summary.generated", subject="request_id")(SummaryGenerated)
-    app.group("researchers", cancellable=True)
-    # Issue 21 item 4 switches on here: app.group("researchers", cancellable=True,
-    # concurrency=4), several requests of one partition researched at once.
-    app.group("summarisers", cancellable=True)
+    # The agents share the model API's limits: each group keeps under them together,
+    # across its workers, and waits out a 429's Retry-After.
+    for group in ("researchers", "summarisers"):
+        app.group(group, cancellable=True, rate=settings.rate, max_calls=settings.max_calls)
     policy = Retry(
         max_attempts=settings.attempts,
         base_delay=settings.backoff,

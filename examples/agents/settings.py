@@ -2,7 +2,9 @@
 
 ``AGENTS_OPENAI_BASE_URL`` (unset: the demo starts the local stand-in and uses it),
 ``AGENTS_MODEL``, ``OPENAI_API_KEY``; ``AGENTS_LOG_URL`` (the tidings log; default a
-SQLite file in a temporary folder) and ``AGENTS_TIMEOUT`` (seconds per handler call).
+SQLite file in a temporary folder), ``AGENTS_TIMEOUT`` (seconds per handler call),
+``AGENTS_RATE`` and ``AGENTS_MAX_CALLS`` (each agent group's shared limit on the model
+API: calls per second, calls at once).
 For Ollama: ``AGENTS_OPENAI_BASE_URL=http://127.0.0.1:11434/v1 AGENTS_MODEL=llama3.2``;
 for OpenAI: ``AGENTS_OPENAI_BASE_URL=https://api.openai.com/v1 AGENTS_MODEL=gpt-4o-mini``
 and ``OPENAI_API_KEY``.
@@ -28,6 +30,8 @@ class Settings:
     backoff: float = 0.5  # the first retry's wait, doubling (tidings.Retry)
     batch: int = 4  # documents per model call of the researcher
     progress_every: float = 0.5  # at most one progress event per call this often (s)
+    rate: float = 8.0  # model calls per second, per agent group, across its workers
+    max_calls: int = 4  # model calls at once, per agent group, across its workers
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -38,5 +42,7 @@ class Settings:
             api_key=env.get("OPENAI_API_KEY") or "none",
             log_url=env.get("AGENTS_LOG_URL") or None,
             timeout=float(env.get("AGENTS_TIMEOUT") or cls.timeout),
+            rate=float(env.get("AGENTS_RATE") or cls.rate),
+            max_calls=int(env.get("AGENTS_MAX_CALLS") or cls.max_calls),
         )
         return replace(settings, **overrides)
