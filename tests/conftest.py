@@ -86,6 +86,17 @@ LOGS = [
 ]
 
 
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str | None = None, name: str = "app.db"
+) -> str:
+    """A service's own database for one test, as a sync SQLAlchemy URL: a SQLite file
+    ``name`` in ``tmp_path``, or for ``kind`` (default: the fixture's parameter)
+    "postgres" or "postgresql" a fresh PostgreSQL database (``pg_url``)."""
+    if (kind or getattr(request, "param", "sqlite")) in ("postgres", "postgresql"):
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / name}"
+
+
 def log_url(request: pytest.FixtureRequest, partitions: int, kind: str | None = None) -> str:
     """A fresh log of ``kind`` (default: the fixture's parameter, one of ``LOGS``)."""
     if (kind or request.param) == "kafka":

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from tests.conftest import database_url
 from tidings import Tidings
 from tidings.aggregates import Aggregate, AggregateStore, applies
 
@@ -64,9 +65,7 @@ def dog_app(url: str = "memory://") -> Tidings:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The service's database, as a sync SQLAlchemy URL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'app.db'}"
-    return str(request.getfixturevalue("pg_url"))
+    return database_url(request, tmp_path, name="app.db")
 
 
 @pytest.fixture

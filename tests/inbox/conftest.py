@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import log_url
+from tests.conftest import database_url, log_url
 from tests.inbox.helpers import PARTITIONS, TOPIC, effects_md
 from tidings import Tidings
 from tidings.inbox import Inbox
@@ -20,10 +20,7 @@ from tidings.inbox import Inbox
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The database of the handlers' effects and the inbox's marks."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'app.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+    return database_url(request, tmp_path, name="app.db")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tests.conftest import LOGS, log_url
+from tests.conftest import LOGS, database_url, log_url
 from tidings import Event, Tidings
 from tidings.codec import decode
 from tidings.outbox import Outbox
@@ -35,9 +35,7 @@ class Unregistered(BaseModel):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The outbox's database (the service's own), as a sync SQLAlchemy URL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'app.db'}"
-    return str(request.getfixturevalue("pg_url"))
+    return database_url(request, tmp_path, name="app.db")
 
 
 def async_url(url: str) -> str:

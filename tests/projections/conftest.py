@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import database_url
 from tests.projections.helpers import PARTITIONS, TOPIC, Board, board_app
 from tidings import Tidings
 
@@ -17,10 +18,7 @@ from tidings import Tidings
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The projection's database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'board.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+    return database_url(request, tmp_path, name="board.db")
 
 
 @pytest.fixture

@@ -9,17 +9,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import log_url
+from tests.conftest import database_url, log_url
 from tests.sagas.helpers import PARTITIONS, TOPIC, effects_md
 from tidings import Tidings
 
 
 @pytest.fixture(params=["sqlite"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'app.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+    return database_url(request, tmp_path, name="app.db")
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import database_url
 from tests.sagas import crash_child
 from tests.sagas.helpers import TOPIC, effect_rows, effects_md
 from tidings import Tidings
@@ -98,10 +99,7 @@ class Run:
 
 @pytest.fixture
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if getattr(request, "param", "sqlite") == "postgres":
-        url: str = request.getfixturevalue("pg_url")
-        return url
-    return f"sqlite:///{tmp_path / 'app.db'}"
+    return database_url(request, tmp_path)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from taskapi.api import main
 from taskapi.db import make_engine
+from tests.conftest import database_url
 from tests.taskapi.api_support import (
     error_of,
     log_events,
@@ -36,9 +37,7 @@ from tidings.outbox import Outbox
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The API's database: a SQLite file, or a fresh real PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'tasks.db'}"
-    return str(request.getfixturevalue("pg_url"))
+    return database_url(request, tmp_path, name="tasks.db")
 
 
 # -- the life of a task, and its events --------------------------------------------------
