@@ -104,12 +104,16 @@ class Declarations:
         sequenced: bool = False,
         sla: float | None = None,
         cancellable: bool = False,
+        concurrency: int = 1,
     ) -> None:
         """Settings of group ``name``: ``sequenced``, ``sla``, the lag in seconds it
-        must stay under, and ``cancellable`` (its subscribers stop a cancelled chain:
-        :meth:`cancel`); see :class:`GroupSettings`."""
+        must stay under, ``cancellable`` (its subscribers stop a cancelled chain:
+        :meth:`cancel`) and ``concurrency``, events of distinct keys of one partition
+        handled at once (for slow handlers: docs/agents.md); see :class:`GroupSettings`."""
         check_group_name(name)
-        self._groups[name] = GroupSettings(sequenced=sequenced, sla=sla, cancellable=cancellable)
+        self._groups[name] = GroupSettings(
+            sequenced=sequenced, sla=sla, cancellable=cancellable, concurrency=concurrency
+        )
 
     def group_settings(self, name: str) -> GroupSettings:
         return self._groups.get(name) or GroupSettings()

@@ -131,14 +131,21 @@ class GroupSettings:
     registry, shown by ``tidings catalog``); None: no promise.
     ``cancellable``: every subscriber of the group is ``cancellable`` (a cancelled
     chain's calls under way are cancelled, its later events skipped: docs/agents.md).
+    ``concurrency``: how many events of distinct keys of one partition are handled at
+    once (per-key order kept, offsets committed below the lowest unfinished one:
+    docs/decisions/0033-key-concurrency-within-a-partition.md). Default 1: one at a time.
     """
 
     sequenced: bool = False
     sla: float | None = None
     cancellable: bool = False
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         check_seconds("group sla", self.sla, none=True)
+        k = self.concurrency
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10_000:
+            raise ConfigError(f"group concurrency must be an int from 1 to 10000, got {k!r}")
 
 
 class Component(Protocol):

@@ -24,6 +24,7 @@ from tidings.errors import ConsumerDead, TransportError
 from tidings.logs import at
 from tidings.middleware.lane import LaneWork, lane_work
 from tidings.transport import Consumer, Position, Record, StartFrom, TopicPartition, Transport
+from tidings.worker.keyed import KeyedDrain
 
 __all__ = ["GroupRunner", "Limits"]
 
@@ -53,6 +54,10 @@ class _Lane:
     done: int | None = None  # next offset to commit
     generation: int = 0  # the lease generation of the record handled last
     committed: int | None = None
+    # In a group with concurrency > 1 (tidings.worker.keyed): set when records are
+    # added while its task runs; and whether the lane is being given up.
+    wake: asyncio.Event | None = None
+    closing: bool = False
 
 
 @dataclass
@@ -78,8 +83,10 @@ class GroupRunner:
         limits: Limits,
         make_intake: Callable[[asyncio.Event], Intake],
         on_joined: Callable[[], None],
+        concurrency: int = 1,
     ) -> None:
         self.group = group
+        self.concurrency = concurrency  # events of distinct keys of a lane at once
         self.topics = topics
         self.limits = limits
         self.start_from = start_from
@@ -191,6 +198,8 @@ class GroupRunner:
         """Start working through ``lane`` unless its task runs, or ``held``."""
         if not held and (lane.task is None or lane.task.done()):
             lane.task = self.loop.create_task(self._drain(tp, lane))
+        elif lane.wake is not None:
+            lane.wake.set()
 
     def stop(self) -> None:
         self.stopping = True
@@ -202,6 +211,9 @@ class GroupRunner:
     # -- handling ---------------------------------------------------------------
 
     async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
+        if self.concurrency > 1:
+            await self._drain_keyed(lane)
+            return
         # What the middleware leaves open across this lane's deliveries (an inbox's
         # transaction): the offsets of the events in it wait for its commit.
         work = LaneWork()
@@ -257,6 +269,22 @@ class GroupRunner:
                 continue
             if done.records and (not work.holding or not lane.queue or work.full or self.stopping):
                 await self._settle(lane, work, done)
+
+    async def _drain_keyed(self, lane: _Lane) -> None:
+        """The lane of a group with concurrency > 1 (no lane work: each event is
+        committed on its own by its middleware)."""
+        lane_work.set(None)
+        lane.wake = lane.wake or asyncio.Event()
+        await KeyedDrain(
+            self.group, lane.queue, lane.wake, self.concurrency, take=self.intake.take,
+            closing=lambda: self.stopping or lane.closing,
+            advance=lambda record: self._advance(lane, record), release=self._release,
+            pause=self._pause,
+        ).run()  # fmt: skip
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
 
     async def _settle(self, lane: _Lane, work: LaneWork, done: _Handled) -> None:
         """Commit the lane's open work, then let the handled records' offsets be
@@ -357,7 +385,11 @@ class GroupRunner:
         lane = self.lanes.get(tp)
         if lane is None:
             return None
-        if lane.queue:
+        if lane.wake is not None:  # a keyed lane's queue holds no record being handled
+            lane.closing = True
+            self._release(len(lane.queue))
+            lane.queue.clear()
+        elif lane.queue:
             running = lane.queue.popleft() if lane.task and not lane.task.done() else None
             self._release(len(lane.queue))
             lane.queue.clear()
