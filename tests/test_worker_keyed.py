@@ -202,3 +202,25 @@ def test_a_concurrency_that_is_not_a_positive_int_is_refused(bad: Any) -> None:
     app = Tidings("memory://", service="s")
     with pytest.raises(ConfigError, match="concurrency"):
         app.group("g", concurrency=bad)
+
+
+async def test_a_call_past_its_timeout_releases_its_key_while_other_keys_go_on(
+    sqlite_url: str, gate: asyncio.Event
+) -> None:
+    app = make_app(sqlite_url)
+    app.group("g", concurrency=4)
+    done: list[tuple[str, int]] = []
+
+    @app.subscriber(TOPIC, group="g", timeout=0.2, retry=Retry(max_attempts=1))
+    async def call(data: dict[str, Any]) -> None:
+        if data["seq"] == 0:
+            await gate.wait()  # hangs: past its deadline, dead-lettered
+        done.append((data["key"], data["seq"]))
+
+    async with app, running(app) as worker:
+        await publish(app, [("a", 0), ("b", 1), ("a", 2), ("b", 3)])
+        await eventually(lambda: len(done) == 3, what="the others handled")
+        await eventually(lambda: _is(committed(app, "g"), 4), what="all committed")
+        assert worker.stats.dead_lettered == 1
+    assert [s for k, s in done if k == "a"] == [2]
+    assert [s for k, s in done if k == "b"] == [1, 3]
