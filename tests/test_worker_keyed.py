@@ -224,3 +224,31 @@ async def test_a_call_past_its_timeout_releases_its_key_while_other_keys_go_on(
         assert worker.stats.dead_lettered == 1
     assert [s for k, s in done if k == "a"] == [2]
     assert [s for k, s in done if k == "b"] == [1, 3]
+
+
+async def test_a_shutdown_with_a_call_under_way_commits_below_it_and_the_next_run_redoes_it(
+    sqlite_url: str, gate: asyncio.Event
+) -> None:
+    app = make_app(sqlite_url)
+    app.group("g", concurrency=4)
+    done: list[int] = []
+
+    @app.subscriber(TOPIC, group="g")
+    async def call(data: dict[str, Any]) -> None:
+        if data["key"] == "slow":
+            await gate.wait()
+        done.append(data["seq"])
+
+    items = [("slow" if n == 5 else f"k{n % 7}", n) for n in range(21)]
+    async with app:
+        async with running(app, shutdown_timeout=0.2) as worker:
+            await publish(app, items)
+            await eventually(lambda: len(done) == 20, what="all but offset 5 handled")
+        assert worker.stats.abandoned == 1  # the call at offset 5, cancelled
+        assert await committed(app, "g") == 5
+        gate.set()
+        async with running(app):
+            await eventually(lambda: 5 in done, what="offset 5 handled by the next run")
+            await eventually(lambda: _is(committed(app, "g"), 21), what="all committed")
+    assert sorted(set(done)) == list(range(21))
+    assert done.count(12) == 2  # finished after the unfinished one: delivered again

@@ -385,7 +385,7 @@ class GroupRunner:
         lane = self.lanes.get(tp)
         if lane is None:
             return None
-        if lane.wake is not None:  # a keyed lane's queue holds no record being handled
+        if self.concurrency > 1:  # a keyed lane's queue holds no record being handled
             lane.closing = True
             self._release(len(lane.queue))
             lane.queue.clear()
