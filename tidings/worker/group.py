@@ -264,8 +264,7 @@ class GroupRunner:
                     self.group, record.topic, record.partition, record.offset,
                     UNHANDLED_PAUSE, extra=at(self.group, record),
                 )  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+                await self._pause()
                 continue
             if done.records and (not work.holding or not lane.queue or work.full or self.stopping):
                 await self._settle(lane, work, done)
@@ -283,6 +282,7 @@ class GroupRunner:
         ).run()  # fmt: skip
 
     async def _pause(self) -> None:
+        """Wait before handling again what failed (unless the group stops meanwhile)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
 
@@ -302,8 +302,7 @@ class GroupRunner:
             lane.queue.extendleft(reversed(records))
             self.in_flight += len(records) - done.popped  # those a revocation dropped
             done.records, done.popped = [], 0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+            await self._pause()
             return
         self._advance(lane, records[-1])
         self._release(done.popped)
