@@ -252,3 +252,24 @@ async def test_a_shutdown_with_a_call_under_way_commits_below_it_and_the_next_ru
             await eventually(lambda: _is(committed(app, "g"), 21), what="all committed")
     assert sorted(set(done)) == list(range(21))
     assert done.count(12) == 2  # finished after the unfinished one: delivered again
+
+
+async def test_a_sequenced_keyed_group_parks_the_failed_key_while_others_go_on(
+    sqlite_url: str,
+) -> None:
+    app = make_app(sqlite_url)
+    app.group("g", sequenced=True, concurrency=4)
+    order: list[tuple[str, int]] = []
+
+    @app.subscriber(TOPIC, group="g", retry=Retry(max_attempts=1))
+    async def call(data: dict[str, Any]) -> None:
+        if (data["key"], data["seq"]) == ("a", 0):
+            raise RuntimeError("poisoned")
+        order.append((data["key"], data["seq"]))
+
+    async with app, running(app) as worker:
+        await publish(app, [("a", 0), ("b", 1), ("a", 2), ("b", 3), ("a", 4)])
+        await eventually(lambda: _is(committed(app, "g"), 5), what="all committed")
+        assert worker.stats.dead_lettered == 3  # the failed one and the two parked
+        assert worker.stats.parked == 2
+    assert order == [("b", 1), ("b", 3)]  # the key of the dead letter waits behind it
