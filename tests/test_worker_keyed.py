@@ -273,3 +273,46 @@ async def test_a_sequenced_keyed_group_parks_the_failed_key_while_others_go_on(
         assert worker.stats.dead_lettered == 3  # the failed one and the two parked
         assert worker.stats.parked == 2
     assert order == [("b", 1), ("b", 3)]  # the key of the dead letter waits behind it
+
+
+async def test_a_partition_revoked_with_calls_under_way_is_handled_again_from_below_them(
+    sqlite_url: str, gate: asyncio.Event
+) -> None:
+    """Worker one holds a call in each partition (keys slow-1 and slow-0); worker two
+    joins, one partition moves: its held call is abandoned at the revocation's timeout,
+    its offset not committed, and worker two handles it, and what came after it."""
+    url = f"{sqlite_url}?partitions=2&lease=1"
+    one, two = (Tidings(url, service=f"w{i}", schemas="off") for i in (1, 2))
+    finished: dict[str, list[tuple[str, int]]] = {"one": [], "two": []}
+
+    def handler(name: str) -> Any:
+        async def call(data: dict[str, Any]) -> None:
+            if name == "one" and data["key"].startswith("slow"):
+                await gate.wait()
+            finished[name].append((data["key"], data["seq"]))
+
+        return call
+
+    for name, app in (("one", one), ("two", two)):
+        app.group("g", concurrency=4)
+        app.subscriber(TOPIC, group="g")(handler(name))
+
+    keys = ["slow-1", "slow-0", "k0", "k1", "k2", "k3"]  # slow-1: partition 0, slow-0: 1
+    items = [(k, n) for n in range(3) for k in keys]
+    async with one, two, running(one, revoke_timeout=0.2):
+        await publish(one, items)
+        await eventually(lambda: len(finished["one"]) == 12, what="all but the held")
+        async with running(two):
+            await eventually(
+                lambda: any(k.startswith("slow") for k, _ in finished["two"]),
+                what="a held event handled by worker two",
+            )
+            gate.set()  # the call worker one kept
+            await eventually(
+                lambda: set(finished["one"]) | set(finished["two"]) == set(items),
+                what="every event handled",
+            )
+            for key in ("slow-0", "slow-1"):  # per key, in order, in either worker
+                for seen in finished.values():
+                    got = [n for k, n in seen if k == key]
+                    assert got == sorted(got)
