@@ -2,10 +2,11 @@
 group's intake, commit what was finished.
 
 Within a group, each partition is handled in order by its own task, and partitions run
-concurrently. At most ``max_in_flight`` fetched events wait or run at once (the group
-stops fetching until handlers catch up). Offsets are committed after handling, in
-batches every ``commit_interval`` seconds, when a partition is handed to another member,
-and on shutdown.
+concurrently (a group with ``concurrency`` K > 1 handles up to K keys of a partition at
+once: :mod:`tidings.worker.keyed`). At most ``max_in_flight`` fetched events wait or
+run at once (the group stops fetching until handlers catch up). Offsets are committed
+after handling, in batches every ``commit_interval`` seconds, when a partition is
+handed to another member, and on shutdown.
 """
 
 from __future__ import annotations
