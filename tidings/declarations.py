@@ -106,14 +106,22 @@ class Declarations:
         cancellable: bool = False,
         rate: float | None = None,
         max_calls: int | None = None,
+        concurrency: int = 1,
     ) -> None:
         """Settings of group ``name``: ``sequenced``, ``sla``, the lag in seconds it
         must stay under, ``cancellable`` (its subscribers stop a cancelled chain:
         :meth:`cancel`), ``rate`` and ``max_calls`` (calls per second and calls at once
-        over all its workers: docs/agents.md); see :class:`GroupSettings`."""
+        over all its workers) and ``concurrency`` (events of distinct keys of one
+        partition handled at once), for slow handlers: docs/agents.md; see
+        :class:`GroupSettings`."""
         check_group_name(name)
         self._groups[name] = GroupSettings(
-            sequenced=sequenced, sla=sla, cancellable=cancellable, rate=rate, max_calls=max_calls
+            sequenced=sequenced,
+            sla=sla,
+            cancellable=cancellable,
+            rate=rate,
+            max_calls=max_calls,
+            concurrency=concurrency,
         )
 
     def group_settings(self, name: str) -> GroupSettings:

@@ -133,6 +133,9 @@ class GroupSettings:
     chain's calls under way are cancelled, its later events skipped: docs/agents.md).
     ``rate``: handler calls per second, and ``max_calls``: handler calls at once, over
     all the group's workers (None: no limit; :class:`~tidings.middleware.RateLimit`).
+    ``concurrency``: how many events of distinct keys of one partition are handled at
+    once (per-key order kept, offsets committed below the lowest unfinished one:
+    docs/decisions/0033-key-concurrency-within-a-partition.md). Default 1: one at a time.
     """
 
     sequenced: bool = False
@@ -140,6 +143,7 @@ class GroupSettings:
     cancellable: bool = False
     rate: float | None = None
     max_calls: int | None = None
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         check_seconds("group sla", self.sla, none=True)
@@ -153,6 +157,9 @@ class GroupSettings:
             isinstance(calls, bool) or not isinstance(calls, int) or calls < 1
         ):
             raise ConfigError(f"group max_calls must be an int >= 1, got {calls!r}")
+        k = self.concurrency
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10_000:
+            raise ConfigError(f"group concurrency must be an int from 1 to 10000, got {k!r}")
 
     @property
     def limited(self) -> bool:

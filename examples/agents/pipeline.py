@@ -134,9 +134,16 @@ def build(settings: Settings, model: AsyncOpenAI, log_url: str) -> Tidings:
     app.event("research.completed", subject="request_id")(ResearchCompleted)
     app.event("summary.generated", subject="request_id")(SummaryGenerated)
     # The agents share the model API's limits: each group keeps under them together,
-    # across its workers, and waits out a 429's Retry-After.
+    # across its workers, and waits out a 429's Retry-After; and each works on several
+    # requests (keys) of a partition at once, each request's events still in order.
     for group in ("researchers", "summarisers"):
-        app.group(group, cancellable=True, rate=settings.rate, max_calls=settings.max_calls)
+        app.group(
+            group,
+            cancellable=True,
+            rate=settings.rate,
+            max_calls=settings.max_calls,
+            concurrency=settings.concurrency,
+        )
     policy = Retry(
         max_attempts=settings.attempts,
         base_delay=settings.backoff,

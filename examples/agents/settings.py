@@ -4,7 +4,8 @@
 ``AGENTS_MODEL``, ``OPENAI_API_KEY``; ``AGENTS_LOG_URL`` (the tidings log; default a
 SQLite file in a temporary folder), ``AGENTS_TIMEOUT`` (seconds per handler call),
 ``AGENTS_RATE`` and ``AGENTS_MAX_CALLS`` (each agent group's shared limit on the model
-API: calls per second, calls at once).
+API: calls per second, calls at once) and ``AGENTS_CONCURRENCY`` (requests of one
+partition an agent group works on at once).
 For Ollama: ``AGENTS_OPENAI_BASE_URL=http://127.0.0.1:11434/v1 AGENTS_MODEL=llama3.2``;
 for OpenAI: ``AGENTS_OPENAI_BASE_URL=https://api.openai.com/v1 AGENTS_MODEL=gpt-4o-mini``
 and ``OPENAI_API_KEY``.
@@ -32,6 +33,7 @@ class Settings:
     progress_every: float = 0.5  # at most one progress event per call this often (s)
     rate: float = 8.0  # model calls per second, per agent group, across its workers
     max_calls: int = 4  # model calls at once, per agent group, across its workers
+    concurrency: int = 4  # requests of one partition worked on at once, per worker
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -44,5 +46,6 @@ class Settings:
             timeout=float(env.get("AGENTS_TIMEOUT") or cls.timeout),
             rate=float(env.get("AGENTS_RATE") or cls.rate),
             max_calls=int(env.get("AGENTS_MAX_CALLS") or cls.max_calls),
+            concurrency=int(env.get("AGENTS_CONCURRENCY") or cls.concurrency),
         )
         return replace(settings, **overrides)

@@ -2,10 +2,11 @@
 group's intake, commit what was finished.
 
 Within a group, each partition is handled in order by its own task, and partitions run
-concurrently. At most ``max_in_flight`` fetched events wait or run at once (the group
-stops fetching until handlers catch up). Offsets are committed after handling, in
-batches every ``commit_interval`` seconds, when a partition is handed to another member,
-and on shutdown.
+concurrently (a group with ``concurrency`` K > 1 handles up to K keys of a partition at
+once: :mod:`tidings.worker.keyed`). At most ``max_in_flight`` fetched events wait or
+run at once (the group stops fetching until handlers catch up). Offsets are committed
+after handling, in batches every ``commit_interval`` seconds, when a partition is
+handed to another member, and on shutdown.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tidings.errors import ConsumerDead, TransportError
 from tidings.logs import at
 from tidings.middleware.lane import LaneWork, lane_work
 from tidings.transport import Consumer, Position, Record, StartFrom, TopicPartition, Transport
+from tidings.worker.keyed import KeyedDrain
 
 __all__ = ["GroupRunner", "Limits"]
 
@@ -53,6 +55,10 @@ class _Lane:
     done: int | None = None  # next offset to commit
     generation: int = 0  # the lease generation of the record handled last
     committed: int | None = None
+    # In a group with concurrency > 1 (tidings.worker.keyed): set when records are
+    # added while its task runs; and whether the lane is being given up.
+    wake: asyncio.Event | None = None
+    closing: bool = False
 
 
 @dataclass
@@ -78,8 +84,10 @@ class GroupRunner:
         limits: Limits,
         make_intake: Callable[[asyncio.Event], Intake],
         on_joined: Callable[[], None],
+        concurrency: int = 1,
     ) -> None:
         self.group = group
+        self.concurrency = concurrency  # events of distinct keys of a lane at once
         self.topics = topics
         self.limits = limits
         self.start_from = start_from
@@ -191,6 +199,8 @@ class GroupRunner:
         """Start working through ``lane`` unless its task runs, or ``held``."""
         if not held and (lane.task is None or lane.task.done()):
             lane.task = self.loop.create_task(self._drain(tp, lane))
+        elif lane.wake is not None:
+            lane.wake.set()
 
     def stop(self) -> None:
         self.stopping = True
@@ -202,6 +212,9 @@ class GroupRunner:
     # -- handling ---------------------------------------------------------------
 
     async def _drain(self, tp: TopicPartition, lane: _Lane) -> None:
+        if self.concurrency > 1:
+            await self._drain_keyed(lane)
+            return
         # What the middleware leaves open across this lane's deliveries (an inbox's
         # transaction): the offsets of the events in it wait for its commit.
         work = LaneWork()
@@ -252,11 +265,27 @@ class GroupRunner:
                     self.group, record.topic, record.partition, record.offset,
                     UNHANDLED_PAUSE, extra=at(self.group, record),
                 )  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+                await self._pause()
                 continue
             if done.records and (not work.holding or not lane.queue or work.full or self.stopping):
                 await self._settle(lane, work, done)
+
+    async def _drain_keyed(self, lane: _Lane) -> None:
+        """The lane of a group with concurrency > 1 (no lane work: each event is
+        committed on its own by its middleware)."""
+        lane_work.set(None)
+        lane.wake = lane.wake or asyncio.Event()
+        await KeyedDrain(
+            self.group, lane.queue, lane.wake, self.concurrency, take=self.intake.take,
+            closing=lambda: self.stopping or lane.closing,
+            advance=lambda record: self._advance(lane, record), release=self._release,
+            pause=self._pause,
+        ).run()  # fmt: skip
+
+    async def _pause(self) -> None:
+        """Wait before handling again what failed (unless the group stops meanwhile)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
 
     async def _settle(self, lane: _Lane, work: LaneWork, done: _Handled) -> None:
         """Commit the lane's open work, then let the handled records' offsets be
@@ -274,8 +303,7 @@ class GroupRunner:
             lane.queue.extendleft(reversed(records))
             self.in_flight += len(records) - done.popped  # those a revocation dropped
             done.records, done.popped = [], 0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopped.wait(), UNHANDLED_PAUSE)
+            await self._pause()
             return
         self._advance(lane, records[-1])
         self._release(done.popped)
@@ -357,7 +385,11 @@ class GroupRunner:
         lane = self.lanes.get(tp)
         if lane is None:
             return None
-        if lane.queue:
+        if self.concurrency > 1:  # a keyed lane's queue holds no record being handled
+            lane.closing = True
+            self._release(len(lane.queue))
+            lane.queue.clear()
+        elif lane.queue:
             running = lane.queue.popleft() if lane.task and not lane.task.done() else None
             self._release(len(lane.queue))
             lane.queue.clear()

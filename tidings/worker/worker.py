@@ -177,7 +177,7 @@ class Worker:
         return GroupRunner(
             app.transport, group, sorted({s.topic for s in subscribers}),
             subscribers[0].start_from, self.limits, make_intake,
-            lambda: self._joined(group),
+            lambda: self._joined(group), app.group_settings(group).concurrency,
         )  # fmt: skip
 
     async def serve(self, stop: asyncio.Event | None = None, *, tune_gc: bool = False) -> None:
