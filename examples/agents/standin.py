@@ -14,6 +14,7 @@ answers and faults to the same requests whatever the order they arrive in.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import random
@@ -54,6 +55,9 @@ class Faults:
     rate_hang: float = 0.0
     hang_on: tuple[str, ...] = ()
     fail_on: tuple[str, ...] = ()
+    # Like a hosted API's limit: past this many requests in the last second, a 429
+    # (with ``retry_after``) whatever the draw. None: no such limit.
+    limit_per_second: float | None = None
 
 
 NO_FAULTS = Faults(latency=(0.0, 0.0), scale=0.0)
@@ -89,6 +93,7 @@ class StandIn:
         self.seen: Counter[str] = Counter()
         self.requests = 0
         self.fault_counts: Counter[str] = Counter()
+        self.recent: collections.deque[float] = collections.deque()  # arrival times, 1 s
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.completions, methods=["POST"]),
@@ -117,6 +122,18 @@ class StandIn:
             roll -= rate
         return delay, None
 
+    def over_limit(self) -> bool:
+        """Whether a request arriving now is past ``limit_per_second`` (a sliding
+        window of one second; refused requests count, as a hosted API's do)."""
+        limit = self.faults.limit_per_second
+        if limit is None:
+            return False
+        now = time.monotonic()
+        self.recent.append(now)
+        while self.recent[0] <= now - 1.0:
+            self.recent.popleft()
+        return len(self.recent) > limit
+
     async def models(self, request: Request) -> Response:
         return JSONResponse(
             {
@@ -134,6 +151,8 @@ class StandIn:
         except (ValueError, KeyError, TypeError):
             return _error(400, "invalid_request_error", "the body needs a messages list")
         delay, fault = self.draw(body)
+        if self.over_limit():
+            fault = "429"
         if fault:
             self.fault_counts[fault] += 1
         if fault == "429":
