@@ -131,6 +131,7 @@ class Declarations:
         cancellable: bool = False,
         progress_every: float = 1.0,
         progress_topic: str | None = None,
+        personal: bool = False,
     ) -> Callable[[H], H]:
         """Decorator: run the handler for events of ``types`` on ``topic`` in ``group``.
 
@@ -140,6 +141,9 @@ class Declarations:
         :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect.
         ``timeout``, ``cancellable``, ``progress_every``, ``progress_topic``: for slow
         handlers, see :class:`~tidings.subscriber.Subscriber` and docs/agents.md.
+        ``personal``: give the handler personal fields in clear (the app needs a key
+        store, ``Tidings(personal=...)``); otherwise it gets them masked
+        (docs/personal-data.md).
         """
         check_topic_name(topic)
         if not group:
@@ -165,6 +169,7 @@ class Declarations:
                 takes_context=takes_context,
                 retry=retry,
                 inbox=inbox,
+                personal=bool(personal),
                 **slow,
             )
             if inbox is not None:
