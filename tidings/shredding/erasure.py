@@ -49,4 +49,3 @@ async def erase(app: Any, subject: str) -> str | None:
             ERASURES_TOPIC, {"kid": kid, "by": app.service}, type=ERASED_TYPE, key=kid
         )
     return kid
-

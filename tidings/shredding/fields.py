@@ -34,6 +34,7 @@ __all__ = [
     "KeyStoreError",
     "Shredder",
     "mask",
+    "shown",
 ]
 
 ENCRYPTED = "$enc"
@@ -119,7 +120,7 @@ class Shredder:
         fields = self.fields(type(payload))
         if not fields:
             return None
-        data = payload.__pydantic_serializer__.to_python(payload, mode="json")
+        data: dict[str, Any] = payload.__pydantic_serializer__.to_python(payload, mode="json")
         found = []  # every subject read before any field (a field may be its own subject)
         for field, tokens, subject_tokens in fields:
             for holder, name, where, indices in _places(data, tokens, "", ()):
@@ -178,8 +179,9 @@ def mask(data: Any) -> Any:
     return _rewrite(data, "", lambda sealed, where: MASK)
 
 
-def is_sealed(extensions: Any) -> bool:
-    return EXTENSION in extensions
+def shown(event_id: str, data: Any, shredder: Shredder | None) -> Any:
+    """``data`` as a reader may see it: opened with ``shredder``, else masked."""
+    return mask(data) if shredder is None else shredder.open(event_id, data)
 
 
 def _aad(event_id: str, where: str) -> bytes:

@@ -139,9 +139,20 @@ class SqlKeyStore:
         if cached is not None and (cached[0] is None or cached[1] > time.monotonic()):
             return cached[0]  # an erased key stays erased
         row = self._select(KEYS.c.kid == kid)
+        if row is None and not self._was_erased(kid):
+            raise KeyStoreError(
+                f"key {kid} is neither in the key store {safe_url(self.db)} nor erased "
+                "there: a different key store, or one lost or restored from an older "
+                "backup; the event is kept (retried, then dead-lettered)"
+            )
         key = None if row is None else self._unwrap(kid, row.wrapped)
         self._by_kid[kid] = (key, time.monotonic() + self.cache_seconds)
         return key
+
+    def _was_erased(self, kid: str) -> bool:
+        with self._connect() as conn:
+            found = conn.execute(sa.select(ERASURES.c.kid).where(ERASURES.c.kid == kid)).first()
+        return found is not None
 
     def erase(self, subject: str) -> str | None:
         lookup = self._lookup(subject)

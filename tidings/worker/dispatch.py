@@ -29,7 +29,7 @@ from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
-from tidings.shredding.fields import EXTENSION, mask
+from tidings.shredding.fields import EXTENSION, shown
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
@@ -339,9 +339,7 @@ class Dispatcher:
     def _personal(self, sub: Subscriber, event: Event) -> Any:
         """The data of an event with sealed personal fields, as ``sub`` may see it:
         opened if it asks for personal data and the app has a key store, else masked."""
-        if sub.personal and self.shredder is not None:
-            return self.shredder.open(event.id, event.data)
-        return mask(event.data)
+        return shown(event.id, event.data, self.shredder if sub.personal else None)
 
     async def _run_on_loop(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]

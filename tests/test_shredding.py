@@ -1,0 +1,304 @@
+"""Crypto-shredding of personal fields (decision 0036): sealed at publish, opened for
+personal=True subscribers, masked for the others and for readers without the key
+store; tampering, moved ciphertexts, a wrong master key and a lost key store detected;
+erasure on live delivery, replay, tail and dead letters, on every log."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from tests.conftest import LOGS, log_url
+from tidings import Tidings, tail
+from tidings.dead_letters import Filter, open_log, replay
+from tidings.errors import DecodeError
+from tidings.middleware import Retry
+from tidings.personal import Personal
+from tidings.shredding import ERASED, MASK, KeyStoreError, Shredder, SqlKeyStore
+from tidings.shredding.erasure import ERASURES_TOPIC
+from tidings.testing import eventually, running
+
+FAST = {"base_delay": 0.005, "max_delay": 0.01}
+
+
+class Assigned(BaseModel):
+    task_id: str
+    assignee: Annotated[str, Personal(subject="assignee")]
+    email: Annotated[str | None, Personal(subject="assignee")] = None
+    n: int = 0
+
+
+class Contact(BaseModel):
+    person_id: str
+    phones: list[Annotated[str, Personal(subject="person_id")]]
+
+
+class Team(BaseModel):
+    name: str
+    members: list[Contact]
+
+
+@pytest.fixture(autouse=True)
+def master(monkeypatch: pytest.MonkeyPatch) -> str:
+    key = os.urandom(32).hex()
+    monkeypatch.setenv("TIDINGS_MASTER_KEY", key)
+    return key
+
+
+@pytest.fixture(params=LOGS)
+def url(request: pytest.FixtureRequest) -> str:
+    return log_url(request, partitions=2)
+
+
+def make_app(url: str, keys: Any) -> Tidings:
+    app = Tidings(url, service="test", personal=keys)
+    app.event("task.assigned", subject="task_id")(Assigned)
+    app.event("team.formed", subject="name")(Team)
+    return app
+
+
+def keys_db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/keys.db"
+
+
+# -- sealing and opening ---------------------------------------------------------------
+
+
+async def test_round_trip_the_log_holds_no_clear_value_and_only_personal_handlers_see_it(
+    sqlite_url: str,
+) -> None:
+    app = make_app(sqlite_url, True)  # the keys in the log's own file
+    clear: list[Assigned] = []
+    masked: list[Assigned] = []
+
+    @app.subscriber("tasks", group="mail", personal=True)
+    async def mail(task: Assigned) -> None:
+        clear.append(task)
+
+    @app.subscriber("tasks", group="stats")
+    async def stats(task: Assigned) -> None:
+        masked.append(task)
+
+    async with app, running(app):
+        event = await app.publish("tasks", Assigned(task_id="t-1", assignee="ann", email="a@x.io"))
+        await eventually(lambda: clear and masked)
+        (record,) = [e.record async for e in tail.tail(app.transport, "tasks")]
+    assert clear == [Assigned(task_id="t-1", assignee="ann", email="a@x.io")]
+    assert masked == [Assigned(task_id="t-1", assignee=MASK, email=MASK)]
+    assert b"ann" not in record.value and b"a@x.io" not in record.value
+    assert b'"task_id":"t-1"' in record.value  # unmarked fields and the envelope: clear
+    assert event.subject == "t-1" and event.extensions["personaldata"] == "v1"
+
+
+def test_nested_lists_are_sealed_per_item_with_each_items_subject(tmp_path: Path) -> None:
+    shredder = Shredder(SqlKeyStore(keys_db(tmp_path)))
+    team = Team(
+        name="blue",
+        members=[Contact(person_id="p1", phones=["1", "2"]), Contact(person_id="p2", phones=["3"])],
+    )
+    data = shredder.seal("e-1", team)
+    assert data is not None
+    first, second = data["members"]
+    assert first["person_id"] == "p1" and second["person_id"] == "p2"
+    assert first["phones"][0]["kid"] == first["phones"][1]["kid"] != second["phones"][0]["kid"]
+    assert shredder.open("e-1", data) == team.model_dump(mode="json")
+    assert shredder.seal("e-2", Assigned(task_id="t", assignee="x")) is not None
+    assert shredder.keys.erase("p1") is not None
+    opened = shredder.open("e-1", data)
+    assert opened["members"][0]["phones"] == [ERASED, ERASED]
+    assert opened["members"][1]["phones"] == ["3"]
+
+
+def test_a_tampered_byte_a_moved_ciphertext_and_the_wrong_key_are_detected(
+    tmp_path: Path,
+) -> None:
+    shredder = Shredder(SqlKeyStore(keys_db(tmp_path)))
+    one = shredder.seal("e-1", Assigned(task_id="t", assignee="ann", email="a@x.io"))
+    other = shredder.seal("e-2", Assigned(task_id="t", assignee="bob", email="b@x.io"))
+    assert one is not None and other is not None
+    raw = bytearray(base64.b64decode(one["email"]["ct"]))
+    raw[-1] ^= 1
+    flipped = {**one, "email": {**one["email"], "ct": base64.b64encode(raw).decode()}}
+    with pytest.raises(DecodeError, match="email of event e-1 fails authentication"):
+        shredder.open("e-1", flipped)
+    with pytest.raises(DecodeError, match="fails authentication"):  # into another event
+        shredder.open("e-2", {**other, "email": one["email"]})
+    with pytest.raises(DecodeError, match="fails authentication"):  # onto another field
+        shredder.open("e-1", {**one, "assignee": one["email"]})
+    with pytest.raises(DecodeError, match="fails authentication"):  # another subject's key
+        shredder.open("e-1", {**one, "email": {**one["email"], "kid": other["email"]["kid"]}})
+    assert shredder.open("e-1", one)["email"] == "a@x.io"
+
+
+def test_a_wrong_master_key_and_a_lost_key_store_are_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = keys_db(tmp_path)
+    sealed = Shredder(SqlKeyStore(db)).seal("e-1", Assigned(task_id="t", assignee="ann"))
+    monkeypatch.setenv("TIDINGS_MASTER_KEY", os.urandom(32).hex())
+    with pytest.raises(KeyStoreError, match="the master key does not open the key store"):
+        Shredder(SqlKeyStore(db)).open("e-1", sealed)
+    monkeypatch.delenv("TIDINGS_MASTER_KEY")
+    with pytest.raises(KeyStoreError, match="no master key"):
+        Shredder(SqlKeyStore(db)).open("e-1", sealed)
+    monkeypatch.setenv("TIDINGS_MASTER_KEY", os.urandom(32).hex())
+    with pytest.raises(KeyStoreError, match="neither in the key store .* nor erased"):
+        Shredder(SqlKeyStore(f"sqlite:///{tmp_path}/empty.db")).open("e-1", sealed)
+
+
+async def test_a_consumer_without_the_key_store_gets_masks(sqlite_url: str) -> None:
+    producer = make_app(sqlite_url, True)
+    consumer = make_app(sqlite_url, None)
+    seen: list[Assigned] = []
+
+    @consumer.subscriber("tasks", group="g", personal=True)  # asks, but has no keys
+    async def handle(task: Assigned) -> None:
+        seen.append(task)
+
+    async with producer, consumer, running(consumer):
+        await producer.publish("tasks", Assigned(task_id="t", assignee="ann", email=None))
+        await eventually(lambda: seen)
+    assert seen == [Assigned(task_id="t", assignee=MASK, email=None)]
+
+
+async def test_a_consumer_with_the_wrong_master_key_loses_no_event(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = make_app(sqlite_url, keys_db(tmp_path))
+    async with producer:
+        await producer.publish("tasks", Assigned(task_id="t", assignee="ann"))
+    consumer = make_app(sqlite_url, SqlKeyStore(keys_db(tmp_path), master_key=os.urandom(32)))
+
+    @consumer.subscriber("tasks", group="g", personal=True, retry=Retry(max_attempts=2, **FAST))
+    async def handle(task: Assigned) -> None:
+        raise AssertionError("never reached")
+
+    async with consumer, running(consumer):
+        log = await open_log(consumer.transport, "g")
+
+        async def dead() -> bool:
+            nonlocal log
+            log = await open_log(consumer.transport, "g")
+            return bool(log.listing())
+
+        await eventually(dead, what="a dead letter")
+    ((letter, _),) = log.listing()
+    assert (letter.error_type or "").endswith("KeyStoreError")
+    assert "master key does not open" in (letter.error_message or "")
+    assert b"ann" not in letter.value  # kept whole, still sealed
+
+
+# -- erasure ---------------------------------------------------------------------------
+
+
+async def test_erasure_on_live_delivery_replay_tail_and_dead_letters(
+    url: str, tmp_path: Path
+) -> None:
+    app = make_app(url, keys_db(tmp_path))
+    seen: list[Assigned] = []
+    failing = True
+
+    @app.subscriber("tasks", group="mail", personal=True)
+    async def mail(task: Assigned) -> None:
+        seen.append(task)
+
+    @app.subscriber("tasks", group="flaky", personal=True, retry=Retry(max_attempts=1))
+    async def flaky(task: Assigned) -> None:
+        if failing:
+            raise OSError("down")
+        seen.append(task)
+
+    async with app:
+        async with running(app):
+            await app.publish("tasks", Assigned(task_id="t-1", assignee="ann", email="a@x.io"))
+            await app.publish("tasks", Assigned(task_id="t-2", assignee="bob", n=2))
+            await eventually(lambda: len(seen) == 2, what="the live deliveries")
+
+            async def dead_letters() -> bool:
+                try:
+                    return len((await open_log(app.transport, "flaky")).listing()) == 2
+                except Exception:
+                    return False
+
+            await eventually(dead_letters, what="two dead letters")
+        assert {t.assignee for t in seen} == {"ann", "bob"}
+        kid = await app.erase("ann")
+        assert kid is not None and await app.erase("nobody") is None
+        (erasure,) = [e async for e in tail.tail(app.transport, ERASURES_TOPIC)]
+        assert erasure.event is not None and erasure.event.data["kid"] == kid
+        assert b"ann" not in erasure.record.value
+        failing = False
+        seen.clear()
+        await replay(app.transport, "flaky", Filter())  # the dead letters, afresh
+        await app.publish("tasks", Assigned(task_id="t-3", assignee="bob", n=3))
+
+        @app.subscriber("tasks", group="late", personal=True)  # the log replayed
+        async def late(task: Assigned) -> None:
+            seen.append(task)
+
+        async with running(app):
+            # flaky: 2 replays + t-3; late: t-1..t-3; mail: t-3
+            await eventually(lambda: len(seen) == 7, what="replays and the new event")
+        shown = [
+            e.event.data
+            async for e in tail.tail(app.transport, "tasks", reveal=app.shredder)
+            if e.event is not None
+        ]
+        masked = [e.event.data async for e in tail.tail(app.transport, "tasks") if e.event]
+    by_task = {(t.task_id, t.assignee, t.email) for t in seen}
+    assert by_task == {
+        ("t-1", ERASED, ERASED), ("t-2", "bob", None), ("t-3", "bob", None),
+    }  # fmt: skip
+    assert [t.task_id for t in seen].count("t-1") == 2  # dead-letter replay + the new group
+    assert sorted((d["task_id"], d["assignee"]) for d in shown) == [
+        ("t-1", ERASED), ("t-2", "bob"), ("t-3", "bob"),
+    ]  # fmt: skip
+    assert {d["assignee"] for d in masked} == {MASK}
+
+
+def run_cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "tidings", *args, "--url", url],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def test_the_cli_masks_by_default_reveals_on_request_and_erases(sqlite_url: str) -> None:
+    app = make_app(sqlite_url, True)
+
+    @app.subscriber("tasks", group="g", retry=Retry(max_attempts=1))
+    async def fails(task: Assigned) -> None:
+        raise OSError("down")
+
+    async with app, running(app):
+        event = await app.publish("tasks", Assigned(task_id="t-1", assignee="ann", email="a@x"))
+
+        async def dead() -> bool:
+            try:
+                return bool((await open_log(app.transport, "g")).listing())
+            except Exception:
+                return False
+
+        await eventually(dead, what="a dead letter")
+    masked = run_cli("tail", "tasks", "--json", url=sqlite_url)
+    assert masked.returncode == 0, masked.stderr
+    assert orjson.loads(masked.stdout)["data"]["email"] == MASK
+    revealed = run_cli("tail", "tasks", "--json", "--reveal", url=sqlite_url)
+    assert orjson.loads(revealed.stdout)["data"]["email"] == "a@x", revealed.stderr
+    show = run_cli("dlq", "show", "g", event.id, "--json", url=sqlite_url)
+    assert orjson.loads(show.stdout)["event"]["data"]["assignee"] == MASK, show.stderr
+    assert "ann" not in show.stdout
+    erased = run_cli("erase", "ann", "--json", url=sqlite_url)
+    assert erased.returncode == 0, erased.stderr
+    assert orjson.loads(erased.stdout)["erased"] is True
+    after = run_cli("dlq", "show", "g", event.id, "--json", "--reveal", url=sqlite_url)
+    assert orjson.loads(after.stdout)["event"]["data"]["assignee"] == ERASED, after.stderr
