@@ -93,9 +93,11 @@ async def test_round_trip_the_log_holds_no_clear_value_and_only_personal_handler
         (record,) = [e.record async for e in tail.tail(app.transport, "tasks")]
     assert clear == [Assigned(task_id="t-1", assignee="ann", email="a@x.io")]
     assert masked == [Assigned(task_id="t-1", assignee=MASK, email=MASK)]
-    assert b"ann" not in record.value and b"a@x.io" not in record.value
+    assert b"ann" not in record.value
+    assert b"a@x.io" not in record.value
     assert b'"task_id":"t-1"' in record.value  # unmarked fields and the envelope: clear
-    assert event.subject == "t-1" and event.extensions["personaldata"] == "v1"
+    assert event.subject == "t-1"
+    assert event.extensions["personaldata"] == "v1"
 
 
 def test_nested_lists_are_sealed_per_item_with_each_items_subject(tmp_path: Path) -> None:
@@ -107,7 +109,8 @@ def test_nested_lists_are_sealed_per_item_with_each_items_subject(tmp_path: Path
     data = shredder.seal("e-1", team)
     assert data is not None
     first, second = data["members"]
-    assert first["person_id"] == "p1" and second["person_id"] == "p2"
+    assert first["person_id"] == "p1"
+    assert second["person_id"] == "p2"
     assert first["phones"][0]["kid"] == first["phones"][1]["kid"] != second["phones"][0]["kid"]
     assert shredder.open("e-1", data) == team.model_dump(mode="json")
     assert shredder.seal("e-2", Assigned(task_id="t", assignee="x")) is not None
@@ -123,7 +126,8 @@ def test_a_tampered_byte_a_moved_ciphertext_and_the_wrong_key_are_detected(
     shredder = Shredder(SqlKeyStore(keys_db(tmp_path)))
     one = shredder.seal("e-1", Assigned(task_id="t", assignee="ann", email="a@x.io"))
     other = shredder.seal("e-2", Assigned(task_id="t", assignee="bob", email="b@x.io"))
-    assert one is not None and other is not None
+    assert one is not None
+    assert other is not None
     raw = bytearray(base64.b64decode(one["email"]["ct"]))
     raw[-1] ^= 1
     flipped = {**one, "email": {**one["email"], "ct": base64.b64encode(raw).decode()}}
@@ -150,7 +154,7 @@ def test_a_wrong_master_key_and_a_lost_key_store_are_clear_errors(
     with pytest.raises(KeyStoreError, match="no master key"):
         Shredder(SqlKeyStore(db)).open("e-1", sealed)
     monkeypatch.setenv("TIDINGS_MASTER_KEY", os.urandom(32).hex())
-    with pytest.raises(KeyStoreError, match="neither in the key store .* nor erased"):
+    with pytest.raises(KeyStoreError, match=r"neither in the key store .* nor erased"):
         Shredder(SqlKeyStore(f"sqlite:///{tmp_path}/empty.db")).open("e-1", sealed)
 
 
@@ -231,9 +235,11 @@ async def test_erasure_on_live_delivery_replay_tail_and_dead_letters(
             await eventually(dead_letters, what="two dead letters")
         assert {t.assignee for t in seen} == {"ann", "bob"}
         kid = await app.erase("ann")
-        assert kid is not None and await app.erase("nobody") is None
+        assert kid is not None
+        assert await app.erase("nobody") is None
         (erasure,) = [e async for e in tail.tail(app.transport, ERASURES_TOPIC)]
-        assert erasure.event is not None and erasure.event.data["kid"] == kid
+        assert erasure.event is not None
+        assert erasure.event.data["kid"] == kid
         assert b"ann" not in erasure.record.value
         failing = False
         seen.clear()
