@@ -89,6 +89,12 @@ def _aesgcm() -> type[AESGCM]:
     return AESGCM
 
 
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
+
+
 class Shredder:
     """Seals and opens the personal fields of events with the keys of ``keys``."""
 
@@ -159,11 +165,9 @@ class Shredder:
         key = self.keys.key(kid) if isinstance(kid, str) else None
         if key is None:
             return ERASED
-        from cryptography.exceptions import InvalidTag
-
         try:
             clear = self._cipher(key).decrypt(raw[:_NONCE], raw[_NONCE:], _aad(event_id, where))
-        except InvalidTag:
+        except _invalid_tag():
             raise DecodeError(
                 f"personal field {where} of event {event_id} fails authentication with "
                 f"key {kid}: changed since it was sealed, or moved from another event"

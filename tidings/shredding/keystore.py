@@ -34,6 +34,7 @@ from tidings.shredding.fields import KeyStoreError, _aesgcm
 __all__ = ["SqlKeyStore", "master_key_from"]
 
 _INDEX = "_index"
+_MAX_CACHED = 100_000
 _meta = sa.MetaData()
 KEYS = sa.Table(
     "tidings_keys",
@@ -103,7 +104,7 @@ class SqlKeyStore:
         self._engine: Engine | None = None
         self._index: bytes | None = None
         self.cache_seconds = cache_seconds
-        self._by_lookup: dict[str, tuple[str, bytes, float]] = {}
+        self._by_subject: dict[str, tuple[str, bytes, float]] = {}  # in memory only
         self._by_kid: dict[str, tuple[bytes | None, float]] = {}
         self._lock = threading.Lock()
 
@@ -113,10 +114,10 @@ class SqlKeyStore:
     # -- the KeyStore interface -----------------------------------------------------------
 
     def key_for(self, subject: str) -> tuple[str, bytes]:
-        lookup = self._lookup(subject)
-        cached = self._by_lookup.get(lookup)
+        cached = self._by_subject.get(subject)
         if cached is not None and cached[2] > time.monotonic():
             return cached[0], cached[1]
+        lookup = self._lookup(subject)
         with self._lock:
             row = self._select(KEYS.c.lookup == lookup)
             if row is None:
@@ -130,7 +131,9 @@ class SqlKeyStore:
             if row is not None:
                 kid, key = row.kid, self._unwrap(row.kid, row.wrapped)
             until = time.monotonic() + self.cache_seconds
-            self._by_lookup[lookup] = (kid, key, until)
+            if len(self._by_subject) >= _MAX_CACHED:
+                self._by_subject.clear()
+            self._by_subject[subject] = (kid, key, until)
             self._by_kid[kid] = (key, until)
         return kid, key
 
@@ -162,7 +165,7 @@ class SqlKeyStore:
                 return None
             conn.execute(KEYS.delete().where(KEYS.c.kid == kid))
             conn.execute(ERASURES.insert().values(kid=kid, erased_ms=int(time.time() * 1000)))
-            self._by_lookup.pop(lookup, None)
+            self._by_subject.pop(subject, None)
             self._by_kid[kid] = (None, 0.0)
         return str(kid)
 
