@@ -138,12 +138,9 @@ class Declarations:
         The handler takes the payload (its registered model, or the raw JSON data) and,
         optionally, a :class:`~tidings.context.Context`. It may be sync or async.
         ``retry`` is this handler's retry policy (default: the worker's); ``inbox`` a
-        :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect.
-        ``timeout``, ``cancellable``, ``progress_every``, ``progress_topic``: for slow
-        handlers, see :class:`~tidings.subscriber.Subscriber` and docs/agents.md.
-        ``personal``: give the handler personal fields in clear (the app needs a key
-        store, ``Tidings(personal=...)``); otherwise it gets them masked
-        (docs/personal-data.md).
+        :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect;
+        ``timeout``, ``cancellable``, ``progress_every``, ``progress_topic`` for slow
+        handlers (docs/agents.md); ``personal``: personal fields in clear, not masked.
         """
         check_topic_name(topic)
         if not group:
@@ -169,8 +166,8 @@ class Declarations:
                 takes_context=takes_context,
                 retry=retry,
                 inbox=inbox,
-                personal=bool(personal),
                 **slow,
+                personal=bool(personal),
             )
             if inbox is not None:
                 claim = getattr(inbox, "claim", None)
