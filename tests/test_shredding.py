@@ -308,3 +308,34 @@ async def test_the_cli_masks_by_default_reveals_on_request_and_erases(sqlite_url
     assert orjson.loads(erased.stdout)["erased"] is True
     after = run_cli("dlq", "show", "g", event.id, "--json", "--reveal", url=sqlite_url)
     assert orjson.loads(after.stdout)["event"]["data"]["assignee"] == ERASED, after.stderr
+
+
+async def test_the_outbox_row_holds_ciphertext_and_an_erasure_reaches_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from tidings import Outbox
+
+    app = make_app(sqlite_url, True)
+    seen: list[Assigned] = []
+
+    @app.subscriber("tasks", group="g", personal=True)
+    async def handle(task: Assigned) -> None:
+        seen.append(task)
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/app.db")
+    outbox = Outbox(app, engine, topic="tasks")
+    async with app:
+        outbox.create_table()
+        with engine.begin() as conn:
+            outbox.add(conn, Assigned(task_id="t-1", assignee="ann", email="a@x.io"))
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT payload FROM tidings_outbox")).all()
+        assert len(rows) == 1
+        assert b"a@x.io" not in rows[0][0]
+        await app.erase("ann")  # before the relay sends it
+        app.add_component(outbox.relay())
+        async with running(app):
+            await eventually(lambda: seen)
+    assert seen == [Assigned(task_id="t-1", assignee=ERASED, email=ERASED)]
