@@ -11,7 +11,8 @@ other event at the cost of one dict lookup.
 
 from __future__ import annotations
 
-import base64
+import binascii
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -102,6 +103,7 @@ class Shredder:
         self.keys = keys
         self._fields: dict[type[BaseModel], list[tuple[PersonalField, list[str], list[str]]]] = {}
         self._ciphers: dict[bytes, AESGCM] = {}
+        self._fixed, self._counter = os.urandom(8), itertools.count()
 
     def _cipher(self, key: bytes) -> AESGCM:
         cipher = self._ciphers.get(key)
@@ -129,27 +131,41 @@ class Shredder:
         data: dict[str, Any] = payload.__pydantic_serializer__.to_python(payload, mode="json")
         found = []  # every subject read before any field (a field may be its own subject)
         for field, tokens, subject_tokens in fields:
-            for holder, name, where, indices in _places(data, tokens, "", ()):
+            if len(tokens) == 1 and len(subject_tokens) == 1:  # a field of the payload itself
+                places: Any = ((data, tokens[0], tokens[0], ()),) if tokens[0] in data else ()
+            else:
+                places = _places(data, tokens, "", ())
+            for holder, name, where, indices in places:
                 value = holder[name]
                 if value is None:
                     continue
-                subject = _value_at(data, subject_tokens, indices)
+                if len(subject_tokens) == 1:
+                    subject = data.get(subject_tokens[0])
+                else:
+                    subject = _value_at(data, subject_tokens, indices)
                 if subject is None:
                     raise ConfigError(
                         f"{type(payload).__name__}.{where} is personal data, but its "
                         f"subject {field.subject} is empty: no key to encrypt it with"
                     )
                 found.append((holder, name, where, value, str(subject)))
+        key_for, prefix = self.keys.key_for, event_id + "/"
         for holder, name, where, value, subject in found:
-            kid, key = self.keys.key_for(subject)
-            nonce = os.urandom(_NONCE)
-            ct = self._cipher(key).encrypt(nonce, orjson.dumps(value), _aad(event_id, where))
-            holder[name] = {
-                ENCRYPTED: VERSION,
-                "kid": kid,
-                "ct": base64.b64encode(nonce + ct).decode("ascii"),
-            }
+            kid, key = key_for(subject)
+            nonce = self._nonce()
+            ct = self._cipher(key).encrypt(nonce, orjson.dumps(value), (prefix + where).encode())
+            text = binascii.b2a_base64(nonce + ct, newline=False).decode("ascii")
+            holder[name] = {ENCRYPTED: VERSION, "kid": kid, "ct": text}
         return data
+
+    def _nonce(self) -> bytes:
+        """A 96-bit nonce: a random 64-bit field of this instance, then a 32-bit counter
+        (NIST SP 800-38D's deterministic construction; a new field before it wraps)."""
+        count = next(self._counter)
+        if count >= 1 << 32:
+            self._fixed, self._counter = os.urandom(8), itertools.count(1)
+            count = 0
+        return self._fixed + count.to_bytes(4, "big")
 
     def open(self, event_id: str, data: Any) -> Any:
         """A copy of ``data`` with its sealed fields in clear (:data:`ERASED` where the
@@ -159,7 +175,7 @@ class Shredder:
     def _open(self, event_id: str, sealed: dict[str, Any], where: str) -> Any:
         kid = sealed.get("kid")
         try:
-            raw = base64.b64decode(sealed["ct"], validate=True)
+            raw = binascii.a2b_base64(sealed["ct"], strict_mode=True)
         except (KeyError, TypeError, ValueError):
             raise DecodeError(f"personal field {where} of event {event_id} is malformed") from None
         key = self.keys.key(kid) if isinstance(kid, str) else None
@@ -193,12 +209,23 @@ def _aad(event_id: str, where: str) -> bytes:
 
 
 def _rewrite(value: Any, where: str, sealed: Callable[[dict[str, Any], str], Any]) -> Any:
+    """A copy of ``value`` with each sealed field ``sealed(field, path)``; scalars are
+    copied inline (this runs for every event with personal fields)."""
     if isinstance(value, dict):
         if ENCRYPTED in value:
             return sealed(value, where)
-        return {k: _rewrite(v, f"{where}.{k}" if where else k, sealed) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            kind = type(v)
+            if kind is dict or kind is list:
+                v = _rewrite(v, f"{where}.{k}" if where else k, sealed)
+            out[k] = v
+        return out
     if isinstance(value, list):
-        return [_rewrite(v, f"{where}[{i}]", sealed) for i, v in enumerate(value)]
+        return [
+            _rewrite(v, f"{where}[{i}]", sealed) if type(v) in (dict, list) else v
+            for i, v in enumerate(value)
+        ]
     return value
 
 
