@@ -339,3 +339,35 @@ async def test_the_outbox_row_holds_ciphertext_and_an_erasure_reaches_it(
         async with running(app):
             await eventually(lambda: seen)
     assert seen == [Assigned(task_id="t-1", assignee=ERASED, email=ERASED)]
+
+
+class OwnerNamed(BaseModel):
+    owner_id: Annotated[str, Personal(subject="owner_id")]
+    name: Annotated[str, Personal(subject="owner_id")]
+
+
+def test_an_aggregate_loads_its_own_personal_fields_in_clear_until_erased(
+    tmp_path: Path,
+) -> None:
+    from tidings.aggregates import Aggregate, AggregateStore, applies
+
+    class Owner(Aggregate):
+        def __init__(self) -> None:
+            self.name = ""
+
+        @applies(OwnerNamed)
+        def _named(self, event: OwnerNamed) -> None:
+            self.name = event.name
+
+    app = Tidings("memory://", service="owners", personal=keys_db(tmp_path))
+    app.event("owner.named", subject="owner_id")(OwnerNamed)
+    store = AggregateStore(app, f"sqlite:///{tmp_path}/app.db", Owner, topic="owners")
+    owner = store.create("o-1")
+    owner.record(OwnerNamed(owner_id="o-1", name="Ann"))
+    (event,) = store.save(owner)
+    assert isinstance(event.data, dict)
+    assert event.data["name"]["$enc"] == "v1"
+    assert store.load("o-1").name == "Ann"
+    assert app.shredder is not None
+    app.shredder.erase("o-1")
+    assert store.load("o-1").name == ERASED

@@ -21,6 +21,7 @@ from tidings.sagas._app import SagaApp
 from tidings.sagas._step import DEADLINE_TYPE, SagaStep
 from tidings.sagas._store import Instance, Store
 from tidings.sagas._tables import DEFAULT_PREFIX, create, define
+from tidings.shredding.fields import EXTENSION, shown
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -357,7 +358,10 @@ class Saga:
         self.store.note(session, key, event.id, event.type, (None, step.state, 1), "start", now)
         for raw in self.store.unpark(session, key) if self.unknown == "park" else ():
             parked = decode(raw)
-            data = self.app.registry.decode_payload(parked.type, parked.dataversion, parked.data)
+            raw_data = parked.data  # personal fields masked, as the saga's subscriber has them
+            if EXTENSION in parked.extensions:
+                raw_data = shown(parked.id, raw_data, None)
+            data = self.app.registry.decode_payload(parked.type, parked.dataversion, raw_data)
             self._apply(session, key, data, parked, now)
 
     def _step(
