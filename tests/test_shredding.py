@@ -371,3 +371,76 @@ def test_an_aggregate_loads_its_own_personal_fields_in_clear_until_erased(
     assert app.shredder is not None
     app.shredder.erase("o-1")
     assert store.load("o-1").name == ERASED
+
+
+# -- key stores ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def keys_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return keys_db(tmp_path)
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_a_key_store_by_url_shares_keys_between_processes_and_records_erasures(
+    keys_url: str,
+) -> None:
+    one, two = SqlKeyStore(keys_url), SqlKeyStore(keys_url)  # two processes' stores
+    kid, key = one.key_for("ann")
+    assert two.key_for("ann") == (kid, key)  # found by the subject's HMAC, not made twice
+    assert two.key(kid) == key
+    assert one.kids() == [kid]
+    assert one.erase("ann") == kid
+    assert one.key(kid) is None  # at once in the erasing process
+    assert SqlKeyStore(keys_url).key(kid) is None  # and for any fresh reader
+    assert [k for k, _ in one.erased()] == [kid]
+    assert one.key_for("ann")[0] != kid  # new data about ann gets a new key
+    assert one.erase("nobody") is None
+
+
+def test_the_master_key_comes_from_a_file_and_a_bad_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.shredding.keystore import master_key_from
+
+    monkeypatch.delenv("TIDINGS_MASTER_KEY")
+    secret = os.urandom(32)
+    (tmp_path / "master.key").write_bytes(secret)
+    monkeypatch.setenv("TIDINGS_MASTER_KEY_FILE", str(tmp_path / "master.key"))
+    assert master_key_from() == secret
+    (tmp_path / "master.key").write_text(base64.b64encode(secret).decode() + "\n")
+    assert master_key_from() == secret
+    with pytest.raises(KeyStoreError, match="not 32 bytes"):
+        master_key_from("abcd")
+
+
+def test_any_object_with_the_four_methods_is_a_key_store(sqlite_url: str) -> None:
+    class Kms:  # what a KMS adapter implements
+        def __init__(self) -> None:
+            self.keys: dict[str, bytes] = {}
+
+        def key_for(self, subject: str) -> tuple[str, bytes]:
+            return subject[::-1], self.keys.setdefault(subject[::-1], os.urandom(32))
+
+        def key(self, kid: str) -> bytes | None:
+            return self.keys.get(kid)
+
+        def erase(self, subject: str) -> str | None:
+            return subject[::-1] if self.keys.pop(subject[::-1], None) else None
+
+        def kids(self) -> list[str]:
+            return list(self.keys)
+
+    app = make_app(sqlite_url, Kms())
+    assert app.shredder is not None
+    event = app.build(Assigned(task_id="t", assignee="ann"))
+    assert event.data["assignee"]["kid"] == "nna"
+    assert app.shredder.open(event.id, event.data)["assignee"] == "ann"
+
+
+def test_personal_true_needs_the_sqlite_log() -> None:
+    from tidings.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="give the key store's URL"):
+        Tidings("memory://", service="x", personal=True)
