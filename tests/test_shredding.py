@@ -393,10 +393,14 @@ def test_a_key_store_by_url_shares_keys_between_processes_and_records_erasures(
     assert one.kids() == [kid]
     assert one.erase("ann") == kid
     assert one.key(kid) is None  # at once in the erasing process
-    assert SqlKeyStore(keys_url).key(kid) is None  # and for any fresh reader
+    fresh = SqlKeyStore(keys_url)
+    assert fresh.key(kid) is None  # and for any fresh reader
+    fresh.close()
     assert [k for k, _ in one.erased()] == [kid]
     assert one.key_for("ann")[0] != kid  # new data about ann gets a new key
     assert one.erase("nobody") is None
+    for store in (one, two):
+        store.close()
 
 
 def test_the_master_key_comes_from_a_file_and_a_bad_one_is_refused(

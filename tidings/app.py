@@ -151,6 +151,8 @@ class Tidings(Declarations):
         self._started = max(self._started - 1, 0)
         if self._started == 0:
             await self.transport.close()
+            if self.shredder is not None:
+                self.shredder.close()
 
     async def __aenter__(self) -> Tidings:
         await self.start()

@@ -193,6 +193,12 @@ class Shredder:
     def erase(self, subject: str) -> str | None:
         return self.keys.erase(subject)
 
+    def close(self) -> None:
+        """Close the key store's connections, if it has a ``close()``."""
+        close = getattr(self.keys, "close", None)
+        if close is not None:
+            close()
+
 
 def mask(data: Any) -> Any:
     """A copy of ``data`` with every sealed field replaced by :data:`MASK`."""

@@ -180,6 +180,13 @@ class SqlKeyStore:
             rows = conn.execute(sa.select(ERASURES).order_by(ERASURES.c.erased_ms))
             return [(str(r.kid), int(r.erased_ms)) for r in rows]
 
+    def close(self) -> None:
+        """Close its connections (an Engine given to it is left to its owner); it
+        reconnects if used again."""
+        engine, self._engine = self._engine, None
+        if engine is not None and engine is not self.db:
+            engine.dispose()
+
     # -- inside ---------------------------------------------------------------------------
 
     def _connect(self) -> Any:
