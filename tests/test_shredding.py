@@ -448,3 +448,24 @@ def test_personal_true_needs_the_sqlite_log() -> None:
 
     with pytest.raises(ConfigError, match="give the key store's URL"):
         Tidings("memory://", service="x", personal=True)
+
+
+async def test_a_saga_that_asks_for_personal_data_gets_it_and_others_get_masks(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    app = make_app(sqlite_url, True)
+    seen: dict[str, str] = {}
+    for name, personal in (("clear", True), ("masked", False)):
+        saga = app.saga(
+            name, topic="tasks", db=f"sqlite:///{tmp_path}/{name}.db", key="task_id",
+            personal=personal,
+        )  # fmt: skip
+
+        @saga.starts("task.assigned", state="done")
+        def started(task: Assigned, step: Any, name: str = name) -> None:
+            seen[name] = task.assignee
+
+    async with app, running(app):
+        await app.publish("tasks", Assigned(task_id="t-1", assignee="ann"))
+        await eventually(lambda: len(seen) == 2, what="both sagas")
+    assert seen == {"clear": "ann", "masked": MASK}
