@@ -45,6 +45,7 @@ from bench.fig_e2e import fig_end_to_end, fig_litequeue
 from bench.fig_inbox import fig_inbox
 from bench.fig_latency import fig_latency
 from bench.fig_outbox import fig_outbox
+from bench.fig_personal import fig_personal
 from bench.fig_publish import (
     fig_publish_batched,
     fig_publish_concurrent,
@@ -65,6 +66,7 @@ BENCHES: dict[str, Callable[[Config, Workdir], Awaitable[list[Figure]]]] = {
     "inbox": fig_inbox,
     "outbox": fig_outbox,
     "tracing": fig_tracing,
+    "personal": fig_personal,
 }
 
 

@@ -82,7 +82,7 @@ def create_app(settings: Settings, *, events: bool = True, relay: bool = True) -
     tidings: Tidings | None = None
     outbox: Outbox | None = None
     if events:
-        tidings = register(Tidings(settings.tidings_url, service="taskapi"))
+        tidings = register(Tidings(settings.tidings_url, service="taskapi", personal=settings.keys))
         tidings.publishes(TOPIC, API_TYPES)  # for its AsyncAPI document
         outbox = Outbox(tidings, engine, topic=TOPIC)
     store = TaskStore(engine, outbox)
@@ -133,6 +133,7 @@ def create_app(settings: Settings, *, events: bool = True, relay: bool = True) -
     app.add_exception_handler(TaskNotFound, not_found)
     app.add_exception_handler(TaskIsCompleted, conflict)
     _routes(app, store)
+    _people(app, tidings)
 
     @app.get("/board", tags=["board"], summary="Tasks per assignee and status")
     def get_board() -> Board:
@@ -142,6 +143,27 @@ def create_app(settings: Settings, *, events: bool = True, relay: bool = True) -
         return Board(counts=counts, total=sum(c.tasks for c in counts))
 
     return app
+
+
+def _people(app: FastAPI, tidings: Tidings | None) -> None:
+    """``DELETE /people/{id}``: erasure of a person's personal data (decision 0036)."""
+
+    @app.delete(
+        "/people/{person_id}",
+        status_code=204,
+        tags=["people"],
+        summary="Erase a person",
+        description="Erases a person's personal data: their key is deleted, so every "
+        "event naming them reads `[erased]` from now on (`TASKAPI_KEYS` must be set).",
+        responses={409: {"model": Detail, "description": "No key store (TASKAPI_KEYS)"}},
+        response_class=Response,
+    )
+    async def erase_person(person_id: str) -> Response:
+        if tidings is None or tidings.shredder is None:
+            detail = "personal data is not encrypted here: set TASKAPI_KEYS"
+            return JSONResponse({"detail": detail}, status_code=409)
+        await tidings.erase(person_id)
+        return Response(status_code=204)
 
 
 def _routes(app: FastAPI, store: TaskStore) -> None:

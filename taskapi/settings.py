@@ -83,6 +83,9 @@ class Settings:
     board_db: str | None = None  # the task board's database; None: <data>/board.db
     managers: tuple[tuple[str, str], ...] = ()  # (assignee, manager): escalations
     default_manager: str = "manager"
+    # The key store of personal data (tidings.shredding, decision 0036): a SQLAlchemy
+    # URL; None: the assignees travel in clear.
+    keys: str | None = None
 
     @property
     def audit_dir(self) -> Path:
@@ -146,7 +149,9 @@ class Settings:
         board's database (default ``<data>/board.db``).
         ``TASKAPI_MANAGERS``
         (``alice=carol,bob=carol``) and ``TASKAPI_DEFAULT_MANAGER`` (``manager``): whom
-        an overdue task is escalated to.
+        an overdue task is escalated to. ``TASKAPI_KEYS``: the key store (a SQLAlchemy
+        URL) with which the assignees are encrypted in the log and erasable
+        (``DELETE /people/{id}``); its master key from ``$TIDINGS_MASTER_KEY``.
         """
         env = os.environ if env is None else env
         folder = Path(data if data is not None else env.get("TASKAPI_DATA") or DEFAULT_DATA)
@@ -180,6 +185,7 @@ class Settings:
             board_db=env.get("TASKAPI_BOARD_DB") or None,
             managers=_managers(env.get("TASKAPI_MANAGERS", "")),
             default_manager=env.get("TASKAPI_DEFAULT_MANAGER") or cls.default_manager,
+            keys=env.get("TASKAPI_KEYS") or None,
         )
 
     def ensure(self) -> Settings:

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tidings.naming",
             "tidings.schema",
             "tidings.personal",
+            "tidings.shredding",
             "tidings.subscriber",
             "tidings.stats",
             "tidings.context",

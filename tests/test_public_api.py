@@ -138,6 +138,7 @@ PUBLIC_MODULES = {
     "tidings.admin",
     "tidings.schema",
     "tidings.personal",
+    "tidings.shredding",
     "tidings.asyncapi",
     "tidings.catalog",
     "tidings.logs",

@@ -22,6 +22,7 @@ internal and may change without notice.
 - ``tidings.admin``: the operating library behind the ``tidings`` command;
 - ``tidings.schema``: whether a new payload schema version may follow the earlier ones.
 - ``tidings.personal``: marking payload fields as personal data, and whose they are;
+- ``tidings.shredding``: their encryption, key stores, erasure and masks (``tidings erase``);
 - ``tidings.asyncapi``: an app's AsyncAPI 3.0 document (``tidings asyncapi``);
 - ``tidings.catalog``: the event catalog of a log (``tidings catalog``);
 - ``tidings.logs``: log lines with the handled event's coordinates, as text or JSON;

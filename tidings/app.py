@@ -20,6 +20,8 @@ from tidings.errors import ConfigError
 from tidings.middleware.cancellation import publish_cancel
 from tidings.publish_options import check_extension_names, due, per_payload_options
 from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
+from tidings.shredding.erasure import erase, shredder_for
+from tidings.shredding.fields import EXTENSION
 from tidings.subscriber import Component, GroupSettings, Subscriber
 from tidings.transport import Transport, check_topic_name
 from tidings.transports import open_transport
@@ -51,6 +53,9 @@ class Tidings(Declarations):
     ``"check"`` them, or ``"off"``; a break refuses the start (``SchemaIncompatible``).
     ``tracing``: True for OpenTelemetry spans of its publishes and its worker's handler
     calls (:mod:`tidings.otel`, the ``otel`` extra), or a :class:`tidings.otel.Tracing`.
+    ``personal``: where the keys of personal fields are (True: the SQLite log's file; a
+    SQLAlchemy URL; a :class:`tidings.shredding.KeyStore`): marked fields are then
+    encrypted at publish and erasable (docs/personal-data.md).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class Tidings(Declarations):
         scheduler: Any = None,
         schemas: str = "register",
         tracing: bool | Tracing = False,
+        personal: Any = None,
     ) -> None:
         if not service or not isinstance(service, str):
             raise ConfigError("Tidings(service=...) needs the name of this service, e.g. 'taskapi'")
@@ -90,6 +96,8 @@ class Tidings(Declarations):
         self._started = 0
         # OpenTelemetry spans (tidings.otel); None: nothing of it is imported.
         self.tracing: Tracing | None = _tracing(tracing, self.url) if tracing else None
+        # Seals personal fields at build, opens them for personal=True subscribers.
+        self.shredder = shredder_for(personal, self.url)
 
     # -- workflows (declared here: they need the whole app) ----------------------
 
@@ -143,6 +151,8 @@ class Tidings(Declarations):
         self._started = max(self._started - 1, 0)
         if self._started == 0:
             await self.transport.close()
+            if self.shredder is not None:
+                self.shredder.close()
 
     async def __aenter__(self) -> Tidings:
         await self.start()
@@ -213,6 +223,10 @@ class Tidings(Declarations):
             traceparent, extensions = self.tracing.inject(extensions)  # + its tracestate
         if extensions:
             check_extension_names(extensions)
+        if self.shredder is not None and schema is not None:
+            sealed = self.shredder.seal(event_id, payload)
+            if sealed is not None:  # the payload's personal fields, encrypted
+                payload, extensions = sealed, {**(extensions or {}), EXTENSION: "v1"}
         # Positional: a third cheaper than by keyword, for every event published.
         return Event(
             type, self.service, payload, event_id, time, subject, SPECVERSION, JSON, schema,
@@ -347,6 +361,12 @@ class Tidings(Declarations):
         groups that opt in (``cancellable=True``), workers stop its calls under way and
         skip its later events, as cancelled, not failed (docs/agents.md)."""
         return await publish_cancel(self, correlation_id, subject, reason)
+
+    async def erase(self, subject: str) -> str | None:
+        """Erase ``subject``'s personal data: delete its key, so every copy of its
+        fields reads as erased, and publish ``tidings.subject_erased`` to
+        ``_tidings.erasures``; return the key id (None: it had none)."""
+        return await erase(self, subject)
 
     # -- delayed events ---------------------------------------------------------------
 

@@ -144,15 +144,16 @@ class Declarations:
         cancellable: bool = False,
         progress_every: float = 1.0,
         progress_topic: str | None = None,
+        personal: bool = False,
     ) -> Callable[[H], H]:
         """Decorator: run the handler for events of ``types`` on ``topic`` in ``group``.
 
         The handler takes the payload (its registered model, or the raw JSON data) and,
         optionally, a :class:`~tidings.context.Context`. It may be sync or async.
         ``retry`` is this handler's retry policy (default: the worker's); ``inbox`` a
-        :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect.
-        ``timeout``, ``cancellable``, ``progress_every``, ``progress_topic``: for slow
-        handlers, see :class:`~tidings.subscriber.Subscriber` and docs/agents.md.
+        :class:`tidings.inbox.Inbox` that makes redelivered events have no second effect;
+        ``timeout``, ``cancellable``, ``progress_every``, ``progress_topic`` for slow
+        handlers (docs/agents.md); ``personal``: personal fields in clear, not masked.
         """
         check_topic_name(topic)
         if not group:
@@ -179,6 +180,7 @@ class Declarations:
                 retry=retry,
                 inbox=inbox,
                 **slow,
+                personal=bool(personal),
             )
             if inbox is not None:
                 claim = getattr(inbox, "claim", None)

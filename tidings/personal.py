@@ -27,8 +27,8 @@ compatibility check reports a field that becomes personal, or stops being person
 break (:mod:`tidings.schema.rules`). A subject that is not a field of the object is
 refused when the model is registered (``@app.event``).
 
-Marking is all this module does: encrypting marked fields, erasing a subject's data and
-masking it are not there yet.
+Marking is all this module does: :mod:`tidings.shredding` encrypts the marked fields,
+erases a subject's data and masks it (decision 0036).
 """
 
 from __future__ import annotations

@@ -66,6 +66,9 @@ class Subscriber:
     cancellable: bool = False
     progress_every: float = 1.0
     progress_topic: str | None = None
+    # Whether the handler gets personal fields in clear (opened with the app's key
+    # store), not masked (decision 0036).
+    personal: bool = False
 
     @property
     def name(self) -> str:

@@ -13,6 +13,7 @@ from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
 from tidings.contracts import Registry
 from tidings.envelope import Event, validate_type
 from tidings.errors import DecodeError, EventError
+from tidings.shredding.fields import EXTENSION, Shredder, shown
 from tidings.transport import Record, Transport
 
 __all__ = ["TailEntry", "TailFilter", "tail", "wait_for_appends"]
@@ -61,6 +62,7 @@ async def tail(
     page: int = 500,
     poll: float = 1.0,
     upcast: Registry | None = None,
+    reveal: Shredder | None = None,
 ) -> AsyncGenerator[TailEntry, None]:
     """The records of every partition of ``topic`` from ``start`` (default: earliest),
     outside any group, in append order (timestamp, then partition and offset).
@@ -69,7 +71,8 @@ async def tail(
     count towards ``limit``). Without ``follow`` it ends at the end offsets it found on
     starting; with it, it waits for new records until ``stop`` is set. With ``upcast``
     (an app's registry), an event its upcasters read as a later version is shown as
-    that version, decoded as a handler gets it (an error if that fails).
+    that version, decoded as a handler gets it (an error if that fails). Personal
+    fields are masked, or opened with ``reveal`` (a :class:`tidings.shredding.Shredder`).
     """
     info = await topic_info(transport, topic)
     where = where or TailFilter()
@@ -82,7 +85,7 @@ async def tail(
             async for record in records:
                 if stop is not None and stop.is_set():
                     return
-                entry = _decoded(record)
+                entry = _decoded(record, reveal)
                 if upcast is not None and entry.event is not None:
                     entry = _upcast(entry, entry.event, upcast)
                 if entry.event is not None and not where.matches(entry.event):
@@ -99,10 +102,12 @@ async def tail(
             return
 
 
-def _decoded(record: Record) -> TailEntry:
+def _decoded(record: Record, reveal: Shredder | None) -> TailEntry:
     try:
         # The producer may have allowed larger events than the default: read what is there.
         event = decode(record.value, max(len(record.value), DEFAULT_MAX_EVENT_BYTES))
+        if EXTENSION in event.extensions:
+            event = event.with_(data=shown(event.id, event.data, reveal))
     except DecodeError as exc:
         return TailEntry(record, None, str(exc))
     return TailEntry(record, event)

@@ -28,7 +28,9 @@ class _Module(Protocol):
 
 def base_app(name: str, settings: Settings) -> Tidings:
     """A Tidings app for service ``name`` with the task events registered."""
-    return register(Tidings(settings.tidings_url, service=f"taskapi-{name}"))
+    return register(
+        Tidings(settings.tidings_url, service=f"taskapi-{name}", personal=settings.keys)
+    )
 
 
 def retry_policy(settings: Settings) -> Retry:

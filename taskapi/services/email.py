@@ -163,6 +163,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
         ],
         retry=policy,
         inbox=inbox("email", settings, stack),
+        personal=True,  # the assignee is the address
     )  # fmt: skip
     def email(event: Notice | escalation.Notice, ctx: Context) -> None:
         if isinstance(event, TaskEscalated | TaskEscalationFailed):

@@ -56,7 +56,7 @@ def declare(app: Tidings, settings: Settings, db: str) -> Saga:
     """The escalation saga on ``app`` (group ``escalation``), its state in ``db``."""
     saga = app.saga(
         NAME, topic=TOPIC, db=db, key="task_id", states=STATES, group="escalation",
-        retry=retry_policy(settings),
+        retry=retry_policy(settings), personal=True,  # the assignee finds the manager
     )  # fmt: skip
 
     @saga.starts("task.created", state="waiting")

@@ -80,6 +80,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
         types=["task.assigned", "task.reminder_due"],
         retry=policy,
         inbox=inbox("push", settings, stack),
+        personal=True,  # the assignee finds the device
     )
     async def push(event: TaskAssigned | ReminderDue, ctx: Context) -> None:
         if event.assignee is None:

@@ -208,6 +208,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
         types=["task.created", "task.updated", "task.completed", "task.deleted"],
         retry=retry_policy(settings),
         inbox=box,
+        personal=True,  # the reminder it schedules names the assignee
     )
     def reminders(event: Change, ctx: Context) -> None:
         on_change(ctx.session, event, lead, ctx)

@@ -56,6 +56,7 @@ def build(settings: Settings, stack: contextlib.AsyncExitStack) -> Tidings:
         types=["task.created", "task.completed", "task.escalated", "task.escalation_failed"],
         retry=policy,
         inbox=inbox("slack", settings, stack),
+        personal=True,  # names the assignee
     )
     async def post_to_slack(
         event: TaskCreated | TaskCompleted | escalation.Notice, ctx: Context

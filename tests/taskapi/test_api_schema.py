@@ -50,6 +50,7 @@ OPERATIONS = {
     "POST /tasks/{task_id}/complete",
     "GET /health",
     "GET /board",
+    "DELETE /people/{person_id}",
 }
 BOUNDED = settings(
     max_examples=EXAMPLES,
@@ -62,9 +63,12 @@ BOUNDED = settings(
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[FastAPI]:
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FastAPI]:
     # The relay is not under test here; without it the database has one writer fewer.
-    app = create_app(Settings.from_env(tmp_path, env={}).ensure(), relay=False)
+    # A key store: DELETE /people/{id} erases (without one it answers 409).
+    monkeypatch.setenv("TIDINGS_MASTER_KEY", "11" * 32)
+    env = {"TASKAPI_KEYS": f"sqlite:///{tmp_path / 'keys.db'}"}
+    app = create_app(Settings.from_env(tmp_path, env=env).ensure(), relay=False)
     try:
         yield app
     finally:

@@ -30,6 +30,7 @@ from tidings.contracts import Registry
 from tidings.envelope import Event, new_id
 from tidings.errors import AggregateNotFound, ConcurrencyConflict, ConfigError
 from tidings.outbox import Outbox, OutboxApp
+from tidings.shredding.fields import EXTENSION, shown
 from tidings.transport import check_topic_name
 
 __all__ = ["AggregateApp", "AggregateStore"]
@@ -251,6 +252,8 @@ class AggregateStore(Generic[A]):
         version = params["after"]
         for version, data in rows:  # noqa: B007 (the last one is the version)
             doc = orjson.loads(data)
+            if EXTENSION in doc:  # its own state: opened with the app's keys (decision 0036)
+                doc["data"] = shown(doc["id"], doc["data"], getattr(self.app, "shredder", None))
             apply(decode(doc["type"], doc.get("dataversion"), doc.get("data"), shared=False))
         d = aggregate.__dict__
         d["version"] = d["_saved_version"] = version

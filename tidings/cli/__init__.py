@@ -7,7 +7,7 @@ and exit non-zero: 2 for bad usage, 1 for a failure.
 This module builds the parser and runs the command; each family of commands is a
 module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``trace``,
 ``offsets``, ``dlq``, ``outbox``, ``schema``, ``asyncapi``, ``catalog``,
-``projections``, ``cancel``,
+``projections``, ``cancel``, ``erase``,
 ``sagas``) with an
 ``add_commands(sub)`` that
 registers it. What they share is in ``common`` (the parser, usage errors, common
@@ -32,6 +32,7 @@ from tidings.cli import (
     groups,
     offsets,
     outbox,
+    personal,
     projections,
     publish,
     run,
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for family in (
         run, topics, groups, publish, tail, trace, offsets, dlq, outbox, schema, asyncapi,
-        catalog, projections, cancel, sagas,
+        catalog, projections, cancel, sagas, personal,
     ):  # fmt: skip
         family.add_commands(sub)
     return parser

@@ -15,8 +15,10 @@ import orjson
 from tidings import admin, dead_letters
 from tidings.cli.common import add_common, opened
 from tidings.cli.output import cell, clip, confirm, print_json, progress, table, utc_text
+from tidings.cli.personal import add_reveal, shredder_of
 from tidings.dead_letters import DeadLetter, Filter
 from tidings.errors import ConfigError, TidingsError
+from tidings.shredding.fields import EXTENSION, Shredder, shown
 
 __all__ = ["add_commands"]
 
@@ -61,6 +63,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("group", metavar="GROUP", help="the consumer group, e.g. email")
     p.add_argument("id", metavar="ID", help="the entry id, or the event's id")
+    add_reveal(p)
     add_common(p)
     p.set_defaults(func=cmd_show)
 
@@ -174,13 +177,22 @@ async def cmd_show(args: argparse.Namespace) -> int:
             f"no dead letter {args.id!r} in group {args.group}; see 'tidings dlq list "
             f"{args.group} --all'"
         )
-    docs = [entry.detail(state) for entry, state in matches]
+    reveal = shredder_of(args)
+    docs = [_shown(entry.detail(state), reveal) for entry, state in matches]
     if args.json:
         print_json(docs if len(docs) > 1 else docs[0])
         return 0
     for doc in docs:
         _print_doc(doc)
     return 0
+
+
+def _shown(doc: dict[str, Any], reveal: Shredder | None) -> dict[str, Any]:
+    """``doc`` with its event's personal fields masked (or opened with ``reveal``)."""
+    event = doc["event"]
+    if event is not None and EXTENSION in event and "data" in event:
+        doc["event"] = {**event, "data": shown(event["id"], event["data"], reveal)}
+    return doc
 
 
 def _print_doc(doc: dict[str, Any]) -> None:

@@ -19,8 +19,10 @@ import orjson
 from tidings import admin, tail
 from tidings.cli.common import POSITION_HELP, add_common, load_app, opened, positive_int
 from tidings.cli.output import clip, print_warning, utc_text
+from tidings.cli.personal import add_reveal, shredder_of
 from tidings.codec import encode
 from tidings.errors import ConfigError, InvalidEventType
+from tidings.shredding import EXTENSION
 
 __all__ = ["add_commands"]
 
@@ -63,6 +65,7 @@ def add_commands(sub: Any) -> None:
         help="show events as this app's handlers read them, through its upcasters "
         "(module:app, e.g. myservice.events:app)",
     )
+    add_reveal(p)
     add_common(p)
     p.set_defaults(func=cmd_tail)
 
@@ -95,6 +98,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
                 follow=args.follow,
                 stop=stop,
                 upcast=upcast,
+                reveal=shredder_of(args),
             )
             async with contextlib.aclosing(entries):
                 async for entry in entries:
@@ -114,7 +118,8 @@ def _print_entry(entry: tail.TailEntry, as_json: bool, *, flush: bool) -> None:
         )
         return
     if as_json:
-        raw = r.value if entry.upcast_from is None else encode(entry.event, 1 << 30)
+        as_read = entry.upcast_from is None and EXTENSION not in entry.event.extensions
+        raw = r.value if as_read else encode(entry.event, 1 << 30)  # upcast, or masked
         if b"\n" in raw or b"\r" in raw:  # one document a line, whatever the producer wrote
             raw = orjson.dumps(orjson.loads(raw))
         print(raw.decode("utf-8"), flush=flush)

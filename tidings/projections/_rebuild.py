@@ -35,6 +35,7 @@ from tidings.codec import decode
 from tidings.context import Context
 from tidings.errors import ConfigError, EventError, TidingsError
 from tidings.projections._db import ProjectionDb, sqlite_engine
+from tidings.shredding.fields import EXTENSION, shown
 from tidings.transport import Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -308,8 +309,11 @@ class _Replay:
                     continue
                 try:
                     with session.begin_nested():  # one SAVEPOINT, ORM state kept in step
+                        data = event.data  # personal fields masked, as live (decision 0036)
+                        if EXTENSION in event.extensions:
+                            data = shown(event.id, data, None)
                         payload = registry.decode_payload(
-                            event.type, event.dataversion, event.data, shared=False
+                            event.type, event.dataversion, data, shared=False
                         )
                         ctx = Context(
                             _NoPublish(), event, topic=record.topic, partition=record.partition,

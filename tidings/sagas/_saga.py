@@ -21,6 +21,7 @@ from tidings.sagas._app import SagaApp
 from tidings.sagas._step import DEADLINE_TYPE, SagaStep
 from tidings.sagas._store import Instance, Store
 from tidings.sagas._tables import DEFAULT_PREFIX, create, define
+from tidings.shredding.fields import EXTENSION, shown
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -59,7 +60,9 @@ class Saga:
     an :class:`~tidings.Inbox` on ``db`` (default: a new one). ``group``: its consumer
     group (default: ``name``). ``unknown``: ``"ignore"`` or ``"park"`` a non-start event
     for a key without an instance. ``retry``: its :class:`~tidings.Retry` policy.
-    ``table_prefix`` and ``metadata``: where its tables are declared.
+    ``table_prefix`` and ``metadata``: where its tables are declared. ``personal``: its
+    steps get personal fields in clear (the app's key store; docs/personal-data.md), and
+    its state then holds them in clear, in its own database.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Saga:
         retry: Any = None,
         table_prefix: str = DEFAULT_PREFIX,
         metadata: sa.MetaData | None = None,
+        personal: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name or len(name) > 200:
             raise ConfigError(f"saga name must be a non-empty string of <= 200, got {name!r}")
@@ -116,6 +120,7 @@ class Saga:
         self._handler = self._make_handler()
         self._subscriber: Any = None
         self._retry = retry
+        self.personal = bool(personal)  # its steps get personal fields in clear
         if outbox is None:
             app.add_component(self.outbox.relay())
 
@@ -241,7 +246,7 @@ class Saga:
         if self._subscriber is None:
             app.subscriber(
                 self.topic, group=self.group, types=sorted(types), inbox=self.inbox,
-                retry=self._retry,
+                retry=self._retry, personal=self.personal,
             )(self._handler)  # fmt: skip
             self._subscriber = app.subscribers[-1]
             return
@@ -357,7 +362,11 @@ class Saga:
         self.store.note(session, key, event.id, event.type, (None, step.state, 1), "start", now)
         for raw in self.store.unpark(session, key) if self.unknown == "park" else ():
             parked = decode(raw)
-            data = self.app.registry.decode_payload(parked.type, parked.dataversion, parked.data)
+            raw_data = parked.data  # personal fields as the saga's subscriber has them
+            if EXTENSION in parked.extensions:
+                keys = getattr(self.app, "shredder", None) if self.personal else None
+                raw_data = shown(parked.id, raw_data, keys)
+            data = self.app.registry.decode_payload(parked.type, parked.dataversion, raw_data)
             self._apply(session, key, data, parked, now)
 
     def _step(

@@ -29,6 +29,7 @@ from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
+from tidings.shredding.fields import EXTENSION, shown
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
@@ -97,6 +98,9 @@ class Dispatcher:
         self.shared_events = shared_events
         # Where each event's handling time goes (None: not timed, and not a clock read).
         self.durations = durations
+        # The app's tidings.shredding.Shredder (None: personal fields reach every
+        # handler masked).
+        self.shredder = getattr(publisher, "shredder", None)
         self.loop = asyncio.get_running_loop()
         self.by_topic: dict[str, list[Subscriber]] = {}
         for s in subscribers:
@@ -186,9 +190,8 @@ class Dispatcher:
         shared = self._shared(record, event)
         if delivery.attempt > 1 and not shared:
             event = self.decode(record)  # the first attempt had the event's own payload
-        payload = self.registry.decode_payload(
-            event.type, event.dataversion, event.data, shared=shared
-        )
+        data = event.data if EXTENSION not in event.extensions else self._personal(sub, event)
+        payload = self.registry.decode_payload(event.type, event.dataversion, data, shared=shared)
         ctx = None
         if sub.takes_context:
             ctx = self._context(event, record, delivery.attempt, delivery.session)
@@ -327,12 +330,16 @@ class Dispatcher:
     def _first_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
         """The first attempt of a handler at ``event`` in a run: what the handler
         returns (an async handler's coroutine)."""
-        payload = self.registry.decode_payload(
-            event.type, event.dataversion, event.data, shared=shared
-        )
+        data = event.data if EXTENSION not in event.extensions else self._personal(sub, event)
+        payload = self.registry.decode_payload(event.type, event.dataversion, data, shared=shared)
         if not sub.takes_context:
             return sub.handler(payload)
         return sub.handler(payload, self._context(event, record, 1, None))
+
+    def _personal(self, sub: Subscriber, event: Event) -> Any:
+        """The data of an event with sealed personal fields, as ``sub`` may see it:
+        opened if it asks for personal data and the app has a key store, else masked."""
+        return shown(event.id, event.data, self.shredder if sub.personal else None)
 
     async def _run_on_loop(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
