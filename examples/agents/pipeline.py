@@ -136,11 +136,15 @@ def build(settings: Settings, model: AsyncOpenAI, log_url: str) -> Tidings:
     # The agents share the model API's limits: each group keeps under them together,
     # across its workers, and waits out a 429's Retry-After; and each works on several
     # requests (keys) of a partition at once, each request's events still in order.
+    # A group's rate counts handler calls: a research is one model call per batch of
+    # documents, a summary one; settings.rate (model calls per second) is shared so.
+    per_request = -(-len(docsets.load("tides")) // settings.batch) + 1  # model calls
+    rate = None if settings.rate is None else settings.rate / per_request
     for group in ("researchers", "summarisers"):
         app.group(
             group,
             cancellable=True,
-            rate=settings.rate,
+            rate=rate,
             max_calls=settings.max_calls,
             concurrency=settings.concurrency,
         )

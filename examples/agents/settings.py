@@ -31,8 +31,8 @@ class Settings:
     backoff: float = 0.5  # the first retry's wait, doubling (tidings.Retry)
     batch: int = 4  # documents per model call of the researcher
     progress_every: float = 0.5  # at most one progress event per call this often (s)
-    rate: float = 8.0  # model calls per second, per agent group, across its workers
-    max_calls: int = 4  # model calls at once, per agent group, across its workers
+    rate: float | None = 8.0  # model calls per second, per agent group, over its workers
+    max_calls: int | None = 4  # model calls at once, per agent group, over its workers
     concurrency: int = 4  # requests of one partition worked on at once, per worker
 
     @classmethod
@@ -44,8 +44,8 @@ class Settings:
             api_key=env.get("OPENAI_API_KEY") or "none",
             log_url=env.get("AGENTS_LOG_URL") or None,
             timeout=float(env.get("AGENTS_TIMEOUT") or cls.timeout),
-            rate=float(env.get("AGENTS_RATE") or cls.rate),
-            max_calls=int(env.get("AGENTS_MAX_CALLS") or cls.max_calls),
+            rate=float(env.get("AGENTS_RATE") or 8.0),
+            max_calls=int(env.get("AGENTS_MAX_CALLS") or 4),
             concurrency=int(env.get("AGENTS_CONCURRENCY") or cls.concurrency),
         )
         return replace(settings, **overrides)
