@@ -187,6 +187,14 @@ class Threads:
             self._pool.shutdown(wait=wait)
             self._pool = None
 
+    async def stop(self) -> None:
+        """Stop the threads once the work given to them has ended (waited for in
+        another thread; new work meanwhile starts new ones): what a cancelled task
+        left to them, e.g. closing a connection, is done when this returns."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True)
+
 
 def _undo_result(undo: Callable[[Any], None], future: Future[Any]) -> None:
     if not future.cancelled() and future.exception() is None and future.result() is not None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -279,7 +281,9 @@ class InboxStoreCases:
         async with running(app, middleware=middleware()) as worker:
             await app.publish_events(TOPIC, [event, event])
             await eventually(lambda: worker.stats.handled == 2)
-        eng.dispose()
+        # eng is disposed of by `closing` after the inbox is closed: its background
+        # sweep may still be deleting on one of eng's connections, which would go back
+        # to a disposed pool and stay open (psycopg's ResourceWarning, in a later test).
         assert calls == [event.id]
         assert worker.stats.duplicates == 1
         assert len(errors) == 1
@@ -555,6 +559,51 @@ class TestPostgreSQLInbox(InboxStoreCases):
     @pytest.fixture
     def db_url(self, pg_url: str) -> str:
         return pg_url
+
+    async def test_closing_after_a_cancelled_delivery_waits_for_its_connection_to_close(
+        self, db_url: str
+    ) -> None:
+        # A cancelled delivery leaves closing its session to a thread (the task does not
+        # wait); Inbox.close must not dispose of the engine before that close is done:
+        # the connection would go back to the disposed pool and stay open until the
+        # garbage collector found it (psycopg's ResourceWarning, in some later test).
+        inbox = Inbox(db_url, batch=1)
+        inbox.create_table()
+
+        def slow_rollback(conn: Any) -> None:
+            if threading.current_thread().name.startswith("tidings-inbox"):
+                time.sleep(0.3)  # the session's ROLLBACK, on a busy machine
+
+        given_back = threading.Event()
+
+        def checkin(dbapi_connection: Any, record: Any) -> None:
+            if threading.current_thread().name.startswith("tidings-inbox"):
+                given_back.set()
+
+        started = asyncio.Event()
+
+        async def call_next(d: Delivery) -> None:
+            started.set()
+            await asyncio.sleep(30)
+
+        sa.event.listen(sa.Engine, "rollback", slow_rollback)
+        sa.event.listen(sa.pool.Pool, "checkin", checkin)
+        try:
+            d = delivery(subscriber(inbox, lambda p, c: None, is_async=False), an_event(), Stats())
+            task = asyncio.create_task(InboxMiddleware().handle(d, call_next))
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await inbox.close()
+            assert await asyncio.to_thread(given_back.wait, 10)
+        finally:
+            sa.event.remove(sa.Engine, "rollback", slow_rollback)
+            sa.event.remove(sa.pool.Pool, "checkin", checkin)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+        assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
     async def test_marks_can_live_in_a_postgresql_schema(
         self, pg_url: str, closing: list[Any]

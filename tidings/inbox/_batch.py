@@ -33,6 +33,7 @@ from tidings.inbox._sides import (
     claim_in_session,
     claim_in_session_async,
     raw_sqlite,
+    shielded,
 )
 from tidings.inbox._store import Plan, close_quietly, commit_and_close
 
@@ -141,7 +142,7 @@ class Batch:
                         await self.sides.threads.run(raw_sqlite(raw.driver_connection).commit)
                     await conn.commit()  # (inline: nothing left to commit)
                 finally:
-                    await asyncio.shield(conn.close())
+                    await shielded(self.side, conn.close())
             else:
                 await self.sides.threads.run(commit_and_close, conn)
         finally:
@@ -153,7 +154,7 @@ class Batch:
             if conn is None:
                 return
             if self.side.is_async:
-                await asyncio.shield(conn.close())  # rolls back
+                await shielded(self.side, conn.close())  # rolls back
             else:
                 closing = self.sides.threads.submit(close_quietly, conn)
                 await asyncio.shield(asyncio.wrap_future(closing))
@@ -194,7 +195,7 @@ class _BatchMark:
     async def discard(self, *, cancelled: bool) -> None:
         """Roll back to the event's savepoint: no effect, no mark; the batch goes on."""
         if self._sync is None:
-            await asyncio.shield(self.session.close())
+            await shielded(self._batch.side, self.session.close())
         elif not cancelled:  # cancelled: the batch is given up as a whole
             await self._batch.run(self._sync.close)
 
@@ -274,6 +275,6 @@ async def _begin_async(sides: Sides, side: Side, *, immediate: bool) -> Any:
             else:
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")
     except BaseException:
-        await asyncio.shield(conn.close())
+        await shielded(side, conn.close())
         raise
     return conn

@@ -271,8 +271,9 @@ class Inbox:
         return await self._retention.delete(self._sides, side, cutoff)
 
     async def close(self) -> None:
-        """Wait for a running sweep and dispose of the engines this inbox made (from a
-        URL); engines and session makers you passed are left alone (close the inbox
+        """Wait for a running sweep, and for closes that cancelled deliveries left under
+        way (in its threads or on the loop), then dispose of the engines this inbox made
+        (from a URL); engines and session makers you passed are left alone (close the inbox
         before you dispose of them). It can be used again afterwards (new engines are
         made on demand)."""
         await self._retention.close()

@@ -5,10 +5,9 @@ process, waits on that row and then finds it."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from tidings.inbox._sides import Side, claim_in_session, claim_in_session_async
+from tidings.inbox._sides import Side, claim_in_session, claim_in_session_async, shielded
 from tidings.inbox._store import InboxStore, Mark, Plan, close_quietly, commit_and_close
 
 __all__ = ["PostgreSQLStore"]
@@ -113,24 +112,24 @@ class _ConnectionClaim:
 class _SessionClaim:
     """A claim in an AsyncSession: the handler's writes commit with the mark."""
 
-    __slots__ = ("session",)
+    __slots__ = ("_side", "session")
     used = True  # claimed first: whether the handler used its session is unknown
 
-    def __init__(self, session: Any) -> None:
-        self.session = session
+    def __init__(self, side: Side, session: Any) -> None:
+        self._side, self.session = side, session
 
     @classmethod
     async def begin(cls, side: Side, plan: Plan, event_id: str) -> _SessionClaim | None:
         session = side.maker()
         fresh = await claim_in_session_async(side, session, plan.consumer, event_id)
-        return cls(session) if fresh else None
+        return cls(side, session) if fresh else None
 
     async def discard(self, *, cancelled: bool) -> None:
-        await asyncio.shield(self.session.close())  # rolls back what was not committed
+        await shielded(self._side, self.session.close())  # rolls back what was not committed
 
     async def commit(self) -> bool:
         try:
             await self.session.commit()
             return True
         finally:
-            await asyncio.shield(self.session.close())
+            await shielded(self._side, self.session.close())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "claim_in_session_async",
     "open_db",
     "raw_sqlite",
+    "shielded",
     "use_wal_first",
 ]
 
@@ -65,6 +66,11 @@ class Side:
     text_time: bool  # SQLite: handled_at as text; else a datetime
     driver: str  # async: "aiosqlite" or "psycopg" to talk to the driver directly, else ""
     inline: bool = False  # an inline AsyncEngine on SQLite (tidings/inbox/_inline.py)
+    # Closes of this side's connections under way (see shielded): Sides.close waits
+    # for them before it disposes of the engine.
+    pending: set[asyncio.Future[Any]] = dataclasses.field(
+        default_factory=set, compare=False, repr=False
+    )
 
     def stamp(self) -> Any:
         now = datetime.now(UTC)
@@ -112,6 +118,17 @@ class Side:
         return bool(result.rowcount == 1)
 
 
+async def shielded(side: Side, closing: Awaitable[Any]) -> Any:
+    """Await ``closing`` (closing a session or connection of ``side``), which goes on
+    to its end if the waiting task is cancelled; :meth:`Sides.close` waits for it
+    before disposing of the engine: a connection given back to the pool of a disposed
+    engine is never closed (psycopg then warns when the garbage collector finds it)."""
+    task = asyncio.ensure_future(closing)
+    side.pending.add(task)
+    task.add_done_callback(side.pending.discard)
+    return await asyncio.shield(task)
+
+
 def raw_sqlite(driver_connection: Any) -> sqlite3.Connection:
     """The sqlite3 connection under an aiosqlite connection (the inline engine's)."""
     conn: sqlite3.Connection = driver_connection._conn
@@ -144,10 +161,10 @@ async def claim_in_session_async(
         conn = await session.connection()
         fresh = await side.insert_async(conn, consumer, event_id, stamp)
     except BaseException:
-        await asyncio.shield(session.close())
+        await shielded(side, session.close())
         raise
     if not fresh:
-        await asyncio.shield(session.close())
+        await shielded(side, session.close())
     return fresh
 
 
@@ -298,7 +315,14 @@ class Sides:
 
     async def close(self) -> None:
         """Dispose of the engines made here and stop the threads (both come back on
-        demand)."""
+        demand), once what cancelled deliveries left under way has given its
+        connections back: closes on the loop, then the work of the threads (closes,
+        and claims whose connection is then closed)."""
+        sides = [s for s in (self._async, self._inline, self._sync) if s is not None]
+        pending = {task for side in sides for task in side.pending}
+        if pending:
+            await asyncio.wait(pending)
+        await self.threads.stop()
         if self._async is not None and self._async.owned:
             await self._async.engine.dispose()
             self._async = None
@@ -308,7 +332,6 @@ class Sides:
         if self._sync is not None and self._sync.owned:
             self._sync.engine.dispose()
             self._sync = None
-        self.threads.shutdown(wait=False)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

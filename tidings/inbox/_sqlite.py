@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tidings.inbox._sides import Side, Sides
+from tidings.inbox._sides import Side, Sides, shielded
 from tidings.inbox._store import InboxStore, Mark, Plan, close_quietly
 
 __all__ = ["SQLiteStore"]
@@ -145,7 +145,7 @@ class SQLiteStore(InboxStore):
             await session.commit()
             return True
         finally:
-            await asyncio.shield(session.close())
+            await shielded(side, session.close())
 
     async def close(self) -> None:
         if self._writing is not None:

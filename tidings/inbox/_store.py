@@ -111,7 +111,9 @@ class InboxStore(ABC):
     async def discard(self, side: Side, holder: Any, *, cancelled: bool) -> None:
         """Roll back and close ``holder`` (a session or raw connection of ``side``)."""
         if side.is_async:
-            await asyncio.shield(holder.close())
+            from tidings.inbox._sides import shielded
+
+            await shielded(side, holder.close())
         elif getattr(holder, "in_transaction", None) is not None and not holder.in_transaction():
             holder.close()  # a session that never connected: no I/O
         else:
