@@ -10,24 +10,31 @@ import importlib
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tidings import admin
-from tidings.app import DEFAULT_URL, Tidings
+from tidings.app import DEFAULT_URL, Tidings, default_url
 from tidings.errors import ConfigError
 from tidings.transports import open_transport
 
+if TYPE_CHECKING:
+    from tidings.shredding import Shredder
+
 __all__ = [
+    "KEYS_HELP",
     "POSITION_HELP",
     "Command",
     "Parser",
     "UsageError",
     "add_common",
+    "add_reveal",
     "app_of",
     "load_app",
     "opened",
     "positive_float",
     "positive_int",
+    "shredder",
+    "shredder_of",
 ]
 
 # What a command is: it takes the parsed arguments and returns the exit code, or a
@@ -120,3 +127,36 @@ def app_of(args: argparse.Namespace) -> Tidings:
             "$TIDINGS_URL), or drop --url"
         )
     return app
+
+
+KEYS_HELP = (
+    "the key store: a SQLAlchemy URL (default: $TIDINGS_KEYS_URL, else the SQLite log's "
+    "own file); its master key from $TIDINGS_MASTER_KEY or $TIDINGS_MASTER_KEY_FILE"
+)
+
+
+def add_reveal(p: argparse.ArgumentParser) -> None:
+    """``--reveal`` and ``--keys`` on a command that shows events."""
+    p.add_argument(
+        "--reveal",
+        action="store_true",
+        help="show personal fields in clear (needs the key store and its master key)",
+    )
+    p.add_argument("--keys", metavar="URL", help=KEYS_HELP)
+
+
+def shredder_of(args: argparse.Namespace) -> Shredder | None:
+    """The key store to reveal with, if ``--reveal`` was given."""
+    if not getattr(args, "reveal", False):
+        return None
+    return shredder(args)
+
+
+def shredder(args: argparse.Namespace) -> Shredder:
+    """The key store of ``--keys`` (or its defaults), with its master key."""
+    from tidings.shredding.erasure import shredder_for
+
+    url = args.url or default_url()
+    found = shredder_for(args.keys or os.environ.get("TIDINGS_KEYS_URL") or True, url)
+    assert found is not None
+    return found

@@ -13,9 +13,8 @@ from typing import Any
 import orjson
 
 from tidings import admin, dead_letters
-from tidings.cli.common import add_common, opened
+from tidings.cli.common import add_common, add_reveal, opened, shredder_of
 from tidings.cli.output import cell, clip, confirm, print_json, progress, table, utc_text
-from tidings.cli.personal import add_reveal, shredder_of
 from tidings.dead_letters import DeadLetter, Filter
 from tidings.errors import ConfigError, TidingsError
 from tidings.shredding.fields import EXTENSION, Shredder, shown

@@ -1,25 +1,16 @@
-"""``tidings erase SUBJECT`` and the ``--reveal``/``--keys`` options of the commands
-that show events (``tail``, ``dlq show``): personal fields are masked unless an
-operator who holds the key store asks to see them (decision 0036)."""
+"""``tidings erase SUBJECT`` (decision 0036); the ``--reveal``/``--keys`` options of
+the commands that show events are ``common``'s."""
 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from tidings.app import default_url
-from tidings.cli.common import add_common, opened
+from tidings.cli.common import KEYS_HELP, add_common, opened, shredder
 from tidings.cli.output import print_json
-from tidings.shredding import Shredder
-from tidings.shredding.erasure import shredder_for
 
-__all__ = ["add_commands", "add_reveal", "shredder_of"]
-
-_KEYS_HELP = (
-    "the key store: a SQLAlchemy URL (default: $TIDINGS_KEYS_URL, else the SQLite log's "
-    "own file); its master key from $TIDINGS_MASTER_KEY or $TIDINGS_MASTER_KEY_FILE"
-)
+__all__ = ["add_commands"]
 
 _ERASE_HELP = """\
 Erase SUBJECT's personal data: delete its data key from the key store (durably, and
@@ -39,39 +30,15 @@ def add_commands(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("subject", metavar="SUBJECT", help="the subject's id, e.g. a user id")
-    p.add_argument("--keys", metavar="URL", help=_KEYS_HELP)
+    p.add_argument("--keys", metavar="URL", help=KEYS_HELP)
     add_common(p)
     p.set_defaults(func=cmd_erase)
 
 
-def add_reveal(p: argparse.ArgumentParser) -> None:
-    """``--reveal`` and ``--keys`` on a command that shows events."""
-    p.add_argument(
-        "--reveal",
-        action="store_true",
-        help="show personal fields in clear (needs the key store and its master key)",
-    )
-    p.add_argument("--keys", metavar="URL", help=_KEYS_HELP)
-
-
-def shredder_of(args: argparse.Namespace) -> Shredder | None:
-    """The key store to reveal with, if ``--reveal`` was given."""
-    if not getattr(args, "reveal", False):
-        return None
-    return _shredder(args)
-
-
-def _shredder(args: argparse.Namespace) -> Shredder:
-    url = args.url or default_url()
-    shredder = shredder_for(args.keys or os.environ.get("TIDINGS_KEYS_URL") or True, url)
-    assert shredder is not None
-    return shredder
-
-
 async def cmd_erase(args: argparse.Namespace) -> int:
-    shredder = _shredder(args)
+    keys = shredder(args)
     async with opened(args.url or default_url(), create=True) as app:
-        app.shredder = shredder
+        app.shredder = keys
         kid = await app.erase(args.subject)
     if args.json:
         print_json({"erased": kid is not None, "kid": kid})

@@ -17,9 +17,16 @@ from typing import Any
 import orjson
 
 from tidings import admin, tail
-from tidings.cli.common import POSITION_HELP, add_common, load_app, opened, positive_int
+from tidings.cli.common import (
+    POSITION_HELP,
+    add_common,
+    add_reveal,
+    load_app,
+    opened,
+    positive_int,
+    shredder_of,
+)
 from tidings.cli.output import clip, print_warning, utc_text
-from tidings.cli.personal import add_reveal, shredder_of
 from tidings.codec import encode
 from tidings.errors import ConfigError, InvalidEventType
 from tidings.shredding import EXTENSION
