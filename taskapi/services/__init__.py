@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import importlib
 from collections.abc import Callable
+from email.message import EmailMessage
+from email.utils import format_datetime
 from typing import Protocol
 
 from taskapi.events import register
 from taskapi.settings import Settings
-from tidings import ConfigError, Inbox, Retry, Tidings, Worker
+from tidings import ConfigError, Context, Inbox, Retry, Tidings, Worker
 
 __all__ = ["SERVICES", "base_app", "build", "inbox", "retry_policy", "serve"]
 
@@ -40,6 +42,23 @@ def retry_policy(settings: Settings) -> Retry:
         base_delay=settings.retry_base_delay,
         max_delay=max(settings.retry_max_delay, settings.retry_base_delay),
     )
+
+
+def mail_message(
+    settings: Settings, ctx: Context, to: str, subject: str, lines: list[str], task_id: str
+) -> EmailMessage:
+    """A mail of the services about the handled event (``ctx``): its headers carry the
+    event's id and correlation id; its body ``lines`` and the task id."""
+    message = EmailMessage()
+    message["From"] = settings.mail_from
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = format_datetime(ctx.event.time)
+    message["Message-ID"] = f"<{ctx.id}@taskapi>"
+    message["X-Correlation-ID"] = ctx.correlationid
+    message["X-Tidings-Event-ID"] = ctx.id
+    message.set_content("\n".join([*lines, "", f"Task id: {task_id}"]) + "\n")
+    return message
 
 
 def inbox(name: str, settings: Settings, stack: contextlib.AsyncExitStack) -> Inbox:

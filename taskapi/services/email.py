@@ -15,7 +15,6 @@ import logging
 import smtplib
 import threading
 from email.message import EmailMessage
-from email.utils import format_datetime
 
 from taskapi.events import (
     TOPIC,
@@ -26,7 +25,7 @@ from taskapi.events import (
     TaskEscalated,
     TaskEscalationFailed,
 )
-from taskapi.services import base_app, escalation, inbox, retry_policy
+from taskapi.services import base_app, escalation, inbox, mail_message, retry_policy
 from taskapi.settings import Settings
 from tidings import Context, Tidings
 
@@ -63,16 +62,8 @@ def compose(event: Notice, settings: Settings, ctx: Context) -> EmailMessage | N
     else:
         subject = f"Reminder: {event.title} is due {event.due:%Y-%m-%d %H:%M} UTC"
         lines = [f"The task {event.title!r} is due at {event.due.isoformat()}."]
-    mail = EmailMessage()
-    mail["From"] = settings.mail_from
-    mail["To"] = settings.address(event.assignee)
-    mail["Subject"] = subject
-    mail["Date"] = format_datetime(ctx.event.time)
-    mail["Message-ID"] = f"<{ctx.id}@taskapi>"
-    mail["X-Correlation-ID"] = ctx.correlationid
-    mail["X-Tidings-Event-ID"] = ctx.id
-    mail.set_content("\n".join([*lines, "", f"Task id: {event.task_id}"]) + "\n")
-    return mail
+    to = settings.address(event.assignee)
+    return mail_message(settings, ctx, to, subject, lines, event.task_id)
 
 
 class Mailer:

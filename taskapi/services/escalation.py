@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime
 from typing import Any, Literal
 
 from taskapi.events import (
@@ -40,7 +39,7 @@ from taskapi.events import (
     TaskEscalationFailed,
     TaskUpdated,
 )
-from taskapi.services import base_app, retry_policy
+from taskapi.services import base_app, mail_message, retry_policy
 from taskapi.settings import Settings
 from tidings import Context, Tidings
 from tidings.sagas import Saga, SagaStep
@@ -134,16 +133,8 @@ def mail(event: Notice, settings: Settings, ctx: Context) -> EmailMessage | None
         who = event.assignee or "nobody"
         lines = [f"The task {event.title!r}, assigned to {who}, was due at "
                  f"{event.due_at.isoformat()} and is not completed."]  # fmt: skip
-    message = EmailMessage()
-    message["From"] = settings.mail_from
-    message["To"] = settings.address(event.manager)
-    message["Subject"] = subject
-    message["Date"] = format_datetime(ctx.event.time)
-    message["Message-ID"] = f"<{ctx.id}@taskapi>"
-    message["X-Correlation-ID"] = ctx.correlationid
-    message["X-Tidings-Event-ID"] = ctx.id
-    message.set_content("\n".join([*lines, "", f"Task id: {event.task_id}"]) + "\n")
-    return message
+    to = settings.address(event.manager)
+    return mail_message(settings, ctx, to, subject, lines, event.task_id)
 
 
 def post(event: Notice) -> dict[str, Any] | None:
