@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from tidings.envelope import Event, new_id
 from tidings.progress import Throttle, check_fraction, is_progress, progress_data, progress_type
@@ -29,6 +29,8 @@ __all__ = [
     "correlation_scope",
     "current_scope",
 ]
+
+T = TypeVar("T")
 
 
 class Publisher(Protocol):
@@ -146,11 +148,15 @@ class Context:
     def publish_sync(self, topic: str, payload: Any, **options: Any) -> Event:
         """:meth:`publish` for synchronous handlers (they run in a worker thread), in
         the handler's context (its causal scope, its trace context)."""
-        context = contextvars.copy_context()
-        publishing = self.publish(topic, payload, **options)
+        return self._on_loop(self.publish(topic, payload, **options))
 
-        async def in_context() -> Event:
-            return await self._loop.create_task(publishing, context=context)
+    def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the worker's loop from a handler's thread, in the handler's
+        context (its causal scope, its trace context), and wait for its result."""
+        context = contextvars.copy_context()
+
+        async def in_context() -> T:
+            return await self._loop.create_task(work, context=context)
 
         return asyncio.run_coroutine_threadsafe(in_context(), self._loop).result()
 
@@ -168,8 +174,9 @@ class Context:
 
     def progress_sync(self, fraction: float, note: str = "") -> Event | None:
         """:meth:`progress` for synchronous handlers (they run in a worker thread)."""
-        report = self._progress(check_fraction(fraction), str(note), self._subscriber())
-        return asyncio.run_coroutine_threadsafe(report, self._loop).result()
+        return self._on_loop(
+            self._progress(check_fraction(fraction), str(note), self._subscriber())
+        )
 
     def _subscriber(self) -> Subscriber | None:
         """The subscriber whose call handles this event (from the causal scope the

@@ -155,12 +155,16 @@ async def publish(app: Tidings, count: int) -> None:
 async def test_max_calls_bounds_the_calls_under_way_across_partitions() -> None:
     app = limited_app(max_calls=2)
     running, most, done = 0, 0, []
+    two = asyncio.Event()  # the first calls wait until two are under way at once
 
     @app.subscriber(TOPIC, group="agents")
     async def call(data: Any) -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
+        if running == 2:
+            two.set()
+        await two.wait()
         await asyncio.sleep(0.02)
         running -= 1
         done.append(data["n"])

@@ -108,11 +108,8 @@ async def run(args: argparse.Namespace) -> int:
         app, middleware=default_middleware(Retry(base_delay=0.01, max_delay=0.05)),
         commit_interval=0.02, shutdown_timeout=10,
     )  # fmt: skip
-    stop = asyncio.Event()
-    async with app:
-        worker.install_signal_handlers(stop)
-        print(f"saga worker {os.getpid()} running", file=sys.stderr, flush=True)
-        await worker.run(stop)
+    print(f"saga worker {os.getpid()} starting", file=sys.stderr, flush=True)
+    await worker.serve()  # until SIGTERM (or the SIGKILL the test sends)
     await saga.close()
     await sink.close()
     await outbox.dispose()

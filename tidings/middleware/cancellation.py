@@ -253,12 +253,12 @@ class Cancellation(Middleware):
         )
 
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
-        known = self.known
-        event = delivery.event
-        cancel = None if known is None else known.cancelled(event)
+        known = self.known  # set: wraps() takes no subscriber without it
+        assert known is not None
+        cancel = known.cancelled(delivery.event)
         if cancel is not None:
             self._count(delivery, cancel, "skipped")
-        elif known is None or not delivery.subscriber.is_async:
+        elif not delivery.subscriber.is_async:
             await call_next(delivery)  # a thread cannot be stopped: it finishes
         else:
             cancel = await self._cancellable(known, delivery, call_next)

@@ -12,7 +12,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from tidings.envelope import Event
 from tidings.middleware.base import Delivery, Middleware, Next
-from tidings.otel._context import SAMPLED, context_of, sampled
+from tidings.otel._context import SAMPLED, context_of
 from tidings.subscriber import Subscriber
 
 if TYPE_CHECKING:
@@ -45,8 +45,7 @@ class TracingMiddleware(Middleware):
 
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
         event, record = delivery.event, delivery.record
-        traceparent = event.traceparent
-        if traceparent is not None and not sampled(traceparent):
+        if not self.wants_chain(event):  # its creation context not sampled: no span
             await call_next(delivery)
             return
         creation = context_of(event)
