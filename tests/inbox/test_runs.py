@@ -1,60 +1,43 @@
 """A plain def handler's calls in a lane's batch, a run of them in one thread (decision
 0041): the claims, savepoints and releases in that thread, per event, so that an event
-whose call fails is rolled back alone and goes on to Retry and the dead letters while
-the events before it keep their effects and marks."""
+whose call fails is rolled back alone and goes on to Retry (and the dead letters:
+``test_batches``) while the events before it keep their effects and marks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from tests.inbox.helpers import TOPIC, add_effect, effect_rows, mark_rows, middleware
-from tidings import Context, Event, Tidings
+from tests.inbox.helpers import (
+    TOPIC,
+    add_effect,
+    effect_rows,
+    mark_rows,
+    middleware,
+    publish_one_key,
+    subscribe_writer,
+)
+from tidings import Context, Tidings
 from tidings.inbox import Inbox
-from tidings.middleware import Retry, Stats, default_middleware
-from tidings.middleware.base import RunCalls
-from tidings.middleware.inbox import InboxMiddleware
-from tidings.subscriber import Subscriber
 from tidings.testing import eventually, running
 
 
 @pytest.fixture
-def runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The event ids offered to each run of calls the inbox took part in."""
-    seen: list[list[str]] = []
-    open_run = InboxMiddleware.open_run
-
-    async def spied(
-        self: InboxMiddleware, subscriber: Subscriber, events: Sequence[Event], stats: Stats
-    ) -> RunCalls | None:
-        calls = await open_run(self, subscriber, events, stats)
-        if calls is not None:
-            seen.append([e.id for e in events[: calls.count]])
-        return calls
-
-    monkeypatch.setattr(InboxMiddleware, "open_run", spied)
-    return seen
-
-
-async def publish(app: Tidings, n: int) -> list[str]:
-    """``n`` events of one key: one partition, one lane, in this order."""
-    sent = await app.publish_many(
-        TOPIC, [{"n": i} for i in range(n)], type="task.created", subject="one-key"
-    )
-    return [e.id for e in sent]
+async def inbox(db_url: str) -> AsyncIterator[Inbox]:
+    box = Inbox(db_url, batch=100)
+    box.create_table()
+    yield box
+    await box.close()
 
 
 async def test_a_lanes_calls_run_in_threads_each_effect_with_its_mark(
-    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], runs: list[list[str]]
+    app: Tidings, inbox: Inbox, engine: sa.Engine, runs: list[list[str]]
 ) -> None:
-    inbox = Inbox(db_url, batch=100)
-    closing.append(inbox)
-    inbox.create_table()
-    ids = await publish(app, 40)  # all there before the worker fetches
+    ids = await publish_one_key(app, 40)  # all there before the worker fetches
 
     @app.subscriber(TOPIC, group="g", inbox=inbox)
     def write(payload: Any, ctx: Context) -> None:
@@ -64,8 +47,7 @@ async def test_a_lanes_calls_run_in_threads_each_effect_with_its_mark(
         await eventually(lambda: len(mark_rows(engine, inbox)) == 40)
     assert worker.stats.handled == 40
     assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids)
-    # Every event was offered to a run (a run that stops early, at its time or its
-    # batch's end, leaves the rest to the next one), in order, and runs held several.
+    # Every event was offered to a run, in order, and runs held several.
     assert {e for run in runs for e in run} == set(ids)
     for run in runs:
         first = ids.index(run[0])
@@ -74,12 +56,9 @@ async def test_a_lanes_calls_run_in_threads_each_effect_with_its_mark(
 
 
 async def test_an_event_failing_in_a_run_is_rolled_back_alone_and_retried(
-    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], runs: list[list[str]]
+    app: Tidings, inbox: Inbox, engine: sa.Engine, runs: list[list[str]]
 ) -> None:
-    inbox = Inbox(db_url, batch=100)
-    closing.append(inbox)
-    inbox.create_table()
-    ids = await publish(app, 12)
+    ids = await publish_one_key(app, 12)
     committed_at_retry: list[int] = []
 
     @app.subscriber(TOPIC, group="g", inbox=inbox)
@@ -93,7 +72,7 @@ async def test_an_event_failing_in_a_run_is_rolled_back_alone_and_retried(
     async with running(app, middleware=middleware()) as worker:
         await eventually(lambda: len(mark_rows(engine, inbox)) == 12)
     assert worker.stats.failed_attempts == 1
-    # The failing call was made in a run (with batch-mates before it), and the events
+    # The failing call was made in a run, with batch-mates before it, and the events
     # before it were committed before Retry called it again.
     assert any(ids[5] in run and run.index(ids[5]) > 0 for run in runs), runs
     assert committed_at_retry == [5]
@@ -101,45 +80,12 @@ async def test_an_event_failing_in_a_run_is_rolled_back_alone_and_retried(
     assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids)
 
 
-async def test_an_event_given_up_in_a_run_is_dead_lettered_alone(
-    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], runs: list[list[str]]
-) -> None:
-    inbox = Inbox(db_url, batch=100)
-    closing.append(inbox)
-    inbox.create_table()
-    ids = await publish(app, 10)
-
-    @app.subscriber(TOPIC, group="g", inbox=inbox)
-    def write_unless_fourth(payload: Any, ctx: Context) -> None:
-        add_effect(ctx.session, ctx)
-        if ctx.id == ids[3]:
-            raise RuntimeError("never")
-
-    chain = default_middleware(Retry(max_attempts=2, base_delay=0.01, max_delay=0.02))
-    async with running(app, middleware=chain) as worker:
-        await eventually(lambda: worker.stats.handled == 10)
-        await eventually(lambda: len(mark_rows(engine, inbox)) == 9)
-    assert worker.stats.dead_lettered == 1
-    assert any(ids[3] in run for run in runs), runs
-    rest = ids[:3] + ids[4:]
-    assert sorted(e for e, _ in effect_rows(engine)) == sorted(rest)
-    assert sorted(e for _, e in mark_rows(engine, inbox)) == sorted(rest)
-
-
 async def test_events_marked_before_are_passed_in_a_run_without_a_call(
-    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], runs: list[list[str]]
+    app: Tidings, inbox: Inbox, engine: sa.Engine, runs: list[list[str]]
 ) -> None:
-    inbox = Inbox(db_url, batch=100)
-    closing.append(inbox)
-    inbox.create_table()
-    ids = await publish(app, 10)
+    ids = await publish_one_key(app, 10)
     called: list[str] = []
-
-    @app.subscriber(TOPIC, group="g", inbox=inbox)
-    def write(payload: Any, ctx: Context) -> None:
-        called.append(ctx.id)
-        add_effect(ctx.session, ctx)
-
+    subscribe_writer(app, inbox, "sync", called)
     consumer = inbox.key(app.subscribers[0])
     handled_before = ids[2:5]  # as if a process had handled them and died
     now = datetime.now(UTC)
