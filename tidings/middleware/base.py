@@ -14,7 +14,7 @@ from tidings.stats import Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
 
-__all__ = ["SKIP", "Delivery", "Middleware", "Next", "RunCalls", "Stats", "compose"]
+__all__ = ["SKIP", "Delivery", "Middleware", "Next", "RunCalls", "Stats", "compose", "run_part"]
 
 
 @dataclass(slots=True)
@@ -156,6 +156,14 @@ class Middleware:
         the worker takes them out of its runs. Asked for every event when overridden;
         the default is False."""
         return False
+
+
+def run_part(chain: Sequence[Middleware], subscriber: Subscriber) -> Middleware | None:
+    """The middleware of ``chain`` that takes part in runs of ``subscriber``'s calls
+    (:meth:`Middleware.takes_runs`), if it is the only one that acts around them (the
+    others act only on errors); else None."""
+    around = [m for m in chain if not m.only_on_error(subscriber)]
+    return around[0] if len(around) == 1 and around[0].takes_runs(subscriber) else None
 
 
 def compose(middleware: Sequence[Middleware], innermost: Next) -> Next:

@@ -29,7 +29,7 @@ from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
-from tidings.middleware.base import SKIP, RunCalls
+from tidings.middleware.base import SKIP, RunCalls, run_part
 from tidings.shredding.fields import EXTENSION, shown
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
@@ -110,14 +110,9 @@ class Dispatcher:
             self.by_topic.setdefault(s.topic, []).append(s)
         self.layers = {id(s): [m for m in middleware if m.wraps(s)] for s in subscribers}
         self.chains = {id(s): compose(self.layers[id(s)], self._call) for s in subscribers}
-        # Plain def handlers whose chain has one middleware that acts around every
-        # call and can take part in a run of them (the inbox's batches), the others
-        # acting only on errors: that middleware, by subscriber.
-        self.parts: dict[int, Middleware] = {}
-        for s in subscribers:
-            around = [m for m in self.layers[id(s)] if not m.only_on_error(s)]
-            if threads is not None and len(around) == 1 and around[0].takes_runs(s):
-                self.parts[id(s)] = around[0]
+        # Plain def handlers whose chain has a middleware that takes part in runs.
+        parts = [(id(s), run_part(self.layers[id(s)], s)) for s in subscribers if threads]
+        self.parts = {key: part for key, part in parts if part is not None}
         # Handlers whose middleware acts only on errors: called in runs (plain def
         # handlers when there is a thread pool to run them in); and those above.
         self.in_runs = {
