@@ -6,6 +6,7 @@ erasure on live delivery, replay, tail and dead letters, on every log."""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import subprocess
 import sys
@@ -306,6 +307,51 @@ async def test_another_process_learns_of_an_erasure_at_once_not_when_its_cache_e
         again = reader.build(Assigned(task_id="t-2", assignee="ann"))
     assert got == [("mail", "ann"), ("late", ERASED)]  # no clear value after the erasure
     assert again.data["assignee"]["kid"] != sealed_kid  # new data: a new key, not the erased one
+
+
+@pytest.mark.parametrize("kind", ["async", "def"])
+async def test_a_handlers_error_keeps_no_personal_value_in_the_dead_letter_or_the_log(
+    sqlite_url: str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(sqlite_url, True)
+    retry = Retry(max_attempts=2, **FAST)  # the first call in a run, the second alone
+
+    def fail(task: Assigned) -> None:
+        try:
+            raise KeyError(task.assignee)
+        except KeyError as exc:
+            raise OSError(f"no mailbox {task.email} for {task.assignee} ({task.n})") from exc
+
+    if kind == "async":
+
+        @app.subscriber("tasks", group="g", personal=True, retry=retry)
+        async def handle(task: Assigned) -> None:
+            fail(task)
+    else:
+
+        @app.subscriber("tasks", group="g", personal=True, retry=retry)
+        def handle_in_thread(task: Assigned) -> None:
+            fail(task)
+
+    caplog.set_level(logging.INFO)
+    async with app, running(app):
+        await app.publish("tasks", Assigned(task_id="t", assignee="ann-x", email="a@x.io", n=7))
+
+        async def dead() -> list[Any]:
+            try:
+                return (await open_log(app.transport, "g")).listing()
+            except TopicNotFound:  # no dead letter topic yet
+                return []
+
+        await eventually(dead, what="a dead letter")
+        ((letter, _),) = await dead()
+    assert letter.error_message == "no mailbox [personal] for [personal] (7)"
+    for text in (letter.error_message, letter.traceback, caplog.text):
+        assert text is not None
+        assert "a@x.io" not in text
+        assert "ann-x" not in text
+    assert "KeyError: '[personal]'" in (letter.traceback or "")
+    assert "OSError: no mailbox [personal]" in caplog.text  # the retry's log line
 
 
 def run_cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
