@@ -174,13 +174,21 @@ async def test_a_consumer_without_the_key_store_gets_masks(sqlite_url: str) -> N
     assert seen == [Assigned(task_id="t", assignee=MASK, email=None)]
 
 
-async def test_a_consumer_with_the_wrong_master_key_loses_no_event(
-    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [("master key", "master key does not open"), ("lost store", "neither in the key store")],
+)
+async def test_a_consumer_with_the_wrong_master_key_or_a_lost_key_store_loses_no_event(
+    sqlite_url: str, tmp_path: Path, broken: str, reason: str
 ) -> None:
     producer = make_app(sqlite_url, keys_db(tmp_path))
     async with producer:
         await producer.publish("tasks", Assigned(task_id="t", assignee="ann"))
-    consumer = make_app(sqlite_url, SqlKeyStore(keys_db(tmp_path), master_key=os.urandom(32)))
+    if broken == "master key":
+        keys = SqlKeyStore(keys_db(tmp_path), master_key=os.urandom(32))
+    else:  # an empty store in the lost one's place
+        keys = SqlKeyStore(f"sqlite:///{tmp_path}/new-keys.db")
+    consumer = make_app(sqlite_url, keys)
 
     @consumer.subscriber("tasks", group="g", personal=True, retry=Retry(max_attempts=2, **FAST))
     async def handle(task: Assigned) -> None:
@@ -197,7 +205,7 @@ async def test_a_consumer_with_the_wrong_master_key_loses_no_event(
         await eventually(dead, what="a dead letter")
     ((letter, _),) = log.listing()
     assert (letter.error_type or "").endswith("KeyStoreError")
-    assert "master key does not open" in (letter.error_message or "")
+    assert reason in (letter.error_message or "")
     assert b"ann" not in letter.value  # kept whole, still sealed
 
 
