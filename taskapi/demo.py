@@ -33,7 +33,7 @@ from taskapi.effects import Effect, Effects
 from taskapi.events import TOPIC, register
 from taskapi.services import SERVICES
 from taskapi.system import StartFailed, System
-from tidings import Tidings, tail
+from tidings import Event, Tidings, decode
 from tidings.shredding import ERASED, Shredder, SqlKeyStore
 
 __all__ = ["main", "seed"]
@@ -269,17 +269,18 @@ def _show_erasure(system: System, person: str) -> int:
     return verify_main(["--data", str(system.data)])
 
 
-async def _assigned_to(url: str, keys: Shredder, person: str) -> Any:
-    """The first task.assigned event of the log, opened with ``keys``, whose assignee
-    was ``person`` (before an erasure) or reads as erased (after it)."""
+async def _assigned_to(url: str, keys: Shredder, person: str) -> Event:
+    """The first task.assigned event of the log whose assignee, opened with ``keys``,
+    is ``person`` (before an erasure) or reads as erased (after it)."""
     app = Tidings(url, service="taskapi-demo")
     async with app:
-        async for entry in tail.tail(app.transport, TOPIC, reveal=keys):
-            event = entry.event
-            if (
-                event is not None
-                and event.type == "task.assigned"
-                and event.data.get("assignee") in (person, ERASED)
-            ):
-                return event
+        (info,) = [t for t in await app.transport.topics() if t.name == TOPIC]
+        for p in info.partitions:
+            for record in await app.transport.read(TOPIC, p.partition, p.start, 10_000):
+                event = decode(record.value)
+                if event.type != "task.assigned":
+                    continue
+                event = event.with_(data=keys.open(event.id, event.data))
+                if event.data.get("assignee") in (person, ERASED):
+                    return event
     raise LookupError(f"no task.assigned event for {person} in {url}")

@@ -5,18 +5,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from typing import Any
 
-from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
-from tidings.errors import ConfigError, DecodeError
+from tidings.envelope import Event
+from tidings.errors import ConfigError
 from tidings.shredding.fields import Shredder
 from tidings.transport import Transport
+from tidings.transports._follow import Follower
 
 __all__ = ["ERASED_TYPE", "ERASURES_TOPIC", "ErasureWatch", "erase", "shredder_for", "watching"]
-
-log = logging.getLogger("tidings.shredding")
 
 ERASURES_TOPIC = "_tidings.erasures"
 ERASED_TYPE = "tidings.subject_erased"
@@ -64,57 +61,25 @@ class ErasureWatch:
     the key store, which answers "erased". Erasures made by other processes so reach
     this one within ``poll`` seconds, instead of when its cache expires.
 
-    It starts at the topic's end: what was erased before it started is not cached yet,
-    or was dropped by :meth:`start`."""
+    It starts at the topic's end, dropping what was cached before (decision 0038)."""
 
     def __init__(self, transport: Transport, shredder: Shredder, *, poll: float = 0.5) -> None:
         self.transport = transport
         self.shredder = shredder
-        self.poll = poll
-        self.positions: dict[int, int] = {}
+        self.follower = Follower(transport, ERASURES_TOPIC, self._learn, poll)
         self.seen = 0  # erasure events read
 
     async def start(self) -> None:
         """Create the topic if missing, start at its end, drop what was cached before."""
         info = await self.transport.create_topic(ERASURES_TOPIC, 1)
-        self.positions = {p.partition: p.end for p in info.partitions}
+        self.follower.positions.update({p.partition: p.end for p in info.partitions})
         self.shredder.forget(None)
 
-    async def read(self) -> int:
-        """Read the erasures appended since the last read; return how many records."""
-        count = 0
-        for partition, offset in list(self.positions.items()):
-            for _ in range(10_000):  # pages of 500: bounded; the rest at the next read
-                records = await self.transport.read(ERASURES_TOPIC, partition, offset, 500)
-                if not records:
-                    break
-                for record in records:
-                    try:
-                        event = decode(
-                            record.value, max(len(record.value), DEFAULT_MAX_EVENT_BYTES)
-                        )
-                    except DecodeError:
-                        continue  # not an erasure: nothing to forget
-                    kid = event.data.get("kid") if isinstance(event.data, dict) else None
-                    if event.type == ERASED_TYPE and isinstance(kid, str):
-                        self.shredder.forget(kid)
-                        self.seen += 1
-                offset = records[-1].offset + 1
-                self.positions[partition] = offset
-                count += len(records)
-        return count
-
-    async def follow(self, stop: asyncio.Event) -> None:
-        """Read new erasures every ``poll`` seconds until ``stop`` is set."""
-        while not stop.is_set():  # for as long as the app is started
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll)
-            if stop.is_set():
-                return
-            try:
-                await self.read()
-            except Exception:
-                log.warning("reading %s failed; trying again", ERASURES_TOPIC, exc_info=True)
+    def _learn(self, event: Event) -> None:
+        kid = event.data.get("kid") if isinstance(event.data, dict) else None
+        if event.type == ERASED_TYPE and isinstance(kid, str):
+            self.shredder.forget(kid)
+            self.seen += 1
 
 
 async def watching(
@@ -125,4 +90,4 @@ async def watching(
     watch = ErasureWatch(transport, shredder)
     await watch.start()
     stop = asyncio.Event()
-    return stop, asyncio.create_task(watch.follow(stop), name="tidings erasure watch")
+    return stop, asyncio.create_task(watch.follower.follow(stop), name="tidings erasure watch")
