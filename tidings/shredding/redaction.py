@@ -17,7 +17,7 @@ from typing import Any
 
 from tidings.shredding.fields import ENCRYPTED, ERASED, MASK
 
-__all__ = ["MIN_LENGTH", "clear_values", "guarded", "redact"]
+__all__ = ["MIN_LENGTH", "clear_values", "guarded", "guarded_sync", "redact"]
 
 MIN_LENGTH = 3
 """Shorter values are left in messages: cutting every "a" out of a text hides nothing."""
@@ -87,22 +87,20 @@ def _cut(text: Any, values: list[str]) -> Any:
     return text
 
 
-def guarded(call: Callable[[], Any], sealed: Any, opened: Any) -> Any:
-    """``call()`` (a handler given ``opened``, the clear form of ``sealed``), with the
-    personal values cut out of what it raises, now or when its awaitable is awaited."""
+async def guarded(call: Callable[[], Awaitable[Any]], sealed: Any, opened: Any) -> Any:
+    """Await ``call()`` (a handler given ``opened``, the clear form of ``sealed``), with
+    the personal values cut out of what it raises."""
     try:
-        result = call()
+        return await call()
     except Exception as exc:
         redact(exc, clear_values(sealed, opened))
         raise
-    if isinstance(result, Awaitable):
-        return _awaited(result, sealed, opened)
-    return result
 
 
-async def _awaited(call: Awaitable[Any], sealed: Any, opened: Any) -> Any:
+def guarded_sync(call: Callable[[], Any], sealed: Any, opened: Any) -> Any:
+    """:func:`guarded` for a plain ``def`` handler called where it runs (a thread)."""
     try:
-        return await call
+        return call()
     except Exception as exc:
         redact(exc, clear_values(sealed, opened))
         raise

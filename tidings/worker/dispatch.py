@@ -30,7 +30,7 @@ from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
 from tidings.shredding.fields import EXTENSION, shown
-from tidings.shredding.redaction import guarded
+from tidings.shredding.redaction import guarded, guarded_sync
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
@@ -197,7 +197,7 @@ class Dispatcher:
         if sub.takes_context:
             ctx = self._context(event, record, delivery.attempt, delivery.session)
         if data is not event.data and self._clear(sub):  # what it raises, redacted
-            return guarded(  # type: ignore[no-any-return]
+            return guarded(
                 lambda: self._handler_call(sub, payload, ctx, delivery), event.data, data
             )
         return self._handler_call(sub, payload, ctx, delivery)
@@ -350,7 +350,9 @@ class Dispatcher:
             args: tuple[Any, ...] = (payload,)
             if sub.takes_context:
                 args = (payload, self._context(event, record, 1, None))
-            return guarded(lambda: sub.handler(*args), event.data, data)
+            if sub.is_async:
+                return guarded(lambda: sub.handler(*args), event.data, data)
+            return guarded_sync(lambda: sub.handler(*args), event.data, data)
         if not sub.takes_context:
             return sub.handler(payload)
         return sub.handler(payload, self._context(event, record, 1, None))
