@@ -43,6 +43,15 @@ def test_the_demo_seeds_tasks_and_every_service_catches_up(tmp_path: Path) -> No
         ("bob@example.com", "Completed: Review pull request #42"),
     } <= mails
     assert (tmp_path / "events.db").exists()
+    # Then one of carol's task events before and after erasing her (decision 0036).
+    before, _, after = out.partition("DELETE /people/carol: 204")
+    shown_before = before.split("(tail --reveal):\n", 1)[1].splitlines()[0]
+    assert '"assignee": "carol"' in shown_before
+    assert '"title": "Order team lunch"' in shown_before
+    shown_after = after.split("the same event now:\n", 1)[1].splitlines()[0]
+    assert shown_after == shown_before.replace('"carol"', '"[erased]"')
+    assert "chain intact" in after.split("taskapi audit verify", 1)[1]
+    assert b"carol" not in (tmp_path / "events.db").read_bytes()  # ciphertext only
 
 
 def test_the_taskapi_command_explains_its_usage() -> None:

@@ -31,6 +31,7 @@ from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
 from tidings.middleware.base import SKIP, RunCalls, run_part
 from tidings.shredding.fields import EXTENSION, shown
+from tidings.shredding.redaction import guarded, guarded_sync
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
@@ -204,11 +205,24 @@ class Dispatcher:
         ctx = None
         if sub.takes_context:
             ctx = self._context(event, record, delivery.attempt, delivery.session)
+        if data is not event.data and self._clear(sub):  # what it raises, redacted
+            return guarded(
+                lambda: self._handler_call(sub, payload, ctx, delivery), event.data, data
+            )
+        return self._handler_call(sub, payload, ctx, delivery)
+
+    def _handler_call(
+        self, sub: Subscriber, payload: Any, ctx: Context | None, delivery: Delivery
+    ) -> Awaitable[None]:
         if sub.is_async:
             call: Awaitable[None]
             call = sub.handler(payload) if ctx is None else sub.handler(payload, ctx)
             return call
         return self._call_in_thread(sub, payload, ctx, delivery)
+
+    def _clear(self, sub: Subscriber) -> bool:
+        """Whether ``sub`` is given personal fields in clear."""
+        return sub.personal and self.shredder is not None
 
     def _shared(self, record: Record, event: Event) -> bool:
         """Whether the event's payload may be seen by more than one handler call (then
@@ -396,6 +410,13 @@ class Dispatcher:
         returns (an async handler's coroutine). ``session``: its ``ctx.session``."""
         data = event.data if EXTENSION not in event.extensions else self._personal(sub, event)
         payload = self.registry.decode_payload(event.type, event.dataversion, data, shared=shared)
+        if data is not event.data and self._clear(sub):  # what it raises, redacted
+            args: tuple[Any, ...] = (payload,)
+            if sub.takes_context:
+                args = (payload, self._context(event, record, 1, None))
+            if sub.is_async:
+                return guarded(lambda: sub.handler(*args), event.data, data)
+            return guarded_sync(lambda: sub.handler(*args), event.data, data)
         if not sub.takes_context:
             return sub.handler(payload)
         return sub.handler(payload, self._context(event, record, 1, session))
