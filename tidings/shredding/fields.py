@@ -156,7 +156,9 @@ class Shredder:
                     raise self._no_subject(payload, where, field)
                 found.append((holder, key, where, value, str(subject)))
         # The loop below is the cost of every event with personal fields: its calls and
-        # lookups are hoisted (the nonce of _nonce() inline, its wrap check included).
+        # lookups are hoisted. The nonce: this instance's random 64-bit field, then a
+        # 32-bit counter (NIST SP 800-38D's deterministic construction; a new random
+        # field before the counter wraps).
         key_for, ciphers, cipher_for = self.keys.key_for, self._ciphers, self._cipher
         prefix, dumps, b64 = event_id + "/", orjson.dumps, binascii.b2a_base64
         for holder, key, where, value, subject in found:
@@ -178,16 +180,6 @@ class Shredder:
             f"{type(payload).__name__}.{where} is personal data, but its subject "
             f"{field.subject} is empty: no key to encrypt it with"
         )
-
-    def _nonce(self) -> bytes:
-        """A 96-bit nonce: a random 64-bit field of this instance, then a 32-bit counter
-        (NIST SP 800-38D's deterministic construction; a new field before it wraps).
-        :meth:`seal` has it inline."""
-        count = next(self._counter)
-        if count >= _NONCES:
-            self._fixed, self._counter = os.urandom(8), itertools.count(1)
-            count = 0
-        return self._fixed + count.to_bytes(4, "big")
 
     def open(self, event_id: str, data: Any) -> Any:
         """A copy of ``data`` with its sealed fields in clear (:data:`ERASED` where the
