@@ -56,7 +56,9 @@ async def seed(url: str) -> Seeded:
     async with app:
         async with running(app):
             await app.publish_many(
-                "notes", [Note(note_id=f"n-{i}", n=i) for i in range(4)], correlation_id="req-seeded"
+                "notes",
+                [Note(note_id=f"n-{i}", n=i) for i in range(4)],
+                correlation_id="req-seeded",
             )
 
             async def dead() -> bool:

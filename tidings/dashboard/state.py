@@ -89,7 +89,7 @@ class Dashboard:
         if self._app is None:
             async with self._lock:
                 if self._app is None:
-                    transport = open_transport(self.config.url)
+                    transport = open_transport(self.config.url, create=False)
                     app = Tidings(self.config.url, service=DASHBOARD_SOURCE, transport=transport)
                     self._app = await self._stack.enter_async_context(app)
         return self._app
