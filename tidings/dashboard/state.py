@@ -27,6 +27,7 @@ DASHBOARD_SOURCE = "tidings-dashboard"
 """The ``source`` of the events the dashboard publishes (its actions)."""
 HISTORY = 720  # samples kept of each look per partition: an hour at one per 5 s
 JOBS_KEPT = 50  # finished jobs remembered, for their progress pages
+JOB_GRACE = 60.0  # seconds a closing dashboard waits for its running jobs
 
 
 @dataclass
@@ -119,6 +120,12 @@ class Dashboard:
         return job
 
     async def close(self) -> None:
+        """Let running jobs finish (a replay cut short is safe to run again, but a
+        finished one needs no second look), then close the log."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=JOB_GRACE)
+        for task in list(self.tasks):
+            task.cancel()
         await self._stack.aclose()
         self._app = None
 
