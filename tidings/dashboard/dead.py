@@ -56,8 +56,7 @@ async def list_page(request: Request) -> Response:
     where = _filter(values)
     every = int_param(request, "all", 0, high=1) == 1
     page = int_param(request, "page", 1, low=1)
-    log = await dashboard.dead_log(group)
-    rows = [(e, s) for e, s in log.listing(include_resolved=every) if where(e)]
+    log, rows = await dashboard.dead_listing(group, where, every=every)
     size = dashboard.config.page_size
     pages = max((len(rows) + size - 1) // size, 1)
     if page > pages:
@@ -87,12 +86,12 @@ async def entry_page(request: Request) -> Response:
             "dashboard with --reveal (and the master key in $TIDINGS_MASTER_KEY)"
         )
     log = await dashboard.dead_log(group)
-    found = [
-        (e, s) for e, s in log.listing(include_resolved=True) if wanted in (e.entry, e.event_id)
-    ]
-    if not found:
+    entry = log.entries.get(wanted) or next(
+        (e for e in log.entries.values() if e.event_id == wanted), None
+    )
+    if entry is None:
         raise BadInput(f"no dead letter {wanted!r} in group {group}; see its list of dead letters")
-    entry, state = found[0]
+    state = log.state(entry.entry) or "dead"
     full = await dead_letters.read_entry(await dashboard.transport(), entry)
     shredder = dashboard.config.shredder if reveal else None
     doc = dead_letters.shown_detail(full.detail(state), shredder)
