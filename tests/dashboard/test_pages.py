@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+import httpx
+
 from tests.dashboard.conftest import Client, Seeded
 from tests.test_cli import tidings
 from tidings import dashboard
@@ -203,3 +205,26 @@ async def test_live_updates_carry_the_groups_json(client: Client, seeded: Seeded
         {k: x[k] for k in keep} for x in lines
     ]
     assert doc["depth"] == {"mail": 4}
+
+
+async def test_mounted_in_a_fastapi_service_its_links_and_cookies_stay_under_the_mount(
+    seeded: Seeded,
+) -> None:
+    from fastapi import FastAPI
+
+    api = FastAPI()
+    ops = dashboard.app(seeded.url)
+    api.mount("/ops", ops)
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+        page = await c.get("/ops/groups/mail")
+        assert page.status_code == 200
+        assert "Path=/ops;" in page.headers["set-cookie"]
+        links = re.findall(r'(?:href|src|action)="(/[^"]*)"', page.text)
+        assert links
+        assert all(link.startswith("/ops/") for link in links), links
+        assert (await c.get("/ops/static/dashboard.js")).status_code == 200
+        fields = {"to": "earliest", "csrf": c.cookies["tidings_csrf"]}
+        preview = await c.post("/ops/groups/audit/reset", data=fields)
+        assert 'id="reset-preview"' in preview.text
+    await ops.state.dashboard.close()
