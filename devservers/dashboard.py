@@ -9,16 +9,22 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from devservers._process import HOST, free_port, stop, wait_listening
 
 START_WITHIN = 120.0  # seconds: imports on a loaded machine
 
 
+class Running(NamedTuple):
+    base: str  # http://127.0.0.1:PORT
+    pid: int
+
+
 @contextmanager
-def run_dashboard(url: str, log: Path, *extra: str) -> Iterator[str]:
+def run_dashboard(url: str, log: Path, *extra: str) -> Iterator[Running]:
     """``tidings dashboard --url URL --port P`` (and ``extra`` options) on a free port,
-    its output in ``log``; yields its base address, ``http://127.0.0.1:P``."""
+    its output in ``log``; yields its address and PID."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
     argv = [sys.executable, "-m", "tidings", "dashboard", "--url", url, "--port", str(port)]
@@ -29,6 +35,20 @@ def run_dashboard(url: str, log: Path, *extra: str) -> Iterator[str]:
         )  # fmt: skip
     try:
         wait_listening(proc, port, log, START_WITHIN, "tidings dashboard")
-        yield f"http://{HOST}:{port}"
+        yield Running(f"http://{HOST}:{port}", proc.pid)
     finally:
         stop(proc)
+
+
+def page_paths(*, group: str, topic: str, entry: str, correlation: str) -> dict[str, str]:
+    """The address of each of the dashboard's pages, by name, on these names."""
+    return {
+        "overview": "/",
+        "group": f"/groups/{group}",
+        "dead-letters": f"/groups/{group}/dead-letters",
+        "dead-letter": f"/groups/{group}/dead-letters/{entry}",
+        "events": f"/topics/{topic}",
+        "trace": f"/trace/{correlation}",
+        "catalog": "/catalog",
+        "actions": "/actions",
+    }
