@@ -47,8 +47,8 @@ def page_paths(*, group: str, topic: str, entry: str, correlation: str) -> dict[
         "group": f"/groups/{group}",
         "dead-letters": f"/groups/{group}/dead-letters",
         "dead-letter": f"/groups/{group}/dead-letters/{entry}",
-        "events": f"/topics/{topic}",
-        "trace": f"/trace/{correlation}",
+        "events": f"/events/{topic}",
+        "trace": f"/trace?id={correlation}",
         "catalog": "/catalog",
         "actions": "/actions",
     }

@@ -18,7 +18,7 @@ from pathlib import Path
 from devservers.chromium import chromium
 from devservers.dashboard import page_paths, run_dashboard
 from devservers.debian import debian_program
-from tests.dashboard.browser.seed_app import ROOT, seed
+from tests.dashboard.browser.seed_app import CORRELATION, ROOT, seed
 
 TIMEOUT_MS = 120_000
 
@@ -40,7 +40,7 @@ def take(out: Path, width: int, height: int) -> list[Path]:
         url = f"sqlite:///{folder}/log.db"
         seed(url)
         paths = page_paths(group="mail", topic="notes", entry=first_dead_letter(url, "mail"),
-                           correlation="browser-seed")  # fmt: skip
+                           correlation=CORRELATION)  # fmt: skip
         executable = debian_program("chromium", "chromium")
         with (
             run_dashboard(url, Path(folder) / "dashboard.log") as running,
