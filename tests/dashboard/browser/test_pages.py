@@ -10,7 +10,10 @@ the CLI and the page at the same moment.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +22,7 @@ import pytest
 from devservers._process import stop
 from tests.dashboard.browser.seed_app import CORRELATION, WAITING, drain
 from tests.debian import APT_TIMEOUT
-from tests.test_cli import tidings
+from tidings.cli import main
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -30,10 +33,22 @@ LIVE_TIMEOUT_MS = 120_000  # a worker starting and draining on a loaded machine
 
 
 def cli(url: str, *args: str) -> Any:
-    """``tidings ARGS --json --url URL``'s document."""
-    done = tidings(*args, "--json", url=url)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    """``tidings ARGS --json --url URL``'s document (or list of documents, one a line),
+    run in this process (a thread: Playwright's synchronous API runs a loop in this
+    one) to spare the suite a Python start per look."""
+    out = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return main([*args, "--json", "--url", url])
+
+    with ThreadPoolExecutor(1) as thread:
+        assert thread.submit(run).result() == 0, out.getvalue()
+    text = out.getvalue()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines()]
 
 
 def fields(page: Page, rows: str, keys: tuple[str, ...], names: tuple[str, ...]) -> dict:
@@ -130,9 +145,7 @@ def test_the_events_page_browses_and_searches_a_topic_as_tidings_tail_does(
     page.goto(dashboard + "/")
     page.click('#topics tr[data-topic="notes"] a')
     page.wait_for_selector("#events")
-    done = tidings("tail", "notes", "--json", url=seeded_url)
-    assert done.returncode == 0, done.stderr
-    tailed = [json.loads(line) for line in done.stdout.splitlines()]
+    tailed = cli(seeded_url, "tail", "notes")
     shown = page.eval_on_selector_all(
         "#events li.event", "items => items.map(i => i.dataset.eventId)"
     )
@@ -207,6 +220,8 @@ def test_a_dead_letter_is_replayed_by_clicking_through_its_confirmation(
 
     page.check(f'#dead-letters tr[data-entry="{entry}"] input[type="checkbox"]')
     page.click("#replay-selected")
+    page.wait_for_selector('body[data-page="confirm"], body[data-page="error"]')
+    assert page.get_attribute("body", "data-page") == "confirm", page.text_content("main")
     confirm = page.wait_for_selector('#confirm[data-action="replay"]')
     assert confirm.get_attribute("data-count") == "1"
     states = {e["entry"]: e["state"] for e in cli(seeded_url, "dlq", "list", "mail")}
