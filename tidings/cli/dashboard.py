@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import socket
 from typing import Any
 
 from tidings.cli.common import add_reveal, opened, shredder_of
@@ -71,10 +73,26 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         outbox_db=args.outbox_db, outbox_table=args.outbox_table,
     )  # fmt: skip
     asyncio.run(_check_log(args.url))  # a mistyped path: an error now, not on every page
+    # Bound here, so that --port 0 prints the port the system chose.
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((args.host, args.port))
+    except OSError as exc:
+        listening.close()
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    port = listening.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     mode = "read-only" if args.read_only else "token required" if token else "local only"
-    print(f"tidings dashboard: http://{host}:{args.port}/ ({mode}; log {args.url})", flush=True)
-    uvicorn.run(asgi, host=args.host, port=args.port, log_level="warning")
+    print(f"tidings dashboard: http://{host}:{port}/ ({mode}; log {args.url})", flush=True)
+    server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning"))
+    # uvicorn stops on SIGINT/SIGTERM, then raises the signal again against the handlers
+    # it found: these make that a clean exit (0), as for every other part of a system.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    with listening:
+        server.run(sockets=[listening])
     return 0
 
 

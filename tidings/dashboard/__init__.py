@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tidings.dashboard.config import DEFAULT_HOST, DEFAULT_PORT, Config, check_bind
+from tidings.dashboard.config import DEFAULT_HOST, DEFAULT_PORT, PAGE_SIZE, Config, check_bind
 
 if TYPE_CHECKING:
     from tidings.shredding import Shredder
@@ -84,6 +84,7 @@ def app(
     shredder: Shredder | None = None,
     outbox_db: str | None = None,
     outbox_table: str | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> Any:
     """The dashboard of the log at ``url`` (default: ``$TIDINGS_URL``, then
     ``sqlite:///./tidings.db``) as an ASGI application, to serve or to mount; the
@@ -100,6 +101,6 @@ def app(
         ) from None
     config = Config(
         url or default_url(), token=token, read_only=read_only, shredder=shredder,
-        outbox_db=outbox_db, outbox_table=outbox_table,
+        outbox_db=outbox_db, outbox_table=outbox_table, page_size=page_size,
     )  # fmt: skip
     return build(config)

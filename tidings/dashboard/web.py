@@ -93,11 +93,12 @@ def int_param(
     text = text_param(request, name)
     if text is None:
         return default
-    if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 12:
-        raise BadInput(f"{name}={text!r} is not a whole number; give one from {low} to {high}")
-    value = int(text)
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise BadInput(f"{name}={text} is not a whole number; give one from {low} to {high}")
+    value = int(text) if len(digits) <= 18 else high + 1
     if not low <= value <= high:
-        raise BadInput(f"{name}={value} is out of range; give a whole number from {low} to {high}")
+        raise BadInput(f"{name}={text} is out of range; give a whole number from {low} to {high}")
     return value
 
 
