@@ -14,18 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel
 
 from tests.conftest import log_url
+from tests.test_dlq_cli import Note, fail_four
 from tidings import Tidings, dashboard
-from tidings.dead_letters import open_log
 from tidings.middleware import Retry
-from tidings.testing import eventually, running
-
-
-class Note(BaseModel):
-    note_id: str
-    n: int
 
 
 @dataclass
@@ -54,21 +47,7 @@ async def seed(url: str) -> Seeded:
     handled: list[str] = []
     app = make_app(url, handled)
     async with app:
-        async with running(app):
-            await app.publish_many(
-                "notes",
-                [Note(note_id=f"n-{i}", n=i) for i in range(4)],
-                correlation_id="req-seeded",
-            )
-
-            async def dead() -> bool:
-                try:
-                    return (await open_log(app.transport, "mail")).depth() == 4
-                except Exception:
-                    return False
-
-            await eventually(dead, what="4 dead letters")
-            await eventually(lambda: len(handled) == 4, what="audit handled 4")
+        await fail_four(app, handled, Seeded.correlation)
         await app.publish_many("notes", [Note(note_id=f"m-{i}", n=10 + i) for i in range(3)])
     return Seeded(url)
 

@@ -5,8 +5,8 @@ browser (decision 0039, docs/dashboard.md)::
 
 or mounted in a FastAPI (any ASGI) service::
 
-    from tidings import dashboard
-    api.mount("/ops", dashboard.app(url="sqlite:///./tidings.db", token=TOKEN))
+    from tidings.dashboard import app as ops_dashboard
+    api.mount("/ops", ops_dashboard(url="sqlite:///./tidings.db", token=TOKEN))
 
 Server-rendered HTML (Jinja2, every value escaped) over the operating library: every
 figure comes from :mod:`tidings.admin`, :mod:`tidings.dead_letters`,

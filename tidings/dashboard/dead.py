@@ -5,6 +5,7 @@ one, a selection or a filter (with progress), purging (with confirmation); the w
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,7 @@ from tidings.dashboard.web import (
     render,
     text_param,
 )
-from tidings.dead_letters import Filter
+from tidings.dead_letters import DeadLetterLog, Filter
 from tidings.errors import TidingsError
 
 __all__ = ["routes"]
@@ -55,8 +56,7 @@ async def list_page(request: Request) -> Response:
     where = _filter(values)
     every = int_param(request, "all", 0, high=1) == 1
     page = int_param(request, "page", 1, low=1)
-    log = await dashboard.dead_log(group)
-    rows = [(e, s) for e, s in log.listing(include_resolved=every) if where(e)]
+    log, rows = await dashboard.dead_listing(group, where, every=every)
     size = dashboard.config.page_size
     pages = max((len(rows) + size - 1) // size, 1)
     if page > pages:
@@ -86,12 +86,12 @@ async def entry_page(request: Request) -> Response:
             "dashboard with --reveal (and the master key in $TIDINGS_MASTER_KEY)"
         )
     log = await dashboard.dead_log(group)
-    found = [
-        (e, s) for e, s in log.listing(include_resolved=True) if wanted in (e.entry, e.event_id)
-    ]
-    if not found:
+    entry = log.entries.get(wanted) or next(
+        (e for e in log.entries.values() if e.event_id == wanted), None
+    )
+    if entry is None:
         raise BadInput(f"no dead letter {wanted!r} in group {group}; see its list of dead letters")
-    entry, state = found[0]
+    state = log.state(entry.entry) or "dead"
     full = await dead_letters.read_entry(await dashboard.transport(), entry)
     shredder = dashboard.config.shredder if reveal else None
     doc = dead_letters.shown_detail(full.detail(state), shredder)
@@ -104,26 +104,41 @@ def _pretty(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
-def _form_filter(form: Form) -> tuple[Filter, dict[str, str | None], list[str]]:
+@dataclass
+class Chosen:
+    """What an action's form chose: its group, its form, the filter, the group's log."""
+
+    group: str
+    form: Form
+    where: Filter
+    values: dict[str, str | None]
+    ids: list[str]
+    log: DeadLetterLog
+
+    @property
+    def scope(self) -> str:
+        return self.form.get("scope") or "filter"
+
+
+async def _chosen(request: Request) -> Chosen:
+    group = group_of(request)
+    form = await read_form(request)
     values = {name: form.get(name) for name in FILTERS}
     ids = form.all("id")
     if form.get("scope") == "selected" and not ids:
         raise BadInput("no dead letter was selected; tick the ones to act on")
-    return _filter(values, ids), values, ids
+    log = await dashboard_of(request).dead_log(group)
+    return Chosen(group, form, _filter(values, ids), values, ids, log)
 
 
 async def replay(request: Request) -> Response:
     """First step: how many would be replayed; second: the replay, as a job."""
     dashboard = dashboard_of(request)
-    group = group_of(request)
-    form = await read_form(request)
-    where, values, ids = _form_filter(form)
-    log = await dashboard.dead_log(group)
-    chosen, cut = dead_letters.replay_plan(log, where)
+    c = await _chosen(request)
+    group, form, where = c.group, c.form, c.where
+    chosen, cut = dead_letters.replay_plan(c.log, where)
     if not confirmed(form):
-        return render(request, "confirm.html", group=group, action="replay", count=len(chosen),
-                      skipped=len(cut), values=values, ids=ids, scope=form.get("scope") or "filter",
-                      done=None)  # fmt: skip
+        return _confirm(request, c, "replay", len(chosen), skipped=len(cut))
     if not chosen:
         raise BadInput(f"no dead letter of group {group} matches, waiting to be replayed")
     job = dashboard.new_job("replay", group, len(chosen))
@@ -159,20 +174,23 @@ def _describe(where: Filter) -> str:
 
 async def purge(request: Request) -> Response:
     """First step: how many would be purged; second: the purge, recorded."""
-    dashboard = dashboard_of(request)
-    group = group_of(request)
-    form = await read_form(request)
-    where, values, ids = _form_filter(form)
-    log = await dashboard.dead_log(group)
-    count = sum(1 for e, _ in log.listing() if where(e))
-    scope = form.get("scope") or "filter"
-    if not confirmed(form):
-        return render(request, "confirm.html", group=group, action="purge", count=count,
-                      skipped=0, values=values, ids=ids, scope=scope, done=None)  # fmt: skip
-    purged = await dead_letters.purge(await dashboard.transport(), group, where)
-    await record(request, form, "purge", group, purged, _describe(where))
-    return render(request, "confirm.html", group=group, action="purge", count=purged,
-                  skipped=0, values=values, ids=ids, scope=scope, done=purged)  # fmt: skip
+    c = await _chosen(request)
+    count = sum(1 for e, _ in c.log.listing() if c.where(e))
+    if not confirmed(c.form):
+        return _confirm(request, c, "purge", count)
+    purged = await dead_letters.purge(await dashboard_of(request).transport(), c.group, c.where)
+    await record(request, c.form, "purge", c.group, purged, _describe(c.where))
+    return _confirm(request, c, "purge", purged, done=purged)
+
+
+def _confirm(
+    request: Request, c: Chosen, action: str, count: int, *, skipped: int = 0,
+    done: int | None = None,
+) -> Response:  # fmt: skip
+    """The confirmation step's page (``done``: the result page of a purge)."""
+    return render(request, "confirm.html", group=c.group, action=action, count=count,
+                  skipped=skipped, values=c.values, ids=c.ids, scope=c.scope,
+                  done=done)  # fmt: skip
 
 
 async def job_page(request: Request) -> Response:

@@ -12,6 +12,7 @@ from tidings.dashboard.looks import groups_look, topics_look
 from tidings.dashboard.state import Dashboard
 from tidings.dashboard.svg import sparkline
 from tidings.dashboard.web import dashboard_of, int_param, render
+from tidings.errors import ConfigError
 from tidings.outbox import OutboxError, OutboxStatus
 
 __all__ = ["backlogs", "routes"]
@@ -36,28 +37,15 @@ async def actions_page(request: Request) -> Response:
 
 
 async def backlogs(dashboard: Dashboard) -> list[tuple[str, OutboxStatus | None]]:
-    """The scheduler's backlog where the log keeps its table (``tidings outbox status``
-    of it), and the outbox's given with ``outbox_db``: None where the table is missing."""
-    from tidings.outbox import DEFAULT_TABLE, Outbox
-    from tidings.scheduler import SCHEDULER_TABLE, default_scheduler_db
-
-    app = await dashboard.app()
+    """The scheduler's backlog where the log keeps its table, and the outbox's given
+    with ``outbox_db`` (``tidings outbox status`` of each): None where the table is
+    not there (yet)."""
     found: list[tuple[str, OutboxStatus | None]] = []
-    wanted = []
-    db = default_scheduler_db(dashboard.config.url)
-    if db is not None and not dashboard.config.url.startswith("memory:"):
-        wanted.append((f"scheduler ({SCHEDULER_TABLE})", db, SCHEDULER_TABLE))
-    if dashboard.config.outbox_db is not None:
-        table = dashboard.config.outbox_table or DEFAULT_TABLE
-        wanted.append((f"outbox ({table})", dashboard.config.outbox_db, table))
-    for name, url, table in wanted:
-        outbox = Outbox(app, url, table=table)
+    for name, outbox in await dashboard.outboxes():
         try:
             found.append((name, await outbox.status()))
-        except OutboxError:
+        except (OutboxError, ConfigError):
             found.append((name, None))
-        finally:
-            await outbox.dispose()
     return found
 
 

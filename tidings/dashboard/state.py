@@ -9,6 +9,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import jinja2
 
@@ -17,9 +18,12 @@ from tidings.admin import size_text
 from tidings.app import Tidings
 from tidings.dashboard.config import Config
 from tidings.dashboard.text import utc
-from tidings.dead_letters import DeadLetterLog
+from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State
 from tidings.transport import Transport
 from tidings.transports import open_transport
+
+if TYPE_CHECKING:
+    from tidings.outbox import Outbox
 
 __all__ = ["DASHBOARD_SOURCE", "Dashboard", "Job"]
 
@@ -27,6 +31,7 @@ DASHBOARD_SOURCE = "tidings-dashboard"
 """The ``source`` of the events the dashboard publishes (its actions)."""
 HISTORY = 720  # samples kept of each look per partition: an hour at one per 5 s
 JOBS_KEPT = 50  # finished jobs remembered, for their progress pages
+JOB_GRACE = 60.0  # seconds a closing dashboard waits for its running jobs
 
 
 @dataclass
@@ -72,6 +77,8 @@ class Dashboard:
         self.tasks: set[asyncio.Task[None]] = set()  # running jobs, kept from the GC
         self._ids = itertools.count(1)
         self._app: Tidings | None = None
+        self._outboxes: list[tuple[str, Outbox]] | None = None
+        self._listings: dict[str, tuple[object, list[tuple[DeadLetter, State]]]] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
         self.templates = jinja2.Environment(
@@ -110,6 +117,42 @@ class Dashboard:
             await kept.refresh()
         return kept
 
+    async def outboxes(self) -> list[tuple[str, Outbox]]:
+        """The outbox tables whose backlog the overview shows, opened once: the
+        scheduler's where the log keeps it (SQLite), and ``config.outbox_db``'s."""
+        if self._outboxes is None:
+            from tidings.outbox import DEFAULT_TABLE, Outbox
+            from tidings.scheduler import SCHEDULER_TABLE, default_scheduler_db
+
+            app = await self.app()
+            url = self.config.url
+            found = []
+            db = default_scheduler_db(url)
+            if db is not None and not url.startswith("memory:"):
+                found.append(
+                    (f"scheduler ({SCHEDULER_TABLE})", Outbox(app, db, table=SCHEDULER_TABLE))
+                )
+            if self.config.outbox_db is not None:
+                table = self.config.outbox_table or DEFAULT_TABLE
+                found.append((f"outbox ({table})", Outbox(app, self.config.outbox_db, table=table)))
+            self._outboxes = found
+        return self._outboxes
+
+    async def dead_listing(
+        self, group: str, where: Filter, *, every: bool
+    ) -> tuple[DeadLetterLog, list[tuple[DeadLetter, State]]]:
+        """``group``'s log, and its entries that ``where`` matches (``every``: in any
+        state), as :meth:`~tidings.dead_letters.DeadLetterLog.listing` orders them; the
+        last listing of each group is kept until the log changes."""
+        log = await self.dead_log(group)
+        key = (log.changes, every, where)
+        kept = self._listings.get(group)
+        if kept is not None and kept[0] == key:
+            return log, kept[1]
+        rows = [(e, s) for e, s in log.listing(include_resolved=every) if where(e)]
+        self._listings[group] = (key, rows)
+        return log, rows
+
     def new_job(self, action: str, group: str, total: int) -> Job:
         job = Job(str(next(self._ids)), action, group, total)
         self.jobs[job.id] = job
@@ -119,6 +162,15 @@ class Dashboard:
         return job
 
     async def close(self) -> None:
+        """Let running jobs finish (a replay cut short is safe to run again, but a
+        finished one needs no second look), then close the log."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=JOB_GRACE)
+        for task in list(self.tasks):
+            task.cancel()
+        for _, outbox in self._outboxes or ():
+            await outbox.dispose()
+        self._outboxes = None
         await self._stack.aclose()
         self._app = None
 

@@ -155,9 +155,7 @@ async def waiting(
         if dead is None:
             dead = kept[group] = DeadLetterLog(transport, group, resolved=False, values=False)
         await dead.refresh()
-        for entry_id, entry in dead.entries.items():
-            if dead.state(entry_id) == "dead":
-                result[group][(entry.topic, entry.partition)] += 1
+        result[group] = dead.waiting()
     return result
 
 
