@@ -4,8 +4,8 @@ letter is replayed by clicking through its confirmation, and the lag of a group 
 to zero live, over server-sent events, while a worker drains it.
 
 The tests share one log and one dashboard per test process; those that change the log
-(the replay, the drain) touch a group each that no other test counts on, and the comparisons read
-the CLI and the page at the same moment.
+(the replay, the drain) touch a group each that no other test counts on, and the
+comparisons read the CLI and the page at the same moment.
 """
 
 from __future__ import annotations
