@@ -66,7 +66,7 @@ async def test_every_answer_carries_the_security_headers(client: Client) -> None
         assert "unsafe-inline" not in csp
         assert page.headers["x-frame-options"] == "DENY"
         assert page.headers["x-content-type-options"] == "nosniff"
-        assert page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["referrer-policy"] == "same-origin"
 
 
 async def test_pages_have_no_inline_script(client: Client) -> None:

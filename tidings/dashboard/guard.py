@@ -25,7 +25,9 @@ SECURITY_HEADERS = {
     ),
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not "no-referrer": with it Chromium sends "Origin: null" on the page's own form
+    # POSTs, which the origin check must refuse; "same-origin" still tells no other site.
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 OPEN_PATHS = ("/login", "/static/")  # reachable without the token

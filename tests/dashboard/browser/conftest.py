@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 ACTION_TIMEOUT_MS = 60_000  # a click or a wait for an element, on a loaded machine
 
 
-@pytest.fixture(scope="session")
+# One Chromium per module, not per session: Playwright's synchronous API keeps its event
+# loop marked as running in this thread while it is open, so every asyncio test that the
+# same xdist process ran after a browser test failed ("Cannot run the event loop while
+# another loop is running"). pytest closes a module's fixtures before the next module's
+# tests run.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with chromium(debian_binary("chromium", "chromium")) as browser:
         yield browser

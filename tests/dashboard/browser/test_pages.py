@@ -195,13 +195,8 @@ def test_the_catalog_lists_the_event_types_tidings_catalog_does(
     assert sorted(shown) == sorted(e["type"] for e in cli(seeded_url, "catalog")["events"])
 
 
-# Found by this test: with "Referrer-Policy: no-referrer" (tidings/dashboard/guard.py),
-# Chromium sends "Origin: null" with the page's own form POSTs, which the origin check
-# (tidings/dashboard/web.py) refuses: no action works from a browser. "same-origin"
-# fixes it (checked here by hand); strict, so the fix shows as an XPASS to remove this.
-@pytest.mark.xfail(
-    strict=True, reason="the dashboard refuses its own forms' 'Origin: null' (no-referrer)"
-)
+# This test found that "Referrer-Policy: no-referrer" made Chromium send "Origin: null"
+# with the page's own form POSTs, which the origin check refuses (now "same-origin").
 def test_a_dead_letter_is_replayed_by_clicking_through_its_confirmation(
     page: Page, dashboard: str, seeded_url: str
 ) -> None:
