@@ -224,19 +224,21 @@ def from_dict(doc: dict[str, Any]) -> Event:
         except InvalidEventType as exc:
             raise DecodeError(f"attribute 'type': {exc}") from None
     get = doc.get
-    extra = len(doc) - 7  # members besides the four, time, datacontenttype and data
+    subject, correlationid, causationid, traceparent = (
+        get("subject"), get("correlationid"), get("causationid"), get("traceparent")
+    )  # fmt: skip
     if (
-        "data" in doc and "time" in doc and "datacontenttype" in doc
-        and (extra == 0 or extra == ("correlationid" in doc) + ("causationid" in doc)
-                                    + ("subject" in doc) + ("traceparent" in doc))
+        # Members besides the four, time, datacontenttype and data: only those of these
+        # four that have a value (one that is present as null is counted out: the full
+        # lookup below takes it, as any other member).
+        len(doc) - 7 == (subject is not None) + (correlationid is not None)
+                        + (causationid is not None) + (traceparent is not None)
+        and "data" in doc and "time" in doc and "datacontenttype" in doc
     ):  # fmt: skip
-        # What tidings writes for an event without the rarer attributes (no lookups of
-        # absent ones, no extensions): its causality, a subject if keyed, and its trace
-        # context if traced (Tidings(tracing=True): every event).
+        # What tidings writes for an event without the rarer attributes (and without
+        # extensions): its causality, a subject if keyed, and its trace context if
+        # traced (Tidings(tracing=True): every event).
         datacontenttype, data = doc["datacontenttype"], doc["data"]
-        subject, correlationid, causationid, traceparent = (
-            get("subject"), get("correlationid"), get("causationid"), get("traceparent")
-        )  # fmt: skip
         dataschema = key = version = None
         extensions: dict[str, Any] = {}
         if not (
@@ -247,7 +249,15 @@ def from_dict(doc: dict[str, Any]) -> Event:
             and (traceparent is None or type(traceparent) is str)
         ):
             refuse_optional(doc)
-        when = _time(doc["time"])
+        # _time's common case inline, a frame less per event: a UTC string parsed;
+        # anything else (absent, not a string, not RFC 3339, an offset) goes to _time.
+        raw_time = doc["time"]
+        try:
+            when = _fromisoformat(raw_time) if type(raw_time) is str else _EPOCH
+        except ValueError:
+            when = _EPOCH
+        if when is _EPOCH or when.tzinfo is not UTC:
+            when = _time(raw_time)
     else:
         (
             subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,
