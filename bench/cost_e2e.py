@@ -13,6 +13,12 @@ is left out (the machine's load does not change them)::
         python -m bench.cost_e2e worker /tmp/e2e-4000.db 4000
     (the same for 12000; then (I12000 - I4000) / 8000)
 
+Under callgrind (``SLOWED=50`` in the environment), the run's time bound
+(``tidings.worker.dispatch.RUN_SECONDS``) and the commit interval are 50 times as long:
+valgrind runs the program about that much slower, and with the real bounds runs would be
+cut after a few events (the rest decoded again) and commits made every few events, so
+that the count would depend on the machine's load.
+
 ``prepare`` writes a file once; ``worker`` and ``raw`` copy it first, so it can be
 drained again (by the other tree too).
 """
@@ -31,6 +37,7 @@ from bench._common import EVENT_TYPE, TOPIC, Deadline, payload
 from bench._setup import new_app
 from bench.fig_e2e import raw_consume
 from tidings import Worker
+from tidings.worker import dispatch
 
 SYNCHRONOUS = "FULL"
 
@@ -60,8 +67,10 @@ async def drain(path: str, n: int, timeout: float = 300.0) -> float:
         if next(counter) == n:
             done.set()
 
+    slowed = float(os.environ.get("SLOWED", "1"))
+    dispatch.RUN_SECONDS *= slowed
     async with app:
-        worker = Worker(app)
+        worker = Worker(app, commit_interval=0.05 * slowed)
         stop = asyncio.Event()
         cpu = time.process_time()
         running = asyncio.get_running_loop().create_task(worker.run(stop))
