@@ -228,31 +228,25 @@ def from_dict(doc: dict[str, Any]) -> Event:
         get("subject"), get("correlationid"), get("causationid"), get("traceparent")
     )  # fmt: skip
     if (
-        # Members besides the four, time, datacontenttype and data: only those of these
-        # four that have a value (one that is present as null is counted out: the full
-        # lookup below takes it, as any other member).
+        # Members besides the four, time, datacontenttype and data: only these four, if
+        # they have a value (one present as null takes the full lookup, as any other).
         len(doc) - 7 == (subject is not None) + (correlationid is not None)
                         + (causationid is not None) + (traceparent is not None)
         and "data" in doc and "time" in doc and "datacontenttype" in doc
     ):  # fmt: skip
-        # What tidings writes for an event without the rarer attributes (and without
-        # extensions): its causality, a subject if keyed, and its trace context if
-        # traced (Tidings(tracing=True): every event).
-        datacontenttype, data = doc["datacontenttype"], doc["data"]
+        # What tidings writes without the rarer attributes and extensions: causality, a
+        # subject if keyed, a trace context if traced (Tidings(tracing=True): every event).
+        datacontenttype, data, raw_time = doc["datacontenttype"], doc["data"], doc["time"]
         dataschema = key = version = None
         extensions: dict[str, Any] = {}
         if not (
-            type(datacontenttype) is str
-            and (subject is None or type(subject) is str)
+            type(datacontenttype) is str and (subject is None or type(subject) is str)
             and (correlationid is None or type(correlationid) is str)
             and (causationid is None or type(causationid) is str)
             and (traceparent is None or type(traceparent) is str)
-        ):
+        ):  # fmt: skip
             refuse_optional(doc)
-        # _time's common case inline, a frame less per event: a UTC string parsed;
-        # anything else (absent, not a string, not RFC 3339, an offset) goes to _time.
-        raw_time = doc["time"]
-        try:
+        try:  # _time's common case, a UTC string, inline (a frame less); the rest: _time
             when = _fromisoformat(raw_time) if type(raw_time) is str else _EPOCH
         except ValueError:
             when = _EPOCH

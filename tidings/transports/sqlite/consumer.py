@@ -48,9 +48,6 @@ from tidings.transports.sqlite.sql import generation_base
 __all__ = ["SQLiteConsumer"]
 
 log = logging.getLogger("tidings.sqlite")
-# A Record from a tuple of all its fields, without the named tuple's __new__ (a Python
-# frame per record fetched: tuple.__new__ is the C call it makes).
-_record = tuple.__new__
 
 Claim = tuple[int, int, int, int]  # topic id, partition, generation, committed offset
 
@@ -447,8 +444,8 @@ class SQLiteConsumer(Consumer):
                 (tid, p, pos, limit),
             ).fetchall()
             if rows:
-                gen = generations[(topic, p)]
-                out += [_record(Record, (topic, p, o, ts, k, v, gen)) for o, ts, k, v in rows]
+                gen = generations[(topic, p)]  # tuple.__new__: Record's, without its frame
+                out += [tuple.__new__(Record, (topic, p, o, ts, k, v, gen)) for o, ts, k, v in rows]
                 advanced.append(((topic, p), rows[-1][0] + 1))
                 room -= len(rows)
         return out, advanced
