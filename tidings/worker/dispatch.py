@@ -443,13 +443,22 @@ class Dispatcher:
         start = clock()
         until = start + RUN_SECONDS
         token = set_scope(None)
+        # The route is looked up again only where the (topic, event type) changes.
+        topic, event_type = run[0][0].topic, run[0][1].type
+        route = routes[(topic, event_type)]
+        shared = shared_events or len(route) > 1
         try:
             for n, (record, event) in enumerate(run):
-                key = (record.topic, event.type)
-                if n and (kinds[key] != _LOOP or stopping.is_set() or clock() > until):
-                    return n
-                route = routes[key]
-                shared = shared_events or len(route) > 1
+                if n:
+                    if event.type != event_type or record.topic != topic:
+                        topic, event_type = record.topic, event.type
+                        key = (topic, event_type)
+                        if kinds[key] != _LOOP:
+                            return n
+                        route = routes[key]
+                        shared = shared_events or len(route) > 1
+                    if stopping.is_set() or clock() > until:
+                        return n
                 for k, (sub, _) in enumerate(route):
                     set_scope((group, sub, record, event))
                     try:
