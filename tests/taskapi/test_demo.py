@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def test_the_demo_seeds_tasks_and_every_service_catches_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
-    ports = ["--port", "0", "--smtp-port", "0", "--http-port", "0"]
+    ports = ["--port", "0", "--smtp-port", "0", "--http-port", "0", "--dashboard-port", "0"]
     result = subprocess.run(
         [sys.executable, "-m", "taskapi", "demo", "--data", str(tmp_path), *ports,
          "--exit-when-done", "--timeout", "90"],
@@ -28,6 +29,7 @@ def test_the_demo_seeds_tasks_and_every_service_catches_up(tmp_path: Path) -> No
     assert result.returncode == 0, out + result.stderr
     assert "where to look:" in out
     assert "/docs" in out
+    assert re.search(r"  dashboard      http://127\.0\.0\.1:\d+/ ", out), out
     for group in ("email", "slack", "push", "audit", "reminders", "task-board"):
         assert f"  {group:<10} lag 0" in out
     assert "stopped cleanly" in out
@@ -43,6 +45,15 @@ def test_the_demo_seeds_tasks_and_every_service_catches_up(tmp_path: Path) -> No
         ("bob@example.com", "Completed: Review pull request #42"),
     } <= mails
     assert (tmp_path / "events.db").exists()
+    # Then one of carol's task events before and after erasing her (decision 0036).
+    before, _, after = out.partition("DELETE /people/carol: 204")
+    shown_before = before.split("(tail --reveal):\n", 1)[1].splitlines()[0]
+    assert '"assignee": "carol"' in shown_before
+    assert '"title": "Order team lunch"' in shown_before
+    shown_after = after.split("the same event now:\n", 1)[1].splitlines()[0]
+    assert shown_after == shown_before.replace('"carol"', '"[erased]"')
+    assert "chain intact" in after.split("taskapi audit verify", 1)[1]
+    assert b"carol" not in (tmp_path / "events.db").read_bytes()  # ciphertext only
 
 
 def test_the_taskapi_command_explains_its_usage() -> None:
@@ -66,7 +77,7 @@ def test_an_unknown_service_is_refused_with_the_list(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_part_cleanly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
-    ports = ["--port", "0", "--smtp-port", "0", "--http-port", "0"]
+    ports = ["--port", "0", "--smtp-port", "0", "--http-port", "0", "--dashboard-port", "0"]
     demo = subprocess.Popen(
         [sys.executable, "-m", "taskapi", "demo", "--data", str(tmp_path), *ports],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -90,5 +101,16 @@ def test_ctrl_c_stops_every_part_cleanly(tmp_path: Path) -> None:
     assert "stopped cleanly" in rest
     logs = tmp_path / "logs"
     assert sorted(p.stem for p in logs.glob("*.log")) == sorted(
-        ["api", "sinks", "email", "slack", "push", "audit", "reminders", "task-board", "escalation"]
+        [
+            "api",
+            "sinks",
+            "email",
+            "slack",
+            "push",
+            "audit",
+            "reminders",
+            "task-board",
+            "escalation",
+            "dashboard",
+        ]
     )
