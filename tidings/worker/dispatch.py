@@ -63,7 +63,9 @@ class _Run:
     cut: bool = False
     stopped_at: int | None = None
     outcome: Any = None
-    times: list[float] | None = None  # each handled event's seconds, if they are kept
+    # The clock when the run started and when each of its events was done (read once
+    # per event: the run's time check), if handling times are kept.
+    marks: list[float] | None = None
     calls: RunCalls | None = None
 
 
@@ -126,10 +128,10 @@ class Dispatcher:
         # how its events are handled (_ONE, _THREAD, _LOOP); made on the first such event.
         self.routes: dict[tuple[str, str], Route] = {}
         self.runs: dict[tuple[str, str], int] = {}
-        # Middleware that must see the calls of some events, which then leave the runs.
-        self.watchers = [
-            m.wants_chain for m in middleware if type(m).wants_chain is not Middleware.wants_chain
-        ]
+        # (topic, event type) -> None if its events are never handled in runs (_ONE),
+        # else the wants_chain of the middleware in its chains that must see the calls of
+        # some events (which then leave the runs): asked for each of its events.
+        self.watchers: dict[tuple[str, str], tuple[Callable[[Event], bool], ...] | None] = {}
 
     @property
     def batches(self) -> bool:
@@ -154,6 +156,13 @@ class Dispatcher:
             ):
                 kind = _THREAD
         self.runs[(topic, event_type)] = kind
+        watchers = {
+            id(m): m.wants_chain
+            for s, _ in route
+            for m in self.layers[id(s)]
+            if type(m).wants_chain is not Middleware.wants_chain
+        }  # a dict: each middleware once, in the chain's order
+        self.watchers[(topic, event_type)] = None if kind == _ONE else tuple(watchers.values())
         return route
 
     async def dispatch(self, record: Record, event: Event, replay: DeadLetter | None) -> None:
@@ -263,13 +272,14 @@ class Dispatcher:
         """Whether ``event`` may be handled in a run: the subscribers that want it are
         all plain def handlers, or all async ones, whose middleware acts only on errors."""
         key = (record.topic, event.type)
-        kind = self.runs.get(key)
-        if kind is None:
+        try:
+            watchers = self.watchers[key]
+        except KeyError:
             self._route(*key)
-            kind = self.runs[key]
-        if kind == _ONE:
+            watchers = self.watchers[key]
+        if watchers is None:
             return False
-        for wants in self.watchers:  # noqa: SIM110 (a loop, not all(): no generator per event)
+        for wants in watchers:  # noqa: SIM110 (a loop, not any(): no generator per event)
             if wants(event):
                 return False
         return True
@@ -304,7 +314,7 @@ class Dispatcher:
                 handled(record)
                 return 1
             del items[calls.count :]
-        batch = _Run(items, times=None if self.durations is None else [], calls=calls)
+        batch = _Run(items, marks=None if self.durations is None else [], calls=calls)
         call = functools.partial(contextvars.copy_context().run, self._run_in_thread, batch)
         try:
             await self.loop.run_in_executor(self.threads, call)
@@ -339,38 +349,44 @@ class Dispatcher:
         for record, _, _ in batch.items[:done]:
             handled(record)
         self.stats.handled += done
-        if batch.times is not None and self.durations is not None:
-            for seconds in batch.times[:done]:
-                self.durations.observe(seconds)
+        if batch.marks is not None and self.durations is not None:
+            # An abandoned run's thread may still be between two events: what it has.
+            self.durations.observe_marks(batch.marks, min(done, len(batch.marks) - 1))
 
     def _run_in_thread(self, batch: _Run) -> None:
         """In a worker thread: each event's handlers, in order, each call in a context
         of its own (a copy of the loop's), as a single call in a thread has."""
-        stopping, times, clock = self.stopping, batch.times, time.perf_counter
-        start = clock()
-        until = start + RUN_SECONDS
+        stopping, marks, clock = self.stopping, batch.marks, time.perf_counter
+        now = clock()
+        until = now + RUN_SECONDS
+        if marks is not None:
+            marks.append(now)
         base = contextvars.copy_context()
-        for n, (record, event, route) in enumerate(batch.items):
-            if n and (batch.cut or stopping.is_set() or clock() > until):
-                return
-            shared = self.shared_events or len(route) > 1
-            for k, (sub, _) in enumerate(route):
-                try:
-                    if batch.calls is None:
-                        result = base.copy().run(self._scoped_call, sub, record, event, shared)
-                    else:
-                        result = self._call_around(batch, base, sub, record, event, shared)
-                except BaseException as exc:  # the chain, on the loop, decides
-                    batch.stopped_at, batch.outcome = k, exc
-                    return
-                if result is not None and inspect.isawaitable(result):
-                    batch.stopped_at, batch.outcome = k, result  # awaited on the loop
-                    return
-            batch.done = n + 1
-            if times is not None:
-                end = clock()
-                times.append(end - start)
-                start = end
+        try:
+            for n, (record, event, route) in enumerate(batch.items):
+                if n:
+                    now = clock()  # the previous event's end, and the run's time check
+                    if marks is not None:
+                        marks.append(now)
+                    if batch.cut or stopping.is_set() or now > until:
+                        return
+                shared = self.shared_events or len(route) > 1
+                for k, (sub, _) in enumerate(route):
+                    try:
+                        if batch.calls is None:
+                            result = base.copy().run(self._scoped_call, sub, record, event, shared)
+                        else:
+                            result = self._call_around(batch, base, sub, record, event, shared)
+                    except BaseException as exc:  # the chain, on the loop, decides
+                        batch.stopped_at, batch.outcome = k, exc
+                        return
+                    if result is not None and inspect.isawaitable(result):
+                        batch.stopped_at, batch.outcome = k, result  # awaited on the loop
+                        return
+                batch.done = n + 1
+        finally:
+            if marks is not None and len(marks) == batch.done:
+                marks.append(clock())  # the last event's end
 
     def _call_around(
         self,
@@ -440,8 +456,12 @@ class Dispatcher:
             self.group,
         )
         clock, durations = time.perf_counter, self.durations
-        start = clock()
-        until = start + RUN_SECONDS
+        now = clock()
+        until = now + RUN_SECONDS
+        # The clock at the start and at each event's end (read once per event: the time
+        # check), if handling times are kept; counted once per run, as the handled.
+        marks = None if durations is None else [now]
+        done = 0
         token = set_scope(None)
         # The route is looked up again only where the (topic, event type) changes.
         topic, event_type = run[0][0].topic, run[0][1].type
@@ -457,7 +477,10 @@ class Dispatcher:
                             return n
                         route = routes[key]
                         shared = shared_events or len(route) > 1
-                    if stopping.is_set() or clock() > until:
+                    now = clock()  # the previous event's end, and the run's time check
+                    if marks is not None:
+                        marks.append(now)
+                    if stopping.is_set() or now > until:
                         return n
                 for k, (sub, _) in enumerate(route):
                     set_scope((group, sub, record, event))
@@ -467,15 +490,16 @@ class Dispatcher:
                         await self._resume(record, event, route, k, exc)
                         handled(record)
                         return n + 1
-                stats.handled += 1
-                if durations is not None:
-                    end = clock()
-                    durations.observe(end - start)
-                    start = end
+                done = n + 1
                 handled(record)
             return len(run)
         finally:
             causal_scope.reset(token)
+            stats.handled += done
+            if marks is not None and durations is not None:
+                if len(marks) == done:
+                    marks.append(clock())  # the last event's end
+                durations.observe_marks(marks, done)
 
     async def _resume(
         self, record: Record, event: Event, route: Route, first: int, outcome: Any
