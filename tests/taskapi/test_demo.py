@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from devservers._process import stop
 from taskapi.system import Part, System
 
 pytestmark = pytest.mark.integration
@@ -51,13 +52,7 @@ def demo(folder: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop(process, grace=60)
         if process.stdout is not None:
             process.stdout.close()
         for pid in parts_left_in(folder):
