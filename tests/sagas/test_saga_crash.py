@@ -106,7 +106,11 @@ SCENARIOS = [
 ]
 
 
-ON_POSTGRES = [("deadline", 1), ("batch-commit", 2), ("relay-append", 1)]
+# On PostgreSQL, the point where its transactions matter most: steps and inbox marks
+# committed, offsets not. (Its deadline and relay-append runs, ~35 s each on a loaded
+# machine, checked nothing more: an uncommitted step rolls back alike, the relay's
+# outbox on PostgreSQL is tests/outbox's, and the SQLite runs cover those points.)
+ON_POSTGRES = [("batch-commit", 2)]
 
 
 @pytest.mark.parametrize(
