@@ -2,10 +2,13 @@
 handling, measured in the same run on the same log.
 
 Every run pre-publishes the events to a fresh SQLite log, starts a Worker and times it
-from its start to the completion of the n-th delivery (counted by an outermost
-middleware, so that an inbox's commit is inside the time). The inbox's marks go to
-another SQLite file, opened from a URL (WAL, ``synchronous=FULL``: an fsync per
-commit, as an application database would). Variants:
+from its start to the n-th handler call, and with an inbox on until its n marks are
+committed (read from the marks table after that call, so that the inbox's commits are
+inside the time; the handler counts its calls, as in ``fig_e2e``: a middleware that
+counted them would take the handler out of the worker's runs). The CPU time of the
+process (all threads) over the same span, per event, is kept beside each figure. The
+inbox's marks go to another SQLite file, opened from a URL (WAL, ``synchronous=FULL``:
+an fsync per commit, as an application database would). Variants:
 
 - ``ids``: a handler without a database (the inbox as a durable store of ids; marks of
   deliveries finishing together share a transaction);
@@ -23,9 +26,10 @@ have no inbox.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,7 +38,7 @@ from bench._common import EVENT_TYPE, TOPIC, Deadline, Figure, cpu_probe, log, m
 from bench._setup import LOOP_SECONDS, Config, Workdir, new_app
 from tidings import Context, Worker
 from tidings.inbox import DEFAULT_BATCH, Inbox
-from tidings.middleware import Delivery, Middleware, Next, default_middleware
+from tidings.middleware import Middleware, default_middleware
 from tidings.middleware.inbox import InboxMiddleware
 
 _rows = sa.MetaData()
@@ -46,18 +50,8 @@ _sent = sa.Table(
 )
 
 
-class _Finish(Middleware):
-    """Outermost: calls ``done()`` when the n-th delivery has completed."""
-
-    def __init__(self, n: int, done: Callable[[], None]) -> None:
-        self.left = n
-        self.done = done
-
-    async def handle(self, delivery: Delivery, call_next: Next) -> None:
-        await call_next(delivery)
-        self.left -= 1
-        if self.left == 0:
-            self.done()
+# Seconds between reads of the marks table once the n-th call has been made.
+MARKS_POLL = 0.002
 
 
 def _chain(with_inbox_middleware: bool) -> list[Middleware]:
@@ -70,17 +64,24 @@ def _chain(with_inbox_middleware: bool) -> list[Middleware]:
     return chain
 
 
-def _handler(mode: str, sync: bool) -> Callable[..., Any]:
+def _handler(mode: str, sync: bool, calls: Iterator[int], n: int, last: Callable[[], None]) -> Any:
+    """The variant's handler; it calls ``last()`` (on the loop) at its n-th call."""
+    loop = asyncio.get_running_loop()
+
+    def counted() -> None:
+        if next(calls) == n:  # next() on a count is atomic under the GIL
+            loop.call_soon_threadsafe(last)
+
     if mode == "ids":
         if sync:
 
             def handle_ids(data: Any) -> None:
-                pass
+                counted()
 
             return handle_ids
 
         async def handle_ids_async(data: Any) -> None:
-            pass
+            counted()
 
         return handle_ids_async
     if sync:
@@ -88,14 +89,31 @@ def _handler(mode: str, sync: bool) -> Callable[..., Any]:
         def handle_session(data: Any, ctx: Context) -> None:
             if ctx.session is not None:
                 ctx.session.execute(_sent.insert().values(event_id=ctx.id))
+            counted()
 
         return handle_session
 
     async def handle_session_async(data: Any, ctx: Context) -> None:
         if ctx.session is not None:
             await ctx.session.execute(_sent.insert().values(event_id=ctx.id))
+        counted()
 
     return handle_session_async
+
+
+async def _all_marked(box: Inbox, db_url: str, n: int, deadline: Deadline) -> None:
+    """Wait until ``n`` marks are committed in ``box``'s table."""
+    engine = sa.create_engine(db_url)
+    count = sa.select(sa.func.count()).select_from(box.table)
+    try:
+        with engine.connect() as conn:
+            while conn.execute(count).scalar_one() < n:
+                conn.rollback()  # a fresh snapshot at the next read
+                if deadline.over():
+                    raise RuntimeError(f"{n} marks were not committed in time")
+                await asyncio.sleep(MARKS_POLL)
+    finally:
+        engine.dispose()
 
 
 async def inbox_run(
@@ -109,9 +127,11 @@ async def inbox_run(
     chain_has_inbox: bool = True,
     timeout: float = LOOP_SECONDS,
     db_url: str | None = None,
+    cpu: list[float] | None = None,
 ) -> float:
-    """Handled events/s of one group over ``n`` pre-published events. ``db_url``: the
-    inbox's database (default: a SQLite file in ``folder``)."""
+    """Handled events/s of one group over ``n`` pre-published events; the CPU seconds
+    per event are appended to ``cpu``. ``db_url``: the inbox's database (default: a
+    SQLite file in ``folder``)."""
     app = new_app(os.path.join(folder, "events.db"), synchronous)
     db_url = db_url or f"sqlite:///{os.path.join(folder, 'app.db')}"
     box = Inbox(db_url) if inbox else None
@@ -121,8 +141,10 @@ async def inbox_run(
         engine.dispose()
     if box is not None:
         box.create_table()
-    app.subscriber(TOPIC, group="g", inbox=box)(_handler(mode, sync))
-    finished = asyncio.Event()
+    called = asyncio.Event()
+    app.subscriber(TOPIC, group="g", inbox=box)(
+        _handler(mode, sync, itertools.count(1), n, called.set)
+    )
     deadline = Deadline(timeout)
     try:
         async with app:
@@ -131,13 +153,17 @@ async def inbox_run(
                     raise RuntimeError(f"publishing {n} events took over {timeout} s")
                 chunk = [payload(k) for k in range(i, min(i + 1000, n))]
                 await app.publish_many(TOPIC, chunk, type=EVENT_TYPE)
-            worker = Worker(app, middleware=[_Finish(n, finished.set), *_chain(chain_has_inbox)])
+            worker = Worker(app, middleware=_chain(chain_has_inbox))
             stop = asyncio.Event()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             running = asyncio.get_running_loop().create_task(worker.run(stop))
             try:
-                await asyncio.wait_for(finished.wait(), timeout)
+                await asyncio.wait_for(called.wait(), timeout)
+                if box is not None:
+                    await _all_marked(box, db_url, n, deadline)
                 seconds = time.perf_counter() - start
+                if cpu is not None:
+                    cpu.append((time.process_time() - cpu_start) / n)
             finally:
                 stop.set()
                 await asyncio.wait_for(running, 60)
@@ -154,6 +180,7 @@ async def fig_inbox(cfg: Config, work: Workdir) -> list[Figure]:
     rounds = cfg.e2e_rounds
     variants = [("ids", False), ("ids", True), ("session", False), ("session", True)]
     got: dict[tuple[str, bool, bool], list[float]] = {}
+    cpu: dict[tuple[str, bool, bool], list[float]] = {}
     passthrough: list[float] = []
     no_middleware: list[float] = []
     probes = []
@@ -161,7 +188,10 @@ async def fig_inbox(cfg: Config, work: Workdir) -> list[Figure]:
         for mode, sync in variants:
             for inbox in (False, True):  # interleaved: a busy spell hits both alike
                 with work.folder(f"inbox-{mode}-{sync}-{inbox}") as d:
-                    rate = await inbox_run(d, n, cfg.synchronous, mode=mode, sync=sync, inbox=inbox)
+                    rate = await inbox_run(
+                        d, n, cfg.synchronous, mode=mode, sync=sync, inbox=inbox,
+                        cpu=cpu.setdefault((mode, sync, inbox), []),
+                    )  # fmt: skip
                 got.setdefault((mode, sync, inbox), []).append(rate)
         with work.folder("inbox-passthrough") as d:
             passthrough.append(
@@ -177,6 +207,7 @@ async def fig_inbox(cfg: Config, work: Workdir) -> list[Figure]:
             f"  round {r + 1}: "
             + "; ".join(
                 f"{mode} {'def' if sync else 'async'} {got[(mode, sync, True)][-1]:,.0f}/s "
+                f"{cpu[(mode, sync, True)][-1] * 1e6:.0f} us CPU/event "
                 f"(plain {got[(mode, sync, False)][-1]:,.0f}/s)"
                 for mode, sync in variants
             )
@@ -211,6 +242,8 @@ async def fig_inbox(cfg: Config, work: Workdir) -> list[Figure]:
                     "session": "Session in threads" if sync else "AsyncSession (aiosqlite)",
                     "rounds_inbox": [round(x) for x in got[(mode, sync, True)]],
                     "rounds_plain": [round(x) for x in got[(mode, sync, False)]],
+                    "cpu_us_per_event_inbox": [round(x * 1e6, 1) for x in cpu[(mode, sync, True)]],
+                    "cpu_us_per_event_plain": [round(x * 1e6, 1) for x in cpu[(mode, sync, False)]],
                 },
             )
         )

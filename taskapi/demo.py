@@ -5,7 +5,12 @@ outbox relay, the six services and the task board (a projection), each its own
 process; seeds a few tasks through the API; prints where to look; then prints every
 effect as it happens until Ctrl-C, which stops everything cleanly. ``--exit-when-done``
 stops once the seeded tasks' effects are all in and every group has caught up (for CI
-and for the curious), and prints the task board.
+and for the curious), prints the task board, then erases one assignee and shows one of
+their task events before and after, and the audit chain still intact.
+
+Personal data is encrypted (decision 0036): the key store is ``<data>/keys.db``, its
+master key the file ``<data>/master.key`` (a demo's convenience: keep a real one apart
+from the data it protects).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -22,11 +28,13 @@ from typing import Any
 
 import httpx
 
+from taskapi.audit_verify import verify_main
 from taskapi.effects import Effect, Effects
-from taskapi.events import register
+from taskapi.events import TOPIC, register
 from taskapi.services import SERVICES
 from taskapi.system import StartFailed, System
-from tidings import Tidings
+from tidings import Event, Tidings, decode
+from tidings.shredding import ERASED, Shredder, SqlKeyStore
 
 __all__ = ["main", "seed"]
 
@@ -110,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smtp-port", type=int, default=8025, help="SMTP sink (%(default)s)")
     parser.add_argument("--http-port", type=int, default=8026, help="webhooks (%(default)s)")
     parser.add_argument(
+        "--dashboard-port", type=int, default=8080, help="the tidings dashboard (%(default)s)"
+    )
+    parser.add_argument(
         "--lead", type=float, default=60.0, help="seconds a reminder fires before the due date"
     )
     parser.add_argument(
@@ -128,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_port=args.port,
         smtp_port=args.smtp_port,
         http_port=args.http_port,
-        env={"TASKAPI_REMINDER_LEAD": str(args.lead)},
+        env={"TASKAPI_REMINDER_LEAD": str(args.lead), **_keys_env(data)},
     )
     settings = system.settings.ensure()
     asyncio.run(_ensure_log(settings.tidings_url))
@@ -140,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"starting the Task API system in {data} ...", flush=True)
         system.start_all()
+        system.start_dashboard(args.dashboard_port)
         requests = seed(system.api_url, args.lead)
         _where(system, requests)
         return _follow(system, requests, args.exit_when_done, args.timeout)
@@ -164,6 +176,7 @@ def _where(system: System, requests: list[tuple[str, str, int]]) -> None:
     print(
         f"""
 where to look:
+  dashboard      {system.dashboard_url}   (groups, lag, dead letters, traces)
   API docs       {system.api_url}/docs
   mail folder    {rel}/mail/          (one .eml per mail; index.jsonl lists them)
   webhook log    {rel}/webhooks.jsonl  (what Slack and the push gateway received)
@@ -210,8 +223,69 @@ def _follow(
                 for group in SERVICES:
                     print(f"  {group:<10} lag {lags[group]}  effects {len(effects.of(group))}")
                 _print_board(system.api_url)
-                return 0
+                return _show_erasure(system, "carol")
         if exit_when_done and time.monotonic() > deadline:
             print(f"taskapi demo: the effects were not all in after {timeout:.0f}s")
             return 1
         time.sleep(0.2)
+
+
+def _keys_env(data: Path) -> dict[str, str]:
+    """The environment that turns encryption on: a key store and its master key's file
+    (made once, 0600) in the data folder."""
+    key_file = data / "master.key"
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    return {
+        "TASKAPI_KEYS": f"sqlite:///{data / 'keys.db'}",
+        "TIDINGS_MASTER_KEY_FILE": str(key_file),
+    }
+
+
+def _show_erasure(system: System, person: str) -> int:
+    """Print ``person``'s first task.assigned event as a holder of the key store reads
+    it, erase ``person`` (``DELETE /people/{id}``), print it again, verify the audit."""
+    settings = system.settings
+    assert settings.keys is not None
+    master = Path(system.env["TIDINGS_MASTER_KEY_FILE"]).read_bytes()
+
+    def read() -> dict[str, Any]:
+        store = SqlKeyStore(str(settings.keys), master_key=master)  # a reader's own cache
+        try:
+            event = asyncio.run(_assigned_to(settings.tidings_url, Shredder(store), person))
+        finally:
+            store.close()
+        return {"id": event.id, "type": event.type, "data": event.data}
+
+    print(f"\n{person}'s task event, as a holder of the key store reads it (tail --reveal):")
+    print("  " + json.dumps(read()["data"]))
+    response = httpx.delete(f"{system.api_url}/people/{person}", timeout=30)
+    print(f"\nDELETE /people/{person}: {response.status_code} (their key is deleted)")
+    if response.status_code != 204:
+        return 1
+    print("the same event now:")
+    print("  " + json.dumps(read()["data"]))
+    print("\nthe audit trail (taskapi audit verify):")
+    return verify_main(["--data", str(system.data)])
+
+
+async def _assigned_to(url: str, keys: Shredder, person: str) -> Event:
+    """The first task.assigned event of the log whose assignee, opened with ``keys``,
+    is ``person`` (before an erasure) or reads as erased (after it)."""
+    app = Tidings(url, service="taskapi-demo")
+    async with app:
+        (info,) = [t for t in await app.transport.topics() if t.name == TOPIC]
+        for p in info.partitions:
+            for record in await app.transport.read(TOPIC, p.partition, p.start, 10_000):
+                event = decode(record.value)
+                if event.type != "task.assigned":
+                    continue
+                event = event.with_(data=keys.open(event.id, event.data))
+                if event.data.get("assignee") in (person, ERASED):
+                    return event
+    raise LookupError(f"no task.assigned event for {person} in {url}")

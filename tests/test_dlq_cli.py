@@ -51,20 +51,26 @@ async def app(url: str) -> AsyncIterator[Tidings]:
         handled.append(note.note_id)
 
     async with app:
-        async with running(app):
-            await app.publish_many(
-                "notes", [Note(note_id=f"n-{i}", n=i) for i in range(4)], correlation_id="req"
-            )
-
-            async def dead() -> bool:
-                try:
-                    return (await open_log(app.transport, "mail")).depth() == 4
-                except Exception:
-                    return False
-
-            await eventually(dead, what="4 dead letters")
-            await eventually(lambda: len(handled) == 4)
+        await fail_four(app, handled, "req")
         yield app
+
+
+async def fail_four(app: Tidings, handled: list[str], correlation_id: str) -> None:
+    """Run ``app``'s workers until ``mail`` dead-lettered the 4 notes it publishes (with
+    ``correlation_id``) and ``audit`` handled them; stop them."""
+    async with running(app):
+        await app.publish_many(
+            "notes", [Note(note_id=f"n-{i}", n=i) for i in range(4)], correlation_id=correlation_id
+        )
+
+        async def dead() -> bool:
+            try:
+                return (await open_log(app.transport, "mail")).depth() == 4
+            except Exception:
+                return False
+
+        await eventually(dead, what="4 dead letters")
+        await eventually(lambda: len(handled) == 4)
 
 
 def rows(result: Any) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from tidings.errors import ConfigError
 from tidings.middleware.cancellation import publish_cancel
 from tidings.publish_options import check_extension_names, due, per_payload_options
 from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
-from tidings.shredding.erasure import erase, shredder_for
+from tidings.shredding.erasure import erase, shredder_for, watching
 from tidings.shredding.fields import EXTENSION
 from tidings.subscriber import Component, GroupSettings, Subscriber
 from tidings.transport import Transport, check_topic_name
@@ -98,6 +98,8 @@ class Tidings(Declarations):
         self.tracing: Tracing | None = _tracing(tracing, self.url) if tracing else None
         # Seals personal fields at build, opens them for personal=True subscribers.
         self.shredder = shredder_for(personal, self.url)
+        # While started: what drops keys other processes erase from the shredder's cache.
+        self._erasures: tuple[asyncio.Event, asyncio.Task[None]] | None = None
 
     # -- workflows (declared here: they need the whole app) ----------------------
 
@@ -142,6 +144,8 @@ class Tidings(Declarations):
                 await at_start(self.schema_registry, self, self.schemas)
                 for projection in self.projections.values():  # their tables, if missing
                     await asyncio.to_thread(projection.prepare)
+                if self.shredder is not None:
+                    self._erasures = await watching(self.transport, self.shredder)
             except BaseException:
                 self._started = 0
                 await self.transport.close()
@@ -150,6 +154,11 @@ class Tidings(Declarations):
     async def close(self) -> None:
         self._started = max(self._started - 1, 0)
         if self._started == 0:
+            if self._erasures is not None:
+                stop, task = self._erasures
+                self._erasures = None
+                stop.set()
+                await task
             await self.transport.close()
             if self.shredder is not None:
                 self.shredder.close()

@@ -139,6 +139,15 @@ class Crash(Children):
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text("SELECT count(*) FROM tidings_inbox")).scalar_one())
 
+    def marked(self) -> set[str]:
+        """The event ids of the group's inbox marks committed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT event_id FROM tidings_inbox WHERE consumer LIKE :group"),
+                {"group": f"{child.GROUP}:%"},
+            )
+            return {r[0] for r in rows}
+
     def outbox_pending(self) -> int:
         outbox = Outbox(self.app, self.engine, topic=child.TOPIC)
         with self.engine.connect() as conn:
@@ -378,6 +387,8 @@ async def test_consumer_killed_in_the_middle_of_a_batch(crash: Crash) -> None:
     effected_at_kill = len(crash.effects())
     committed = await crash.committed()
     assert effected_at_kill < len(mine), "the 137th call's effect must not be committed"
+    # No effect without its mark, no mark without its effect (a batch's savepoints).
+    assert {row[1] for row in crash.effects()} == crash.marked(), crash.report()
     found = re.search(r"fetched=(\d+) in fetches of \[(\d+)", crash.output(victim))
     assert found, crash.report()
     fetched, first_fetch = int(found[1]), int(found[2])

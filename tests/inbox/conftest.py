@@ -4,7 +4,7 @@ NATS where marked), and what to close at the end."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,12 @@ import sqlalchemy as sa
 
 from tests.conftest import database_url, log_url
 from tests.inbox.helpers import PARTITIONS, TOPIC, effects_md
-from tidings import Tidings
+from tidings import Event, Tidings
 from tidings.inbox import Inbox
+from tidings.middleware import Stats
+from tidings.middleware.base import RunCalls
+from tidings.middleware.inbox import InboxMiddleware
+from tidings.subscriber import Subscriber
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -56,3 +60,23 @@ async def app(request: pytest.FixtureRequest) -> AsyncIterator[Tidings]:
     tidings.topic(TOPIC, partitions=PARTITIONS)
     async with tidings:
         yield tidings
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The event ids offered to each run of a plain def handler's calls that the inbox
+    took part in (decision 0041): a run that stops early, at its time or its batch's
+    end, leaves the rest to the next one."""
+    seen: list[list[str]] = []
+    open_run = InboxMiddleware.open_run
+
+    async def spied(
+        self: InboxMiddleware, subscriber: Subscriber, events: Sequence[Event], stats: Stats
+    ) -> RunCalls | None:
+        calls = await open_run(self, subscriber, events, stats)
+        if calls is not None:
+            seen.append([e.id for e in events[: calls.count]])
+        return calls
+
+    monkeypatch.setattr(InboxMiddleware, "open_run", spied)
+    return seen

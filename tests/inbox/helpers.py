@@ -74,6 +74,14 @@ def subscribe_writer(
             await add_effect(ctx.session, ctx)
 
 
+async def publish_one_key(app: Tidings, n: int) -> list[str]:
+    """``n`` events of one key: one partition, one lane, in this order; their ids."""
+    sent = await app.publish_many(
+        TOPIC, [{"n": i} for i in range(n)], type="task.created", subject="one-key"
+    )
+    return [e.id for e in sent]
+
+
 def async_url(db_url: str) -> str:
     return db_url.replace("sqlite:///", "sqlite+aiosqlite:///", 1)
 

@@ -12,7 +12,15 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm
 
-from tests.inbox.helpers import TOPIC, add_effect, effect_rows, effects, mark_rows, middleware
+from tests.inbox.helpers import (
+    TOPIC,
+    add_effect,
+    effect_rows,
+    effects,
+    mark_rows,
+    middleware,
+    publish_one_key,
+)
 from tidings import Context, Tidings
 from tidings.errors import ConfigError
 from tidings.inbox import Inbox
@@ -41,14 +49,6 @@ def subscribe(app: Tidings, inbox: Inbox, kind: str, body: Callable[[Context], N
             await add_effect(ctx.session, ctx)
 
 
-async def publish(app: Tidings, n: int) -> list[str]:
-    """``n`` events of one key: one partition, one lane, in this order."""
-    sent = await app.publish_many(
-        TOPIC, [{"n": i} for i in range(n)], type="task.created", subject="one-key"
-    )
-    return [e.id for e in sent]
-
-
 @KINDS
 async def test_a_lanes_events_commit_together_at_most_batch_at_a_time(
     app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], kind: str
@@ -58,7 +58,7 @@ async def test_a_lanes_events_commit_together_at_most_batch_at_a_time(
     committed_before: list[int] = []  # effects committed when each call began
 
     subscribe(app, inbox, kind, lambda ctx: committed_before.append(len(effect_rows(engine))))
-    ids = await publish(app, 10)  # all there before the worker fetches: one run
+    ids = await publish_one_key(app, 10)  # all there before the worker fetches: one run
     async with running(app, middleware=middleware()) as worker:
         await eventually(lambda: worker.stats.handled == 10)
     assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids)
@@ -76,7 +76,7 @@ async def test_a_handler_failing_in_the_middle_of_a_batch_keeps_the_events_befor
 ) -> None:
     inbox = Inbox(db_url, batch=100)
     closing.append(inbox)
-    ids = await publish(app, 10)
+    ids = await publish_one_key(app, 10)
     seen_by_retry: list[int] = []
 
     def fifth_fails_once(ctx: Context) -> None:
@@ -103,7 +103,7 @@ async def test_a_failed_attempts_own_writes_are_rolled_back_in_the_batch(
 ) -> None:
     inbox = Inbox(db_url, batch=100)
     closing.append(inbox)
-    ids = await publish(app, 6)
+    ids = await publish_one_key(app, 6)
 
     if kind == "sync":
 
@@ -129,11 +129,11 @@ async def test_a_failed_attempts_own_writes_are_rolled_back_in_the_batch(
 
 
 async def test_a_handler_that_gives_up_in_a_batch_is_dead_lettered_alone(
-    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any]
+    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], runs: list[list[str]]
 ) -> None:
     inbox = Inbox(db_url, batch=100)
     closing.append(inbox)
-    ids = await publish(app, 8)
+    ids = await publish_one_key(app, 8)
 
     @app.subscriber(TOPIC, group="g", inbox=inbox)
     def write_unless_third(payload: Any, ctx: Context) -> None:
@@ -145,6 +145,7 @@ async def test_a_handler_that_gives_up_in_a_batch_is_dead_lettered_alone(
     async with running(app, middleware=chain) as worker:
         await eventually(lambda: worker.stats.handled == 8)
     assert worker.stats.dead_lettered == 1
+    assert any(ids[2] in run for run in runs), runs  # its first call was in a run
     assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids[:2] + ids[3:])
     assert sorted(e for _, e in mark_rows(engine, inbox)) == sorted(ids[:2] + ids[3:])
 
@@ -166,7 +167,7 @@ async def test_a_batch_whose_commit_fails_is_handled_again_with_one_effect_each(
     inbox.create_table()
     calls: list[str] = []
     subscribe(app, inbox, "sync", lambda ctx: calls.append(ctx.id))
-    ids = await publish(app, 6)
+    ids = await publish_one_key(app, 6)
     async with running(app, middleware=middleware()) as worker:
         await eventually(lambda: len(mark_rows(engine, inbox)) == 6)
     assert not failures  # it did fail once
@@ -186,7 +187,7 @@ async def test_a_handler_leaving_its_session_unused_has_its_mark_committed_at_on
     def notify(payload: Any, ctx: Context) -> None:  # an effect outside the database
         marked_before.append(len(mark_rows(engine, inbox)))
 
-    await publish(app, 5)
+    await publish_one_key(app, 5)
     async with running(app, middleware=middleware()) as worker:
         await eventually(lambda: worker.stats.handled == 5)
     # Each call found the marks of every event before it committed: a crash after an
@@ -218,7 +219,7 @@ async def test_a_failed_flush_in_the_middle_of_a_batch_loses_nothing_before_it(
     # never the batch (the events before it keep their effects and marks).
     inbox = Inbox(db_url, batch=100)
     closing.append(inbox)
-    ids = await publish(app, 5)
+    ids = await publish_one_key(app, 5)
 
     @app.subscriber(TOPIC, group="g", inbox=inbox)
     def clash_on_third(payload: Any, ctx: Context) -> None:
@@ -249,7 +250,7 @@ async def test_a_subscriber_without_the_inbox_writing_to_its_sqlite_file_is_not_
     closing.append(own)
     inbox = Inbox(url, batch=100)
     closing.append(inbox)
-    ids = await publish(app, 5)
+    ids = await publish_one_key(app, 5)
 
     @app.subscriber(TOPIC, group="g", inbox=inbox)
     def with_inbox(payload: Any, ctx: Context) -> None:
@@ -275,7 +276,7 @@ async def test_an_async_handlers_session_in_a_batch_is_a_whole_async_session(
     # anywhere (on SQLite the batch's async sessions run on the loop's thread).
     inbox = Inbox(db_url, batch=100)
     closing.append(inbox)
-    ids = await publish(app, 4)
+    ids = await publish_one_key(app, 4)
     seen: list[tuple[int, int, int]] = []
 
     @app.subscriber(TOPIC, group="g", inbox=inbox)
@@ -301,7 +302,7 @@ async def test_orm_objects_added_in_a_batch_are_flushed_with_their_event(
 ) -> None:
     inbox = Inbox(db_url, batch=100)
     closing.append(inbox)
-    ids = await publish(app, 3)
+    ids = await publish_one_key(app, 3)
 
     def add(ctx: Context) -> None:  # pending in the session until its savepoint ends
         ctx.session.add(_Effect(event_id=ctx.id, handler="orm"))

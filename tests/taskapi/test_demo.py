@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,36 +38,39 @@ def parts_left_in(folder: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def demo(folder: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
+def demo(
+    folder: Path, *options: str, stderr: int = subprocess.STDOUT
+) -> Iterator[subprocess.Popen[str]]:
     """``taskapi demo`` on ``folder`` (free ports), in a session of its own as a
     terminal's foreground job. At the end, whatever happened: SIGTERM (the demo stops
     its parts as on Ctrl-C), SIGKILL if it is still there after 60 s, then SIGKILL by
     PID for any part left in ``folder`` (a demo killed before stopping them)."""
     env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
-    ports = ["--port", "0", "--smtp-port", "0", "--http-port", "0"]
+    ports = ["--port", "0", "--smtp-port", "0", "--http-port", "0", "--dashboard-port", "0"]
     process = subprocess.Popen(
         [sys.executable, "-m", "taskapi", "demo", "--data", str(folder), *ports, *options],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        start_new_session=True,
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, start_new_session=True,
     )  # fmt: skip
     try:
         yield process
     finally:
         stop(process, grace=60)
-        if process.stdout is not None:
-            process.stdout.close()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
         for pid in parts_left_in(folder):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
 def test_the_demo_seeds_tasks_and_every_service_catches_up(tmp_path: Path) -> None:
-    with demo(tmp_path, "--exit-when-done", "--timeout", "90") as process:
-        out, _ = process.communicate(timeout=180)
-        assert process.returncode == 0, out
+    with demo(tmp_path, "--exit-when-done", "--timeout", "90", stderr=subprocess.PIPE) as process:
+        out, err = process.communicate(timeout=180)
+        assert process.returncode == 0, out + err
         assert parts_left_in(tmp_path) == []  # every part stopped
     assert "where to look:" in out
     assert "/docs" in out
+    assert re.search(r"  dashboard      http://127\.0\.0\.1:\d+/ ", out), out
     for group in ("email", "slack", "push", "audit", "reminders", "task-board"):
         assert f"  {group:<10} lag 0" in out
     assert "stopped cleanly" in out
@@ -82,6 +86,15 @@ def test_the_demo_seeds_tasks_and_every_service_catches_up(tmp_path: Path) -> No
         ("bob@example.com", "Completed: Review pull request #42"),
     } <= mails
     assert (tmp_path / "events.db").exists()
+    # Then one of carol's task events before and after erasing her (decision 0036).
+    before, _, after = out.partition("DELETE /people/carol: 204")
+    shown_before = before.split("(tail --reveal):\n", 1)[1].splitlines()[0]
+    assert '"assignee": "carol"' in shown_before
+    assert '"title": "Order team lunch"' in shown_before
+    shown_after = after.split("the same event now:\n", 1)[1].splitlines()[0]
+    assert shown_after == shown_before.replace('"carol"', '"[erased]"')
+    assert "chain intact" in after.split("taskapi audit verify", 1)[1]
+    assert b"carol" not in (tmp_path / "events.db").read_bytes()  # ciphertext only
 
 
 def test_the_taskapi_command_explains_its_usage() -> None:
@@ -120,7 +133,18 @@ def test_ctrl_c_stops_every_part_cleanly(tmp_path: Path) -> None:
         assert parts_left_in(tmp_path) == []
     logs = tmp_path / "logs"
     assert sorted(p.stem for p in logs.glob("*.log")) == sorted(
-        ["api", "sinks", "email", "slack", "push", "audit", "reminders", "task-board", "escalation"]
+        [
+            "api",
+            "sinks",
+            "email",
+            "slack",
+            "push",
+            "audit",
+            "reminders",
+            "task-board",
+            "escalation",
+            "dashboard",
+        ]
     )
 
 

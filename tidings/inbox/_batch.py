@@ -17,11 +17,17 @@ wait, and with a sync engine run on the event loop's thread (a trip to a thread 
 more than they do); only the commit (one fsync) goes to a thread. On PostgreSQL each
 lane's batch is a transaction of its own; its mark rows lock concurrent deliveries of
 the same events until it commits.
+
+A plain def handler's calls in a batch are made in runs, in a worker thread (decision
+0041): there the event's savepoint, claim and release are made in that thread too
+(:meth:`Batch.begin_here`, :meth:`_BatchMark.commit_here`), the batch held by the
+run, so that a run of events costs one trip to the thread, not one per event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -119,18 +125,28 @@ class Batch:
         (the lock held, so no statement waits) a sync session's statements run here,
         and an async one's on an inline engine (:mod:`tidings.inbox._inline`)."""
         side = self.side
+        if not side.is_async:
+            if self.immediate:
+                return self.begin_here(plan, event_id)
+            return await self.sides.threads.run(self.begin_here, plan, event_id)
         session = side.maker(bind=self._conn, join_transaction_mode="create_savepoint")
         if side.inline:  # no statement of the claim goes through the asyncio adapter
             fresh = _claim_inline(side, session.sync_session, plan.consumer, event_id, self.stamp)
-        elif side.is_async:
-            fresh = await claim_in_session_async(side, session, plan.consumer, event_id, self.stamp)
-        elif self.immediate:
-            fresh = claim_in_session(side, session, plan.consumer, event_id, self.stamp)
         else:
-            fresh = await self.sides.threads.run(
-                claim_in_session, side, session, plan.consumer, event_id, self.stamp
-            )
-        return _BatchMark(self, session, is_async=side.is_async) if fresh else None
+            fresh = await claim_in_session_async(side, session, plan.consumer, event_id, self.stamp)
+        return _BatchMark(self, session, is_async=True) if fresh else None
+
+    def begin_here(self, plan: Plan, event_id: str) -> _BatchMark | None:
+        """:meth:`begin` of a sync side's batch, in the calling thread (the loop's when
+        no statement can wait, else one the batch's connection may wait in)."""
+        session = self.side.maker(bind=self._conn, join_transaction_mode="create_savepoint")
+        fresh = claim_in_session(self.side, session, plan.consumer, event_id, self.stamp)
+        return _BatchMark(self, session, is_async=False) if fresh else None
+
+    def room(self) -> bool:
+        """Whether the batch may take another event (:attr:`full`'s contrary, from any
+        thread: the loop's clock is ``time.monotonic``)."""
+        return self.count < self.limit and time.monotonic() < self.deadline
 
     async def commit(self) -> None:
         conn, self._conn = self._conn, None
@@ -199,24 +215,45 @@ class _BatchMark:
         elif not cancelled:  # cancelled: the batch is given up as a whole
             await self._batch.run(self._sync.close)
 
+    def discard_here(self) -> None:
+        """:meth:`discard` of a sync session, in the calling thread."""
+        self.session.close()
+
     async def commit(self) -> bool:
         """Release the savepoint (its effects and mark stay in the batch)."""
         session, sync = self.session, self._sync
+        if sync is session:  # a sync handler's Session
+            await self._batch.run(self.commit_here)
+            return True
         try:
-            if sync is None or (sync is not session and _pending(sync)):
+            if sync is None or _pending(sync):
                 await session.commit()  # a flush of ORM objects: through the adapter
             else:
-                await self._batch.run(sync.commit)  # flushes what is pending
+                sync.commit()  # inline: nothing pending, plain SQL that never waits
         except BaseException:
             await self.discard(cancelled=False)
             raise
-        self.used = self._batch.writes() > self._before
+        self._counted()
         if sync is None:
             await session.close()
         else:
             sync.close()  # nothing open: no statement
-        self._batch.count += 1
         return True
+
+    def commit_here(self) -> None:
+        """:meth:`commit` of a sync session, in the calling thread; if it fails, the
+        savepoint is rolled back and the error raised."""
+        try:
+            self.session.commit()  # flushes what is pending
+        except BaseException:
+            self.session.close()
+            raise
+        self._counted()
+        self.session.close()  # nothing open: no statement
+
+    def _counted(self) -> None:
+        self.used = self._batch.writes() > self._before
+        self._batch.count += 1
 
 
 def _pending(session: Any) -> bool:

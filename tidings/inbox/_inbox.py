@@ -199,11 +199,17 @@ class Inbox:
         """Wait while this process handles ``event_id`` for ``plan`` elsewhere (two
         deliveries of one event never run at once here: the second then finds the
         mark); then hold the turn until :meth:`end_turn`."""
+        gate = self.take_turn(plan, event_id)
+        while gate is None:
+            await self._busy[(plan.consumer, event_id)].wait()
+            gate = self.take_turn(plan, event_id)
+        return gate
+
+    def take_turn(self, plan: Plan, event_id: str) -> asyncio.Event | None:
+        """:meth:`wait_turn` without waiting: None if the turn is taken."""
         slot = (plan.consumer, event_id)
-        gate = self._busy.get(slot)
-        while gate is not None:
-            await gate.wait()
-            gate = self._busy.get(slot)
+        if slot in self._busy:
+            return None
         gate = self._busy[slot] = asyncio.Event()
         return gate
 

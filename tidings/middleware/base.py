@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tidings.dead_letters import DeadLetterLog
 from tidings.envelope import Event
@@ -14,7 +14,7 @@ from tidings.stats import Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
 
-__all__ = ["Delivery", "Middleware", "Next", "Stats", "compose"]
+__all__ = ["SKIP", "Delivery", "Middleware", "Next", "RunCalls", "Stats", "compose", "run_part"]
 
 
 @dataclass(slots=True)
@@ -59,6 +59,41 @@ class Delivery:
 Next = Callable[[Delivery], Awaitable[None]]
 """The rest of the chain, as a middleware calls it: ``await call_next(delivery)``."""
 
+SKIP: Any = object()
+"""What :meth:`RunCalls.before` returns for an event that needs no call (handled)."""
+
+
+class RunCalls(Protocol):
+    """A middleware's part in one run of a plain ``def`` handler's calls in a thread
+    (:meth:`Middleware.open_run`): ``before`` and ``after`` each call, in that thread;
+    ``finish`` or ``abandon`` once, on the loop, when the run is over."""
+
+    @property
+    def count(self) -> int:
+        """How many of the run's events, from the first, may be called in this run."""
+        ...
+
+    def before(self, event: Event) -> Any:
+        """In the thread, before the call for ``event``: what the handler gets as
+        ``ctx.session``, or :data:`SKIP` (no call: the event counts as handled). If this
+        raises, the event goes through the chain on the loop with that error."""
+        ...
+
+    def after(self, ok: bool) -> bool:
+        """In the thread, after the call: ``ok``, whether it returned normally (if not,
+        the event goes through the chain, which sees what it raised). Whether the run
+        may go on; raising makes the call a failed one."""
+        ...
+
+    async def finish(self) -> None:
+        """On the loop, after the thread's run returned."""
+        ...
+
+    def abandon(self) -> None:
+        """On the loop, instead of :meth:`finish`: the run's task was cancelled (the
+        thread ends after the call under way)."""
+        ...
+
 
 class Middleware:
     """Wraps every handler call of a worker. Override :meth:`handle`::
@@ -102,6 +137,22 @@ class Middleware:
         """
         return False
 
+    def takes_runs(self, subscriber: Subscriber) -> bool:
+        """Whether this middleware, which acts around every call of ``subscriber`` (a
+        plain ``def`` handler), can do that for a run of its calls in one thread
+        (:meth:`open_run`). The worker then calls that handler in runs when every other
+        middleware of its chain acts only on errors and no other handler wants the same
+        events. The default is False."""
+        return False
+
+    async def open_run(
+        self, subscriber: Subscriber, events: Sequence[Event], stats: Stats
+    ) -> RunCalls | None:
+        """For a subscriber it :meth:`takes_runs` of: get ready, on the loop, for a run of
+        calls for ``events`` (in their partition's order) and return this middleware's
+        part in it; None: not now (the first event then goes through the chain)."""
+        return None
+
     def wants_chain(self, event: Event) -> bool:
         """Whether the calls for ``event`` must go through the chain although
         :meth:`only_on_error` answered True: a middleware that acts around the calls of
@@ -109,6 +160,14 @@ class Middleware:
         the worker takes them out of its runs. Asked for every event when overridden;
         the default is False."""
         return False
+
+
+def run_part(chain: Sequence[Middleware], subscriber: Subscriber) -> Middleware | None:
+    """The middleware of ``chain`` that takes part in runs of ``subscriber``'s calls
+    (:meth:`Middleware.takes_runs`), if it is the only one that acts around them (the
+    others act only on errors); else None."""
+    around = [m for m in chain if not m.only_on_error(subscriber)]
+    return around[0] if len(around) == 1 and around[0].takes_runs(subscriber) else None
 
 
 def compose(middleware: Sequence[Middleware], innermost: Next) -> Next:

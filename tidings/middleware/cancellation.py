@@ -20,7 +20,6 @@ made afterwards is new work, not cancelled).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import weakref
@@ -29,13 +28,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode
 from tidings.envelope import Event
-from tidings.errors import ConfigError, DecodeError
+from tidings.errors import ConfigError
 from tidings.middleware.base import Delivery, Middleware, Next
 from tidings.middleware.lane import lane_work
 from tidings.subscriber import Subscriber
 from tidings.transport import Transport
+from tidings.transports._follow import Follower
 
 __all__ = [
     "CANCELLATIONS_TOPIC",
@@ -154,7 +153,8 @@ class Cancellations:
         # The wake-ups of the failed calls whose Retry may be waiting to call again (a
         # delivery holds its own; once Retry has waited or the delivery is done, gone).
         self.retrying: weakref.WeakKeyDictionary[asyncio.Event, Event] = weakref.WeakKeyDictionary()
-        self.positions: dict[int, int] = {}
+        self._follower = Follower(transport, CANCELLATIONS_TOPIC, self._learn_event, self.poll)
+        self.positions = self._follower.positions  # partition -> the next offset to read
 
     async def start(self) -> None:
         """Create the topic if missing and read the cancellations of the window."""
@@ -163,43 +163,23 @@ class Cancellations:
         )
         since = int((self.clock() - self.window) * 1000)
         starts = await self.transport.offsets_for_time(CANCELLATIONS_TOPIC, since)
-        self.positions = {p.partition: starts.get(p.partition, p.start) for p in info.partitions}
+        self.positions.update(
+            {p.partition: starts.get(p.partition, p.start) for p in info.partitions}
+        )
         await self.read()
 
     async def read(self) -> int:
         """Read what was appended since the last read; return how many records."""
-        count = 0
-        for partition, offset in list(self.positions.items()):
-            while True:
-                records = await self.transport.read(CANCELLATIONS_TOPIC, partition, offset, 500)
-                if not records:
-                    break
-                for record in records:
-                    try:
-                        event = decode(
-                            record.value, max(len(record.value), DEFAULT_MAX_EVENT_BYTES)
-                        )
-                    except DecodeError:
-                        continue  # not ours to judge: nothing to learn from it
-                    cancel = cancel_of(event)
-                    if cancel is not None:
-                        self.learn(cancel)
-                offset = records[-1].offset + 1
-                self.positions[partition] = offset
-                count += len(records)
-        return count
+        return await self._follower.read()
 
     async def follow(self, stop: asyncio.Event) -> None:
         """Read new cancellations every ``poll`` seconds until ``stop`` is set."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll)
-            if stop.is_set():
-                return
-            try:
-                await self.read()
-            except Exception:
-                log.warning("reading %s failed; trying again", CANCELLATIONS_TOPIC, exc_info=True)
+        await self._follower.follow(stop)
+
+    def _learn_event(self, event: Event) -> None:
+        cancel = cancel_of(event)
+        if cancel is not None:
+            self.learn(cancel)
 
     def learn(self, cancel: Cancel) -> None:
         """Remember ``cancel`` (unless older than the window) and cancel its calls."""

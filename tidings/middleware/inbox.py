@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from tidings.errors import ConfigError
 from tidings.inbox import Inbox
-from tidings.middleware.base import Delivery, Middleware, Next
+from tidings.middleware.base import SKIP, Delivery, Middleware, Next, RunCalls, Stats
 from tidings.middleware.lane import LaneWork, lane_work
 
 if TYPE_CHECKING:
-    from tidings.inbox._batch import Batch
+    from tidings.envelope import Event
+    from tidings.inbox._batch import Batch, _BatchMark
     from tidings.inbox._store import Plan
     from tidings.subscriber import Subscriber
 
@@ -52,7 +54,9 @@ class InboxMiddleware(Middleware):
         work = lane_work.get()
         # The lane's batch first, then the event's turn: a lane waiting for the
         # batch's turn (SQLite) holds no event's turn that the holder may wait for.
-        batch = None if work is None else await self._batch(inbox, plan, work, delivery)
+        batch = None
+        if work is not None:
+            batch = await self._batch(inbox, plan, work, sub, delivery.replay_of)
         event_id = delivery.event.id
         try:
             gate = await inbox.wait_turn(plan, event_id)
@@ -95,20 +99,19 @@ class InboxMiddleware(Middleware):
         return fresh
 
     @staticmethod
-    async def _batch(inbox: Inbox, plan: Plan, work: LaneWork, delivery: Delivery) -> Batch | None:
-        """The lane's batch for this delivery: the open one, or a new one (committing
-        what else the lane holds first: it may hold the write lock this one needs);
-        None if the delivery is not batched. A replayed dead letter is not: its entry
-        is marked resolved once the delivery returns, which must find its effect
-        committed."""
+    async def _batch(
+        inbox: Inbox, plan: Plan, work: LaneWork, sub: Subscriber, replay_of: str | None
+    ) -> Batch | None:
+        """The lane's batch for a delivery to ``sub``: the open one, or a new one
+        (committing what else the lane holds first: it may hold the write lock this one
+        needs); None if the delivery is not batched. A replayed dead letter
+        (``replay_of``) is not: its entry is marked resolved once the delivery returns,
+        which must find its effect committed."""
         held = work.open
-        sub = delivery.subscriber
         # Nor is a plain def handler's with a timeout: left running past it, its thread
         # might still write through a session on the batch's connection.
         batches = (
-            inbox.batches(plan)
-            and delivery.replay_of is None
-            and (sub.timeout is None or sub.is_async)
+            inbox.batches(plan) and replay_of is None and (sub.timeout is None or sub.is_async)
         )
         if batches and held is not None and inbox.joins(held, plan):
             work.busy = True  # from here on: no commit at its deadline under this delivery
@@ -160,5 +163,110 @@ class InboxMiddleware(Middleware):
     def wraps(self, subscriber: Subscriber) -> bool:
         return subscriber.inbox is not None  # the others pass straight through
 
+    def takes_runs(self, subscriber: Subscriber) -> bool:
+        """A plain def handler with a session, in a lane's batch: a run of its calls in
+        one thread, the claims and savepoints in that thread (decision 0041)."""
+        return (
+            isinstance(subscriber.inbox, Inbox)
+            and subscriber.takes_context
+            and not subscriber.is_async
+            and subscriber.timeout is None
+        )
+
+    async def open_run(
+        self, subscriber: Subscriber, events: Sequence[Event], stats: Stats
+    ) -> RunCalls | None:
+        inbox = subscriber.inbox
+        work = lane_work.get()
+        if work is None or not isinstance(inbox, Inbox):
+            return None
+        plan = inbox.plan(subscriber)
+        if not inbox.ready:
+            await inbox.prepare()
+        batch = await self._batch(inbox, plan, work, subscriber, None)
+        if batch is None:
+            return None
+        # Each event's turn, as wait_turn takes it, without waiting: the run ends
+        # before an event handled elsewhere in this process (or twice in the run).
+        turns = []
+        for event in events:
+            gate = inbox.take_turn(plan, event.id)
+            if gate is None:
+                break
+            turns.append((event.id, gate))
+        if not turns:
+            work.leave()
+            return None
+        return _InboxRun(subscriber, inbox, plan, work, batch, turns, stats)
+
     def __repr__(self) -> str:
         return "InboxMiddleware()"
+
+
+class _InboxRun:
+    """The inbox's part in a run of a plain def handler's calls in one thread: each
+    event's savepoint, claim and release in that thread (:meth:`Batch.begin_here`),
+    the lane's batch held by this run (``work.busy``) until :meth:`finish`."""
+
+    def __init__(
+        self,
+        sub: Subscriber,
+        inbox: Inbox,
+        plan: Plan,
+        work: LaneWork,
+        batch: Batch,
+        turns: list[tuple[str, asyncio.Event]],
+        stats: Stats,
+    ) -> None:
+        self.sub, self.inbox, self.plan, self.work, self.batch = sub, inbox, plan, work, batch
+        self.turns, self.stats = turns, stats
+        self.count = len(turns)
+        self.mark: _BatchMark | None = None  # the event under way's savepoint
+        self.skipped: list[str] = []  # ids of events handled before
+        self.unused = False  # a call left its session unused: the batch is committed
+
+    def before(self, event: Event) -> Any:
+        mark = self.batch.begin_here(self.plan, event.id)
+        if mark is None:
+            self.skipped.append(event.id)
+            return SKIP
+        self.mark = mark
+        return mark.session
+
+    def after(self, ok: bool) -> bool:
+        mark, self.mark = self.mark, None
+        assert mark is not None
+        if not ok:
+            mark.discard_here()  # no effect, no mark; the chain takes it from here
+            return False
+        mark.commit_here()  # if this raises, the savepoint is rolled back
+        if not mark.used:  # the effect is outside the database: see _in_batch
+            self.unused = True
+            return False
+        return self.batch.room()
+
+    def _end_turns(self) -> None:
+        for event_id, gate in self.turns:
+            self.inbox.end_turn(self.plan, event_id, gate)
+        self.turns = []
+
+    def abandon(self) -> None:
+        self._end_turns()
+        self.work.busy = False  # the lane's work is settled or abandoned by the lane
+
+    async def finish(self) -> None:
+        self._end_turns()
+        self.work.leave()
+        if self.skipped:
+            self.stats.duplicates += len(self.skipped)
+            for event_id in self.skipped:
+                log.debug(
+                    "group %s: %s already handled %s; skipped",
+                    self.sub.group, self.sub.name, event_id,
+                )  # fmt: skip
+        if self.unused:
+            self.inbox.noted(self.plan, used=False)
+            # If this fails, the lane's work remembers it: its events are handled again.
+            with contextlib.suppress(Exception):
+                await self.work.flush()
+        self.inbox.delivered()

@@ -193,6 +193,13 @@ class Shredder:
     def erase(self, subject: str) -> str | None:
         return self.keys.erase(subject)
 
+    def forget(self, kid: str | None) -> None:
+        """Drop key ``kid`` (None: every key) from the key store's caches, if it has a
+        ``forget()``: another process erased it (``tidings.shredding.erasure``)."""
+        forget = getattr(self.keys, "forget", None)
+        if forget is not None:
+            forget(kid)
+
     def close(self) -> None:
         """Close the key store's connections, if it has a ``close()``."""
         close = getattr(self.keys, "close", None)

@@ -169,6 +169,18 @@ class SqlKeyStore:
             self._by_kid[kid] = (None, 0.0)
         return str(kid)
 
+    def forget(self, kid: str | None) -> None:
+        """Drop ``kid`` (None: every key) from this process's caches, so that its next
+        use reads the key store again: another process erased it (decision 0038)."""
+        with self._lock:
+            if kid is None:
+                self._by_subject.clear()
+                self._by_kid.clear()
+                return
+            self._by_kid.pop(kid, None)
+            for subject in [s for s, cached in self._by_subject.items() if cached[0] == kid]:
+                del self._by_subject[subject]
+
     def kids(self) -> list[str]:
         with self._connect() as conn:
             rows = conn.execute(sa.select(KEYS.c.kid).where(KEYS.c.kid != _INDEX))

@@ -29,7 +29,9 @@ from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
+from tidings.middleware.base import SKIP, RunCalls, run_part
 from tidings.shredding.fields import EXTENSION, shown
+from tidings.shredding.redaction import guarded, guarded_sync
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
@@ -51,9 +53,10 @@ _ONE, _THREAD, _LOOP = 0, 1, 2
 @dataclass(slots=True)
 class _Run:
     """Events a thread handles one after the other. The thread counts them in ``done``
-    and stops after the current one once the loop sets ``cut``. ``stopped_at`` is the
-    index of the subscriber whose call did not return normally at event ``done``
-    (``outcome``: what it raised, or the awaitable it returned)."""
+    and stops after the current one once the loop sets ``cut`` (or ``calls`` says so).
+    ``stopped_at`` is the index of the subscriber whose call did not return normally
+    at event ``done`` (``outcome``: what it raised, or the awaitable it returned).
+    ``calls``: the part of a middleware that acts around each call (the inbox's)."""
 
     items: list[tuple[Record, Event, Route]]
     done: int = 0
@@ -61,6 +64,7 @@ class _Run:
     stopped_at: int | None = None
     outcome: Any = None
     times: list[float] | None = None  # each handled event's seconds, if they are kept
+    calls: RunCalls | None = None
 
 
 class Dispatcher:
@@ -107,14 +111,17 @@ class Dispatcher:
             self.by_topic.setdefault(s.topic, []).append(s)
         self.layers = {id(s): [m for m in middleware if m.wraps(s)] for s in subscribers}
         self.chains = {id(s): compose(self.layers[id(s)], self._call) for s in subscribers}
+        # Plain def handlers whose chain has a middleware that takes part in runs.
+        parts = [(id(s), run_part(self.layers[id(s)], s)) for s in subscribers if threads]
+        self.parts = {key: part for key, part in parts if part is not None}
         # Handlers whose middleware acts only on errors: called in runs (plain def
-        # handlers when there is a thread pool to run them in).
+        # handlers when there is a thread pool to run them in); and those above.
         self.in_runs = {
             id(s)
             for s in subscribers
             if (s.is_async or threads is not None)
             and all(m.only_on_error(s) for m in self.layers[id(s)])
-        }
+        } | set(self.parts)
         # (topic, event type) -> the subscribers that want it, with their chains, and
         # how its events are handled (_ONE, _THREAD, _LOOP); made on the first such event.
         self.routes: dict[tuple[str, str], Route] = {}
@@ -141,7 +148,10 @@ class Dispatcher:
         if route and all(id(s) in self.in_runs for s, _ in route):
             if all(s.is_async for s, _ in route):
                 kind = _LOOP
-            elif not any(s.is_async for s, _ in route):
+            # (A middleware's part in a run serves one subscriber's calls.)
+            elif not any(s.is_async for s, _ in route) and (
+                len(route) == 1 or not any(id(s) in self.parts for s, _ in route)
+            ):
                 kind = _THREAD
         self.runs[(topic, event_type)] = kind
         return route
@@ -195,11 +205,24 @@ class Dispatcher:
         ctx = None
         if sub.takes_context:
             ctx = self._context(event, record, delivery.attempt, delivery.session)
+        if data is not event.data and self._clear(sub):  # what it raises, redacted
+            return guarded(
+                lambda: self._handler_call(sub, payload, ctx, delivery), event.data, data
+            )
+        return self._handler_call(sub, payload, ctx, delivery)
+
+    def _handler_call(
+        self, sub: Subscriber, payload: Any, ctx: Context | None, delivery: Delivery
+    ) -> Awaitable[None]:
         if sub.is_async:
             call: Awaitable[None]
             call = sub.handler(payload) if ctx is None else sub.handler(payload, ctx)
             return call
         return self._call_in_thread(sub, payload, ctx, delivery)
+
+    def _clear(self, sub: Subscriber) -> bool:
+        """Whether ``sub`` is given personal fields in clear."""
+        return sub.personal and self.shredder is not None
 
     def _shared(self, record: Record, event: Event) -> bool:
         """Whether the event's payload may be seen by more than one handler call (then
@@ -265,21 +288,38 @@ class Dispatcher:
         if self.runs[(record.topic, event.type)] == _LOOP:
             return await self._run_on_loop(run, handled)
         items = []
+        parted = self._parted(self.routes[(record.topic, event.type)])
         for record, event in run:
             key = (record.topic, event.type)
-            if self.runs[key] != _THREAD:
+            if self.runs[key] != _THREAD or self._parted(self.routes[key]) is not parted:
                 break
             items.append((record, event, self.routes[key]))
-        batch = _Run(items, times=None if self.durations is None else [])
+        calls = None
+        if parted is not None:
+            part = self.parts[id(parted)]
+            calls = await part.open_run(parted, [e for _, e, _ in items], self.stats)
+            if calls is None:  # not now: the first event through the chain
+                record, event, _ = items[0]
+                await self.dispatch(record, event, None)
+                handled(record)
+                return 1
+            del items[calls.count :]
+        batch = _Run(items, times=None if self.durations is None else [], calls=calls)
         call = functools.partial(contextvars.copy_context().run, self._run_in_thread, batch)
         try:
             await self.loop.run_in_executor(self.threads, call)
-        except asyncio.CancelledError:
+        except BaseException as exc:
+            if calls is not None:
+                calls.abandon()
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
             # Abandoned (a revocation or a shutdown that waited long enough): the thread
             # ends after the event it is on; what it finished may be committed.
             batch.cut = True
             self._settle(batch, handled)
             raise
+        if calls is not None:
+            await calls.finish()
         self._settle(batch, handled)
         if batch.stopped_at is None:
             return batch.done
@@ -287,6 +327,12 @@ class Dispatcher:
         await self._resume(record, event, route, batch.stopped_at, batch.outcome)
         handled(record)
         return batch.done + 1
+
+    def _parted(self, route: Route) -> Subscriber | None:
+        """The subscriber of ``route`` whose calls a middleware takes part in (the
+        route's only one: see _route), or None."""
+        sub = route[0][0]
+        return sub if id(sub) in self.parts else None
 
     def _settle(self, batch: _Run, handled: Callable[[Record], None]) -> None:
         done = batch.done
@@ -310,7 +356,10 @@ class Dispatcher:
             shared = self.shared_events or len(route) > 1
             for k, (sub, _) in enumerate(route):
                 try:
-                    result = base.copy().run(self._scoped_call, sub, record, event, shared)
+                    if batch.calls is None:
+                        result = base.copy().run(self._scoped_call, sub, record, event, shared)
+                    else:
+                        result = self._call_around(batch, base, sub, record, event, shared)
                 except BaseException as exc:  # the chain, on the loop, decides
                     batch.stopped_at, batch.outcome = k, exc
                     return
@@ -323,18 +372,54 @@ class Dispatcher:
                 times.append(end - start)
                 start = end
 
-    def _scoped_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
-        causal_scope.set((self.group, sub, record, event))  # in this call's own context
-        return self._first_call(sub, record, event, shared)
+    def _call_around(
+        self,
+        batch: _Run,
+        base: contextvars.Context,
+        sub: Subscriber,
+        record: Record,
+        event: Event,
+        shared: bool,
+    ) -> Any:
+        """A call of a run with a middleware's part around it (``batch.calls``); a part
+        that says the run must not go on cuts it after this event."""
+        calls = batch.calls
+        assert calls is not None
+        session = calls.before(event)
+        if session is SKIP:
+            return None
+        try:
+            result = base.copy().run(self._scoped_call, sub, record, event, shared, session)
+        except BaseException:
+            calls.after(False)
+            raise
+        if not calls.after(result is None or not inspect.isawaitable(result)):
+            batch.cut = True
+        return result
 
-    def _first_call(self, sub: Subscriber, record: Record, event: Event, shared: bool) -> Any:
+    def _scoped_call(
+        self, sub: Subscriber, record: Record, event: Event, shared: bool, session: Any = None
+    ) -> Any:
+        causal_scope.set((self.group, sub, record, event))  # in this call's own context
+        return self._first_call(sub, record, event, shared, session)
+
+    def _first_call(
+        self, sub: Subscriber, record: Record, event: Event, shared: bool, session: Any = None
+    ) -> Any:
         """The first attempt of a handler at ``event`` in a run: what the handler
-        returns (an async handler's coroutine)."""
+        returns (an async handler's coroutine). ``session``: its ``ctx.session``."""
         data = event.data if EXTENSION not in event.extensions else self._personal(sub, event)
         payload = self.registry.decode_payload(event.type, event.dataversion, data, shared=shared)
+        if data is not event.data and self._clear(sub):  # what it raises, redacted
+            args: tuple[Any, ...] = (payload,)
+            if sub.takes_context:
+                args = (payload, self._context(event, record, 1, None))
+            if sub.is_async:
+                return guarded(lambda: sub.handler(*args), event.data, data)
+            return guarded_sync(lambda: sub.handler(*args), event.data, data)
         if not sub.takes_context:
             return sub.handler(payload)
-        return sub.handler(payload, self._context(event, record, 1, None))
+        return sub.handler(payload, self._context(event, record, 1, session))
 
     def _personal(self, sub: Subscriber, event: Event) -> Any:
         """The data of an event with sealed personal fields, as ``sub`` may see it:
