@@ -211,9 +211,16 @@ class System:
         """Stop the services and the API (signalled together, they drain in parallel),
         then the sinks, which may be receiving their last effects until then."""
         first = [n for n in self.parts if n != "sinks"]
-        for name in first:
-            self.parts[name].terminate()
-        codes = {name: self.stop(name) for name in first}
+        try:
+            for name in first:
+                self.parts[name].terminate()
+            codes = {name: self.stop(name) for name in first}
+        except BaseException:
+            # Interrupted while waiting (a second Ctrl-C): every part still gets its
+            # SIGTERM, the sinks too, rather than outlive the launcher unasked.
+            for part in self.parts.values():
+                part.terminate()
+            raise
         if "sinks" in self.parts:
             codes["sinks"] = self.stop("sinks")
         return codes
