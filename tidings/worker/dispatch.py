@@ -29,12 +29,13 @@ from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
-from tidings.middleware.base import SKIP, RunCalls, run_part
+from tidings.middleware.base import SKIP, RunCalls
 from tidings.shredding.fields import EXTENSION, shown
 from tidings.shredding.redaction import guarded, guarded_sync
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
+from tidings.worker.routes import LOOP, THREAD, Route, RouteTable
 
 __all__ = ["RUN_SECONDS", "Dispatcher"]
 
@@ -42,12 +43,6 @@ __all__ = ["RUN_SECONDS", "Dispatcher"]
 # hands the rest over again): what a revocation or a commit waits for at most, besides
 # the call under way.
 RUN_SECONDS = 0.02
-
-Route = list[tuple[Subscriber, Next]]
-
-# How the events of a (topic, event type) are handled: one at a time through the
-# chains, or in runs in a thread (plain def handlers), or in runs on the loop (async).
-_ONE, _THREAD, _LOOP = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -108,30 +103,12 @@ class Dispatcher:
         # handler masked).
         self.shredder = getattr(publisher, "shredder", None)
         self.loop = asyncio.get_running_loop()
-        self.by_topic: dict[str, list[Subscriber]] = {}
-        for s in subscribers:
-            self.by_topic.setdefault(s.topic, []).append(s)
-        self.layers = {id(s): [m for m in middleware if m.wraps(s)] for s in subscribers}
-        self.chains = {id(s): compose(self.layers[id(s)], self._call) for s in subscribers}
-        # Plain def handlers whose chain has a middleware that takes part in runs.
-        parts = [(id(s), run_part(self.layers[id(s)], s)) for s in subscribers if threads]
-        self.parts = {key: part for key, part in parts if part is not None}
-        # Handlers whose middleware acts only on errors: called in runs (plain def
-        # handlers when there is a thread pool to run them in); and those above.
-        self.in_runs = {
-            id(s)
-            for s in subscribers
-            if (s.is_async or threads is not None)
-            and all(m.only_on_error(s) for m in self.layers[id(s)])
-        } | set(self.parts)
-        # (topic, event type) -> the subscribers that want it, with their chains, and
-        # how its events are handled (_ONE, _THREAD, _LOOP); made on the first such event.
-        self.routes: dict[tuple[str, str], Route] = {}
-        self.runs: dict[tuple[str, str], int] = {}
-        # (topic, event type) -> None if its events are never handled in runs (_ONE),
-        # else the wants_chain of the middleware in its chains that must see the calls of
-        # some events (which then leave the runs): asked for each of its events.
-        self.watchers: dict[tuple[str, str], tuple[Callable[[Event], bool], ...] | None] = {}
+        # Which subscribers want which events, and how those are handled (routes.py);
+        # its tables are this dispatcher's too (read on every event).
+        table = self.table = RouteTable(subscribers, middleware, self._call, threads)
+        self.by_topic, self.layers, self.parts = table.by_topic, table.layers, table.parts
+        self.in_runs, self.routes, self.runs = table.in_runs, table.routes, table.runs
+        self._route, self.batchable, self._parted = table.route, table.batchable, table.parted
 
     @property
     def batches(self) -> bool:
@@ -141,29 +118,6 @@ class Dispatcher:
     @property
     def topics(self) -> list[str]:
         return sorted(self.by_topic)
-
-    def _route(self, topic: str, event_type: str) -> list[tuple[Subscriber, Next]]:
-        subscribers = self.by_topic.get(topic, ())
-        route = [(s, self.chains[id(s)]) for s in subscribers if s.wants(event_type)]
-        self.routes[(topic, event_type)] = route
-        kind = _ONE
-        if route and all(id(s) in self.in_runs for s, _ in route):
-            if all(s.is_async for s, _ in route):
-                kind = _LOOP
-            # (A middleware's part in a run serves one subscriber's calls.)
-            elif not any(s.is_async for s, _ in route) and (
-                len(route) == 1 or not any(id(s) in self.parts for s, _ in route)
-            ):
-                kind = _THREAD
-        self.runs[(topic, event_type)] = kind
-        watchers = {
-            id(m): m.wants_chain
-            for s, _ in route
-            for m in self.layers[id(s)]
-            if type(m).wants_chain is not Middleware.wants_chain
-        }  # a dict: each middleware once, in the chain's order
-        self.watchers[(topic, event_type)] = None if kind == _ONE else tuple(watchers.values())
-        return route
 
     async def dispatch(self, record: Record, event: Event, replay: DeadLetter | None) -> None:
         """Hand ``event`` (read at ``record``) to each subscriber that wants it; for a
@@ -268,22 +222,6 @@ class Dispatcher:
 
     # -- runs of events ---------------------------------------------------------------
 
-    def batchable(self, record: Record, event: Event) -> bool:
-        """Whether ``event`` may be handled in a run: the subscribers that want it are
-        all plain def handlers, or all async ones, whose middleware acts only on errors."""
-        key = (record.topic, event.type)
-        try:
-            watchers = self.watchers[key]
-        except KeyError:
-            self._route(*key)
-            watchers = self.watchers[key]
-        if watchers is None:
-            return False
-        for wants in watchers:  # noqa: SIM110 (a loop, not any(): no generator per event)
-            if wants(event):
-                return False
-        return True
-
     async def dispatch_run(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
     ) -> int:
@@ -295,13 +233,13 @@ class Dispatcher:
         them; those after it are not handled. Plain def handlers are called in one
         thread, async ones on the loop; a run ends where its events' kind changes."""
         record, event = run[0]
-        if self.runs[(record.topic, event.type)] == _LOOP:
+        if self.runs[(record.topic, event.type)] == LOOP:
             return await self._run_on_loop(run, handled)
         items = []
         parted = self._parted(self.routes[(record.topic, event.type)])
         for record, event in run:
             key = (record.topic, event.type)
-            if self.runs[key] != _THREAD or self._parted(self.routes[key]) is not parted:
+            if self.runs[key] != THREAD or self._parted(self.routes[key]) is not parted:
                 break
             items.append((record, event, self.routes[key]))
         calls = None
@@ -337,12 +275,6 @@ class Dispatcher:
         await self._resume(record, event, route, batch.stopped_at, batch.outcome)
         handled(record)
         return batch.done + 1
-
-    def _parted(self, route: Route) -> Subscriber | None:
-        """The subscriber of ``route`` whose calls a middleware takes part in (the
-        route's only one: see _route), or None."""
-        sub = route[0][0]
-        return sub if id(sub) in self.parts else None
 
     def _settle(self, batch: _Run, handled: Callable[[Record], None]) -> None:
         done = batch.done
@@ -473,7 +405,7 @@ class Dispatcher:
                     if event.type != event_type or record.topic != topic:
                         topic, event_type = record.topic, event.type
                         key = (topic, event_type)
-                        if kinds[key] != _LOOP:
+                        if kinds[key] != LOOP:
                             return n
                         route = routes[key]
                         shared = shared_events or len(route) > 1
