@@ -3,11 +3,14 @@ to listen, and stopping it by its PID."""
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -87,12 +90,12 @@ def launch(argv: list[str], port: int, log: Path, name: str) -> subprocess.Popen
     return proc
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s, to a process this test run started."""
+def stop(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds, to a process this test run started."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
@@ -103,3 +106,51 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
+
+
+# The watcher's program: wait for the end of its stdin (the write end is held by the
+# process that started it, and closes however that one ends), then signal the server
+# and, once it is gone (30 s at most), remove its folder.
+_WATCHER = """
+import os, shutil, sys, time
+pid, signum, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+sys.stdin.buffer.read()
+try:
+    os.kill(pid, signum)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        os.kill(pid, 0)
+        time.sleep(0.1)
+except ProcessLookupError:
+    pass
+if folder:
+    shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+class Watcher:
+    """Stops server ``pid`` (with ``signum``) and removes ``folder`` if the process
+    that made this watcher ends without :meth:`close`: a test run killed (a CI's time
+    limit, a second Ctrl-C, a SIGTERM) skips its teardowns, and a server started
+    detached (PostgreSQL's ``pg_ctl`` daemonizes) would outlive it, holding its port
+    and files. The watcher is a process of its own session, blocked on a pipe whose
+    write end only this process holds: no polling, and it sees any way this one ends."""
+
+    def __init__(self, pid: int, signum: int, folder: Path | None = None) -> None:
+        read, self._write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _WATCHER, str(pid), str(signum), str(folder or "")],
+                stdin=read, stdout=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            os.close(self._write)
+            raise
+        finally:
+            os.close(read)
+
+    def close(self) -> None:
+        """The server is being stopped as it should: end the watcher (by its PID)."""
+        self._proc.kill()
+        self._proc.wait(10)
+        os.close(self._write)

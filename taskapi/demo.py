@@ -118,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smtp-port", type=int, default=8025, help="SMTP sink (%(default)s)")
     parser.add_argument("--http-port", type=int, default=8026, help="webhooks (%(default)s)")
     parser.add_argument(
+        "--dashboard-port", type=int, default=8080, help="the tidings dashboard (%(default)s)"
+    )
+    parser.add_argument(
         "--lead", type=float, default=60.0, help="seconds a reminder fires before the due date"
     )
     parser.add_argument(
@@ -148,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"starting the Task API system in {data} ...", flush=True)
         system.start_all()
+        system.start_dashboard(args.dashboard_port)
         requests = seed(system.api_url, args.lead)
         _where(system, requests)
         return _follow(system, requests, args.exit_when_done, args.timeout)
@@ -172,6 +176,7 @@ def _where(system: System, requests: list[tuple[str, str, int]]) -> None:
     print(
         f"""
 where to look:
+  dashboard      {system.dashboard_url}   (groups, lag, dead letters, traces)
   API docs       {system.api_url}/docs
   mail folder    {rel}/mail/          (one .eml per mail; index.jsonl lists them)
   webhook log    {rel}/webhooks.jsonl  (what Slack and the push gateway received)

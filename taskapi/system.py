@@ -29,6 +29,7 @@ _SMTP_READY = re.compile(r"smtp sink on 127\.0\.0\.1:(\d+)")
 _HTTP_READY = re.compile(r"webhook receiver on http://127\.0\.0\.1:(\d+)")
 _API_READY = re.compile(r"Task API on http://127\.0\.0\.1:(\d+)")
 _SERVICE_READY = re.compile(r"service ([\w-]+) running")
+_DASHBOARD_READY = re.compile(r"tidings dashboard: http://127\.0\.0\.1:(\d+)/")
 
 
 class StartFailed(RuntimeError):
@@ -81,7 +82,7 @@ class System:
         start_timeout: float = 60.0,
     ) -> None:
         self.data = data.absolute()
-        self.ports = {"api": api_port, "smtp": smtp_port, "http": http_port}
+        self.ports = {"api": api_port, "smtp": smtp_port, "http": http_port, "dashboard": 0}
         self.env = {**os.environ, **(env or {}), "TASKAPI_DATA": str(self.data)}
         self.env["PYTHONUNBUFFERED"] = "1"
         self.start_timeout = start_timeout
@@ -97,6 +98,10 @@ class System:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['api']}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['dashboard']}/"
 
     @property
     def receiver_url(self) -> str:
@@ -126,18 +131,27 @@ class System:
         for launched in others:
             self._wait(*launched, _SERVICE_READY)
 
+    def start_dashboard(self, port: int = 0) -> None:
+        """Start ``tidings dashboard`` on the system's log, on 127.0.0.1 (no token: it
+        listens on this machine only)."""
+        url = self.settings.tidings_url
+        args = ["dashboard", "--url", url, "--host", "127.0.0.1", "--port", str(port)]
+        (found,) = self._wait(*self._launch("dashboard", args, module="tidings"), _DASHBOARD_READY)
+        self.ports["dashboard"] = int(found[1])
+
     def start_service(self, name: str) -> None:
         self._wait(*self._launch(name, ["service", name]), _SERVICE_READY)
 
     def _start(self, name: str, args: list[str], *ready: re.Pattern[str]) -> list[re.Match[str]]:
         return self._wait(*self._launch(name, args), *ready)
 
-    def _launch(self, name: str, args: list[str]) -> tuple[Part, int]:
-        """Start part ``name``; return it and where its new output starts in its log."""
+    def _launch(self, name: str, args: list[str], module: str = "taskapi") -> tuple[Part, int]:
+        """Start part ``name`` (``python -m module args``); return it and where its new
+        output starts in its log."""
         running = self.parts.get(name)
         if running is not None and running.process is not None and running.running:
             raise StartFailed(f"{name} is already running (pid {running.process.pid})")
-        argv = [sys.executable, "-m", "taskapi", *args]
+        argv = [sys.executable, "-m", module, *args]
         part = Part(name, argv, self.data / "logs" / f"{name}.log")
         start = part.log.stat().st_size if part.log.exists() else 0
         with part.log.open("ab") as out:
@@ -197,9 +211,16 @@ class System:
         """Stop the services and the API (signalled together, they drain in parallel),
         then the sinks, which may be receiving their last effects until then."""
         first = [n for n in self.parts if n != "sinks"]
-        for name in first:
-            self.parts[name].terminate()
-        codes = {name: self.stop(name) for name in first}
+        try:
+            for name in first:
+                self.parts[name].terminate()
+            codes = {name: self.stop(name) for name in first}
+        except BaseException:
+            # Interrupted while waiting (a second Ctrl-C): every part still gets its
+            # SIGTERM, the sinks too, rather than outlive the launcher unasked.
+            for part in self.parts.values():
+                part.terminate()
+            raise
         if "sinks" in self.parts:
             codes["sinks"] = self.stop("sinks")
         return codes

@@ -121,10 +121,15 @@ def pg_server() -> Iterator[str]:
 
     Its data lives outside pytest's temporary root: pytest prunes old session folders
     and resets their modes, which would pull the files from under a running server.
+    The server runs detached (``pg_ctl``): a watcher stops it if this process is killed
+    before the teardown (a SIGTERMed test run left it running otherwise).
     """
     import shutil
+    import signal
     import tempfile
     import warnings
+
+    from devservers._process import Watcher
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
@@ -132,9 +137,13 @@ def pg_server() -> Iterator[str]:
 
         data = tempfile.mkdtemp(prefix="tidings-pg-")
         server = pgserver.get_server(data, cleanup_mode="stop")
+    pid = server.get_pid()
+    assert pid is not None, f"pgserver gave no postmaster PID in {data}"
+    watcher = Watcher(pid, signal.SIGINT, Path(data))  # SIGINT: PostgreSQL's fast shutdown
     try:
         yield server.get_uri()
     finally:
+        watcher.close()
         server.cleanup()
         shutil.rmtree(data, ignore_errors=True)
 

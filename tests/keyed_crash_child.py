@@ -2,7 +2,8 @@
 DIR``.
 
 Two groups with ``concurrency=8`` read topic ``calls`` of the SQLite log ``DIR/log.db``
-(2 partitions, 1 s leases) until SIGTERM: ``plain`` appends ``key seq`` to
+(2 partitions, 2 s leases: a successor waits one out; 1 s let a loaded machine's late
+renewals give partitions up) until SIGTERM: ``plain`` appends ``key seq`` to
 ``DIR/plain.txt`` for each call (at least once), ``once`` inserts a row into
 ``effects`` of ``DIR/app.db`` through its inbox's session (exactly once). Calls of
 events with ``seq`` >= ``HELD`` wait until the file ``DIR/go`` exists: the test kills
@@ -31,7 +32,7 @@ HELD = 4
 
 
 def log_url(folder: Path) -> str:
-    return f"sqlite:///{folder / 'log.db'}?partitions={PARTITIONS}&lease=1"
+    return f"sqlite:///{folder / 'log.db'}?partitions={PARTITIONS}&lease=2"
 
 
 def db_url(folder: Path) -> str:

@@ -65,6 +65,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tidings.catalog",
             "tidings.metrics",
             "tidings.cli",
+            "tidings.dashboard",
         ),
     ),
     ("the package", ("tidings", "tidings.__main__")),

@@ -4,11 +4,14 @@ its exit codes, and one-line errors for bad input to every command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -98,6 +101,37 @@ def tidings(
         timeout=30,
         check=False,
     )
+
+
+def tidings_in_process(
+    *args: str, url: str | None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """What :func:`tidings` gives, from ``tidings.cli.main`` in this process: the same
+    command, without a Python start per call (seconds each on a loaded machine). In a
+    thread of its own, as a command runs its own event loop; the caller's waits."""
+    from tidings.cli import main
+
+    command = [*args, *(["--url", url] if url is not None else [])]
+    out, err = io.StringIO(), io.StringIO()
+    given = io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8")
+    code: list[int] = []
+
+    def run() -> None:
+        try:
+            code.append(main(command))
+        except SystemExit as exc:  # argparse's usage errors
+            code.append(exc.code if isinstance(exc.code, int) else 1)
+
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        saved, sys.stdin = sys.stdin, given
+        try:
+            thread = threading.Thread(target=run, name="tidings-cli")
+            thread.start()
+            thread.join(60)
+        finally:
+            sys.stdin = saved
+    assert code, f"tidings {' '.join(command)} still ran after 60 s"
+    return subprocess.CompletedProcess(command, code[0], out.getvalue(), err.getvalue())
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int, says: str) -> None:

@@ -321,6 +321,46 @@ def test_bad_time_is_refused_with_the_reason(raw_time: Any, reason: str) -> None
     assert "'time'" in message
 
 
+# The shape tidings writes (time, datacontenttype, data, and a value for some of
+# subject, correlationid, causationid, traceparent) is decoded by a shorter path.
+_WRITTEN = {"time": "2024-01-02T03:04:05.000006Z", "datacontenttype": "application/json",
+            "correlationid": "c-1", "data": {"a": 1}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw_time", "reason"),
+    [
+        ("yesterday", "not RFC 3339"),
+        ("2024-01-01T00:00:00", "no time zone offset"),
+        ("2024-01-01T00:00:00+01:00:30", "offset with seconds"),
+        (1700000000, "must be an RFC 3339 string"),
+    ],
+)
+def test_bad_time_in_the_written_shape_is_refused_with_the_reason(
+    raw_time: Any, reason: str
+) -> None:
+    message = _decode_error(_doc(**{**_WRITTEN, "time": raw_time}))
+    assert reason in message
+    assert "'time'" in message
+
+
+def test_the_written_shape_with_null_members_decodes_as_with_them_absent() -> None:
+    event = decode(orjson.dumps(_doc(**{**_WRITTEN, "time": None, "subject": None})))
+    assert event.time.timestamp() == 0
+    assert event.subject is None
+    assert event.correlationid == "c-1"
+    assert event.extensions == {}
+
+
+def test_the_written_shape_with_a_time_offset_or_an_extension_decodes_fully() -> None:
+    event = decode(orjson.dumps(_doc(**{**_WRITTEN, "time": "2024-01-02T03:04:05-05:00"})))
+    assert event.time.utcoffset() == timedelta(hours=-5)
+    event = decode(orjson.dumps(_doc(**_WRITTEN, subject=None, zzvendor="x")))
+    assert event.extensions == {"zzvendor": "x"}
+    assert event.data == {"a": 1}
+    assert event.time == datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("version", [0, -1, 1.5, "x", "", True, [1], "-2"])
 def test_dataversion_must_be_a_positive_integer(version: Any) -> None:
     message = _decode_error(_doc(dataversion=version))

@@ -58,7 +58,9 @@ async def test_delayed_events_wait_durably_and_are_sent_by_a_later_worker(
 ) -> None:
     """The publisher and the worker are different app objects (think: processes)."""
     publisher = make_app(sqlite_url)
-    due = datetime.now(UTC) + timedelta(seconds=0.5)
+    # Far enough ahead that it is still to come when the publish runs on a loaded
+    # machine (0.5 s was not: a time already past publishes at once).
+    due = datetime.now(UTC) + timedelta(seconds=3)
     async with publisher:
         sent = await publisher.publish_many(
             "reminders", [Reminder(task_id="t-1", n=i) for i in range(3)], deliver_at=due
@@ -76,7 +78,7 @@ async def test_delayed_events_wait_durably_and_are_sent_by_a_later_worker(
         got.append((reminder.n, ctx.event.id))
 
     async with worker_app, running(worker_app):
-        await eventually(lambda: len(got) == 3, timeout=5)
+        await eventually(lambda: len(got) == 3, timeout=60)
         assert datetime.now(UTC) >= due
         assert got == [(i, e.id) for i, e in enumerate(sent)]  # one key, in order
         # The relay appends, then marks its rows sent in its own transaction, so the

@@ -141,6 +141,7 @@ PUBLIC_MODULES = {
     "tidings.shredding",
     "tidings.asyncapi",
     "tidings.catalog",
+    "tidings.dashboard",
     "tidings.logs",
     "tidings.metrics",
     "tidings.otel",

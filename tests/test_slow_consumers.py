@@ -25,6 +25,10 @@ from tidings.testing import eventually, running
 
 TOPIC = "research"
 TYPE = "research.requested"
+HUNG = "research.hung"  # what the handlers that hang on purpose get
+# The timeout of a plain def handler that should succeed: its wait for a pool thread
+# counts, and a loaded machine can stretch that past any short deadline, never this far.
+AMPLE = 60.0
 
 
 @pytest.fixture
@@ -57,6 +61,8 @@ async def test_an_async_handler_past_its_timeout_is_cancelled_and_the_partition_
     handled: list[int] = []
     cancelled: list[int] = []
 
+    # 0.2 s cuts only the call that hangs: the others never await, and a deadline fires
+    # only at an await (a loaded machine cannot make them late).
     @app.subscriber(TOPIC, group="g", timeout=0.2, retry=Retry(max_attempts=2, base_delay=0.01))
     async def summarise(payload: dict[str, int]) -> None:
         if payload["n"] == 0:
@@ -95,19 +101,23 @@ async def test_a_def_handler_past_its_timeout_is_left_running_and_its_late_work_
     inbox = Inbox(db)
     finished = threading.Event()
 
-    @app.subscriber(TOPIC, group="g", timeout=0.3, inbox=inbox, retry=Retry(max_attempts=1))
+    once = Retry(max_attempts=1)
+
+    @app.subscriber(TOPIC, group="g", types=[HUNG], timeout=0.3, inbox=inbox, retry=once)
+    def hang(payload: dict[str, int], ctx: Context) -> None:
+        ctx.session.execute(effects.insert().values(what=f"{payload['n']}"))
+        gate.wait()  # hangs until the test releases it
+        ctx.session.execute(effects.insert().values(what="late"))
+        finished.set()
+
+    @app.subscriber(TOPIC, group="g", types=[TYPE], timeout=AMPLE, inbox=inbox, retry=once)
     def write(payload: dict[str, int], ctx: Context) -> None:
-        n = payload["n"]
-        ctx.session.execute(effects.insert().values(what=f"{n}"))
-        if n == 0:
-            gate.wait()  # hangs until the test releases it
-            ctx.session.execute(effects.insert().values(what="late"))
-            finished.set()
+        ctx.session.execute(effects.insert().values(what=f"{payload['n']}"))
 
     caplog.set_level(logging.WARNING, "tidings.worker")
     async with inbox, app, running(app) as worker:
-        for n in range(2):
-            await app.publish(TOPIC, {"n": n}, type=TYPE, subject="doc-1")
+        for n, type_ in enumerate([HUNG, TYPE]):  # one partition: the second waits
+            await app.publish(TOPIC, {"n": n}, type=type_, subject="doc-1")
 
         def rows() -> list[str]:
             with engine.connect() as conn:
@@ -133,10 +143,13 @@ async def test_past_max_abandoned_a_timed_out_def_handler_is_waited_for(
     _, gate = released
     handled: list[int] = []
 
-    @app.subscriber(TOPIC, group="g", timeout=0.2, retry=Retry(max_attempts=1))
+    @app.subscriber(TOPIC, group="g", types=[HUNG], timeout=0.2, retry=Retry(max_attempts=1))
     def slow(payload: dict[str, int]) -> None:
-        if payload["n"] == 0:
-            gate.wait()
+        gate.wait()
+        handled.append(payload["n"])
+
+    @app.subscriber(TOPIC, group="g", types=[TYPE], timeout=AMPLE, retry=Retry(max_attempts=1))
+    def fast(payload: dict[str, int]) -> None:
         handled.append(payload["n"])
 
     middleware = default_middleware(Retry(base_delay=0.01))
@@ -144,14 +157,15 @@ async def test_past_max_abandoned_a_timed_out_def_handler_is_waited_for(
     assert isinstance(deadline, Deadline)
     deadline.max_abandoned = 0
     async with app, running(app, middleware=middleware) as worker:
-        for n in range(2):
-            await app.publish(TOPIC, {"n": n}, type=TYPE, subject="doc-1")
+        for n, type_ in enumerate([HUNG, TYPE]):
+            await app.publish(TOPIC, {"n": n}, type=type_, subject="doc-1")
         await eventually(lambda: worker.stats.timed_out == 1, what="the deadline passed")
         assert handled == []  # the lane waits for the thread rather than leave it running
         gate.set()
         await eventually(lambda: handled == [0, 1], what="both handled, in order")
         (entry,) = await dead_letters(app, "g")  # the first still counts as timed out
         assert entry.error_type == "tidings.errors.HandlerTimeout"
+        assert worker.stats.timed_out == 1
 
 
 async def test_a_handler_that_swallows_its_cancellation_has_timed_out_all_the_same(
@@ -161,7 +175,7 @@ async def test_a_handler_that_swallows_its_cancellation_has_timed_out_all_the_sa
     gate, _ = released
     returned: list[int] = []
 
-    @app.subscriber(TOPIC, group="g", timeout=0.2, retry=Retry(max_attempts=1))
+    @app.subscriber(TOPIC, group="g", timeout=0.2, retry=Retry(max_attempts=1))  # as above
     async def stubborn(payload: dict[str, int]) -> None:
         if payload["n"] == 0:
             with contextlib.suppress(asyncio.CancelledError):
@@ -328,25 +342,33 @@ async def test_a_cancel_stops_the_chain_in_an_opt_in_group_and_not_in_the_others
         assert await dead_letters(app, "agents") == []
 
 
+@pytest.mark.parametrize("kind", ["async def", "def"])
 async def test_an_event_waiting_for_its_retry_is_skipped_once_its_chain_is_cancelled(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     monkeypatch.setattr("tidings.middleware.cancellation.POLL", 0.02)
     app = make_app(sqlite_url)
     calls: list[str] = []
-    retry = Retry(max_attempts=5, base_delay=2.0, max_delay=2.0, jitter=0)
+    # A wait that no test run sees the end of: the cancellation must cut it short.
+    retry = Retry(max_attempts=5, base_delay=600.0, max_delay=600.0, jitter=0)
 
-    @app.subscriber(TOPIC, group="agents", cancellable=True, retry=retry)
-    async def flaky(payload: dict[str, str]) -> None:
+    def fail(payload: dict[str, str]) -> None:
         calls.append(payload["name"])
         raise ConnectionError("the model's API is down")
 
+    async def fail_async(payload: dict[str, str]) -> None:
+        fail(payload)
+
+    app.subscriber(TOPIC, group="agents", cancellable=True, retry=retry)(
+        fail_async if kind == "async def" else fail
+    )
     async with app, running(app) as worker:
         failing = await app.publish(TOPIC, {"name": "failing"}, type=TYPE, subject="k")
         await eventually(lambda: worker.stats.retries == 1, what="a retry waiting")
         await app.cancel(failing.correlationid, reason="no point")
-        await eventually(lambda: worker.stats.cancelled == 1, what="the retry skipped")
+        await eventually(lambda: worker.stats.cancelled == 1, what="the retry skipped", timeout=60)
         assert calls == ["failing"]  # not called again
+        assert worker.stats.handled == 1  # skipped: done with, committed
         assert await dead_letters(app, "agents") == []
 
 

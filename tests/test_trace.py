@@ -19,7 +19,8 @@ import pytest
 from pydantic import BaseModel
 
 from tests.conftest import LOGS, log_url
-from tests.test_cli import assert_one_error_line, tidings
+from tests.test_cli import assert_one_error_line
+from tests.test_cli import tidings_in_process as cli
 from tidings import Context, Tidings
 from tidings.dead_letters import Filter, open_log, purge, replay
 from tidings.middleware import Retry
@@ -224,14 +225,14 @@ async def test_an_id_that_matches_nothing_is_an_empty_trace_and_exit_1(
     assert (t.roots, t.correlationid) == ((), None)
     assert t.scanned >= 4
     assert t.topics == 2
-    result = tidings("trace", "no-such-request", url=url)
+    result = cli("trace", "no-such-request", url=url)
     assert_one_error_line(result, 1, "no event with the correlation id or event id")
 
 
 async def test_the_command_prints_the_tree_and_its_json(seeded: Shop, url: str) -> None:
     (order,) = (await trace(seeded.app.transport, "req-bad")).roots
     (payment,) = order.children
-    result = tidings("trace", "req-bad", url=url)
+    result = cli("trace", "req-bad", url=url)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("correlation id req-bad: 2 event(s) over ")
@@ -245,7 +246,7 @@ async def test_the_command_prints_the_tree_and_its_json(seeded: Shop, url: str) 
     assert "+" in lines[4]
     assert lines[5] == "         ship  handled"
 
-    doc = json.loads(tidings("trace", "req-bad", "--json", url=url).stdout)
+    doc = json.loads(cli("trace", "req-bad", "--json", url=url).stdout)
     assert set(doc) == {
         "id",
         "kind",

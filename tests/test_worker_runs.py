@@ -502,6 +502,42 @@ async def test_handlers_behind_an_inbox_or_a_middleware_around_calls_go_one_by_o
     assert runs == []
 
 
+@KINDS
+async def test_a_watching_middleware_is_asked_only_about_the_events_of_chains_it_is_in(
+    kind: str, runs: Runs
+) -> None:
+    """wants_chain is asked per event of the routes whose chains hold the middleware
+    (the group it wraps), not of the others; the events it names leave the runs."""
+    app = make_app()
+    seen: dict[str, list[int]] = {"watched": [], "other": []}
+    for group in seen:
+        app.subscriber(TOPIC, group=group)(
+            handler(kind, lambda payload, _, g=group: seen[g].append(payload["seq"]))
+        )
+    asked: list[int] = []
+
+    class Watch(Middleware):
+        def wraps(self, subscriber: Any) -> bool:
+            return subscriber.group == "watched"
+
+        def only_on_error(self, subscriber: Any) -> bool:
+            return True
+
+        def wants_chain(self, event: Any) -> bool:
+            seq: int = event.data["seq"]
+            asked.append(seq)
+            return seq == 2  # through the chain, alone
+
+    async with app:
+        await publish(app, 5)
+        async with running(app, middleware=[Watch(), *FAST]) as worker:
+            await eventually(lambda: worker.stats.handled == 10, what="both groups")
+    assert seen == {"watched": [0, 1, 2, 3, 4], "other": [0, 1, 2, 3, 4]}
+    assert sorted(set(asked)) == [0, 1, 2, 3, 4], "asked about each event of its group"
+    assert len(asked) <= 10, "not about the other group's (5 events: asked at most twice)"
+    assert sorted(runs) == [2, 2, 5], "the other group's one run; its own cut at event 2"
+
+
 # -- one kind --------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ internal and may change without notice.
 - ``tidings.shredding``: their encryption, key stores, erasure and masks (``tidings erase``);
 - ``tidings.asyncapi``: an app's AsyncAPI 3.0 document (``tidings asyncapi``);
 - ``tidings.catalog``: the event catalog of a log (``tidings catalog``);
+- ``tidings.dashboard``: the operator dashboard, served or mounted (the ``dashboard`` extra);
 - ``tidings.logs``: log lines with the handled event's coordinates, as text or JSON;
 - ``tidings.metrics``: a worker's Prometheus metrics (the ``metrics`` extra);
 - ``tidings.otel``: OpenTelemetry spans of publishes and handler calls (the ``otel`` extra);

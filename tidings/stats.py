@@ -4,6 +4,7 @@ how long its handlers took (:class:`Durations`, kept only when asked for)."""
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["DURATION_BUCKETS", "Durations", "Stats"]
@@ -51,6 +52,27 @@ class Durations:
     def observe(self, seconds: float) -> None:
         self.counts[bisect_left(self.bounds, seconds)] += 1
         self.sum += seconds
+
+    def observe_marks(self, marks: Sequence[float], count: int) -> None:
+        """Observe the first ``count`` durations between consecutive clock readings
+        ``marks`` (``marks[i + 1] - marks[i]``: the i-th call of a run read the clock
+        once, when it ended), each in its own bucket as :meth:`observe` puts it. When
+        all of them took no more than the first bound together, each did: one count."""
+        if count <= 0:
+            return
+        total = marks[count] - marks[0]
+        bounds, counts = self.bounds, self.counts
+        first = bounds[0]
+        above = 0
+        if total > first:  # some may lie above the first bucket: each one's own
+            previous = marks[0]
+            for mark in marks[1 : count + 1]:
+                seconds, previous = mark - previous, mark
+                if seconds > first:
+                    counts[bisect_left(bounds, seconds)] += 1
+                    above += 1
+        counts[0] += count - above
+        self.sum += total
 
     @property
     def count(self) -> int:

@@ -26,6 +26,7 @@ class TailFilter:
     types: frozenset[str] | None = None
     subject: str | None = None
     correlation_id: str | None = None
+    id: str | None = None
 
     def __post_init__(self) -> None:
         for t in self.types or ():
@@ -36,6 +37,7 @@ class TailFilter:
             (self.types is None or event.type in self.types)
             and (self.subject is None or event.subject == self.subject)
             and (self.correlation_id is None or event.correlationid == self.correlation_id)
+            and (self.id is None or event.id == self.id)
         )
 
 

@@ -21,17 +21,11 @@ assertion message; ``docs/reliability.md`` has the table.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +34,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from tests.crashkit import Children
 from tidings import Tidings
 from tidings.codec import decode
 from tidings.dead_letters import DeadLetter, Filter, State, dlq_topic, replay, retry_topic
@@ -50,7 +45,6 @@ from . import child
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 40.0  # seconds for any one wait
 KEYS = 20
 
@@ -93,90 +87,18 @@ class Counts:
         )
 
 
-class Crash:
+class Crash(Children):
     """The files of one scenario, the children working on them, and what they say."""
 
     def __init__(self, folder: Path) -> None:
-        self.dir = folder
+        super().__init__(folder, deadline=DEADLINE)
         self.app = Tidings(child.log_url(folder), service="crash-test")
         self.app.topic(child.TOPIC, partitions=child.PARTITIONS)
         self.engine = sa.create_engine(child.db_url(folder))
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: dict[int, Path] = {}
 
-    # -- children ---------------------------------------------------------------
-
-    def spawn(self, mode: str, *options: str) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
-        env.pop("TIDINGS_URL", None)
-        cmd = [sys.executable, "-m", "tests.crash.child", mode, *options, str(self.dir)]
-        log = self.dir / f"child-{len(self.procs)}-{mode}.log"
-        with log.open("wb") as sink:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        self.logs[proc.pid] = log
-        return proc
-
-    def report(self) -> str:
-        return "\n".join(
-            f"--- {self.logs[p.pid].name} pid {p.pid} (exit {p.poll()}):\n"
-            f"{self.logs[p.pid].read_text(errors='replace')[-3000:]}"
-            for p in self.procs
-        )
-
-    async def exit_code(self, proc: subprocess.Popen[bytes], timeout: float = DEADLINE) -> int:
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                pytest.fail(f"child {proc.pid} still runs after {timeout:.0f}s\n{self.report()}")
-            await asyncio.sleep(0.02)
-        assert proc.returncode is not None
-        return proc.returncode
-
-    async def killed(self, proc: subprocess.Popen[bytes]) -> None:
-        """Wait for ``proc`` to SIGKILL itself at its kill point."""
-        code = await self.exit_code(proc)
-        assert code == -signal.SIGKILL, f"exit {code}, not SIGKILL\n{self.report()}"
-        assert "SIGKILL" in self.logs[proc.pid].read_text(errors="replace"), self.report()
-
-    async def finished(self, proc: subprocess.Popen[bytes]) -> None:
-        code = await self.exit_code(proc)
-        assert code == 0, f"exit {code}\n{self.report()}"
-
-    async def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.send_signal(signal.SIGTERM)
-        await self.finished(proc)
-
-    def shutdown(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-
-    async def until(
-        self,
-        what: str,
-        check: Callable[[], Awaitable[bool]],
-        alive: Iterable[subprocess.Popen[bytes]] = (),
-        timeout: float = DEADLINE,
-    ) -> float:
-        start = time.monotonic()
-        running = list(alive)
-        while not await check():
-            for proc in running:
-                if proc.poll() is not None:
-                    pytest.fail(
-                        f"child {proc.pid} exited while waiting for {what}\n{self.report()}"
-                    )
-            if time.monotonic() - start > timeout:
-                pytest.fail(f"{what}: not within {timeout:.0f}s\n{self.report()}")
-            await asyncio.sleep(0.05)
-        return time.monotonic() - start
+    def start(self, mode: str, *options: str) -> subprocess.Popen[bytes]:
+        """A child of ``tests/crash/child.py`` in ``mode`` on this scenario's files."""
+        return self.spawn("tests.crash.child", mode, *options, str(self.dir), name=mode)
 
     # -- what the files say ---------------------------------------------------------
 
@@ -361,14 +283,14 @@ async def test_producer_killed_after_its_commits_before_any_relay(crash: Crash) 
     """Kill point: the producer, right after committing its last business row and
     outbox row, before any relay ran. Invariant: every committed row is published
     and has exactly one effect, in order per key."""
-    producer = crash.spawn("produce", "--count", "400", "--keys", str(KEYS))
+    producer = crash.start("produce", "--count", "400", "--keys", str(KEYS))
     await crash.killed(producer)
     published = crash.orders()
     assert len(published) == 400
     assert crash.outbox_pending() == 400
     assert await crash.records(child.TOPIC) == []  # nothing relayed yet
 
-    worker = crash.spawn("worker", "--relay")
+    worker = crash.start("worker", "--relay")
     await crash.until("the relay and the worker", lambda: crash.caught_up(published), [worker])
     await crash.stop(worker)
     counts = await crash.tally("producer", published)
@@ -383,12 +305,12 @@ async def test_relay_killed_after_publishing_before_deleting(crash: Crash) -> No
     once, same event ids) and the inbox keeps it to one effect each."""
     outbox = Outbox(crash.app, crash.engine, topic=child.TOPIC)
     published = child.produce_rows(crash.engine, outbox, 600, KEYS, one_transaction=True)
-    relay = crash.spawn("relay", "--kill-after-append", "2", "--batch", "100")
+    relay = crash.start("relay", "--kill-after-append", "2", "--batch", "100")
     await crash.killed(relay)
     assert len(await crash.records(child.TOPIC)) == 200, crash.report()
     assert crash.outbox_pending() == 500  # the second batch is in the log and still here
 
-    worker = crash.spawn("worker", "--relay")  # its relay takes over once the lease ran out
+    worker = crash.start("worker", "--relay")  # its relay takes over once the lease ran out
     await crash.until("the relay and the worker", lambda: crash.caught_up(published), [worker])
     await crash.stop(worker)
     counts = await crash.tally("relay", published)
@@ -411,13 +333,13 @@ async def test_consumer_killed_after_effects_before_the_offset_commit(crash: Cra
     commits were committed with their inbox marks. Invariant: a successor gets those
     events again and the inbox passes them: no second effect."""
     published = await crash.publish(1000)
-    victim = crash.spawn("worker", "--kill-at-commit-after", "300")
+    victim = crash.start("worker", "--kill-at-commit-after", "300")
     await crash.killed(victim)
     effected = len(crash.effects())
     committed = await crash.committed()
     assert effected > committed, (effected, committed)  # the window was open
 
-    successor = crash.spawn("worker")
+    successor = crash.start("worker")
     took = await crash.until("the successor", lambda: crash.caught_up(published), [successor])
     await crash.stop(successor)
     counts = await crash.tally("consumer after effect, before commit", published)
@@ -434,7 +356,7 @@ async def test_consumer_killed_after_a_batch_commit_before_its_offsets(crash: Cr
     effects and marks in one transaction), before the worker committed their offsets.
     Invariant: a successor gets those events again and the inbox passes them all."""
     published = await crash.publish(1000)
-    victim = crash.spawn("worker", "--kill-after-batch-commit", "3")
+    victim = crash.start("worker", "--kill-after-batch-commit", "3")
     await crash.killed(victim)
     effected = len(crash.effects())
     committed = await crash.committed()
@@ -442,7 +364,7 @@ async def test_consumer_killed_after_a_batch_commit_before_its_offsets(crash: Cr
     assert effected > committed, (effected, committed)  # the window was open
     assert marks == effected  # each effect committed with its mark, nothing else
 
-    successor = crash.spawn("worker")
+    successor = crash.start("worker")
     await crash.until("the successor", lambda: crash.caught_up(published), [successor])
     await crash.stop(successor)
     counts = await crash.tally("consumer after a batch commit, before its offsets", published)
@@ -458,7 +380,7 @@ async def test_consumer_killed_in_the_middle_of_a_batch(crash: Crash) -> None:
     effect written but not committed, other partitions' handlers running. Invariant:
     the cut-off call is run again, the completed ones are not repeated."""
     published = await crash.publish(1000)
-    victim = crash.spawn("worker", "--kill-in-handler", "137")
+    victim = crash.start("worker", "--kill-in-handler", "137")
     await crash.killed(victim)
     mine = [a for a in crash.attempts() if a.pid == victim.pid]
     assert len(mine) >= 137
@@ -467,13 +389,13 @@ async def test_consumer_killed_in_the_middle_of_a_batch(crash: Crash) -> None:
     assert effected_at_kill < len(mine), "the 137th call's effect must not be committed"
     # No effect without its mark, no mark without its effect (a batch's savepoints).
     assert {row[1] for row in crash.effects()} == crash.marked(), crash.report()
-    found = re.search(r"fetched=(\d+) in fetches of \[(\d+)", crash.logs[victim.pid].read_text())
+    found = re.search(r"fetched=(\d+) in fetches of \[(\d+)", crash.output(victim))
     assert found, crash.report()
     fetched, first_fetch = int(found[1]), int(found[2])
     # The first fetch alone held more than the victim began: it died inside a batch.
     assert first_fetch > len(mine), crash.report()
 
-    successor = crash.spawn("worker")
+    successor = crash.start("worker")
     await crash.until("the successor", lambda: crash.caught_up(published), [successor])
     await crash.stop(successor)
     counts = await crash.tally("consumer mid-batch", published)
@@ -525,7 +447,7 @@ async def test_consumer_killed_while_writing_a_dead_letter(
     the others exactly one effect; nothing lost, nothing dead-lettered twice."""
     published = await crash.publish(800, fails)
     mode = ["--sequenced"] if sequenced else []
-    victim = crash.spawn("worker", *mode, "--kill-dlq-write", "3", "--dlq-kill-when", when)
+    victim = crash.start("worker", *mode, "--kill-dlq-write", "3", "--dlq-kill-when", when)
     await crash.killed(victim)
     written = [e for e, _ in await crash.dead_letters()]
     at_kill = len(written)
@@ -540,7 +462,7 @@ async def test_consumer_killed_while_writing_a_dead_letter(
     else:
         assert at_kill <= 2, crash.report()
 
-    successor = crash.spawn("worker", *mode)
+    successor = crash.start("worker", *mode)
     await crash.until("the successor", lambda: crash.caught_up(published), [successor])
     await crash.stop(successor)
     scenario = f"dead-letter write ({when} append, {'sequenced' if sequenced else 'unsequenced'})"
@@ -557,7 +479,7 @@ async def test_consumer_killed_while_writing_a_dead_letter(
     reasons = Counter(e.reason for e, _ in entries)
     assert reasons["failed"] == len(BAD_KEYS), reasons
     if when == "after":  # and it did, and did not write it again
-        assert "already dead-lettered" in crash.logs[successor.pid].read_text(), crash.report()
+        assert "already dead-lettered" in crash.output(successor), crash.report()
 
 
 async def test_replay_killed_after_sending_before_marking(crash: Crash) -> None:
@@ -568,7 +490,7 @@ async def test_replay_killed_after_sending_before_marking(crash: Crash) -> None:
     Invariant: every dead letter is handled once (one effect each), all end resolved,
     and the sequenced group's keys keep their order through failure and replay."""
     published = await crash.publish(800, fails)
-    first = crash.spawn("worker", "--sequenced")
+    first = crash.start("worker", "--sequenced")
     await crash.until("the dead letters", lambda: crash.caught_up(published), [first])
     await crash.stop(first)
     wanted = expected_dead(published, sequenced=True)
@@ -577,14 +499,14 @@ async def test_replay_killed_after_sending_before_marking(crash: Crash) -> None:
     assert before.dead_lettered == len(wanted) == 140, before
 
     (crash.dir / child.HEALED).touch()
-    replayer = crash.spawn("replay", "--kill-after-retry-append", "2", "--batch", "40")
+    replayer = crash.start("replay", "--kill-after-retry-append", "2", "--batch", "40")
     await crash.killed(replayer)
     sent_by_victim = len(await crash.records(retry_topic(child.GROUP)))
     marked = await crash.replayed_marks()
     assert (sent_by_victim, marked) == (80, 40), crash.report()
 
     # The worker handling those 80 replays dies before writing its 10th resolved mark.
-    victim = crash.spawn(
+    victim = crash.start(
         "worker", "--sequenced", "--kill-dlq-write", "10", "--dlq-kill-when", "before"
     )
     await crash.killed(victim)
@@ -595,7 +517,7 @@ async def test_replay_killed_after_sending_before_marking(crash: Crash) -> None:
     assert by_victim > resolved_at_kill, "the 10th replay's effect was not committed"
 
     again = await replay(crash.app.transport, child.GROUP, Filter())  # what is still "dead"
-    successor = crash.spawn("worker", "--sequenced")
+    successor = crash.start("worker", "--sequenced")
 
     async def all_resolved() -> bool:
         return (

@@ -235,6 +235,40 @@ async def test_events_handled_one_at_a_time_are_timed_too(tmp_path: Path) -> Non
     assert value(found, "tidings_retries_total") == 1
 
 
+async def test_each_call_of_a_run_is_timed_in_its_own_bucket() -> None:
+    """Runs read the clock once per event and count their times at the run's end: one
+    slow call among quick ones is still above its bucket bound, not averaged into its
+    neighbours', in a run on the loop (async) and in a thread (def)."""
+    app = Tidings("memory://", service="metrics-test")
+    app.topic(TOPIC, partitions=1)
+    seen: dict[str, list[int]] = {"a": [], "d": []}
+    slow = 0.06  # above the 0.05 bound; the other calls are immediate
+
+    @app.subscriber(TOPIC, group="a")
+    async def handle_a(data: Any) -> None:
+        if data["n"] == 3:
+            await asyncio.sleep(slow)
+        seen["a"].append(data["n"])
+
+    @app.subscriber(TOPIC, group="d")
+    def handle_d(data: Any) -> None:
+        if data["n"] == 3:
+            time.sleep(slow)
+        seen["d"].append(data["n"])
+
+    worker = Worker(app, commit_interval=0.01)
+    durations = worker.time_handlers()
+    async with app:
+        await publish(app, range(10))
+        await run_until(worker, seen, 10)
+    for group in GROUPS:
+        histogram = dict(durations[group].cumulative())
+        assert histogram[float("inf")] == 10, f"{group}: every call once"
+        assert histogram[0.05] <= 9, f"{group}: the slow call above 0.05 s"
+        assert durations[group].sum >= slow
+    assert worker.stats.handled == 20
+
+
 async def test_the_group_status_on_a_log_that_keeps_no_lag_samples() -> None:
     """The memory log keeps no samples: the worker's metrics keep them, one a reading,
     and rate the group from its first one (too few to judge: OK, as tidings groups)."""

@@ -10,8 +10,6 @@ Prometheus keeps its storage in the test's directory and is stopped by its PID.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -21,42 +19,15 @@ import pytest
 import yaml
 
 from devservers._process import free_ports
+from tests.debian import APT_TIMEOUT, debian_binary
 from tests.metrics.processes import RunningWorker, get, publish, write_app
 from tidings.testing import eventually
-
-APT_TIMEOUT = 600
-
-
-def _apt(*args: str) -> bool:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        done = subprocess.run(
-            ["apt-get", *args], capture_output=True, timeout=APT_TIMEOUT, check=False, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return done.returncode == 0
 
 
 def prometheus_binary(name: str = "prometheus") -> str:
     """A binary of Debian's prometheus package (``prometheus``, or ``promtool``),
     installed with apt-get if need be and possible."""
-    found = shutil.which(name)
-    if found:
-        return found
-    why = f"{name} is not on PATH"
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        why += ", and apt-get cannot install it here (not root, or no apt-get)"
-    else:
-        install = ("install", "-y", "--no-install-recommends", "prometheus")
-        if not _apt(*install) and not (_apt("update") and _apt(*install)):
-            why += "; apt-get install -y prometheus failed"
-        found = shutil.which(name)
-        if found:
-            return found
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)
+    return debian_binary(name, "prometheus")
 
 
 def api(port: int, path: str, **query: str) -> Any:

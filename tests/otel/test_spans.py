@@ -267,6 +267,8 @@ def test_the_worker_puts_the_tracing_middleware_outermost_once(tracing: Tracing)
         ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02", False),
         (None, True),  # no creation context: a root, the sampler decides
         ("garbage", True),  # unreadable: the same
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0", True),  # too short
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-000", True),  # too long
     ],
 )
 def test_only_events_of_sampled_traces_leave_the_worker_s_runs(

@@ -1,8 +1,8 @@
 """The worker the saga crash test runs and kills: ``python -m tests.sagas.crash_child
 DIR DB [--kill POINT --nth N]``.
 
-It runs the saga of :mod:`tests.sagas.helpers` (group ``esc``), its outbox relay
-(1 s lease) and the ``sink`` group on the SQLite log ``DIR/log.db`` (1 s partition
+It runs the saga of :mod:`tests.sagas.helpers` (group ``esc``), its outbox relay and
+the ``sink`` group on the SQLite log ``DIR/log.db`` (relay and partitions: ``LEASE``
 leases) and the database ``DB``, until SIGTERM; with ``--kill`` it SIGKILLs itself at
 the N-th time it reaches POINT:
 
@@ -35,7 +35,10 @@ from tidings.middleware import Retry, default_middleware
 from tidings.transports.sqlite import SQLiteConsumer
 from tidings.worker import Worker
 
-LEASE = 1.0
+# Seconds of the partition and relay leases: a successor waits one out before it takes
+# the killed worker's over; a live worker whose renewals are late by 3/4 of one gives its
+# partitions up, which a loaded machine could make happen with 1 s.
+LEASE = 2.0
 POINTS = (
     "start", "deadline", "compensation", "step", "batch-commit", "offset-commit", "relay-append"
 )  # fmt: skip

@@ -28,12 +28,14 @@ DAY2 = "audit-2026-12-01.jsonl"
 
 
 class Today:
-    """An injected UTC date, moved by the test."""
+    """An injected UTC date, moved by the test; ``looks`` counts the calls."""
 
     def __init__(self) -> None:
         self.day = date(2026, 11, 30)
+        self.looks = 0
 
     def __call__(self) -> date:
+        self.looks += 1
         return self.day
 
 
@@ -63,13 +65,18 @@ async def test_a_checkpoint_every_n_lines_of_a_day_and_at_a_day_roll() -> None:
 
 async def test_at_stop_the_last_heads_are_anchored_after_the_appends_under_way() -> None:
     async with register(Tidings("memory://", service="taskapi-audit")) as app:
-        points = Checkpoints(app, KEY.id, every=100, today=Today())
+        today = Today()
+        points = Checkpoints(app, KEY.id, every=100, today=today, tick=0.01)
         stop = asyncio.Event()
         runner = asyncio.create_task(points.run(stop))
+        await eventually(lambda: today.looks > 1, what="run() looking at the day")
         async with points.writing():
             await points.appended(Head("2026-11-30", 1, "mac1"))
+            looks = today.looks
             stop.set()  # the worker stops while an append is under way
-            await asyncio.sleep(0)  # let run() see stop: it waits for this append
+            # Its next look at the day is run()'s last (the stop is set): from there it
+            # only waits for this append (had it anchored mac1, it would be done).
+            await eventually(lambda: today.looks > looks, what="run() saw the stop")
             assert not runner.done()
             await points.appended(Head("2026-11-30", 2, "mac2"))
         await asyncio.wait_for(runner, 10)

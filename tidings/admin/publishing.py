@@ -58,6 +58,24 @@ def build_event(
     return event
 
 
+def publish_line(event: Event) -> str | None:
+    """The short-form line of ``event`` that :func:`parse_publish_lines` reads back (a
+    new event of the same type, data, subject, correlation and version): what an
+    operator copies to publish it again with ``tidings publish``. None for binary data,
+    which the short form cannot carry."""
+    whole = orjson.loads(encode(event, 1 << 30))
+    if "data" not in whole:
+        return None
+    doc: dict[str, Any] = {"type": event.type, "data": whole["data"]}
+    if event.subject is not None:
+        doc["subject"] = event.subject
+    if event.correlationid is not None:
+        doc["correlationid"] = event.correlationid
+    if event.dataversion is not None:
+        doc["dataversion"] = event.dataversion
+    return orjson.dumps(doc).decode()
+
+
 def parse_publish_lines(
     lines: Iterable[str | bytes],
     app: Tidings,

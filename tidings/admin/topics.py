@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tidings.admin.health import health_json
 from tidings.admin.positions import topic_info
-from tidings.dead_letters import dlq_topic, retry_topic, waiting
+from tidings.dead_letters import DeadLetterLog, dlq_topic, retry_topic, waiting
 from tidings.errors import (
     GroupBusy,
     GroupNotFound,
@@ -56,6 +56,29 @@ def topic_json(info: TopicInfo) -> dict[str, Any]:
             for p in info.partitions
         ],
     }
+
+
+def size_text(n: int) -> str:
+    """Bytes as ``tidings topics`` shows them: ``512 B``, ``1.5 KiB``, ``3.2 MiB``."""
+    if n < 1024:
+        return f"{n} B"
+    amount, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if amount < 1024:
+            break
+        amount, unit = amount / 1024, bigger
+    return f"{amount:.1f} {unit}"
+
+
+async def topic_rate(transport: Transport, info: TopicInfo, window_s: float = 60.0) -> float:
+    """Events appended to ``info``'s topic per second over the last ``window_s``
+    seconds (by append time; where offsets are not dense, an estimate)."""
+    since = transport.clock.time_ms() - int(window_s * 1000)
+    found = await transport.offsets_for_time(info.name, since)
+    added = sum(
+        max(p.end - max(found.get(p.partition, p.end), p.start), 0) for p in info.partitions
+    )
+    return added / window_s
 
 
 async def live_readers(transport: Transport, topic: str) -> list[GroupInfo]:
@@ -168,11 +191,14 @@ async def partition_lag(transport: Transport, row: GroupPartition, now: float) -
 
 
 async def dead_letter_counts(
-    transport: Transport, rows: Iterable[GroupPartition]
+    transport: Transport,
+    rows: Iterable[GroupPartition],
+    logs: dict[str, DeadLetterLog] | None = None,
 ) -> dict[tuple[str, str, int], int]:
     """Per (group, topic, partition) of ``rows``' groups, the dead letters waiting for
-    an operator of the events read from there (absent: none)."""
-    by_group = await waiting(transport, sorted({r.group for r in rows}))
+    an operator of the events read from there (absent: none); ``logs`` as
+    :func:`~tidings.dead_letters.waiting` keeps them between calls."""
+    by_group = await waiting(transport, sorted({r.group for r in rows}), logs)
     return {(g, t, p): n for g, counts in by_group.items() for (t, p), n in counts.items()}
 
 

@@ -8,7 +8,7 @@ This module builds the parser and runs the command; each family of commands is a
 module of its own (``run``, ``topics``, ``groups``, ``publish``, ``tail``, ``trace``,
 ``offsets``, ``dlq``, ``outbox``, ``schema``, ``asyncapi``, ``catalog``,
 ``projections``, ``cancel``, ``erase``,
-``sagas``) with an
+``sagas``, ``dashboard``) with an
 ``add_commands(sub)`` that
 registers it. What they share is in ``common`` (the parser, usage errors, common
 options, the opened log, the ``module:app`` import) and ``output`` (tables, JSON,
@@ -28,6 +28,7 @@ from tidings.cli import (
     asyncapi,
     cancel,
     catalog,
+    dashboard,
     dlq,
     groups,
     offsets,
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for family in (
         run, topics, groups, publish, tail, trace, offsets, dlq, outbox, schema, asyncapi,
-        catalog, projections, cancel, sagas, personal,
+        catalog, projections, cancel, sagas, personal, dashboard,
     ):  # fmt: skip
         family.add_commands(sub)
     return parser

@@ -16,8 +16,7 @@ from tidings import admin, dead_letters
 from tidings.cli.common import add_common, add_reveal, opened, shredder_of
 from tidings.cli.output import cell, clip, confirm, print_json, progress, table, utc_text
 from tidings.dead_letters import DeadLetter, Filter
-from tidings.errors import ConfigError, TidingsError
-from tidings.shredding.fields import EXTENSION, Shredder, shown
+from tidings.errors import TidingsError
 
 __all__ = ["add_commands"]
 
@@ -107,17 +106,13 @@ _TIME = "ISO-8601 (e.g. 2026-11-22T10:00:00Z) or an age (30s, 10m, 2h, 1d)"
 
 
 def _where(args: argparse.Namespace) -> Filter:
-    now = datetime.now(UTC)
-    since = admin.parse_time(args.since, now).timestamp() if args.since else None
-    until = admin.parse_time(args.until, now).timestamp() if args.until else None
-    if since is not None and until is not None and since > until:
-        raise ConfigError(f"--since {args.since} is after --until {args.until}")
-    return Filter(
-        types=frozenset(args.type or ()),
-        error_types=frozenset(args.error_type or ()),
-        ids=frozenset(args.id or ()),
-        since=since,
-        until=until,
+    return admin.dead_letter_filter(
+        datetime.now(UTC),
+        types=args.type or (),
+        error_types=args.error_type or (),
+        ids=args.id or (),
+        since=args.since,
+        until=args.until,
     )
 
 
@@ -177,21 +172,13 @@ async def cmd_show(args: argparse.Namespace) -> int:
             f"{args.group} --all'"
         )
     reveal = shredder_of(args)
-    docs = [_shown(entry.detail(state), reveal) for entry, state in matches]
+    docs = [dead_letters.shown_detail(entry.detail(state), reveal) for entry, state in matches]
     if args.json:
         print_json(docs if len(docs) > 1 else docs[0])
         return 0
     for doc in docs:
         _print_doc(doc)
     return 0
-
-
-def _shown(doc: dict[str, Any], reveal: Shredder | None) -> dict[str, Any]:
-    """``doc`` with its event's personal fields masked (or opened with ``reveal``)."""
-    event = doc["event"]
-    if event is not None and EXTENSION in event and "data" in event:
-        doc["event"] = {**event, "data": shown(event["id"], event["data"], reveal)}
-    return doc
 
 
 def _print_doc(doc: dict[str, Any]) -> None:

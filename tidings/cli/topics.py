@@ -86,7 +86,7 @@ async def cmd_topics(args: argparse.Namespace) -> int:
                         i.name,
                         len(i.partitions),
                         i.events,
-                        _size(i.size),
+                        admin.size_text(i.size),
                         ",".join(str(p.end) for p in i.partitions),
                     )
                     for i in infos
@@ -114,14 +114,3 @@ async def cmd_delete(args: argparse.Namespace, name: str) -> int:
     else:
         print(f"deleted topic {name} ({info.events} event(s))")
     return 0
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    amount, unit = n / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
-        if amount < 1024:
-            break
-        amount, unit = amount / 1024, bigger
-    return f"{amount:.1f} {unit}"

@@ -224,30 +224,34 @@ def from_dict(doc: dict[str, Any]) -> Event:
         except InvalidEventType as exc:
             raise DecodeError(f"attribute 'type': {exc}") from None
     get = doc.get
-    extra = len(doc) - 7  # members besides the four, time, datacontenttype and data
+    subject, correlationid, causationid, traceparent = (
+        get("subject"), get("correlationid"), get("causationid"), get("traceparent")
+    )  # fmt: skip
     if (
-        "data" in doc and "time" in doc and "datacontenttype" in doc
-        and (extra == 0 or extra == ("correlationid" in doc) + ("causationid" in doc)
-                                    + ("subject" in doc) + ("traceparent" in doc))
+        # Members besides the four, time, datacontenttype and data: only these four, if
+        # they have a value (one present as null takes the full lookup, as any other).
+        len(doc) - 7 == (subject is not None) + (correlationid is not None)
+                        + (causationid is not None) + (traceparent is not None)
+        and "data" in doc and "time" in doc and "datacontenttype" in doc
     ):  # fmt: skip
-        # What tidings writes for an event without the rarer attributes (no lookups of
-        # absent ones, no extensions): its causality, a subject if keyed, and its trace
-        # context if traced (Tidings(tracing=True): every event).
-        datacontenttype, data = doc["datacontenttype"], doc["data"]
-        subject, correlationid, causationid, traceparent = (
-            get("subject"), get("correlationid"), get("causationid"), get("traceparent")
-        )  # fmt: skip
+        # What tidings writes without the rarer attributes and extensions: causality, a
+        # subject if keyed, a trace context if traced (Tidings(tracing=True): every event).
+        datacontenttype, data, raw_time = doc["datacontenttype"], doc["data"], doc["time"]
         dataschema = key = version = None
         extensions: dict[str, Any] = {}
         if not (
-            type(datacontenttype) is str
-            and (subject is None or type(subject) is str)
+            type(datacontenttype) is str and (subject is None or type(subject) is str)
             and (correlationid is None or type(correlationid) is str)
             and (causationid is None or type(causationid) is str)
             and (traceparent is None or type(traceparent) is str)
-        ):
+        ):  # fmt: skip
             refuse_optional(doc)
-        when = _time(doc["time"])
+        try:  # _time's common case, a UTC string, inline (a frame less); the rest: _time
+            when = _fromisoformat(raw_time) if type(raw_time) is str else _EPOCH
+        except ValueError:
+            when = _EPOCH
+        if when is _EPOCH or when.tzinfo is not UTC:
+            when = _time(raw_time)
     else:
         (
             subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,

@@ -54,8 +54,10 @@ from tidings.dead_letters.operations import (
     depths,
     open_log,
     purge,
+    read_entry,
     replay,
     replay_plan,
+    shown_detail,
     waiting,
 )
 
@@ -71,9 +73,11 @@ __all__ = [
     "new_entry",
     "open_log",
     "purge",
+    "read_entry",
     "replay",
     "replay_plan",
     "retry_topic",
+    "shown_detail",
     "value_limit",
     "waiting",
 ]

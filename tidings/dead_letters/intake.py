@@ -165,16 +165,19 @@ class Intake:
 
     def _plain_run(self, queue: Sequence[Record], runs: Runs) -> list[tuple[Record, Event]]:
         run: list[tuple[Record, Event]] = []
+        retry_topic, parks, decode, batchable = (
+            self.retry_topic, self.parks, self.decode, runs.batchable
+        )  # fmt: skip
         for record in itertools.islice(queue, self.run_size):
-            if record.topic == self.retry_topic:
+            if record.topic == retry_topic:
                 break
-            if self.parks and (record.topic, record.key) in self.log.by_key:
+            if parks and (record.topic, record.key) in self.log.by_key:
                 break  # perhaps parked: see take
             try:
-                event = self.decode(record)
+                event = decode(record)
             except Exception:
                 break  # poison: see take
-            if not runs.batchable(record, event):
+            if not batchable(record, event):
                 break
             run.append((record, event))
         return run

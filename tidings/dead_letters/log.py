@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -67,6 +67,9 @@ class DeadLetterLog:
     resolved: bool = field(default=True, kw_only=True)
     values: bool = field(default=True, kw_only=True)
     max_value_bytes: int | None = field(default=None, kw_only=True)
+    # Bumped by every entry and mark applied: a caller keeping a listing of the log
+    # (the dashboard's pages) knows when it is stale.
+    changes: int = field(default=0, kw_only=True)
     entries: dict[str, DeadLetter] = field(default_factory=dict)
     states: dict[str, State] = field(default_factory=dict)  # of the entries, one each
     # (original topic, key) -> unresolved entry ids of that key, for sequenced groups
@@ -81,6 +84,7 @@ class DeadLetterLog:
     _positions: dict[int, int] = field(default_factory=dict)
     _partitions: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _waiting: tuple[int, Counter[tuple[str, int]]] | None = None
 
     def __post_init__(self) -> None:
         given = self.max_value_bytes
@@ -196,6 +200,7 @@ class DeadLetterLog:
         if not self.values and (entry.value or entry.traceback):
             entry = replace(entry, value=b"", traceback=None)
         entry_id = entry.entry
+        self.changes += 1
         state = self.states.get(entry_id)
         if state is None:
             early = self._early.pop(entry_id, None)
@@ -210,6 +215,7 @@ class DeadLetterLog:
 
     def set_state(self, entry_id: str, state: State) -> None:
         """Apply a mark to one entry (final states stay final)."""
+        self.changes += 1
         current = self.states.get(entry_id)
         if current is None:
             early = self._early.get(entry_id) or self._early_before.get(entry_id)
@@ -286,6 +292,17 @@ class DeadLetterLog:
             rows = [(e, s) for e, s in rows if s in UNRESOLVED]
         rows.sort(key=lambda row: (row[0].dead_at, row[0].dlq_partition, row[0].dlq_offset))
         return rows
+
+    def waiting(self) -> Counter[tuple[str, int]]:
+        """The entries waiting for an operator (state ``dead``) by the topic and
+        partition their event was read from; counted again only after a change."""
+        if self._waiting is None or self._waiting[0] != self.changes:
+            counts: Counter[tuple[str, int]] = Counter()
+            for entry_id, entry in self.entries.items():
+                if self.states.get(entry_id) == "dead":
+                    counts[(entry.topic, entry.partition)] += 1
+            self._waiting = (self.changes, counts)
+        return Counter(self._waiting[1])
 
     def depth(self) -> int:
         """How many entries wait for an operator (state ``dead``)."""

@@ -13,9 +13,20 @@ from typing import Any
 from tidings.dead_letters.entry import DeadLetter, dlq_topic, replay_key
 from tidings.dead_letters.log import DeadLetterLog
 from tidings.errors import TopicNotFound
+from tidings.shredding.fields import EXTENSION, Shredder, shown
 from tidings.transport import Transport
 
-__all__ = ["Filter", "depths", "open_log", "purge", "replay", "replay_plan", "waiting"]
+__all__ = [
+    "Filter",
+    "depths",
+    "open_log",
+    "purge",
+    "read_entry",
+    "replay",
+    "replay_plan",
+    "shown_detail",
+    "waiting",
+]
 
 log = logging.getLogger("tidings.dead_letters")
 
@@ -125,19 +136,46 @@ async def depths(transport: Transport, groups: Iterable[str]) -> dict[str, int]:
 
 
 async def waiting(
-    transport: Transport, groups: Iterable[str]
+    transport: Transport, groups: Iterable[str], logs: dict[str, DeadLetterLog] | None = None
 ) -> dict[str, Counter[tuple[str, int]]]:
     """Per group, the entries waiting for an operator (state ``dead``) by the topic and
-    partition their event was read from (empty if the group has no dead-letter topic)."""
+    partition their event was read from (empty if the group has no dead-letter topic).
+
+    ``logs``: the groups' logs kept from an earlier call, refreshed (only what is new is
+    read) and completed; a caller that looks again and again (the dashboard) keeps it."""
     names = {info.name for info in await transport.topics()}
     result: dict[str, Counter[tuple[str, int]]] = {}
+    kept = {} if logs is None else logs
     for group in groups:
         result[group] = Counter()
         if dlq_topic(group) not in names:
+            kept.pop(group, None)  # deleted: a new topic of that name starts again
             continue
-        dead = DeadLetterLog(transport, group, resolved=False, values=False)
+        dead = kept.get(group)
+        if dead is None:
+            dead = kept[group] = DeadLetterLog(transport, group, resolved=False, values=False)
         await dead.refresh()
-        for entry_id, entry in dead.entries.items():
-            if dead.state(entry_id) == "dead":
-                result[group][(entry.topic, entry.partition)] += 1
+        result[group] = dead.waiting()
     return result
+
+
+async def read_entry(transport: Transport, entry: DeadLetter) -> DeadLetter:
+    """``entry`` in full (its original and traceback), read back from its place in the
+    group's dead-letter topic: for a log kept with ``values=False``."""
+    if entry.dlq_offset < 0:
+        return entry
+    records = await transport.read(dlq_topic(entry.group), entry.dlq_partition, entry.dlq_offset, 1)
+    if not records or records[0].offset != entry.dlq_offset:
+        return entry  # gone (the topic was deleted meanwhile): what is kept is all there is
+    return DeadLetter.from_bytes(
+        records[0].value, partition=entry.dlq_partition, offset=entry.dlq_offset
+    )
+
+
+def shown_detail(doc: dict[str, Any], reveal: Shredder | None) -> dict[str, Any]:
+    """``doc`` (a :meth:`DeadLetter.detail`) with its event's personal fields masked, or
+    opened with ``reveal``."""
+    event = doc["event"]
+    if event is not None and EXTENSION in event and "data" in event:
+        doc["event"] = {**event, "data": shown(event["id"], event["data"], reveal)}
+    return doc

@@ -50,6 +50,10 @@ class Delivery:
     # A plain def handler's call in its thread, for a subscriber with a timeout (what
     # Deadline leaves running past it); None otherwise.
     thread: Future[Any] | None = None
+    # Set by a middleware inside Retry to end its wait before the next attempt at once
+    # (Cancellation: the event's chain was cancelled meanwhile); Retry takes it (back to
+    # None) when it waits.
+    wake: asyncio.Event | None = None
 
 
 Next = Callable[[Delivery], Awaitable[None]]

@@ -8,7 +8,8 @@ the cancellations of the last ``window`` seconds, then what is appended. In the 
 that opt in (``app.group(name, cancellable=True)`` or ``@app.subscriber(...,
 cancellable=True)``), the :class:`Cancellation` middleware cancels a call under way of a
 cancelled chain (an ``async def`` handler's task; a plain ``def`` one in its thread
-cannot be stopped and finishes) and skips the chain's later events: each counts in
+cannot be stopped and finishes), ends a :class:`~tidings.middleware.Retry`'s wait to
+call a failed one again, and skips the chain's later events: each counts in
 ``Stats.cancelled``, is logged, and is committed, never retried nor dead-lettered.
 
 A chain is the events of one correlation id, or, for a cancellation by subject, the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -148,6 +150,9 @@ class Cancellations:
         self.by_correlation: OrderedDict[str, Cancel] = OrderedDict()
         self.by_subject: OrderedDict[str, Cancel] = OrderedDict()
         self.calls: set[_Call] = set()
+        # The wake-ups of the failed calls whose Retry may be waiting to call again (a
+        # delivery holds its own; once Retry has waited or the delivery is done, gone).
+        self.retrying: weakref.WeakKeyDictionary[asyncio.Event, Event] = weakref.WeakKeyDictionary()
         self._follower = Follower(transport, CANCELLATIONS_TOPIC, self._learn_event, self.poll)
         self.positions = self._follower.positions  # partition -> the next offset to read
 
@@ -188,6 +193,18 @@ class Cancellations:
             if call.cancel is None and call.scope is not None and cancel.covers(call.event):
                 call.cancel = cancel
                 call.scope.reschedule(asyncio.get_running_loop().time())
+        for wake, event in list(self.retrying.items()):
+            if cancel.covers(event):
+                wake.set()
+
+    def wake_when_cancelled(self, delivery: Delivery) -> None:
+        """Set ``delivery.wake`` when the chain of its event is cancelled (now, if it
+        is already): a Retry waiting to call again then skips the event at once."""
+        if delivery.wake is None:
+            delivery.wake = asyncio.Event()
+        self.retrying[delivery.wake] = delivery.event
+        if self.cancelled(delivery.event) is not None:
+            delivery.wake.set()
 
     def cancelled(self, event: Event) -> Cancel | None:
         """The cancellation that covers ``event``, if one is known and not expired."""
@@ -211,9 +228,9 @@ def _remember(known: OrderedDict[str, Cancel], key: str, cancel: Cancel) -> None
 class Cancellation(Middleware):
     """Stops the calls of a cancelled chain and skips its later events, for the
     subscribers that opt in (see the module's docstring). Inside
-    :class:`~tidings.middleware.Retry` (a retried event of a chain cancelled meanwhile
-    is skipped at its next attempt) and outside the inbox (a cancelled call's
-    transaction is rolled back, as a failed one's).
+    :class:`~tidings.middleware.Retry` (a failed event whose chain is cancelled while
+    Retry waits is skipped at once, without waiting the rest) and outside the inbox (a
+    cancelled call's transaction is rolled back, as a failed one's).
 
     A worker binds it to its :class:`Cancellations` and the groups that opt in
     (:meth:`bind`); unbound, it wraps nothing.
@@ -238,12 +255,17 @@ class Cancellation(Middleware):
         cancel = known.cancelled(delivery.event)
         if cancel is not None:
             self._count(delivery, cancel, "skipped")
-        elif not delivery.subscriber.is_async:
-            await call_next(delivery)  # a thread cannot be stopped: it finishes
-        else:
-            cancel = await self._cancellable(known, delivery, call_next)
-            if cancel is not None:
-                self._count(delivery, cancel, "cancelled")
+            return
+        try:
+            if not delivery.subscriber.is_async:
+                await call_next(delivery)  # a thread cannot be stopped: it finishes
+            else:
+                cancel = await self._cancellable(known, delivery, call_next)
+                if cancel is not None:
+                    self._count(delivery, cancel, "cancelled")
+        except Exception:
+            known.wake_when_cancelled(delivery)  # Retry's wait for the next attempt
+            raise
 
     @staticmethod
     async def _cancellable(

@@ -40,9 +40,10 @@ class Retry(Middleware):
 
     An EventError (a payload that cannot be decoded) is never retried: trying again
     cannot fix it. When the worker stops, the wait ends and the event stays
-    uncommitted for whoever runs the group next. Used as a middleware, the policy of a
-    subscriber that has its own (``@app.subscriber(..., retry=Retry(...))``) applies
-    instead of this one's.
+    uncommitted for whoever runs the group next; a middleware inside may end it early
+    (``Delivery.wake``: Cancellation does, for an event whose chain is cancelled). Used
+    as a middleware, the policy of a subscriber that has its own
+    (``@app.subscriber(..., retry=Retry(...))``) applies instead of this one's.
     """
 
     max_attempts: int | None = 10
@@ -136,11 +137,26 @@ class Retry(Middleware):
                     record.topic, record.partition, record.offset, delivery.attempt, exc,
                     wait, exc_info=delivery.attempt == 1,
                 )  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(delivery.stopping.wait(), wait)
+                await _pause(delivery, wait)
                 if delivery.stopping.is_set():
                     raise asyncio.CancelledError from exc
                 delivery.attempt += 1
+
+
+async def _pause(delivery: Delivery, seconds: float) -> None:
+    """Wait ``seconds``, less if the worker stops or a middleware inside sets
+    ``delivery.wake`` (the event's chain cancelled: its next attempt is skipped now)."""
+    wake, delivery.wake = delivery.wake, None
+    if wake is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(delivery.stopping.wait(), seconds)
+        return
+    waits = [asyncio.ensure_future(delivery.stopping.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 async def _exhausted(policy: RetryPolicy, delivery: Delivery, error: BaseException) -> None:

@@ -11,7 +11,7 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags,
 from tidings.envelope import Event
 
 __all__ = [
-    "SAMPLED",
+    "UNSAMPLED",
     "context_of",
     "format_traceparent",
     "from_json",
@@ -20,8 +20,12 @@ __all__ = [
     "span_of",
 ]
 
-# The last hex digit of a traceparent holds the "sampled" flag in its lowest bit.
-SAMPLED = frozenset("13579bdf")
+# What ``traceparent[54:]`` is for a well-formed traceparent (55 characters) whose
+# "sampled" flag, the lowest bit of its last hex digit, is clear. Anything else there
+# reads as sampled: a set flag, or "" or two characters (a traceparent of the wrong
+# length: unreadable, the span is then a root and the sampler decides). One slice and one
+# set lookup, asked for every event a tracing worker handles.
+UNSAMPLED = frozenset("02468ace")
 
 # A structured (JSON) event as the codec writes it (orjson: no spaces), for the relay:
 # the creation context of an outbox row without decoding the row.
@@ -32,7 +36,7 @@ _TRACESTATE_IN_JSON = re.compile(rb'"tracestate":"([^"\\]{1,512})"')
 def sampled(traceparent: str) -> bool:
     """Whether a traceparent's sampled flag is set (a malformed one counts as set: the
     span is then a root, and the sampler decides)."""
-    return traceparent[-1:] in SAMPLED or len(traceparent) != 55
+    return traceparent[54:] not in UNSAMPLED
 
 
 def remote_context(traceparent: str | None, tracestate: str | None = None) -> SpanContext | None:

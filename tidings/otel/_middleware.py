@@ -12,7 +12,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from tidings.envelope import Event
 from tidings.middleware.base import Delivery, Middleware, Next
-from tidings.otel._context import SAMPLED, context_of
+from tidings.otel._context import UNSAMPLED, context_of
 from tidings.subscriber import Subscriber
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class TracingMiddleware(Middleware):
 
     def wants_chain(self, event: Event) -> bool:
         traceparent = event.traceparent  # sampled(), inline: asked for every event
-        return traceparent is None or traceparent[-1:] in SAMPLED or len(traceparent) != 55
+        return traceparent is None or traceparent[54:] not in UNSAMPLED
 
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
         event, record = delivery.event, delivery.record

@@ -54,7 +54,13 @@ class Tracer:
     """
 
     def __init__(
-        self, transport: Transport, id: str, *, scan: int = DEFAULT_SCAN, since: int | None = None
+        self,
+        transport: Transport,
+        id: str,
+        *,
+        scan: int = DEFAULT_SCAN,
+        since: int | None = None,
+        dead_logs: dict[str, DeadLetterLog] | None = None,
     ) -> None:
         self.transport = transport
         self.id = id
@@ -68,7 +74,9 @@ class Tracer:
         self._window: dict[tuple[str, int], int] = {}
         self._topics: dict[str, TopicInfo] = {}
         self._rows: dict[tuple[str, str, int], GroupPartition] = {}
-        self._dead: dict[str, DeadLetterLog] = {}
+        # The groups' dead letters (``values=False``), kept by a caller that traces
+        # again and again (the dashboard) so that each refresh reads only what is new.
+        self._dead: dict[str, DeadLetterLog] = {} if dead_logs is None else dead_logs
         self._again = False
         self._needles = _needles(id, id)
 
@@ -233,11 +241,16 @@ class Tracer:
 
 
 async def trace(
-    transport: Transport, id: str, *, scan: int = DEFAULT_SCAN, since: int | None = None
+    transport: Transport,
+    id: str,
+    *,
+    scan: int = DEFAULT_SCAN,
+    since: int | None = None,
+    dead_logs: dict[str, DeadLetterLog] | None = None,
 ) -> Trace:
     """The causal tree of ``id`` (a correlation id or an event id) as stored now; see
-    :class:`Tracer` for the window read."""
-    tracer = Tracer(transport, id, scan=scan, since=since)
+    :class:`Tracer` for the window read (and ``dead_logs``)."""
+    tracer = Tracer(transport, id, scan=scan, since=since, dead_logs=dead_logs)
     await tracer.refresh()
     return tracer.trace()
 

@@ -29,12 +29,13 @@ from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
-from tidings.middleware.base import SKIP, RunCalls, run_part
+from tidings.middleware.base import SKIP, RunCalls
 from tidings.shredding.fields import EXTENSION, shown
 from tidings.shredding.redaction import guarded, guarded_sync
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
+from tidings.worker.routes import LOOP, THREAD, Route, RouteTable
 
 __all__ = ["RUN_SECONDS", "Dispatcher"]
 
@@ -42,12 +43,6 @@ __all__ = ["RUN_SECONDS", "Dispatcher"]
 # hands the rest over again): what a revocation or a commit waits for at most, besides
 # the call under way.
 RUN_SECONDS = 0.02
-
-Route = list[tuple[Subscriber, Next]]
-
-# How the events of a (topic, event type) are handled: one at a time through the
-# chains, or in runs in a thread (plain def handlers), or in runs on the loop (async).
-_ONE, _THREAD, _LOOP = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -63,7 +58,9 @@ class _Run:
     cut: bool = False
     stopped_at: int | None = None
     outcome: Any = None
-    times: list[float] | None = None  # each handled event's seconds, if they are kept
+    # The clock when the run started and when each of its events was done (read once
+    # per event: the run's time check), if handling times are kept.
+    marks: list[float] | None = None
     calls: RunCalls | None = None
 
 
@@ -106,30 +103,12 @@ class Dispatcher:
         # handler masked).
         self.shredder = getattr(publisher, "shredder", None)
         self.loop = asyncio.get_running_loop()
-        self.by_topic: dict[str, list[Subscriber]] = {}
-        for s in subscribers:
-            self.by_topic.setdefault(s.topic, []).append(s)
-        self.layers = {id(s): [m for m in middleware if m.wraps(s)] for s in subscribers}
-        self.chains = {id(s): compose(self.layers[id(s)], self._call) for s in subscribers}
-        # Plain def handlers whose chain has a middleware that takes part in runs.
-        parts = [(id(s), run_part(self.layers[id(s)], s)) for s in subscribers if threads]
-        self.parts = {key: part for key, part in parts if part is not None}
-        # Handlers whose middleware acts only on errors: called in runs (plain def
-        # handlers when there is a thread pool to run them in); and those above.
-        self.in_runs = {
-            id(s)
-            for s in subscribers
-            if (s.is_async or threads is not None)
-            and all(m.only_on_error(s) for m in self.layers[id(s)])
-        } | set(self.parts)
-        # (topic, event type) -> the subscribers that want it, with their chains, and
-        # how its events are handled (_ONE, _THREAD, _LOOP); made on the first such event.
-        self.routes: dict[tuple[str, str], Route] = {}
-        self.runs: dict[tuple[str, str], int] = {}
-        # Middleware that must see the calls of some events, which then leave the runs.
-        self.watchers = [
-            m.wants_chain for m in middleware if type(m).wants_chain is not Middleware.wants_chain
-        ]
+        # Which subscribers want which events, and how those are handled (routes.py);
+        # its tables are this dispatcher's too (read on every event).
+        table = self.table = RouteTable(subscribers, middleware, self._call, threads)
+        self.by_topic, self.layers, self.parts = table.by_topic, table.layers, table.parts
+        self.in_runs, self.routes, self.runs = table.in_runs, table.routes, table.runs
+        self._route, self.batchable, self._parted = table.route, table.batchable, table.parted
 
     @property
     def batches(self) -> bool:
@@ -139,22 +118,6 @@ class Dispatcher:
     @property
     def topics(self) -> list[str]:
         return sorted(self.by_topic)
-
-    def _route(self, topic: str, event_type: str) -> list[tuple[Subscriber, Next]]:
-        subscribers = self.by_topic.get(topic, ())
-        route = [(s, self.chains[id(s)]) for s in subscribers if s.wants(event_type)]
-        self.routes[(topic, event_type)] = route
-        kind = _ONE
-        if route and all(id(s) in self.in_runs for s, _ in route):
-            if all(s.is_async for s, _ in route):
-                kind = _LOOP
-            # (A middleware's part in a run serves one subscriber's calls.)
-            elif not any(s.is_async for s, _ in route) and (
-                len(route) == 1 or not any(id(s) in self.parts for s, _ in route)
-            ):
-                kind = _THREAD
-        self.runs[(topic, event_type)] = kind
-        return route
 
     async def dispatch(self, record: Record, event: Event, replay: DeadLetter | None) -> None:
         """Hand ``event`` (read at ``record``) to each subscriber that wants it; for a
@@ -259,21 +222,6 @@ class Dispatcher:
 
     # -- runs of events ---------------------------------------------------------------
 
-    def batchable(self, record: Record, event: Event) -> bool:
-        """Whether ``event`` may be handled in a run: the subscribers that want it are
-        all plain def handlers, or all async ones, whose middleware acts only on errors."""
-        key = (record.topic, event.type)
-        kind = self.runs.get(key)
-        if kind is None:
-            self._route(*key)
-            kind = self.runs[key]
-        if kind == _ONE:
-            return False
-        for wants in self.watchers:  # noqa: SIM110 (a loop, not all(): no generator per event)
-            if wants(event):
-                return False
-        return True
-
     async def dispatch_run(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
     ) -> int:
@@ -285,13 +233,13 @@ class Dispatcher:
         them; those after it are not handled. Plain def handlers are called in one
         thread, async ones on the loop; a run ends where its events' kind changes."""
         record, event = run[0]
-        if self.runs[(record.topic, event.type)] == _LOOP:
+        if self.runs[(record.topic, event.type)] == LOOP:
             return await self._run_on_loop(run, handled)
         items = []
         parted = self._parted(self.routes[(record.topic, event.type)])
         for record, event in run:
             key = (record.topic, event.type)
-            if self.runs[key] != _THREAD or self._parted(self.routes[key]) is not parted:
+            if self.runs[key] != THREAD or self._parted(self.routes[key]) is not parted:
                 break
             items.append((record, event, self.routes[key]))
         calls = None
@@ -304,7 +252,7 @@ class Dispatcher:
                 handled(record)
                 return 1
             del items[calls.count :]
-        batch = _Run(items, times=None if self.durations is None else [], calls=calls)
+        batch = _Run(items, marks=None if self.durations is None else [], calls=calls)
         call = functools.partial(contextvars.copy_context().run, self._run_in_thread, batch)
         try:
             await self.loop.run_in_executor(self.threads, call)
@@ -328,49 +276,49 @@ class Dispatcher:
         handled(record)
         return batch.done + 1
 
-    def _parted(self, route: Route) -> Subscriber | None:
-        """The subscriber of ``route`` whose calls a middleware takes part in (the
-        route's only one: see _route), or None."""
-        sub = route[0][0]
-        return sub if id(sub) in self.parts else None
-
     def _settle(self, batch: _Run, handled: Callable[[Record], None]) -> None:
         done = batch.done
         for record, _, _ in batch.items[:done]:
             handled(record)
         self.stats.handled += done
-        if batch.times is not None and self.durations is not None:
-            for seconds in batch.times[:done]:
-                self.durations.observe(seconds)
+        if batch.marks is not None and self.durations is not None:
+            # An abandoned run's thread may still be between two events: what it has.
+            self.durations.observe_marks(batch.marks, min(done, len(batch.marks) - 1))
 
     def _run_in_thread(self, batch: _Run) -> None:
         """In a worker thread: each event's handlers, in order, each call in a context
         of its own (a copy of the loop's), as a single call in a thread has."""
-        stopping, times, clock = self.stopping, batch.times, time.perf_counter
-        start = clock()
-        until = start + RUN_SECONDS
+        stopping, marks, clock = self.stopping, batch.marks, time.perf_counter
+        now = clock()
+        until = now + RUN_SECONDS
+        if marks is not None:
+            marks.append(now)
         base = contextvars.copy_context()
-        for n, (record, event, route) in enumerate(batch.items):
-            if n and (batch.cut or stopping.is_set() or clock() > until):
-                return
-            shared = self.shared_events or len(route) > 1
-            for k, (sub, _) in enumerate(route):
-                try:
-                    if batch.calls is None:
-                        result = base.copy().run(self._scoped_call, sub, record, event, shared)
-                    else:
-                        result = self._call_around(batch, base, sub, record, event, shared)
-                except BaseException as exc:  # the chain, on the loop, decides
-                    batch.stopped_at, batch.outcome = k, exc
-                    return
-                if result is not None and inspect.isawaitable(result):
-                    batch.stopped_at, batch.outcome = k, result  # awaited on the loop
-                    return
-            batch.done = n + 1
-            if times is not None:
-                end = clock()
-                times.append(end - start)
-                start = end
+        try:
+            for n, (record, event, route) in enumerate(batch.items):
+                if n:
+                    now = clock()  # the previous event's end, and the run's time check
+                    if marks is not None:
+                        marks.append(now)
+                    if batch.cut or stopping.is_set() or now > until:
+                        return
+                shared = self.shared_events or len(route) > 1
+                for k, (sub, _) in enumerate(route):
+                    try:
+                        if batch.calls is None:
+                            result = base.copy().run(self._scoped_call, sub, record, event, shared)
+                        else:
+                            result = self._call_around(batch, base, sub, record, event, shared)
+                    except BaseException as exc:  # the chain, on the loop, decides
+                        batch.stopped_at, batch.outcome = k, exc
+                        return
+                    if result is not None and inspect.isawaitable(result):
+                        batch.stopped_at, batch.outcome = k, result  # awaited on the loop
+                        return
+                batch.done = n + 1
+        finally:
+            if marks is not None and len(marks) == batch.done:
+                marks.append(clock())  # the last event's end
 
     def _call_around(
         self,
@@ -440,16 +388,32 @@ class Dispatcher:
             self.group,
         )
         clock, durations = time.perf_counter, self.durations
-        start = clock()
-        until = start + RUN_SECONDS
+        now = clock()
+        until = now + RUN_SECONDS
+        # The clock at the start and at each event's end (read once per event: the time
+        # check), if handling times are kept; counted once per run, as the handled.
+        marks = None if durations is None else [now]
+        done = 0
         token = set_scope(None)
+        # The route is looked up again only where the (topic, event type) changes.
+        topic, event_type = run[0][0].topic, run[0][1].type
+        route = routes[(topic, event_type)]
+        shared = shared_events or len(route) > 1
         try:
             for n, (record, event) in enumerate(run):
-                key = (record.topic, event.type)
-                if n and (kinds[key] != _LOOP or stopping.is_set() or clock() > until):
-                    return n
-                route = routes[key]
-                shared = shared_events or len(route) > 1
+                if n:
+                    if event.type != event_type or record.topic != topic:
+                        topic, event_type = record.topic, event.type
+                        key = (topic, event_type)
+                        if kinds[key] != LOOP:
+                            return n
+                        route = routes[key]
+                        shared = shared_events or len(route) > 1
+                    now = clock()  # the previous event's end, and the run's time check
+                    if marks is not None:
+                        marks.append(now)
+                    if stopping.is_set() or now > until:
+                        return n
                 for k, (sub, _) in enumerate(route):
                     set_scope((group, sub, record, event))
                     try:
@@ -458,15 +422,16 @@ class Dispatcher:
                         await self._resume(record, event, route, k, exc)
                         handled(record)
                         return n + 1
-                stats.handled += 1
-                if durations is not None:
-                    end = clock()
-                    durations.observe(end - start)
-                    start = end
+                done = n + 1
                 handled(record)
             return len(run)
         finally:
             causal_scope.reset(token)
+            stats.handled += done
+            if marks is not None and durations is not None:
+                if len(marks) == done:
+                    marks.append(clock())  # the last event's end
+                durations.observe_marks(marks, done)
 
     async def _resume(
         self, record: Record, event: Event, route: Route, first: int, outcome: Any

@@ -444,8 +444,8 @@ class SQLiteConsumer(Consumer):
                 (tid, p, pos, limit),
             ).fetchall()
             if rows:
-                gen = generations[(topic, p)]
-                out += [Record(topic, p, o, ts, k, v, gen) for o, ts, k, v in rows]
+                gen = generations[(topic, p)]  # tuple.__new__: Record's, without its frame
+                out += [tuple.__new__(Record, (topic, p, o, ts, k, v, gen)) for o, ts, k, v in rows]
                 advanced.append(((topic, p), rows[-1][0] + 1))
                 room -= len(rows)
         return out, advanced

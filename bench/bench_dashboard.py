@@ -1,0 +1,191 @@
+"""How fast the dashboard renders its pages on a big log (issue 23): 100 topics, 50
+groups with lag and 100,000 dead letters (bench/_dashboard_log.py), target 300 ms a page.
+
+    .venv/bin/python -m bench.bench_dashboard [--requests 30] [--dead 100000] [--no-browser]
+
+Starts ``tidings dashboard`` on the log as a real process on 127.0.0.1 and asks each
+page ``--requests`` times (or for ``--seconds``) over HTTP, one request at a time:
+the server's time per page as the client sees it (median and p90), and the server
+process's CPU per request from /proc (steadier on a busy machine than wall time). The
+baseline, in the same run, is the static CSS file of the same server.
+The dead-letter list is asked on its first page and on a page deep in the queue: it must
+page, not load the 50,000 entries of the deepest group. Then, unless ``--no-browser``,
+Debian's Chromium loads each page and reports its first contentful paint and load end.
+
+Prints one JSON line per figure, then a table (stderr: progress). The log lives in a
+temporary folder (``--dir``), removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench._common import Deadline, Figure, log, median, percentile, summary_table
+from bench._dashboard_log import Shape, fill
+from devservers.dashboard import page_paths, run_dashboard
+from tidings import Tidings
+from tidings.dead_letters import open_log
+
+TARGET_MS = 300.0
+MIN_ASKS = 3
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def pages(shape: Shape, entry: str) -> dict[str, str]:
+    """Each page measured, by name: the deepest group's, the first topic's, and the
+    dead-letter list deep in its pages and filtered."""
+    paths = page_paths(group=shape.group(0), topic=shape.topic(0), entry=entry,
+                       correlation="req-1")  # fmt: skip
+    deep = shape.dead_of(0) // 50 // 2  # half way into the deepest queue
+    listing = paths["dead-letters"]
+    return {
+        **paths,
+        f"dead-letters page {deep}": f"{listing}?page={deep}",
+        "dead-letters filtered": f"{listing}?type=task.created",
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def ask(base: str, path: str) -> tuple[float, int]:
+    """One GET: seconds to the whole body, and the status."""
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(base + path, timeout=120) as answer:
+            answer.read()
+            status = answer.status
+    except urllib.error.HTTPError as refused:
+        refused.read()
+        status = refused.code
+    return time.perf_counter() - started, status
+
+
+def measure(base: str, pid: int, name: str, path: str, n: int, seconds: float) -> dict[str, Any]:
+    """Ask ``path`` once (what the server caches fills), then ``n`` times, or for
+    ``seconds`` if that comes first (at least :data:`MIN_ASKS` times)."""
+    first, status = ask(base, path)
+    times: list[float] = []
+    cpu_before = cpu_seconds(pid)
+    bound = Deadline(seconds)
+    while len(times) < n and (len(times) < MIN_ASKS or not bound.over()):
+        took, status = ask(base, path)
+        times.append(took)
+    cpu = (cpu_seconds(pid) - cpu_before) / len(times)
+    times.sort()
+    log(f"{name}: median {median(times) * 1000:.0f} ms over {len(times)}, status {status}")
+    return {
+        "status": status, "asks": len(times), "first_ms": first * 1000,
+        "median_ms": median(times) * 1000, "p90_ms": percentile(times, 90) * 1000,
+        "max_ms": times[-1] * 1000, "cpu_ms": cpu * 1000,
+    }  # fmt: skip
+
+
+PAINT = """() => new Promise(resolve => {
+  const seen = () => performance.getEntriesByName("first-contentful-paint")[0];
+  new PerformanceObserver(() => { if (seen()) resolve(seen().startTime); })
+    .observe({type: "paint", buffered: true});
+  setTimeout(() => resolve(seen() ? seen().startTime : NaN), 10000);
+})"""
+LOADED = "() => performance.getEntriesByType('navigation')[0].loadEventEnd"
+
+
+def browser_times(base: str, paths: dict[str, str], loads: int) -> dict[str, tuple[float, float]]:
+    """Each page in Debian's Chromium: the median first contentful paint and load end
+    (ms from the navigation's start)."""
+    from devservers.chromium import chromium
+    from devservers.debian import debian_program
+
+    times: dict[str, tuple[float, float]] = {}
+    with chromium(debian_program("chromium", "chromium")) as browser:
+        for name, path in paths.items():
+            paints, loaded = [], []
+            for _ in range(loads):
+                page = browser.new_page()  # a new page: its own first paint
+                page.goto(base + path, wait_until="load", timeout=120_000)
+                paints.append(page.evaluate(PAINT))
+                loaded.append(page.evaluate(LOADED))
+                page.close()
+            times[name] = (median(paints), median(loaded))
+            paint, loaded_at = times[name]
+            log(f"{name}: first contentful paint {paint:.0f} ms, loaded {loaded_at:.0f} ms")
+    return times
+
+
+async def prepare(url: str, shape: Shape) -> str:
+    """Fill the log; return the id of one dead letter of the deepest group."""
+    app = Tidings(url, service="bench")
+    async with app:
+        seconds = await fill(app.transport, shape)
+        log(f"wrote the log in {seconds:.0f} s")
+        # The delayed events' table, as a worker's relay makes it: the overview shows
+        # its backlog (and answered 400 without it, a dashboard bug when measured).
+        scheduler = app.scheduler
+        assert scheduler is not None
+        await scheduler.outbox.create_table_async()
+        dead = await open_log(app.transport, shape.group(0))
+        return next(iter(dead.entries))
+
+
+def main(args: argparse.Namespace) -> None:
+    shape = Shape(topics=args.topics, groups=args.groups, dead=args.dead)
+    folder = Path(tempfile.mkdtemp(prefix="tidings-bench-dashboard-", dir=args.dir))
+    figures: list[Figure] = []
+    try:
+        url = f"sqlite:///{folder}/dashboard.db"
+        entry = asyncio.run(prepare(url, shape))
+        paths = pages(shape, entry)
+        with run_dashboard(url, folder / "dashboard.log") as (base, pid):
+            floor = measure(base, pid, "static file", args.static, args.requests, args.seconds)
+            for name, path in paths.items():
+                got = measure(base, pid, name, path, args.requests, args.seconds)
+                figures.append(
+                    Figure(
+                        f"dashboard {name}: server time, median", got["median_ms"], "ms",
+                        baseline=floor["median_ms"], baseline_name="the static CSS file",
+                        target=("value", "<=", TARGET_MS), detail={"path": path, **got},
+                    )
+                )  # fmt: skip
+            if not args.no_browser:
+                for name, (paint, loaded) in browser_times(base, paths, args.loads).items():
+                    figures.append(Figure(f"dashboard {name}: first paint", paint, "ms"))
+                    figures.append(Figure(f"dashboard {name}: loaded", loaded, "ms"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    detail = {"topics": shape.topics, "groups": shape.groups, "dead": shape.dead,
+              "requests": args.requests, "loadavg": os.getloadavg()}  # fmt: skip
+    print(json.dumps({"bench": "dashboard", **detail}))
+    for figure in figures:
+        print(figure.as_json())
+    print(summary_table(figures), file=sys.stderr)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_dashboard")
+    parser.add_argument("--topics", type=int, default=100)
+    parser.add_argument("--groups", type=int, default=50)
+    parser.add_argument("--dead", type=int, default=100_000, help="dead letters in all")
+    parser.add_argument("--requests", type=int, default=30, help="asks of each page")
+    parser.add_argument("--seconds", type=float, default=60.0, help="bound on a page's asks")
+    parser.add_argument("--loads", type=int, default=5, help="browser loads of each page")
+    parser.add_argument("--static", default="/static/dashboard.css", help="the baseline")
+    parser.add_argument("--no-browser", action="store_true", help="skip the first paints")
+    parser.add_argument("--dir", default=None, help="where the temporary folder goes")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse())

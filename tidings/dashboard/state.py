@@ -1,0 +1,180 @@
+"""What the pages of one dashboard share: the opened log, its settings, what is kept
+between looks (lag samples, dead-letter logs), the templates, running jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING
+
+import jinja2
+
+from tidings import admin
+from tidings.admin import size_text
+from tidings.app import Tidings
+from tidings.dashboard.config import Config
+from tidings.dashboard.text import utc
+from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State
+from tidings.transport import Transport
+from tidings.transports import open_transport
+
+if TYPE_CHECKING:
+    from tidings.outbox import Outbox
+
+__all__ = ["DASHBOARD_SOURCE", "Dashboard", "Job"]
+
+DASHBOARD_SOURCE = "tidings-dashboard"
+"""The ``source`` of the events the dashboard publishes (its actions)."""
+HISTORY = 720  # samples kept of each look per partition: an hour at one per 5 s
+JOBS_KEPT = 50  # finished jobs remembered, for their progress pages
+JOB_GRACE = 60.0  # seconds a closing dashboard waits for its running jobs
+
+
+@dataclass
+class Job:
+    """A long action (a replay) running beside the pages, with its progress."""
+
+    id: str
+    action: str
+    group: str
+    total: int
+    done: int = 0
+    finished: bool = False
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "action": self.action,
+            "group": self.group,
+            "done": self.done,
+            "total": self.total,
+            "finished": self.finished,
+            "error": self.error,
+        }
+
+
+class Dashboard:
+    """One dashboard over the log at ``config.url``: opened on the first request
+    (so that it works mounted in another app, whose lifespan it does not get), closed
+    by :meth:`close`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.windows = admin.LagWindows()  # lag samples where the log keeps none
+        self.history = admin.LagWindows(HISTORY)  # what each look saw, for the charts
+        self.dead_logs: dict[str, DeadLetterLog] = {}  # unresolved entries, for counts
+        self.full_logs: dict[str, DeadLetterLog] = {}  # every entry, for the list page
+        self.jobs: dict[str, Job] = {}
+        self.tasks: set[asyncio.Task[None]] = set()  # running jobs, kept from the GC
+        self._ids = itertools.count(1)
+        self._app: Tidings | None = None
+        self._outboxes: list[tuple[str, Outbox]] | None = None
+        self._listings: dict[str, tuple[object, list[tuple[DeadLetter, State]]]] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._lock = asyncio.Lock()
+        self.templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("tidings.dashboard", "templates"),
+            autoescape=True,  # every value is escaped unless a template says otherwise
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters["utc"] = utc
+        self.templates.filters["size"] = size_text
+
+    async def app(self) -> Tidings:
+        """The opened log (opened now if it is not yet)."""
+        if self._app is None:
+            async with self._lock:
+                if self._app is None:
+                    transport = open_transport(self.config.url, create=False)
+                    app = Tidings(self.config.url, service=DASHBOARD_SOURCE, transport=transport)
+                    self._app = await self._stack.enter_async_context(app)
+        return self._app
+
+    async def transport(self) -> Transport:
+        return (await self.app()).transport
+
+    async def dead_log(self, group: str) -> DeadLetterLog:
+        """``group``'s dead letters, every entry without its original (read in full by
+        :func:`~tidings.dead_letters.read_entry`), refreshed: only what is new is read."""
+        from tidings.dead_letters import open_log
+
+        kept = self.full_logs.get(group)
+        if kept is None:
+            kept = await open_log(await self.transport(), group, values=False)
+            self.full_logs[group] = kept
+        else:
+            await kept.refresh()
+        return kept
+
+    async def outboxes(self) -> list[tuple[str, Outbox]]:
+        """The outbox tables whose backlog the overview shows, opened once: the
+        scheduler's where the log keeps it (SQLite), and ``config.outbox_db``'s."""
+        if self._outboxes is None:
+            from tidings.outbox import DEFAULT_TABLE, Outbox
+            from tidings.scheduler import SCHEDULER_TABLE, default_scheduler_db
+
+            app = await self.app()
+            url = self.config.url
+            found = []
+            db = default_scheduler_db(url)
+            if db is not None and not url.startswith("memory:"):
+                found.append(
+                    (f"scheduler ({SCHEDULER_TABLE})", Outbox(app, db, table=SCHEDULER_TABLE))
+                )
+            if self.config.outbox_db is not None:
+                table = self.config.outbox_table or DEFAULT_TABLE
+                found.append((f"outbox ({table})", Outbox(app, self.config.outbox_db, table=table)))
+            self._outboxes = found
+        return self._outboxes
+
+    async def dead_listing(
+        self, group: str, where: Filter, *, every: bool
+    ) -> tuple[DeadLetterLog, list[tuple[DeadLetter, State]]]:
+        """``group``'s log, and its entries that ``where`` matches (``every``: in any
+        state), as :meth:`~tidings.dead_letters.DeadLetterLog.listing` orders them; the
+        last listing of each group is kept until the log changes."""
+        log = await self.dead_log(group)
+        key = (log.changes, every, where)
+        kept = self._listings.get(group)
+        if kept is not None and kept[0] == key:
+            return log, kept[1]
+        rows = [(e, s) for e, s in log.listing(include_resolved=every) if where(e)]
+        self._listings[group] = (key, rows)
+        return log, rows
+
+    def new_job(self, action: str, group: str, total: int) -> Job:
+        job = Job(str(next(self._ids)), action, group, total)
+        self.jobs[job.id] = job
+        finished = [j for j in self.jobs.values() if j.finished]
+        for old in finished[: max(len(finished) - JOBS_KEPT, 0)]:
+            del self.jobs[old.id]
+        return job
+
+    async def close(self) -> None:
+        """Let running jobs finish (a replay cut short is safe to run again, but a
+        finished one needs no second look), then close the log."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=JOB_GRACE)
+        for task in list(self.tasks):
+            task.cancel()
+        for _, outbox in self._outboxes or ():
+            await outbox.dispose()
+        self._outboxes = None
+        await self._stack.aclose()
+        self._app = None
+
+
+def static_folder() -> str:
+    """Where the CSS and the script are, in the installed package."""
+    return str(resources.files("tidings.dashboard") / "static")
