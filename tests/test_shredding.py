@@ -6,6 +6,7 @@ erasure on live delivery, replay, tail and dead letters, on every log."""
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import os
 import subprocess
@@ -141,6 +142,28 @@ def test_a_tampered_byte_a_moved_ciphertext_and_the_wrong_key_are_detected(
     with pytest.raises(DecodeError, match="fails authentication"):  # another subject's key
         shredder.open("e-1", {**one, "email": {**one["email"], "kid": other["email"]["kid"]}})
     assert shredder.open("e-1", one)["email"] == "a@x.io"
+
+
+def test_nonces_never_repeat_a_new_random_field_comes_before_the_counter_wraps(
+    tmp_path: Path,
+) -> None:
+    shredder = Shredder(SqlKeyStore(keys_db(tmp_path)))
+    shredder._counter = itertools.count((1 << 32) - 2)  # two nonces left in this field
+    payload = Assigned(task_id="t", assignee="ann", email="a@x.io")
+    sealed = [shredder.seal(f"e-{i}", payload) for i in range(2)]
+    nonces = [
+        base64.b64decode(data[name]["ct"])[:12]
+        for data in sealed
+        if data is not None
+        for name in ("assignee", "email")
+    ]
+    assert len(set(nonces)) == 4
+    counters = [int.from_bytes(n[8:], "big") for n in nonces]
+    assert counters == [(1 << 32) - 2, (1 << 32) - 1, 0, 1]
+    assert nonces[0][:8] == nonces[1][:8] != nonces[2][:8] == nonces[3][:8]
+    assert [shredder.open(f"e-{i}", data) for i, data in enumerate(sealed)] == [
+        payload.model_dump(mode="json")
+    ] * 2
 
 
 def test_a_wrong_master_key_and_a_lost_key_store_are_clear_errors(

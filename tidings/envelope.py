@@ -87,7 +87,7 @@ _FIELDS = (
 )  # fmt: skip
 
 
-_FIELDS_SET = frozenset(_FIELDS) - {"extensions"}
+_CLASHES = frozenset(_FIELDS) - {"extensions"} | {"data_base64"}  # no extension's names
 
 
 class _Slots:
@@ -161,13 +161,14 @@ class Event(_Slots):
             id = new_id()
         elif not id or not isinstance(id, str):
             raise EventError(f"event id must be a non-empty string, got {id!r:.80}")
-        if extensions:
-            clash = _FIELDS_SET & extensions.keys() | {"data_base64"} & extensions.keys()
-            if clash:
-                raise EventError(
-                    f"extension name(s) {', '.join(sorted(clash))} are CloudEvents "
-                    "attributes; pass them as arguments, or choose another name"
-                )
+        # isdisjoint: no set made for an event with extensions (one with personal fields
+        # or a trace state), read and written every time.
+        if extensions and not _CLASHES.isdisjoint(extensions):
+            clash = ", ".join(sorted(_CLASHES & extensions.keys()))
+            raise EventError(
+                f"extension name(s) {clash} are CloudEvents attributes; pass them as "
+                "arguments, or choose another name"
+            )
         _set_type(self, validate_type(type))
         _set_source(self, source)
         _set_data(self, data)

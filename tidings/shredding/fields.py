@@ -50,6 +50,7 @@ ERASED = "[erased]"
 
 _NONCE = 12
 _MAX_CIPHERS = 10_000
+_NONCES = 1 << 32  # a nonce field's counter values
 
 
 class KeyStoreError(TidingsError):
@@ -125,18 +126,26 @@ class Shredder:
     def seal(self, event_id: str, payload: BaseModel) -> dict[str, Any] | None:
         """``payload``'s JSON data with its personal fields sealed for event
         ``event_id``; None if its model has none (the payload goes as it is)."""
-        fields = self.fields(type(payload))
+        fields = self._fields.get(type(payload))
+        if fields is None:
+            fields = self.fields(type(payload))
         if not fields:
             return None
         data: dict[str, Any] = payload.__pydantic_serializer__.to_python(payload, mode="json")
         found = []  # every subject read before any field (a field may be its own subject)
         for field, tokens, subject_tokens in fields:
             if len(tokens) == 1 and len(subject_tokens) == 1:  # a field of the payload itself
-                places: Any = ((data, tokens[0], tokens[0], ()),) if tokens[0] in data else ()
-            else:
-                places = _places(data, tokens, "", ())
-            for holder, name, where, indices in places:
-                value = holder[name]
+                name = tokens[0]
+                value = data.get(name)
+                if value is None:
+                    continue
+                subject = data.get(subject_tokens[0])
+                if subject is None:
+                    raise self._no_subject(payload, name, field)
+                found.append((data, name, name, value, str(subject)))
+                continue
+            for holder, key, where, indices in _places(data, tokens, "", ()):
+                value = holder[key]
                 if value is None:
                     continue
                 if len(subject_tokens) == 1:
@@ -144,48 +153,58 @@ class Shredder:
                 else:
                     subject = _value_at(data, subject_tokens, indices)
                 if subject is None:
-                    raise ConfigError(
-                        f"{type(payload).__name__}.{where} is personal data, but its "
-                        f"subject {field.subject} is empty: no key to encrypt it with"
-                    )
-                found.append((holder, name, where, value, str(subject)))
-        key_for, prefix = self.keys.key_for, event_id + "/"
-        for holder, name, where, value, subject in found:
-            kid, key = key_for(subject)
-            nonce = self._nonce()
-            ct = self._cipher(key).encrypt(nonce, orjson.dumps(value), (prefix + where).encode())
-            text = binascii.b2a_base64(nonce + ct, newline=False).decode("ascii")
-            holder[name] = {ENCRYPTED: VERSION, "kid": kid, "ct": text}
+                    raise self._no_subject(payload, where, field)
+                found.append((holder, key, where, value, str(subject)))
+        # The loop below is the cost of every event with personal fields: its calls and
+        # lookups are hoisted. The nonce: this instance's random 64-bit field, then a
+        # 32-bit counter (NIST SP 800-38D's deterministic construction; a new random
+        # field before the counter wraps).
+        key_for, ciphers, cipher_for = self.keys.key_for, self._ciphers, self._cipher
+        prefix, dumps, b64 = event_id + "/", orjson.dumps, binascii.b2a_base64
+        for holder, key, where, value, subject in found:
+            kid, data_key = key_for(subject)
+            cipher = ciphers.get(data_key) or cipher_for(data_key)
+            count = next(self._counter)
+            if count >= _NONCES:
+                self._fixed, self._counter = os.urandom(8), itertools.count(1)
+                count = 0
+            nonce = self._fixed + count.to_bytes(4, "big")
+            ct = cipher.encrypt(nonce, dumps(value), (prefix + where).encode())
+            text = b64(nonce + ct, newline=False).decode("ascii")
+            holder[key] = {ENCRYPTED: VERSION, "kid": kid, "ct": text}
         return data
 
-    def _nonce(self) -> bytes:
-        """A 96-bit nonce: a random 64-bit field of this instance, then a 32-bit counter
-        (NIST SP 800-38D's deterministic construction; a new field before it wraps)."""
-        count = next(self._counter)
-        if count >= 1 << 32:
-            self._fixed, self._counter = os.urandom(8), itertools.count(1)
-            count = 0
-        return self._fixed + count.to_bytes(4, "big")
+    @staticmethod
+    def _no_subject(payload: BaseModel, where: str, field: PersonalField) -> ConfigError:
+        return ConfigError(
+            f"{type(payload).__name__}.{where} is personal data, but its subject "
+            f"{field.subject} is empty: no key to encrypt it with"
+        )
 
     def open(self, event_id: str, data: Any) -> Any:
         """A copy of ``data`` with its sealed fields in clear (:data:`ERASED` where the
         key is gone). A field that fails authentication raises DecodeError."""
-        return _rewrite(data, "", lambda sealed, where: self._open(event_id, sealed, where))
+        return _rewrite(data, "", self._open, event_id + "/")
 
-    def _open(self, event_id: str, sealed: dict[str, Any], where: str) -> Any:
+    def _open(self, prefix: str, sealed: dict[str, Any], where: str) -> Any:
+        """The clear value of the field ``sealed`` at ``where`` of the event whose id
+        and a slash are ``prefix``."""
         kid = sealed.get("kid")
         try:
             raw = binascii.a2b_base64(sealed["ct"], strict_mode=True)
         except (KeyError, TypeError, ValueError):
-            raise DecodeError(f"personal field {where} of event {event_id} is malformed") from None
-        key = self.keys.key(kid) if isinstance(kid, str) else None
+            raise DecodeError(
+                f"personal field {where} of event {prefix[:-1]} is malformed"
+            ) from None
+        key = self.keys.key(kid) if type(kid) is str else None
         if key is None:
             return ERASED
+        cipher = self._ciphers.get(key) or self._cipher(key)
         try:
-            clear = self._cipher(key).decrypt(raw[:_NONCE], raw[_NONCE:], _aad(event_id, where))
+            clear = cipher.decrypt(raw[:_NONCE], raw[_NONCE:], (prefix + where).encode())
         except _invalid_tag():
             raise DecodeError(
-                f"personal field {where} of event {event_id} fails authentication with "
+                f"personal field {where} of event {prefix[:-1]} fails authentication with "
                 f"key {kid}: changed since it was sealed, or moved from another event"
             ) from None
         return orjson.loads(clear)
@@ -209,7 +228,11 @@ class Shredder:
 
 def mask(data: Any) -> Any:
     """A copy of ``data`` with every sealed field replaced by :data:`MASK`."""
-    return _rewrite(data, "", lambda sealed, where: MASK)
+    return _rewrite(data, "", _masked, "")
+
+
+def _masked(context: str, sealed: dict[str, Any], where: str) -> str:
+    return MASK
 
 
 def shown(event_id: str, data: Any, shredder: Shredder | None) -> Any:
@@ -217,26 +240,29 @@ def shown(event_id: str, data: Any, shredder: Shredder | None) -> Any:
     return mask(data) if shredder is None else shredder.open(event_id, data)
 
 
-def _aad(event_id: str, where: str) -> bytes:
-    return f"{event_id}/{where}".encode()
-
-
-def _rewrite(value: Any, where: str, sealed: Callable[[dict[str, Any], str], Any]) -> Any:
-    """A copy of ``value`` with each sealed field ``sealed(field, path)``; scalars are
-    copied inline (this runs for every event with personal fields)."""
+def _rewrite(
+    value: Any, where: str, sealed: Callable[[str, dict[str, Any], str], Any], context: str
+) -> Any:
+    """A copy of ``value`` with each sealed field ``sealed(context, field, path)``;
+    scalars are copied inline (this runs for every event with personal fields)."""
     if isinstance(value, dict):
         if ENCRYPTED in value:
-            return sealed(value, where)
+            return sealed(context, value, where)
         out = {}
         for k, v in value.items():
             kind = type(v)
-            if kind is dict or kind is list:
-                v = _rewrite(v, f"{where}.{k}" if where else k, sealed)
+            if kind is dict:
+                if ENCRYPTED in v:  # a sealed field: no call of _rewrite for it
+                    v = sealed(context, v, f"{where}.{k}" if where else k)
+                else:
+                    v = _rewrite(v, f"{where}.{k}" if where else k, sealed, context)
+            elif kind is list:
+                v = _rewrite(v, f"{where}.{k}" if where else k, sealed, context)
             out[k] = v
         return out
     if isinstance(value, list):
         return [
-            _rewrite(v, f"{where}[{i}]", sealed) if type(v) in (dict, list) else v
+            _rewrite(v, f"{where}[{i}]", sealed, context) if type(v) in (dict, list) else v
             for i, v in enumerate(value)
         ]
     return value
