@@ -21,6 +21,8 @@ from typing import Any
 
 import griffe
 
+README_SNIPPET = '--8<-- "README.md"'  # docs/index.md, all of it
+
 # :class:`Name`, :meth:`~a.b.C.m` (shows "m"), :meth:`C.settled <a.b.C.settled>`.
 ROLE = re.compile(r":(?:py:)?[a-z]+:`(~?)([^`<]+?)\s*(?:<([^>]+)>)?`")
 
@@ -41,6 +43,15 @@ def on_files(files: Any, config: Any) -> Any:
             uri = f"taskapi-catalog/{path.relative_to(tmp).as_posix()}"
             files.append(File.generated(config, uri, content=path.read_bytes()))
     return files
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """The Home page: README.md, included here (not by pymdownx.snippets, which runs
+    after this hook), with ``](docs/img/x.png)`` as ``](img/x.png)``."""
+    if page.file.src_uri == "index.md" and markdown.strip() == README_SNIPPET:
+        readme = Path(config["docs_dir"]).parent / "README.md"
+        return re.sub(r"\]\(docs/", "](", readme.read_text(encoding="utf-8"))
+    return markdown
 
 
 def markdown_of(docstring: str, scope: griffe.Object) -> str:
