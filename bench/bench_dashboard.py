@@ -13,7 +13,8 @@ page, not load the 50,000 entries of the deepest group. Then, unless ``--no-brow
 Debian's Chromium loads each page and reports its first contentful paint and load end.
 
 Prints one JSON line per figure, then a table (stderr: progress). The log lives in a
-temporary folder (``--dir``), removed at the end.
+temporary folder (``--dir``), removed at the end, unless ``--keep FILE`` names a file
+to write it into once and reuse on later runs (writing it takes about a minute).
 """
 
 from __future__ import annotations
@@ -125,28 +126,36 @@ def browser_times(base: str, paths: dict[str, str], loads: int) -> dict[str, tup
     return times
 
 
-async def prepare(url: str, shape: Shape) -> str:
-    """Fill the log; return the id of one dead letter of the deepest group."""
+async def prepare(url: str, shape: Shape, *, write: bool = True) -> str:
+    """Fill the log (unless ``write`` is false: it is already there); return the id of
+    one dead letter of the deepest group."""
     app = Tidings(url, service="bench")
     async with app:
-        seconds = await fill(app.transport, shape)
-        log(f"wrote the log in {seconds:.0f} s")
-        # The delayed events' table, as a worker's relay makes it: the overview shows
-        # its backlog (and answered 400 without it, a dashboard bug when measured).
-        scheduler = app.scheduler
-        assert scheduler is not None
-        await scheduler.outbox.create_table_async()
+        if write:
+            seconds = await fill(app.transport, shape)
+            log(f"wrote the log in {seconds:.0f} s")
+            # The delayed events' table, as a worker's relay makes it: the overview
+            # shows its backlog (and answered 400 without it, a dashboard bug when
+            # measured).
+            scheduler = app.scheduler
+            assert scheduler is not None
+            await scheduler.outbox.create_table_async()
         dead = await open_log(app.transport, shape.group(0))
         return next(iter(dead.entries))
 
 
 def main(args: argparse.Namespace) -> None:
     shape = Shape(topics=args.topics, groups=args.groups, dead=args.dead)
+    kept = Path(args.keep).resolve() if args.keep else None
     folder = Path(tempfile.mkdtemp(prefix="tidings-bench-dashboard-", dir=args.dir))
     figures: list[Figure] = []
     try:
-        url = f"sqlite:///{folder}/dashboard.db"
-        entry = asyncio.run(prepare(url, shape))
+        database = kept if kept is not None else folder / "dashboard.db"
+        reuse = database.exists()
+        if reuse:
+            log(f"reusing the log {database} (written by an earlier --keep run)")
+        url = f"sqlite:///{database}"
+        entry = asyncio.run(prepare(url, shape, write=not reuse))
         paths = pages(shape, entry)
         with run_dashboard(url, folder / "dashboard.log") as (base, pid):
             floor = measure(base, pid, "static file", args.static, args.requests, args.seconds)
@@ -184,6 +193,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--static", default="/static/dashboard.css", help="the baseline")
     parser.add_argument("--no-browser", action="store_true", help="skip the first paints")
     parser.add_argument("--dir", default=None, help="where the temporary folder goes")
+    parser.add_argument(
+        "--keep", default=None, metavar="FILE",
+        help="the log's SQLite file, kept after the run: written if missing, else reused "
+        "as it is (it must have been written with the same --topics/--groups/--dead)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 

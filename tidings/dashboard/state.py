@@ -16,6 +16,7 @@ import jinja2
 from tidings import admin
 from tidings.admin import size_text
 from tidings.app import Tidings
+from tidings.catalog.scan import Kept
 from tidings.dashboard.config import Config
 from tidings.dashboard.text import utc
 from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State
@@ -78,6 +79,7 @@ class Dashboard:
         self._ids = itertools.count(1)
         self._app: Tidings | None = None
         self._outboxes: list[tuple[str, Outbox]] | None = None
+        self.catalog_scan = Kept()  # the catalog's scan, read on by each build
         self._listings: dict[str, tuple[object, list[tuple[DeadLetter, State]]]] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
