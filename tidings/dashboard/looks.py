@@ -5,7 +5,7 @@ updates show it: every figure from :mod:`tidings.admin`, as ``tidings groups`` a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tidings import admin
 from tidings.dashboard.state import Dashboard
@@ -14,6 +14,8 @@ from tidings.lag_health import GroupHealth, Health
 from tidings.transport import GroupPartition, LagSample, TopicInfo
 
 __all__ = ["GroupsLook", "groups_look", "topics_look"]
+
+_V = TypeVar("_V")
 
 
 @dataclass
@@ -27,6 +29,7 @@ class GroupsLook:
     health: dict[tuple[str, str], GroupHealth] | None
     seconds: dict[tuple[str, str, int], float]  # lag in seconds per partition
     history: dict[tuple[str, str, int], list[LagSample]] = field(default_factory=dict)
+    _lines: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def line_health(self, line: admin.GroupTopic) -> GroupHealth | None:
         return None if self.health is None else self.health.get((line.group, line.topic))
@@ -35,14 +38,23 @@ class GroupsLook:
         return admin.partition_health(self.health, [row])[0]
 
     def line_seconds(self, line: admin.GroupTopic) -> float:
-        return max(
-            (s for (g, t, _), s in self.seconds.items() if (g, t) == (line.group, line.topic)),
-            default=0.0,
-        )
+        return max(self._by_line(self.seconds).get((line.group, line.topic), ()), default=0.0)
 
     def points(self, group: str, topic: str) -> list[Point]:
         """The lag of ``group`` on ``topic`` over the samples kept, partitions summed."""
-        return summed(v for (g, t, _), v in self.history.items() if (g, t) == (group, topic))
+        return summed(self._by_line(self.history).get((group, topic), ()))
+
+    def _by_line(
+        self, per_partition: dict[tuple[str, str, int], _V]
+    ) -> dict[tuple[str, str], list[_V]]:
+        """``per_partition``'s values by (group, topic), grouped once per look."""
+        found = self._lines.get(id(per_partition))
+        if found is None:
+            found = {}
+            for (g, t, _), value in per_partition.items():
+                found.setdefault((g, t), []).append(value)
+            self._lines[id(per_partition)] = found
+        return found
 
     def line_json(self, line: admin.GroupTopic) -> dict[str, Any]:
         """``tidings groups --json``'s object of the line, and its lag in seconds."""
@@ -66,7 +78,7 @@ async def groups_look(
     seconds = {}
     for row in rows:
         if row.lag:
-            lag = await admin.partition_lag(transport, row, now_ms / 1000)
+            lag = await admin.partition_lag(transport, row, now_ms / 1000, dashboard.lag_stamps)
             seconds[(row.group, row.topic, row.partition)] = lag.seconds
     kept = dashboard.history.samples()
     history = {

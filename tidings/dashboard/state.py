@@ -20,11 +20,13 @@ from tidings.catalog.scan import Kept
 from tidings.dashboard.config import Config
 from tidings.dashboard.text import utc
 from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State
+from tidings.trace import Tracer
 from tidings.transport import Transport
 from tidings.transports import open_transport
 
 if TYPE_CHECKING:
     from tidings.outbox import Outbox
+    from tidings.trace import Trace
 
 __all__ = ["DASHBOARD_SOURCE", "Dashboard", "Job"]
 
@@ -32,6 +34,7 @@ DASHBOARD_SOURCE = "tidings-dashboard"
 """The ``source`` of the events the dashboard publishes (its actions)."""
 HISTORY = 720  # samples kept of each look per partition: an hour at one per 5 s
 JOBS_KEPT = 50  # finished jobs remembered, for their progress pages
+TRACERS_KEPT = 16  # the trace page's latest tracers, each read on from where it was
 JOB_GRACE = 60.0  # seconds a closing dashboard waits for its running jobs
 
 
@@ -79,10 +82,13 @@ class Dashboard:
         self._ids = itertools.count(1)
         self._app: Tidings | None = None
         self._outboxes: list[tuple[str, Outbox]] | None = None
+        self.tracers: dict[tuple[str, int], Tracer] = {}  # (id, scan) -> its tracer
         self.catalog_scan = Kept()  # the catalog's scan, read on by each build
+        self.lag_stamps: dict[tuple[str, int, int], int] = {}  # admin.partition_lag's
         self._listings: dict[str, tuple[object, list[tuple[DeadLetter, State]]]] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
+        self._trace_lock = asyncio.Lock()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("tidings.dashboard", "templates"),
             autoescape=True,  # every value is escaped unless a template says otherwise
@@ -118,6 +124,21 @@ class Dashboard:
         else:
             await kept.refresh()
         return kept
+
+    async def trace(self, id: str, scan: int) -> Trace:
+        """The trace of ``id`` as :func:`tidings.trace.trace` gives it, by a tracer kept
+        for the next look at the same id: that one reads only what was appended since
+        (its window, the newest ``scan`` records of each partition when first read,
+        grows with what is new), and the dead letters through :meth:`dead_log`'s logs."""
+        async with self._trace_lock:
+            tracer = self.tracers.pop((id, scan), None)
+            if tracer is None:
+                tracer = Tracer(await self.transport(), id, scan=scan, dead_logs=self.full_logs)
+            self.tracers[(id, scan)] = tracer  # the newest last
+            for old in list(self.tracers)[: max(len(self.tracers) - TRACERS_KEPT, 0)]:
+                del self.tracers[old]
+            await tracer.refresh()
+            return tracer.trace()
 
     async def outboxes(self) -> list[tuple[str, Outbox]]:
         """The outbox tables whose backlog the overview shows, opened once: the
