@@ -26,6 +26,7 @@ class GroupsLook:
     rows: list[GroupPartition]
     lines: list[admin.GroupTopic]
     dlq: dict[tuple[str, str, int], int]
+    counting: set[str]  # groups whose dead letters are not read yet (dlq: none of them)
     health: dict[tuple[str, str], GroupHealth] | None
     seconds: dict[tuple[str, str, int], float]  # lag in seconds per partition
     history: dict[tuple[str, str, int], list[LagSample]] = field(default_factory=dict)
@@ -59,6 +60,8 @@ class GroupsLook:
     def line_json(self, line: admin.GroupTopic) -> dict[str, Any]:
         """``tidings groups --json``'s object of the line, and its lag in seconds."""
         doc = admin.group_topic_json(line, self.line_health(line))
+        if line.group in self.counting:
+            doc["dlq"] = None  # not known yet
         doc["lag_seconds"] = round(self.line_seconds(line), 3)
         return doc
 
@@ -72,7 +75,9 @@ async def groups_look(
     transport = await dashboard.transport()
     now_ms = transport.clock.time_ms()
     rows = await admin.group_rows(transport, group, internal=internal)
-    dlq = await admin.dead_letter_counts(transport, rows, dashboard.dead_logs)
+    counting = dashboard.uncounted({r.group for r in rows})
+    counted = [r for r in rows if r.group not in counting]
+    dlq = await admin.dead_letter_counts(transport, counted, dashboard.dead_logs)
     health = admin.lag_health(rows, now_ms, dashboard.windows)
     dashboard.history.observe(rows, now_ms)
     seconds = {}
@@ -87,7 +92,7 @@ async def groups_look(
         for key in [(row.group, row.topic, row.partition)]
     }
     lines = admin.group_topics(rows, dlq)
-    return GroupsLook(now_ms, rows, lines, dlq, health, seconds, history)
+    return GroupsLook(now_ms, rows, lines, dlq, counting, health, seconds, history)
 
 
 def _merged(logged: list[LagSample], looked: list[LagSample]) -> list[LagSample]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -19,7 +21,7 @@ from tidings.app import Tidings
 from tidings.catalog.scan import Kept
 from tidings.dashboard.config import Config
 from tidings.dashboard.text import utc
-from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State
+from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State, dlq_topic
 from tidings.trace import Tracer
 from tidings.transport import Transport
 from tidings.transports import open_transport
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from tidings.trace import Trace
 
 __all__ = ["DASHBOARD_SOURCE", "Dashboard", "Job"]
+
+log = logging.getLogger(__name__)
 
 DASHBOARD_SOURCE = "tidings-dashboard"
 """The ``source`` of the events the dashboard publishes (its actions)."""
@@ -84,6 +88,8 @@ class Dashboard:
         self._outboxes: list[tuple[str, Outbox]] | None = None
         self.tracers: dict[tuple[str, int], Tracer] = {}  # (id, scan) -> its tracer
         self.catalog_scan = Kept()  # the catalog's scan, read on by each build
+        self.counted: set[str] = set()  # groups whose dead letters the counting has read
+        self.counting: asyncio.Task[None] | None = None
         self.lag_stamps: dict[tuple[str, int, int], int] = {}  # admin.partition_lag's
         self._listings: dict[str, tuple[object, list[tuple[DeadLetter, State]]]] = {}
         self._stack = contextlib.AsyncExitStack()
@@ -111,6 +117,43 @@ class Dashboard:
 
     async def transport(self) -> Transport:
         return (await self.app()).transport
+
+    def start_counting(self) -> None:
+        """Read every group's dead-letter log in the background (at server start: the
+        first reading of 100,000 entries takes seconds), so that the first pages do not
+        wait for it: until a group's is read, :meth:`uncounted` names it and the pages
+        say "counting..." in place of its figures. Then the list pages' logs
+        (:meth:`dead_log`), which a page asking meanwhile waits for."""
+        if self.counting is None:
+            self.counting = asyncio.get_running_loop().create_task(self._count())
+
+    async def _count(self) -> None:
+        from tidings.dead_letters import waiting
+
+        try:
+            transport = await self.transport()
+            groups = sorted(info.group for info in await transport.groups())
+            for group in groups:
+                await waiting(transport, [group], self.dead_logs)
+                self.counted.add(group)
+            names = {info.name for info in await transport.topics()}
+            for group in groups:  # then the dead-letter list pages' logs
+                if dlq_topic(group) in names:
+                    await self.dead_log(group)
+        except Exception:  # the pages read the logs themselves, and show what failed
+            log.exception("the dashboard's counting of the dead letters at start failed")
+
+    async def counted_all(self) -> None:
+        """Wait for the counting at start to be over (tests, benchmarks)."""
+        if self.counting is not None:
+            await asyncio.gather(self.counting, return_exceptions=True)
+
+    def uncounted(self, groups: Iterable[str]) -> set[str]:
+        """Of ``groups``, those whose dead letters the counting at start has not read
+        yet (none once it is over, or if it was not started: the pages read them)."""
+        if self.counting is None or self.counting.done():
+            return set()
+        return {g for g in groups if g not in self.counted}
 
     async def dead_log(self, group: str) -> DeadLetterLog:
         """``group``'s dead letters, every entry without its original (read in full by
@@ -187,6 +230,9 @@ class Dashboard:
     async def close(self) -> None:
         """Let running jobs finish (a replay cut short is safe to run again, but a
         finished one needs no second look), then close the log."""
+        if self.counting is not None:
+            self.counting.cancel()
+            await asyncio.gather(self.counting, return_exceptions=True)
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=JOB_GRACE)
         for task in list(self.tasks):
