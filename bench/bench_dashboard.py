@@ -62,23 +62,65 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+COUNTING = b"counting..."  # what a page shows while the dead letters are read at start
+SETTLE_S = 300.0
+
+
 def ask(base: str, path: str) -> tuple[float, int]:
     """One GET: seconds to the whole body, and the status."""
+    took, status, _ = fetch(base, path)
+    return took, status
+
+
+def fetch(base: str, path: str) -> tuple[float, int, bytes]:
+    """One GET: seconds to the whole body, the status and the body."""
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(base + path, timeout=120) as answer:
-            answer.read()
+            body = answer.read()
             status = answer.status
     except urllib.error.HTTPError as refused:
-        refused.read()
+        body = refused.read()
         status = refused.code
-    return time.perf_counter() - started, status
+    return time.perf_counter() - started, status, body
+
+
+def settle(base: str, path: str, started: float) -> float | None:
+    """Ask ``path`` until it no longer says "counting..." (the dead letters read in the
+    background at start): the seconds from ``started`` (None if it never did)."""
+    bound = Deadline(SETTLE_S)
+    counting = False
+    while not bound.over():
+        _, _, body = fetch(base, path)
+        if COUNTING not in body:
+            return time.perf_counter() - started if counting else None
+        counting = True
+        time.sleep(0.5)
+    raise SystemExit(f"{path} still says counting after {SETTLE_S:.0f} s")
+
+
+def quiet(pid: int, bound_s: float = SETTLE_S) -> None:
+    """Wait until the server uses under 5 % of a CPU over a second: done with what it
+    reads in the background (at most ``bound_s``)."""
+    bound = Deadline(bound_s)
+    while not bound.over():
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - before < 0.05:
+            return
+    log(f"the server still busy after {bound_s:.0f} s")
 
 
 def measure(base: str, pid: int, name: str, path: str, n: int, seconds: float) -> dict[str, Any]:
-    """Ask ``path`` once (what the server caches fills), then ``n`` times, or for
-    ``seconds`` if that comes first (at least :data:`MIN_ASKS` times)."""
-    first, status = ask(base, path)
+    """Ask ``path`` once (what the server caches fills; if it says "counting...", again
+    until it does not), then ``n`` times, or for ``seconds`` if that comes first (at
+    least :data:`MIN_ASKS` times)."""
+    started = time.perf_counter()
+    first, status, body = fetch(base, path)
+    counted = settle(base, path, started) if COUNTING in body else None
+    if counted is not None:
+        log(f"{name}: first ask said counting...; figures all there after {counted:.1f} s")
+    quiet(pid)  # what the server reads in the background is not counted as this page's
     times: list[float] = []
     cpu_before = cpu_seconds(pid)
     bound = Deadline(seconds)
@@ -90,6 +132,8 @@ def measure(base: str, pid: int, name: str, path: str, n: int, seconds: float) -
     log(f"{name}: median {median(times) * 1000:.0f} ms over {len(times)}, status {status}")
     return {
         "status": status, "asks": len(times), "first_ms": first * 1000,
+        "first_counting": counted is not None,
+        "counted_ms": None if counted is None else counted * 1000,
         "median_ms": median(times) * 1000, "p90_ms": percentile(times, 90) * 1000,
         "max_ms": times[-1] * 1000, "cpu_ms": cpu * 1000,
     }  # fmt: skip
