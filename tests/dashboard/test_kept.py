@@ -82,4 +82,5 @@ async def test_a_trace_looked_at_again_reads_on_and_shows_what_came_since(
     again = shown((await client.get("/trace", params={"id": seeded.correlation})).text)
     doc = cli_json("trace", seeded.correlation, url=seeded.url)
     assert again == [root["id"] for root in doc["roots"]]
-    assert len(again) == 5 and set(first) < set(again)
+    assert len(again) == 5
+    assert set(first) < set(again)
