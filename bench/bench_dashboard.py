@@ -202,6 +202,14 @@ def main(args: argparse.Namespace) -> None:
         entry = asyncio.run(prepare(url, shape, write=not reuse))
         paths = pages(shape, entry)
         with run_dashboard(url, folder / "dashboard.log") as (base, pid):
+            # The overview asked first thing after start, as an operator opening it does.
+            took, status, body = fetch(base, "/")
+            counting = COUNTING in body
+            log(f"overview at start: {took * 1000:.0f} ms, status {status}, counting {counting}")
+            figures.append(
+                Figure("dashboard overview at start: server time", took * 1000, "ms",
+                       detail={"status": status, "counting": counting})
+            )  # fmt: skip
             floor = measure(base, pid, "static file", args.static, args.requests, args.seconds)
             for name, path in paths.items():
                 got = measure(base, pid, name, path, args.requests, args.seconds)
