@@ -33,7 +33,7 @@ from typing import Any
 
 from bench._common import Deadline, Figure, log, median, percentile, summary_table
 from bench._dashboard_log import Shape, fill
-from devservers.dashboard import page_paths, run_dashboard
+from devservers.dashboard import COUNTING, page_paths, run_dashboard, wait_counted
 from tidings import Tidings
 from tidings.dead_letters import open_log
 
@@ -62,10 +62,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-COUNTING = b"counting..."  # what a page shows while the dead letters are read at start
-SETTLE_S = 300.0
-
-
 def ask(base: str, path: str) -> tuple[float, int]:
     """One GET: seconds to the whole body, and the status."""
     took, status, _ = fetch(base, path)
@@ -85,21 +81,7 @@ def fetch(base: str, path: str) -> tuple[float, int, bytes]:
     return time.perf_counter() - started, status, body
 
 
-def settle(base: str, path: str, started: float) -> float | None:
-    """Ask ``path`` until it no longer says "counting..." (the dead letters read in the
-    background at start): the seconds from ``started`` (None if it never did)."""
-    bound = Deadline(SETTLE_S)
-    counting = False
-    while not bound.over():
-        _, _, body = fetch(base, path)
-        if COUNTING not in body:
-            return time.perf_counter() - started if counting else None
-        counting = True
-        time.sleep(0.5)
-    raise SystemExit(f"{path} still says counting after {SETTLE_S:.0f} s")
-
-
-def quiet(pid: int, bound_s: float = SETTLE_S) -> None:
+def quiet(pid: int, bound_s: float = 300.0) -> None:
     """Wait until the server uses under 5 % of a CPU over a second: done with what it
     reads in the background (at most ``bound_s``)."""
     bound = Deadline(bound_s)
@@ -117,7 +99,10 @@ def measure(base: str, pid: int, name: str, path: str, n: int, seconds: float) -
     least :data:`MIN_ASKS` times)."""
     started = time.perf_counter()
     first, status, body = fetch(base, path)
-    counted = settle(base, path, started) if COUNTING in body else None
+    counted = None
+    if COUNTING in body:  # the dead letters read at start: until all figures are there
+        wait_counted(base, path)
+        counted = time.perf_counter() - started
     if counted is not None:
         log(f"{name}: first ask said counting...; figures all there after {counted:.1f} s")
     quiet(pid)  # what the server reads in the background is not counted as this page's
