@@ -105,6 +105,9 @@ async def scan(
             who.last = event.time
     if kept is not None:
         kept.last = (key, seen)
+        names = {i.name for i in infos}
+        for gone in [tp for tp in kept.parts if tp[0] not in names]:
+            del kept.parts[gone]  # deleted: a new topic of that name starts again
     return seen
 
 
