@@ -13,7 +13,8 @@ page, not load the 50,000 entries of the deepest group. Then, unless ``--no-brow
 Debian's Chromium loads each page and reports its first contentful paint and load end.
 
 Prints one JSON line per figure, then a table (stderr: progress). The log lives in a
-temporary folder (``--dir``), removed at the end.
+temporary folder (``--dir``), removed at the end, unless ``--keep FILE`` names a file
+to write it into once and reuse on later runs (writing it takes about a minute).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 
 from bench._common import Deadline, Figure, log, median, percentile, summary_table
 from bench._dashboard_log import Shape, fill
-from devservers.dashboard import page_paths, run_dashboard
+from devservers.dashboard import COUNTING, page_paths, run_dashboard, wait_counted
 from tidings import Tidings
 from tidings.dead_letters import open_log
 
@@ -63,21 +64,48 @@ def cpu_seconds(pid: int) -> float:
 
 def ask(base: str, path: str) -> tuple[float, int]:
     """One GET: seconds to the whole body, and the status."""
+    took, status, _ = fetch(base, path)
+    return took, status
+
+
+def fetch(base: str, path: str) -> tuple[float, int, bytes]:
+    """One GET: seconds to the whole body, the status and the body."""
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(base + path, timeout=120) as answer:
-            answer.read()
+            body = answer.read()
             status = answer.status
     except urllib.error.HTTPError as refused:
-        refused.read()
+        body = refused.read()
         status = refused.code
-    return time.perf_counter() - started, status
+    return time.perf_counter() - started, status, body
+
+
+def quiet(pid: int, bound_s: float = 300.0) -> None:
+    """Wait until the server uses under 5 % of a CPU over a second: done with what it
+    reads in the background (at most ``bound_s``)."""
+    bound = Deadline(bound_s)
+    while not bound.over():
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - before < 0.05:
+            return
+    log(f"the server still busy after {bound_s:.0f} s")
 
 
 def measure(base: str, pid: int, name: str, path: str, n: int, seconds: float) -> dict[str, Any]:
-    """Ask ``path`` once (what the server caches fills), then ``n`` times, or for
-    ``seconds`` if that comes first (at least :data:`MIN_ASKS` times)."""
-    first, status = ask(base, path)
+    """Ask ``path`` once (what the server caches fills; if it says "counting...", again
+    until it does not), then ``n`` times, or for ``seconds`` if that comes first (at
+    least :data:`MIN_ASKS` times)."""
+    started = time.perf_counter()
+    first, status, body = fetch(base, path)
+    counted = None
+    if COUNTING in body:  # the dead letters read at start: until all figures are there
+        wait_counted(base, path)
+        counted = time.perf_counter() - started
+    if counted is not None:
+        log(f"{name}: first ask said counting...; figures all there after {counted:.1f} s")
+    quiet(pid)  # what the server reads in the background is not counted as this page's
     times: list[float] = []
     cpu_before = cpu_seconds(pid)
     bound = Deadline(seconds)
@@ -89,6 +117,8 @@ def measure(base: str, pid: int, name: str, path: str, n: int, seconds: float) -
     log(f"{name}: median {median(times) * 1000:.0f} ms over {len(times)}, status {status}")
     return {
         "status": status, "asks": len(times), "first_ms": first * 1000,
+        "first_counting": counted is not None,
+        "counted_ms": None if counted is None else counted * 1000,
         "median_ms": median(times) * 1000, "p90_ms": percentile(times, 90) * 1000,
         "max_ms": times[-1] * 1000, "cpu_ms": cpu * 1000,
     }  # fmt: skip
@@ -125,30 +155,46 @@ def browser_times(base: str, paths: dict[str, str], loads: int) -> dict[str, tup
     return times
 
 
-async def prepare(url: str, shape: Shape) -> str:
-    """Fill the log; return the id of one dead letter of the deepest group."""
+async def prepare(url: str, shape: Shape, *, write: bool = True) -> str:
+    """Fill the log (unless ``write`` is false: it is already there); return the id of
+    one dead letter of the deepest group."""
     app = Tidings(url, service="bench")
     async with app:
-        seconds = await fill(app.transport, shape)
-        log(f"wrote the log in {seconds:.0f} s")
-        # The delayed events' table, as a worker's relay makes it: the overview shows
-        # its backlog (and answered 400 without it, a dashboard bug when measured).
-        scheduler = app.scheduler
-        assert scheduler is not None
-        await scheduler.outbox.create_table_async()
+        if write:
+            seconds = await fill(app.transport, shape)
+            log(f"wrote the log in {seconds:.0f} s")
+            # The delayed events' table, as a worker's relay makes it: the overview
+            # shows its backlog (and answered 400 without it, a dashboard bug when
+            # measured).
+            scheduler = app.scheduler
+            assert scheduler is not None
+            await scheduler.outbox.create_table_async()
         dead = await open_log(app.transport, shape.group(0))
         return next(iter(dead.entries))
 
 
 def main(args: argparse.Namespace) -> None:
     shape = Shape(topics=args.topics, groups=args.groups, dead=args.dead)
+    kept = Path(args.keep).resolve() if args.keep else None
     folder = Path(tempfile.mkdtemp(prefix="tidings-bench-dashboard-", dir=args.dir))
     figures: list[Figure] = []
     try:
-        url = f"sqlite:///{folder}/dashboard.db"
-        entry = asyncio.run(prepare(url, shape))
+        database = kept if kept is not None else folder / "dashboard.db"
+        reuse = database.exists()
+        if reuse:
+            log(f"reusing the log {database} (written by an earlier --keep run)")
+        url = f"sqlite:///{database}"
+        entry = asyncio.run(prepare(url, shape, write=not reuse))
         paths = pages(shape, entry)
         with run_dashboard(url, folder / "dashboard.log") as (base, pid):
+            # The overview asked first thing after start, as an operator opening it does.
+            took, status, body = fetch(base, "/")
+            counting = COUNTING in body
+            log(f"overview at start: {took * 1000:.0f} ms, status {status}, counting {counting}")
+            figures.append(
+                Figure("dashboard overview at start: server time", took * 1000, "ms",
+                       detail={"status": status, "counting": counting})
+            )  # fmt: skip
             floor = measure(base, pid, "static file", args.static, args.requests, args.seconds)
             for name, path in paths.items():
                 got = measure(base, pid, name, path, args.requests, args.seconds)
@@ -184,6 +230,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--static", default="/static/dashboard.css", help="the baseline")
     parser.add_argument("--no-browser", action="store_true", help="skip the first paints")
     parser.add_argument("--dir", default=None, help="where the temporary folder goes")
+    parser.add_argument(
+        "--keep", default=None, metavar="FILE",
+        help="the log's SQLite file, kept after the run: written if missing, else reused "
+        "as it is (it must have been written with the same --topics/--groups/--dead)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 

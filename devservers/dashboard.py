@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +17,8 @@ from typing import NamedTuple
 from devservers._process import HOST, free_port, stop, wait_listening
 
 START_WITHIN = 120.0  # seconds: imports on a loaded machine
+COUNTED_WITHIN = 300.0  # seconds: the dead letters read at start, on a loaded machine
+COUNTING = b"counting..."  # what a page shows until its group's dead letters are read
 
 
 class Running(NamedTuple):
@@ -21,10 +26,29 @@ class Running(NamedTuple):
     pid: int
 
 
+def wait_counted(base: str, path: str = "/", within: float = COUNTED_WITHIN) -> float:
+    """Ask ``path`` until it no longer says "counting..." (the dead letters the dashboard
+    reads in the background at start); the seconds that took. TimeoutError after
+    ``within`` seconds."""
+    started = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(base + path, timeout=within) as answer:
+                body = answer.read()
+        except urllib.error.HTTPError as refused:
+            body = refused.read()
+        if COUNTING not in body:
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            raise TimeoutError(f"{base}{path} still says counting... after {within:.0f} s")
+        time.sleep(0.2)
+
+
 @contextmanager
-def run_dashboard(url: str, log: Path, *extra: str) -> Iterator[Running]:
+def run_dashboard(url: str, log: Path, *extra: str, counted: bool = False) -> Iterator[Running]:
     """``tidings dashboard --url URL --port P`` (and ``extra`` options) on a free port,
-    its output in ``log``; yields its address and PID."""
+    its output in ``log``; yields its address and PID (with ``counted``: once its pages
+    no longer say "counting...", see :func:`wait_counted`)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "TIDINGS_URL"}
     argv = [sys.executable, "-m", "tidings", "dashboard", "--url", url, "--port", str(port)]
@@ -35,7 +59,10 @@ def run_dashboard(url: str, log: Path, *extra: str) -> Iterator[Running]:
         )  # fmt: skip
     try:
         wait_listening(proc, port, log, START_WITHIN, "tidings dashboard")
-        yield Running(f"http://{HOST}:{port}", proc.pid)
+        base = f"http://{HOST}:{port}"
+        if counted:
+            wait_counted(base)
+        yield Running(base, proc.pid)
     finally:
         stop(proc)
 

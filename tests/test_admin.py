@@ -27,6 +27,7 @@ from tidings.admin import (
     parse_position,
     parse_publish_lines,
     parse_time,
+    partition_lag,
     publish,
     reset_offsets,
     resolve_start,
@@ -190,6 +191,36 @@ async def test_group_rows_show_committed_end_lag_and_the_owning_member(app: Tidi
         await live.close()
     rows = await group_rows(app.transport, "mailer")
     assert {r.member for r in rows} == {None}  # closed: no live member owns anything
+
+
+async def test_partition_lag_keeps_the_append_times_it_read_when_given_stamps(
+    app: Tidings,
+) -> None:
+    await publish_spaced(app, "t", [f"s{i}" for i in range(8)])
+    live = await member(app.transport, "mailer", "t", {p: 0 for p in range(4)})
+    await live.close()
+    rows = [r for r in await group_rows(app.transport) if r.lag]
+    now = app.transport.clock.time_ms() / 1000 + 5
+    stamps: dict[tuple[str, int, int], int] = {}
+    plain = [await partition_lag(app.transport, r, now) for r in rows]
+    kept = [await partition_lag(app.transport, r, now, stamps) for r in rows]
+    assert kept == plain
+    assert all(lag.seconds >= 5 for lag in kept)
+    assert set(stamps) == {("t", r.partition, 0) for r in rows}
+    read = 0
+    real = app.transport.read
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal read
+        read += 1
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    app.transport.read = counted  # type: ignore[method-assign]
+    try:
+        assert [await partition_lag(app.transport, r, now, stamps) for r in rows] == plain
+        assert read == 0  # the kept append times: nothing read again
+    finally:
+        app.transport.read = real  # type: ignore[method-assign]
 
 
 def test_group_json_has_exactly_the_documented_keys() -> None:

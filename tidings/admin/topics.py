@@ -178,15 +178,40 @@ class Lag:
     seconds: float  # age of the oldest of them, by its append time (0 when none)
 
 
-async def partition_lag(transport: Transport, row: GroupPartition, now: float) -> Lag:
+STAMPS_KEPT = 100_000
+"""Append times :func:`partition_lag` keeps in a caller's ``stamps`` (then starts again)."""
+
+
+async def partition_lag(
+    transport: Transport,
+    row: GroupPartition,
+    now: float,
+    stamps: dict[tuple[str, int, int], int] | None = None,
+) -> Lag:
     """``row``'s lag, with the age at ``now`` (seconds since the epoch) of its oldest
-    unhandled event: one record read. For the metrics and the catalog's SLAs."""
+    unhandled event: one record read. For the metrics and the catalog's SLAs.
+
+    ``stamps``: the append times (ms) of the records read so far, by (topic, partition,
+    offset), kept by a caller that asks again and again (the dashboard): a record read
+    once is not read again while its group has not moved on (at most
+    :data:`STAMPS_KEPT` kept)."""
     seconds = 0.0
     if row.lag:
         first = row.start if row.committed is None else max(row.committed, row.start)
-        records = await transport.read(row.topic, row.partition, first, 1)
-        if records:
-            seconds = max(now - records[0].timestamp / 1000, 0.0)
+        place = (row.topic, row.partition, first)
+        stamp = None if stamps is None else stamps.get(place)
+        if stamp is None:
+            records = await transport.read(row.topic, row.partition, first, 1)
+            if records and records[0].offset == first:
+                stamp = records[0].timestamp
+                if stamps is not None:
+                    if len(stamps) >= STAMPS_KEPT:
+                        stamps.clear()
+                    stamps[place] = stamp
+            elif records:
+                stamp = records[0].timestamp
+        if stamp is not None:
+            seconds = max(now - stamp / 1000, 0.0)
     return Lag(row.group, row.topic, row.partition, row.lag, seconds)
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from tidings.admin import group_rows, partition_lag
-from tidings.catalog.scan import DEFAULT_SCAN, Observed, scan
+from tidings.catalog.scan import DEFAULT_SCAN, Kept, Observed, scan
 from tidings.personal import PersonalField, personal_fields
 from tidings.schema.compat import Change, diff
 from tidings.schema.registry import SchemaRegistry, offers
@@ -157,11 +157,16 @@ class Catalog:
 
 
 async def build_catalog(
-    transport: Transport, *, app: Declarations | None = None, scan_limit: int = DEFAULT_SCAN
+    transport: Transport,
+    *,
+    app: Declarations | None = None,
+    scan_limit: int = DEFAULT_SCAN,
+    kept: Kept | None = None,
 ) -> Catalog:
     """The catalog of the log ``transport`` holds (started), with ``app``'s own
     declarations if given, from the newest ``scan_limit`` events of each topic (0: no
-    scan)."""
+    scan); ``kept``: what the previous builds read, for this one to read only what is
+    new (:class:`~tidings.catalog.scan.Kept`)."""
     state = await SchemaRegistry(transport).refresh()
     now = transport.clock.time_ms()
     records = dict(state.services)
@@ -169,7 +174,7 @@ async def build_catalog(
     if app is not None:  # what the app declares now wins over what its service recorded
         records[app.service] = replace(describe(app), at=now + 1)
         held = {(o.type, o.version): o for o in offers(app.registry.contracts())}
-    observed = await scan(transport, limit=scan_limit) if scan_limit > 0 else Observed()
+    observed = await scan(transport, limit=scan_limit, kept=kept) if scan_limit > 0 else Observed()
     services = tuple(sorted(records.values(), key=lambda r: r.service))
     types = sorted(
         set(state.versions)

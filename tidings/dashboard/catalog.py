@@ -20,7 +20,9 @@ __all__ = ["routes"]
 
 async def catalog_page(request: Request) -> Response:
     dashboard = dashboard_of(request)
-    catalog = await build_catalog(await dashboard.transport(), scan_limit=DEFAULT_SCAN)
+    catalog = await build_catalog(
+        await dashboard.transport(), scan_limit=DEFAULT_SCAN, kept=dashboard.catalog_scan
+    )
     return render(request, "catalog.html", catalog=catalog, span=span)
 
 
@@ -31,7 +33,9 @@ async def event_page(request: Request) -> Response:
         validate_type(wanted)
     except EventError as exc:
         raise BadInput(str(exc)) from None
-    catalog = await build_catalog(await dashboard.transport(), scan_limit=DEFAULT_SCAN)
+    catalog = await build_catalog(
+        await dashboard.transport(), scan_limit=DEFAULT_SCAN, kept=dashboard.catalog_scan
+    )
     event = catalog.event(wanted)
     if event is None:
         raise BadInput(

@@ -29,7 +29,7 @@ async def frame(dashboard: Dashboard, group: str | None, job: str | None) -> dic
     ``lag_seconds``), ``depth`` (dead letters waiting, per group) and, with ``job``,
     that job's progress."""
     look = await groups_look(dashboard, group, internal=group is not None)
-    depth: dict[str, int] = {}
+    depth: dict[str, int] = {}  # (not the groups still counting: not known yet)
     for (g, _, _), n in look.dlq.items():
         depth[g] = depth.get(g, 0) + n
     doc: dict[str, object] = {

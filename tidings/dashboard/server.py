@@ -30,6 +30,7 @@ def build(config: Config) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        dashboard.start_counting()
         yield
         await dashboard.close()
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -16,21 +18,27 @@ import jinja2
 from tidings import admin
 from tidings.admin import size_text
 from tidings.app import Tidings
+from tidings.catalog.scan import Kept
 from tidings.dashboard.config import Config
 from tidings.dashboard.text import utc
-from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State
+from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State, dlq_topic
+from tidings.trace import Tracer
 from tidings.transport import Transport
 from tidings.transports import open_transport
 
 if TYPE_CHECKING:
     from tidings.outbox import Outbox
+    from tidings.trace import Trace
 
 __all__ = ["DASHBOARD_SOURCE", "Dashboard", "Job"]
+
+log = logging.getLogger(__name__)
 
 DASHBOARD_SOURCE = "tidings-dashboard"
 """The ``source`` of the events the dashboard publishes (its actions)."""
 HISTORY = 720  # samples kept of each look per partition: an hour at one per 5 s
 JOBS_KEPT = 50  # finished jobs remembered, for their progress pages
+TRACERS_KEPT = 16  # the trace page's latest tracers, each read on from where it was
 JOB_GRACE = 60.0  # seconds a closing dashboard waits for its running jobs
 
 
@@ -78,9 +86,15 @@ class Dashboard:
         self._ids = itertools.count(1)
         self._app: Tidings | None = None
         self._outboxes: list[tuple[str, Outbox]] | None = None
+        self.tracers: dict[tuple[str, int], Tracer] = {}  # (id, scan) -> its tracer
+        self.catalog_scan = Kept()  # the catalog's scan, read on by each build
+        self.counted: set[str] = set()  # groups whose dead letters the counting has read
+        self.counting: asyncio.Task[None] | None = None
+        self.lag_stamps: dict[tuple[str, int, int], int] = {}  # admin.partition_lag's
         self._listings: dict[str, tuple[object, list[tuple[DeadLetter, State]]]] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
+        self._trace_lock = asyncio.Lock()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("tidings.dashboard", "templates"),
             autoescape=True,  # every value is escaped unless a template says otherwise
@@ -104,6 +118,43 @@ class Dashboard:
     async def transport(self) -> Transport:
         return (await self.app()).transport
 
+    def start_counting(self) -> None:
+        """Read every group's dead-letter log in the background (at server start: the
+        first reading of 100,000 entries takes seconds), so that the first pages do not
+        wait for it: until a group's is read, :meth:`uncounted` names it and the pages
+        say "counting..." in place of its figures. Then the list pages' logs
+        (:meth:`dead_log`), which a page asking meanwhile waits for."""
+        if self.counting is None:
+            self.counting = asyncio.get_running_loop().create_task(self._count())
+
+    async def _count(self) -> None:
+        from tidings.dead_letters import waiting
+
+        try:
+            transport = await self.transport()
+            groups = sorted(info.group for info in await transport.groups())
+            for group in groups:
+                await waiting(transport, [group], self.dead_logs)
+                self.counted.add(group)
+            names = {info.name for info in await transport.topics()}
+            for group in groups:  # then the dead-letter list pages' logs
+                if dlq_topic(group) in names:
+                    await self.dead_log(group)
+        except Exception:  # the pages read the logs themselves, and show what failed
+            log.exception("the dashboard's counting of the dead letters at start failed")
+
+    async def counted_all(self) -> None:
+        """Wait for the counting at start to be over (tests, benchmarks)."""
+        if self.counting is not None:
+            await asyncio.gather(self.counting, return_exceptions=True)
+
+    def uncounted(self, groups: Iterable[str]) -> set[str]:
+        """Of ``groups``, those whose dead letters the counting at start has not read
+        yet (none once it is over, or if it was not started: the pages read them)."""
+        if self.counting is None or self.counting.done():
+            return set()
+        return {g for g in groups if g not in self.counted}
+
     async def dead_log(self, group: str) -> DeadLetterLog:
         """``group``'s dead letters, every entry without its original (read in full by
         :func:`~tidings.dead_letters.read_entry`), refreshed: only what is new is read."""
@@ -116,6 +167,21 @@ class Dashboard:
         else:
             await kept.refresh()
         return kept
+
+    async def trace(self, id: str, scan: int) -> Trace:
+        """The trace of ``id`` as :func:`tidings.trace.trace` gives it, by a tracer kept
+        for the next look at the same id: that one reads only what was appended since
+        (its window, the newest ``scan`` records of each partition when first read,
+        grows with what is new), and the dead letters through :meth:`dead_log`'s logs."""
+        async with self._trace_lock:
+            tracer = self.tracers.pop((id, scan), None)
+            if tracer is None:
+                tracer = Tracer(await self.transport(), id, scan=scan, dead_logs=self.full_logs)
+            self.tracers[(id, scan)] = tracer  # the newest last
+            for old in list(self.tracers)[: max(len(self.tracers) - TRACERS_KEPT, 0)]:
+                del self.tracers[old]
+            await tracer.refresh()
+            return tracer.trace()
 
     async def outboxes(self) -> list[tuple[str, Outbox]]:
         """The outbox tables whose backlog the overview shows, opened once: the
@@ -164,6 +230,9 @@ class Dashboard:
     async def close(self) -> None:
         """Let running jobs finish (a replay cut short is safe to run again, but a
         finished one needs no second look), then close the log."""
+        if self.counting is not None:
+            self.counting.cancel()
+            await asyncio.gather(self.counting, return_exceptions=True)
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=JOB_GRACE)
         for task in list(self.tasks):

@@ -21,8 +21,7 @@ async def trace_page(request: Request) -> Response:
     scan = int_param(request, "scan", tracing.DEFAULT_SCAN, low=1, high=MAX_SCAN)
     if wanted is None:
         return render(request, "trace.html", wanted="", scan=scan, found=None, nodes=[], first=None)
-    transport = await dashboard.transport()
-    found = await tracing.trace(transport, wanted, scan=scan, dead_logs=dashboard.full_logs)
+    found = await dashboard.trace(wanted, scan)
     nodes = sorted(found.nodes(), key=lambda n: (n.event.time, n.record.timestamp))
     first = nodes[0].event.time if nodes else None
     return render(request, "trace.html", wanted=wanted, scan=scan, found=found, nodes=nodes,

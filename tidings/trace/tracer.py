@@ -174,7 +174,7 @@ class Tracer:
     def trace(self) -> Trace:
         """The tree of what was read so far, with each group's status now."""
         nodes = {i: _fresh(n) for i, n in self._events.items()}
-        dead = self._dead_letters_by_position()
+        dead = self._dead_letters_by_position({_place(n.record) for n in nodes.values()})
         roots: list[TraceNode] = []
         for node in sorted(nodes.values(), key=_order):
             node.groups = self._statuses(node, dead)
@@ -199,13 +199,18 @@ class Tracer:
             topics=len(self._topics),
         )
 
-    def _dead_letters_by_position(self) -> dict[tuple[str, int, int], dict[str, DeadLetter]]:
-        """Per place of an event, each group's latest dead letter of it (a replay that
-        failed again is a later entry)."""
+    def _dead_letters_by_position(
+        self, places: set[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], dict[str, DeadLetter]]:
+        """Per place of an event (of ``places``: those of the trace), each group's latest
+        dead letter of it (a replay that failed again is a later entry)."""
         out: dict[tuple[str, int, int], dict[str, DeadLetter]] = {}
         for group, log in self._dead.items():
             for entry in log.entries.values():
-                by_group = out.setdefault((entry.topic, entry.partition, entry.offset), {})
+                place = (entry.topic, entry.partition, entry.offset)
+                if place not in places:
+                    continue
+                by_group = out.setdefault(place, {})
                 known = by_group.get(group)
                 if known is None or entry.dead_at >= known.dead_at:
                     by_group[group] = entry
@@ -285,6 +290,10 @@ def _needles(*ids: str) -> tuple[bytes, ...] | None:
     if not all(_PLAIN_ID.fullmatch(i) for i in ids):
         return None
     return tuple({i.encode("ascii") for i in ids})
+
+
+def _place(record: Record) -> tuple[str, int, int]:
+    return (record.topic, record.partition, record.offset)
 
 
 def _fresh(node: TraceNode) -> TraceNode:

@@ -49,7 +49,7 @@ def seeded_url(browser_folder: Path) -> str:
 @pytest.fixture(scope="session")
 def dashboard(seeded_url: str, browser_folder: Path) -> Iterator[str]:
     """The base address of ``tidings dashboard`` on the seeded log."""
-    with run_dashboard(seeded_url, browser_folder / "dashboard.log") as running:
+    with run_dashboard(seeded_url, browser_folder / "dashboard.log", counted=True) as running:
         yield running.base
 
 

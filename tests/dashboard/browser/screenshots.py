@@ -43,7 +43,7 @@ def take(out: Path, width: int, height: int) -> list[Path]:
                            correlation=CORRELATION)  # fmt: skip
         executable = debian_program("chromium", "chromium")
         with (
-            run_dashboard(url, Path(folder) / "dashboard.log") as running,
+            run_dashboard(url, Path(folder) / "dashboard.log", counted=True) as running,
             chromium(executable) as browser,
         ):
             page = browser.new_page(viewport={"width": width, "height": height})
