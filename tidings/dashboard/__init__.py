@@ -66,11 +66,13 @@ What tests can rely on (ids and ``data-*`` attributes; kept stable):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tidings.dashboard.config import DEFAULT_HOST, DEFAULT_PORT, PAGE_SIZE, Config, check_bind
 
 if TYPE_CHECKING:
+    from tidings.app import Tidings
     from tidings.shredding import Shredder
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Config", "app", "check_bind"]
@@ -85,6 +87,8 @@ def app(
     outbox_db: str | None = None,
     outbox_table: str | None = None,
     page_size: int = PAGE_SIZE,
+    sagas_db: Sequence[str] = (),
+    projections: Tidings | None = None,
 ) -> Any:
     """The dashboard of the log at ``url`` (default: ``$TIDINGS_URL``, then
     ``sqlite:///./tidings.db``) as an ASGI application, to serve or to mount; the
@@ -102,5 +106,6 @@ def app(
     config = Config(
         url or default_url(), token=token, read_only=read_only, shredder=shredder,
         outbox_db=outbox_db, outbox_table=outbox_table, page_size=page_size,
+        sagas_db=tuple(sagas_db), projections=projections,
     )  # fmt: skip
     return build(config)

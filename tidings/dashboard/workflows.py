@@ -1,0 +1,63 @@
+"""Sagas and projections: the saga instances and one key's state, history and
+pending deadlines, from :mod:`tidings.sagas` as ``tidings sagas list|show`` reads
+them; where an app's projections stand, from :mod:`tidings.projections` as
+``tidings projections status`` computes it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tidings.dashboard.web import BadInput, dashboard_of, int_param, render, text_param
+from tidings.sagas import DEFAULT_PREFIX, SagaInfo, list_sagas, show_saga
+
+__all__ = ["routes"]
+
+STATUSES = ("active", "finished", "failed")
+MAX_SAGAS = 10_000
+
+
+async def sagas_page(request: Request) -> Response:
+    databases = dashboard_of(request).config.sagas_db
+    name = text_param(request, "name")
+    status = text_param(request, "status")
+    if status is not None and status not in STATUSES:
+        raise BadInput(f"status={status} is not a saga status; give one of {', '.join(STATUSES)}")
+    limit = int_param(request, "limit", 1000, low=1, high=MAX_SAGAS)
+    found: list[SagaInfo] = []
+    for db in databases:
+        found += await asyncio.to_thread(
+            list_sagas, db, name=name, status=status, limit=limit, prefix=DEFAULT_PREFIX
+        )
+    return render(request, "sagas.html", databases=databases, sagas=found, name=name or "",
+                  status=status or "", statuses=STATUSES, limit=limit)  # fmt: skip
+
+
+async def saga_page(request: Request) -> Response:
+    databases = dashboard_of(request).config.sagas_db
+    key = request.path_params["key"]
+    name = text_param(request, "name")
+    found: list[SagaInfo] = []
+    for db in databases:
+        found += await asyncio.to_thread(show_saga, db, key, name=name, prefix=DEFAULT_PREFIX)
+    code = 200 if found or not databases else 404
+    return render(request, "saga.html", code, databases=databases, key=key, sagas=found)
+
+
+async def projections_page(request: Request) -> Response:
+    app = dashboard_of(request).config.projections
+    statuses = []
+    if app is not None:
+        async with app:  # started once more: the app may already run in this process
+            statuses = [await p.status() for p in app.projections.values()]
+    return render(request, "projections.html", app=app, statuses=statuses)
+
+
+routes = [
+    Route("/sagas", sagas_page, name="sagas"),
+    Route("/sagas/{key:path}", saga_page, name="saga"),
+    Route("/projections", projections_page, name="projections"),
+]
