@@ -95,6 +95,22 @@ async def test_sagas_pages_show_what_the_cli_lists_and_shows(
         await c.close()
 
 
+async def test_the_sagas_of_an_app_are_found_as_tidings_sagas_app_finds_them(
+    filled: Saga,  # noqa: F811
+    app: Tidings,  # noqa: F811
+) -> None:
+    c = Client(dashboard.app(app.url, service=app))
+    try:
+        page = await c.get("/sagas")
+        assert sorted(re.findall(r'<tr data-saga="esc" data-key="(\w)"', page.text)) == ["a", "b"]
+        one = await c.get("/sagas/b", params={"name": "esc"})
+        assert 'data-key="b" data-state="done" data-status="finished"' in one.text
+        none = await c.get("/projections")  # the app declares no projection: says so
+        assert 'id="projections-none"' in none.text
+    finally:
+        await c.close()
+
+
 async def test_without_databases_or_app_the_pages_say_how_to_enable_them(
     seeded: Any,
 ) -> None:
@@ -128,7 +144,7 @@ async def test_projections_page_shows_what_projections_status_prints(
         await publish(served, 7, 9)  # no worker now: 2 behind
     (cli,) = await cli_json(capsys, "projections", "status", spec(), "--json")
     assert cli["lag"] == 2
-    c = Client(dashboard.app(served.url, projections=served))
+    c = Client(dashboard.app(served.url, service=served))
     try:
         page = await c.get("/projections")
         assert page.status_code == 200

@@ -24,7 +24,7 @@ TOKEN_ENV = "TIDINGS_DASHBOARD_TOKEN"
 _HELP = f"""\
 Serve the operator dashboard: groups and their lag, dead letters (list, replay,
 purge), events, traces and the event catalog, for the log at --url; the sagas in
-the databases of --sagas-db, and the projections of the app of --app.
+the databases of --sagas-db, and the sagas and projections of the app of --app.
 
 It listens on {DEFAULT_HOST} by default. Any other address needs a token (--token,
 or ${TOKEN_ENV}: every request must carry it) or --read-only (no action at all).
@@ -57,9 +57,7 @@ def add_commands(sub: Any) -> None:
         default=[],
         help="show the sagas in this database, as tidings sagas --db takes it (repeatable)",
     )
-    p.add_argument(
-        "--app", metavar="MODULE:APP", help="show where the projections of this app stand"
-    )
+    p.add_argument("--app", metavar="MODULE:APP", help="show the sagas and projections of this app")
     add_reveal(p)
     p.set_defaults(func=cmd_dashboard)
 
@@ -82,7 +80,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     asgi = app(
         args.url, token=token, read_only=args.read_only, shredder=shredder_of(args),
         outbox_db=args.outbox_db, outbox_table=args.outbox_table,
-        sagas_db=args.sagas_db, projections=None if args.app is None else load_app(args.app),
+        sagas_db=args.sagas_db, service=None if args.app is None else load_app(args.app),
     )  # fmt: skip
     asyncio.run(_check_log(args.url))  # a mistyped path: an error now, not on every page
     # Bound here, so that --port 0 prints the port the system chose.

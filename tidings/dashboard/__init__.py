@@ -88,7 +88,7 @@ def app(
     outbox_table: str | None = None,
     page_size: int = PAGE_SIZE,
     sagas_db: Sequence[str] = (),
-    projections: Tidings | None = None,
+    service: Tidings | None = None,
 ) -> Any:
     """The dashboard of the log at ``url`` (default: ``$TIDINGS_URL``, then
     ``sqlite:///./tidings.db``) as an ASGI application, to serve or to mount; the
@@ -106,6 +106,6 @@ def app(
     config = Config(
         url or default_url(), token=token, read_only=read_only, shredder=shredder,
         outbox_db=outbox_db, outbox_table=outbox_table, page_size=page_size,
-        sagas_db=tuple(sagas_db), projections=projections,
+        sagas_db=tuple(sagas_db), service=service,
     )  # fmt: skip
     return build(config)

@@ -28,10 +28,10 @@ class Config:
     ``read_only``: no action at all (no form is shown, every POST refused).
     ``shredder``: the key store, for ``?reveal=1`` (personal fields in clear); without
     it personal fields are always masked. ``outbox_db``/``outbox_table``: an outbox
-    whose backlog the overview shows. ``sagas_db``: the databases whose sagas the
-    sagas pages show (as ``tidings sagas --db``). ``projections``: the
-    :class:`~tidings.Tidings` app whose projections the projections page shows (as
-    ``tidings projections status``).
+    whose backlog the overview shows. ``sagas_db``: databases whose sagas the sagas
+    pages show (as ``tidings sagas --db``). ``service``: a :class:`~tidings.Tidings`
+    app whose sagas (as ``tidings sagas --app``) and projections (as ``tidings
+    projections status``) the pages show.
     """
 
     url: str
@@ -42,7 +42,7 @@ class Config:
     outbox_table: str | None = None
     page_size: int = PAGE_SIZE
     sagas_db: tuple[str, ...] = ()
-    projections: Tidings | None = None
+    service: Tidings | None = None
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 16:

@@ -6,13 +6,17 @@ them; where an app's projections stand, from :mod:`tidings.projections` as
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings.dashboard.web import BadInput, dashboard_of, int_param, render, text_param
-from tidings.sagas import DEFAULT_PREFIX, SagaInfo, list_sagas, show_saga
+from tidings.sagas import DEFAULT_PREFIX, SagaInfo, list_sagas, saga_databases, show_saga
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 __all__ = ["routes"]
 
@@ -20,8 +24,15 @@ STATUSES = ("active", "finished", "failed")
 MAX_SAGAS = 10_000
 
 
+def _databases(request: Request) -> list[str | Engine]:
+    """The sagas' databases: ``--sagas-db``, then those of the sagas of ``--app``."""
+    config = dashboard_of(request).config
+    service = [] if config.service is None else saga_databases(config.service)
+    return [*config.sagas_db, *service]
+
+
 async def sagas_page(request: Request) -> Response:
-    databases = dashboard_of(request).config.sagas_db
+    databases = _databases(request)
     name = text_param(request, "name")
     status = text_param(request, "status")
     if status is not None and status not in STATUSES:
@@ -37,7 +48,7 @@ async def sagas_page(request: Request) -> Response:
 
 
 async def saga_page(request: Request) -> Response:
-    databases = dashboard_of(request).config.sagas_db
+    databases = _databases(request)
     key = request.path_params["key"]
     name = text_param(request, "name")
     found: list[SagaInfo] = []
@@ -48,7 +59,7 @@ async def saga_page(request: Request) -> Response:
 
 
 async def projections_page(request: Request) -> Response:
-    app = dashboard_of(request).config.projections
+    app = dashboard_of(request).config.service
     statuses = []
     if app is not None:
         async with app:  # started once more: the app may already run in this process
