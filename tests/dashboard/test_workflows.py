@@ -17,10 +17,8 @@ from tests.projections.helpers import PARTITIONS, TOPIC, publish
 from tests.projections.test_cli import Specs, spec  # noqa: F401 (a fixture)
 from tests.sagas.conftest import app, db_url, engine  # noqa: F401 (fixtures)
 from tests.sagas.test_sagas_cli import filled  # noqa: F401 (a fixture)
-from tests.test_slow_consumers import TOPIC as RESEARCH
-from tests.test_slow_consumers import TYPE
-from tests.test_slow_consumers import make_app as research_app
-from tidings import Context, Tidings, dashboard
+from tests.test_slow_consumers import ask_with_progress, reporting_app
+from tidings import Tidings, dashboard
 from tidings.cli import main
 from tidings.cli.common import load_app
 from tidings.projections import Projection
@@ -165,16 +163,9 @@ async def test_trace_page_shows_progress_as_the_trace_command_does(sqlite_url: s
     from tidings.cli.trace import tree_lines
     from tidings.trace import Tracer
 
-    agent = research_app(sqlite_url)
-
-    @agent.subscriber(RESEARCH, group="agent", types=[TYPE], progress_every=1e-9)
-    async def research(payload: Any, ctx: Context) -> None:
-        await ctx.progress(0.4, "read 12 of 30 <passages>")
-
+    agent = reporting_app(sqlite_url, "read 12 of 30 <passages>")
     async with agent:
-        asked = await agent.publish(RESEARCH, {"q": "tides"}, type=TYPE, subject="q-1")
-        async with running(agent):
-            await eventually(lambda: agent.sent.get(RESEARCH, 0) == 2, what="the progress event")
+        asked = await ask_with_progress(agent)
         tracer = Tracer(agent.transport, str(asked.correlationid))
         await tracer.refresh()
         cli = "\n".join(tree_lines(tracer.trace()))
