@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,8 +59,8 @@ async def test_sagas_pages_show_what_the_cli_lists_and_shows(
         assert 'data-nav="sagas"' in page.text
         for i in listed:
             row = cells(page.text, f'<tr data-saga="{i["name"]}" data-key="{i["key"]}"')
-            assert (row["state"], row["status"], row["version"]) == (
-                i["state"], i["status"], str(i["version"]),
+            assert (row["state"], row["status"], row["version"], row["updated"]) == (
+                i["state"], i["status"], str(i["version"]), i["updated_at"],
             )  # fmt: skip
         assert sorted(re.findall(r'<tr data-saga="esc" data-key="(\w)"', page.text)) == ["a", "b"]
         finished = await c.get("/sagas", params={"status": "finished"})
@@ -74,7 +75,8 @@ async def test_sagas_pages_show_what_the_cli_lists_and_shows(
         history = re.findall(r'<tr data-event-id="([^"]+)">', one.text)
         assert history == [h["event_id"] for h in shown["history"]]
         [deadline] = shown["deadlines"]
-        assert f'<tr data-deadline="{deadline["deadline"]}">' in one.text
+        due = cells(one.text, f'<tr data-deadline="{deadline["deadline"]}">')["due"]
+        assert due == deadline["due_at"]
         assert deadline["id"] in one.text
 
         (b,) = await cli_json(capsys, "sagas", "show", "b", "--db", db_url, "--json")
@@ -110,8 +112,20 @@ async def test_the_sagas_of_an_app_are_found_as_tidings_sagas_app_finds_them(
 
 
 async def test_without_databases_or_app_the_pages_say_how_to_enable_them(
-    seeded: Any,
+    seeded: Any, tmp_path: Path
 ) -> None:
+    missing = f"sqlite:///{tmp_path / 'nowhere.db'}"
+    c = Client(dashboard.app(seeded.url, sagas_db=[missing]))
+    try:
+        page = await c.get("/sagas")
+        assert page.status_code == 400
+        assert "there is no database at" in text(page.text)
+        assert "--sagas-db URL" in text(page.text)
+        assert not (tmp_path / "nowhere.db").exists()
+        long = await c.get("/sagas/" + "k" * 501)
+        assert long.status_code == 400
+    finally:
+        await c.close()
     c = Client(dashboard.app(seeded.url))
     try:
         page = await c.get("/sagas")

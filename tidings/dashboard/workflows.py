@@ -6,13 +6,21 @@ them; where an app's projections stand, from :mod:`tidings.projections` as
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidings.dashboard.web import BadInput, dashboard_of, int_param, render, text_param
+from tidings.dashboard.web import (
+    MAX_TEXT,
+    BadInput,
+    dashboard_of,
+    int_param,
+    render,
+    text_param,
+)
+from tidings.errors import ConfigError, TidingsError
 from tidings.sagas import DEFAULT_PREFIX, SagaInfo, list_sagas, saga_databases, show_saga
 
 if TYPE_CHECKING:
@@ -31,6 +39,21 @@ def _databases(request: Request) -> list[str | Engine]:
     return [*config.sagas_db, *service]
 
 
+async def _read(function: Any, *args: Any, **kwargs: Any) -> list[SagaInfo]:
+    """``function`` of :mod:`tidings.sagas` in a thread; a database that cannot be read
+    (no file, no saga table) is a 400 page saying which and what to give."""
+    try:
+        found: list[SagaInfo] = await asyncio.to_thread(function, *args, **kwargs)
+    except ConfigError:
+        raise
+    except TidingsError as exc:
+        raise ConfigError(
+            f"{exc}; start the dashboard with the sagas' database (--sagas-db URL) or "
+            "their app (--app MODULE:APP)"
+        ) from None
+    return found
+
+
 async def sagas_page(request: Request) -> Response:
     databases = _databases(request)
     name = text_param(request, "name")
@@ -40,7 +63,7 @@ async def sagas_page(request: Request) -> Response:
     limit = int_param(request, "limit", 1000, low=1, high=MAX_SAGAS)
     found: list[SagaInfo] = []
     for db in databases:
-        found += await asyncio.to_thread(
+        found += await _read(
             list_sagas, db, name=name, status=status, limit=limit, prefix=DEFAULT_PREFIX
         )
     return render(request, "sagas.html", databases=databases, sagas=found, name=name or "",
@@ -50,10 +73,12 @@ async def sagas_page(request: Request) -> Response:
 async def saga_page(request: Request) -> Response:
     databases = _databases(request)
     key = request.path_params["key"]
+    if len(key) > MAX_TEXT:
+        raise BadInput(f"the key is {len(key)} characters long; at most {MAX_TEXT} are taken")
     name = text_param(request, "name")
     found: list[SagaInfo] = []
     for db in databases:
-        found += await asyncio.to_thread(show_saga, db, key, name=name, prefix=DEFAULT_PREFIX)
+        found += await _read(show_saga, db, key, name=name, prefix=DEFAULT_PREFIX)
     code = 200 if found or not databases else 404
     return render(request, "saga.html", code, databases=databases, key=key, sagas=found)
 
