@@ -13,7 +13,7 @@ import signal
 import socket
 from typing import Any
 
-from tidings.cli.common import add_reveal, load_app, opened, shredder_of
+from tidings.cli.common import add_reveal, app_of, opened, shredder_of
 from tidings.dashboard import DEFAULT_HOST, DEFAULT_PORT, app, check_bind
 from tidings.errors import ConfigError
 
@@ -80,7 +80,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     asgi = app(
         args.url, token=token, read_only=args.read_only, shredder=shredder_of(args),
         outbox_db=args.outbox_db, outbox_table=args.outbox_table,
-        sagas_db=args.sagas_db, service=None if args.app is None else load_app(args.app),
+        sagas_db=args.sagas_db, service=None if args.app is None else app_of(args),
     )  # fmt: skip
     asyncio.run(_check_log(args.url))  # a mistyped path: an error now, not on every page
     # Bound here, so that --port 0 prints the port the system chose.
