@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.dashboard.conftest import Client, text
+from tests.dashboard.conftest import looking, text
 from tests.projections.helpers import PARTITIONS, TOPIC, publish
 from tests.projections.test_cli import Specs, spec  # noqa: F401 (a fixture)
 from tests.sagas.conftest import app, db_url, engine  # noqa: F401 (fixtures)
@@ -51,8 +51,7 @@ async def test_sagas_pages_show_what_the_cli_lists_and_shows(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     listed = await cli_json(capsys, "sagas", "list", "--db", db_url, "--json")
-    c = Client(dashboard.app(app.url, sagas_db=[db_url]))
-    try:
+    async with looking(dashboard.app(app.url, sagas_db=[db_url])) as c:
         page = await c.get("/sagas")
         assert page.status_code == 200
         assert 'data-page="sagas"' in page.text
@@ -91,32 +90,26 @@ async def test_sagas_pages_show_what_the_cli_lists_and_shows(
         bad = await c.get("/sagas", params={"status": "sleeping"})
         assert bad.status_code == 400
         assert "status=sleeping is not a saga status" in text(bad.text)
-    finally:
-        await c.close()
 
 
 async def test_the_sagas_of_an_app_are_found_as_tidings_sagas_app_finds_them(
     filled: Saga,  # noqa: F811
     app: Tidings,  # noqa: F811
 ) -> None:
-    c = Client(dashboard.app(app.url, service=app))
-    try:
+    async with looking(dashboard.app(app.url, service=app)) as c:
         page = await c.get("/sagas")
         assert sorted(re.findall(r'<tr data-saga="esc" data-key="(\w)"', page.text)) == ["a", "b"]
         one = await c.get("/sagas/b", params={"name": "esc"})
         assert 'data-key="b" data-state="done" data-status="finished"' in one.text
         none = await c.get("/projections")  # the app declares no projection: says so
         assert 'id="projections-none"' in none.text
-    finally:
-        await c.close()
 
 
 async def test_without_databases_or_app_the_pages_say_how_to_enable_them(
     seeded: Any, tmp_path: Path
 ) -> None:
     missing = f"sqlite:///{tmp_path / 'nowhere.db'}"
-    c = Client(dashboard.app(seeded.url, sagas_db=[missing]))
-    try:
+    async with looking(dashboard.app(seeded.url, sagas_db=[missing])) as c:
         page = await c.get("/sagas")
         assert page.status_code == 400
         assert "there is no database at" in text(page.text)
@@ -124,10 +117,7 @@ async def test_without_databases_or_app_the_pages_say_how_to_enable_them(
         assert not (tmp_path / "nowhere.db").exists()
         long = await c.get("/sagas/" + "k" * 501)
         assert long.status_code == 400
-    finally:
-        await c.close()
-    c = Client(dashboard.app(seeded.url))
-    try:
+    async with looking(dashboard.app(seeded.url)) as c:
         page = await c.get("/sagas")
         assert page.status_code == 200
         assert "--sagas-db URL" in text(page.text)
@@ -136,8 +126,6 @@ async def test_without_databases_or_app_the_pages_say_how_to_enable_them(
         assert page.status_code == 200
         assert "--app MODULE:APP" in text(page.text)
         assert 'id="projections-off"' in page.text
-    finally:
-        await c.close()
 
 
 async def test_projections_page_shows_what_projections_status_prints(
@@ -156,20 +144,23 @@ async def test_projections_page_shows_what_projections_status_prints(
         await publish(served, 7, 9)  # no worker now: 2 behind
     (cli,) = await cli_json(capsys, "projections", "status", spec(), "--json")
     assert cli["lag"] == 2
-    c = Client(dashboard.app(served.url, service=served))
     try:
-        page = await c.get("/projections")
-        assert page.status_code == 200
-        assert f'data-projection="board" data-lag="{cli["lag"]}" data-rebuilding="no"' in page.text
-        assert len(cli["partitions"]) == PARTITIONS
-        for p in cli["partitions"]:
-            row = cells(page.text, f'<tr data-topic="{TOPIC}" data-partition="{p["partition"]}"')
-            assert row == {
-                "position": str(p["position"]), "committed": str(p["committed"]),
-                "end": str(p["end"]), "lag": str(p["lag"]),
-            }  # fmt: skip
+        async with looking(dashboard.app(served.url, service=served)) as c:
+            page = await c.get("/projections")
+            assert page.status_code == 200
+            assert (
+                f'data-projection="board" data-lag="{cli["lag"]}" data-rebuilding="no"' in page.text
+            )
+            assert len(cli["partitions"]) == PARTITIONS
+            for p in cli["partitions"]:
+                row = cells(
+                    page.text, f'<tr data-topic="{TOPIC}" data-partition="{p["partition"]}"'
+                )
+                assert row == {
+                    "position": str(p["position"]), "committed": str(p["committed"]),
+                    "end": str(p["end"]), "lag": str(p["lag"]),
+                }  # fmt: skip
     finally:
-        await c.close()
         projection.close()
 
 
@@ -184,8 +175,7 @@ async def test_trace_page_shows_progress_as_the_trace_command_does(sqlite_url: s
         await tracer.refresh()
         cli = "\n".join(tree_lines(tracer.trace()))
     assert "(progress 40%: read 12 of 30 <passages>)" in cli
-    c = Client(dashboard.app(sqlite_url))
-    try:
+    async with looking(dashboard.app(sqlite_url)) as c:
         page = await c.get("/trace", params={"id": str(asked.correlationid)})
         assert page.status_code == 200
         assert 'data-type="research.requested.progressed"' in page.text
@@ -193,8 +183,6 @@ async def test_trace_page_shows_progress_as_the_trace_command_does(sqlite_url: s
             '<span class="trace-note" data-field="note">'
             "(progress 40%: read 12 of 30 &lt;passages&gt;)</span>"
         ) in page.text
-    finally:
-        await c.close()
 
 
 def test_the_command_takes_sagas_databases_and_an_app() -> None:
