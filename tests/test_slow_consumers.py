@@ -428,22 +428,33 @@ async def test_cancel_needs_one_target_and_cancellable_needs_the_middleware(
         Worker(app, middleware=[Retry(), Deadline()])
 
 
-async def test_trace_shows_progress_under_its_event_and_the_cancellation(sqlite_url: str) -> None:
-    from tidings.cli.trace import tree_lines
-    from tidings.trace import Tracer
-
+def reporting_app(sqlite_url: str, note: str) -> Tidings:
+    """An app whose group ``agent`` reports progress 40% with ``note`` on each request."""
     app = make_app(sqlite_url)
 
     @app.subscriber(TOPIC, group="agent", types=[TYPE], progress_every=1e-9)
     async def research(payload: Any, ctx: Context) -> None:
-        await ctx.progress(0.4, "read 12 of 30 passages")
+        await ctx.progress(0.4, note)
 
+    return app
+
+
+async def ask_with_progress(app: Tidings) -> Event:
+    """Publish a request to the started ``app`` and run a worker until its progress
+    event is published; the request."""
+    asked = await app.publish(TOPIC, {"q": "tides"}, type=TYPE, subject="q-1")
+    async with running(app):
+        await eventually(lambda: app.sent.get(TOPIC, 0) == 2, what="the progress event published")
+    return asked
+
+
+async def test_trace_shows_progress_under_its_event_and_the_cancellation(sqlite_url: str) -> None:
+    from tidings.cli.trace import tree_lines
+    from tidings.trace import Tracer
+
+    app = reporting_app(sqlite_url, "read 12 of 30 passages")
     async with app:
-        asked = await app.publish(TOPIC, {"q": "tides"}, type=TYPE, subject="q-1")
-        async with running(app):
-            await eventually(
-                lambda: app.sent.get(TOPIC, 0) == 2, what="the progress event published"
-            )
+        asked = await ask_with_progress(app)
         await app.cancel(asked.correlationid, reason="enough")
         tracer = Tracer(app.transport, str(asked.correlationid))
         await tracer.refresh()

@@ -7,6 +7,7 @@ then, with no worker running, three more notes were published: both groups lag b
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -89,6 +90,16 @@ class Client:
     async def close(self) -> None:
         await self.http.aclose()
         await self.app.state.dashboard.close()
+
+
+@contextlib.asynccontextmanager
+async def looking(asgi: Any) -> AsyncIterator[Client]:
+    """A client of the dashboard ``asgi``, closed (with the dashboard) at the end."""
+    c = Client(asgi)
+    try:
+        yield c
+    finally:
+        await c.close()
 
 
 @pytest.fixture

@@ -55,3 +55,8 @@ def test_the_command_refuses_a_log_that_does_not_exist(tmp_path: object) -> None
 
 def test_the_command_takes_a_port_only(seeded: Seeded) -> None:
     assert_one_error_line(tidings("dashboard", "--port", "http", url=seeded.url), 2, "port")
+
+
+def test_the_command_refuses_an_app_it_cannot_import(seeded: Seeded) -> None:
+    result = tidings("dashboard", "--port", "0", "--app", "no_such_module_x:app", url=seeded.url)
+    assert_one_error_line(result, 2, "cannot import 'no_such_module_x'")

@@ -13,7 +13,7 @@ import signal
 import socket
 from typing import Any
 
-from tidings.cli.common import add_reveal, opened, shredder_of
+from tidings.cli.common import add_reveal, app_of, opened, shredder_of
 from tidings.dashboard import DEFAULT_HOST, DEFAULT_PORT, app, check_bind
 from tidings.errors import ConfigError
 
@@ -23,7 +23,8 @@ TOKEN_ENV = "TIDINGS_DASHBOARD_TOKEN"
 
 _HELP = f"""\
 Serve the operator dashboard: groups and their lag, dead letters (list, replay,
-purge), events, traces and the event catalog, for the log at --url.
+purge), events, traces and the event catalog, for the log at --url; the sagas in
+the databases of --sagas-db, and the sagas and projections of the app of --app.
 
 It listens on {DEFAULT_HOST} by default. Any other address needs a token (--token,
 or ${TOKEN_ENV}: every request must carry it) or --read-only (no action at all).
@@ -49,6 +50,14 @@ def add_commands(sub: Any) -> None:
     mode.add_argument("--read-only", action="store_true", help="show, never change anything")
     p.add_argument("--outbox-db", metavar="URL", help="also show this outbox table's backlog")
     p.add_argument("--outbox-table", metavar="NAME", help="the outbox table (tidings_outbox)")
+    p.add_argument(
+        "--sagas-db",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="show the sagas in this database, as tidings sagas --db takes it (repeatable)",
+    )
+    p.add_argument("--app", metavar="MODULE:APP", help="show the sagas and projections of this app")
     add_reveal(p)
     p.set_defaults(func=cmd_dashboard)
 
@@ -71,6 +80,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     asgi = app(
         args.url, token=token, read_only=args.read_only, shredder=shredder_of(args),
         outbox_db=args.outbox_db, outbox_table=args.outbox_table,
+        sagas_db=args.sagas_db, service=None if args.app is None else app_of(args),
     )  # fmt: skip
     asyncio.run(_check_log(args.url))  # a mistyped path: an error now, not on every page
     # Bound here, so that --port 0 prints the port the system chose.

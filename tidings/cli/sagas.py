@@ -13,7 +13,7 @@ from typing import Any
 
 from tidings.cli.common import UsageError, add_common, load_app, positive_int
 from tidings.cli.output import print_json, table, utc_text
-from tidings.sagas import DEFAULT_PREFIX, SagaInfo, list_sagas, show_saga
+from tidings.sagas import DEFAULT_PREFIX, SagaInfo, list_sagas, saga_databases, show_saga
 
 __all__ = ["add_commands", "saga_json"]
 
@@ -70,16 +70,11 @@ def _databases(args: argparse.Namespace) -> list[Any]:
         raise UsageError("give the sagas' database as --db URL, or the app as --app MODULE:APP")
     if args.db is not None:
         return [args.db]
-    app = load_app(args.app)
-    found: dict[str, Any] = {}
-    for sub in app.subscribers:
-        saga = getattr(sub.handler, "saga", None)
-        if saga is not None and (args.name is None or saga.name == args.name):
-            found.setdefault(str(saga.engine.url), saga.engine)
+    found = saga_databases(load_app(args.app), args.name)
     if not found:
         which = f" named {args.name!r}" if args.name else ""
         raise UsageError(f"{args.app} has no saga{which}")
-    return list(found.values())
+    return list(found)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

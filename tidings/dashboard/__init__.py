@@ -1,5 +1,5 @@
-"""The operator dashboard: lag, dead letters, events, traces and the catalog in a
-browser (decision 0039, docs/dashboard.md)::
+"""The operator dashboard: lag, dead letters, events, traces, the catalog, sagas and
+projections in a browser (decision 0039, docs/dashboard.md)::
 
     tidings dashboard --url sqlite:///./tidings.db        # http://127.0.0.1:8080
 
@@ -10,10 +10,13 @@ or mounted in a FastAPI (any ASGI) service::
 
 Server-rendered HTML (Jinja2, every value escaped) over the operating library: every
 figure comes from :mod:`tidings.admin`, :mod:`tidings.dead_letters`,
-:mod:`tidings.trace`, :mod:`tidings.tail` and :mod:`tidings.catalog`, as the command
-line computes it. One small script (``static/dashboard.js``) applies live updates from
-``GET /live`` (server-sent events) and enables copy buttons; no inline script (the CSP
-is ``script-src 'self'``), nothing from a CDN.
+:mod:`tidings.trace`, :mod:`tidings.tail`, :mod:`tidings.catalog`,
+:mod:`tidings.sagas` and :mod:`tidings.projections`, as the command line computes it.
+The sagas come from ``sagas_db`` (``--sagas-db``) and the sagas of ``service`` (a
+:class:`~tidings.Tidings` app, ``--app``), the projections from ``service``.
+One small script (``static/dashboard.js``) applies live updates from ``GET /live``
+(server-sent events) and enables copy buttons; no inline script (the CSP is
+``script-src 'self'``), nothing from a CDN.
 
 Safe by default: :func:`app` and ``tidings dashboard`` listen on 127.0.0.1; another
 address needs a token or read-only mode. Every action (replay, purge, reset) is a POST
@@ -24,7 +27,8 @@ What tests can rely on (ids and ``data-*`` attributes; kept stable):
 
 - ``<body data-page=...>``: ``overview``, ``group``, ``dead-letters``, ``dead-letter``,
   ``confirm``, ``job``, ``events-index``, ``events``, ``trace``, ``catalog``,
-  ``catalog-event``, ``actions``, ``login``, ``error``. ``data-live-url`` where the page
+  ``catalog-event``, ``sagas``, ``saga``, ``projections``, ``actions``, ``login``,
+  ``error``. ``data-live-url`` where the page
   takes live updates; ``data-live-frames`` counts the frames applied.
 - Overview: ``#groups`` rows ``tr[data-group][data-topic]`` with cells
   ``[data-field=partitions|lag|lag_seconds|sparkline|lost|dlq|members|status|health]``
@@ -56,7 +60,20 @@ What tests can rely on (ids and ``data-*`` attributes; kept stable):
   ``button[data-copy]``; ``#pager a[rel=next]``; ``#timed-out``.
 - Trace: ``#trace-form``; ``#trace-summary[data-events][data-kind]``; ``#trace-tree``
   of ``li.trace-node[data-event-id][data-type]`` with ``li[data-group][data-status]``;
-  ``svg#trace-timeline`` with ``g[data-event-id]``; ``#trace-empty``.
+  ``svg#trace-timeline`` with ``g[data-event-id]``; ``#trace-empty``. A progress or
+  cancellation event's node holds ``span.trace-note[data-field=note]`` (what
+  :func:`tidings.trace.note` says).
+- Sagas: ``#sagas-form`` (``name``, ``status``, ``limit``); ``#sagas`` rows
+  ``tr[data-saga][data-key][data-status]`` with ``[data-field=name|key|state|status|
+  version|updated]``; ``#sagas-off`` when no database is given. A key's page:
+  ``#saga-key``; ``section.saga[data-saga][data-key][data-state][data-status]
+  [data-version]`` with ``[data-field=state|data|started|updated]``, ``table.history``
+  rows ``tr[data-event-id]`` (``[data-field=type|from|to|note]``), ``table.deadlines``
+  rows ``tr[data-deadline]``, ``table.parked``; ``#saga-none`` (404).
+- Projections: ``section.projection[data-projection][data-lag][data-rebuilding]``
+  with ``table.partitions`` rows ``tr[data-topic][data-partition]``
+  (``[data-field=position|committed|end|lag]``); ``#projections-off`` without an app,
+  ``#projections-none`` when it declares none.
 - Catalog: ``#catalog`` rows ``tr[data-type]``; a type's page ``#event-type[data-type]``,
   ``#consumers``, ``#flows``, ``section.version[data-version]``. Every event type shown
   anywhere is ``a.event-type[data-type]``, linking to its catalog page.
@@ -66,11 +83,13 @@ What tests can rely on (ids and ``data-*`` attributes; kept stable):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tidings.dashboard.config import DEFAULT_HOST, DEFAULT_PORT, PAGE_SIZE, Config, check_bind
 
 if TYPE_CHECKING:
+    from tidings.app import Tidings
     from tidings.shredding import Shredder
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Config", "app", "check_bind"]
@@ -85,6 +104,8 @@ def app(
     outbox_db: str | None = None,
     outbox_table: str | None = None,
     page_size: int = PAGE_SIZE,
+    sagas_db: Sequence[str] = (),
+    service: Tidings | None = None,
 ) -> Any:
     """The dashboard of the log at ``url`` (default: ``$TIDINGS_URL``, then
     ``sqlite:///./tidings.db``) as an ASGI application, to serve or to mount; the
@@ -102,5 +123,6 @@ def app(
     config = Config(
         url or default_url(), token=token, read_only=read_only, shredder=shredder,
         outbox_db=outbox_db, outbox_table=outbox_table, page_size=page_size,
+        sagas_db=tuple(sagas_db), service=service,
     )  # fmt: skip
     return build(config)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tidings.errors import ConfigError
 
 if TYPE_CHECKING:
+    from tidings.app import Tidings
     from tidings.shredding import Shredder
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Config", "check_bind"]
@@ -27,7 +28,10 @@ class Config:
     ``read_only``: no action at all (no form is shown, every POST refused).
     ``shredder``: the key store, for ``?reveal=1`` (personal fields in clear); without
     it personal fields are always masked. ``outbox_db``/``outbox_table``: an outbox
-    whose backlog the overview shows.
+    whose backlog the overview shows. ``sagas_db``: databases whose sagas the sagas
+    pages show (as ``tidings sagas --db``). ``service``: a :class:`~tidings.Tidings`
+    app whose sagas (as ``tidings sagas --app``) and projections (as ``tidings
+    projections status``) the pages show.
     """
 
     url: str
@@ -37,6 +41,8 @@ class Config:
     outbox_db: str | None = None
     outbox_table: str | None = None
     page_size: int = PAGE_SIZE
+    sagas_db: tuple[str, ...] = ()
+    service: Tidings | None = None
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 16:

@@ -14,7 +14,16 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, request_response
 from starlette.staticfiles import StaticFiles
 
-from tidings.dashboard import catalog, dead, events, groups, live, overview, tracing
+from tidings.dashboard import (
+    catalog,
+    dead,
+    events,
+    groups,
+    live,
+    overview,
+    tracing,
+    workflows,
+)
 from tidings.dashboard.config import Config
 from tidings.dashboard.guard import TOKEN_COOKIE, Guard, token_cookie_value
 from tidings.dashboard.state import Dashboard, static_folder
@@ -41,6 +50,7 @@ def build(config: Config) -> Starlette:
         *events.routes,
         *tracing.routes,
         *catalog.routes,
+        *workflows.routes,
         *live.routes,
         Route("/login", login_form, methods=["GET"], name="login"),
         Route("/login", login, methods=["POST"]),

@@ -22,7 +22,7 @@ from tidings.catalog.scan import Kept
 from tidings.dashboard.config import Config
 from tidings.dashboard.text import utc
 from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State, dlq_topic
-from tidings.trace import Tracer
+from tidings.trace import Tracer, note
 from tidings.transport import Transport
 from tidings.transports import open_transport
 
@@ -104,6 +104,7 @@ class Dashboard:
         )
         self.templates.filters["utc"] = utc
         self.templates.filters["size"] = size_text
+        self.templates.filters["trace_note"] = note  # progress and cancellations, as the CLI says
 
     async def app(self) -> Tidings:
         """The opened log (opened now if it is not yet)."""

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 __all__ = ["utc"]
 
 
-def utc(ts: float) -> str:
-    """Unix seconds as ISO-8601 UTC with a ``Z``, as the command line prints times."""
-    when = datetime.fromtimestamp(ts, UTC)
+def utc(ts: float | datetime) -> str:
+    """Unix seconds (or a time) as ISO-8601 UTC with a ``Z``, as the command line
+    prints times."""
+    when = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts, UTC)
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")

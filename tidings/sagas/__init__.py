@@ -60,7 +60,7 @@ status, times), ``tidings_saga_history``, ``tidings_saga_deadlines``,
 """
 
 from tidings.sagas._app import SagaApp
-from tidings.sagas._query import SagaInfo, list_sagas, show_saga
+from tidings.sagas._query import SagaInfo, list_sagas, saga_databases, show_saga
 from tidings.sagas._saga import Saga, StepFunction
 from tidings.sagas._step import DEADLINE_TYPE, SagaStep
 from tidings.sagas._store import SagaConflict
@@ -76,5 +76,6 @@ __all__ = [
     "SagaStep",
     "StepFunction",
     "list_sagas",
+    "saga_databases",
     "show_saga",
 ]

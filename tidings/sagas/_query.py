@@ -13,9 +13,10 @@ from sqlalchemy.engine import Engine
 
 from tidings._sql import make_engine, safe_url, with_psycopg
 from tidings.errors import ConfigError, TidingsError
+from tidings.sagas._app import SagaApp
 from tidings.sagas._tables import DEFAULT_PREFIX, SagaTables, define
 
-__all__ = ["SagaInfo", "list_sagas", "show_saga"]
+__all__ = ["SagaInfo", "list_sagas", "saga_databases", "show_saga"]
 
 STATUSES = ("active", "finished", "failed")
 
@@ -35,6 +36,17 @@ class SagaInfo:
     history: list[dict[str, Any]] = field(default_factory=list)
     deadlines: list[dict[str, Any]] = field(default_factory=list)
     parked: list[dict[str, Any]] = field(default_factory=list)
+
+
+def saga_databases(app: SagaApp, name: str | None = None) -> list[Engine]:
+    """The databases of the sagas ``app`` declares (only of the saga ``name`` if
+    given), one engine per URL: what ``tidings sagas --app`` and the dashboard read."""
+    found: dict[str, Engine] = {}
+    for sub in app.subscribers:
+        saga = getattr(sub.handler, "saga", None)
+        if saga is not None and (name is None or saga.name == name):
+            found.setdefault(str(saga.engine.url), saga.engine)
+    return list(found.values())
 
 
 def _open(db: str | Engine) -> tuple[Engine, bool]:
