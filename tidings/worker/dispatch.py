@@ -236,12 +236,15 @@ class Dispatcher:
         if self.runs[(record.topic, event.type)] == LOOP:
             return await self._run_on_loop(run, handled)
         items = []
-        parted = self._parted(self.routes[(record.topic, event.type)])
+        routes, runs, parts = self.routes, self.runs, self.parts
+        # Which subscriber a middleware's part serves: asked only of a group that has one.
+        parted = self._parted(routes[(record.topic, event.type)]) if parts else None
         for record, event in run:
             key = (record.topic, event.type)
-            if self.runs[key] != THREAD or self._parted(self.routes[key]) is not parted:
+            route = routes[key]
+            if runs[key] != THREAD or (parts and self._parted(route) is not parted):
                 break
-            items.append((record, event, self.routes[key]))
+            items.append((record, event, route))
         calls = None
         if parted is not None:
             part = self.parts[id(parted)]
