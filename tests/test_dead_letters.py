@@ -363,8 +363,7 @@ async def test_a_group_starting_at_latest_still_reads_replays_sent_while_it_was_
         handled.append(task.task_id)
 
     async with app:
-        async with running(app):
-            await asyncio.sleep(0.2)  # joined at the end of the topic
+        async with running(app):  # joined at the end of the topic
             await app.publish("tasks", Task(task_id="t-1"))
             await wait_dead(app, "late", 1)
         broken = False

@@ -205,3 +205,52 @@ def test_the_unreachable_message_says_what_was_met_and_what_to_check() -> None:
     seen = unreachable(RuntimeError("x"), "kafka://b:9092", 5, "SSL handshake failed")
     assert "(no answer to a metadata request: x; librdkafka: SSL handshake failed)" in str(seen)
     assert "connect_timeout_ms=" in str(seen)
+
+
+class _Assigning:
+    """A librdkafka consumer in an assignment callback, as far as pin_latest asks it:
+    partition 0 was committed at 5, partition 1 never; ends are 9 and 4."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.assigned: list[tuple[str, int, int]] | None = None
+
+    def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        if self.fail:
+            raise RuntimeError("KafkaError{code=_TIMED_OUT}")
+        return [TopicPartition(tp.topic, tp.partition, 5 if tp.partition == 0 else -1001)
+                for tp in partitions]  # fmt: skip
+
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        assert not cached  # the broker's end now, not what a fetch last saw
+        return (0, {0: 9, 1: 4}[tp.partition])
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in partitions]
+
+
+def test_a_group_at_latest_is_assigned_the_end_of_what_it_never_committed_on() -> None:
+    from confluent_kafka import TopicPartition
+
+    from tidings.transports.kafka.latest import pin_latest
+
+    consumer = _Assigning()
+    assert pin_latest(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)], "g")
+    assert consumer.assigned == [("t", 0, 5), ("t", 1, 4)]  # its commit kept; the end
+    assert not pin_latest(consumer, [], "g")  # nothing to assign: librdkafka does it
+
+
+def test_a_group_at_latest_that_cannot_ask_the_broker_is_assigned_as_usual(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from confluent_kafka import TopicPartition
+
+    from tidings.transports.kafka.latest import pin_latest
+
+    consumer = _Assigning(fail=True)
+    assert not pin_latest(consumer, [TopicPartition("t", 0)], "g")
+    assert consumer.assigned is None  # left to librdkafka, which looks the end up later
+    assert "group 'g': could not fix where it starts" in caplog.text
+    assert "_TIMED_OUT" in caplog.text

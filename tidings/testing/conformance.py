@@ -173,10 +173,13 @@ class TransportConformance(TopicDeletionConformance):
     ) -> None:
         await self._fill(transport, 20)
         c = await self._member(transport, consumers, "late", start_from="latest")
-        assert await c.fetch(100, timeout=0.2) == []
+        # Appended as soon as the member is started: after its start, so it is read
+        # (on Kafka librdkafka looked the end up later, at its first fetch, and
+        # skipped it now and then).
         await transport.append("t", [("k", b"new")])
         [record] = await drain(c, 1)
         assert record.value == b"new"
+        assert await c.fetch(100, timeout=0.2) == []  # and none of the 20 before it
 
     async def test_a_consumer_needs_a_group_name_and_valid_topics(
         self, transport: Transport

@@ -35,6 +35,7 @@ from tidings.errors import ConfigError, TransportError
 from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports.kafka.client import TransportClient
 from tidings.transports.kafka.errors import fenced, member_warning, translate
+from tidings.transports.kafka.latest import pin_latest
 
 __all__ = ["Member"]
 
@@ -101,6 +102,7 @@ class Member(Consumer):
         # ConsumerDead); set on that thread before it serves its last requests.
         self.error: TransportError | ConfigError | None = None
         self.closed = False
+        self._eager = True  # eager rebalancing (range): on_assign may assign with offsets
 
     # -- the polling thread ------------------------------------------------------------
 
@@ -235,6 +237,8 @@ class Member(Consumer):
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         added = frozenset((tp.topic, tp.partition) for tp in partitions) - self._assigned
+        if self.start_from == "latest" and self._eager:
+            pin_latest(consumer, partitions, self.group)
         with self._lock:
             self._own(added=added)
         # The rebalance is over (this runs at the end of each one, even with nothing
@@ -332,6 +336,7 @@ class Member(Consumer):
         for topic in self.topics:  # subscribing to a missing topic is an error in Kafka
             await self._client.create_topic(topic)
         conf = self._client.config.consumer(self.group, self.start_from)
+        self._eager = "cooperative" not in str(conf.get("partition.assignment.strategy"))
         conf["client.id"] = f"{conf['client.id']}-{self.member}"  # groups() shows it
         self._joined = loop.create_future()
         self._closed_down = loop.create_future()
