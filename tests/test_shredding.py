@@ -584,3 +584,32 @@ async def test_a_saga_that_asks_for_personal_data_gets_it_and_others_get_masks(
         await app.publish("tasks", Assigned(task_id="t-1", assignee="ann"))
         await eventually(lambda: len(seen) == 2, what="both sagas")
     assert seen == {"clear": "ann", "masked": MASK}
+
+
+async def test_a_def_handler_given_clear_values_in_a_run_keeps_its_inbox_session(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from tidings import Context
+    from tidings.inbox import Inbox
+
+    app = make_app(sqlite_url, True)
+    inbox = Inbox(f"sqlite:///{tmp_path}/effects.db")
+    inbox.create_table()
+    seen: list[tuple[str, bool]] = []
+
+    @app.subscriber("tasks", group="mail", personal=True, inbox=inbox)
+    def mail(task: Assigned, ctx: Context) -> None:
+        seen.append((task.assignee, ctx.session is not None))  # clear, redaction-guarded
+        ctx.session.execute(sa.text("SELECT 1"))
+
+    try:
+        async with app, running(app):
+            await app.publish_many(
+                "tasks", [Assigned(task_id=f"t-{i}", assignee="ann") for i in range(5)]
+            )
+            await eventually(lambda: len(seen) == 5)
+    finally:
+        await inbox.close()
+    assert seen == [("ann", True)] * 5

@@ -364,7 +364,7 @@ class Dispatcher:
         if data is not event.data and self._clear(sub):  # what it raises, redacted
             args: tuple[Any, ...] = (payload,)
             if sub.takes_context:
-                args = (payload, self._context(event, record, 1, None))
+                args = (payload, self._context(event, record, 1, session))
             if sub.is_async:
                 return guarded(lambda: sub.handler(*args), event.data, data)
             return guarded_sync(lambda: sub.handler(*args), event.data, data)
