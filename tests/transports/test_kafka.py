@@ -292,7 +292,12 @@ async def test_tansu_strands_a_group_whose_leader_leaves_mid_rebalance(
     # Kafka elects another leader.) So C never gets a first assignment and B never
     # gets A's partitions. (B gave its own up when the rebalance began: the range
     # assignor is eager, decision 0011; it never gets anything back either.)
-    transport, (b, c), joining = await _leader_leaves_mid_rebalance(kafka_url, monkeypatch)
+    # A session of 6 s: Tansu holds C's join for half of it, time enough on a busy
+    # machine for A to leave before the rebalance is over (at 2 s it was over first
+    # once, at load 10, and C was assigned).
+    assert "session_timeout_ms=2000" in kafka_url
+    slow = kafka_url.replace("session_timeout_ms=2000", "session_timeout_ms=6000")
+    transport, (b, c), joining = await _leader_leaves_mid_rebalance(slow, monkeypatch)
     try:
         done, _ = await asyncio.wait([joining], timeout=8)
         assert not done, FIXED
