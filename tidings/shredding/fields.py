@@ -163,25 +163,16 @@ class Shredder:
             return None
         data: dict[str, Any] = payload.__pydantic_serializer__.to_python(payload, mode="json")
         one = self._one.get(model)
-        if one is not None:  # the common case, in one step (the loop below does the same)
+        if one is not None:  # the common case, without the walk below (the same result)
             names, subject_name, paths = one
             get = data.get
             values = [get(name) for name in names]
             subject = get(subject_name)
             if None not in values and subject is not None:
-                kid, data_key = self.keys.key_for(subject if type(subject) is str else str(subject))
-                cipher = self._ciphers.get(data_key) or self._cipher(data_key)
-                count = next(self._counter)
-                if count >= _NONCES:
-                    self._fixed, self._counter = os.urandom(8), itertools.count(1)
-                    count = 0
-                nonce = self._fixed + count.to_bytes(4, "big")
-                ct = cipher.encrypt(nonce, orjson.dumps(values), f"2/{event_id}/{paths}".encode())
+                line = self._line(event_id, str(subject), values, paths)
                 for name in names:
                     data[name] = MASK
-                data[SEALED] = (
-                    f"{kid} {binascii.b2a_base64(nonce + ct, newline=False).decode()} {paths}"
-                )
+                data[SEALED] = line
                 return data
         # Every subject is read before any field is masked (a field may be its own subject).
         found: list[tuple[Any, Any, str, Any, Any]] = []
@@ -198,37 +189,32 @@ class Shredder:
             self._find(payload, data, fields, found)
         if not found:
             return data
-        # What follows is the cost of every event with personal fields: its calls and
-        # lookups are hoisted. The nonce: this instance's random 64-bit field, then a
-        # 32-bit counter (NIST SP 800-38D's deterministic construction; a new random
-        # field before the counter wraps).
-        subject = found[0][4]
-        if all(f[4] == subject for f in found):  # one subject: most events
-            groups = {subject: found}
-        else:
-            groups = {}
-            for f in found:
-                groups.setdefault(f[4], []).append(f)
-        key_for, cipher_for, dumps = self.keys.key_for, self._cipher, orjson.dumps
+        groups: dict[Any, list[tuple[Any, Any, str, Any, Any]]] = {}
+        for f in found:
+            groups.setdefault(f[4], []).append(f)
         lines = []
         for subject, group in groups.items():
-            kid, data_key = key_for(str(subject))
-            cipher = self._ciphers.get(data_key) or cipher_for(data_key)
-            count = next(self._counter)
-            if count >= _NONCES:
-                self._fixed, self._counter = os.urandom(8), itertools.count(1)
-                count = 0
-            nonce = self._fixed + count.to_bytes(4, "big")
             paths = " ".join([f[2] for f in group])
-            ct = cipher.encrypt(
-                nonce, dumps([f[3] for f in group]), f"2/{event_id}/{paths}".encode()
-            )
-            text = binascii.b2a_base64(nonce + ct, newline=False).decode("ascii")
-            lines.append(f"{kid} {text} {paths}")
+            lines.append(self._line(event_id, str(subject), [f[3] for f in group], paths))
             for holder, key, _, _, _ in group:
                 holder[key] = MASK
-        data[SEALED] = lines[0] if len(lines) == 1 else "\n".join(lines)
+        data[SEALED] = "\n".join(lines)
         return data
+
+    def _line(self, event_id: str, subject: str, values: list[Any], paths: str) -> str:
+        """The sealed line of ``subject``'s ``values`` at ``paths`` of event ``event_id``.
+        The nonce: this instance's random 64-bit field, then a 32-bit counter (NIST SP
+        800-38D's deterministic construction; a new random field before the counter
+        wraps)."""
+        kid, data_key = self.keys.key_for(subject)
+        cipher = self._ciphers.get(data_key) or self._cipher(data_key)
+        count = next(self._counter)
+        if count >= _NONCES:
+            self._fixed, self._counter = os.urandom(8), itertools.count(1)
+            count = 0
+        nonce = self._fixed + count.to_bytes(4, "big")
+        ct = cipher.encrypt(nonce, orjson.dumps(values), f"2/{event_id}/{paths}".encode())
+        return f"{kid} {binascii.b2a_base64(nonce + ct, newline=False).decode()} {paths}"
 
     def _find(
         self,
