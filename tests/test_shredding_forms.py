@@ -6,39 +6,16 @@ from __future__ import annotations
 
 import base64
 import copy
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 import pytest
-from pydantic import BaseModel
 
+from tests.test_shredding import Assigned, Contact, Pair, Team
 from tidings.errors import DecodeError
-from tidings.personal import Personal
 from tidings.shredding import ERASED, MASK, Shredder
 from tidings.shredding.fields import SEALED, mask, shown
 from tidings.shredding.redaction import clear_values
-
-
-class Assigned(BaseModel):
-    task_id: str
-    assignee: Annotated[str, Personal(subject="assignee")]
-    email: Annotated[str | None, Personal(subject="assignee")] = None
-    n: int = 0
-
-
-class Contact(BaseModel):
-    person_id: str
-    phones: list[Annotated[str, Personal(subject="person_id")]]
-
-
-class Team(BaseModel):
-    name: str
-    members: list[Contact]
-
-
-class Pair(BaseModel):
-    owner: Annotated[str, Personal(subject="owner")]
-    buyer: Annotated[str, Personal(subject="buyer")]
 
 
 class Fixed:
