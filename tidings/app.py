@@ -21,7 +21,7 @@ from tidings.middleware.cancellation import publish_cancel
 from tidings.publish_options import check_extension_names, due, per_payload_options
 from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
 from tidings.shredding.erasure import erase, shredder_for, watching
-from tidings.shredding.fields import EXTENSION
+from tidings.shredding.fields import EXTENSION, FORM
 from tidings.subscriber import Component, GroupSettings, Subscriber
 from tidings.transport import Transport, check_topic_name
 from tidings.transports import open_transport
@@ -235,7 +235,7 @@ class Tidings(Declarations):
         if self.shredder is not None and schema is not None:
             sealed = self.shredder.seal(event_id, payload)
             if sealed is not None:  # the payload's personal fields, encrypted
-                payload, extensions = sealed, {**(extensions or {}), EXTENSION: "v1"}
+                payload, extensions = sealed, {**(extensions or {}), EXTENSION: FORM}
         # Positional: a third cheaper than by keyword, for every event published.
         return Event(
             type, self.service, payload, event_id, time, subject, SPECVERSION, JSON, schema,

@@ -1,12 +1,19 @@
-"""The encrypted form of a personal field, and the walks that seal, open and mask the
-fields of an event's data (decision 0036).
+"""The encrypted form of an event's personal fields, and the walks that seal, open and
+mask them (decisions 0036 and 0044).
 
-A sealed field holds ``{"$enc": "v1", "kid": KID, "ct": BASE64}``: ``ct`` is the
-AES-GCM nonce (12 bytes), ciphertext and tag of the field's JSON value, under the data
-key ``KID`` of the field's subject, authenticated with ``<event id>/<field path>`` (so a
-ciphertext copied into another event, or to another field, fails to open). An event
-with sealed fields carries the extension ``personaldata: "v1"``: readers skip every
-other event at the cost of one dict lookup.
+The sealed form v2: each personal field holds :data:`MASK`, and the data gets one more
+member, :data:`SEALED`, a string with one line per subject::
+
+    KID BASE64 PATH [PATH...]
+
+``BASE64`` is the AES-GCM nonce (12 bytes), ciphertext and tag of the JSON list of that
+subject's field values (in the order of the paths), under the subject's data key
+``KID``, authenticated with ``2/<event id>/<paths, space-separated>``: a line moved to
+another event, or given other paths, fails to open. One key lookup, one cipher call and
+one string per subject and event, where v1 (:mod:`tidings.shredding.form_v1`, still
+read) had them per field. A reader without the keys drops :data:`SEALED` and has the
+masks in place. An event with sealed fields carries the extension
+``personaldata: "v2"``: readers skip every other event at the cost of one dict lookup.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from __future__ import annotations
 import binascii
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -22,6 +30,7 @@ from pydantic import BaseModel
 
 from tidings.errors import ConfigError, DecodeError, TidingsError
 from tidings.personal import PersonalField, personal_fields
+from tidings.shredding.form_v1 import ENCRYPTED, mask_v1, open_v1, walk_v1
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,19 +39,23 @@ __all__ = [
     "ENCRYPTED",
     "ERASED",
     "EXTENSION",
+    "FORM",
     "MASK",
+    "SEALED",
     "KeyStore",
     "KeyStoreError",
     "Shredder",
     "mask",
+    "sealed_values",
     "shown",
 ]
 
-ENCRYPTED = "$enc"
-"""The member that makes an object of an event's data a sealed personal field."""
-VERSION = "v1"
+SEALED = "$sealed"
+"""The member of an event's data that holds its sealed personal fields (form v2)."""
+FORM = "v2"
 EXTENSION = "personaldata"
-"""The envelope extension of an event with sealed fields (value ``"v1"``)."""
+"""The envelope extension of an event with sealed fields (value :data:`FORM`; ``"v1"``
+on events sealed before decision 0044)."""
 MASK = "[personal]"
 """What a reader without the key store (or not asking for personal data) sees."""
 ERASED = "[erased]"
@@ -103,6 +116,12 @@ class Shredder:
     def __init__(self, keys: KeyStore) -> None:
         self.keys = keys
         self._fields: dict[type[BaseModel], list[tuple[PersonalField, list[str], list[str]]]] = {}
+        # A model's fields as (name, subject name) when all are the payload's own: the
+        # common case, sealed without a walk. None: some are nested.
+        self._flat: dict[type[BaseModel], list[tuple[str, str]] | None] = {}
+        # A model whose fields are all its own and of one subject field: (their names,
+        # that subject's name, their paths joined), sealed in one step.
+        self._one: dict[type[BaseModel], tuple[tuple[str, ...], str, str]] = {}
         self._ciphers: dict[bytes, AESGCM] = {}
         self._fixed, self._counter = os.urandom(8), itertools.count()
 
@@ -118,96 +137,177 @@ class Shredder:
         """``model``'s personal fields, with their paths' and subjects' tokens."""
         found = self._fields.get(model)
         if found is None:
-            found = self._fields[model] = [
-                (f, _tokens(f.path), _tokens(f.subject)) for f in personal_fields(model)
-            ]
+            found = [(f, _tokens(f.path), _tokens(f.subject)) for f in personal_fields(model)]
+            for f, _, _ in found:
+                if " " in f.path or "\n" in f.path:  # the separators of the sealed form
+                    raise ConfigError(
+                        f"{model.__name__}.{f.path} is personal data, but its name has a "
+                        "space or a line break: it cannot be sealed"
+                    )
+            flat = all(len(t) == 1 and len(s) == 1 for _, t, s in found)
+            self._flat[model] = [(t[0], s[0]) for _, t, s in found] if flat else None
+            if flat and found and len({s[0] for _, _, s in found}) == 1:
+                names = tuple(t[0] for _, t, _ in found)
+                self._one[model] = (names, found[0][2][0], " ".join(names))
+            self._fields[model] = found
         return found
 
     def seal(self, event_id: str, payload: BaseModel) -> dict[str, Any] | None:
         """``payload``'s JSON data with its personal fields sealed for event
         ``event_id``; None if its model has none (the payload goes as it is)."""
-        fields = self._fields.get(type(payload))
+        model = type(payload)
+        fields = self._fields.get(model)
         if fields is None:
-            fields = self.fields(type(payload))
+            fields = self.fields(model)
         if not fields:
             return None
         data: dict[str, Any] = payload.__pydantic_serializer__.to_python(payload, mode="json")
-        found = []  # every subject read before any field (a field may be its own subject)
-        for field, tokens, subject_tokens in fields:
-            if len(tokens) == 1 and len(subject_tokens) == 1:  # a field of the payload itself
-                name = tokens[0]
+        one = self._one.get(model)
+        if one is not None:  # the common case, without the walk below (the same result)
+            names, subject_name, paths = one
+            get = data.get
+            values = [get(name) for name in names]
+            subject = get(subject_name)
+            if None not in values and subject is not None:
+                line = self._line(event_id, str(subject), values, paths)
+                for name in names:
+                    data[name] = MASK
+                data[SEALED] = line
+                return data
+        # Every subject is read before any field is masked (a field may be its own subject).
+        found: list[tuple[Any, Any, str, Any, Any]] = []
+        flat = self._flat[model]
+        if flat is not None:
+            for name, subject_name in flat:
                 value = data.get(name)
-                if value is None:
-                    continue
-                subject = data.get(subject_tokens[0])
-                if subject is None:
-                    raise self._no_subject(payload, name, field)
-                found.append((data, name, name, value, str(subject)))
-                continue
+                if value is not None:
+                    subject = data.get(subject_name)
+                    if subject is None:
+                        raise self._no_subject(payload, name, subject_name)
+                    found.append((data, name, name, value, subject))
+        else:
+            self._find(payload, data, fields, found)
+        if not found:
+            return data
+        groups: dict[Any, list[tuple[Any, Any, str, Any, Any]]] = {}
+        for f in found:
+            groups.setdefault(f[4], []).append(f)
+        lines = []
+        for subject, group in groups.items():
+            paths = " ".join([f[2] for f in group])
+            lines.append(self._line(event_id, str(subject), [f[3] for f in group], paths))
+            for holder, key, _, _, _ in group:
+                holder[key] = MASK
+        data[SEALED] = "\n".join(lines)
+        return data
+
+    def _line(self, event_id: str, subject: str, values: list[Any], paths: str) -> str:
+        """The sealed line of ``subject``'s ``values`` at ``paths`` of event ``event_id``.
+        The nonce: this instance's random 64-bit field, then a 32-bit counter (NIST SP
+        800-38D's deterministic construction; a new random field before the counter
+        wraps)."""
+        kid, data_key = self.keys.key_for(subject)
+        cipher = self._ciphers.get(data_key) or self._cipher(data_key)
+        count = next(self._counter)
+        if count >= _NONCES:
+            self._fixed, self._counter = os.urandom(8), itertools.count(1)
+            count = 0
+        nonce = self._fixed + count.to_bytes(4, "big")
+        ct = cipher.encrypt(nonce, orjson.dumps(values), f"2/{event_id}/{paths}".encode())
+        return f"{kid} {binascii.b2a_base64(nonce + ct, newline=False).decode()} {paths}"
+
+    def _find(
+        self,
+        payload: BaseModel,
+        data: dict[str, Any],
+        fields: list[tuple[PersonalField, list[str], list[str]]],
+        found: list[tuple[Any, Any, str, Any, Any]],
+    ) -> None:
+        """Each (holder, key, path, value, subject) of a personal field of ``data``."""
+        for field, tokens, subject_tokens in fields:
             for holder, key, where, indices in _places(data, tokens, "", ()):
                 value = holder[key]
                 if value is None:
                     continue
-                if len(subject_tokens) == 1:
-                    subject = data.get(subject_tokens[0])
-                else:
-                    subject = _value_at(data, subject_tokens, indices)
+                subject = _value_at(data, subject_tokens, indices)
                 if subject is None:
-                    raise self._no_subject(payload, where, field)
-                found.append((holder, key, where, value, str(subject)))
-        # The loop below is the cost of every event with personal fields: its calls and
-        # lookups are hoisted. The nonce: this instance's random 64-bit field, then a
-        # 32-bit counter (NIST SP 800-38D's deterministic construction; a new random
-        # field before the counter wraps).
-        key_for, ciphers, cipher_for = self.keys.key_for, self._ciphers, self._cipher
-        prefix, dumps, b64 = event_id + "/", orjson.dumps, binascii.b2a_base64
-        for holder, key, where, value, subject in found:
-            kid, data_key = key_for(subject)
-            cipher = ciphers.get(data_key) or cipher_for(data_key)
-            count = next(self._counter)
-            if count >= _NONCES:
-                self._fixed, self._counter = os.urandom(8), itertools.count(1)
-                count = 0
-            nonce = self._fixed + count.to_bytes(4, "big")
-            ct = cipher.encrypt(nonce, dumps(value), (prefix + where).encode())
-            text = b64(nonce + ct, newline=False).decode("ascii")
-            holder[key] = {ENCRYPTED: VERSION, "kid": kid, "ct": text}
-        return data
+                    raise self._no_subject(payload, where, field.subject)
+                found.append((holder, key, where, value, subject))
 
     @staticmethod
-    def _no_subject(payload: BaseModel, where: str, field: PersonalField) -> ConfigError:
+    def _no_subject(payload: BaseModel, where: str, subject: str) -> ConfigError:
         return ConfigError(
             f"{type(payload).__name__}.{where} is personal data, but its subject "
-            f"{field.subject} is empty: no key to encrypt it with"
+            f"{subject} is empty: no key to encrypt it with"
         )
 
     def open(self, event_id: str, data: Any) -> Any:
         """A copy of ``data`` with its sealed fields in clear (:data:`ERASED` where the
-        key is gone). A field that fails authentication raises DecodeError."""
-        return _rewrite(data, "", self._open, event_id + "/")
+        key is gone), v2 or v1. A field that fails authentication raises DecodeError."""
+        if type(data) is dict:
+            lines = data.get(SEALED)
+            if lines is not None:
+                return self._open(event_id, data, lines)
+        return open_v1(event_id, data, partial(self._open_v1, event_id))
 
-    def _open(self, prefix: str, sealed: dict[str, Any], where: str) -> Any:
-        """The clear value of the field ``sealed`` at ``where`` of the event whose id
-        and a slash are ``prefix``."""
-        kid = sealed.get("kid")
-        try:
-            raw = binascii.a2b_base64(sealed["ct"], strict_mode=True)
-        except (KeyError, TypeError, ValueError):
-            raise DecodeError(
-                f"personal field {where} of event {prefix[:-1]} is malformed"
-            ) from None
-        key = self.keys.key(kid) if type(kid) is str else None
+    def _open(self, event_id: str, data: dict[str, Any], lines: Any) -> dict[str, Any]:
+        out = data.copy()
+        del out[SEALED]
+        if type(lines) is not str:
+            raise _malformed(event_id, SEALED)
+        copied: set[int] | None = None  # the containers copied on the way to nested fields
+        for line in lines.split("\n") if "\n" in lines else (lines,):
+            parts = line.split(" ", 2)  # KID BASE64 PATHS
+            if len(parts) != 3:
+                raise _malformed(event_id, SEALED)
+            kid, text, paths = parts
+            where = paths.split(" ")
+            key = self.keys.key(kid)
+            if key is None:
+                values = [ERASED] * len(where)
+            else:
+                try:
+                    raw = binascii.a2b_base64(text, strict_mode=True)
+                except ValueError:
+                    raise _malformed(event_id, paths) from None
+                cipher = self._ciphers.get(key) or self._cipher(key)
+                try:
+                    clear = cipher.decrypt(
+                        raw[:_NONCE], raw[_NONCE:], f"2/{event_id}/{paths}".encode()
+                    )
+                except _invalid_tag():
+                    raise DecodeError(
+                        f"personal field {paths} of event {event_id} fails authentication "
+                        f"with key {kid}: changed since it was sealed, or moved from another "
+                        "event or field"
+                    ) from None
+                values = orjson.loads(clear)
+                if type(values) is not list or len(values) != len(where):
+                    raise _malformed(event_id, paths)
+            for path, value in zip(where, values, strict=False):  # lengths checked
+                if path in out:  # a field of the payload itself (a nested path has . or [)
+                    out[path] = value
+                else:
+                    if copied is None:
+                        copied = set()
+                    _put(out, path, value, copied, event_id)
+        return out
+
+    def _open_v1(
+        self, event_id: str, kid: str | None, nonce: bytes, ct: bytes, aad: bytes, where: str
+    ) -> Any:
+        """One v1 sealed field's clear value (:mod:`tidings.shredding.form_v1`)."""
+        key = self.keys.key(kid) if kid is not None else None
         if key is None:
             return ERASED
         cipher = self._ciphers.get(key) or self._cipher(key)
         try:
-            clear = cipher.decrypt(raw[:_NONCE], raw[_NONCE:], (prefix + where).encode())
+            return orjson.loads(cipher.decrypt(nonce, ct, aad))
         except _invalid_tag():
             raise DecodeError(
-                f"personal field {where} of event {prefix[:-1]} fails authentication with "
+                f"personal field {where} of event {event_id} fails authentication with "
                 f"key {kid}: changed since it was sealed, or moved from another event"
             ) from None
-        return orjson.loads(clear)
 
     def erase(self, subject: str) -> str | None:
         return self.keys.erase(subject)
@@ -228,11 +328,9 @@ class Shredder:
 
 def mask(data: Any) -> Any:
     """A copy of ``data`` with every sealed field replaced by :data:`MASK`."""
-    return _rewrite(data, "", _masked, "")
-
-
-def _masked(context: str, sealed: dict[str, Any], where: str) -> str:
-    return MASK
+    if type(data) is dict and SEALED in data:  # v2: the masks are in place already
+        return {k: v for k, v in data.items() if k != SEALED}
+    return mask_v1(data, MASK)
 
 
 def shown(event_id: str, data: Any, shredder: Shredder | None) -> Any:
@@ -240,32 +338,61 @@ def shown(event_id: str, data: Any, shredder: Shredder | None) -> Any:
     return mask(data) if shredder is None else shredder.open(event_id, data)
 
 
-def _rewrite(
-    value: Any, where: str, sealed: Callable[[str, dict[str, Any], str], Any], context: str
-) -> Any:
-    """A copy of ``value`` with each sealed field ``sealed(context, field, path)``;
-    scalars are copied inline (this runs for every event with personal fields)."""
-    if isinstance(value, dict):
-        if ENCRYPTED in value:
-            return sealed(context, value, where)
-        out = {}
-        for k, v in value.items():
-            kind = type(v)
-            if kind is dict:
-                if ENCRYPTED in v:  # a sealed field: no call of _rewrite for it
-                    v = sealed(context, v, f"{where}.{k}" if where else k)
-                else:
-                    v = _rewrite(v, f"{where}.{k}" if where else k, sealed, context)
-            elif kind is list:
-                v = _rewrite(v, f"{where}.{k}" if where else k, sealed, context)
-            out[k] = v
-        return out
-    if isinstance(value, list):
-        return [
-            _rewrite(v, f"{where}[{i}]", sealed, context) if type(v) in (dict, list) else v
-            for i, v in enumerate(value)
-        ]
-    return value
+def sealed_values(sealed: Any, opened: Any) -> list[Any]:
+    """The values of ``opened`` (``sealed``'s data, opened) at ``sealed``'s sealed
+    fields."""
+    found: list[Any] = []
+    lines = sealed.get(SEALED) if type(sealed) is dict else None
+    if lines is None:
+        walk_v1(sealed, opened, found.append)
+    elif type(lines) is str:
+        for line in lines.split("\n"):
+            for path in line.split(" ")[2:]:
+                try:
+                    found.append(_get(opened, _steps(path)))
+                except (KeyError, IndexError, TypeError, ValueError):
+                    continue
+    return found
+
+
+def _malformed(event_id: str, where: str) -> DecodeError:
+    return DecodeError(f"personal field {where} of event {event_id} is malformed")
+
+
+def _steps(path: str) -> list[str | int]:
+    """``members[0].phones[1]`` as ``["members", 0, "phones", 1]``."""
+    steps: list[str | int] = []
+    for part in path.split("."):
+        name, _, rest = part.partition("[")
+        steps.append(name)
+        if rest:
+            steps.extend(int(index) for index in rest.removesuffix("]").split("]["))
+    return steps
+
+
+def _get(data: Any, steps: list[str | int]) -> Any:
+    for step in steps:
+        data = data[step]
+    return data
+
+
+def _put(out: dict[str, Any], path: str, value: Any, copied: set[int], event_id: str) -> None:
+    """Set ``value`` at ``path`` of ``out``, copying each container on the way once (the
+    data read is shared by every reader of the event)."""
+    try:
+        steps = _steps(path)
+        holder: Any = out
+        for step in steps[:-1]:
+            child = holder[step]
+            if id(child) not in copied:
+                child = holder[step] = child.copy()
+                copied.add(id(child))
+            holder = child
+        if type(holder) is dict and steps[-1] not in holder:
+            raise KeyError(path)  # a sealed field is always there, masked
+        holder[steps[-1]] = value
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise _malformed(event_id, path) from None
 
 
 def _tokens(path: str) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tidings.shredding.fields import ENCRYPTED, ERASED, MASK
+from tidings.shredding.fields import ERASED, MASK, sealed_values
 
 __all__ = ["MIN_LENGTH", "clear_values", "guarded", "guarded_sync", "redact"]
 
@@ -28,23 +28,10 @@ def clear_values(sealed: Any, opened: Any) -> list[str]:
     """The strings of ``opened`` where ``sealed`` (the same data) holds a sealed field,
     longest first."""
     found: set[str] = set()
-    _walk(sealed, opened, found)
+    for value in sealed_values(sealed, opened):
+        _strings(value, found)
     found -= {MASK, ERASED}
     return sorted((v for v in found if len(v) >= MIN_LENGTH), key=len, reverse=True)
-
-
-def _walk(sealed: Any, opened: Any, found: set[str]) -> None:
-    if isinstance(sealed, dict):
-        if ENCRYPTED in sealed:
-            _strings(opened, found)
-        elif isinstance(opened, dict):
-            for k, v in sealed.items():
-                if isinstance(v, dict | list):
-                    _walk(v, opened.get(k), found)
-    elif isinstance(sealed, list) and isinstance(opened, list):
-        for s, o in zip(sealed, opened, strict=False):
-            if isinstance(s, dict | list):
-                _walk(s, o, found)
 
 
 def _strings(value: Any, found: set[str]) -> None:
