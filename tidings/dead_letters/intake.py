@@ -91,7 +91,6 @@ class Intake:
         stats: Stats,
         stopping: asyncio.Event,
         runs: Runs | None = None,
-        decode_value: Callable[[bytes], Event] | None = None,
     ) -> None:
         self.transport = log.transport
         self.group = log.group
@@ -100,9 +99,6 @@ class Intake:
         self.writes = writes
         self.parks = sequenced and writes
         self.decode = decode
-        # What decode does from the record's value alone, if it can (a C-level call
-        # into the codec: a Python frame less per event of a run).
-        self.decode_value = decode_value
         self.dispatch = dispatch
         self.stats = stats
         self.stopping = stopping
@@ -169,8 +165,8 @@ class Intake:
 
     def _plain_run(self, queue: Sequence[Record], runs: Runs) -> list[tuple[Record, Event]]:
         run: list[tuple[Record, Event]] = []
-        retry_topic, parks, decode, decode_value, batchable = (
-            self.retry_topic, self.parks, self.decode, self.decode_value, runs.batchable
+        retry_topic, parks, decode, batchable = (
+            self.retry_topic, self.parks, self.decode, runs.batchable
         )  # fmt: skip
         for record in itertools.islice(queue, self.run_size):
             if record.topic == retry_topic:
@@ -178,7 +174,7 @@ class Intake:
             if parks and (record.topic, record.key) in self.log.by_key:
                 break  # perhaps parked: see take
             try:
-                event = decode(record) if decode_value is None else decode_value(record.value)
+                event = decode(record)
             except Exception:
                 break  # poison: see take
             if not batchable(record, event):

@@ -9,7 +9,6 @@ import logging
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tidings.codec import decode
@@ -162,8 +161,6 @@ class Worker:
         middleware = with_rate_limit(self.middleware, self.rate_limits.get(group))
 
         def make_intake(stopping: asyncio.Event) -> Intake:
-            # decoded_afresh without its frame, for the runs' decoding ahead.
-            by_value = partial(decode, max_bytes=app.max_event_bytes)
             dispatcher = Dispatcher(
                 app, app.registry, group, subscribers, middleware, stats=self.stats,
                 stopping=stopping, dead_letters=dead if writes else None, threads=self.threads,
@@ -173,7 +170,6 @@ class Worker:
             return Intake(
                 dead, sequenced=app.group_settings(group).sequenced, writes=writes,
                 decode=self.decoded if len(self.groups) > 1 else self.decoded_afresh,
-                decode_value=None if len(self.groups) > 1 else by_value,
                 dispatch=dispatcher.dispatch, stats=self.stats,
                 stopping=stopping, runs=dispatcher if dispatcher.batches else None,
             )  # fmt: skip
