@@ -381,20 +381,17 @@ class Dispatcher:
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
     ) -> int:
         """:meth:`dispatch_run` for async handlers: each awaited in turn, in this task
-        (its context variables, as :meth:`dispatch` has them), with each call as the
-        causal scope while it runs."""
+        (its context variables, as :meth:`dispatch` has them), each call the causal scope."""
         stopping, stats, kinds = self.stopping, self.stats, self.runs
         first_call, set_scope, group = self._first_call, causal_scope.set, self.group
         clock, durations = time.perf_counter, self.durations
-        now = clock()
-        until = now + RUN_SECONDS
+        until = (now := clock()) + RUN_SECONDS
         # The clock at the start and at each event's end (read once per event: the time
         # check), if handling times are kept; counted once per run, as the handled.
         marks = None if durations is None else [now]
         done = 0
         token = set_scope(None)
-        # The route is looked up again only where the (topic, event type, version)
-        # changes; so is whether its handler may be called straight (``direct``).
+        # The route, and whether its handler is called straight: again where these change.
         topic, event_type, version = run[0][0].topic, run[0][1].type, run[0][1].dataversion
         route, shared, direct = self._on_loop(topic, event_type, version)
         try:
