@@ -293,6 +293,14 @@ class Registry:
         except ValidationError as exc:
             raise _mismatch(contract, exc) from None
 
+    def passes_raw(self, type: str, version: int | None) -> bool:
+        """Whether :meth:`decode_payload` gives an event of ``type`` at ``version`` its
+        data as it is when not ``shared`` (no model and no upcaster for it), so that a
+        caller that knows it may skip the call."""
+        return type not in self._latest and (
+            version is None or (type, version) not in self._upcasters
+        )
+
     def read_version(self, type: str, version: int | None) -> int | None:
         """The version an event of ``type`` written as ``version`` is read as: the end
         of its upcasters' path, else ``version`` itself."""

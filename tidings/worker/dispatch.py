@@ -381,50 +381,52 @@ class Dispatcher:
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
     ) -> int:
         """:meth:`dispatch_run` for async handlers: each awaited in turn, in this task
-        (its context variables, as :meth:`dispatch` has them), with each call as the
-        causal scope while it runs."""
-        stopping, stats, kinds, routes = self.stopping, self.stats, self.runs, self.routes
-        first_call, shared_events, set_scope, group = (
-            self._first_call,
-            self.shared_events,
-            causal_scope.set,
-            self.group,
-        )
+        (its context variables, as :meth:`dispatch` has them), each call the causal scope."""
+        stopping, stats, kinds = self.stopping, self.stats, self.runs
+        first_call, set_scope, group = self._first_call, causal_scope.set, self.group
         clock, durations = time.perf_counter, self.durations
-        now = clock()
-        until = now + RUN_SECONDS
+        until = (now := clock()) + RUN_SECONDS
         # The clock at the start and at each event's end (read once per event: the time
         # check), if handling times are kept; counted once per run, as the handled.
         marks = None if durations is None else [now]
         done = 0
         token = set_scope(None)
-        # The route is looked up again only where the (topic, event type) changes.
-        topic, event_type = run[0][0].topic, run[0][1].type
-        route = routes[(topic, event_type)]
-        shared = shared_events or len(route) > 1
+        # The route, and whether its handler is called straight: again where these change.
+        topic, event_type, version = run[0][0].topic, run[0][1].type, run[0][1].dataversion
+        route, shared, direct = self._on_loop(topic, event_type, version)
         try:
             for n, (record, event) in enumerate(run):
                 if n:
-                    if event.type != event_type or record.topic != topic:
-                        topic, event_type = record.topic, event.type
-                        key = (topic, event_type)
-                        if kinds[key] != LOOP:
+                    if (
+                        event.type != event_type or record.topic != topic
+                        or event.dataversion != version
+                    ):  # fmt: skip
+                        topic, event_type, version = record.topic, event.type, event.dataversion
+                        if kinds[(topic, event_type)] != LOOP:
                             return n
-                        route = routes[key]
-                        shared = shared_events or len(route) > 1
+                        route, shared, direct = self._on_loop(topic, event_type, version)
                     now = clock()  # the previous event's end, and the run's time check
                     if marks is not None:
                         marks.append(now)
                     if stopping.is_set() or now > until:
                         return n
-                for k, (sub, _) in enumerate(route):
-                    set_scope((group, sub, record, event))
+                if direct is not None and not event.extensions:  # _first_call, inline
+                    set_scope((group, direct, record, event))
                     try:
-                        await first_call(sub, record, event, shared)
-                    except Exception as exc:  # the chain decides, as for a thread's run
-                        await self._resume(record, event, route, k, exc)
+                        await direct.handler(event.data)
+                    except Exception as exc:
+                        await self._resume(record, event, route, 0, exc)
                         handled(record)
                         return n + 1
+                else:
+                    for k, (sub, _) in enumerate(route):
+                        set_scope((group, sub, record, event))
+                        try:
+                            await first_call(sub, record, event, shared)
+                        except Exception as exc:  # the chain decides, as in a thread's run
+                            await self._resume(record, event, route, k, exc)
+                            handled(record)
+                            return n + 1
                 done = n + 1
                 handled(record)
             return len(run)
@@ -435,6 +437,19 @@ class Dispatcher:
                 if len(marks) == done:
                     marks.append(clock())  # the last event's end
                 durations.observe_marks(marks, done)
+
+    def _on_loop(
+        self, topic: str, event_type: str, version: int | None
+    ) -> tuple[Route, bool, Subscriber | None]:
+        """An async run's route, whether its payload is shared, and the subscriber
+        whose handler gets an event's data itself (one without extensions): the only
+        one, without context, of a payload neither shared nor modelled; else None."""
+        route = self.routes[(topic, event_type)]
+        shared = self.shared_events or len(route) > 1
+        sub = route[0][0]
+        if shared or sub.takes_context or not self.registry.passes_raw(event_type, version):
+            return route, shared, None
+        return route, shared, sub
 
     async def _resume(
         self, record: Record, event: Event, route: Route, first: int, outcome: Any
