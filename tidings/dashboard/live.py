@@ -36,7 +36,7 @@ async def frame(dashboard: Dashboard, group: str | None, job: str | None) -> dic
     doc: dict[str, object] = {
         "groups": [look.line_json(line) for line in look.lines],
         "depth": depth,
-        "reading": dashboard.still_reading(),
+        "reading": dashboard.still_reading(row.group for row in look.rows),
     }
     if job is not None and job in dashboard.jobs:
         doc["job"] = dashboard.jobs[job].as_json()

@@ -170,14 +170,12 @@ class Dashboard:
         finally:
             self.reading.clear()
 
-    def still_reading(self) -> list[str]:
+    def still_reading(self, groups: Iterable[str]) -> list[str]:
         """What the reading at start has still to read, as the pages waiting for it
         name it (their ``data-reading``): ``catalog``, ``dead-letter lists`` (all the
-        list pages' logs: the trace's) and ``dead-letter list GROUP``."""
-        if "dead-letter lists" not in self.reading:
-            return sorted(self.reading)
-        groups = {g for g in self.counted if g not in self.listed}
-        return sorted(self.reading) + [f"dead-letter list {g}" for g in sorted(groups)]
+        list pages' logs: the trace's) and ``dead-letter list GROUP`` of ``groups``."""
+        lists = [f"dead-letter list {g}" for g in sorted(set(groups))]
+        return sorted(self.reading) + [key for key in lists if self.unread(key)]
 
     def unread(self, key: str) -> bool:
         """Whether the reading at start has still to read ``key`` (see
