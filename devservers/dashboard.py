@@ -3,6 +3,7 @@ tests, the screenshots and the benchmark; stopped by its PID."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,8 +29,9 @@ class Running(NamedTuple):
 
 def wait_counted(base: str, path: str = "/", within: float = COUNTED_WITHIN) -> float:
     """Ask ``path`` until it no longer says "counting..." (the dead letters the dashboard
-    reads in the background at start); the seconds that took. TimeoutError after
-    ``within`` seconds."""
+    reads in the background at start) and the live updates name nothing still being
+    read (the catalog, the dead-letter lists); the seconds that took. TimeoutError
+    after ``within`` seconds."""
     started = time.monotonic()
     while True:
         try:
@@ -37,11 +39,19 @@ def wait_counted(base: str, path: str = "/", within: float = COUNTED_WITHIN) -> 
                 body = answer.read()
         except urllib.error.HTTPError as refused:
             body = refused.read()
-        if COUNTING not in body:
+        if COUNTING not in body and _read_all(base, within):
             return time.monotonic() - started
         if time.monotonic() - started > within:
             raise TimeoutError(f"{base}{path} still says counting... after {within:.0f} s")
         time.sleep(0.2)
+
+
+def _read_all(base: str, within: float) -> bool:
+    """Whether one live frame of the dashboard at ``base`` names nothing being read."""
+    with urllib.request.urlopen(base + "/live?frames=1", timeout=within) as answer:
+        lines = answer.read().decode().splitlines()
+    frame = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+    return not frame.get("reading")
 
 
 @contextmanager

@@ -29,7 +29,9 @@ What tests can rely on (ids and ``data-*`` attributes; kept stable):
   ``confirm``, ``job``, ``events-index``, ``events``, ``trace``, ``catalog``,
   ``catalog-event``, ``sagas``, ``saga``, ``projections``, ``actions``, ``login``,
   ``error``. ``data-live-url`` where the page
-  takes live updates; ``data-live-frames`` counts the frames applied.
+  takes live updates; ``data-live-frames`` counts the frames applied. A page whose
+  part the dashboard still reads at start says so in ``#reading[data-reading]`` (its
+  ``<body>`` carries the same ``data-reading``; it reloads once that is read).
 - Overview: ``#groups`` rows ``tr[data-group][data-topic]`` with cells
   ``[data-field=partitions|lag|lag_seconds|sparkline|lost|dlq|members|status|health]``
   (live-updated); ``#topics`` rows ``tr[data-topic]`` with ``[data-field=partitions|

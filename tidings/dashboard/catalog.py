@@ -8,21 +8,36 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tidings.catalog import DEFAULT_SCAN, build_catalog
+from tidings.catalog import DEFAULT_SCAN, Catalog, build_catalog
 from tidings.catalog.text import consumer_text, producer_text, reads_text, sla_text, span
 from tidings.catalog.text import version_text as version_line
-from tidings.dashboard.web import BadInput, dashboard_of, render
+from tidings.dashboard.state import Dashboard
+from tidings.dashboard.web import BadInput, dashboard_of, reading, render
 from tidings.envelope import validate_type
 from tidings.errors import EventError
 
 __all__ = ["routes"]
 
 
+SCANNING = "the newest events of each topic, which the dashboard reads since it started."
+
+
+async def _catalog(dashboard: Dashboard) -> Catalog | None:
+    """The catalog as ``tidings catalog`` builds it, read on from the last build; None
+    while the dashboard's reading at start has not read its scan yet (the pages say
+    "reading..." and reload when it is done)."""
+    if dashboard.unread("catalog"):
+        return None
+    async with dashboard.catalog_lock:
+        return await build_catalog(
+            await dashboard.transport(), scan_limit=DEFAULT_SCAN, kept=dashboard.catalog_scan
+        )
+
+
 async def catalog_page(request: Request) -> Response:
-    dashboard = dashboard_of(request)
-    catalog = await build_catalog(
-        await dashboard.transport(), scan_limit=DEFAULT_SCAN, kept=dashboard.catalog_scan
-    )
+    catalog = await _catalog(dashboard_of(request))
+    if catalog is None:
+        return reading(request, "catalog", "catalog", "Event catalog", SCANNING)
     return render(request, "catalog.html", catalog=catalog, span=span)
 
 
@@ -33,9 +48,9 @@ async def event_page(request: Request) -> Response:
         validate_type(wanted)
     except EventError as exc:
         raise BadInput(str(exc)) from None
-    catalog = await build_catalog(
-        await dashboard.transport(), scan_limit=DEFAULT_SCAN, kept=dashboard.catalog_scan
-    )
+    catalog = await _catalog(dashboard)
+    if catalog is None:
+        return reading(request, "catalog", "catalog-event", wanted, SCANNING)
     event = catalog.event(wanted)
     if event is None:
         raise BadInput(

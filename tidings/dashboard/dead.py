@@ -26,6 +26,7 @@ from tidings.dashboard.web import (
     int_param,
     link,
     read_form,
+    reading,
     render,
     text_param,
 )
@@ -56,6 +57,8 @@ async def list_page(request: Request) -> Response:
     where = _filter(values)
     every = int_param(request, "all", 0, high=1) == 1
     page = int_param(request, "page", 1, low=1)
+    if dashboard.unread(f"dead-letter list {group}"):
+        return _reading(request, group, "dead-letters")
     log, rows = await dashboard.dead_listing(group, where, every=every)
     size = dashboard.config.page_size
     pages = max((len(rows) + size - 1) // size, 1)
@@ -69,6 +72,11 @@ async def list_page(request: Request) -> Response:
     return render(request, "dead_letters.html", group=group, rows=shown, total=len(rows),
                   depth=log.depth(), page=page, pages=pages, values=values, every=every,
                   query=query)  # fmt: skip
+
+
+def _reading(request: Request, group: str, page: str) -> Response:
+    what = f"The dead letters of group {group}, which the dashboard reads since it started."
+    return reading(request, f"dead-letter list {group}", page, f"Dead letters of {group}", what)
 
 
 def _when(ts: float) -> str:
@@ -85,6 +93,8 @@ async def entry_page(request: Request) -> Response:
             "reveal=1 shows personal fields in clear, and needs the key store: start the "
             "dashboard with --reveal (and the master key in $TIDINGS_MASTER_KEY)"
         )
+    if dashboard.unread(f"dead-letter list {group}"):
+        return _reading(request, group, "dead-letter")
     log = await dashboard.dead_log(group)
     entry = log.entries.get(wanted) or next(
         (e for e in log.entries.values() if e.event_id == wanted), None

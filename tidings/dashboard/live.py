@@ -26,8 +26,9 @@ MAX_FRAMES = 300  # then the stream ends (ten minutes); the browser opens a new 
 
 async def frame(dashboard: Dashboard, group: str | None, job: str | None) -> dict[str, object]:
     """One update: a ``groups`` list (``tidings groups --json``'s objects, with
-    ``lag_seconds``), ``depth`` (dead letters waiting, per group) and, with ``job``,
-    that job's progress."""
+    ``lag_seconds``), ``depth`` (dead letters waiting, per group), ``reading`` (what
+    the dashboard's reading at start has still to read) and, with ``job``, that job's
+    progress."""
     look = await groups_look(dashboard, group, internal=group is not None)
     depth: dict[str, int] = {}  # (not the groups still counting: not known yet)
     for (g, _, _), n in look.dlq.items():
@@ -35,6 +36,7 @@ async def frame(dashboard: Dashboard, group: str | None, job: str | None) -> dic
     doc: dict[str, object] = {
         "groups": [look.line_json(line) for line in look.lines],
         "depth": depth,
+        "reading": dashboard.still_reading(row.group for row in look.rows),
     }
     if job is not None and job in dashboard.jobs:
         doc["job"] = dashboard.jobs[job].as_json()

@@ -24,6 +24,7 @@ from tidings.dashboard import (
     tracing,
     workflows,
 )
+from tidings.dashboard.background import PagesFirst
 from tidings.dashboard.config import Config
 from tidings.dashboard.guard import TOKEN_COOKIE, Guard, token_cookie_value
 from tidings.dashboard.state import Dashboard, static_folder
@@ -63,6 +64,7 @@ def build(config: Config) -> Starlette:
     )
     app.state.dashboard = dashboard
     app.add_middleware(Guard, token=config.token, refuse=request_response(login_needed))
+    app.add_middleware(PagesFirst, gate=dashboard.gate)
     return app
 
 

@@ -19,6 +19,7 @@ from tidings import admin
 from tidings.admin import size_text
 from tidings.app import Tidings
 from tidings.catalog.scan import Kept
+from tidings.dashboard.background import Gate, in_background, mark_background, polite
 from tidings.dashboard.config import Config
 from tidings.dashboard.text import utc
 from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State, dlq_topic
@@ -90,6 +91,10 @@ class Dashboard:
         self.catalog_scan = Kept()  # the catalog's scan, read on by each build
         self.counted: set[str] = set()  # groups whose dead letters the counting has read
         self.counting: asyncio.Task[None] | None = None
+        self.gate = Gate()  # the background reading waits while a page is answered
+        self.reading: set[str] = set()  # what the reading at start has still to read
+        self.catalog_lock = asyncio.Lock()  # one catalog build at a time (its Kept)
+        self.listed: set[str] = set()  # groups whose list page's log the reading has read
         self.lag_stamps: dict[tuple[str, int, int], int] = {}  # admin.partition_lag's
         self._listings: dict[str, tuple[object, list[tuple[DeadLetter, State]]]] = {}
         self._stack = contextlib.AsyncExitStack()
@@ -120,29 +125,66 @@ class Dashboard:
         return (await self.app()).transport
 
     def start_counting(self) -> None:
-        """Read every group's dead-letter log in the background (at server start: the
-        first reading of 100,000 entries takes seconds), so that the first pages do not
-        wait for it: until a group's is read, :meth:`uncounted` names it and the pages
-        say "counting..." in place of its figures. Then the list pages' logs
-        (:meth:`dead_log`), which a page asking meanwhile waits for."""
+        """Read in the background (at server start) what the first pages would wait
+        for, pages first (:mod:`~tidings.dashboard.background`): the append times of
+        the lag, every group's dead-letter log (the first reading of 100,000 entries
+        takes seconds), the catalog's scan, then the list pages' logs. Until a group's
+        dead letters are read, :meth:`uncounted` names it and the pages say
+        "counting..." in place of its figures; until the catalog's scan is read,
+        ``"catalog"`` is in :attr:`reading` and its pages say "reading..."."""
         if self.counting is None:
+            self.reading = {"lag", "dead letters", "catalog", "dead-letter lists"}
             self.counting = asyncio.get_running_loop().create_task(self._count())
 
     async def _count(self) -> None:
+        from tidings.catalog import DEFAULT_SCAN, build_catalog
         from tidings.dead_letters import waiting
 
+        mark_background()
         try:
-            transport = await self.transport()
+            transport = polite(await self.transport(), self.gate)
+            for name in self.templates.list_templates(filter_func=_is_page):
+                await asyncio.sleep(0)  # a page asked meanwhile is let in
+                await self.gate.turn()
+                self.templates.get_template(name)  # compiled once, before the first page
+            now = transport.clock.time_ms() / 1000
+            for row in await admin.group_rows(transport):
+                if row.lag:
+                    await admin.partition_lag(transport, row, now, self.lag_stamps)
+            self.reading.discard("lag")
             groups = sorted(info.group for info in await transport.groups())
             for group in groups:
                 await waiting(transport, [group], self.dead_logs)
                 self.counted.add(group)
+            self.reading.discard("dead letters")
+            async with self.catalog_lock:
+                await build_catalog(transport, scan_limit=DEFAULT_SCAN, kept=self.catalog_scan)
+            self.reading.discard("catalog")
             names = {info.name for info in await transport.topics()}
             for group in groups:  # then the dead-letter list pages' logs
                 if dlq_topic(group) in names:
                     await self.dead_log(group)
+                self.listed.add(group)
         except Exception:  # the pages read the logs themselves, and show what failed
-            log.exception("the dashboard's counting of the dead letters at start failed")
+            log.exception("the dashboard's reading at start failed")
+        finally:
+            self.reading.clear()
+
+    def still_reading(self, groups: Iterable[str]) -> list[str]:
+        """What the reading at start has still to read, as the pages waiting for it
+        name it (their ``data-reading``): ``catalog``, ``dead-letter lists`` (all the
+        list pages' logs: the trace's) and ``dead-letter list GROUP`` of ``groups``."""
+        lists = [f"dead-letter list {g}" for g in sorted(set(groups))]
+        return sorted(self.reading) + [key for key in lists if self.unread(key)]
+
+    def unread(self, key: str) -> bool:
+        """Whether the reading at start has still to read ``key`` (see
+        :meth:`still_reading`): the page asking says "reading..." until it is read."""
+        if not self.reading:
+            return False
+        if key.startswith("dead-letter list "):
+            return "dead-letter lists" in self.reading and key[17:] not in self.listed
+        return key in self.reading
 
     async def counted_all(self) -> None:
         """Wait for the counting at start to be over (tests, benchmarks)."""
@@ -162,11 +204,15 @@ class Dashboard:
         from tidings.dead_letters import open_log
 
         kept = self.full_logs.get(group)
-        if kept is None:
-            kept = await open_log(await self.transport(), group, values=False)
-            self.full_logs[group] = kept
-        else:
-            await kept.refresh()
+        transport = await self.transport()
+        if in_background():
+            transport = polite(transport, self.gate)
+        async with self.gate.wanting() if not in_background() else contextlib.nullcontext():
+            if kept is None:
+                kept = await open_log(transport, group, values=False)
+                self.full_logs[group] = kept
+            else:
+                await kept.refresh()  # under its lock: the background's reading goes on
         return kept
 
     async def trace(self, id: str, scan: int) -> Trace:
@@ -174,7 +220,8 @@ class Dashboard:
         for the next look at the same id: that one reads only what was appended since
         (its window, the newest ``scan`` records of each partition when first read,
         grows with what is new), and the dead letters through :meth:`dead_log`'s logs."""
-        async with self._trace_lock:
+        busy = self.gate.wanting() if self.reading else contextlib.nullcontext()
+        async with busy, self._trace_lock:  # the background may hold a log's lock
             tracer = self.tracers.pop((id, scan), None)
             if tracer is None:
                 tracer = Tracer(await self.transport(), id, scan=scan, dead_logs=self.full_logs)
@@ -243,6 +290,10 @@ class Dashboard:
         self._outboxes = None
         await self._stack.aclose()
         self._app = None
+
+
+def _is_page(name: str) -> bool:
+    return name.endswith(".html")
 
 
 def static_folder() -> str:

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tidings import trace as tracing
-from tidings.dashboard.web import dashboard_of, int_param, render, text_param
+from tidings.dashboard.web import dashboard_of, int_param, reading, render, text_param
 
 __all__ = ["routes"]
 
@@ -21,6 +21,9 @@ async def trace_page(request: Request) -> Response:
     scan = int_param(request, "scan", tracing.DEFAULT_SCAN, low=1, high=MAX_SCAN)
     if wanted is None:
         return render(request, "trace.html", wanted="", scan=scan, found=None, nodes=[], first=None)
+    if dashboard.unread("dead-letter lists"):  # the trace shows each group's dead letters
+        what = "Every group's dead letters, which the dashboard reads since it started."
+        return reading(request, "dead-letter lists", "trace", f"Trace of {wanted}", what)
     found = await dashboard.trace(wanted, scan)
     nodes = sorted(found.nodes(), key=lambda n: (n.event.time, n.record.timestamp))
     first = nodes[0].event.time if nodes else None

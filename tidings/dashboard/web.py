@@ -75,6 +75,13 @@ def render(request: Request, template: str, code: int = 200, **context: Any) -> 
     return HTMLResponse(html, status_code=code)
 
 
+def reading(request: Request, key: str, page: str, title: str, what: str) -> HTMLResponse:
+    """The page ``page`` while the dashboard's reading at start has still to read
+    ``key`` (:meth:`~tidings.dashboard.state.Dashboard.unread`): it says so, and its
+    script reloads it when the live updates no longer name ``key``."""
+    return render(request, "reading.html", key=key, page=page, title=title, what=what)
+
+
 def text_param(request: Request, name: str) -> str | None:
     """A query parameter as text, stripped; None when absent or empty; BadInput when
     too long to be a name, an id or a time."""

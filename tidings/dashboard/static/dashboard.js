@@ -50,6 +50,8 @@ function connect(url) {
     if (doc.groups) applyGroups(doc.groups);
     if (doc.depth) applyDepth(doc.depth);
     if (doc.job) applyJob(doc.job);
+    const waits = document.body.dataset.reading;  // a page not shown until that is read
+    if (waits && doc.reading && !doc.reading.includes(waits)) { source.close(); location.reload(); return; }
     document.body.dataset.liveFrames = String(Number(document.body.dataset.liveFrames || 0) + 1);
   };
 }
