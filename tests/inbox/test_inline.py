@@ -5,6 +5,7 @@ streaming; a failing statement is rolled back alone, its batch-mates committed."
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.inbox.helpers import TOPIC, effect_rows, effects, effects_md, mark_ro
 from tests.inbox.helpers import publish_one_key as publish
 from tidings import Context, Tidings
 from tidings.inbox import Inbox
+from tidings.inbox._batch import Batch
 from tidings.inbox._inline import InlineSession
 from tidings.testing import eventually, running
 
@@ -131,3 +133,68 @@ async def test_an_async_handler_whose_statement_fails_in_a_batch_loses_only_its_
     assert len(mark_rows(engine, inbox)) == 5
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(keyed)).scalar() == 0
+
+
+async def test_an_async_batch_whose_commit_fails_is_handled_again_with_one_effect_each(
+    app: Tidings, sqlite_url: str, closing: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = Inbox(sqlite_url, batch=100)
+    closing.append(inbox)
+    engine = sa.create_engine(sqlite_url)
+    closing.append(engine)
+    commit = Batch.commit
+    failures = [RuntimeError("disk I/O error")]
+
+    async def flaky_commit(self: Batch) -> None:
+        if failures and self.count >= 3:
+            raise failures.pop()
+        await commit(self)
+
+    monkeypatch.setattr(Batch, "commit", flaky_commit)
+    inbox.create_table()
+    calls: list[str] = []
+
+    @app.subscriber(TOPIC, group="g", inbox=inbox)
+    async def write(payload: Any, ctx: Context) -> None:
+        calls.append(ctx.id)
+        await ctx.session.execute(effects.insert().values(event_id=ctx.id, handler="h"))
+
+    ids = await publish(app, 6)
+    async with running(app, middleware=middleware()):
+        await eventually(lambda: len(mark_rows(engine, inbox)) == 6)
+    assert not failures  # it did fail once
+    assert len(calls) > 6  # the events of the failed batch were handled again
+    assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids)  # each once
+
+
+async def test_an_async_handler_cancelled_in_a_batch_leaves_nothing_half_done(
+    app: Tidings, sqlite_url: str, closing: list[Any]
+) -> None:
+    # The third event's handler has written and then waits past the worker's stop:
+    # it is cancelled there. Its batch (the events before it too) is given up; a second
+    # worker handles all four events, each effect once, each with its mark.
+    inbox = Inbox(sqlite_url, batch=100)
+    closing.append(inbox)
+    engine = sa.create_engine(sqlite_url)
+    closing.append(engine)
+    ids = await publish(app, 4)
+    hang = asyncio.Event()  # never set
+    waiting = asyncio.Event()
+
+    @app.subscriber(TOPIC, group="g", inbox=inbox)
+    async def write(payload: Any, ctx: Context) -> None:
+        await ctx.session.execute(effects.insert().values(event_id=ctx.id, handler="h"))
+        if ctx.id == ids[2] and not hang.is_set() and not waiting.is_set():
+            waiting.set()
+            await hang.wait()
+
+    async with running(app, middleware=middleware(), shutdown_timeout=0.05):
+        await asyncio.wait_for(waiting.wait(), 30)
+    assert len(mark_rows(engine, inbox)) + len(effect_rows(engine)) <= 4  # pairs, if any
+    marked = {e for _, e in mark_rows(engine, inbox)}
+    assert {e for e, _ in effect_rows(engine)} == marked  # no effect without its mark
+    assert ids[2] not in marked
+    async with running(app, middleware=middleware()) as worker:
+        await eventually(lambda: len(mark_rows(engine, inbox)) == 4)
+    assert worker.stats.failed_attempts == 0
+    assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids)  # each once
