@@ -17,12 +17,20 @@ from tests.inbox.helpers import TOPIC, effect_rows, effects, effects_md, mark_ro
 from tests.inbox.helpers import publish_one_key as publish
 from tidings import Context, Tidings
 from tidings.inbox import Inbox
-from tidings.inbox._batch import Batch
 from tidings.inbox._inline import InlineSession
 from tidings.testing import eventually, running
 
 unique_md = sa.MetaData()
 keyed = sa.Table("keyed", unique_md, sa.Column("k", sa.String(64), primary_key=True))
+
+
+@pytest.fixture
+def inbox_and_engine(sqlite_url: str, closing: list[Any]) -> tuple[Inbox, sa.Engine]:
+    """A batching Inbox on the SQLite file and a sync engine on it for the assertions."""
+    inbox = Inbox(sqlite_url, batch=100)
+    engine = sa.create_engine(sqlite_url)
+    closing.extend([inbox, engine])
+    return inbox, engine
 
 
 @pytest.fixture
@@ -105,15 +113,12 @@ async def test_a_driver_error_in_an_inline_session_is_sqlalchemys_and_rolls_back
 
 
 async def test_an_async_handler_whose_statement_fails_in_a_batch_loses_only_its_own(
-    app: Tidings, sqlite_url: str, closing: list[Any]
+    app: Tidings, inbox_and_engine: tuple[Inbox, sa.Engine]
 ) -> None:
     # The third event's second insert breaks a unique key (a driver error, raised
     # where the handler awaits it): its first insert and its mark are rolled back, the
     # events before and after it keep their effects, each once; Retry gives it again.
-    inbox = Inbox(sqlite_url, batch=100)
-    closing.append(inbox)
-    engine = sa.create_engine(sqlite_url)
-    closing.append(engine)
+    inbox, engine = inbox_and_engine
     ids = await publish(app, 5)
     calls: list[str] = []
 
@@ -135,48 +140,13 @@ async def test_an_async_handler_whose_statement_fails_in_a_batch_loses_only_its_
         assert conn.execute(sa.select(sa.func.count()).select_from(keyed)).scalar() == 0
 
 
-async def test_an_async_batch_whose_commit_fails_is_handled_again_with_one_effect_each(
-    app: Tidings, sqlite_url: str, closing: list[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    inbox = Inbox(sqlite_url, batch=100)
-    closing.append(inbox)
-    engine = sa.create_engine(sqlite_url)
-    closing.append(engine)
-    commit = Batch.commit
-    failures = [RuntimeError("disk I/O error")]
-
-    async def flaky_commit(self: Batch) -> None:
-        if failures and self.count >= 3:
-            raise failures.pop()
-        await commit(self)
-
-    monkeypatch.setattr(Batch, "commit", flaky_commit)
-    inbox.create_table()
-    calls: list[str] = []
-
-    @app.subscriber(TOPIC, group="g", inbox=inbox)
-    async def write(payload: Any, ctx: Context) -> None:
-        calls.append(ctx.id)
-        await ctx.session.execute(effects.insert().values(event_id=ctx.id, handler="h"))
-
-    ids = await publish(app, 6)
-    async with running(app, middleware=middleware()):
-        await eventually(lambda: len(mark_rows(engine, inbox)) == 6)
-    assert not failures  # it did fail once
-    assert len(calls) > 6  # the events of the failed batch were handled again
-    assert sorted(e for e, _ in effect_rows(engine)) == sorted(ids)  # each once
-
-
 async def test_an_async_handler_cancelled_in_a_batch_leaves_nothing_half_done(
-    app: Tidings, sqlite_url: str, closing: list[Any]
+    app: Tidings, inbox_and_engine: tuple[Inbox, sa.Engine]
 ) -> None:
     # The third event's handler has written and then waits past the worker's stop:
     # it is cancelled there. Its batch (the events before it too) is given up; a second
     # worker handles all four events, each effect once, each with its mark.
-    inbox = Inbox(sqlite_url, batch=100)
-    closing.append(inbox)
-    engine = sa.create_engine(sqlite_url)
-    closing.append(engine)
+    inbox, engine = inbox_and_engine
     ids = await publish(app, 4)
     hang = asyncio.Event()  # never set
     waiting = asyncio.Event()

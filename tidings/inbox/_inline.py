@@ -179,20 +179,5 @@ class InlineSession(AsyncSession):
         )
         return await _ensure_sync_result(result, self.execute)
 
-    async def scalar(
-        self,
-        statement: Any,
-        params: Any = None,
-        *,
-        execution_options: Any = EMPTY_DICT,
-        bind_arguments: Any = None,
-        **kw: Any,
-    ) -> Any:
-        result = await self.execute(
-            statement,
-            params,
-            execution_options=execution_options,
-            bind_arguments=bind_arguments,
-            **kw,
-        )
-        return result.scalar()
+    async def scalar(self, statement: Any, params: Any = None, **kw: Any) -> Any:
+        return (await self.execute(statement, params, **kw)).scalar()
