@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.ext.asyncio.session as async_session_module
+from sqlalchemy.ext.asyncio.exc import AsyncMethodRequired
 
 from tests.inbox.helpers import TOPIC, effect_rows, effects, effects_md, mark_rows, middleware
 from tests.inbox.helpers import publish_one_key as publish
@@ -82,6 +83,8 @@ async def test_an_inline_sessions_statements_need_no_greenlet(
             # The session's connection and a streamed result still work (through one).
             assert (await (await session.connection()).execute(count)).scalar() == 4
             streamed = [r async for r in await session.stream(sa.select(effects.c.n))]
+            with pytest.raises(AsyncMethodRequired):  # as AsyncSession says it
+                await session.execute(count, execution_options={"stream_results": True})
             assert len(streamed) == 4
             await session.commit()
             await session.close()

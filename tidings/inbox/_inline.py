@@ -36,6 +36,8 @@ __all__ = ["InlineSession", "inline_engine"]
 
 # What AsyncSession.execute adds to every execution: its rows read at once.
 _EXECUTE_OPTIONS = immutabledict({"prebuffer_rows": True})
+# Options asking for a server-side cursor: SQLAlchemy's way (it refuses them in execute).
+_STREAMING = frozenset({"stream_results", "yield_per"})
 
 
 class _InlineConnection(aiosqlite.Connection):
@@ -169,11 +171,14 @@ class InlineSession(AsyncSession):
         bind_arguments: Any = None,
         **kw: Any,
     ) -> Any:
-        options = (
-            immutabledict(execution_options).union(_EXECUTE_OPTIONS)
-            if execution_options
-            else _EXECUTE_OPTIONS
-        )
+        options = _EXECUTE_OPTIONS
+        if execution_options:
+            if _STREAMING.intersection(execution_options):  # server-side: aiosqlite's
+                return await super().execute(
+                    statement, params, execution_options=execution_options,
+                    bind_arguments=bind_arguments, **kw,
+                )  # fmt: skip
+            options = immutabledict(execution_options).union(_EXECUTE_OPTIONS)
         result = self.sync_session.execute(
             statement, params, execution_options=options, bind_arguments=bind_arguments, **kw
         )
