@@ -150,8 +150,9 @@ async def test_a_handler_that_gives_up_in_a_batch_is_dead_lettered_alone(
     assert sorted(e for _, e in mark_rows(engine, inbox)) == sorted(ids[:2] + ids[3:])
 
 
+@KINDS
 async def test_a_batch_whose_commit_fails_is_handled_again_with_one_effect_each(
-    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], monkeypatch: Any
+    app: Tidings, db_url: str, engine: sa.Engine, closing: list[Any], monkeypatch: Any, kind: str
 ) -> None:
     inbox = Inbox(db_url, batch=100)
     closing.append(inbox)
@@ -166,7 +167,7 @@ async def test_a_batch_whose_commit_fails_is_handled_again_with_one_effect_each(
     monkeypatch.setattr(Batch, "commit", flaky_commit)
     inbox.create_table()
     calls: list[str] = []
-    subscribe(app, inbox, "sync", lambda ctx: calls.append(ctx.id))
+    subscribe(app, inbox, kind, lambda ctx: calls.append(ctx.id))
     ids = await publish_one_key(app, 6)
     async with running(app, middleware=middleware()) as worker:
         await eventually(lambda: len(mark_rows(engine, inbox)) == 6)

@@ -55,12 +55,13 @@ a batch of them; a replayed dead letter is never batched. On SQLite, one batch o
 inbox at a time holds the file's write lock (``BEGIN IMMEDIATE``), and its statements,
 which then never wait, run on the event loop's thread, an ``async def`` handler's
 ``AsyncSession`` included (on an engine of the inbox's whose aiosqlite connections do
-each call at once: no trip to aiosqlite's thread). A plain ``def`` handler's calls in
-a batch are made in runs: a lane's events one after the other in one trip to a worker
-thread, each event's savepoint, mark and release in that thread, a failing call
-rolled back alone and taken on by ``Retry`` on the loop. ``Inbox(batch=1)``: a
-transaction per event, as described next.
-See ``docs/decisions/0014-inbox-lane-batches.md`` and ``0041-inbox-runs-in-one-thread.md``.
+each call at once: no trip to aiosqlite's thread, and its ``execute`` without a
+greenlet). A plain ``def`` handler's calls in a batch are made in runs: a lane's
+events one after the other in one trip to a worker thread, each event's savepoint,
+mark and release in that thread, a failing call rolled back alone and taken on by
+``Retry`` on the loop. ``Inbox(batch=1)``: a transaction per event, as described next.
+See ``docs/decisions/0014-inbox-lane-batches.md``, ``0041-inbox-runs-in-one-thread.md``
+and ``0045-inbox-async-statements-without-greenlets.md``.
 
 **How a mark is taken.** On PostgreSQL the mark is inserted first, in the handler's
 transaction (``INSERT ... ON CONFLICT DO NOTHING``: check and claim in one round

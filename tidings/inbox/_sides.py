@@ -271,12 +271,13 @@ class Sides:
         if self._inline is None and self.url is not None:
             if self.url.get_backend_name() != "sqlite":
                 return None
-            from tidings.inbox._inline import inline_engine
+            from tidings.inbox._inline import InlineSession, inline_engine
 
             engine = inline_engine(self.url, SQLITE_TIMEOUT)
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             _plain_savepoints(engine.dialect, raw_sqlite)
-            side = _side(self.table, engine, None, owned=True)
+            maker = async_sessionmaker(engine, class_=InlineSession, expire_on_commit=False)
+            side = _side(self.table, engine, maker, owned=True)
             self._inline = dataclasses.replace(side, inline=True)
         return self._inline
 
