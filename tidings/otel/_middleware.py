@@ -41,7 +41,7 @@ class TracingMiddleware(Middleware):
 
     def wants_chain(self, event: Event) -> bool:
         traceparent = event.traceparent  # sampled(), inline: asked for every event
-        return traceparent is None or len(traceparent) != 55 or traceparent[54] not in UNSAMPLED
+        return traceparent is None or traceparent[54:] not in UNSAMPLED
 
     async def handle(self, delivery: Delivery, call_next: Next) -> None:
         event, record = delivery.event, delivery.record
