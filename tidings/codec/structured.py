@@ -23,6 +23,22 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from tidings.codec.members import (
+    ATTRIBUTES,
+    KEY_CAUSATIONID,
+    KEY_CORRELATIONID,
+    KEY_DATA,
+    KEY_DATACONTENTTYPE,
+    KEY_ID,
+    KEY_SOURCE,
+    KEY_SPECVERSION,
+    KEY_SUBJECT,
+    KEY_TIME,
+    KEY_TRACEPARENT,
+    KEY_TYPE,
+    TAILED,
+    tail_extensions,
+)
 from tidings.codec.refusals import (
     check_zone,
     dataversion,
@@ -48,46 +64,9 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _fromisoformat = datetime.fromisoformat
 _seen_types = seen_types()  # a set lookup first: validate_type is a call
-# The names decode's common case looks up, as orjson's own str objects. orjson makes
-# one str per member name and gives that same object again (its key cache), never the
-# interned str a name in this code is; and it makes an object of nine members or more
-# pre-sized, a general dict, which compares a key that is not the very object in full
-# (PyObject_RichCompare, some 150 machine instructions a lookup; a str-keyed dict, as
-# orjson makes a smaller one, compares inline). A dozen lookups per event: most of what
-# a traceparent (a ninth member) cost to carry (decision 0043). With orjson's own str, a
-# lookup finds its member by identity. Were orjson to drop one from its cache, the
-# lookups would still find it, by comparison.
-(
-    _SPECVERSION, _ID, _SOURCE, _TYPE, _TIME, _SUBJECT, _DATACONTENTTYPE, _CORRELATIONID,
-    _CAUSATIONID, _TRACEPARENT, _DATA,
-) = orjson.loads(
-    b'{"specversion":0,"id":0,"source":0,"type":0,"time":0,"subject":0,"datacontenttype":0,'
-    b'"correlationid":0,"causationid":0,"traceparent":0,"data":0}'
-)  # fmt: skip
 # The four attributes every event has, in one call (KeyError if one is missing).
 _REQUIRED: Callable[[dict[str, Any]], tuple[Any, Any, Any, Any]] = operator.itemgetter(
-    _SPECVERSION, _ID, _SOURCE, _TYPE
-)
-
-# Attributes with a fixed meaning; any other top-level member is an extension.
-_KNOWN = frozenset(
-    {
-        "specversion",
-        "id",
-        "source",
-        "type",
-        "time",
-        "subject",
-        "datacontenttype",
-        "dataschema",
-        "data",
-        "data_base64",
-        "dataversion",
-        "correlationid",
-        "causationid",
-        "traceparent",
-        "partitionkey",
-    }
+    KEY_SPECVERSION, KEY_ID, KEY_SOURCE, KEY_TYPE
 )
 
 
@@ -241,22 +220,19 @@ def from_dict(doc: dict[str, Any]) -> Event:
             raise DecodeError(f"attribute 'type': {exc}") from None
     get = doc.get
     subject, correlationid, causationid, traceparent = (
-        get(_SUBJECT), get(_CORRELATIONID), get(_CAUSATIONID), get(_TRACEPARENT)
+        get(KEY_SUBJECT), get(KEY_CORRELATIONID), get(KEY_CAUSATIONID), get(KEY_TRACEPARENT)
     )  # fmt: skip
-    # Members besides the four, time, datacontenttype, data and these four if they have
-    # a value (one present as null takes the full lookup, as any other member).
-    more = len(doc) - 7 - (
-        (subject is not None) + (correlationid is not None)
-        + (causationid is not None) + (traceparent is not None)
-    )  # fmt: skip
-    extensions = {} if not more else _tail_extensions(doc, more) if more <= _TAILED else None
+    # Members besides the seven and these four if not null (null: the full lookup).
+    more = len(doc) - 7 - ((subject is not None) + (correlationid is not None)
+                           + (causationid is not None) + (traceparent is not None))  # fmt: skip
+    extensions = {} if not more else tail_extensions(doc, more) if more <= TAILED else None
     if (
-        extensions is not None and _DATA in doc and _TIME in doc and _DATACONTENTTYPE in doc
+        extensions is not None
+        and KEY_DATA in doc and KEY_TIME in doc and KEY_DATACONTENTTYPE in doc
     ):  # fmt: skip
-        # What tidings writes without the rarer attributes: causality, a subject if
-        # keyed, a trace context if traced (Tidings(tracing=True): every event), and a
-        # few extensions (a tracestate, the mark of sealed personal fields).
-        datacontenttype, data, raw_time = doc[_DATACONTENTTYPE], doc[_DATA], doc[_TIME]
+        # What tidings writes without the rarer attributes: causality, a subject if keyed,
+        # a trace context if traced, a few extensions (tracestate, personaldata).
+        datacontenttype, data, raw_time = doc[KEY_DATACONTENTTYPE], doc[KEY_DATA], doc[KEY_TIME]
         dataschema = key = version = None
         if not (
             type(datacontenttype) is str and (subject is None or type(subject) is str)
@@ -283,35 +259,6 @@ def from_dict(doc: dict[str, Any]) -> Event:
     )  # fmt: skip
 
 
-# Extensions the common case takes without looking at every member: as many as an
-# event with a tracestate and sealed personal fields has, and one more.
-_TAILED = 3
-
-
-def _tail_extensions(doc: dict[str, Any], count: int) -> dict[str, Any] | None:
-    """The extensions of a document as :func:`to_dict` writes it, if it has ``count``
-    members besides the common ones: they come last but for ``data``. None if those
-    members are not all extensions there (a rarer attribute, another writer's order):
-    the full lookup then finds them. Reads ``count + 1`` keys from the end, not every
-    member (no comprehension, no set per event)."""
-    names = reversed(doc)
-    if next(names) != _DATA:
-        return None
-    name = next(names)
-    if name in _KNOWN:
-        return None
-    if count == 1:
-        return {name: doc[name]}
-    found = [name]
-    for name in names:
-        if name in _KNOWN:
-            return None
-        found.append(name)
-        if len(found) == count:
-            return {name: doc[name] for name in reversed(found)}  # in the wire's order
-    return None  # (not reached: len(doc) counts them)
-
-
 def _optional_attributes(doc: dict[str, Any]) -> tuple[Any, ...]:
     """The optional attributes of any event, checked: subject, datacontenttype,
     dataschema, correlationid, causationid, traceparent, partitionkey, time,
@@ -336,8 +283,9 @@ def _optional_attributes(doc: dict[str, Any]) -> tuple[Any, ...]:
     if version is not None and (type(version) is not int or version < 1):
         version = dataversion(version)
     data = from_base64(doc["data_base64"]) if "data_base64" in doc else get("data")
-    # Extension names cannot clash with the attributes: those are all in _KNOWN.
-    extensions = {} if _KNOWN.issuperset(doc) else {k: v for k, v in doc.items() if k not in _KNOWN}
+    # Extension names cannot clash with the attributes: those are all in ATTRIBUTES.
+    known = ATTRIBUTES
+    extensions = {} if known.issuperset(doc) else {k: v for k, v in doc.items() if k not in known}
     return (
         subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,
         when, version, data, extensions,
