@@ -60,11 +60,15 @@ class Variant:
     tracing: bool
     timed: bool
     about: str
+    tracestate: str | None = None  # beside each event's traceparent (an extension)
 
 
 VARIANTS = {
     "off": Variant(None, False, False, "tracing and metrics off, events without a context"),
     "context_only": Variant(0, False, False, "tracing off, events with an unsampled context"),
+    "context_state": Variant(
+        0, False, False, "tracing off, unsampled context and a tracestate", "rojo=00f067aa0ba902b7"
+    ),
     "tracing_none": Variant(0, True, False, "tracing on, no event sampled"),
     "tracing_0.1pct": Variant(1000, True, False, "tracing on, 1 event in 1,000 sampled"),
     "tracing_1pct": Variant(100, True, False, "tracing on, 1 event in 100 sampled"),
@@ -83,13 +87,14 @@ def _traceparent(n: int, sampled_every: int | None) -> str | None:
     return f"00-{n + 1:032x}-{n + 1:016x}-{flags}"
 
 
-def records(n: int, sampled_every: int | None) -> list[Record]:
+def records(n: int, sampled_every: int | None, tracestate: str | None = None) -> list[Record]:
     """``n`` encoded events of one partition, as a fetch returns them."""
     out = []
+    extensions = None if tracestate is None else {"tracestate": tracestate}
     for k in range(n):
         event = Event(
             type=EVENT_TYPE, source="bench", data=payload(k), correlationid=f"c{k:08d}",
-            traceparent=_traceparent(k, sampled_every),
+            traceparent=_traceparent(k, sampled_every), extensions=extensions,
         )  # fmt: skip
         out.append(Record(TOPIC, 0, k, 0, None, encode(event)))
     return out
@@ -161,7 +166,7 @@ class Harness:
 async def cpu_rounds(names: Sequence[str], n: int, rounds: int) -> dict[str, list[float]]:
     """CPU microseconds per event of each variant, the variants taking turns."""
     calls = itertools.count()
-    batches = {v: records(n, VARIANTS[v].sampled_every) for v in names}
+    batches = {v: records(n, VARIANTS[v].sampled_every, VARIANTS[v].tracestate) for v in names}
     harnesses = {v: Harness(VARIANTS[v], calls) for v in names}
     for v, h in harnesses.items():
         await h.start()
@@ -190,7 +195,7 @@ async def _segments(names: Sequence[str], n: int, rounds: int) -> None:
 
     dispatch.RUN_SECONDS = 3600.0  # valgrind runs some 50 times slower: keep runs whole
     calls = itertools.count()
-    batches = {v: records(n, VARIANTS[v].sampled_every) for v in names}
+    batches = {v: records(n, VARIANTS[v].sampled_every, VARIANTS[v].tracestate) for v in names}
     harnesses = {v: Harness(VARIANTS[v], calls) for v in names}
     for v, h in harnesses.items():
         await h.start()

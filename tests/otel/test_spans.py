@@ -269,12 +269,18 @@ def test_the_worker_puts_the_tracing_middleware_outermost_once(tracing: Tracing)
         ("garbage", True),  # unreadable: the same
         ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0", True),  # too short
         ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-000", True),  # too long
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1", True),  # short, odd
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1000", True),  # long, even
+        ("", True),  # empty
     ],
 )
 def test_only_events_of_sampled_traces_leave_the_worker_s_runs(
     tracing: Tracing, traceparent: str | None, through_the_chain: bool
 ) -> None:
     from tidings.otel import TracingMiddleware
+    from tidings.otel._context import sampled
 
     event = Event(type="order.placed", source="s", traceparent=traceparent)
     assert TracingMiddleware(tracing).wants_chain(event) is through_the_chain
+    if traceparent is not None:
+        assert sampled(traceparent) is through_the_chain

@@ -23,6 +23,22 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from tidings.codec.members import (
+    ATTRIBUTES,
+    KEY_CAUSATIONID,
+    KEY_CORRELATIONID,
+    KEY_DATA,
+    KEY_DATACONTENTTYPE,
+    KEY_ID,
+    KEY_SOURCE,
+    KEY_SPECVERSION,
+    KEY_SUBJECT,
+    KEY_TIME,
+    KEY_TRACEPARENT,
+    KEY_TYPE,
+    TAILED,
+    tail_extensions,
+)
 from tidings.codec.refusals import (
     check_zone,
     dataversion,
@@ -50,28 +66,7 @@ _fromisoformat = datetime.fromisoformat
 _seen_types = seen_types()  # a set lookup first: validate_type is a call
 # The four attributes every event has, in one call (KeyError if one is missing).
 _REQUIRED: Callable[[dict[str, Any]], tuple[Any, Any, Any, Any]] = operator.itemgetter(
-    "specversion", "id", "source", "type"
-)
-
-# Attributes with a fixed meaning; any other top-level member is an extension.
-_KNOWN = frozenset(
-    {
-        "specversion",
-        "id",
-        "source",
-        "type",
-        "time",
-        "subject",
-        "datacontenttype",
-        "dataschema",
-        "data",
-        "data_base64",
-        "dataversion",
-        "correlationid",
-        "causationid",
-        "traceparent",
-        "partitionkey",
-    }
+    KEY_SPECVERSION, KEY_ID, KEY_SOURCE, KEY_TYPE
 )
 
 
@@ -225,20 +220,20 @@ def from_dict(doc: dict[str, Any]) -> Event:
             raise DecodeError(f"attribute 'type': {exc}") from None
     get = doc.get
     subject, correlationid, causationid, traceparent = (
-        get("subject"), get("correlationid"), get("causationid"), get("traceparent")
+        get(KEY_SUBJECT), get(KEY_CORRELATIONID), get(KEY_CAUSATIONID), get(KEY_TRACEPARENT)
     )  # fmt: skip
+    # Members besides the seven and these four if not null (null: the full lookup).
+    more = len(doc) - 7 - ((subject is not None) + (correlationid is not None)
+                           + (causationid is not None) + (traceparent is not None))  # fmt: skip
+    extensions = {} if not more else tail_extensions(doc, more) if more <= TAILED else None
     if (
-        # Members besides the four, time, datacontenttype and data: only these four, if
-        # they have a value (one present as null takes the full lookup, as any other).
-        len(doc) - 7 == (subject is not None) + (correlationid is not None)
-                        + (causationid is not None) + (traceparent is not None)
-        and "data" in doc and "time" in doc and "datacontenttype" in doc
+        extensions is not None
+        and KEY_DATA in doc and KEY_TIME in doc and KEY_DATACONTENTTYPE in doc
     ):  # fmt: skip
-        # What tidings writes without the rarer attributes and extensions: causality, a
-        # subject if keyed, a trace context if traced (Tidings(tracing=True): every event).
-        datacontenttype, data, raw_time = doc["datacontenttype"], doc["data"], doc["time"]
+        # What tidings writes without the rarer attributes: causality, a subject if keyed,
+        # a trace context if traced, a few extensions (tracestate, personaldata).
+        datacontenttype, data, raw_time = doc[KEY_DATACONTENTTYPE], doc[KEY_DATA], doc[KEY_TIME]
         dataschema = key = version = None
-        extensions: dict[str, Any] = {}
         if not (
             type(datacontenttype) is str and (subject is None or type(subject) is str)
             and (correlationid is None or type(correlationid) is str)
@@ -288,8 +283,9 @@ def _optional_attributes(doc: dict[str, Any]) -> tuple[Any, ...]:
     if version is not None and (type(version) is not int or version < 1):
         version = dataversion(version)
     data = from_base64(doc["data_base64"]) if "data_base64" in doc else get("data")
-    # Extension names cannot clash with the attributes: those are all in _KNOWN.
-    extensions = {} if _KNOWN.issuperset(doc) else {k: v for k, v in doc.items() if k not in _KNOWN}
+    # Extension names cannot clash with the attributes: those are all in ATTRIBUTES.
+    known = ATTRIBUTES
+    extensions = {} if known.issuperset(doc) else {k: v for k, v in doc.items() if k not in known}
     return (
         subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,
         when, version, data, extensions,
