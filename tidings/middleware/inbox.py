@@ -143,12 +143,9 @@ class InboxMiddleware(Middleware):
                 try:
                     await mark.discard(cancelled=isinstance(exc, asyncio.CancelledError))
                 except Exception as undone:
-                    # The event's savepoint was not rolled back: what the batch holds
-                    # is unknown (its mark may be in it without its effect), so none
-                    # of it is committed, and the worker hands this lane's events
-                    # since it last settled over again (their offsets wait).
-                    work.failed = undone
-                    await work.abandon()
+                    # The event's savepoint was not rolled back: its mark may be in the
+                    # batch without its effect, so none of the batch is committed.
+                    await work.give_up(undone)
                     exc.add_note(f"rolling its savepoint back failed too: {undone!r}")
                 raise
             finally:

@@ -135,6 +135,13 @@ class LaneWork:
         if failed is not None:
             raise failed
 
+    async def give_up(self, exc: BaseException) -> None:
+        """What is open is in an unknown state (a savepoint in it could not be rolled
+        back): discard it, and keep ``exc`` for :meth:`settle`, so that the events
+        handled since the worker last settled are handled again."""
+        self.failed = exc
+        await self.abandon()
+
     async def abandon(self) -> None:
         """Discard what is open: its events' effects do not take place."""
         held, self.open = self.open, None
