@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from tidings.codec import decode, encode, from_dict
 from tidings.envelope import Event
+from tidings.errors import DecodeError
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
 WHEN = datetime(2024, 5, 17, 9, 30, 12, 345678, tzinfo=UTC)
@@ -99,6 +100,32 @@ def test_any_order_of_members_decodes_as_the_full_lookup_reads_it(doc: dict[str,
     assert got.data == ({"a": 1} if "data" in doc else b"hi" if "data_base64" in doc else None)
 
 
+@pytest.mark.parametrize(
+    ("members", "error"),
+    [
+        ({"dataschema": "urn:s", "dataversion": 2}, None),
+        ({"dataschema": "urn:s", "dataversion": "2"}, None),  # a decimal string: read as 2
+        ({"dataschema": "urn:s", "dataversion": 0}, "'dataversion' must be a positive"),
+        ({"dataschema": "urn:s", "dataversion": True}, "'dataversion' must be a positive"),
+        ({"dataschema": 5, "dataversion": 2}, "'dataschema' must be a string"),
+    ],
+)
+def test_a_registered_event_is_read_as_its_attributes_say(
+    members: dict[str, Any], error: str | None
+) -> None:
+    """A registered event's schema and version (what tidings writes for every
+    registered type, read by the common case) are checked as the full lookup checks
+    them, with an extension beside them or not."""
+    for extra in ({}, {"personaldata": "v2"}):
+        raw = orjson.dumps({**_members(), **members, **extra, "data": {"a": 1}})
+        if error is not None:
+            with pytest.raises(DecodeError, match=error):
+                decode(raw)
+            continue
+        got = decode(raw)
+        assert (got.dataschema, got.dataversion, got.extensions) == ("urn:s", 2, extra)
+
+
 def test_a_document_built_in_python_decodes_as_one_read_by_orjson() -> None:
     """from_dict is given dicts that orjson did not make (tidings publish, the admin
     API): its lookups must not depend on orjson's own key objects."""
@@ -108,7 +135,10 @@ def test_a_document_built_in_python_decodes_as_one_read_by_orjson() -> None:
     assert from_dict(copied).extensions == {"tracestate": "x=1", "personaldata": "v1"}
 
 
-_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12)
+# Extension names, and the attributes the common case reads beside them (of any type).
+_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12) | st.sampled_from(
+    ["dataschema", "dataversion", "subject", "causationid", "partitionkey", "tracestate"]
+)
 _values = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8)
 
 

@@ -11,8 +11,8 @@ import orjson
 
 __all__ = [
     "ATTRIBUTES", "KEY_CAUSATIONID", "KEY_CORRELATIONID", "KEY_DATA", "KEY_DATACONTENTTYPE",
-    "KEY_ID", "KEY_SOURCE", "KEY_SPECVERSION", "KEY_SUBJECT", "KEY_TIME", "KEY_TRACEPARENT",
-    "KEY_TYPE", "TAILED", "tail_extensions",
+    "KEY_DATASCHEMA", "KEY_DATAVERSION", "KEY_ID", "KEY_SOURCE", "KEY_SPECVERSION",
+    "KEY_SUBJECT", "KEY_TIME", "KEY_TRACEPARENT", "KEY_TYPE", "TAILED", "tail_extensions",
 ]  # fmt: skip
 
 # Attributes with a fixed meaning; any other top-level member is an extension.
@@ -35,10 +35,12 @@ ATTRIBUTES = frozenset(
 # find it, by comparison; a dict orjson did not make is looked up as any other.
 (
     KEY_SPECVERSION, KEY_ID, KEY_SOURCE, KEY_TYPE, KEY_TIME, KEY_SUBJECT, KEY_DATACONTENTTYPE,
-    KEY_CORRELATIONID, KEY_CAUSATIONID, KEY_TRACEPARENT, KEY_DATA,
+    KEY_CORRELATIONID, KEY_CAUSATIONID, KEY_TRACEPARENT, KEY_DATA, KEY_DATASCHEMA,
+    KEY_DATAVERSION,
 ) = orjson.loads(
     b'{"specversion":0,"id":0,"source":0,"type":0,"time":0,"subject":0,"datacontenttype":0,'
-    b'"correlationid":0,"causationid":0,"traceparent":0,"data":0}'
+    b'"correlationid":0,"causationid":0,"traceparent":0,"data":0,"dataschema":0,'
+    b'"dataversion":0}'
 )  # fmt: skip
 
 # Extensions the common case takes without looking at every member: as many as an

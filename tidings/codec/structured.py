@@ -29,6 +29,8 @@ from tidings.codec.members import (
     KEY_CORRELATIONID,
     KEY_DATA,
     KEY_DATACONTENTTYPE,
+    KEY_DATASCHEMA,
+    KEY_DATAVERSION,
     KEY_ID,
     KEY_SOURCE,
     KEY_SPECVERSION,
@@ -219,28 +221,34 @@ def from_dict(doc: dict[str, Any]) -> Event:
         except InvalidEventType as exc:
             raise DecodeError(f"attribute 'type': {exc}") from None
     get = doc.get
-    subject, correlationid, causationid, traceparent = (
-        get(KEY_SUBJECT), get(KEY_CORRELATIONID), get(KEY_CAUSATIONID), get(KEY_TRACEPARENT)
+    subject, correlationid, causationid, traceparent, dataschema, version = (
+        get(KEY_SUBJECT), get(KEY_CORRELATIONID), get(KEY_CAUSATIONID), get(KEY_TRACEPARENT),
+        get(KEY_DATASCHEMA), get(KEY_DATAVERSION),
     )  # fmt: skip
-    # Members besides the seven and these four if not null (null: the full lookup).
+    # Members besides the seven and these six if not null (null: the full lookup).
     more = len(doc) - 7 - ((subject is not None) + (correlationid is not None)
-                           + (causationid is not None) + (traceparent is not None))  # fmt: skip
+                           + (causationid is not None) + (traceparent is not None)
+                           + (dataschema is not None) + (version is not None))  # fmt: skip
     extensions = {} if not more else tail_extensions(doc, more) if more <= TAILED else None
     if (
         extensions is not None
         and KEY_DATA in doc and KEY_TIME in doc and KEY_DATACONTENTTYPE in doc
     ):  # fmt: skip
         # What tidings writes without the rarer attributes: causality, a subject if keyed,
-        # a trace context if traced, a few extensions (tracestate, personaldata).
+        # a schema and its version if registered, a trace context if traced, a few
+        # extensions (tracestate, personaldata).
         datacontenttype, data, raw_time = doc[KEY_DATACONTENTTYPE], doc[KEY_DATA], doc[KEY_TIME]
-        dataschema = key = version = None
+        key = None
         if not (
             type(datacontenttype) is str and (subject is None or type(subject) is str)
             and (correlationid is None or type(correlationid) is str)
             and (causationid is None or type(causationid) is str)
             and (traceparent is None or type(traceparent) is str)
+            and (dataschema is None or type(dataschema) is str)
         ):  # fmt: skip
             refuse_optional(doc)
+        if version is not None and (type(version) is not int or version < 1):
+            version = dataversion(version)
         try:  # _time's common case, a UTC string, inline (a frame less); the rest: _time
             when = _fromisoformat(raw_time) if type(raw_time) is str else _EPOCH
         except ValueError:
