@@ -200,9 +200,8 @@ def decode(raw: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_EVE
 
 
 def from_dict(doc: dict[str, Any]) -> Event:
-    """Build an Event from a structured-mode JSON object; DecodeError if invalid.
-    (For every delivered event: the common case's checks are inline expressions;
-    the precise reason is looked for only when one fails.)"""
+    """Build an Event from a structured-mode JSON object; DecodeError if invalid. (Per
+    event: the common case's checks inline; the precise reason only when one fails.)"""
     try:
         specversion, event_id, source, event_type = _REQUIRED(doc)
     except KeyError:
@@ -216,10 +215,7 @@ def from_dict(doc: dict[str, Any]) -> Event:
     if specversion != SPECVERSION:
         refuse_specversion(specversion)
     if event_type not in _seen_types:
-        try:
-            validate_type(event_type)
-        except InvalidEventType as exc:
-            raise DecodeError(f"attribute 'type': {exc}") from None
+        _check_type(event_type)
     get = doc.get
     subject, correlationid, causationid, traceparent, dataschema, version = (
         get(KEY_SUBJECT), get(KEY_CORRELATIONID), get(KEY_CAUSATIONID), get(KEY_TRACEPARENT),
@@ -230,13 +226,10 @@ def from_dict(doc: dict[str, Any]) -> Event:
                            + (causationid is not None) + (traceparent is not None)
                            + (dataschema is not None) + (version is not None))  # fmt: skip
     extensions = {} if not more else tail_extensions(doc, more) if more <= TAILED else None
-    if (
-        extensions is not None
-        and KEY_DATA in doc and KEY_TIME in doc and KEY_DATACONTENTTYPE in doc
-    ):  # fmt: skip
-        # What tidings writes without the rarer attributes: causality, a subject if keyed,
-        # a schema and its version if registered, a trace context if traced, a few
-        # extensions (tracestate, personaldata).
+    if (extensions is not None and KEY_DATA in doc and KEY_TIME in doc
+            and KEY_DATACONTENTTYPE in doc):  # fmt: skip
+        # What tidings writes without the rarer attributes: causality, a subject if keyed, a
+        # schema and version if registered, a trace context, extensions (tracestate, ...).
         datacontenttype, data, raw_time = doc[KEY_DATACONTENTTYPE], doc[KEY_DATA], doc[KEY_TIME]
         key = None
         if not (
@@ -265,6 +258,13 @@ def from_dict(doc: dict[str, Any]) -> Event:
         datacontenttype, dataschema, version, correlationid, causationid, traceparent, key,
         extensions,
     )  # fmt: skip
+
+
+def _check_type(event_type: str) -> None:
+    try:
+        validate_type(event_type)
+    except InvalidEventType as exc:
+        raise DecodeError(f"attribute 'type': {exc}") from None
 
 
 def _optional_attributes(doc: dict[str, Any]) -> tuple[Any, ...]:

@@ -1,9 +1,11 @@
 """Personal values cut out of what a handler raises (decision 0038): a handler given
 personal fields in clear may put one into an exception's message, which the worker then
-logs and keeps in a dead letter. The worker calls a handler it gives clear values through
-:func:`guarded`, which replaces each of those values in the exception (its arguments,
-notes, an ``OSError``'s file names, and the exceptions it was raised from) with
-:data:`~tidings.shredding.MASK` before any middleware sees it.
+logs and keeps in a dead letter. :func:`redact` replaces each of those values in the
+exception (its arguments, notes, an ``OSError``'s file names, and the exceptions it was
+raised from) with :data:`~tidings.shredding.MASK` before any middleware sees it: the
+worker calls a handler it gives clear values through :func:`guarded`, or, in a run
+(where a wrapper per call would cost a coroutine per event), redacts what the run's
+call raised before its chain sees it (``tidings.worker.personal``).
 
 What it cannot reach: an exception whose ``__str__`` builds its text from something
 other than its arguments, values that are not strings (or shorter than
@@ -17,7 +19,7 @@ from typing import Any
 
 from tidings.shredding.fields import ERASED, MASK, sealed_values
 
-__all__ = ["MIN_LENGTH", "clear_values", "guarded", "guarded_sync", "redact"]
+__all__ = ["MIN_LENGTH", "clear_values", "guarded", "redact"]
 
 MIN_LENGTH = 3
 """Shorter values are left in messages: cutting every "a" out of a text hides nothing."""
@@ -79,15 +81,6 @@ async def guarded(call: Callable[[], Awaitable[Any]], sealed: Any, opened: Any) 
     the personal values cut out of what it raises."""
     try:
         return await call()
-    except Exception as exc:
-        redact(exc, clear_values(sealed, opened))
-        raise
-
-
-def guarded_sync(call: Callable[[], Any], sealed: Any, opened: Any) -> Any:
-    """:func:`guarded` for a plain ``def`` handler called where it runs (a thread)."""
-    try:
-        return call()
     except Exception as exc:
         redact(exc, clear_values(sealed, opened))
         raise

@@ -30,11 +30,12 @@ from tidings.dead_letters import DeadLetter, DeadLetterLog
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
 from tidings.middleware.base import SKIP, RunCalls
-from tidings.shredding.fields import EXTENSION, shown
-from tidings.shredding.redaction import guarded, guarded_sync
+from tidings.shredding.fields import EXTENSION
+from tidings.shredding.redaction import guarded
 from tidings.stats import Durations, Stats
 from tidings.subscriber import Subscriber
 from tidings.transport import Record
+from tidings.worker.personal import PersonalView
 from tidings.worker.routes import LOOP, THREAD, Route, RouteTable
 
 __all__ = ["RUN_SECONDS", "Dispatcher"]
@@ -99,9 +100,8 @@ class Dispatcher:
         self.shared_events = shared_events
         # Where each event's handling time goes (None: not timed, and not a clock read).
         self.durations = durations
-        # The app's tidings.shredding.Shredder (None: personal fields reach every
-        # handler masked).
-        self.shredder = getattr(publisher, "shredder", None)
+        # What handlers are given of events with sealed personal fields.
+        self.personal = PersonalView(getattr(publisher, "shredder", None))
         self.loop = asyncio.get_running_loop()
         # Which subscribers want which events, and how those are handled (routes.py);
         # its tables are this dispatcher's too (read on every event).
@@ -163,12 +163,12 @@ class Dispatcher:
         shared = self._shared(record, event)
         if delivery.attempt > 1 and not shared:
             event = self.decode(record)  # the first attempt had the event's own payload
-        data = event.data if EXTENSION not in event.extensions else self._personal(sub, event)
+        data = event.data if EXTENSION not in event.extensions else self.personal.data(sub, event)
         payload = self.registry.decode_payload(event.type, event.dataversion, data, shared=shared)
         ctx = None
         if sub.takes_context:
             ctx = self._context(event, record, delivery.attempt, delivery.session)
-        if data is not event.data and self._clear(sub):  # what it raises, redacted
+        if data is not event.data and self.personal.clear(sub):  # what it raises, redacted
             return guarded(
                 lambda: self._handler_call(sub, payload, ctx, delivery), event.data, data
             )
@@ -182,10 +182,6 @@ class Dispatcher:
             call = sub.handler(payload) if ctx is None else sub.handler(payload, ctx)
             return call
         return self._call_in_thread(sub, payload, ctx, delivery)
-
-    def _clear(self, sub: Subscriber) -> bool:
-        """Whether ``sub`` is given personal fields in clear."""
-        return sub.personal and self.shredder is not None
 
     def _shared(self, record: Record, event: Event) -> bool:
         """Whether the event's payload may be seen by more than one handler call (then
@@ -358,24 +354,13 @@ class Dispatcher:
         self, sub: Subscriber, record: Record, event: Event, shared: bool, session: Any = None
     ) -> Any:
         """The first attempt of a handler at ``event`` in a run: what the handler
-        returns (an async handler's coroutine). ``session``: its ``ctx.session``."""
-        data = event.data if EXTENSION not in event.extensions else self._personal(sub, event)
+        returns (an async handler's coroutine). ``session``: its ``ctx.session``. What it
+        raises, the run hands to :meth:`_resume`, which cuts out personal values."""
+        data = event.data if EXTENSION not in event.extensions else self.personal.data(sub, event)
         payload = self.registry.decode_payload(event.type, event.dataversion, data, shared=shared)
-        if data is not event.data and self._clear(sub):  # what it raises, redacted
-            args: tuple[Any, ...] = (payload,)
-            if sub.takes_context:
-                args = (payload, self._context(event, record, 1, session))
-            if sub.is_async:
-                return guarded(lambda: sub.handler(*args), event.data, data)
-            return guarded_sync(lambda: sub.handler(*args), event.data, data)
         if not sub.takes_context:
             return sub.handler(payload)
         return sub.handler(payload, self._context(event, record, 1, session))
-
-    def _personal(self, sub: Subscriber, event: Event) -> Any:
-        """The data of an event with sealed personal fields, as ``sub`` may see it:
-        opened if it asks for personal data and the app has a key store, else masked."""
-        return shown(event.id, event.data, self.shredder if sub.personal else None)
 
     async def _run_on_loop(
         self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
@@ -458,7 +443,9 @@ class Dispatcher:
         that one's chain gets the first attempt's ``outcome`` (what it raised, or the
         awaitable it returned), and the subscribers after it are called as
         :meth:`dispatch` calls them (timed from here: the first attempt's time is the
-        run's)."""
+        run's). Personal values given in clear are cut out of what it raised first."""
+        if isinstance(outcome, BaseException):
+            self.personal.redact(route[first][0], event, outcome)
         start = time.perf_counter() if self.durations is not None else 0.0
         token = causal_scope.set(None)
         try:
