@@ -165,14 +165,12 @@ class Shredder:
         one = self._one.get(model)
         if one is not None:  # the common case, without the walk below (the same result)
             names, subject_name, paths = one
-            get = data.get
-            values = [get(name) for name in names]
-            subject = get(subject_name)
-            if None not in values and subject is not None:
-                line = self._line(event_id, str(subject), values, paths)
+            values = list(map(data.get, names))
+            subject = data.get(subject_name)
+            if subject is not None and None not in values:
+                data[SEALED] = self._line(event_id, str(subject), values, paths)
                 for name in names:
                     data[name] = MASK
-                data[SEALED] = line
                 return data
         # Every subject is read before any field is masked (a field may be its own subject).
         found: list[tuple[Any, Any, str, Any, Any]] = []
