@@ -629,6 +629,48 @@ async def test_an_event_dead_lettered_by_a_run_that_did_not_commit_is_not_kept_t
         assert lag == 0
 
 
+async def test_entries_are_listed_in_the_order_they_were_dead_lettered_however_read(
+    tmp_path: Any,
+) -> None:
+    """By ``dead_at``, then the place in the topic, with writers' clocks out of step;
+    the order is kept between listings and follows what is read later (issue 23)."""
+    app = make_app(f"sqlite:///{tmp_path}/log.db")
+    topic = dlq_topic("g")
+
+    async def write(*stamps: tuple[str, float]) -> None:
+        written = [entry(entry=name, key="k", dead_at=at, type=name[0]) for name, at in stamps]
+        await app.transport.append(topic, [(e.key, e.encode()) for e in written])
+
+    async with app:
+        await app.transport.create_topic(topic)
+        # a second writer's clock behind the first; two entries in the same instant
+        await write(("a0", 5.0), ("a1", 1.0), ("a2", 3.0), ("a3", 3.0), ("a4", 2.0))
+        log = await open_log(app.transport, "g")
+
+        def listed(**kw: Any) -> list[str]:
+            return [e.entry for e, _ in log.listing(**kw)]
+
+        assert listed() == ["a1", "a4", "a2", "a3", "a0"]
+        assert log.ordered() is log.ordered()  # sorted once, then kept
+        await write(("b0", 6.0))  # in order: goes at the end
+        await log.refresh()
+        assert listed() == ["a1", "a4", "a2", "a3", "a0", "b0"]
+        await write(("c0", 0.5))  # out of order: sorted again
+        await log.refresh()
+        assert listed() == ["c0", "a1", "a4", "a2", "a3", "a0", "b0"]
+        await log.mark("purged", ["a4"], asyncio.Event())
+        assert listed() == ["c0", "a1", "a2", "a3", "a0", "b0"]
+        assert listed(include_resolved=True) == ["c0", "a1", "a4", "a2", "a3", "a0", "b0"]
+        assert listed(where=Filter(types=frozenset({"a"}))) == ["a1", "a2", "a3", "a0"]
+        assert [e.entry for e in log.matching(Filter(since=3.0))] == ["a2", "a3", "a0", "b0"]
+        assert log.with_states([log.entries["a4"]]) == [(log.entries["a4"], "purged")]
+        # the same order as a sort of every entry by the whole key
+        whole = sorted(
+            log.entries.values(), key=lambda e: (e.dead_at, e.dlq_partition, e.dlq_offset)
+        )
+        assert [e.entry for e in log.ordered()] == [e.entry for e in whole]
+
+
 # -- bounded memory (finding 13) -------------------------------------------------------
 
 
