@@ -7,7 +7,8 @@ import asyncio
 import base64
 import hashlib
 import time
-from typing import Any
+import tracemalloc
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -627,6 +628,70 @@ async def test_an_event_dead_lettered_by_a_run_that_did_not_commit_is_not_kept_t
         assert [e.entry for e in await entries(app, "g", everything=True)] == [first.entry]
         lag = sum(r.lag for r in await group_rows(app.transport, "g") if r.topic == "tasks")
         assert lag == 0
+
+
+async def test_entries_are_listed_in_the_order_they_were_dead_lettered_however_read(
+    tmp_path: Any,
+) -> None:
+    """By ``dead_at``, then the place in the topic, with writers' clocks out of step;
+    the order is kept between listings and follows what is read later (issue 23)."""
+    app = make_app(f"sqlite:///{tmp_path}/log.db")
+    topic = dlq_topic("g")
+
+    async def write(*stamps: tuple[str, float]) -> None:
+        written = [entry(entry=name, key="k", dead_at=at, type=name[0]) for name, at in stamps]
+        await app.transport.append(topic, [(e.key, e.encode()) for e in written])
+
+    async with app:
+        await app.transport.create_topic(topic)
+        # a second writer's clock behind the first; two entries in the same instant
+        await write(("a0", 5.0), ("a1", 1.0), ("a2", 3.0), ("a3", 3.0), ("a4", 2.0))
+        log = await open_log(app.transport, "g")
+
+        def listed(**kw: Any) -> list[str]:
+            return [e.entry for e, _ in log.listing(**kw)]
+
+        assert listed() == ["a1", "a4", "a2", "a3", "a0"]
+        assert log.ordered() is log.ordered()  # sorted once, then kept
+        await write(("b0", 6.0))  # in order: goes at the end
+        await log.refresh()
+        assert listed() == ["a1", "a4", "a2", "a3", "a0", "b0"]
+        await write(("c0", 0.5))  # out of order: sorted again
+        await log.refresh()
+        assert listed() == ["c0", "a1", "a4", "a2", "a3", "a0", "b0"]
+        await log.mark("purged", ["a4"], asyncio.Event())
+        assert listed() == ["c0", "a1", "a2", "a3", "a0", "b0"]
+        assert listed(include_resolved=True) == ["c0", "a1", "a4", "a2", "a3", "a0", "b0"]
+        assert listed(where=Filter(types=frozenset({"a"}))) == ["a1", "a2", "a3", "a0"]
+        assert [e.entry for e in log.matching(Filter(since=3.0))] == ["a2", "a3", "a0", "b0"]
+        assert log.with_states([log.entries["a4"]]) == [(log.entries["a4"], "purged")]
+        # the same order as a sort of every entry by the whole key
+        whole = sorted(
+            log.entries.values(), key=lambda e: (e.dead_at, e.dlq_partition, e.dlq_offset)
+        )
+        assert [e.entry for e in log.ordered()] == [e.entry for e in whole]
+
+
+def test_a_listing_makes_no_object_per_entry_for_the_garbage_collector() -> None:
+    """Sorting and matching 5,000 entries holds a few pointers per entry at most, not a
+    tuple per entry (a row, a sort key): 50,000 of those alive at once made the
+    dashboard's first list page pay for a full collection over the whole process
+    (issue 23)."""
+    log = DeadLetterLog(cast(Any, None), "g", max_value_bytes=0)
+    for i in range(5000):  # dead_at out of the topic's order, as with two writers
+        log.add(entry(entry=f"e-{i}", dead_at=float(i % 7), dlq_offset=i, type="a.b"))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ordered = log.ordered()
+        chosen = log.matching(Filter(types=frozenset({"a.b"})))
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert len(ordered) == len(chosen) == 5000
+    # Two lists and a sort's keys: 24 bytes an entry; a tuple each is 64 more.
+    assert peak / 5000 < 40
+    assert [(e.dead_at, e.dlq_offset) for e in chosen[:3]] == [(0.0, 0), (0.0, 7), (0.0, 14)]
 
 
 # -- bounded memory (finding 13) -------------------------------------------------------

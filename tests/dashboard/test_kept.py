@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -55,7 +56,7 @@ async def test_the_first_pages_say_counting_until_the_dead_letters_are_read(
         gate.set()
         await asyncio.wait_for(board.counted_all(), timeout=60)
         assert board.counted == {"mail", "audit"}
-        assert set(board.full_logs) == {"mail", "audit"}  # the list pages' logs, read too
+        assert set(board.dead_logs) == {"mail", "audit"}  # the list pages read them too
         page = await client.get("/")
         assert cell(page.text, MAIL, "dlq") == "4"
         assert "counting..." not in (await client.get("/groups/mail")).text
@@ -84,3 +85,38 @@ async def test_a_trace_looked_at_again_reads_on_and_shows_what_came_since(
     assert again == [root["id"] for root in doc["roots"]]
     assert len(again) == 5
     assert set(first) < set(again)
+
+
+async def test_the_reading_at_start_reads_each_dead_letter_once(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts, the list pages and the trace share one log per group: each record of
+    a dead-letter topic is read once at start (it was read twice: for the counts, then
+    for the lists), and the list page reads nothing again."""
+    client = Client(dashboard.app(seeded.url))
+    board = client.app.state.dashboard
+    transport = await board.transport()
+    plain = type(transport).read
+    got: Counter[str] = Counter()
+
+    async def read(self: Any, topic: str, *args: Any, **kwargs: Any) -> Any:
+        records = await plain(self, topic, *args, **kwargs)
+        got[topic] += len(records)
+        return records
+
+    monkeypatch.setattr(type(transport), "read", read)
+    try:
+        board.start_counting()
+        await asyncio.wait_for(board.counted_all(), timeout=60)
+        held = {
+            info.name: n
+            for info in await transport.topics()
+            if info.name.endswith(".dlq") and (n := sum(p.end - p.start for p in info.partitions))
+        }
+        assert held == {"mail.dlq": 4}
+        assert {topic: n for topic, n in got.items() if topic.endswith(".dlq") and n} == held
+        listing = await client.get("/groups/mail/dead-letters")
+        assert listing.text.count("<tr data-entry=") == 4
+        assert got["mail.dlq"] == 4
+    finally:
+        await client.close()

@@ -219,11 +219,13 @@ async def dead_letter_counts(
     transport: Transport,
     rows: Iterable[GroupPartition],
     logs: dict[str, DeadLetterLog] | None = None,
+    *,
+    resolved: bool = False,
 ) -> dict[tuple[str, str, int], int]:
     """Per (group, topic, partition) of ``rows``' groups, the dead letters waiting for
-    an operator of the events read from there (absent: none); ``logs`` as
-    :func:`~tidings.dead_letters.waiting` keeps them between calls."""
-    by_group = await waiting(transport, sorted({r.group for r in rows}), logs)
+    an operator of the events read from there (absent: none); ``logs`` and ``resolved``
+    as :func:`~tidings.dead_letters.waiting` keeps them between calls."""
+    by_group = await waiting(transport, sorted({r.group for r in rows}), logs, resolved=resolved)
     return {(g, t, p): n for g, counts in by_group.items() for (t, p), n in counts.items()}
 
 

@@ -126,7 +126,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
         log = await dead_letters.open_log(
             app.transport, args.group, resolved=args.all, values=False
         )
-    rows = [(e, s) for e, s in log.listing(include_resolved=args.all) if where(e)]
+    rows = log.listing(where, include_resolved=args.all)
     if args.json:
         print_json([e.summary(s) for e, s in rows])
         return 0
@@ -254,7 +254,7 @@ async def cmd_purge(args: argparse.Namespace) -> int:
     where = _where(args)
     async with opened(args.url) as app:
         log = await dead_letters.open_log(app.transport, args.group, resolved=False, values=False)
-        count = sum(1 for e, _ in log.listing() if where(e))
+        count = len(log.matching(where))
         if count == 0:
             print(f"no dead letters in group {args.group} match; nothing purged")
             return 0

@@ -59,17 +59,17 @@ async def list_page(request: Request) -> Response:
     page = int_param(request, "page", 1, low=1)
     if dashboard.unread(f"dead-letter list {group}"):
         return _reading(request, group, "dead-letters")
-    log, rows = await dashboard.dead_listing(group, where, every=every)
+    log, entries = await dashboard.dead_listing(group, where, every=every)
     size = dashboard.config.page_size
-    pages = max((len(rows) + size - 1) // size, 1)
+    pages = max((len(entries) + size - 1) // size, 1)
     if page > pages:
         raise BadInput(
-            f"page {page} is past the last page ({pages}) of the {len(rows)} matching dead "
-            "letter(s); go to page 1"
+            f"page {page} is past the last page ({pages}) of the {len(entries)} matching "
+            "dead letter(s); go to page 1"
         )
-    shown = rows[(page - 1) * size : page * size]
+    shown = log.with_states(entries[(page - 1) * size : page * size])
     query = {**values, "all": 1 if every else None}
-    return render(request, "dead_letters.html", group=group, rows=shown, total=len(rows),
+    return render(request, "dead_letters.html", group=group, rows=shown, total=len(entries),
                   depth=log.depth(), page=page, pages=pages, values=values, every=every,
                   query=query)  # fmt: skip
 
@@ -185,7 +185,7 @@ def _describe(where: Filter) -> str:
 async def purge(request: Request) -> Response:
     """First step: how many would be purged; second: the purge, recorded."""
     c = await _chosen(request)
-    count = sum(1 for e, _ in c.log.listing() if c.where(e))
+    count = len(c.log.matching(c.where))
     if not confirmed(c.form):
         return _confirm(request, c, "purge", count)
     purged = await dead_letters.purge(await dashboard_of(request).transport(), c.group, c.where)

@@ -77,7 +77,7 @@ async def groups_look(
     rows = await admin.group_rows(transport, group, internal=internal)
     counting = dashboard.uncounted({r.group for r in rows})
     counted = [r for r in rows if r.group not in counting]
-    dlq = await admin.dead_letter_counts(transport, counted, dashboard.dead_logs)
+    dlq = await admin.dead_letter_counts(transport, counted, dashboard.dead_logs, resolved=True)
     health = admin.lag_health(rows, now_ms, dashboard.windows)
     dashboard.history.observe(rows, now_ms)
     seconds = {}

@@ -22,7 +22,7 @@ from tidings.catalog.scan import Kept
 from tidings.dashboard.background import Gate, in_background, mark_background, polite
 from tidings.dashboard.config import Config
 from tidings.dashboard.text import utc
-from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter, State, dlq_topic
+from tidings.dead_letters import DeadLetter, DeadLetterLog, Filter
 from tidings.trace import Tracer, note
 from tidings.transport import Transport
 from tidings.transports import open_transport
@@ -80,8 +80,9 @@ class Dashboard:
         self.config = config
         self.windows = admin.LagWindows()  # lag samples where the log keeps none
         self.history = admin.LagWindows(HISTORY)  # what each look saw, for the charts
-        self.dead_logs: dict[str, DeadLetterLog] = {}  # unresolved entries, for counts
-        self.full_logs: dict[str, DeadLetterLog] = {}  # every entry, for the list page
+        # Every group's dead letters (every entry, without its original), read once for
+        # the counts, the list pages and the trace alike.
+        self.dead_logs: dict[str, DeadLetterLog] = {}
         self.jobs: dict[str, Job] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # running jobs, kept from the GC
         self._ids = itertools.count(1)
@@ -94,9 +95,8 @@ class Dashboard:
         self.gate = Gate()  # the background reading waits while a page is answered
         self.reading: set[str] = set()  # what the reading at start has still to read
         self.catalog_lock = asyncio.Lock()  # one catalog build at a time (its Kept)
-        self.listed: set[str] = set()  # groups whose list page's log the reading has read
         self.lag_stamps: dict[tuple[str, int, int], int] = {}  # admin.partition_lag's
-        self._listings: dict[str, tuple[object, list[tuple[DeadLetter, State]]]] = {}
+        self._listings: dict[str, tuple[object, list[DeadLetter]]] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
         self._trace_lock = asyncio.Lock()
@@ -128,10 +128,11 @@ class Dashboard:
         """Read in the background (at server start) what the first pages would wait
         for, pages first (:mod:`~tidings.dashboard.background`): the append times of
         the lag, every group's dead-letter log (the first reading of 100,000 entries
-        takes seconds), the catalog's scan, then the list pages' logs. Until a group's
-        dead letters are read, :meth:`uncounted` names it and the pages say
-        "counting..." in place of its figures; until the catalog's scan is read,
-        ``"catalog"`` is in :attr:`reading` and its pages say "reading..."."""
+        takes seconds; the counts, the list pages and the trace use the same logs), then
+        the catalog's scan. Until a group's dead letters are read, :meth:`uncounted`
+        names it and the pages say "counting..." in place of its figures, and its list
+        page "reading..."; until the catalog's scan is read, ``"catalog"`` is in
+        :attr:`reading` and its pages say "reading..."."""
         if self.counting is None:
             self.reading = {"lag", "dead letters", "catalog", "dead-letter lists"}
             self.counting = asyncio.get_running_loop().create_task(self._count())
@@ -154,17 +155,12 @@ class Dashboard:
             self.reading.discard("lag")
             groups = sorted(info.group for info in await transport.groups())
             for group in groups:
-                await waiting(transport, [group], self.dead_logs)
+                await waiting(transport, [group], self.dead_logs, resolved=True)
                 self.counted.add(group)
-            self.reading.discard("dead letters")
+            self.reading -= {"dead letters", "dead-letter lists"}
             async with self.catalog_lock:
                 await build_catalog(transport, scan_limit=DEFAULT_SCAN, kept=self.catalog_scan)
             self.reading.discard("catalog")
-            names = {info.name for info in await transport.topics()}
-            for group in groups:  # then the dead-letter list pages' logs
-                if dlq_topic(group) in names:
-                    await self.dead_log(group)
-                self.listed.add(group)
         except Exception:  # the pages read the logs themselves, and show what failed
             log.exception("the dashboard's reading at start failed")
         finally:
@@ -183,7 +179,7 @@ class Dashboard:
         if not self.reading:
             return False
         if key.startswith("dead-letter list "):
-            return "dead-letter lists" in self.reading and key[17:] not in self.listed
+            return "dead-letter lists" in self.reading and key[17:] not in self.counted
         return key in self.reading
 
     async def counted_all(self) -> None:
@@ -203,14 +199,14 @@ class Dashboard:
         :func:`~tidings.dead_letters.read_entry`), refreshed: only what is new is read."""
         from tidings.dead_letters import open_log
 
-        kept = self.full_logs.get(group)
+        kept = self.dead_logs.get(group)
         transport = await self.transport()
         if in_background():
             transport = polite(transport, self.gate)
         async with self.gate.wanting() if not in_background() else contextlib.nullcontext():
             if kept is None:
                 kept = await open_log(transport, group, values=False)
-                self.full_logs[group] = kept
+                self.dead_logs[group] = kept
             else:
                 await kept.refresh()  # under its lock: the background's reading goes on
         return kept
@@ -224,7 +220,7 @@ class Dashboard:
         async with busy, self._trace_lock:  # the background may hold a log's lock
             tracer = self.tracers.pop((id, scan), None)
             if tracer is None:
-                tracer = Tracer(await self.transport(), id, scan=scan, dead_logs=self.full_logs)
+                tracer = Tracer(await self.transport(), id, scan=scan, dead_logs=self.dead_logs)
             self.tracers[(id, scan)] = tracer  # the newest last
             for old in list(self.tracers)[: max(len(self.tracers) - TRACERS_KEPT, 0)]:
                 del self.tracers[old]
@@ -254,18 +250,19 @@ class Dashboard:
 
     async def dead_listing(
         self, group: str, where: Filter, *, every: bool
-    ) -> tuple[DeadLetterLog, list[tuple[DeadLetter, State]]]:
+    ) -> tuple[DeadLetterLog, list[DeadLetter]]:
         """``group``'s log, and its entries that ``where`` matches (``every``: in any
-        state), as :meth:`~tidings.dead_letters.DeadLetterLog.listing` orders them; the
-        last listing of each group is kept until the log changes."""
+        state) as :meth:`~tidings.dead_letters.DeadLetterLog.matching` gives them (as
+        ``tidings dlq list`` lists them); the last of each group is kept until the log
+        changes."""
         log = await self.dead_log(group)
         key = (log.changes, every, where)
         kept = self._listings.get(group)
         if kept is not None and kept[0] == key:
             return log, kept[1]
-        rows = [(e, s) for e, s in log.listing(include_resolved=every) if where(e)]
-        self._listings[group] = (key, rows)
-        return log, rows
+        entries = log.matching(where, include_resolved=every)
+        self._listings[group] = (key, entries)
+        return log, entries
 
     def new_job(self, action: str, group: str, total: int) -> Job:
         job = Job(str(next(self._ids)), action, group, total)

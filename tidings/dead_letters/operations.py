@@ -76,7 +76,7 @@ async def open_log(
 def replay_plan(dead: DeadLetterLog, where: Filter) -> tuple[list[DeadLetter], list[DeadLetter]]:
     """The matching ``dead`` entries a replay sends, in the order it sends them, and the
     ones it skips: truncated entries, whose original was not kept in full."""
-    chosen = [e for e, s in dead.listing() if s == "dead" and where(e)]
+    chosen = [e for e, s in dead.listing(where) if s == "dead"]
     # One key's entries in original order: a sequenced group replays its parked
     # events behind the one they waited for.
     chosen.sort(key=lambda e: (e.topic, e.partition, e.offset, e.dead_at))
@@ -123,7 +123,7 @@ async def replay(
 async def purge(transport: Transport, group: str, where: Filter) -> int:
     """Mark the matching unresolved entries purged; return how many."""
     dead = await open_log(transport, group, resolved=False, values=False)
-    chosen = [e.entry for e, _ in dead.listing() if where(e)]
+    chosen = [e.entry for e in dead.matching(where)]
     stop = asyncio.Event()
     for start in range(0, len(chosen), 1000):
         await dead.mark("purged", chosen[start : start + 1000], stop)
@@ -136,13 +136,19 @@ async def depths(transport: Transport, groups: Iterable[str]) -> dict[str, int]:
 
 
 async def waiting(
-    transport: Transport, groups: Iterable[str], logs: dict[str, DeadLetterLog] | None = None
+    transport: Transport,
+    groups: Iterable[str],
+    logs: dict[str, DeadLetterLog] | None = None,
+    *,
+    resolved: bool = False,
 ) -> dict[str, Counter[tuple[str, int]]]:
     """Per group, the entries waiting for an operator (state ``dead``) by the topic and
     partition their event was read from (empty if the group has no dead-letter topic).
 
     ``logs``: the groups' logs kept from an earlier call, refreshed (only what is new is
-    read) and completed; a caller that looks again and again (the dashboard) keeps it."""
+    read) and completed; a caller that looks again and again (the dashboard) keeps it.
+    ``resolved``: the logs made here keep resolved entries too (see
+    :class:`DeadLetterLog`), for a caller that lists them from the same logs."""
     names = {info.name for info in await transport.topics()}
     result: dict[str, Counter[tuple[str, int]]] = {}
     kept = {} if logs is None else logs
@@ -153,7 +159,7 @@ async def waiting(
             continue
         dead = kept.get(group)
         if dead is None:
-            dead = kept[group] = DeadLetterLog(transport, group, resolved=False, values=False)
+            dead = kept[group] = DeadLetterLog(transport, group, resolved=resolved, values=False)
         await dead.refresh()
         result[group] = dead.waiting()
     return result
