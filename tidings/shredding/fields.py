@@ -156,13 +156,14 @@ class Shredder:
         """``payload``'s JSON data with its personal fields sealed for event
         ``event_id``; None if its model has none (the payload goes as it is)."""
         model = type(payload)
-        fields = self._fields.get(model)
-        if fields is None:
-            fields = self.fields(model)
-        if not fields:
-            return None
-        data: dict[str, Any] = payload.__pydantic_serializer__.to_python(payload, mode="json")
         one = self._one.get(model)
+        if one is None:
+            fields = self._fields.get(model)
+            if fields is None:
+                fields = self.fields(model)
+            if not fields:
+                return None
+        data: dict[str, Any] = payload.__pydantic_serializer__.to_python(payload, mode="json")
         if one is not None:  # the common case, without the walk below (the same result)
             names, subject_name, paths = one
             values = list(map(data.get, names))
@@ -184,7 +185,7 @@ class Shredder:
                         raise self._no_subject(payload, name, subject_name)
                     found.append((data, name, name, value, subject))
         else:
-            self._find(payload, data, fields, found)
+            self._find(payload, data, self._fields[model], found)
         if not found:
             return data
         groups: dict[Any, list[tuple[Any, Any, str, Any, Any]]] = {}
