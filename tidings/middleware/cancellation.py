@@ -34,7 +34,7 @@ from tidings.middleware.base import Delivery, Middleware, Next
 from tidings.middleware.lane import lane_work
 from tidings.subscriber import Subscriber
 from tidings.transport import Transport
-from tidings.transports._follow import Follower
+from tidings.transports.follow import Follower
 
 __all__ = [
     "CANCELLATIONS_TOPIC",

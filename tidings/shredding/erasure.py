@@ -11,7 +11,7 @@ from tidings.envelope import Event
 from tidings.errors import ConfigError
 from tidings.shredding.fields import Shredder
 from tidings.transport import Transport
-from tidings.transports._follow import Follower
+from tidings.transports.follow import Follower
 
 __all__ = ["ERASED_TYPE", "ERASURES_TOPIC", "ErasureWatch", "erase", "shredder_for", "watching"]
 
