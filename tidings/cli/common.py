@@ -153,9 +153,12 @@ def shredder_of(args: argparse.Namespace) -> Shredder | None:
 
 
 def shredder(args: argparse.Namespace) -> Shredder:
-    """The key store of ``--keys`` (or its defaults), with its master key."""
+    """The key store of ``--keys`` (or its defaults), with its master key (an error
+    now if there is none)."""
     from tidings.shredding.erasure import shredder_for
+    from tidings.shredding.keystore import master_key_from
 
+    master_key_from()  # no key store is opened, let alone made, without its master key
     url = args.url or default_url()
     found = shredder_for(args.keys or os.environ.get("TIDINGS_KEYS_URL") or True, url)
     assert found is not None
