@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Sequence
 
 from tidings import logs
@@ -79,7 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = func(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
+        sys.stdout.flush()  # here, where a reader gone away is still ours to handle
         return int(result or 0)
+    except BrokenPipeError:
+        # The reader went away (e.g. '| head'): stop quietly, and keep Python from
+        # complaining when it flushes stdout on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, ConfigError) as exc:
         print_error(str(exc))
         return USAGE_ERROR
