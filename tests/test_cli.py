@@ -781,6 +781,17 @@ def test_erase_does_not_create_a_log_at_a_mistyped_path(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args", [["erase", "c-1"], ["tail", "tasks", "--reveal"]])
+def test_a_key_store_beside_a_broker_log_is_asked_for_by_its_option(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDINGS_MASTER_KEY", "00" * 32)
+    monkeypatch.delenv("TIDINGS_KEYS_URL", raising=False)
+    result = tidings_in_process(*args, url="kafka://127.0.0.1:9")  # asked before connecting
+    assert_one_error_line(result, 2, "give the key store with --keys URL or $TIDINGS_KEYS_URL")
+    assert "personal=" not in result.stderr  # was: Tidings(personal=True)'s advice
+
+
 def test_a_reader_that_goes_away_ends_a_command_quietly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -160,6 +160,13 @@ def shredder(args: argparse.Namespace) -> Shredder:
 
     master_key_from()  # no key store is opened, let alone made, without its master key
     url = args.url or default_url()
-    found = shredder_for(args.keys or os.environ.get("TIDINGS_KEYS_URL") or True, url)
+    keys = args.keys or os.environ.get("TIDINGS_KEYS_URL")
+    if keys is None and not url.startswith("sqlite://"):
+        raise UsageError(
+            f"the log {url.partition('://')[0]}://... keeps no keys: give the key store "
+            "with --keys URL or $TIDINGS_KEYS_URL (a SQLAlchemy URL, e.g. "
+            "postgresql://... or sqlite:///keys.db)"
+        )
+    found = shredder_for(keys or True, url)
     assert found is not None
     return found

@@ -86,6 +86,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
     except InvalidEventType as exc:
         raise ConfigError(f"--type: {exc}") from None
     upcast = load_app(args.upcast).registry if args.upcast else None
+    reveal = shredder_of(args)  # a missing key or key store: said before connecting
     stop = asyncio.Event()
     if args.follow:
         loop = asyncio.get_running_loop()
@@ -102,7 +103,7 @@ async def cmd_tail(args: argparse.Namespace) -> int:
             follow=args.follow,
             stop=stop,
             upcast=upcast,
-            reveal=shredder_of(args),
+            reveal=reveal,
         )
         async with contextlib.aclosing(entries):
             async for entry in entries:
