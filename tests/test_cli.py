@@ -810,6 +810,19 @@ def test_a_reader_that_goes_away_ends_a_command_quietly(
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--url", "kafka://b:9092", "groups"], "--url goes after the command"),
+        (["--url=kafka://b:9092", "groups"], "--url goes after the command"),
+        (["--json", "topics"], "--json goes after the command"),
+    ],
+)
+def test_an_option_before_the_command_is_told_where_it_goes(args: list[str], says: str) -> None:
+    # As Kafka's tools take it; argparse said "invalid choice: 'kafka://b:9092'".
+    assert_one_error_line(tidings_in_process(*args, url=None), 2, says)
+
+
 @pytest.mark.parametrize("command", ["groups", "dashboard"])
 def test_help_names_the_default_url(command: str) -> None:
     result = tidings_in_process(command, "--help", url=None)

@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     its exit code."""
     parser = build_parser()
     try:
+        _check_order(sys.argv[1:] if argv is None else list(argv))
         args = parser.parse_args(argv)
         _configure_logs(args)
         args.url_given = getattr(args, "url", None) is not None
@@ -95,6 +96,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _check_order(argv: list[str]) -> None:
+    """``tidings --url URL groups`` (as Kafka's tools take it): say where options go,
+    rather than argparse's "invalid choice: 'URL'"."""
+    option = argv[0].split("=")[0] if argv else ""
+    if option in _COMMAND_OPTIONS:
+        raise UsageError(
+            f"{option} goes after the command: 'tidings COMMAND {option} ...', e.g. "
+            f"'tidings groups {option}{' URL' if option == '--url' else ''}' (see 'tidings --help')"
+        )
+
+
+# The options of the commands, which a user may put before the command by habit.
+_COMMAND_OPTIONS = {"--url", "--json", "--keys", "--reveal"}
 
 
 def _configure_logs(args: argparse.Namespace) -> None:
