@@ -811,6 +811,28 @@ def test_a_reader_that_goes_away_ends_a_command_quietly(
 
 
 @pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("first_hour_shop.py:app", "expected a module, not a file: first_hour_shop:app"),
+        ("./first_hour_shop.py:app", "expected a module, not a file: first_hour_shop:app"),
+        ("src/first_hour_shop.py:app", "not a file: src.first_hour_shop:app"),
+        ("first_hour_shop:ap", "first_hour_shop has no 'ap'; its apps: app"),
+    ],
+)
+def test_an_app_named_wrongly_is_told_what_to_name(
+    spec: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a TypeError traceback (./shop.py:app), "shop:ap is NoneType" (a typo).
+    (tmp_path / "first_hour_shop.py").write_text(
+        "from tidings import Tidings\napp = Tidings('memory://', service='shop')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "first_hour_shop", raising=False)
+    result = tidings_in_process("run", spec, url=None)
+    assert_one_error_line(result, 2, says)
+
+
+@pytest.mark.parametrize(
     ("args", "says"),
     [
         (["--url", "kafka://b:9092", "groups"], "--url goes after the command"),

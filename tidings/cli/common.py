@@ -103,6 +103,12 @@ def load_app(spec: str) -> Tidings:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"expected module:app, e.g. myservice.events:app, got {spec!r}")
+    if module_name.endswith(".py") or module_name.startswith(".") or "/" in module_name:
+        dotted = module_name.removesuffix(".py").strip("./")
+        raise UsageError(
+            f"expected a module, not a file: {dotted.replace('/', '.')}:{attr} "
+            f"(module:app, as uvicorn takes it), got {spec!r}"
+        )
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
@@ -110,7 +116,11 @@ def load_app(spec: str) -> Tidings:
         raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
     app = getattr(module, attr, None)
     if not isinstance(app, Tidings):
-        raise ConfigError(f"{spec} is {type(app).__name__}, not a tidings.Tidings app")
+        apps = [name for name, value in vars(module).items() if isinstance(value, Tidings)]
+        found = f"{module_name} has no {attr!r}" if app is None else (
+            f"{spec} is {type(app).__name__}, not a tidings.Tidings app"
+        )  # fmt: skip
+        raise ConfigError(f"{found}; its apps: {', '.join(apps) or 'none'}")
     return app
 
 
