@@ -811,6 +811,22 @@ def test_a_reader_that_goes_away_ends_a_command_quietly(
 
 
 @pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["tail", "tasks", "--since"], "tidings tail"),
+        (["dlq", "list", "mailer", "--bogus"], "tidings dlq list"),
+        (["groups", "--bogus"], "tidings groups"),
+    ],
+)
+def test_an_unknown_option_points_to_the_help_of_its_command(
+    args: list[str], where: str, tmp_path: Path
+) -> None:
+    result = tidings_in_process(*args, url=f"sqlite:///{tmp_path}/events.db")
+    # Was "(see 'tidings --help')", the one page that does not list the option.
+    assert_one_error_line(result, 2, f"unrecognized arguments: {args[-1]} (see '{where} --help')")
+
+
+@pytest.mark.parametrize(
     ("spec", "says"),
     [
         ("first_hour_shop.py:app", "expected a module, not a file: first_hour_shop:app"),

@@ -9,7 +9,7 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tidings import admin
@@ -58,6 +58,25 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: say what was wrong and where to look.
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra and not hasattr(parsed, "unrecognized_by"):
+            # The innermost command that did not know them: argparse reports them from
+            # the top ('tidings --help'), where the reader would not find its options.
+            parsed.unrecognized_by = self.prog
+        return parsed, extra
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            where = getattr(parsed, "unrecognized_by", self.prog)
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see '{where} --help')")
+        return parsed
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
