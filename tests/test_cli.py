@@ -810,6 +810,13 @@ def test_a_reader_that_goes_away_ends_a_command_quietly(
     assert capsys.readouterr().err == ""
 
 
+def test_version_prints_the_version() -> None:
+    from tidings import __version__
+
+    result = tidings_in_process("--version", url=None)  # was: "required: COMMAND", exit 2
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"tidings {__version__}\n", "")
+
+
 @pytest.mark.parametrize(
     ("args", "where"),
     [

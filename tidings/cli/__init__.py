@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tidings import logs
+from tidings import __version__, logs
 from tidings.app import default_url
 from tidings.cli import (
     asyncapi,
@@ -56,6 +56,7 @@ USAGE_ERROR = 2
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``tidings`` with every command; ``--help`` lists them in this order."""
     parser = Parser(prog="tidings", description="Operate a tidings event log.")
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for family in (
