@@ -88,6 +88,14 @@ def test_devices_are_read_again_when_the_file_changes(tmp_path: Path) -> None:
         devices.token("alice")
 
 
+def test_the_usage_names_every_service() -> None:
+    from taskapi.__main__ import USAGE
+    from taskapi.services import SERVICES
+
+    line = " ".join(USAGE.split("service NAME", 1)[1].split("sinks", 1)[0].split())
+    assert [s for s in SERVICES if s not in line] == []  # task-board was left out
+
+
 def test_a_reminder_push_reads_its_due_date_as_the_mail_does(settings) -> None:
     due = ReminderDue(task_id="t", title="R", assignee="bob", due=NOW, remind_at=NOW)
     body = notification(due, "b-1", ctx("task.reminder_due"))
