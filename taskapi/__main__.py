@@ -15,7 +15,8 @@ usage: taskapi COMMAND [options]
 
   demo                  the whole system on the embedded log, with local sinks (Ctrl-C stops)
   api                   the Task API, with its outbox relay
-  service NAME          one service: email, slack, push, audit, reminders or escalation
+  service NAME          one service: email, slack, push, audit, reminders, task-board or
+                        escalation
   sinks                 the local SMTP sink and webhook receiver
   audit verify [DIR]    check the audit files' keyed chain and the checkpoints in the log
   reminders             list the pending reminders

@@ -122,7 +122,8 @@ class Effects:
             if (task_id, scheduled_at) in self.scheduled:
                 continue
             self.scheduled.add((task_id, scheduled_at))
-            when = datetime.fromtimestamp(remind_at, UTC).strftime("%H:%M:%S")
+            # With its date: a reminder a day ahead at 09:59 is not one in the past.
+            when = datetime.fromtimestamp(remind_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             summary = f"reminder for {title!r} set for {when} UTC"
             new.append(Effect("reminders", scheduled_at, correlation, causation, summary))
         return new

@@ -758,10 +758,132 @@ def test_operating_commands_do_not_create_a_log_at_a_mistyped_path(
     assert not (tmp_path / "evnets.db").exists()
 
 
-def test_help_names_the_default_url() -> None:
-    result = tidings("groups", "--help", url=None)
+def test_publish_to_a_log_not_made_yet_says_that_create_makes_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/new.db"
+    refused = tidings_in_process("publish", "orders", "order.placed", "--data", "1", url=url)
+    assert_one_error_line(refused, 2, "there is no event log at")
+    assert "'tidings publish --create'" in refused.stderr  # was: "publishing ... creates it"
+    assert not (tmp_path / "new.db").exists()
+    made = tidings_in_process(
+        "publish", "orders", "order.placed", "--data", "1", "--create", url=url
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "new.db").exists()
+
+
+def test_erase_without_a_master_key_says_how_to_make_one_and_makes_no_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TIDINGS_MASTER_KEY", raising=False)
+    monkeypatch.delenv("TIDINGS_MASTER_KEY_FILE", raising=False)
+    result = tidings_in_process("erase", "c-1", url=f"sqlite:///{tmp_path}/tidings.db")
+    assert_one_error_line(result, 1, "no master key for the key store: set $TIDINGS_MASTER_KEY")
+    assert "secrets.token_hex(32)" in result.stderr
+    assert "or pass master_key=" not in result.stderr  # a keyword of the library, not the CLI
+    assert list(tmp_path.iterdir()) == []  # neither a log nor a key store
+
+
+def test_erase_does_not_create_a_log_at_a_mistyped_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDINGS_MASTER_KEY", "00" * 32)
+    result = tidings_in_process("erase", "c-1", url=f"sqlite:///{tmp_path}/evnets.db")
+    assert_one_error_line(result, 2, "there is no event log at")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["erase", "c-1"], ["tail", "tasks", "--reveal"]])
+def test_a_key_store_beside_a_broker_log_is_asked_for_by_its_option(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDINGS_MASTER_KEY", "00" * 32)
+    monkeypatch.delenv("TIDINGS_KEYS_URL", raising=False)
+    result = tidings_in_process(*args, url="kafka://127.0.0.1:9")  # asked before connecting
+    assert_one_error_line(result, 2, "give the key store with --keys URL or $TIDINGS_KEYS_URL")
+    assert "personal=" not in result.stderr  # was: Tidings(personal=True)'s advice
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tidings groups | head -1``: no BrokenPipeError traceback, on every command."""
+    from tidings.cli import main
+
+    url = f"sqlite:///{tmp_path}/events.db"
+    assert main(["publish", "tasks", "task.created", "--data", "1", "--create", "--url", url]) == 0
+    capsys.readouterr()
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone: every write fails with EPIPE
+    with open(write, "w", buffering=1) as gone:  # line-buffered: the first line fails
+        monkeypatch.setattr(sys, "stdout", gone)
+        assert main(["topics", "--url", url]) == 0
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+
+
+def test_version_prints_the_version() -> None:
+    from tidings import __version__
+
+    result = tidings_in_process("--version", url=None)  # was: "required: COMMAND", exit 2
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"tidings {__version__}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["tail", "tasks", "--since"], "tidings tail"),
+        (["dlq", "list", "mailer", "--bogus"], "tidings dlq list"),
+        (["groups", "--bogus"], "tidings groups"),
+    ],
+)
+def test_an_unknown_option_points_to_the_help_of_its_command(
+    args: list[str], where: str, tmp_path: Path
+) -> None:
+    result = tidings_in_process(*args, url=f"sqlite:///{tmp_path}/events.db")
+    # Was "(see 'tidings --help')", the one page that does not list the option.
+    assert_one_error_line(result, 2, f"unrecognized arguments: {args[-1]} (see '{where} --help')")
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("first_hour_shop.py:app", "expected a module, not a file: first_hour_shop:app"),
+        ("./first_hour_shop.py:app", "expected a module, not a file: first_hour_shop:app"),
+        ("src/first_hour_shop.py:app", "not a file: src.first_hour_shop:app"),
+        ("first_hour_shop:ap", "first_hour_shop has no 'ap'; its apps: app"),
+    ],
+)
+def test_an_app_named_wrongly_is_told_what_to_name(
+    spec: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: a TypeError traceback (./shop.py:app), "shop:ap is NoneType" (a typo).
+    (tmp_path / "first_hour_shop.py").write_text(
+        "from tidings import Tidings\napp = Tidings('memory://', service='shop')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "first_hour_shop", raising=False)
+    result = tidings_in_process("run", spec, url=None)
+    assert_one_error_line(result, 2, says)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--url", "kafka://b:9092", "groups"], "--url goes after the command"),
+        (["--url=kafka://b:9092", "groups"], "--url goes after the command"),
+        (["--json", "topics"], "--json goes after the command"),
+    ],
+)
+def test_an_option_before_the_command_is_told_where_it_goes(args: list[str], says: str) -> None:
+    # As Kafka's tools take it; argparse said "invalid choice: 'kafka://b:9092'".
+    assert_one_error_line(tidings_in_process(*args, url=None), 2, says)
+
+
+@pytest.mark.parametrize("command", ["groups", "dashboard"])
+def test_help_names_the_default_url(command: str) -> None:
+    result = tidings_in_process(command, "--help", url=None)
     assert result.returncode == 0
-    assert "sqlite:///./tidings.db" in " ".join(result.stdout.split())
+    assert "$TIDINGS_URL, else sqlite:///./tidings.db" in " ".join(result.stdout.split())
 
 
 def test_run_refuses_a_url_that_the_app_would_ignore(tmp_path: Path) -> None:

@@ -4,6 +4,10 @@ how, and how a page marks a block that cannot run there)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -32,6 +36,41 @@ def test_the_python_blocks_of_the_page_run(
 def test_every_page_marks_its_blocks_with_markers_the_runner_knows() -> None:
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         steps(page.read_text())  # raises on an unknown marker, a skip without a reason
+
+
+def _command_lines(page: Path) -> list[str]:
+    """The ``tidings ...`` lines of a page's shell blocks (fenced, or indented by four),
+    without their comments and with their optional parts (``[--all]``) left out."""
+    found, fence = [], None
+    for line in page.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fence = None if fence is not None else line.strip()[3:]
+            continue
+        shell = fence in ("sh", "bash", "console", "") or (fence is None and line[:4] == "    ")
+        command = line.strip().removeprefix("$ ")
+        if shell and command.startswith("tidings "):
+            command = re.split(r"\s+#", command)[0]
+            found.append(re.sub(r"\s*\[[^]]*\]", "", command))
+    return found
+
+
+def test_every_command_line_the_pages_show_is_one_the_cli_takes() -> None:
+    from tidings.cli import build_parser
+    from tidings.cli.common import UsageError
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    lines = [(page.name, line) for page in pages for line in _command_lines(page)]
+    assert len(lines) > 50
+    refused = []
+    for name, line in lines:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                build_parser().parse_args(shlex.split(line)[1:])
+        except UsageError as exc:
+            refused.append(f"{name}: {line}: {exc}")
+        except SystemExit:  # --help
+            pass
+    assert refused == []
 
 
 def _run(markdown: str, tmp_path: Path) -> tuple[int, int]:

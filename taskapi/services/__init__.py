@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Protocol
@@ -19,7 +20,7 @@ from taskapi.events import register
 from taskapi.settings import Settings
 from tidings import ConfigError, Context, Inbox, Retry, Tidings, Worker
 
-__all__ = ["SERVICES", "base_app", "build", "inbox", "retry_policy", "serve"]
+__all__ = ["SERVICES", "base_app", "build", "due_text", "inbox", "retry_policy", "serve"]
 
 SERVICES = ("email", "slack", "push", "audit", "reminders", "task-board", "escalation")
 
@@ -59,6 +60,11 @@ def mail_message(
     message["X-Tidings-Event-ID"] = ctx.id
     message.set_content("\n".join([*lines, "", f"Task id: {task_id}"]) + "\n")
     return message
+
+
+def due_text(due: datetime) -> str:
+    """A due date as a person reads it in a mail or a push: ``2026-11-30 12:00 UTC``."""
+    return f"{due.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def inbox(name: str, settings: Settings, stack: contextlib.AsyncExitStack) -> Inbox:

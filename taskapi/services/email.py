@@ -25,7 +25,14 @@ from taskapi.events import (
     TaskEscalated,
     TaskEscalationFailed,
 )
-from taskapi.services import base_app, escalation, inbox, mail_message, retry_policy
+from taskapi.services import (
+    base_app,
+    due_text,
+    escalation,
+    inbox,
+    mail_message,
+    retry_policy,
+)
 from taskapi.settings import Settings
 from tidings import Context, Tidings
 
@@ -60,7 +67,7 @@ def compose(event: Notice, settings: Settings, ctx: Context) -> EmailMessage | N
         subject = f"Completed: {event.title}"
         lines = [f"The task {event.title!r} was completed at {event.completed_at.isoformat()}."]
     else:
-        subject = f"Reminder: {event.title} is due {event.due:%Y-%m-%d %H:%M} UTC"
+        subject = f"Reminder: {event.title} is due {due_text(event.due)}"
         lines = [f"The task {event.title!r} is due at {event.due.isoformat()}."]
     to = settings.address(event.assignee)
     return mail_message(settings, ctx, to, subject, lines, event.task_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from taskapi.events import TOPIC, ReminderDue, TaskAssigned
-from taskapi.services import base_app, inbox, retry_policy
+from taskapi.services import base_app, due_text, inbox, retry_policy
 from taskapi.services.webhook import WebhookRejected, client, post_json
 from taskapi.settings import Settings
 from tidings import ConfigError, Context, Tidings
@@ -57,7 +57,7 @@ def notification(event: TaskAssigned | ReminderDue, token: str, ctx: Context) ->
     if isinstance(event, TaskAssigned):
         title, body = "Task assigned to you", event.title
     else:
-        title, body = "Reminder", f"{event.title} is due {event.due.isoformat()}"
+        title, body = "Reminder", f"{event.title} is due {due_text(event.due)}"
     return {
         "to": token,
         "title": title,

@@ -471,7 +471,9 @@ def test_the_command_refuses_what_is_not_an_app_and_a_file_it_cannot_write(
     )
     result = run_cli("asyncapi", "nothing:app", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == "tidings: error: nothing:app is int, not a tidings.Tidings app\n"
+    assert result.stderr == (
+        "tidings: error: nothing:app is int, not a tidings.Tidings app; its apps: ok\n"
+    )
     assert result.stdout == ""
     result = run_cli("asyncapi", "nothing:ok", "-o", "no/such/dir.json", cwd=tmp_path)
     assert result.returncode == 2

@@ -88,6 +88,48 @@ def test_devices_are_read_again_when_the_file_changes(tmp_path: Path) -> None:
         devices.token("alice")
 
 
+def test_the_usage_names_every_service() -> None:
+    from taskapi.__main__ import USAGE
+    from taskapi.services import SERVICES
+
+    line = " ".join(USAGE.split("service NAME", 1)[1].split("sinks", 1)[0].split())
+    assert [s for s in SERVICES if s not in line] == []  # task-board was left out
+
+
+def test_a_reminder_push_reads_its_due_date_as_the_mail_does(settings) -> None:
+    due = ReminderDue(task_id="t", title="R", assignee="bob", due=NOW, remind_at=NOW)
+    body = notification(due, "b-1", ctx("task.reminder_due"))
+    assert body["body"] == "R is due 2026-11-30 12:00 UTC"  # was: 2026-11-30T12:00:00+00:00
+    assert compose(due, settings, ctx())["Subject"] == f"Reminder: {body['body']}"  # type: ignore[index]
+
+
+def test_the_demo_shows_a_reminder_set_for_another_day_with_its_date(settings) -> None:
+    import sqlalchemy as sa
+
+    from taskapi.effects import Effects
+    from taskapi.services.reminders import metadata, timers
+
+    settings.data.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(f"sqlite:///{settings.data / 'reminders.db'}")
+    metadata.create_all(engine)
+    tomorrow = NOW.timestamp() + 86400 - 60  # a day ahead, at a time of day already gone
+    with engine.begin() as conn:
+        conn.execute(
+            timers.insert().values(
+                task_id="t",
+                title="R",
+                due=tomorrow + 60,
+                remind_at=tomorrow,
+                correlation_id="c",
+                causation_id="e",
+                scheduled_at=NOW.timestamp(),
+            )
+        )
+    engine.dispose()
+    [effect] = Effects(settings).poll()
+    assert effect.summary == "reminder for 'R' set for 2026-12-01 11:59:00 UTC"
+
+
 def test_the_push_notification_names_the_task_and_the_device() -> None:
     event = TaskAssigned(task_id="t9", title="Ship", assignee="bob")
     body = notification(event, "b-1", ctx("task.assigned"))

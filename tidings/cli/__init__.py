@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Sequence
 
-from tidings import logs
+from tidings import __version__, logs
 from tidings.app import default_url
 from tidings.cli import (
     asyncapi,
@@ -55,6 +56,7 @@ USAGE_ERROR = 2
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``tidings`` with every command; ``--help`` lists them in this order."""
     parser = Parser(prog="tidings", description="Operate a tidings event log.")
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for family in (
@@ -70,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     its exit code."""
     parser = build_parser()
     try:
+        _check_order(sys.argv[1:] if argv is None else list(argv))
         args = parser.parse_args(argv)
         _configure_logs(args)
         args.url_given = getattr(args, "url", None) is not None
@@ -79,7 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = func(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
+        sys.stdout.flush()  # here, where a reader gone away is still ours to handle
         return int(result or 0)
+    except BrokenPipeError:
+        # The reader went away (e.g. '| head'): stop quietly, and keep Python from
+        # complaining when it flushes stdout on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, ConfigError) as exc:
         print_error(str(exc))
         return USAGE_ERROR
@@ -88,6 +97,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _check_order(argv: list[str]) -> None:
+    """``tidings --url URL groups`` (as Kafka's tools take it): say where options go,
+    rather than argparse's "invalid choice: 'URL'"."""
+    option = argv[0].split("=")[0] if argv else ""
+    if option in _COMMAND_OPTIONS:
+        raise UsageError(
+            f"{option} goes after the command: 'tidings COMMAND {option} ...', e.g. "
+            f"'tidings groups {option}{' URL' if option == '--url' else ''}' (see 'tidings --help')"
+        )
+
+
+# The options of the commands, which a user may put before the command by habit.
+_COMMAND_OPTIONS = {"--url", "--json", "--keys", "--reveal"}
 
 
 def _configure_logs(args: argparse.Namespace) -> None:

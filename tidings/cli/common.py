@@ -9,7 +9,7 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tidings import admin
@@ -59,6 +59,25 @@ class Parser(argparse.ArgumentParser):
         # One line, not argparse's usage block: say what was wrong and where to look.
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra and not hasattr(parsed, "unrecognized_by"):
+            # The innermost command that did not know them: argparse reports them from
+            # the top ('tidings --help'), where the reader would not find its options.
+            parsed.unrecognized_by = self.prog
+        return parsed, extra
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            where = getattr(parsed, "unrecognized_by", self.prog)
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see '{where} --help')")
+        return parsed
+
 
 def add_common(p: argparse.ArgumentParser) -> None:
     """The options every command takes: ``--url`` and ``--json``."""
@@ -103,6 +122,12 @@ def load_app(spec: str) -> Tidings:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"expected module:app, e.g. myservice.events:app, got {spec!r}")
+    if module_name.endswith(".py") or module_name.startswith(".") or "/" in module_name:
+        dotted = module_name.removesuffix(".py").strip("./")
+        raise UsageError(
+            f"expected a module, not a file: {dotted.replace('/', '.')}:{attr} "
+            f"(module:app, as uvicorn takes it), got {spec!r}"
+        )
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
@@ -110,7 +135,11 @@ def load_app(spec: str) -> Tidings:
         raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
     app = getattr(module, attr, None)
     if not isinstance(app, Tidings):
-        raise ConfigError(f"{spec} is {type(app).__name__}, not a tidings.Tidings app")
+        apps = [name for name, value in vars(module).items() if isinstance(value, Tidings)]
+        found = f"{module_name} has no {attr!r}" if app is None else (
+            f"{spec} is {type(app).__name__}, not a tidings.Tidings app"
+        )  # fmt: skip
+        raise ConfigError(f"{found}; its apps: {', '.join(apps) or 'none'}")
     return app
 
 
@@ -153,10 +182,20 @@ def shredder_of(args: argparse.Namespace) -> Shredder | None:
 
 
 def shredder(args: argparse.Namespace) -> Shredder:
-    """The key store of ``--keys`` (or its defaults), with its master key."""
+    """The key store of ``--keys`` (or its defaults), with its master key (an error
+    now if there is none)."""
     from tidings.shredding.erasure import shredder_for
+    from tidings.shredding.keystore import master_key_from
 
+    master_key_from()  # no key store is opened, let alone made, without its master key
     url = args.url or default_url()
-    found = shredder_for(args.keys or os.environ.get("TIDINGS_KEYS_URL") or True, url)
+    keys = args.keys or os.environ.get("TIDINGS_KEYS_URL")
+    if keys is None and not url.startswith("sqlite://"):
+        raise UsageError(
+            f"the log {url.partition('://')[0]}://... keeps no keys: give the key store "
+            "with --keys URL or $TIDINGS_KEYS_URL (a SQLAlchemy URL, e.g. "
+            "postgresql://... or sqlite:///keys.db)"
+        )
+    found = shredder_for(keys or True, url)
     assert found is not None
     return found

@@ -13,6 +13,7 @@ import signal
 import socket
 from typing import Any
 
+from tidings.app import DEFAULT_URL
 from tidings.cli.common import add_reveal, app_of, opened, shredder_of
 from tidings.dashboard import DEFAULT_HOST, DEFAULT_PORT, app, check_bind
 from tidings.errors import ConfigError
@@ -42,7 +43,9 @@ def add_commands(sub: Any) -> None:
         description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--url", default=None, help="transport URL (default: $TIDINGS_URL)")
+    p.add_argument(
+        "--url", default=None, help=f"transport URL (default: $TIDINGS_URL, else {DEFAULT_URL})"
+    )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on ({DEFAULT_HOST})")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
     mode = p.add_mutually_exclusive_group()

@@ -37,7 +37,7 @@ def add_commands(sub: Any) -> None:
 
 async def cmd_erase(args: argparse.Namespace) -> int:
     keys = shredder(args)
-    async with opened(args.url or default_url(), create=True) as app:
+    async with opened(args.url or default_url()) as app:  # a mistyped path: an error
         app.shredder = keys
         kid = await app.erase(args.subject)
     if args.json:

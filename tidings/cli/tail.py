@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,32 +86,28 @@ async def cmd_tail(args: argparse.Namespace) -> int:
     except InvalidEventType as exc:
         raise ConfigError(f"--type: {exc}") from None
     upcast = load_app(args.upcast).registry if args.upcast else None
+    reveal = shredder_of(args)  # a missing key or key store: said before connecting
     stop = asyncio.Event()
     if args.follow:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-    try:
-        async with opened(args.url) as app:
-            start = await admin.resolve_start(app.transport, args.topic, position)
-            entries = tail.tail(
-                app.transport,
-                args.topic,
-                start,
-                where=where,
-                limit=args.limit,
-                follow=args.follow,
-                stop=stop,
-                upcast=upcast,
-                reveal=shredder_of(args),
-            )
-            async with contextlib.aclosing(entries):
-                async for entry in entries:
-                    _print_entry(entry, args.json, flush=args.follow)
-    except BrokenPipeError:
-        # The reader went away (e.g. '| head'): stop quietly, and keep Python from
-        # complaining when it flushes stdout on exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    async with opened(args.url) as app:  # a reader gone away (| head): main's to handle
+        start = await admin.resolve_start(app.transport, args.topic, position)
+        entries = tail.tail(
+            app.transport,
+            args.topic,
+            start,
+            where=where,
+            limit=args.limit,
+            follow=args.follow,
+            stop=stop,
+            upcast=upcast,
+            reveal=reveal,
+        )
+        async with contextlib.aclosing(entries):
+            async for entry in entries:
+                _print_entry(entry, args.json, flush=args.follow)
     return 0
 
 

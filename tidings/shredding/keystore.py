@@ -70,7 +70,8 @@ def master_key_from(value: bytes | str | None = None) -> bytes:
     if value is None:
         raise KeyStoreError(
             "no master key for the key store: set $TIDINGS_MASTER_KEY (32 bytes, base64 "
-            "or hex) or $TIDINGS_MASTER_KEY_FILE, or pass master_key="
+            "or hex) or $TIDINGS_MASTER_KEY_FILE (in code: master_key=); a new one: "
+            "python -c 'import secrets; print(secrets.token_hex(32))'"
         )
     if isinstance(value, str):
         for decode in (bytes.fromhex, base64.b64decode):

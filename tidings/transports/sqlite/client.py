@@ -149,7 +149,7 @@ class LogClient:
         if not self.create and not os.path.exists(self.path):
             raise ConfigError(
                 f"there is no event log at {self.path!r} ({self.url}); check the URL "
-                "(publishing to a topic creates the log)"
+                "(an app makes the log when it starts, as does 'tidings publish --create')"
             )
         self._writer = GroupCommitWriter(
             self._connect, self.synchronous, self.busy_timeout, self.appended.notify
