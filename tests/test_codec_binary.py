@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.codec import DEFAULT_MAX_EVENT_BYTES, decode, encode, to_dict
-from tidings.codec.binary import _structured, event_to_kafka, from_binary, from_kafka, to_kafka
+from tidings.codec.binary import (
+    _structured,
+    _structured_fast,
+    event_to_kafka,
+    from_binary,
+    from_kafka,
+    to_kafka,
+)
 from tidings.envelope import Event
 from tidings.errors import DecodeError, EventError, EventTooLarge
 
@@ -257,6 +264,12 @@ def test_an_event_encode_refuses_is_refused_the_same_way_directly() -> None:
         (None, [("ce_specversion", b"1.0"), ("ce_source", None)]),
         (None, [("ce_specversion", b"1.0"), ("ce_source", b"s")]),  # no data
         (b"{}", [("ce_specversion", b"1.0"), ("CE_TENANT", b"t"), ("traceparent", b"x")]),
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_tenant", b"t"), ("ce_tenant", b"u")]),
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_data", b"x")]),  # reserved
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_datacontenttype", b"x")]),  # reserved
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_tenant", b'a "b"')]),  # escaped
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_tenant", b"\xff")]),  # not UTF-8
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_tenant", b"acme"), ("ce_id", b"1")]),
     ],
 )
 def test_a_binary_record_reads_the_same_however_it_is_put_together(
@@ -265,6 +278,14 @@ def test_a_binary_record_reads_the_same_however_it_is_put_together(
     # from_kafka puts the usual record together from its bytes; the general path with
     # orjson. Both must give the same document (or the same error document).
     assert from_kafka(value, headers) == _structured(value, headers)
+
+
+def test_a_record_with_string_extensions_is_put_together_from_its_bytes() -> None:
+    # A sealed event carries ``personaldata``: its records must not take the general path.
+    event = Event(type="a.b", source="//s", data={"x": 1}, extensions={"personaldata": "v2"})
+    value, headers = to_kafka(encode(event))
+    assert ("ce_personaldata", b"v2") in headers
+    assert _structured_fast(value, headers) == encode(event)
 
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -269,10 +269,11 @@ def from_binary(
 
 
 def _structured_fast(value: bytes | None, headers: Sequence[tuple[str, Any]]) -> bytes | None:
-    # The usual binary record, as tidings writes it: known attribute headers only, each
-    # once, values that need no escaping in JSON, JSON data. The document is put
-    # together from the bytes as they are, as orjson writes it (tests/transports/
-    # tests/test_codec_binary.py compares the two); None: the general path decides.
+    # The usual binary record, as tidings writes it: attribute headers and string
+    # extensions (``ce_`` and a lower-case name, e.g. ``ce_personaldata``), each once,
+    # values that need no escaping in JSON, JSON data. The document is put together
+    # from the bytes as they are, as orjson writes it (tests/test_codec_binary.py
+    # compares the two); None: the general path decides.
     parts: list[bytes] = [b"{"]
     texts: list[bytes] = []
     content_type: bytes | None = None
@@ -285,8 +286,18 @@ def _structured_fast(value: bytes | None, headers: Sequence[tuple[str, Any]]) ->
             texts.append(raw)
             if name == "content-type":
                 content_type = raw
-        elif name == "ce_dataversion" and raw.isdigit() and raw[:1] != b"0":
+        elif name == "ce_dataversion":
+            if not raw.isdigit() or raw[:1] == b"0":
+                return None
             parts += (b'"dataversion":', raw, b",")
+        elif (
+            name[:3] == "ce_"
+            and (attr := name[3:]) not in _RESERVED
+            and _EXTENSION_NAME.fullmatch(attr)
+        ):
+            # A string extension (e.g. personaldata), as the general path writes it.
+            parts += (b'"' + attr.encode() + b'":"', raw, b'",')
+            texts.append(raw)
         else:
             return None
     names = dict(headers)  # built in C: a header given twice is one key
