@@ -135,6 +135,12 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+async def board_status(settings: Settings) -> dict[str, Any]:
+    """What ``taskapi board status --json`` prints: the projection's lag per partition,
+    and whether a rebuild runs."""
+    return await _run("status", settings)
+
+
 async def _run(action: str, settings: Settings) -> dict[str, Any]:
     from taskapi.services import build
 
