@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import time
+import signal
+import threading
 
 from examples.agents import demo
 from examples.agents.settings import Settings
@@ -31,12 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     faults = NO_FAULTS if args.no_faults else DEMO_FAULTS
     if args.command == "standin":
+        # Ctrl-C or SIGTERM sets an event, from the moment the server is asked for: a
+        # KeyboardInterrupt could land anywhere, even before a try meant to catch it.
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         with Server(faults, port=args.port) as server:
             print(f"the stand-in serves {server.url} (Ctrl-C stops it)", flush=True)
-            try:
-                while server.thread.is_alive():
-                    time.sleep(0.5)
-            except KeyboardInterrupt:
+            while server.thread.is_alive() and not stop.wait(0.5):
                 pass
         return 0
     handler = logging.StreamHandler()

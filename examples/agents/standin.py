@@ -251,4 +251,7 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
-        self.thread.join(30)
+        self.thread.join(10)
+        if self.thread.is_alive():  # a connection outlasting the graceful second: close all
+            self.server.force_exit = True
+            self.thread.join(10)

@@ -151,5 +151,13 @@ def test_the_standin_command_serves_the_api() -> None:
             assert [m.id for m in client.models.list().data] == ["standin-extractive"]
     finally:
         server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=60) == 0
-        server.stdout.close()
+        try:
+            code = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()  # not left running into the next test of this process
+            server.wait()
+            raise
+        finally:
+            if server.stdout is not None:
+                server.stdout.close()
+        assert code == 0
