@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tidings.shredding.fields import EXTENSION, mask
+from tidings.shredding.fields import EXTENSION, shown
 from tidings.shredding.redaction import clear_values, redact
 
 if TYPE_CHECKING:
@@ -29,10 +29,7 @@ class PersonalView:
 
     def data(self, sub: Subscriber, event: Event) -> Any:
         """The data of ``event`` (it has sealed fields) as ``sub`` may see it."""
-        shredder = self.shredder
-        if sub.personal and shredder is not None:
-            return shredder.open(event.id, event.data)
-        return mask(event.data)
+        return shown(event.id, event.data, self.shredder if sub.personal else None)
 
     def clear(self, sub: Subscriber) -> bool:
         """Whether ``sub`` is given personal fields in clear."""
