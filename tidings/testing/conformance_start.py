@@ -10,6 +10,7 @@ end when it comes back: the events in between would be lost to the group.
 
 from __future__ import annotations
 
+import asyncio
 import operator
 
 try:
@@ -18,7 +19,7 @@ except ImportError as exc:  # pytest is a test dependency, not one of tidings'
     raise ImportError("tidings.testing needs pytest: pip install pytest (or tidings[dev])") from exc
 
 from tidings.testing.conformance_base import ConformanceBase
-from tidings.testing.helpers import drain
+from tidings.testing.helpers import drain, eventually
 from tidings.transport import Consumer, StartFrom, Transport
 
 __all__ = ["GroupStartConformance"]
@@ -53,6 +54,25 @@ class GroupStartConformance(ConformanceBase):
         got = await drain(again, 8)
         assert sorted(r.value for r in got) == [f"after-{i}".encode() for i in range(8)]
         assert await again.fetch(100, timeout=0.2) == []  # and none of the 20 before
+
+    async def test_members_joining_a_new_group_together_fix_every_partitions_start(
+        self, transport: Transport, consumers: list[Consumer]
+    ) -> None:
+        await self._fill(transport, 20)
+        pair = [transport.consumer("pair", ["t"], start_from="latest") for _ in range(2)]
+        consumers.extend(pair)
+        await asyncio.gather(*(m.start() for m in pair))
+        await eventually(
+            lambda: len(pair[0].assignment() | pair[1].assignment()) == self.partitions,
+            what="every partition given to one of the two",
+        )
+        for m in pair:
+            await m.close()
+        await transport.append("t", [(f"k{i}", f"after-{i}".encode()) for i in range(8)])
+        again = await self._member(transport, consumers, "pair", start_from="latest")
+        got = await drain(again, 8)
+        assert sorted(r.value for r in got) == [f"after-{i}".encode() for i in range(8)]
+        assert await again.fetch(100, timeout=0.2) == []
 
     @pytest.mark.parametrize("start_from", ["latest", "earliest"])
     async def test_a_new_groups_start_is_its_offsets_from_its_first_join(
