@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 StartFrom = Literal["earliest", "latest"]
-"""Where a group that has never committed starts reading a partition."""
+"""Where a new group starts reading a partition (fixed at its first join)."""
 TopicPartition = tuple[str, int]
 """A partition, named by its topic and its number."""
 RevokeCallback = Callable[[frozenset[TopicPartition]], Awaitable[None]]
@@ -452,10 +452,9 @@ class Transport(ABC):
         start_from: StartFrom = "earliest",
         on_revoke: RevokeCallback | None = None,
     ) -> Consumer:
-        """A new member of ``group`` for ``topics``.
-
-        A group that has never committed on a partition starts there at ``start_from``.
-        """
+        """A new member of ``group`` for ``topics``. A group's start on a partition
+        (``start_from``: its end or beginning then) is fixed, as its offset, when it is
+        first given it; from then on it resumes from its offsets (decision 0053)."""
 
     @abstractmethod
     async def read(self, topic: str, partition: int, offset: int, limit: int) -> list[Record]:

@@ -98,8 +98,9 @@ class TestKafkaTransport(TransportConformance):
         [info] = [g for g in await transport.groups() if g.group == "g"]
         assert sum(p.end for p in info.partitions) == 60
         committed = _positions(records[:20])
+        # Where nothing was committed, the group's start, fixed when it joined (0).
         assert {(p.topic, p.partition): p.committed for p in info.partitions} == {
-            tp: committed[tp].offset if tp in committed else None
+            tp: committed[tp].offset if tp in committed else 0
             for tp in ((p.topic, p.partition) for p in info.partitions)
         }
         assert info.lag == 40
@@ -472,7 +473,8 @@ async def test_a_commit_of_records_fetched_before_a_partition_moved_and_came_bac
         handled = _positions(records)
         await a.commit(handled)
         committed = await _committed(transport, "g")
-        assert {tp: committed.get(tp) for tp in everything} == dict.fromkeys(everything)
+        # The start fixed when A first joined, not what A read before: fenced.
+        assert {tp: committed.get(tp) for tp in everything} == dict.fromkeys(everything, 0)
     finally:
         for consumer in (a, b):
             await consumer.close()
@@ -550,7 +552,8 @@ async def test_partitions_lost_without_revocation_are_taken_from_the_owner_and_f
         for tp in everything:
             assert (c.generation(tp) or 0) > records[0].generation
         await c.commit(_positions(records))  # handled under the lost lease
-        assert await _committed(transport, "g") == {}
+        # Still the start fixed at the first join: nothing handled was committed.
+        assert await _committed(transport, "g") == dict.fromkeys(everything, 0)
     finally:
         await c.close()
         await transport.close()
@@ -766,7 +769,7 @@ async def test_groups_count_what_retention_removed_before_the_group_read_it(
                 await transport.append("t", [(keys[p], f"{n}".encode())])
         await c.start()
         await drain(c, 30)
-        await c.commit(c.at({("t", 0): 3, ("t", 1): 8}))  # nothing committed on 2
+        await c.commit(c.at({("t", 0): 3, ("t", 1): 8}))  # on 2 its start only (0)
         starts = {0: 7, 1: 7, 2: 7}
 
         async def moved_starts(topic: str, count: int) -> dict[int, int]:
@@ -775,7 +778,7 @@ async def test_groups_count_what_retention_removed_before_the_group_read_it(
         monkeypatch.setattr(transport._admin, "starts", moved_starts)
         [info] = [g for g in await transport.groups() if g.group == "g"]
         rows = {p.partition: (p.committed, p.start, p.lost, p.lag) for p in info.partitions}
-        assert rows == {0: (3, 7, 4, 3), 1: (8, 7, 0, 2), 2: (None, 7, 0, 3)}
+        assert rows == {0: (3, 7, 4, 3), 1: (8, 7, 0, 2), 2: (0, 7, 7, 3)}
     finally:
         await c.close()
         await transport.close()

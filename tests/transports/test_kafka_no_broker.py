@@ -208,12 +208,13 @@ def test_the_unreachable_message_says_what_was_met_and_what_to_check() -> None:
 
 
 class _Assigning:
-    """A librdkafka consumer in an assignment callback, as far as pin_latest asks it:
-    partition 0 was committed at 5, partition 1 never; ends are 9 and 4."""
+    """A librdkafka consumer in an assignment callback, as far as fix_start asks it:
+    partition 0 was committed at 5, partition 1 never; partition 1 holds 2 to 4."""
 
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.assigned: list[tuple[str, int, int]] | None = None
+        self.how = ""
 
     def committed(self, partitions: list[Any], timeout: float) -> list[Any]:
         from confluent_kafka import TopicPartition
@@ -224,33 +225,43 @@ class _Assigning:
                 for tp in partitions]  # fmt: skip
 
     def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
-        assert not cached  # the broker's end now, not what a fetch last saw
-        return (0, {0: 9, 1: 4}[tp.partition])
+        assert not cached  # the broker's now, not what a fetch last saw
+        return {0: (0, 9), 1: (2, 4)}[tp.partition]
 
     def assign(self, partitions: list[Any]) -> None:
-        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in partitions]
+        self.assigned, self.how = [(tp.topic, tp.partition, tp.offset) for tp in partitions], "all"
+
+    def incremental_assign(self, partitions: list[Any]) -> None:
+        self.assign(partitions)
+        self.how = "incremental"
 
 
-def test_a_group_at_latest_is_assigned_the_end_of_what_it_never_committed_on() -> None:
+@pytest.mark.parametrize(("start_from", "start"), [("latest", 4), ("earliest", 2)])
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_new_group_is_assigned_and_given_its_start_where_it_never_committed(
+    start_from: Any, start: int, eager: bool
+) -> None:
     from confluent_kafka import TopicPartition
 
-    from tidings.transports.kafka.latest import pin_latest
+    from tidings.transports.kafka.start import fix_start
 
     consumer = _Assigning()
-    assert pin_latest(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)], "g")
-    assert consumer.assigned == [("t", 0, 5), ("t", 1, 4)]  # its commit kept; the end
-    assert not pin_latest(consumer, [], "g")  # nothing to assign: librdkafka does it
+    tps = [TopicPartition("t", 0), TopicPartition("t", 1)]
+    assert fix_start(consumer, tps, start_from, "g", eager=eager) == {("t", 1): start}
+    assert consumer.assigned == [("t", 0, 5), ("t", 1, start)]  # its commit kept
+    assert consumer.how == ("all" if eager else "incremental")
+    assert fix_start(consumer, [], start_from, "g", eager=eager) == {}  # librdkafka does it
 
 
-def test_a_group_at_latest_that_cannot_ask_the_broker_is_assigned_as_usual(
+def test_a_new_group_that_cannot_ask_the_broker_is_assigned_as_usual(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from confluent_kafka import TopicPartition
 
-    from tidings.transports.kafka.latest import pin_latest
+    from tidings.transports.kafka.start import fix_start
 
     consumer = _Assigning(fail=True)
-    assert not pin_latest(consumer, [TopicPartition("t", 0)], "g")
+    assert fix_start(consumer, [TopicPartition("t", 0)], "latest", "g", eager=True) == {}
     assert consumer.assigned is None  # left to librdkafka, which looks the end up later
-    assert "group 'g': could not fix where it starts" in caplog.text
+    assert "group 'g': could not fix where it starts (latest of [('t', 0)])" in caplog.text
     assert "_TIMED_OUT" in caplog.text

@@ -17,9 +17,9 @@ What a transport guarantees beyond the common core is declared in its
 :class:`~tidings.transport.Capabilities`; the suite reads them (a non-persistent
 transport is not asked to survive a reopen).
 
-The suite is one class in three modules: the fixtures and helpers
-(``conformance_base``), the tests of deleting a topic (``conformance_delete``), and
-the rest, here.
+The suite is one class in four modules: the fixtures and helpers
+(``conformance_base``), the tests of where a new group starts (``conformance_start``),
+of deleting a topic (``conformance_delete``), and the rest, here.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ except ImportError as exc:  # pytest is a test dependency, not one of tidings'
 
 from tidings.errors import ConfigError, GroupBusy, TopicNotFound
 from tidings.testing.conformance_delete import TopicDeletionConformance
+from tidings.testing.conformance_start import GroupStartConformance
 from tidings.testing.helpers import drain, eventually
 from tidings.transport import Consumer, Record, TopicPartition, Transport, positions
 
 __all__ = ["TransportConformance"]
 
 
-class TransportConformance(TopicDeletionConformance):
+class TransportConformance(GroupStartConformance, TopicDeletionConformance):
     """What every transport must do. Subclass it with a ``url`` fixture."""
 
     # -- topics and appends -------------------------------------------------------
@@ -167,19 +168,6 @@ class TransportConformance(TopicDeletionConformance):
         for group in ("a", "b", "c"):
             c = await self._member(transport, consumers, group)
             assert len(await drain(c, 50)) == 50
-
-    async def test_a_new_group_can_start_at_the_latest_offset(
-        self, transport: Transport, consumers: list[Consumer]
-    ) -> None:
-        await self._fill(transport, 20)
-        c = await self._member(transport, consumers, "late", start_from="latest")
-        # Appended as soon as the member is started: after its start, so it is read
-        # (on Kafka librdkafka looked the end up later, at its first fetch, and
-        # skipped it now and then).
-        await transport.append("t", [("k", b"new")])
-        [record] = await drain(c, 1)
-        assert record.value == b"new"
-        assert await c.fetch(100, timeout=0.2) == []  # and none of the 20 before it
 
     async def test_a_consumer_needs_a_group_name_and_valid_topics(
         self, transport: Transport

@@ -35,7 +35,7 @@ from tidings.errors import ConfigError, TransportError
 from tidings.transport import Consumer, Position, Record, RevokeCallback, StartFrom, TopicPartition
 from tidings.transports.kafka.client import TransportClient
 from tidings.transports.kafka.errors import fenced, member_warning, translate
-from tidings.transports.kafka.latest import pin_latest
+from tidings.transports.kafka.start import fix_start
 
 __all__ = ["Member"]
 
@@ -237,10 +237,16 @@ class Member(Consumer):
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         added = frozenset((tp.topic, tp.partition) for tp in partitions) - self._assigned
-        if self.start_from == "latest" and self._eager:
-            pin_latest(consumer, partitions, self.group)
+        starts = fix_start(consumer, partitions, self.start_from, self.group, eager=self._eager)
         with self._lock:
             self._own(added=added)
+        # Where the group starts on partitions it never committed on is committed with
+        # the rest below, so that a restart resumes there (kafka/start.py); refused, it
+        # stays unsaved, to be committed again like any handled offset.
+        leases = self._leases
+        self._unsaved.update(
+            (tp, Position(o, leases[tp])) for tp, o in starts.items() if tp in leases
+        )
         # The rebalance is over (this runs at the end of each one, even with nothing
         # added): commit what the broker refused meanwhile of the partitions kept.
         self._save(self._assigned)

@@ -322,7 +322,7 @@ class SQLiteConsumer(Consumer):
 
     def _claim_tx(self, conn: sqlite3.Connection, tp: tuple[int, int], now: int) -> Claim:
         """Lease the free partition ``tp`` (topic id, partition) under a new generation;
-        a group that never committed on it starts at ``start_from``."""
+        a group's first claim writes its start (``start_from``) as its offset: fixed."""
         g = self.group
         column = "start_offset" if self.start_from == "earliest" else "next_offset"
         conn.execute(
