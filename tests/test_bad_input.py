@@ -12,8 +12,9 @@ The error types, as documented:
   model. A type with no registered model is not an error: its data is passed as is.
 - Publishing raises :class:`ConfigError` (an unregistered model, a plain value without
   a type, a model published as another type or version), :class:`InvalidEventType`,
-  :class:`EventTooLarge`, or :class:`EventError` (an attribute of the wrong type, a
-  payload JSON cannot carry), and appends nothing.
+  :class:`EventTooLarge`, :class:`InvalidPayload` (a plain value its registered model
+  refuses: tests/test_publish_validation.py), or :class:`EventError` (an attribute of
+  the wrong type, a payload JSON cannot carry), and appends nothing.
 """
 
 from __future__ import annotations
