@@ -78,7 +78,7 @@ async def test_a_dict_its_registered_model_refuses_is_not_published() -> None:
     assert str(info.value) == (
         "cannot publish task.created v1: the payload does not match TaskCreated: 1 error(s): "
         "title: Input should be a valid string (got int); fix the field(s), or publish a "
-        "TaskCreated instance, so that the mistake shows where it is made"
+        "TaskCreated instance (checked where it is built)"
     )
     assert info.value.item is None
     assert [(e["loc"], e["type"]) for e in info.value.errors] == [(("title",), "string_type")]

@@ -66,19 +66,17 @@ class Contract:
         return self.model.model_json_schema()
 
     def validated(self, data: Any) -> BaseModel:
-        """``data`` (a dict or other plain value published as this version) as an
-        instance of the model, what a consumer decodes it into; :class:`InvalidPayload`
-        naming the fields and the fix if the model refuses it (decision 0052)."""
+        """A plain value published as this version, as the model a consumer reads; if
+        refused, :class:`InvalidPayload` naming the fields and the fix (decision 0052)."""
         try:
             return self.model.__pydantic_validator__.validate_python(data)  # type: ignore[no-any-return]
         except ValidationError as exc:
-            errors = exc.errors(include_url=False)
-            name = self.model.__name__
+            errors, name = exc.errors(include_url=False), self.model.__name__
             raise InvalidPayload(
                 f"cannot publish {self.type} v{self.version}: the payload does not match "
                 f"{name}: {_listed(errors, got=True)}; fix the field(s), or publish a "
-                f"{name} instance, so that the mistake shows where it is made",
-                [dict(e) for e in errors],
+                f"{name} instance (checked where it is built)",
+                errors,
             ) from None
 
     def subject_of(self, payload: BaseModel) -> str | None:

@@ -45,6 +45,7 @@ Importable from ``tidings.errors`` only (catch their parents):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -106,8 +107,10 @@ class InvalidPayload(EventError):
     refused before anything is written (decision 0052). ``errors`` are pydantic's, one
     dict per wrong field; ``item`` is the payload's place in a batch (from 0), or None."""
 
-    def __init__(self, message: str, errors: list[dict[str, Any]], item: int | None = None):
-        self.errors = errors
+    def __init__(
+        self, message: str, errors: Sequence[Mapping[str, Any]] = (), item: int | None = None
+    ) -> None:
+        self.errors = list(errors)
         self.item = item
         super().__init__(message)
 
