@@ -120,6 +120,18 @@ async def test_publish_many_refuses_the_whole_batch_and_names_the_payload() -> N
     assert message.endswith("; nothing of the batch was published")
 
 
+async def test_a_delayed_publish_is_refused_before_it_is_scheduled(sqlite_url: str) -> None:
+    app = Tidings(sqlite_url, service="taskapi")
+    app.event("task.created", subject="task_id")(TaskCreated)
+    async with app:
+        with pytest.raises(InvalidPayload, match=r"title: Field required"):
+            await app.publish(TOPIC, {"task_id": "t1"}, type="task.created", delay=60)
+        await app.publish(TOPIC, {"task_id": "t2", "title": "x"}, type="task.created", delay=60)
+        status = await app.scheduler.status()  # type: ignore[union-attr]
+        assert status.pending == 1  # only the good one
+        assert await stored(app.transport) == []
+
+
 async def test_a_handler_whose_publish_is_refused_appends_nothing_and_dead_letters() -> None:
     # The refusal is an EventError, so (as an event over the size limit) the handled
     # event goes to the dead letters at once, the refusal its reason: trying again
