@@ -123,11 +123,11 @@ def test_unknown_url_scheme_is_a_config_error() -> None:
 async def test_publish_before_start_is_a_clear_error() -> None:
     app = make_app()
     with pytest.raises(ConfigError, match=r"not started.*async with app"):
-        await app.publish(TOPIC, {"a": 1}, type="task.created")
+        await app.publish(TOPIC, {"a": 1}, type="note.added")
     async with app:
-        await app.publish(TOPIC, {"a": 1}, type="task.created")
+        await app.publish(TOPIC, {"a": 1}, type="note.added")
     with pytest.raises(ConfigError, match="not started"):
-        await app.publish(TOPIC, {"a": 1}, type="task.created")
+        await app.publish(TOPIC, {"a": 1}, type="note.added")
 
 
 async def test_publish_of_a_model_takes_type_version_schema_and_subject_from_registration() -> None:
@@ -201,7 +201,7 @@ async def test_publish_options_reach_the_log() -> None:
         event = await app.publish(
             TOPIC,
             {"n": 1},
-            type="task.created",
+            type="note.added",
             subject="t1",
             key="tenant-1",
             time=when,
@@ -218,7 +218,7 @@ async def test_publish_options_reach_the_log() -> None:
 
 async def test_a_key_equal_to_the_subject_is_not_repeated_as_partitionkey() -> None:
     app = make_app()
-    event = app.build({"n": 1}, type="task.created", subject="t1", key="t1")
+    event = app.build({"n": 1}, type="note.added", subject="t1", key="t1")
     assert event.partitionkey is None
     assert event.key == "t1"
 
@@ -230,14 +230,14 @@ async def test_an_event_over_the_limit_is_refused_at_publish_and_nothing_is_appe
             await app.publish_many(
                 TOPIC,
                 [{"small": 1}, {"big": "x" * 4000}],
-                type="task.created",
+                type="note.added",
             )
         assert await stored(app.transport) == []
 
 
 async def test_publish_of_a_ready_event_sends_it_unchanged() -> None:
     app = make_app()
-    event = app.build({"a": 1}, type="task.created", subject="s")
+    event = app.build({"a": 1}, type="note.added", subject="s")
     async with app:
         assert await app.publish(TOPIC, event) is event
         assert await stored(app.transport) == [event]
@@ -249,7 +249,7 @@ async def test_publish_of_a_ready_event_sends_it_unchanged() -> None:
 async def test_correlationid_defaults_to_the_events_own_id_outside_any_scope() -> None:
     app = make_app()
     async with app:
-        event = await app.publish(TOPIC, {"a": 1}, type="task.created")
+        event = await app.publish(TOPIC, {"a": 1}, type="note.added")
         (on_log,) = await stored(app.transport)
     assert event.correlationid == event.id
     assert event.causationid is None
@@ -260,9 +260,9 @@ async def test_events_published_inside_a_correlation_scope_share_its_id() -> Non
     app = make_app()
     async with app:
         with correlation_scope("c1") as scope:
-            first = await app.publish(TOPIC, {"a": 1}, type="task.created")
+            first = await app.publish(TOPIC, {"a": 1}, type="note.added")
             more = await app.publish_many(TOPIC, [{"b": 2}, {"c": 3}], type="task.updated")
-        after = await app.publish(TOPIC, {"d": 4}, type="task.created")
+        after = await app.publish(TOPIC, {"d": 4}, type="note.added")
         on_log = {e.id: e for e in await stored(app.transport)}
     assert scope.correlationid == "c1"
     for event in (first, *more):
@@ -275,8 +275,8 @@ async def test_events_published_inside_a_correlation_scope_share_its_id() -> Non
 async def test_a_correlation_scope_without_an_id_makes_a_new_one() -> None:
     app = make_app()
     with correlation_scope() as scope:
-        a = app.build({}, type="task.created")
-        b = app.build({}, type="task.created")
+        a = app.build({}, type="note.added")
+        b = app.build({}, type="note.added")
     assert a.correlationid == b.correlationid == scope.correlationid
     assert scope.correlationid not in (a.id, b.id)
 
@@ -284,8 +284,8 @@ async def test_a_correlation_scope_without_an_id_makes_a_new_one() -> None:
 async def test_explicit_correlation_and_causation_win_over_the_scope() -> None:
     app = make_app()
     with correlation_scope("c1", "cause-1"):
-        event = app.build({}, type="task.created", correlation_id="c2", causation_id="x")
-        scoped = app.build({}, type="task.created")
+        event = app.build({}, type="note.added", correlation_id="c2", causation_id="x")
+        scoped = app.build({}, type="note.added")
     assert (event.correlationid, event.causationid) == ("c2", "x")
     assert (scoped.correlationid, scoped.causationid) == ("c1", "cause-1")
 
@@ -296,7 +296,7 @@ async def test_correlation_scopes_are_isolated_between_concurrent_tasks() -> Non
     async def publish_in(scope_id: str) -> Event:
         with correlation_scope(scope_id):
             await asyncio.sleep(0.01)
-            return app.build({}, type="task.created")
+            return app.build({}, type="note.added")
 
     a, b = await asyncio.gather(publish_in("a"), publish_in("b"))
     assert (a.correlationid, b.correlationid) == ("a", "b")
@@ -643,10 +643,10 @@ async def test_start_and_close_nest() -> None:
     app = make_app()
     async with app:
         async with app:
-            await app.publish(TOPIC, {}, type="task.created")
-        await app.publish(TOPIC, {}, type="task.created")  # still started
+            await app.publish(TOPIC, {}, type="note.added")
+        await app.publish(TOPIC, {}, type="note.added")  # still started
     with pytest.raises(ConfigError, match="not started"):
-        await app.publish(TOPIC, {}, type="task.created")
+        await app.publish(TOPIC, {}, type="note.added")
 
 
 async def test_declared_topics_are_created_on_start() -> None:

@@ -12,8 +12,9 @@ The error types, as documented:
   model. A type with no registered model is not an error: its data is passed as is.
 - Publishing raises :class:`ConfigError` (an unregistered model, a plain value without
   a type, a model published as another type or version), :class:`InvalidEventType`,
-  :class:`EventTooLarge`, or :class:`EventError` (an attribute of the wrong type, a
-  payload JSON cannot carry), and appends nothing.
+  :class:`EventTooLarge`, :class:`InvalidPayload` (a plain value its registered model
+  refuses: tests/test_publish_validation.py), or :class:`EventError` (an attribute of
+  the wrong type, a payload JSON cannot carry), and appends nothing.
 """
 
 from __future__ import annotations
@@ -371,49 +372,49 @@ PUBLISH_CASES: dict[str, PublishCase] = {
         {"task_id": "t1", "when": Opaque()},
         EventError,
         ("cannot be encoded as JSON", "data.when is Opaque() (Opaque)"),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "a set, deep inside": PublishCase(
         {"items": [{"tags": {"a"}}]},
         EventError,
         ("data.items[0].tags is {'a'} (set)", "use a list"),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "a Decimal": PublishCase(
         {"price": Decimal("1.50")},
         EventError,
         ("data.price is Decimal('1.50') (Decimal)", "use a float, a string"),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "bytes inside JSON": PublishCase(
         {"blob": b"\x00"},
         EventError,
         ("data.blob is b'\\x00' (bytes)", "base64-encode"),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "a payload key that is not a string": PublishCase(
         {"counts": {1: "one"}},
         EventError,
         ("data.counts has the key 1 (int); JSON object keys must be strings",),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "an integer past 64 bits": PublishCase(
         {"n": 2**70},
         EventError,
         ("data.n is an integer of 71 bits", "send it as a string"),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "a string with a lone surrogate": PublishCase(
         {"title": "a\ud800"},
         EventError,
         ("data.title is a string with the lone surrogate '\\ud800' at index 1",),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "a data cycle": PublishCase(
         _cycle(),
         EventError,
         ("data.self.self.", "is nested more than 253 levels deep (or contains itself)"),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "a model pydantic cannot write": PublishCase(
         Holder(thing=Opaque()),
@@ -425,7 +426,7 @@ PUBLISH_CASES: dict[str, PublishCase] = {
         {},
         EventError,
         ("extension 'tenant' is Opaque() (Opaque)",),
-        {"type": "task.created", "extensions": {"tenant": Opaque()}},
+        {"type": "note.added", "extensions": {"tenant": Opaque()}},
     ),
     "a model that is not registered": PublishCase(
         Stray(a=1), ConfigError, ("Stray is not registered as an event payload", "@app.event")
@@ -470,62 +471,62 @@ PUBLISH_CASES: dict[str, PublishCase] = {
         {"blob": "x" * 4000},
         EventTooLarge,
         ("bytes encoded; the limit is 2,048", "max_event_bytes=", "send a reference"),
-        {"type": "task.created"},
+        {"type": "note.added"},
     ),
     "an extension name that is not CloudEvents": PublishCase(
         {},
         ConfigError,
         ("extension name(s) ['Tenant-ID'] are not valid", "e.g. 'tenantid'"),
-        {"type": "task.created", "extensions": {"Tenant-ID": "x"}},
+        {"type": "note.added", "extensions": {"Tenant-ID": "x"}},
     ),
     "an extension named like an attribute": PublishCase(
         {},
         EventError,
         ("extension name(s) subject are CloudEvents attributes",),
-        {"type": "task.created", "extensions": {"subject": "x"}},
+        {"type": "note.added", "extensions": {"subject": "x"}},
     ),
     "a subject that is not a string": PublishCase(
         {},
         EventError,
         ("attribute 'subject' (publish option subject=) must be a string, got 5 (int)",),
-        {"type": "task.created", "subject": 5},
+        {"type": "note.added", "subject": 5},
     ),
     "a key that is not a string": PublishCase(
         {},
         EventError,
         ("attribute 'partitionkey' (publish option key=) must be a string, got 5 (int)",),
-        {"type": "task.created", "key": 5},
+        {"type": "note.added", "key": 5},
     ),
     "a correlation id that is not a string": PublishCase(
         {},
         EventError,
         ("'correlationid' (publish option correlation_id=) must be a string, got ['c']",),
-        {"type": "task.created", "correlation_id": ["c"]},
+        {"type": "note.added", "correlation_id": ["c"]},
     ),
     "a traceparent that is not a string": PublishCase(
         {},
         EventError,
         ("'traceparent' (publish option traceparent=) must be a string",),
-        {"type": "task.created", "traceparent": b"00-ab"},
+        {"type": "note.added", "traceparent": b"00-ab"},
     ),
     "a time that is not a datetime": PublishCase(
         {},
         EventError,
         ("event time must be a datetime, got '2024-01-01' (str)",),
-        {"type": "task.created", "time": "2024-01-01"},
+        {"type": "note.added", "time": "2024-01-01"},
     ),
     "a time without a zone": PublishCase(
         {},
         EventError,
         ("event time 2024-01-01T00:00:00 has no time zone",),
-        {"type": "task.created", "time": datetime(2024, 1, 1)},
+        {"type": "note.added", "time": datetime(2024, 1, 1)},
     ),
     "a time whose offset has seconds": PublishCase(
         {},
         EventError,
         ("attribute 'time' has the UTC offset 0:19:32, with seconds", "astimezone(UTC)"),
         {
-            "type": "task.created",
+            "type": "note.added",
             "time": datetime(1930, 1, 1, tzinfo=timezone(timedelta(minutes=19, seconds=32))),
         },
     ),
@@ -620,9 +621,9 @@ async def test_publish_many_with_one_bad_event_publishes_none(
     async with app:  # (its start registers the app's schemas: an append of its own)
         monkeypatch.setattr(app.transport, "append", counting_append)
         with pytest.raises(EventError):
-            await app.publish_many(TOPIC, [{"n": 1}, {"n": 2}, bad, {"n": 4}], type="task.created")
+            await app.publish_many(TOPIC, [{"n": 1}, {"n": 2}, bad, {"n": 4}], type="note.added")
         # A ready-made event with a bad attribute among good ones: the same.
-        good = app.build({"n": 5}, type="task.created")
+        good = app.build({"n": 5}, type="note.added")
         with pytest.raises(EventError, match="'subject'"):
             await app.publish_many(TOPIC, [good, _event(subject=5)])
         assert await stored(app.transport) == []

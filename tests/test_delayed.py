@@ -157,7 +157,9 @@ async def test_an_oversized_delayed_event_is_refused_before_it_is_scheduled(
     app = make_app(sqlite_url, max_event_bytes=1024)
     async with app:
         with pytest.raises(EventTooLarge):
-            await app.publish("reminders", {"pad": "x" * 2000}, type="task.reminder_due", delay=1)
+            await app.publish(
+                "reminders", {"task_id": "x" * 2000}, type="task.reminder_due", delay=1
+            )
         await app.publish("reminders", Reminder(task_id="t"), delay=60)
         status = await app.scheduler.status()  # type: ignore[union-attr]
         assert status.pending == 1  # only the good one

@@ -108,6 +108,23 @@ async def test_round_trip_the_log_holds_no_clear_value_and_only_personal_handler
     assert event.extensions["personaldata"] == "v2"
 
 
+async def test_a_dict_of_a_type_with_personal_fields_is_sealed_as_its_model_would_be(
+    sqlite_url: str,
+) -> None:
+    # Decision 0052: a plain value of a registered type is written as its model, so its
+    # personal fields are sealed too (they used to be written in clear).
+    app = make_app(sqlite_url, True)
+    async with app:
+        event = await app.publish(
+            "tasks", {"task_id": "t-1", "assignee": "ann", "email": "a@x.io"}, type="task.assigned"
+        )
+        (record,) = [e.record async for e in tail.tail(app.transport, "tasks")]
+    assert b"ann" not in record.value
+    assert b"a@x.io" not in record.value
+    assert b'"task_id":"t-1"' in record.value
+    assert (event.subject, event.extensions["personaldata"]) == ("t-1", "v2")
+
+
 def test_nested_lists_are_sealed_per_item_with_each_items_subject(tmp_path: Path) -> None:
     shredder = Shredder(SqlKeyStore(keys_db(tmp_path)))
     team = Team(

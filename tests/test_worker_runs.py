@@ -294,7 +294,7 @@ async def test_a_payload_not_matching_its_model_in_a_run_is_dead_lettered_at_onc
     async with app:
         for i in range(5):
             value = {"wrong": "shape"} if i == 2 else {"seq": i}
-            await app.publish(TOPIC, value, type="note.typed", subject="k")
+            await app.publish(TOPIC, value, type="note.typed", subject="k", check=i != 2)
         async with running(app) as worker:
             await eventually(lambda: worker.stats.handled == 5, what="5 taken")
         log = await open_log(app.transport, "g")

@@ -16,7 +16,7 @@ from tidings.codec import DEFAULT_MAX_EVENT_BYTES, encode
 from tidings.context import current_scope
 from tidings.declarations import Declarations
 from tidings.envelope import JSON, SPECVERSION, Event, new_id
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, InvalidPayload
 from tidings.middleware.cancellation import publish_cancel
 from tidings.publish_options import check_extension_names, due, per_payload_options
 from tidings.schema.registry import SchemaRegistry, at_start, check_schemas_setting
@@ -27,6 +27,7 @@ from tidings.transport import Transport, check_topic_name
 from tidings.transports import open_transport
 
 if TYPE_CHECKING:
+    from tidings.contracts import Contract
     from tidings.otel import Tracing
     from tidings.projections import Projection
     from tidings.sagas import Saga
@@ -36,6 +37,12 @@ __all__ = ["DEFAULT_URL", "Component", "GroupSettings", "Subscriber", "Tidings"]
 
 DEFAULT_URL = "sqlite:///./tidings.db"
 """The log without ``$TIDINGS_URL`` or a URL: one SQLite file in the current folder."""
+
+
+_NO_TYPE = (
+    "publishing a plain value needs type=..., e.g. type='task.created'; or register a "
+    "pydantic model with @app.event"
+)
 
 
 def default_url() -> str:
@@ -196,32 +203,30 @@ class Tidings(Declarations):
         time: datetime | None = None,
         traceparent: str | None = None,
         extensions: dict[str, Any] | None = None,
+        check: bool = True,
     ) -> Event:
-        """The event :meth:`publish` would send, without sending it."""
+        """The event :meth:`publish` would send, without sending it. A plain value of
+        a registered type is validated by the model of the version written (the latest
+        without ``version``), and its data is the model's JSON form, unless
+        ``check=False`` (:class:`~tidings.errors.InvalidPayload`; decision 0052)."""
         schema = None
+        contract: Contract | None = None
+        plain: BaseModel | None = None  # a plain value, validated by its model
         if isinstance(payload, BaseModel):
-            contract = self.registry.for_model(payload.__class__)
-            if type is not None and type != contract.type:
-                raise ConfigError(
-                    f"{payload.__class__.__name__} is registered as {contract.type}, not {type}"
-                )
-            if version is not None and version != contract.version:
-                raise ConfigError(
-                    f"{payload.__class__.__name__} is version {contract.version} of "
-                    f"{contract.type}, not {version}; publish the model of that version"
-                )
+            contract = self.registry.of_payload(payload, type, version)
+            type = contract.type
+        elif type is None:
+            raise ConfigError(_NO_TYPE)
+        elif (contract := self.registry.check_publish(type, version)) is not None and check:
+            payload = plain = contract.validated(payload)
+        else:
+            contract = None  # no model, or check=False: the value goes as it is
+        if contract is not None:
             type, version, schema = contract.type, contract.version, contract.schema_uri
             if contract.deprecated:
                 self.registry.warn_deprecated(contract)
             if subject is None:
                 subject = contract.subject_of(payload)
-        elif type is None:
-            raise ConfigError(
-                "publishing a plain value needs type=..., e.g. type='task.created'; or "
-                "register a pydantic model with @app.event"
-            )
-        else:
-            self.registry.check_publish(type, version)
         scope = current_scope()
         event_id = new_id()
         if correlation_id is None:
@@ -236,6 +241,8 @@ class Tidings(Declarations):
             sealed = self.shredder.seal(event_id, payload)
             if sealed is not None:  # the payload's personal fields, encrypted
                 payload, extensions = sealed, {**(extensions or {}), EXTENSION: FORM}
+        if plain is not None and payload is plain:  # still a dict: its model's JSON form
+            payload = plain.__pydantic_serializer__.to_python(plain, mode="json")
         # Positional: a third cheaper than by keyword, for every event published.
         return Event(
             type, self.service, payload, event_id, time, subject, SPECVERSION, JSON, schema,
@@ -254,12 +261,15 @@ class Tidings(Declarations):
     ) -> Event:
         """Publish one event durably; return it (with its id) once the log has it.
 
-        ``payload`` is a registered pydantic model, or any JSON value with ``type=``.
+        ``payload`` is a registered pydantic model, or any JSON value with ``type=``;
+        a value of a registered type must match its model (else
+        :class:`~tidings.errors.InvalidPayload`, and nothing is published).
         Options: ``subject``, ``key`` (partition key, default the subject),
         ``correlation_id``, ``causation_id``, ``time``, ``traceparent``, ``version``,
-        ``extensions``. ``delay`` (seconds or a timedelta) or ``deliver_at`` (an aware
-        datetime) publish it later: it waits, durably, in the scheduler table, and is
-        appended once due by whichever worker runs the scheduler (``tidings run``).
+        ``extensions``, ``check`` (False: a plain value goes unvalidated, as given).
+        ``delay`` (seconds or a timedelta) or ``deliver_at`` (an aware datetime)
+        publish it later: it waits, durably, in the scheduler table, and is appended
+        once due by whichever worker runs the scheduler (``tidings run``).
         """
         if self.tracing is None:
             return await self._publish(topic, payload, delay, deliver_at, options)
@@ -320,10 +330,14 @@ class Tidings(Declarations):
         self, topic: str, payloads: Iterable[Any], when: datetime | None, options: dict[str, Any]
     ) -> list[Event]:
         per_payload = per_payload_options(options)
-        events = [
-            p if isinstance(p, Event) else self.build(p, **options, **per_payload(i, p))
-            for i, p in enumerate(payloads)
-        ]
+        events = []
+        for i, p in enumerate(payloads):
+            try:
+                events.append(
+                    p if isinstance(p, Event) else self.build(p, **options, **per_payload(i, p))
+                )
+            except InvalidPayload as exc:
+                raise exc.at(i) from None
         await self._publish_events(topic, events, when)
         return events
 

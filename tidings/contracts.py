@@ -14,7 +14,13 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from tidings.envelope import validate_type
-from tidings.errors import ConfigError, DecodeError, UnknownEventType, UnsupportedVersion
+from tidings.errors import (
+    ConfigError,
+    DecodeError,
+    InvalidPayload,
+    UnknownEventType,
+    UnsupportedVersion,
+)
 from tidings.naming import KINDS, check_name
 from tidings.personal import check_subjects
 
@@ -58,6 +64,20 @@ class Contract:
         """The JSON Schema of this version's payload, as pydantic writes it for
         validation (nested models in ``$defs``, referred to as ``#/$defs/<name>``)."""
         return self.model.model_json_schema()
+
+    def validated(self, data: Any) -> BaseModel:
+        """A plain value published as this version, as the model a consumer reads; if
+        refused, :class:`InvalidPayload` naming the fields and the fix (decision 0052)."""
+        try:
+            return self.model.__pydantic_validator__.validate_python(data)  # type: ignore[no-any-return]
+        except ValidationError as exc:
+            errors, name = exc.errors(include_url=False), self.model.__name__
+            raise InvalidPayload(
+                f"cannot publish {self.type} v{self.version}: the payload does not match "
+                f"{name}: {_listed(errors, got=True)}; fix the field(s), or publish a "
+                f"{name} instance (checked where it is built)",
+                errors,
+            ) from None
 
     def subject_of(self, payload: BaseModel) -> str | None:
         if self.subject is None:
@@ -194,6 +214,21 @@ class Registry:
 
         return wrap
 
+    def of_payload(self, payload: BaseModel, type: str | None, version: int | None) -> Contract:
+        """The contract of a model instance published with ``type``/``version`` (None:
+        its own); a ConfigError if the model is unregistered or they differ."""
+        contract = self._by_model.get(payload.__class__) or self.for_model(payload.__class__)
+        if type is not None and type != contract.type:
+            raise ConfigError(
+                f"{payload.__class__.__name__} is registered as {contract.type}, not {type}"
+            )
+        if version is not None and version != contract.version:
+            raise ConfigError(
+                f"{payload.__class__.__name__} is version {contract.version} of "
+                f"{contract.type}, not {version}; publish the model of that version"
+            )
+        return contract
+
     def for_model(self, model: type[BaseModel]) -> Contract:
         try:
             return self._by_model[model]
@@ -230,25 +265,25 @@ class Registry:
         written |= {v for t, v in self._upcasters if t == type}
         return {v: self.read_version(type, v) or v for v in sorted(written)}
 
-    def check_publish(self, type: str, version: int | None) -> None:
+    def check_publish(self, type: str, version: int | None) -> Contract | None:
         """Refuse to publish a plain value as a version of ``type`` that this registry
-        lacks: a consumer with the same contracts could only dead-letter it.
-
-        Types with no registered model are not checked (any version goes), nor is a
-        value published without a version (consumers read it with the latest model).
-        A deprecated version is published with a warning (:meth:`warn_deprecated`).
+        lacks: a consumer with the same contracts could only dead-letter it. Return
+        the contract the value is written as (``version``'s, the latest's if None), or
+        None where there is none: a type with no registered model (any version goes),
+        or a version read through an upcaster. A deprecated version is published with
+        a warning (:meth:`warn_deprecated`).
         """
         validate_type(type)
         if version is None:
-            return
+            return self._latest.get(type)
         _check_version(type, version)
         contract = self._by_key.get((type, version))
         if contract is not None:
             if contract.deprecated:
                 self.warn_deprecated(contract)
-            return
+            return contract
         if not self.knows(type) or (type, version) in self._upcasters:
-            return  # an upcaster reads it as a later version
+            return None  # an upcaster reads it as a later version
         known = self.versions(type)
         if version > known[-1]:
             raise UnsupportedVersion(
@@ -408,16 +443,23 @@ _MAX_SHOWN = 10  # validation errors spelled out in a DecodeError (a dead-letter
 def _mismatch(contract: Contract, exc: ValidationError) -> DecodeError:
     """The DecodeError of a payload that ``contract``'s model refused, naming the fields
     (validation stays inline in the callers: no extra call per decoded event)."""
-    errors = exc.errors(include_url=False)
+    return DecodeError(
+        f"payload of {contract.type} v{contract.version} does not match "
+        f"{contract.model.__name__}: {_listed(exc.errors(include_url=False))}"
+    )
+
+
+def _listed(errors: list[Any], *, got: bool = False) -> str:
+    """``N error(s): field: what is wrong; ...`` (the first ten), with the type of the
+    value given if ``got`` (its type only: the value may be personal data)."""
     shown = "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in errors[:_MAX_SHOWN]
+        f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}"
+        + (f" (got {builtins.type(e['input']).__name__})" if got and e["type"] != "missing" else "")
+        for e in errors[:_MAX_SHOWN]
     )
     if len(errors) > _MAX_SHOWN:
         shown += f"; and {len(errors) - _MAX_SHOWN} more"
-    return DecodeError(
-        f"payload of {contract.type} v{contract.version} does not match "
-        f"{contract.model.__name__}: {len(errors)} error(s): {shown}"
-    )
+    return f"{len(errors)} error(s): {shown}"
 
 
 def _check_version(type: str, version: Any, name: str = "version") -> None:

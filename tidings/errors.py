@@ -21,6 +21,8 @@ Importable from ``tidings.errors`` only (catch their parents):
   ``DecodeError``);
 - :class:`UnsupportedVersion`: an ``UnknownEventType`` whose ``dataversion`` is newer
   than every registered model of its type;
+- :class:`InvalidPayload`: an ``EventError``, a payload published as a registered type
+  does not match that type's model (nothing was published);
 - :class:`SchemaIncompatible`: a ``ConfigError``, an app's payload contracts break
   the schema registry (its message is the report ``tidings schema check`` prints);
 - :class:`RecordRejected`: a ``TransportError``, the log refused a record for good;
@@ -43,6 +45,9 @@ Importable from ``tidings.errors`` only (catch their parents):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
     "AggregateNotFound",
     "ConcurrencyConflict",
@@ -55,6 +60,7 @@ __all__ = [
     "GroupNotFound",
     "HandlerTimeout",
     "InvalidEventType",
+    "InvalidPayload",
     "Parked",
     "RateLimited",
     "RebuildRunning",
@@ -94,6 +100,28 @@ class EventError(TidingsError, ValueError):
 
 class InvalidEventType(EventError):
     """An event type is not lower-case ``domain.action``."""
+
+
+class InvalidPayload(EventError):
+    """A payload published as a registered type does not match the type's model:
+    refused before anything is written (decision 0052). ``errors`` are pydantic's, one
+    dict per wrong field; ``item`` is the payload's place in a batch (from 0), or None."""
+
+    def __init__(
+        self, message: str, errors: Sequence[Mapping[str, Any]] = (), item: int | None = None
+    ) -> None:
+        self.errors = list(errors)
+        self.item = item
+        super().__init__(message)
+
+    def at(self, item: int) -> InvalidPayload:
+        """This refusal, as payload ``item`` of a batch none of which was published."""
+        return InvalidPayload(
+            f"payload {item} of the batch (counting from 0): {self}; nothing of the batch "
+            "was published",
+            self.errors,
+            item,
+        )
 
 
 class EventTooLarge(EventError):

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tidings import ConfigError, Event, EventTooLarge, Tidings, TransportError
+from tidings.errors import InvalidPayload
 from tidings.outbox import Outbox, OutboxError
 from tidings.testing import eventually
 
@@ -596,6 +597,26 @@ async def test_bad_input_to_add_raises_before_writing(
     async with app:
         assert await relay_all(outbox) == 1
         assert [e.id for e in await log_events(app)] == [kept.id]
+
+
+async def test_a_dict_of_a_registered_type_is_checked_by_its_model_in_add(
+    app: Tidings, outbox: Outbox, engine: sa.Engine
+) -> None:
+    # Decision 0052: refused before the INSERT, the transaction can go on; a dict that
+    # passes is written as its model's JSON form (the default n filled in, "2" an int).
+    with Session(engine) as session, session.begin():
+        with pytest.raises(InvalidPayload, match=r"task\.created v1: .* n: Input should be"):
+            outbox.add(session, {"task_id": "t-1", "n": "two"}, type="task.created")
+        assert pending(outbox, engine) == 0
+        fine = outbox.add(session, {"task_id": "t-2", "n": "2"}, type="task.created")
+        plain = outbox.add(session, {"task_id": "t-3"}, type="task.created")
+    async with app:
+        assert await relay_all(outbox) == 2
+        relayed = await log_events(app)
+    assert sorted((e.id, e.subject, e.dataversion) for e in relayed) == sorted(
+        [(fine.id, "t-2", 1), (plain.id, "t-3", 1)]
+    )
+    assert sorted(e.data["n"] for e in relayed) == [0, 2]
 
 
 async def test_the_same_event_twice_is_refused_by_its_unique_id(
