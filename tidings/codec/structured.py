@@ -50,6 +50,7 @@ from tidings.codec.refusals import (
     refuse_specversion,
     req_str,
 )
+from tidings.codec.shapes import learn, shapes
 from tidings.envelope import SPECVERSION, Event, checked_event, seen_types, validate_type
 from tidings.errors import (
     DecodeError,
@@ -66,6 +67,14 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _fromisoformat = datetime.fromisoformat
 _seen_types = seen_types()  # a set lookup first: validate_type is a call
+_shapes = shapes()
+
+
+def _unknown(doc: dict[str, Any]) -> None:
+    """The decoder of a shape not seen before: none."""
+    return None
+
+
 # The four attributes every event has, in one call (KeyError if one is missing).
 _REQUIRED: Callable[[dict[str, Any]], tuple[Any, Any, Any, Any]] = operator.itemgetter(
     KEY_SPECVERSION, KEY_ID, KEY_SOURCE, KEY_TYPE
@@ -196,7 +205,10 @@ def decode(raw: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_EVE
         raise DecodeError(not_json(raw, exc)) from None
     if type(doc) is not dict:
         raise DecodeError(f"expected a JSON object, got {type(doc).__name__}")
-    return from_dict(doc)
+    # A shape seen before: its own decoder (shapes.py); else, or if it gives None, the
+    # full lookup, which learns the shape.
+    event = _shapes.get(tuple(doc), _unknown)(doc)
+    return event if event is not None else from_dict(doc)
 
 
 def from_dict(doc: dict[str, Any]) -> Event:
@@ -253,11 +265,13 @@ def from_dict(doc: dict[str, Any]) -> Event:
             subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,
             when, version, data, extensions,
         ) = _optional_attributes(doc)  # fmt: skip
-    return checked_event(
+    event = checked_event(
         event_type, source, data, event_id, when, subject, specversion,
         datacontenttype, dataschema, version, correlationid, causationid, traceparent, key,
         extensions,
     )  # fmt: skip
+    learn(tuple(doc))
+    return event
 
 
 def _check_type(event_type: str) -> None:
