@@ -176,15 +176,16 @@ class Intake:
             self.retry_topic, self.parks, self.decode, runs.batchable, runs.always
         )  # fmt: skip
         for record in itertools.islice(queue, self.run_size):
-            if record.topic == retry_topic:
+            topic = record[0]  # .topic: an index is a third of a named tuple's getter
+            if topic == retry_topic:
                 break
-            if parks and (record.topic, record.key) in self.log.by_key:
+            if parks and (topic, record.key) in self.log.by_key:
                 break  # perhaps parked: see take
             try:
                 event = decode(record)
             except Exception:
                 break  # poison: see take
-            if (record.topic, event.type) not in always and not batchable(record, event):
+            if (topic, event.type) not in always and not batchable(record, event):
                 break
             run.append((record, event))
         return run

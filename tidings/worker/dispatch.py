@@ -40,13 +40,28 @@ from tidings.transport import Record
 from tidings.worker.personal import PersonalView
 from tidings.worker.routes import LOOP, THREAD, Route, RouteTable
 
-__all__ = ["RUN_SECONDS", "Dispatcher"]
+__all__ = ["RUN_SECONDS", "Dispatcher", "Stopping"]
 
 # Handler time a run spends in its thread before it hands back to the loop (which then
 # hands the rest over again): what a revocation or a commit waits for at most, besides
 # the call under way.
 RUN_SECONDS = 0.02
 _RECORD = operator.itemgetter(0)  # a run's (record, event): the record
+
+
+class Stopping(asyncio.Event):
+    """A group's stop: an :class:`asyncio.Event` whose state is also the plain attribute
+    ``now``, which runs read at every event (an attribute, not a call of ``is_set``)."""
+
+    now = False
+
+    def set(self) -> None:
+        self.now = True
+        super().set()
+
+    def clear(self) -> None:
+        self.now = False
+        super().clear()
 
 
 @dataclass(slots=True)
@@ -81,7 +96,7 @@ class Dispatcher:
         middleware: Sequence[Middleware],
         *,
         stats: Stats,
-        stopping: asyncio.Event,
+        stopping: Stopping,
         dead_letters: DeadLetterLog | None,
         threads: ThreadPoolExecutor | None,
         decode: Callable[[Record], Event],
@@ -300,7 +315,7 @@ class Dispatcher:
                     now = clock()  # the previous event's end, and the run's time check
                     if marks is not None:
                         marks.append(now)
-                    if batch.cut or stopping.is_set() or now > until:
+                    if batch.cut or stopping.now or now > until:
                         return
                 shared = self.shared_events or len(route) > 1
                 for k, (sub, _) in enumerate(route):
@@ -384,7 +399,7 @@ class Dispatcher:
             for done, (record, event) in enumerate(run):  # done: read in finally
                 if done:
                     if (
-                        event.type != event_type or record.topic != topic
+                        event.type != event_type or record[0] != topic  # .topic
                         or event.dataversion != version
                     ):  # fmt: skip
                         topic, event_type, version = record.topic, event.type, event.dataversion
@@ -394,7 +409,7 @@ class Dispatcher:
                     now = clock()  # the previous event's end, and the run's time check
                     if marks is not None:
                         marks.append(now)
-                    if stopping.is_set() or now > until:
+                    if stopping.now or now > until:
                         return done
                 if direct is not None and not event.extensions:  # _first_call, inline
                     set_scope((group, direct, record, event))

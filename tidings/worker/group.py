@@ -25,6 +25,7 @@ from tidings.errors import ConsumerDead, TransportError
 from tidings.logs import at
 from tidings.middleware.lane import LaneWork, lane_work
 from tidings.transport import Consumer, Position, Record, StartFrom, TopicPartition, Transport
+from tidings.worker.dispatch import Stopping
 from tidings.worker.keyed import KeyedDrain
 
 __all__ = ["GroupRunner", "Limits"]
@@ -83,7 +84,7 @@ class GroupRunner:
         topics: list[str],
         start_from: StartFrom,
         limits: Limits,
-        make_intake: Callable[[asyncio.Event], Intake],
+        make_intake: Callable[[Stopping], Intake],
         on_joined: Callable[[], None],
         concurrency: int = 1,
     ) -> None:
@@ -101,7 +102,7 @@ class GroupRunner:
         self.room.set()
         self.full = False  # room is clear: set it again once in_flight drops below the limit
         self.stopping = False
-        self.stopped = asyncio.Event()
+        self.stopped = Stopping()
         self.handled = asyncio.Event()  # set when an offset is ready to be committed
         self.fetching: asyncio.Future[bool] | None = None
         self.abandoned = 0  # handlers still running when the group had to stop
