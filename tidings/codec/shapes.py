@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from tidings.codec.members import ATTRIBUTES
 from tidings.envelope import _FIELDS, JSON, SPECVERSION, Event, _Slots, seen_types
 
 __all__ = ["SHAPES_MAX", "learn", "shapes"]
@@ -40,7 +41,6 @@ _STRINGS = frozenset(
 )  # fmt: skip
 _REQUIRED = ("specversion", "id", "source", "type")
 _NOT_MADE = frozenset({"data_base64"})  # bytes: rare, the full lookup decodes them
-_ATTRIBUTES = frozenset(_FIELDS) - {"extensions"} | _NOT_MADE
 
 
 def shapes() -> dict[tuple[str, ...], _Shaped]:
@@ -89,7 +89,7 @@ def _make(names: tuple[str, ...]) -> _Shaped:
     values["time"] = "when"
     if "datacontenttype" not in at:
         values["datacontenttype"] = "JSON"
-    extensions = [name for name in names if name not in _ATTRIBUTES]
+    extensions = [name for name in names if name not in ATTRIBUTES]
     values["extensions"] = "{" + ", ".join(f"{n!r}: {at[n]}" for n in extensions) + "}"
     lines.append("    event = Slots()")
     lines += [f"    event.{name} = {values[name]}" for name in _FIELDS]

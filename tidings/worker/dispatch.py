@@ -379,10 +379,9 @@ class Dispatcher:
         return sub.handler(payload, self._context(event, record, 1, session))
 
     async def _run_on_loop(self, run: Sequence[tuple[Record, Event]], handled: Handled) -> int:
-        """:meth:`dispatch_run` for async handlers: each awaited in turn, in this task
-        (its context variables, as :meth:`dispatch` has them), each call the causal scope.
-        ``done`` counts the events handled, whichever way the run ends; ``resumed``, the
-        one of them taken through its chain (which counted and timed itself)."""
+        """:meth:`dispatch_run` for async handlers: each awaited in turn, in this task,
+        each call the causal scope. ``done``: the events handled, however the run ends;
+        ``resumed``: the one taken through its chain (which counted and timed itself)."""
         stopping, kinds = self.stopping, self.runs
         first_call, set_scope, group = self._first_call, causal_scope.set, self.group
         clock, durations = time.perf_counter, self.durations
