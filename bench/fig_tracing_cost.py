@@ -147,8 +147,9 @@ class Harness:
         queue = collections.deque(batch)
         pop = queue.popleft
 
-        def taken(record: Record) -> None:
-            pop()
+        def taken(records: list[Record]) -> None:
+            for _ in records:
+                pop()
 
         take_run = self.intake.take_run
         for _ in range(len(batch) + 1):  # bounded: at least one record per call

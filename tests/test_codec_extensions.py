@@ -1,6 +1,6 @@
 """Decoding extension attributes (a tracestate, the mark of sealed personal fields, a
-vendor's): the common case reads them from the end of the document as tidings writes
-it; any other document takes the full lookup; both give the same event."""
+vendor's): in whatever order, kept in the wire's order; a shape's own decoder
+(tidings.codec.shapes) and the full lookup give the same event."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_a_registered_event_is_read_as_its_attributes_say(
     members: dict[str, Any], error: str | None
 ) -> None:
     """A registered event's schema and version (what tidings writes for every
-    registered type, read by the common case) are checked as the full lookup checks
+    registered type) are checked as the full lookup checks
     them, with an extension beside them or not."""
     for extra in ({}, {"personaldata": "v2"}):
         raw = orjson.dumps({**_members(), **members, **extra, "data": {"a": 1}})
@@ -135,7 +135,7 @@ def test_a_document_built_in_python_decodes_as_one_read_by_orjson() -> None:
     assert from_dict(copied).extensions == {"tracestate": "x=1", "personaldata": "v1"}
 
 
-# Extension names, and the attributes the common case reads beside them (of any type).
+# Extension names, and the optional attributes beside them (of any type).
 _names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12) | st.sampled_from(
     ["dataschema", "dataversion", "subject", "causationid", "partitionkey", "tracestate"]
 )
@@ -148,7 +148,7 @@ def test_extensions_anywhere_decode_to_the_same_event_as_tidings_order(
     members: dict[str, Any], seed: int
 ) -> None:
     """The same members in tidings' order and shuffled decode to equal events (or fail
-    with the same reason): the common case never takes what the full lookup would not."""
+    with the same reason), whichever decoder reads them."""
     doc = {**_members(), **members, "data": {"a": 1}}
     shuffled = list(doc.items())
     random.Random(seed).shuffle(shuffled)

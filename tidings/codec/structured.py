@@ -23,24 +23,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from tidings.codec.members import (
-    ATTRIBUTES,
-    KEY_CAUSATIONID,
-    KEY_CORRELATIONID,
-    KEY_DATA,
-    KEY_DATACONTENTTYPE,
-    KEY_DATASCHEMA,
-    KEY_DATAVERSION,
-    KEY_ID,
-    KEY_SOURCE,
-    KEY_SPECVERSION,
-    KEY_SUBJECT,
-    KEY_TIME,
-    KEY_TRACEPARENT,
-    KEY_TYPE,
-    TAILED,
-    tail_extensions,
-)
+from tidings.codec.members import ATTRIBUTES
 from tidings.codec.refusals import (
     check_zone,
     dataversion,
@@ -50,6 +33,7 @@ from tidings.codec.refusals import (
     refuse_specversion,
     req_str,
 )
+from tidings.codec.shapes import learn, shapes
 from tidings.envelope import SPECVERSION, Event, checked_event, seen_types, validate_type
 from tidings.errors import (
     DecodeError,
@@ -66,9 +50,17 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _fromisoformat = datetime.fromisoformat
 _seen_types = seen_types()  # a set lookup first: validate_type is a call
+_shapes = shapes()
+
+
+def _unknown(doc: dict[str, Any]) -> None:
+    """The decoder of a shape not seen before: none."""
+    return None
+
+
 # The four attributes every event has, in one call (KeyError if one is missing).
 _REQUIRED: Callable[[dict[str, Any]], tuple[Any, Any, Any, Any]] = operator.itemgetter(
-    KEY_SPECVERSION, KEY_ID, KEY_SOURCE, KEY_TYPE
+    "specversion", "id", "source", "type"
 )
 
 
@@ -196,12 +188,16 @@ def decode(raw: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_EVE
         raise DecodeError(not_json(raw, exc)) from None
     if type(doc) is not dict:
         raise DecodeError(f"expected a JSON object, got {type(doc).__name__}")
-    return from_dict(doc)
+    # A shape seen before: its own decoder (shapes.py); else, or if it gives None, the
+    # full lookup, which learns the shape.
+    event = _shapes.get(tuple(doc), _unknown)(doc)
+    return event if event is not None else from_dict(doc)
 
 
 def from_dict(doc: dict[str, Any]) -> Event:
-    """Build an Event from a structured-mode JSON object; DecodeError if invalid. (Per
-    event: the common case's checks inline; the precise reason only when one fails.)"""
+    """Build an Event from a structured-mode JSON object; DecodeError if invalid, with
+    the precise reason. The full lookup: :func:`decode` takes a document of a shape it
+    has seen by the shape's own decoder (shapes.py), which this one's success makes."""
     try:
         specversion, event_id, source, event_type = _REQUIRED(doc)
     except KeyError:
@@ -216,48 +212,17 @@ def from_dict(doc: dict[str, Any]) -> Event:
         refuse_specversion(specversion)
     if event_type not in _seen_types:
         _check_type(event_type)
-    get = doc.get
-    subject, correlationid, causationid, traceparent, dataschema, version = (
-        get(KEY_SUBJECT), get(KEY_CORRELATIONID), get(KEY_CAUSATIONID), get(KEY_TRACEPARENT),
-        get(KEY_DATASCHEMA), get(KEY_DATAVERSION),
-    )  # fmt: skip
-    # Members besides the seven and these six if not null (null: the full lookup).
-    more = len(doc) - 7 - ((subject is not None) + (correlationid is not None)
-                           + (causationid is not None) + (traceparent is not None)
-                           + (dataschema is not None) + (version is not None))  # fmt: skip
-    extensions = {} if not more else tail_extensions(doc, more) if more <= TAILED else None
-    if (extensions is not None and KEY_DATA in doc and KEY_TIME in doc
-            and KEY_DATACONTENTTYPE in doc):  # fmt: skip
-        # What tidings writes without the rarer attributes: causality, a subject if keyed, a
-        # schema and version if registered, a trace context, extensions (tracestate, ...).
-        datacontenttype, data, raw_time = doc[KEY_DATACONTENTTYPE], doc[KEY_DATA], doc[KEY_TIME]
-        key = None
-        if not (
-            type(datacontenttype) is str and (subject is None or type(subject) is str)
-            and (correlationid is None or type(correlationid) is str)
-            and (causationid is None or type(causationid) is str)
-            and (traceparent is None or type(traceparent) is str)
-            and (dataschema is None or type(dataschema) is str)
-        ):  # fmt: skip
-            refuse_optional(doc)
-        if version is not None and (type(version) is not int or version < 1):
-            version = dataversion(version)
-        try:  # _time's common case, a UTC string, inline (a frame less); the rest: _time
-            when = _fromisoformat(raw_time) if type(raw_time) is str else _EPOCH
-        except ValueError:
-            when = _EPOCH
-        if when is _EPOCH or when.tzinfo is not UTC:
-            when = _time(raw_time)
-    else:
-        (
-            subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,
-            when, version, data, extensions,
-        ) = _optional_attributes(doc)  # fmt: skip
-    return checked_event(
+    (
+        subject, datacontenttype, dataschema, correlationid, causationid, traceparent, key,
+        when, version, data, extensions,
+    ) = _optional_attributes(doc)  # fmt: skip
+    event = checked_event(
         event_type, source, data, event_id, when, subject, specversion,
         datacontenttype, dataschema, version, correlationid, causationid, traceparent, key,
         extensions,
     )  # fmt: skip
+    learn(tuple(doc))
+    return event
 
 
 def _check_type(event_type: str) -> None:

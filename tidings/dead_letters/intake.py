@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Protocol
 
 from tidings.dead_letters.entry import DeadLetter
@@ -33,13 +33,16 @@ from tidings.logs import at
 from tidings.stats import Stats
 from tidings.transport import Record, StartFrom
 
-__all__ = ["Dispatch", "Intake", "Runs", "report_poison"]
+__all__ = ["Dispatch", "Handled", "Intake", "Runs", "report_poison"]
 
 log = logging.getLogger("tidings.worker")
 
 # What the worker does with a decoded event: hand it to the subscribers that want it
 # (for a replay, the handler that failed); the replayed entry, if any, is the third.
 Dispatch = Callable[[Record, Event, DeadLetter | None], Awaitable[None]]
+
+# What a run calls with the records it handled (the head of the lane's queue, in order).
+Handled = Callable[[list[Record]], None]
 
 RETRY_PAUSE = 1.0  # seconds before reading the dead letters is tried again
 RUN_MAX = 128  # records decoded ahead for a run, at most
@@ -49,15 +52,19 @@ class Runs(Protocol):
     """Where plain records may go several at once (the worker's dispatcher, for plain
     def handlers: see :meth:`Intake.take_run`)."""
 
+    @property
+    def always(self) -> Container[tuple[str, str]]:
+        """The (topic, event type)s whose events are all batchable (not asked each)."""
+        ...
+
     def batchable(self, record: Record, event: Event) -> bool:
         """Whether ``event`` may be handled in a run."""
         ...
 
-    async def dispatch_run(
-        self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
-    ) -> int:
+    async def dispatch_run(self, run: Sequence[tuple[Record, Event]], handled: Handled) -> int:
         """Handle a prefix of ``run`` in order, at least its first event, calling
-        ``handled`` for each; return how many it handled."""
+        ``handled`` with those records once they may be committed (also when the run
+        ends by an exception); return how many it handled."""
         ...
 
 
@@ -145,9 +152,9 @@ class Intake:
             if self.stopping.is_set():
                 return False
 
-    async def take_run(self, queue: Sequence[Record], handled: Callable[[Record], None]) -> None:
+    async def take_run(self, queue: Sequence[Record], handled: Handled) -> None:
         """Take the first record of ``queue`` through, or a run of records from its
-        head: call ``handled(record)`` for each, in order, once it may be committed.
+        head: call ``handled`` with those handled, in order, once they may be committed.
 
         A run is made of plain records (not replays, decodable, not parked) whose events
         ``runs`` takes together; it ends at the first record that is not, which is then
@@ -161,23 +168,24 @@ class Intake:
                 return
         record = queue[0]
         await self.take(record)
-        handled(record)
+        handled([record])
 
     def _plain_run(self, queue: Sequence[Record], runs: Runs) -> list[tuple[Record, Event]]:
         run: list[tuple[Record, Event]] = []
-        retry_topic, parks, decode, batchable = (
-            self.retry_topic, self.parks, self.decode, runs.batchable
+        retry_topic, parks, decode, batchable, always = (
+            self.retry_topic, self.parks, self.decode, runs.batchable, runs.always
         )  # fmt: skip
         for record in itertools.islice(queue, self.run_size):
-            if record.topic == retry_topic:
+            topic = record[0]  # .topic: an index is a third of a named tuple's getter
+            if topic == retry_topic:
                 break
-            if parks and (record.topic, record.key) in self.log.by_key:
+            if parks and (topic, record.key) in self.log.by_key:
                 break  # perhaps parked: see take
             try:
                 event = decode(record)
             except Exception:
                 break  # poison: see take
-            if not batchable(record, event):
+            if (topic, event.type) not in always and not batchable(record, event):
                 break
             run.append((record, event))
         return run

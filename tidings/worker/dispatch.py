@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import operator
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from typing import Any
 from tidings.context import Context, Publisher, causal_scope
 from tidings.contracts import Registry
 from tidings.dead_letters import DeadLetter, DeadLetterLog
+from tidings.dead_letters.intake import Handled
 from tidings.envelope import Event
 from tidings.middleware import Delivery, Middleware, Next, compose
 from tidings.middleware.base import SKIP, RunCalls
@@ -38,12 +40,28 @@ from tidings.transport import Record
 from tidings.worker.personal import PersonalView
 from tidings.worker.routes import LOOP, THREAD, Route, RouteTable
 
-__all__ = ["RUN_SECONDS", "Dispatcher"]
+__all__ = ["RUN_SECONDS", "Dispatcher", "Stopping"]
 
 # Handler time a run spends in its thread before it hands back to the loop (which then
 # hands the rest over again): what a revocation or a commit waits for at most, besides
 # the call under way.
 RUN_SECONDS = 0.02
+_RECORD = operator.itemgetter(0)  # a run's (record, event): the record
+
+
+class Stopping(asyncio.Event):
+    """A group's stop: an :class:`asyncio.Event` whose state is also the plain attribute
+    ``now``, which runs read at every event (an attribute, not a call of ``is_set``)."""
+
+    now = False
+
+    def set(self) -> None:
+        self.now = True
+        super().set()
+
+    def clear(self) -> None:
+        self.now = False
+        super().clear()
 
 
 @dataclass(slots=True)
@@ -78,7 +96,7 @@ class Dispatcher:
         middleware: Sequence[Middleware],
         *,
         stats: Stats,
-        stopping: asyncio.Event,
+        stopping: Stopping,
         dead_letters: DeadLetterLog | None,
         threads: ThreadPoolExecutor | None,
         decode: Callable[[Record], Event],
@@ -109,6 +127,7 @@ class Dispatcher:
         self.by_topic, self.layers, self.parts = table.by_topic, table.layers, table.parts
         self.in_runs, self.routes, self.runs = table.in_runs, table.routes, table.runs
         self._route, self.batchable, self._parted = table.route, table.batchable, table.parted
+        self.always = table.always
 
     @property
     def batches(self) -> bool:
@@ -218,13 +237,11 @@ class Dispatcher:
 
     # -- runs of events ---------------------------------------------------------------
 
-    async def dispatch_run(
-        self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
-    ) -> int:
+    async def dispatch_run(self, run: Sequence[tuple[Record, Event]], handled: Handled) -> int:
         """Handle the events of ``run`` (each :meth:`batchable`, in their partition's
         order) one after the other, until a call does not return normally, the group
-        stops or the run has had its time (:data:`RUN_SECONDS`); call
-        ``handled(record)`` for each handled, in order; return how many (at least one).
+        stops or the run has had its time (:data:`RUN_SECONDS`); call ``handled`` with
+        the records handled, in order; return how many (at least one).
         The event whose call raised is taken through its chain here, then counts among
         them; those after it are not handled. Plain def handlers are called in one
         thread, async ones on the loop; a run ends where its events' kind changes."""
@@ -248,7 +265,7 @@ class Dispatcher:
             if calls is None:  # not now: the first event through the chain
                 record, event, _ = items[0]
                 await self.dispatch(record, event, None)
-                handled(record)
+                handled([record])
                 return 1
             del items[calls.count :]
         batch = _Run(items, marks=None if self.durations is None else [], calls=calls)
@@ -272,13 +289,12 @@ class Dispatcher:
             return batch.done
         record, event, route = items[batch.done]
         await self._resume(record, event, route, batch.stopped_at, batch.outcome)
-        handled(record)
+        handled([record])
         return batch.done + 1
 
-    def _settle(self, batch: _Run, handled: Callable[[Record], None]) -> None:
+    def _settle(self, batch: _Run, handled: Handled) -> None:
         done = batch.done
-        for record, _, _ in batch.items[:done]:
-            handled(record)
+        handled([record for record, _, _ in batch.items[:done]])
         self.stats.handled += done
         if batch.marks is not None and self.durations is not None:
             # An abandoned run's thread may still be between two events: what it has.
@@ -299,7 +315,7 @@ class Dispatcher:
                     now = clock()  # the previous event's end, and the run's time check
                     if marks is not None:
                         marks.append(now)
-                    if batch.cut or stopping.is_set() or now > until:
+                    if batch.cut or stopping.now or now > until:
                         return
                 shared = self.shared_events or len(route) > 1
                 for k, (sub, _) in enumerate(route):
@@ -362,47 +378,46 @@ class Dispatcher:
             return sub.handler(payload)
         return sub.handler(payload, self._context(event, record, 1, session))
 
-    async def _run_on_loop(
-        self, run: Sequence[tuple[Record, Event]], handled: Callable[[Record], None]
-    ) -> int:
-        """:meth:`dispatch_run` for async handlers: each awaited in turn, in this task
-        (its context variables, as :meth:`dispatch` has them), each call the causal scope."""
-        stopping, stats, kinds = self.stopping, self.stats, self.runs
+    async def _run_on_loop(self, run: Sequence[tuple[Record, Event]], handled: Handled) -> int:
+        """:meth:`dispatch_run` for async handlers: each awaited in turn, in this task,
+        each call the causal scope. ``done``: the events handled, however the run ends;
+        ``resumed``: the one taken through its chain (which counted and timed itself)."""
+        stopping, kinds = self.stopping, self.runs
         first_call, set_scope, group = self._first_call, causal_scope.set, self.group
         clock, durations = time.perf_counter, self.durations
         until = (now := clock()) + RUN_SECONDS
         # The clock at the start and at each event's end (read once per event: the time
         # check), if handling times are kept; counted once per run, as the handled.
         marks = None if durations is None else [now]
-        done = 0
+        done = resumed = 0
         token = set_scope(None)
         # The route, and whether its handler is called straight: again where these change.
         topic, event_type, version = run[0][0].topic, run[0][1].type, run[0][1].dataversion
         route, shared, direct = self._on_loop(topic, event_type, version)
         try:
-            for n, (record, event) in enumerate(run):
-                if n:
+            for done, (record, event) in enumerate(run):  # done: read in finally
+                if done:
                     if (
-                        event.type != event_type or record.topic != topic
+                        event.type != event_type or record[0] != topic  # .topic
                         or event.dataversion != version
                     ):  # fmt: skip
                         topic, event_type, version = record.topic, event.type, event.dataversion
                         if kinds[(topic, event_type)] != LOOP:
-                            return n
+                            return done
                         route, shared, direct = self._on_loop(topic, event_type, version)
                     now = clock()  # the previous event's end, and the run's time check
                     if marks is not None:
                         marks.append(now)
-                    if stopping.is_set() or now > until:
-                        return n
+                    if stopping.now or now > until:
+                        return done
                 if direct is not None and not event.extensions:  # _first_call, inline
                     set_scope((group, direct, record, event))
                     try:
                         await direct.handler(event.data)
                     except Exception as exc:
                         await self._resume(record, event, route, 0, exc)
-                        handled(record)
-                        return n + 1
+                        done, resumed = done + 1, 1
+                        return done
                 else:
                     for k, (sub, _) in enumerate(route):
                         set_scope((group, sub, record, event))
@@ -410,14 +425,15 @@ class Dispatcher:
                             await first_call(sub, record, event, shared)
                         except Exception as exc:  # the chain decides, as in a thread's run
                             await self._resume(record, event, route, k, exc)
-                            handled(record)
-                            return n + 1
-                done = n + 1
-                handled(record)
-            return len(run)
+                            done, resumed = done + 1, 1
+                            return done
+            done = len(run)
+            return done
         finally:
             causal_scope.reset(token)
-            stats.handled += done
+            handled(list(map(_RECORD, run[:done])))
+            done -= resumed
+            self.stats.handled += done
             if marks is not None and durations is not None:
                 if len(marks) == done:
                     marks.append(clock())  # the last event's end

@@ -25,6 +25,7 @@ from tidings.errors import ConsumerDead, TransportError
 from tidings.logs import at
 from tidings.middleware.lane import LaneWork, lane_work
 from tidings.transport import Consumer, Position, Record, StartFrom, TopicPartition, Transport
+from tidings.worker.dispatch import Stopping
 from tidings.worker.keyed import KeyedDrain
 
 __all__ = ["GroupRunner", "Limits"]
@@ -33,6 +34,7 @@ log = logging.getLogger("tidings.worker")
 
 UNHANDLED_PAUSE = 1.0  # seconds before a failed handling or fetch is tried again
 _TOPIC_PARTITION: Callable[[Record], TopicPartition] = operator.itemgetter(0, 1)
+_consume = deque  # deque(iterator, 0): runs the iterator through, keeps nothing
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class GroupRunner:
         topics: list[str],
         start_from: StartFrom,
         limits: Limits,
-        make_intake: Callable[[asyncio.Event], Intake],
+        make_intake: Callable[[Stopping], Intake],
         on_joined: Callable[[], None],
         concurrency: int = 1,
     ) -> None:
@@ -100,7 +102,7 @@ class GroupRunner:
         self.room.set()
         self.full = False  # room is clear: set it again once in_flight drops below the limit
         self.stopping = False
-        self.stopped = asyncio.Event()
+        self.stopped = Stopping()
         self.handled = asyncio.Event()  # set when an offset is ready to be committed
         self.fetching: asyncio.Future[bool] | None = None
         self.abandoned = 0  # handlers still running when the group had to stop
@@ -237,13 +239,24 @@ class GroupRunner:
         # Runs of records for plain def handlers (else one at a time, one frame less).
         runs = self.intake.runs is not None
 
-        def handled(record: Record) -> None:
-            if lane.queue and lane.queue[0] is record:
-                lane.queue.popleft()
-                done.popped += 1
-            # Else a revocation dropped it meanwhile (it was in a run under way): it was
-            # handled all the same, so it is committed, not handled again elsewhere.
-            done.records.append(record)
+        def handled(records: list[Record]) -> None:
+            """The records at the head of the lane's queue (those of a run, in order)
+            were handled: off the queue, to be committed."""
+            if not records:
+                return
+            queue, count = lane.queue, len(records)
+            if count <= len(queue) and queue[0] is records[0] and queue[count - 1] is records[-1]:
+                # Still there, all of them (a revocation leaves only the first record,
+                # and records fetched later are other objects): off, in one C loop.
+                _consume(map(operator.call, itertools.repeat(queue.popleft, count)), 0)
+                done.popped += count
+            else:  # a revocation dropped some meanwhile (they were in the run under way)
+                for record in records:
+                    if queue and queue[0] is record:
+                        queue.popleft()
+                        done.popped += 1
+            # Those dropped were handled all the same: committed, not handled elsewhere.
+            done.records += records
 
         while lane.queue and not self.stopping:
             try:
@@ -252,7 +265,7 @@ class GroupRunner:
                 else:
                     record = lane.queue[0]
                     await take(record)
-                    handled(record)
+                    handled([record])
             except Exception:
                 # An error that got past the middleware (a custom list without Retry,
                 # or a middleware bug): the event is not handled, so it stays first in

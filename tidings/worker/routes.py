@@ -62,6 +62,9 @@ class RouteTable:
         # else the wants_chain of the middleware in its chains that must see the calls of
         # some events (which then leave the runs): asked for each of its events.
         self.watchers: dict[tuple[str, str], tuple[Callable[[Event], bool], ...] | None] = {}
+        # Those whose events are all handled in runs (no watchers): a set lookup, not a
+        # call of batchable, per event.
+        self.always: set[tuple[str, str]] = set()
 
     def route(self, topic: str, event_type: str) -> Route:
         """The subscribers that want ``event_type`` on ``topic``, kept in the tables."""
@@ -85,6 +88,8 @@ class RouteTable:
             if type(m).wants_chain is not Middleware.wants_chain
         }  # a dict: each middleware once, in the chain's order
         self.watchers[(topic, event_type)] = None if kind == ONE else tuple(watchers.values())
+        if kind != ONE and not watchers:
+            self.always.add((topic, event_type))
         return route
 
     def batchable(self, record: Record, event: Event) -> bool:
