@@ -17,6 +17,7 @@ from tidings import Context, Event, EventError, Tidings
 from tidings.codec import decode, encode
 from tidings.dead_letters import open_log
 from tidings.errors import InvalidPayload
+from tidings.middleware import Retry
 from tidings.testing import eventually, running
 from tidings.transport import Transport
 
@@ -132,17 +133,19 @@ async def test_a_delayed_publish_is_refused_before_it_is_scheduled(sqlite_url: s
         assert await stored(app.transport) == []
 
 
-async def test_a_handler_whose_publish_is_refused_appends_nothing_and_dead_letters() -> None:
-    # The refusal is an EventError, so (as an event over the size limit) the handled
-    # event goes to the dead letters at once, the refusal its reason: trying again
-    # would be refused again. Fix the handler, then replay.
+async def test_a_handler_whose_publish_is_refused_fails_its_call_and_appends_nothing() -> None:
+    # The refusal is about the event the handler built, not the one it was given: the
+    # call failed (retried, then dead-lettered as "failed"), the event is not poison.
+    # Fix the handler, then replay.
     app = make_app()
 
-    @app.subscriber("in", group="g", types=["task.created"])
+    @app.subscriber(
+        "in", group="g", types=["task.created"], retry=Retry(max_attempts=2, base_delay=0.01)
+    )
     async def react(task: Any, ctx: Context) -> None:
         await ctx.publish(TOPIC, {"task_id": task.task_id}, type="task.created", version=1)
 
-    async with app, running(app):
+    async with app, running(app) as worker:
         await app.publish("in", TaskCreatedV2(task_id="t1", name="x"))
         log = await open_log(app.transport, "g")
 
@@ -153,8 +156,14 @@ async def test_a_handler_whose_publish_is_refused_appends_nothing_and_dead_lette
         await eventually(dead_lettered, what="a dead letter")
         ((entry, _),) = log.listing()
         assert await stored(app.transport) == []
+    assert (entry.reason, entry.attempts, entry.error_type) == (
+        "failed",
+        2,
+        "tidings.errors.InvalidPayload",
+    )
     assert "cannot publish task.created v1" in entry.error_message
     assert "title: Field required" in entry.error_message
+    assert (worker.stats.undecodable, worker.stats.failed_attempts) == (0, 2)
 
 
 # -- written ---------------------------------------------------------------------------

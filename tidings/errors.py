@@ -149,6 +149,16 @@ class UnsupportedVersion(UnknownEventType):
     the producer runs a newer contract than this service knows."""
 
 
+def undecodable(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the delivered event cannot be decoded (its bytes, or
+    its payload for the handler: :class:`DecodeError`, :class:`UnknownEventType`):
+    poison, never retried. Any other error a handler raises, an
+    :class:`EventError` about an event it built itself included (its own publish
+    refused: :class:`InvalidPayload`, :class:`EventTooLarge`), is its call's failure,
+    retried and then dead-lettered as ``failed``."""
+    return isinstance(exc, DecodeError | UnknownEventType)
+
+
 class RetriesExhausted(TidingsError):
     """A handler failed and its retry policy gave up (``__cause__`` is the last error).
 

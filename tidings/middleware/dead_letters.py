@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tidings.errors import EventError
+from tidings.errors import undecodable
 from tidings.middleware.base import Delivery, Middleware, Next
 from tidings.subscriber import Subscriber
 
@@ -30,7 +30,7 @@ class DeadLetters(Middleware):
             dead = delivery.dead_letters
             if dead is None:
                 raise
-            poison = isinstance(exc, EventError)
+            poison = undecodable(exc)
             if poison:
                 delivery.stats.undecodable += 1
             event = delivery.event

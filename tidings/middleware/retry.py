@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.errors import ConfigError, EventError, RetriesExhausted
+from tidings.errors import ConfigError, RetriesExhausted, undecodable
 from tidings.middleware.base import Delivery, Middleware, Next
 from tidings.subscriber import RetryPolicy, Subscriber
 
@@ -38,12 +38,13 @@ class Retry(Middleware):
     - ``on_exhausted``: called (sync or async) with the delivery and the last error
       when the policy gives up, before the event is dead-lettered.
 
-    An EventError (a payload that cannot be decoded) is never retried: trying again
-    cannot fix it. When the worker stops, the wait ends and the event stays
-    uncommitted for whoever runs the group next; a middleware inside may end it early
-    (``Delivery.wake``: Cancellation does, for an event whose chain is cancelled). Used
-    as a middleware, the policy of a subscriber that has its own
-    (``@app.subscriber(..., retry=Retry(...))``) applies instead of this one's.
+    An event that cannot be decoded (:func:`~tidings.errors.undecodable`: its bytes, or
+    its payload for the handler) is never retried: trying again cannot fix it. When the
+    worker stops, the wait ends and the event stays uncommitted for whoever runs the
+    group next; a middleware inside may end it early (``Delivery.wake``: Cancellation
+    does, for an event whose chain is cancelled). Used as a middleware, the policy of a
+    subscriber that has its own (``@app.subscriber(..., retry=Retry(...))``) applies
+    instead of this one's.
     """
 
     max_attempts: int | None = 10
@@ -99,9 +100,9 @@ class Retry(Middleware):
             try:
                 await call_next(delivery)
                 return
-            except EventError:
-                raise
             except Exception as exc:
+                if undecodable(exc):  # poison: trying again cannot decode it
+                    raise
                 now = time.time()
                 if delivery.first_failure is None:
                     delivery.first_failure = now
