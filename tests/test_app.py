@@ -29,6 +29,7 @@ from tidings import (
 from tidings.context import Scope
 from tidings.schema.registry import SCHEMAS_TOPIC
 from tidings.testing import running
+from tidings.testing import stored as records_of
 from tidings.transport import Transport
 from tidings.transports.memory import MemoryTransport
 
@@ -45,14 +46,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 async def stored(transport: Transport, topic: str = TOPIC) -> list[Event]:
     """Every event of ``topic``, partition by partition, in offset order."""
-    out: list[Event] = []
-    for info in await transport.topics():
-        if info.name != topic:
-            continue
-        for p in info.partitions:
-            records = await transport.read(topic, p.partition, p.start, p.end - p.start)
-            out.extend(decode(r.value) for r in records)
-    return out
+    return [decode(r.value) for r in await records_of(transport, topic)]
 
 
 def make_app(**options: Any) -> Tidings:

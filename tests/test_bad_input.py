@@ -46,6 +46,7 @@ from tidings.errors import (
     UnknownEventType,
     UnsupportedVersion,
 )
+from tidings.testing import stored as records_of
 from tidings.transport import Transport
 
 TOPIC = "task-events"
@@ -326,13 +327,7 @@ def make_app() -> Tidings:
 
 
 async def stored(transport: Transport, topic: str = TOPIC) -> list[bytes]:
-    out: list[bytes] = []
-    for info in await transport.topics():
-        if info.name == topic:
-            for p in info.partitions:
-                records = await transport.read(topic, p.partition, p.start, p.end - p.start)
-                out.extend(r.value for r in records)
-    return out
+    return [r.value for r in await records_of(transport, topic)]
 
 
 class Stray(BaseModel):

@@ -19,6 +19,7 @@ from tidings.dead_letters import open_log
 from tidings.errors import InvalidPayload
 from tidings.middleware import Retry
 from tidings.testing import eventually, running
+from tidings.testing import stored as records_of
 from tidings.transport import Transport
 
 TOPIC = "task-events"
@@ -53,13 +54,7 @@ def make_app() -> Tidings:
 
 async def stored(transport: Transport, topic: str = TOPIC) -> list[Event]:
     """Every event of ``topic`` as a consumer reads it: decoded from the log's bytes."""
-    out: list[Event] = []
-    for info in await transport.topics():
-        if info.name == topic:
-            for p in info.partitions:
-                records = await transport.read(topic, p.partition, p.start, p.end - p.start)
-                out.extend(decode(r.value) for r in records)
-    return out
+    return [decode(r.value) for r in await records_of(transport, topic)]
 
 
 def data_on_the_wire(event: Event) -> Any:

@@ -1,5 +1,5 @@
 """Helpers for tests of code that uses tidings: wait for a condition, run an app's
-worker in the background, fetch a number of records."""
+worker in the background, fetch a number of records, read what a topic holds."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from tidings.middleware import Retry, default_middleware
-from tidings.transport import Consumer, Record
+from tidings.transport import Consumer, Record, Transport
 from tidings.worker import Worker
 
 if TYPE_CHECKING:
     from tidings.app import Tidings
 
-__all__ = ["JOIN_TIMEOUT", "drain", "eventually", "running"]
+__all__ = ["JOIN_TIMEOUT", "drain", "eventually", "running", "stored"]
 
 
 async def eventually(
@@ -90,4 +90,15 @@ async def drain(consumer: Consumer, count: int, timeout: float = 10.0) -> list[R
         if remaining <= 0:
             raise AssertionError(f"fetched {len(out)} of {count} records within {timeout}s")
         out += await consumer.fetch(count - len(out), timeout=min(remaining, 1.0))
+    return out
+
+
+async def stored(transport: Transport, topic: str) -> list[Record]:
+    """Every record ``topic`` holds, partition by partition, each in offset order (what
+    a test asserts was, or was not, written); none if there is no such topic."""
+    out: list[Record] = []
+    for info in await transport.topics():
+        if info.name == topic:
+            for p in info.partitions:
+                out += await transport.read(topic, p.partition, p.start, p.end - p.start)
     return out
