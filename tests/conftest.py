@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,14 +44,19 @@ KAFKA_TEST_OPTIONS = "replication_factor=1&fetch_wait_ms=10&session_timeout_ms=2
 ONE_RECORD_BATCHES = "producer.batch.num.messages=1"
 
 
+def kafka_test_url(address: str) -> str:
+    """The ``kafka://`` URL of the Tansu broker at ``address``, set for tests
+    (docs/kafka.md): a 2 s session timeout makes a group join take ~1 s there; fetches
+    wait at most 10 ms; and one record per produce batch, the one case where Tansu's end
+    offsets are right, so that tests of lag, ``latest`` and ``tail`` test tidings rather
+    than that difference (pinned by its own test in tests/transports/test_kafka.py)."""
+    return f"kafka://{address}?{KAFKA_TEST_OPTIONS}&{ONE_RECORD_BATCHES}"
+
+
 @pytest.fixture
 def kafka_url(tansu: str) -> str:
-    """A ``kafka://`` URL of a fresh Tansu broker, set for tests (docs/kafka.md): a 2 s
-    session timeout makes a group join take ~1 s there; fetches wait at most 10 ms; and
-    one record per produce batch, the one case where Tansu's end offsets are right, so
-    that tests of lag, ``latest`` and ``tail`` test tidings rather than that difference
-    (pinned by its own test in tests/transports/test_kafka.py)."""
-    return f"kafka://{tansu}?{KAFKA_TEST_OPTIONS}&{ONE_RECORD_BATCHES}"
+    """A ``kafka://`` URL of a fresh Tansu broker, set for tests (:func:`kafka_test_url`)."""
+    return kafka_test_url(tansu)
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +78,16 @@ def nats_server(nats_binary: str) -> Iterator[str]:
 NATS_TEST_OPTIONS = "lease=2s"
 
 
+def nats_test_url(address: str) -> str:
+    """The ``nats://`` URL of the server at ``address``, set for tests: 2 s leases, so
+    that a member that is gone without a word is replaced within about 2 s."""
+    return f"nats://{address}?{NATS_TEST_OPTIONS}"
+
+
 @pytest.fixture
 def nats_url(nats_server: str) -> str:
-    """A ``nats://`` URL of a fresh server, set for tests: 2 s leases, so that a
-    member that is gone without a word is replaced within about 2 s."""
-    return f"nats://{nats_server}?{NATS_TEST_OPTIONS}"
+    """A ``nats://`` URL of a fresh server, set for tests (:func:`nats_test_url`)."""
+    return nats_test_url(nats_server)
 
 
 LOGS = [
@@ -104,6 +115,26 @@ def log_url(request: pytest.FixtureRequest, partitions: int, kind: str | None = 
     if (kind or request.param) == "nats":
         return str(request.getfixturevalue("nats_url")) + f"&partitions={partitions}"
     return str(request.getfixturevalue("sqlite_url")) + f"?partitions={partitions}"
+
+
+@contextlib.contextmanager
+def fresh_log(request: pytest.FixtureRequest, folder: Path, partitions: int) -> Iterator[str]:
+    """A fresh log of the fixture's parameter (one of ``LOGS``) for as long as the
+    block, for fixtures wider than a test (a log seeded once and only read by the tests
+    of a module): its own broker, or a SQLite file in ``folder``."""
+    kind = request.param
+    if kind == "kafka":
+        from devservers.tansu import run_tansu
+
+        with run_tansu(request.getfixturevalue("tansu_binary")) as address:
+            yield kafka_test_url(address) + f"&partitions={partitions}"
+    elif kind == "nats":
+        from devservers.nats import run_nats
+
+        with run_nats(request.getfixturevalue("nats_binary")) as address:
+            yield nats_test_url(address) + f"&partitions={partitions}"
+    else:
+        yield f"sqlite:///{folder / 'events.db'}?partitions={partitions}"
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import LOGS, log_url
+from tests.conftest import LOGS, fresh_log, log_url
 from tests.test_cli import assert_one_error_line
 from tests.test_cli import tidings_in_process as cli
 from tidings import Context, Tidings
@@ -96,23 +96,53 @@ def url(request: pytest.FixtureRequest) -> str:
     return log_url(request, partitions=2)
 
 
-@pytest.fixture
-async def seeded(url: str) -> AsyncIterator[Shop]:
+async def seed(s: Shop) -> None:
     """Order o-0 (correlation req-ok) handled everywhere; order o-1 (req-bad)
     dead-lettered by ``mail``. Nothing runs afterwards."""
-    s = shop(url)
     s.failing.add(1)
+    async with running(s.app):
+        await s.app.publish("orders", Order(order_id="o-0", n=0), correlation_id="req-ok")
+        await s.app.publish("orders", Order(order_id="o-1", n=1), correlation_id="req-bad")
+        await settled(s, "req-ok")
+        await settled(s, "req-bad")
+
+
+@pytest.fixture
+async def seeded(url: str) -> AsyncIterator[Shop]:
+    """A log of its own, seeded (:func:`seed`), for a test that changes it."""
+    s = shop(url)
     async with s.app:
-        async with running(s.app):
-            await s.app.publish("orders", Order(order_id="o-0", n=0), correlation_id="req-ok")
-            await s.app.publish("orders", Order(order_id="o-1", n=1), correlation_id="req-bad")
-            await settled(s, "req-ok")
-            await settled(s, "req-bad")
+        await seed(s)
         yield s
 
 
-async def test_a_correlation_id_is_one_tree_with_every_groups_handling(seeded: Shop) -> None:
-    t = await trace(seeded.app.transport, "req-ok")
+@pytest.fixture(scope="module", params=LOGS)
+def seeded_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A log seeded once (:func:`seed`) and shared by the tests of this module that only
+    read it: on Kafka a seeding is ~3 s (three groups join, settle and leave)."""
+
+    async def seed_once(url: str) -> None:
+        s = shop(url)
+        async with s.app:
+            await seed(s)
+
+    with fresh_log(request, tmp_path_factory.mktemp("trace"), partitions=2) as url:
+        asyncio.run(seed_once(url))
+        yield url
+
+
+@pytest.fixture
+async def seen(seeded_url: str) -> AsyncIterator[Shop]:
+    """The shared seeded log (``seeded_url``), to read only: no test may change it."""
+    s = shop(seeded_url)
+    async with s.app:
+        yield s
+
+
+async def test_a_correlation_id_is_one_tree_with_every_groups_handling(seen: Shop) -> None:
+    t = await trace(seen.app.transport, "req-ok")
     assert (t.kind, t.correlationid, len(t.roots)) == ("correlation", "req-ok", 1)
     (order,) = t.roots
     assert (order.event.type, order.record.topic, order.cause_seen) == (
@@ -184,13 +214,13 @@ async def test_an_event_no_group_has_reached_is_pending_with_its_place(seeded: S
         ]  # fmt: skip
 
 
-async def test_an_event_id_is_the_tree_of_what_it_caused(seeded: Shop) -> None:
-    (order,) = (await trace(seeded.app.transport, "req-ok")).roots
+async def test_an_event_id_is_the_tree_of_what_it_caused(seen: Shop) -> None:
+    (order,) = (await trace(seen.app.transport, "req-ok")).roots
     (payment,) = order.children
-    t = await trace(seeded.app.transport, order.event.id)
+    t = await trace(seen.app.transport, order.event.id)
     assert (t.kind, t.correlationid) == ("event", "req-ok")
     assert [n.event.id for n in t.nodes()] == [order.event.id, payment.event.id]
-    leaf = await trace(seeded.app.transport, payment.event.id)
+    leaf = await trace(seen.app.transport, payment.event.id)
     assert [n.event.type for n in leaf.nodes()] == ["payment.taken"]
     assert leaf.roots[0].cause_seen  # its cause is not in this tree, but was seen
 
@@ -219,20 +249,20 @@ async def test_an_event_whose_cause_was_not_read_hangs_under_the_top(seeded: Sho
 
 
 async def test_an_id_that_matches_nothing_is_an_empty_trace_and_exit_1(
-    seeded: Shop, url: str
+    seen: Shop, seeded_url: str
 ) -> None:
-    t = await trace(seeded.app.transport, "no-such-request")
+    t = await trace(seen.app.transport, "no-such-request")
     assert (t.roots, t.correlationid) == ((), None)
     assert t.scanned >= 4
     assert t.topics == 2
-    result = cli("trace", "no-such-request", url=url)
+    result = cli("trace", "no-such-request", url=seeded_url)
     assert_one_error_line(result, 1, "no event with the correlation id or event id")
 
 
-async def test_the_command_prints_the_tree_and_its_json(seeded: Shop, url: str) -> None:
-    (order,) = (await trace(seeded.app.transport, "req-bad")).roots
+async def test_the_command_prints_the_tree_and_its_json(seen: Shop, seeded_url: str) -> None:
+    (order,) = (await trace(seen.app.transport, "req-bad")).roots
     (payment,) = order.children
-    result = cli("trace", "req-bad", url=url)
+    result = cli("trace", "req-bad", url=seeded_url)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("correlation id req-bad: 2 event(s) over ")
@@ -246,7 +276,7 @@ async def test_the_command_prints_the_tree_and_its_json(seeded: Shop, url: str) 
     assert "+" in lines[4]
     assert lines[5] == "         ship  handled"
 
-    doc = json.loads(cli("trace", "req-bad", "--json", url=url).stdout)
+    doc = json.loads(cli("trace", "req-bad", "--json", url=seeded_url).stdout)
     assert set(doc) == {
         "id",
         "kind",

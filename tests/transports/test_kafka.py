@@ -221,6 +221,31 @@ async def test_a_topic_of_zero_partitions_is_refused_not_given_the_default(
         await transport.close()
 
 
+async def test_a_read_of_a_topic_new_to_the_reader_does_not_wait_for_librdkafkas_next_scan(
+    kafka_url: str,
+) -> None:
+    # Assigned without more, a topic the reader's consumer had no metadata of gave its
+    # first message or end only at librdkafka's next look at unknown topics, once a
+    # second (0.9-1.0 s per topic on Tansu): a worker's start paid it for each of its
+    # groups' dead-letter topics, one after the other, trace and tail for each topic.
+    # Eight topics, each created after the last read: >= 6.3 s so, ~0.3 s now. (Wall
+    # time, since the wait was librdkafka's timer; 3 s leaves room for a busy machine.)
+    transport = open_transport(kafka_url + "&partitions=1")
+    await transport.start()
+    try:
+        took = 0.0
+        for n in range(8):
+            await transport.create_topic(f"t{n}", 1)
+            await transport.append(f"t{n}", [("k", f"record {n}".encode())])
+            start = time.monotonic()
+            [record] = await transport.read(f"t{n}", 0, 0, 10)  # up to the partition's end
+            took += time.monotonic() - start
+            assert record.value == f"record {n}".encode()
+        assert took < 3.0, f"8 reads of topics new to the reader took {took:.1f} s"
+    finally:
+        await transport.close()
+
+
 # -- Tansu difference 6: a leader that leaves mid-rebalance strands its group ----------
 
 
