@@ -153,6 +153,7 @@ def test_the_kit_is_public_in_tidings_testing() -> None:
         "drain",
         "eventually",
         "running",
+        "stored",
     }
 
 
