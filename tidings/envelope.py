@@ -23,6 +23,9 @@ __all__ = ["SPECVERSION", "Event", "new_id", "validate_type"]
 SPECVERSION = "1.0"
 
 JSON = "application/json"  # the default content type
+# The time of an event read without one (``time`` is optional in CloudEvents): visibly
+# not a real time.
+EPOCH = datetime.fromtimestamp(0, UTC)
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 
 

@@ -1,10 +1,10 @@
 """The members of a structured-mode document: which are attributes (the rest are
-extensions), as :func:`~tidings.codec.decode` and the decoders made per shape
-(:mod:`tidings.codec.shapes`) tell them apart."""
+extensions) and which of those are strings, as :func:`~tidings.codec.decode` and the
+decoders made per shape (:mod:`tidings.codec.shapes`) tell them apart."""
 
 from __future__ import annotations
 
-__all__ = ["ATTRIBUTES"]
+__all__ = ["ATTRIBUTES", "STRINGS"]
 
 # Attributes with a fixed meaning; any other top-level member is an extension.
 ATTRIBUTES = frozenset(
@@ -14,3 +14,7 @@ ATTRIBUTES = frozenset(
         "traceparent", "partitionkey",
     }
 )  # fmt: skip
+
+# The attributes whose value is a string (``dataversion`` is an int; ``data`` and
+# ``data_base64`` are the payload).
+STRINGS = ATTRIBUTES - {"dataversion", "data", "data_base64"}

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from tidings.codec.members import ATTRIBUTES
-from tidings.envelope import _FIELDS, JSON, SPECVERSION, Event, _Slots, seen_types
+from tidings.codec.members import ATTRIBUTES, STRINGS
+from tidings.envelope import _FIELDS, EPOCH, JSON, SPECVERSION, Event, _Slots, seen_types
 
 __all__ = ["SHAPES_MAX", "learn", "shapes"]
 
@@ -31,14 +31,6 @@ SHAPES_MAX = 64
 _Shaped = Callable[[dict[str, Any]], Event | None]
 _shapes: dict[tuple[str, ...], _Shaped] = {}
 
-# The attributes a made decoder checks as strings (the full lookup's order of checks
-# does not matter: a made decoder refuses nothing, it leaves it to the full lookup).
-_STRINGS = frozenset(
-    {
-        "specversion", "id", "source", "type", "time", "subject", "datacontenttype",
-        "dataschema", "correlationid", "causationid", "traceparent", "partitionkey",
-    }
-)  # fmt: skip
 _REQUIRED = ("specversion", "id", "source", "type")
 _NOT_MADE = frozenset({"data_base64"})  # bytes: rare, the full lookup decodes them
 
@@ -62,7 +54,7 @@ def learn(names: tuple[str, ...]) -> None:
 def _make(names: tuple[str, ...]) -> _Shaped:
     # Local names v0, v1, ... for the values; member names only as repr() literals.
     at = {name: f"v{k}" for k, name in enumerate(names)}
-    checks = [f"type({at[name]}) is str" for name in names if name in _STRINGS]
+    checks = [f"type({at[name]}) is str" for name in names if name in STRINGS]
     if "dataversion" in at:
         v = at["dataversion"]
         checks += [f"type({v}) is int", f"{v} > 0"]
@@ -96,7 +88,7 @@ def _make(names: tuple[str, ...]) -> _Shaped:
     lines += ["    event.__class__ = Event", "    return event"]
     scope: dict[str, Any] = {
         "SPECVERSION": SPECVERSION, "seen": seen_types(), "fromisoformat": datetime.fromisoformat,
-        "UTC": UTC, "EPOCH": datetime.fromtimestamp(0, UTC), "JSON": JSON, "Slots": _Slots,
+        "UTC": UTC, "EPOCH": EPOCH, "JSON": JSON, "Slots": _Slots,
         "Event": Event,
     }  # fmt: skip
     exec("\n".join(lines), scope)  # the source is made here, names only as repr() literals

@@ -34,7 +34,7 @@ from tidings.codec.refusals import (
     req_str,
 )
 from tidings.codec.shapes import learn, shapes
-from tidings.envelope import SPECVERSION, Event, checked_event, seen_types, validate_type
+from tidings.envelope import EPOCH, SPECVERSION, Event, checked_event, seen_types, validate_type
 from tidings.errors import (
     DecodeError,
     EventError,
@@ -47,7 +47,6 @@ __all__ = ["DEFAULT_MAX_EVENT_BYTES", "decode", "encode", "encode_value", "to_di
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 """The largest encoded event, unless ``Tidings(max_event_bytes=...)`` says otherwise."""
-_EPOCH = datetime.fromtimestamp(0, UTC)
 _fromisoformat = datetime.fromisoformat
 _seen_types = seen_types()  # a set lookup first: validate_type is a call
 _shapes = shapes()
@@ -269,7 +268,7 @@ def _time(raw_time: Any) -> datetime:
     """The event's ``time``: RFC 3339 with an offset; absent, the epoch (optional in
     CloudEvents: visibly not a real time)."""
     if raw_time is None:
-        return _EPOCH
+        return EPOCH
     if type(raw_time) is not str:
         raise DecodeError(f"attribute 'time' must be an RFC 3339 string, got {raw_time!r:.80}")
     try:
